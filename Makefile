@@ -1,0 +1,34 @@
+# One entry point per check; .ci/run calls `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: a node on ./var with local workers runs the example workflow.
+demo: $(STAMP)
+	$(BIN)/tamma-node demo --data-dir ./var config/workflows/example.yaml --input topic=demo
+
+## The whole test suite with branch coverage.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --cov=tamma_actors --cov-branch \
+		--cov-report=term-missing:skip-covered tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check tamma_actors tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) var .coverage .coverage.* htmlcov

@@ -1,0 +1,1 @@
+"""tamma_actors."""

@@ -1,0 +1,36 @@
+"""msgpack encoding for the wire and the store; msgpack errors are translated here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from tamma_actors._errors import CodecError, FrameTooLarge
+
+__all__ = ["pack", "unpack"]
+
+_packer_opts = {"use_bin_type": True, "datetime": False}
+
+
+def pack(obj: Any) -> bytes:
+    """Encode ``obj`` (dicts, lists, str, bytes, numbers, bool, None)."""
+    try:
+        return msgpack.packb(obj, **_packer_opts)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"value cannot be encoded: {exc}") from exc
+
+
+def unpack(data: bytes, max_size: int | None = None) -> Any:
+    """Decode one msgpack value; garbage, trailing bytes or oversized input raise.
+
+    ``max_size`` bounds the input length, so a hostile frame cannot make us allocate.
+    """
+    if max_size is not None and len(data) > max_size:
+        raise FrameTooLarge(f"frame of {len(data)} bytes exceeds the {max_size}-byte cap")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CodecError(f"malformed message: {exc}") from exc
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise CodecError(f"malformed message: {exc}") from exc

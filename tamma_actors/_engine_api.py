@@ -1,0 +1,77 @@
+"""The engine as the control server sees it: every call returns a future.
+
+The coordinator's engine implements :class:`AsyncEngine`; the control server turns wire
+requests into these calls and sends the reply when the future completes, which happens only
+after the state the reply describes has been committed. Results are plain msgpack-able
+values (dicts, lists, str, numbers); timestamps are float seconds since the epoch.
+
+An execution record (``start_workflow``, ``get_workflow``, ``list_workflows`` items)::
+
+    {"id", "workflow_id", "workflow_version", "status", "start_time", "end_time",
+     "current_step", "context", "results": {step: {"status", "data", "error", "attempts",
+     "started_at", "ended_at"}}, "error", "metrics", "seq", "reason"}
+
+A status record (``get_workflow_status``)::
+
+    {"id", "workflow_id", "status", "current_step", "reason", "seq",
+     "progress": {"total", "succeeded", "failed", "skipped", "running"},
+     "steps": {step: status}}
+
+An event (``get_events``)::
+
+    {"seq", "type", "execution_id", "timestamp", "data"}
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+__all__ = ["AsyncEngine", "ExecutionRecord"]
+
+ExecutionRecord = dict[str, Any]
+
+
+class AsyncEngine(Protocol):
+    """What the control server needs from the engine. Failures are TammaError futures."""
+
+    def start_workflow(
+        self, definition: dict[str, Any], inputs: dict[str, Any], *, source: str | None = None
+    ) -> Future[ExecutionRecord]:
+        """Validate ``definition`` (a parsed workflow file) and start it; resolves after the
+        start is durable, with the execution record (status ``pending`` or later)."""
+        ...
+
+    def pause_workflow(self, execution_id: str) -> Future[ExecutionRecord]: ...
+
+    def resume_workflow(self, execution_id: str) -> Future[ExecutionRecord]: ...
+
+    def abort_workflow(
+        self, execution_id: str, reason: str | None = None
+    ) -> Future[ExecutionRecord]: ...
+
+    def get_workflow(self, execution_id: str) -> Future[ExecutionRecord]: ...
+
+    def list_workflows(
+        self,
+        *,
+        status: list[str] | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Future[list[ExecutionRecord]]: ...
+
+    def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]: ...
+
+    def retry_step(self, execution_id: str, step: str) -> Future[ExecutionRecord]: ...
+
+    def get_events(
+        self, execution_id: str, from_seq: int = 0, limit: int | None = None
+    ) -> Future[list[dict[str, Any]]]: ...
+
+    def wait(self, execution_id: str, timeout: float | None = None) -> Future[ExecutionRecord]:
+        """Resolves with the record once the execution is terminal, or at ``timeout``
+        with its current record (the caller looks at ``status``)."""
+        ...
+
+    def health(self) -> Future[dict[str, Any]]: ...

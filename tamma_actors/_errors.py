@@ -1,0 +1,225 @@
+"""The exception tree of tamma_actors.
+
+Every error the package raises derives from :class:`TammaError`, with one branch per
+seam. Third-party errors (``zmq``, ``lmdb``, ``msgpack``, ``pydantic``) are translated
+where they are raised (``raise ... from exc``); nothing above a seam catches them.
+
+::
+
+    TammaError
+    ├── CodecError                 bytes that are not a valid message / value not encodable
+    ├── TransportError             a socket could not be bound, connected or used
+    │   ├── FrameTooLarge          a frame over the configured cap
+    │   └── RequestTimeout         no reply within the client's timeout
+    ├── StoreError                 the LMDB store failed
+    │   ├── StoreClosed            used after close()
+    │   ├── StoreFull              the disk (or map ceiling) is full; nothing was written
+    │   └── StoreCorrupted         a record failed its checksum or does not decode
+    ├── SupervisionError           an actor or child process could not be kept alive
+    │   ├── ActorStopped           a message was sent to a stopped actor
+    │   └── RestartIntensityExceeded
+    ├── WorkflowError              a workflow or execution request is wrong
+    │   ├── WorkflowValidationError   a workflow file is invalid (every problem listed)
+    │   ├── IllegalTransition      a status change that the transition table forbids
+    │   ├── UnknownExecution       no execution with that id
+    │   ├── UnknownStep            no step with that name in the execution
+    │   └── UnknownImplementation  a step implementation that is not registered
+    ├── ConfigError                node configuration or supervision tree is invalid
+    ├── ProtocolError              a control request is malformed (bad op, args, version)
+    │   └── Forbidden              the caller's role may not do that
+    └── RemoteError                the node answered a client request with an error
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ActorStopped",
+    "CodecError",
+    "ConfigError",
+    "FrameTooLarge",
+    "Forbidden",
+    "IllegalTransition",
+    "Problem",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeout",
+    "RestartIntensityExceeded",
+    "StoreClosed",
+    "StoreCorrupted",
+    "StoreError",
+    "StoreFull",
+    "SupervisionError",
+    "TammaError",
+    "TransportError",
+    "UnknownExecution",
+    "UnknownImplementation",
+    "UnknownStep",
+    "WorkflowError",
+    "WorkflowValidationError",
+    "error_code",
+    "error_from_code",
+]
+
+
+class TammaError(Exception):
+    """Root of every error raised by tamma_actors."""
+
+    code = "internal"
+
+
+class CodecError(TammaError):
+    code = "bad_request"
+
+
+class TransportError(TammaError):
+    code = "unavailable"
+
+
+class FrameTooLarge(TransportError):
+    code = "too_large"
+
+
+class RequestTimeout(TransportError):
+    code = "timeout"
+
+
+class StoreError(TammaError):
+    code = "store"
+
+
+class StoreClosed(StoreError):
+    pass
+
+
+class StoreFull(StoreError):
+    code = "store_full"
+
+
+class StoreCorrupted(StoreError):
+    code = "store_corrupted"
+
+
+class SupervisionError(TammaError):
+    pass
+
+
+class ActorStopped(SupervisionError):
+    code = "unavailable"
+
+
+class RestartIntensityExceeded(SupervisionError):
+    pass
+
+
+class WorkflowError(TammaError):
+    code = "workflow"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a workflow file: where (a dotted path) and what."""
+
+    loc: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.loc}: {self.message}" if self.loc else self.message
+
+
+class WorkflowValidationError(WorkflowError):
+    """A workflow definition is invalid; ``problems`` names every fault with its location."""
+
+    code = "invalid_workflow"
+
+    def __init__(self, problems: Sequence[Problem], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{where}invalid workflow ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class IllegalTransition(WorkflowError):
+    code = "illegal_transition"
+
+
+class UnknownExecution(WorkflowError):
+    code = "not_found"
+
+
+class UnknownStep(WorkflowError):
+    code = "unknown_step"
+
+
+class UnknownImplementation(WorkflowError):
+    code = "unknown_implementation"
+
+
+class ConfigError(TammaError):
+    code = "config"
+
+
+class ProtocolError(TammaError):
+    code = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class Forbidden(ProtocolError):
+    code = "forbidden"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "forbidden")
+
+
+class RemoteError(TammaError):
+    """The node answered with ``{"ok": false, "error": {...}}``."""
+
+    def __init__(self, code: str, message: str, details: object = None) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.remote_message = message
+        self.details = details
+
+
+_BY_CODE: dict[str, type[TammaError]] = {
+    "not_found": UnknownExecution,
+    "unknown_step": UnknownStep,
+    "illegal_transition": IllegalTransition,
+    "invalid_workflow": WorkflowValidationError,
+    "unknown_implementation": UnknownImplementation,
+    "forbidden": Forbidden,
+    "too_large": FrameTooLarge,
+}
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire error code for an exception (``internal`` for anything unexpected)."""
+    return exc.code if isinstance(exc, TammaError) else "internal"
+
+
+def error_from_code(code: str, message: str, details: object = None) -> TammaError:
+    """Rebuild a client-side exception from a wire error; unknown codes give RemoteError.
+
+    The result is always a :class:`RemoteError` too, so callers can catch either the
+    specific class or every remote failure at once.
+    """
+    base = _BY_CODE.get(code)
+    if base is None:
+        return RemoteError(code, message, details)
+    cls = type(f"Remote{base.__name__}", (RemoteError, base), {})
+    err = cls.__new__(cls)
+    RemoteError.__init__(err, code, message, details)
+    if base is WorkflowValidationError:
+        err.problems = [  # type: ignore[attr-defined]
+            Problem(str(p.get("loc", "")), str(p.get("message", "")))
+            for p in (details if isinstance(details, list) else [])
+            if isinstance(p, dict)
+        ]
+    return err
