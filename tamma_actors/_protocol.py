@@ -1,0 +1,287 @@
+"""The control protocol: request/reply envelopes, per-op argument models, roles.
+
+A request is one msgpack map ``{"v": 1, "id": str|int, "op": str, "args": {...},
+"token": str (optional)}``; a reply is ``{"v": 1, "id": ..., "ok": true, "result": ...}``
+or ``{"v": 1, "id": ..., "ok": false, "error": {"code", "message", "details"?}}``.
+
+Everything here is pure: the server and the clients share it, and nothing in it touches
+a socket. Requests are validated completely before they reach the engine.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tamma_actors._codec import unpack
+from tamma_actors._errors import (
+    ConfigError,
+    Forbidden,
+    ProtocolError,
+    RemoteError,
+    TammaError,
+    WorkflowValidationError,
+    error_code,
+)
+
+__all__ = [
+    "OPS",
+    "PROTOCOL_VERSION",
+    "AbortArgs",
+    "EventsArgs",
+    "ExecutionArgs",
+    "HealthArgs",
+    "InvalidRequest",
+    "ListArgs",
+    "Request",
+    "RequestId",
+    "RetryArgs",
+    "Role",
+    "StartArgs",
+    "WaitArgs",
+    "authorize",
+    "error_reply",
+    "make_request",
+    "ok_reply",
+    "parse_request",
+    "require_role",
+]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_WAIT_SECONDS = 3600.0
+RequestId = str | int
+ExecutionStatusName = Literal["pending", "running", "paused", "completed", "failed", "aborted"]
+
+
+class Role(IntEnum):
+    """Ordered: a role may do everything the roles below it may."""
+
+    viewer = 1
+    operator = 2
+    admin = 3
+
+
+class InvalidRequest(ProtocolError):
+    """A request that cannot be served; remembers its id (when readable) for the reply."""
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "bad_request",
+        *,
+        request_id: RequestId | None = None,
+        details: object = None,
+    ) -> None:
+        super().__init__(message, code)
+        self.request_id = request_id
+        self.details = details
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class StartArgs(_Args):
+    workflow: dict[str, Any]
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = None
+
+
+class ExecutionArgs(_Args):
+    """pause, resume, get and status: just the execution id."""
+
+    id: str = Field(min_length=1)
+
+
+class AbortArgs(ExecutionArgs):
+    reason: str | None = None
+
+
+class ListArgs(_Args):
+    status: list[ExecutionStatusName] | None = None
+    workflow_id: str | None = None
+    limit: int | None = Field(default=None, ge=1, le=10_000)
+    offset: int = Field(default=0, ge=0)
+
+
+class RetryArgs(ExecutionArgs):
+    step: str = Field(min_length=1)
+
+
+class EventsArgs(ExecutionArgs):
+    from_seq: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1)
+
+
+class WaitArgs(ExecutionArgs):
+    timeout: float | None = Field(default=None, ge=0, le=MAX_WAIT_SECONDS)
+
+
+class HealthArgs(_Args):
+    pass
+
+
+# op -> (argument model, least role allowed to call it)
+OPS: dict[str, tuple[type[_Args], Role]] = {
+    "start": (StartArgs, Role.operator),
+    "pause": (ExecutionArgs, Role.operator),
+    "resume": (ExecutionArgs, Role.operator),
+    "abort": (AbortArgs, Role.operator),
+    "retry": (RetryArgs, Role.operator),
+    "get": (ExecutionArgs, Role.viewer),
+    "status": (ExecutionArgs, Role.viewer),
+    "list": (ListArgs, Role.viewer),
+    "events": (EventsArgs, Role.viewer),
+    "wait": (WaitArgs, Role.viewer),
+    "health": (HealthArgs, Role.viewer),
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated request: ``args`` is the op's argument model."""
+
+    id: RequestId
+    op: str
+    args: _Args
+    token: str | None = None
+
+
+_ENVELOPE_KEYS = frozenset({"v", "id", "op", "args", "token"})
+
+
+def _problems(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"loc": ".".join(str(part) for part in err["loc"]), "message": err["msg"]}
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def _read_id(msg: dict[Any, Any]) -> RequestId | None:
+    rid = msg.get("id")
+    # bool is an int to Python but never a sensible id.
+    if isinstance(rid, str | int) and not isinstance(rid, bool):
+        return rid
+    return None
+
+
+def parse_request(frame: bytes, max_size: int | None = None) -> Request:
+    """Decode and validate one request frame.
+
+    Raises :class:`InvalidRequest` (code ``bad_request``, ``unknown_op``,
+    ``unsupported_version`` or ``too_large``) carrying the request id when it could be
+    read; a frame that is not msgpack at all raises ``CodecError``.
+    """
+    if max_size is not None and len(frame) > max_size:
+        raise InvalidRequest(
+            f"request of {len(frame)} bytes exceeds the {max_size}-byte cap", "too_large"
+        )
+    msg = unpack(frame)
+    if not isinstance(msg, dict):
+        raise InvalidRequest(f"request must be a map, not {type(msg).__name__}")
+    rid = _read_id(msg)
+    if rid is None:
+        raise InvalidRequest("request 'id' must be a string or an integer")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise InvalidRequest(
+            f"unsupported protocol version {msg.get('v')!r} (this node speaks {PROTOCOL_VERSION})",
+            "unsupported_version",
+            request_id=rid,
+        )
+    extra = sorted(str(k) for k in msg if k not in _ENVELOPE_KEYS)
+    if extra:
+        raise InvalidRequest(f"unknown envelope field(s): {', '.join(extra)}", request_id=rid)
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise InvalidRequest("request 'op' must be a string", request_id=rid)
+    if op not in OPS:
+        raise InvalidRequest(f"unknown op {op!r}", "unknown_op", request_id=rid)
+    token = msg.get("token")
+    if token is not None and not isinstance(token, str):
+        raise InvalidRequest("request 'token' must be a string", request_id=rid)
+    raw_args = msg.get("args", {})
+    if not isinstance(raw_args, dict):
+        raise InvalidRequest("request 'args' must be a map", request_id=rid)
+    model, _ = OPS[op]
+    try:
+        args = model.model_validate(raw_args)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        summary = "; ".join(f"{p['loc'] or 'args'}: {p['message']}" for p in problems)
+        raise InvalidRequest(
+            f"invalid arguments for {op!r}: {summary}", request_id=rid, details=problems
+        ) from exc
+    return Request(id=rid, op=op, args=args, token=token)
+
+
+def make_request(
+    request_id: RequestId, op: str, args: Mapping[str, Any], token: str | None = None
+) -> dict[str, Any]:
+    """The envelope a client sends (not validated here: the server does that)."""
+    msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": dict(args)}
+    if token is not None:
+        msg["token"] = token
+    return msg
+
+
+def authorize(token: str | None, tokens: Mapping[str, str]) -> Role:
+    """The caller's role.
+
+    With no tokens configured every caller is admin: the local socket is guarded by its
+    0700 directory. Otherwise the token must be one of ``tokens`` (token -> role name).
+    """
+    if not tokens:
+        return Role.admin
+    if token is None:
+        raise Forbidden("a token is required")
+    found: str | None = None
+    # Compare against every token in constant time so timing does not leak a prefix.
+    for known, role_name in tokens.items():
+        if hmac.compare_digest(known.encode(), token.encode()):
+            found = role_name
+    if found is None:
+        raise Forbidden("unknown token")
+    try:
+        return Role[found]
+    except KeyError as exc:
+        raise ConfigError(f"token configured with unknown role {found!r}") from exc
+
+
+def require_role(role: Role, op: str) -> None:
+    """Raise Forbidden unless ``role`` may call ``op``."""
+    needed = OPS[op][1] if op in OPS else Role.admin
+    if role < needed:
+        raise Forbidden(f"role {role.name!r} may not call {op!r} (needs {needed.name!r})")
+
+
+def ok_reply(request_id: RequestId | None, result: Any) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result}
+
+
+def _details(exc: BaseException) -> object:
+    if isinstance(exc, WorkflowValidationError):
+        return [{"loc": p.loc, "message": p.message} for p in exc.problems]
+    if isinstance(exc, InvalidRequest | RemoteError):
+        return exc.details
+    return None
+
+
+def error_reply(request_id: RequestId | None, exc: BaseException) -> dict[str, Any]:
+    """The error reply for ``exc``; unexpected errors are logged, never described."""
+    if isinstance(exc, TammaError):
+        error: dict[str, Any] = {"code": error_code(exc), "message": str(exc)}
+        details = _details(exc)
+        if details is not None:
+            error["details"] = details
+    else:
+        log.error("internal error serving request %r", request_id, exc_info=exc)
+        error = {"code": "internal", "message": "internal error (see the node's log)"}
+    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}
