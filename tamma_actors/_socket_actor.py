@@ -1,0 +1,329 @@
+"""SocketActor: a pykka actor whose own thread polls its ZeroMQ sockets and its inbox.
+
+A ZeroMQ socket must only ever be used by one thread. A SocketActor's thread is the only
+one that touches the sockets it owns: one ``zmq.Poller`` waits on those sockets, on plain
+file descriptors (pipes, pidfds), on a wake-up fd signalled by the inbox, and until the
+next timer deadline. Nothing polls on a fixed tick.
+
+Each loop iteration handles at most ``inbox_batch`` messages, calls each readable socket's
+callback at most ``socket_batch`` times and runs at most ``timer_batch`` due timers, so a
+busy socket cannot starve the inbox nor the other way round.
+
+Failure semantics are pykka's (see :mod:`tamma_actors._envelope`). A watch callback or a
+timer callback that raises is treated exactly like a tell'd message that raised: the error
+is logged by ``_handle_failure``, ``on_failure`` runs and the actor stops.
+
+Life cycle: subclasses create and bind their sockets in ``on_start`` (on the actor thread)
+and ``watch()`` them; they close them in ``on_stop``. Sockets still watched when the actor
+stops are closed with linger 0 here; watched plain fds are only forgotten (their owner
+closes them). ``ActorRef.stop()`` returns once the thread has closed those sockets and
+answered every pending ask (with ``ActorDeadError``), i.e. just before the thread exits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+import pykka
+import zmq
+from pykka import ThreadingFuture
+from pykka._envelope import Envelope
+from pykka.messages import _ActorStop
+
+from tamma_actors._envelope import (
+    fail_actor,
+    handle_envelope,
+    reject_envelope,
+    run_callback,
+    run_setup,
+)
+from tamma_actors._errors import SupervisionError
+from tamma_actors._timers import TimerHandle, TimerHeap
+
+if TYPE_CHECKING:
+    from pykka._actor import ActorInbox
+
+__all__ = ["SocketActor"]
+
+logger = logging.getLogger(__name__)
+
+_thread_counter = itertools.count()
+
+Watchable = zmq.Socket[Any] | int
+
+
+class _Waker:
+    """A file descriptor that becomes readable when signalled: an eventfd, or a pipe."""
+
+    __slots__ = ("_read_fd", "_write_fd")
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._read_fd, self._write_fd = fd, fd
+        else:  # pragma: no cover - non-Linux fallback
+            self._read_fd, self._write_fd = os.pipe()
+            os.set_blocking(self._read_fd, False)
+            os.set_blocking(self._write_fd, False)
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def signal(self) -> None:
+        try:
+            if self._read_fd == self._write_fd:
+                os.eventfd_write(self._write_fd, 1)
+            else:  # pragma: no cover - non-Linux fallback
+                os.write(self._write_fd, b"\x01")
+        except (BlockingIOError, OSError):
+            # A full pipe/counter is already readable; a closed one belongs to a dead actor.
+            pass
+
+    def drain(self) -> None:
+        try:
+            if self._read_fd == self._write_fd:
+                os.eventfd_read(self._read_fd)
+            else:  # pragma: no cover - non-Linux fallback
+                while os.read(self._read_fd, 4096):
+                    pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        fds = {self._read_fd, self._write_fd}
+        self._read_fd = self._write_fd = -1
+        for fd in fds - {-1}:
+            os.close(fd)
+
+
+class _SocketInbox:
+    """A thread-safe FIFO that signals its waker on the empty → non-empty edge only.
+
+    The consumer calls ``acknowledge()`` when the waker fired and then pops; a put that lands
+    after the acknowledgement signals again, and the loop never sleeps while items remain, so
+    no wake-up is lost and an idle actor costs no CPU.
+    """
+
+    __slots__ = ("_closed", "_items", "_lock", "_signalled", "actor", "waker")
+
+    def __init__(self) -> None:
+        self._items: deque[Envelope[Any]] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._signalled = False
+        self.waker = _Waker()
+        self.actor: pykka.Actor | None = None
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._items.append(envelope)
+                wake = not self._signalled
+                self._signalled = True
+        if closed:
+            # The actor is gone (pykka would leave this ask hanging forever).
+            if self.actor is not None:
+                reject_envelope(self.actor, envelope)
+        elif wake:
+            self.waker.signal()
+
+    def get(self) -> Envelope[Any]:
+        with self._lock:
+            return self._items.popleft()
+
+    def pop(self) -> Envelope[Any] | None:
+        with self._lock:
+            return self._items.popleft() if self._items else None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def acknowledge(self) -> None:
+        self.waker.drain()
+        with self._lock:
+            self._signalled = False
+
+    def close(self) -> list[Envelope[Any]]:
+        """Refuse further messages; return those still waiting."""
+        with self._lock:
+            self._closed = True
+            left = list(self._items)
+            self._items.clear()
+        self.waker.close()
+        return left
+
+
+class SocketActor(pykka.Actor):
+    """A pykka actor on its own thread that owns ZeroMQ sockets: one loop polls the sockets it
+    watches and a wake-up fd for its inbox, so a socket is only ever used by its actor's
+    thread."""
+
+    inbox_batch: ClassVar[int] = 64
+    socket_batch: ClassVar[int] = 64
+    timer_batch: ClassVar[int] = 64
+
+    zmq_context: zmq.Context[Any]
+
+    def __init__(self, zmq_context: zmq.Context[Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.zmq_context = zmq_context
+        self._inbox = cast(_SocketInbox, self.actor_inbox)
+        self._inbox.actor = self
+        self._poller = zmq.Poller()
+        self._watched: dict[Watchable, Callable[[], None]] = {}
+        self._timers = TimerHeap()
+        self._timer_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop_replies: list[pykka.Future[Any]] = []
+
+    @staticmethod
+    def _create_actor_inbox() -> ActorInbox:
+        return _SocketInbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return ThreadingFuture()
+
+    def _start_actor_loop(self) -> None:
+        self._thread = threading.Thread(
+            target=self._actor_loop,
+            name=f"{self.__class__.__name__}-{next(_thread_counter)}",
+            daemon=False,
+        )
+        self._thread.start()
+
+    # -- the API for subclasses (call these on the actor thread) ---------------------------
+
+    def watch(self, sock: Watchable, on_readable: Callable[[], None]) -> None:
+        """Call ``on_readable()`` on the actor thread whenever ``sock`` is readable.
+
+        Readiness is level-triggered: the callback should read without blocking (one
+        message is fine: it is called again while the socket stays readable). Watching an
+        already watched socket replaces its callback.
+        """
+        self._check_thread("watch")
+        if sock not in self._watched:
+            self._poller.register(sock, zmq.POLLIN)
+        self._watched[sock] = on_readable
+
+    def unwatch(self, sock: Watchable) -> None:
+        """Stop watching ``sock`` (it is not closed); unknown sockets are ignored."""
+        self._check_thread("unwatch")
+        if self._watched.pop(sock, None) is not None:
+            self._poller.unregister(sock)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
+        """Run ``fn()`` on the actor thread after ``delay`` seconds; may be called from any
+        thread. If ``fn`` raises, the actor fails as if a tell'd message had raised."""
+        deadline = time.monotonic() + max(0.0, delay)
+        with self._timer_lock:
+            handle = self._timers.push(deadline, fn)
+        if threading.current_thread() is not self._thread:
+            self._inbox.waker.signal()  # the loop may be sleeping past this new deadline
+        return handle
+
+    def _check_thread(self, what: str) -> None:
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            raise SupervisionError(f"{what}() must be called on {self}'s own thread")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _actor_loop(self) -> None:
+        try:
+            self._poller.register(self._inbox.waker.fileno(), zmq.POLLIN)
+            run_setup(self)
+            while not self.actor_stopped.is_set():
+                self._iterate()
+        finally:
+            self._teardown()
+
+    def _iterate(self) -> None:
+        try:
+            events = self._poller.poll(self._poll_timeout())
+        except zmq.ZMQError:
+            fail_actor(self, sys.exc_info())
+            return
+        waker_fd = self._inbox.waker.fileno()
+        ready = [sock for sock, _ in events if sock != waker_fd]
+        if len(ready) < len(events):
+            self._inbox.acknowledge()
+        self._handle_inbox()
+        for sock in ready:
+            self._handle_readable(sock)
+        self._handle_timers()
+
+    def _poll_timeout(self) -> int | None:
+        """Milliseconds until something is due: 0 with messages waiting, None when idle."""
+        if not self._inbox.empty():
+            return 0
+        with self._timer_lock:
+            deadline = self._timers.next_deadline()
+        if deadline is None:
+            return None
+        # Round up: waking a fraction of a millisecond early would spin until the deadline.
+        return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+    def _handle_inbox(self) -> None:
+        for _ in range(self.inbox_batch):
+            if self.actor_stopped.is_set():
+                return
+            envelope = self._inbox.pop()
+            if envelope is None:
+                return
+            if isinstance(envelope.message, _ActorStop) and envelope.reply_to is not None:
+                # Answer the stop only once the thread has let go of its sockets.
+                self._stop_replies.append(envelope.reply_to)
+                envelope = Envelope(envelope.message)
+            handle_envelope(self, envelope)
+
+    def _handle_readable(self, sock: Watchable) -> None:
+        for _ in range(self.socket_batch):
+            callback = self._watched.get(sock)
+            if callback is None or self.actor_stopped.is_set():
+                return
+            run_callback(self, callback)
+            if not self._still_readable(sock):
+                return
+
+    def _still_readable(self, sock: Watchable) -> bool:
+        if isinstance(sock, int) or sock.closed or sock not in self._watched:
+            return False  # plain fds: the next poll says whether more is waiting
+        try:
+            return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return False
+
+    def _handle_timers(self) -> None:
+        now = time.monotonic()
+        for _ in range(self.timer_batch):
+            if self.actor_stopped.is_set():
+                return
+            with self._timer_lock:
+                handle = self._timers.pop_due(now)
+            if handle is None:
+                return
+            if not handle.cancelled:
+                run_callback(self, handle.fn)
+
+    def _teardown(self) -> None:
+        with self._timer_lock:
+            self._timers.clear()
+        for sock in list(self._watched):
+            if not isinstance(sock, int):
+                sock.close(linger=0)
+        self._watched.clear()
+        for envelope in self._inbox.close():
+            reject_envelope(self, envelope)
+        for reply in self._stop_replies:
+            reply.set(None)
+        self._stop_replies.clear()

@@ -1,0 +1,378 @@
+"""SocketActor against real ZeroMQ sockets, real pipes and real threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pykka
+import pytest
+import zmq
+from pykka import ActorDeadError, ActorRegistry
+from pykka._envelope import Envelope
+
+from tamma_actors._errors import SupervisionError
+from tamma_actors._socket_actor import SocketActor
+from tamma_actors._timers import TimerHandle
+
+pytestmark = pytest.mark.integration
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        yield context
+    finally:
+        ActorRegistry.stop_all(timeout=WAIT)
+        context.destroy(linger=0)
+
+
+class Recorder(SocketActor):
+    """Binds a ROUTER in on_start, echoes requests, records what ran on which thread."""
+
+    def __init__(self, zmq_context: zmq.Context[Any], endpoint: str | None = None) -> None:
+        super().__init__(zmq_context)
+        self.endpoint = endpoint
+        self.router: zmq.Socket[Any] | None = None
+        self.log: list[str] = []
+        self.threads: set[str] = set()
+        self.failures: list[BaseException | None] = []
+        self.stopped = threading.Event()
+
+    def on_start(self) -> None:
+        if self.endpoint is not None:
+            self.router = self.zmq_context.socket(zmq.ROUTER)
+            self.router.setsockopt(zmq.LINGER, 0)
+            self.router.bind(self.endpoint)
+            self.watch(self.router, self._on_router)
+
+    def _on_router(self) -> None:
+        assert self.router is not None
+        ident, payload = self.router.recv_multipart(zmq.NOBLOCK)
+        self.threads.add(threading.current_thread().name)
+        self.log.append(f"sock:{payload.decode()}")
+        self.router.send_multipart([ident, b"echo:" + payload])
+
+    def on_receive(self, message: Any) -> Any:
+        self.threads.add(threading.current_thread().name)
+        if isinstance(message, threading.Event):
+            message.wait(WAIT)
+            return "released"
+        if message == "boom":
+            raise ValueError("boom")
+        if message == "exit":
+            raise SystemExit(3)
+        self.log.append(f"msg:{message}")
+        return f"got {message}"
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    def schedule(self, delay: float, fired: threading.Event) -> TimerHandle:
+        def fire() -> None:
+            self.threads.add(threading.current_thread().name)
+            fired.set()
+
+        return self.call_later(delay, fire)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.failures.append(exception_value)
+
+    def on_stop(self) -> None:
+        self.stopped.set()
+
+
+def _dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
+    sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
+    sock.connect(endpoint)
+    return sock
+
+
+def test_tell_ask_and_proxy(ctx: zmq.Context[Any]) -> None:
+    ref = Recorder.start(ctx)
+    ref.tell("a")
+    assert ref.ask("b", timeout=WAIT) == "got b"
+    proxy = ref.proxy()
+    assert proxy.add(2, 3).get(timeout=WAIT) == 5
+    assert proxy.log.get(timeout=WAIT) == ["msg:a", "msg:b"]
+    threads = proxy.threads.get(timeout=WAIT)
+    assert len(threads) == 1
+    assert threads.pop().startswith("Recorder-")
+    assert ref.stop(timeout=WAIT) is True
+    assert not ref.is_alive()
+
+
+def test_ask_that_raises_returns_the_error_and_the_actor_lives(ctx: zmq.Context[Any]) -> None:
+    ref = Recorder.start(ctx)
+    with pytest.raises(ValueError, match="boom"):
+        ref.ask("boom", timeout=WAIT)
+    assert ref.is_alive()
+    assert ref.ask("still", timeout=WAIT) == "got still"
+
+
+def test_router_owned_by_actor_answers_dealer(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/router.sock"
+    ref = Recorder.start(ctx, endpoint)
+    ref.ask("ready", timeout=WAIT)  # on_start has bound the socket
+    dealer = _dealer(ctx, endpoint)
+    try:
+        for i in range(5):
+            dealer.send(f"ping{i}".encode())
+        replies = [dealer.recv() for _ in range(5)]
+    finally:
+        dealer.close(linger=0)
+    assert replies == [f"echo:ping{i}".encode() for i in range(5)]
+    proxy = ref.proxy()
+    assert len(proxy.threads.get(timeout=WAIT)) == 1
+
+
+def test_timer_fires_on_the_actor_thread(ctx: zmq.Context[Any]) -> None:
+    ref = Recorder.start(ctx)
+    proxy = ref.proxy()
+    fired = threading.Event()
+    cancelled = threading.Event()
+    proxy.schedule(0.05, cancelled).get(timeout=WAIT).cancel()
+    handle = proxy.schedule(0.01, fired).get(timeout=WAIT)
+    assert fired.wait(WAIT)
+    assert not handle.cancelled
+    # The cancelled timer was due before the one that fired: it will never run now.
+    assert not cancelled.is_set()
+    threads = proxy.threads.get(timeout=WAIT)
+    assert len(threads) == 1 and threads.pop().startswith("Recorder-")
+
+
+def test_call_later_from_another_thread_wakes_the_loop(ctx: zmq.Context[Any]) -> None:
+    holder: list[Recorder] = []
+
+    class Exposed(Recorder):
+        def on_start(self) -> None:
+            holder.append(self)
+
+    ref = Exposed.start(ctx)
+    ref.ask("ready", timeout=WAIT)
+    fired = threading.Event()
+    ran_on: list[str] = []
+
+    def fire() -> None:
+        ran_on.append(threading.current_thread().name)
+        fired.set()
+
+    # The loop sleeps with no deadline; the new timer must wake it.
+    holder[0].call_later(0.0, fire)
+    assert fired.wait(WAIT)
+    assert ran_on[0].startswith("Exposed-")
+
+
+def test_inbox_and_busy_socket_interleave(ctx: zmq.Context[Any]) -> None:
+    # inproc: a send has reached the peer's pipe when it returns, so the flood is really
+    # waiting on the ROUTER before the actor is released (ipc/tcp would race the I/O thread).
+    endpoint = "inproc://busy"
+    gate = threading.Event()
+    floods = 500
+
+    class Gated(Recorder):
+        def _on_router(self) -> None:
+            gate.wait(WAIT)
+            super()._on_router()
+
+    ref = Gated.start(ctx, endpoint)
+    ref.proxy().add(0, 0).get(timeout=WAIT)  # on_start has bound the socket
+    dealer = _dealer(ctx, endpoint)
+    try:
+        for i in range(floods):
+            dealer.send(str(i).encode())
+        for i in range(3):
+            ref.tell(f"m{i}")
+        gate.set()
+        for _ in range(floods):
+            dealer.recv()
+    finally:
+        dealer.close(linger=0)
+    log = ref.proxy().log.get(timeout=WAIT)
+    first_msg = log.index("msg:m0")
+    assert log.index(f"sock:{floods - 1}") > first_msg  # messages did not wait for the flood
+    assert first_msg <= SocketActor.socket_batch + 1
+    assert [e for e in log if e.startswith("msg:")] == ["msg:m0", "msg:m1", "msg:m2"]
+
+
+def test_stop_closes_watched_sockets_but_not_unwatched_ones(ctx: zmq.Context[Any]) -> None:
+    extra: list[zmq.Socket[Any]] = []
+
+    class TwoSockets(Recorder):
+        def on_start(self) -> None:
+            super().on_start()
+            other = self.zmq_context.socket(zmq.PULL)
+            other.setsockopt(zmq.LINGER, 0)
+            self.watch(other, lambda: None)
+            self.unwatch(other)
+            self.unwatch(other)  # unknown sockets are ignored
+            extra.append(other)
+
+    ref = TwoSockets.start(ctx, "inproc://closing")
+    router = ref.proxy().router.get(timeout=WAIT)
+    assert router is not None and not router.closed
+    assert ref.stop(timeout=WAIT) is True
+    # stop() answers only after the actor thread has closed its sockets.
+    assert router.closed
+    assert not extra[0].closed
+    extra[0].close(linger=0)
+
+
+def test_asks_pending_at_stop_fail_with_actor_dead(ctx: zmq.Context[Any]) -> None:
+    ref = Recorder.start(ctx)
+    gate = threading.Event()
+    blocked = ref.ask(gate, block=False)
+    stopping = ref.stop(block=False)
+    late = [ref.ask(f"late{i}", block=False) for i in range(3)]
+    gate.set()
+    assert blocked.get(timeout=WAIT) == "released"
+    assert stopping.get(timeout=WAIT) is True
+    for future in late:
+        with pytest.raises(ActorDeadError):
+            future.get(timeout=WAIT)
+
+
+def test_a_message_put_after_the_inbox_closed_is_answered(ctx: zmq.Context[Any]) -> None:
+    ref = Recorder.start(ctx)
+    assert ref.stop(timeout=WAIT)
+    # What a racing ask() sees when it checked is_alive() just before the actor stopped.
+    future: pykka.Future[Any] = Recorder._create_future()
+    ref.actor_inbox.put(Envelope("late", reply_to=future))
+    with pytest.raises(ActorDeadError):
+        future.get(timeout=WAIT)
+    ref.actor_inbox.put(Envelope("told"))  # a tell is dropped silently, as with pykka
+
+
+def test_fd_watch_fires_when_a_pipe_becomes_readable(ctx: zmq.Context[Any]) -> None:
+    read_fd, write_fd = os.pipe()
+    seen: list[bytes] = []
+    readable = threading.Event()
+
+    class PipeWatcher(SocketActor):
+        def on_start(self) -> None:
+            self.watch(read_fd, self._on_pipe)
+
+        def _on_pipe(self) -> None:
+            seen.append(os.read(read_fd, 100))
+            readable.set()
+
+    try:
+        ref = PipeWatcher.start(ctx)
+        ref.ask("sync", timeout=WAIT)  # the watch is registered
+        assert not readable.is_set()
+        os.write(write_fd, b"hello")
+        assert readable.wait(WAIT)
+        assert seen == [b"hello"]
+        assert ref.stop(timeout=WAIT)
+        os.fstat(read_fd)  # a watched plain fd is not closed by the actor
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+class _Failing(Recorder):
+    def fail_soon(self, via: str) -> None:
+        def boom() -> None:
+            raise RuntimeError(f"{via} failed")
+
+        if via == "timer":
+            self.call_later(0.0, boom)
+        else:
+            read_fd, self.write_fd = os.pipe()
+            self.read_fd = read_fd
+            self.watch(read_fd, boom)
+            os.write(self.write_fd, b"x")
+
+    def on_stop(self) -> None:  # not called on failure: pykka calls on_failure instead
+        super().on_stop()
+
+
+@pytest.mark.parametrize("via", ["timer", "watch"])
+def test_a_raising_callback_fails_the_actor_like_a_told_message(
+    ctx: zmq.Context[Any], via: str
+) -> None:
+    holder: list[_Failing] = []
+
+    class Kept(_Failing):
+        def on_start(self) -> None:
+            holder.append(self)
+
+    ref = Kept.start(ctx)
+    ref.proxy().fail_soon(via).get(timeout=WAIT)
+    assert ref.actor_stopped.wait(WAIT)
+    actor = holder[0]
+    assert actor._thread is not None
+    actor._thread.join(WAIT)
+    assert not actor._thread.is_alive()
+    assert [str(e) for e in actor.failures] == [f"{via} failed"]
+    assert not actor.stopped.is_set()
+    assert ref not in ActorRegistry.get_all()
+    with pytest.raises(ActorDeadError):
+        ref.ask("anything", timeout=WAIT)
+    if via == "watch":
+        os.close(actor.read_fd)
+        os.close(actor.write_fd)
+
+
+def test_a_told_message_that_raises_stops_the_actor(ctx: zmq.Context[Any]) -> None:
+    holder: list[Recorder] = []
+
+    class Kept(Recorder):
+        def on_start(self) -> None:
+            holder.append(self)
+
+    ref = Kept.start(ctx)
+    ref.tell("boom")
+    assert ref.actor_stopped.wait(WAIT)
+    assert holder[0]._thread is not None
+    holder[0]._thread.join(WAIT)
+    assert [type(e) for e in holder[0].failures] == [ValueError]
+
+
+def test_on_start_failure_stops_the_actor(ctx: zmq.Context[Any]) -> None:
+    class BadStart(SocketActor):
+        def on_start(self) -> None:
+            raise OSError("cannot bind")
+
+    ref = BadStart.start(ctx)
+    assert ref.actor_stopped.wait(WAIT)
+    with pytest.raises(ActorDeadError):
+        ref.ask("x", timeout=WAIT)
+
+
+def test_base_exception_stops_this_actor_and_the_others(ctx: zmq.Context[Any]) -> None:
+    bystander = Recorder.start(ctx)
+    ref = Recorder.start(ctx)
+    with pytest.raises(ActorDeadError):
+        ref.ask("exit", timeout=WAIT)  # pykka would leave this ask hanging forever
+    assert ref.actor_stopped.wait(WAIT)
+    assert bystander.actor_stopped.wait(WAIT)
+
+
+def test_watch_from_another_thread_is_refused(ctx: zmq.Context[Any]) -> None:
+    holder: list[Recorder] = []
+
+    class Kept(Recorder):
+        def on_start(self) -> None:
+            holder.append(self)
+
+    ref = Kept.start(ctx)
+    ref.ask("ready", timeout=WAIT)
+    with pytest.raises(SupervisionError):
+        holder[0].watch(0, lambda: None)
+    with pytest.raises(SupervisionError):
+        holder[0].unwatch(0)
