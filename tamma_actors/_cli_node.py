@@ -1,0 +1,192 @@
+"""The ``tamma-node`` command: run a node, run a worker, or run a workflow once (demo).
+
+Only this top process installs signal handlers; its children (local workers) are told to
+stop by the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tamma_actors._config import NodeConfig, load_node_config
+from tamma_actors._errors import TammaError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="node config file (TOML or YAML)")
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    parser.add_argument("--workers", type=int, help="local worker processes (default: CPUs)")
+    parser.add_argument("--worker-slots", type=int, help="concurrent steps per worker")
+    parser.add_argument("--control-endpoint", help="control socket (default ipc://DATA/control.sock)")
+    parser.add_argument("--workers-endpoint", help="workers socket (default ipc://DATA/workers.sock)")
+    parser.add_argument("--events-endpoint", help="events PUB socket (default ipc://DATA/events.sock)")
+    parser.add_argument("--allow-shell", action="store_true", default=None,
+                        help="register the `shell` step implementation")
+    parser.add_argument("--durability", choices=["full", "relaxed"], help="fsync every commit (full)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tamma-node", description="Run a tamma_actors node.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a node in the foreground (SIGINT/SIGTERM stop it)")
+    _node_options(run)
+    demo = sub.add_parser("demo", help="start a node, run one workflow to its end, stop")
+    _node_options(demo)
+    demo.add_argument("workflow", type=Path, help="workflow file (YAML)")
+    demo.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--json", action="store_true", help="print the execution as JSON")
+    demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the end")
+    worker = sub.add_parser("worker", help="run one worker that joins a node")
+    worker.add_argument("--connect", required=True, help="the node's workers endpoint")
+    worker.add_argument("--slots", type=int, default=8)
+    worker.add_argument("--worker-id")
+    worker.add_argument("--heartbeat", type=float, default=1.0)
+    worker.add_argument("--allow-shell", action="store_true")
+    worker.add_argument("--plugin", action="append", default=[], metavar="NAME=MODULE:ATTR")
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> NodeConfig:
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "data_dir": args.data_dir,
+            "workers": args.workers,
+            "worker_slots": args.worker_slots,
+            "control_endpoint": args.control_endpoint,
+            "workers_endpoint": args.workers_endpoint,
+            "events_endpoint": args.events_endpoint,
+            "allow_shell": args.allow_shell,
+            "durability": args.durability,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    return load_node_config(args.config, **overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tamma_actors._node import Node
+
+    cfg = _config_from(args)
+    _setup_logging(cfg.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("tamma_actors").info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    with Node(cfg) as node:
+        print(f"tamma-node: control {cfg.control_address}  workers {cfg.workers_address}  "
+              f"events {cfg.events_address}  ({node.recovered} executions recovered)",
+              flush=True)
+        code = node.run(stop)
+    return code
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--input expects KEY=VALUE, got {pair!r}")
+        inputs[key] = yaml.safe_load(value) if value else ""
+    return inputs
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tamma_actors._client import Client
+    from tamma_actors._node import Node
+
+    cfg = _config_from(args)
+    _setup_logging(cfg.log_level if args.log_level else "WARNING")
+    inputs = _parse_inputs(args.input)
+    with Node(cfg) as node, Client(cfg.control_address, timeout=30.0) as client:
+        print(f"node up on {cfg.data_dir} with {cfg.workers} local workers "
+              f"({node.recovered} executions recovered)", file=sys.stderr)
+        started = client.start_workflow(args.workflow, inputs)
+        print(f"started {started.id} ({started.workflow_id})", file=sys.stderr)
+        final = client.wait(started.id, timeout=args.timeout)
+        events = client.get_events(final.id)
+    if args.json:
+        print(json.dumps(final.model_dump(mode="json"), indent=2))
+    else:
+        _print_execution(final.model_dump(mode="json"), len(events))
+    return EXIT_OK if final.status == "completed" else EXIT_FAILED
+
+
+def _print_execution(record: dict[str, Any], event_count: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{record['workflow_id']} — {record['id']}: {record['status']}")
+    for column in ("step", "status", "attempts", "output"):
+        table.add_column(column)
+    for name, result in record["results"].items():
+        output = result.get("data") if result.get("error") is None else result["error"]
+        table.add_row(name, str(result["status"]), str(result["attempts"]),
+                      json.dumps(output, default=str)[:80])
+    console = Console()
+    console.print(table)
+    duration = record["metrics"].get("duration_ms")
+    console.print(f"{event_count} events recorded; duration "
+                  f"{duration:.1f} ms" if duration is not None else f"{event_count} events")
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from tamma_actors._worker import run_worker
+
+    _setup_logging("INFO")
+    allowlist = dict(p.split("=", 1) for p in args.plugin)
+    return run_worker(
+        args.connect,
+        slots=args.slots,
+        worker_id=args.worker_id,
+        heartbeat_interval=args.heartbeat,
+        allow_shell=args.allow_shell,
+        allowlist=allowlist,
+        managed=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
+        return _cmd_worker(args)
+    except (TammaError, ValueError) as exc:
+        print(f"tamma-node: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Engine: routes requests to live execution supervisors, or to the store for the rest.
+
+It implements :class:`tamma_actors._engine_api.AsyncEngine`. Live executions (not yet
+terminal) each have an ExecutionSupervisor; terminal ones are served from the store (their
+final snapshot), so memory holds only what is moving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import pykka
+
+from tamma_actors._dispatch import Dispatcher
+from tamma_actors._errors import IllegalTransition, StoreCorrupted, TammaError, UnknownExecution
+from tamma_actors._execution import (
+    Abort,
+    ExecutionDeps,
+    ExecutionSupervisor,
+    GetRecord,
+    Pause,
+    Recover,
+    Resume,
+    RetryStep,
+    Start,
+    Wait,
+)
+from tamma_actors._keys import new_execution_id
+from tamma_actors._models import WorkflowConfig
+from tamma_actors._state import ExecutionState, replay, to_record, to_status
+from tamma_actors._store import Store
+from tamma_actors._workflow_file import parse_workflow
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_TERMINAL = frozenset({"completed", "failed", "aborted"})
+
+
+@dataclass(frozen=True)
+class EngineParts:
+    store: Store
+    dispatcher: Dispatcher
+    deps: ExecutionDeps
+    implementations: Callable[[], Collection[str]]
+    health_extra: Callable[[], dict[str, Any]] = dict
+
+
+def _done(value: T) -> Future[T]:
+    fut: Future[T] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _failed(exc: BaseException) -> Future[Any]:
+    fut: Future[Any] = Future()
+    fut.set_exception(exc)
+    return fut
+
+
+def _guard(fn: Callable[..., Future[T]]) -> Callable[..., Future[T]]:
+    """Every engine call answers with a future, even when it fails before any work."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Future[T]:
+        try:
+            return fn(*args, **kwargs)
+        except TammaError as exc:
+            return _failed(exc)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class Engine:
+    def __init__(self, parts: EngineParts) -> None:
+        self._store = parts.store
+        self._dispatcher = parts.dispatcher
+        self._deps = replace(parts.deps, on_terminal=self._retire)
+        self._implementations = parts.implementations
+        self._health_extra = parts.health_extra
+        self._lock = threading.Lock()
+        self._live: dict[str, pykka.ActorRef[Any]] = {}
+        self._started = time.time()
+        self._closed = False
+
+    # -- live executions -------------------------------------------------------------------
+
+    def _retire(self, execution_id: str) -> None:
+        """Called after an execution's terminal commit: later requests go to the store.
+
+        The stop is told under the lock, so anything routed to the actor before it was
+        retired sits in its inbox ahead of the stop and is still answered."""
+        with self._lock:
+            ref = self._live.pop(execution_id, None)
+            if ref is not None:
+                try:
+                    ref.stop(block=False)
+                except pykka.ActorDeadError:
+                    pass
+
+    def _route(self, execution_id: str, message: Any) -> bool:
+        with self._lock:
+            ref = self._live.get(execution_id)
+            if ref is None:
+                return False
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                self._live.pop(execution_id, None)
+                return False
+            return True
+
+    def _spawn(
+        self,
+        cfg: WorkflowConfig,
+        state: ExecutionState,
+        message: Any,
+        definition: tuple[str, dict[str, Any]] | None = None,
+    ) -> None:
+        with self._lock:
+            if self._closed:
+                raise TammaError("the engine is shutting down")
+            ref = ExecutionSupervisor.start(
+                self._dispatcher, self._deps, cfg, state, definition=definition
+            )
+            self._live[state.id] = ref
+            ref.tell(message)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    # -- AsyncEngine -----------------------------------------------------------------------
+
+    @_guard
+    def start_workflow(
+        self, definition: dict[str, Any], inputs: dict[str, Any], *, source: str | None = None
+    ) -> Future[dict[str, Any]]:
+        cfg = parse_workflow(
+            definition, source=source, known_implementations=self._implementations()
+        )
+        digest = cfg.digest()
+        created = {
+            "workflow_id": cfg.name,
+            "workflow_version": cfg.version,
+            "digest": digest,
+            "inputs": dict(inputs),
+            "steps": [s.name for s in cfg.steps],
+            "source": source,
+        }
+        # The definition, the created and started events and the first dispatches reach
+        # the store in one transaction: the supervisor's first commit.
+        reply: Future[dict[str, Any]] = Future()
+        state = ExecutionState(id=new_execution_id())
+        self._spawn(cfg, state, Start(reply, created),
+                    definition=(digest, cfg.model_dump(mode="json", by_alias=False)))
+        return reply
+
+    def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
+        reply: Future[Any] = Future()
+        if not self._route(execution_id, make(reply)):
+            return self._from_store_or_refuse(execution_id, make)
+        return reply
+
+    def _from_store_or_refuse(
+        self, execution_id: str, make: Callable[[Future[Any]], Any]
+    ) -> Future[Any]:
+        state = self._load(execution_id)
+        probe = make(Future())
+        if isinstance(probe, GetRecord):
+            return _done(to_status(state) if probe.status_only else to_record(state))
+        if isinstance(probe, Wait):
+            return _done(to_record(state))
+        return _done_or_refuse(state, probe)
+
+    @_guard
+    def pause_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: Pause(r))
+
+    @_guard
+    def resume_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: Resume(r))
+
+    @_guard
+    def abort_workflow(
+        self, execution_id: str, reason: str | None = None
+    ) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: Abort(r, reason))
+
+    @_guard
+    def retry_step(self, execution_id: str, step: str) -> Future[dict[str, Any]]:
+        reply: Future[dict[str, Any]] = Future()
+        if self._route(execution_id, RetryStep(step, reply)):
+            return reply
+        state = self._load(execution_id)
+        if state.status != "failed":
+            return _done_or_refuse(state, RetryStep(step, reply))
+        # A failed execution is revived: a supervisor re-activates it and retries the step.
+        cfg = self._definition_of(state)
+        self._spawn(cfg, state, RetryStep(step, reply))
+        return reply
+
+    @_guard
+    def get_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: GetRecord(r))
+
+    @_guard
+    def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: GetRecord(r, status_only=True))
+
+    @_guard
+    def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: Wait(r, timeout))
+
+    @_guard
+    def list_workflows(
+        self,
+        *,
+        status: list[str] | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Future[list[dict[str, Any]]]:
+        ids = [
+            s["id"]
+            for s in self._summaries(status, workflow_id)
+        ][offset : None if limit is None else offset + limit]
+        futures = [self.get_workflow(eid) for eid in ids]
+        out: Future[list[dict[str, Any]]] = Future()
+        _gather(futures, out)
+        return out
+
+    @_guard
+    def get_events(
+        self, execution_id: str, from_seq: int = 0, limit: int | None = None
+    ) -> Future[list[dict[str, Any]]]:
+        if self._store.get_summary(execution_id) is None:
+            raise UnknownExecution(f"no execution {execution_id!r}")
+        return _done(self._store.read_events(execution_id, max(1, from_seq), limit))
+
+    @_guard
+    def health(self) -> Future[dict[str, Any]]:
+        report: dict[str, Any] = {
+            "status": "ok",
+            "uptime_s": round(time.time() - self._started, 3),
+            "executions": {"live": self.live_count},
+        }
+        report.update(self._health_extra())
+        return _done(report)
+
+    # -- recovery and shutdown -------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Re-activate every execution that was not terminal when the node stopped."""
+        count = 0
+        for summary in list(self._store.iter_summaries()):
+            if summary.get("status") in _TERMINAL:
+                continue
+            try:
+                state = self._load(summary["id"])
+                cfg = self._definition_of(state)
+            except TammaError:
+                log.exception("execution %s cannot be recovered", summary["id"])
+                continue
+            self._spawn(cfg, state, Recover())
+            count += 1
+        return count
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop taking executions and stop their supervisors (their state is in the store)."""
+        with self._lock:
+            self._closed = True
+            refs = list(self._live.values())
+            self._live.clear()
+        for ref in refs:
+            try:
+                ref.stop(block=True, timeout=timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+
+    # -- store access ----------------------------------------------------------------------
+
+    def _summaries(
+        self, status: list[str] | None, workflow_id: str | None
+    ) -> Iterator[dict[str, Any]]:
+        wanted = set(status) if status else None
+        for summary in self._store.iter_summaries():
+            if wanted is not None and summary.get("status") not in wanted:
+                continue
+            if workflow_id is not None and summary.get("workflow_id") != workflow_id:
+                continue
+            yield summary
+
+    def _load(self, execution_id: str) -> ExecutionState:
+        if self._store.get_summary(execution_id) is None:
+            raise UnknownExecution(f"no execution {execution_id!r}")
+        snapshot = self._store.load_snapshot(execution_id)
+        from_seq = int(snapshot["seq"]) + 1 if snapshot else 1
+        events = self._store.read_events(execution_id, from_seq)
+        return replay(execution_id, events, snapshot)
+
+    def _definition_of(self, state: ExecutionState) -> WorkflowConfig:
+        definition = self._store.get_definition(state.digest)
+        if definition is None:
+            raise StoreCorrupted(
+                f"execution {state.id}: workflow definition {state.digest} is missing"
+            )
+        return parse_workflow(definition, source=f"definition {state.digest[:12]}")
+
+
+def _done_or_refuse(state: ExecutionState, probe: Any) -> Future[dict[str, Any]]:
+    """A control request for an execution that is no longer live (terminal)."""
+    record = to_record(state)
+    wanted = {Pause: "paused", Resume: "running", Abort: "aborted"}.get(type(probe))
+    if wanted is not None and state.status == wanted:
+        return _done(record)  # idempotent: it is already where it was asked to go
+    action = type(probe).__name__.lower().replace("retrystep", "retry a step of")
+    return _failed(
+        IllegalTransition(f"execution {state.id} is {state.status}; cannot {action} it")
+    )
+
+
+def _gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any]]]) -> None:
+    if not futures:
+        out.set_result([])
+        return
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[dict[str, Any]]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if not last:
+            return
+        results = []
+        for fut in futures:
+            exc = fut.exception()
+            if exc is None:
+                results.append(fut.result())
+            elif not isinstance(exc, UnknownExecution):  # deleted meanwhile: leave it out
+                out.set_exception(exc)
+                return
+        out.set_result(results)
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
+

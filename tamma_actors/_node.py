@@ -1,0 +1,299 @@
+"""Node: the coordinator process — builds the supervision tree, recovers, serves.
+
+Start order (and the reverse for shutdown) follows ``supervisors/node.toml``; around the
+declared children sit the pieces every child relies on::
+
+    start:  data dir + lock → LMDB store → dispatcher, timers → [store_writer, event_bus,
+            worker_pool] → engine (recovery) → [control_server]
+    stop:   control_server → engine (execution supervisors) → worker_pool (workers told to
+            stop, then killed) → event_bus → store_writer (drains, commits) → timers,
+            dispatcher → store → lock
+
+Every stop has a timeout; closing twice is harmless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Self
+
+import pykka
+import zmq
+
+from tamma_actors._config import NodeConfig
+from tamma_actors._control import ControlServer
+from tamma_actors._dispatch import Dispatcher
+from tamma_actors._engine import Engine, EngineParts
+from tamma_actors._errors import ConfigError, StoreClosed, SupervisionError
+from tamma_actors._eventbus import EventBus
+from tamma_actors._execution import ExecutionDeps
+from tamma_actors._lmdb_store import LmdbStore
+from tamma_actors._plugins import PluginRegistry, load_registry
+from tamma_actors._store import Write
+from tamma_actors._supervision import (
+    ChildSpec,
+    RestartIntensity,
+    SupervisorSpec,
+    children_to_restart,
+    load_tree,
+)
+from tamma_actors._timers import TimerService
+from tamma_actors._workerpool import WorkerPool
+from tamma_actors._writer import StoreWriter
+
+__all__ = ["EXIT_ESCALATED", "EXIT_OK", "Node"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ESCALATED = 70  # a child failed more often than the tree's restart intensity allows
+
+
+class _ActorSlot:
+    """The current actor of a restartable child: users keep the slot, not the ref."""
+
+    def __init__(self) -> None:
+        self.ref: pykka.ActorRef[Any] | None = None
+
+    def tell(self, message: Any) -> None:
+        if self.ref is None:
+            raise pykka.ActorDeadError("the child is not running")
+        self.ref.tell(message)
+
+
+class _WriterSlot:
+    def __init__(self) -> None:
+        self.writer: StoreWriter | None = None
+
+    def submit(self, write: Write, done: Callable[[BaseException | None], None] | None = None) -> None:
+        if self.writer is None:
+            raise StoreClosed("the store writer is not running")
+        self.writer.submit(write, done)
+
+
+class Node:
+    def __init__(self, config: NodeConfig, *, tree: SupervisorSpec | None = None) -> None:
+        self.config = config
+        self.tree = tree or load_tree(config.supervision)
+        self.registry: PluginRegistry = load_registry(
+            allow_shell=config.allow_shell, allowlist=config.plugins
+        )
+        self._zmq = zmq.Context()
+        self._lock_fd: int | None = None
+        self._store: LmdbStore | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._timers: TimerService | None = None
+        self._writer = _WriterSlot()
+        self._bus = _ActorSlot()
+        self._pool = _ActorSlot()
+        self._control = _ActorSlot()
+        self._engine: Engine | None = None
+        self._running: list[ChildSpec] = []
+        self._intensity = RestartIntensity(self.tree.max_restarts, self.tree.within_seconds)
+        self._closed = False
+        self.recovered = 0
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise SupervisionError("the node is not started")
+        return self._engine
+
+    def start(self) -> Self:
+        cfg = self.config
+        try:
+            self._prepare_data_dir(cfg.data_dir)
+            self._store = LmdbStore(
+                cfg.data_dir / "store", durability=cfg.durability, map_size=cfg.map_size
+            )
+            self._dispatcher = Dispatcher(threads=cfg.dispatcher_threads)
+            self._timers = TimerService()
+            for spec in self.tree.children:
+                if spec.kind != "control_server":
+                    self._start_child(spec)
+            self._engine = Engine(self._engine_parts())
+            self.recovered = self._engine.recover()
+            for spec in self.tree.children:
+                if spec.kind == "control_server":
+                    self._start_child(spec)
+        except BaseException:
+            self.close()
+            raise
+        log.info(
+            "node up: data %s, control %s, %d local workers, %d executions recovered",
+            cfg.data_dir, cfg.control_address, cfg.workers, self.recovered,
+        )
+        return self
+
+    def run(self, stop: threading.Event, check_interval: float = 0.5) -> int:
+        """Supervise the children until ``stop`` is set; returns the exit code."""
+        while not stop.wait(check_interval):
+            for index, spec in enumerate(self._running):
+                if not self._child_alive(spec):
+                    if not self._restart(index, spec):
+                        return EXIT_ESCALATED
+                    break
+        return EXIT_OK
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for spec in reversed(list(self._running)):
+            if spec.kind == "control_server":
+                self._stop_child(spec)
+        if self._engine is not None:
+            self._engine.close()
+        for spec in reversed(list(self._running)):
+            self._stop_child(spec)
+        for closer in (self._timers, self._dispatcher, self._store):
+            if closer is not None:
+                closer.close()
+        self._zmq.term()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- children --------------------------------------------------------------------------
+
+    def _engine_parts(self) -> EngineParts:
+        assert self._store is not None and self._dispatcher is not None
+        assert self._timers is not None
+        deps = ExecutionDeps(
+            writer=self._writer,  # type: ignore[arg-type]
+            pool=self._pool,  # type: ignore[arg-type]
+            timers=self._timers,
+            bus=self._bus,  # type: ignore[arg-type]
+            snapshot_every=self.config.snapshot_every,
+        )
+        return EngineParts(
+            store=self._store,
+            dispatcher=self._dispatcher,
+            deps=deps,
+            implementations=self.registry.names,
+            health_extra=self._health,
+        )
+
+    def _start_child(self, spec: ChildSpec) -> None:
+        cfg = self.config
+        if spec.kind == "store_writer":
+            assert self._store is not None
+            writer = StoreWriter(self._store, max_batch=cfg.group_commit_max)
+            writer.start()
+            self._writer.writer = writer
+        elif spec.kind == "event_bus":
+            self._bus.ref = EventBus.start(
+                self._zmq, cfg.events_address, max_frame_bytes=cfg.max_frame_bytes
+            )
+        elif spec.kind == "worker_pool":
+            self._pool.ref = WorkerPool.start(
+                self._zmq,
+                endpoint=cfg.workers_address,
+                local_workers=cfg.workers,
+                worker_slots=cfg.worker_slots,
+                heartbeat_interval=cfg.heartbeat_interval,
+                heartbeat_timeout=cfg.heartbeat_timeout,
+                cancel_grace=cfg.cancel_grace,
+                max_frame_bytes=cfg.max_frame_bytes,
+                worker_args=self._worker_args(),
+            )
+        else:
+            self._control.ref = ControlServer.start(
+                self._zmq,
+                self.engine,
+                endpoint=cfg.control_address,
+                tokens=cfg.tokens,
+                max_frame_bytes=cfg.max_frame_bytes,
+            )
+        self._running.append(spec)
+
+    def _worker_args(self) -> list[str]:
+        args = ["--heartbeat", str(self.config.heartbeat_interval)]
+        if self.config.allow_shell:
+            args.append("--allow-shell")
+        for name, target in self.config.plugins.items():
+            args += ["--plugin", f"{name}={target}"]
+        return args
+
+    def _stop_child(self, spec: ChildSpec) -> None:
+        if spec in self._running:
+            self._running.remove(spec)
+        if spec.kind == "store_writer":
+            writer, self._writer.writer = self._writer.writer, None
+            if writer is not None:
+                writer.close(timeout=spec.shutdown_timeout)
+            return
+        slot = {"event_bus": self._bus, "worker_pool": self._pool}.get(spec.kind, self._control)
+        ref, slot.ref = slot.ref, None
+        if ref is not None:
+            try:
+                ref.stop(block=True, timeout=spec.shutdown_timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                log.warning("%s did not stop within %.1fs", spec.name, spec.shutdown_timeout)
+
+    def _child_alive(self, spec: ChildSpec) -> bool:
+        if spec.kind == "store_writer":
+            return self._writer.writer is not None and self._writer.writer.alive
+        slot = {"event_bus": self._bus, "worker_pool": self._pool}.get(spec.kind, self._control)
+        return slot.ref is not None and slot.ref.is_alive()
+
+    def _restart(self, index: int, spec: ChildSpec) -> bool:
+        if not self._intensity.allow(time.monotonic()):
+            log.critical(
+                "child %s failed more than %d times within %.0fs: the node stops",
+                spec.name, self.tree.max_restarts, self.tree.within_seconds,
+            )
+            return False
+        affected = [self._running[i] for i in children_to_restart(
+            self.tree.strategy, index, len(self._running))]
+        log.error("child %s died; restarting %s", spec.name, ", ".join(c.name for c in affected))
+        for child in reversed(affected):
+            self._stop_child(child)
+        order = {c.name: i for i, c in enumerate(self.tree.children)}
+        for child in sorted(affected, key=lambda c: order[c.name]):
+            self._start_child(child)
+        return True
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _prepare_data_dir(self, data_dir: Path) -> None:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigError(f"another node is running on {data_dir}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"node": {"pid": os.getpid(), "data_dir": str(self.config.data_dir)}}
+        pool = self._pool.ref
+        try:
+            report["workers"] = pool.proxy().stats().get(timeout=2.0) if pool else None
+        except (pykka.ActorDeadError, pykka.Timeout):
+            report["workers"] = None
+        if report["workers"] is None:
+            report["status"] = "degraded"
+        writer = self._writer.writer
+        report["store"] = self._store.stats() if self._store else None
+        report["writer"] = writer.stats() if writer else None
+        report["children"] = {s.name: self._child_alive(s) for s in self._running}
+        return report

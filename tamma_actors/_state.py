@@ -1,0 +1,386 @@
+"""Execution state and the pure reducer that builds it from events.
+
+The supervisor decides what happens and expresses it as events; :func:`apply` is the only
+code that changes an :class:`ExecutionState`. The same function rebuilds the state during
+recovery (snapshot + the events after it), so the live path and the recovery path cannot
+drift apart, and ``replay(all events) == replay(snapshot, events after it)`` is checkable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tamma_actors._errors import IllegalTransition, StoreCorrupted
+from tamma_actors._status import (
+    TERMINAL_EXECUTION,
+    TERMINAL_STEP,
+    ExecutionStatus,
+    StepStatus,
+    check_execution_transition,
+    check_step_transition,
+)
+
+__all__ = ["ExecutionState", "StepState", "apply", "make_event", "replay", "to_record"]
+
+E = ExecutionStatus
+S = StepStatus
+
+
+@dataclass(slots=True)
+class StepState:
+    status: str = S.PENDING.value
+    attempts: int = 0
+    attempt_base: int = 0  # attempts used before the last manual retry
+    data: Any = None
+    error: dict[str, Any] | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    retry_at: float | None = None  # wall clock of the next attempt while in retry_wait
+    frozen_delay: float | None = None  # retry wait left when the execution was paused
+    worker: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class ExecutionState:
+    id: str
+    workflow_id: str = ""
+    workflow_version: str = ""
+    digest: str = ""
+    status: str = E.PENDING.value
+    context: dict[str, Any] = field(default_factory=dict)
+    start_time: float | None = None
+    end_time: float | None = None
+    seq: int = 0
+    steps: dict[str, StepState] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    current_step: str | None = None
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    retries: int = 0
+    source: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in _TERMINAL_EXECUTION
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__ if name != "steps"}
+        out["steps"] = {name: st.to_dict() for name, st in self.steps.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExecutionState:
+        try:
+            fields = {k: data[k] for k in cls.__slots__ if k in data and k != "steps"}  # type: ignore[attr-defined]
+            state = cls(**fields)
+            state.steps = {
+                name: StepState(**{k: v for k, v in st.items() if k in StepState.__slots__})
+                for name, st in data.get("steps", {}).items()
+            }
+        except (TypeError, AttributeError, KeyError) as exc:
+            raise StoreCorrupted(f"snapshot of {data.get('id')!r} does not decode: {exc}") from exc
+        return state
+
+
+_TERMINAL_EXECUTION = frozenset(s.value for s in TERMINAL_EXECUTION)
+_TERMINAL_STEP = frozenset(s.value for s in TERMINAL_STEP)
+
+
+def make_event(state: ExecutionState, etype: str, ts: float, **data: Any) -> dict[str, Any]:
+    """The next event of ``state`` (its seq follows the state's); not yet applied."""
+    return {
+        "seq": state.seq + 1,
+        "type": etype,
+        "execution_id": state.id,
+        "timestamp": ts,
+        "data": data,
+    }
+
+
+def _step(state: ExecutionState, data: Mapping[str, Any]) -> StepState:
+    return state.steps[data["step"]]
+
+
+def _move_step(state: ExecutionState, name: str, dst: StepStatus) -> StepState:
+    st = state.steps[name]
+    check_step_transition(StepStatus(st.status), dst, name)
+    st.status = dst.value
+    return st
+
+
+def _move(state: ExecutionState, dst: ExecutionStatus) -> None:
+    check_execution_transition(ExecutionStatus(state.status), dst)
+    state.status = dst.value
+
+
+def _created(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    d = ev["data"]
+    state.workflow_id = d["workflow_id"]
+    state.workflow_version = d.get("workflow_version", "")
+    state.digest = d.get("digest", "")
+    state.context = dict(d.get("inputs") or {})
+    state.order = list(d["steps"])
+    state.steps = {name: StepState() for name in state.order}
+    state.start_time = ev["timestamp"]
+    state.source = d.get("source")
+
+
+def _started(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    _move(state, E.RUNNING)
+
+
+def _paused(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    _move(state, E.PAUSED)
+    state.reason = ev["data"].get("reason")
+    for name, left in ev["data"].get("frozen", {}).items():
+        st = state.steps[name]
+        st.frozen_delay, st.retry_at = left, None
+
+
+def _resumed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    _move(state, E.RUNNING)
+    state.reason = None
+    for name, at in ev["data"].get("retry_at", {}).items():
+        st = state.steps[name]
+        st.retry_at, st.frozen_delay = at, None
+
+
+def _finished(dst: ExecutionStatus) -> Callable[[ExecutionState, Mapping[str, Any]], None]:
+    def handler(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+        _move(state, dst)
+        state.end_time = ev["timestamp"]
+        state.current_step = None
+        if dst is E.FAILED:
+            state.error = ev["data"].get("error")
+        if dst is E.ABORTED:
+            state.reason = ev["data"].get("reason")
+
+    return handler
+
+
+def _ready(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    _move_step(state, ev["data"]["step"], S.READY)
+
+
+def _dispatched(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _move_step(state, ev["data"]["step"], S.DISPATCHED)
+    st.attempts = ev["data"]["attempt"]
+    st.retry_at = None
+    st.error = None
+
+
+def _step_started(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _move_step(state, ev["data"]["step"], S.RUNNING)
+    st.started_at = ev["timestamp"]
+    st.worker = ev["data"].get("worker")
+    state.current_step = ev["data"]["step"]
+
+
+def _completed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _move_step(state, ev["data"]["step"], S.SUCCEEDED)
+    st.data = ev["data"].get("output")
+    st.ended_at = ev["timestamp"]
+    if st.started_at is None:
+        st.started_at = ev["timestamp"]
+
+
+def _failed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _move_step(state, ev["data"]["step"], S.FAILED)
+    st.error = ev["data"].get("error")
+    st.ended_at = ev["timestamp"]
+
+
+def _retry_scheduled(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _move_step(state, ev["data"]["step"], S.RETRY_WAIT)
+    st.error = ev["data"].get("error")
+    st.retry_at = ev["data"]["retry_at"]
+    state.retries += 1
+
+
+def _redispatched(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    name = ev["data"]["step"]
+    _move_step(state, name, S.READY)
+    _move_step(state, name, S.DISPATCHED)
+    _step(state, ev["data"]).worker = None
+
+
+def _terminal_step(dst: StepStatus) -> Callable[[ExecutionState, Mapping[str, Any]], None]:
+    def handler(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+        st = _move_step(state, ev["data"]["step"], dst)
+        st.ended_at = ev["timestamp"]
+        st.retry_at = st.frozen_delay = None
+        if ev["data"].get("reason"):
+            st.error = {"type": dst.value, "message": ev["data"]["reason"], "retryable": False}
+
+    return handler
+
+
+def _reset(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    """A manual retry: the step gets a fresh attempt budget; the execution runs again."""
+    name = ev["data"]["step"]
+    if state.status == E.FAILED.value:
+        _move(state, E.RUNNING)
+        state.end_time = None
+        state.error = None
+    st = _move_step(state, name, S.READY)
+    st.attempt_base = st.attempts
+    st.error = None
+    st.ended_at = None
+
+
+def _reopened(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    """A step cancelled or skipped because of a failure goes back to pending."""
+    st = state.steps[ev["data"]["step"]]
+    if st.status not in (S.CANCELLED.value, S.SKIPPED.value):
+        raise IllegalTransition(f"step {ev['data']['step']!r}: cannot reopen a {st.status} step")
+    st.status = S.PENDING.value
+    st.error = None
+    st.ended_at = None
+
+
+_HANDLERS: dict[str, Callable[[ExecutionState, Mapping[str, Any]], None]] = {
+    "workflow.created": _created,
+    "workflow.started": _started,
+    "workflow.paused": _paused,
+    "workflow.resumed": _resumed,
+    "workflow.completed": _finished(E.COMPLETED),
+    "workflow.failed": _finished(E.FAILED),
+    "workflow.aborted": _finished(E.ABORTED),
+    "step.ready": _ready,
+    "step.dispatched": _dispatched,
+    "step.started": _step_started,
+    "step.completed": _completed,
+    "step.failed": _failed,
+    "step.retry_scheduled": _retry_scheduled,
+    "step.redispatched": _redispatched,
+    "step.skipped": _terminal_step(S.SKIPPED),
+    "step.cancelled": _terminal_step(S.CANCELLED),
+    "step.retried": _reset,
+    "step.reopened": _reopened,
+}
+
+EVENT_TYPES = frozenset(_HANDLERS)
+
+
+def apply(state: ExecutionState, event: Mapping[str, Any]) -> None:
+    """Apply one event in place; raises IllegalTransition (state unchanged for that event's
+    own checks) or StoreCorrupted when the event does not follow the state."""
+    if event["seq"] != state.seq + 1:
+        raise StoreCorrupted(
+            f"execution {state.id}: event seq {event['seq']} does not follow {state.seq}"
+        )
+    handler = _HANDLERS.get(event["type"])
+    if handler is None:
+        raise StoreCorrupted(f"execution {state.id}: unknown event type {event['type']!r}")
+    try:
+        handler(state, event)
+    except KeyError as exc:
+        raise StoreCorrupted(
+            f"execution {state.id}: event {event['seq']} ({event['type']}) lacks {exc}"
+        ) from exc
+    state.seq = event["seq"]
+
+
+def replay(
+    execution_id: str,
+    events: Iterable[Mapping[str, Any]],
+    snapshot: Mapping[str, Any] | None = None,
+) -> ExecutionState:
+    """Rebuild a state: from ``snapshot`` (if any) plus the events that follow it."""
+    state = ExecutionState.from_dict(snapshot) if snapshot else ExecutionState(id=execution_id)
+    for ev in events:
+        if ev["seq"] <= state.seq:
+            continue
+        apply(state, ev)
+    return state
+
+
+def _metrics(state: ExecutionState) -> dict[str, Any]:
+    counts = {s: 0 for s in ("succeeded", "failed", "skipped", "cancelled")}
+    for st in state.steps.values():
+        if st.status in counts:
+            counts[st.status] += 1
+    duration = None
+    if state.start_time is not None and state.end_time is not None:
+        duration = (state.end_time - state.start_time) * 1000.0
+    return {
+        "steps_total": len(state.steps),
+        "steps_succeeded": counts["succeeded"],
+        "steps_failed": counts["failed"],
+        "steps_skipped": counts["skipped"],
+        "steps_cancelled": counts["cancelled"],
+        "retries": state.retries,
+        "duration_ms": duration,
+    }
+
+
+def to_record(state: ExecutionState) -> dict[str, Any]:
+    """The execution record of tamma_actors/_engine_api.py."""
+    results = {
+        name: {
+            "status": st.status,
+            "data": st.data,
+            "error": st.error,
+            "attempts": st.attempts,
+            "started_at": st.started_at,
+            "ended_at": st.ended_at,
+        }
+        for name, st in state.steps.items()
+    }
+    return {
+        "id": state.id,
+        "workflow_id": state.workflow_id,
+        "workflow_version": state.workflow_version,
+        "status": state.status,
+        "start_time": state.start_time,
+        "end_time": state.end_time,
+        "current_step": state.current_step,
+        "context": state.context,
+        "results": results,
+        "error": state.error,
+        "metrics": _metrics(state),
+        "seq": state.seq,
+        "reason": state.reason,
+    }
+
+
+def to_summary(state: ExecutionState) -> dict[str, Any]:
+    """The small record kept in the ``executions`` sub-database for listing and filtering."""
+    return {
+        "id": state.id,
+        "workflow_id": state.workflow_id,
+        "status": state.status,
+        "start_time": state.start_time,
+        "end_time": state.end_time,
+        "seq": state.seq,
+        "digest": state.digest,
+    }
+
+
+def to_status(state: ExecutionState) -> dict[str, Any]:
+    """The status record of tamma_actors/_engine_api.py."""
+    progress = {"total": len(state.steps), "succeeded": 0, "failed": 0, "skipped": 0, "running": 0}
+    for st in state.steps.values():
+        if st.status in ("succeeded", "failed", "skipped"):
+            progress[st.status] += 1
+        elif st.status in ("dispatched", "running"):
+            progress["running"] += 1
+    return {
+        "id": state.id,
+        "workflow_id": state.workflow_id,
+        "status": state.status,
+        "current_step": state.current_step,
+        "reason": state.reason,
+        "seq": state.seq,
+        "progress": progress,
+        "steps": {name: st.status for name, st in state.steps.items()},
+    }
+
+
+def step_is_terminal(st: StepState) -> bool:
+    return st.status in _TERMINAL_STEP
