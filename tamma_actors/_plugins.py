@@ -1,0 +1,139 @@
+"""The registry of step implementations a worker may run.
+
+Names come from exactly three places, in this order: the built-ins, the entry points of
+group ``tamma_actors.steps`` (installed packages), and the operator's allowlist
+(``name -> "module:attr"``). A client only ever sends a *name*, so it can never make a
+node import arbitrary code. The first source to claim a name keeps it; built-in names
+(``shell`` included, even when it is disabled) are reserved so that a package cannot
+smuggle a shell runner in under that name.
+
+Listing names imports nothing: a plugin module is imported the first time its step runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+
+from tamma_actors._errors import ConfigError, UnknownImplementation
+from tamma_actors._step_api import StepFunction
+
+__all__ = ["BUILTIN_NAMES", "ENTRY_POINT_GROUP", "PluginRegistry", "load_registry"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "tamma_actors.steps"
+BUILTIN_NAMES = ("noop", "echo", "sleep", "cpu", "fail", "record", "crash", "hang", "shell")
+_BUILTINS_MODULE = "tamma_actors._builtins"
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+Loader = Callable[[], object]
+
+
+def import_target(target: str) -> object:
+    """Import ``"package.module:attr.path"`` and return the attribute."""
+    module_name, _, attr_path = target.partition(":")
+    obj: object = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class PluginRegistry:
+    """Step names mapped to lazy loaders; ``get`` imports once and caches."""
+
+    def __init__(self, loaders: Mapping[str, Loader]) -> None:
+        self._loaders = dict(loaders)
+        self._loaded: dict[str, StepFunction] = {}
+        self._lock = threading.Lock()  # step runner threads resolve concurrently
+
+    def names(self) -> list[str]:
+        return sorted(self._loaders)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._loaders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def get(self, name: str) -> StepFunction:
+        """The implementation called ``name``; UnknownImplementation if absent or broken."""
+        with self._lock:
+            cached = self._loaded.get(name)
+            if cached is not None:
+                return cached
+            loader = self._loaders.get(name)
+            if loader is None:
+                known = ", ".join(self.names()) or "none"
+                raise UnknownImplementation(
+                    f"unknown step implementation {name!r} (registered: {known})"
+                )
+            fn = self._load(name, loader)
+            self._loaded[name] = fn
+            return fn
+
+    @staticmethod
+    def _load(name: str, loader: Loader) -> StepFunction:
+        try:
+            obj = loader()
+        except Exception as exc:  # plugin code can fail to import in any way
+            raise UnknownImplementation(
+                f"step implementation {name!r} could not be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not callable(obj):
+            raise UnknownImplementation(f"step implementation {name!r} is not callable")
+        return obj
+
+
+def _target_loader(target: str) -> Loader:
+    return lambda: import_target(target)
+
+
+def _entry_point_loaders(reserved: set[str]) -> dict[str, Loader]:
+    loaders: dict[str, Loader] = {}
+    try:
+        found = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception:  # broken distribution metadata must not stop a worker
+        log.exception("could not read entry points of group %s", ENTRY_POINT_GROUP)
+        return loaders
+    for ep in found:
+        if not _TARGET.match(ep.value.replace(" ", "")):
+            log.warning("skipping entry point %s = %r: not 'module:attr'", ep.name, ep.value)
+        elif ep.name in reserved or ep.name in loaders:
+            log.warning("skipping entry point %s: name already registered", ep.name)
+        else:
+            loaders[ep.name] = ep.load
+    return loaders
+
+
+def load_registry(
+    *, allow_shell: bool = False, allowlist: Mapping[str, str] | None = None
+) -> PluginRegistry:
+    """Built-ins, then installed entry points, then the operator's allowlist.
+
+    A malformed allowlist entry is the operator's configuration error (ConfigError); a
+    broken entry point is logged and skipped.
+    """
+    reserved = set(BUILTIN_NAMES)
+    loaders: dict[str, Loader] = {
+        name: _target_loader(f"{_BUILTINS_MODULE}:{name}")
+        for name in BUILTIN_NAMES
+        if name != "shell" or allow_shell
+    }
+    for name, loader in _entry_point_loaders(reserved).items():
+        loaders[name] = loader
+    for name, target in (allowlist or {}).items():
+        if not name or not _TARGET.match(target):
+            raise ConfigError(f"allowlist entry {name!r} = {target!r}: expected 'module:attr'")
+        if name in reserved or name in loaders:
+            log.warning("allowlist entry %s ignored: name already registered", name)
+            continue
+        loaders[name] = _target_loader(target)
+    return PluginRegistry(loaders)

@@ -1,0 +1,226 @@
+"""The worker protocol: constructors and validators for its msgpack maps.
+
+Plain dicts, no pydantic: every worker process imports this. Each frame is one map with
+``"v": 1`` and ``"t"`` (its type); see docs/internals.md for the table. Decoding checks
+the version, the type, and every field's presence and type; extra fields are tolerated
+(a newer peer may add some). One addition to the documented table: ``rehello`` (node ->
+worker, no fields) asks a worker the node does not know to introduce itself again - the
+node may have restarted while the worker kept its connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tamma_actors._codec import pack, unpack
+from tamma_actors._errors import ProtocolError
+
+__all__ = [
+    "NODE_TYPES",
+    "VERSION",
+    "WORKER_TYPES",
+    "bye",
+    "cancel",
+    "decode_node_frame",
+    "decode_worker_frame",
+    "encode",
+    "hb",
+    "hello",
+    "progress",
+    "rehello",
+    "result_error",
+    "result_ok",
+    "run",
+    "started",
+    "stop",
+    "welcome",
+]
+
+VERSION = 1
+Check = Callable[[Any], bool]
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_map_or_nil(v: Any) -> bool:
+    return v is None or isinstance(v, dict)
+
+
+def _is_optional_int(v: Any) -> bool:
+    return v is None or _is_int(v)
+
+
+def _anything(v: Any) -> bool:
+    return True
+
+
+def _is_error(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and _is_str(v.get("type"))
+        and _is_str(v.get("message"))
+        and v.get("retryable") in (None, True, False)
+        and (v.get("retry_after") is None or _is_number(v.get("retry_after")))
+    )
+
+
+# Fields every map of that type must carry, and what each must look like.
+WORKER_TYPES: dict[str, dict[str, Check]] = {
+    "hello": {
+        "worker_id": _is_str,
+        "pid": _is_int,
+        "host": _is_str,
+        "slots": _is_int,
+        "plugins": _is_str_list,
+    },
+    "hb": {"worker_id": _is_str, "running": _is_str_list, "rss": _is_int},
+    "started": {"task_id": _is_str},
+    "progress": {"task_id": _is_str, "progress": _anything},
+    "result": {"task_id": _is_str, "ok": lambda v: isinstance(v, bool), "duration_ms": _is_number},
+    "bye": {"worker_id": _is_str},
+}
+NODE_TYPES: dict[str, dict[str, Check]] = {
+    "welcome": {"heartbeat_interval": _is_number},
+    "run": {
+        "task_id": _is_str,
+        "execution_id": _is_str,
+        "step": _is_str,
+        "attempt": _is_int,
+        "implementation": _is_str,
+        "config": _is_map_or_nil,
+        "input": _anything,
+        "inputs": _is_map_or_nil,
+        "upstream": _is_map_or_nil,
+        "idempotency_key": _is_str,
+        "item_index": _is_optional_int,
+    },
+    "cancel": {"task_id": _is_str},
+    "stop": {},
+    "rehello": {},
+}
+
+
+def encode(msg: Mapping[str, Any]) -> bytes:
+    """Pack one protocol map (CodecError if a value cannot be encoded)."""
+    return pack(dict(msg))
+
+
+def _decode(data: bytes, max_size: int, types: Mapping[str, Mapping[str, Check]]) -> dict[str, Any]:
+    msg = unpack(data, max_size)
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"frame is a {type(msg).__name__}, not a map")
+    if msg.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {msg.get('v')!r}")
+    kind = msg.get("t")
+    fields = types.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    for name, check in fields.items():
+        if name not in msg:
+            raise ProtocolError(f"{kind} frame lacks field {name!r}")
+        if not check(msg[name]):
+            raise ProtocolError(f"{kind} frame has a bad {name!r}: {msg[name]!r:.80}")
+    if kind == "result":
+        _check_result(msg)
+    return msg
+
+
+def _check_result(msg: dict[str, Any]) -> None:
+    if msg["ok"]:
+        if "output" not in msg:
+            raise ProtocolError("result frame with ok=true lacks 'output'")
+    elif not _is_error(msg.get("error")):
+        raise ProtocolError(f"result frame has a bad 'error': {msg.get('error')!r:.80}")
+
+
+def decode_worker_frame(data: bytes, max_size: int) -> dict[str, Any]:
+    """A validated worker -> node map; CodecError for garbage, ProtocolError otherwise."""
+    return _decode(data, max_size, WORKER_TYPES)
+
+
+def decode_node_frame(data: bytes, max_size: int) -> dict[str, Any]:
+    """A validated node -> worker map; ``config``/``inputs``/``upstream`` nil becomes {}."""
+    msg = _decode(data, max_size, NODE_TYPES)
+    if msg["t"] == "run":
+        for name in ("config", "inputs", "upstream"):
+            if msg[name] is None:
+                msg[name] = {}
+    return msg
+
+
+def _frame(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"v": VERSION, "t": kind, **fields}
+
+
+# worker -> node
+
+
+def hello(
+    worker_id: str, pid: int, host: str, slots: int, plugins: Sequence[str]
+) -> dict[str, Any]:
+    return _frame(
+        "hello", worker_id=worker_id, pid=pid, host=host, slots=slots, plugins=list(plugins)
+    )
+
+
+def hb(worker_id: str, running: Sequence[str], rss: int) -> dict[str, Any]:
+    return _frame("hb", worker_id=worker_id, running=list(running), rss=rss)
+
+
+def started(task_id: str) -> dict[str, Any]:
+    return _frame("started", task_id=task_id)
+
+
+def progress(task_id: str, value: Any) -> dict[str, Any]:
+    return _frame("progress", task_id=task_id, progress=value)
+
+
+def result_ok(task_id: str, output: Any, duration_ms: float) -> dict[str, Any]:
+    return _frame("result", task_id=task_id, ok=True, output=output, duration_ms=duration_ms)
+
+
+def result_error(task_id: str, error: Mapping[str, Any], duration_ms: float) -> dict[str, Any]:
+    return _frame("result", task_id=task_id, ok=False, error=dict(error), duration_ms=duration_ms)
+
+
+def bye(worker_id: str) -> dict[str, Any]:
+    return _frame("bye", worker_id=worker_id)
+
+
+# node -> worker
+
+
+def welcome(heartbeat_interval: float) -> dict[str, Any]:
+    return _frame("welcome", heartbeat_interval=heartbeat_interval)
+
+
+def run(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``run`` frame from a Dispatch task (the run map without ``v``/``t``)."""
+    return {**task, "v": VERSION, "t": "run"}
+
+
+def cancel(task_id: str) -> dict[str, Any]:
+    return _frame("cancel", task_id=task_id)
+
+
+def stop() -> dict[str, Any]:
+    return _frame("stop")
+
+
+def rehello() -> dict[str, Any]:
+    return _frame("rehello")

@@ -1,0 +1,189 @@
+"""Worker protocol maps: constructors round-trip, validators reject what is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tamma_actors import _wire as wire
+from tamma_actors._codec import pack
+from tamma_actors._errors import CodecError, FrameTooLarge, ProtocolError
+
+MAX = 1 << 20
+
+RUN_TASK: dict[str, Any] = {
+    "task_id": "ex/a/1",
+    "execution_id": "ex",
+    "step": "a",
+    "attempt": 1,
+    "implementation": "noop",
+    "config": {"k": 1},
+    "input": [1, 2],
+    "inputs": {"x": 1},
+    "upstream": {},
+    "idempotency_key": "ex/a/1",
+    "item_index": None,
+}
+
+WORKER_FRAMES = [
+    wire.hello("w1", 12, "host", 4, ["noop", "echo"]),
+    wire.hb("w1", ["t1", "t2"], 1 << 33),
+    wire.started("t1"),
+    wire.progress("t1", {"pct": 3}),
+    wire.result_ok("t1", {"out": [1, "x", None]}, 1.5),
+    wire.result_ok("t1", None, 0),
+    wire.result_error(
+        "t1", {"type": "E", "message": "m", "retryable": None, "retry_after": None}, 2
+    ),
+    wire.result_error("t1", {"type": "E", "message": "m", "retryable": True, "retry_after": 2}, 2),
+    wire.bye("w1"),
+]
+NODE_FRAMES = [
+    wire.welcome(1.0),
+    wire.run(RUN_TASK),
+    wire.run({**RUN_TASK, "item_index": 3}),
+    wire.cancel("t1"),
+    wire.stop(),
+    wire.rehello(),
+]
+
+
+@pytest.mark.parametrize("msg", WORKER_FRAMES, ids=lambda m: m["t"])
+def test_worker_frames_round_trip(msg: dict[str, Any]) -> None:
+    assert wire.decode_worker_frame(wire.encode(msg), MAX) == msg
+
+
+@pytest.mark.parametrize("msg", NODE_FRAMES, ids=lambda m: m["t"])
+def test_node_frames_round_trip(msg: dict[str, Any]) -> None:
+    assert wire.decode_node_frame(wire.encode(msg), MAX) == msg
+
+
+def test_directions_are_separate() -> None:
+    with pytest.raises(ProtocolError, match="unknown frame type 'run'"):
+        wire.decode_worker_frame(wire.encode(wire.run(RUN_TASK)), MAX)
+    with pytest.raises(ProtocolError, match="unknown frame type 'hello'"):
+        wire.decode_node_frame(wire.encode(WORKER_FRAMES[0]), MAX)
+
+
+def test_run_nil_maps_become_empty() -> None:
+    task = {**RUN_TASK, "config": None, "inputs": None, "upstream": None}
+    msg = wire.decode_node_frame(wire.encode(wire.run(task)), MAX)
+    assert msg["config"] == {} and msg["inputs"] == {} and msg["upstream"] == {}
+
+
+def test_run_overrides_v_and_t_of_the_task() -> None:
+    msg = wire.run({**RUN_TASK, "v": 9, "t": "x"})
+    assert msg["v"] == 1 and msg["t"] == "run"
+
+
+def test_extra_fields_tolerated() -> None:
+    msg = {**wire.started("t"), "future": 1}
+    assert wire.decode_worker_frame(pack(msg), MAX)["future"] == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "match"),
+    [
+        (b"\xc1", CodecError, "malformed"),
+        (pack([1, 2]), ProtocolError, "not a map"),
+        (pack({"t": "bye", "worker_id": "w"}), ProtocolError, "version None"),
+        (pack({"v": 2, "t": "bye", "worker_id": "w"}), ProtocolError, "version 2"),
+        (pack({"v": 1, "worker_id": "w"}), ProtocolError, "unknown frame type None"),
+        (pack({"v": 1, "t": 5}), ProtocolError, "unknown frame type 5"),
+        (pack({"v": 1, "t": "bye"}), ProtocolError, "lacks field 'worker_id'"),
+        (pack({"v": 1, "t": "bye", "worker_id": 3}), ProtocolError, "bad 'worker_id'"),
+        (pack({**wire.hb("w", [], 1), "rss": True}), ProtocolError, "bad 'rss'"),
+        (pack({**wire.hb("w", [], 1), "running": ["a", 1]}), ProtocolError, "bad 'running'"),
+        (pack({**wire.result_ok("t", 1, 1), "duration_ms": "1"}), ProtocolError, "duration"),
+        (pack({**wire.result_ok("t", 1, 1), "ok": 1}), ProtocolError, "bad 'ok'"),
+        (
+            pack({"v": 1, "t": "result", "task_id": "t", "ok": True, "duration_ms": 1}),
+            ProtocolError,
+            "lacks 'output'",
+        ),
+        (
+            pack({"v": 1, "t": "result", "task_id": "t", "ok": False, "duration_ms": 1}),
+            ProtocolError,
+            "bad 'error'",
+        ),
+        (
+            pack({**wire.result_error("t", {"type": "E", "message": "m", "retryable": "no"}, 1)}),
+            ProtocolError,
+            "bad 'error'",
+        ),
+        (
+            pack(wire.result_error("t", {"type": "E", "message": "m", "retry_after": "x"}, 1)),
+            ProtocolError,
+            "bad 'error'",
+        ),
+        (pack(wire.result_error("t", {"message": "m"}, 1)), ProtocolError, "bad 'error'"),
+    ],
+)
+def test_bad_worker_frames(data: bytes, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        wire.decode_worker_frame(data, MAX)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("attempt", "1"), ("attempt", True), ("config", [1]), ("item_index", 1.5), ("step", None)],
+)
+def test_bad_run_fields(field: str, value: Any) -> None:
+    with pytest.raises(ProtocolError, match=f"bad '{field}'"):
+        wire.decode_node_frame(pack(wire.run({**RUN_TASK, field: value})), MAX)
+
+
+def test_welcome_interval_must_be_a_number() -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_node_frame(pack({**wire.welcome(1), "heartbeat_interval": "1"}), MAX)
+
+
+def test_oversized_frame() -> None:
+    with pytest.raises(FrameTooLarge):
+        wire.decode_worker_frame(wire.encode(wire.progress("t", "x" * 100)), 50)
+
+
+def test_unencodable_value() -> None:
+    with pytest.raises(CodecError):
+        wire.encode(wire.progress("t", object()))
+
+
+@given(st.binary(max_size=200))
+def test_garbage_never_escapes_the_tree(data: bytes) -> None:
+    for decode in (wire.decode_worker_frame, wire.decode_node_frame):
+        try:
+            msg = decode(data, MAX)
+        except (CodecError, ProtocolError):
+            continue
+        assert msg["v"] == 1  # whatever decodes is a checked protocol map
+
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text()
+    | st.floats(allow_nan=False),
+    lambda s: st.lists(s, max_size=4) | st.dictionaries(st.text(max_size=5), s, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(task_id=st.text(), output=values, ms=st.floats(0, 1e9))
+def test_results_round_trip(task_id: str, output: Any, ms: float) -> None:
+    msg = wire.result_ok(task_id, output, ms)
+    assert wire.decode_worker_frame(wire.encode(msg), MAX) == msg
+
+
+@given(st.dictionaries(st.sampled_from(["v", "t", "task_id", "x"]), values, max_size=4))
+def test_random_maps_are_rejected_or_valid(msg: dict[str, Any]) -> None:
+    data = msgpack.packb(msg, use_bin_type=True)
+    try:
+        out = wire.decode_worker_frame(data, MAX)
+    except ProtocolError:
+        return
+    assert out["t"] in wire.WORKER_TYPES
