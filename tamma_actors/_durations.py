@@ -1,0 +1,100 @@
+"""Durations as people write them in workflow files and node config ("250ms", "5m", 30)."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+__all__ = ["DurationUnit", "format_duration", "parse_duration"]
+
+DurationUnit = Literal["ms", "s", "m"]
+
+_SECONDS_PER_UNIT: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?"
+_PART_RE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*")
+
+
+def parse_duration(value: float | int | str, default_unit: DurationUnit) -> float:
+    """Seconds for ``value``: a number in ``default_unit`` or a string such as ``"1.5s"``.
+
+    Accepted units are ``ms``, ``s``, ``m`` and ``h``; a bare number string uses
+    ``default_unit``. Negative, non-finite, boolean or unparsable values raise ValueError.
+    """
+    if default_unit not in _SECONDS_PER_UNIT:
+        raise ValueError(f"unknown default unit {default_unit!r}")
+    # bool is an int subclass; `timeout: true` is a typo, not one millisecond.
+    if isinstance(value, bool):
+        raise ValueError(f"a duration cannot be a boolean ({value!r})")
+    if isinstance(value, int | float):
+        try:
+            amount = float(value)
+        except OverflowError as exc:  # an int too large for a float
+            raise ValueError(f"a duration must be finite, got {value!r}") from exc
+        return _checked(amount * _SECONDS_PER_UNIT[default_unit], value)
+    if not isinstance(value, str):
+        raise ValueError(f"a duration must be a number or a string, not {type(value).__name__}")
+    return _parse_text(value, default_unit)
+
+
+def _parse_text(text: str, default_unit: DurationUnit) -> float:
+    """One ``<number><unit>`` or a compound such as ``"1h30m"``; a bare number uses
+    ``default_unit``."""
+    lowered = text.lower()
+    if lowered.strip().startswith("-"):
+        raise ValueError(f"a duration cannot be negative, got {text!r}")
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(lowered) or not parts:
+        match = _PART_RE.match(lowered, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(
+                f"invalid duration {text!r}: expected a non-negative number with an optional "
+                "unit (ms, s, m, h), e.g. '250ms', '30s', '5m', '1h30m'"
+            )
+        parts.append((match.group(1), match.group(2)))
+        pos = match.end()
+    if len(parts) > 1 and any(not unit for _, unit in parts):
+        raise ValueError(f"invalid duration {text!r}: every part of a compound needs a unit")
+    total = 0.0
+    for number, unit in parts:
+        unit = unit or default_unit
+        if unit not in _SECONDS_PER_UNIT:
+            raise ValueError(
+                f"invalid duration {text!r}: unknown unit {unit!r} (use ms, s, m or h)"
+            )
+        total += float(number) * _SECONDS_PER_UNIT[unit]
+    return _checked(total, text)
+
+
+def _checked(seconds: float, original: object) -> float:
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"a duration must be finite, got {original!r}")
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative, got {original!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A short human form: ``"250ms"``, ``"1.5s"``, ``"2m5s"``, ``"1h30m"``.
+
+    The output parses back with :func:`parse_duration` to within a millisecond
+    (a microsecond below one second).
+    """
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+        raise ValueError(f"cannot format duration {seconds!r}")
+    if seconds < 1:
+        return f"{_trim(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{_trim(seconds)}s"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{hours}h" if hours else ""
+    text += f"{minutes}m" if minutes else ""
+    secs_text = _trim(secs)
+    return text + (f"{secs_text}s" if secs_text != "0" else "")
+
+
+def _trim(number: float) -> str:
+    text = f"{number:.3f}".rstrip("0").rstrip(".")
+    return text or "0"

@@ -1,0 +1,368 @@
+"""The story's data model as pydantic v2 models.
+
+Workflow-file models (``WorkflowConfig`` and its parts) are frozen and forbid unknown
+keys, so a typo in a workflow file is an error rather than a silently ignored setting.
+Execution-side models are built from the plain records of :mod:`tamma_actors._engine_api`
+and ignore unknown keys, so an older client can read a newer node's records.
+
+Every model accepts snake_case names and the story's camelCase aliases (``retryPolicy``,
+``maxAttempts``, ``workflowId``, ...) and dumps snake_case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from tamma_actors._durations import DurationUnit, parse_duration
+from tamma_actors._errors import UnknownStep
+from tamma_actors._status import ExecutionStatus, StepStatus
+
+__all__ = [
+    "STEP_NAME_PATTERN",
+    "Milliseconds",
+    "Seconds",
+    "UtcDatetime",
+    "ErrorHandlingPolicy",
+    "ExecutionMetrics",
+    "RetryPolicy",
+    "StatusProgress",
+    "StepDependency",
+    "StepErrorInfo",
+    "StepResult",
+    "WorkflowConfig",
+    "WorkflowErrorInfo",
+    "WorkflowEvent",
+    "WorkflowExecution",
+    "WorkflowFilter",
+    "WorkflowState",
+    "WorkflowStatusInfo",
+    "WorkflowStep",
+]
+
+STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+_IMPLEMENTED_TYPES = frozenset({"task", "parallel"})
+
+
+# --- field types ---------------------------------------------------------------------
+
+
+def _duration_schema(unit: str, *, nullable: bool = False) -> WithJsonSchema:
+    choices: list[dict[str, Any]] = [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "examples": ["250ms", "30s", "5m", "1h30m"]},
+    ]
+    if nullable:
+        choices.append({"type": "null"})
+    return WithJsonSchema(
+        {"anyOf": choices, "description": f"a number in {unit}, or a duration with a unit"}
+    )
+
+
+def _to_unit(value: Any, default_unit: DurationUnit, per_second: float) -> Any:
+    if value is None:
+        return None
+    return round(parse_duration(value, default_unit) * per_second, 9)
+
+
+def _milliseconds(value: Any) -> Any:
+    return _to_unit(value, "ms", 1000.0)
+
+
+def _seconds(value: Any) -> Any:
+    return _to_unit(value, "s", 1.0)
+
+
+def _minutes_as_seconds(value: Any) -> Any:
+    return _to_unit(value, "m", 1.0)
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML `max_attempts: yes` is a mistake, not "1".
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+def _version_text(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _utc_input(value: Any) -> Any:
+    # Records carry float epoch seconds; pydantic alone would read large numbers as ms.
+    if isinstance(value, bool):
+        raise ValueError("expected a timestamp, not a boolean")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Milliseconds = Annotated[float, BeforeValidator(_milliseconds), _duration_schema("milliseconds")]
+Seconds = Annotated[float, BeforeValidator(_seconds), _duration_schema("seconds")]
+Count = Annotated[int, BeforeValidator(_no_bool)]
+UtcDatetime = Annotated[datetime, BeforeValidator(_utc_input), AfterValidator(_as_utc)]
+_MINUTES_SCHEMA = _duration_schema("minutes", nullable=True)
+StepName = Annotated[str, Field(min_length=1, pattern=STEP_NAME_PATTERN)]
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+        # Errors name fields as the docs and the snake_case dumps do.
+        loc_by_alias=False,
+    )
+
+
+class _RecordModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="ignore",
+    )
+
+
+# --- workflow files ------------------------------------------------------------------
+
+
+class RetryPolicy(_FileModel):
+    """Exponential backoff with jitter; delays are stored in milliseconds."""
+
+    max_attempts: Count = Field(3, ge=1)
+    base_delay: Milliseconds = Field(1000.0, ge=0)
+    max_delay: Milliseconds = Field(30000.0, ge=0)
+    backoff_multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.1, ge=0, le=1)
+    retryable_errors: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> RetryPolicy:
+        if self.max_delay < self.base_delay:
+            raise ValueError(
+                f"max_delay ({self.max_delay:g} ms) is below base_delay ({self.base_delay:g} ms)"
+            )
+        return self
+
+
+class ErrorHandlingPolicy(_FileModel):
+    strategy: Literal["fail_fast", "continue", "compensate"] = "fail_fast"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_strategy(cls, data: Any) -> Any:
+        # `error_handling: continue` is the common way to write it in a workflow file.
+        return {"strategy": data} if isinstance(data, str) else data
+
+
+class StepDependency(_FileModel):
+    """A workflow-level dependency entry: ``step`` runs after every step in ``depends_on``."""
+
+    step: str
+    depends_on: list[str]
+
+
+class WorkflowStep(_FileModel):
+    name: StepName
+    type: Literal["task", "decision", "parallel", "subflow"] = "task"
+    implementation: str | None = Field(None, validate_default=True)
+    config: dict[str, Any] = Field(default_factory=dict)
+    timeout: Annotated[
+        float | None, BeforeValidator(_seconds), _duration_schema("seconds", nullable=True)
+    ] = None
+    retry_policy: RetryPolicy | None = None
+    dependencies: list[str] = Field(default_factory=list)
+    compensation: str | None = None
+
+    @field_validator("implementation")
+    @classmethod
+    def _implementation_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("type")
+        if kind in _IMPLEMENTED_TYPES and not value:
+            raise ValueError(f"a {kind} step needs an implementation")
+        return value
+
+
+class WorkflowConfig(_FileModel):
+    """A workflow definition. ``timeout`` is given in minutes (or as a duration string)
+    and stored in seconds."""
+
+    name: str = Field(min_length=1)
+    version: Annotated[str, BeforeValidator(_version_text)] = "1"
+    description: str = ""
+    steps: list[WorkflowStep] = Field(min_length=1)
+    dependencies: list[StepDependency] = Field(default_factory=list)
+    timeout: Annotated[float | None, BeforeValidator(_minutes_as_seconds), _MINUTES_SCHEMA] = None
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    error_handling: ErrorHandlingPolicy = Field(default_factory=ErrorHandlingPolicy)
+    max_parallel: Count | None = Field(None, ge=1)
+
+    _by_name: dict[str, WorkflowStep] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        # First definition wins; duplicates are reported by the workflow-file checks.
+        for step in self.steps:
+            self._by_name.setdefault(step.name, step)
+
+    @field_serializer("timeout")
+    def _timeout_text(self, seconds: float | None) -> str | None:
+        # A bare number would re-validate as minutes; a unit keeps the dump faithful.
+        return None if seconds is None else f"{seconds!r}s"
+
+    def step(self, name: str) -> WorkflowStep:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownStep(f"workflow {self.name!r} has no step {name!r}") from None
+
+    def deps(self, name: str) -> list[str]:
+        """Every step ``name`` waits for: its own list, then workflow-level entries."""
+        merged = list(self.step(name).dependencies)
+        for entry in self.dependencies:
+            if entry.step == name:
+                merged.extend(entry.depends_on)
+        return list(dict.fromkeys(merged))
+
+    def retry_policy_for(self, name: str) -> RetryPolicy:
+        return self.step(name).retry_policy or self.retry_policy
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal definitions give equal digests."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- executions ----------------------------------------------------------------------
+
+
+class StepErrorInfo(_RecordModel):
+    type: str
+    message: str
+    retryable: bool | None = None
+
+
+class StepResult(_RecordModel):
+    status: StepStatus
+    data: Any = None
+    error: StepErrorInfo | None = None
+    attempts: int = 0
+    started_at: UtcDatetime | None = None
+    ended_at: UtcDatetime | None = None
+    message: str | None = None
+
+
+class WorkflowErrorInfo(_RecordModel):
+    message: str
+    step: str | None = None
+    type: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_message(cls, data: Any) -> Any:
+        return {"message": data} if isinstance(data, str) else data
+
+
+class ExecutionMetrics(_RecordModel):
+    steps_total: int = 0
+    steps_succeeded: int = 0
+    steps_failed: int = 0
+    steps_skipped: int = 0
+    retries: int = 0
+    duration_ms: float | None = None
+
+
+class WorkflowExecution(_RecordModel):
+    id: str
+    workflow_id: str
+    workflow_version: str = ""
+    status: ExecutionStatus
+    start_time: UtcDatetime
+    end_time: UtcDatetime | None = None
+    current_step: str | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    results: dict[str, StepResult] = Field(default_factory=dict)
+    error: WorkflowErrorInfo | None = None
+    metrics: ExecutionMetrics = Field(default_factory=ExecutionMetrics)
+    seq: int = 0
+    reason: str | None = None
+
+
+class StatusProgress(_RecordModel):
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    running: int = 0
+
+
+class WorkflowStatusInfo(_RecordModel):
+    """The story's ``WorkflowStatus``: the status record of ``get_workflow_status``."""
+
+    id: str
+    workflow_id: str
+    status: ExecutionStatus
+    current_step: str | None = None
+    reason: str | None = None
+    seq: int = 0
+    progress: StatusProgress = Field(default_factory=StatusProgress)
+    steps: dict[str, StepStatus] = Field(default_factory=dict)
+
+
+class WorkflowState(_RecordModel):
+    """One entry of an execution's state history (the story's ``WorkflowState``)."""
+
+    execution_id: str
+    workflow_id: str
+    step: str
+    status: str
+    context: dict[str, Any] = Field(default_factory=dict)
+    timestamp: UtcDatetime
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowEvent(_RecordModel):
+    id: str | None = None
+    seq: int = 0
+    type: str
+    execution_id: str
+    timestamp: UtcDatetime
+    data: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowFilter(_RecordModel):
+    status: list[ExecutionStatus] | None = None
+    workflow_id: str | None = None
+    limit: int | None = Field(None, ge=0)
+    offset: int = Field(0, ge=0)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _single_status(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value

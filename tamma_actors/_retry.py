@@ -1,0 +1,100 @@
+"""Retry policy arithmetic: how long to wait, and whether a failure may be retried.
+
+Pure functions; the execution supervisor schedules a timer with the delay, it never
+sleeps. The delay follows tenacity's ``wait_exponential`` (base * multiplier ** n,
+capped) with a proportional jitter whose randomness is injected, so tests and replays
+are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+__all__ = ["RetryPolicyLike", "compute_delay", "is_retryable", "should_retry"]
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class RetryPolicyLike(Protocol):
+    """The fields of :class:`tamma_actors._models.RetryPolicy` the arithmetic reads."""
+
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def base_delay(self) -> float: ...  # milliseconds
+    @property
+    def max_delay(self) -> float: ...  # milliseconds
+    @property
+    def backoff_multiplier(self) -> float: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def retryable_errors(self) -> Sequence[str] | None: ...
+
+
+def compute_delay(policy: RetryPolicyLike, attempt: int, rand: float = 0.5) -> float:
+    """Seconds to wait after attempt number ``attempt`` (1-based) failed.
+
+    ``rand`` in [0, 1] is the caller's random draw; 0.5 means "no jitter offset".
+    The result always lies in [base_delay, max_delay] and never overflows, however large
+    ``attempt`` is.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt numbers start at 1, got {attempt}")
+    if not 0.0 <= rand <= 1.0:
+        raise ValueError(f"rand must be in [0, 1], got {rand}")
+    base, cap = float(policy.base_delay), float(policy.max_delay)
+    raw = _capped_exponential(base, policy.backoff_multiplier, attempt - 1, cap)
+    spread = raw * (1.0 + policy.jitter * (2.0 * rand - 1.0))
+    return min(max(spread, base), cap) / 1000.0
+
+
+def _capped_exponential(base: float, multiplier: float, exponent: int, cap: float) -> float:
+    # Compare in log space first: multiplier ** exponent overflows long before the cap
+    # stops mattering (attempt 2000 with multiplier 2 is already inf).
+    if base <= 0.0 or multiplier <= 1.0 or exponent == 0:
+        return min(base, cap)
+    if exponent * math.log(multiplier) >= math.log(cap / base):
+        return cap
+    return min(base * multiplier**exponent, cap)
+
+
+def is_retryable(
+    policy: RetryPolicyLike, error_type: str, message: str, explicit: bool | None
+) -> bool:
+    """Whether a failure may be retried at all.
+
+    The step's own verdict (``explicit``) wins. Otherwise a policy without
+    ``retryable_errors`` retries everything, and a policy with patterns retries an error
+    when some pattern matches its type name (exactly, as a substring, or as an fnmatch
+    glob such as ``"Timeout*"``) or occurs in its message.
+    """
+    if explicit is not None:
+        return explicit
+    if policy.retryable_errors is None:
+        return True
+    return any(_matches(p, error_type, message) for p in policy.retryable_errors)
+
+
+def _matches(pattern: str, error_type: str, message: str) -> bool:
+    if not pattern:
+        return False
+    if pattern in error_type or pattern in message:
+        return True
+    if _GLOB_CHARS.isdisjoint(pattern):
+        return False
+    return fnmatchcase(error_type, pattern) or fnmatchcase(message, f"*{pattern}*")
+
+
+def should_retry(
+    policy: RetryPolicyLike,
+    attempt: int,
+    error_type: str,
+    message: str,
+    explicit: bool | None,
+) -> bool:
+    """Retry after attempt ``attempt`` failed: the error is retryable and attempts remain."""
+    return attempt < policy.max_attempts and is_retryable(policy, error_type, message, explicit)
