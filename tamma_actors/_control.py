@@ -1,0 +1,299 @@
+"""ControlServer: the actor that owns the node's control ROUTER socket.
+
+Each request is decoded, validated and authorized here (see :mod:`tamma_actors._protocol`)
+before it reaches the engine, so a malformed request changes nothing. The engine answers
+with a future; when it completes, its done-callback only *tells* this actor, and the reply
+is sent from the actor's own thread (a ZeroMQ socket belongs to one thread). Requests are
+therefore served concurrently: a long-polling ``wait`` does not hold up a ``status``.
+
+Frames: ``[identity, payload]`` from DEALER clients, ``[identity, b"", payload]`` from REQ
+clients (the reply then carries the empty delimiter back).
+
+Oversized frames: the socket sets ``ZMQ_MAXMSGSIZE`` to ``max_frame_bytes``, so libzmq
+drops a larger message and *disconnects the peer* before we ever see it: no reply is sent,
+the client times out (our :class:`~tamma_actors._client.Client` refuses to send such a
+frame in the first place). Other clients on the socket are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+import zmq
+
+from tamma_actors._codec import pack
+from tamma_actors._engine_api import AsyncEngine
+from tamma_actors._errors import CodecError, TammaError, TransportError
+from tamma_actors._protocol import (
+    AbortArgs,
+    EventsArgs,
+    ExecutionArgs,
+    HealthArgs,
+    InvalidRequest,
+    ListArgs,
+    Request,
+    RequestId,
+    RetryArgs,
+    StartArgs,
+    WaitArgs,
+    authorize,
+    error_reply,
+    ok_reply,
+    parse_request,
+    require_role,
+)
+from tamma_actors._socket_actor import SocketActor
+
+__all__ = ["ControlServer", "prepare_ipc_endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Completed:
+    """Told to the server by an engine future's done-callback (from any thread)."""
+
+    route: list[bytes]
+    request_id: RequestId
+    future: Future[Any]
+
+
+def _ipc_path(endpoint: str) -> Path | None:
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None  # tcp, or Linux's abstract namespace: no file involved
+    return Path(endpoint.removeprefix("ipc://"))
+
+
+def prepare_ipc_endpoint(endpoint: str) -> None:
+    """For ``ipc://PATH``: create PATH's directory (mode 0700) if missing and remove a
+    stale socket file; refuse a path that a live server, or a non-socket, occupies."""
+    path = _ipc_path(endpoint)
+    if path is None:
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise TransportError(f"{path} exists and is not a socket")
+    if _socket_is_live(path):
+        raise TransportError(f"{endpoint} is already served by another process")
+    path.unlink(missing_ok=True)
+
+
+def _socket_is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        # Refused or gone: stale. Anything else (a path too long...): bind will say.
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+class ControlServer(SocketActor):
+    """Serves control requests on ``endpoint`` against ``engine``.
+
+    ``tokens`` maps token -> role name (``viewer``, ``operator``, ``admin``); empty means
+    every caller is admin (guard the socket's directory instead).
+    """
+
+    def __init__(
+        self,
+        zmq_context: zmq.Context[Any],
+        engine: AsyncEngine,
+        *,
+        endpoint: str,
+        tokens: Mapping[str, str] | None = None,
+        max_frame_bytes: int = 8 << 20,
+    ) -> None:
+        super().__init__(zmq_context)
+        self._engine = engine
+        self._endpoint = endpoint
+        self._tokens = dict(tokens or {})
+        self._max_frame_bytes = max_frame_bytes
+        self._sock: zmq.Socket[Any] | None = None
+        self._bound = endpoint
+        self._requests = 0
+        self._errors = 0
+        self._in_flight = 0
+
+    # -- life cycle (actor thread) --------------------------------------------------------
+
+    def on_start(self) -> None:
+        prepare_ipc_endpoint(self._endpoint)
+        sock = self.zmq_context.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
+            # A reconnecting client with the same identity takes over its old route.
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # Report a reply that cannot be delivered instead of dropping it silently.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.bind(self._endpoint)
+            self._bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(f"cannot bind control socket {self._endpoint}: {exc}") from exc
+        self._sock = sock
+        self.watch(sock, self._on_readable)
+        log.info("control server listening on %s", self._bound)
+
+    def on_stop(self) -> None:
+        self._close_socket()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self.unwatch(sock)
+            sock.close(linger=0)
+            # libzmq unlinks an ipc file later, on its own thread; a restart must not race it.
+            ipc_path = _ipc_path(self._bound)
+            if ipc_path is not None:
+                ipc_path.unlink(missing_ok=True)
+
+    # -- queries (run on the actor thread via ask/proxy) -------------------------------------
+
+    def address(self) -> str:
+        """The bound endpoint (with the real port when bound to ``tcp://...:*``)."""
+        return self._bound
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "requests": self._requests,
+            "errors": self._errors,
+            "in_flight": self._in_flight,
+        }
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None, "watched only while open"
+        try:
+            frames = self._sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # Again included: readiness is only a hint
+            log.debug("control socket receive failed: %s", exc)
+            return
+        self._handle(frames)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        self._requests += 1
+        # A REQ client puts an empty delimiter after its identity and expects it back.
+        is_req = len(frames) >= 3 and frames[1] == b""
+        route = frames[:2] if is_req else frames[:1]
+        body = frames[len(route) :]
+        if len(body) != 1:
+            self._reply_error(route, None, InvalidRequest(f"expected 1 frame, got {len(body)}"))
+            return
+        try:
+            request = parse_request(body[0], self._max_frame_bytes)
+        except InvalidRequest as exc:
+            self._reply_error(route, exc.request_id, exc)
+            return
+        except TammaError as exc:
+            self._reply_error(route, None, exc)
+            return
+        self._serve(route, request)
+
+    def _serve(self, route: list[bytes], request: Request) -> None:
+        try:
+            require_role(authorize(request.token, self._tokens), request.op)
+            future = self._invoke(request)
+        except Exception as exc:
+            self._reply_error(route, request.id, exc)
+            return
+        if future.done():
+            self._reply_from(route, request.id, future)
+            return
+        self._in_flight += 1
+        future.add_done_callback(
+            lambda fut: self._tell_completed(_Completed(route, request.id, fut))
+        )
+
+    def _tell_completed(self, message: _Completed) -> None:
+        # Runs on whichever thread completed the future: never touch the socket here.
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            log.debug("control server stopped before request %r completed", message.request_id)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Completed):
+            self._in_flight -= 1
+            self._reply_from(message.route, message.request_id, message.future)
+            return None
+        return super().on_receive(message)
+
+    def _invoke(self, request: Request) -> Future[Any]:
+        engine, args, op = self._engine, request.args, request.op
+        if isinstance(args, StartArgs):
+            return engine.start_workflow(args.workflow, args.inputs, source=args.source)
+        if isinstance(args, ListArgs):
+            return engine.list_workflows(
+                status=None if args.status is None else list(args.status),
+                workflow_id=args.workflow_id,
+                limit=args.limit,
+                offset=args.offset,
+            )
+        if isinstance(args, HealthArgs):
+            return engine.health()
+        if isinstance(args, AbortArgs):
+            return engine.abort_workflow(args.id, args.reason)
+        if isinstance(args, RetryArgs):
+            return engine.retry_step(args.id, args.step)
+        if isinstance(args, EventsArgs):
+            return engine.get_events(args.id, args.from_seq, args.limit)
+        if isinstance(args, WaitArgs):
+            return engine.wait(args.id, args.timeout)
+        if isinstance(args, ExecutionArgs):
+            simple = {
+                "pause": engine.pause_workflow,
+                "resume": engine.resume_workflow,
+                "get": engine.get_workflow,
+                "status": engine.get_workflow_status,
+            }
+            return simple[op](args.id)
+        raise AssertionError(f"op {op!r} has no engine call")  # pragma: no cover
+
+    def _reply_from(self, route: list[bytes], request_id: RequestId, future: Future[Any]) -> None:
+        if future.cancelled():
+            self._reply_error(route, request_id, TransportError("the node is shutting down"))
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._reply_error(route, request_id, exc)
+            return
+        reply = ok_reply(request_id, future.result())
+        try:
+            data = pack(reply)
+        except CodecError as codec_exc:
+            log.error("reply to %r cannot be encoded", request_id, exc_info=codec_exc)
+            self._reply_error(route, request_id, RuntimeError("unencodable reply"))
+            return
+        self._send(route, data)
+
+    def _reply_error(
+        self, route: list[bytes], request_id: RequestId | None, exc: BaseException
+    ) -> None:
+        self._errors += 1
+        self._send(route, pack(error_reply(request_id, exc)))
+
+    def _send(self, route: list[bytes], data: bytes) -> None:
+        assert self._sock is not None, "replies are sent only while open"
+        try:
+            self._sock.send_multipart([*route, data], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # ROUTER_MANDATORY: the client left (EHOSTUNREACH) or its queue is full (EAGAIN).
+            log.warning("reply dropped: %s", exc)
