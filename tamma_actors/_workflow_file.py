@@ -1,0 +1,310 @@
+"""Workflow files: YAML loading, validation that lists every problem, DAG order.
+
+:func:`parse_workflow` runs the pydantic validation *and* the graph checks on the raw
+mapping, so one error report names every fault in the file (a bad field, a duplicate
+step and a cycle all at once) instead of making the author fix them one by one.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tamma_actors._errors import Problem, WorkflowValidationError
+from tamma_actors._models import WorkflowConfig
+
+__all__ = [
+    "dependents",
+    "load_workflow",
+    "parse_workflow",
+    "read_workflow_mapping",
+    "topological_order",
+    "workflow_json_schema",
+]
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def read_workflow_mapping(path: str | Path) -> dict[str, Any]:
+    """The YAML document at ``path`` as a mapping; unreadable or malformed files raise
+    :class:`WorkflowValidationError` naming the line and column when YAML knows them."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowValidationError([Problem("", f"cannot read file: {exc}")], source) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise WorkflowValidationError([_yaml_problem(exc)], source) from exc
+    if not isinstance(data, dict):
+        kind = "an empty document" if data is None else f"a {type(data).__name__}"
+        raise WorkflowValidationError(
+            [Problem("line 1, column 1", f"a workflow must be a mapping, got {kind}")], source
+        )
+    return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(
+        str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part
+    )
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return Problem(where, f"YAML syntax error: {what or exc}")
+
+
+def load_workflow(
+    path: str | Path, known_implementations: Collection[str] | None = None
+) -> WorkflowConfig:
+    """Read, validate and check the workflow file at ``path``."""
+    return parse_workflow(
+        read_workflow_mapping(path), source=str(path), known_implementations=known_implementations
+    )
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def parse_workflow(
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    known_implementations: Collection[str] | None = None,
+) -> WorkflowConfig:
+    """Validate a parsed workflow definition; raise :class:`WorkflowValidationError`
+    listing every problem (field errors and graph errors), never a pydantic error."""
+    problems: list[Problem] = []
+    config: WorkflowConfig | None = None
+    try:
+        config = WorkflowConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_field_problems(exc))
+    if isinstance(data, Mapping):
+        problems.extend(_graph_problems(_Graph.from_raw(data), known_implementations))
+    if problems or config is None:
+        raise WorkflowValidationError(problems, source)
+    return config
+
+
+def _field_problems(exc: ValidationError) -> Iterator[Problem]:
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "missing":
+            message = "field required"
+        yield Problem(_dotted(error["loc"]), message)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+@dataclass
+class _Node:
+    index: int
+    name: str
+    deps: list[tuple[str, str]]  # (location, dependency name)
+    implementation: Any
+    compensation: Any
+
+
+@dataclass
+class _Graph:
+    """The dependency graph as far as the raw mapping describes it: malformed entries
+    are skipped here because the field validation already reported them."""
+
+    nodes: list[_Node] = field(default_factory=list)
+    extra_deps: list[tuple[str, str, str]] = field(default_factory=list)  # (loc, step, dep)
+    extra_targets: list[tuple[str, str]] = field(default_factory=list)  # (loc, step)
+
+    @classmethod
+    def from_raw(cls, data: Mapping[str, Any]) -> _Graph:
+        graph = cls()
+        for i, step in _indexed(data.get("steps")):
+            name = step.get("name")
+            if not isinstance(name, str):
+                continue
+            deps = [(f"steps[{i}].dependencies[{j}]", d) for j, d in _strings(step, "dependencies")]
+            graph.nodes.append(
+                _Node(i, name, deps, step.get("implementation"), step.get("compensation"))
+            )
+        for i, entry in _indexed(data.get("dependencies")):
+            target = entry.get("step")
+            if not isinstance(target, str):
+                continue
+            graph.extra_targets.append((f"dependencies[{i}].step", target))
+            for j, dep in _strings(entry, "depends_on", "dependsOn"):
+                graph.extra_deps.append((f"dependencies[{i}].depends_on[{j}]", target, dep))
+        return graph
+
+    def edges(self) -> Iterator[tuple[str, str, str]]:
+        """(location, step, dependency) for every declared dependency."""
+        for node in self.nodes:
+            for loc, dep in node.deps:
+                yield loc, node.name, dep
+        yield from self.extra_deps
+
+
+def _indexed(value: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, Mapping):
+                yield i, item
+
+
+def _strings(entry: Mapping[str, Any], *keys: str) -> Iterator[tuple[int, str]]:
+    for key in keys:
+        value = entry.get(key)
+        if isinstance(value, list):
+            yield from ((j, v) for j, v in enumerate(value) if isinstance(v, str))
+
+
+def _graph_problems(
+    graph: _Graph, known_implementations: Collection[str] | None
+) -> Iterator[Problem]:
+    first: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.name in first:
+            yield Problem(
+                f"steps[{node.index}].name",
+                f"duplicate step name {node.name!r} (first defined at steps[{first[node.name]}])",
+            )
+        else:
+            first[node.name] = node.index
+    for loc, target in graph.extra_targets:
+        if target not in first:
+            yield Problem(loc, f"unknown step {target!r}")
+    for loc, step, dep in graph.edges():
+        if dep == step:
+            yield Problem(loc, f"step {step!r} depends on itself")
+        elif dep not in first:
+            yield Problem(loc, f"{step!r} depends on unknown step {dep!r}")
+    yield from _cycle_problems(graph, first)
+    if known_implementations is not None:
+        yield from _implementation_problems(graph, set(known_implementations), first)
+
+
+def _implementation_problems(
+    graph: _Graph, known: set[str], steps: Mapping[str, int]
+) -> Iterator[Problem]:
+    listing = ", ".join(sorted(known)) or "none"
+    for node in graph.nodes:
+        impl = node.implementation
+        if isinstance(impl, str) and impl and impl not in known:
+            yield Problem(
+                f"steps[{node.index}].implementation",
+                f"unknown implementation {impl!r} (registered: {listing})",
+            )
+        comp = node.compensation
+        # A compensation names either another step or an implementation to run.
+        if isinstance(comp, str) and comp not in known and comp not in steps:
+            yield Problem(
+                f"steps[{node.index}].compensation",
+                f"compensation {comp!r} is neither a step nor a registered implementation",
+            )
+
+
+def _cycle_problems(graph: _Graph, order: Mapping[str, int]) -> Iterator[Problem]:
+    runs_before: dict[str, list[str]] = {name: [] for name in order}
+    for _, step, dep in graph.edges():
+        if dep != step and dep in order and step in order:
+            runs_before[dep].append(step)
+    for cycle in _find_cycles(runs_before, order):
+        yield Problem("steps", "dependency cycle: " + " -> ".join([*cycle, cycle[0]]))
+
+
+def _find_cycles(successors: Mapping[str, list[str]], order: Mapping[str, int]) -> list[list[str]]:
+    """One cycle per back edge found by a depth-first search in file order, each rotated
+    to start at its earliest step and reported once."""
+    colour: dict[str, int] = dict.fromkeys(successors, 0)  # 0 new, 1 on stack, 2 done
+    found: dict[tuple[str, ...], None] = {}
+    for root in successors:
+        if colour[root]:
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(successors[root]))]
+        path = [root]
+        colour[root] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                colour[node] = 2
+                stack.pop()
+                path.pop()
+            elif colour[child] == 1:
+                cycle = path[path.index(child) :]
+                start = min(range(len(cycle)), key=lambda k: order[cycle[k]])
+                found[tuple(cycle[start:] + cycle[:start])] = None
+            elif colour[child] == 0:
+                colour[child] = 1
+                path.append(child)
+                stack.append((child, iter(successors[child])))
+    return [list(cycle) for cycle in found]
+
+
+# --- order ---------------------------------------------------------------------------
+
+
+def dependents(config: WorkflowConfig) -> dict[str, list[str]]:
+    """For every step, the steps that wait for it, in file order."""
+    waiting: dict[str, list[str]] = {step.name: [] for step in config.steps}
+    for step in config.steps:
+        for dep in config.deps(step.name):
+            if dep in waiting and step.name not in waiting[dep]:
+                waiting[dep].append(step.name)
+    return waiting
+
+
+def topological_order(config: WorkflowConfig) -> list[str]:
+    """Steps in an order that respects dependencies; among steps that could go next,
+    file order wins, so the result is stable."""
+    position: dict[str, int] = {}
+    for i, step in enumerate(config.steps):
+        position.setdefault(step.name, i)
+    waiting_on = {name: len(config.deps(name)) for name in position}
+    missing = [
+        Problem(f"steps[{position[name]}]", f"{name!r} depends on unknown step {dep!r}")
+        for name in position
+        for dep in config.deps(name)
+        if dep not in position
+    ]
+    if missing:
+        raise WorkflowValidationError(missing, config.name)
+    after = dependents(config)
+    ready = [(i, name) for name, i in position.items() if waiting_on[name] == 0]
+    heapq.heapify(ready)
+    result: list[str] = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        result.append(name)
+        for nxt in after[name]:
+            waiting_on[nxt] -= 1
+            if waiting_on[nxt] == 0:
+                heapq.heappush(ready, (position[nxt], nxt))
+    if len(result) < len(position):
+        done = set(result)
+        stuck = ", ".join(name for name in position if name not in done)
+        raise WorkflowValidationError(
+            [Problem("steps", f"dependency cycle among: {stuck}")], config.name
+        )
+    return result
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """JSON Schema of a workflow file (snake_case keys; camelCase aliases are accepted)."""
+    schema = WorkflowConfig.model_json_schema(by_alias=False)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tamma_actors workflow"
+    return schema

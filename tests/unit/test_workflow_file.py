@@ -1,0 +1,284 @@
+"""Workflow files: YAML reading, one report listing every problem, DAG order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tamma_actors._errors import Problem, WorkflowValidationError
+from tamma_actors._models import WorkflowConfig
+from tamma_actors._workflow_file import (
+    dependents,
+    load_workflow,
+    parse_workflow,
+    read_workflow_mapping,
+    topological_order,
+    workflow_json_schema,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILTINS = {"noop", "echo", "sleep", "cpu", "fail", "record", "crash", "hang", "shell"}
+
+
+def steps(*specs: tuple[str, list[str]]) -> list[dict[str, Any]]:
+    return [{"name": n, "implementation": "noop", "dependencies": d} for n, d in specs]
+
+
+def problems_of(data: Any, **kw: Any) -> list[Problem]:
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(data, **kw)
+    return info.value.problems
+
+
+def locs(problems: list[Problem]) -> set[str]:
+    return {p.loc for p in problems}
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def test_read_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("name: w\nsteps: [{name: a, implementation: noop}]\n")
+    assert read_workflow_mapping(path) == {
+        "name": "w",
+        "steps": [{"name": "a", "implementation": "noop"}],
+    }
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(WorkflowValidationError, match="cannot read") as info:
+        read_workflow_mapping(tmp_path / "absent.yaml")
+    assert info.value.source == str(tmp_path / "absent.yaml")
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: w\nsteps:\n  - name: a\n    config: {x: [1, 2}\n")
+    with pytest.raises(WorkflowValidationError) as info:
+        read_workflow_mapping(path)
+    (problem,) = info.value.problems
+    assert problem.loc.startswith("line 4, column ")
+    assert "YAML syntax error" in problem.message
+    assert isinstance(info.value.__cause__, Exception)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("", "empty"), ("42", "int")])
+def test_document_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    with pytest.raises(WorkflowValidationError, match=kind):
+        read_workflow_mapping(path)
+
+
+def test_undecodable_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(WorkflowValidationError, match="cannot read"):
+        read_workflow_mapping(path)
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "diamond.yaml"])
+def test_shipped_workflows_load_with_builtins(name: str) -> None:
+    cfg = load_workflow(ROOT / "config" / "workflows" / name, BUILTINS)
+    assert cfg.timeout is not None
+    order = topological_order(cfg)
+    assert sorted(order) == sorted(s.name for s in cfg.steps)
+    # A diamond: some step has two dependents that later join again.
+    after = dependents(cfg)
+    assert any(len(v) == 2 for v in after.values())
+    assert any(len(cfg.deps(s.name)) == 2 for s in cfg.steps)
+
+
+def test_diamond_order_and_dependents() -> None:
+    cfg = load_workflow(ROOT / "config" / "workflows" / "diamond.yaml")
+    assert topological_order(cfg) == ["start", "fetch", "left", "right", "join", "finish"]
+    assert dependents(cfg)["fetch"] == ["left", "right"]
+    assert cfg.deps("join") == ["left", "right"]
+
+
+# --- validation ----------------------------------------------------------------------
+
+
+def test_valid_definition() -> None:
+    cfg = parse_workflow({"name": "w", "steps": steps(("a", []), ("b", ["a"]))})
+    assert isinstance(cfg, WorkflowConfig)
+    assert cfg.deps("b") == ["a"]
+
+
+def test_one_report_lists_field_and_graph_problems() -> None:
+    data = {
+        "name": "w",
+        "retry_policy": {"max_attempts": 0},
+        "steps": [
+            {"name": "a", "implementation": "noop", "dependencies": ["c"]},
+            {"name": "b", "implementation": "noop", "dependencies": ["a", "zz", "b"]},
+            {"name": "c", "implementation": "nope", "dependencies": ["b"], "timeout": "soon"},
+            {"name": "a", "implementation": "noop"},
+            {"name": "d", "type": "task", "colour": "red"},
+        ],
+        "dependencies": [
+            {"step": "q", "depends_on": ["a"]},
+            {"step": "d", "dependsOn": ["w"]},
+        ],
+    }
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(data, source="w.yaml", known_implementations=BUILTINS)
+    err = info.value
+    by_loc = {p.loc: p.message for p in err.problems}
+    assert err.source == "w.yaml"
+    assert by_loc["retry_policy.max_attempts"] == "Input should be greater than or equal to 1"
+    assert "invalid duration" in by_loc["steps[2].timeout"]
+    assert by_loc["steps[4].implementation"] == "a task step needs an implementation"
+    assert by_loc["steps[4].colour"] == "unknown field"
+    assert "duplicate step name 'a'" in by_loc["steps[3].name"]
+    assert by_loc["dependencies[0].step"] == "unknown step 'q'"
+    assert "unknown step 'zz'" in by_loc["steps[1].dependencies[1]"]
+    assert "depends on itself" in by_loc["steps[1].dependencies[2]"]
+    assert "unknown step 'w'" in by_loc["dependencies[1].depends_on[0]"]
+    assert by_loc["steps"] == "dependency cycle: a -> b -> c -> a"
+    assert "unknown implementation 'nope'" in by_loc["steps[2].implementation"]
+    assert "w.yaml" in str(err)
+    assert len(err.problems) == 11
+
+
+def test_missing_required_fields() -> None:
+    problems = problems_of({"steps": [{"implementation": "noop"}]})
+    assert {"name", "steps[0].name"} <= locs(problems)
+    assert all(p.message == "field required" for p in problems)
+
+
+@pytest.mark.parametrize("data", [[1, 2], "name: w", None])
+def test_non_mapping_data_is_a_validation_error(data: Any) -> None:
+    assert problems_of(data)
+
+
+def test_malformed_entries_do_not_break_graph_checks() -> None:
+    data = {
+        "name": "w",
+        "steps": [
+            "not a step",
+            {"name": 7, "implementation": "noop"},
+            {"name": "a", "implementation": "noop", "dependencies": "b"},
+        ],
+        "dependencies": [{"step": None}, 5, {"step": "a", "depends_on": [3, "a"]}],
+    }
+    problems = problems_of(data)
+    assert "dependencies[2].depends_on[1]" in locs(problems)
+    assert "steps[0]" in locs(problems)
+
+
+def test_cycles_are_named_once_each() -> None:
+    data = {
+        "name": "w",
+        "steps": steps(("x", ["z"]), ("y", ["x"]), ("z", ["y"]), ("p", ["q"]), ("q", ["p"])),
+    }
+    messages = sorted(p.message for p in problems_of(data))
+    assert messages == [
+        "dependency cycle: p -> q -> p",
+        "dependency cycle: x -> y -> z -> x",
+    ]
+
+
+def test_workflow_level_dependencies_join_cycle_detection() -> None:
+    data = {
+        "name": "w",
+        "steps": steps(("a", []), ("b", ["a"])),
+        "dependencies": [{"step": "a", "depends_on": ["b"]}],
+    }
+    assert [p.message for p in problems_of(data)] == ["dependency cycle: a -> b -> a"]
+
+
+def test_implementations_checked_only_when_known_given() -> None:
+    data = {"name": "w", "steps": [{"name": "a", "implementation": "mystery"}]}
+    assert parse_workflow(data).step("a").implementation == "mystery"
+    (problem,) = problems_of(data, known_implementations=[])
+    assert problem.loc == "steps[0].implementation"
+    assert "registered: none" in problem.message
+
+
+def test_compensation_names_a_step_or_an_implementation() -> None:
+    base = [
+        {"name": "undo", "type": "decision"},
+        {"name": "a", "implementation": "noop", "compensation": "undo"},
+        {"name": "b", "implementation": "noop", "compensation": "echo"},
+        {"name": "c", "implementation": "noop", "compensation": "vanish"},
+    ]
+    (problem,) = problems_of({"name": "w", "steps": base}, known_implementations=BUILTINS)
+    assert problem.loc == "steps[3].compensation"
+
+
+# --- order ---------------------------------------------------------------------------
+
+
+def test_order_is_stable_file_order_among_peers() -> None:
+    cfg = parse_workflow(
+        {"name": "w", "steps": steps(("d", ["b"]), ("c", []), ("b", []), ("a", ["c"]))}
+    )
+    assert topological_order(cfg) == ["c", "b", "d", "a"]
+    assert dependents(cfg) == {"d": [], "c": ["a"], "b": ["d"], "a": []}
+
+
+def test_order_rejects_unchecked_configs() -> None:
+    unknown = WorkflowConfig.model_validate({"name": "w", "steps": steps(("a", ["x"]))})
+    with pytest.raises(WorkflowValidationError, match="unknown step 'x'"):
+        topological_order(unknown)
+    assert dependents(unknown) == {"a": []}
+    cyclic = WorkflowConfig.model_validate(
+        {"name": "w", "steps": steps(("a", ["b"]), ("b", ["a"]))}
+    )
+    with pytest.raises(WorkflowValidationError, match="cycle among: a, b"):
+        topological_order(cyclic)
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> list[tuple[str, list[str]]]:
+    """Random DAGs in a shuffled file order: edges only point to earlier-created steps."""
+    size = draw(st.integers(min_value=1, max_value=12))
+    names = [f"s{i}" for i in range(size)]
+    specs = [
+        (name, draw(st.lists(st.sampled_from(names[:i]), unique=True)) if i else [])
+        for i, name in enumerate(names)
+    ]
+    return draw(st.permutations(specs))
+
+
+@given(dags())
+def test_topological_order_respects_every_dependency(specs: list[tuple[str, list[str]]]) -> None:
+    cfg = parse_workflow({"name": "w", "steps": steps(*specs)})
+    order = topological_order(cfg)
+    position = {name: i for i, name in enumerate(order)}
+    assert sorted(order) == sorted(name for name, _ in specs)
+    for name, deps in specs:
+        assert all(position[d] < position[name] for d in deps)
+    after = dependents(cfg)
+    assert sum(map(len, after.values())) == sum(len(d) for _, d in specs)
+
+
+@given(dags(), st.data())
+def test_adding_a_back_edge_is_reported_as_a_cycle(
+    specs: list[tuple[str, list[str]]], data: st.DataObject
+) -> None:
+    cfg = parse_workflow({"name": "w", "steps": steps(*specs)})
+    order = topological_order(cfg)
+    edges = [(n, d) for n, deps in specs for d in deps]
+    if not edges:
+        return
+    name, dep = data.draw(st.sampled_from(edges))
+    broken = [(n, [*deps, name] if n == dep else deps) for n, deps in specs]
+    problems = problems_of({"name": "w", "steps": steps(*broken)})
+    assert problems
+    assert all(p.message.startswith("dependency cycle: ") for p in problems)
+    assert order  # the unbroken graph still ordered
+
+
+def test_json_schema() -> None:
+    schema = workflow_json_schema()
+    assert schema["title"] == "tamma_actors workflow"
+    assert {"name", "steps", "timeout", "retry_policy"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    assert "WorkflowStep" in schema["$defs"]
