@@ -1,0 +1,652 @@
+"""The worker process: runs step implementations for a node over ZeroMQ.
+
+``python -m tamma_actors._worker --connect ENDPOINT [--slots N] [--managed] ...``
+
+Threads: the main thread owns the DEALER socket and is the only one to touch it. It polls
+the socket and an eventfd. ``slots`` step runners (pykka ThreadingActors, one step at a
+time each) run the steps; whatever they need sent (``started``, ``progress``, ``result``)
+is encoded on their thread, put on the outbox queue, and the eventfd wakes the main
+thread, which sends it.
+
+Shutdown order: stop requested (``stop`` frame, or SIGTERM/SIGINT when unmanaged) ->
+queued tasks answered as cancelled -> running steps' cancel events set -> wait up to
+``stop_grace`` for their results and send them -> ``bye`` -> runners stopped -> socket
+closed. A managed worker (spawned by the node) dies with its parent: PR_SET_PDEATHSIG plus
+a parent check on every heartbeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import psutil
+import pykka
+import zmq
+
+from tamma_actors import _wire as wire
+from tamma_actors._errors import CodecError, TammaError, TransportError, UnknownImplementation
+from tamma_actors._plugins import PluginRegistry, load_registry
+from tamma_actors._step_api import StepCancelled, StepContext, describe_error
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_PARENT_DIED",
+    "EXIT_TRANSPORT",
+    "EXIT_USAGE",
+    "CurveKeys",
+    "Worker",
+    "main",
+    "run_worker",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PARENT_DIED = 3
+EXIT_TRANSPORT = 4
+
+# Without a welcome after this many heartbeat intervals, say hello again: the node may
+# have restarted (ZeroMQ reconnects silently) or not have been up yet.
+HELLO_RETRY_INTERVALS = 3
+_LINGER_MS = 1000
+_PR_SET_PDEATHSIG = 1
+_RUNNER_STOP_TIMEOUT = 1.0
+
+
+@dataclass
+class Task:
+    """One ``run`` map and the event that cancels it."""
+
+    msg: dict[str, Any]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def task_id(self) -> str:
+        return str(self.msg["task_id"])
+
+
+class Outbox:
+    """Frames from runner threads to the socket thread: a queue plus an eventfd to wake it."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._items: queue.SimpleQueue[tuple[bytes, str | None]] = queue.SimpleQueue()
+        self._closed = False
+
+    def post(self, frame: bytes, finished: str | None = None) -> None:
+        """Queue ``frame``; ``finished`` names the task whose runner is free again."""
+        self._items.put((frame, finished))
+        self.wake()
+
+    def wake(self) -> None:
+        if not self._closed:
+            with contextlib.suppress(OSError):  # a counter overflow still leaves it readable
+                os.eventfd_write(self.fd, 1)
+
+    def drain(self) -> list[tuple[bytes, str | None]]:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.fd)
+        items = []
+        while True:
+            try:
+                items.append(self._items.get_nowait())
+            except queue.Empty:
+                return items
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+
+def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int) -> bytes:
+    try:
+        frame = wire.encode(wire.result_ok(task_id, output, duration_ms))
+    except CodecError as exc:
+        error = {
+            "type": "CodecError",
+            "message": f"step output cannot be encoded: {exc}",
+            "retryable": False,
+            "retry_after": None,
+        }
+        return wire.encode(wire.result_error(task_id, error, duration_ms))
+    if len(frame) > max_frame:
+        error = {
+            "type": "FrameTooLarge",
+            "retryable": False,
+            "retry_after": None,
+            "message": f"step output is {len(frame)} bytes, over the {max_frame} cap",
+        }
+        return wire.encode(wire.result_error(task_id, error, duration_ms))
+    return frame
+
+
+class _StepRunner(pykka.ThreadingActor):
+    """Runs one step at a time. Daemon thread: a step that ignores cancel must not keep
+    the process alive once the worker has decided to exit."""
+
+    use_daemon_thread = True
+
+    def __init__(self, registry: PluginRegistry, outbox: Outbox, max_frame: int) -> None:
+        super().__init__()
+        self._registry = registry
+        self._outbox = outbox
+        self._max_frame = max_frame
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Task):
+            self._run(message)
+
+    def _run(self, task: Task) -> None:
+        msg, task_id = task.msg, task.task_id
+        self._outbox.post(wire.encode(wire.started(task_id)))
+        start = time.perf_counter()
+        try:
+            fn = self._registry.get(msg["implementation"])
+            output = fn(self._context(task))
+            elapsed = (time.perf_counter() - start) * 1000
+            frame = _result_frame(task_id, output, elapsed, self._max_frame)
+        except UnknownImplementation as exc:
+            error = {
+                "type": "UnknownImplementation",
+                "message": str(exc),
+                "retryable": False,
+                "retry_after": None,
+            }
+            frame = wire.encode(wire.result_error(task_id, error, 0.0))
+        except BaseException as exc:
+            elapsed = (time.perf_counter() - start) * 1000
+            frame = wire.encode(wire.result_error(task_id, describe_error(exc), elapsed))
+        self._outbox.post(frame, finished=task_id)
+
+    def _context(self, task: Task) -> StepContext:
+        msg, task_id = task.msg, task.task_id
+
+        def on_progress(value: Any) -> None:
+            self._outbox.post(wire.encode(wire.progress(task_id, value)))
+
+        return StepContext(
+            execution_id=msg["execution_id"],
+            step=msg["step"],
+            attempt=msg["attempt"],
+            idempotency_key=msg["idempotency_key"],
+            input=msg["input"],
+            inputs=msg["inputs"],
+            upstream=msg["upstream"],
+            config=msg["config"],
+            item_index=msg["item_index"],
+            cancelled=task.cancelled,
+            on_progress=on_progress,
+        )
+
+
+class RunnerPool:
+    """The step runners and which task each is running; used by the socket thread only."""
+
+    def __init__(
+        self, slots: int, registry: PluginRegistry, outbox: Outbox, max_frame: int
+    ) -> None:
+        self._outbox = outbox
+        self._refs = [_StepRunner.start(registry, outbox, max_frame) for _ in range(slots)]
+        self._free: deque[pykka.ActorRef[Any]] = deque(self._refs)
+        self._running: dict[str, tuple[Task, pykka.ActorRef[Any]]] = {}
+        # Runs beyond our slots (a restarted node does not know our old tasks) wait here.
+        self._backlog: deque[Task] = deque()
+
+    @property
+    def slots(self) -> int:
+        return len(self._refs)
+
+    def running_ids(self) -> list[str]:
+        return [*self._running, *(t.task_id for t in self._backlog)]
+
+    def submit(self, task: Task) -> None:
+        if task.task_id in self.running_ids():
+            log.info("task %s is already here; duplicate run ignored", task.task_id)
+        elif self._free:
+            self._start(task, self._free.popleft())
+        else:
+            self._backlog.append(task)
+
+    def _start(self, task: Task, ref: pykka.ActorRef[Any]) -> None:
+        self._running[task.task_id] = (task, ref)
+        ref.tell(task)
+
+    def finished(self, task_id: str) -> None:
+        _, ref = self._running.pop(task_id)
+        if self._backlog:
+            self._start(self._backlog.popleft(), ref)
+        else:
+            self._free.append(ref)
+
+    def cancel(self, task_id: str) -> None:
+        if task_id in self._running:
+            self._running[task_id][0].cancelled.set()
+            return
+        for task in self._backlog:
+            if task.task_id == task_id:
+                self._backlog.remove(task)
+                self._answer_cancelled(task)
+                return
+
+    def cancel_all(self) -> None:
+        while self._backlog:
+            self._answer_cancelled(self._backlog.popleft())
+        for task, _ in self._running.values():
+            task.cancelled.set()
+
+    def _answer_cancelled(self, task: Task) -> None:
+        error = describe_error(StepCancelled("cancelled before it started"))
+        self._outbox.post(wire.encode(wire.result_error(task.task_id, error, 0.0)))
+
+    def close(self) -> None:
+        self.cancel_all()
+        busy = {id(ref) for _, ref in self._running.values()}
+        for ref in self._refs:
+            # A busy runner may be stuck in a step that ignores cancel: do not wait for it.
+            if id(ref) in busy:
+                ref.stop(block=False)
+            else:
+                with contextlib.suppress(pykka.Timeout):
+                    ref.stop(block=True, timeout=_RUNNER_STOP_TIMEOUT)
+
+
+_PROCESS = psutil.Process()
+
+
+def rss_bytes() -> int:
+    try:
+        return int(_PROCESS.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+class CurveKeys:
+    """CURVE keys (z85) for a TCP connection: the node's public key, and ours."""
+
+    def __init__(
+        self, server_key: str, public_key: str | None = None, secret_key: str | None = None
+    ):
+        if (public_key is None) != (secret_key is None):
+            raise TransportError("CURVE needs both the public and the secret key, or neither")
+        self.server_key = server_key
+        if public_key is None or secret_key is None:
+            pub, sec = zmq.curve_keypair()
+            public_key, secret_key = pub.decode(), sec.decode()
+        self.public_key = public_key
+        self.secret_key = secret_key
+
+
+class Worker:
+    """One worker: a DEALER socket to the node and ``slots`` step runners."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        slots: int = 8,
+        worker_id: str | None = None,
+        heartbeat_interval: float = 1.0,
+        allow_shell: bool = False,
+        allowlist: Mapping[str, str] | None = None,
+        managed: bool = False,
+        parent_pid: int | None = None,
+        max_frame_bytes: int = 8 << 20,
+        curve: CurveKeys | None = None,
+        stop_grace: float = 5.0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.managed = managed
+        self._parent_pid = parent_pid if parent_pid is not None else os.getppid()
+        self._hb_interval = heartbeat_interval
+        self._max_frame = max_frame_bytes
+        self._stop_grace = stop_grace
+        self._registry = load_registry(allow_shell=allow_shell, allowlist=allowlist)
+        self._stop_requested = False
+        self._stopping_since: float | None = None
+        self._welcomed = False
+        self._last_hello = 0.0
+        self._next_hb = 0.0
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._outbox = Outbox()
+        try:
+            self._sock = self._connect(endpoint, curve)
+        except BaseException:
+            self._outbox.close()
+            self._ctx.term()
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._outbox.fd, zmq.POLLIN)
+        self._runners = RunnerPool(slots, self._registry, self._outbox, max_frame_bytes)
+
+    def _connect(self, endpoint: str, curve: CurveKeys | None) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, _LINGER_MS)
+            sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
+            if curve is not None:
+                sock.curve_serverkey = curve.server_key.encode()
+                sock.curve_publickey = curve.public_key.encode()
+                sock.curve_secretkey = curve.secret_key.encode()
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise TransportError(f"worker cannot connect to {endpoint}: {exc}") from exc
+        return sock
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the runners, close the socket and the context; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._runners.close()
+        self._sock.close(_LINGER_MS)
+        self._outbox.close()
+        self._ctx.term()
+
+    def request_stop(self) -> None:
+        """Ask the main loop to stop gracefully; safe from signal handlers and threads."""
+        self._stop_requested = True
+        self._outbox.wake()
+
+    @property
+    def slots(self) -> int:
+        return self._runners.slots
+
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        try:
+            return self._serve()
+        except TransportError:
+            log.exception("worker %s: transport failed", self.worker_id)
+            return EXIT_TRANSPORT
+
+    def _serve(self) -> int:
+        self._say_hello(time.monotonic())
+        while True:
+            now = time.monotonic()
+            if self._stop_requested and self._stopping_since is None:
+                self._begin_stop(now)
+            if self._stopping_since is not None and self._stop_done(now):
+                self._send(wire.bye(self.worker_id))
+                return EXIT_OK
+            if not self._on_timers(now):
+                return EXIT_PARENT_DIED
+            timeout_ms = int(max(0.0, self._next_deadline() - time.monotonic()) * 1000) + 1
+            events = dict(self._poller.poll(timeout_ms))
+            if self._outbox.fd in events:
+                self._flush_outbox()
+            if self._sock in events:
+                self._drain_socket()
+
+    def _stop_done(self, now: float) -> bool:
+        assert self._stopping_since is not None
+        if not self._runners.running_ids():
+            return True
+        if now - self._stopping_since >= self._stop_grace:
+            log.warning("worker %s: steps ignored cancel, exiting anyway", self.worker_id)
+            return True
+        return False
+
+    def _next_deadline(self) -> float:
+        if not self._welcomed:
+            deadline = self._last_hello + HELLO_RETRY_INTERVALS * self._hb_interval
+        else:
+            deadline = self._next_hb
+        if self._stopping_since is not None:
+            deadline = min(deadline, self._stopping_since + self._stop_grace)
+        return deadline
+
+    def _on_timers(self, now: float) -> bool:
+        """Heartbeat and hello retries; False when the managing parent is gone."""
+        if self.managed and os.getppid() != self._parent_pid:
+            log.error("worker %s: parent node died, exiting", self.worker_id)
+            return False
+        if not self._welcomed:
+            if now - self._last_hello >= HELLO_RETRY_INTERVALS * self._hb_interval:
+                self._say_hello(now)
+        elif now >= self._next_hb:
+            self._send(wire.hb(self.worker_id, self._runners.running_ids(), rss_bytes()))
+            self._next_hb = now + self._hb_interval
+        return True
+
+    def _say_hello(self, now: float) -> None:
+        self._welcomed = False
+        self._last_hello = now
+        host = socket.gethostname()
+        names = self._registry.names()
+        self._send(wire.hello(self.worker_id, os.getpid(), host, self.slots, names))
+
+    def _begin_stop(self, now: float) -> None:
+        log.info("worker %s: stopping", self.worker_id)
+        self._stopping_since = now
+        self._runners.cancel_all()
+        self._flush_outbox()
+
+    def _send(self, msg: Mapping[str, Any]) -> None:
+        self._send_bytes(wire.encode(msg))
+
+    def _send_bytes(self, frame: bytes) -> None:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            # Only when the node has been gone long enough to fill the pipe; the node
+            # re-dispatches whatever it did not hear about.
+            log.warning("worker %s: node unreachable, frame dropped", self.worker_id)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"worker send failed: {exc}") from exc
+
+    def _flush_outbox(self) -> None:
+        for frame, finished in self._outbox.drain():
+            self._send_bytes(frame)
+            if finished is not None:
+                self._runners.finished(finished)
+
+    def _drain_socket(self) -> None:
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                raise TransportError(f"worker receive failed: {exc}") from exc
+            if len(parts) != 1:
+                log.warning("worker %s: dropped a %d-part message", self.worker_id, len(parts))
+                continue
+            try:
+                msg = wire.decode_node_frame(parts[0], self._max_frame)
+            except TammaError as exc:
+                log.warning("worker %s: dropped a bad frame: %s", self.worker_id, exc)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "welcome":
+            self._welcomed = True
+            if msg["heartbeat_interval"] > 0:
+                self._hb_interval = float(msg["heartbeat_interval"])
+            self._next_hb = time.monotonic()
+        elif kind == "rehello":
+            self._say_hello(time.monotonic())
+        elif kind == "run":
+            self._on_run(msg)
+        elif kind == "cancel":
+            self._runners.cancel(msg["task_id"])
+        elif kind == "stop":
+            self._stop_requested = True
+
+    def _on_run(self, msg: dict[str, Any]) -> None:
+        if self._stopping_since is not None or self._stop_requested:
+            # Not started and never answered: the node re-dispatches it after our bye.
+            log.info("worker %s: stopping, not running %s", self.worker_id, msg["task_id"])
+            return
+        self._runners.submit(Task(msg, threading.Event()))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the parent dies (best effort elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.warning("prctl unavailable; relying on the heartbeat parent check")
+
+
+def _install_signals(worker: Worker) -> dict[int, Any]:
+    """Signal set-up for the worker's main thread; returns what to restore."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    if worker.managed:
+        # The node tells a managed worker when to stop; a terminal's Ctrl-C is not for us.
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return previous
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        worker.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, on_signal)
+    return previous
+
+
+def run_worker(
+    endpoint: str,
+    *,
+    slots: int = 8,
+    worker_id: str | None = None,
+    heartbeat_interval: float = 1.0,
+    allow_shell: bool = False,
+    allowlist: Mapping[str, str] | None = None,
+    managed: bool = False,
+    parent_pid: int | None = None,
+    max_frame_bytes: int = 8 << 20,
+    curve: CurveKeys | None = None,
+    stop_grace: float = 5.0,
+) -> int:
+    """Run a worker until it is stopped; returns an exit code (``EXIT_*``)."""
+    if managed:
+        _die_with_parent()
+        if parent_pid is not None and os.getppid() != parent_pid:
+            return EXIT_PARENT_DIED  # the node died before we could ask to die with it
+    try:
+        worker = Worker(
+            endpoint,
+            slots=slots,
+            worker_id=worker_id,
+            heartbeat_interval=heartbeat_interval,
+            allow_shell=allow_shell,
+            allowlist=allowlist,
+            managed=managed,
+            parent_pid=parent_pid,
+            max_frame_bytes=max_frame_bytes,
+            curve=curve,
+            stop_grace=stop_grace,
+        )
+    except TransportError:
+        log.exception("worker could not start")
+        return EXIT_TRANSPORT
+    with worker:
+        previous = _install_signals(worker)
+        try:
+            return worker.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _allow_entry(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=module:attr, got {text!r}")
+    return name, target
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tamma-node worker", description=__doc__.split("\n")[0])
+    p.add_argument("--connect", required=True, help="the node's workers endpoint")
+    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--worker-id")
+    p.add_argument("--heartbeat-interval", type=float, default=1.0)
+    p.add_argument("--managed", action="store_true", help="spawned by the node (its parent)")
+    p.add_argument("--parent-pid", type=int)
+    p.add_argument("--allow-shell", action="store_true")
+    p.add_argument(
+        "--allow",
+        type=_allow_entry,
+        action="append",
+        default=[],
+        metavar="NAME=module:attr",
+        help="an extra step implementation",
+    )
+    p.add_argument("--max-frame-bytes", type=int, default=8 << 20)
+    p.add_argument("--stop-grace", type=float, default=5.0)
+    p.add_argument("--curve-server-key")
+    p.add_argument("--curve-public-key")
+    p.add_argument("--curve-secret-key")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        curve = (
+            CurveKeys(args.curve_server_key, args.curve_public_key, args.curve_secret_key)
+            if args.curve_server_key
+            else None
+        )
+        return run_worker(
+            args.connect,
+            slots=args.slots,
+            worker_id=args.worker_id,
+            heartbeat_interval=args.heartbeat_interval,
+            allow_shell=args.allow_shell,
+            allowlist=dict(args.allow),
+            managed=args.managed,
+            parent_pid=args.parent_pid,
+            max_frame_bytes=args.max_frame_bytes,
+            curve=curve,
+            stop_grace=args.stop_grace,
+        )
+    except (TammaError, ValueError) as exc:
+        log.error("worker: %s", exc)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,541 @@
+"""The worker against a plain ROUTER socket standing in for the node.
+
+Most tests run ``Worker.run`` on a thread of the test process (so coverage sees it);
+the process-level behaviour (signals, parent death, the CLI) runs real child processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import zmq
+
+from tamma_actors import _wire as wire
+from tamma_actors import _worker
+from tamma_actors._errors import TransportError
+from tamma_actors._worker import (
+    EXIT_OK,
+    EXIT_PARENT_DIED,
+    EXIT_TRANSPORT,
+    EXIT_USAGE,
+    CurveKeys,
+    Worker,
+    main,
+    run_worker,
+)
+
+pytestmark = pytest.mark.integration
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, TESTS_DIR)
+from plugins_for_tests import ALLOWLIST  # noqa: E402
+
+TIMEOUT = 20.0
+MAX = 1 << 20
+
+
+class FakeNode:
+    """A ROUTER socket and a log of every decoded frame, in arrival order."""
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, **sockopts: Any) -> None:
+        self.sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        for key, value in sockopts.items():
+            setattr(self.sock, key, value)
+        self.sock.bind(endpoint)
+        self.endpoint = endpoint
+        self.frames: list[dict[str, Any]] = []
+        self.identity = b""
+
+    def recv(self, *types: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame of one of ``types`` (all types when none given); others are logged."""
+        while True:
+            if not self.sock.poll(int(timeout * 1000)):
+                raise AssertionError(f"no {types or 'frame'} within {timeout}s: {self.frames}")
+            self.identity, data = self.sock.recv_multipart()
+            msg = wire.decode_worker_frame(data, MAX)
+            self.frames.append(msg)
+            if not types or msg["t"] in types:
+                return msg
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.send_multipart([self.identity, wire.encode(msg)])
+
+    def send_raw(self, *parts: bytes) -> None:
+        self.sock.send_multipart([self.identity, *parts])
+
+    def handshake(self, interval: float = 0.2) -> dict[str, Any]:
+        hello = self.recv("hello")
+        self.send(wire.welcome(interval))
+        return hello
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        while True:
+            msg = self.recv("result")
+            if msg["task_id"] == task_id:
+                return msg
+
+    def index(self, t: str, task_id: str) -> int:
+        return next(
+            i for i, m in enumerate(self.frames) if m["t"] == t and m.get("task_id") == task_id
+        )
+
+
+def task(task_id: str, implementation: str = "noop", **extra: Any) -> dict[str, Any]:
+    t: dict[str, Any] = {
+        "task_id": task_id,
+        "execution_id": "ex",
+        "step": task_id,
+        "attempt": 1,
+        "implementation": implementation,
+        "config": {},
+        "input": None,
+        "inputs": {},
+        "upstream": {},
+        "idempotency_key": f"ex/{task_id}/1",
+        "item_index": None,
+    }
+    t.update(extra)
+    return wire.run(t)
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    yield ctx
+    ctx.term()
+
+
+@pytest.fixture
+def node(zctx: zmq.Context[Any], tmp_path: Path) -> Iterator[FakeNode]:
+    fake = FakeNode(zctx, f"ipc://{tmp_path}/w.sock")
+    yield fake
+    fake.sock.close(0)
+
+
+class Running:
+    """A Worker running on a thread of this process; always stopped and closed."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, name="test-worker")
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.code = self.worker.run()
+
+    def join(self) -> int | None:
+        self.thread.join(timeout=TIMEOUT)
+        assert not self.thread.is_alive(), "worker did not stop"
+        return self.code
+
+    def stop(self) -> None:
+        self.worker.request_stop()
+        self.join()
+        self.worker.close()
+
+
+@pytest.fixture
+def start(node: FakeNode) -> Iterator[Any]:
+    running: list[Running] = []
+
+    def _start(**kw: Any) -> Running:
+        kw.setdefault("heartbeat_interval", 0.2)
+        kw.setdefault("allowlist", ALLOWLIST)
+        r = Running(Worker(node.endpoint, **kw))
+        running.append(r)
+        return r
+
+    yield _start
+    for r in running:
+        r.stop()
+
+
+def test_hello_run_result_stop(node: FakeNode, start: Any) -> None:
+    r = start(slots=3, worker_id="w-1")
+    hello = node.handshake()
+    assert hello["worker_id"] == "w-1" and hello["slots"] == 3 and hello["pid"] == os.getpid()
+    assert "noop" in hello["plugins"] and "shell" not in hello["plugins"]
+    assert node.identity == b"w-1"
+    hb = node.recv("hb")
+    assert hb["running"] == [] and hb["rss"] > 0
+    node.send(task("a", input={"x": [1, 2]}))
+    assert node.recv("started")["task_id"] == "a"
+    res = node.result("a")
+    assert res["ok"] is True and res["output"] == {"x": [1, 2]} and res["duration_ms"] >= 0
+    node.send(wire.stop())
+    assert node.recv("bye")["worker_id"] == "w-1"
+    assert r.join() == EXIT_OK
+
+
+def test_context_is_built_from_the_run_frame(node: FakeNode, start: Any) -> None:
+    start()
+    node.handshake()
+    frame = task(
+        "p",
+        "context",
+        attempt=3,
+        config={"c": 1},
+        input="in",
+        inputs={"i": 2},
+        upstream={"u": 3},
+        idempotency_key="ex/p[4]/3",
+        item_index=4,
+    )
+    node.send(frame)
+    out = node.result("p")["output"]
+    expected = {k: frame[k] for k in out}
+    assert out == expected and out["item_index"] == 4 and out["attempt"] == 3
+
+
+def test_progress_frames_precede_the_result(node: FakeNode, start: Any) -> None:
+    start()
+    node.handshake()
+    node.send(task("c", "chatty", config={"n": 3}))
+    res = node.result("c")
+    assert res["output"]["beats"] == 3
+    beats = [m["progress"] for m in node.frames if m["t"] == "progress"]
+    assert beats == [{"done": i, "of": 3} for i in (1, 2, 3)]
+
+
+def test_slots_bound_concurrency_and_cancel(node: FakeNode, start: Any) -> None:
+    start(slots=2)
+    node.handshake()
+    for tid in ("h1", "h2", "h3", "h4"):
+        node.send(task(tid, "hang"))
+    assert {node.recv("started")["task_id"], node.recv("started")["task_id"]} == {"h1", "h2"}
+    # h3 and h4 wait for a slot, but the node hears about all four in heartbeats.
+    while set(node.recv("hb")["running"]) != {"h1", "h2", "h3", "h4"}:
+        pass
+    node.send(wire.cancel("h4"))  # still queued: answered at once, never started
+    res = node.result("h4")
+    assert res["ok"] is False and res["error"]["type"] == "StepCancelled"
+    node.send(wire.cancel("h1"))
+    res = node.result("h1")
+    assert res["error"] == {
+        "type": "StepCancelled",
+        "message": "step cancelled",
+        "retryable": False,
+        "retry_after": None,
+    }
+    assert node.recv("started")["task_id"] == "h3"
+    assert node.index("started", "h3") > node.index("result", "h1")
+    assert not any(m["t"] == "started" and m["task_id"] == "h4" for m in node.frames)
+    node.send(wire.cancel("nobody"))  # unknown: ignored
+    for tid in ("h2", "h3"):
+        node.send(wire.cancel(tid))
+        assert node.result(tid)["error"]["type"] == "StepCancelled"
+
+
+def test_duplicate_run_is_ignored(node: FakeNode, start: Any) -> None:
+    start(slots=2)
+    node.handshake()
+    node.send(task("d", "hang"))
+    node.send(task("d", "hang"))
+    node.recv("started")
+    while node.recv("hb")["running"] != ["d"]:
+        pass
+    node.send(wire.cancel("d"))
+    node.result("d")
+    node.send(task("after"))
+    assert node.result("after")["ok"]
+    assert [m["task_id"] for m in node.frames if m["t"] == "started"] == ["d", "after"]
+
+
+@pytest.mark.parametrize(
+    ("impl", "config", "error_type", "retryable"),
+    [
+        ("nope", {}, "UnknownImplementation", False),
+        ("shell", {"command": ["true"]}, "UnknownImplementation", False),
+        ("unencodable", {}, "CodecError", False),
+        ("big", {"n": 5000}, "FrameTooLarge", False),
+        ("exits", {}, "SystemExit", None),
+        ("fail", {"times": 1, "error": "Flaky"}, "Flaky", True),
+        ("sleep", {"seconds": "x"}, "ConfigError", False),
+    ],
+)
+def test_failures_are_reported(
+    node: FakeNode,
+    start: Any,
+    impl: str,
+    config: dict[str, Any],
+    error_type: str,
+    retryable: bool | None,
+) -> None:
+    start(max_frame_bytes=4096)
+    node.handshake()
+    node.send(task("f", impl, config=config))
+    res = node.result("f")
+    assert res["ok"] is False
+    assert (res["error"]["type"], res["error"]["retryable"]) == (error_type, retryable)
+    node.send(task("g"))  # the slot is free again and the worker still serves
+    assert node.result("g")["ok"]
+
+
+def test_shell_when_allowed(node: FakeNode, start: Any) -> None:
+    start(allow_shell=True)
+    assert "shell" in node.handshake()["plugins"]
+    node.send(task("s", "shell", config={"command": ["echo", "hi"]}))
+    assert node.result("s")["output"]["stdout"] == "hi\n"
+
+
+def test_garbage_frames_are_dropped(node: FakeNode, start: Any) -> None:
+    start()
+    node.handshake()
+    node.send_raw(b"\xc1\xff garbage")
+    node.send_raw(wire.encode({"v": 2, "t": "run"}))
+    node.send_raw(wire.encode(wire.stop()), b"second part")
+    node.send_raw(wire.encode({**task("x"), "attempt": "one"}))
+    node.send(task("ok"))
+    assert node.result("ok")["ok"]
+    assert not any(m.get("task_id") == "x" for m in node.frames)
+
+
+def test_hello_again_without_welcome_and_on_rehello(node: FakeNode, start: Any) -> None:
+    start(heartbeat_interval=0.05)
+    first = node.recv("hello")
+    second = node.recv("hello")  # never welcomed: says hello again
+    assert first == second
+    node.send(wire.welcome(0.05))
+    node.recv("hb")
+    node.send(wire.rehello())
+    assert node.recv("hello")["worker_id"] == first["worker_id"]
+
+
+def test_stop_cancels_running_and_queued(node: FakeNode, start: Any) -> None:
+    r = start(slots=1)
+    node.handshake()
+    node.send(task("run", "hang"))
+    node.recv("started")
+    node.send(task("queued", "hang"))
+    while set(node.recv("hb")["running"]) != {"run", "queued"}:
+        pass
+    node.send(wire.stop())
+    node.send(task("late"))
+    errors = {node.result(t)["error"]["type"] for t in ("queued", "run")}
+    assert errors == {"StepCancelled"}
+    node.recv("bye")
+    assert r.join() == EXIT_OK
+    assert not any(m.get("task_id") == "late" for m in node.frames)
+
+
+def test_stop_grace_bounds_a_step_that_ignores_cancel(node: FakeNode, start: Any) -> None:
+    r = start(stop_grace=0.2)
+    node.handshake()
+    node.send(task("s", "stubborn", config={"seconds": 2}))
+    node.recv("started")
+    r.worker.request_stop()
+    node.recv("bye")
+    assert r.join() == EXIT_OK
+    assert not any(m["t"] == "result" for m in node.frames)
+
+
+def test_curve_over_tcp(zctx: zmq.Context[Any]) -> None:
+    server_public, server_secret = zmq.curve_keypair()
+    fake = FakeNode(zctx, "tcp://127.0.0.1:*", curve_server=True, curve_secretkey=server_secret)
+    endpoint = fake.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    try:
+        with Worker(endpoint, curve=CurveKeys(server_public.decode())) as w:
+            r = Running(w)
+            try:
+                assert fake.recv("hello")["worker_id"] == w.worker_id
+            finally:
+                r.worker.request_stop()
+                r.join()
+    finally:
+        fake.sock.close(0)
+    with pytest.raises(TransportError, match="both"):
+        CurveKeys(server_public.decode(), public_key="x")
+
+
+def test_bad_endpoint_is_a_transport_error() -> None:
+    with pytest.raises(TransportError, match="cannot connect"):
+        Worker("bogus://nowhere")
+    assert run_worker("bogus://nowhere") == EXIT_TRANSPORT
+
+
+def test_slots_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="slots"):
+        Worker("ipc:///nonexistent", slots=0)
+
+
+def test_send_failure_ends_run_with_transport_code(node: FakeNode) -> None:
+    w = Worker(node.endpoint, heartbeat_interval=0.2)
+    w._sock.close(0)  # a socket that fails under the worker's feet
+    try:
+        assert w.run() == EXIT_TRANSPORT
+    finally:
+        w.close()
+        w.close()
+
+
+def _node_thread(node: FakeNode, done: threading.Event) -> threading.Thread:
+    def serve() -> None:
+        node.handshake()
+        node.send(wire.stop())
+        node.recv("bye")
+        done.set()
+
+    t = threading.Thread(target=serve, name="fake-node")
+    t.start()
+    return t
+
+
+def test_main_in_the_main_thread(node: FakeNode) -> None:
+    done = threading.Event()
+    t = _node_thread(node, done)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(
+        ["--connect", node.endpoint, "--slots", "2", "--allow", "big=plugins_for_tests:big"]
+    )
+    t.join(timeout=TIMEOUT)
+    assert code == EXIT_OK and done.is_set()
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "big" in node.frames[0]["plugins"]
+
+
+def test_managed_in_the_main_thread(node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[bool] = []
+    monkeypatch.setattr(_worker, "_die_with_parent", lambda: asked.append(True))
+    done = threading.Event()
+    t = _node_thread(node, done)
+    code = run_worker(node.endpoint, managed=True, parent_pid=os.getppid())
+    t.join(timeout=TIMEOUT)
+    assert code == EXIT_OK and asked == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--connect", "ipc:///x", "--slots", "0"], ["--connect", "ipc:///x", "--allow", "x=os"]],
+)
+def test_main_usage_errors(argv: list[str]) -> None:
+    assert main(argv) == EXIT_USAGE
+
+
+def test_main_rejects_malformed_allow() -> None:
+    with pytest.raises(SystemExit):
+        main(["--connect", "ipc:///x", "--allow", "no-equals-sign"])
+
+
+# Real child processes
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS_DIR, *sys.path])}
+
+
+def _spawn(endpoint: str, *args: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "tamma_actors._worker", "--connect", endpoint, *args]
+    return subprocess.Popen(cmd, env=_env())
+
+
+def test_process_sigterm_is_a_graceful_stop(node: FakeNode) -> None:
+    proc = _spawn(node.endpoint, "--slots", "2", "--heartbeat-interval", "0.2")
+    try:
+        node.handshake()
+        node.send(task("h", "hang"))
+        node.recv("started")
+        proc.send_signal(signal.SIGTERM)
+        assert node.result("h")["error"]["type"] == "StepCancelled"
+        node.recv("bye")
+        assert proc.wait(timeout=TIMEOUT) == EXIT_OK
+    finally:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+
+
+def test_process_crash_step_kills_the_worker(node: FakeNode) -> None:
+    proc = _spawn(node.endpoint, "--managed")
+    try:
+        node.handshake()
+        node.send(task("c", "crash", config={"times": 1}))
+        assert proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+
+
+def test_managed_worker_with_a_dead_parent_exits(node: FakeNode) -> None:
+    proc = _spawn(node.endpoint, "--managed", "--parent-pid", "1")
+    try:
+        assert proc.wait(timeout=TIMEOUT) == EXIT_PARENT_DIED
+    finally:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+
+
+def test_managed_worker_dies_with_its_parent(node: FakeNode) -> None:
+    # An intermediate parent spawns a managed worker, reports its pid, then is killed.
+    script = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'tamma_actors._worker', '--connect',"
+        f" {node.endpoint!r}, '--managed', '--heartbeat-interval', '0.2'])\n"
+        "print(p.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_env()
+    )
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        node.handshake()
+        parent.kill()
+        parent.wait(timeout=TIMEOUT)
+        child.wait(timeout=TIMEOUT)
+        assert not child.is_running()
+    finally:
+        parent.kill()
+        parent.wait(timeout=TIMEOUT)
+        assert parent.stdin is not None and parent.stdout is not None
+        parent.stdin.close()
+        parent.stdout.close()
+
+
+def test_managed_worker_notices_a_new_parent_on_its_timer(node: FakeNode) -> None:
+    with Worker(node.endpoint, managed=True, parent_pid=os.getppid() + 99999) as w:
+        assert w.run() == EXIT_PARENT_DIED
+
+
+def test_welcome_without_interval_keeps_ours(node: FakeNode, start: Any) -> None:
+    start(heartbeat_interval=0.05)
+    node.recv("hello")
+    node.send(wire.welcome(0))
+    node.recv("hb")
+    node.recv("hb")  # still heartbeating at our own interval
+
+
+class _FakeLibc:
+    def __init__(self, rc: int) -> None:
+        self.rc = rc
+        self.calls: list[tuple[int, ...]] = []
+
+    def prctl(self, *args: int) -> int:
+        self.calls.append(args)
+        return self.rc
+
+
+def test_die_with_parent_asks_prctl(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    libc = _FakeLibc(-1)
+    monkeypatch.setattr(_worker.ctypes, "CDLL", lambda *a, **kw: libc)
+    _worker._die_with_parent()
+    assert libc.calls == [(1, signal.SIGKILL, 0, 0, 0)]
+    assert "prctl(PR_SET_PDEATHSIG) failed" in caplog.text
+
+    def no_libc(*a: Any, **kw: Any) -> Any:
+        raise OSError("no libc")
+
+    monkeypatch.setattr(_worker.ctypes, "CDLL", no_libc)
+    _worker._die_with_parent()
+    assert "prctl unavailable" in caplog.text

@@ -1,0 +1,56 @@
+"""Step implementations used only by the worker and worker-pool tests (via the allowlist)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from tamma_actors._step_api import StepContext
+
+
+def stubborn(ctx: StepContext) -> Any:
+    """Blocks without ever looking at its cancel flag (a badly written plugin)."""
+    time.sleep(float(ctx.config.get("seconds", 3600)))
+    return "finished anyway"
+
+
+def chatty(ctx: StepContext) -> Any:
+    """Reports progress ``config["n"]`` times, then returns how often."""
+    n = int(ctx.config.get("n", 3))
+    for i in range(n):
+        ctx.heartbeat({"done": i + 1, "of": n})
+    return {"beats": n, "key": ctx.idempotency_key, "item": ctx.item_index}
+
+
+def unencodable(ctx: StepContext) -> Any:
+    return object()
+
+
+def big(ctx: StepContext) -> Any:
+    return "x" * int(ctx.config["n"])
+
+
+def exits(ctx: StepContext) -> Any:
+    sys.exit(3)
+
+
+def context(ctx: StepContext) -> Any:
+    """Returns what it was given, to check the worker builds the context faithfully."""
+    return {
+        "execution_id": ctx.execution_id,
+        "step": ctx.step,
+        "attempt": ctx.attempt,
+        "idempotency_key": ctx.idempotency_key,
+        "input": ctx.input,
+        "inputs": ctx.inputs,
+        "upstream": ctx.upstream,
+        "config": ctx.config,
+        "item_index": ctx.item_index,
+    }
+
+
+ALLOWLIST = {
+    name: f"plugins_for_tests:{name}"
+    for name in ("stubborn", "chatty", "unencodable", "big", "exits", "context")
+}
