@@ -1,0 +1,227 @@
+"""Actors are cheap: pykka actors that share a small pool of threads.
+
+A :class:`PoolActor` has no thread of its own. Its inbox schedules it on a
+:class:`Dispatcher` when a message arrives on an idle actor; one of the dispatcher's threads
+then runs a *turn*: at most ``batch`` messages, after which the actor goes back to the end
+of the run queue if more are waiting (so a chatty actor cannot starve the others). An actor
+is queued at most once, so it never runs on two threads at once, and its messages are
+handled in the order they were put.
+
+Per idle actor we keep what pykka itself allocates (urn, stop Event, ActorRef) plus a
+slotted inbox whose deque exists only while messages are waiting. The scheduling state is
+guarded by one lock per dispatcher rather than a lock per actor.
+
+Message semantics are pykka's (see :mod:`tamma_actors._envelope`), except that a
+``BaseException`` asks the other actors to stop without waiting for them: a pool thread
+waiting there could be waiting for itself.
+
+Shutdown order: stop the actors, then close the dispatcher. ``Dispatcher.close()`` never
+hangs: it lets running turns finish (bounded by ``timeout``), and actors still alive after
+that are abandoned: unregistered, marked stopped, their pending asks failed with
+``ActorDeadError``; their ``on_stop`` does not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, cast
+
+import pykka
+from pykka import ActorRegistry, ThreadingFuture
+
+from tamma_actors._envelope import handle_envelope, reject_envelope, run_setup
+
+if TYPE_CHECKING:
+    from pykka._actor import ActorInbox
+    from pykka._envelope import Envelope
+
+__all__ = ["Dispatcher", "PoolActor"]
+
+logger = logging.getLogger(__name__)
+
+# Inbox states; an int field keeps the slotted inbox small.
+_IDLE, _QUEUED, _DEAD = 0, 1, 2
+
+
+class Dispatcher:
+    """A shared pool of ``threads`` OS threads running actor turns; a context manager."""
+
+    def __init__(self, threads: int = 2, batch: int = 64, name: str = "tamma-dispatch") -> None:
+        if threads < 1 or batch < 1:
+            raise ValueError("a dispatcher needs at least one thread and a batch of one")
+        self.batch = batch
+        self.lock = threading.Lock()
+        self._runq: queue.SimpleQueue[_PoolInbox | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=False)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def schedule(self, inbox: _PoolInbox) -> None:
+        """Queue an actor for a turn; the caller holds ``lock`` and has marked it queued."""
+        self._runq.put(inbox)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the threads after their current turns; idempotent. See the module doc."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+        for _ in self._threads:
+            self._runq.put(None)
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(timeout)
+                if thread.is_alive():
+                    logger.warning("%s did not finish its turn within %.1fs", thread.name, timeout)
+        self._abandon_live_actors()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _work(self) -> None:
+        while not self._closed:
+            inbox = self._runq.get()
+            if inbox is None or self._closed:
+                return
+            inbox.run_turn()
+
+    def _abandon_live_actors(self) -> None:
+        for ref in ActorRegistry.get_all():
+            inbox = ref.actor_inbox
+            if isinstance(inbox, _PoolInbox) and inbox.dispatcher is self:
+                inbox.abandon()
+
+
+class _PoolInbox:
+    """The inbox of one PoolActor: a lazily created deque plus scheduling state."""
+
+    __slots__ = ("_items", "_started", "_state", "actor", "dispatcher")
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.actor: PoolActor | None = None
+        self._items: deque[Envelope[Any]] | None = None
+        self._state = _QUEUED  # until start() queues the first turn, nothing else may
+        self._started = False
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        dispatcher = self.dispatcher
+        with dispatcher.lock:
+            dead = self._state == _DEAD or dispatcher.closed
+            if not dead:
+                if self._items is None:
+                    self._items = deque()
+                self._items.append(envelope)
+                if self._state == _IDLE:
+                    self._state = _QUEUED
+                    dispatcher.schedule(self)
+        if dead:
+            assert self.actor is not None  # set before start() made the actor reachable
+            reject_envelope(self.actor, envelope)
+
+    def get(self) -> Envelope[Any]:
+        with self.dispatcher.lock:
+            if not self._items:
+                raise queue.Empty
+            return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def start(self) -> None:
+        """Queue the first turn, which runs ``on_start``."""
+        with self.dispatcher.lock:
+            closed = self.dispatcher.closed
+            if not closed:
+                self.dispatcher.schedule(self)
+        if closed:
+            self.abandon()
+
+    def run_turn(self) -> None:
+        actor = self.actor
+        assert actor is not None
+        stopped = actor.actor_stopped
+        if not self._started:
+            self._started = True
+            run_setup(actor)
+        items = self._items
+        for _ in range(self.dispatcher.batch):
+            # Only this turn pops and only the end of a turn drops the deque, so reading
+            # without the lock is safe; puts append under it.
+            if stopped.is_set() or not items or self.dispatcher.closed:
+                break
+            handle_envelope(actor, items.popleft(), block_stop_all=False)
+        if stopped.is_set():
+            self._teardown(actor)
+            return
+        with self.dispatcher.lock:
+            if self._items:
+                self.dispatcher.schedule(self)  # more waiting: back of the queue
+            else:
+                self._state = _IDLE
+                self._items = None  # an idle actor holds no deque
+
+    def _teardown(self, actor: pykka.Actor) -> None:
+        with self.dispatcher.lock:
+            self._state = _DEAD
+            left = list(self._items or ())
+            if self._items is not None:
+                self._items.clear()  # a turn still running must not see these
+            self._items = None
+        for envelope in left:
+            reject_envelope(actor, envelope)
+
+    def abandon(self) -> None:
+        """Dispatcher closed under a live actor: stop it without running it."""
+        actor = self.actor
+        assert actor is not None  # set by PoolActor.__init__, before start() registers it
+        with self.dispatcher.lock:
+            if self._state == _DEAD:
+                return
+        ActorRegistry.unregister(actor.actor_ref)
+        actor.actor_stopped.set()
+        logger.warning("%s abandoned: its dispatcher was closed", actor)
+        self._teardown(actor)
+
+
+class PoolActor(pykka.Actor):
+    """A pykka actor with no thread of its own: its inbox schedules it on a Dispatcher when a
+    message arrives; a turn processes at most `batch` messages, then the actor is re-queued
+    if more are waiting. An actor never runs on two threads at once."""
+
+    def __init__(self, dispatcher: Dispatcher, *args: Any, **kwargs: Any) -> None:
+        # The inbox is created by pykka's __init__ and needs the dispatcher first.
+        self._dispatcher = dispatcher
+        super().__init__(*args, **kwargs)
+        cast(_PoolInbox, self.actor_inbox).actor = self
+
+    def _create_actor_inbox(self) -> ActorInbox:  # type: ignore[override]
+        return _PoolInbox(self._dispatcher)
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return ThreadingFuture()
+
+    def _start_actor_loop(self) -> None:
+        cast(_PoolInbox, self.actor_inbox).start()
