@@ -1,0 +1,227 @@
+"""Node configuration: one pydantic-settings model, loaded once and passed down.
+
+Precedence, strongest first: keyword overrides (the command line) > ``TAMMA_*``
+environment variables (nested keys with ``__``) > the config file (TOML or YAML) >
+defaults. Every fault (an unknown key, a bad value, an unsafe endpoint) is a
+:class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from tamma_actors._errors import ConfigError
+from tamma_actors._models import Seconds
+
+__all__ = ["NodeConfig", "load_node_config", "node_config_json_schema"]
+
+MiB = 1024 * 1024
+# sun_path in struct sockaddr_un is 108 bytes on Linux, including the terminating NUL.
+_MAX_IPC_PATH = 107
+_SCHEMES = ("ipc://", "tcp://", "inproc://")
+_PLUGIN_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+# The file layer of the settings being built; a context variable so concurrent loads
+# (tests in threads) cannot see each other's files.
+_FILE_VALUES: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "tamma_node_file_values", default=None
+)
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+class NodeConfig(BaseSettings):
+    """Everything a ``tamma-node`` process needs; durations in seconds (or "5s")."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TAMMA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("var")
+    control_endpoint: str | None = None
+    workers_endpoint: str | None = None
+    events_endpoint: str | None = None
+    insecure_tcp: bool = False
+    curve_public_key: str | None = None
+    curve_secret_key: str | None = None
+    workers: int = Field(default_factory=_cpu_count, ge=0)
+    worker_slots: int = Field(8, ge=1)
+    heartbeat_interval: Seconds = Field(1.0, gt=0)
+    heartbeat_timeout: Seconds = Field(5.0, gt=0)
+    max_frame_bytes: int = Field(8 * MiB, ge=1024)
+    durability: Literal["full", "relaxed"] = "full"
+    snapshot_every: int = Field(100, ge=1)
+    group_commit_max: int = Field(1024, ge=1)
+    dispatcher_threads: int = Field(2, ge=1)
+    max_running_steps: int = Field(10000, ge=1)
+    allow_shell: bool = False
+    plugins: dict[str, str] = Field(default_factory=dict)
+    map_size: int = Field(64 * MiB, ge=MiB)
+    supervision: Path | None = None
+    log_level: str = "INFO"
+    tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
+    cancel_grace: Seconds = Field(5.0, ge=0)
+    retention_days: float | None = Field(None, gt=0)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from exc
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: one file, chosen explicitly, then the environment.
+        file_settings = InitSettingsSource(settings_cls, dict(_FILE_VALUES.get() or {}))
+        return init_settings, env_settings, file_settings
+
+    @field_validator("control_endpoint", "workers_endpoint", "events_endpoint")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_SCHEMES):
+            raise ValueError(f"{value!r} must start with one of {', '.join(_SCHEMES)}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugin_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name, target in value.items() if not re.match(_PLUGIN_TARGET, target)]
+        if bad:
+            raise ValueError(f"plugin targets must look like 'module:attr' (check {bad})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodeConfig:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        if (self.curve_public_key is None) != (self.curve_secret_key is None):
+            raise ValueError("curve_public_key and curve_secret_key go together")
+        for name, address in self._addresses().items():
+            self._check_address(name, address)
+        return self
+
+    def _check_address(self, name: str, address: str) -> None:
+        if address.startswith("tcp://") and not (self.has_curve or self.insecure_tcp):
+            raise ValueError(
+                f"{name} {address!r} is a TCP endpoint: configure curve_public_key and "
+                "curve_secret_key, or set insecure_tcp = true to accept unauthenticated peers"
+            )
+        if address.startswith("ipc://") and len(address[6:].encode()) > _MAX_IPC_PATH:
+            raise ValueError(
+                f"{name} {address!r} is longer than the {_MAX_IPC_PATH}-byte limit of an ipc "
+                "path; use a shorter data_dir or an explicit endpoint"
+            )
+
+    def _addresses(self) -> dict[str, str]:
+        return {
+            "control_endpoint": self.control_address,
+            "workers_endpoint": self.workers_address,
+            "events_endpoint": self.events_address,
+        }
+
+    def _default_ipc(self, name: str) -> str:
+        return f"ipc://{self.data_dir / name}"
+
+    @property
+    def has_curve(self) -> bool:
+        return self.curve_public_key is not None and self.curve_secret_key is not None
+
+    @property
+    def control_address(self) -> str:
+        return self.control_endpoint or self._default_ipc("control.sock")
+
+    @property
+    def workers_address(self) -> str:
+        return self.workers_endpoint or self._default_ipc("workers.sock")
+
+    @property
+    def events_address(self) -> str:
+        return self.events_endpoint or self._default_ipc("events.sock")
+
+
+def _describe(exc: ValidationError) -> str:
+    faults = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        # Cross-field checks have no location; their messages name the keys themselves.
+        faults.append(f"{key}: {message}" if key else message)
+    return "invalid node configuration: " + "; ".join(faults)
+
+
+def load_node_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
+    """Build the node configuration from ``path`` (``.toml``, else YAML), the ``TAMMA_*``
+    environment and ``overrides``. Overrides that are None are ignored, so a command line
+    can pass every option it has without clobbering the file."""
+    values = _read_file(path) if path is not None else {}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    token = _FILE_VALUES.set(values)
+    try:
+        return NodeConfig(**given)
+    except ConfigError as exc:
+        where = f" (file {path})" if path is not None else ""
+        raise ConfigError(f"{exc}{where}") from exc.__cause__
+    finally:
+        _FILE_VALUES.reset(token)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read node configuration {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text) if Path(path).suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"node configuration {path} is malformed: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"node configuration {path} must be a mapping of keys to values")
+    return data
+
+
+def node_config_json_schema() -> dict[str, Any]:
+    """JSON Schema of a node configuration file."""
+    schema = NodeConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tamma_actors node configuration"
+    return schema

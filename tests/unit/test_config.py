@@ -1,0 +1,207 @@
+"""Node configuration: defaults, file formats, precedence, and refusals as ConfigError."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tamma_actors._config import NodeConfig, load_node_config, node_config_json_schema
+from tamma_actors._errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("TAMMA_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    cfg = NodeConfig()
+    assert cfg.data_dir == Path("var")
+    assert cfg.workers == (os.cpu_count() or 1)
+    assert (cfg.worker_slots, cfg.heartbeat_interval, cfg.heartbeat_timeout) == (8, 1.0, 5.0)
+    assert cfg.max_frame_bytes == 8 * 1024 * 1024
+    assert cfg.map_size == 64 * 1024 * 1024
+    assert cfg.durability == "full"
+    assert (cfg.snapshot_every, cfg.group_commit_max, cfg.dispatcher_threads) == (100, 1024, 2)
+    assert cfg.max_running_steps == 10000
+    assert not cfg.allow_shell and not cfg.insecure_tcp and not cfg.has_curve
+    assert cfg.plugins == {} and cfg.tokens == {}
+    assert cfg.supervision is None and cfg.retention_days is None
+    assert cfg.cancel_grace == 5.0
+    assert cfg.log_level == "INFO"
+    assert cfg.control_address == "ipc://var/control.sock"
+    assert cfg.workers_address == "ipc://var/workers.sock"
+    assert cfg.events_address == "ipc://var/events.sock"
+
+
+def test_default_addresses_follow_data_dir(tmp_path: Path) -> None:
+    cfg = NodeConfig(data_dir=tmp_path, events_endpoint="ipc:///tmp/ev.sock")
+    assert cfg.control_address == f"ipc://{tmp_path}/control.sock"
+    assert cfg.events_address == "ipc:///tmp/ev.sock"
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "node.toml",
+        'workers = 2\nheartbeat_interval = "500ms"\nlog_level = "debug"\n'
+        '[plugins]\ntriage = "mypkg.steps:triage"\n[tokens]\nsecret = "admin"\n',
+    )
+    cfg = load_node_config(path)
+    assert cfg.workers == 2
+    assert cfg.heartbeat_interval == 0.5
+    assert cfg.log_level == "DEBUG"
+    assert cfg.plugins == {"triage": "mypkg.steps:triage"}
+    assert cfg.tokens == {"secret": "admin"}
+
+
+def test_yaml_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.yaml", "workers: 0\ncancel_grace: 2s\ndurability: relaxed\n")
+    cfg = load_node_config(path)
+    assert (cfg.workers, cfg.cancel_grace, cfg.durability) == (0, 2.0, "relaxed")
+
+
+def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
+    assert load_node_config(write(tmp_path, "node.yml", "")).worker_slots == 8
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "node.toml", "workers = 2\nworker_slots = 3\nsnapshot_every = 7\n")
+    monkeypatch.setenv("TAMMA_WORKER_SLOTS", "5")
+    monkeypatch.setenv("TAMMA_WORKERS", "4")
+    cfg = load_node_config(path, workers=6, data_dir=None)
+    assert cfg.workers == 6  # override beats environment
+    assert cfg.worker_slots == 5  # environment beats file
+    assert cfg.snapshot_every == 7  # file beats default
+    assert cfg.data_dir == Path("var")  # a None override is "not given"
+
+
+def test_nested_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAMMA_PLUGINS__triage", "mypkg.steps:triage")
+    monkeypatch.setenv("TAMMA_TOKENS", '{"abc": "operator"}')
+    monkeypatch.setenv("TAMMA_HEARTBEAT_TIMEOUT", "10s")
+    cfg = load_node_config()
+    assert cfg.plugins == {"triage": "mypkg.steps:triage"}
+    assert cfg.tokens == {"abc": "operator"}
+    assert cfg.heartbeat_timeout == 10.0
+
+
+def test_file_layer_does_not_leak_between_loads(tmp_path: Path) -> None:
+    load_node_config(write(tmp_path, "a.toml", "worker_slots = 2\n"))
+    assert load_node_config().worker_slots == 8
+    assert NodeConfig().worker_slots == 8
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "node.toml", "workerz = 3\n")
+    with pytest.raises(ConfigError, match=r"workerz: unknown key") as info:
+        load_node_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_override_is_named() -> None:
+    with pytest.raises(ConfigError, match="colour: unknown key"):
+        load_node_config(colour="blue")
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"workers": -1}, "workers"),
+        ({"worker_slots": 0}, "worker_slots"),
+        ({"durability": "yolo"}, "durability"),
+        ({"heartbeat_interval": "soon"}, "heartbeat_interval"),
+        ({"cancel_grace": -1}, "cancel_grace"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"tokens": {"t": "root"}}, "tokens.t"),
+        ({"plugins": {"x": "no colon"}}, "plugins"),
+        ({"control_endpoint": "http://x"}, "control_endpoint"),
+        ({"map_size": 10}, "map_size"),
+        ({"retention_days": 0}, "retention_days"),
+    ],
+)
+def test_bad_values_name_the_key(values: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}: "):
+        NodeConfig(**values)
+
+
+def test_bad_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAMMA_WORKER_SLOTS", "many")
+    with pytest.raises(ConfigError, match="worker_slots"):
+        load_node_config()
+
+
+def test_heartbeat_timeout_must_exceed_interval() -> None:
+    with pytest.raises(ConfigError, match="heartbeat_timeout must be longer"):
+        NodeConfig(heartbeat_interval=2, heartbeat_timeout="2s")
+
+
+def test_tcp_needs_curve_or_explicit_insecurity() -> None:
+    with pytest.raises(ConfigError, match=re.escape("workers_endpoint 'tcp://0.0.0.0:5601'")):
+        NodeConfig(workers_endpoint="tcp://0.0.0.0:5601")
+    insecure = NodeConfig(workers_endpoint="tcp://0.0.0.0:5601", insecure_tcp=True)
+    assert insecure.workers_address == "tcp://0.0.0.0:5601"
+    secure = NodeConfig(
+        control_endpoint="tcp://127.0.0.1:5600",
+        curve_public_key="P" * 40,
+        curve_secret_key="S" * 40,
+    )
+    assert secure.has_curve
+
+
+def test_curve_keys_come_in_pairs() -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        NodeConfig(curve_public_key="P" * 40)
+
+
+def test_overlong_ipc_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="107-byte limit"):
+        NodeConfig(data_dir=tmp_path / ("d" * 120))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),
+    [
+        ("node.toml", "workers = [", "malformed"),
+        ("node.yaml", "workers: [1, 2\n", "malformed"),
+        ("node.yaml", "- a\n- b\n", "must be a mapping"),
+    ],
+)
+def test_unusable_files(tmp_path: Path, name: str, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_node_config(write(tmp_path, name, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_node_config(tmp_path / "absent.toml")
+
+
+def test_example_file_documents_the_defaults() -> None:
+    path = ROOT / "config" / "node.example.toml"
+    assert load_node_config(path) == NodeConfig()
+    text = path.read_text()
+    for field in NodeConfig.model_fields:
+        assert field in text, f"{field} is not documented in {path.name}"
+
+
+def test_json_schema() -> None:
+    schema = node_config_json_schema()
+    assert schema["title"] == "tamma_actors node configuration"
+    assert set(NodeConfig.model_fields) == set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    assert "anyOf" in schema["properties"]["heartbeat_interval"]
