@@ -1,0 +1,177 @@
+"""EventBus: fans committed events out to in-process handlers and a ZeroMQ PUB socket.
+
+Only events that are already committed to the store are published (durability before
+progress), so a subscriber never sees an event that recovery would not replay.
+
+Patterns are globs over the event type (``step.*``, ``workflow.completed``, ``*``); a pattern
+``<type-glob>@<execution-id>`` follows one execution. Handlers run on the bus thread and must
+be quick (typically a ``tell``); one that raises is logged and stays subscribed, and the other
+handlers still receive the event.
+
+On the PUB socket each event is two frames, ``[type, msgpack(event)]``, so a ZeroMQ subscriber
+filters by type prefix with ``SUBSCRIBE``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from tamma_actors import _codec
+from tamma_actors._errors import CodecError, TransportError
+from tamma_actors._socket_actor import SocketActor
+
+__all__ = ["EventBus", "Publish"]
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Handler = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Tell the bus to publish these committed events, in order."""
+
+    events: Sequence[Event]
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    sub_id: str
+    pattern: str
+    type_re: re.Pattern[str]
+    execution_id: str | None
+    handler: Handler
+
+    def matches(self, event: Event) -> bool:
+        if self.execution_id is not None and event.get("execution_id") != self.execution_id:
+            return False
+        return self.type_re.fullmatch(str(event.get("type", ""))) is not None
+
+
+def _compile(pattern: str) -> tuple[re.Pattern[str], str | None]:
+    type_glob, sep, execution_id = pattern.partition("@")
+    if sep and not execution_id:
+        raise ValueError(f"pattern {pattern!r} names no execution after '@'")
+    return re.compile(fnmatch.translate(type_glob or "*")), execution_id or None
+
+
+class EventBus(SocketActor):
+    """A SocketActor owning the events PUB socket (when ``endpoint`` is given)."""
+
+    def __init__(
+        self,
+        zmq_context: zmq.Context[Any],
+        endpoint: str | None,
+        *,
+        max_frame_bytes: int = 8 << 20,
+    ) -> None:
+        super().__init__(zmq_context)
+        self.endpoint = endpoint
+        self.max_frame_bytes = max_frame_bytes
+        self._pub: zmq.Socket[Any] | None = None
+        self._subs: dict[str, _Subscription] = {}
+        self._ids = itertools.count(1)
+        self._published = 0
+        self._dropped = 0
+
+    def on_start(self) -> None:
+        if self.endpoint is None:
+            return
+        pub: zmq.Socket[Any] = self.zmq_context.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        try:
+            pub.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            pub.close(linger=0)
+            raise TransportError(f"cannot bind the events socket {self.endpoint}: {exc}") from exc
+        self._pub = pub
+
+    def on_stop(self) -> None:
+        if self._pub is not None:
+            self._pub.close(linger=0)
+            self._pub = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Publish):
+            self._publish(message.events)
+            return None
+        return super().on_receive(message)
+
+    # -- proxy API ---------------------------------------------------------------------------
+
+    def subscribe(self, pattern: str, handler: Handler) -> str:
+        """Call ``handler(event)`` on the bus thread for every matching event; returns an id."""
+        type_re, execution_id = _compile(pattern)
+        sub_id = f"sub-{next(self._ids)}"
+        self._subs[sub_id] = _Subscription(sub_id, pattern, type_re, execution_id, handler)
+        return sub_id
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        return self._subs.pop(sub_id, None) is not None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "published": self._published,
+            "dropped": self._dropped,
+            "subscribers": len(self._subs),
+            "endpoint": self.endpoint,
+        }
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self._published += 1
+            for sub in list(self._subs.values()):
+                if sub.matches(event):
+                    self._deliver(sub, event)
+            if self._pub is not None:
+                self._send(event)
+
+    def _deliver(self, sub: _Subscription, event: Event) -> None:
+        try:
+            sub.handler(event)
+        except Exception:
+            logger.exception(
+                "event handler %s (%s) raised on %s seq %s; it stays subscribed",
+                sub.sub_id,
+                sub.pattern,
+                event.get("type"),
+                event.get("seq"),
+            )
+
+    def _send(self, event: Event) -> None:
+        assert self._pub is not None
+        event_type = str(event.get("type", ""))
+        try:
+            payload = _codec.pack(event)
+        except CodecError:
+            self._dropped += 1
+            logger.exception("event %s seq %s cannot be encoded", event_type, event.get("seq"))
+            return
+        if len(payload) > self.max_frame_bytes:
+            self._dropped += 1
+            logger.error(
+                "event %s seq %s is %d bytes, over the %d-byte cap; not sent on %s",
+                event_type,
+                event.get("seq"),
+                len(payload),
+                self.max_frame_bytes,
+                self.endpoint,
+            )
+            return
+        try:
+            # PUB never blocks: a slow subscriber past its high-water mark loses messages,
+            # and catches up from the store with getEvents.
+            self._pub.send_multipart([event_type.encode(), payload], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot publish on {self.endpoint}: {exc}") from exc

@@ -1,0 +1,204 @@
+"""EventBus with a real PUB socket and a real SUB subscriber."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from pykka import ActorRegistry
+
+from tamma_actors import _codec
+from tamma_actors._eventbus import EventBus, Publish
+
+pytestmark = pytest.mark.integration
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        yield context
+    finally:
+        ActorRegistry.stop_all(timeout=WAIT)
+        context.destroy(linger=0)
+
+
+def _event(seq: int, type_: str, execution_id: str = "ex1", **data: Any) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "type": type_,
+        "execution_id": execution_id,
+        "timestamp": 1700000000.0 + seq,
+        "data": data,
+    }
+
+
+class _Collector:
+    def __init__(self, expected: int = 0) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.expected = expected
+        self.done = threading.Event()
+        if expected == 0:
+            self.done.set()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if len(self.events) >= self.expected:
+            self.done.set()
+
+    @property
+    def types(self) -> list[str]:
+        return [f"{e['type']}@{e['execution_id']}" for e in self.events]
+
+
+def test_a_real_sub_socket_receives_published_events(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    bus = EventBus.start(ctx, endpoint)
+    proxy = bus.proxy()
+    assert proxy.stats().get(timeout=WAIT)["endpoint"] == endpoint
+    sub: zmq.Socket[Any] = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
+    sub.setsockopt(zmq.SUBSCRIBE, b"step.")
+    sub.setsockopt(zmq.SUBSCRIBE, b"sync")
+    sub.connect(endpoint)
+    try:
+        # PUB drops what it sends before the subscription has propagated ("slow joiner"):
+        # publish a sync event until one arrives, then the real ones.
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        for attempt in range(200):
+            bus.tell(Publish([_event(attempt, "sync")]))
+            if poller.poll(50):
+                break
+        while poller.poll(0):
+            sub.recv_multipart()
+        events = [
+            _event(1, "workflow.started"),
+            _event(2, "step.started", step="a"),
+            _event(3, "step.completed", step="a"),
+            _event(4, "workflow.completed"),
+        ]
+        bus.tell(Publish(events))
+        frames = [sub.recv_multipart() for _ in range(2)]
+    finally:
+        sub.close(linger=0)
+    assert [f[0] for f in frames] == [b"step.started", b"step.completed"]
+    assert [_codec.unpack(f[1]) for f in frames] == events[1:3]
+
+
+def test_handler_globs_select_the_right_events(ctx: zmq.Context[Any]) -> None:
+    bus = EventBus.start(ctx, None)
+    proxy = bus.proxy()
+    steps, completed, everything, one_exec, exec_steps = (
+        _Collector(),
+        _Collector(),
+        _Collector(),
+        _Collector(),
+        _Collector(),
+    )
+    ids = [
+        proxy.subscribe("step.*", steps).get(timeout=WAIT),
+        proxy.subscribe("workflow.completed", completed).get(timeout=WAIT),
+        proxy.subscribe("*", everything).get(timeout=WAIT),
+        proxy.subscribe("@ex2", one_exec).get(timeout=WAIT),
+        proxy.subscribe("step.*@ex2", exec_steps).get(timeout=WAIT),
+    ]
+    assert len(set(ids)) == 5
+    events = [
+        _event(1, "workflow.started"),
+        _event(2, "step.started"),
+        _event(1, "step.completed", "ex2"),
+        _event(3, "workflow.completed"),
+        _event(2, "workflow.completed", "ex2"),
+        _event(4, "stepper.odd"),
+    ]
+    bus.tell(Publish(events))
+    stats = proxy.stats().get(timeout=WAIT)  # the bus has handled the Publish
+    assert stats["published"] == 6 and stats["subscribers"] == 5
+    assert steps.types == ["step.started@ex1", "step.completed@ex2"]
+    assert completed.types == ["workflow.completed@ex1", "workflow.completed@ex2"]
+    assert everything.events == events
+    assert one_exec.types == ["step.completed@ex2", "workflow.completed@ex2"]
+    assert exec_steps.types == ["step.completed@ex2"]
+
+    assert proxy.unsubscribe(ids[2]).get(timeout=WAIT) is True
+    assert proxy.unsubscribe(ids[2]).get(timeout=WAIT) is False
+    bus.tell(Publish([_event(5, "step.failed")]))
+    assert proxy.stats().get(timeout=WAIT)["subscribers"] == 4
+    assert len(everything.events) == 6
+    assert steps.types[-1] == "step.failed@ex1"
+
+
+def test_a_failing_handler_does_not_stop_the_others(ctx: zmq.Context[Any]) -> None:
+    bus = EventBus.start(ctx, None)
+    proxy = bus.proxy()
+    calls: list[int] = []
+
+    def broken(event: dict[str, Any]) -> None:
+        calls.append(event["seq"])
+        raise RuntimeError("handler bug")
+
+    after = _Collector(expected=2)
+    proxy.subscribe("*", broken).get(timeout=WAIT)
+    proxy.subscribe("*", after).get(timeout=WAIT)
+    bus.tell(Publish([_event(1, "step.started")]))
+    bus.tell(Publish([_event(2, "step.completed")]))
+    assert after.done.wait(WAIT)
+    assert calls == [1, 2]  # still subscribed after raising
+    assert bus.is_alive()
+    assert proxy.stats().get(timeout=WAIT)["subscribers"] == 2
+
+
+def test_bad_patterns_and_unknown_messages(ctx: zmq.Context[Any]) -> None:
+    bus = EventBus.start(ctx, None)
+    proxy = bus.proxy()
+    with pytest.raises(ValueError, match="no execution"):
+        proxy.subscribe("step.*@", _Collector()).get(timeout=WAIT)
+    assert bus.ask("not a publish", timeout=WAIT) is None  # logged, ignored
+    assert bus.is_alive()
+
+
+def test_unencodable_and_oversized_events_are_dropped_not_fatal(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    bus = EventBus.start(ctx, f"ipc://{tmp_path}/ev.sock", max_frame_bytes=256)
+    proxy = bus.proxy()
+    seen = _Collector()
+    proxy.subscribe("*", seen).get(timeout=WAIT)
+    bus.tell(
+        Publish(
+            [
+                _event(1, "step.output", blob=object()),
+                _event(2, "step.output", blob="x" * 1000),
+                _event(3, "step.completed"),
+            ]
+        )
+    )
+    stats = proxy.stats().get(timeout=WAIT)
+    assert stats["published"] == 3 and stats["dropped"] == 2
+    assert len(seen.events) == 3  # in-process handlers still see every committed event
+    assert bus.is_alive()
+
+
+def test_bind_failure_stops_the_bus(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    bus = EventBus.start(ctx, f"ipc://{tmp_path}/missing/dir/ev.sock")
+    assert bus.actor_stopped.wait(WAIT)
+
+
+def test_stop_closes_the_pub_socket_and_frees_the_endpoint(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    endpoint = f"ipc://{tmp_path}/again.sock"
+    first = EventBus.start(ctx, endpoint)
+    assert first.proxy().stats().get(timeout=WAIT)["published"] == 0
+    assert first.stop(timeout=WAIT)
+    second = EventBus.start(ctx, endpoint)
+    assert second.proxy().stats().get(timeout=WAIT)["published"] == 0
+    assert second.is_alive()
