@@ -8,6 +8,7 @@ step and a cycle all at once) instead of making the author fix them one by one.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
@@ -35,6 +37,10 @@ __all__ = [
 def read_workflow_mapping(path: str | Path) -> dict[str, Any]:
     """The YAML document at ``path`` as a mapping; unreadable or malformed files raise
     :class:`WorkflowValidationError` naming the line and column when YAML knows them."""
+    return _read(path)[1]
+
+
+def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -49,7 +55,7 @@ def read_workflow_mapping(path: str | Path) -> dict[str, Any]:
         raise WorkflowValidationError(
             [Problem("line 1, column 1", f"a workflow must be a mapping, got {kind}")], source
         )
-    return data
+    return text, data
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> Problem:
@@ -64,10 +70,41 @@ def _yaml_problem(exc: yaml.YAMLError) -> Problem:
 def load_workflow(
     path: str | Path, known_implementations: Collection[str] | None = None
 ) -> WorkflowConfig:
-    """Read, validate and check the workflow file at ``path``."""
-    return parse_workflow(
-        read_workflow_mapping(path), source=str(path), known_implementations=known_implementations
-    )
+    """Read, validate and check the workflow file at ``path``; each problem's message
+    ends with the line of the file it points at."""
+    text, data = _read(path)
+    try:
+        return parse_workflow(data, source=str(path), known_implementations=known_implementations)
+    except WorkflowValidationError as exc:
+        root = yaml.compose(text)  # already parsed once into a mapping: cannot fail here
+        assert root is not None
+        problems = [_with_line(problem, root) for problem in exc.problems]
+        raise WorkflowValidationError(problems, exc.source) from exc
+
+
+_LOC_PART = re.compile(r"\.?([^.\[\]]+)|\[(\d+)\]")
+
+
+def _with_line(problem: Problem, root: yaml.Node) -> Problem:
+    node = root
+    for match in _LOC_PART.finditer(problem.loc):
+        key, index = match.groups()
+        child = _child(node, key, index)
+        if child is None:
+            break  # a missing field: point at its parent
+        node = child
+    return Problem(problem.loc, f"{problem.message} (line {node.start_mark.line + 1})")
+
+
+def _child(node: yaml.Node, key: str | None, index: str | None) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode) and key is not None:
+        # Locations use snake_case field names; the file may use the camelCase alias.
+        names = {key, to_camel(key)}
+        return next((value for k, value in node.value if k.value in names), None)
+    if isinstance(node, yaml.SequenceNode) and index is not None and int(index) < len(node.value):
+        child: yaml.Node = node.value[int(index)]
+        return child
+    return None
 
 
 # --- validation ----------------------------------------------------------------------

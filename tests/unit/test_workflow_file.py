@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._workflow_file import (
+    _with_line,
     dependents,
     load_workflow,
     parse_workflow,
@@ -22,6 +24,12 @@ from tamma_actors._workflow_file import (
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = {"noop", "echo", "sleep", "cpu", "fail", "record", "crash", "hang", "shell"}
+
+
+def write_file(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
 
 
 def steps(*specs: tuple[str, list[str]]) -> list[dict[str, Any]]:
@@ -99,6 +107,39 @@ def test_diamond_order_and_dependents() -> None:
     assert topological_order(cfg) == ["start", "fetch", "left", "right", "join", "finish"]
     assert dependents(cfg)["fetch"] == ["left", "right"]
     assert cfg.deps("join") == ["left", "right"]
+
+
+def test_load_workflow_points_problems_at_lines(tmp_path: Path) -> None:
+    path = write_file(
+        tmp_path,
+        "w.yaml",
+        "name: w\n"
+        "retryPolicy:\n"
+        "  maxAttempts: 0\n"
+        "steps:\n"
+        "  - name: a\n"
+        "    implementation: noop\n"
+        "    dependencies: [zz]\n"
+        "  - implementation: noop\n"
+        "  - name: c\n"
+        "    implementation: echo\n"
+        "    colour: red\n",
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(path)
+    by_loc = {p.loc: p.message for p in info.value.problems}
+    assert by_loc["retry_policy.max_attempts"].endswith("(line 3)")  # found via the alias
+    assert by_loc["steps[0].dependencies[0]"].endswith("(line 7)")
+    assert by_loc["steps[1].name"] == "field required (line 8)"  # missing: its parent
+    assert by_loc["steps[2].colour"] == "unknown field (line 11)"
+    assert info.value.source == str(path)
+
+
+def test_line_lookup_tolerates_locations_outside_the_file() -> None:
+    root = yaml.compose("steps:\n  - name: a\n")
+    assert root is not None
+    assert _with_line(Problem("steps[7].name", "m"), root).message == "m (line 2)"
+    assert _with_line(Problem("", "m"), root).message == "m (line 1)"
 
 
 # --- validation ----------------------------------------------------------------------
