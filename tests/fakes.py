@@ -72,6 +72,7 @@ class FakeEngine:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        self._called = threading.Condition(self._lock)
         self._records: dict[str, ExecutionRecord] = {}
         self._events: dict[str, list[dict[str, Any]]] = {}
         self._waiters: dict[str, list[Future[ExecutionRecord]]] = {}
@@ -100,6 +101,14 @@ class FakeEngine:
             timer.join(timeout=5)
         for fut in waiters:
             fut.cancel()
+
+    def wait_for_call(self, method: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Block until ``method`` has been called ``count`` times (AssertionError on timeout)."""
+        with self._called:
+            done = self._called.wait_for(
+                lambda: sum(name == method for name, _ in self.calls) >= count, timeout
+            )
+        assert done, f"{method} was not called {count} time(s) within {timeout}s"
 
     def inject_failure(self, method: str, exc: BaseException, *, synchronous: bool = False) -> None:
         """Make the next call of ``method`` fail with ``exc`` (raised if ``synchronous``)."""
@@ -327,6 +336,7 @@ class FakeEngine:
         """Record the call; raise a synchronous injected failure, return an async one."""
         with self._lock:
             self.calls.append((method, args))
+            self._called.notify_all()
             injected = self._injected.pop(method, None)
         if injected is None:
             return None
