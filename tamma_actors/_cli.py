@@ -1,0 +1,420 @@
+"""The ``tamma`` command: talk to a running node through its control socket.
+
+Exit codes (:class:`ExitCode`): 0 success; 1 a failed request, or an execution that did
+not complete (``start --wait``, ``wait``); 2 usage errors, rejected requests and invalid workflow
+files (every problem listed); 3 the node could not be reached in time; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from enum import IntEnum
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import yaml
+import zmq
+from rich.console import Console
+from rich.table import Table
+
+from tamma_actors._client import Client, ClientSettings
+from tamma_actors._codec import unpack
+from tamma_actors._errors import (
+    ProtocolError,
+    RemoteError,
+    TammaError,
+    TransportError,
+    WorkflowValidationError,
+)
+from tamma_actors._models import WorkflowEvent, WorkflowExecution, WorkflowStatusInfo
+from tamma_actors._status import ExecutionStatus
+
+__all__ = ["ExitCode", "build_parser", "main"]
+
+_STATUSES = [s.value for s in ExecutionStatus]
+_EVENT_FIELDS = {"seq", "type", "execution_id", "timestamp", "data"}
+_UNREACHABLE_CODES = {"unavailable", "timeout"}
+_USAGE_CODES = {"bad_request", "unknown_op", "unsupported_version", "too_large"}
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    UNAVAILABLE = 3
+    INTERRUPTED = 130
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+def _scalar(text: str) -> Any:
+    """``--input`` values: YAML scalars (numbers, booleans, null) are typed, the rest text."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, bool | int | float | str) else text
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, _scalar(value)
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--inputs-json must be a JSON object")
+    return value
+
+
+def _common(*, with_timeout: bool = True) -> argparse.ArgumentParser:
+    # SUPPRESS defaults: an option given before the sub-command is not reset by the
+    # sub-parser, so global options work on either side of it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--data-dir", type=Path, help="node data directory (./var)")
+    common.add_argument("--endpoint", help="control endpoint (ipc://DATA_DIR/control.sock)")
+    common.add_argument("--token", help="access token (TAMMA_TOKEN)")
+    if with_timeout:
+        common.add_argument("--timeout", type=float, help="request timeout in seconds (30)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common, no_timeout = _common(), _common(with_timeout=False)
+    parser = argparse.ArgumentParser(
+        prog="tamma", description="Control a tamma-node.", parents=[common]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, parent: argparse.ArgumentParser = common) -> Any:
+        return sub.add_parser(name, help=help, parents=[parent])
+
+    start = add("start", "start an execution of a workflow file")
+    start.add_argument("file", type=Path)
+    start.add_argument("--input", action="append", type=_key_value, default=[], dest="inputs")
+    start.add_argument("--inputs-json", type=_json_object, default={})
+    start.add_argument("--wait", action="store_true", help="wait for the execution to end")
+    start.add_argument("--wait-timeout", type=float, default=None)
+    lst = add("list", "list executions")
+    lst.add_argument("--status", action="append", choices=_STATUSES, default=None)
+    lst.add_argument("--workflow", default=None)
+    lst.add_argument("--limit", type=int, default=None)
+    for name, text in [
+        ("status", "an execution's status and progress"),
+        ("get", "an execution's full record"),
+        ("pause", "pause an execution"),
+        ("resume", "resume a paused execution"),
+    ]:
+        add(name, text).add_argument("id")
+    events = add("events", "an execution's event log")
+    events.add_argument("id")
+    events.add_argument("--from-seq", type=int, default=0)
+    abort = add("abort", "abort an execution")
+    abort.add_argument("id")
+    abort.add_argument("--reason", default=None)
+    retry = add("retry", "run a failed step again")
+    retry.add_argument("id")
+    retry.add_argument("step")
+    wait = add("wait", "wait until an execution ends", no_timeout)
+    wait.add_argument("id")
+    wait.add_argument("--timeout", type=float, default=None, dest="wait_timeout")
+    add("health", "node health")
+    watch = add("watch", "follow live events")
+    watch.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob, e.g. step.*")
+    watch.add_argument("--count", type=int, default=None, help="stop after N events")
+    watch.add_argument("--events-endpoint", default=None)
+    schema = add("schema", "print a JSON Schema")
+    schema.add_argument("kind", choices=["workflow", "node"])
+    return parser
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+class _Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.console = Console(highlight=False)
+
+    def json(self, value: Any) -> None:
+        # print, not rich: JSON must reach pipes byte-for-byte, never re-wrapped.
+        print(json.dumps(value, indent=2, default=str))
+
+    def table(self, title: str | None, columns: Sequence[str], rows: list[list[Any]]) -> None:
+        table = Table(title=title)
+        for i, column in enumerate(columns):
+            table.add_column(column, no_wrap=i == 0)  # ids must stay copy-pasteable
+        for row in rows:
+            table.add_row(*("" if v is None else _text(v) for v in row))
+        self.console.print(table)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _show_execution(
+    out: _Output, ex: WorkflowExecution, extra: dict[str, Any] | None = None
+) -> None:
+    if out.as_json:
+        out.json({**ex.model_dump(mode="json"), **(extra or {})})
+        return
+    fields = ex.model_dump(mode="json", exclude={"results", "context"})
+    rows = [[k, v] for k, v in fields.items() if v not in (None, "", {})]
+    rows.append(["context", ex.context])
+    out.table(f"execution {ex.id}", ["field", "value"], rows)
+    steps = [
+        [name, r.status.value, r.attempts, r.error.message if r.error else None, r.data]
+        for name, r in ex.results.items()
+    ]
+    out.table("steps", ["step", "status", "attempts", "error", "data"], steps)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def _ended(out: _Output, execution: WorkflowExecution) -> int:
+    """Exit 0 only for a completed execution (scripts branch on it)."""
+    _show_execution(out, execution)
+    if execution.status is ExecutionStatus.COMPLETED:
+        return ExitCode.OK
+    print(f"execution {execution.id} is {execution.status.value}", file=sys.stderr)
+    return ExitCode.FAILURE
+
+
+def _cmd_wait(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    return _ended(out, client.wait(args.id, timeout=args.wait_timeout))
+
+
+def _cmd_start(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    inputs = {**args.inputs_json, **dict(args.inputs)}
+    execution = client.start_workflow(args.file, inputs)
+    if args.wait:
+        return _ended(out, client.wait(execution.id, timeout=args.wait_timeout))
+    _show_execution(out, execution)
+    return ExitCode.OK
+
+
+def _cmd_list(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    query = {"status": args.status, "workflow_id": args.workflow, "limit": args.limit}
+    executions = client.list_workflows({k: v for k, v in query.items() if v is not None})
+    if out.as_json:
+        out.json([ex.model_dump(mode="json") for ex in executions])
+        return ExitCode.OK
+    rows = [
+        [ex.id, ex.workflow_id, ex.status.value, ex.start_time, ex.end_time, ex.current_step]
+        for ex in executions
+    ]
+    out.table(None, ["id", "workflow", "status", "started", "ended", "step"], rows)
+    return ExitCode.OK
+
+
+def _cmd_status(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    execution = client.get_workflow(args.id)
+    status: WorkflowStatusInfo = client.get_workflow_status(args.id)
+    extra = status.model_dump(mode="json", include={"progress", "steps"})
+    if out.as_json:
+        _show_execution(out, execution, extra)
+        return ExitCode.OK
+    p = status.progress
+    rows: list[list[Any]] = [
+        ["status", status.status.value],
+        ["current step", status.current_step],
+        ["reason", status.reason],
+        [
+            "progress",
+            f"{p.succeeded}/{p.total} succeeded, {p.failed} failed, "
+            f"{p.skipped} skipped, {p.running} running",
+        ],
+    ]
+    out.table(f"execution {status.id} ({status.workflow_id})", ["field", "value"], rows)
+    out.table("steps", ["step", "status"], [[k, v.value] for k, v in status.steps.items()])
+    return ExitCode.OK
+
+
+def _cmd_events(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    events = client.get_events(args.id, from_seq=args.from_seq)
+    _show_events(out, events)
+    return ExitCode.OK
+
+
+def _show_events(out: _Output, events: list[WorkflowEvent]) -> None:
+    dumped = [e.model_dump(mode="json", include=_EVENT_FIELDS) for e in events]
+    if out.as_json:
+        out.json(dumped)
+        return
+    rows = [[e["seq"], e["timestamp"], e["type"], e["data"]] for e in dumped]
+    out.table(None, ["seq", "time", "type", "data"], rows)
+
+
+def _execution_command(
+    call: Callable[[Client, argparse.Namespace], WorkflowExecution],
+) -> Callable[[Client, argparse.Namespace, _Output], int]:
+    def command(client: Client, args: argparse.Namespace, out: _Output) -> int:
+        _show_execution(out, call(client, args))
+        return ExitCode.OK
+
+    return command
+
+
+def _cmd_health(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    health = client.health()
+    if out.as_json:
+        out.json(health)
+    else:
+        out.table("node health", ["check", "value"], [[k, v] for k, v in health.items()])
+    return ExitCode.OK
+
+
+_CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, _Output], int]] = {
+    "start": _cmd_start,
+    "list": _cmd_list,
+    "status": _cmd_status,
+    "events": _cmd_events,
+    "health": _cmd_health,
+    "get": _execution_command(lambda c, a: c.get_workflow(a.id)),
+    "pause": _execution_command(lambda c, a: c.pause_workflow(a.id)),
+    "resume": _execution_command(lambda c, a: c.resume_workflow(a.id)),
+    "abort": _execution_command(lambda c, a: c.abort_workflow(a.id, a.reason)),
+    "retry": _execution_command(lambda c, a: c.retry_step(a.id, a.step)),
+    "wait": _cmd_wait,
+}
+
+
+def _cmd_schema(args: argparse.Namespace, out: _Output) -> int:
+    if args.kind == "workflow":
+        from tamma_actors._workflow_file import workflow_json_schema
+
+        out.json(workflow_json_schema())
+    else:
+        from tamma_actors._config import node_config_json_schema
+
+        out.json(node_config_json_schema())
+    return ExitCode.OK
+
+
+def _events_endpoint(args: argparse.Namespace) -> str:
+    if args.events_endpoint:
+        return str(args.events_endpoint)
+    data_dir = getattr(args, "data_dir", None) or ClientSettings().data_dir or Path("var")
+    return f"ipc://{Path(data_dir) / 'events.sock'}"
+
+
+def _cmd_watch(args: argparse.Namespace, out: _Output) -> int:
+    patterns = args.patterns or ["*"]
+    context: zmq.Context[Any] = zmq.Context()
+    sub: zmq.Socket[Any] = context.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        for pattern in patterns:
+            # The SUB filter matches prefixes only: subscribe to the literal head of each
+            # glob and let fnmatch decide the rest.
+            head = pattern.split("*")[0].split("?")[0].split("[")[0]
+            sub.setsockopt(zmq.SUBSCRIBE, head.encode())
+        sub.connect(_events_endpoint(args))
+        seen = 0
+        while args.count is None or seen < args.count:
+            frames = sub.recv_multipart()
+            event = _decode_event(frames)
+            if event is None or not any(fnmatchcase(event.type, p) for p in patterns):
+                continue
+            seen += 1
+            _print_event(out, event)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch normally ends
+    finally:
+        sub.close(linger=0)
+        context.term()
+    return ExitCode.OK
+
+
+def _decode_event(frames: list[bytes]) -> WorkflowEvent | None:
+    try:
+        return WorkflowEvent.model_validate(unpack(frames[-1]))
+    except (TammaError, ValueError) as exc:
+        print(f"skipping a malformed event: {exc}", file=sys.stderr)
+        return None
+
+
+def _print_event(out: _Output, event: WorkflowEvent) -> None:
+    dumped = event.model_dump(mode="json", include=_EVENT_FIELDS)
+    if out.as_json:
+        print(json.dumps(dumped, default=str), flush=True)  # one JSON object per line
+        return
+    out.console.print(
+        f"{dumped['timestamp']} {dumped['execution_id']} #{dumped['seq']} {dumped['type']} "
+        f"{json.dumps(dumped['data'], default=str)}",
+        markup=False,
+    )
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(
+        getattr(args, "endpoint", None),
+        data_dir=getattr(args, "data_dir", None),
+        token=getattr(args, "token", None),
+        timeout=getattr(args, "timeout", None) or 30.0,
+    )
+
+
+def _run(args: argparse.Namespace, out: _Output) -> int:
+    if args.command == "schema":
+        return _cmd_schema(args, out)
+    if args.command == "watch":
+        return _cmd_watch(args, out)
+    with _client(args) as client:
+        return _CLIENT_COMMANDS[args.command](client, args, out)
+
+
+def _report(exc: TammaError) -> int:
+    """Print ``exc`` to stderr; return its exit code."""
+    message = exc.remote_message if isinstance(exc, RemoteError) else str(exc)
+    if isinstance(exc, WorkflowValidationError):
+        where = f"{exc.source}: " if exc.source else ""
+        print(f"error: {where}invalid workflow ({len(exc.problems)} problem(s))", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return ExitCode.USAGE
+    print(f"error: [{exc.code}] {message}", file=sys.stderr)
+    if exc.code in _UNREACHABLE_CODES or (
+        isinstance(exc, TransportError) and not isinstance(exc, RemoteError)
+    ):
+        return ExitCode.UNAVAILABLE
+    if exc.code in _USAGE_CODES or (
+        isinstance(exc, ProtocolError) and not isinstance(exc, RemoteError)
+    ):
+        return ExitCode.USAGE
+    return ExitCode.FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    out = _Output(bool(getattr(args, "json", False)))
+    try:
+        return _run(args, out)
+    except TammaError as exc:
+        return _report(exc)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED

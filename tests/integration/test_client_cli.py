@@ -1,0 +1,650 @@
+"""Client and the ``tamma`` CLI against a real ControlServer serving the FakeEngine."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import tamma_actors._client as client_module
+from tamma_actors._cli import ExitCode, main
+from tamma_actors._client import Client, ClientSettings, resolve_endpoint
+from tamma_actors._codec import pack, unpack
+from tamma_actors._control import ControlServer
+from tamma_actors._errors import (
+    Forbidden,
+    FrameTooLarge,
+    IllegalTransition,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    TransportError,
+    UnknownExecution,
+    UnknownStep,
+    WorkflowValidationError,
+)
+from tamma_actors._models import WorkflowConfig, WorkflowFilter
+from tamma_actors._status import ExecutionStatus, StepStatus
+from tests.fakes import FakeEngine
+
+pytestmark = pytest.mark.integration
+
+WORKFLOW_YAML = """\
+name: demo
+version: "2"
+steps:
+  - name: fetch
+    type: task
+    implementation: echo
+  - name: build
+    type: task
+    implementation: echo
+    dependencies: [fetch]
+"""
+ONE_STEP = {"name": "one", "steps": [{"name": "only"}]}
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.term()
+
+
+@pytest.fixture
+def engine() -> Iterator[FakeEngine]:
+    with FakeEngine() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TAMMA_ENDPOINT", "TAMMA_DATA_DIR", "TAMMA_TOKEN", "TAMMA_EVENTS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "node"
+
+
+ServerFactory = Callable[..., None]
+
+
+@pytest.fixture
+def serve(ctx: zmq.Context[Any], engine: FakeEngine, data_dir: Path) -> Iterator[ServerFactory]:
+    refs = []
+
+    def start(**kw: Any) -> None:
+        ref = ControlServer.start(ctx, engine, endpoint=f"ipc://{data_dir}/control.sock", **kw)
+        refs.append(ref)
+        ref.proxy().address().get(timeout=10)  # bound once this answers
+
+    yield start
+    for ref in refs:
+        ref.stop(block=True, timeout=10)
+
+
+@pytest.fixture
+def client(serve: ServerFactory, data_dir: Path) -> Iterator[Client]:
+    serve()
+    with Client(data_dir=data_dir, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def workflow_file(tmp_path: Path) -> Path:
+    path = tmp_path / "demo.yaml"
+    path.write_text(WORKFLOW_YAML)
+    return path
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(fn()))
+    thread.start()
+    return thread, box
+
+
+# -- Client ------------------------------------------------------------------------------
+
+
+def test_start_from_a_file(client: Client, workflow_file: Path, engine: FakeEngine) -> None:
+    execution = client.start_workflow(workflow_file, {"topic": "x"})
+    assert execution.workflow_id == "demo"
+    assert execution.workflow_version == "2"
+    assert execution.status is ExecutionStatus.RUNNING
+    assert execution.context == {"inputs": {"topic": "x"}, "source": str(workflow_file)}
+    assert set(execution.results) == {"fetch", "build"}
+    assert engine.calls[0][1][2] == str(workflow_file)
+
+
+def test_start_from_a_config_or_a_mapping(client: Client, engine: FakeEngine) -> None:
+    config = WorkflowConfig.model_validate(
+        {"name": "cfg", "steps": [{"name": "s", "type": "task", "implementation": "noop"}]}
+    )
+    from_config = client.start_workflow(config)
+    assert from_config.workflow_id == "cfg"
+    sent = engine.calls[0][1][0]
+    assert WorkflowConfig.model_validate(sent) == config
+    from_mapping = client.start_workflow(ONE_STEP, {"n": 1})
+    assert from_mapping.context["inputs"] == {"n": 1}
+    assert engine.calls[1][1][0] == ONE_STEP
+
+
+def test_every_operation_round_trips(client: Client, engine: FakeEngine) -> None:
+    eid = client.start_workflow(ONE_STEP).id
+    assert client.get_workflow(eid).id == eid
+    assert client.pause_workflow(eid).status is ExecutionStatus.PAUSED
+    assert client.resume_workflow(eid).status is ExecutionStatus.RUNNING
+    engine.run_step(eid, "only")
+    engine.fail_step(eid, "only", "disk full")
+    failed = client.get_workflow(eid)
+    assert failed.status is ExecutionStatus.FAILED
+    assert failed.results["only"].error is not None
+    assert failed.results["only"].error.message == "disk full"
+    retried = client.retry_step(eid, "only")
+    assert (retried.status, retried.results["only"].status) == (
+        ExecutionStatus.RUNNING,
+        StepStatus.READY,
+    )
+    status = client.get_workflow_status(eid)
+    assert status.steps == {"only": StepStatus.READY}
+    assert status.progress.total == 1
+    events = client.get_events(eid)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type for e in client.get_events(eid, from_seq=2, limit=2)] == [
+        "workflow.started",
+        "workflow.paused",
+    ]
+    aborted = client.abort_workflow(eid, "enough")
+    assert (aborted.status, aborted.reason) == (ExecutionStatus.ABORTED, "enough")
+    assert client.wait(eid).status is ExecutionStatus.ABORTED
+    assert client.health()["status"] == "ok"
+    assert client.request("health", {})["executions"] == 1
+
+
+def test_list_filters(client: Client) -> None:
+    first = client.start_workflow(ONE_STEP).id
+    second = client.start_workflow({"name": "two", "steps": [{"name": "a"}]}).id
+    client.abort_workflow(second)
+    assert [e.id for e in client.list_workflows()] == [first, second]
+    assert [e.id for e in client.list_workflows({"workflow_id": "two"})] == [second]
+    only_running = client.list_workflows(WorkflowFilter(status=[ExecutionStatus.RUNNING]))
+    assert [e.id for e in only_running] == [first]
+    assert [e.id for e in client.list_workflows(WorkflowFilter(limit=1, offset=1))] == [second]
+    assert client.list_workflows(WorkflowFilter(limit=0)) == []
+
+
+def test_errors_map_to_the_tree(client: Client, engine: FakeEngine) -> None:
+    with pytest.raises(UnknownExecution) as missing:
+        client.get_workflow("nope")
+    assert isinstance(missing.value, RemoteError)
+    eid = client.start_workflow(ONE_STEP).id
+    with pytest.raises(IllegalTransition):
+        client.resume_workflow(eid)
+    with pytest.raises(UnknownStep):
+        client.retry_step(eid, "ghost")
+    with pytest.raises(RemoteError) as bad:
+        client.request("list", {"limit": "many"})
+    assert bad.value.code == "bad_request"
+    assert bad.value.details == [{"loc": "limit", "message": "Input should be a valid integer"}]
+
+
+def test_invalid_workflow_lists_every_problem(client: Client) -> None:
+    bad = {"name": "", "steps": [{"name": "a", "dependencies": ["zz"]}, {"name": "a"}]}
+    with pytest.raises(WorkflowValidationError) as info:
+        client.start_workflow(bad)
+    assert [(p.loc, p.message) for p in info.value.problems] == [
+        ("name", "a workflow needs a name"),
+        ("steps.1.name", "duplicate step name 'a'"),
+        ("steps.0.dependencies", "unknown step 'zz'"),
+    ]
+
+
+def test_unreadable_file_fails_locally(client: Client, tmp_path: Path, engine: FakeEngine) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(WorkflowValidationError) as info:
+        client.start_workflow(path)
+    assert not isinstance(info.value, RemoteError)
+    assert engine.calls == []
+
+
+def test_wait_returns_when_the_execution_ends(client: Client, engine: FakeEngine) -> None:
+    eid = client.start_workflow(ONE_STEP).id
+    assert client.wait(eid, timeout=0).status is ExecutionStatus.RUNNING
+    thread, box = in_thread(lambda: client.wait(eid, timeout=60))
+    engine.wait_for_call("wait", count=2)
+    engine.run_step(eid, "only")
+    engine.complete_step(eid, "only", {"ok": True})
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert box[0].status is ExecutionStatus.COMPLETED
+    assert box[0].results["only"].data == {"ok": True}
+
+
+def test_long_waits_are_split_into_chunks(
+    client: Client, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "WAIT_CHUNK_SECONDS", 0.01)
+    eid = client.start_workflow(ONE_STEP).id
+    thread, box = in_thread(lambda: client.wait(eid))
+    engine.wait_for_call("wait", count=3)  # several server-side long polls so far
+    engine.abort_workflow(eid)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert box[0].status is ExecutionStatus.ABORTED
+    assert all(args[1] == pytest.approx(0.01) for name, args in engine.calls if name == "wait")
+
+
+def test_roles(serve: ServerFactory, data_dir: Path, engine: FakeEngine) -> None:
+    serve(tokens={"v": "viewer", "o": "operator"})
+    with Client(data_dir=data_dir, token="v", timeout=10) as viewer:
+        assert viewer.health()["status"] == "ok"
+        with pytest.raises(Forbidden):
+            viewer.start_workflow(ONE_STEP)
+    with Client(data_dir=data_dir, token="o", timeout=10) as operator:
+        assert operator.start_workflow(ONE_STEP).status is ExecutionStatus.RUNNING
+    with Client(data_dir=data_dir, timeout=10) as anonymous, pytest.raises(Forbidden):
+        anonymous.health()
+
+
+def test_oversized_requests_are_refused_locally(
+    serve: ServerFactory, data_dir: Path, engine: FakeEngine
+) -> None:
+    serve(max_frame_bytes=512)
+    with Client(data_dir=data_dir, timeout=10, max_frame_bytes=512) as small:
+        with pytest.raises(FrameTooLarge):
+            small.start_workflow({"name": "x" * 1024, "steps": []})
+        assert small.health()["status"] == "ok"
+    assert [name for name, _ in engine.calls] == ["health"]
+
+
+def test_close_is_idempotent_and_final(client: Client) -> None:
+    client.close()
+    client.close()
+    with pytest.raises(TransportError, match="closed"):
+        client.health()
+
+
+def test_bad_endpoint() -> None:
+    with pytest.raises(TransportError):
+        Client("nonsense://here")
+
+
+def test_endpoint_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert resolve_endpoint("tcp://h:1", tmp_path) == "tcp://h:1"
+    assert resolve_endpoint(None, tmp_path) == f"ipc://{tmp_path}/control.sock"
+    assert resolve_endpoint() == "ipc://var/control.sock"
+    monkeypatch.setenv("TAMMA_DATA_DIR", "/srv/tamma")
+    assert resolve_endpoint() == "ipc:///srv/tamma/control.sock"
+    monkeypatch.setenv("TAMMA_ENDPOINT", "tcp://env:2")
+    assert resolve_endpoint() == "tcp://env:2"
+    assert resolve_endpoint(None, tmp_path) == f"ipc://{tmp_path}/control.sock"
+    no_env = ClientSettings(endpoint=None, data_dir=None)
+    assert resolve_endpoint(settings=no_env) == "ipc://var/control.sock"
+    monkeypatch.setenv("TAMMA_TOKEN", "secret")
+    with Client(timeout=1) as c:
+        assert (c.endpoint, c.token) == ("tcp://env:2", "secret")
+    with Client(timeout=1, token="mine") as c:
+        assert c.token == "mine"
+
+
+class RawNode:
+    """A ROUTER that answers however the test tells it to."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self.sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def receive(self) -> tuple[bytes, dict[str, Any]]:
+        assert self.sock.poll(10_000)
+        identity, payload = self.sock.recv_multipart()
+        return identity, unpack(payload)
+
+    def send(self, identity: bytes, *payloads: Any) -> None:
+        for payload in payloads:
+            data = payload if isinstance(payload, bytes) else pack(payload)
+            self.sock.send_multipart([identity, data])
+
+
+@pytest.fixture
+def raw_node(ctx: zmq.Context[Any]) -> Iterator[RawNode]:
+    node = RawNode(ctx)
+    yield node
+    node.sock.close(linger=0)
+
+
+def test_timeout_then_late_replies_are_discarded(raw_node: RawNode) -> None:
+    with Client(raw_node.endpoint, timeout=0.2) as c:
+        with pytest.raises(RequestTimeout):
+            c.health()
+        first_identity, first = raw_node.receive()
+        c.timeout = 10
+        thread, box = in_thread(c.health)
+        identity, second = raw_node.receive()
+        assert identity != first_identity  # the socket was replaced after the timeout
+        raw_node.send(first_identity, {"v": 1, "id": first["id"], "ok": True, "result": "old"})
+        raw_node.send(
+            identity,
+            {"v": 1, "id": first["id"], "ok": True, "result": "late"},
+            b"\xc1 not msgpack",
+            {"v": 1, "id": second["id"], "ok": True, "result": {"status": "fresh"}},
+        )
+        thread.join(timeout=10)
+        assert box == [{"status": "fresh"}]
+
+
+@pytest.mark.parametrize(
+    ("reply", "call"),
+    [
+        ({"ok": False, "error": "nope"}, lambda c: c.health()),
+        ({"ok": True, "result": [1]}, lambda c: c.health()),
+        ({"ok": True, "result": {"id": 1}}, lambda c: c.get_workflow("x")),
+    ],
+)
+def test_malformed_replies(
+    raw_node: RawNode, reply: dict[str, Any], call: Callable[[Client], Any]
+) -> None:
+    with Client(raw_node.endpoint, timeout=10) as c:
+        thread, box = in_thread(lambda: _raises(ProtocolError, lambda: call(c)))
+        identity, request = raw_node.receive()
+        raw_node.send(identity, {"v": 1, "id": request["id"], **reply})
+        thread.join(timeout=10)
+        assert box == [True]
+
+
+def _raises(kind: type[BaseException], fn: Callable[[], Any]) -> bool:
+    try:
+        fn()
+    except kind:
+        return True
+    return False
+
+
+def test_unknown_error_codes_are_remote_errors(raw_node: RawNode) -> None:
+    with Client(raw_node.endpoint, timeout=10) as c:
+        thread, box = in_thread(lambda: _raises(RemoteError, c.health))
+        identity, request = raw_node.receive()
+        error = {"code": "weird", "message": "m"}
+        raw_node.send(identity, {"v": 1, "id": request["id"], "ok": False, "error": error})
+        thread.join(timeout=10)
+        assert box == [True]
+
+
+# -- the tamma command ---------------------------------------------------------------------
+
+
+class Cli:
+    def __init__(self, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.data_dir = data_dir
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main(["--data-dir", str(self.data_dir), "--timeout", "10", *argv])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> Any:
+        code, out, err = self("--json", *argv)
+        assert code == ExitCode.OK, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(serve: ServerFactory, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    serve()
+    return Cli(data_dir, capsys)
+
+
+EXECUTION_KEYS = {
+    "id",
+    "workflow_id",
+    "status",
+    "start_time",
+    "end_time",
+    "current_step",
+    "context",
+    "results",
+    "error",
+    "metrics",
+}
+
+
+def test_cli_start_json(cli: Cli, workflow_file: Path) -> None:
+    started = cli.json(
+        "start",
+        str(workflow_file),
+        "--input",
+        "n=3",
+        "--input",
+        "flag=true",
+        "--input",
+        "name=demo run",
+        "--input",
+        "ratio=0.5",
+        "--inputs-json",
+        '{"n": 1, "list": [1, 2]}',
+    )
+    assert set(started) >= EXECUTION_KEYS
+    assert started["status"] == "running"
+    assert started["context"]["inputs"] == {
+        "n": 3,
+        "flag": True,
+        "name": "demo run",
+        "ratio": 0.5,
+        "list": [1, 2],
+    }
+    assert started["start_time"].endswith("Z") or "+00:00" in started["start_time"]
+    assert set(started["results"]["fetch"]) >= {"status", "data", "error", "attempts"}
+
+
+def test_cli_start_human(cli: Cli, workflow_file: Path) -> None:
+    code, out, _ = cli("start", str(workflow_file))
+    assert code == ExitCode.OK
+    assert "fetch" in out and "build" in out and "running" in out
+
+
+def test_cli_start_wait(cli: Cli, engine: FakeEngine) -> None:
+    path = cli.data_dir.parent / "one.yaml"
+    path.write_text("name: one\nsteps:\n  - name: only\n")
+
+    def finish(complete: bool) -> None:
+        engine.wait_for_call("wait", count=len([c for c in engine.calls if c[0] == "wait"]) + 1)
+        eid = engine.calls[-1][1][0]
+        engine.run_step(eid, "only")
+        if complete:
+            engine.complete_step(eid, "only", "done")
+        else:
+            engine.fail_step(eid, "only")
+
+    for complete, expected in [(True, ExitCode.OK), (False, ExitCode.FAILURE)]:
+        thread = threading.Thread(target=finish, args=(complete,))
+        thread.start()
+        code, out, err = cli("--json", "start", str(path), "--wait")
+        thread.join(timeout=10)
+        assert code == expected, err
+        assert json.loads(out)["status"] == ("completed" if complete else "failed")
+    code, out, err = cli("start", str(path), "--wait", "--wait-timeout", "0")
+    assert code == ExitCode.FAILURE
+    assert "is running" in err
+
+
+def test_cli_list_status_get_events(cli: Cli, engine: FakeEngine, workflow_file: Path) -> None:
+    eid = cli.json("start", str(workflow_file))["id"]
+    other = cli.json("start", str(workflow_file))["id"]
+    cli.json("abort", other)
+    listed = cli.json("list", "--status", "running", "--workflow", "demo", "--limit", "5")
+    assert [e["id"] for e in listed] == [eid]
+    assert all(set(e) >= EXECUTION_KEYS for e in listed)
+    code, out, _ = cli("list")
+    assert code == ExitCode.OK and eid in out and other in out
+    status = cli.json("status", eid)
+    assert set(status) >= EXECUTION_KEYS
+    assert status["steps"] == {"fetch": "pending", "build": "pending"}
+    assert status["progress"]["total"] == 2
+    code, out, _ = cli("status", eid)
+    assert code == ExitCode.OK and "0/2 succeeded" in out
+    got = cli.json("get", eid)
+    assert got["id"] == eid and set(got) >= EXECUTION_KEYS
+    code, out, _ = cli("get", eid)
+    assert code == ExitCode.OK and "fetch" in out
+    events = cli.json("events", eid, "--from-seq", "2")
+    assert [e["seq"] for e in events] == [2]
+    assert set(events[0]) == {"seq", "type", "execution_id", "timestamp", "data"}
+    code, out, _ = cli("events", eid)
+    assert code == ExitCode.OK and "workflow.started" in out
+
+
+def test_cli_lifecycle_commands(cli: Cli, engine: FakeEngine) -> None:
+    eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    assert cli.json("pause", eid)["status"] == "paused"
+    assert cli.json("resume", eid)["status"] == "running"
+    engine.run_step(eid, "only")
+    engine.fail_step(eid, "only")
+    assert cli.json("retry", eid, "only")["status"] == "running"
+    aborted = cli.json("abort", eid, "--reason", "changed my mind")
+    assert (aborted["status"], aborted["reason"]) == ("aborted", "changed my mind")
+    code, out, err = cli("wait", eid, "--timeout", "5")
+    assert code == ExitCode.FAILURE and "is aborted" in err
+    done = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    engine.run_step(done, "only")
+    engine.complete_step(done, "only")
+    code, out, _ = cli("--json", "wait", done)
+    assert code == ExitCode.OK and json.loads(out)["status"] == "completed"
+
+
+def test_cli_health_and_schema(cli: Cli) -> None:
+    assert cli.json("health")["status"] == "ok"
+    code, out, _ = cli("health")
+    assert code == ExitCode.OK and "executions" in out
+    for kind in ("workflow", "node"):
+        code, out, _ = cli("schema", kind)
+        assert code == ExitCode.OK
+        assert json.loads(out)["$schema"].startswith("https://json-schema.org/")
+
+
+def test_cli_global_options_after_the_command(
+    serve: ServerFactory, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve()
+    assert main(["health", "--json", "--data-dir", str(data_dir), "--timeout", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+
+
+def test_cli_errors_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("get", "nope")
+    assert code == ExitCode.FAILURE and "[not_found] no execution 'nope'" in err
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("name: bad\nsteps:\n  - name: a\n  - name: a\n  - {}\n")
+    code, _, err = cli("start", str(invalid))
+    assert code == ExitCode.USAGE
+    assert "2 problem(s)" in err
+    assert "steps.1.name: duplicate step name 'a'" in err
+    assert "steps.2.name: a step needs a name" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [\n")
+    code, _, err = cli("start", str(broken))
+    assert code == ExitCode.USAGE and str(broken) in err
+    code, _, err = cli("start", str(invalid), "--input", "no-equals-sign")
+    assert code == ExitCode.USAGE and "KEY=VALUE" in err
+    code, _, err = cli("start", str(invalid), "--inputs-json", "[1]")
+    assert code == ExitCode.USAGE and "JSON object" in err
+    code, _, err = cli("start", str(invalid), "--inputs-json", "{")
+    assert code == ExitCode.USAGE and "not valid JSON" in err
+    code, _, _ = cli()
+    assert code == ExitCode.USAGE
+    code, _, err = cli("list", "--limit", "20000")
+    assert code == ExitCode.USAGE and "limit" in err
+    code, out, _ = cli("--help")
+    assert code == ExitCode.OK and "watch" in out
+
+
+def test_cli_unreachable_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--data-dir", str(tmp_path / "nothing"), "--timeout", "0.2", "health"])
+    assert code == ExitCode.UNAVAILABLE
+    assert "[timeout]" in capsys.readouterr().err
+
+
+def test_cli_remote_unavailable(
+    cli: Cli, engine: FakeEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine.inject_failure("health", TransportError("node is shutting down"))
+    code, _, err = cli("health")
+    assert code == ExitCode.UNAVAILABLE and "shutting down" in err
+
+
+def test_cli_forbidden(
+    serve: ServerFactory, data_dir: Path, workflow_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve(tokens={"v": "viewer"})
+    code = main(["--data-dir", str(data_dir), "--token", "v", "start", str(workflow_file)])
+    assert code == ExitCode.FAILURE
+    assert "forbidden" in capsys.readouterr().err
+
+
+def test_cli_watch(
+    ctx: zmq.Context[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub: zmq.Socket[Any] = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"ipc://{tmp_path}/events.sock")
+    try:
+        argv = ["--data-dir", str(tmp_path), "watch", "step.c*", "workflow.completed"]
+        thread, box = in_thread(lambda: main([*argv, "--count", "2", "--json"]))
+        subscriptions: set[bytes] = set()
+        while len(subscriptions) < 2:
+            assert pub.poll(10_000), "the watcher never subscribed"
+            subscriptions.add(pub.recv())
+        assert subscriptions == {b"\x01step.c", b"\x01workflow.completed"}
+
+        def event(kind: str, seq: int) -> list[bytes]:
+            body = {"seq": seq, "type": kind, "execution_id": "e1", "timestamp": 1.0 + seq}
+            return [kind.encode(), pack({**body, "data": {"n": seq}})]
+
+        pub.send_multipart(event("step.started", 1))  # filtered by ZeroMQ
+        pub.send_multipart(event("step.cancelled", 2))
+        pub.send_multipart([b"step.corrupt", b"\xc1"])
+        pub.send_multipart(event("workflow.completed", 3))
+        thread.join(timeout=10)
+        assert box == [ExitCode.OK]
+        captured = capsys.readouterr()
+        lines = [json.loads(line) for line in captured.out.splitlines()]
+        assert [(e["seq"], e["type"]) for e in lines] == [
+            (2, "step.cancelled"),
+            (3, "workflow.completed"),
+        ]
+        assert set(lines[0]) == {"seq", "type", "execution_id", "timestamp", "data"}
+        assert "malformed event" in captured.err
+    finally:
+        pub.close(linger=0)
+
+
+def test_cli_watch_human_output(
+    ctx: zmq.Context[Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub: zmq.Socket[Any] = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:*")
+    endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    try:
+        argv = ["watch", "--events-endpoint", endpoint, "--count", "1"]
+        thread, box = in_thread(lambda: main(argv))
+        assert pub.poll(10_000)
+        assert pub.recv() == b"\x01"  # no pattern: everything
+        body = {"seq": 7, "type": "x.y", "execution_id": "e9", "timestamp": 0, "data": {}}
+        pub.send_multipart([b"x.y", pack(body)])
+        thread.join(timeout=10)
+        assert box == [ExitCode.OK]
+        assert "e9 #7 x.y {}" in capsys.readouterr().out
+    finally:
+        pub.close(linger=0)
