@@ -182,7 +182,9 @@ class RemoteError(TammaError):
     """The node answered with ``{"ok": false, "error": {...}}``."""
 
     def __init__(self, code: str, message: str, details: object = None) -> None:
-        super().__init__(f"[{code}] {message}")
+        # Not super(): in the Remote<Base> classes below the next class in the MRO is the
+        # specific base, whose constructor takes other arguments.
+        Exception.__init__(self, f"[{code}] {message}")
         self.code = code
         self.remote_message = message
         self.details = details
@@ -204,22 +206,26 @@ def error_code(exc: BaseException) -> str:
     return exc.code if isinstance(exc, TammaError) else "internal"
 
 
-def error_from_code(code: str, message: str, details: object = None) -> TammaError:
+def _remote(base: type[TammaError]) -> type[RemoteError]:
+    return type(f"Remote{base.__name__}", (RemoteError, base), {})
+
+
+_REMOTE: dict[str, type[RemoteError]] = {code: _remote(base) for code, base in _BY_CODE.items()}
+
+
+def error_from_code(code: str, message: str, details: object = None) -> RemoteError:
     """Rebuild a client-side exception from a wire error; unknown codes give RemoteError.
 
-    The result is always a :class:`RemoteError` too, so callers can catch either the
-    specific class or every remote failure at once.
+    The result is always a :class:`RemoteError` and, for known codes, also an instance of
+    the specific class (``UnknownExecution``, ``WorkflowValidationError`` ...), so callers
+    can catch either.
     """
-    base = _BY_CODE.get(code)
-    if base is None:
-        return RemoteError(code, message, details)
-    cls = type(f"Remote{base.__name__}", (RemoteError, base), {})
-    err = cls.__new__(cls)
-    RemoteError.__init__(err, code, message, details)
-    if base is WorkflowValidationError:
-        err.problems = [  # type: ignore[attr-defined]
+    err = _REMOTE.get(code, RemoteError)(code, message, details)
+    if isinstance(err, WorkflowValidationError):
+        err.problems = [
             Problem(str(p.get("loc", "")), str(p.get("message", "")))
             for p in (details if isinstance(details, list) else [])
             if isinstance(p, dict)
         ]
+        err.source = None
     return err
