@@ -54,3 +54,21 @@ ALLOWLIST = {
     name: f"plugins_for_tests:{name}"
     for name in ("stubborn", "chatty", "unencodable", "big", "exits", "context")
 }
+
+
+def once_blocking(ctx: StepContext) -> Any:
+    """First run (no marker file yet): creates the marker and blocks until cancelled or
+    killed. Any later run returns at once: a re-dispatched task can complete."""
+    path = ctx.config["path"]
+    try:
+        with open(path, "x"):
+            pass
+    except FileExistsError:
+        return {"second_run": True, "attempt": ctx.attempt}
+    ctx.heartbeat("blocking")  # tells a test the marker exists: killing us now is safe
+    ctx.cancelled.wait()
+    return {"second_run": False}
+
+
+ALLOWLIST["once_blocking"] = "plugins_for_tests:once_blocking"
+ALLOW_ARGS = [arg for name, target in ALLOWLIST.items() for arg in ("--allow", f"{name}={target}")]

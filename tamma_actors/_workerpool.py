@@ -1,0 +1,562 @@
+"""WorkerPool: the node's side of the worker protocol (a SocketActor owning the ROUTER).
+
+It keeps a FIFO queue of tasks and hands each to a live worker that offers the task's
+implementation and has a free slot (the least busy one). It spawns ``local_workers``
+managed worker processes, watches each through a pidfd and restarts it when it dies (with
+a backoff, so a crash loop does not spin). A worker that misses heartbeats for
+``heartbeat_timeout`` is declared dead (a local one is SIGKILLed and replaced). A dead or
+departing worker's in-flight tasks are queued again, unchanged, and their owners are told
+:class:`TaskRedispatched`: killing a worker never loses a step.
+
+Cancel: a queued task is dropped and answered at once; a running one gets ``cancel``, and
+if no result comes within ``cancel_grace`` the worker is killed (local) or dropped and
+told to stop (remote); the task is reported StepCancelled, its neighbours re-dispatched.
+
+Frames from an identity the pool does not know, other than ``hello``, are answered with
+``rehello``: the node may have restarted under a worker that kept its connection. A
+``StepCancelled`` result the pool did not ask for (the worker is stopping on its own,
+e.g. SIGTERM) is re-dispatched rather than reported, for the same reason as a crash.
+
+Shutdown order (on_stop): ``stop`` to every worker -> wait up to ``cancel_grace`` + 2 s
+for local children -> SIGKILL leftovers -> close pidfds -> close the ROUTER (linger 1 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import zmq
+
+from tamma_actors import _wire as wire
+from tamma_actors._errors import TammaError, TransportError
+from tamma_actors._socket_actor import SocketActor
+from tamma_actors._timers import TimerHandle
+
+__all__ = [
+    "Cancel",
+    "Dispatch",
+    "TaskFinished",
+    "TaskProgress",
+    "TaskRedispatched",
+    "TaskStarted",
+    "WorkerPool",
+]
+
+log = logging.getLogger(__name__)
+
+_LINGER_MS = 1000
+_STOP_EXTRA = 2.0  # beyond cancel_grace, for a stopping worker to say bye and exit
+_RESTART_BASE = 0.1
+_RESTART_MAX = 5.0
+_STABLE_UPTIME = 10.0  # a local worker that lived this long resets its crash backoff
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    task: dict[str, Any]
+    reply_to: pykka.ActorRef[Any]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class TaskStarted:
+    task_id: str
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    task_id: str
+    progress: Any
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    task_id: str
+    ok: bool
+    output: Any
+    error: dict[str, Any] | None
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class TaskRedispatched:
+    task_id: str
+    reason: str
+
+
+@dataclass(eq=False)
+class _Task:
+    task_id: str
+    implementation: str
+    frame: bytes
+    reply_to: pykka.ActorRef[Any]
+    worker_id: str | None = None
+    cancel_timer: TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Worker:
+    worker_id: str
+    identity: bytes
+    pid: int
+    host: str
+    slots: int
+    plugins: frozenset[str]
+    local: bool
+    last_seen: float
+    last_seen_wall: float
+    rss: int = 0
+    tasks: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Child:
+    worker_id: str
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    started: float
+    failures: int
+
+
+def _cancelled_error(message: str) -> dict[str, Any]:
+    return {"type": "StepCancelled", "message": message, "retryable": False, "retry_after": None}
+
+
+class WorkerPool(SocketActor):
+    """Owns the workers ROUTER socket, the local worker processes and task dispatch."""
+
+    def __init__(
+        self,
+        zmq_context: zmq.Context[Any],
+        *,
+        endpoint: str,
+        local_workers: int,
+        worker_slots: int = 8,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
+        cancel_grace: float = 5.0,
+        max_frame_bytes: int = 8 << 20,
+        worker_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(zmq_context)
+        self._endpoint = endpoint
+        self._n_local = local_workers
+        self._worker_slots = worker_slots
+        self._hb_interval = heartbeat_interval
+        self._hb_timeout = heartbeat_timeout
+        self._cancel_grace = cancel_grace
+        self._max_frame = max_frame_bytes
+        self._worker_args = list(worker_args)
+        self._env = {**os.environ, **(env or {})}
+        self._sock: zmq.Socket[bytes] | None = None
+        self._workers: dict[str, _Worker] = {}
+        self._children: dict[str, _Child] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._queue: deque[str] = deque()
+        self._dispatched_total = 0
+        self._restarts = 0
+        self._spawned = 0
+        self._stopping = False
+        self._waiters: list[tuple[int, Future[None]]] = []
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._sock = self._bind()
+        self.watch(self._sock, self._on_readable)
+        for _ in range(self._n_local):
+            self._spawn(failures=0)
+        self.call_later(self._hb_interval, self._check_heartbeats)
+
+    def _bind(self) -> zmq.Socket[bytes]:
+        if self._endpoint.startswith("ipc://"):
+            parent = os.path.dirname(self._endpoint[len("ipc://") :])
+            if parent and not os.path.isdir(parent):
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+        sock: zmq.Socket[bytes] = self.zmq_context.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, _LINGER_MS)
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.bind(self._endpoint)
+            self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise TransportError(f"cannot bind the workers socket {self._endpoint}: {exc}") from exc
+        return sock
+
+    def on_stop(self) -> None:
+        self._stopping = True
+        for w in list(self._workers.values()):
+            self._send(w.identity, wire.stop())
+        deadline = time.monotonic() + self._cancel_grace + _STOP_EXTRA
+        for child in list(self._children.values()):
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("local worker %s did not stop; killing it", child.worker_id)
+                self._kill(child)
+                child.proc.wait(timeout=_STOP_EXTRA)
+            self._forget_child(child)
+        for _, fut in self._waiters:
+            fut.cancel()
+        if self._sock is not None:
+            self.unwatch(self._sock)
+            self._sock.close(_LINGER_MS)
+
+    # -- messages from executions ----------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Dispatch):
+            self._on_dispatch(message)
+        elif isinstance(message, Cancel):
+            self._on_cancel(message.task_id)
+        else:
+            log.warning("WorkerPool ignores unexpected message %r", message)
+
+    def _on_dispatch(self, msg: Dispatch) -> None:
+        task_id = msg.task.get("task_id")
+        impl = msg.task.get("implementation")
+        if not isinstance(task_id, str) or not isinstance(impl, str):
+            log.error("dispatch without a task_id/implementation dropped: %r", msg.task)
+            return
+        if task_id in self._tasks:
+            log.info("task %s is already queued or running; duplicate dispatch ignored", task_id)
+            return
+        try:
+            frame = wire.encode(wire.run(msg.task))
+        except TammaError as exc:
+            self._finish_with(msg.reply_to, task_id, {"type": "CodecError", "message": str(exc)})
+            return
+        if len(frame) > self._max_frame:
+            err = {"type": "FrameTooLarge", "message": f"run frame of {len(frame)} bytes"}
+            self._finish_with(msg.reply_to, task_id, err)
+            return
+        self._tasks[task_id] = _Task(task_id, impl, frame, msg.reply_to)
+        self._queue.append(task_id)
+        self._pump()
+
+    @staticmethod
+    def _finish_with(reply_to: pykka.ActorRef[Any], task_id: str, error: dict[str, Any]) -> None:
+        full = {"retryable": False, "retry_after": None, **error}
+        reply_to.tell(TaskFinished(task_id, False, None, full, 0.0))
+
+    def _on_cancel(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        if task.worker_id is None:
+            self._queue.remove(task_id)
+            del self._tasks[task_id]
+            task.reply_to.tell(
+                TaskFinished(task_id, False, None, _cancelled_error("cancelled while queued"), 0.0)
+            )
+        elif task.cancel_timer is None:
+            self._send(self._workers[task.worker_id].identity, wire.cancel(task_id))
+            task.cancel_timer = self.call_later(
+                self._cancel_grace, lambda: self._cancel_overdue(task_id)
+            )
+
+    def _cancel_overdue(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is None or task.worker_id is None:
+            return
+        del self._tasks[task_id]
+        message = f"no result {self._cancel_grace}s after cancel; worker {task.worker_id} killed"
+        task.reply_to.tell(TaskFinished(task_id, False, None, _cancelled_error(message), 0.0))
+        worker = self._workers.get(task.worker_id)
+        if worker is not None:
+            worker.tasks.discard(task_id)
+            self._worker_lost(worker, f"worker {worker.worker_id} ignored a cancel", kill=True)
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Hand queued tasks (oldest first) to the least busy worker able to run each."""
+        if not self._queue:
+            return
+        waiting: deque[str] = deque()
+        broken: list[_Worker] = []
+        while self._queue:
+            task = self._tasks[self._queue.popleft()]
+            worker = self._pick(task.implementation, broken)
+            if worker is None:
+                waiting.append(task.task_id)
+            elif not self._send(worker.identity, task.frame):
+                broken.append(worker)  # unroutable or a full pipe: that worker is lost
+                waiting.append(task.task_id)
+            else:
+                task.worker_id = worker.worker_id
+                worker.tasks.add(task.task_id)
+                self._dispatched_total += 1
+        self._queue = waiting
+        for worker in broken:
+            self._worker_lost(worker, f"worker {worker.worker_id} unreachable", kill=True)
+
+    def _pick(self, implementation: str, broken: list[_Worker]) -> _Worker | None:
+        able = [
+            w
+            for w in self._workers.values()
+            if implementation in w.plugins and len(w.tasks) < w.slots and w not in broken
+        ]
+        return min(able, key=lambda w: (len(w.tasks) / w.slots, len(w.tasks)), default=None)
+
+    def _send(self, identity: bytes, msg: dict[str, Any] | bytes) -> bool:
+        assert self._sock is not None
+        frame = msg if isinstance(msg, bytes) else wire.encode(msg)
+        try:
+            self._sock.send_multipart([identity, frame], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("cannot send to worker %r: %s", identity, exc)
+            return False
+
+    # -- frames from workers ---------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        try:
+            parts = self._sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(parts) != 2:
+            log.warning("dropped a %d-part message on the workers socket", len(parts))
+            return
+        identity, data = parts
+        try:
+            msg = wire.decode_worker_frame(data, self._max_frame)
+        except TammaError as exc:
+            log.warning("dropped a bad frame from %r: %s", identity, exc)
+            return
+        worker_id = identity.decode("utf-8", "replace")
+        worker = self._workers.get(worker_id)
+        if msg["t"] == "hello":
+            self._on_hello(identity, msg)
+        elif worker is None:
+            if msg["t"] != "bye":
+                self._send(identity, wire.rehello())
+        else:
+            worker.last_seen, worker.last_seen_wall = time.monotonic(), time.time()
+            self._on_worker_frame(worker, msg)
+
+    def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None:
+        worker_id = msg["worker_id"]
+        if identity != worker_id.encode() or msg["slots"] < 1:
+            log.warning("hello with a mismatched identity or no slots dropped: %r", msg)
+            return
+        old = self._workers.get(worker_id)
+        child = self._children.get(worker_id)
+        worker = _Worker(
+            worker_id=worker_id,
+            identity=identity,
+            pid=msg["pid"],
+            host=msg["host"],
+            slots=msg["slots"],
+            plugins=frozenset(msg["plugins"]),
+            local=child is not None,
+            last_seen=time.monotonic(),
+            last_seen_wall=time.time(),
+            tasks=old.tasks if old is not None else set(),
+        )
+        self._workers[worker_id] = worker
+        self._send(identity, wire.welcome(self._hb_interval))
+        log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
+        self._notify_waiters()
+        self._pump()
+
+    def _on_worker_frame(self, worker: _Worker, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "hb":
+            worker.rss = msg["rss"]
+        elif kind == "bye":
+            self._worker_lost(worker, f"worker {worker.worker_id} left", kill=False)
+        else:
+            task = self._tasks.get(msg["task_id"])
+            if task is None or task.worker_id != worker.worker_id:
+                log.info(
+                    "frame for unknown task %s from %s ignored", msg["task_id"], worker.worker_id
+                )
+            elif kind == "started":
+                task.reply_to.tell(TaskStarted(task.task_id, worker.worker_id))
+            elif kind == "progress":
+                task.reply_to.tell(TaskProgress(task.task_id, msg["progress"]))
+            else:
+                self._on_result(worker, task, msg)
+
+    def _on_result(self, worker: _Worker, task: _Task, msg: dict[str, Any]) -> None:
+        worker.tasks.discard(task.task_id)
+        del self._tasks[task.task_id]
+        error = msg.get("error") if not msg["ok"] else None
+        if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
+            self._requeue([task], f"worker {worker.worker_id} is stopping")
+        else:
+            if task.cancel_timer is not None:
+                task.cancel_timer.cancel()
+            output = msg.get("output") if msg["ok"] else None
+            task.reply_to.tell(
+                TaskFinished(task.task_id, msg["ok"], output, error, float(msg["duration_ms"]))
+            )
+        self._pump()
+
+    # -- losing workers ----------------------------------------------------------------------
+
+    def _worker_lost(self, worker: _Worker, reason: str, *, kill: bool) -> None:
+        """Forget ``worker``, queue its tasks again, and kill it if it is ours."""
+        if self._workers.pop(worker.worker_id, None) is None:
+            return
+        log.warning("%s; re-dispatching %d task(s)", reason, len(worker.tasks))
+        child = self._children.get(worker.worker_id)
+        if kill and child is not None:
+            self._kill(child)
+        elif kill:
+            self._send(worker.identity, wire.stop())
+        lost = [self._tasks.pop(t) for t in sorted(worker.tasks) if t in self._tasks]
+        worker.tasks.clear()
+        self._requeue(lost, reason)
+        self._pump()
+
+    def _requeue(self, tasks: list[_Task], reason: str) -> None:
+        """Put tasks back at the head of the queue (they were first in line once already)."""
+        again: list[str] = []
+        for task in tasks:
+            if task.cancel_timer is not None:
+                # It was being cancelled: losing its worker settles that.
+                task.cancel_timer.cancel()
+                error = _cancelled_error(reason)
+                task.reply_to.tell(TaskFinished(task.task_id, False, None, error, 0.0))
+                continue
+            task.worker_id = None
+            self._tasks[task.task_id] = task
+            again.append(task.task_id)
+            task.reply_to.tell(TaskRedispatched(task.task_id, reason))
+        self._queue.extendleft(reversed(again))
+
+    def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if now - worker.last_seen > self._hb_timeout:
+                silent = now - worker.last_seen
+                reason = f"worker {worker.worker_id} silent for {silent:.1f}s"
+                self._worker_lost(worker, reason, kill=True)
+        self.call_later(self._hb_interval, self._check_heartbeats)
+
+    # -- local worker processes ------------------------------------------------------------
+
+    def _spawn(self, failures: int) -> None:
+        self._spawned += 1
+        worker_id = f"local-{os.getpid()}-{self._spawned}"
+        cmd = [
+            sys.executable, "-m", "tamma_actors._worker",
+            "--connect", self._endpoint,
+            "--managed", "--parent-pid", str(os.getpid()),
+            "--worker-id", worker_id,
+            "--slots", str(self._worker_slots),
+            "--heartbeat-interval", str(self._hb_interval),
+            "--max-frame-bytes", str(self._max_frame),
+            "--stop-grace", str(self._cancel_grace),
+            *self._worker_args,
+        ]  # fmt: skip
+        try:
+            proc = subprocess.Popen(cmd, env=self._env, start_new_session=True)
+        except OSError:
+            log.exception("cannot start a local worker")
+            self._schedule_restart(failures + 1)
+            return
+        child = _Child(worker_id, proc, os.pidfd_open(proc.pid), time.monotonic(), failures)
+        self._children[worker_id] = child
+        self.watch(child.pidfd, lambda: self._on_child_exit(child))
+
+    def _on_child_exit(self, child: _Child) -> None:
+        code = child.proc.wait(timeout=_STOP_EXTRA)  # the pidfd says it exited: reap it
+        self._forget_child(child)
+        worker = self._workers.get(child.worker_id)
+        if worker is not None:
+            self._worker_lost(worker, f"worker {child.worker_id} exited ({code})", kill=False)
+        lived = time.monotonic() - child.started
+        failures = 0 if lived >= _STABLE_UPTIME else child.failures + 1
+        log.warning("local worker %s exited with %s; restarting", child.worker_id, code)
+        self._schedule_restart(failures)
+
+    def _schedule_restart(self, failures: int) -> None:
+        self._restarts += 1
+        delay = min(_RESTART_MAX, _RESTART_BASE * 2 ** min(failures, 10)) if failures else 0.0
+        self.call_later(delay, lambda: None if self._stopping else self._spawn(failures))
+
+    def _forget_child(self, child: _Child) -> None:
+        if self._children.pop(child.worker_id, None) is not None:
+            self.unwatch(child.pidfd)
+            os.close(child.pidfd)
+
+    @staticmethod
+    def _kill(child: _Child) -> None:
+        # Through the pidfd: never signals a recycled pid.
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+
+    # -- queries (ask / proxy) ---------------------------------------------------------------
+
+    def endpoint(self) -> str:
+        """The bound endpoint (a ``tcp://...:*`` wildcard resolved to its port)."""
+        return self._endpoint
+
+    def stats(self) -> dict[str, Any]:
+        offered = {p for w in self._workers.values() for p in w.plugins}
+        unserved: dict[str, int] = {}
+        for task_id in self._queue:
+            impl = self._tasks[task_id].implementation
+            if impl not in offered:
+                unserved[impl] = unserved.get(impl, 0) + 1
+        return {
+            "workers": [self._worker_stats(w) for w in self._workers.values()],
+            "queued": len(self._queue),
+            "waiting_for_implementation": unserved,
+            "running": sum(len(w.tasks) for w in self._workers.values()),
+            "dispatched_total": self._dispatched_total,
+            "restarts": self._restarts,
+            "local_pids": sorted(c.proc.pid for c in self._children.values()),
+        }
+
+    @staticmethod
+    def _worker_stats(w: _Worker) -> dict[str, Any]:
+        return {
+            "worker_id": w.worker_id,
+            "pid": w.pid,
+            "host": w.host,
+            "local": w.local,
+            "slots": w.slots,
+            "busy": len(w.tasks),
+            "plugins": sorted(w.plugins),
+            "rss": w.rss,
+            "last_seen": w.last_seen_wall,
+        }
+
+    def when_workers(self, count: int) -> Future[None]:
+        """A future resolved once at least ``count`` workers have said hello (for tests)."""
+        fut: Future[None] = Future()
+        self._waiters.append((count, fut))
+        self._notify_waiters()
+        return fut
+
+    def _notify_waiters(self) -> None:
+        ready = [(n, f) for n, f in self._waiters if len(self._workers) >= n]
+        for item in ready:
+            self._waiters.remove(item)
+            item[1].set_result(None)

@@ -1,0 +1,521 @@
+"""WorkerPool with real worker processes, and with fake workers speaking the protocol."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pykka
+import pytest
+import zmq
+
+from tamma_actors import _wire as wire
+from tamma_actors._workerpool import (
+    Cancel,
+    Dispatch,
+    TaskFinished,
+    TaskProgress,
+    TaskRedispatched,
+    TaskStarted,
+    WorkerPool,
+)
+
+pytestmark = pytest.mark.integration
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, TESTS_DIR)
+from plugins_for_tests import ALLOW_ARGS  # noqa: E402
+
+TIMEOUT = 30.0
+MAX = 1 << 20
+
+
+class Inbox:
+    """What the pool told an execution, in order; tests wait on it with a timeout."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.cond = threading.Condition()
+
+    def add(self, msg: Any) -> None:
+        with self.cond:
+            self.messages.append(msg)
+            self.cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[Any]], Any], timeout: float = TIMEOUT) -> Any:
+        with self.cond:
+            result = self.cond.wait_for(lambda: predicate(self.messages), timeout)
+            assert result, f"timed out; got {self.messages}"
+            return result
+
+    def of(self, kind: type, task_id: str) -> list[Any]:
+        with self.cond:
+            return [m for m in self.messages if isinstance(m, kind) and m.task_id == task_id]
+
+    def finished(self, task_id: str) -> TaskFinished:
+        self.wait_for(
+            lambda ms: any(isinstance(m, TaskFinished) and m.task_id == task_id for m in ms)
+        )
+        return self.of(TaskFinished, task_id)[0]  # type: ignore[no-any-return]
+
+    def seen(self, kind: type, task_id: str) -> Any:
+        self.wait_for(lambda ms: any(isinstance(m, kind) and m.task_id == task_id for m in ms))
+        return self.of(kind, task_id)[0]
+
+
+class Owner(pykka.ThreadingActor):
+    def __init__(self, inbox: Inbox) -> None:
+        super().__init__()
+        self.inbox = inbox
+
+    def on_receive(self, message: Any) -> None:
+        self.inbox.add(message)
+
+
+def task(task_id: str, implementation: str = "noop", **extra: Any) -> dict[str, Any]:
+    t: dict[str, Any] = {
+        "task_id": task_id,
+        "execution_id": "ex",
+        "step": task_id,
+        "attempt": 1,
+        "implementation": implementation,
+        "config": {},
+        "input": None,
+        "inputs": {},
+        "upstream": {},
+        "idempotency_key": task_id,
+        "item_index": None,
+    }
+    t.update(extra)
+    return t
+
+
+class Harness:
+    def __init__(self, pool: pykka.ActorRef[Any], inbox: Inbox, owner: pykka.ActorRef[Any]):
+        self.pool = pool
+        self.proxy = pool.proxy()
+        self.inbox = inbox
+        self.owner = owner
+
+    def dispatch(self, t: dict[str, Any]) -> None:
+        self.pool.tell(Dispatch(t, self.owner))
+
+    def cancel(self, task_id: str) -> None:
+        self.pool.tell(Cancel(task_id))
+
+    def stats(self) -> dict[str, Any]:
+        return self.proxy.stats().get(timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+    def wait_workers(self, n: int) -> None:
+        self.proxy.when_workers(n).get(timeout=TIMEOUT).result(timeout=TIMEOUT)
+
+    def endpoint(self) -> str:
+        return self.proxy.endpoint().get(timeout=TIMEOUT)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    yield ctx
+    ctx.term()
+
+
+@pytest.fixture
+def make(zctx: zmq.Context[Any], tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    started: list[Harness] = []
+
+    def _make(**kw: Any) -> Harness:
+        kw.setdefault("endpoint", f"ipc://{tmp_path}/run/workers")
+        kw.setdefault("local_workers", 0)
+        kw.setdefault("worker_slots", 2)
+        kw.setdefault("heartbeat_interval", 0.2)
+        kw.setdefault("heartbeat_timeout", 10.0)
+        kw.setdefault("cancel_grace", 5.0)
+        kw.setdefault("worker_args", ALLOW_ARGS)
+        kw.setdefault("env", {"PYTHONPATH": os.pathsep.join([TESTS_DIR, *sys.path])})
+        inbox = Inbox()
+        h = Harness(WorkerPool.start(zctx, **kw), inbox, Owner.start(inbox))
+        started.append(h)
+        return h
+
+    yield _make
+    for h in started:
+        if h.pool.is_alive():
+            h.pool.stop(timeout=TIMEOUT)
+        h.owner.stop(timeout=TIMEOUT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# Real local workers
+
+
+def test_many_tasks_across_two_workers(make: Callable[..., Harness], tmp_path: Path) -> None:
+    h = make(local_workers=2)
+    h.wait_workers(2)
+    assert oct(os.stat(tmp_path / "run").st_mode & 0o777) == "0o700"
+    for i in range(30):
+        h.dispatch(task(f"t{i}", "noop", input={"i": i}))
+    results = {f"t{i}": h.inbox.finished(f"t{i}") for i in range(30)}
+    assert all(r.ok and r.output == {"i": int(tid[1:])} for tid, r in results.items())
+    workers = {h.inbox.of(TaskStarted, f"t{i}")[0].worker_id for i in range(30)}
+    assert len(workers) == 2
+    stats = h.stats()
+    assert stats["dispatched_total"] == 30 and stats["queued"] == 0 and stats["running"] == 0
+    assert all(w["local"] and w["slots"] == 2 and w["rss"] >= 0 for w in stats["workers"])
+    assert {w["pid"] for w in stats["workers"]} == set(stats["local_pids"])
+
+
+def test_slots_are_respected(make: Callable[..., Harness]) -> None:
+    h = make(local_workers=1, worker_slots=2)
+    h.wait_workers(1)
+    for tid in ("a", "b", "c"):
+        h.dispatch(task(tid, "hang"))
+    h.inbox.seen(TaskStarted, "a")
+    h.inbox.seen(TaskStarted, "b")
+    stats = h.stats()
+    assert stats["workers"][0]["busy"] == 2 and stats["queued"] == 1
+    assert h.inbox.of(TaskStarted, "c") == []
+    h.cancel("a")
+    assert h.inbox.finished("a").error["type"] == "StepCancelled"  # type: ignore[index]
+    h.inbox.seen(TaskStarted, "c")
+    assert h.stats()["workers"][0]["pid"] == stats["workers"][0]["pid"]  # not killed
+    for tid in ("b", "c"):
+        h.cancel(tid)
+        assert h.inbox.finished(tid).ok is False
+
+
+def test_killed_worker_is_replaced_and_its_task_completes(
+    make: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = make(local_workers=1)
+    h.wait_workers(1)
+    h.dispatch(task("k", "once_blocking", config={"path": str(tmp_path / "marker")}))
+    started = h.inbox.seen(TaskStarted, "k")
+    h.inbox.seen(TaskProgress, "k")
+    old_pid = h.stats()["workers"][0]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    assert "exited" in h.inbox.seen(TaskRedispatched, "k").reason
+    result = h.inbox.finished("k")
+    assert result.ok and result.output == {"second_run": True, "attempt": 1}
+    stats = h.stats()
+    assert stats["restarts"] >= 1 and old_pid not in stats["local_pids"]
+    assert h.inbox.of(TaskStarted, "k")[-1].worker_id != started.worker_id
+
+
+def test_hang_cancelled_cooperatively(make: Callable[..., Harness]) -> None:
+    h = make(local_workers=1)
+    h.wait_workers(1)
+    h.dispatch(task("h", "hang"))
+    h.inbox.seen(TaskStarted, "h")
+    h.cancel("h")
+    h.cancel("h")  # a second cancel changes nothing
+    res = h.inbox.finished("h")
+    assert (res.ok, res.error["type"]) == (False, "StepCancelled")  # type: ignore[index]
+    assert h.stats()["restarts"] == 0
+
+
+def test_step_ignoring_cancel_gets_its_worker_killed(
+    make: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = make(local_workers=1, cancel_grace=0.5)
+    h.wait_workers(1)
+    pid = h.stats()["workers"][0]["pid"]
+    h.dispatch(task("s", "stubborn"))
+    h.dispatch(task("b", "once_blocking", config={"path": str(tmp_path / "m")}))
+    h.inbox.seen(TaskStarted, "s")
+    h.inbox.seen(TaskProgress, "b")
+    h.cancel("s")
+    res = h.inbox.finished("s")
+    assert res.error is not None and res.error["type"] == "StepCancelled"
+    assert "killed" in res.error["message"]
+    assert "ignored a cancel" in h.inbox.seen(TaskRedispatched, "b").reason
+    bystander = h.inbox.finished("b")
+    assert bystander.ok and bystander.output["second_run"] is True
+    psutil.Process(pid).wait(timeout=TIMEOUT) if _alive(pid) else None
+    assert not _alive(pid)
+
+
+def test_stop_leaves_no_child_behind(make: Callable[..., Harness]) -> None:
+    h = make(local_workers=2)
+    h.wait_workers(2)
+    h.dispatch(task("h", "hang"))
+    h.inbox.seen(TaskStarted, "h")
+    pids = h.stats()["local_pids"]
+    assert len(pids) == 2
+    h.pool.stop(timeout=TIMEOUT)
+    assert not any(_alive(pid) for pid in pids)
+    assert not [c for c in psutil.Process().children(recursive=True) if c.pid in pids]
+
+
+def test_stop_kills_a_worker_that_will_not_stop(make: Callable[..., Harness]) -> None:
+    # The worker itself would wait 60 s for its stubborn step; the pool waits much less.
+    h = make(local_workers=1, cancel_grace=0.3, worker_args=[*ALLOW_ARGS, "--stop-grace", "60"])
+    h.wait_workers(1)
+    h.dispatch(task("s", "stubborn"))
+    h.inbox.seen(TaskStarted, "s")
+    pids = h.stats()["local_pids"]
+    h.pool.stop(timeout=TIMEOUT)
+    assert not any(_alive(pid) for pid in pids)
+
+
+# Fake workers: a DEALER socket in the test speaking the protocol by hand
+
+
+class FakeWorker:
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, worker_id: str) -> None:
+        self.sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+        self.sock.connect(endpoint)
+        self.worker_id = worker_id
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.send(wire.encode(msg))
+
+    def hello(self, plugins: list[str], slots: int = 2) -> None:
+        self.send(wire.hello(self.worker_id, 4242, "fakehost", slots, plugins))
+        assert self.recv()["t"] == "welcome"
+
+    def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        assert self.sock.poll(int(timeout * 1000)), "nothing from the pool"
+        return wire.decode_node_frame(self.sock.recv(), MAX)
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+@pytest.fixture
+def fake(
+    make: Callable[..., Harness], zctx: zmq.Context[Any]
+) -> Iterator[tuple[Harness, Callable[[str], FakeWorker]]]:
+    h = make(heartbeat_timeout=30.0, cancel_grace=0.3, max_frame_bytes=MAX)
+    endpoint = h.endpoint()
+    made: list[FakeWorker] = []
+
+    def new(worker_id: str) -> FakeWorker:
+        w = FakeWorker(zctx, endpoint, worker_id)
+        made.append(w)
+        return w
+
+    yield h, new
+    for w in made:
+        w.close()
+
+
+def test_fake_worker_full_cycle(fake: Any) -> None:
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("t1", input=7))
+    run = w.recv()
+    assert run["t"] == "run" and run["task_id"] == "t1" and run["input"] == 7
+    w.send(wire.started("t1"))
+    w.send(wire.progress("t1", {"pct": 50}))
+    w.send(wire.result_ok("nobody", 1, 1.0))  # unknown task: ignored
+    w.send(wire.hb("fw1", ["t1"], 12345))
+    w.send(wire.result_ok("t1", 7, 2.5))
+    assert h.inbox.seen(TaskStarted, "t1").worker_id == "fw1"
+    assert h.inbox.seen(TaskProgress, "t1").progress == {"pct": 50}
+    assert h.inbox.finished("t1") == TaskFinished("t1", True, 7, None, 2.5)
+    stats = h.stats()
+    assert stats["workers"][0]["rss"] == 12345 and stats["workers"][0]["local"] is False
+    assert stats["workers"][0]["host"] == "fakehost" and stats["local_pids"] == []
+
+
+def test_unknown_implementation_waits_then_cancel(fake: Any) -> None:
+    h, new = fake
+    new("fw").hello(["noop"])
+    h.dispatch(task("u", "nope"))
+    stats = h.stats()
+    assert stats["queued"] == 1 and stats["waiting_for_implementation"] == {"nope": 1}
+    h.cancel("u")
+    res = h.inbox.finished("u")
+    assert res.error == {
+        "type": "StepCancelled",
+        "message": "cancelled while queued",
+        "retryable": False,
+        "retry_after": None,
+    }
+    h.cancel("u")  # unknown by now: ignored
+    assert h.stats()["queued"] == 0
+
+
+def test_task_waits_for_a_worker_offering_it(fake: Any) -> None:
+    h, new = fake
+    h.dispatch(task("later", "echo"))
+    assert h.stats()["waiting_for_implementation"] == {"echo": 1}
+    w = new("fw")
+    w.hello(["echo"])
+    assert w.recv()["task_id"] == "later"
+
+
+def test_least_busy_worker_and_slots(fake: Any) -> None:
+    h, new = fake
+    a, b = new("a"), new("b")
+    a.hello(["noop"], slots=1)
+    b.hello(["noop"], slots=3)
+    for i in range(4):
+        h.dispatch(task(f"t{i}"))
+    got_a = [a.recv()["task_id"]]
+    got_b = [b.recv()["task_id"] for _ in range(3)]
+    assert sorted(got_a + got_b) == ["t0", "t1", "t2", "t3"]
+    h.dispatch(task("t4"))
+    assert h.stats()["queued"] == 1  # every slot taken
+    a.send(wire.result_ok(got_a[0], None, 1))
+    assert a.recv()["task_id"] == "t4"
+
+
+def test_silent_worker_is_declared_dead(make: Callable[..., Harness], zctx: Any) -> None:
+    h = make(heartbeat_timeout=0.5)
+    w = FakeWorker(zctx, h.endpoint(), "quiet")
+    try:
+        w.hello(["noop"])
+        h.dispatch(task("q"))
+        assert w.recv()["t"] == "run"
+        assert "silent" in h.inbox.seen(TaskRedispatched, "q").reason
+        assert w.recv()["t"] == "stop"  # remote: told to stop, it cannot be killed
+        h.wait_workers(0)
+        assert h.stats()["workers"] == [] and h.stats()["queued"] == 1
+    finally:
+        w.close()
+
+
+def test_bye_redispatches_to_another_worker(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("x"))
+    assert a.recv()["task_id"] == "x"
+    a.send(wire.bye("a"))
+    assert "left" in h.inbox.seen(TaskRedispatched, "x").reason
+    b = new("b")
+    b.hello(["noop"])
+    run = b.recv()
+    assert run["task_id"] == "x" and run["attempt"] == 1
+
+
+def test_unasked_cancelled_result_is_redispatched(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("x"))
+    a.recv()
+    error = {"type": "StepCancelled", "message": "m", "retryable": False, "retry_after": None}
+    a.send(wire.result_error("x", error, 1))
+    assert "stopping" in h.inbox.seen(TaskRedispatched, "x").reason
+    assert a.recv()["task_id"] == "x"  # a's slot is free again: queued to it anew
+
+
+def test_remote_worker_ignoring_cancel_is_dropped(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("s"))
+    h.dispatch(task("other"))
+    assert {a.recv()["task_id"], a.recv()["task_id"]} == {"s", "other"}
+    h.cancel("s")
+    assert a.recv() == wire.cancel("s")
+    res = h.inbox.finished("s")
+    assert res.error is not None and res.error["type"] == "StepCancelled"
+    assert a.recv()["t"] == "stop"
+    assert "ignored a cancel" in h.inbox.seen(TaskRedispatched, "other").reason
+    a.send(wire.result_ok("other", 1, 1))  # too late: a is no longer a worker
+    assert a.recv()["t"] == "rehello"
+
+
+def test_cancelled_task_whose_worker_dies_is_reported_cancelled(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("c"))
+    a.recv()
+    h.cancel("c")
+    assert a.recv()["t"] == "cancel"
+    a.send(wire.bye("a"))
+    assert h.inbox.finished("c").error["message"] == "worker a left"  # type: ignore[index]
+    assert h.inbox.of(TaskRedispatched, "c") == []
+
+
+def test_garbage_does_not_break_the_pool(fake: Any, zctx: Any) -> None:
+    h, new = fake
+    junk = new("junk")
+    junk.sock.send(b"\xc1 not msgpack")
+    junk.sock.send_multipart([b"two", b"parts"])
+    junk.send({"v": 9, "t": "hello"})
+    junk.send(wire.hb("junk", [], 1))  # not introduced: asked to say hello
+    assert junk.recv()["t"] == "rehello"
+    junk.send(wire.bye("junk"))  # unknown and leaving: nothing to say
+    junk.send(wire.hello("someone-else", 1, "h", 2, ["noop"]))  # identity mismatch
+    junk.send(wire.hello("junk", 1, "h", 0, ["noop"]))  # no slots
+    assert h.stats()["workers"] == []
+    good = new("good")
+    good.hello(["noop"])
+    h.dispatch(task("fine"))
+    good.send(wire.result_ok(good.recv()["task_id"], "ok", 1))
+    assert h.inbox.finished("fine").ok
+    assert h.pool.is_alive()
+
+
+def test_rehello_keeps_running_tasks(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("r"))
+    a.recv()
+    a.hello(["noop"])  # e.g. the worker missed our welcome
+    a.send(wire.result_ok("r", 1, 1))
+    assert h.inbox.finished("r").ok
+
+
+def test_bad_dispatches(fake: Any) -> None:
+    h, _ = fake
+    h.pool.tell(Dispatch({"implementation": "noop"}, h.owner))  # no task id: dropped
+    h.pool.tell("not a message")
+    h.dispatch(task("big", input="x" * (MAX + 10)))
+    big = h.inbox.finished("big")
+    assert big.error is not None and big.error["type"] == "FrameTooLarge"
+    h.dispatch(task("odd", input={1, 2}))
+    assert h.inbox.finished("odd").error["type"] == "CodecError"  # type: ignore[index]
+    h.dispatch(task("dup", "nope"))
+    h.dispatch(task("dup", "nope"))
+    assert h.stats()["queued"] == 1
+    assert h.pool.is_alive()
+
+
+def test_tcp_endpoint_is_resolved(make: Callable[..., Harness], zctx: Any) -> None:
+    h = make(endpoint="tcp://127.0.0.1:*")
+    endpoint = h.endpoint()
+    assert endpoint.startswith("tcp://127.0.0.1:") and not endpoint.endswith("*")
+    w = FakeWorker(zctx, endpoint, "tcp-worker")
+    try:
+        w.hello(["noop"])
+        h.wait_workers(1)
+    finally:
+        w.close()
+
+
+def test_bind_failure_stops_the_pool(zctx: Any) -> None:
+    ref = WorkerPool.start(zctx, endpoint="bogus://nowhere", local_workers=0)
+    with pytest.raises(pykka.ActorDeadError):
+        ref.proxy().stats().get(timeout=TIMEOUT)
+    assert not ref.is_alive()
+
+
+def test_stop_cancels_pending_waiters(make: Callable[..., Harness]) -> None:
+    h = make()
+    waiter = h.proxy.when_workers(3).get(timeout=TIMEOUT)
+    assert not waiter.done()
+    h.pool.stop(timeout=TIMEOUT)
+    assert waiter.cancelled()
