@@ -65,6 +65,7 @@ def _rally(refs: list[pykka.ActorRef[Any]], rounds: int) -> float:
 
 def bench(kind: str, actors: int, rounds: int, repeat: int, threads: int) -> float:
     dispatcher = Dispatcher(threads=threads) if kind == "pool" else None
+    refs: list[pykka.ActorRef[Any]]
     try:
         if dispatcher is not None:
             refs = [PooledPinger.start(dispatcher) for _ in range(actors)]
