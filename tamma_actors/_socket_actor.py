@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import os
+import queue
 import sys
 import threading
 import time
@@ -62,11 +63,16 @@ Watchable = zmq.Socket[Any] | int
 
 
 class _Waker:
-    """A file descriptor that becomes readable when signalled: an eventfd, or a pipe."""
+    """A file descriptor that becomes readable when signalled: an eventfd, or a pipe.
 
-    __slots__ = ("_read_fd", "_write_fd")
+    The lock keeps a late ``signal()`` from another thread from writing to a descriptor
+    number that ``close()`` has just released (and the OS may already have reused).
+    """
+
+    __slots__ = ("_lock", "_read_fd", "_write_fd")
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         if hasattr(os, "eventfd"):
             fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._read_fd, self._write_fd = fd, fd
@@ -79,14 +85,16 @@ class _Waker:
         return self._read_fd
 
     def signal(self) -> None:
-        try:
-            if self._read_fd == self._write_fd:
-                os.eventfd_write(self._write_fd, 1)
-            else:  # pragma: no cover - non-Linux fallback
-                os.write(self._write_fd, b"\x01")
-        except (BlockingIOError, OSError):
-            # A full pipe/counter is already readable; a closed one belongs to a dead actor.
-            pass
+        with self._lock:
+            if self._write_fd < 0:
+                return  # closed: the actor is gone, nobody is waiting
+            try:
+                if self._read_fd == self._write_fd:
+                    os.eventfd_write(self._write_fd, 1)
+                else:  # pragma: no cover - non-Linux fallback
+                    os.write(self._write_fd, b"\x01")
+            except BlockingIOError:  # pragma: no cover - a full pipe is already readable
+                pass
 
     def drain(self) -> None:
         try:
@@ -99,9 +107,10 @@ class _Waker:
             pass
 
     def close(self) -> None:
-        fds = {self._read_fd, self._write_fd}
-        self._read_fd = self._write_fd = -1
-        for fd in fds - {-1}:
+        with self._lock:
+            fds = {self._read_fd, self._write_fd} - {-1}
+            self._read_fd = self._write_fd = -1
+        for fd in fds:
             os.close(fd)
 
 
@@ -139,6 +148,8 @@ class _SocketInbox:
 
     def get(self) -> Envelope[Any]:
         with self._lock:
+            if not self._items:
+                raise queue.Empty
             return self._items.popleft()
 
     def pop(self) -> Envelope[Any] | None:

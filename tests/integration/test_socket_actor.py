@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,10 @@ import pytest
 import zmq
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
+from pykka.messages import _ActorStop
 
 from tamma_actors._errors import SupervisionError
-from tamma_actors._socket_actor import SocketActor
+from tamma_actors._socket_actor import SocketActor, _Waker
 from tamma_actors._timers import TimerHandle
 
 pytestmark = pytest.mark.integration
@@ -376,3 +378,91 @@ def test_watch_from_another_thread_is_refused(ctx: zmq.Context[Any]) -> None:
         holder[0].watch(0, lambda: None)
     with pytest.raises(SupervisionError):
         holder[0].unwatch(0)
+
+
+def test_on_failure_that_raises_is_logged_too(
+    ctx: zmq.Context[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    class BadFailure(Recorder):
+        def on_failure(self, *exc_info: Any) -> None:
+            raise RuntimeError("on_failure broke")
+
+    ref = BadFailure.start(ctx)
+    ref.tell("boom")
+    assert ref.actor_stopped.wait(WAIT)
+    with pytest.raises(ActorDeadError):
+        ref.ask("x", timeout=WAIT)
+    assert "on_failure broke" in caplog.text
+
+
+def test_system_exit_in_a_timer_stops_every_actor(ctx: zmq.Context[Any]) -> None:
+    bystander = Recorder.start(ctx)
+    ref = Recorder.start(ctx)
+
+    def leave() -> None:
+        raise SystemExit(2)
+
+    ref.proxy().call_later(0.0, leave).get(timeout=WAIT)
+    assert ref.actor_stopped.wait(WAIT)
+    assert bystander.actor_stopped.wait(WAIT)
+
+
+def test_inbox_protocol_and_late_messages_after_stop(ctx: zmq.Context[Any]) -> None:
+    holder: list[Recorder] = []
+
+    class Kept(Recorder):
+        def on_start(self) -> None:
+            holder.append(self)
+
+    ref = Kept.start(ctx)
+    gate = threading.Event()
+    ref.ask(gate, block=False)
+    ref.tell("queued")
+    # pykka's ActorInbox protocol: get() takes the oldest waiting message.
+    assert not ref.actor_inbox.empty()
+    assert ref.actor_inbox.get().message in (gate, "queued")
+    gate.set()
+    assert ref.stop(timeout=WAIT)
+    assert ref.actor_inbox.empty()
+    with pytest.raises(queue.Empty):
+        ref.actor_inbox.get()
+    # A stop racing the end of the actor is answered like pykka's teardown does.
+    stop_reply: pykka.Future[Any] = Recorder._create_future()
+    ref.actor_inbox.put(Envelope(_ActorStop(), reply_to=stop_reply))
+    assert stop_reply.get(timeout=WAIT) is None
+    # A timer scheduled from outside after the end neither fires nor raises.
+    assert isinstance(holder[0].call_later(0.0, lambda: None), TimerHandle)
+
+
+def test_a_callback_that_closes_its_socket_without_unwatching(ctx: zmq.Context[Any]) -> None:
+    endpoint = "inproc://self-closing"
+    closed = threading.Event()
+
+    class Closer(Recorder):
+        def _on_router(self) -> None:
+            assert self.router is not None
+            self.router.close(linger=0)
+            closed.set()
+
+    ref = Closer.start(ctx, endpoint)
+    ref.proxy().add(0, 0).get(timeout=WAIT)
+    dealer = _dealer(ctx, endpoint)
+    try:
+        dealer.send(b"x")
+        assert closed.wait(WAIT)
+    finally:
+        dealer.close(linger=0)
+    # The loop no longer polls the closed socket... and stays alive for messages.
+    assert ref.proxy().add(1, 2).get(timeout=WAIT) == 3
+    assert ref.stop(timeout=WAIT)
+
+
+def test_waker_drain_without_a_signal_is_harmless() -> None:
+    waker = _Waker()
+    try:
+        waker.drain()
+        waker.signal()
+        waker.drain()
+    finally:
+        waker.close()
+    waker.signal()  # closed: ignored

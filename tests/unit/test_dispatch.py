@@ -174,9 +174,7 @@ def test_an_actor_never_runs_on_two_threads_at_once() -> None:
 
     with Dispatcher(threads=4, batch=1) as pool:
         ref = Counter.start(pool)
-        senders = [
-            threading.Thread(target=_tell_many, args=(ref, 2000)) for _ in range(4)
-        ]
+        senders = [threading.Thread(target=_tell_many, args=(ref, 2000)) for _ in range(4)]
         for t in senders:
             t.start()
         for t in senders:
