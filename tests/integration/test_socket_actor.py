@@ -383,13 +383,21 @@ def test_watch_from_another_thread_is_refused(ctx: zmq.Context[Any]) -> None:
 def test_on_failure_that_raises_is_logged_too(
     ctx: zmq.Context[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    holder: list[Recorder] = []
+
     class BadFailure(Recorder):
+        def on_start(self) -> None:
+            holder.append(self)
+
         def on_failure(self, *exc_info: Any) -> None:
             raise RuntimeError("on_failure broke")
 
     ref = BadFailure.start(ctx)
     ref.tell("boom")
     assert ref.actor_stopped.wait(WAIT)
+    thread = holder[0]._thread
+    assert thread is not None
+    thread.join(WAIT)  # on_failure runs after the actor is marked stopped
     with pytest.raises(ActorDeadError):
         ref.ask("x", timeout=WAIT)
     assert "on_failure broke" in caplog.text

@@ -35,6 +35,7 @@ class Echo(PoolActor):
         self.seen: list[Any] = []
         self.failures: list[BaseException | None] = []
         self.stopped = threading.Event()
+        self.failed = threading.Event()
 
     def on_start(self) -> None:
         self.started_on = threading.current_thread().name
@@ -67,6 +68,7 @@ class Echo(PoolActor):
         traceback: TracebackType | None,
     ) -> None:
         self.failures.append(exception_value)
+        self.failed.set()
 
     def on_stop(self) -> None:
         self.stopped.set()
@@ -227,6 +229,7 @@ def test_a_told_message_that_raises_stops_the_actor(dispatcher: Dispatcher) -> N
     assert ref.actor_stopped.wait(WAIT)
     with pytest.raises(ActorDeadError):
         ref.ask("after", timeout=WAIT)
+    assert holder[0].failed.wait(WAIT)  # on_failure runs after the actor is marked stopped
     assert [str(e) for e in holder[0].failures] == ["boom"]
     assert not holder[0].stopped.is_set()
     assert ref not in ActorRegistry.get_all()
