@@ -25,9 +25,7 @@ from tamma_actors._keys import (
     prefix_end,
 )
 
-eids = st.text(
-    st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20
-)
+eids = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20)
 seqs = st.integers(min_value=0, max_value=2**64 - 1)
 scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary()
 values = st.recursive(

@@ -1,0 +1,428 @@
+"""The store seam: the ``Store`` protocol, ``Write``, and ``MemoryStore`` (the twin).
+
+Both stores share :class:`RecordStore`, which holds every rule of the record layout
+(gap-free event sequences, snapshot bounds, history counters, retention, verification)
+on top of a tiny ordered key-value transaction interface. The twin and ``LmdbStore``
+therefore differ only in how a transaction is made, and the same conformance suite
+runs against both.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+from tamma_actors._errors import StoreClosed, StoreError, TammaError
+from tamma_actors._keys import (
+    BREAKERS,
+    DEFINITIONS,
+    EVENTS,
+    EXECUTIONS,
+    HISTORY,
+    META,
+    SCHEMA_VERSION,
+    SEPARATOR,
+    SNAPSHOTS,
+    SUB_DATABASES,
+    decode_record,
+    encode_record,
+    event_key,
+    execution_prefix,
+    id_key,
+    parse_event_key,
+    parse_id_key,
+    prefix_end,
+)
+
+__all__ = ["MemoryStore", "RecordStore", "RecordTxn", "RecordView", "Store", "Write"]
+
+T = TypeVar("T")
+Record = dict[str, Any]
+_PAGE = 256  # summaries read per short read transaction
+SCHEMA_KEY = b"schema_version"
+
+
+@dataclass(slots=True)
+class Write:
+    """Everything one transition persists for one execution; applied atomically."""
+
+    execution_id: str
+    events: Sequence[Mapping[str, Any]] = ()
+    summary: Mapping[str, Any] | None = None
+    snapshot: Mapping[str, Any] | None = None
+    history: Sequence[Mapping[str, Any]] = ()
+    definition: tuple[str, Mapping[str, Any]] | None = None
+    breakers: Mapping[str, Mapping[str, Any]] | None = None
+    delete: bool = False
+
+
+class Store(Protocol):
+    """Durable execution state. Every failure is a StoreError subclass."""
+
+    def commit(self, writes: Sequence[Write]) -> None: ...
+    def get_summary(self, eid: str) -> Record | None: ...
+    def iter_summaries(self, *, after: str | None = None) -> Iterator[Record]: ...
+    def load_snapshot(self, eid: str) -> Record | None: ...
+    def read_events(
+        self, eid: str, from_seq: int = 1, limit: int | None = None
+    ) -> list[Record]: ...
+    def last_seq(self, eid: str) -> int: ...
+    def read_history(self, eid: str) -> list[Record]: ...
+    def get_definition(self, digest: str) -> Record | None: ...
+    def get_breakers(self) -> dict[str, Record]: ...
+    def get_meta(self, key: str) -> Any: ...
+    def delete_terminal_before(
+        self, ts: float, terminal_statuses: Collection[str]
+    ) -> list[str]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class RecordView(Protocol):
+    """Reads inside one transaction; ``end`` is exclusive and ``b""`` means no end."""
+
+    def get(self, db: str, key: bytes) -> bytes | None: ...
+    def scan(
+        self, db: str, start: bytes = b"", end: bytes = b"", *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class RecordTxn(RecordView, Protocol):
+    def put(self, db: str, key: bytes, value: bytes) -> None: ...
+    def delete(self, db: str, key: bytes) -> None: ...
+
+
+def _decoded(view: RecordView, db: str, key: bytes) -> Record | None:
+    data = view.get(db, key)
+    return None if data is None else decode_record(key, data, db=db)
+
+
+def _range(view: RecordView, db: str, eid: str, first: int = 0) -> Iterator[tuple[bytes, bytes]]:
+    prefix = execution_prefix(eid)
+    return view.scan(db, event_key(eid, max(first, 0)), prefix_end(prefix))
+
+
+def _last_counter(view: RecordView, db: str, eid: str) -> int:
+    prefix = execution_prefix(eid)
+    for key, _ in view.scan(db, prefix, prefix_end(prefix), reverse=True):
+        return parse_event_key(key)[1]
+    return 0
+
+
+def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
+    return list(islice(view.scan(EXECUTIONS, start), _PAGE))
+
+
+def _delete_execution(txn: RecordTxn, eid: str) -> None:
+    key = id_key(eid)
+    txn.delete(EXECUTIONS, key)
+    txn.delete(SNAPSHOTS, key)
+    for db in (EVENTS, HISTORY):
+        for old, _ in list(_range(txn, db, eid)):
+            txn.delete(db, old)
+
+
+def _seq_of(record: Mapping[str, Any]) -> int | None:
+    seq = record.get("seq")
+    return seq if type(seq) is int else None  # bool is an int subclass: refuse it too
+
+
+def _append_events(txn: RecordTxn, w: Write) -> int:
+    last = _last_counter(txn, EVENTS, w.execution_id)
+    for event in w.events:
+        seq = _seq_of(event)
+        if seq != last + 1:
+            raise StoreError(
+                f"execution {w.execution_id}: event seq {event.get('seq')!r} does not continue "
+                f"the stored sequence (last seq {last}); nothing was written"
+            )
+        txn.put(EVENTS, event_key(w.execution_id, seq), encode_record(event))
+        last = seq
+    return last
+
+
+def _apply_write(txn: RecordTxn, w: Write) -> None:
+    eid = w.execution_id
+    key = id_key(eid)
+    if w.delete:
+        _delete_execution(txn, eid)
+    if w.definition is not None:
+        digest_key = id_key(w.definition[0])
+        if txn.get(DEFINITIONS, digest_key) is None:
+            txn.put(DEFINITIONS, digest_key, encode_record(w.definition[1]))
+    last = _append_events(txn, w)
+    if w.summary is not None:
+        txn.put(EXECUTIONS, key, encode_record(w.summary))
+    if w.snapshot is not None:
+        seq = _seq_of(w.snapshot)
+        if seq is None or not 0 <= seq <= last:
+            raise StoreError(
+                f"execution {eid}: snapshot seq {w.snapshot.get('seq')!r} is not within the "
+                f"stored events (last seq {last}); nothing was written"
+            )
+        txn.put(SNAPSHOTS, key, encode_record(w.snapshot))
+    first = _last_counter(txn, HISTORY, eid) + 1 if w.history else 1
+    for counter, record in enumerate(w.history, start=first):
+        txn.put(HISTORY, event_key(eid, counter), encode_record(record))
+    for name, state in (w.breakers or {}).items():
+        txn.put(BREAKERS, id_key(name), encode_record(state))
+
+
+def _verify_events(view: RecordView, problems: list[str]) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for key, data in view.scan(EVENTS):
+        try:
+            eid, seq = parse_event_key(key)
+        except TammaError as exc:
+            problems.append(str(exc))
+            continue
+        if seq != last.get(eid, 0) + 1:
+            problems.append(f"execution {eid}: events jump from seq {last.get(eid, 0)} to {seq}")
+        last[eid] = seq  # even when the value is bad, so one bad record is one problem
+        try:
+            inner = decode_record(key, data, db=EVENTS).get("seq")
+        except TammaError as exc:
+            problems.append(str(exc))
+            continue
+        if inner != seq:
+            problems.append(f"execution {eid}: event {seq} carries seq {inner!r}")
+    return last
+
+
+def verify_records(view: RecordView) -> list[str]:
+    """Every problem found in one consistent view; empty when the store is healthy."""
+    problems: list[str] = []
+    last = _verify_events(view, problems)
+    for db in (EXECUTIONS, SNAPSHOTS, HISTORY, DEFINITIONS, BREAKERS, META):
+        for key, data in view.scan(db):
+            try:
+                record = decode_record(key, data, db=db)
+                if db == SNAPSHOTS:
+                    eid = parse_id_key(key)
+                    seq = _seq_of(record)
+                    if seq is None or seq > last.get(eid, 0):
+                        problems.append(
+                            f"execution {eid}: snapshot seq {record.get('seq')!r} is beyond "
+                            f"the last event ({last.get(eid, 0)})"
+                        )
+            except TammaError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+class RecordStore(ABC):
+    """Store semantics on an ordered key-value engine; subclasses supply transactions."""
+
+    @abstractmethod
+    def _view(self, fn: Callable[[RecordView], T]) -> T:
+        """Run ``fn`` in a short read transaction (raises StoreClosed after close)."""
+
+    @abstractmethod
+    def _transact(self, fn: Callable[[RecordTxn], T]) -> T:
+        """Run ``fn`` in one write transaction: committed if it returns, else undone."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Entries per sub-database, plus engine figures (map size and use for LMDB)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the engine; idempotent. Any later use raises StoreClosed."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _init_schema(self, txn: RecordTxn) -> None:
+        stored = _decoded(txn, META, SCHEMA_KEY)
+        if stored is None:
+            txn.put(META, SCHEMA_KEY, encode_record({"value": SCHEMA_VERSION}))
+        elif not isinstance(stored.get("value"), int) or stored["value"] > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema {stored.get('value')!r} is newer than this version "
+                f"({SCHEMA_VERSION}); upgrade tamma_actors"
+            )
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        """Apply every write in one transaction, all or nothing."""
+        batch = list(writes)
+
+        def apply(txn: RecordTxn) -> None:
+            for w in batch:
+                _apply_write(txn, w)
+
+        self._transact(apply)
+
+    def get_summary(self, eid: str) -> Record | None:
+        return self._view(lambda v: _decoded(v, EXECUTIONS, id_key(eid)))
+
+    def iter_summaries(self, *, after: str | None = None) -> Iterator[Record]:
+        """Summaries in id order, read page by page so no transaction stays open."""
+        start = b"" if after is None else id_key(after) + SEPARATOR
+        while True:
+            page = self._view(partial(_page, start=start))
+            for key, data in page:
+                yield decode_record(key, data, db=EXECUTIONS)
+            if len(page) < _PAGE:
+                return
+            start = page[-1][0] + SEPARATOR
+
+    def load_snapshot(self, eid: str) -> Record | None:
+        return self._view(lambda v: _decoded(v, SNAPSHOTS, id_key(eid)))
+
+    def read_events(self, eid: str, from_seq: int = 1, limit: int | None = None) -> list[Record]:
+        def read(view: RecordView) -> list[Record]:
+            items = islice(_range(view, EVENTS, eid, from_seq), limit)
+            return [decode_record(k, d, db=EVENTS) for k, d in items]
+
+        return self._view(read)
+
+    def last_seq(self, eid: str) -> int:
+        return self._view(lambda v: _last_counter(v, EVENTS, eid))
+
+    def read_history(self, eid: str) -> list[Record]:
+        return self._view(
+            lambda v: [decode_record(k, d, db=HISTORY) for k, d in _range(v, HISTORY, eid)]
+        )
+
+    def get_definition(self, digest: str) -> Record | None:
+        return self._view(lambda v: _decoded(v, DEFINITIONS, id_key(digest)))
+
+    def get_breakers(self) -> dict[str, Record]:
+        return self._view(
+            lambda v: {
+                parse_id_key(k): decode_record(k, d, db=BREAKERS) for k, d in v.scan(BREAKERS)
+            }
+        )
+
+    def get_meta(self, key: str) -> Any:
+        record = self._view(lambda v: _decoded(v, META, id_key(key)))
+        return None if record is None else record.get("value")
+
+    def delete_terminal_before(self, ts: float, terminal_statuses: Collection[str]) -> list[str]:
+        """Retention: remove terminal executions that ended before ``ts``; their ids."""
+        terminal = set(terminal_statuses)
+
+        def purge(txn: RecordTxn) -> list[str]:
+            doomed = []
+            for key, data in list(txn.scan(EXECUTIONS)):
+                summary = decode_record(key, data, db=EXECUTIONS)
+                end = summary.get("end_time")
+                if summary.get("status") in terminal and isinstance(end, int | float) and end < ts:
+                    doomed.append(parse_id_key(key))
+            for eid in doomed:
+                _delete_execution(txn, eid)
+            return doomed
+
+        return self._transact(purge)
+
+    def verify(self) -> list[str]:
+        """Problems found (bad records with their keys, sequence gaps, snapshot bounds)."""
+        return self._view(verify_records)
+
+    def _entries(self) -> dict[str, int]:
+        def count(view: RecordView) -> dict[str, int]:
+            return {db: sum(1 for _ in view.scan(db)) for db in SUB_DATABASES}
+
+        return self._view(count)
+
+
+class _Table:
+    """A sorted in-memory table: a dict plus a sorted key list for range scans."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, bytes] = {}
+        self.keys: list[bytes] = []
+
+    def put(self, key: bytes, value: bytes) -> bytes | None:
+        old = self.rows.get(key)
+        if old is None:
+            bisect.insort(self.keys, key)
+        self.rows[key] = value
+        return old
+
+    def delete(self, key: bytes) -> bytes | None:
+        old = self.rows.pop(key, None)
+        if old is not None:
+            del self.keys[bisect.bisect_left(self.keys, key)]
+        return old
+
+
+class _MemoryTxn:
+    """Reads and writes on the tables, logging what to undo if the transaction fails."""
+
+    def __init__(self, tables: dict[str, _Table], undo: list[tuple[str, bytes, bytes | None]]):
+        self._tables = tables
+        self._undo = undo
+
+    def get(self, db: str, key: bytes) -> bytes | None:
+        return self._tables[db].rows.get(key)
+
+    def scan(
+        self, db: str, start: bytes = b"", end: bytes = b"", *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        table = self._tables[db]
+        lo = bisect.bisect_left(table.keys, start)
+        hi = bisect.bisect_left(table.keys, end) if end else len(table.keys)
+        keys = table.keys[lo:hi]  # a copy: writes during the scan cannot disturb it
+        for key in reversed(keys) if reverse else keys:
+            yield key, table.rows[key]
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self._undo.append((db, key, self._tables[db].put(key, value)))
+
+    def delete(self, db: str, key: bytes) -> None:
+        old = self._tables[db].delete(key)
+        if old is not None:
+            self._undo.append((db, key, old))
+
+
+class MemoryStore(RecordStore):
+    """The in-memory twin of LmdbStore: same records, same rules, one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._tables = {db: _Table() for db in SUB_DATABASES}
+        self._closed = False
+        self._transact(self._init_schema)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the memory store is closed")
+
+    def _view(self, fn: Callable[[RecordView], T]) -> T:
+        with self._lock:
+            self._check_open()
+            return fn(_MemoryTxn(self._tables, []))
+
+    def _transact(self, fn: Callable[[RecordTxn], T]) -> T:
+        with self._lock:
+            self._check_open()
+            undo: list[tuple[str, bytes, bytes | None]] = []
+            try:
+                return fn(_MemoryTxn(self._tables, undo))
+            except BaseException:
+                for db, key, old in reversed(undo):
+                    if old is None:
+                        self._tables[db].delete(key)
+                    else:
+                        self._tables[db].put(key, old)
+                raise
+
+    def stats(self) -> dict[str, Any]:
+        return {"entries": self._entries()}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
