@@ -1,0 +1,210 @@
+"""``StoreWriter``: the single writer thread with group commit.
+
+Transitions are queued by any thread and never wait for I/O. The writer thread takes
+everything queued (up to ``max_batch``), commits it in one ``Store.commit`` — one
+transaction, one fsync — and only then calls each write's ``done`` callback, in submit
+order: durability before progress. A failed batch is retried write by write so only the
+faulty writes see the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from tamma_actors._errors import StoreClosed, StoreError
+from tamma_actors._store import Store, Write
+
+__all__ = ["Done", "StoreWriter"]
+
+_log = logging.getLogger(__name__)
+
+Done = Callable[[BaseException | None], None]
+_RESERVOIR = 1024  # most recent commit latencies kept for the percentiles
+
+
+@dataclass(slots=True)
+class _Pending:
+    write: Write
+    done: Done | None
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float | None:
+    if not sorted_ms:
+        return None
+    return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)]  # nearest rank
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.commits = 0
+        self.writes = 0
+        self.failed = 0
+        self.last_batch = 0
+        self.latencies: deque[float] = deque(maxlen=_RESERVOIR)
+
+    def committed(self, size: int, seconds: float) -> None:
+        self.commits += 1
+        self.writes += size
+        self.last_batch = size
+        self.latencies.append(seconds * 1000.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        return {
+            "commits": self.commits,
+            "writes": self.writes,
+            "failed_writes": self.failed,
+            "last_batch": self.last_batch,
+            "average_batch": self.writes / self.commits if self.commits else 0.0,
+            "commit_ms_p50": _percentile(ordered, 0.50),
+            "commit_ms_p99": _percentile(ordered, 0.99),
+        }
+
+
+class StoreWriter:
+    """One thread that owns every commit to ``store`` (which it does not close)."""
+
+    def __init__(
+        self, store: Store, *, max_batch: int = 1024, name: str = "tamma-store-writer"
+    ) -> None:
+        if max_batch < 1:
+            raise StoreError(f"max_batch must be at least 1, not {max_batch}")
+        self._store = store
+        self._max_batch = max_batch
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: deque[_Pending] = deque()
+        self._submitted = 0
+        self._finished = 0  # processed in submit order, so this is a watermark
+        self._closing = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._stats = _Stats()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the writer thread; starting a running writer does nothing."""
+        with self._cond:
+            if self._closing:
+                raise StoreClosed("the store writer is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def submit(self, write: Write, done: Done | None = None) -> None:
+        """Queue ``write``; ``done(None)`` runs after it is committed, ``done(exc)`` if not."""
+        with self._cond:
+            if self._closing:
+                raise StoreClosed("the store writer is closed")
+            self._queue.append(_Pending(write, done))
+            self._submitted += 1
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every write submitted before this call is processed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._finished < target:
+                if self._thread is None or self._stopped:
+                    raise StoreError(
+                        f"the store writer is not running; {target - self._finished} "
+                        "write(s) are not committed"
+                    )
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise StoreError(f"flush timed out after {timeout}s")
+                self._cond.wait(remaining)
+
+    def close(self, timeout: float = 10) -> None:
+        """Commit what is queued, then stop. Idempotent; later submits raise StoreClosed."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is None:
+            self._run()  # never started: drain the queue on this thread
+            return
+        if thread is threading.current_thread():
+            return  # called from a done callback: the loop drains and exits by itself
+        thread.join(timeout)
+        if thread.is_alive():
+            raise StoreError(f"the store writer did not stop within {timeout}s")
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {**self._stats.snapshot(), "queued": len(self._queue), "alive": self.alive}
+
+    def _run(self) -> None:
+        try:
+            while batch := self._next_batch():
+                self._process(batch)
+                with self._cond:
+                    self._finished += len(batch)
+                    self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
+
+    def _next_batch(self) -> list[_Pending]:
+        """Everything queued (up to max_batch); empty once closing and drained."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            size = min(len(self._queue), self._max_batch)
+            return [self._queue.popleft() for _ in range(size)]
+
+    def _process(self, batch: list[_Pending]) -> None:
+        outcome = self._commit([p.write for p in batch])
+        if outcome is None:
+            outcomes: list[BaseException | None] = [None] * len(batch)
+        elif len(batch) == 1:
+            outcomes = [outcome]
+        else:  # find the faulty writes: the others must not pay for them
+            outcomes = [self._commit([p.write]) for p in batch]
+        for pending, result in zip(batch, outcomes, strict=True):
+            if result is not None:
+                self._stats.failed += 1
+            self._notify(pending, result)
+
+    def _commit(self, writes: list[Write]) -> Exception | None:
+        started = time.perf_counter()
+        try:
+            self._store.commit(writes)
+        except Exception as exc:
+            return exc
+        elapsed = time.perf_counter() - started
+        with self._cond:
+            self._stats.committed(len(writes), elapsed)
+        return None
+
+    def _notify(self, pending: _Pending, result: BaseException | None) -> None:
+        if pending.done is None:
+            if result is not None:
+                _log.error("store write for %s failed: %s", pending.write.execution_id, result)
+            return
+        try:
+            pending.done(result)
+        except Exception:
+            _log.exception("a store writer callback raised (it is ignored)")
