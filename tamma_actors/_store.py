@@ -75,6 +75,8 @@ class Store(Protocol):
     ) -> list[Record]: ...
     def last_seq(self, eid: str) -> int: ...
     def read_history(self, eid: str) -> list[Record]: ...
+    def last_history(self, eid: str) -> Record | None: ...
+    def iter_last_history(self) -> Iterator[tuple[str, Record]]: ...
     def get_definition(self, digest: str) -> Record | None: ...
     def get_breakers(self) -> dict[str, Record]: ...
     def get_meta(self, key: str) -> Any: ...
@@ -118,6 +120,14 @@ def _last_counter(view: RecordView, db: str, eid: str) -> int:
 
 def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
     return list(islice(view.scan(EXECUTIONS, start), _PAGE))
+
+
+def _next_last_history(view: RecordView, start: bytes) -> tuple[bytes, bytes] | None:
+    """The last history record of the first execution at or after ``start``."""
+    for first, _ in view.scan(HISTORY, start):
+        prefix = execution_prefix(parse_event_key(first)[0])
+        return next(view.scan(HISTORY, prefix, prefix_end(prefix), reverse=True))
+    return None
 
 
 def _delete_execution(txn: RecordTxn, eid: str) -> None:
@@ -295,6 +305,27 @@ class RecordStore(ABC):
         return self._view(
             lambda v: [decode_record(k, d, db=HISTORY) for k, d in _range(v, HISTORY, eid)]
         )
+
+    def last_history(self, eid: str) -> Record | None:
+        """The latest history record of ``eid`` (one seek, not a scan)."""
+
+        def last(view: RecordView) -> Record | None:
+            prefix = execution_prefix(eid)
+            for key, data in view.scan(HISTORY, prefix, prefix_end(prefix), reverse=True):
+                return decode_record(key, data, db=HISTORY)
+            return None
+
+        return self._view(last)
+
+    def iter_last_history(self) -> Iterator[tuple[str, Record]]:
+        """(execution id, latest history record) for every execution with history, in id
+        order; one short read per execution, skipping over the older records."""
+        start = b""
+        while found := self._view(partial(_next_last_history, start=start)):
+            key, data = found
+            eid = parse_event_key(key)[0]
+            yield eid, decode_record(key, data, db=HISTORY)
+            start = prefix_end(execution_prefix(eid))
 
     def get_definition(self, digest: str) -> Record | None:
         return self._view(lambda v: _decoded(v, DEFINITIONS, id_key(digest)))

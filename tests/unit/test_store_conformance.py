@@ -153,6 +153,17 @@ def test_history_is_appended_in_order(store: RecordStore) -> None:
     assert store.read_history("other") == [{"status": "pending"}]
 
 
+def test_latest_history_per_execution(store: RecordStore) -> None:
+    assert store.last_history("a") is None
+    assert list(store.iter_last_history()) == []
+    store.commit([Write("b", history=[{"n": 1}, {"n": 2}, {"n": 3}])])
+    store.commit([Write("a", history=[{"n": 1}]), Write("ab", history=[{"n": 7}, {"n": 8}])])
+    store.commit([Write("c", summary={})])  # no history: not listed
+    assert store.last_history("b") == {"n": 3}
+    assert store.last_history("c") is None
+    assert list(store.iter_last_history()) == [("a", {"n": 1}), ("ab", {"n": 8}), ("b", {"n": 3})]
+
+
 def test_definitions_are_put_only_when_absent(store: RecordStore) -> None:
     store.commit([Write("e", definition=("sha1", {"name": "first"}))])
     store.commit([Write("f", definition=("sha1", {"name": "second"}))])
