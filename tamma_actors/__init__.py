@@ -52,7 +52,13 @@ if TYPE_CHECKING:
         WorkflowStep,
     )
     from tamma_actors._status import ExecutionStatus, StepStatus
-    from tamma_actors._step_api import NonRetryable, RetryAfter, StepCancelled, StepContext, StepFailure
+    from tamma_actors._step_api import (
+        NonRetryable,
+        RetryAfter,
+        StepCancelled,
+        StepContext,
+        StepFailure,
+    )
     from tamma_actors._workflow_file import load_workflow, parse_workflow
 
 # Public names load on first use, so a worker process that imports only

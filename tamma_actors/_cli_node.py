@@ -31,12 +31,24 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
     parser.add_argument("--workers", type=int, help="local worker processes (default: CPUs)")
     parser.add_argument("--worker-slots", type=int, help="concurrent steps per worker")
-    parser.add_argument("--control-endpoint", help="control socket (default ipc://DATA/control.sock)")
-    parser.add_argument("--workers-endpoint", help="workers socket (default ipc://DATA/workers.sock)")
-    parser.add_argument("--events-endpoint", help="events PUB socket (default ipc://DATA/events.sock)")
-    parser.add_argument("--allow-shell", action="store_true", default=None,
-                        help="register the `shell` step implementation")
-    parser.add_argument("--durability", choices=["full", "relaxed"], help="fsync every commit (full)")
+    parser.add_argument(
+        "--control-endpoint", help="control socket (default ipc://DATA/control.sock)"
+    )
+    parser.add_argument(
+        "--workers-endpoint", help="workers socket (default ipc://DATA/workers.sock)"
+    )
+    parser.add_argument(
+        "--events-endpoint", help="events PUB socket (default ipc://DATA/events.sock)"
+    )
+    parser.add_argument(
+        "--allow-shell",
+        action="store_true",
+        default=None,
+        help="register the `shell` step implementation",
+    )
+    parser.add_argument(
+        "--durability", choices=["full", "relaxed"], help="fsync every commit (full)"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -57,7 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id")
     worker.add_argument("--heartbeat", type=float, default=1.0)
     worker.add_argument("--allow-shell", action="store_true")
-    worker.add_argument("--plugin", action="append", default=[], metavar="NAME=MODULE:ATTR")
+    worker.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:ATTR",
+        help="an extra step implementation this worker may run",
+    )
     return parser
 
 
@@ -101,9 +119,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with Node(cfg) as node:
-        print(f"tamma-node: control {cfg.control_address}  workers {cfg.workers_address}  "
-              f"events {cfg.events_address}  ({node.recovered} executions recovered)",
-              flush=True)
+        print(
+            f"tamma-node: control {cfg.control_address}  workers {cfg.workers_address}  "
+            f"events {cfg.events_address}  ({node.recovered} executions recovered)",
+            flush=True,
+        )
         code = node.run(stop)
     return code
 
@@ -128,8 +148,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(cfg.log_level if args.log_level else "WARNING")
     inputs = _parse_inputs(args.input)
     with Node(cfg) as node, Client(cfg.control_address, timeout=30.0) as client:
-        print(f"node up on {cfg.data_dir} with {cfg.workers} local workers "
-              f"({node.recovered} executions recovered)", file=sys.stderr)
+        print(
+            f"node up on {cfg.data_dir} with {cfg.workers} local workers "
+            f"({node.recovered} executions recovered)",
+            file=sys.stderr,
+        )
         started = client.start_workflow(args.workflow, inputs)
         print(f"started {started.id} ({started.workflow_id})", file=sys.stderr)
         final = client.wait(started.id, timeout=args.timeout)
@@ -150,20 +173,27 @@ def _print_execution(record: dict[str, Any], event_count: int) -> None:
         table.add_column(column)
     for name, result in record["results"].items():
         output = result.get("data") if result.get("error") is None else result["error"]
-        table.add_row(name, str(result["status"]), str(result["attempts"]),
-                      json.dumps(output, default=str)[:80])
+        table.add_row(
+            name,
+            str(result["status"]),
+            str(result["attempts"]),
+            json.dumps(output, default=str)[:80],
+        )
     console = Console()
     console.print(table)
     duration = record["metrics"].get("duration_ms")
-    console.print(f"{event_count} events recorded; duration "
-                  f"{duration:.1f} ms" if duration is not None else f"{event_count} events")
+    console.print(
+        f"{event_count} events recorded; duration {duration:.1f} ms"
+        if duration is not None
+        else f"{event_count} events"
+    )
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from tamma_actors._worker import run_worker
 
     _setup_logging("INFO")
-    allowlist = dict(p.split("=", 1) for p in args.plugin)
+    allowlist = dict(p.split("=", 1) for p in args.allow)
     return run_worker(
         args.connect,
         slots=args.slots,

@@ -7,6 +7,7 @@ final snapshot), so memory holds only what is moving.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -18,7 +19,13 @@ from typing import Any, TypeVar
 import pykka
 
 from tamma_actors._dispatch import Dispatcher
-from tamma_actors._errors import IllegalTransition, StoreCorrupted, TammaError, UnknownExecution
+from tamma_actors._errors import (
+    IllegalTransition,
+    StoreCorrupted,
+    TammaError,
+    UnknownExecution,
+    UnknownStep,
+)
 from tamma_actors._execution import (
     Abort,
     ExecutionDeps,
@@ -102,10 +109,8 @@ class Engine:
         with self._lock:
             ref = self._live.pop(execution_id, None)
             if ref is not None:
-                try:
+                with contextlib.suppress(pykka.ActorDeadError):
                     ref.stop(block=False)
-                except pykka.ActorDeadError:
-                    pass
 
     def _route(self, execution_id: str, message: Any) -> bool:
         with self._lock:
@@ -161,8 +166,12 @@ class Engine:
         # the store in one transaction: the supervisor's first commit.
         reply: Future[dict[str, Any]] = Future()
         state = ExecutionState(id=new_execution_id())
-        self._spawn(cfg, state, Start(reply, created),
-                    definition=(digest, cfg.model_dump(mode="json", by_alias=False)))
+        self._spawn(
+            cfg,
+            state,
+            Start(reply, created),
+            definition=(digest, cfg.model_dump(mode="json", by_alias=False)),
+        )
         return reply
 
     def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
@@ -230,10 +239,9 @@ class Engine:
         limit: int | None = None,
         offset: int = 0,
     ) -> Future[list[dict[str, Any]]]:
-        ids = [
-            s["id"]
-            for s in self._summaries(status, workflow_id)
-        ][offset : None if limit is None else offset + limit]
+        ids = [s["id"] for s in self._summaries(status, workflow_id)][
+            offset : None if limit is None else offset + limit
+        ]
         futures = [self.get_workflow(eid) for eid in ids]
         out: Future[list[dict[str, Any]]] = Future()
         _gather(futures, out)
@@ -282,10 +290,8 @@ class Engine:
             refs = list(self._live.values())
             self._live.clear()
         for ref in refs:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=timeout)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                pass
 
     # -- store access ----------------------------------------------------------------------
 
@@ -319,14 +325,14 @@ class Engine:
 
 def _done_or_refuse(state: ExecutionState, probe: Any) -> Future[dict[str, Any]]:
     """A control request for an execution that is no longer live (terminal)."""
+    if isinstance(probe, RetryStep) and probe.step not in state.steps:
+        return _failed(UnknownStep(f"execution {state.id} has no step {probe.step!r}"))
     record = to_record(state)
     wanted = {Pause: "paused", Resume: "running", Abort: "aborted"}.get(type(probe))
     if wanted is not None and state.status == wanted:
         return _done(record)  # idempotent: it is already where it was asked to go
     action = type(probe).__name__.lower().replace("retrystep", "retry a step of")
-    return _failed(
-        IllegalTransition(f"execution {state.id} is {state.status}; cannot {action} it")
-    )
+    return _failed(IllegalTransition(f"execution {state.id} is {state.status}; cannot {action} it"))
 
 
 def _gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any]]]) -> None:
@@ -354,4 +360,3 @@ def _gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, An
 
     for fut in futures:
         fut.add_done_callback(one_done)
-

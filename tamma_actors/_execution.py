@@ -8,12 +8,15 @@ event publication. Durability before progress: nothing leaves the actor before i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pykka
@@ -131,6 +134,26 @@ class _Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     replies: list[Future[dict[str, Any]]] = field(default_factory=list)
+    # What must wait for this batch's commit: later replies and effects that describe or
+    # depend on state this batch has not yet made durable. Settled on the writer thread.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    settled: bool = False
+    error: BaseException | None = None
+    followers: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+
+    def then(self, fn: Callable[[BaseException | None], None]) -> None:
+        with self.lock:
+            if not self.settled:
+                self.followers.append(fn)
+                return
+        fn(self.error)
+
+    def settle(self, error: BaseException | None) -> None:
+        with self.lock:
+            self.settled, self.error = True, error
+            followers, self.followers = self.followers, []
+        for fn in followers:
+            fn(error)
 
 
 def task_id(execution_id: str, step: str, attempt: int) -> str:
@@ -153,6 +176,7 @@ class ExecutionSupervisor(PoolActor):
         self.state = state
         self._definition = definition  # written with the first commit of a new execution
         self._batch = _Batch()
+        self._tail: _Batch | None = None  # the last batch handed to the writer
         self._inflight: dict[str, str] = {}  # task id -> step
         self._retry_timers: dict[str, TimerHandle] = {}
         self._waiters: list[Future[dict[str, Any]]] = []
@@ -191,18 +215,16 @@ class ExecutionSupervisor(PoolActor):
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, _Batch()
-        record = to_record(self.state) if batch.replies else None
         if not batch.events:
-            for reply in batch.replies:
-                _resolve(reply, record)
-            for effect in batch.effects:
-                effect()
+            if batch.replies or batch.effects:
+                record = to_record(self.state) if batch.replies else None
+                self._after_tail(lambda exc: _run(self.state.id, batch, record, exc))
             return
         terminal = self.state.terminal
         if terminal:
             waiters, self._waiters = self._waiters, []
             batch.replies.extend(waiters)
-            record = to_record(self.state)
+        record = to_record(self.state) if batch.replies else None
         events = batch.events
         if self.bus is not None:
             bus = self.bus
@@ -222,16 +244,30 @@ class ExecutionSupervisor(PoolActor):
         def done(exc: BaseException | None) -> None:
             if exc is not None:
                 self._on_commit_failed(exc, batch)
-                return
-            for reply in batch.replies:
-                _resolve(reply, record)
-            for effect in batch.effects:
-                try:
-                    effect()
-                except Exception:  # an effect is a tell; a dead target must not stop others
-                    log.exception("execution %s: effect after commit failed", self.state.id)
+            else:
+                _run(self.state.id, batch, record, None)
+            batch.settle(exc)
 
+        self._tail = batch
         self.deps.writer.submit(write, done)
+
+    def _after_tail(self, fn: Callable[[BaseException | None], None]) -> None:
+        """Run ``fn`` once everything submitted so far is committed (now, if it is)."""
+        if self._tail is None:
+            fn(None)
+        else:
+            self._tail.then(fn)
+
+    def _reply_committed(self, reply: Future[dict[str, Any]], value: dict[str, Any]) -> None:
+        """Answer a read with state that is durable: after the pending writes commit."""
+
+        def answer(exc: BaseException | None) -> None:
+            if exc is not None:
+                _fail(reply, exc)
+            else:
+                _resolve(reply, value)
+
+        self._after_tail(answer)
 
     @property
     def bus(self) -> pykka.ActorRef[Any] | None:
@@ -246,8 +282,7 @@ class ExecutionSupervisor(PoolActor):
     def _on_commit_failed(self, exc: BaseException, batch: _Batch) -> None:
         log.error("execution %s: commit failed, execution stops: %s", self.state.id, exc)
         for reply in batch.replies:
-            if not reply.done():
-                reply.set_exception(exc)
+            _fail(reply, exc)
         self._broken = True  # the in-memory state ran ahead of the store; the store is right
         self.deps.on_terminal(self.state.id)
 
@@ -282,11 +317,12 @@ class ExecutionSupervisor(PoolActor):
         self._advance()
 
     def _on_get(self, msg: GetRecord) -> None:
-        _resolve(msg.reply, to_status(self.state) if msg.status_only else to_record(self.state))
+        value = to_status(self.state) if msg.status_only else to_record(self.state)
+        self._reply_committed(msg.reply, value)
 
     def _on_wait(self, msg: Wait) -> None:
         if self.state.terminal:
-            _resolve(msg.reply, to_record(self.state))
+            self._reply_committed(msg.reply, to_record(self.state))
             return
         self._waiters.append(msg.reply)
         if msg.timeout is not None:
@@ -296,7 +332,7 @@ class ExecutionSupervisor(PoolActor):
     def _on_wait_expired(self, msg: _WaitExpired) -> None:
         if msg.reply in self._waiters:
             self._waiters.remove(msg.reply)
-            _resolve(msg.reply, to_record(self.state))
+            self._reply_committed(msg.reply, to_record(self.state))
 
     def _on_pause(self, msg: Pause) -> None:
         if self.state.status != "paused":
@@ -348,6 +384,16 @@ class ExecutionSupervisor(PoolActor):
             raise IllegalTransition(
                 f"execution {self.state.id} is {self.state.status}; its steps cannot be retried"
             )
+        blocked = [
+            d
+            for d in self._deps_of[msg.step]
+            if self.state.steps[d].status not in ("succeeded", "skipped")
+        ]
+        if blocked:
+            raise IllegalTransition(
+                f"step {msg.step!r} cannot run again: its dependency {blocked[0]!r} is "
+                f"{self.state.steps[blocked[0]].status}; retry that step instead"
+            )
         self._emit("step.retried", step=msg.step)
         for name in self.state.order:  # what the failure cancelled may run again
             if name != msg.step and self.state.steps[name].status == "cancelled":
@@ -358,8 +404,10 @@ class ExecutionSupervisor(PoolActor):
     def _on_retry_due(self, msg: _RetryDue) -> None:
         self._retry_timers.pop(msg.step, None)
         st = self.state.steps[msg.step]
-        if self.state.status == "running" and st.status == "retry_wait" and (
-            st.attempts == msg.attempt
+        if (
+            self.state.status == "running"
+            and st.status == "retry_wait"
+            and (st.attempts == msg.attempt)
         ):
             self._emit("step.ready", step=msg.step)
             self._advance()
@@ -390,8 +438,13 @@ class ExecutionSupervisor(PoolActor):
         if st.status not in ("dispatched", "running"):
             return  # cancelled meanwhile (abort, fail_fast): the late result is discarded
         if msg.ok:
-            self._emit("step.completed", step=name, attempt=st.attempts, output=msg.output,
-                       duration_ms=msg.duration_ms)
+            self._emit(
+                "step.completed",
+                step=name,
+                attempt=st.attempts,
+                output=msg.output,
+                duration_ms=msg.duration_ms,
+            )
         else:
             self._on_step_error(name, st.attempts, msg.error or {})
         self._advance()
@@ -408,8 +461,14 @@ class ExecutionSupervisor(PoolActor):
             if not isinstance(delay, int | float) or delay < 0:
                 delay = compute_delay(policy, used, self.deps.rand())
             at = self.deps.clock() + float(delay)
-            self._emit("step.retry_scheduled", step=name, attempt=attempt, error=info,
-                       delay_s=float(delay), retry_at=at)
+            self._emit(
+                "step.retry_scheduled",
+                step=name,
+                attempt=attempt,
+                error=info,
+                delay_s=float(delay),
+                retry_at=at,
+            )
             if self.state.status == "running":
                 self._arm_retry(name, attempt, at)
             return
@@ -457,8 +516,10 @@ class ExecutionSupervisor(PoolActor):
         message = f"step {failed[0]!r} failed: {first.get('message', '')}"
         if len(failed) > 1:
             message += f" (failed steps: {', '.join(failed)})"
-        self._emit("workflow.failed",
-                   error={"message": message, "step": failed[0], "type": first.get("type")})
+        self._emit(
+            "workflow.failed",
+            error={"message": message, "step": failed[0], "type": first.get("type")},
+        )
 
     def _cancel_open_steps(self, reason: str) -> None:
         for name in self.state.order:
@@ -468,8 +529,7 @@ class ExecutionSupervisor(PoolActor):
             if st.status in ("dispatched", "running"):
                 tid = task_id(self.state.id, name, st.attempts)
                 self._inflight.pop(tid, None)
-                pool = self.deps.pool
-                self._after_commit(lambda tid=tid: pool.tell(Cancel(tid)))  # type: ignore[misc]
+                self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
             handle = self._retry_timers.pop(name, None)
             if handle is not None:
                 handle.cancel()
@@ -521,8 +581,8 @@ class ExecutionSupervisor(PoolActor):
 
     def _fail_reply(self, msg: Any, exc: BaseException) -> None:
         reply = getattr(msg, "reply", None)
-        if isinstance(reply, Future) and not reply.done():
-            reply.set_exception(exc)
+        if isinstance(reply, Future):
+            _fail(reply, exc)
 
     def on_failure(self, *exc_info: Any) -> None:
         self.deps.on_terminal(self.state.id)
@@ -536,11 +596,30 @@ def _resolve(reply: Future[dict[str, Any]], value: dict[str, Any] | None) -> Non
         reply.set_result(value)
 
 
+def _fail(reply: Future[dict[str, Any]], exc: BaseException) -> None:
+    if not reply.done():
+        reply.set_exception(exc)
+
+
+def _run(eid: str, batch: _Batch, record: dict[str, Any] | None, exc: BaseException | None) -> None:
+    """A committed batch's consequences: replies first, then effects (tells)."""
+    if exc is not None:
+        for reply in batch.replies:
+            _fail(reply, exc)
+        return
+    for reply in batch.replies:
+        _resolve(reply, record)
+    for effect in batch.effects:
+        try:
+            effect()
+        except Exception:  # an effect is a tell; a dead target must not stop the others
+            log.exception("execution %s: effect after commit failed", eid)
+
+
 def _tell(ref: pykka.ActorRef[Any], msg: Any) -> None:
-    try:
+    # the execution may have finished meanwhile; its waiters were answered at the end
+    with contextlib.suppress(pykka.ActorDeadError):
         ref.tell(msg)
-    except pykka.ActorDeadError:
-        pass  # the execution finished meanwhile; its waiters were answered at the end
 
 
 _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {

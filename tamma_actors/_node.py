@@ -71,7 +71,9 @@ class _WriterSlot:
     def __init__(self) -> None:
         self.writer: StoreWriter | None = None
 
-    def submit(self, write: Write, done: Callable[[BaseException | None], None] | None = None) -> None:
+    def submit(
+        self, write: Write, done: Callable[[BaseException | None], None] | None = None
+    ) -> None:
         if self.writer is None:
             raise StoreClosed("the store writer is not running")
         self.writer.submit(write, done)
@@ -135,7 +137,10 @@ class Node:
             raise
         log.info(
             "node up: data %s, control %s, %d local workers, %d executions recovered",
-            cfg.data_dir, cfg.control_address, cfg.workers, self.recovered,
+            cfg.data_dir,
+            cfg.control_address,
+            cfg.workers,
+            self.recovered,
         )
         return self
 
@@ -222,11 +227,11 @@ class Node:
         self._running.append(spec)
 
     def _worker_args(self) -> list[str]:
-        args = ["--heartbeat", str(self.config.heartbeat_interval)]
+        args: list[str] = []
         if self.config.allow_shell:
             args.append("--allow-shell")
         for name, target in self.config.plugins.items():
-            args += ["--plugin", f"{name}={target}"]
+            args += ["--allow", f"{name}={target}"]
         return args
 
     def _stop_child(self, spec: ChildSpec) -> None:
@@ -255,11 +260,15 @@ class Node:
         if not self._intensity.allow(time.monotonic()):
             log.critical(
                 "child %s failed more than %d times within %.0fs: the node stops",
-                spec.name, self.tree.max_restarts, self.tree.within_seconds,
+                spec.name,
+                self.tree.max_restarts,
+                self.tree.within_seconds,
             )
             return False
-        affected = [self._running[i] for i in children_to_restart(
-            self.tree.strategy, index, len(self._running))]
+        affected = [
+            self._running[i]
+            for i in children_to_restart(self.tree.strategy, index, len(self._running))
+        ]
         log.error("child %s died; restarting %s", spec.name, ", ".join(c.name for c in affected))
         for child in reversed(affected):
             self._stop_child(child)
@@ -284,7 +293,9 @@ class Node:
         self._lock_fd = fd
 
     def _health(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"node": {"pid": os.getpid(), "data_dir": str(self.config.data_dir)}}
+        report: dict[str, Any] = {
+            "node": {"pid": os.getpid(), "data_dir": str(self.config.data_dir)}
+        }
         pool = self._pool.ref
         try:
             report["workers"] = pool.proxy().stats().get(timeout=2.0) if pool else None

@@ -76,7 +76,7 @@ class ExecutionState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionState:
         try:
-            fields = {k: data[k] for k in cls.__slots__ if k in data and k != "steps"}  # type: ignore[attr-defined]
+            fields = {k: data[k] for k in cls.__slots__ if k in data and k != "steps"}
             state = cls(**fields)
             state.steps = {
                 name: StepState(**{k: v for k, v in st.items() if k in StepState.__slots__})

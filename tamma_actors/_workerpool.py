@@ -139,6 +139,12 @@ def _cancelled_error(message: str) -> dict[str, Any]:
     return {"type": "StepCancelled", "message": message, "retryable": False, "retry_after": None}
 
 
+def _notify(owner: pykka.ActorRef[Any], message: Any) -> None:
+    """Tell a task's owner; an execution that has ended meanwhile no longer listens."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        owner.tell(message)
+
+
 class WorkerPool(SocketActor):
     """Owns the workers ROUTER socket, the local worker processes and task dispatch."""
 
@@ -257,7 +263,7 @@ class WorkerPool(SocketActor):
     @staticmethod
     def _finish_with(reply_to: pykka.ActorRef[Any], task_id: str, error: dict[str, Any]) -> None:
         full = {"retryable": False, "retry_after": None, **error}
-        reply_to.tell(TaskFinished(task_id, False, None, full, 0.0))
+        _notify(reply_to, TaskFinished(task_id, False, None, full, 0.0))
 
     def _on_cancel(self, task_id: str) -> None:
         task = self._tasks.get(task_id)
@@ -266,8 +272,9 @@ class WorkerPool(SocketActor):
         if task.worker_id is None:
             self._queue.remove(task_id)
             del self._tasks[task_id]
-            task.reply_to.tell(
-                TaskFinished(task_id, False, None, _cancelled_error("cancelled while queued"), 0.0)
+            _notify(
+                task.reply_to,
+                TaskFinished(task_id, False, None, _cancelled_error("cancelled while queued"), 0.0),
             )
         elif task.cancel_timer is None:
             self._send(self._workers[task.worker_id].identity, wire.cancel(task_id))
@@ -281,7 +288,7 @@ class WorkerPool(SocketActor):
             return
         del self._tasks[task_id]
         message = f"no result {self._cancel_grace}s after cancel; worker {task.worker_id} killed"
-        task.reply_to.tell(TaskFinished(task_id, False, None, _cancelled_error(message), 0.0))
+        _notify(task.reply_to, TaskFinished(task_id, False, None, _cancelled_error(message), 0.0))
         worker = self._workers.get(task.worker_id)
         if worker is not None:
             worker.tasks.discard(task_id)
@@ -395,9 +402,9 @@ class WorkerPool(SocketActor):
                     "frame for unknown task %s from %s ignored", msg["task_id"], worker.worker_id
                 )
             elif kind == "started":
-                task.reply_to.tell(TaskStarted(task.task_id, worker.worker_id))
+                _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
             elif kind == "progress":
-                task.reply_to.tell(TaskProgress(task.task_id, msg["progress"]))
+                _notify(task.reply_to, TaskProgress(task.task_id, msg["progress"]))
             else:
                 self._on_result(worker, task, msg)
 
@@ -411,8 +418,9 @@ class WorkerPool(SocketActor):
             if task.cancel_timer is not None:
                 task.cancel_timer.cancel()
             output = msg.get("output") if msg["ok"] else None
-            task.reply_to.tell(
-                TaskFinished(task.task_id, msg["ok"], output, error, float(msg["duration_ms"]))
+            _notify(
+                task.reply_to,
+                TaskFinished(task.task_id, msg["ok"], output, error, float(msg["duration_ms"])),
             )
         self._pump()
 
@@ -441,12 +449,12 @@ class WorkerPool(SocketActor):
                 # It was being cancelled: losing its worker settles that.
                 task.cancel_timer.cancel()
                 error = _cancelled_error(reason)
-                task.reply_to.tell(TaskFinished(task.task_id, False, None, error, 0.0))
+                _notify(task.reply_to, TaskFinished(task.task_id, False, None, error, 0.0))
                 continue
             task.worker_id = None
             self._tasks[task.task_id] = task
             again.append(task.task_id)
-            task.reply_to.tell(TaskRedispatched(task.task_id, reason))
+            _notify(task.reply_to, TaskRedispatched(task.task_id, reason))
         self._queue.extendleft(reversed(again))
 
     def _check_heartbeats(self) -> None:

@@ -10,15 +10,52 @@ import pytest
 import tamma_actors
 
 PUBLIC = {
-    "ActorStopped", "Client", "CodecError", "ConfigError", "ErrorHandlingPolicy",
-    "ExecutionMetrics", "ExecutionStatus", "Forbidden", "FrameTooLarge", "IllegalTransition",
-    "NodeConfig", "NonRetryable", "Problem", "ProtocolError", "RemoteError", "RequestTimeout",
-    "RestartIntensityExceeded", "RetryAfter", "RetryPolicy", "StepCancelled", "StepContext",
-    "StepDependency", "StepFailure", "StepResult", "StepStatus", "StoreClosed", "StoreCorrupted",
-    "StoreError", "StoreFull", "SupervisionError", "TammaError", "TransportError",
-    "UnknownExecution", "UnknownImplementation", "UnknownStep", "WorkflowConfig", "WorkflowError",
-    "WorkflowEvent", "WorkflowExecution", "WorkflowFilter", "WorkflowState", "WorkflowStep",
-    "WorkflowValidationError", "load_node_config", "load_workflow", "parse_workflow",
+    "ActorStopped",
+    "Client",
+    "CodecError",
+    "ConfigError",
+    "ErrorHandlingPolicy",
+    "ExecutionMetrics",
+    "ExecutionStatus",
+    "Forbidden",
+    "FrameTooLarge",
+    "IllegalTransition",
+    "NodeConfig",
+    "NonRetryable",
+    "Problem",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeout",
+    "RestartIntensityExceeded",
+    "RetryAfter",
+    "RetryPolicy",
+    "StepCancelled",
+    "StepContext",
+    "StepDependency",
+    "StepFailure",
+    "StepResult",
+    "StepStatus",
+    "StoreClosed",
+    "StoreCorrupted",
+    "StoreError",
+    "StoreFull",
+    "SupervisionError",
+    "TammaError",
+    "TransportError",
+    "UnknownExecution",
+    "UnknownImplementation",
+    "UnknownStep",
+    "WorkflowConfig",
+    "WorkflowError",
+    "WorkflowEvent",
+    "WorkflowExecution",
+    "WorkflowFilter",
+    "WorkflowState",
+    "WorkflowStep",
+    "WorkflowValidationError",
+    "load_node_config",
+    "load_workflow",
+    "parse_workflow",
 }
 
 
@@ -35,17 +72,38 @@ def test_unknown_attributes_raise_attribute_error() -> None:
 
 
 def test_every_error_derives_from_the_root() -> None:
-    errors = [getattr(tamma_actors, n) for n in PUBLIC if n.endswith(("Error", "Full",
-              "Closed", "Corrupted", "Exceeded", "Transition", "Timeout", "Forbidden",
-              "Stopped", "TooLarge"))]
-    errors += [tamma_actors.UnknownExecution, tamma_actors.UnknownStep,
-               tamma_actors.UnknownImplementation]
+    errors = [
+        getattr(tamma_actors, n)
+        for n in PUBLIC
+        if n.endswith(
+            (
+                "Error",
+                "Full",
+                "Closed",
+                "Corrupted",
+                "Exceeded",
+                "Transition",
+                "Timeout",
+                "Forbidden",
+                "Stopped",
+                "TooLarge",
+            )
+        )
+    ]
+    errors += [
+        tamma_actors.UnknownExecution,
+        tamma_actors.UnknownStep,
+        tamma_actors.UnknownImplementation,
+    ]
     assert all(issubclass(e, tamma_actors.TammaError) for e in errors)
 
 
 def test_worker_import_stays_light() -> None:
-    code = ("import sys, tamma_actors._worker; "
-            "print(sorted(m for m in ('pydantic', 'rich', 'yaml') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+    code = (
+        "import sys, tamma_actors._worker; "
+        "print(sorted(m for m in ('pydantic', 'rich', 'yaml') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == "[]"

@@ -31,8 +31,16 @@ def _run(events: list[tuple[str, dict[str, Any]]]) -> tuple[ExecutionState, list
     return state, log
 
 
-CREATED = ("workflow.created", {"workflow_id": "wf", "workflow_version": "2", "digest": "d",
-                                "inputs": {"topic": "x"}, "steps": ["a", "b", "c"]})
+CREATED = (
+    "workflow.created",
+    {
+        "workflow_id": "wf",
+        "workflow_version": "2",
+        "digest": "d",
+        "inputs": {"topic": "x"},
+        "steps": ["a", "b", "c"],
+    },
+)
 
 HAPPY = [
     CREATED,
@@ -40,8 +48,15 @@ HAPPY = [
     ("step.ready", {"step": "a"}),
     ("step.dispatched", {"step": "a", "attempt": 1}),
     ("step.started", {"step": "a", "attempt": 1, "worker": "w1"}),
-    ("step.retry_scheduled", {"step": "a", "attempt": 1, "retry_at": 1010.0,
-                              "error": {"type": "Boom", "message": "m", "retryable": None}}),
+    (
+        "step.retry_scheduled",
+        {
+            "step": "a",
+            "attempt": 1,
+            "retry_at": 1010.0,
+            "error": {"type": "Boom", "message": "m", "retryable": None},
+        },
+    ),
     ("workflow.paused", {"reason": "ops", "frozen": {"a": 4.0}}),
     ("workflow.resumed", {"retry_at": {"a": 1020.0}}),
     ("step.ready", {"step": "a"}),

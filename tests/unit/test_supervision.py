@@ -21,24 +21,32 @@ from tamma_actors._supervision import (
 def test_the_shipped_tree_loads_in_start_order() -> None:
     tree = load_tree(default_tree_path())
     assert [c.kind for c in tree.children] == [
-        "store_writer", "event_bus", "worker_pool", "control_server"]
+        "store_writer",
+        "event_bus",
+        "worker_pool",
+        "control_server",
+    ]
     assert tree.strategy is Strategy.ONE_FOR_ONE
     assert (tree.max_restarts, tree.within_seconds) == (3, 10)
 
 
-def test_without_the_source_tree_the_builtin_tree_is_used(monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
-    monkeypatch.setattr("tamma_actors._supervision.default_tree_path",
-                        lambda: tmp_path / "missing.toml")
-    assert [c.name for c in load_tree().children][0] == "store_writer"
+def test_without_the_source_tree_the_builtin_tree_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(
+        "tamma_actors._supervision.default_tree_path", lambda: tmp_path / "missing.toml"
+    )
+    assert next(c.name for c in load_tree().children) == "store_writer"
 
 
 @pytest.mark.parametrize(
     ("text", "match"),
     [
         ("[supervisor]\nstrategy = 'one_for_none'\n", "strategy"),
-        ("[[child]]\nname='a'\nkind='store_writer'\n[[child]]\nname='a'\nkind='worker_pool'\n",
-         "duplicate child names: a"),
+        (
+            "[[child]]\nname='a'\nkind='store_writer'\n[[child]]\nname='a'\nkind='worker_pool'\n",
+            "duplicate child names: a",
+        ),
         ("[[child]]\nname='w'\nkind='store_writer'\n", "needs children of kind"),
         ("[[child]]\nname='w'\nkind='teleporter'\n", "children.0.kind"),
         ("[extra]\n", "unknown sections: extra"),
@@ -64,8 +72,11 @@ def test_strategy_decisions(strategy: Strategy, data: st.DataObject) -> None:
     chosen = children_to_restart(strategy, failed, count)
     assert failed in chosen and chosen == sorted(set(chosen))
     assert all(0 <= i < count for i in chosen)
-    expected = {Strategy.ONE_FOR_ONE: [failed], Strategy.ONE_FOR_ALL: list(range(count)),
-                Strategy.REST_FOR_ONE: list(range(failed, count))}[strategy]
+    expected = {
+        Strategy.ONE_FOR_ONE: [failed],
+        Strategy.ONE_FOR_ALL: list(range(count)),
+        Strategy.REST_FOR_ONE: list(range(failed, count)),
+    }[strategy]
     assert chosen == expected
 
 
@@ -82,8 +93,11 @@ def test_intensity_3_in_10s_escalates_on_the_fourth_crash() -> None:
     assert intensity.history == (1.0, 2.0, 10.5)
 
 
-@given(st.lists(st.floats(min_value=0, max_value=1000), max_size=40),
-       st.integers(min_value=0, max_value=5), st.floats(min_value=0.1, max_value=100))
+@given(
+    st.lists(st.floats(min_value=0, max_value=1000), max_size=40),
+    st.integers(min_value=0, max_value=5),
+    st.floats(min_value=0.1, max_value=100),
+)
 def test_intensity_never_allows_more_than_max_in_any_window(
     gaps: list[float], max_restarts: int, within: float
 ) -> None:

@@ -1,0 +1,336 @@
+"""A real node end to end: worker processes, ZeroMQ sockets, LMDB on disk, the client.
+
+The node runs in the test process (its workers are real child processes); the tests
+that stop and restart a node or send it signals run `tamma-node` as a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+import zmq
+
+from tamma_actors import Client, WorkflowValidationError
+from tamma_actors._codec import pack, unpack
+from tamma_actors._config import load_node_config
+from tamma_actors._errors import IllegalTransition
+from tamma_actors._node import Node
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+
+
+@pytest.fixture
+def node(short_dir: Path) -> Iterator[Node]:
+    cfg = load_node_config(
+        None,
+        data_dir=short_dir / "var",
+        workers=2,
+        worker_slots=4,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=2.0,
+        cancel_grace=1.0,
+    )
+    with Node(cfg) as n:
+        yield n
+
+
+@pytest.fixture
+def client(node: Node) -> Iterator[Client]:
+    with Client(node.config.control_address, timeout=WAIT) as c:
+        yield c
+
+
+def wf(name: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "steps": list(steps), **extra}
+
+
+def step(name: str, impl: str = "noop", *deps: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "implementation": impl, "dependencies": list(deps), **extra}
+
+
+def test_a_six_step_dag_with_a_diamond_completes_with_the_right_data_flow(client: Client) -> None:
+    spec = wf(
+        "six",
+        step("fetch", "noop"),
+        step("left", "echo", "fetch", config={"message": "L"}),
+        step("right", "noop", "fetch"),
+        step("join", "noop", "left", "right"),
+        step("tail", "noop", "join"),
+        step("report", "noop", "tail", "fetch"),
+    )
+    started = client.start_workflow(spec, {"topic": "demo"})
+    final = client.wait(started.id, timeout=WAIT)
+    assert final.status == "completed", final.error
+    res = {name: r.data for name, r in final.results.items()}
+    assert res["fetch"] == {"topic": "demo"}
+    assert res["left"] == "L" and res["right"] == {"topic": "demo"}
+    assert res["join"] == {"left": "L", "right": {"topic": "demo"}}
+    assert res["tail"] == res["join"]
+    assert res["report"] == {"tail": res["join"], "fetch": {"topic": "demo"}}
+    events = client.get_events(final.id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].type == "workflow.completed"
+
+
+def test_independent_steps_overlap_in_time(client: Client) -> None:
+    spec = wf(
+        "par",
+        step("a", "sleep", config={"seconds": 0.4}),
+        step("b", "sleep", config={"seconds": 0.4}),
+    )
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    a, b = final.results["a"], final.results["b"]
+    assert final.status == "completed"
+    assert a.started_at is not None and b.started_at is not None
+    assert a.ended_at is not None and b.ended_at is not None
+    # each started before the other ended: they ran at the same time
+    assert a.started_at < b.ended_at and b.started_at < a.ended_at
+
+
+def test_a_failing_step_succeeds_on_attempt_three(client: Client) -> None:
+    spec = wf(
+        "retry",
+        step(
+            "flaky",
+            "fail",
+            config={"times": 2, "error": "TimeoutError"},
+            retry_policy={"max_attempts": 3, "base_delay": 10, "jitter": 0},
+        ),
+    )
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "completed"
+    assert final.results["flaky"].attempts == 3
+    assert final.metrics.retries == 2
+
+
+def test_an_invalid_workflow_is_refused_with_every_problem_named(client: Client) -> None:
+    spec = wf(
+        "bad",
+        step("a", "noop", "ghost"),
+        step("a", "teleport"),
+        step("x", "noop", "y"),
+        step("y", "noop", "x"),
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        client.start_workflow(spec)
+    text = str(info.value) + " ".join(str(p) for p in info.value.problems)
+    for needle in ("ghost", "teleport", "duplicate", "x -> y -> x"):
+        assert needle in text, needle
+    assert client.list_workflows() == []  # nothing was started
+
+
+def test_pause_stops_new_dispatch_and_resume_continues(client: Client) -> None:
+    spec = wf(
+        "pause", step("first", "sleep", config={"seconds": 0.5}), step("second", "noop", "first")
+    )
+    eid = client.start_workflow(spec).id
+    assert client.pause_workflow(eid).status == "paused"
+    held = client.wait(eid, timeout=1.5)  # longer than `first` takes
+    assert held.status == "paused"
+    assert held.results["first"].status == "succeeded"  # its result was recorded
+    assert held.results["second"].status in ("pending", "ready")  # nothing new was dispatched
+    assert client.resume_workflow(eid).status == "running"
+    assert client.wait(eid, timeout=WAIT).status == "completed"
+
+
+def test_abort_ends_a_hanging_execution(client: Client) -> None:
+    eid = client.start_workflow(wf("hang", step("h", "hang"), step("never", "noop", "h"))).id
+    client.wait(eid, timeout=0.5)
+    aborted = client.abort_workflow(eid, reason="stuck")
+    assert aborted.status == "aborted" and aborted.reason == "stuck"
+    assert aborted.results["never"].status == "cancelled"
+    with pytest.raises(IllegalTransition):
+        client.resume_workflow(eid)
+    # the hung step was cancelled on its worker: the worker is free for new work
+    final = client.wait(client.start_workflow(wf("after", step("n"))).id, timeout=WAIT)
+    assert final.status == "completed"
+
+
+def test_a_worker_killed_mid_step_is_replaced_and_the_execution_completes(
+    node: Node, client: Client
+) -> None:
+    eid = client.start_workflow(
+        wf("kill", step("slow", "sleep", config={"seconds": 1.0}), step("after", "noop", "slow"))
+    ).id
+    victim = _wait_for_running_worker(client, eid)
+    os.kill(victim, signal.SIGKILL)
+    final = client.wait(eid, timeout=WAIT)
+    assert final.status == "completed"
+    assert final.results["slow"].attempts == 1  # a lost worker does not use up an attempt
+    types = [e.type for e in client.get_events(eid)]
+    assert "step.redispatched" in types
+    assert _worker_pids(client, lambda pids: len(pids) == 2 and victim not in pids)
+
+
+def _worker_pids(client: Client, done: Any) -> list[int]:
+    """The connected workers' pids, once ``done(pids)`` holds (bounded wait)."""
+    pids: list[int] = []
+    for _ in range(100):
+        pids = [w["pid"] for w in client.health()["workers"]["workers"]]
+        if done(pids):
+            return pids
+        threading.Event().wait(0.1)
+    raise AssertionError(f"workers never settled: {pids}")
+
+
+def test_crash_steps_kill_their_worker_and_are_dispatched_again(client: Client) -> None:
+    spec = wf("crash", step("c", "crash", config={"times": 1}))
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "completed"
+
+
+def test_malformed_control_messages_get_errors_while_the_node_keeps_serving(
+    node: Node, client: Client
+) -> None:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.connect(node.config.control_address)
+    try:
+        for frame in (
+            b"\xc1\xff garbage",
+            pack([1, 2, 3]),
+            pack({"v": 1, "id": 7, "op": "nuke"}),
+            pack({"v": 1, "id": 8, "op": "get", "args": {"id": 42}}),
+            pack({"v": 99, "id": 9, "op": "health", "args": {}}),
+        ):
+            sock.send(frame)
+            reply = unpack(sock.recv())
+            assert reply["ok"] is False and reply["error"]["code"] and reply["error"]["message"]
+    finally:
+        sock.close()
+    assert client.health()["status"] in ("ok", "degraded")
+    assert (
+        client.wait(client.start_workflow(wf("fine", step("n"))).id, timeout=WAIT).status
+        == "completed"
+    )
+
+
+def _wait_for_running_worker(client: Client, eid: str) -> int:
+    for _ in range(200):
+        rec = client.get_workflow(eid)
+        if rec.results["slow"].status == "running":
+            workers = client.health()["workers"]["workers"]
+            busy = [w["pid"] for w in workers if w["busy"]]
+            if busy:
+                return int(busy[0])
+        client.wait(eid, timeout=0.05)
+    raise AssertionError("the step never started")
+
+
+# -- a node as a child process ------------------------------------------------------------
+
+
+def _tamma_node(data_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tamma_actors._cli_node",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            "1",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _await_ready(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "control" in line, (line, proc.stderr.read() if proc.stderr else "")
+
+
+def test_a_restarted_node_lists_its_executions_with_their_full_history(short_dir: Path) -> None:
+    data = short_dir / "var"
+    proc = _tamma_node(data)
+    try:
+        _await_ready(proc)
+        with Client(data_dir=data, timeout=WAIT) as c:
+            first = c.wait(
+                c.start_workflow(wf("keep", step("a"), step("b", "noop", "a"))).id, timeout=WAIT
+            )
+            history = [e.model_dump() for e in c.get_events(first.id)]
+        children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert _stop(proc) == 0  # SIGTERM: a clean shutdown
+        assert not [
+            p
+            for p in children
+            if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
+    finally:
+        if proc.poll() is None:
+            _stop(proc, signal.SIGKILL)
+    proc = _tamma_node(data)
+    try:
+        _await_ready(proc)
+        with Client(data_dir=data, timeout=WAIT) as c:
+            listed = c.list_workflows()
+            assert [r.id for r in listed] == [first.id]
+            assert listed[0].status == "completed" and listed[0].results["b"].data == {}
+            assert [e.model_dump() for e in c.get_events(first.id)] == history
+        assert _stop(proc, signal.SIGINT) == 0
+    finally:
+        if proc.poll() is None:
+            _stop(proc, signal.SIGKILL)
+
+
+def test_the_cli_starts_waits_and_prints_json(short_dir: Path) -> None:
+    data = short_dir / "var"
+    flow = short_dir / "flow.yaml"
+    flow.write_text(yaml.safe_dump(wf("cli", step("hello", "echo", config={"message": "hi"}))))
+    bad = short_dir / "bad.yaml"
+    bad.write_text("name: broken\nsteps:\n  - name: a\n    implementation: teleport\n")
+    proc = _tamma_node(data)
+    try:
+        _await_ready(proc)
+        tamma = [sys.executable, "-m", "tamma_actors._cli", "--data-dir", str(data)]
+        out = subprocess.run(
+            [*tamma, "start", str(flow), "--input", "topic=demo", "--wait", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert out.returncode == 0, out.stderr
+        record = json.loads(out.stdout)
+        assert record["status"] == "completed" and record["context"] == {"topic": "demo"}
+        assert record["results"]["hello"]["data"] == "hi"
+        refused = subprocess.run(
+            [*tamma, "start", str(bad)], capture_output=True, text=True, timeout=WAIT
+        )
+        assert refused.returncode == 2 and "teleport" in refused.stderr
+        listed = subprocess.run(
+            [*tamma, "list", "--json"], capture_output=True, text=True, timeout=WAIT
+        )
+        assert [r["id"] for r in json.loads(listed.stdout)] == [record["id"]]
+    finally:
+        assert _stop(proc) == 0

@@ -1,0 +1,374 @@
+"""The engine and its execution supervisors over the in-memory store and a scripted pool.
+
+The worker pool is a twin here (a pykka actor that answers Dispatch messages by script or
+holds them for the test to answer); the store is the MemoryStore. The same supervisors run
+against real workers and LMDB in tests/integration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+import pytest
+from tamma_actors._writer import StoreWriter
+
+from tamma_actors._dispatch import Dispatcher
+from tamma_actors._engine import Engine, EngineParts
+from tamma_actors._errors import (
+    IllegalTransition,
+    UnknownExecution,
+    UnknownStep,
+    WorkflowValidationError,
+)
+from tamma_actors._execution import ExecutionDeps
+from tamma_actors._store import MemoryStore
+from tamma_actors._timers import TimerService
+from tamma_actors._workerpool import (
+    Cancel,
+    Dispatch,
+    TaskFinished,
+    TaskRedispatched,
+    TaskStarted,
+)
+
+WAIT = 10.0
+Script = Callable[[dict[str, Any]], "TaskFinished | None"]
+
+
+def ok(task: dict[str, Any], output: Any) -> TaskFinished:
+    return TaskFinished(task["task_id"], True, output, None, 1.0)
+
+
+def err(
+    task: dict[str, Any],
+    etype: str = "Boom",
+    retryable: bool | None = None,
+    retry_after: float | None = None,
+) -> TaskFinished:
+    error = {
+        "type": etype,
+        "message": f"{task['step']} broke",
+        "retryable": retryable,
+        "retry_after": retry_after,
+    }
+    return TaskFinished(task["task_id"], False, None, error, 1.0)
+
+
+def echo_input(task: dict[str, Any]) -> TaskFinished:
+    return ok(task, {"step": task["step"], "input": task["input"]})
+
+
+class FakePool(pykka.ThreadingActor):
+    """Answers each Dispatch with ``script(task)``; None holds it for the test."""
+
+    def __init__(
+        self, script: Script, held: queue.Queue[Dispatch], cancels: queue.Queue[str]
+    ) -> None:
+        super().__init__()
+        self.script, self.held, self.cancels = script, held, cancels
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Dispatch):
+            message.reply_to.tell(TaskStarted(message.task["task_id"], "w-1"))
+            answer = self.script(message.task)
+            if answer is None:
+                self.held.put(message)
+            else:
+                message.reply_to.tell(answer)
+        elif isinstance(message, Cancel):
+            self.cancels.put(message.task_id)
+
+
+@dataclass
+class Kit:
+    engine: Engine
+    store: MemoryStore
+    held: queue.Queue[Dispatch]
+    cancels: queue.Queue[str]
+    script: list[Script] = field(default_factory=list)
+
+    def start(self, wf: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.engine.start_workflow(wf, inputs or {}).result(WAIT)
+
+    def finish(self, eid: str) -> dict[str, Any]:
+        return self.engine.wait(eid, WAIT).result(WAIT + 1)
+
+    def next_held(self) -> Dispatch:
+        return self.held.get(timeout=WAIT)
+
+    def events(self, eid: str) -> list[str]:
+        return [e["type"] for e in self.engine.get_events(eid).result(WAIT)]
+
+
+def _kit(script: Script, store: MemoryStore | None = None) -> Iterator[Kit]:
+    store = store or MemoryStore()
+    held: queue.Queue[Dispatch] = queue.Queue()
+    cancels: queue.Queue[str] = queue.Queue()
+    pool = FakePool.start(script, held, cancels)
+    writer = StoreWriter(store)
+    writer.start()
+    dispatcher = Dispatcher(threads=2)
+    timers = TimerService()
+    deps = ExecutionDeps(writer=writer, pool=pool, timers=timers, snapshot_every=5)
+    engine = Engine(
+        EngineParts(
+            store=store,
+            dispatcher=dispatcher,
+            deps=deps,
+            implementations=lambda: {"noop", "fail", "echo", "hang"},
+        )
+    )
+    try:
+        yield Kit(engine, store, held, cancels)
+    finally:
+        engine.close()
+        pool.stop()
+        writer.close()
+        timers.close()
+        dispatcher.close()
+
+
+@pytest.fixture
+def kit() -> Iterator[Kit]:
+    yield from _kit(echo_input)
+
+
+def wf(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": "wf", "steps": list(steps), **extra}
+
+
+def step(name: str, *deps: str, impl: str = "noop", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "implementation": impl, "dependencies": list(deps), **extra}
+
+
+DIAMOND = wf(step("a"), step("b", "a"), step("c", "a"), step("d", "b", "c"))
+
+
+def test_a_diamond_completes_with_the_right_data_flow(kit: Kit) -> None:
+    started = kit.start(DIAMOND, {"topic": "demo"})
+    assert started["status"] in ("running", "completed") and started["workflow_id"] == "wf"
+    final = kit.finish(started["id"])
+    assert final["status"] == "completed" and final["end_time"] >= final["start_time"]
+    res = final["results"]
+    assert res["a"]["data"] == {"step": "a", "input": {"topic": "demo"}}
+    assert res["b"]["data"]["input"] == res["a"]["data"]
+    assert res["d"]["data"]["input"] == {"b": res["b"]["data"], "c": res["c"]["data"]}
+    assert all(r["attempts"] == 1 and r["status"] == "succeeded" for r in res.values())
+    types = kit.events(started["id"])
+    assert (
+        types[:2] == ["workflow.created", "workflow.started"] and types[-1] == "workflow.completed"
+    )
+    assert types.index("step.completed") < types.index("step.dispatched", 4)
+    seqs = [e["seq"] for e in kit.engine.get_events(started["id"]).result(WAIT)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert final["metrics"]["steps_succeeded"] == 4
+
+
+def test_a_failing_step_is_retried_with_backoff_until_it_succeeds() -> None:
+    def script(task: dict[str, Any]) -> TaskFinished:
+        return ok(task, task["attempt"]) if task["attempt"] >= 3 else err(task, "Flaky")
+
+    for k in _kit(script):
+        policy = {"max_attempts": 3, "base_delay": 1, "max_delay": 5, "jitter": 0}
+        final = k.finish(k.start(wf(step("x", retry_policy=policy)))["id"])
+        assert final["status"] == "completed"
+        assert final["results"]["x"] | {"started_at": None, "ended_at": None} == {
+            "status": "succeeded",
+            "data": 3,
+            "error": None,
+            "attempts": 3,
+            "started_at": None,
+            "ended_at": None,
+        }
+        assert final["metrics"]["retries"] == 2
+        evs = k.engine.get_events(final["id"]).result(WAIT)
+        delays = [e["data"]["delay_s"] for e in evs if e["type"] == "step.retry_scheduled"]
+        assert delays == [0.001, 0.002]
+
+
+def test_retryable_errors_and_attempt_budget_decide_failure() -> None:
+    for k in _kit(lambda t: err(t, "ValueError")):
+        policy = {"max_attempts": 5, "base_delay": 1, "retryable_errors": ["Timeout*"]}
+        final = k.finish(k.start(wf(step("x", retry_policy=policy)))["id"])
+        assert final["status"] == "failed" and final["results"]["x"]["attempts"] == 1
+        assert final["error"]["step"] == "x" and "x broke" in final["error"]["message"]
+    for k in _kit(lambda t: err(t, "TimeoutError")):
+        policy = {"max_attempts": 2, "base_delay": 1, "retryable_errors": ["Timeout*"]}
+        final = k.finish(k.start(wf(step("x", retry_policy=policy)))["id"])
+        assert final["status"] == "failed" and final["results"]["x"]["attempts"] == 2
+
+
+def test_an_explicit_retry_after_is_honoured() -> None:
+    for k in _kit(lambda t: ok(t, 1) if t["attempt"] > 1 else err(t, retry_after=0.02)):
+        final = k.finish(k.start(wf(step("x", retry_policy={"base_delay": 5000})))["id"])
+        evs = k.engine.get_events(final["id"]).result(WAIT)
+        assert [e["data"]["delay_s"] for e in evs if e["type"] == "step.retry_scheduled"] == [0.02]
+        assert final["status"] == "completed"
+
+
+def test_fail_fast_cancels_the_rest_and_names_the_failure() -> None:
+    for k in _kit(lambda t: err(t, retryable=False) if t["step"] == "bad" else None):
+        eid = k.start(wf(step("slow"), step("bad"), step("after", "slow")))["id"]
+        held = k.next_held()
+        final = k.finish(eid)
+        assert final["status"] == "failed"
+        assert final["results"]["slow"]["status"] == "cancelled"
+        assert final["results"]["after"]["status"] == "cancelled"
+        assert k.cancels.get(timeout=WAIT) == held.task["task_id"]
+        with contextlib.suppress(pykka.ActorDeadError):  # the finished execution may be gone
+            held.reply_to.tell(ok(held.task, "late"))  # a late result changes nothing
+        assert k.engine.get_workflow(eid).result(WAIT)["results"]["slow"]["data"] is None
+
+
+def test_continue_lets_independent_branches_finish() -> None:
+    for k in _kit(lambda t: err(t, retryable=False) if t["step"] == "bad" else echo_input(t)):
+        spec = wf(
+            step("bad"),
+            step("child", "bad"),
+            step("free"),
+            step("free2", "free"),
+            error_handling="continue",
+        )
+        final = k.finish(k.start(spec)["id"])
+        assert final["status"] == "failed"
+        res = final["results"]
+        assert (res["free2"]["status"], res["child"]["status"]) == ("succeeded", "cancelled")
+
+
+def test_pause_holds_dispatch_and_resume_continues(kit: Kit) -> None:
+    for k in _kit(lambda t: None):
+        eid = k.start(wf(step("a"), step("b", "a")))["id"]
+        first = k.next_held()
+        paused = k.engine.pause_workflow(eid).result(WAIT)
+        assert paused["status"] == "paused"
+        assert k.engine.pause_workflow(eid).result(WAIT)["status"] == "paused"  # idempotent
+        first.reply_to.tell(ok(first.task, 1))
+        # the result is recorded, the next step waits
+        rec = k.engine.wait(eid, 0.2).result(WAIT)
+        assert (
+            rec["results"]["a"]["status"] == "succeeded"
+            and rec["results"]["b"]["status"] == "pending"
+        )
+        assert k.held.empty()
+        assert k.engine.resume_workflow(eid).result(WAIT)["status"] == "running"
+        second = k.next_held()
+        assert second.task["step"] == "b" and second.task["input"] == 1
+        second.reply_to.tell(ok(second.task, 2))
+        assert k.finish(eid)["status"] == "completed"
+        with pytest.raises(IllegalTransition, match="completed"):
+            k.engine.pause_workflow(eid).result(WAIT)
+
+
+def test_resume_of_a_running_execution_is_a_no_op_and_pending_retry_waits_freeze() -> None:
+    calls: list[int] = []
+
+    def script(task: dict[str, Any]) -> TaskFinished:
+        calls.append(task["attempt"])
+        return err(task) if task["attempt"] == 1 else ok(task, "done")
+
+    for k in _kit(script):
+        eid = k.start(wf(step("x", retry_policy={"base_delay": 300, "jitter": 0})))["id"]
+        assert k.engine.resume_workflow(eid).result(WAIT)["status"] == "running"
+        rec = k.engine.pause_workflow(eid).result(WAIT)
+        assert rec["results"]["x"]["status"] in ("retry_wait", "dispatched", "running")
+        rec = k.engine.wait(eid, 0.6).result(WAIT)  # longer than the retry delay
+        assert rec["status"] == "paused" and calls == [1]
+        k.engine.resume_workflow(eid).result(WAIT)
+        assert k.finish(eid)["status"] == "completed" and calls == [1, 2]
+
+
+def test_abort_cancels_running_steps(kit: Kit) -> None:
+    for k in _kit(lambda t: None):
+        eid = k.start(wf(step("h", impl="hang"), step("next", "h")))["id"]
+        held = k.next_held()
+        rec = k.engine.abort_workflow(eid, "operator said so").result(WAIT)
+        assert rec["status"] == "aborted" and rec["reason"] == "operator said so"
+        assert rec["results"]["h"]["status"] == "cancelled"
+        assert k.cancels.get(timeout=WAIT) == held.task["task_id"]
+        assert k.engine.abort_workflow(eid).result(WAIT)["status"] == "aborted"  # idempotent
+        with pytest.raises(IllegalTransition):
+            k.engine.resume_workflow(eid).result(WAIT)
+        assert k.events(eid)[-1] == "workflow.aborted"
+
+
+def test_retry_step_revives_a_failed_execution() -> None:
+    def script(t: dict[str, Any]) -> TaskFinished:
+        first_a = t["step"] == "a" and t["attempt"] == 1
+        return err(t, retryable=False) if first_a else echo_input(t)
+
+    for k in _kit(script):
+        eid = k.start(wf(step("a"), step("b", "a")))["id"]
+        assert k.finish(eid)["status"] == "failed"
+        with pytest.raises(IllegalTransition, match="dependency 'a'"):
+            k.engine.retry_step(eid, "b").result(WAIT)
+        revived = k.engine.retry_step(eid, "a").result(WAIT)
+        assert revived["status"] == "running" and revived["error"] is None
+        final = k.finish(eid)
+        assert final["status"] == "completed"
+        assert final["results"]["a"]["attempts"] == 2 and final["results"]["b"]["attempts"] == 1
+        with pytest.raises(UnknownStep):
+            k.engine.retry_step(eid, "zzz").result(WAIT)
+        with pytest.raises(IllegalTransition, match="completed"):
+            k.engine.retry_step(eid, "a").result(WAIT)
+
+
+def test_a_redispatched_task_is_recorded_and_a_stale_result_is_fenced(kit: Kit) -> None:
+    for k in _kit(lambda t: None):
+        eid = k.start(wf(step("a")))["id"]
+        held = k.next_held()
+        held.reply_to.tell(TaskRedispatched(held.task["task_id"], "worker w-1 died"))
+        held.reply_to.tell(TaskFinished("nonsense/a/7", True, "stale", None, 1.0))
+        held.reply_to.tell(ok(held.task, "fresh"))
+        final = k.finish(eid)
+        assert final["results"]["a"]["data"] == "fresh"
+        assert "step.redispatched" in k.events(eid)
+
+
+def test_unknown_executions_and_invalid_workflows_are_refused(kit: Kit) -> None:
+    for call in (
+        kit.engine.get_workflow,
+        kit.engine.get_workflow_status,
+        kit.engine.pause_workflow,
+        kit.engine.get_events,
+        kit.engine.wait,
+    ):
+        with pytest.raises(UnknownExecution):
+            call("missing").result(WAIT)
+    with pytest.raises(WorkflowValidationError) as info:
+        kit.engine.start_workflow(wf(step("a", "ghost", impl="teleport")), {}).result(WAIT)
+    text = str(info.value)
+    assert "ghost" in text and "teleport" in text
+
+
+def test_list_status_and_health(kit: Kit) -> None:
+    a = kit.finish(kit.start(DIAMOND)["id"])
+    b = kit.finish(kit.start(wf(step("z")) | {"name": "other"})["id"])
+    listed = kit.engine.list_workflows().result(WAIT)
+    assert [r["id"] for r in listed] == [a["id"], b["id"]]
+    only = kit.engine.list_workflows(workflow_id="other").result(WAIT)
+    assert [r["id"] for r in only] == [b["id"]]
+    assert kit.engine.list_workflows(status=["failed"]).result(WAIT) == []
+    assert len(kit.engine.list_workflows(limit=1, offset=1).result(WAIT)) == 1
+    status = kit.engine.get_workflow_status(a["id"]).result(WAIT)
+    assert status["progress"]["succeeded"] == 4 and status["steps"]["d"] == "succeeded"
+    assert kit.engine.health().result(WAIT)["status"] == "ok"
+
+
+def test_recovery_redispatches_in_flight_steps_with_the_same_attempt() -> None:
+    store = MemoryStore()
+    for k in _kit(lambda t: None, store):
+        eid = k.start(wf(step("a"), step("b", "a")))["id"]
+        first = k.next_held()
+    # the first node is gone; a second one on the same store re-activates the execution
+    for k in _kit(echo_input, store):
+        assert k.engine.recover() == 1
+        final = k.finish(eid)
+        assert final["status"] == "completed"
+        assert final["results"]["a"]["attempts"] == 1  # same attempt, same idempotency key
+        assert first.task["idempotency_key"] == f"{eid}/a/1"
+        assert "step.redispatched" in k.events(eid) or k.events(eid).count("step.dispatched") == 2
