@@ -418,3 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         return _report(exc)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

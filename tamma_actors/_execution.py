@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 Effect = Callable[[], None]
 
+MAX_REDISPATCH = 2  # worker losses one attempt survives before it counts as a failure
+
 
 @dataclass(frozen=True)
 class ExecutionDeps:
@@ -178,6 +180,7 @@ class ExecutionSupervisor(PoolActor):
         self._batch = _Batch()
         self._tail: _Batch | None = None  # the last batch handed to the writer
         self._inflight: dict[str, str] = {}  # task id -> step
+        self._lost: dict[str, int] = {}  # task id -> times its worker was lost
         self._retry_timers: dict[str, TimerHandle] = {}
         self._waiters: list[Future[dict[str, Any]]] = []
         self._snapshot_seq = state.seq
@@ -424,10 +427,26 @@ class ExecutionSupervisor(PoolActor):
         pass  # liveness only for now; heartbeat timeouts use it (see DESIGN: timeouts)
 
     def _on_task_redispatched(self, msg: TaskRedispatched) -> None:
+        """A lost worker does not use up an attempt — unless the same attempt keeps losing
+        its worker: a step that crashes every process it runs in then fails (retryably)."""
         name = self._inflight.get(msg.task_id)
-        if name is not None and self.state.steps[name].status in ("dispatched", "running"):
-            attempt = self.state.steps[name].attempts
+        if name is None or self.state.steps[name].status not in ("dispatched", "running"):
+            return
+        attempt = self.state.steps[name].attempts
+        lost = self._lost.get(msg.task_id, 0) + 1
+        self._lost[msg.task_id] = lost
+        if lost <= MAX_REDISPATCH:
             self._emit("step.redispatched", step=name, attempt=attempt, reason=msg.reason)
+            return
+        del self._inflight[msg.task_id]
+        self._after_commit(partial(self.deps.pool.tell, Cancel(msg.task_id)))
+        error = {
+            "type": "WorkerLost",
+            "retryable": True,
+            "message": f"its worker was lost {lost} times ({msg.reason})",
+        }
+        self._on_step_error(name, attempt, error)
+        self._advance()
 
     def _on_task_finished(self, msg: TaskFinished) -> None:
         name = self._inflight.pop(msg.task_id, None)
