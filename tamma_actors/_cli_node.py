@@ -144,8 +144,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tamma_actors._client import Client
     from tamma_actors._node import Node
 
+    if args.log_level is None:
+        args.log_level = "WARNING"  # the demo prints its result, not the node's chatter
     cfg = _config_from(args)
-    _setup_logging(cfg.log_level if args.log_level else "WARNING")
+    _setup_logging(cfg.log_level)
     inputs = _parse_inputs(args.input)
     with Node(cfg) as node, Client(cfg.control_address, timeout=30.0) as client:
         print(

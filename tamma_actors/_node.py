@@ -227,7 +227,7 @@ class Node:
         self._running.append(spec)
 
     def _worker_args(self) -> list[str]:
-        args: list[str] = []
+        args = ["--log-level", self.config.log_level]
         if self.config.allow_shell:
             args.append("--allow-shell")
         for name, target in self.config.plugins.items():
