@@ -15,7 +15,6 @@ from typing import Any
 
 import pykka
 import pytest
-from tamma_actors._writer import StoreWriter
 
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
@@ -35,6 +34,7 @@ from tamma_actors._workerpool import (
     TaskRedispatched,
     TaskStarted,
 )
+from tamma_actors._writer import StoreWriter
 
 WAIT = 10.0
 Script = Callable[[dict[str, Any]], "TaskFinished | None"]
