@@ -20,6 +20,7 @@ where they are raised (``raise ... from exc``); nothing above a seam catches the
     │   └── RestartIntensityExceeded
     ├── WorkflowError              a workflow or execution request is wrong
     │   ├── WorkflowValidationError   a workflow file is invalid (every problem listed)
+    │   ├── ExpressionError        an expression does not parse, or fails on its values
     │   ├── IllegalTransition      a status change that the transition table forbids
     │   ├── UnknownExecution       no execution with that id
     │   ├── UnknownStep            no step with that name in the execution
@@ -39,6 +40,7 @@ __all__ = [
     "ActorStopped",
     "CodecError",
     "ConfigError",
+    "ExpressionError",
     "Forbidden",
     "FrameTooLarge",
     "IllegalTransition",
@@ -140,6 +142,13 @@ class WorkflowValidationError(WorkflowError):
         where = f"{source}: " if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{where}invalid workflow ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class ExpressionError(WorkflowError):
+    """A workflow expression (a decision's ``when``, parallel ``items``, subflow inputs)
+    does not parse, or its evaluation meets a value it cannot work with."""
+
+    code = "invalid_expression"
 
 
 class IllegalTransition(WorkflowError):
