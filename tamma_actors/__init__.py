@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tamma_actors._client import Client
     from tamma_actors._config import NodeConfig, load_node_config
+    from tamma_actors._embedded import WorkflowEngine
     from tamma_actors._errors import (
         ActorStopped,
         CodecError,
@@ -100,6 +101,7 @@ _LAZY = {
     "UnknownImplementation": "tamma_actors._errors",
     "UnknownStep": "tamma_actors._errors",
     "WorkflowConfig": "tamma_actors._models",
+    "WorkflowEngine": "tamma_actors._embedded",
     "WorkflowError": "tamma_actors._errors",
     "WorkflowEvent": "tamma_actors._models",
     "WorkflowExecution": "tamma_actors._models",
@@ -163,6 +165,7 @@ __all__ = [
     "UnknownImplementation",
     "UnknownStep",
     "WorkflowConfig",
+    "WorkflowEngine",
     "WorkflowError",
     "WorkflowEvent",
     "WorkflowExecution",

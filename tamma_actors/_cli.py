@@ -24,6 +24,7 @@ from rich.table import Table
 
 from tamma_actors._client import Client, ClientSettings
 from tamma_actors._codec import unpack
+from tamma_actors._curve import curve_client
 from tamma_actors._errors import (
     ProtocolError,
     RemoteError,
@@ -32,7 +33,7 @@ from tamma_actors._errors import (
     WorkflowValidationError,
 )
 from tamma_actors._models import WorkflowEvent, WorkflowExecution, WorkflowStatusInfo
-from tamma_actors._status import ExecutionStatus
+from tamma_actors._status import ExecutionStatus, StepStatus
 
 __all__ = ["ExitCode", "build_parser", "main"]
 
@@ -62,6 +63,13 @@ def _scalar(text: str) -> Any:
     return value if value is None or isinstance(value, bool | int | float | str) else text
 
 
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -86,6 +94,10 @@ def _common(*, with_timeout: bool = True) -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, help="node data directory (./var)")
     common.add_argument("--endpoint", help="control endpoint (ipc://DATA_DIR/control.sock)")
     common.add_argument("--token", help="access token (TAMMA_TOKEN)")
+    common.add_argument(
+        "--curve-server-key",
+        help="the node's CURVE public key, for tcp:// (TAMMA_CURVE_SERVER_KEY)",
+    )
     if with_timeout:
         common.add_argument("--timeout", type=float, help="request timeout in seconds (30)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
@@ -128,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     retry = add("retry", "run a failed step again")
     retry.add_argument("id")
     retry.add_argument("step")
+    execute = add("exec", "run one step of an execution once, outside its schedule")
+    execute.add_argument("id")
+    execute.add_argument("step")
+    execute.add_argument(
+        "--context-json", type=_json_value, default=None, help="the step's input, as JSON"
+    )
+    execute.add_argument("--step-timeout", type=float, default=300.0)
     wait = add("wait", "wait until an execution ends", no_timeout)
     wait.add_argument("id")
     wait.add_argument("--timeout", type=float, default=None, dest="wait_timeout")
@@ -281,7 +300,67 @@ def _cmd_health(client: Client, args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK
 
 
+def _cmd_exec(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    result = client.execute_step(args.id, args.step, args.context_json, timeout=args.step_timeout)
+    if out.as_json:
+        out.json(result.model_dump(mode="json"))
+    else:
+        error = result.error.message if result.error else None
+        row = [args.step, result.status.value, error, result.data]
+        out.table(f"execution {args.id}", ["step", "status", "error", "data"], [row])
+    return ExitCode.OK if result.status is StepStatus.SUCCEEDED else ExitCode.FAILURE
+
+
+def _add_admin(admin: argparse.ArgumentParser) -> None:
+    common = _common()
+    ops = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
+    ops.add_parser("verify", help="check the whole store; exit 1 on any fault", parents=[common])
+    backup = ops.add_parser(
+        "backup", help="consistent compacted copy into a new directory", parents=[common]
+    )
+    backup.add_argument("dest", type=Path, help="new or empty directory (node's machine)")
+    cleanup = ops.add_parser(
+        "cleanup", help="delete terminal executions older than N days", parents=[common]
+    )
+    cleanup.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+
+
+_ADMIN_TIMEOUT = 600.0  # a whole-store check or copy may take minutes on a big store
+
+
+def _show_verify(out: _Output, report: dict[str, Any]) -> int:
+    if out.as_json:
+        out.json(report)
+    elif report["ok"]:
+        print(f"store OK: {report['executions']} executions, {report['events']} events")
+    else:
+        print(f"store has {len(report['problems'])} problem(s):")
+        for problem in report["problems"]:
+            print(f"  - {problem}")
+    return ExitCode.OK if report["ok"] else ExitCode.FAILURE
+
+
+def _cmd_admin(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    timeout = getattr(args, "timeout", None) or _ADMIN_TIMEOUT
+    if args.admin_command == "verify":
+        return _show_verify(out, client.admin_verify(timeout=timeout))
+    if args.admin_command == "backup":
+        result = client.admin_backup(args.dest, timeout=timeout)
+        if out.as_json:
+            out.json(result)
+        else:
+            print(f"backup written to {result['path']} ({result['bytes']} bytes)")
+        return ExitCode.OK if result["verify"]["ok"] else ExitCode.FAILURE
+    result = client.admin_cleanup(args.older_than, timeout=timeout)
+    if out.as_json:
+        out.json(result)
+    else:
+        print(f"deleted {len(result['deleted'])} execution(s)")
+    return ExitCode.OK
+
+
 _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, _Output], int]] = {
+    "admin": _cmd_admin,
     "start": _cmd_start,
     "list": _cmd_list,
     "status": _cmd_status,
@@ -292,6 +371,7 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, _Output], int]
     "resume": _execution_command(lambda c, a: c.resume_workflow(a.id)),
     "abort": _execution_command(lambda c, a: c.abort_workflow(a.id, a.reason)),
     "retry": _execution_command(lambda c, a: c.retry_step(a.id, a.step)),
+    "exec": _cmd_exec,
     "wait": _cmd_wait,
 }
 
@@ -326,7 +406,10 @@ def _cmd_watch(args: argparse.Namespace, out: _Output) -> int:
             # glob and let fnmatch decide the rest.
             head = pattern.split("*")[0].split("?")[0].split("[")[0]
             sub.setsockopt(zmq.SUBSCRIBE, head.encode())
-        sub.connect(_events_endpoint(args))
+        endpoint = _events_endpoint(args)
+        server_key = getattr(args, "curve_server_key", None) or ClientSettings().curve_server_key
+        curve_client(sub, endpoint, server_key)
+        sub.connect(endpoint)
         seen = 0
         while args.count is None or seen < args.count:
             frames = sub.recv_multipart()
@@ -372,6 +455,7 @@ def _client(args: argparse.Namespace) -> Client:
         data_dir=getattr(args, "data_dir", None),
         token=getattr(args, "token", None),
         timeout=getattr(args, "timeout", None) or 30.0,
+        curve_server_key=getattr(args, "curve_server_key", None),
     )
 
 

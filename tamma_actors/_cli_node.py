@@ -76,7 +76,49 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=MODULE:ATTR",
         help="an extra step implementation this worker may run",
     )
+    worker.add_argument(
+        "--curve-server-key", help="the node's CURVE public key (a tcp:// endpoint with CURVE)"
+    )
+    sub.add_parser("keygen", help="print a new CURVE key pair for a node's tcp:// endpoints")
     return parser
+
+
+def _offline_parsers(sub: Any) -> None:
+    verify = sub.add_parser("verify", help="check the store of a stopped node; exit 1 on faults")
+    verify.add_argument("--data-dir", type=Path, default=Path("var"))
+    verify.add_argument("--json", action="store_true")
+    cleanup = sub.add_parser("cleanup", help="delete old terminal executions (node stopped)")
+    cleanup.add_argument("--data-dir", type=Path, default=Path("var"))
+    cleanup.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    restore = sub.add_parser("restore", help="check a backup and copy it into a new data dir")
+    restore.add_argument("backup", type=Path, help="a directory made by `tamma admin backup`")
+    restore.add_argument("--data-dir", type=Path, required=True, help="new or empty directory")
+
+
+def _cmd_offline(args: argparse.Namespace) -> int:
+    import time
+
+    from tamma_actors._admin import cleanup_store, offline_store, restore_backup, verify_store
+
+    if args.command == "restore":
+        report = restore_backup(args.backup, args.data_dir)
+        print(f"restored {report.executions} executions into {args.data_dir}")
+        return EXIT_OK
+    with offline_store(args.data_dir) as store:
+        if args.command == "cleanup":
+            deleted = cleanup_store(store, args.older_than, time.time())["deleted"]
+            print(f"deleted {len(deleted)} execution(s)")
+            return EXIT_OK
+        report = verify_store(store)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif report.ok:
+        print(f"store OK: {report.executions} executions, {report.events} events")
+    else:
+        print(f"store has {len(report.problems)} problem(s):")
+        for problem in report.problems:
+            print(f"  - {problem}")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _config_from(args: argparse.Namespace) -> NodeConfig:
@@ -191,8 +233,21 @@ def _print_execution(record: dict[str, Any], event_count: int) -> None:
     )
 
 
+def _cmd_keygen() -> int:
+    from tamma_actors._curve import keypair
+
+    public, secret = keypair()
+    print("# node configuration (keep the secret key secret):")
+    print(f'curve_public_key = "{public}"')
+    print(f'curve_secret_key = "{secret}"')
+    print("# clients and remote workers need only the public key:")
+    print(f"#   tamma --curve-server-key '{public}' ...  (or TAMMA_CURVE_SERVER_KEY)")
+    print(f"#   tamma-node worker --connect tcp://HOST:PORT --curve-server-key '{public}'")
+    return EXIT_OK
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from tamma_actors._worker import run_worker
+    from tamma_actors._worker import CurveKeys, run_worker
 
     _setup_logging("INFO")
     allowlist = dict(p.split("=", 1) for p in args.allow)
@@ -204,6 +259,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         allow_shell=args.allow_shell,
         allowlist=allowlist,
         managed=False,
+        curve=CurveKeys(args.curve_server_key) if args.curve_server_key else None,
     )
 
 
@@ -214,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "demo":
             return _cmd_demo(args)
+        if args.command in ("verify", "cleanup", "restore"):
+            return _cmd_offline(args)
+        if args.command == "keygen":
+            return _cmd_keygen()
         return _cmd_worker(args)
     except (TammaError, ValueError) as exc:
         print(f"tamma-node: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._codec import pack, unpack
+from tamma_actors._curve import curve_client
 from tamma_actors._errors import (
     FrameTooLarge,
     ProtocolError,
@@ -30,6 +31,7 @@ from tamma_actors._errors import (
     error_from_code,
 )
 from tamma_actors._models import (
+    StepResult,
     WorkflowConfig,
     WorkflowEvent,
     WorkflowExecution,
@@ -52,13 +54,14 @@ WAIT_CHUNK_SECONDS = min(60.0, MAX_WAIT_SECONDS)
 
 class ClientSettings(BaseSettings):
     """Client defaults from the environment: ``TAMMA_ENDPOINT``, ``TAMMA_DATA_DIR``,
-    ``TAMMA_TOKEN``."""
+    ``TAMMA_TOKEN``, ``TAMMA_CURVE_SERVER_KEY``."""
 
     model_config = SettingsConfigDict(env_prefix="TAMMA_", extra="ignore")
 
     endpoint: str | None = None
     data_dir: Path | None = None
     token: str | None = None
+    curve_server_key: str | None = None
 
 
 def resolve_endpoint(
@@ -97,10 +100,13 @@ class Client:
         token: str | None = None,
         timeout: float = 30.0,
         max_frame_bytes: int = 8 << 20,
+        curve_server_key: str | None = None,
     ) -> None:
         settings = ClientSettings()
         self.endpoint = resolve_endpoint(endpoint, data_dir, settings)
         self.token = token if token is not None else settings.token
+        # The node's CURVE public key, for a tcp:// endpoint served with CURVE.
+        self.curve_server_key = curve_server_key or settings.curve_server_key
         self.timeout = timeout
         self.max_frame_bytes = max_frame_bytes
         self._ids = itertools.count(1)
@@ -134,10 +140,14 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         try:
+            curve_client(sock, self.endpoint, self.curve_server_key)
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from exc
+        except TammaError:
+            sock.close(linger=0)
+            raise
         return sock
 
     def _reset(self) -> None:
@@ -252,6 +262,16 @@ class Client:
 
     def retry_step(self, execution_id: str, step: str) -> WorkflowExecution:
         return self._execution(self.request("retry", {"id": execution_id, "step": step}))
+
+    def execute_step(
+        self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
+    ) -> StepResult:
+        """Run ``step`` of an execution once on a worker with ``context`` as its input,
+        outside the execution's schedule (the execution is not changed); returns when the
+        step ends. A step still running after ``timeout`` seconds is cancelled."""
+        args = {"id": execution_id, "step": step, "context": context, "timeout": timeout}
+        result = self.request("execute", args, timeout=timeout + self.timeout)
+        return _validated(StepResult, result)
 
     def get_events(
         self, execution_id: str, from_seq: int = 0, limit: int | None = None

@@ -67,6 +67,7 @@ class NodeConfig(BaseSettings):
     curve_secret_key: str | None = None
     workers: int = Field(default_factory=_cpu_count, ge=0)
     worker_slots: int = Field(8, ge=1)
+    worker_max_memory_mb: int | None = Field(None, ge=16)
     heartbeat_interval: Seconds = Field(1.0, gt=0)
     heartbeat_timeout: Seconds = Field(5.0, gt=0)
     max_frame_bytes: int = Field(8 * MiB, ge=1024)

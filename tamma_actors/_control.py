@@ -29,11 +29,16 @@ import pykka
 import zmq
 
 from tamma_actors._codec import pack
+from tamma_actors._curve import curve_server
 from tamma_actors._engine_api import AsyncEngine
 from tamma_actors._errors import CodecError, TammaError, TransportError
 from tamma_actors._protocol import (
     AbortArgs,
+    AdminBackupArgs,
+    AdminCleanupArgs,
+    AdminVerifyArgs,
     EventsArgs,
+    ExecuteArgs,
     ExecutionArgs,
     HealthArgs,
     InvalidRequest,
@@ -115,8 +120,10 @@ class ControlServer(SocketActor):
         endpoint: str,
         tokens: Mapping[str, str] | None = None,
         max_frame_bytes: int = 8 << 20,
+        curve_secret_key: str | None = None,
     ) -> None:
         super().__init__(zmq_context)
+        self._curve_secret = curve_secret_key
         self._engine = engine
         self._endpoint = endpoint
         self._tokens = dict(tokens or {})
@@ -139,6 +146,7 @@ class ControlServer(SocketActor):
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             # Report a reply that cannot be delivered instead of dropping it silently.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            curve_server(sock, self._endpoint, self._curve_secret)
             sock.bind(self._endpoint)
             self._bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -249,8 +257,16 @@ class ControlServer(SocketActor):
             )
         if isinstance(args, HealthArgs):
             return engine.health()
+        if isinstance(args, AdminVerifyArgs):
+            return engine.admin_verify()
+        if isinstance(args, AdminBackupArgs):
+            return engine.admin_backup(args.dest)
+        if isinstance(args, AdminCleanupArgs):
+            return engine.admin_cleanup(args.older_than_days)
         if isinstance(args, AbortArgs):
             return engine.abort_workflow(args.id, args.reason)
+        if isinstance(args, ExecuteArgs):
+            return engine.execute_step(args.id, args.step, args.context, timeout=args.timeout)
         if isinstance(args, RetryArgs):
             return engine.retry_step(args.id, args.step)
         if isinstance(args, EventsArgs):

@@ -40,8 +40,10 @@ from tamma_actors._execution import (
 )
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
+from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._store import Store
+from tamma_actors._subflows import EngineChildren
 from tamma_actors._workflow_file import parse_workflow
 
 __all__ = ["Engine"]
@@ -214,8 +216,45 @@ class Engine:
         if state.status != "failed":
             return _done_or_refuse(state, RetryStep(step, reply))
         # A failed execution is revived: a supervisor re-activates it and retries the step.
+        self._check_intake()
         cfg = self._definition_of(state)
         self._spawn(cfg, state, RetryStep(step, reply))
+        return reply
+
+    @_guard
+    def execute_step(
+        self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
+    ) -> Future[dict[str, Any]]:
+        """Run ``step`` once on a worker with ``context`` as its input, outside the
+        execution's schedule; the execution itself is not changed (see _probe.py)."""
+        state = self._load(execution_id)
+        cfg = self._definition_of(state)
+        spec = cfg.step(step)
+        impl = spec.implementation
+        if impl is None or impl not in self._implementations():
+            raise IllegalTransition(
+                f"step {step!r} is a {spec.type} step without a worker implementation; "
+                "only steps that run on a worker can be executed on their own"
+            )
+        tid = probe_task_id(execution_id, step)
+        deps = cfg.deps(step)
+        task = {
+            "task_id": tid,
+            "execution_id": execution_id,
+            "step": step,
+            "attempt": 1,
+            "implementation": impl,
+            "config": spec.config,
+            "input": context,
+            "inputs": state.context,
+            "upstream": {d: state.steps[d].data for d in deps},
+            "idempotency_key": tid,
+            "item_index": None,
+        }
+        reply: Future[dict[str, Any]] = Future()
+        StepProbe.start(
+            self._dispatcher, self._deps.pool, self._deps.timers, task, reply, timeout
+        )
         return reply
 
     @_guard

@@ -65,6 +65,14 @@ class AsyncEngine(Protocol):
 
     def retry_step(self, execution_id: str, step: str) -> Future[ExecutionRecord]: ...
 
+    def execute_step(
+        self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
+    ) -> Future[dict[str, Any]]:
+        """Run one step once on a worker with ``context`` as its input, outside the
+        execution's schedule; resolves with a step result (``status``, ``data``,
+        ``error``, ``attempts``, ``started_at``, ``ended_at``, ``duration_ms``, ``worker``)."""
+        ...
+
     def get_events(
         self, execution_id: str, from_seq: int = 0, limit: int | None = None
     ) -> Future[list[dict[str, Any]]]: ...

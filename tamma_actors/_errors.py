@@ -207,6 +207,9 @@ _BY_CODE: dict[str, type[TammaError]] = {
     "unknown_implementation": UnknownImplementation,
     "forbidden": Forbidden,
     "too_large": FrameTooLarge,
+    "timeout": RequestTimeout,
+    "store_full": StoreFull,
+    "store_corrupted": StoreCorrupted,
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import zmq
 
 from tamma_actors import _codec
+from tamma_actors._curve import curve_server
 from tamma_actors._errors import CodecError, TransportError
 from tamma_actors._socket_actor import SocketActor
 
@@ -73,8 +74,10 @@ class EventBus(SocketActor):
         endpoint: str | None,
         *,
         max_frame_bytes: int = 8 << 20,
+        curve_secret_key: str | None = None,
     ) -> None:
         super().__init__(zmq_context)
+        self._curve_secret = curve_secret_key
         self.endpoint = endpoint
         self.max_frame_bytes = max_frame_bytes
         self._pub: zmq.Socket[Any] | None = None
@@ -89,6 +92,7 @@ class EventBus(SocketActor):
         pub: zmq.Socket[Any] = self.zmq_context.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         try:
+            curve_server(pub, self.endpoint, self._curve_secret)
             pub.bind(self.endpoint)
         except zmq.ZMQError as exc:
             pub.close(linger=0)

@@ -202,7 +202,10 @@ class Node:
             self._writer.writer = writer
         elif spec.kind == "event_bus":
             self._bus.ref = EventBus.start(
-                self._zmq, cfg.events_address, max_frame_bytes=cfg.max_frame_bytes
+                self._zmq,
+                cfg.events_address,
+                max_frame_bytes=cfg.max_frame_bytes,
+                curve_secret_key=cfg.curve_secret_key,
             )
         elif spec.kind == "worker_pool":
             self._pool.ref = WorkerPool.start(
@@ -215,6 +218,10 @@ class Node:
                 cancel_grace=cfg.cancel_grace,
                 max_frame_bytes=cfg.max_frame_bytes,
                 worker_args=self._worker_args(),
+                max_worker_rss=None
+                if cfg.worker_max_memory_mb is None
+                else cfg.worker_max_memory_mb << 20,
+                curve_secret_key=cfg.curve_secret_key,
             )
         else:
             self._control.ref = ControlServer.start(
@@ -223,6 +230,7 @@ class Node:
                 endpoint=cfg.control_address,
                 tokens=cfg.tokens,
                 max_frame_bytes=cfg.max_frame_bytes,
+                curve_secret_key=cfg.curve_secret_key,
             )
         self._running.append(spec)
 
@@ -232,6 +240,8 @@ class Node:
             args.append("--allow-shell")
         for name, target in self.config.plugins.items():
             args += ["--allow", f"{name}={target}"]
+        if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):
+            args += ["--curve-server-key", self.config.curve_public_key]
         return args
 
     def _stop_child(self, spec: ChildSpec) -> None:

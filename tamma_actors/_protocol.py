@@ -34,7 +34,11 @@ __all__ = [
     "OPS",
     "PROTOCOL_VERSION",
     "AbortArgs",
+    "AdminBackupArgs",
+    "AdminCleanupArgs",
+    "AdminVerifyArgs",
     "EventsArgs",
+    "ExecuteArgs",
     "ExecutionArgs",
     "HealthArgs",
     "InvalidRequest",
@@ -116,6 +120,13 @@ class RetryArgs(ExecutionArgs):
     step: str = Field(min_length=1)
 
 
+class ExecuteArgs(RetryArgs):
+    """execute: run one step outside the execution's schedule with ``context`` as input."""
+
+    context: Any = None
+    timeout: float = Field(default=300.0, gt=0, le=MAX_WAIT_SECONDS)
+
+
 class EventsArgs(ExecutionArgs):
     from_seq: int = Field(default=0, ge=0)
     limit: int | None = Field(default=None, ge=1)
@@ -136,12 +147,16 @@ OPS: dict[str, tuple[type[_Args], Role]] = {
     "resume": (ExecutionArgs, Role.operator),
     "abort": (AbortArgs, Role.operator),
     "retry": (RetryArgs, Role.operator),
+    "execute": (ExecuteArgs, Role.operator),
     "get": (ExecutionArgs, Role.viewer),
     "status": (ExecutionArgs, Role.viewer),
     "list": (ListArgs, Role.viewer),
     "events": (EventsArgs, Role.viewer),
     "wait": (WaitArgs, Role.viewer),
     "health": (HealthArgs, Role.viewer),
+    "admin.verify": (AdminVerifyArgs, Role.admin),
+    "admin.backup": (AdminBackupArgs, Role.admin),
+    "admin.cleanup": (AdminCleanupArgs, Role.admin),
 }
 
 

@@ -36,10 +36,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import pykka
 import zmq
 
 from tamma_actors import _wire as wire
+from tamma_actors._curve import curve_server
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._socket_actor import SocketActor
 from tamma_actors._timers import TimerHandle
@@ -57,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LINGER_MS = 1000
+MIB = 1 << 20
 _STOP_EXTRA = 2.0  # beyond cancel_grace, for a stopping worker to say bye and exit
 _RESTART_BASE = 0.1
 _RESTART_MAX = 5.0
@@ -161,6 +164,8 @@ class WorkerPool(SocketActor):
         max_frame_bytes: int = 8 << 20,
         worker_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        max_worker_rss: int | None = None,
+        curve_secret_key: str | None = None,
     ) -> None:
         super().__init__(zmq_context)
         self._endpoint = endpoint
@@ -172,6 +177,8 @@ class WorkerPool(SocketActor):
         self._max_frame = max_frame_bytes
         self._worker_args = list(worker_args)
         self._env = {**os.environ, **(env or {})}
+        self._max_rss = max_worker_rss  # bytes; a worker above it is replaced
+        self._curve_secret = curve_secret_key
         self._sock: zmq.Socket[bytes] | None = None
         self._workers: dict[str, _Worker] = {}
         self._children: dict[str, _Child] = {}
@@ -202,6 +209,7 @@ class WorkerPool(SocketActor):
             sock.setsockopt(zmq.LINGER, _LINGER_MS)
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            curve_server(sock, self._endpoint, self._curve_secret)
             sock.bind(self._endpoint)
             self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as exc:
@@ -464,7 +472,27 @@ class WorkerPool(SocketActor):
                 silent = now - worker.last_seen
                 reason = f"worker {worker.worker_id} silent for {silent:.1f}s"
                 self._worker_lost(worker, reason, kill=True)
+            elif self._max_rss is not None:
+                self._check_memory(worker, self._max_rss)
         self.call_later(self._hb_interval, self._check_heartbeats)
+
+    def _check_memory(self, worker: _Worker, limit: int) -> None:
+        """Replace a worker whose memory is above ``limit``; its steps run again elsewhere.
+
+        A local worker is measured here (psutil), so a worker too busy or too broken to
+        report still gets caught; a remote one by the RSS its heartbeats report."""
+        child = self._children.get(worker.worker_id)
+        if child is not None:
+            try:
+                worker.rss = psutil.Process(child.proc.pid).memory_info().rss
+            except psutil.Error:
+                return  # it is exiting: the pidfd reports that
+        if worker.rss > limit:
+            reason = (
+                f"worker {worker.worker_id} uses {worker.rss / MIB:.0f} MiB, "
+                f"above the {limit / MIB:.0f} MiB limit"
+            )
+            self._worker_lost(worker, reason, kill=True)
 
     # -- local worker processes ------------------------------------------------------------
 

@@ -242,6 +242,27 @@ class FakeEngine:
 
         return self._call("retry_step", (execution_id, step), retry)
 
+    def execute_step(
+        self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
+    ) -> Future[dict[str, Any]]:
+        """Runs every step as ``noop``: its output is the context it was given."""
+
+        def execute() -> dict[str, Any]:
+            self._step(self._get(execution_id), step)
+            now = self._clock()
+            return {
+                "step": step,
+                "status": _S.SUCCEEDED.value,
+                "data": context,
+                "error": None,
+                "attempts": 1,
+                "started_at": now,
+                "ended_at": now,
+                "duration_ms": 0.0,
+            }
+
+        return self._call("execute_step", (execution_id, step, context, timeout), execute)
+
     def get_events(
         self, execution_id: str, from_seq: int = 0, limit: int | None = None
     ) -> Future[list[dict[str, Any]]]:

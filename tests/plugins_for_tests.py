@@ -72,3 +72,24 @@ def once_blocking(ctx: StepContext) -> Any:
 
 ALLOWLIST["once_blocking"] = "plugins_for_tests:once_blocking"
 ALLOW_ARGS = [arg for name, target in ALLOWLIST.items() for arg in ("--allow", f"{name}={target}")]
+
+
+def hog(ctx: StepContext) -> Any:
+    """First run (no marker file yet): holds ``config["mb"]`` MiB until cancelled or killed.
+    Any later run returns at once."""
+    path = ctx.config["path"]
+    try:
+        with open(path, "x"):
+            pass
+    except FileExistsError:
+        return {"second_run": True}
+    held = bytearray(int(ctx.config["mb"]) << 20)
+    for i in range(0, len(held), 4096):  # touch every page: resident, not just reserved
+        held[i] = 1
+    ctx.heartbeat("holding")
+    ctx.cancelled.wait()
+    return {"second_run": False, "held": len(held)}
+
+
+ALLOWLIST["hog"] = "plugins_for_tests:hog"
+ALLOW_ARGS = [arg for name, target in ALLOWLIST.items() for arg in ("--allow", f"{name}={target}")]

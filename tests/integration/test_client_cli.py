@@ -169,6 +169,21 @@ def test_every_operation_round_trips(client: Client, engine: FakeEngine) -> None
     assert client.request("health", {})["executions"] == 1
 
 
+def test_execute_step_round_trips(client: Client, engine: FakeEngine) -> None:
+    eid = client.start_workflow(ONE_STEP).id
+    result = client.execute_step(eid, "only", {"probe": [1, 2]}, timeout=7.5)
+    assert (result.status, result.data, result.attempts) == (
+        StepStatus.SUCCEEDED,
+        {"probe": [1, 2]},
+        1,
+    )
+    assert engine.calls[-1] == ("execute_step", (eid, "only", {"probe": [1, 2]}, 7.5))
+    with pytest.raises(UnknownStep, match="no step 'nope'"):
+        client.execute_step(eid, "nope")
+    with pytest.raises(RemoteError, match="timeout: Input should be greater than 0"):
+        client.request("execute", {"id": eid, "step": "only", "timeout": 0})
+
+
 def test_list_filters(client: Client) -> None:
     first = client.start_workflow(ONE_STEP).id
     second = client.start_workflow({"name": "two", "steps": [{"name": "a"}]}).id
@@ -521,6 +536,18 @@ def test_cli_lifecycle_commands(cli: Cli, engine: FakeEngine) -> None:
     engine.complete_step(done, "only")
     code, out, _ = cli("--json", "wait", done)
     assert code == ExitCode.OK and json.loads(out)["status"] == "completed"
+
+
+def test_cli_exec(cli: Cli, engine: FakeEngine) -> None:
+    eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    result = cli.json("exec", eid, "only", "--context-json", '{"x": 1}')
+    assert (result["status"], result["data"]) == ("succeeded", {"x": 1})
+    code, out, _ = cli("exec", eid, "only")
+    assert code == ExitCode.OK and "succeeded" in out
+    code, _, err = cli("exec", eid, "only", "--context-json", "{nope")
+    assert code == ExitCode.USAGE and "not valid JSON" in err
+    code, _, err = cli("exec", eid, "missing")
+    assert code == ExitCode.FAILURE and "no step 'missing'" in err
 
 
 def test_cli_health_and_schema(cli: Cli) -> None:

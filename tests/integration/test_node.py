@@ -24,7 +24,7 @@ import zmq
 from tamma_actors import Client, WorkflowValidationError
 from tamma_actors._codec import pack, unpack
 from tamma_actors._config import load_node_config
-from tamma_actors._errors import IllegalTransition
+from tamma_actors._errors import IllegalTransition, RequestTimeout, UnknownStep
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
@@ -334,3 +334,34 @@ def test_the_cli_starts_waits_and_prints_json(short_dir: Path) -> None:
         assert [r["id"] for r in json.loads(listed.stdout)] == [record["id"]]
     finally:
         assert _stop(proc) == 0
+
+
+def test_execute_step_runs_one_step_outside_the_schedule(client: Client) -> None:
+    spec = wf("probe", step("a", "noop"), step("b", "noop", "a"), step("f", "fail", "a"))
+    spec["steps"][2]["config"] = {"times": 5, "error": "Boom", "retryable": False}
+    eid = client.start_workflow(spec, {"topic": "x"}).id
+    before = client.wait(eid, timeout=WAIT)
+    assert before.status == "failed"
+
+    result = client.execute_step(eid, "b", {"given": 1})
+    assert (result.status, result.data, result.attempts) == ("succeeded", {"given": 1}, 1)
+    assert result.started_at is not None and result.ended_at is not None
+    failed = client.execute_step(eid, "f", None)
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.type == "Boom"
+
+    after = client.get_workflow(eid)  # the execution itself did not move
+    assert (after.status, after.seq) == (before.status, before.seq)
+    assert after.results["b"].data == before.results["b"].data
+    with pytest.raises(UnknownStep):
+        client.execute_step(eid, "nope")
+
+
+def test_execute_step_that_overruns_is_cancelled(client: Client) -> None:
+    eid = client.start_workflow(wf("probe-hang", step("h", "hang"))).id
+    with pytest.raises(RequestTimeout, match="did not finish within 1.5s"):
+        client.execute_step(eid, "h", timeout=1.5)
+    client.abort_workflow(eid)
+    # both the probe's and the execution's hung steps were cancelled: the workers serve again
+    final = client.wait(client.start_workflow(wf("after-probe", step("n"))).id, timeout=WAIT)
+    assert final.status == "completed"

@@ -519,3 +519,18 @@ def test_stop_cancels_pending_waiters(make: Callable[..., Harness]) -> None:
     assert not waiter.done()
     h.pool.stop(timeout=TIMEOUT)
     assert waiter.cancelled()
+
+
+def test_a_worker_above_its_memory_limit_is_replaced_and_its_task_runs_again(
+    make: Callable[..., Harness], tmp_path: Path
+) -> None:
+    h = make(local_workers=1, max_worker_rss=250 << 20, heartbeat_interval=0.1)
+    h.wait_workers(1)
+    first_pid = h.stats()["local_pids"][0]
+    h.dispatch(task("fat", "hog", config={"path": str(tmp_path / "marker"), "mb": 400}))
+    lost = h.inbox.seen(TaskRedispatched, "fat")
+    assert "above the 250 MiB limit" in lost.reason
+    result = h.inbox.finished("fat")
+    assert result.ok and result.output == {"second_run": True}
+    assert not _alive(first_pid)
+    assert first_pid not in h.stats()["local_pids"]

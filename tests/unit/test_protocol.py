@@ -75,12 +75,16 @@ def test_every_op_round_trips_through_make_request() -> None:
         "resume": {"id": "e"},
         "abort": {"id": "e", "reason": "why"},
         "retry": {"id": "e", "step": "s"},
+        "execute": {"id": "e", "step": "s", "context": {"k": [1]}, "timeout": 9.0},
         "get": {"id": "e"},
         "status": {"id": "e"},
         "list": {"status": ["running", "paused"], "workflow_id": "w", "limit": 5, "offset": 2},
         "events": {"id": "e", "from_seq": 3, "limit": 10},
         "wait": {"id": "e", "timeout": 2.5},
         "health": {},
+        "admin.verify": {},
+        "admin.backup": {"dest": "/srv/backup"},
+        "admin.cleanup": {"older_than_days": 30.0},
     }
     assert set(samples) == set(OPS)
     for op, args in samples.items():

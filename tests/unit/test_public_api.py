@@ -46,6 +46,7 @@ PUBLIC = {
     "UnknownImplementation",
     "UnknownStep",
     "WorkflowConfig",
+    "WorkflowEngine",
     "WorkflowError",
     "WorkflowEvent",
     "WorkflowExecution",

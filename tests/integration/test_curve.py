@@ -1,0 +1,115 @@
+"""TCP endpoints with CURVE: only peers that know the node's public key get through."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tamma_actors import Client, ConfigError, RequestTimeout
+from tamma_actors._codec import unpack
+from tamma_actors._config import load_node_config
+from tamma_actors._curve import curve_client, curve_server, keypair
+from tamma_actors._node import Node
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def secured(short_dir: Path) -> Iterator[tuple[Node, str]]:
+    public, secret = keypair()
+    ports = [free_port() for _ in range(3)]
+    cfg = load_node_config(
+        None,
+        data_dir=short_dir / "var",
+        workers=1,
+        heartbeat_interval=0.2,
+        control_endpoint=f"tcp://127.0.0.1:{ports[0]}",
+        workers_endpoint=f"tcp://127.0.0.1:{ports[1]}",
+        events_endpoint=f"tcp://127.0.0.1:{ports[2]}",
+        curve_public_key=public,
+        curve_secret_key=secret,
+    )
+    with Node(cfg) as node:
+        yield node, public
+
+
+def test_a_client_with_the_key_is_served_and_workers_join_over_curve(
+    secured: tuple[Node, str],
+) -> None:
+    node, public = secured
+    cfg = node.config
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"workflow.completed")
+    curve_client(sub, cfg.events_address, public)
+    sub.connect(cfg.events_address)
+    remote = subprocess.Popen(
+        [sys.executable, "-m", "tamma_actors._cli_node", "worker",
+         "--connect", cfg.workers_address, "--curve-server-key", public,
+         "--worker-id", "remote-1", "--heartbeat", "0.2"],
+    )  # fmt: skip
+    try:
+        with Client(cfg.control_address, timeout=WAIT, curve_server_key=public) as client:
+            for _ in range(200):
+                workers = client.health()["workers"]["workers"]
+                if {w["worker_id"] for w in workers} >= {"remote-1"} and len(workers) == 2:
+                    break
+                threading.Event().wait(0.05)
+            else:
+                raise AssertionError(f"the remote worker never joined: {workers}")
+            run = client.start_workflow(
+                {"name": "c", "steps": [{"name": "a", "implementation": "noop"}]}
+            )
+            assert client.wait(run.id, timeout=WAIT).status == "completed"
+        assert sub.poll(int(WAIT * 1000))
+        assert unpack(sub.recv_multipart()[-1])["type"] == "workflow.completed"
+    finally:
+        remote.terminate()
+        remote.wait(WAIT)
+        sub.close(0)
+
+
+def test_a_client_without_the_key_gets_nothing(secured: tuple[Node, str]) -> None:
+    node, _public = secured
+    with (
+        Client(node.config.control_address, timeout=0.5) as plain,
+        pytest.raises(RequestTimeout),
+    ):
+        plain.health()
+    wrong, _ = keypair()
+    with (
+        Client(node.config.control_address, timeout=0.5, curve_server_key=wrong) as impostor,
+        pytest.raises(RequestTimeout),
+    ):
+        impostor.health()
+
+
+def test_malformed_keys_are_configuration_errors() -> None:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        with pytest.raises(ConfigError, match="curve_secret_key"):
+            curve_server(sock, "tcp://127.0.0.1:1", "not a key")
+        with pytest.raises(ConfigError, match="public key"):
+            curve_client(sock, "tcp://127.0.0.1:1", "not a key")
+        curve_server(sock, "ipc:///tmp/x", "not a key")  # ipc: no CURVE, nothing checked
+    finally:
+        sock.close(0)
+    with pytest.raises(ConfigError, match="public key"):
+        Client("tcp://127.0.0.1:1", curve_server_key="bad")
