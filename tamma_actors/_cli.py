@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob, e.g. step.*")
     watch.add_argument("--count", type=int, default=None, help="stop after N events")
     watch.add_argument("--events-endpoint", default=None)
+    _add_admin(add("admin", "store administration (admin role)"))
     schema = add("schema", "print a JSON Schema")
     schema.add_argument("kind", choices=["workflow", "node"])
     return parser

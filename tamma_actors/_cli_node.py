@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--json", action="store_true", help="print the execution as JSON")
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the end")
+    _offline_parsers(sub)
     worker = sub.add_parser("worker", help="run one worker that joins a node")
     worker.add_argument("--connect", required=True, help="the node's workers endpoint")
     worker.add_argument("--slots", type=int, default=8)
@@ -152,9 +153,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config_from(args)
     _setup_logging(cfg.log_level)
-    stop = threading.Event()
+    stop, hurry = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second signal: no more grace
+            logging.getLogger("tamma_actors").info("signal %d: stopping now", signum)
+            hurry.set()
+            return
         logging.getLogger("tamma_actors").info("signal %d: shutting down", signum)
         stop.set()
 
@@ -167,6 +172,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
         code = node.run(stop)
+        if code == EXIT_OK:
+            node.drain(cfg.shutdown_grace, hurry)
     return code
 
 

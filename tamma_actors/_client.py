@@ -304,6 +304,30 @@ class Client:
             raise ProtocolError(f"malformed health reply: {result!r}")
         return result
 
+    # -- administration (admin role) --------------------------------------------------------
+
+    def _admin(self, op: str, args: Mapping[str, Any], timeout: float | None) -> dict[str, Any]:
+        result = self.request(op, args, timeout=timeout)
+        if not isinstance(result, dict):
+            raise ProtocolError(f"malformed {op} reply: {result!r}")
+        return result
+
+    def admin_verify(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Check the whole store: ``{"ok", "executions", "events", "problems"}``."""
+        return self._admin("admin.verify", {}, timeout)
+
+    def admin_backup(self, dest: str | Path, *, timeout: float | None = None) -> dict[str, Any]:
+        """Copy the node's store into the new directory ``dest`` (made absolute here; it
+        is a path on the node's machine): ``{"path", "bytes", "verify"}``."""
+        return self._admin("admin.backup", {"dest": str(Path(dest).absolute())}, timeout)
+
+    def admin_cleanup(
+        self, older_than_days: float, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Delete terminal executions that ended more than N days ago."""
+        args = {"older_than_days": float(older_than_days)}
+        return self._admin("admin.cleanup", args, timeout)
+
     @staticmethod
     def _execution(record: Any) -> WorkflowExecution:
         return _validated(WorkflowExecution, record)

@@ -79,11 +79,14 @@ class NodeConfig(BaseSettings):
     allow_shell: bool = False
     plugins: dict[str, str] = Field(default_factory=dict)
     map_size: int = Field(64 * MiB, ge=MiB)
+    max_map_size: int | None = Field(None, ge=MiB)
     supervision: Path | None = None
     log_level: str = "INFO"
     tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
     cancel_grace: Seconds = Field(5.0, ge=0)
     retention_days: float | None = Field(None, gt=0)
+    retention_interval: Seconds = Field(3600.0, gt=0)
+    shutdown_grace: Seconds = Field(30.0, ge=0)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -131,6 +134,8 @@ class NodeConfig(BaseSettings):
     def _consistent(self) -> NodeConfig:
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        if self.max_map_size is not None and self.max_map_size < self.map_size:
+            raise ValueError("max_map_size must be at least map_size")
         if (self.curve_public_key is None) != (self.curve_secret_key is None):
             raise ValueError("curve_public_key and curve_secret_key go together")
         for name, address in self._addresses().items():

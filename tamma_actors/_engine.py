@@ -18,10 +18,12 @@ from typing import Any, TypeVar
 
 import pykka
 
+from tamma_actors._admin import StoreAdmin
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._errors import (
     IllegalTransition,
     StoreCorrupted,
+    SupervisionError,
     TammaError,
     UnknownExecution,
     UnknownStep,
@@ -61,6 +63,8 @@ class EngineParts:
     deps: ExecutionDeps
     implementations: Callable[[], Collection[str]]
     health_extra: Callable[[], dict[str, Any]] = dict
+    # why new work is refused right now (a full store), or None
+    write_block: Callable[[], TammaError | None] = lambda: None
 
 
 def _done(value: T) -> Future[T]:
@@ -96,6 +100,10 @@ class Engine:
         self._deps = replace(parts.deps, on_terminal=self._retire)
         self._implementations = parts.implementations
         self._health_extra = parts.health_extra
+        self._write_block = parts.write_block
+        self._admin = StoreAdmin(parts.store)
+        self._draining = False
+        self.unrecovered: dict[str, str] = {}  # execution id -> why it could not recover
         self._lock = threading.Lock()
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
@@ -152,6 +160,7 @@ class Engine:
     def start_workflow(
         self, definition: dict[str, Any], inputs: dict[str, Any], *, source: str | None = None
     ) -> Future[dict[str, Any]]:
+        self._check_intake()
         cfg = parse_workflow(
             definition, source=source, known_implementations=self._implementations()
         )
@@ -216,6 +225,7 @@ class Engine:
         if state.status != "failed":
             return _done_or_refuse(state, RetryStep(step, reply))
         # A failed execution is revived: a supervisor re-activates it and retries the step.
+        self._check_intake()
         self._check_intake()
         cfg = self._definition_of(state)
         self._spawn(cfg, state, RetryStep(step, reply))
@@ -300,30 +310,65 @@ class Engine:
             "status": "ok",
             "uptime_s": round(time.time() - self._started, 3),
             "executions": {"live": self.live_count},
+            "recovery": {"unrecoverable": dict(self.unrecovered)},
         }
+        if self.unrecovered:
+            report["status"] = "degraded"
         report.update(self._health_extra())
         return _done(report)
 
     # -- recovery and shutdown -------------------------------------------------------------
 
     def recover(self) -> int:
-        """Re-activate every execution that was not terminal when the node stopped."""
+        """Re-activate every execution that was not terminal when the node stopped.
+
+        An execution whose records are damaged is not re-activated, and not skipped in
+        silence either: it is logged and listed in ``unrecovered`` (and in health) with
+        the reason naming the bad key; the node starts and serves the others."""
         count = 0
-        for summary in list(self._store.iter_summaries()):
-            if summary.get("status") in _TERMINAL:
-                continue
+        for eid in list(self._store.iter_execution_ids()):
             try:
-                state = self._load(summary["id"])
+                summary = self._store.get_summary(eid)
+                if summary is None or summary.get("status") in _TERMINAL:
+                    continue
+                state = self._load(eid)
                 cfg = self._definition_of(state)
-            except TammaError:
-                log.exception("execution %s cannot be recovered", summary["id"])
+            except TammaError as exc:
+                log.error("execution %s cannot be recovered: %s", eid, exc)
+                self.unrecovered[eid] = str(exc)
                 continue
             self._spawn(cfg, state, Recover())
             count += 1
         return count
 
+    def drain(self) -> None:
+        """Stop intake for a graceful shutdown: new starts and revivals are refused."""
+        self._draining = True
+
+    def _check_intake(self) -> None:
+        if self._draining or self._closed:
+            raise SupervisionError("the node is shutting down; it accepts no new work")
+        blocked = self._write_block()
+        if blocked is not None:
+            raise blocked
+
+    # -- administration (admin role; see _admin.py) ------------------------------------------
+
+    @_guard
+    def admin_verify(self) -> Future[dict[str, Any]]:
+        return self._admin.verify()
+
+    @_guard
+    def admin_backup(self, dest: str) -> Future[dict[str, Any]]:
+        return self._admin.backup(dest)
+
+    @_guard
+    def admin_cleanup(self, older_than_days: float) -> Future[dict[str, Any]]:
+        return self._admin.cleanup(older_than_days)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking executions and stop their supervisors (their state is in the store)."""
+        self._admin.close()
         with self._lock:
             self._closed = True
             refs = list(self._live.values())

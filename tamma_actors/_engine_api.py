@@ -83,3 +83,18 @@ class AsyncEngine(Protocol):
         ...
 
     def health(self) -> Future[dict[str, Any]]: ...
+
+    # -- administration (admin role) --
+
+    def admin_verify(self) -> Future[dict[str, Any]]:
+        """Check the whole store: ``{"ok", "executions", "events", "problems": [str]}``."""
+        ...
+
+    def admin_backup(self, dest: str) -> Future[dict[str, Any]]:
+        """A consistent compacted copy into the new directory ``dest`` (absolute, on the
+        node's machine): ``{"path", "bytes", "verify"}``."""
+        ...
+
+    def admin_cleanup(self, older_than_days: float) -> Future[dict[str, Any]]:
+        """Delete terminal executions that ended more than N days ago: ``{"deleted", "cutoff"}``."""
+        ...

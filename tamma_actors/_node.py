@@ -4,12 +4,17 @@ Start order (and the reverse for shutdown) follows ``supervisors/node.toml``; ar
 declared children sit the pieces every child relies on::
 
     start:  data dir + lock → LMDB store → dispatcher, timers → [store_writer, event_bus,
-            worker_pool] → engine (recovery) → [control_server]
+            worker_pool] → engine (recovery, retention cleanup) → [control_server]
+    drain:  (graceful shutdown, before stop) new work refused, new dispatches held back
+            (they stay committed as dispatched), running steps get ``shutdown_grace`` to
+            finish and commit their results
     stop:   control_server → engine (execution supervisors) → worker_pool (workers told to
             stop, then killed) → event_bus → store_writer (drains, commits) → timers,
             dispatcher → store → lock
 
-Every stop has a timeout; closing twice is harmless.
+Every stop has a timeout; closing twice is harmless. A full store (``StoreFull``: the map
+ceiling or the disk) makes the node refuse new work until it is restarted; what was
+committed stays, and the executions it stopped are recovered on the next start.
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ from typing import Any, Self
 import pykka
 import zmq
 
+from tamma_actors._admin import cleanup_store
 from tamma_actors._config import NodeConfig
 from tamma_actors._control import ControlServer
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
-from tamma_actors._errors import ConfigError, StoreClosed, SupervisionError
+from tamma_actors._errors import (
+    ConfigError,
+    StoreClosed,
+    StoreFull,
+    SupervisionError,
+    TammaError,
+)
 from tamma_actors._eventbus import EventBus
 from tamma_actors._execution import ExecutionDeps
 from tamma_actors._lmdb_store import LmdbStore
@@ -44,7 +56,7 @@ from tamma_actors._supervision import (
     load_tree,
 )
 from tamma_actors._timers import TimerService
-from tamma_actors._workerpool import WorkerPool
+from tamma_actors._workerpool import Dispatch, WorkerPool
 from tamma_actors._writer import StoreWriter
 
 __all__ = ["EXIT_ESCALATED", "EXIT_OK", "Node"]
@@ -60,23 +72,47 @@ class _ActorSlot:
 
     def __init__(self) -> None:
         self.ref: pykka.ActorRef[Any] | None = None
+        self.hold_dispatch = False  # draining: new steps stay committed as dispatched
 
     def tell(self, message: Any) -> None:
         if self.ref is None:
             raise pykka.ActorDeadError("the child is not running")
+        if self.hold_dispatch and isinstance(message, Dispatch):
+            log.debug("draining: %s is left for the next start", message.task["task_id"])
+            return
         self.ref.tell(message)
 
 
 class _WriterSlot:
     def __init__(self) -> None:
         self.writer: StoreWriter | None = None
+        self.full: StoreFull | None = None  # the first StoreFull a commit met
 
     def submit(
         self, write: Write, done: Callable[[BaseException | None], None] | None = None
     ) -> None:
         if self.writer is None:
             raise StoreClosed("the store writer is not running")
-        self.writer.submit(write, done)
+
+        def observed(exc: BaseException | None) -> None:
+            if isinstance(exc, StoreFull) and self.full is None:
+                self.full = exc
+                log.critical("the store is full; the node refuses new work: %s", exc)
+            if done is not None:
+                done(exc)
+            elif exc is not None:
+                log.error("store write for %s failed: %s", write.execution_id, exc)
+
+        self.writer.submit(write, observed)
+
+    def refusal(self) -> TammaError | None:
+        if self.full is None:
+            return None
+        return StoreFull(
+            f"the node accepts no new work: its store is full ({self.full}). Free space "
+            "(tamma admin cleanup, more disk or a larger max_map_size) and restart the node; "
+            "everything committed is kept"
+        )
 
 
 class Node:
@@ -120,7 +156,10 @@ class Node:
         try:
             self._prepare_data_dir(cfg.data_dir)
             self._store = LmdbStore(
-                cfg.data_dir / "store", durability=cfg.durability, map_size=cfg.map_size
+                cfg.data_dir / "store",
+                durability=cfg.durability,
+                map_size=cfg.map_size,
+                max_map_size=cfg.max_map_size,
             )
             self._dispatcher = Dispatcher(threads=cfg.dispatcher_threads)
             self._timers = TimerService()
@@ -129,6 +168,7 @@ class Node:
                     self._start_child(spec)
             self._engine = Engine(self._engine_parts())
             self.recovered = self._engine.recover()
+            self._retention()
             for spec in self.tree.children:
                 if spec.kind == "control_server":
                     self._start_child(spec)
@@ -146,13 +186,61 @@ class Node:
 
     def run(self, stop: threading.Event, check_interval: float = 0.5) -> int:
         """Supervise the children until ``stop`` is set; returns the exit code."""
+        next_cleanup = time.monotonic() + self.config.retention_interval
         while not stop.wait(check_interval):
+            if time.monotonic() >= next_cleanup:
+                next_cleanup = time.monotonic() + self.config.retention_interval
+                self._retention_in_background()
             for index, spec in enumerate(self._running):
                 if not self._child_alive(spec):
                     if not self._restart(index, spec):
                         return EXIT_ESCALATED
                     break
         return EXIT_OK
+
+    def drain(self, grace: float, hurry: threading.Event | None = None) -> bool:
+        """Graceful shutdown, before ``close``: refuse new work, hold new dispatches back,
+        and give the running steps up to ``grace`` seconds (or until ``hurry`` is set) to
+        finish and commit. True when nothing was left running."""
+        self.engine.drain()
+        self._pool.hold_dispatch = True
+        deadline = time.monotonic() + grace
+        waiter = hurry if hurry is not None else threading.Event()
+        while (busy := self._steps_in_pool()) > 0:
+            if time.monotonic() >= deadline or waiter.is_set():
+                log.warning("shutting down with %d step(s) still running", busy)
+                return False
+            waiter.wait(0.05)
+        log.info("drained: no step is running")
+        return True
+
+    def _steps_in_pool(self) -> int:
+        pool = self._pool.ref
+        try:
+            stats = pool.proxy().stats().get(timeout=2.0) if pool else None
+        except (pykka.ActorDeadError, pykka.Timeout):
+            stats = None
+        return 0 if stats is None else int(stats["running"]) + int(stats["queued"])
+
+    def _retention(self) -> None:
+        days = self.config.retention_days
+        if days is None or self._store is None:
+            return
+        try:
+            cleanup_store(self._store, days, time.time())
+        except TammaError as exc:
+            log.error("retention cleanup failed: %s", exc)
+
+    def _retention_in_background(self) -> None:
+        days = self.config.retention_days
+        if days is None or self._engine is None:
+            return
+
+        def report(fut: Any) -> None:
+            if fut.exception() is not None:
+                log.error("retention cleanup failed: %s", fut.exception())
+
+        self._engine.admin_cleanup(days).add_done_callback(report)
 
     def close(self) -> None:
         if self._closed:
@@ -191,6 +279,7 @@ class Node:
             deps=deps,
             implementations=self.registry.names,
             health_extra=self._health,
+            write_block=self._writer.refusal,
         )
 
     def _start_child(self, spec: ChildSpec) -> None:
@@ -317,4 +406,7 @@ class Node:
         report["store"] = self._store.stats() if self._store else None
         report["writer"] = writer.stats() if writer else None
         report["children"] = {s.name: self._child_alive(s) for s in self._running}
+        if self._writer.full is not None:
+            report["status"] = "degraded"
+            report["store_full"] = str(self._writer.full)
         return report

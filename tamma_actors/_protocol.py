@@ -140,6 +140,18 @@ class HealthArgs(_Args):
     pass
 
 
+class AdminVerifyArgs(_Args):
+    pass
+
+
+class AdminBackupArgs(_Args):
+    dest: str = Field(min_length=1, pattern=r"^/")  # absolute: the node opens it
+
+
+class AdminCleanupArgs(_Args):
+    older_than_days: float = Field(gt=0)
+
+
 # op -> (argument model, least role allowed to call it)
 OPS: dict[str, tuple[type[_Args], Role]] = {
     "start": (StartArgs, Role.operator),

@@ -69,6 +69,8 @@ class Store(Protocol):
     def commit(self, writes: Sequence[Write]) -> None: ...
     def get_summary(self, eid: str) -> Record | None: ...
     def iter_summaries(self, *, after: str | None = None) -> Iterator[Record]: ...
+    def iter_execution_ids(self) -> Iterator[str]: ...
+    def read(self, fn: Callable[[RecordView], T]) -> T: ...
     def load_snapshot(self, eid: str) -> Record | None: ...
     def read_events(
         self, eid: str, from_seq: int = 1, limit: int | None = None
@@ -120,6 +122,10 @@ def _last_counter(view: RecordView, db: str, eid: str) -> int:
 
 def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
     return list(islice(view.scan(EXECUTIONS, start), _PAGE))
+
+
+def _key_page(view: RecordView, start: bytes) -> list[bytes]:
+    return [key for key, _ in islice(view.scan(EXECUTIONS, start), _PAGE)]
 
 
 def _next_last_history(view: RecordView, start: bytes) -> tuple[bytes, bytes] | None:
@@ -287,6 +293,21 @@ class RecordStore(ABC):
             if len(page) < _PAGE:
                 return
             start = page[-1][0] + SEPARATOR
+
+    def iter_execution_ids(self) -> Iterator[str]:
+        """Every execution id in order, from the keys alone: a damaged summary value does
+        not hide its execution (recovery and verify report it instead)."""
+        start = b""
+        while True:
+            page = self._view(partial(_key_page, start=start))
+            yield from (parse_id_key(key) for key in page)
+            if len(page) < _PAGE:
+                return
+            start = page[-1] + SEPARATOR
+
+    def read(self, fn: Callable[[RecordView], T]) -> T:
+        """Run ``fn`` over one consistent read view (a whole-store check, a backup)."""
+        return self._view(fn)
 
     def load_snapshot(self, eid: str) -> Record | None:
         return self._view(lambda v: _decoded(v, SNAPSHOTS, id_key(eid)))

@@ -311,3 +311,26 @@ def test_unexpected_errors_are_logged_not_sent(caplog: pytest.LogCaptureFixture)
     assert reply["error"]["code"] == "internal"
     assert "secret" not in str(reply)
     assert any(rec.exc_info and "secret" in str(rec.exc_info[1]) for rec in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "complaint"),
+    [
+        ("admin.backup", {"dest": "relative/dir"}, "dest"),
+        ("admin.backup", {}, "dest"),
+        ("admin.cleanup", {"older_than_days": 0}, "older_than_days"),
+        ("admin.cleanup", {"older_than_days": "30"}, "older_than_days"),
+        ("admin.verify", {"deep": True}, "deep"),
+    ],
+)
+def test_admin_arguments_are_validated(op: str, args: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(InvalidRequest, match=complaint):
+        parse_request(frame(op=op, args=args))
+
+
+def test_admin_ops_need_the_admin_role() -> None:
+    for op in ("admin.verify", "admin.backup", "admin.cleanup"):
+        require_role(Role.admin, op)
+        for role in (Role.viewer, Role.operator):
+            with pytest.raises(Forbidden, match="needs 'admin'"):
+                require_role(role, op)

@@ -1,0 +1,164 @@
+"""Store administration: verify, backup, restore and retention cleanup.
+
+The node serves these as admin-only control ops (``tamma admin verify|backup|cleanup``);
+they run on one admin thread so a long check never holds up the control socket, and each
+works on a consistent view while the node keeps writing. The offline variants
+(``tamma-node verify|restore|cleanup``) call the same functions on a store that no node
+has open.
+
+A backup directory is laid out like a data directory (``DEST/store/data.mdb``), so a node
+can be started on the copy as it is (``tamma-node run --data-dir DEST``); ``restore``
+copies a backup into a fresh data directory after checking it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from tamma_actors._errors import ConfigError, StoreError, TammaError
+from tamma_actors._lmdb_store import LmdbStore
+from tamma_actors._store import RecordView
+from tamma_actors._verify import VerifyReport, check_store
+
+__all__ = [
+    "TERMINAL",
+    "AdminStore",
+    "StoreAdmin",
+    "backup_store",
+    "cleanup_store",
+    "offline_store",
+    "restore_backup",
+    "verify_store",
+]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"completed", "failed", "aborted"})
+DAY = 86400.0
+STORE_DIR = "store"  # the store's directory inside a data (or backup) directory
+
+
+class AdminStore(Protocol):
+    def read(self, fn: Callable[[RecordView], T]) -> T: ...
+    def delete_terminal_before(
+        self, ts: float, terminal_statuses: Collection[str]
+    ) -> list[str]: ...
+
+
+def verify_store(store: AdminStore) -> VerifyReport:
+    return store.read(check_store)
+
+
+def cleanup_store(store: AdminStore, older_than_days: float, now: float) -> dict[str, Any]:
+    """Delete terminal executions that ended more than ``older_than_days`` before ``now``,
+    with all their records; returns ``{"deleted": [ids], "cutoff": ts}``."""
+    if not older_than_days > 0:
+        raise StoreError(f"older_than_days must be a positive number, not {older_than_days!r}")
+    cutoff = now - older_than_days * DAY
+    deleted = store.delete_terminal_before(cutoff, TERMINAL)
+    if deleted:
+        log.info("retention: deleted %d executions that ended before %.0f", len(deleted), cutoff)
+    return {"deleted": deleted, "cutoff": cutoff}
+
+
+def _empty_target(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise StoreError(f"{dest} must be a new or empty directory")
+
+
+def backup_store(store: Any, dest: Path) -> dict[str, Any]:
+    """A compacted, consistent copy of a live ``LmdbStore`` into ``dest/store``, checked
+    by opening it and verifying it; returns where it is, its size and the check."""
+    if not isinstance(store, LmdbStore):
+        raise StoreError("only an LMDB store can be backed up")
+    dest = Path(dest)
+    if not dest.is_absolute():
+        raise StoreError(f"backup directory {str(dest)!r} must be an absolute path")
+    target = dest / STORE_DIR
+    try:
+        _empty_target(dest)
+        store.backup(target, compact=True)
+        with LmdbStore(target) as copy:
+            report = verify_store(copy)
+        size = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+    except OSError as exc:
+        raise StoreError(f"backup to {dest} failed: {exc}") from exc
+    return {"path": str(dest), "bytes": size, "verify": report.to_dict()}
+
+
+def restore_backup(backup: Path, data_dir: Path) -> VerifyReport:
+    """Check the backup at ``backup`` (a backup or data directory) and copy it into the
+    new data directory ``data_dir``. Refuses a damaged backup and a used target."""
+    source = Path(backup) / STORE_DIR
+    if not (source / "data.mdb").is_file():
+        raise StoreError(f"{backup} holds no store (expected {source / 'data.mdb'})")
+    _empty_target(Path(data_dir))
+    with LmdbStore(source) as store:
+        report = verify_store(store)
+        if not report.ok:
+            raise StoreError(
+                f"the backup at {backup} fails verification ({len(report.problems)} "
+                f"problem(s)), first: {report.problems[0]}"
+            )
+        Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        store.backup(Path(data_dir) / STORE_DIR, compact=True)
+    return report
+
+
+@contextmanager
+def offline_store(data_dir: Path) -> Iterator[LmdbStore]:
+    """The store of ``data_dir`` while no node runs on it (its lock is held meanwhile)."""
+    path = Path(data_dir) / STORE_DIR
+    if not (path / "data.mdb").is_file():
+        raise StoreError(f"{data_dir} holds no store (expected {path / 'data.mdb'})")
+    fd = os.open(Path(data_dir) / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ConfigError(
+                f"a node is running on {data_dir}; use `tamma admin ...` against it instead"
+            ) from exc
+        with LmdbStore(path) as store:
+            yield store
+    finally:
+        os.close(fd)
+
+
+class StoreAdmin:
+    """The node's admin ops: each returns a future, resolved on the admin thread."""
+
+    def __init__(self, store: Any, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamma-admin")
+
+    def _submit(self, fn: Callable[[], T]) -> Future[T]:
+        try:
+            return self._pool.submit(fn)
+        except RuntimeError as exc:  # submitted after close()
+            failed: Future[T] = Future()
+            failed.set_exception(TammaError(f"the node is shutting down ({exc})"))
+            return failed
+
+    def verify(self) -> Future[dict[str, Any]]:
+        return self._submit(lambda: verify_store(self._store).to_dict())
+
+    def backup(self, dest: str) -> Future[dict[str, Any]]:
+        return self._submit(lambda: backup_store(self._store, Path(dest)))
+
+    def cleanup(self, older_than_days: float) -> Future[dict[str, Any]]:
+        return self._submit(lambda: cleanup_store(self._store, older_than_days, self._clock()))
+
+    def close(self) -> None:
+        """Cancel queued ops; an op already running finishes (the store waits for it)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,178 @@
+"""The whole-store check behind ``tamma admin verify`` and ``tamma-node verify``.
+
+``check_store`` runs inside one consistent read view, so it can run while the node writes:
+it sees the store as of one commit. It reports, each naming the key or execution:
+
+- every record that fails its checksum, is truncated or does not decode;
+- event sequences that are not gap-free from 1, snapshots beyond the last event;
+- index consistency: an events log or snapshot without its summary, a summary whose
+  ``seq``/``status`` disagrees with its events, a missing workflow definition;
+- the snapshot path (snapshot + the events after it) giving a different state from a
+  replay of the whole log, or a log that does not replay at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tamma_actors._errors import TammaError
+from tamma_actors._keys import (
+    DEFINITIONS,
+    EVENTS,
+    EXECUTIONS,
+    SNAPSHOTS,
+    decode_record,
+    execution_prefix,
+    id_key,
+    parse_event_key,
+    parse_id_key,
+    prefix_end,
+)
+from tamma_actors._state import ExecutionState, replay, to_summary
+from tamma_actors._store import RecordView, verify_records
+
+__all__ = ["VerifyReport", "check_store"]
+
+_SUMMARY_FIELDS = ("status", "seq", "workflow_id", "digest")
+
+
+@dataclass
+class VerifyReport:
+    """What ``check_store`` found; ``ok`` when ``problems`` is empty."""
+
+    executions: int = 0
+    events: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "executions": self.executions,
+            "events": self.events,
+            "problems": list(self.problems),
+        }
+
+
+def _ids_with_records(view: RecordView, db: str) -> Iterator[str]:
+    """Distinct execution ids of an id+seq keyed sub-database: one seek per execution."""
+    start = b""
+    while (found := next(iter(view.scan(db, start)), None)) is not None:
+        try:
+            eid = parse_event_key(found[0])[0]
+        except TammaError:
+            start = found[0] + b"\x00"  # a malformed key: verify_records reports it
+            continue
+        yield eid
+        start = prefix_end(execution_prefix(eid))
+
+
+def _events_of(view: RecordView, eid: str) -> list[dict[str, Any]] | None:
+    """The decoded event log, or None when a record is damaged (reported elsewhere)."""
+    prefix = execution_prefix(eid)
+    try:
+        return [
+            decode_record(k, d, db=EVENTS) for k, d in view.scan(EVENTS, prefix, prefix_end(prefix))
+        ]
+    except TammaError:
+        return None
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = [k for k in keys if k not in ("steps",) and a.get(k) != b.get(k)]
+    steps_a, steps_b = a.get("steps", {}), b.get("steps", {})
+    out += [
+        f"steps.{s}"
+        for s in sorted(set(steps_a) | set(steps_b))
+        if steps_a.get(s) != steps_b.get(s)
+    ]
+    return out
+
+
+def _check_execution(view: RecordView, eid: str, report: VerifyReport) -> None:
+    problems = report.problems
+    key = id_key(eid)
+    try:
+        summary = decode_record(key, view.get(EXECUTIONS, key) or b"", db=EXECUTIONS)
+    except TammaError:
+        return  # the damaged summary is reported by verify_records
+    events = _events_of(view, eid)
+    if events is None:
+        problems.append(f"execution {eid}: its event log has damaged records; not replayed")
+        return
+    report.events += len(events)
+    if not events:
+        problems.append(f"execution {eid}: has a summary but no events")
+        return
+    try:
+        full = replay(eid, events)
+    except TammaError as exc:
+        problems.append(f"execution {eid}: the event log does not replay: {exc}")
+        return
+    expected = to_summary(full)
+    wrong = [f for f in _SUMMARY_FIELDS if summary.get(f) != expected.get(f)]
+    if wrong:
+        detail = ", ".join(
+            f"{f} {summary.get(f)!r} (events say {expected.get(f)!r})" for f in wrong
+        )
+        problems.append(f"execution {eid}: summary disagrees with its events: {detail}")
+    if full.digest and view.get(DEFINITIONS, id_key(full.digest)) is None:
+        problems.append(f"execution {eid}: workflow definition {full.digest} is missing")
+    _check_snapshot(view, eid, events, full, problems)
+
+
+def _check_snapshot(
+    view: RecordView,
+    eid: str,
+    events: list[dict[str, Any]],
+    full: ExecutionState,
+    problems: list[str],
+) -> None:
+    key = id_key(eid)
+    data = view.get(SNAPSHOTS, key)
+    if data is None:
+        return
+    try:
+        snapshot = decode_record(key, data, db=SNAPSHOTS)
+        seq = int(snapshot["seq"])
+        via_snapshot = replay(eid, [e for e in events if e["seq"] > seq], snapshot)
+    except (TammaError, KeyError, TypeError, ValueError) as exc:
+        problems.append(f"execution {eid}: the snapshot path does not rebuild the state: {exc}")
+        return
+    differ = _differences(via_snapshot.to_dict(), full.to_dict())
+    if differ:
+        problems.append(
+            f"execution {eid}: snapshot (seq {seq}) + replay differs from the full replay "
+            f"in {', '.join(differ)}"
+        )
+
+
+def check_store(view: RecordView) -> VerifyReport:
+    """Every fault of the store as seen by ``view`` (see the module docstring)."""
+    report = VerifyReport(problems=verify_records(view))
+    summaries: set[str] = set()
+    for key, _ in view.scan(EXECUTIONS):
+        try:
+            summaries.add(parse_id_key(key))
+        except TammaError:
+            continue  # reported by verify_records
+    report.executions = len(summaries)
+    for eid in _ids_with_records(view, EVENTS):
+        if eid not in summaries:
+            report.problems.append(f"execution {eid}: has events but no summary")
+    for key, _ in view.scan(SNAPSHOTS):
+        try:
+            eid = parse_id_key(key)
+        except TammaError:
+            continue
+        if eid not in summaries:
+            report.problems.append(f"execution {eid}: has a snapshot but no summary")
+    for eid in sorted(summaries):
+        _check_execution(view, eid, report)
+    return report

@@ -1,0 +1,146 @@
+"""check_store: every kind of fault is found and named, a healthy store passes.
+
+Executions are built with the real reducer (make_event + apply), stored in the memory twin
+(the same record rules as LMDB), then damaged one way at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tamma_actors._admin import verify_store
+from tamma_actors._keys import DEFINITIONS, EVENTS, EXECUTIONS, SNAPSHOTS, event_key, id_key
+from tamma_actors._state import ExecutionState, apply, make_event, to_summary
+from tamma_actors._store import MemoryStore, RecordTxn, Write
+
+
+def _events(eid: str, *, steps: int = 2, complete: bool = True) -> tuple[list[Any], ExecutionState]:
+    state = ExecutionState(id=eid)
+    out: list[dict[str, Any]] = []
+    names = [f"s{i}" for i in range(steps)]
+
+    def emit(etype: str, **data: Any) -> None:
+        event = make_event(state, etype, 1000.0 + state.seq, **data)
+        apply(state, event)
+        out.append(event)
+
+    emit("workflow.created", workflow_id="w", digest="d1", steps=names, inputs={"k": 1})
+    emit("workflow.started")
+    for name in names if complete else names[:1]:
+        emit("step.ready", step=name)
+        emit("step.dispatched", step=name, attempt=1)
+        emit("step.started", step=name, attempt=1, worker="w1")
+        emit("step.completed", step=name, attempt=1, output={"n": name}, duration_ms=1.0)
+    if complete:
+        emit("workflow.completed")
+    return out, state
+
+
+def _store(*eids: str, snapshot_at: int | None = 4) -> MemoryStore:
+    store = MemoryStore()
+    for eid in eids:
+        events, state = _events(eid)
+        snap = None
+        if snapshot_at is not None:
+            partial = ExecutionState(id=eid)
+            for ev in events[:snapshot_at]:
+                apply(partial, ev)
+            snap = partial.to_dict()
+        store.commit(
+            [
+                Write(
+                    eid,
+                    events=events,
+                    summary=to_summary(state),
+                    snapshot=snap,
+                    definition=("d1", {"name": "w"}),
+                )
+            ]
+        )
+    return store
+
+
+def _raw(store: MemoryStore, fn: Any) -> None:
+    def run(txn: RecordTxn) -> None:
+        fn(txn)
+
+    store._transact(run)
+
+
+def test_a_healthy_store_passes() -> None:
+    report = verify_store(_store("e1", "e2"))
+    assert report.ok, report.problems
+    assert report.executions == 2 and report.events == 2 * 11
+    assert report.to_dict() == {"ok": True, "executions": 2, "events": 22, "problems": []}
+
+
+def test_a_snapshot_that_disagrees_with_the_log_is_named() -> None:
+    store = _store("e1")
+    events, _ = _events("e1")
+    wrong = ExecutionState(id="e1")
+    for ev in events[:4]:
+        apply(wrong, ev)
+    wrong.context = {"k": 2}  # what a buggy snapshot writer might have stored
+    store.commit([Write("e1", snapshot=wrong.to_dict())])
+    report = verify_store(store)
+    assert report.problems == [
+        "execution e1: snapshot (seq 4) + replay differs from the full replay in context"
+    ]
+
+
+def test_a_snapshot_that_does_not_decode_into_a_state_is_named() -> None:
+    store = _store("e1")
+    store.commit([Write("e1", snapshot={"seq": 2, "steps": {"s0": {"bogus": 1}}, "nope": 1})])
+    store.commit([Write("e1", snapshot={"seq": 2, "steps": "not a map"})])
+    (problem,) = verify_store(store).problems
+    assert problem.startswith("execution e1: the snapshot path does not rebuild the state")
+
+
+def test_a_summary_that_disagrees_with_the_events_is_named() -> None:
+    store = _store("e1")
+    store.commit([Write("e1", summary={"id": "e1", "status": "running", "seq": 11})])
+    (problem,) = verify_store(store).problems
+    assert "summary disagrees with its events" in problem and "status 'running'" in problem
+    assert "'completed'" in problem
+
+
+def test_orphans_missing_definitions_and_empty_logs_are_named() -> None:
+    store = _store("e1", "e2", "e3")
+    _raw(store, lambda t: t.delete(EXECUTIONS, id_key("e1")))
+    _raw(store, lambda t: t.delete(DEFINITIONS, id_key("d1")))
+    for seq in range(1, 12):
+        _raw(store, lambda t, s=seq: t.delete(EVENTS, event_key("e3", s)))
+    _raw(store, lambda t: t.delete(SNAPSHOTS, id_key("e3")))
+    problems = verify_store(store).problems
+    assert "execution e1: has events but no summary" in problems
+    assert "execution e1: has a snapshot but no summary" in problems
+    assert "execution e2: workflow definition d1 is missing" in problems
+    assert "execution e3: has a summary but no events" in problems
+
+
+def test_a_log_that_does_not_replay_is_named() -> None:
+    store = MemoryStore()
+    bad = [
+        {"seq": 1, "type": "workflow.created", "timestamp": 1.0, "data": {}},  # lacks steps
+    ]
+    store.commit([Write("e1", events=bad, summary={"id": "e1", "status": "pending", "seq": 1})])
+    (problem,) = verify_store(store).problems
+    assert problem.startswith("execution e1: the event log does not replay")
+
+
+@pytest.mark.parametrize("damage", ["value", "key"])
+def test_damaged_records_are_named_by_key_and_the_execution_is_not_replayed(damage: str) -> None:
+    store = _store("e1")
+    key = event_key("e1", 3)
+    if damage == "value":
+        _raw(store, lambda t: t.put(EVENTS, key, b"\x00\x00\x00\x00junk"))
+    else:
+        _raw(store, lambda t: t.put(EVENTS, b"short", b"\x00\x00\x00\x00junk"))
+    problems = verify_store(store).problems
+    if damage == "value":
+        assert any(key.hex() in p and "checksum" in p for p in problems)
+        assert "execution e1: its event log has damaged records; not replayed" in problems
+    else:
+        assert any(b"short".hex() in p for p in problems)
