@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -165,23 +165,84 @@ class Client:
         ``RequestTimeout``."""
         if self._closed or self._sock is None:
             raise TransportError("the client is closed")
+        limit = self.timeout if timeout is None else timeout
+        request_id = self._send_request(op, args)
+        reply = self._receive(request_id, time.monotonic() + limit)
+        if reply is None:
+            self._reset()
+            raise RequestTimeout(f"no reply to {op!r} from {self.endpoint} within {limit:g}s")
+        return self._result(reply)
+
+    def request_many(
+        self,
+        op: str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 256,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Pipeline one request per ``args_list`` entry over the one socket, at most
+        ``window`` in flight; return the results in order. Every reply is collected before
+        the first error reply is raised. ``timeout`` bounds the wait for *each next* reply."""
+        if self._closed or self._sock is None:
+            raise TransportError("the client is closed")
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        limit = self.timeout if timeout is None else timeout
+        pending = iter(args_list)
+        index_of: dict[int, int] = {}
+        replies: list[dict[str, Any] | None] = []
+        exhausted = False
+        while True:
+            while not exhausted and len(index_of) < window:
+                args = next(pending, None)
+                if args is None:
+                    exhausted = True
+                    break
+                request_id = self._send_request(op, args)
+                index_of[request_id] = len(replies)
+                replies.append(None)
+            if not index_of:
+                break
+            reply = self._receive_any(index_of, time.monotonic() + limit)
+            if reply is None:
+                self._reset()
+                raise RequestTimeout(
+                    f"{len(index_of)} {op!r} request(s) unanswered by {self.endpoint} "
+                    f"within {limit:g}s"
+                )
+            replies[index_of.pop(reply["id"])] = reply
+        return [self._result(reply) for reply in replies if reply is not None]
+
+    def _send_request(self, op: str, args: Mapping[str, Any]) -> int:
+        assert self._sock is not None
         request_id = next(self._ids)
         data = pack(make_request(request_id, op, args, self.token))
         if len(data) > self.max_frame_bytes:
             raise FrameTooLarge(
                 f"{op} request of {len(data)} bytes exceeds the {self.max_frame_bytes}-byte cap"
             )
-        limit = self.timeout if timeout is None else timeout
         try:
             self._sock.send(data, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self._reset()
             raise TransportError(f"cannot send to {self.endpoint}: {exc}") from exc
-        reply = self._receive(request_id, time.monotonic() + limit)
-        if reply is None:
-            self._reset()
-            raise RequestTimeout(f"no reply to {op!r} from {self.endpoint} within {limit:g}s")
-        return self._result(reply)
+        return request_id
+
+    def _receive_any(self, wanted: Mapping[int, int], deadline: float) -> dict[str, Any] | None:
+        assert self._sock is not None
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(remaining_ms, zmq.POLLIN):
+                return None
+            frames = self._sock.recv_multipart()
+            try:
+                reply = unpack(frames[-1], self.max_frame_bytes)
+            except TammaError as exc:
+                log.warning("discarding an undecodable reply from %s: %s", self.endpoint, exc)
+                continue
+            if isinstance(reply, dict) and reply.get("id") in wanted:
+                return reply
 
     def _receive(self, request_id: int, deadline: float) -> dict[str, Any] | None:
         assert self._sock is not None
@@ -221,16 +282,35 @@ class Client:
     ) -> WorkflowExecution:
         """Start a workflow given as a file path (read here), a ``WorkflowConfig`` or a
         mapping; the execution is durable on the node when this returns."""
-        source: str | None = None
-        if isinstance(config_or_path, str | Path):
-            source = str(config_or_path)
-            definition = read_workflow_mapping(config_or_path)
-        elif isinstance(config_or_path, WorkflowConfig):
-            definition = config_or_path.model_dump(mode="json", exclude_none=True)
-        else:
-            definition = dict(config_or_path)
+        definition, source = self._definition(config_or_path)
         args = {"workflow": definition, "inputs": dict(inputs or {}), "source": source}
         return self._execution(self.request("start", args))
+
+    @staticmethod
+    def _definition(
+        config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
+    ) -> tuple[dict[str, Any], str | None]:
+        if isinstance(config_or_path, str | Path):
+            return read_workflow_mapping(config_or_path), str(config_or_path)
+        if isinstance(config_or_path, WorkflowConfig):
+            return config_or_path.model_dump(mode="json", exclude_none=True), None
+        return dict(config_or_path), None
+
+    def start_workflows(
+        self,
+        config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
+        inputs_list: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 256,
+    ) -> list[WorkflowExecution]:
+        """Start one execution of the workflow per inputs mapping, pipelined (see
+        ``request_many``); each is durable on the node when this returns."""
+        definition, source = self._definition(config_or_path)
+        calls = (
+            {"workflow": definition, "inputs": dict(inputs), "source": source}
+            for inputs in inputs_list
+        )
+        return [self._execution(r) for r in self.request_many("start", calls, window=window)]
 
     def pause_workflow(self, execution_id: str) -> WorkflowExecution:
         return self._execution(self.request("pause", {"id": execution_id}))

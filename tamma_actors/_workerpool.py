@@ -142,6 +142,14 @@ def _cancelled_error(message: str) -> dict[str, Any]:
     return {"type": "StepCancelled", "message": message, "retryable": False, "retry_after": None}
 
 
+def _load(w: _Worker) -> tuple[float, int]:
+    return len(w.tasks) / w.slots, len(w.tasks)
+
+
+def _least_busy(workers: list[_Worker], implementation: str) -> _Worker | None:
+    return min((w for w in workers if implementation in w.plugins), key=_load, default=None)
+
+
 def _notify(owner: pykka.ActorRef[Any], message: Any) -> None:
     """Tell a task's owner; an execution that has ended meanwhile no longer listens."""
     with contextlib.suppress(pykka.ActorDeadError):
@@ -314,25 +322,20 @@ class WorkerPool(SocketActor):
             task = self._tasks[self._queue.popleft()]
             worker = self._pick(task.implementation, broken)
             if worker is None:
-                waiting.append(task.task_id)
+                free.remove(worker)
+                skipped.append(task.task_id)
             elif not self._send(worker.identity, task.frame):
                 broken.append(worker)  # unroutable or a full pipe: that worker is lost
-                waiting.append(task.task_id)
+                skipped.append(task.task_id)
             else:
                 task.worker_id = worker.worker_id
                 worker.tasks.add(task.task_id)
                 self._dispatched_total += 1
-        self._queue = waiting
+                if len(worker.tasks) >= worker.slots:
+                    free.remove(worker)
+        self._queue.extendleft(reversed(skipped))
         for worker in broken:
             self._worker_lost(worker, f"worker {worker.worker_id} unreachable", kill=True)
-
-    def _pick(self, implementation: str, broken: list[_Worker]) -> _Worker | None:
-        able = [
-            w
-            for w in self._workers.values()
-            if implementation in w.plugins and len(w.tasks) < w.slots and w not in broken
-        ]
-        return min(able, key=lambda w: (len(w.tasks) / w.slots, len(w.tasks)), default=None)
 
     def _send(self, identity: bytes, msg: dict[str, Any] | bytes) -> bool:
         assert self._sock is not None

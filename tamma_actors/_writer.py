@@ -34,6 +34,7 @@ _RESERVOIR = 1024  # most recent commit latencies kept for the percentiles
 class _Pending:
     write: Write
     done: Done | None
+    queued: float  # perf_counter at submit: a transition's wait for durability starts here
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float | None:
@@ -49,6 +50,7 @@ class _Stats:
         self.failed = 0
         self.last_batch = 0
         self.latencies: deque[float] = deque(maxlen=_RESERVOIR)
+        self.waits: deque[float] = deque(maxlen=_RESERVOIR)
 
     def committed(self, size: int, seconds: float) -> None:
         self.commits += 1
@@ -58,6 +60,7 @@ class _Stats:
 
     def snapshot(self) -> dict[str, Any]:
         ordered = sorted(self.latencies)
+        waits = sorted(self.waits)
         return {
             "commits": self.commits,
             "writes": self.writes,
@@ -66,6 +69,9 @@ class _Stats:
             "average_batch": self.writes / self.commits if self.commits else 0.0,
             "commit_ms_p50": _percentile(ordered, 0.50),
             "commit_ms_p99": _percentile(ordered, 0.99),
+            # submit -> committed (queueing behind the batch in progress + its commit)
+            "transition_ms_p50": _percentile(waits, 0.50),
+            "transition_ms_p99": _percentile(waits, 0.99),
         }
 
 
@@ -116,7 +122,7 @@ class StoreWriter:
         with self._cond:
             if self._closing:
                 raise StoreClosed("the store writer is closed")
-            self._queue.append(_Pending(write, done))
+            self._queue.append(_Pending(write, done, time.perf_counter()))
             self._submitted += 1
             self._cond.notify_all()
 
@@ -183,6 +189,9 @@ class StoreWriter:
             outcomes = [outcome]
         else:  # find the faulty writes: the others must not pay for them
             outcomes = [self._commit([p.write]) for p in batch]
+        committed = time.perf_counter()
+        with self._cond:
+            self._stats.waits.extend((committed - p.queued) * 1000.0 for p in batch)
         for pending, result in zip(batch, outcomes, strict=True):
             if result is not None:
                 self._stats.failed += 1

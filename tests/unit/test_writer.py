@@ -276,5 +276,18 @@ def test_stats_before_any_commit(store: CountingStore) -> None:
     assert writer.stats() == {
         "commits": 0, "writes": 0, "failed_writes": 0, "last_batch": 0, "average_batch": 0.0,
         "commit_ms_p50": None, "commit_ms_p99": None, "queued": 0, "alive": False,
+        "transition_ms_p50": None, "transition_ms_p99": None,
     }  # fmt: skip
     writer.close()
+
+
+def test_stats_time_each_write_from_submit_to_commit(store: CountingStore) -> None:
+    with StoreWriter(store) as writer:
+        for i in range(3):
+            writer.submit(Write(f"e{i}", summary={}))
+        writer.flush(timeout=5)
+        stats = writer.stats()
+    assert stats["writes"] == 3
+    assert stats["transition_ms_p50"] is not None and stats["transition_ms_p99"] is not None
+    # waiting for a commit includes the commit itself
+    assert stats["transition_ms_p99"] >= stats["commit_ms_p50"] >= 0

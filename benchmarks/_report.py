@@ -1,0 +1,93 @@
+"""The results table (rich), the targets of issue 5, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import platform
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks._stats import Result
+
+__all__ = ["TARGETS", "machine", "print_table", "write_json"]
+
+# figure -> (comparison, bound): never asserted, only reported as met / missed.
+TARGETS: dict[str, tuple[str, float]] = {
+    "W1.accepted_p50_ms": ("<=", 0.5),
+    "W1.accepted_p99_ms": ("<=", 2.0),
+    "W1.completed_p50_ms": ("<=", 1.5),
+    "W1.completed_p99_ms": ("<=", 4.0),
+    "W2.steps_per_s": (">=", 7500.0),
+    "W3.wall_s": ("<=", 0.1),
+    "W4.wall_s": ("<=", 1.1),
+    "W5.recovery_s": ("<=", 2.0),
+    "W6.rss_mib": ("<=", 2048.0),
+    "W6.w2_ratio": (">=", 0.7),
+    "W7.commit_p99_ms": ("<=", 2.0),
+    "W7.event_p99_ms": ("<=", 1.0),
+}
+_OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge}
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def _verdict(key: str, value: float) -> str:
+    target = TARGETS.get(key)
+    if target is None:
+        return ""
+    op, bound = target
+    mark = "[green]met[/]" if _OPS[op](value, bound) else "[red]missed[/]"
+    return f"{op} {_fmt(bound)} {mark}"
+
+
+def print_table(results: Sequence[Result], console: Console, header: str) -> None:
+    table = Table(title=header, show_lines=False)
+    for column in ("workload", "figure", "median", "spread (min..max)", "runs", "target"):
+        table.add_column(column)
+    for result in results:
+        if result.unavailable is not None:
+            table.add_row(result.workload, "[yellow]unavailable[/]", result.unavailable)
+            continue
+        for i, (name, value) in enumerate(result.figures.items()):
+            low, high = result.spread[name]
+            table.add_row(
+                result.workload if i == 0 else "",
+                name,
+                _fmt(value),
+                f"{_fmt(low)}..{_fmt(high)}",
+                str(len(result.runs)),
+                _verdict(f"{result.workload}.{name}", value),
+            )
+        for note in result.notes:
+            table.add_row("", "[dim]note[/]", f"[dim]{note}[/]")
+    console.print(table)
+
+
+def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
+    data: dict[str, Any] = {"meta": meta}
+    for result in results:
+        data[result.workload] = result.to_json()
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,106 @@
+"""W5 and W6: many executions parked in the built-in ``wait`` step (a coordinator timer).
+
+W5 kills the node with SIGKILL and measures how long a new node takes until it serves
+requests and every execution has been re-activated (each answers ``status`` through its
+own supervisor, after its Recover). W6 measures the coordinator's RSS with N executions
+waiting, and W2's throughput under that load.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks._node import EventTap, NodeProcess
+from benchmarks._stats import Result, aggregate
+from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w2
+from tamma_actors import Client
+from tamma_actors._errors import TammaError
+
+__all__ = ["W5_TITLE", "W6_TITLE", "run_w5", "run_w6"]
+
+W5_TITLE = "{n} waiting executions, SIGKILL, restart: until all re-activated and serving"
+W6_TITLE = "{n} waiting executions: coordinator RSS; W2 under that load"
+_WAIT = {"name": "bench-wait", "steps": [{"name": "park", "implementation": "wait",
+                                          "config": {"seconds": 3600}}]}  # fmt: skip
+_BIG_STORE = {"TAMMA_MAP_SIZE": str(8 << 30)}
+
+Progress = Callable[[str, float, float], None]
+
+
+def _park(client: Client, count: int, what: str, progress: Progress) -> list[str]:
+    """Start ``count`` executions of the wait workflow; refuse to go on without ``wait``."""
+    try:
+        first = client.start_workflow(_WAIT)
+    except TammaError as exc:
+        raise Unavailable(f"the node has no built-in `wait` step: {exc}") from exc
+    ids = [first.id]
+    chunk = 2000
+    while len(ids) < count:
+        n = min(chunk, count - len(ids))
+        ids += [e.id for e in client.start_workflows(_WAIT, ({} for _ in range(n)))]
+        progress(what, len(ids), count)
+    status = client.get_workflow_status(first.id)
+    if status.status != "running":
+        raise Unavailable(f"a `wait` execution is {status.status}, not running")
+    return ids
+
+
+def _all_running(client: Client, ids: list[str]) -> None:
+    statuses = client.request_many("status", ({"id": i} for i in ids), timeout=60.0)
+    bad = [s for s in statuses if s.get("status") != "running"]
+    if bad:
+        raise Unavailable(f"{len(bad)} waiting executions are not running after restart")
+
+
+def run_w5(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result:
+    n = sizes.w5_executions
+    title = W5_TITLE.format(n=f"{n:,}")
+    samples: list[dict[str, float]] = []
+    with NodeProcess(scratch / "w5", env=_BIG_STORE) as node:
+        with Client(node.control, timeout=60.0) as client:
+            ids = _park(client, n, "W5 start", progress)
+        for run in range(runs):
+            node.kill()
+            began = time.perf_counter()
+            serving = node.start(timeout=sizes.timeout)
+            with Client(node.control, timeout=60.0) as client:
+                _all_running(client, ids)
+            recovered = time.perf_counter() - began
+            samples.append({"recovery_s": recovered, "serving_s": serving})
+            progress("W5", run + 1, runs)
+    return aggregate("W5", title, samples)
+
+
+def run_w6(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result:
+    n = sizes.w6_executions
+    title = W6_TITLE.format(n=f"{n:,}")
+    with (
+        NodeProcess(scratch / "w6", env=_BIG_STORE) as node,
+        Client(node.control, timeout=60.0) as client,
+        EventTap(node.events) as tap,
+    ):
+        tap.sync(client, chain("bench-sync", 1))
+        bench = Bench(node, client, tap, sizes, progress)
+        alone = [w2(bench)["steps_per_s"] for _ in range(runs)]
+        _park(client, n, "W6 start", progress)
+        samples: list[dict[str, Any]] = []
+        for run in range(runs):
+            loaded = w2(bench)["steps_per_s"]
+            rss = psutil.Process(node.pid).memory_info().rss / (1 << 20)
+            samples.append(
+                {
+                    "rss_mib": rss,
+                    "w2_steps_per_s": loaded,
+                    "w2_ratio": loaded / statistics.median(alone),
+                }
+            )
+            progress("W6", run + 1, runs)
+    result = aggregate("W6", title, samples)
+    result.notes.append(f"W2 alone on this node: {sorted(alone)} steps/s")
+    return result

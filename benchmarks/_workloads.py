@@ -1,0 +1,210 @@
+"""W1-W4 and W7: one run of each against a live node (the runner repeats them).
+
+Each function takes a :class:`Bench` (the node, a control client, an event tap) and returns
+the figures of one run. Nothing is faked: a workload that cannot run (a missing engine
+feature) raises :class:`Unavailable` with the reason, and the suite reports it as such.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks._node import BenchmarkError, EventTap, NodeProcess
+from benchmarks._stats import percentile
+from tamma_actors import Client
+from tamma_actors._errors import TammaError
+
+__all__ = ["Bench", "Sizes", "Unavailable", "chain", "w1", "w2", "w3", "w4", "w7"]
+
+Progress = Callable[[str, float, float], None]  # (what, done, total)
+
+
+class Unavailable(Exception):
+    """The workload needs an engine feature this node does not have (the reason)."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    w1_starts: int = 200
+    w2_workflows: int = 100
+    w2_steps: int = 10
+    w3_items: int = 200
+    w4_workflows: int = 20
+    w4_steps: int = 5
+    w4_cpu_ms: float = 20.0
+    w5_executions: int = 10_000
+    w6_executions: int = 100_000
+    timeout: float = 300.0
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            w1_starts=20,
+            w2_workflows=10,
+            w3_items=20,
+            w4_workflows=4,
+            w4_steps=2,
+            w5_executions=100,
+            w6_executions=300,
+            timeout=60.0,
+        )
+
+
+@dataclass
+class Bench:
+    node: NodeProcess
+    client: Client
+    tap: EventTap
+    sizes: Sizes
+    progress: Progress
+
+
+def chain(name: str, steps: int, implementation: str = "noop", **config: Any) -> dict[str, Any]:
+    """A workflow of ``steps`` steps, each depending on the one before."""
+    return {
+        "name": name,
+        "steps": [
+            {
+                "name": f"s{i}",
+                "implementation": implementation,
+                "config": dict(config),
+                "dependencies": [f"s{i - 1}"] if i else [],
+            }
+            for i in range(steps)
+        ],
+    }
+
+
+NOOP1 = chain("bench-noop-1", 1)
+
+
+def _all_completed(ended: dict[str, tuple[str, float]]) -> None:
+    failed = [eid for eid, (kind, _) in ended.items() if kind != "workflow.completed"]
+    if failed:
+        raise BenchmarkError(f"{len(failed)} execution(s) did not complete, e.g. {failed[0]}")
+
+
+def _burst(b: Bench, workflow: dict[str, Any], count: int, what: str) -> tuple[float, float]:
+    """Start ``count`` executions at once (pipelined); returns (seconds from the first
+    submit to the last end, seconds to have every start accepted)."""
+    b.tap.forget()
+    began = time.perf_counter()
+    started = b.client.start_workflows(workflow, ({"n": i} for i in range(count)))
+    accepted = time.perf_counter() - began
+    ended = b.tap.wait_for(
+        [s.id for s in started], b.sizes.timeout, lambda n: b.progress(what, n, count)
+    )
+    _all_completed(ended)
+    return max(t for _, t in ended.values()) - began, accepted
+
+
+def w1(b: Bench) -> dict[str, float]:
+    """Sequential 1-step starts: start→accepted (durable) and start→completed."""
+    accepted: list[float] = []
+    completed: list[float] = []
+    n = b.sizes.w1_starts
+    b.tap.forget()
+    for i in range(n):
+        began = time.perf_counter()
+        execution = b.client.start_workflow(NOOP1)
+        accepted.append((time.perf_counter() - began) * 1000)
+        kind, at = b.tap.wait_for([execution.id], b.sizes.timeout)[execution.id]
+        if kind != "workflow.completed":
+            raise BenchmarkError(f"W1 execution {execution.id} ended with {kind}")
+        completed.append((at - began) * 1000)
+        if i % 20 == 0:
+            b.progress("W1", i, n)
+    return {
+        "accepted_p50_ms": percentile(accepted, 0.5),
+        "accepted_p99_ms": percentile(accepted, 0.99),
+        "completed_p50_ms": percentile(completed, 0.5),
+        "completed_p99_ms": percentile(completed, 0.99),
+    }
+
+
+def w2(b: Bench) -> dict[str, float]:
+    """Many chains submitted at once: durable steps per second."""
+    s = b.sizes
+    wall, accepted = _burst(b, chain("bench-w2", s.w2_steps), s.w2_workflows, "W2")
+    return {
+        "steps_per_s": s.w2_workflows * s.w2_steps / wall,
+        "wall_s": wall,
+        "submit_s": accepted,
+    }
+
+
+def w3(b: Bench) -> dict[str, float]:
+    """1 step → parallel over N items → join: wall time."""
+    items = b.sizes.w3_items
+    workflow = {
+        "name": "bench-w3",
+        "steps": [
+            {"name": "first", "implementation": "noop"},
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "noop",
+                "config": {"items": list(range(items))},
+                "dependencies": ["first"],
+            },
+            {"name": "join", "implementation": "noop", "dependencies": ["fan"]},
+        ],
+    }
+    try:
+        wall, _ = _burst(b, workflow, 1, "W3")
+    except TammaError as exc:
+        raise Unavailable(f"the node refused a parallel step: {exc}") from exc
+    last = b.client.list_workflows({"workflow_id": "bench-w3"})[-1]
+    events = b.client.get_events(last.id)
+    dispatched = sum(1 for e in events if e.type.endswith("dispatched"))
+    if dispatched < items:
+        raise Unavailable(
+            f"parallel steps do not fan out yet ({dispatched} dispatches for {items} items)"
+        )
+    return {"wall_s": wall}
+
+
+def w4(b: Bench) -> dict[str, float]:
+    """CPU-bound chains on 2 workers: wall time (ideal: total CPU / 2 cores)."""
+    s = b.sizes
+    workflow = chain("bench-w4", s.w4_steps, "cpu", ms=s.w4_cpu_ms)
+    wall, _ = _burst(b, workflow, s.w4_workflows, "W4")
+    ideal = s.w4_workflows * s.w4_steps * s.w4_cpu_ms / 1000 / max(1, b.node.workers)
+    return {"wall_s": wall, "ideal_s": ideal}
+
+
+def w7(b: Bench) -> dict[str, float]:
+    """Under W2 load: how long a transition waits for its durable commit, and how long an
+    event takes from its transition to a subscriber."""
+    s = b.sizes
+    workflow = chain("bench-w7", s.w2_steps)
+    b.tap.forget()
+    b.tap.record_lags = True
+    halfway: dict[str, Any] = {}
+
+    def progress(n: int) -> None:
+        b.progress("W7", n, s.w2_workflows)
+        if not halfway and n >= s.w2_workflows // 2:
+            # The writer keeps its latest commits: sample them while the load is on.
+            halfway.update(b.client.health()["writer"])
+
+    try:
+        started = b.client.start_workflows(workflow, ({"n": i} for i in range(s.w2_workflows)))
+        _all_completed(b.tap.wait_for([x.id for x in started], s.timeout, progress))
+    finally:
+        b.tap.record_lags = False
+    writer = halfway or b.client.health()["writer"]
+    lags = b.tap.lags_ms
+    if "transition_ms_p99" not in writer:
+        raise Unavailable("the node's writer does not report transition latencies")
+    return {
+        "commit_p50_ms": float(writer["transition_ms_p50"]),
+        "commit_p99_ms": float(writer["transition_ms_p99"]),
+        "fsync_p99_ms": float(writer["commit_ms_p99"]),
+        "batch_avg": float(writer["average_batch"]),
+        "event_p50_ms": percentile(lags, 0.5),
+        "event_p99_ms": percentile(lags, 0.99),
+    }
