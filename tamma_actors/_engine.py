@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import pykka
 
 from tamma_actors._admin import StoreAdmin
+from tamma_actors._breakers import BreakerRegistry
+from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._errors import (
     IllegalTransition,
@@ -97,7 +99,11 @@ class Engine:
     def __init__(self, parts: EngineParts) -> None:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
-        self._deps = replace(parts.deps, on_terminal=self._retire)
+        self._deps = replace(
+            parts.deps,
+            on_terminal=self._retire,
+            breakers=parts.deps.breakers or _breaker_registry(parts),
+        )
         self._implementations = parts.implementations
         self._health_extra = parts.health_extra
         self._write_block = parts.write_block
@@ -162,7 +168,9 @@ class Engine:
     ) -> Future[dict[str, Any]]:
         self._check_intake()
         cfg = parse_workflow(
-            definition, source=source, known_implementations=self._implementations()
+            definition,
+            source=source,
+            known_implementations={*self._implementations(), *COORDINATOR_IMPLEMENTATIONS},
         )
         digest = cfg.digest()
         created = {
@@ -314,6 +322,8 @@ class Engine:
         }
         if self.unrecovered:
             report["status"] = "degraded"
+        if self._deps.breakers is not None:
+            report["breakers"] = self._deps.breakers.snapshot()
         report.update(self._health_extra())
         return _done(report)
 
@@ -376,6 +386,8 @@ class Engine:
         for ref in refs:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=timeout)
+        if self._deps.breakers is not None:
+            self._deps.breakers.close()
 
     # -- store access ----------------------------------------------------------------------
 
@@ -405,6 +417,14 @@ class Engine:
                 f"execution {state.id}: workflow definition {state.digest} is missing"
             )
         return parse_workflow(definition, source=f"definition {state.digest[:12]}")
+
+
+def _breaker_registry(parts: EngineParts) -> BreakerRegistry:
+    """The node's breakers, as the store last saw them."""
+    deps = parts.deps
+    return BreakerRegistry(
+        deps.writer, deps.timers, bus=deps.bus, clock=deps.clock, loaded=parts.store.get_breakers()
+    )
 
 
 def _done_or_refuse(state: ExecutionState, probe: Any) -> Future[dict[str, Any]]:

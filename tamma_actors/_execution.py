@@ -21,6 +21,9 @@ from typing import Any
 
 import pykka
 
+from tamma_actors._breaker_gate import BreakerGate
+from tamma_actors._breakers import BreakerChanged, BreakerRegistry
+from tamma_actors._deadlines import DeadlineDue, Deadlines
 from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._errors import IllegalTransition, TammaError, UnknownStep
 from tamma_actors._eventbus import Publish
@@ -35,6 +38,7 @@ from tamma_actors._state import (
     to_summary,
 )
 from tamma_actors._store import Write
+from tamma_actors._timeouts import TimeoutHandling
 from tamma_actors._timers import TimerHandle, TimerService
 from tamma_actors._workerpool import (
     Cancel,
@@ -67,6 +71,7 @@ class ExecutionDeps:
     snapshot_every: int = 100
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
+    breakers: BreakerRegistry | None = None  # the node's circuit breakers
 
 
 # -- messages -------------------------------------------------------------------------------
@@ -162,7 +167,7 @@ def task_id(execution_id: str, step: str, attempt: int) -> str:
     return f"{execution_id}/{step}/{attempt}"
 
 
-class ExecutionSupervisor(PoolActor):
+class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -186,6 +191,16 @@ class ExecutionSupervisor(PoolActor):
         self._snapshot_seq = state.seq
         self._deps_of = {s.name: config.deps(s.name) for s in config.steps}
         self._broken = False
+        self._deadlines = Deadlines(deps.timers, deps.clock, self._deadline_due)
+        self._probes: dict[str, str] = {}  # step -> breaker it probes (half-open)
+
+    def _deadline_due(self, due: DeadlineDue) -> None:  # on the timer thread
+        _tell(self.actor_ref, due)
+
+    def on_stop(self) -> None:
+        self._deadlines.cancel_all()
+        for handle in self._retry_timers.values():
+            handle.cancel()
 
     # -- the decide / commit / effect cycle ------------------------------------------------
 
@@ -242,6 +257,7 @@ class ExecutionSupervisor(PoolActor):
         self._definition = None
         if terminal:
             eid = self.state.id
+            self._deadlines.cancel_all()
             batch.effects.append(lambda: self.deps.on_terminal(eid))
 
         def done(exc: BaseException | None) -> None:
@@ -300,7 +316,7 @@ class ExecutionSupervisor(PoolActor):
 
     def _on_start(self, msg: Start) -> None:
         self._emit("workflow.created", **msg.created)
-        self._emit("workflow.started")
+        self._emit("workflow.started", **self._workflow_deadline())
         self._advance()
         self._reply_after_commit(msg.reply)
 
@@ -309,14 +325,21 @@ class ExecutionSupervisor(PoolActor):
         the same attempt number (same idempotency key); retry timers resume."""
         for name in self.state.order:
             st = self.state.steps[name]
-            if st.status == "running":
-                self._emit("step.redispatched", step=name, attempt=st.attempts, reason="recovery")
+            if st.status == "running" and not self._is_wait(name):
+                self._emit(
+                    "step.redispatched",
+                    step=name,
+                    attempt=st.attempts,
+                    reason="recovery",
+                    **self._queue_deadline(name, st.attempts),
+                )
             if st.status == "dispatched":
                 self._send_task(name, st.attempts)
             elif st.status == "retry_wait" and self.state.status == "running":
                 self._arm_retry(name, st.attempts, st.retry_at or self.deps.clock())
         if self.state.status == "pending":
-            self._emit("workflow.started")
+            self._emit("workflow.started", **self._workflow_deadline())
+        self._arm_deadlines()  # wait steps, queue deadlines, the workflow timeout
         self._advance()
 
     def _on_get(self, msg: GetRecord) -> None:
@@ -346,7 +369,9 @@ class ExecutionSupervisor(PoolActor):
                 handle.cancel()
                 frozen[name] = max(0.0, (self.state.steps[name].retry_at or now) - now)
             self._retry_timers.clear()
-            self._emit("workflow.paused", reason=msg.reason, frozen=frozen)
+            self._emit(
+                "workflow.paused", reason=msg.reason, frozen=frozen, **self._freeze_deadlines()
+            )
         self._reply_after_commit(msg.reply)
 
     def _on_resume(self, msg: Resume) -> None:
@@ -354,13 +379,19 @@ class ExecutionSupervisor(PoolActor):
             self._require("paused", "resume")
             now = self.deps.clock()
             retry_at = {
-                name: now + (st.frozen_delay or 0.0)
+                name: now
+                + (
+                    st.frozen_delay
+                    if st.frozen_delay is not None
+                    else max(0.0, (st.retry_at or now) - now)
+                )
                 for name, st in self.state.steps.items()
                 if st.status == "retry_wait"
             }
-            self._emit("workflow.resumed", retry_at=retry_at)
+            self._emit("workflow.resumed", retry_at=retry_at, **self._thaw_deadlines())
             for name, at in retry_at.items():
                 self._arm_retry(name, self.state.steps[name].attempts, at)
+            self._arm_deadlines()
             self._advance()
         self._reply_after_commit(msg.reply)
 
@@ -421,10 +452,18 @@ class ExecutionSupervisor(PoolActor):
         name = self._inflight.get(msg.task_id)
         if name is not None and self.state.steps[name].status == "dispatched":
             attempt = self.state.steps[name].attempts
-            self._emit("step.started", step=name, attempt=attempt, worker=msg.worker_id)
+            self._emit(
+                "step.started",
+                step=name,
+                attempt=attempt,
+                worker=msg.worker_id,
+                **self._running_deadline(name, attempt),
+            )
 
     def _on_task_progress(self, msg: TaskProgress) -> None:
-        pass  # liveness only for now; heartbeat timeouts use it (see DESIGN: timeouts)
+        name = self._inflight.get(msg.task_id)
+        if name is not None:
+            self._heartbeat(name)  # progress is liveness: it pushes the heartbeat deadline
 
     def _on_task_redispatched(self, msg: TaskRedispatched) -> None:
         """A lost worker does not use up an attempt — unless the same attempt keeps losing
@@ -436,9 +475,17 @@ class ExecutionSupervisor(PoolActor):
         lost = self._lost.get(msg.task_id, 0) + 1
         self._lost[msg.task_id] = lost
         if lost <= MAX_REDISPATCH:
-            self._emit("step.redispatched", step=name, attempt=attempt, reason=msg.reason)
+            self._emit(
+                "step.redispatched",
+                step=name,
+                attempt=attempt,
+                reason=msg.reason,
+                **self._queue_deadline(name, attempt),
+            )
             return
         del self._inflight[msg.task_id]
+        self._deadlines.cancel_step(name)
+        self._breaker_outcome(name, False)
         self._after_commit(partial(self.deps.pool.tell, Cancel(msg.task_id)))
         error = {
             "type": "WorkerLost",
@@ -456,6 +503,8 @@ class ExecutionSupervisor(PoolActor):
         st = self.state.steps[name]
         if st.status not in ("dispatched", "running"):
             return  # cancelled meanwhile (abort, fail_fast): the late result is discarded
+        self._deadlines.cancel_step(name)
+        self._breaker_outcome(name, msg.ok)
         if msg.ok:
             self._emit(
                 "step.completed",
@@ -513,15 +562,16 @@ class ExecutionSupervisor(PoolActor):
             elif dep_states and all(s in ("succeeded", "skipped") for s in dep_states):
                 self._emit("step.skipped", step=name, reason="its dependencies were skipped")
         limit = self.cfg.max_parallel or len(steps)
-        busy = sum(1 for st in steps.values() if st.status in ("dispatched", "running"))
+        busy = sum(
+            1
+            for name, st in steps.items()
+            if st.status in ("dispatched", "running") and not self._is_wait(name)
+        )
         for name in self.state.order:
             if busy >= limit:
                 break
             if steps[name].status == "ready":
-                attempt = steps[name].attempts + 1
-                self._emit("step.dispatched", step=name, attempt=attempt)
-                self._send_task(name, attempt)
-                busy += 1
+                busy += self._launch(name, steps[name].attempts + 1)
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -549,9 +599,11 @@ class ExecutionSupervisor(PoolActor):
                 tid = task_id(self.state.id, name, st.attempts)
                 self._inflight.pop(tid, None)
                 self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
+                self._breaker_release(name)
             handle = self._retry_timers.pop(name, None)
             if handle is not None:
                 handle.cancel()
+            self._deadlines.cancel_step(name)
             self._emit("step.cancelled", step=name, reason=reason)
 
     def _send_task(self, name: str, attempt: int) -> None:
@@ -656,4 +708,6 @@ _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {
     TaskProgress: ExecutionSupervisor._on_task_progress,
     TaskRedispatched: ExecutionSupervisor._on_task_redispatched,
     TaskFinished: ExecutionSupervisor._on_task_finished,
+    DeadlineDue: ExecutionSupervisor._on_deadline,
+    BreakerChanged: ExecutionSupervisor._on_breaker_changed,
 }

@@ -37,6 +37,7 @@ from tamma_actors._status import ExecutionStatus, StepStatus
 
 __all__ = [
     "STEP_NAME_PATTERN",
+    "CircuitBreakerPolicy",
     "ErrorHandlingPolicy",
     "ExecutionMetrics",
     "Milliseconds",
@@ -125,6 +126,11 @@ Seconds = Annotated[float, BeforeValidator(_seconds), _duration_schema("seconds"
 Count = Annotated[int, BeforeValidator(_no_bool)]
 UtcDatetime = Annotated[datetime, BeforeValidator(_utc_input), AfterValidator(_as_utc)]
 _MINUTES_SCHEMA = _duration_schema("minutes", nullable=True)
+_OptionalSeconds = Annotated[
+    Annotated[float, Field(gt=0)] | None,
+    BeforeValidator(_seconds),
+    _duration_schema("seconds", nullable=True),
+]
 StepName = Annotated[str, Field(min_length=1, pattern=STEP_NAME_PATTERN)]
 
 
@@ -181,6 +187,16 @@ class ErrorHandlingPolicy(_FileModel):
         return {"strategy": data} if isinstance(data, str) else data
 
 
+class CircuitBreakerPolicy(_FileModel):
+    """Per step implementation (and ``config.target``): open after ``failure_threshold``
+    consecutive failed attempts, half-open after ``reset_timeout`` with at most
+    ``half_open_max_calls`` probes in flight, closed again on a probe's success."""
+
+    failure_threshold: Count = Field(5, ge=1)
+    reset_timeout: Seconds = Field(30.0, gt=0)
+    half_open_max_calls: Count = Field(1, ge=1)
+
+
 class StepDependency(_FileModel):
     """A workflow-level dependency entry: ``step`` runs after every step in ``depends_on``."""
 
@@ -199,6 +215,10 @@ class WorkflowStep(_FileModel):
     retry_policy: RetryPolicy | None = None
     dependencies: list[str] = Field(default_factory=list)
     compensation: str | None = None
+    # schedule-to-start: dispatched until a worker starts it (frozen while paused)
+    queue_timeout: _OptionalSeconds = None
+    # longest silence between two ctx.heartbeat calls of a running step
+    heartbeat_timeout: _OptionalSeconds = None
 
     @field_validator("implementation")
     @classmethod
@@ -207,6 +227,17 @@ class WorkflowStep(_FileModel):
         if kind in _IMPLEMENTED_TYPES and not value:
             raise ValueError(f"a {kind} step needs an implementation")
         return value
+
+    @model_validator(mode="after")
+    def _wait_needs_seconds(self) -> WorkflowStep:
+        # The coordinator keeps a wait step's timer: its config is checked here, at load.
+        if self.implementation == "wait" and self.type == "task":
+            seconds = self.config.get("seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError(
+                    f"a wait step needs config.seconds, a number >= 0 (got {seconds!r})"
+                )
+        return self
 
 
 class WorkflowConfig(_FileModel):
@@ -222,6 +253,7 @@ class WorkflowConfig(_FileModel):
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     error_handling: ErrorHandlingPolicy = Field(default_factory=ErrorHandlingPolicy)
     max_parallel: Count | None = Field(None, ge=1)
+    circuit_breaker: CircuitBreakerPolicy | None = None
 
     _by_name: dict[str, WorkflowStep] = PrivateAttr(default_factory=dict)
 

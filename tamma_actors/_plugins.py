@@ -121,7 +121,8 @@ def load_registry(
     A malformed allowlist entry is the operator's configuration error (ConfigError); a
     broken entry point is logged and skipped.
     """
-    reserved = set(BUILTIN_NAMES)
+    # "wait" is kept by the coordinator (tamma_actors._deadlines): no plugin may take it.
+    reserved = {*BUILTIN_NAMES, "wait"}
     loaders: dict[str, Loader] = {
         name: _target_loader(f"{_BUILTINS_MODULE}:{name}")
         for name in BUILTIN_NAMES

@@ -38,8 +38,12 @@ class StepState:
     started_at: float | None = None
     ended_at: float | None = None
     retry_at: float | None = None  # wall clock of the next attempt while in retry_wait
-    frozen_delay: float | None = None  # retry wait left when the execution was paused
+    frozen_delay: float | None = None  # retry wait or held deadline left while paused
     worker: str | None = None
+    # wall clock of the step's coordinator deadline: the end of a wait step, the queue
+    # deadline while dispatched, the start-to-close deadline while running
+    deadline: float | None = None
+    hold: dict[str, Any] | None = None  # what a ready step waits for (an open breaker)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -63,6 +67,9 @@ class ExecutionState:
     reason: str | None = None
     retries: int = 0
     source: str | None = None
+    deadline: float | None = None  # wall clock of the workflow timeout while running
+    frozen_left: float | None = None  # workflow time left while paused
+    compensations: list[dict[str, Any]] | None = None  # the compensate plan and results
 
     @property
     def terminal(self) -> bool:
@@ -132,6 +139,7 @@ def _created(state: ExecutionState, ev: Mapping[str, Any]) -> None:
 
 def _started(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     _move(state, E.RUNNING)
+    state.deadline = ev["data"].get("deadline")
 
 
 def _paused(state: ExecutionState, ev: Mapping[str, Any]) -> None:
@@ -140,6 +148,12 @@ def _paused(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     for name, left in ev["data"].get("frozen", {}).items():
         st = state.steps[name]
         st.frozen_delay, st.retry_at = left, None
+    for name, left in ev["data"].get("held", {}).items():
+        st = state.steps[name]
+        st.frozen_delay, st.deadline = left, None
+    if state.deadline is not None:
+        state.frozen_left = ev["data"].get("workflow_left")
+        state.deadline = None
 
 
 def _resumed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
@@ -148,6 +162,11 @@ def _resumed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     for name, at in ev["data"].get("retry_at", {}).items():
         st = state.steps[name]
         st.retry_at, st.frozen_delay = at, None
+    for name, at in ev["data"].get("deadlines", {}).items():
+        st = state.steps[name]
+        st.deadline, st.frozen_delay = at, None
+    state.deadline = ev["data"].get("deadline")
+    state.frozen_left = None
 
 
 def _finished(dst: ExecutionStatus) -> Callable[[ExecutionState, Mapping[str, Any]], None]:
@@ -155,6 +174,7 @@ def _finished(dst: ExecutionStatus) -> Callable[[ExecutionState, Mapping[str, An
         _move(state, dst)
         state.end_time = ev["timestamp"]
         state.current_step = None
+        state.deadline = state.frozen_left = None
         if dst is E.FAILED:
             state.error = ev["data"].get("error")
         if dst is E.ABORTED:
@@ -172,12 +192,17 @@ def _dispatched(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st.attempts = ev["data"]["attempt"]
     st.retry_at = None
     st.error = None
+    st.hold = None
+    st.frozen_delay = None
+    st.deadline = ev["data"].get("deadline")
 
 
 def _step_started(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _move_step(state, ev["data"]["step"], S.RUNNING)
     st.started_at = ev["timestamp"]
     st.worker = ev["data"].get("worker")
+    st.deadline = ev["data"].get("deadline")
+    st.frozen_delay = None
     state.current_step = ev["data"]["step"]
 
 
@@ -185,6 +210,7 @@ def _completed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _move_step(state, ev["data"]["step"], S.SUCCEEDED)
     st.data = ev["data"].get("output")
     st.ended_at = ev["timestamp"]
+    st.deadline = None
     if st.started_at is None:
         st.started_at = ev["timestamp"]
 
@@ -193,12 +219,14 @@ def _failed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _move_step(state, ev["data"]["step"], S.FAILED)
     st.error = ev["data"].get("error")
     st.ended_at = ev["timestamp"]
+    st.deadline = None
 
 
 def _retry_scheduled(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _move_step(state, ev["data"]["step"], S.RETRY_WAIT)
     st.error = ev["data"].get("error")
     st.retry_at = ev["data"]["retry_at"]
+    st.deadline = st.frozen_delay = None
     state.retries += 1
 
 
@@ -206,14 +234,52 @@ def _redispatched(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     name = ev["data"]["step"]
     _move_step(state, name, S.READY)
     _move_step(state, name, S.DISPATCHED)
-    _step(state, ev["data"]).worker = None
+    st = _step(state, ev["data"])
+    st.worker = None
+    st.deadline = ev["data"].get("deadline")
+
+
+def _timed_out(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _move_step(state, ev["data"]["step"], S.TIMED_OUT)
+    st.error = ev["data"].get("error")
+    st.deadline = None
+
+
+def _held(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    """A ready step waits for an open breaker; it stays ready and keeps its attempts."""
+    st = _step(state, ev["data"])
+    if st.status != S.READY.value:
+        raise IllegalTransition(f"step {ev['data']['step']!r}: only a ready step is held")
+    st.hold = {"breaker": ev["data"]["breaker"], "until": ev["data"].get("until")}
+
+
+def _compensating(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    state.compensations = [
+        {"step": name, "implementation": impl, "status": "pending"}
+        for name, impl in ev["data"]["plan"]
+    ]
+
+
+def _compensation(status: str) -> Callable[[ExecutionState, Mapping[str, Any]], None]:
+    def handler(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+        for entry in state.compensations or ():
+            if entry["step"] == ev["data"]["step"]:
+                entry["status"] = status
+                for key in ("output", "error"):
+                    if key in ev["data"]:
+                        entry[key] = ev["data"][key]
+                return
+        raise IllegalTransition(f"step {ev['data']['step']!r} has no planned compensation")
+
+    return handler
 
 
 def _terminal_step(dst: StepStatus) -> Callable[[ExecutionState, Mapping[str, Any]], None]:
     def handler(state: ExecutionState, ev: Mapping[str, Any]) -> None:
         st = _move_step(state, ev["data"]["step"], dst)
         st.ended_at = ev["timestamp"]
-        st.retry_at = st.frozen_delay = None
+        st.retry_at = st.frozen_delay = st.deadline = None
+        st.hold = None
         if ev["data"].get("reason"):
             st.error = {"type": dst.value, "message": ev["data"]["reason"], "retryable": False}
 
@@ -262,6 +328,12 @@ _HANDLERS: dict[str, Callable[[ExecutionState, Mapping[str, Any]], None]] = {
     "step.cancelled": _terminal_step(S.CANCELLED),
     "step.retried": _reset,
     "step.reopened": _reopened,
+    "step.timed_out": _timed_out,
+    "step.held": _held,
+    "workflow.compensating": _compensating,
+    "compensation.started": _compensation("running"),
+    "compensation.completed": _compensation("succeeded"),
+    "compensation.failed": _compensation("failed"),
 }
 
 EVENT_TYPES = frozenset(_HANDLERS)

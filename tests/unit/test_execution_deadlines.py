@@ -1,0 +1,238 @@
+"""Wait steps, step timeouts and the workflow timeout, on ManualTimers and a holding pool.
+
+Time moves only when a test calls ``timers.advance``; the execution's clock is the same
+manual clock, so deadlines recorded in events are exact. Every report the pool would send
+(started, progress, result) is sent by the test, and the test waits for the execution to
+have recorded it before moving time (a bounded wait on committed state, never a sleep
+standing in for synchronisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tamma_actors._errors import WorkflowValidationError
+from tamma_actors._store import MemoryStore
+from tamma_actors._workerpool import TaskFinished, TaskProgress, TaskRedispatched, TaskStarted
+from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
+
+_kit = make_kit
+
+
+@pytest.fixture
+def kit() -> Iterator[Kit]:
+    yield from make_kit()
+
+
+FAST_RETRY = {"max_attempts": 2, "base_delay": 1000, "max_delay": 1000, "jitter": 0}
+
+# -- wait steps -------------------------------------------------------------------------------
+
+
+def test_a_wait_step_is_a_coordinator_timer_not_a_worker_task(kit: Kit) -> None:
+    eid = kit.start(wf(wait_step("w", 30), step("after", "w")))
+    rec = kit.step_is(eid, "w", "running")
+    assert rec["results"]["after"]["status"] == "pending"
+    assert kit.held.empty()  # no worker ever sees a wait step
+    kit.timers.advance(29.5)
+    assert kit.record(eid)["results"]["w"]["status"] == "running"
+    kit.timers.advance(0.5)
+    after = kit.next_held()
+    assert after.task["step"] == "after" and after.task["input"] == {"waited_s": 30.0}
+    after.reply_to.tell(TaskFinished(after.task["task_id"], True, "done", None, 1.0))
+    final = kit.status_is(eid, "completed")
+    assert final["results"]["w"]["data"] == {"waited_s": 30.0}
+    started = next(e for e in kit.events(eid) if e["type"] == "step.started")
+    assert started["data"]["deadline"] == 1030.0 and started["data"]["worker"] is None
+
+
+def test_wait_steps_take_no_worker_slot_under_max_parallel(kit: Kit) -> None:
+    eid = kit.start(wf(wait_step("w1", 5), wait_step("w2", 5), step("t"), max_parallel=1))
+    kit.step_is(eid, "w2", "running")
+    assert kit.next_held().task["step"] == "t"  # the one slot is the task's
+
+
+def test_many_waiting_executions_cost_one_timer_each(kit: Kit) -> None:
+    ids = [kit.start(wf(wait_step("w", 60))) for _ in range(200)]
+    for eid in ids:
+        kit.step_is(eid, "w", "running")
+    assert kit.timers.pending() == 200 and kit.held.empty()
+    kit.timers.advance(60)
+    for eid in ids:
+        kit.status_is(eid, "completed")
+    assert kit.timers.pending() == 0
+
+
+def test_pause_freezes_a_wait_step_and_resume_gives_it_the_time_it_had_left(kit: Kit) -> None:
+    eid = kit.start(wf(wait_step("w", 30)))
+    kit.step_is(eid, "w", "running")
+    kit.timers.advance(10)
+    kit.engine.pause_workflow(eid).result(WAIT)
+    kit.timers.advance(1000)
+    assert kit.record(eid)["results"]["w"]["status"] == "running"
+    paused = next(e for e in kit.events(eid) if e["type"] == "workflow.paused")
+    assert paused["data"]["held"] == {"w": 20.0}
+    kit.engine.resume_workflow(eid).result(WAIT)
+    kit.timers.advance(19.9)
+    assert kit.record(eid)["status"] == "running"
+    kit.timers.advance(0.1)
+    kit.status_is(eid, "completed")
+
+
+def test_a_wait_step_survives_a_restart_with_the_time_it_had_left() -> None:
+    store = MemoryStore()
+    for k in _kit(store, start=1000.0):
+        eid = k.start(wf(wait_step("w", 30), step("after", "w")))
+        k.step_is(eid, "w", "running")
+    for k in _kit(store, start=1012.0):  # the node was down 12 s of the 30
+        assert k.engine.recover() == 1
+        k.timers.advance(17.9)
+        assert k.record(eid)["results"]["w"]["status"] == "running" and k.held.empty()
+        k.timers.advance(0.1)
+        assert k.next_held().task["step"] == "after"
+        assert [e["type"] for e in k.events(eid)].count("step.dispatched") == 2  # w, after
+
+
+def test_a_wait_step_config_is_checked_when_the_workflow_is_loaded(kit: Kit) -> None:
+    with pytest.raises(WorkflowValidationError, match=r"config\.seconds"):
+        kit.engine.start_workflow(wf(step("w", impl="wait")), {}).result(WAIT)
+    with pytest.raises(WorkflowValidationError, match=r"config\.seconds"):
+        kit.engine.start_workflow(wf(wait_step("w", -1)), {}).result(WAIT)
+
+
+# -- step timeouts ----------------------------------------------------------------------------
+
+
+def test_start_to_close_timeout_cancels_and_retries_then_fails(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", timeout=5, retry_policy=FAST_RETRY)))
+    first = kit.next_held()
+    kit.started(eid, first)
+    kit.timers.advance(4.9)
+    assert kit.record(eid)["results"]["s"]["status"] == "running"
+    kit.timers.advance(0.1)
+    assert kit.cancels.get(timeout=WAIT) == first.task["task_id"]
+    rec = kit.step_is(eid, "s", "retry_wait")
+    assert rec["results"]["s"]["error"]["type"] == "StepTimeout"
+    # the late result of the timed-out attempt is fenced off
+    first.reply_to.tell(TaskFinished(first.task["task_id"], True, "late", None, 1.0))
+    kit.timers.advance(1.0)
+    second = kit.next_held()
+    assert second.task["attempt"] == 2
+    kit.started(eid, second)
+    kit.timers.advance(5)
+    final = kit.status_is(eid, "failed")
+    assert final["results"]["s"]["data"] is None and final["results"]["s"]["attempts"] == 2
+    assert final["error"]["type"] == "StepTimeout" and "within 5s" in final["error"]["message"]
+    types = [e["type"] for e in kit.events(eid)]
+    assert types.count("step.timed_out") == 2
+
+
+def test_a_step_finishing_in_time_cancels_its_deadline(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", timeout=5, heartbeat_timeout=2, queue_timeout=3)))
+    d = kit.next_held()
+    kit.started(eid, d)
+    d.reply_to.tell(TaskFinished(d.task["task_id"], True, 1, None, 1.0))
+    kit.status_is(eid, "completed")
+    assert kit.timers.pending() == 0
+    assert kit.timers.advance(100) == 0
+
+
+def test_queue_timeout_fires_when_no_worker_starts_the_step(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", queue_timeout="2s", retry_policy={"max_attempts": 1})))
+    d = kit.next_held()
+    kit.timers.advance(2)
+    final = kit.status_is(eid, "failed")
+    assert "was not started by a worker within 2s" in final["error"]["message"]
+    assert kit.cancels.get(timeout=WAIT) == d.task["task_id"]
+
+
+def test_pause_freezes_the_queue_deadline(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", queue_timeout=10, retry_policy={"max_attempts": 1})))
+    kit.next_held()
+    kit.timers.advance(4)
+    kit.engine.pause_workflow(eid).result(WAIT)
+    kit.timers.advance(500)
+    assert kit.record(eid)["results"]["s"]["status"] == "dispatched"
+    kit.engine.resume_workflow(eid).result(WAIT)
+    kit.timers.advance(5.9)
+    assert kit.record(eid)["status"] == "running"
+    kit.timers.advance(0.1)
+    kit.status_is(eid, "failed")
+
+
+def test_heartbeats_keep_a_long_step_alive_and_silence_times_it_out(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", heartbeat_timeout=5, retry_policy={"max_attempts": 1})))
+    d = kit.next_held()
+    kit.started(eid, d)
+    for _ in range(3):
+        kit.timers.advance(4)
+        d.reply_to.tell(TaskProgress(d.task["task_id"], {"pct": 10}))
+        # a progress report has no event; a read queued behind it in the inbox proves it
+        # was handled (and the heartbeat deadline re-armed) before time moves again
+        kit.record(eid)
+    kit.timers.advance(4.9)
+    assert kit.record(eid)["status"] == "running"
+    kit.timers.advance(0.1)
+    final = kit.status_is(eid, "failed")
+    assert "sent no heartbeat for 5s" in final["error"]["message"]
+
+
+def test_a_redispatched_step_gets_a_fresh_queue_deadline(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", queue_timeout=3, timeout=10)))
+    d = kit.next_held()
+    kit.started(eid, d)
+    d.reply_to.tell(TaskRedispatched(d.task["task_id"], "worker w-1 died"))
+    kit.step_is(eid, "s", "dispatched")
+    kit.timers.advance(2.9)
+    d.reply_to.tell(TaskStarted(d.task["task_id"], "w-2"))
+    kit.step_is(eid, "s", "running")
+    kit.timers.advance(8)  # past the lost attempt's run deadline, within the new one
+    assert kit.record(eid)["results"]["s"]["status"] == "running"
+    d.reply_to.tell(TaskFinished(d.task["task_id"], True, "ok", None, 1.0))
+    assert kit.status_is(eid, "completed")["results"]["s"]["attempts"] == 1
+
+
+# -- the workflow timeout ---------------------------------------------------------------------
+
+
+def test_the_workflow_timeout_fails_the_execution_and_cancels_running_steps(kit: Kit) -> None:
+    eid = kit.start(wf(step("a"), step("b", "a"), timeout="10s"))
+    d = kit.next_held()
+    kit.started(eid, d)
+    kit.timers.advance(10)
+    final = kit.status_is(eid, "failed")
+    assert final["error"]["type"] == "WorkflowTimeout" and "10s" in final["error"]["message"]
+    assert final["results"]["a"]["status"] == "cancelled"
+    assert final["results"]["b"]["status"] == "cancelled"
+    assert kit.cancels.get(timeout=WAIT) == d.task["task_id"]
+    started = next(e for e in kit.events(eid) if e["type"] == "workflow.started")
+    assert started["data"]["deadline"] == 1010.0
+
+
+def test_pause_freezes_the_workflow_timeout(kit: Kit) -> None:
+    eid = kit.start(wf(wait_step("w", 100), timeout="10s"))
+    kit.step_is(eid, "w", "running")
+    kit.timers.advance(4)
+    kit.engine.pause_workflow(eid).result(WAIT)
+    kit.timers.advance(1000)
+    assert kit.record(eid)["status"] == "paused"
+    kit.engine.resume_workflow(eid).result(WAIT)
+    kit.timers.advance(5.9)
+    assert kit.record(eid)["status"] == "running"
+    kit.timers.advance(0.1)
+    assert kit.status_is(eid, "failed")["error"]["type"] == "WorkflowTimeout"
+
+
+def test_the_workflow_timeout_survives_a_restart() -> None:
+    store = MemoryStore()
+    for k in _kit(store, start=1000.0):
+        eid = k.start(wf(wait_step("w", 100), timeout="10s"))
+        k.step_is(eid, "w", "running")
+    for k in _kit(store, start=1008.0):
+        k.engine.recover()
+        k.timers.advance(1.9)
+        assert k.record(eid)["status"] == "running"
+        k.timers.advance(0.1)
+        assert k.status_is(eid, "failed")["error"]["type"] == "WorkflowTimeout"
