@@ -182,9 +182,10 @@ def test_backup_while_running_then_a_node_on_the_copy_and_a_restore(
     with pytest.raises(TammaError, match="must be a new or empty directory"):
         client.admin_backup(short_dir / "bk")
     # a node starts on the copy as it is
-    with Node(config(short_dir / "bk")) as copy, Client(
-        copy.config.control_address, timeout=WAIT
-    ) as c:
+    with (
+        Node(config(short_dir / "bk")) as copy,
+        Client(copy.config.control_address, timeout=WAIT) as c,
+    ):
         listed = c.list_workflows()
         assert len(listed) == copied and {r.id for r in listed} <= set(acked)
         for record in listed:  # executions caught mid-way finish on the copy
@@ -242,11 +243,12 @@ def test_admin_cleanup_and_the_retention_setting(
         c.abort_workflow(live)
         second = run_to_end(c, chain())
     # at start, with retention_days set
-    with Node(config(data, retention_days=tiny)) as node, Client(
-        node.config.control_address, timeout=WAIT
-    ) as c:
+    with (
+        Node(config(data, retention_days=tiny)) as node,
+        Client(node.config.control_address, timeout=WAIT) as c,
+    ):
         assert c.list_workflows() == []
-        third = run_to_end(c, chain())
+        run_to_end(c, chain())
         # and periodically while running
         stop = threading.Event()
         runner = threading.Thread(target=node.run, args=(stop, 0.05))
