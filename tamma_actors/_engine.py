@@ -48,6 +48,7 @@ from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
+from tamma_actors._subflows import EngineChildren
 from tamma_actors._workflow_file import parse_workflow
 
 __all__ = ["Engine"]
@@ -102,6 +103,7 @@ class Engine:
         self._deps = replace(
             parts.deps,
             on_terminal=self._retire,
+            children=EngineChildren(self, parts.store, parts.deps.timers),
             breakers=parts.deps.breakers or _breaker_registry(parts),
         )
         self._implementations = parts.implementations
@@ -164,7 +166,12 @@ class Engine:
 
     @_guard
     def start_workflow(
-        self, definition: dict[str, Any], inputs: dict[str, Any], *, source: str | None = None
+        self,
+        definition: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        source: str | None = None,
+        execution_id: str | None = None,  # a subflow's child: its id is chosen by its parent
     ) -> Future[dict[str, Any]]:
         self._check_intake()
         cfg = parse_workflow(
@@ -184,7 +191,7 @@ class Engine:
         # The definition, the created and started events and the first dispatches reach
         # the store in one transaction: the supervisor's first commit.
         reply: Future[dict[str, Any]] = Future()
-        state = ExecutionState(id=new_execution_id())
+        state = ExecutionState(id=execution_id or new_execution_id())
         self._spawn(
             cfg,
             state,

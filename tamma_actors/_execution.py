@@ -37,6 +37,12 @@ from tamma_actors._state import (
     to_status,
     to_summary,
 )
+from tamma_actors._step_types import (
+    ChildFinished,
+    Children,
+    ItemRetryDue,
+    StepTypeHandling,
+)
 from tamma_actors._store import Write
 from tamma_actors._timeouts import TimeoutHandling
 from tamma_actors._timers import TimerHandle, TimerService
@@ -68,6 +74,7 @@ class ExecutionDeps:
     timers: TimerService
     bus: pykka.ActorRef[Any] | None = None
     on_terminal: Callable[[str], None] = lambda _eid: None
+    children: Children | None = None  # starts and steers subflow children (the engine)
     snapshot_every: int = 100
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
@@ -167,7 +174,7 @@ def task_id(execution_id: str, step: str, attempt: int) -> str:
     return f"{execution_id}/{step}/{attempt}"
 
 
-class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
+class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolActor):
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -191,6 +198,7 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
         self._snapshot_seq = state.seq
         self._deps_of = {s.name: config.deps(s.name) for s in config.steps}
         self._broken = False
+        self._init_step_types()
         self._deadlines = Deadlines(deps.timers, deps.clock, self._deadline_due)
         self._probes: dict[str, str] = {}  # step -> breaker it probes (half-open)
 
@@ -325,6 +333,8 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
         the same attempt number (same idempotency key); retry timers resume."""
         for name in self.state.order:
             st = self.state.steps[name]
+            if self._recover_step_type(name):
+                continue
             if st.status == "running" and not self._is_wait(name):
                 self._emit(
                     "step.redispatched",
@@ -372,6 +382,7 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
             self._emit(
                 "workflow.paused", reason=msg.reason, frozen=frozen, **self._freeze_deadlines()
             )
+            self._pause_step_types(msg.reason)
         self._reply_after_commit(msg.reply)
 
     def _on_resume(self, msg: Resume) -> None:
@@ -392,6 +403,7 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
             for name, at in retry_at.items():
                 self._arm_retry(name, self.state.steps[name].attempts, at)
             self._arm_deadlines()
+            self._resume_step_types()
             self._advance()
         self._reply_after_commit(msg.reply)
 
@@ -449,6 +461,8 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
     # -- worker pool reports ---------------------------------------------------------------
 
     def _on_task_started(self, msg: TaskStarted) -> None:
+        if self._item_started(msg):
+            return
         name = self._inflight.get(msg.task_id)
         if name is not None and self.state.steps[name].status == "dispatched":
             attempt = self.state.steps[name].attempts
@@ -468,6 +482,8 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
     def _on_task_redispatched(self, msg: TaskRedispatched) -> None:
         """A lost worker does not use up an attempt — unless the same attempt keeps losing
         its worker: a step that crashes every process it runs in then fails (retryably)."""
+        if self._item_redispatched(msg):
+            return
         name = self._inflight.get(msg.task_id)
         if name is None or self.state.steps[name].status not in ("dispatched", "running"):
             return
@@ -496,6 +512,8 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
         self._advance()
 
     def _on_task_finished(self, msg: TaskFinished) -> None:
+        if self._item_finished(msg):
+            return
         name = self._inflight.pop(msg.task_id, None)
         if name is None:
             log.info("execution %s: stale result for %s ignored", self.state.id, msg.task_id)
@@ -551,16 +569,7 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
         if self.state.status != "running":
             return
         steps = self.state.steps
-        for name in self.state.order:
-            if steps[name].status != "pending":
-                continue
-            dep_states = [steps[d].status for d in self._deps_of[name]]
-            if all(s == "succeeded" for s in dep_states):
-                self._emit("step.ready", step=name)
-            elif any(s in ("failed", "cancelled") for s in dep_states):
-                self._emit("step.cancelled", step=name, reason="a dependency did not succeed")
-            elif dep_states and all(s in ("succeeded", "skipped") for s in dep_states):
-                self._emit("step.skipped", step=name, reason="its dependencies were skipped")
+        self._mark_pending()  # join semantics: see _step_types
         limit = self.cfg.max_parallel or len(steps)
         busy = sum(
             1
@@ -572,6 +581,9 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
                 break
             if steps[name].status == "ready":
                 busy += self._launch(name, steps[name].attempts + 1)
+        if self._take_again():  # a decision or an empty fan-out finished here and now
+            self._advance()
+            return
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
@@ -595,7 +607,7 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
             st = self.state.steps[name]
             if st.status in _DONE:
                 continue
-            if st.status in ("dispatched", "running"):
+            if st.status in ("dispatched", "running") and name not in self._plans:
                 tid = task_id(self.state.id, name, st.attempts)
                 self._inflight.pop(tid, None)
                 self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
@@ -604,6 +616,7 @@ class ExecutionSupervisor(TimeoutHandling, BreakerGate, PoolActor):
             if handle is not None:
                 handle.cancel()
             self._deadlines.cancel_step(name)
+            self._cancel_step_type(name, reason)
             self._emit("step.cancelled", step=name, reason=reason)
 
     def _send_task(self, name: str, attempt: int) -> None:
@@ -708,6 +721,8 @@ _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {
     TaskProgress: ExecutionSupervisor._on_task_progress,
     TaskRedispatched: ExecutionSupervisor._on_task_redispatched,
     TaskFinished: ExecutionSupervisor._on_task_finished,
+    ItemRetryDue: ExecutionSupervisor._on_item_retry_due,
+    ChildFinished: ExecutionSupervisor._on_child_finished,
     DeadlineDue: ExecutionSupervisor._on_deadline,
     BreakerChanged: ExecutionSupervisor._on_breaker_changed,
 }

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tamma_actors._errors import IllegalTransition, StoreCorrupted
+from tamma_actors._fanout import DETAIL_EVENTS, apply_detail
 from tamma_actors._status import (
     TERMINAL_EXECUTION,
     TERMINAL_STEP,
@@ -44,6 +45,7 @@ class StepState:
     # deadline while dispatched, the start-to-close deadline while running
     deadline: float | None = None
     hold: dict[str, Any] | None = None  # what a ready step waits for (an open breaker)
+    detail: dict[str, Any] | None = None  # parallel items / subflow child (_fanout.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -335,6 +337,14 @@ _HANDLERS: dict[str, Callable[[ExecutionState, Mapping[str, Any]], None]] = {
     "compensation.completed": _compensation("succeeded"),
     "compensation.failed": _compensation("failed"),
 }
+
+
+def _detail(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    st = _step(state, ev["data"])
+    st.detail = apply_detail(st.detail, ev)
+
+
+_HANDLERS.update(dict.fromkeys(DETAIL_EVENTS, _detail))
 
 EVENT_TYPES = frozenset(_HANDLERS)
 

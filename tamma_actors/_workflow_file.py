@@ -20,6 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
+from tamma_actors._step_configs import step_type_problems
 
 __all__ = [
     "dependents",
@@ -125,7 +126,9 @@ def parse_workflow(
     except ValidationError as exc:
         problems.extend(_field_problems(exc))
     if isinstance(data, Mapping):
-        problems.extend(_graph_problems(_Graph.from_raw(data), known_implementations))
+        graph = _Graph.from_raw(data)
+        problems.extend(_graph_problems(graph, known_implementations))
+        problems.extend(step_type_problems(dict(_indexed(data.get("steps"))), graph.deps_of()))
     if problems or config is None:
         raise WorkflowValidationError(problems, source)
     return config
@@ -185,6 +188,16 @@ class _Graph:
             for j, dep in _strings(entry, "depends_on", "dependsOn"):
                 graph.extra_deps.append((f"dependencies[{i}].depends_on[{j}]", target, dep))
         return graph
+
+    def deps_of(self) -> dict[str, list[str]]:
+        """Each step's dependencies (the first definition of a duplicated name wins)."""
+        found: dict[str, list[str]] = {}
+        for node in self.nodes:
+            found.setdefault(node.name, [dep for _, dep in node.deps])
+        for _, step, dep in self.extra_deps:
+            if step in found:
+                found[step].append(dep)
+        return found
 
     def edges(self) -> Iterator[tuple[str, str, str]]:
         """(location, step, dependency) for every declared dependency."""

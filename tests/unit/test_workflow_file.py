@@ -244,7 +244,7 @@ def test_implementations_checked_only_when_known_given() -> None:
 
 def test_compensation_names_a_step_or_an_implementation() -> None:
     base = [
-        {"name": "undo", "type": "decision"},
+        {"name": "undo", "implementation": "noop"},
         {"name": "a", "implementation": "noop", "compensation": "undo"},
         {"name": "b", "implementation": "noop", "compensation": "echo"},
         {"name": "c", "implementation": "noop", "compensation": "vanish"},

@@ -1,0 +1,137 @@
+"""The engine side of subflow steps: start (or re-attach to) a child and report its end.
+
+A parent supervisor chooses its child's id and commits it before anything starts, so
+after a restart :meth:`EngineChildren.run` finds the child in the store and only waits for
+it; a child that was never started (the node stopped between the parent's commit and the
+child's) is started then, under that same id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Protocol
+
+from tamma_actors._errors import TammaError, WorkflowError
+from tamma_actors._step_types import ChildRun
+from tamma_actors._store import Store
+from tamma_actors._timers import TimerService
+from tamma_actors._workflow_file import read_workflow_mapping
+
+__all__ = ["EngineChildren", "resolve_workflow"]
+
+log = logging.getLogger(__name__)
+
+_TERMINAL = frozenset({"completed", "failed", "aborted"})
+_REWAIT_S = 0.05  # a child not yet re-activated during recovery: ask again shortly
+Outcome = dict[str, Any] | BaseException
+
+
+class _Engine(Protocol):
+    def start_workflow(
+        self,
+        definition: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        source: str | None = None,
+        execution_id: str | None = None,
+    ) -> Future[dict[str, Any]]: ...
+
+    def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]: ...
+
+    def pause_workflow(self, execution_id: str) -> Future[dict[str, Any]]: ...
+
+    def resume_workflow(self, execution_id: str) -> Future[dict[str, Any]]: ...
+
+    def abort_workflow(
+        self, execution_id: str, reason: str | None = None
+    ) -> Future[dict[str, Any]]: ...
+
+
+def resolve_workflow(
+    workflow: str, parent_source: str | None, store: Store
+) -> tuple[dict[str, Any], str | None]:
+    """The definition a subflow names: a file (relative to the parent's own file when it
+    came from one) or the name of a workflow this node has run before (its latest
+    definition)."""
+    if workflow.endswith((".yaml", ".yml", ".json")) or "/" in workflow:
+        path = Path(workflow)
+        if not path.is_absolute() and parent_source and Path(parent_source).suffix:
+            path = Path(parent_source).parent / path
+        return read_workflow_mapping(path), str(path)
+    latest: dict[str, Any] | None = None
+    for summary in store.iter_summaries():  # in id order, which is creation order
+        if summary.get("workflow_id") == workflow:
+            latest = summary
+    definition = store.get_definition(str(latest.get("digest"))) if latest else None
+    if definition is None:
+        raise WorkflowError(
+            f"subflow workflow {workflow!r} is neither a workflow file nor a workflow "
+            "this node knows"
+        )
+    return dict(definition), f"definition {workflow}"
+
+
+class EngineChildren:
+    """:class:`~tamma_actors._step_types.Children` over an engine and its store."""
+
+    def __init__(self, engine: _Engine, store: Store, timers: TimerService) -> None:
+        self._engine = engine
+        self._store = store
+        self._timers = timers
+
+    def run(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
+        if self._store.get_summary(run.child_id) is not None:
+            self._wait(run.child_id, done)
+            return
+        try:
+            definition, source = resolve_workflow(run.workflow, run.parent_source, self._store)
+        except TammaError as exc:
+            done(exc)
+            return
+        started = self._engine.start_workflow(
+            definition, run.inputs, source=source, execution_id=run.child_id
+        )
+
+        def on_started(fut: Future[dict[str, Any]]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                done(exc)
+            else:
+                self._wait(run.child_id, done)
+
+        started.add_done_callback(on_started)
+
+    def _wait(self, child_id: str, done: Callable[[Outcome], None]) -> None:
+        def on_end(fut: Future[dict[str, Any]]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                done(exc)
+                return
+            record = fut.result()
+            if record.get("status") in _TERMINAL:
+                done(record)
+                return
+            # Recovery re-activates executions one by one: this child is not live yet.
+            try:
+                self._timers.call_later(_REWAIT_S, lambda: self._wait(child_id, done))
+            except TammaError:  # the node is stopping; the parent re-attaches on restart
+                log.info("child %s: not waiting any more (shutting down)", child_id)
+
+        self._engine.wait(child_id).add_done_callback(on_end)
+
+    def control(self, child_id: str, action: str, reason: str | None = None) -> None:
+        if action == "pause":
+            fut = self._engine.pause_workflow(child_id)
+        elif action == "resume":
+            fut = self._engine.resume_workflow(child_id)
+        else:
+            fut = self._engine.abort_workflow(child_id, reason)
+
+        def logged(f: Future[dict[str, Any]]) -> None:
+            if f.exception() is not None:  # it may have ended meanwhile: nothing to steer
+                log.debug("child %s: %s not applied: %s", child_id, action, f.exception())
+
+        fut.add_done_callback(logged)

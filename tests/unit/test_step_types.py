@@ -1,0 +1,716 @@
+"""Decision, parallel and subflow steps on the engine, a scripted pool and ManualTimers.
+
+The pool twin answers each Dispatch with ``script(task)`` or holds it for the test; time
+moves only when a test advances the ManualTimers, so retry waits and their freezing under
+pause are checked without sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+import yaml
+
+from tamma_actors._dispatch import Dispatcher
+from tamma_actors._engine import Engine, EngineParts
+from tamma_actors._errors import WorkflowValidationError
+from tamma_actors._execution import ExecutionDeps
+from tamma_actors._step_types import join
+from tamma_actors._store import MemoryStore
+from tamma_actors._timers import ManualTimers
+from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched, TaskStarted
+from tamma_actors._writer import StoreWriter
+
+WAIT = 10.0
+Script = Callable[[dict[str, Any]], "TaskFinished | None"]
+
+
+def ok(task: dict[str, Any], output: Any) -> TaskFinished:
+    return TaskFinished(task["task_id"], True, output, None, 1.0)
+
+
+def err(task: dict[str, Any], retryable: bool | None = None) -> TaskFinished:
+    error = {"type": "Boom", "message": f"item {task['item_index']} broke", "retryable": retryable}
+    return TaskFinished(task["task_id"], False, None, error, 1.0)
+
+
+def doubled(task: dict[str, Any]) -> TaskFinished:
+    value = task["input"]
+    return ok(task, value * 2 if isinstance(value, int) else {"echo": value})
+
+
+class FakePool(pykka.ThreadingActor):
+    def __init__(
+        self, script: Script, held: queue.Queue[Dispatch], cancels: queue.Queue[str], log: list
+    ) -> None:
+        super().__init__()
+        self.script, self.held, self.cancels, self.log = script, held, cancels, log
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Dispatch):
+            self.log.append(message.task)
+            message.reply_to.tell(TaskStarted(message.task["task_id"], "w-1"))
+            answer = self.script(message.task)
+            if answer is None:
+                self.held.put(message)
+            else:
+                message.reply_to.tell(answer)
+        elif isinstance(message, Cancel):
+            self.cancels.put(message.task_id)
+
+
+@dataclass
+class Kit:
+    engine: Engine
+    store: MemoryStore
+    timers: ManualTimers
+    held: queue.Queue[Dispatch]
+    cancels: queue.Queue[str]
+    dispatched: list[dict[str, Any]]
+
+    def start(self, spec: dict[str, Any], inputs: dict[str, Any] | None = None, **kw: Any) -> str:
+        return str(self.engine.start_workflow(spec, inputs or {}, **kw).result(WAIT)["id"])
+
+    def finish(self, eid: str) -> dict[str, Any]:
+        return self.engine.wait(eid).result(WAIT)
+
+    def get(self, eid: str) -> dict[str, Any]:
+        return self.engine.get_workflow(eid).result(WAIT)
+
+    def events(self, eid: str) -> list[dict[str, Any]]:
+        return self.engine.get_events(eid).result(WAIT)
+
+    def types(self, eid: str) -> list[str]:
+        return [e["type"] for e in self.events(eid)]
+
+    def next_held(self) -> Dispatch:
+        return self.held.get(timeout=WAIT)
+
+
+@contextlib.contextmanager
+def _kit(script: Script, store: MemoryStore | None = None) -> Iterator[Kit]:
+    store = store or MemoryStore()
+    held: queue.Queue[Dispatch] = queue.Queue()
+    cancels: queue.Queue[str] = queue.Queue()
+    log: list[dict[str, Any]] = []
+    pool = FakePool.start(script, held, cancels, log)
+    writer = StoreWriter(store)
+    writer.start()
+    dispatcher = Dispatcher(threads=2)
+    timers = ManualTimers(start=1000.0)
+    deps = ExecutionDeps(
+        writer=writer, pool=pool, timers=timers, clock=timers.now, rand=lambda: 0.5
+    )  # type: ignore[arg-type]
+    engine = Engine(
+        EngineParts(
+            store=store,
+            dispatcher=dispatcher,
+            deps=deps,
+            implementations=lambda: {"noop", "fail", "echo"},
+        )
+    )
+    try:
+        yield Kit(engine, store, timers, held, cancels, log)
+    finally:
+        engine.close()
+        pool.stop()
+        writer.close()
+        dispatcher.close()
+
+
+@pytest.fixture
+def kit() -> Iterator[Kit]:
+    with _kit(doubled) as k:
+        yield k
+
+
+def wf(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": "wf", "steps": list(steps), **extra}
+
+
+def step(name: str, *deps: str, impl: str = "noop", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "implementation": impl, "dependencies": list(deps), **extra}
+
+
+def decision(name: str, *deps: str, branches: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "decision",
+        "dependencies": list(deps),
+        "config": {"branches": branches},
+    }
+
+
+def fan(name: str, *deps: str, items: Any, **config: Any) -> dict[str, Any]:
+    policy = config.pop("retry_policy", None)
+    return {
+        "name": name,
+        "type": "parallel",
+        "implementation": "noop",
+        "dependencies": list(deps),
+        "config": {"items": items, **config},
+        **({"retry_policy": policy} if policy else {}),
+    }
+
+
+FAST = {"max_attempts": 3, "base_delay": 100, "max_delay": 100, "jitter": 0}
+
+
+# -- join semantics -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("deps", "verdict"),
+    [
+        ([], "ready"),
+        (["succeeded", "succeeded"], "ready"),
+        (["succeeded", "skipped"], "ready"),
+        (["skipped", "skipped"], "skipped"),
+        (["skipped", "failed"], "cancelled"),
+        (["succeeded", "cancelled"], "cancelled"),
+        (["succeeded", "running"], None),
+        (["skipped", "pending"], None),
+    ],
+)
+def test_join_semantics(deps: list[str], verdict: str | None) -> None:
+    assert join(deps) == verdict
+
+
+# -- decision -------------------------------------------------------------------------------
+
+BRANCHY = wf(
+    step("src", impl="echo"),
+    decision(
+        "pick",
+        "src",
+        branches=[
+            {"when": "inputs.mode == 'go' and steps.src.output.n > 1", "then": ["yes", "yes2"]},
+            {"otherwise": ["no"]},
+        ],
+    ),
+    step("yes", "pick"),
+    step("yes2", "pick"),
+    step("yes_tail", "yes"),
+    step("no", "pick"),
+    step("no_tail", "no"),
+    step("join", "yes_tail", "no_tail"),
+    step("always", "pick"),
+)
+
+
+def _echo_src(task: dict[str, Any]) -> TaskFinished:
+    if task["step"] == "src":
+        return ok(task, {"n": 2})
+    return ok(task, {"step": task["step"], "input": task["input"]})
+
+
+@pytest.mark.parametrize(("mode", "ran", "skipped"), [("go", "yes", "no"), ("stop", "no", "yes")])
+def test_a_decision_runs_one_branch_and_skips_the_other_downstream(
+    mode: str, ran: str, skipped: str
+) -> None:
+    with _kit(_echo_src) as k:
+        final = k.finish(k.start(BRANCHY, {"mode": mode}))
+        assert final["status"] == "completed", final["error"]
+        res = final["results"]
+        status = {name: r["status"] for name, r in res.items()}
+        assert status[ran] == status[f"{ran}_tail"] == "succeeded"
+        assert status[skipped] == status[f"{skipped}_tail"] == "skipped"
+        # a join over one taken and one skipped branch runs; a step outside the branches too
+        assert status["join"] == status["always"] == "succeeded"
+        chosen = res["pick"]["data"]
+        assert chosen["branch"] == (0 if mode == "go" else 1)
+        assert chosen["steps"] == (["yes", "yes2"] if mode == "go" else ["no"])
+        assert chosen["input"] == {"n": 2}
+        assert res["pick"]["attempts"] == 1
+        assert all(t["step"] != "pick" for t in k.dispatched)  # never sent to a worker
+        assert "step.skipped" in k.types(final["id"])
+
+
+def test_no_matching_branch_skips_every_branch_and_all_skipped_deps_skip_the_join(kit: Kit) -> None:
+    spec = wf(
+        decision(
+            "pick",
+            branches=[{"when": "inputs.n > 5", "then": ["a"]}, {"when": "false", "then": ["b"]}],
+        ),
+        step("a", "pick"),
+        step("b", "pick"),
+        step("after", "a", "b"),
+    )
+    final = kit.finish(kit.start(spec, {"n": 1}))
+    assert final["status"] == "completed"
+    assert [final["results"][n]["status"] for n in ("a", "b", "after")] == ["skipped"] * 3
+    assert final["results"]["pick"]["data"]["branch"] is None
+
+
+def test_decisions_chain_and_file_order_need_not_be_dependency_order(kit: Kit) -> None:
+    spec = wf(
+        step("tail", "second_yes"),
+        step("second_yes", "second"),
+        decision("second", "first_yes", branches=[{"when": "true", "then": ["second_yes"]}]),
+        step("first_yes", "first"),
+        step("first_no", "first"),
+        step("no_tail", "first_no"),
+        decision(
+            "first", branches=[{"when": "true", "then": ["first_yes"]}, {"otherwise": ["first_no"]}]
+        ),
+    )
+    final = kit.finish(kit.start(spec))
+    assert final["status"] == "completed"
+    assert final["results"]["tail"]["status"] == "succeeded"
+    assert final["results"]["no_tail"]["status"] == "skipped"
+
+
+def test_a_decision_whose_condition_fails_at_run_time_fails_with_an_expression_error(
+    kit: Kit,
+) -> None:
+    spec = wf(
+        decision("pick", branches=[{"when": "inputs.n > 'x'", "then": ["a"]}]),
+        step("a", "pick"),
+    )
+    final = kit.finish(kit.start(spec, {"n": 1}))
+    assert final["status"] == "failed"
+    error = final["results"]["pick"]["error"]
+    assert error["type"] == "ExpressionError" and "cannot order" in error["message"]
+    assert error["retryable"] is False
+    assert final["results"]["a"]["status"] == "cancelled"
+    spec2 = wf(decision("pick", branches=[{"when": "inputs.n", "then": []}]))
+    final = kit.finish(kit.start(spec2, {"n": 1}))
+    assert "must be true or false" in final["results"]["pick"]["error"]["message"]
+
+
+def test_bad_step_type_configs_are_validation_problems_with_locations(kit: Kit) -> None:
+    spec = wf(
+        step("src"),
+        decision("pick", "src", branches=[{"when": "steps.src.output ==", "then": ["x"]}]),
+        step("x"),
+        fan("f", items="steps.ghost.output"),
+        {"name": "sub", "type": "subflow", "config": {"inputs": {"a": "item"}}},
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        kit.start(spec)
+    where = {p.loc: p.message for p in info.value.problems}
+    assert "invalid expression" in where["steps[1].config.branches[0].when"]
+    assert "must depend directly" in where["steps[1].config.branches[0].then[0]"]
+    assert "not upstream" in where["steps[3].config.items"]
+    assert where["steps[4].config.workflow"] == "field required"
+
+
+# -- parallel -------------------------------------------------------------------------------
+
+
+def test_a_parallel_step_fans_out_in_one_batch_and_joins_in_item_order() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(
+            wf(step("src"), fan("f", "src", items="inputs.xs", label="L"), step("after", "f")),
+            {"xs": [3, 1, 2]},
+        )
+        src = k.next_held()
+        src.reply_to.tell(ok(src.task, "s"))
+        held = [k.next_held() for _ in range(3)]
+        assert [h.task["item_index"] for h in held] == [0, 1, 2]
+        assert [h.task["input"] for h in held] == [3, 1, 2]
+        assert held[1].task["task_id"] == f"{eid}/f[1]/1" == held[1].task["idempotency_key"]
+        assert held[0].task["config"]["label"] == "L" and held[0].task["upstream"] == {"src": "s"}
+        types = k.types(eid)
+        assert types.count("step.items_dispatched") == 1  # one event, one batch
+        for h in reversed(held):  # answers arrive out of order
+            h.reply_to.tell(ok(h.task, h.task["input"] * 10))
+        after = k.next_held()
+        assert after.task["input"] == [30, 10, 20]
+        after.reply_to.tell(ok(after.task, "done"))
+        final = k.finish(eid)
+        assert final["status"] == "completed"
+        assert final["results"]["f"]["data"] == [30, 10, 20]
+        assert final["results"]["f"]["attempts"] == 1
+
+
+def test_an_empty_list_succeeds_at_once_with_an_empty_output(kit: Kit) -> None:
+    final = kit.finish(kit.start(wf(fan("f", items=[]), step("after", "f"))))
+    assert final["status"] == "completed"
+    assert final["results"]["f"]["data"] == [] and final["results"]["after"]["data"] == {"echo": []}
+    assert all(t["step"] != "f" for t in kit.dispatched)
+
+
+def test_items_that_are_not_a_list_fail_the_step(kit: Kit) -> None:
+    final = kit.finish(kit.start(wf(fan("f", items="inputs.xs")), {"xs": "abc"}))
+    assert final["status"] == "failed"
+    assert "must be a list" in final["results"]["f"]["error"]["message"]
+
+
+def test_max_concurrency_caps_the_items_in_flight() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=list(range(5)), max_concurrency=2)))
+        first = [k.next_held(), k.next_held()]
+        assert k.held.empty()
+        first[0].reply_to.tell(ok(first[0].task, 0))
+        third = k.next_held()
+        assert third.task["item_index"] == 2 and k.held.empty()
+        rest = [first[1], third]
+        for h in rest:
+            h.reply_to.tell(ok(h.task, h.task["input"]))
+        for _ in range(2):
+            h = k.next_held()
+            h.reply_to.tell(ok(h.task, h.task["input"]))
+        assert k.finish(eid)["results"]["f"]["data"] == [0, 1, 2, 3, 4]
+
+
+def test_items_retry_on_their_own_before_the_join() -> None:
+    def script(task: dict[str, Any]) -> TaskFinished:
+        if task["item_index"] == 1 and task["attempt"] < 3:
+            return err(task)
+        return ok(task, task["input"])
+
+    with _kit(script) as k:
+        eid = k.start(wf(fan("f", items=["a", "b", "c"], retry_policy=FAST)))
+        for attempt in (1, 2):
+            _until(lambda a=attempt: _item(k, eid, 1) | {"error": None} == _waiting(a))
+            k.timers.advance(0.1)
+        final = k.finish(eid)
+        assert final["status"] == "completed" and final["results"]["f"]["data"] == ["a", "b", "c"]
+        ids = [t["task_id"] for t in k.dispatched]
+        assert ids.count(f"{eid}/f[0]/1") == 1 and f"{eid}/f[1]/3" in ids
+        assert [
+            e["data"]["delay_s"] for e in k.events(eid) if e["type"] == "step.item_retry_scheduled"
+        ] == [0.1, 0.1]
+
+
+def test_fail_fast_cancels_the_other_items_and_fails_the_step() -> None:
+    with _kit(lambda t: err(t, retryable=False) if t["item_index"] == 0 else None) as k:
+        eid = k.start(wf(fan("f", items=[0, 1, 2]), step("after", "f")))
+        final = k.finish(eid)
+        assert final["status"] == "failed"
+        f = final["results"]["f"]
+        assert f["status"] == "failed" and f["error"]["type"] == "ItemsFailed"
+        assert "3 of 3 items did not succeed" in f["error"]["message"]
+        assert "item 0: Boom: item 0 broke" in f["error"]["message"]
+        cancelled = {k.cancels.get(timeout=WAIT) for _ in range(2)}
+        assert cancelled == {f"{eid}/f[1]/1", f"{eid}/f[2]/1"}
+        late = k.next_held()
+        with contextlib.suppress(pykka.ActorDeadError):  # the execution may be gone
+            late.reply_to.tell(ok(late.task, "late"))  # discarded: the step is over
+        assert final["results"]["after"]["status"] == "cancelled"
+        assert k.get(eid)["results"]["f"]["status"] == "failed"
+
+
+def test_under_continue_every_item_finishes_before_the_step_fails() -> None:
+    def script(task: dict[str, Any]) -> TaskFinished:
+        if task["item_index"] is None:
+            return ok(task, "free")
+        return err(task, retryable=False) if task["input"] % 2 else ok(task, task["input"])
+
+    with _kit(script) as k:
+        eid = k.start(wf(fan("f", items=[0, 1, 2, 3]), step("free"), error_handling="continue"))
+        final = k.finish(eid)
+        assert final["status"] == "failed" and final["results"]["free"]["status"] == "succeeded"
+        assert (
+            "2 of 4 items did not succeed (items 1, 3)" in final["results"]["f"]["error"]["message"]
+        )
+        evs = k.events(eid)
+        assert sorted(e["data"]["index"] for e in evs if e["type"] == "step.item_completed") == [
+            0,
+            2,
+        ]
+        assert sorted(e["data"]["index"] for e in evs if e["type"] == "step.item_failed") == [1, 3]
+        assert "step.items_cancelled" not in [e["type"] for e in evs]
+
+
+def test_pause_holds_new_items_and_freezes_item_retry_waits() -> None:
+    def script(task: dict[str, Any]) -> TaskFinished | None:
+        if task["item_index"] == 0 and task["attempt"] == 1:
+            return err(task)
+        return None if task["item_index"] in (1, 2) else ok(task, task["input"])
+
+    with _kit(script) as k:
+        spec = wf(fan("f", items=[0, 1, 2, 3], max_concurrency=2, retry_policy=FAST))
+        eid = k.start(spec)
+        item1 = k.next_held()
+        item2 = k.next_held()  # went out when item 0 began its retry wait
+        assert (item1.task["item_index"], item2.task["item_index"]) == (1, 2)
+        assert _item(k, eid, 0)["status"] == "retry_wait"
+        assert k.engine.pause_workflow(eid).result(WAIT)["status"] == "paused"
+        k.timers.advance(0.05)
+        item1.reply_to.tell(ok(item1.task, "one"))  # a result during pause is recorded
+        _until(lambda: _item(k, eid, 1)["status"] == "succeeded")
+        k.timers.advance(5.0)  # frozen: neither the retry nor item 3 goes out
+        assert _item(k, eid, 0)["status"] == "retry_wait"
+        assert _item(k, eid, 3)["status"] == "pending"
+        k.engine.resume_workflow(eid).result(WAIT)
+        _until(lambda: _item(k, eid, 3)["status"] == "succeeded")  # pumped on resume
+        k.timers.advance(0.099)
+        assert _item(k, eid, 0)["status"] == "retry_wait"  # its whole 0.1 s wait was left
+        k.timers.advance(0.002)
+        _until(lambda: _item(k, eid, 0)["status"] == "succeeded")
+        item2.reply_to.tell(ok(item2.task, "two"))
+        assert k.finish(eid)["results"]["f"]["data"] == [0, "one", "two", 3]
+
+
+def test_abort_cancels_items_in_flight() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=[0, 1])))
+        held = {k.next_held().task["task_id"], k.next_held().task["task_id"]}
+        rec = k.engine.abort_workflow(eid, "stop").result(WAIT)
+        assert rec["status"] == "aborted" and rec["results"]["f"]["status"] == "cancelled"
+        assert {k.cancels.get(timeout=WAIT) for _ in range(2)} == held
+
+
+def test_a_lost_worker_redispatches_an_item_without_using_an_attempt() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=[7])))
+        h = k.next_held()
+        h.reply_to.tell(TaskRedispatched(h.task["task_id"], "worker w-1 died"))
+        h.reply_to.tell(ok(h.task, "fine"))
+        final = k.finish(eid)
+        assert final["results"]["f"]["data"] == ["fine"]
+        assert "step.item_redispatched" in k.types(eid)
+
+
+def test_an_item_that_keeps_losing_its_worker_fails_retryably() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=[7], retry_policy={"max_attempts": 1})))
+        h = k.next_held()
+        for _ in range(3):
+            h.reply_to.tell(TaskRedispatched(h.task["task_id"], "gone"))
+        final = k.finish(eid)
+        assert "WorkerLost" in final["results"]["f"]["error"]["message"]
+        assert k.cancels.get(timeout=WAIT) == h.task["task_id"]
+
+
+def test_recovery_resumes_a_half_done_fan_out_without_rerunning_committed_items() -> None:
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        eid = k.start(wf(fan("f", items=[0, 1, 2, 3], max_concurrency=2)))
+        first, second = k.next_held(), k.next_held()
+        first.reply_to.tell(ok(first.task, "zero"))
+        third = k.next_held()
+        assert third.task["item_index"] == 2
+    # the node is gone with items 1 and 2 in flight; a new one on the same store resumes
+    with _kit(doubled, store) as k:
+        assert k.engine.recover() == 1
+        final = k.finish(eid)
+        assert final["status"] == "completed"
+        assert final["results"]["f"]["data"] == ["zero", 2, 4, 6]
+        again = sorted(t["task_id"] for t in k.dispatched)
+        # the same idempotency keys for what was in flight; item 0 is not run again
+        assert again == [f"{eid}/f[1]/1", f"{eid}/f[2]/1", f"{eid}/f[3]/1"]
+        assert second.task["task_id"] == f"{eid}/f[1]/1"
+
+
+def test_a_manual_retry_reruns_only_the_items_that_did_not_succeed() -> None:
+    def script(task: dict[str, Any]) -> TaskFinished:
+        first_try = task["item_index"] == 1 and task["attempt"] == 1
+        return err(task, retryable=False) if first_try else ok(task, task["input"])
+
+    with _kit(script) as k:
+        eid = k.start(wf(fan("f", items=[0, 1, 2])))
+        assert k.finish(eid)["status"] == "failed"
+        before = len(k.dispatched)
+        k.engine.retry_step(eid, "f").result(WAIT)
+        final = k.finish(eid)
+        assert final["status"] == "completed" and final["results"]["f"]["data"] == [0, 1, 2]
+        # item 1 failed, item 2 was cancelled by fail_fast; item 0 is not run again
+        again = k.dispatched[before:]
+        assert [(t["item_index"], t["attempt"]) for t in again] == [(1, 2), (2, 2)]
+
+
+# -- subflow --------------------------------------------------------------------------------
+
+
+def _write(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+CHILD = {
+    "name": "child",
+    "steps": [
+        {"name": "c1", "implementation": "noop"},
+        {"name": "c2", "implementation": "echo", "dependencies": ["c1"]},
+    ],
+}
+
+
+def _child_echo(task: dict[str, Any]) -> TaskFinished:
+    return ok(task, {"step": task["step"], "input": task["input"]})
+
+
+def test_a_subflow_runs_a_child_and_its_results_become_the_output(tmp_path: Path) -> None:
+    _write(tmp_path / "child.yaml", CHILD)
+    parent = _write(
+        tmp_path / "parent.yaml",
+        wf(
+            step("src"),
+            {
+                "name": "sub",
+                "type": "subflow",
+                "dependencies": ["src"],
+                "config": {"workflow": "child.yaml", "inputs": {"topic": "inputs.topic", "n": 3}},
+            },
+            step("after", "sub"),
+        ),
+    )
+    with _kit(_child_echo) as k:
+        spec = yaml.safe_load(parent.read_text())
+        eid = k.start(spec, {"topic": "t"}, source=str(parent))
+        final = k.finish(eid)
+        assert final["status"] == "completed", final["error"]
+        out = final["results"]["sub"]["data"]
+        assert out["c1"] == {"step": "c1", "input": {"topic": "t", "n": 3}}
+        assert final["results"]["after"]["data"]["input"] == out
+        started = [e for e in k.events(eid) if e["type"] == "step.child_started"]
+        child_id = started[0]["data"]["child"]
+        child = k.get(child_id)
+        assert child["status"] == "completed" and child["context"] == {"topic": "t", "n": 3}
+
+
+def test_a_failed_child_fails_the_step_and_is_retried_per_policy(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "child.yaml",
+        {"name": "child", "steps": [{"name": "c", "implementation": "fail"}]},
+    )
+
+    def script(task: dict[str, Any]) -> TaskFinished:
+        error = {"type": "Boom", "message": "child step broke", "retryable": False}
+        return TaskFinished(task["task_id"], False, None, error, 1.0)
+
+    with _kit(script) as k:
+        spec = wf(
+            {
+                "name": "sub",
+                "type": "subflow",
+                "retry_policy": FAST | {"max_attempts": 2},
+                "config": {"workflow": str(tmp_path / "child.yaml")},
+            }
+        )
+        eid = k.start(spec)
+        _until(lambda: k.get(eid)["results"]["sub"]["status"] == "retry_wait")
+        k.timers.advance(0.1)
+        final = k.finish(eid)
+        assert final["status"] == "failed"
+        error = final["results"]["sub"]["error"]
+        assert error["type"] == "SubflowFailed" and "child step broke" in error["message"]
+        children = [e["data"]["child"] for e in k.events(eid) if e["type"] == "step.child_started"]
+        assert len(set(children)) == 2  # each attempt its own child
+        assert all(k.get(c)["status"] == "failed" for c in children)
+
+
+def test_pause_and_abort_of_the_parent_reach_the_child(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "child.yaml",
+        {
+            "name": "child",
+            "steps": [
+                {"name": "c", "implementation": "noop"},
+                {"name": "d", "implementation": "noop", "dependencies": ["c"]},
+            ],
+        },
+    )
+    with _kit(lambda t: None) as k:
+        eid = k.start(
+            wf(
+                {
+                    "name": "sub",
+                    "type": "subflow",
+                    "config": {"workflow": str(tmp_path / "child.yaml")},
+                }
+            )
+        )
+        held = k.next_held()  # the child's first step
+        child = held.task["execution_id"]
+        k.engine.pause_workflow(eid).result(WAIT)
+        _until(lambda: k.get(child)["status"] == "paused")
+        held.reply_to.tell(ok(held.task, 1))
+        _until(lambda: k.get(child)["results"]["c"]["status"] == "succeeded")
+        assert k.held.empty()  # the paused child dispatches nothing new
+        k.engine.resume_workflow(eid).result(WAIT)
+        second = k.next_held()
+        assert second.task["execution_id"] == child
+        rec = k.engine.abort_workflow(eid, "enough").result(WAIT)
+        assert rec["status"] == "aborted"
+        _until(lambda: k.get(child)["status"] == "aborted")
+        assert k.cancels.get(timeout=WAIT) == second.task["task_id"]
+
+
+def test_a_subflow_by_name_and_a_missing_workflow(kit: Kit) -> None:
+    kit.finish(kit.start(CHILD))  # the node now knows "child"
+    final = kit.finish(
+        kit.start(wf({"name": "sub", "type": "subflow", "config": {"workflow": "child"}}))
+    )
+    assert final["status"] == "completed" and set(final["results"]["sub"]["data"]) == {"c1", "c2"}
+    final = kit.finish(
+        kit.start(wf({"name": "sub", "type": "subflow", "config": {"workflow": "nobody"}}))
+    )
+    assert final["status"] == "failed"
+    assert "neither a workflow file" in final["results"]["sub"]["error"]["message"]
+    final = kit.finish(
+        kit.start(
+            wf({"name": "sub", "type": "subflow", "config": {"workflow": "/nonexistent/x.yaml"}})
+        )
+    )
+    assert "cannot read file" in final["results"]["sub"]["error"]["message"]
+
+
+def test_recovery_reattaches_to_the_same_child(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "child.yaml",
+        {"name": "child", "steps": [{"name": "c", "implementation": "noop"}]},
+    )
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        eid = k.start(
+            wf(
+                {
+                    "name": "sub",
+                    "type": "subflow",
+                    "config": {"workflow": str(tmp_path / "child.yaml")},
+                }
+            )
+        )
+        child = k.next_held().task["execution_id"]
+    with _kit(lambda t: ok(t, "again"), store) as k:
+        assert k.engine.recover() == 2
+        final = k.finish(eid)
+        assert final["status"] == "completed" and final["results"]["sub"]["data"] == {"c": "again"}
+        assert [e["data"]["child"] for e in k.events(eid) if e["type"] == "step.child_started"] == [
+            child
+        ]
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _waiting(attempt: int) -> dict[str, Any]:
+    return {
+        "status": "retry_wait",
+        "attempts": attempt,
+        "output": None,
+        "error": None,
+        "retry_at": 1000.0 + 0.1 * attempt,
+    }
+
+
+def _item(k: Kit, eid: str, index: int) -> dict[str, Any]:
+    snapshot = _state(k, eid)
+    return snapshot.steps["f"].detail["state"][index]  # type: ignore[no-any-return]
+
+
+def _state(k: Kit, eid: str) -> Any:
+    from tamma_actors._state import replay
+
+    k.get(eid)  # after the pending writes commit
+    return replay(eid, k.store.read_events(eid))
+
+
+def _until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
