@@ -23,6 +23,7 @@ import pykka
 
 from tamma_actors._breaker_gate import BreakerGate
 from tamma_actors._breakers import BreakerChanged, BreakerRegistry
+from tamma_actors._compensation import CompensationHandling
 from tamma_actors._deadlines import DeadlineDue, Deadlines
 from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._errors import IllegalTransition, TammaError, UnknownStep
@@ -174,7 +175,7 @@ def task_id(execution_id: str, step: str, attempt: int) -> str:
     return f"{execution_id}/{step}/{attempt}"
 
 
-class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolActor):
+class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, CompensationHandling, BreakerGate, PoolActor):
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -201,6 +202,7 @@ class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolAc
         self._init_step_types()
         self._deadlines = Deadlines(deps.timers, deps.clock, self._deadline_due)
         self._probes: dict[str, str] = {}  # step -> breaker it probes (half-open)
+        self._comp_tasks: dict[str, str] = {}  # compensation task id -> compensated step
 
     def _deadline_due(self, due: DeadlineDue) -> None:  # on the timer thread
         _tell(self.actor_ref, due)
@@ -415,6 +417,7 @@ class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolAc
                 )
             reason = msg.reason or "aborted by request"
             self._cancel_open_steps(reason)
+            self._cancel_compensations(reason)
             self._emit("workflow.aborted", reason=reason)
         self._reply_after_commit(msg.reply)
 
@@ -516,6 +519,8 @@ class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolAc
             return
         name = self._inflight.pop(msg.task_id, None)
         if name is None:
+            if self._compensation_finished(msg):
+                return
             log.info("execution %s: stale result for %s ignored", self.state.id, msg.task_id)
             return
         st = self.state.steps[name]
@@ -559,7 +564,7 @@ class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolAc
                 self._arm_retry(name, attempt, at)
             return
         self._emit("step.failed", step=name, attempt=attempt, error=info)
-        if self.cfg.error_handling.strategy == "fail_fast":
+        if self.cfg.error_handling.strategy in ("fail_fast", "compensate"):
             self._cancel_open_steps(f"step {name!r} failed")
 
     # -- scheduling ------------------------------------------------------------------------
@@ -593,13 +598,21 @@ class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, BreakerGate, PoolAc
         if not failed:
             self._emit("workflow.completed")
             return
+        if self._compensate():
+            return  # the failure is final once the compensations have run
         first = self.state.steps[failed[0]].error or {}
         message = f"step {failed[0]!r} failed: {first.get('message', '')}"
         if len(failed) > 1:
             message += f" (failed steps: {', '.join(failed)})"
         self._emit(
             "workflow.failed",
-            error={"message": message, "step": failed[0], "type": first.get("type")},
+            error={
+                "message": message,
+                "step": failed[0],
+                "type": first.get("type"),
+                "failed_steps": failed,
+                **self._compensation_report(),
+            },
         )
 
     def _cancel_open_steps(self, reason: str) -> None:

@@ -52,6 +52,7 @@ class TimeoutHandling:
         def _cancel_open_steps(self, reason: str) -> None: ...
         def _on_step_error(self, name: str, attempt: int, error: dict[str, Any]) -> None: ...
         def _breaker_admits(self, name: str) -> bool: ...
+        def _compensation_only(self, name: str) -> bool: ...
         def _breaker_outcome(self, name: str, ok: bool) -> None: ...
 
     def _is_wait(self, name: str) -> bool:
@@ -78,6 +79,11 @@ class TimeoutHandling:
 
     def _launch(self, name: str, attempt: int) -> bool:
         """Dispatch a ready step; False when it takes no worker slot (a wait step)."""
+        if self._compensation_only(name):
+            self._emit(
+                "step.skipped", step=name, reason="a compensation step runs only to compensate"
+            )
+            return False
         if self._is_wait(name):
             at = self.deps.clock() + wait_seconds(self.cfg.step(name).config)
             self._emit("step.dispatched", step=name, attempt=attempt)

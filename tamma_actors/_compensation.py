@@ -1,0 +1,143 @@
+"""The ``compensate`` error policy (a mixin of the execution supervisor).
+
+Under ``error_handling: compensate`` a failed step cancels the open steps (as
+``fail_fast`` does); once nothing is running, every succeeded step that declares a
+``compensation`` is compensated, one at a time, in reverse order of completion. Then the
+execution fails; its error lists the compensation results.
+
+- ``compensation`` names an implementation, or another step of the workflow whose
+  implementation and config are used. A step named as a compensation is a compensation
+  step: it never runs in the normal flow (it ends ``skipped``).
+- A compensation task gets the compensated step's output as its ``input`` and runs once
+  (no retries): its outcome, success or failure, is recorded and the next one runs.
+- The plan and each outcome are events (``workflow.compensating``,
+  ``compensation.started|completed|failed``): a recovered execution re-sends the one that
+  was running, with the same task id, and goes on. Pause holds the next compensation;
+  abort cancels the running one.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished
+
+if TYPE_CHECKING:
+    import pykka
+
+    from tamma_actors._execution import ExecutionDeps
+    from tamma_actors._models import WorkflowConfig
+    from tamma_actors._state import ExecutionState
+
+__all__ = ["COMPENSATION_SUFFIX", "CompensationHandling"]
+
+# "~" cannot occur in a step name, so a compensation's task id never collides with a step's.
+COMPENSATION_SUFFIX = "~compensate"
+
+
+class CompensationHandling:
+    if TYPE_CHECKING:
+        state: ExecutionState
+        cfg: WorkflowConfig
+        deps: ExecutionDeps
+        _comp_tasks: dict[str, str]
+
+        @property
+        def actor_ref(self) -> pykka.ActorRef[Any]: ...
+        def _emit(self, etype: str, **data: Any) -> None: ...
+        def _advance(self) -> None: ...
+        def _after_commit(self, effect: Any) -> None: ...
+
+    def _compensation_only(self, name: str) -> bool:
+        """A step some other step names as its compensation runs only to compensate."""
+        return any(s.compensation == name and s.name != name for s in self.cfg.steps)
+
+    def _compensation_tid(self, name: str) -> str:
+        return f"{self.state.id}/{name}{COMPENSATION_SUFFIX}/1"
+
+    def _compensate(self) -> bool:
+        """Drive the plan after a failure; True while compensation is not finished."""
+        if self.cfg.error_handling.strategy != "compensate":
+            return False
+        steps = self.state.steps
+        if self.state.compensations is None:
+            position = {n: i for i, n in enumerate(self.state.order)}
+            done = [
+                n
+                for n in self.state.order
+                if steps[n].status == "succeeded" and self.cfg.step(n).compensation
+            ]
+            done.sort(key=lambda n: (steps[n].ended_at or 0.0, position[n]), reverse=True)
+            if not done:
+                return False
+            plan = [[n, self.cfg.step(n).compensation] for n in done]
+            self._emit("workflow.compensating", plan=plan)
+        for entry in self.state.compensations or ():
+            if entry["status"] == "running":
+                if self._compensation_tid(entry["step"]) not in self._comp_tasks:
+                    self._send_compensation(entry["step"])  # in flight before a restart
+                return True
+            if entry["status"] == "pending":
+                self._emit(
+                    "compensation.started",
+                    step=entry["step"],
+                    implementation=entry["implementation"],
+                )
+                self._send_compensation(entry["step"])
+                return True
+        return False
+
+    def _send_compensation(self, name: str) -> None:
+        tid = self._compensation_tid(name)
+        self._comp_tasks[tid] = name
+        declared = self.cfg.step(name).compensation or ""
+        template = next((s for s in self.cfg.steps if s.name == declared), None)
+        implementation = template.implementation if template is not None else declared
+        output = self.state.steps[name].data
+        task = {
+            "task_id": tid,
+            "execution_id": self.state.id,
+            "step": f"{name}{COMPENSATION_SUFFIX}",
+            "attempt": 1,
+            "implementation": implementation,
+            "config": template.config if template is not None else {},
+            "input": output,
+            "inputs": self.state.context,
+            "upstream": {name: output},
+            "idempotency_key": tid,
+            "item_index": None,
+        }
+        pool, me = self.deps.pool, self.actor_ref
+        self._after_commit(lambda: pool.tell(Dispatch(task, me)))
+
+    def _compensation_finished(self, msg: TaskFinished) -> bool:
+        name = self._comp_tasks.pop(msg.task_id, None)
+        if name is None:
+            return False
+        if self.state.terminal:
+            return True
+        if msg.ok:
+            self._emit("compensation.completed", step=name, output=msg.output)
+        else:
+            error = msg.error or {}
+            self._emit(
+                "compensation.failed",
+                step=name,
+                error={"type": error.get("type"), "message": error.get("message")},
+            )
+        self._advance()
+        return True
+
+    def _cancel_compensations(self, reason: str) -> None:
+        for tid, name in list(self._comp_tasks.items()):
+            del self._comp_tasks[tid]
+            self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
+            self._emit(
+                "compensation.failed", step=name, error={"type": "cancelled", "message": reason}
+            )
+
+    def _compensation_report(self) -> dict[str, Any]:
+        if not self.state.compensations:
+            return {}
+        return {"compensations": [dict(entry) for entry in self.state.compensations]}
