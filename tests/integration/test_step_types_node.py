@@ -1,0 +1,247 @@
+"""Decision, parallel and subflow steps on a real node: worker processes, ZeroMQ, LMDB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tamma_actors import Client
+from tamma_actors._config import load_node_config
+from tamma_actors._node import Node
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def node(short_dir: Path) -> Iterator[Node]:
+    cfg = load_node_config(
+        None,
+        data_dir=short_dir / "var",
+        workers=2,
+        worker_slots=8,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=2.0,
+        cancel_grace=1.0,
+    )
+    with Node(cfg) as n:
+        yield n
+
+
+@pytest.fixture
+def client(node: Node) -> Iterator[Client]:
+    with Client(node.config.control_address, timeout=WAIT) as c:
+        yield c
+
+
+def _until(client: Client, eid: str, cond: Any, timeout: float = WAIT) -> Any:
+    """Poll the execution's record (bounded) until ``cond(record)`` holds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = client.get_workflow(eid)
+        if cond(rec):
+            return rec
+        assert time.monotonic() < deadline, f"condition not reached: {rec.status}"
+        time.sleep(0.02)
+
+
+def test_a_decision_picks_a_branch_and_a_fan_out_runs_on_real_workers(client: Client) -> None:
+    spec = {
+        "name": "branch-and-fan",
+        "steps": [
+            {"name": "src", "implementation": "echo", "config": {"message": [1, 2, 3]}},
+            {
+                "name": "pick",
+                "type": "decision",
+                "dependencies": ["src"],
+                "config": {
+                    "branches": [
+                        {"when": "len(steps.src.output) > 2", "then": ["fan"]},
+                        {"otherwise": ["small"]},
+                    ]
+                },
+            },
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "noop",
+                "dependencies": ["pick", "src"],
+                "config": {"items": "steps.src.output", "max_concurrency": 2},
+            },
+            {"name": "small", "implementation": "noop", "dependencies": ["pick"]},
+            {"name": "report", "implementation": "noop", "dependencies": ["fan", "small"]},
+        ],
+    }
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "completed", final.error
+    res = final.results
+    assert res["pick"].data["branch"] == 0 and res["small"].status == "skipped"
+    assert res["fan"].data == [1, 2, 3]
+    assert res["report"].data == {"fan": [1, 2, 3], "small": None}
+    types = [e.type for e in client.get_events(final.id)]
+    assert types.count("step.item_completed") == 3
+
+
+def test_two_hundred_items_and_an_empty_list(client: Client) -> None:
+    spec = {
+        "name": "wide",
+        "steps": [
+            {
+                "name": "many",
+                "type": "parallel",
+                "implementation": "noop",
+                "config": {"items": "inputs.xs"},
+            },
+            {"name": "none", "type": "parallel", "implementation": "noop", "config": {"items": []}},
+        ],
+    }
+    xs = [{"i": i} for i in range(200)]
+    final = client.wait(client.start_workflow(spec, {"xs": xs}).id, timeout=WAIT)
+    assert final.status == "completed", final.error
+    assert final.results["many"].data == xs
+    assert final.results["none"].data == []
+    events = client.get_events(final.id)
+    assert sum(1 for e in events if e.type == "step.items_dispatched") == 1  # one batch
+
+
+def test_items_retry_on_their_own_before_the_join(client: Client) -> None:
+    spec = {
+        "name": "flaky-items",
+        "retry_policy": {"max_attempts": 3, "base_delay": 10, "jitter": 0},
+        "steps": [
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "fail",
+                "config": {"items": [0, 1, 2], "times": 1, "error": "TimeoutError"},
+            }
+        ],
+    }
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "completed", final.error
+    events = client.get_events(final.id)
+    retried = sorted(e.data["index"] for e in events if e.type == "step.item_retry_scheduled")
+    assert retried == [0, 1, 2]
+    assert all(e.data["attempt"] == 2 for e in events if e.type == "step.item_completed")
+
+
+def test_a_subflow_from_a_file_returns_the_child_results(client: Client, tmp_path: Path) -> None:
+    child = {
+        "name": "child",
+        "steps": [
+            {"name": "greet", "implementation": "noop"},
+            {
+                "name": "shout",
+                "implementation": "echo",
+                "config": {"message": "HI"},
+                "dependencies": ["greet"],
+            },
+        ],
+    }
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(child))
+    parent = {
+        "name": "parent",
+        "steps": [
+            {
+                "name": "sub",
+                "type": "subflow",
+                "config": {"workflow": "child.yaml", "inputs": {"topic": "inputs.topic"}},
+            },
+            {"name": "after", "implementation": "noop", "dependencies": ["sub"]},
+        ],
+    }
+    path = tmp_path / "parent.yaml"
+    path.write_text(yaml.safe_dump(parent))
+    final = client.wait(client.start_workflow(path, {"topic": "t"}).id, timeout=WAIT)
+    assert final.status == "completed", final.error
+    assert final.results["sub"].data == {"greet": {"topic": "t"}, "shout": "HI"}
+    assert final.results["after"].data == final.results["sub"].data
+    child_ids = [
+        e.data["child"] for e in client.get_events(final.id) if e.type == "step.child_started"
+    ]
+    assert len(child_ids) == 1
+    assert client.get_workflow(child_ids[0]).status == "completed"
+
+
+def test_pause_and_abort_reach_a_subflow_child(client: Client, tmp_path: Path) -> None:
+    child = {
+        "name": "slow-child",
+        "steps": [
+            {"name": "nap", "implementation": "sleep", "config": {"seconds": 0.3}},
+            {"name": "stuck", "implementation": "hang", "dependencies": ["nap"]},
+        ],
+    }
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(child))
+    parent = {
+        "name": "parent",
+        "steps": [
+            {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
+        ],
+    }
+    eid = client.start_workflow(parent).id
+    rec = _until(client, eid, lambda r: r.results["sub"].status == "running")
+    child_id = next(
+        e.data["child"] for e in client.get_events(eid) if e.type == "step.child_started"
+    )
+    assert rec.status == "running"
+    client.pause_workflow(eid)
+    child_rec = _until(client, child_id, lambda r: r.status == "paused")
+    # the running step finishes, the next one is not dispatched while paused
+    child_rec = _until(client, child_id, lambda r: r.results["nap"].status == "succeeded")
+    assert child_rec.results["stuck"].status == "pending"
+    client.resume_workflow(eid)
+    _until(client, child_id, lambda r: r.results["stuck"].status == "running")
+    aborted = client.abort_workflow(eid, "operator stop")
+    assert aborted.status == "aborted" and aborted.results["sub"].status == "cancelled"
+    child_rec = _until(client, child_id, lambda r: r.status == "aborted")
+    assert child_rec.results["stuck"].status == "cancelled"
+
+
+def test_pause_holds_a_fan_out_and_abort_cancels_its_items(client: Client) -> None:
+    spec = {
+        "name": "held-fan",
+        "steps": [
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "sleep",
+                "config": {"items": [0, 1, 2, 3], "max_concurrency": 2, "seconds": 0.3},
+            },
+            {"name": "stuck", "implementation": "hang", "dependencies": ["fan"]},
+        ],
+    }
+    eid = client.start_workflow(spec).id
+    client.pause_workflow(eid)
+    rec = _until(
+        client,
+        eid,
+        lambda r: sum(1 for e in client.get_events(eid) if e.type == "step.item_completed") >= 2,
+    )
+    assert rec.status == "paused"
+    dispatched = [e for e in client.get_events(eid) if e.type == "step.items_dispatched"]
+    assert sum(len(e.data["items"]) for e in dispatched) == 2  # nothing new while paused
+    client.resume_workflow(eid)
+    _until(client, eid, lambda r: r.results["stuck"].status == "running")
+    assert len(client.get_workflow(eid).results["fan"].data) == 4
+    aborted = client.abort_workflow(eid)
+    assert aborted.status == "aborted" and aborted.results["stuck"].status == "cancelled"
+
+
+def test_the_example_workflows_validate_and_run(client: Client) -> None:
+    for name, inputs in (
+        ("branching.yaml", {"topic": "bug"}),
+        ("fanout.yaml", {"files": ["a.py", "b.py"]}),
+        ("parent.yaml", {"topic": "demo"}),
+    ):
+        final = client.wait(
+            client.start_workflow(ROOT / "config" / "workflows" / name, inputs).id, timeout=WAIT
+        )
+        assert final.status == "completed", (name, final.error)
