@@ -1,0 +1,295 @@
+"""Parallel steps: one task per item, per-item retries, an explicit join.
+
+Per-item state lives in the step's recorded detail (:mod:`tamma_actors._fanout`); a mixin
+of the execution supervisor through :class:`tamma_actors._step_types.StepTypeHandling`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tamma_actors._errors import ExpressionError
+from tamma_actors._expr import evaluate
+from tamma_actors._fanout import ITEM_DONE, item_task_id
+from tamma_actors._retry import compute_delay, should_retry
+from tamma_actors._step_base import OPEN, StepTypeBase, tell
+from tamma_actors._step_configs import ParallelPlan
+from tamma_actors._timers import TimerHandle
+from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched, TaskStarted
+
+if TYPE_CHECKING:
+    from tamma_actors._state import StepState
+
+__all__ = ["ItemRetryDue", "ParallelSteps"]
+
+MAX_ITEM_REDISPATCH = 2  # worker losses one item attempt survives (as for a task step)
+
+
+@dataclass(frozen=True)
+class ItemRetryDue:
+    step: str
+    index: int
+    attempt: int
+
+
+class ParallelSteps(StepTypeBase):
+    def _init_items(self) -> None:
+        self._item_tasks: dict[str, tuple[str, int]] = {}  # task id -> (step, item index)
+        self._item_lost: dict[str, int] = {}
+        self._item_timers: dict[tuple[str, int], TimerHandle] = {}
+
+    def _item_started(self, msg: TaskStarted) -> bool:
+        ref = self._item_tasks.get(msg.task_id)
+        if ref is None:
+            return False
+        st = self.state.steps[ref[0]]
+        if st.status == "dispatched":
+            self._emit("step.started", step=ref[0], attempt=st.attempts, worker=msg.worker_id)
+        return True
+
+    def _item_finished(self, msg: TaskFinished) -> bool:
+        ref = self._item_tasks.pop(msg.task_id, None)
+        if ref is None:
+            return False
+        name, index = ref
+        st = self.state.steps[name]
+        item = _items(st)[index]
+        if st.status not in OPEN or item["status"] != "dispatched":
+            return True  # cancelled meanwhile: the late result is discarded
+        if msg.ok:
+            self._emit(
+                "step.item_completed",
+                step=name,
+                index=index,
+                attempt=item["attempts"],
+                output=msg.output,
+                duration_ms=msg.duration_ms,
+            )
+        else:
+            self._item_error(name, index, item, msg.error or {})
+        self._after_item(name)
+        self._advance()
+        return True
+
+    def _item_redispatched(self, msg: TaskRedispatched) -> bool:
+        ref = self._item_tasks.get(msg.task_id)
+        if ref is None:
+            return False
+        name, index = ref
+        item = _items(self.state.steps[name])[index]
+        lost = self._item_lost[msg.task_id] = self._item_lost.get(msg.task_id, 0) + 1
+        if lost <= MAX_ITEM_REDISPATCH:
+            self._emit(
+                "step.item_redispatched",
+                step=name,
+                index=index,
+                attempt=item["attempts"],
+                reason=msg.reason,
+            )
+            return True
+        del self._item_tasks[msg.task_id]
+        self._after_commit(lambda: self.deps.pool.tell(Cancel(msg.task_id)))
+        error = {
+            "type": "WorkerLost",
+            "retryable": True,
+            "message": f"its worker was lost {lost} times ({msg.reason})",
+        }
+        self._item_error(name, index, item, error)
+        self._after_item(name)
+        self._advance()
+        return True
+
+    def _pause_items(self, name: str, st: StepState, now: float) -> None:
+        left = []
+        for i, item in enumerate(_items(st)):
+            if item["status"] == "retry_wait":
+                handle = self._item_timers.pop((name, i), None)
+                if handle is not None:
+                    handle.cancel()
+                left.append([i, max(0.0, (item["retry_at"] or now) - now)])
+        if left:
+            self._emit("step.items_frozen", step=name, left=left)
+
+    def _resume_items(self, name: str, st: StepState, now: float) -> None:
+        due = [
+            [i, now + _left(item, now)]
+            for i, item in enumerate(_items(st))
+            if item["status"] == "retry_wait"
+        ]
+        if due:
+            self._emit("step.items_thawed", step=name, retry_at=due)
+        self._arm_item_retries(name)
+        self._pump(name)
+
+    def _recover_items(self, name: str, st: StepState) -> None:
+        """In flight: sent again with the same attempt (the same idempotency key)."""
+        items = enumerate(_items(st))
+        self._send_items(
+            name, [[i, it["attempts"]] for i, it in items if it["status"] == "dispatched"]
+        )
+        if self.state.status == "running":
+            self._arm_item_retries(name)
+            self._pump(name)
+
+    def _fan_out(self, name: str, attempt: int, plan: ParallelPlan) -> bool:
+        items: Any = plan.items
+        try:
+            if not isinstance(items, list):
+                items = evaluate(items, self._expression_context())
+            if not isinstance(items, list):
+                raise ExpressionError(f"parallel items must be a list, not {type(items).__name__}")
+        except ExpressionError as exc:
+            self._expression_failed(name, attempt, exc)
+            self._again = True
+            return False
+        self._emit("step.items_planned", step=name, attempt=attempt, items=items)
+        self._after_item(name)
+        return self.state.steps[name].status in OPEN
+
+    def _after_item(self, name: str) -> None:
+        """Dispatch what may run, or join when every item has finished."""
+        states = _items(self.state.steps[name])
+        if any(item["status"] not in ITEM_DONE for item in states):
+            self._pump(name)
+            return
+        self._again = True
+        st = self.state.steps[name]
+        bad = [(i, item) for i, item in enumerate(states) if item["status"] != "succeeded"]
+        if not bad:
+            outputs = [item["output"] for item in states]
+            self._emit("step.completed", step=name, attempt=st.attempts, output=outputs)
+            return
+        failed = [(i, item) for i, item in bad if item["status"] == "failed"] or bad
+        first = failed[0][1]["error"] or {}
+        message = (
+            f"{len(bad)} of {len(states)} items did not succeed "
+            f"(items {', '.join(str(i) for i, _ in bad)}); item {failed[0][0]}: "
+            f"{first.get('type', 'cancelled')}: {first.get('message', '')}"
+        )
+        self._on_step_error(
+            name, st.attempts, {"type": "ItemsFailed", "message": message, "retryable": False}
+        )
+
+    def _pump(self, name: str) -> None:
+        if self.state.status != "running":
+            return
+        plan = self._plans[name]
+        assert isinstance(plan, ParallelPlan)
+        states = _items(self.state.steps[name])
+        limit = plan.max_concurrency or len(states)
+        busy = sum(1 for item in states if item["status"] == "dispatched")
+        batch = []
+        for i, item in enumerate(states):
+            if busy >= limit:
+                break
+            if item["status"] == "pending":
+                batch.append([i, item["attempts"] + 1])
+                busy += 1
+        if batch:
+            self._emit("step.items_dispatched", step=name, items=batch)
+            self._send_items(name, batch)
+
+    def _send_items(self, name: str, batch: list[list[int]]) -> None:
+        """One effect for the whole batch: the tasks reach the pool together."""
+        if not batch:
+            return
+        values = self.state.steps[name].detail["items"]  # type: ignore[index]
+        tasks = []
+        for index, attempt in batch:
+            tid = item_task_id(self.state.id, name, index, attempt)
+            self._item_tasks[tid] = (name, index)
+            task = self._task(name, attempt, tid)
+            task.update(input=values[index], item_index=index)
+            tasks.append(task)
+        pool, me = self.deps.pool, self.actor_ref
+
+        def send() -> None:
+            for task in tasks:
+                pool.tell(Dispatch(task, me))
+
+        self._after_commit(send)
+
+    def _item_error(
+        self, name: str, index: int, item: Mapping[str, Any], error: Mapping[str, Any]
+    ) -> None:
+        policy = self.cfg.retry_policy_for(name)
+        etype = str(error.get("type") or "StepFailure")
+        message = str(error.get("message") or "")
+        explicit = error.get("retryable")
+        info = {"type": etype, "message": message, "retryable": explicit}
+        attempt = item["attempts"]
+        used = attempt - item.get("base", 0)  # a manual retry gives a fresh budget
+        if should_retry(policy, used, etype, message, explicit):
+            delay = error.get("retry_after")
+            if not isinstance(delay, int | float) or delay < 0:
+                delay = compute_delay(policy, used, self.deps.rand())
+            at = self.deps.clock() + float(delay)
+            self._emit(
+                "step.item_retry_scheduled",
+                step=name,
+                index=index,
+                attempt=attempt,
+                error=info,
+                delay_s=float(delay),
+                retry_at=at,
+            )
+            if self.state.status == "running":
+                self._arm_item_retry(name, index, attempt, at)
+            return
+        self._emit("step.item_failed", step=name, index=index, attempt=attempt, error=info)
+        if self.cfg.error_handling.strategy == "fail_fast":
+            self._cancel_items(name, f"item {index} of {name!r} failed")
+
+    def _cancel_items(self, name: str, reason: str) -> None:
+        st = self.state.steps[name]
+        open_items = [i for i, item in enumerate(_items(st)) if item["status"] not in ITEM_DONE]
+        if not open_items:
+            return
+        for i in open_items:
+            item = _items(st)[i]
+            if item["status"] == "dispatched":
+                tid = item_task_id(self.state.id, name, i, item["attempts"])
+                self._item_tasks.pop(tid, None)
+                self._after_commit(lambda tid=tid: self.deps.pool.tell(Cancel(tid)))
+            handle = self._item_timers.pop((name, i), None)
+            if handle is not None:
+                handle.cancel()
+        self._emit("step.items_cancelled", step=name, indexes=open_items, reason=reason)
+
+    def _arm_item_retries(self, name: str) -> None:
+        now = self.deps.clock()
+        for i, item in enumerate(_items(self.state.steps[name])):
+            if item["status"] == "retry_wait" and (name, i) not in self._item_timers:
+                self._arm_item_retry(name, i, item["attempts"], item["retry_at"] or now)
+
+    def _arm_item_retry(self, name: str, index: int, attempt: int, at: float) -> None:
+        ref, delay = self.actor_ref, max(0.0, at - self.deps.clock())
+        due = ItemRetryDue(name, index, attempt)
+        self._item_timers[(name, index)] = self.deps.timers.call_later(
+            delay, lambda: tell(ref, due)
+        )
+
+    def _on_item_retry_due(self, msg: ItemRetryDue) -> None:
+        self._item_timers.pop((msg.step, msg.index), None)
+        st = self.state.steps[msg.step]
+        if self.state.status != "running" or st.status not in OPEN:
+            return
+        item = _items(st)[msg.index]
+        if item["status"] == "retry_wait" and item["attempts"] == msg.attempt:
+            self._emit("step.item_ready", step=msg.step, index=msg.index)
+            self._pump(msg.step)
+
+
+def _left(item: Mapping[str, Any], now: float) -> float:
+    """The retry wait an item had left when its execution was paused."""
+    if item.get("frozen") is not None:
+        return float(item["frozen"])
+    return max(0.0, float(item["retry_at"] or now) - now)
+
+
+def _items(st: StepState) -> list[dict[str, Any]]:
+    assert st.detail is not None
+    items: list[dict[str, Any]] = st.detail["state"]
+    return items

@@ -1,0 +1,41 @@
+"""What the coordinator-side step types share: their plans, expression context and
+failure path. The base of the mixins in :mod:`tamma_actors._step_types`."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from tamma_actors._errors import ExpressionError
+from tamma_actors._step_configs import Plan
+from tamma_actors._timeouts import TimeoutHandling
+
+__all__ = ["OPEN", "StepTypeBase", "tell"]
+
+OPEN = ("dispatched", "running")
+
+
+def tell(ref: pykka.ActorRef[Any], msg: Any) -> None:
+    with contextlib.suppress(pykka.ActorDeadError):  # the execution may have ended
+        ref.tell(msg)
+
+
+class StepTypeBase(TimeoutHandling):
+    _plans: dict[str, Plan]
+    _again: bool  # a step finished inside the coordinator: look again
+
+    if TYPE_CHECKING:
+        actor_ref: pykka.ActorRef[Any]
+        _deps_of: dict[str, list[str]]
+
+        def _task(self, name: str, attempt: int, tid: str) -> dict[str, Any]: ...
+
+    def _expression_context(self) -> dict[str, Any]:
+        steps = {n: {"output": st.data, "status": st.status} for n, st in self.state.steps.items()}
+        return {"inputs": self.state.context, "steps": steps}
+
+    def _expression_failed(self, name: str, attempt: int, exc: ExpressionError) -> None:
+        error = {"type": "ExpressionError", "message": str(exc), "retryable": False}
+        self._on_step_error(name, attempt, error)

@@ -1,0 +1,121 @@
+"""Subflow steps: a child execution whose results become the step's output.
+
+The child's id is chosen and committed by the parent before the engine starts it, so a
+restart re-attaches to the same child instead of starting another; pause, resume and abort
+of the parent reach the child through :class:`Children` (the engine's side is
+:mod:`tamma_actors._subflows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tamma_actors._errors import ExpressionError, TammaError
+from tamma_actors._expr import evaluate
+from tamma_actors._keys import new_execution_id
+from tamma_actors._step_base import OPEN, StepTypeBase, tell
+from tamma_actors._step_configs import SubflowPlan
+
+__all__ = ["ChildFinished", "ChildRun", "Children", "SubflowSteps"]
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What a subflow step asks its engine to run (or re-attach to, after a restart)."""
+
+    child_id: str
+    workflow: str  # a file path (relative to the parent's source) or a known workflow name
+    inputs: dict[str, Any]
+    parent_source: str | None
+    parent_id: str
+
+
+class Children(Protocol):
+    """The narrow seam between a supervisor and its engine for child executions."""
+
+    def run(self, run: ChildRun, done: Callable[[dict[str, Any] | BaseException], None]) -> None:
+        """Start the child unless it exists; call ``done`` once with its final record."""
+
+    def control(self, child_id: str, action: str, reason: str | None = None) -> None:
+        """``pause``, ``resume`` or ``abort`` a child (best effort: it may have ended)."""
+
+
+@dataclass(frozen=True)
+class ChildFinished:
+    step: str
+    attempt: int
+    child_id: str
+    outcome: dict[str, Any] | BaseException
+
+
+class SubflowSteps(StepTypeBase):
+    def _child_inputs(self, plan: SubflowPlan) -> dict[str, Any] | ExpressionError:
+        ctx = self._expression_context()
+        try:
+            return {
+                key: evaluate(value, ctx) if is_expr else value
+                for key, (is_expr, value) in plan.inputs.items()
+            }
+        except ExpressionError as exc:
+            return exc
+
+    def _start_child(self, name: str, attempt: int, plan: SubflowPlan) -> bool:
+        inputs = self._child_inputs(plan)
+        if isinstance(inputs, ExpressionError):
+            self._expression_failed(name, attempt, inputs)
+            self._again = True
+            return False
+        child = new_execution_id()
+        self._emit("step.child_started", step=name, attempt=attempt, child=child)
+        self._emit("step.started", step=name, attempt=attempt, worker=None)
+        self._watch_child(name, attempt, child, plan, inputs)
+        return False  # a child holds no worker slot of its parent
+
+    def _watch_child(
+        self, name: str, attempt: int, child: str, plan: SubflowPlan, inputs: dict[str, Any]
+    ) -> None:
+        children = self.deps.children
+        me = self.actor_ref
+        if children is None:
+            tell(me, ChildFinished(name, attempt, child, TammaError("this node runs no subflows")))
+            return
+        run = ChildRun(child, plan.workflow, inputs, self.state.source, self.state.id)
+
+        def done(outcome: dict[str, Any] | BaseException) -> None:
+            tell(me, ChildFinished(name, attempt, child, outcome))
+
+        self._after_commit(lambda: children.run(run, done))
+
+    def _control_child(self, child: str, action: str, reason: str | None = None) -> None:
+        children = self.deps.children
+        if children is not None:
+            self._after_commit(lambda: children.control(child, action, reason))
+
+    def _on_child_finished(self, msg: ChildFinished) -> None:
+        st = self.state.steps[msg.step]
+        current = (st.detail or {}).get("child")
+        if st.status not in OPEN or st.attempts != msg.attempt or current != msg.child_id:
+            return  # an earlier attempt's child, or the step was cancelled meanwhile
+        outcome = msg.outcome
+        if isinstance(outcome, BaseException):
+            error = {"type": type(outcome).__name__, "message": str(outcome), "retryable": False}
+            self._on_step_error(msg.step, msg.attempt, error)
+        elif outcome.get("status") == "completed":
+            results = outcome.get("results") or {}
+            output = {step: (r or {}).get("data") for step, r in results.items()}
+            self._emit("step.completed", step=msg.step, attempt=msg.attempt, output=output)
+        else:
+            status = outcome.get("status")
+            cause = (outcome.get("error") or {}).get("message") or outcome.get("reason") or ""
+            self._on_step_error(
+                msg.step,
+                msg.attempt,
+                {
+                    "type": "SubflowFailed",
+                    "message": f"child execution {msg.child_id} {status}: {cause}",
+                    "retryable": False if status == "aborted" else None,
+                },
+            )
+        self._advance()
