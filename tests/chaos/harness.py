@@ -1,0 +1,291 @@
+"""Chaos harness: a real `tamma-node run` child process, a seeded workload of workflows,
+kill markers in the `record` log, and the checks every chaos test ends with.
+
+The record log is shared by every `record` step (``<execution> <step> <attempt>`` per run)
+and by the test, which appends ``KILL <n> <time>`` once the killed process (node or
+worker) is gone. A run line therefore belongs to the *epoch* after the markers before it,
+and a committed event to the epoch after the kills that happened before its timestamp:
+a run of a step in an epoch after its result was committed is a step run again after
+commit, which the engine promises never happens.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tamma_actors import Client
+from tamma_actors._admin import verify_store
+from tamma_actors._errors import TammaError
+from tamma_actors._lmdb_store import LmdbStore
+
+WAIT = 90.0
+SEED = int(os.environ.get("TAMMA_CHAOS_SEED", "20261125"))
+TERMINAL = {"completed", "failed", "aborted"}
+
+
+class NodeProcess:
+    """`tamma-node run` as a child process, stopped or killed by the test."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tamma_actors._cli_node", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        banner = self.proc.stdout.readline()
+        if "control" not in banner:
+            self.kill()
+            raise AssertionError(f"the node did not start: {banner!r}")
+        match = re.search(r"\((\d+) executions recovered\)", banner)
+        self.recovered = int(match.group(1)) if match else -1
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """SIGKILL, then wait until the node *and its workers* are gone."""
+        children = self.children()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        for proc in alive:  # workers die with their node (PDEATHSIG); make sure
+            proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=WAIT)
+        finally:
+            self.kill()
+
+
+def write_config(path: Path, data: Path, **extra: Any) -> Path:
+    values = {
+        "data_dir": str(data),
+        "workers": 2,
+        "worker_slots": 4,
+        "heartbeat_interval": 0.2,
+        "heartbeat_timeout": 3.0,
+        "cancel_grace": 0.5,
+        "shutdown_grace": 10.0,
+        "snapshot_every": 5,  # recovery goes through snapshots, not only full replays
+        "log_level": "WARNING",
+    }
+    values.update(extra)
+    lines = [
+        f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {value}"
+        for key, value in values.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# -- the workload ----------------------------------------------------------------------------
+
+
+def _record(log: Path, name: str, *deps: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "implementation": "record",
+        "config": {"path": str(log)},
+        "dependencies": list(deps),
+    }
+
+
+def _step(name: str, impl: str, *deps: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "implementation": impl, "config": config, "dependencies": list(deps)}
+
+
+def make_workflow(rng: random.Random, log: Path) -> dict[str, Any]:
+    """A chain, a diamond, a retrying step or a wide join; record steps throughout."""
+    kind = rng.choice(["chain", "diamond", "retry", "wide"])
+    pause = round(rng.uniform(0.0, 0.25), 3)
+    if kind == "chain":
+        steps = [
+            _record(log, "a"),
+            _step("b", "sleep", "a", seconds=pause),
+            _record(log, "c", "b"),
+        ]
+    elif kind == "diamond":
+        steps = [
+            _record(log, "a"),
+            _step("b", "sleep", "a", seconds=pause),
+            _record(log, "c", "a"),
+            _record(log, "d", "b", "c"),
+        ]
+    elif kind == "retry":
+        steps = [
+            _step("f", "fail", times=rng.randint(1, 2), error="Flaky"),
+            _record(log, "g", "f"),
+        ]
+    else:
+        steps = [_record(log, f"w{i}") for i in range(3)]
+        steps.append(_step("join", "noop", "w0", "w1", "w2"))
+    return {
+        "name": kind,
+        "retry_policy": {"max_attempts": 6, "base_delay": 20, "max_delay": 100, "jitter": 0},
+        "steps": steps,
+    }
+
+
+class Submitter:
+    """Starts workflows one after another on its own thread until stopped or the node dies;
+    ``acked`` holds every execution whose start was acknowledged."""
+
+    def __init__(self, data: Path, rng: random.Random, log: Path, acked: list[str]) -> None:
+        self._data, self._rng, self._log, self.acked = data, rng, log, acked
+        self._stop = threading.Event()
+        self._specs = [make_workflow(rng, log) for _ in range(400)]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with Client(data_dir=self._data, timeout=5.0) as client:
+            for spec in self._specs:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.acked.append(client.start_workflow(spec).id)
+                except TammaError:
+                    return  # the node died (or is shutting down): later starts are not acked
+                self._stop.wait(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive()
+
+
+def mark_kill(log: Path, index: int, at: float) -> None:
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"KILL {index} {at!r}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# -- the checks --------------------------------------------------------------------------------
+
+
+@dataclass
+class Runs:
+    """The record log, parsed: run lines by (execution, step) with attempt and epoch."""
+
+    kills: list[float] = field(default_factory=list)
+    runs: dict[tuple[str, str], list[tuple[int, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    @classmethod
+    def read(cls, log: Path) -> Runs:
+        out = cls()
+        if not log.exists():
+            return out
+        for line in log.read_text(encoding="utf-8").splitlines():
+            parts = line.split()
+            if parts[0] == "KILL":
+                out.kills.append(float(parts[2]))
+                continue
+            assert len(parts) == 3, f"malformed record line {line!r}"
+            out.runs[(parts[0], parts[1])].append((int(parts[2]), len(out.kills)))
+        return out
+
+    def epoch_of(self, ts: float) -> int:
+        return sum(1 for k in self.kills if k < ts)
+
+
+def check_store(data: Path, acked: list[str], log: Path, *, completed: bool) -> dict[str, int]:
+    """Every check of a chaos run on the (stopped) node's store; returns a few counts."""
+    runs = Runs.read(log)
+    with LmdbStore(data / "store") as store:
+        report = verify_store(store)
+        assert report.ok, report.problems
+        summaries = {s["id"]: s for s in store.iter_summaries()}
+        assert set(acked) <= set(summaries), "an acknowledged start was lost"
+        reruns = 0
+        for eid, summary in summaries.items():
+            assert summary["status"] in TERMINAL, (eid, summary["status"])
+            if completed:
+                assert summary["status"] == "completed", (eid, summary)
+            events = store.read_events(eid)
+            reruns += _check_execution(eid, events, runs)
+        strays = {eid for eid, _ in runs.runs} - set(summaries)
+        assert not strays, f"steps ran for executions the store never had: {strays}"
+    return {"executions": len(summaries), "kills": len(runs.kills), "reruns": reruns}
+
+
+def _check_execution(eid: str, events: list[dict[str, Any]], runs: Runs) -> int:
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), f"{eid}: gap"
+    created = events[0]["data"]
+    completions = [e for e in events if e["type"] == "step.completed"]
+    per_step = Counter(e["data"]["step"] for e in completions)
+    assert all(n == 1 for n in per_step.values()), f"{eid}: a result committed twice {per_step}"
+    if events[-1]["type"] == "workflow.completed":
+        assert set(per_step) == set(created["steps"]), f"{eid}: missing step results"
+    redispatched = Counter(
+        (e["data"]["step"], e["data"]["attempt"])
+        for e in events
+        if e["type"] == "step.redispatched"
+    )
+    reruns = 0
+    for done in completions:
+        step, attempt = done["data"]["step"], done["data"]["attempt"]
+        lines = runs.runs.get((eid, step))
+        if lines is None:
+            continue  # not a record step
+        assert any(a == attempt for a, _ in lines), f"{eid}/{step}: committed but never ran"
+        assert all(a <= attempt for a, _ in lines), f"{eid}/{step}: ran after it succeeded"
+        committed_in = runs.epoch_of(done["timestamp"])
+        for a, epoch in lines:
+            assert a != attempt or epoch <= committed_in, (
+                f"{eid}/{step} attempt {a} ran again in epoch {epoch}, after its result was "
+                f"committed in epoch {committed_in}"
+            )
+        per_epoch = Counter(lines)
+        for (a, epoch), n in per_epoch.items():
+            assert n <= 1 + redispatched[(step, a)], (
+                f"{eid}/{step} attempt {a} ran {n} times in epoch {epoch} with only "
+                f"{redispatched[(step, a)]} re-dispatches"
+            )
+        reruns += len(lines) - 1
+    return reruns
+
+
+def wait_all(data: Path, ids: list[str]) -> None:
+    with Client(data_dir=data, timeout=WAIT) as client:
+        for eid in ids:
+            final = client.wait(eid, timeout=WAIT)
+            assert final.status in TERMINAL, (eid, final.status)
+
+
+def cli_verify(data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tamma_actors._cli", "--data-dir", str(data), "admin", "verify"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
+def pause(seconds: float) -> None:
+    """A chaos test's deliberate wait: the kill moment is the point of the test."""
+    time.sleep(seconds)

@@ -1,0 +1,100 @@
+"""Chaos: SIGKILL the node and its workers at seeded-random moments under load.
+
+Each test runs a real `tamma-node run` with two real workers, keeps starting a mix of
+workflows (chains, diamonds, retries with `fail`, wide joins; `record` steps everywhere)
+and kills processes while that goes on. Afterwards every check of `harness.check_store`
+must hold: every acknowledged start reached a terminal status, each step's result was
+committed exactly once, `record` steps ran at least once and again only where their result
+had not been committed, event sequences are gap-free, and the store verifies clean
+(through `tamma admin verify` on the live node, and offline).
+
+The seed is fixed (``TAMMA_CHAOS_SEED`` overrides it) so a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tamma_actors import Client
+from tests.chaos.harness import (
+    SEED,
+    WAIT,
+    NodeProcess,
+    Submitter,
+    check_store,
+    cli_verify,
+    mark_kill,
+    pause,
+    wait_all,
+    write_config,
+)
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+
+NODE_KILLS = 4
+
+
+def test_the_node_is_killed_at_random_moments_under_load(short_dir: Path) -> None:
+    rng = random.Random(SEED)
+    data, log = short_dir / "var", short_dir / "record.log"
+    config = write_config(short_dir / "node.toml", data)
+    acked: list[str] = []
+    node = NodeProcess(config)
+    try:
+        for kill in range(NODE_KILLS):
+            submitter = Submitter(data, rng, log, acked)
+            pause(rng.uniform(0.3, 1.5))  # the kill moment: anywhere, often mid-commit
+            at = time.time()
+            node.kill()
+            submitter.stop()
+            mark_kill(log, kill, at)
+            node = NodeProcess(config)
+            assert node.recovered >= 0
+        wait_all(data, acked)
+        verified = cli_verify(data)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert node.terminate() == 0
+    finally:
+        node.kill()
+    assert len(acked) > 10, "the load never got going"
+    counts = check_store(data, acked, log, completed=True)
+    assert counts["kills"] == NODE_KILLS
+
+
+def test_workers_are_killed_at_random_while_the_node_runs(short_dir: Path) -> None:
+    rng = random.Random(SEED + 1)
+    data, log = short_dir / "var", short_dir / "record.log"
+    config = write_config(short_dir / "node.toml", data)
+    acked: list[str] = []
+    node = NodeProcess(config)
+    killed = 0
+    try:
+        submitter = Submitter(data, rng, log, acked)
+        with Client(data_dir=data, timeout=WAIT) as client:
+            for _ in range(6):
+                pause(rng.uniform(0.2, 0.8))
+                workers = client.health()["workers"]["workers"]
+                busy = [w["pid"] for w in workers if w["busy"]] or [w["pid"] for w in workers]
+                if not busy:
+                    continue  # between a death and the replacement's hello
+                victim = psutil.Process(rng.choice(busy))
+                at = time.time()
+                victim.kill()
+                victim.wait(timeout=30)
+                mark_kill(log, killed, at)
+                killed += 1
+        submitter.stop()
+        wait_all(data, acked)
+        verified = cli_verify(data)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert node.terminate() == 0
+    finally:
+        node.kill()
+    assert killed >= 3 and len(acked) > 10
+    counts = check_store(data, acked, log, completed=False)
+    assert counts["kills"] == killed
