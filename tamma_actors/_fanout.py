@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DETAIL_EVENTS", "ITEM_DONE", "apply_detail", "item_task_id"]
+__all__ = ["DETAIL_EVENTS", "ITEM_DONE", "apply_detail", "copy_detail", "item_task_id"]
 
 ITEM_DONE = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -121,6 +121,17 @@ _ITEM_HANDLERS = {
 }
 
 DETAIL_EVENTS = frozenset({"step.items_planned", "step.child_started", *_ITEM_HANDLERS})
+
+
+def copy_detail(detail: Detail | None) -> Detail | None:
+    """A copy that later events do not change (item entries are updated in place; their
+    values — item inputs, outputs, errors — are only ever replaced)."""
+    if detail is None:
+        return None
+    out = dict(detail)
+    if "state" in out:
+        out["state"] = [dict(item) for item in out["state"]]
+    return out
 
 
 def apply_detail(detail: Detail | None, event: Mapping[str, Any]) -> Detail:

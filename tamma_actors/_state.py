@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tamma_actors._errors import IllegalTransition, StoreCorrupted
-from tamma_actors._fanout import DETAIL_EVENTS, apply_detail
+from tamma_actors._fanout import DETAIL_EVENTS, apply_detail, copy_detail
 from tamma_actors._status import (
     TERMINAL_EXECUTION,
     TERMINAL_STEP,
@@ -48,7 +48,10 @@ class StepState:
     detail: dict[str, Any] | None = None  # parallel items / subflow child (_fanout.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.__slots__}
+        # the reducer updates a fan-out's items in place; a snapshot must not share them
+        out["detail"] = copy_detail(self.detail)
+        return out
 
 
 @dataclass(slots=True)
