@@ -714,3 +714,76 @@ def _until(cond: Callable[[], bool], timeout: float = WAIT) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.005)
+
+
+def test_step_type_config_mistakes_each_have_a_clear_problem(kit: Kit) -> None:
+    spec = wf(
+        step("src"),
+        decision(
+            "pick",
+            "src",
+            branches=[
+                {"when": "true", "then": ["a"], "otherwise": ["b"]},
+                {"then": ["a"]},
+                {"when": "item == 1 and steps.src.output", "then": ["a", "b"]},
+                {"when": "true", "then": ["b"]},
+            ],
+        ),
+        step("a", "pick"),
+        step("b", "pick"),
+        {"name": "f", "type": "parallel", "implementation": "noop"},
+        {"name": "s", "type": "subflow", "config": {"workflow": "x.yaml", "bogus": 1}},
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        kit.start(spec)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "steps[1].config.branches[0]: an otherwise branch has no 'when' or 'then'" in text
+    assert "steps[1].config.branches[1]: a branch needs 'when'" in text
+    assert "steps[4].config.items: field required" in text
+    assert "steps[5].config.bogus: unknown field" in text
+
+
+def test_item_and_repeated_branch_steps_are_refused(kit: Kit) -> None:
+    spec = wf(
+        decision(
+            "pick",
+            branches=[{"when": "item == 1", "then": ["a"]}, {"when": "true", "then": ["a"]}],
+        ),
+        step("a", "pick"),
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        kit.start(spec)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "'item' is only available inside a parallel step's tasks" in text
+    assert "step 'a' is already in branch 0" in text
+
+
+def test_subflow_inputs_that_fail_to_evaluate_fail_the_step(kit: Kit, tmp_path: Path) -> None:
+    _write(tmp_path / "child.yaml", CHILD)
+    sub = {
+        "name": "sub",
+        "type": "subflow",
+        "config": {"workflow": str(tmp_path / "child.yaml"), "inputs": {"x": "inputs.n.deep"}},
+    }
+    final = kit.finish(kit.start(wf(sub), {"n": 1}))
+    assert final["status"] == "failed"
+    assert final["results"]["sub"]["error"]["type"] == "ExpressionError"
+
+
+def test_an_invalid_child_workflow_fails_the_step_without_retrying(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "child.yaml",
+        {"name": "child", "steps": [{"name": "c", "implementation": "nope"}]},
+    )
+    with _kit(doubled) as k:
+        sub = {
+            "name": "sub",
+            "type": "subflow",
+            "retry_policy": FAST,
+            "config": {"workflow": str(tmp_path / "child.yaml")},
+        }
+        final = k.finish(k.start(wf(sub)))
+        assert final["status"] == "failed"
+        error = final["results"]["sub"]["error"]
+        assert error["type"] == "WorkflowValidationError" and "nope" in error["message"]
+        assert final["results"]["sub"]["attempts"] == 1
