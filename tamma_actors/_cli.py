@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("id")
     wait.add_argument("--timeout", type=float, default=None, dest="wait_timeout")
     add("health", "node health")
+    add("explain", "why an execution is where it is").add_argument("id")
     watch = add("watch", "follow live events")
     watch.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob, e.g. step.*")
     watch.add_argument("--count", type=int, default=None, help="stop after N events")
@@ -263,7 +264,23 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: _Output) -> int:
         ],
     ]
     out.table(f"execution {status.id} ({status.workflow_id})", ["field", "value"], rows)
-    out.table("steps", ["step", "status"], [[k, v.value] for k, v in status.steps.items()])
+    out.table(
+        "steps",
+        ["step", "status", "waiting for"],
+        [[k, v.value, status.waiting.get(k, "")] for k, v in status.steps.items()],
+    )
+    return ExitCode.OK
+
+
+def _cmd_explain(client: Client, args: argparse.Namespace, out: _Output) -> int:
+    report = client.explain(args.id)
+    if out.as_json:
+        out.json(report)
+        return ExitCode.OK
+    print(f"{report['id']}: {report['summary']}")
+    rows = [[k, s["status"], s["waiting_for"]] for k, s in report.get("steps", {}).items()]
+    if rows:
+        out.table(None, ["step", "status", "waiting for"], rows)
     return ExitCode.OK
 
 
@@ -367,6 +384,7 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, _Output], int]
     "status": _cmd_status,
     "events": _cmd_events,
     "health": _cmd_health,
+    "explain": _cmd_explain,
     "get": _execution_command(lambda c, a: c.get_workflow(a.id)),
     "pause": _execution_command(lambda c, a: c.pause_workflow(a.id)),
     "resume": _execution_command(lambda c, a: c.resume_workflow(a.id)),

@@ -378,6 +378,12 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 return execution
 
+    def explain(self, execution_id: str) -> dict[str, Any]:
+        """Why an execution is where it is: ``summary`` (one line) and, per unfinished
+        step, ``waiting_for`` (a dependency, a retry time, a breaker, a worker, ...)."""
+        result: dict[str, Any] = self.request("explain", {"id": execution_id})
+        return result
+
     def health(self) -> dict[str, Any]:
         result = self.request("health", {})
         if not isinstance(result, dict):

@@ -279,6 +279,7 @@ class ControlServer(SocketActor):
                 "resume": engine.resume_workflow,
                 "get": engine.get_workflow,
                 "status": engine.get_workflow_status,
+                "explain": engine.explain,
             }
             return simple[op](args.id)
         raise AssertionError(f"op {op!r} has no engine call")  # pragma: no cover

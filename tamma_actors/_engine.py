@@ -42,6 +42,7 @@ from tamma_actors._execution import (
     Start,
     Wait,
 )
+from tamma_actors._explain import Explain, explain
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
@@ -49,6 +50,7 @@ from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
 from tamma_actors._subflows import EngineChildren
+from tamma_actors._watchdog import Watchdog
 from tamma_actors._workflow_file import parse_workflow
 
 __all__ = ["Engine"]
@@ -68,6 +70,7 @@ class EngineParts:
     health_extra: Callable[[], dict[str, Any]] = dict
     # why new work is refused right now (a full store), or None
     write_block: Callable[[], TammaError | None] = lambda: None
+    watchdog_interval: float = 30.0  # seconds between looks for stuck executions; 0: off
 
 
 def _done(value: T) -> Future[T]:
@@ -116,6 +119,9 @@ class Engine:
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
         self._closed = False
+        self._watchdog = Watchdog(
+            parts.deps.timers, parts.watchdog_interval, lambda: list(self._live.values())
+        )
 
     # -- live executions -------------------------------------------------------------------
 
@@ -215,6 +221,8 @@ class Engine:
             return _done(to_status(state) if probe.status_only else to_record(state))
         if isinstance(probe, Wait):
             return _done(to_record(state))
+        if isinstance(probe, Explain):
+            return _done(explain(state, self._definition_of(state), time.time()))
         return _done_or_refuse(state, probe)
 
     @_guard
@@ -320,6 +328,19 @@ class Engine:
         return _done(self._store.read_events(execution_id, max(1, from_seq), limit))
 
     @_guard
+    def explain(self, execution_id: str) -> Future[dict[str, Any]]:
+        """Why the execution is where it is: a one-line summary, and per step what it
+        waits for (see tamma_actors/_explain.py)."""
+        offered = self._offered_plugins()
+        return self._ask(execution_id, lambda r: Explain(r, offered))
+
+    def _offered_plugins(self) -> frozenset[str] | None:
+        workers = (self._health_extra().get("workers") or {}).get("workers")
+        if workers is None:
+            return None
+        return frozenset(p for w in workers for p in w.get("plugins", ()))
+
+    @_guard
     def health(self) -> Future[dict[str, Any]]:
         report: dict[str, Any] = {
             "status": "ok",
@@ -395,6 +416,7 @@ class Engine:
                 ref.stop(block=True, timeout=timeout)
         if self._deps.breakers is not None:
             self._deps.breakers.close()
+        self._watchdog.close()
 
     # -- store access ----------------------------------------------------------------------
 

@@ -84,6 +84,11 @@ class AsyncEngine(Protocol):
 
     def health(self) -> Future[dict[str, Any]]: ...
 
+    def explain(self, execution_id: str) -> Future[dict[str, Any]]:
+        """Why the execution is where it is: ``{"id", "status", "summary", "since",
+        "steps": {name: {"status", "waiting_for", "attempts"}}, ...}`` (unfinished steps)."""
+        ...
+
     # -- administration (admin role) --
 
     def admin_verify(self) -> Future[dict[str, Any]]:

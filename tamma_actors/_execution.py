@@ -28,6 +28,7 @@ from tamma_actors._deadlines import DeadlineDue, Deadlines
 from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._errors import IllegalTransition, TammaError, UnknownStep
 from tamma_actors._eventbus import Publish
+from tamma_actors._explain import Explain, Explaining
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._retry import compute_delay, should_retry
 from tamma_actors._state import (
@@ -47,6 +48,7 @@ from tamma_actors._step_types import (
 from tamma_actors._store import Write
 from tamma_actors._timeouts import TimeoutHandling
 from tamma_actors._timers import TimerHandle, TimerService
+from tamma_actors._watchdog import WatchdogCheck, WatchdogChecks
 from tamma_actors._workerpool import (
     Cancel,
     Dispatch,
@@ -175,7 +177,15 @@ def task_id(execution_id: str, step: str, attempt: int) -> str:
     return f"{execution_id}/{step}/{attempt}"
 
 
-class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, CompensationHandling, BreakerGate, PoolActor):
+class ExecutionSupervisor(
+    StepTypeHandling,
+    TimeoutHandling,
+    CompensationHandling,
+    BreakerGate,
+    WatchdogChecks,
+    Explaining,
+    PoolActor,
+):
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -203,6 +213,7 @@ class ExecutionSupervisor(StepTypeHandling, TimeoutHandling, CompensationHandlin
         self._deadlines = Deadlines(deps.timers, deps.clock, self._deadline_due)
         self._probes: dict[str, str] = {}  # step -> breaker it probes (half-open)
         self._comp_tasks: dict[str, str] = {}  # compensation task id -> compensated step
+        self._watch_seq = -1  # the seq the watchdog saw last (-1: not looked yet)
 
     def _deadline_due(self, due: DeadlineDue) -> None:  # on the timer thread
         _tell(self.actor_ref, due)
@@ -738,4 +749,6 @@ _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {
     ChildFinished: ExecutionSupervisor._on_child_finished,
     DeadlineDue: ExecutionSupervisor._on_deadline,
     BreakerChanged: ExecutionSupervisor._on_breaker_changed,
+    WatchdogCheck: ExecutionSupervisor._on_watchdog,
+    Explain: ExecutionSupervisor._on_explain,
 }

@@ -364,6 +364,7 @@ class WorkflowStatusInfo(_RecordModel):
     seq: int = 0
     progress: StatusProgress = Field(default_factory=StatusProgress)
     steps: dict[str, StepStatus] = Field(default_factory=dict)
+    waiting: dict[str, str] = Field(default_factory=dict)  # step -> what holds it (a breaker)
 
 
 class WorkflowState(_RecordModel):

@@ -166,6 +166,7 @@ OPS: dict[str, tuple[type[_Args], Role]] = {
     "events": (EventsArgs, Role.viewer),
     "wait": (WaitArgs, Role.viewer),
     "health": (HealthArgs, Role.viewer),
+    "explain": (ExecutionArgs, Role.viewer),
     "admin.verify": (AdminVerifyArgs, Role.admin),
     "admin.backup": (AdminBackupArgs, Role.admin),
     "admin.cleanup": (AdminCleanupArgs, Role.admin),

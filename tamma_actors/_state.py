@@ -464,6 +464,11 @@ def to_status(state: ExecutionState) -> dict[str, Any]:
         "seq": state.seq,
         "progress": progress,
         "steps": {name: st.status for name, st in state.steps.items()},
+        "waiting": {
+            name: f"breaker {st.hold['breaker']}"
+            for name, st in state.steps.items()
+            if st.hold is not None and st.status == S.READY.value
+        },
     }
 
 

@@ -293,6 +293,13 @@ class FakeEngine:
         fut.set_result(snapshot)
         return fut
 
+    def explain(self, execution_id: str) -> Future[dict[str, Any]]:
+        def explain() -> dict[str, Any]:
+            rec = self._get(execution_id)
+            return {"id": execution_id, "status": rec["status"], "summary": rec["status"]}
+
+        return self._call("explain", (execution_id,), explain)
+
     def health(self) -> Future[dict[str, Any]]:
         def health() -> dict[str, Any]:
             live = sum(not is_terminal_execution(r["status"]) for r in self._records.values())

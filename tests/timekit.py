@@ -85,7 +85,9 @@ class Kit:
         self.step_is(eid, d.task["step"], "running")
 
 
-def make_kit(store: MemoryStore | None = None, start: float = 1000.0) -> Iterator[Kit]:
+def make_kit(
+    store: MemoryStore | None = None, start: float = 1000.0, watchdog: float = 0.0
+) -> Iterator[Kit]:
     store = store or MemoryStore()
     held: queue.Queue[Dispatch] = queue.Queue()
     cancels: queue.Queue[str] = queue.Queue()
@@ -102,7 +104,13 @@ def make_kit(store: MemoryStore | None = None, start: float = 1000.0) -> Iterato
         rand=lambda: 0.5,
     )
     engine = Engine(
-        EngineParts(store=store, dispatcher=dispatcher, deps=deps, implementations=lambda: {"noop"})
+        EngineParts(
+            store=store,
+            dispatcher=dispatcher,
+            deps=deps,
+            implementations=lambda: {"noop"},
+            watchdog_interval=watchdog,
+        )
     )
     try:
         yield Kit(engine, store, timers, held, cancels)

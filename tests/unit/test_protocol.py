@@ -82,6 +82,7 @@ def test_every_op_round_trips_through_make_request() -> None:
         "events": {"id": "e", "from_seq": 3, "limit": 10},
         "wait": {"id": "e", "timeout": 2.5},
         "health": {},
+        "explain": {"id": "e"},
         "admin.verify": {},
         "admin.backup": {"dest": "/srv/backup"},
         "admin.cleanup": {"older_than_days": 30.0},
