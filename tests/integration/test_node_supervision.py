@@ -1,0 +1,186 @@
+"""Timeouts, wait steps, circuit breakers, error policies and explain on a real node.
+
+Real worker processes, real ZeroMQ sockets, LMDB on disk; the node runs in the test
+process (its workers are child processes it starts and stops).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tamma_actors import Client
+from tamma_actors._cli import main
+from tamma_actors._config import NodeConfig, load_node_config
+from tamma_actors._node import Node
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def node_config(data_dir: Path, **extra: Any) -> NodeConfig:
+    settings: dict[str, Any] = {
+        "data_dir": data_dir,
+        "workers": 2,
+        "worker_slots": 4,
+        "heartbeat_interval": 0.2,
+        "heartbeat_timeout": 2.0,
+        "cancel_grace": 0.5,
+    }
+    settings.update(extra)
+    return load_node_config(None, **settings)
+
+
+@pytest.fixture
+def node(short_dir: Path) -> Iterator[Node]:
+    with Node(node_config(short_dir / "var")) as n:
+        yield n
+
+
+@pytest.fixture
+def client(node: Node) -> Iterator[Client]:
+    with Client(node.config.control_address, timeout=WAIT) as c:
+        yield c
+
+
+def wf(name: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "steps": list(steps), **extra}
+
+
+def step(name: str, impl: str, *deps: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "implementation": impl, "dependencies": list(deps), **extra}
+
+
+def test_a_hung_step_times_out_its_worker_is_replaced_and_a_bystander_keeps_its_attempt(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one worker, two slots: the hung step and the bystander share a process
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS_DIR, *sys.path]))
+    cfg = node_config(
+        short_dir / "var",
+        workers=1,
+        worker_slots=2,
+        plugins={"stubborn": "plugins_for_tests:stubborn"},
+    )
+    with Node(cfg) as n, Client(cfg.control_address, timeout=WAIT) as c:
+        before = c.health()["workers"]["local_pids"]
+        spec = wf(
+            "hung",
+            step("bystander", "sleep", config={"seconds": 2.0}),
+            step(
+                "hung",
+                "stubborn",
+                config={"seconds": 3600},
+                timeout=0.5,
+                retry_policy={"max_attempts": 1},
+            ),
+            error_handling="continue",
+        )
+        final = c.wait(c.start_workflow(spec).id, timeout=WAIT)
+        assert final.status == "failed"
+        hung, bystander = final.results["hung"], final.results["bystander"]
+        assert hung.status == "failed" and hung.error is not None
+        assert hung.error.type == "StepTimeout" and "within 0.5s" in hung.error.message
+        assert bystander.status == "succeeded" and bystander.attempts == 1
+        types = [e.type for e in c.get_events(final.id)]
+        assert "step.timed_out" in types and "step.redispatched" in types
+        after = c.health()["workers"]["local_pids"]
+        assert after and set(after).isdisjoint(before)  # the stuck process was replaced
+        assert n.engine.live_count == 0
+
+
+def test_wait_steps_pause_and_explain_on_a_real_node(client: Client, node: Node) -> None:
+    spec = wf("napper", step("nap", "wait", config={"seconds": 30}), step("after", "noop", "nap"))
+    eid = client.start_workflow(spec).id
+    report = client.explain(eid)
+    assert report["steps"]["nap"]["waiting_for"].startswith("wait step: until")
+    assert report["steps"]["after"]["waiting_for"] == "dependencies: nap (running)"
+    assert client.health()["workers"]["running"] == 0  # a wait step takes no worker slot
+    client.pause_workflow(eid)
+    report = client.explain(eid)
+    assert report["summary"].startswith("paused by request")
+    assert "frozen by pause" in report["steps"]["nap"]["waiting_for"]
+    client.resume_workflow(eid)
+    quick = client.start_workflow(wf("quick", step("nap", "wait", config={"seconds": 0.2})))
+    assert client.wait(quick.id, timeout=WAIT).results["nap"].data == {"waited_s": 0.2}
+    assert main(["--data-dir", str(node.config.data_dir), "--json", "explain", eid]) == 0
+    final = client.abort_workflow(eid, "no more napping")
+    assert final.status == "aborted"
+
+
+def test_explain_on_the_command_line(
+    client: Client, node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    eid = client.start_workflow(wf("cli", step("nap", "wait", config={"seconds": 30}))).id
+    capsys.readouterr()
+    assert main(["--data-dir", str(node.config.data_dir), "--json", "explain", eid]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "running" and "summary" in report
+    assert main(["--data-dir", str(node.config.data_dir), "explain", eid]) == 0
+    text = capsys.readouterr().out
+    assert eid in text and "wait step: until" in text
+    client.abort_workflow(eid)
+
+
+def test_a_breaker_opens_holds_the_queue_and_survives_a_node_restart(short_dir: Path) -> None:
+    cfg = node_config(short_dir / "var")
+    breaker = {"failure_threshold": 2, "reset_timeout": "3s", "half_open_max_calls": 1}
+
+    def spec(times: int) -> dict[str, Any]:
+        call = step("call", "fail", config={"times": times}, retry_policy={"max_attempts": 1})
+        return wf("guarded", call, circuit_breaker=breaker)
+
+    with Node(cfg), Client(cfg.control_address, timeout=WAIT) as c:
+        for _ in range(2):
+            assert c.wait(c.start_workflow(spec(5)).id, timeout=WAIT).status == "failed"
+        opened = c.health()["breakers"]["fail"]
+        assert opened["phase"] == "open" and opened["failures"] == 2
+        held = c.start_workflow(spec(0)).id
+        status = c.get_workflow_status(held)
+        assert status.waiting == {"call": "breaker fail"}
+        assert status.steps["call"] == "ready"
+        assert c.explain(held)["steps"]["call"]["waiting_for"].startswith("breaker fail open")
+    with Node(cfg) as n, Client(cfg.control_address, timeout=WAIT) as c:
+        assert n.recovered == 1
+        state = c.health()["breakers"]["fail"]
+        assert state["opened_at"] == opened["opened_at"]  # the store kept it
+        final = c.wait(held, timeout=WAIT)  # half-opens; the held step is the probe
+        assert final.status == "completed" and final.results["call"].attempts == 1
+        assert c.health()["breakers"]["fail"]["phase"] == "closed"
+        types = [e.type for e in c.get_events(held)]
+        assert "step.held" in types and types.count("step.dispatched") == 1
+
+
+@pytest.mark.parametrize("policy", ["fail_fast", "continue", "compensate"])
+def test_each_error_policy_on_a_real_node(client: Client, policy: str) -> None:
+    spec = wf(
+        f"policy-{policy}",
+        step("prepare", "echo", config={"message": "prepared"}, compensation="noop"),
+        step("bad", "fail", "prepare", config={"times": 9}, retry_policy={"max_attempts": 1}),
+        step("side", "sleep", config={"seconds": 0.5}),
+        step("after_side", "noop", "side"),
+        error_handling=policy,
+    )
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "failed" and final.error is not None
+    assert final.error.step == "bad"
+    res = {name: r.status for name, r in final.results.items()}
+    if policy == "continue":
+        assert res["side"] == "succeeded" and res["after_side"] == "succeeded"
+    else:
+        assert res["after_side"] == "cancelled"
+    record = client.get_workflow(final.id)
+    types = [e.type for e in client.get_events(final.id)]
+    if policy == "compensate":
+        assert types.count("compensation.completed") == 1
+        assert "prepared" in str(client.request("get", {"id": record.id})["error"])
+    else:
+        assert "workflow.compensating" not in types
