@@ -18,7 +18,14 @@ import lmdb
 import pytest
 
 from tamma_actors import Client
-from tamma_actors._admin import cleanup_store, verify_store
+from tamma_actors._admin import (
+    StoreAdmin,
+    backup_store,
+    cleanup_store,
+    offline_store,
+    restore_backup,
+    verify_store,
+)
 from tamma_actors._cli import main as tamma
 from tamma_actors._cli_node import main as tamma_node
 from tamma_actors._config import NodeConfig, load_node_config
@@ -326,3 +333,74 @@ def test_the_verify_cli_prints_problems_as_json(
     assert tamma_node(["verify", "--data-dir", str(data), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False and any(event_key(eid, 1).hex() in p for p in report["problems"])
+
+
+def test_drain_holds_new_dispatches_and_the_next_start_sends_them(
+    data: Path, short_dir: Path
+) -> None:
+    log = short_dir / "record.log"
+    spec = {
+        "name": "drain",
+        "steps": [
+            {"name": "slow", "implementation": "sleep", "config": {"seconds": 0.5}},
+            {
+                "name": "after",
+                "implementation": "record",
+                "config": {"path": str(log)},
+                "dependencies": ["slow"],
+            },
+        ],
+    }
+    with Node(config(data)) as node, Client(node.config.control_address, timeout=WAIT) as c:
+        eid = c.start_workflow(spec).id
+        for _ in range(400):
+            if c.get_workflow(eid).results["slow"].status == "running":
+                break
+            c.wait(eid, timeout=0.02)
+        assert node.drain(grace=WAIT) is True
+        record = c.get_workflow(eid)
+        assert record.results["slow"].status == "succeeded"
+        assert record.results["after"].status == "dispatched"  # committed, held back
+        assert not log.exists()
+    with Node(config(data)) as node, Client(node.config.control_address, timeout=WAIT) as c:
+        assert node.recovered == 1
+        assert c.wait(eid, timeout=WAIT).status == "completed"
+    assert log.read_text().split() == [eid, "after", "1"]
+
+
+def test_a_drain_that_runs_out_of_grace_says_so(node: Node, client: Client) -> None:
+    eid = client.start_workflow(HANG).id
+    for _ in range(400):
+        if client.get_workflow(eid).results["h"].status == "running":
+            break
+        client.wait(eid, timeout=0.02)
+    assert node.drain(grace=0.2) is False
+
+
+def test_admin_refusals_name_the_problem(short_dir: Path) -> None:
+    memory = MemoryStore()
+    with pytest.raises(StoreError, match="only an LMDB store"):
+        backup_store(memory, short_dir / "x")
+    with LmdbStore(short_dir / "s" / "store") as store:
+        with pytest.raises(StoreError, match="absolute path"):
+            backup_store(store, Path("relative"))
+        (short_dir / "file").write_text("")
+        with pytest.raises(StoreError, match="new or empty"):
+            backup_store(store, short_dir / "file")
+        admin = StoreAdmin(store)
+        assert admin.verify().result(WAIT)["ok"]
+        admin.close()
+        with pytest.raises(TammaError, match="shutting down"):
+            admin.verify().result(WAIT)
+    with pytest.raises(StoreError, match="holds no store"), offline_store(short_dir / "no"):
+        pass
+
+
+def test_a_damaged_backup_is_not_restored(data: Path, short_dir: Path) -> None:
+    with Node(config(data)) as node, Client(node.config.control_address, timeout=WAIT) as c:
+        eid = run_to_end(c, chain())
+        c.admin_backup(short_dir / "bk")
+    _corrupt_event(short_dir / "bk", eid, 2, b"\x00\x00\x00\x00bad")
+    with pytest.raises(StoreError, match="fails verification"):
+        restore_backup(short_dir / "bk", short_dir / "restored")
+    assert not (short_dir / "restored" / "store").exists()
