@@ -11,6 +11,7 @@ commit, which the engine promises never happens.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -30,6 +31,7 @@ from tamma_actors import Client
 from tamma_actors._admin import verify_store
 from tamma_actors._errors import TammaError
 from tamma_actors._lmdb_store import LmdbStore
+from tamma_actors._state import replay
 
 WAIT = 90.0
 SEED = int(os.environ.get("TAMMA_CHAOS_SEED", "20261125"))
@@ -116,9 +118,21 @@ def _step(name: str, impl: str, *deps: str, **config: Any) -> dict[str, Any]:
     return {"name": name, "implementation": impl, "config": config, "dependencies": list(deps)}
 
 
+def write_child(log: Path) -> Path:
+    """The workflow a subflow step runs: two record steps in a chain."""
+    child = log.parent / "child.yaml"
+    child.write_text(
+        json.dumps({"name": "child", "steps": [_record(log, "c1"), _record(log, "c2", "c1")]})
+    )
+    return child
+
+
+KINDS = ["chain", "diamond", "retry", "wide", "fanout", "decision", "subflow"]
+
+
 def make_workflow(rng: random.Random, log: Path) -> dict[str, Any]:
-    """A chain, a diamond, a retrying step or a wide join; record steps throughout."""
-    kind = rng.choice(["chain", "diamond", "retry", "wide"])
+    """One of KINDS, with record steps throughout (and in the fan-out's items)."""
+    kind = rng.choice(KINDS)
     pause = round(rng.uniform(0.0, 0.25), 3)
     if kind == "chain":
         steps = [
@@ -138,9 +152,33 @@ def make_workflow(rng: random.Random, log: Path) -> dict[str, Any]:
             _step("f", "fail", times=rng.randint(1, 2), error="Flaky"),
             _record(log, "g", "f"),
         ]
-    else:
+    elif kind == "wide":
         steps = [_record(log, f"w{i}") for i in range(3)]
         steps.append(_step("join", "noop", "w0", "w1", "w2"))
+    elif kind == "fanout":
+        items = list(range(rng.randint(0, 4)))
+        fan = {**_record(log, "fan", "a"), "type": "parallel"}
+        fan["config"] = {"path": str(log), "items": items, "max_concurrency": 2}
+        steps = [_record(log, "a"), fan, _step("after", "noop", "fan")]
+    elif kind == "decision":
+        go = rng.choice(["yes", "no"])
+        branches = [{"when": f"steps.src.output == '{go}'", "then": ["yes"]}]
+        steps = [
+            _step("src", "echo", message="yes"),
+            {"name": "pick", "type": "decision", "dependencies": ["src"],
+             "config": {"branches": [*branches, {"otherwise": ["no"]}]}},
+            _record(log, "yes", "pick"),
+            _record(log, "no", "pick"),
+            _record(log, "end", "yes", "no"),
+        ]  # fmt: skip
+    else:
+        child = str(log.parent / "child.yaml")
+        steps = [
+            _record(log, "a"),
+            {"name": "sub", "type": "subflow", "dependencies": ["a"],
+             "config": {"workflow": child, "inputs": {}}},
+            _record(log, "z", "sub"),
+        ]  # fmt: skip
     return {
         "name": kind,
         "retry_policy": {"max_attempts": 6, "base_delay": 20, "max_delay": 100, "jitter": 0},
@@ -155,6 +193,7 @@ class Submitter:
     def __init__(self, data: Path, rng: random.Random, log: Path, acked: list[str]) -> None:
         self._data, self._rng, self._log, self.acked = data, rng, log, acked
         self._stop = threading.Event()
+        write_child(log)
         self._specs = [make_workflow(rng, log) for _ in range(400)]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -213,8 +252,9 @@ class Runs:
         return sum(1 for k in self.kills if k < ts)
 
 
-def check_store(data: Path, acked: list[str], log: Path, *, completed: bool) -> dict[str, int]:
-    """Every check of a chaos run on the (stopped) node's store; returns a few counts."""
+def check_store(data: Path, acked: list[str], log: Path, *, completed: bool) -> dict[str, Any]:
+    """Every check of a chaos run on the (stopped) node's store; returns a few counts and
+    the workflows that completed (``kinds``)."""
     runs = Runs.read(log)
     with LmdbStore(data / "store") as store:
         report = verify_store(store)
@@ -230,17 +270,25 @@ def check_store(data: Path, acked: list[str], log: Path, *, completed: bool) -> 
             reruns += _check_execution(eid, events, runs)
         strays = {eid for eid, _ in runs.runs} - set(summaries)
         assert not strays, f"steps ran for executions the store never had: {strays}"
-    return {"executions": len(summaries), "kills": len(runs.kills), "reruns": reruns}
+    kinds = {s["workflow_id"] for s in summaries.values() if s["status"] == "completed"}
+    return {
+        "executions": len(summaries),
+        "kills": len(runs.kills),
+        "reruns": reruns,
+        "kinds": kinds,
+    }
 
 
 def _check_execution(eid: str, events: list[dict[str, Any]], runs: Runs) -> int:
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), f"{eid}: gap"
-    created = events[0]["data"]
     completions = [e for e in events if e["type"] == "step.completed"]
     per_step = Counter(e["data"]["step"] for e in completions)
     assert all(n == 1 for n in per_step.values()), f"{eid}: a result committed twice {per_step}"
-    if events[-1]["type"] == "workflow.completed":
-        assert set(per_step) == set(created["steps"]), f"{eid}: missing step results"
+    final = replay(eid, events)
+    for name, st in final.steps.items():
+        if st.status == "succeeded":
+            assert per_step[name] == 1, f"{eid}/{name}: succeeded without its result"
+    fanned = {e["data"]["step"] for e in events if e["type"] == "step.items_planned"}
     redispatched = Counter(
         (e["data"]["step"], e["data"]["attempt"])
         for e in events
@@ -248,26 +296,62 @@ def _check_execution(eid: str, events: list[dict[str, Any]], runs: Runs) -> int:
     )
     reruns = 0
     for done in completions:
-        step, attempt = done["data"]["step"], done["data"]["attempt"]
+        step = done["data"]["step"]
         lines = runs.runs.get((eid, step))
-        if lines is None:
-            continue  # not a record step
-        assert any(a == attempt for a, _ in lines), f"{eid}/{step}: committed but never ran"
-        assert all(a <= attempt for a, _ in lines), f"{eid}/{step}: ran after it succeeded"
-        committed_in = runs.epoch_of(done["timestamp"])
-        for a, epoch in lines:
-            assert a != attempt or epoch <= committed_in, (
-                f"{eid}/{step} attempt {a} ran again in epoch {epoch}, after its result was "
-                f"committed in epoch {committed_in}"
-            )
-        per_epoch = Counter(lines)
-        for (a, epoch), n in per_epoch.items():
-            assert n <= 1 + redispatched[(step, a)], (
-                f"{eid}/{step} attempt {a} ran {n} times in epoch {epoch} with only "
-                f"{redispatched[(step, a)]} re-dispatches"
-            )
-        reruns += len(lines) - 1
+        if step in fanned:
+            reruns += _check_items(eid, step, events, done, lines or [], runs)
+        elif lines is not None:  # a record step
+            reruns += _check_record_step(eid, done, lines, runs, redispatched)
     return reruns
+
+
+def _check_record_step(
+    eid: str,
+    done: dict[str, Any],
+    lines: list[tuple[int, int]],
+    runs: Runs,
+    redispatched: Counter[tuple[str, int]],
+) -> int:
+    step, attempt = done["data"]["step"], done["data"]["attempt"]
+    assert any(a == attempt for a, _ in lines), f"{eid}/{step}: committed but never ran"
+    assert all(a <= attempt for a, _ in lines), f"{eid}/{step}: ran after it succeeded"
+    committed_in = runs.epoch_of(done["timestamp"])
+    for a, epoch in lines:
+        assert a != attempt or epoch <= committed_in, (
+            f"{eid}/{step} attempt {a} ran again in epoch {epoch}, after its result was "
+            f"committed in epoch {committed_in}"
+        )
+    for (a, epoch), n in Counter(lines).items():
+        assert n <= 1 + redispatched[(step, a)], (
+            f"{eid}/{step} attempt {a} ran {n} times in epoch {epoch} with only "
+            f"{redispatched[(step, a)]} re-dispatches"
+        )
+    return len(lines) - 1
+
+
+def _check_items(
+    eid: str,
+    step: str,
+    events: list[dict[str, Any]],
+    done: dict[str, Any],
+    lines: list[tuple[int, int]],
+    runs: Runs,
+) -> int:
+    """A fan-out of record items: each item's result committed once, each item ran, and
+    no item ran in an epoch after the whole step's result was committed."""
+    planned = [e for e in events if e["type"] == "step.items_planned" and e["data"]["step"] == step]
+    items = len(planned[-1]["data"]["items"])
+    per_item = Counter(
+        e["data"]["index"]
+        for e in events
+        if e["type"] == "step.item_completed" and e["data"]["step"] == step
+    )
+    assert sorted(per_item) == list(range(items)), f"{eid}/{step}: items {per_item}"
+    assert all(n == 1 for n in per_item.values()), f"{eid}/{step}: an item committed twice"
+    assert len(lines) >= items, f"{eid}/{step}: {items} items, {len(lines)} runs"
+    committed_in = runs.epoch_of(done["timestamp"])
+    assert all(epoch <= committed_in for _, epoch in lines), f"{eid}/{step}: ran after commit"
+    return len(lines) - items
 
 
 def wait_all(data: Path, ids: list[str]) -> None:

@@ -1,7 +1,8 @@
 """Chaos: SIGKILL the node and its workers at seeded-random moments under load.
 
 Each test runs a real `tamma-node run` with two real workers, keeps starting a mix of
-workflows (chains, diamonds, retries with `fail`, wide joins; `record` steps everywhere)
+workflows (chains, diamonds, retries with `fail`, wide joins, parallel fan-outs of `record`
+items, decisions, subflows; `record` steps everywhere)
 and kills processes while that goes on. Afterwards every check of `harness.check_store`
 must hold: every acknowledged start reached a terminal status, each step's result was
 committed exactly once, `record` steps ran at least once and again only where their result
@@ -22,6 +23,7 @@ import pytest
 
 from tamma_actors import Client
 from tests.chaos.harness import (
+    KINDS,
     SEED,
     WAIT,
     NodeProcess,
@@ -35,6 +37,7 @@ from tests.chaos.harness import (
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+
 
 @pytest.mark.parametrize(
     ("durability", "kills"),
@@ -68,6 +71,7 @@ def test_the_node_is_killed_at_random_moments_under_load(
     assert len(acked) > 10, "the load never got going"
     counts = check_store(data, acked, log, completed=True)
     assert counts["kills"] == kills
+    assert counts["kinds"] >= set(KINDS) | {"child"}
 
 
 def test_workers_are_killed_at_random_while_the_node_runs(short_dir: Path) -> None:
@@ -102,3 +106,4 @@ def test_workers_are_killed_at_random_while_the_node_runs(short_dir: Path) -> No
     assert killed >= 3 and len(acked) > 10
     counts = check_store(data, acked, log, completed=False)
     assert counts["kills"] == killed
+    assert counts["kinds"] >= set(KINDS) | {"child"}
