@@ -404,3 +404,16 @@ def test_a_damaged_backup_is_not_restored(data: Path, short_dir: Path) -> None:
     with pytest.raises(StoreError, match="fails verification"):
         restore_backup(short_dir / "bk", short_dir / "restored")
     assert not (short_dir / "restored" / "store").exists()
+
+
+def test_a_node_grows_its_map_instead_of_refusing_work(data: Path) -> None:
+    blob = "y" * (128 * 1024)
+    with (
+        Node(config(data, map_size=MiB)) as node,
+        Client(node.config.control_address, timeout=WAIT) as c,
+    ):
+        ids = [c.start_workflow(chain(), {"blob": blob}).id for _ in range(24)]
+        for eid in ids:
+            assert c.wait(eid, timeout=WAIT).status == "completed"
+        store = c.health()["store"]
+        assert store["map_size"] > MiB and "store_full" not in c.health()
