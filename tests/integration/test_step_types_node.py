@@ -11,6 +11,7 @@ import yaml
 
 from tamma_actors import Client
 from tamma_actors._config import load_node_config
+from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
@@ -245,3 +246,44 @@ def test_the_example_workflows_validate_and_run(client: Client) -> None:
             client.start_workflow(ROOT / "config" / "workflows" / name, inputs).id, timeout=WAIT
         )
         assert final.status == "completed", (name, final.error)
+
+
+def test_a_restarted_node_resumes_a_half_done_fan_out(short_dir: Path) -> None:
+    def config() -> Any:
+        return load_node_config(
+            None, data_dir=short_dir / "var", workers=2, heartbeat_interval=0.2, cancel_grace=1.0
+        )
+
+    spec = {
+        "name": "resumable",
+        "steps": [
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "sleep",
+                "config": {"items": list(range(6)), "max_concurrency": 2, "seconds": 0.2},
+            }
+        ],
+    }
+    with Node(config()) as first, Client(first.config.control_address, timeout=WAIT) as c:
+        eid = c.start_workflow(spec).id
+        _until(c, eid, lambda r: _completed_items(c, eid) >= 2)
+    with LmdbStore(short_dir / "var" / "store") as store:  # what the first node left
+        left = [e["type"] for e in store.read_events(eid)]
+    assert 2 <= left.count("step.item_completed") < 6  # half done when it stopped
+    with Node(config()) as second, Client(second.config.control_address, timeout=WAIT) as c:
+        final = c.wait(eid, timeout=WAIT)
+        assert final.status == "completed", final.error
+        assert final.results["fan"].data == [{"slept": 0.2}] * 6
+        events = c.get_events(eid)
+    done = [e.data["index"] for e in events if e.type == "step.item_completed"]
+    assert sorted(done) == list(range(6))  # every item exactly once: none ran again
+    assert any(e.type == "workflow.created" for e in events)
+
+
+def _completed_items(client: Client, eid: str) -> int:
+    return _count(client.get_events(eid), "step.item_completed")
+
+
+def _count(events: list[Any], etype: str) -> int:
+    return sum(1 for e in events if e.type == etype)
