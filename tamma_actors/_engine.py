@@ -115,6 +115,7 @@ class Engine:
         self._admin = StoreAdmin(parts.store)
         self._draining = False
         self.unrecovered: dict[str, str] = {}  # execution id -> why it could not recover
+        self.repaired: dict[str, str] = {}  # recovered from the full log: the snapshot was bad
         self._lock = threading.Lock()
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
@@ -346,7 +347,10 @@ class Engine:
             "status": "ok",
             "uptime_s": round(time.time() - self._started, 3),
             "executions": {"live": self.live_count},
-            "recovery": {"unrecoverable": dict(self.unrecovered)},
+            "recovery": {
+                "unrecoverable": dict(self.unrecovered),
+                "from_full_log": dict(self.repaired),
+            },
         }
         if self.unrecovered:
             report["status"] = "degraded"
@@ -369,7 +373,7 @@ class Engine:
                 summary = self._store.get_summary(eid)
                 if summary is None or summary.get("status") in _TERMINAL:
                     continue
-                state = self._load(eid)
+                state = self._recovered_state(eid)
                 cfg = self._definition_of(state)
             except TammaError as exc:
                 log.error("execution %s cannot be recovered: %s", eid, exc)
@@ -378,6 +382,17 @@ class Engine:
             self._spawn(cfg, state, Recover())
             count += 1
         return count
+
+    def _recovered_state(self, eid: str) -> ExecutionState:
+        """The state from the snapshot path, or, when the snapshot is damaged, from a
+        replay of the whole event log (reported, never silent)."""
+        try:
+            return self._load(eid)
+        except StoreCorrupted as exc:
+            state = replay(eid, self._store.read_events(eid, 1))  # raises if the log is bad
+            log.error("execution %s: %s; recovered from its full event log", eid, exc)
+            self.repaired[eid] = str(exc)
+            return state
 
     def drain(self) -> None:
         """Stop intake for a graceful shutdown: new starts and revivals are refused."""

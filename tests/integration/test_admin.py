@@ -30,7 +30,7 @@ from tamma_actors._cli import main as tamma
 from tamma_actors._cli_node import main as tamma_node
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._errors import Forbidden, StoreError, StoreFull, TammaError
-from tamma_actors._keys import EVENTS, encode_record, event_key
+from tamma_actors._keys import EVENTS, encode_record, event_key, id_key
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node import Node
 from tamma_actors._store import MemoryStore, Write
@@ -417,3 +417,25 @@ def test_a_node_grows_its_map_instead_of_refusing_work(data: Path) -> None:
             assert c.wait(eid, timeout=WAIT).status == "completed"
         store = c.health()["store"]
         assert store["map_size"] > MiB and "store_full" not in c.health()
+
+
+def test_a_damaged_snapshot_is_reported_and_recovery_replays_the_whole_log(data: Path) -> None:
+    with (
+        Node(config(data, snapshot_every=1)) as node,
+        Client(node.config.control_address, timeout=WAIT) as c,
+    ):
+        eid = c.start_workflow(HANG).id
+        for _ in range(400):
+            if c.get_workflow(eid).results["h"].status == "running":
+                break
+            c.wait(eid, timeout=0.02)
+    env = lmdb.open(str(data / "store"), max_dbs=10)
+    try:
+        with env.begin(write=True) as txn:
+            txn.put(id_key(eid), b"\x00\x00\x00\x01oops", db=env.open_db(b"snapshots", txn=txn))
+    finally:
+        env.close()
+    with Node(config(data)) as node, Client(node.config.control_address, timeout=WAIT) as c:
+        assert node.recovered == 1 and not node.engine.unrecovered
+        assert id_key(eid).hex() in c.health()["recovery"]["from_full_log"][eid]
+        assert c.abort_workflow(eid).status == "aborted"  # live again, and it obeys
