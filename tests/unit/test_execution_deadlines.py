@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tamma_actors._errors import WorkflowValidationError
 from tamma_actors._store import MemoryStore
@@ -236,3 +238,29 @@ def test_the_workflow_timeout_survives_a_restart() -> None:
         assert k.record(eid)["status"] == "running"
         k.timers.advance(0.1)
         assert k.status_is(eid, "failed")["error"]["type"] == "WorkflowTimeout"
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 12), st.booleans()), max_size=6))
+def test_a_wait_step_runs_for_exactly_its_seconds_of_unpaused_time(
+    script: list[tuple[int, bool]],
+) -> None:
+    for k in _kit():
+        eid = k.start(wf(wait_step("w", 40)))
+        k.step_is(eid, "w", "running")
+        ran, paused = 0, False
+        for dt, toggle in script:
+            if not paused and ran + dt >= 40:
+                break
+            k.timers.advance(dt)
+            ran += 0 if paused else dt
+            if toggle:
+                call = k.engine.resume_workflow if paused else k.engine.pause_workflow
+                call(eid).result(WAIT)
+                paused = not paused
+        if paused:
+            k.engine.resume_workflow(eid).result(WAIT)
+        k.timers.advance(40 - ran - 0.5)
+        assert k.record(eid)["status"] == "running"
+        k.timers.advance(0.5)
+        k.status_is(eid, "completed")

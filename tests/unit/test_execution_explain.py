@@ -161,3 +161,45 @@ def test_a_paused_or_busy_execution_is_left_alone_by_the_watchdog() -> None:
         assert kit.held.empty()
         d.reply_to.tell(finished(d, 1))
         kit.step_is(eid, "a", "succeeded")
+
+
+def _state(status: str, **steps: StepState) -> ExecutionState:
+    state = ExecutionState(id="e", workflow_id="w", status=status, order=list(steps))
+    state.steps = dict(steps)
+    return state
+
+
+def test_summaries_of_every_execution_status() -> None:
+    cfg = WorkflowConfig.model_validate(
+        {"name": "w", "steps": [{"name": "s", "implementation": "noop"}]}
+    )
+    done = _state("completed", s=StepState(status="succeeded"))
+    done.end_time = 0.0
+    assert explain(done, cfg, 0.0)["summary"] == "completed at 1970-01-01 00:00:00 UTC"
+    failed = _state("failed", s=StepState(status="failed"))
+    failed.error = {"message": "boom"}
+    assert explain(failed, cfg, 0.0)["summary"].endswith(": boom")
+    assert explain(_state("pending", s=StepState()), cfg, 0.0)["summary"] == (
+        "created, not yet started"
+    )
+    ready = _state("running", s=StepState(status="ready"))
+    report = explain(ready, cfg, 0.0)
+    assert report["steps"]["s"]["waiting_for"] == "a dispatch slot (max_parallel)"
+    ready.steps["s"].hold = {"breaker": "noop", "until": 5.0}
+    half = explain(ready, cfg, 9.0, breakers={"noop": {"phase": "half_open"}})
+    assert (
+        half["steps"]["s"]["waiting_for"] == "breaker noop is half-open: its probe calls are in use"
+    )
+    timed = _state("running", s=StepState(status="timed_out"))
+    assert explain(timed, cfg, 0.0)["steps"]["s"]["waiting_for"].startswith("its retry")
+    comp = _state("running", s=StepState(status="failed"))
+    comp.compensations = [{"step": "s", "implementation": "noop", "status": "running"}]
+    assert explain(comp, cfg, 0.0)["summary"].startswith("compensating after a failure")
+    stuck = _state("running", s=StepState(status="pending"))
+    assert explain(stuck, None, 0.0)["summary"].startswith("no step can run")
+    assert explain(stuck, None, 0.0)["steps"]["s"]["waiting_for"] == "to be scheduled"
+    gone = _state("running", s=StepState(status="dispatched"))
+    other = WorkflowConfig.model_validate(
+        {"name": "w", "steps": [{"name": "t", "implementation": "noop"}]}
+    )  # a definition that lost the step: explained without it
+    assert explain(gone, other, 0.0, offered=set())["steps"]["s"]["status"] == "dispatched"
