@@ -21,6 +21,7 @@ where they are raised (``raise ... from exc``); nothing above a seam catches the
     ├── WorkflowError              a workflow or execution request is wrong
     │   ├── WorkflowValidationError   a workflow file is invalid (every problem listed)
     │   ├── ExpressionError        an expression does not parse, or fails on its values
+    │   ├── SubflowTooDeep         subflows nested past the limit (a workflow runs itself)
     │   ├── IllegalTransition      a status change that the transition table forbids
     │   ├── UnknownExecution       no execution with that id
     │   ├── UnknownStep            no step with that name in the execution
@@ -53,6 +54,7 @@ __all__ = [
     "StoreCorrupted",
     "StoreError",
     "StoreFull",
+    "SubflowTooDeep",
     "SupervisionError",
     "TammaError",
     "TransportError",
@@ -149,6 +151,12 @@ class ExpressionError(WorkflowError):
     does not parse, or its evaluation meets a value it cannot work with."""
 
     code = "invalid_expression"
+
+
+class SubflowTooDeep(WorkflowError):
+    """Subflows nested past the node's limit: most likely a workflow that starts itself."""
+
+    code = "subflow_too_deep"
 
 
 class IllegalTransition(WorkflowError):

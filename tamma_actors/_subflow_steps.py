@@ -108,14 +108,17 @@ class SubflowSteps(StepTypeBase):
             self._emit("step.completed", step=msg.step, attempt=msg.attempt, output=output)
         else:
             status = outcome.get("status")
-            cause = (outcome.get("error") or {}).get("message") or outcome.get("reason") or ""
+            error = outcome.get("error") or {}
+            cause = error.get("message") or outcome.get("reason") or ""
+            # a runaway nesting is not retried at any level (retries would multiply it)
+            too_deep = error.get("type") == "SubflowTooDeep"
             self._on_step_error(
                 msg.step,
                 msg.attempt,
                 {
-                    "type": "SubflowFailed",
+                    "type": "SubflowTooDeep" if too_deep else "SubflowFailed",
                     "message": f"child execution {msg.child_id} {status}: {cause}",
-                    "retryable": False if status == "aborted" else None,
+                    "retryable": False if status == "aborted" or too_deep else None,
                 },
             )
         self._advance()

@@ -9,12 +9,13 @@ child's) is started then, under that same id.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
-from tamma_actors._errors import TammaError, WorkflowError
+from tamma_actors._errors import SubflowTooDeep, TammaError, WorkflowError
 from tamma_actors._step_types import ChildRun
 from tamma_actors._store import Store
 from tamma_actors._timers import TimerService
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset({"completed", "failed", "aborted"})
 _REWAIT_S = 0.05  # a child not yet re-activated during recovery: ask again shortly
+MAX_DEPTH = 16  # subflows within subflows; deeper is taken for a workflow that runs itself
 Outcome = dict[str, Any] | BaseException
 
 
@@ -81,11 +83,34 @@ class EngineChildren:
         self._engine = engine
         self._store = store
         self._timers = timers
+        # how deeply each live child is nested (kept in memory: a runaway guard, not a rule)
+        self._depth: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def run(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
+        with self._lock:
+            depth = self._depth.get(run.parent_id, 0) + 1
+            self._depth[run.child_id] = depth
+
+        def finished(outcome: Outcome) -> None:
+            with self._lock:
+                self._depth.pop(run.child_id, None)
+            done(outcome)
+
         if self._store.get_summary(run.child_id) is not None:
-            self._wait(run.child_id, done)
+            self._wait(run.child_id, finished)
             return
+        if depth > MAX_DEPTH:
+            finished(
+                SubflowTooDeep(
+                    f"subflows nest deeper than {MAX_DEPTH} levels: does {run.workflow!r} "
+                    "start itself?"
+                )
+            )
+            return
+        self._start(run, finished)
+
+    def _start(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
         try:
             definition, source = resolve_workflow(run.workflow, run.parent_source, self._store)
         except TammaError as exc:

@@ -787,3 +787,22 @@ def test_an_invalid_child_workflow_fails_the_step_without_retrying(tmp_path: Pat
         error = final["results"]["sub"]["error"]
         assert error["type"] == "WorkflowValidationError" and "nope" in error["message"]
         assert final["results"]["sub"]["attempts"] == 1
+
+
+def test_a_workflow_that_runs_itself_stops_at_the_nesting_limit(tmp_path: Path) -> None:
+    me = tmp_path / "me.yaml"
+    _write(
+        me,
+        {
+            "name": "me",
+            "steps": [{"name": "again", "type": "subflow", "config": {"workflow": "me.yaml"}}],
+        },
+    )
+    with _kit(doubled) as k:
+        final = k.finish(k.start(yaml.safe_load(me.read_text()), source=str(me)))
+        assert final["status"] == "failed"
+        error = final["results"]["again"]["error"]
+        assert error["type"] == "SubflowTooDeep" and error["retryable"] is False
+        assert final["results"]["again"]["attempts"] == 1  # not retried at any level
+        # the parent and 16 nested children; the 17th was refused
+        assert len(k.engine.list_workflows(workflow_id="me").result(WAIT)) == 17
