@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DETAIL_EVENTS", "ITEM_DONE", "apply_detail", "copy_detail", "item_task_id"]
+__all__ = [
+    "DETAIL_EVENTS",
+    "ITEM_DONE",
+    "apply_detail",
+    "copy_detail",
+    "item_task_id",
+    "summarize_detail",
+]
 
 ITEM_DONE = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -132,6 +139,16 @@ def copy_detail(detail: Detail | None) -> Detail | None:
     if "state" in out:
         out["state"] = [dict(item) for item in out["state"]]
     return out
+
+
+def summarize_detail(detail: Detail) -> Detail:
+    """What a record shows: a fan-out's item counts by status, or a subflow's child."""
+    if "state" not in detail:
+        return dict(detail)
+    counts = {"items": len(detail["state"])}
+    for item in detail["state"]:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    return counts
 
 
 def apply_detail(detail: Detail | None, event: Mapping[str, Any]) -> Detail:

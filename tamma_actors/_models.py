@@ -307,6 +307,8 @@ class StepResult(_RecordModel):
     started_at: UtcDatetime | None = None
     ended_at: UtcDatetime | None = None
     message: str | None = None
+    # parallel: item counts by status; subflow: the child execution's id (and earlier ones)
+    detail: dict[str, Any] | None = None
 
 
 class WorkflowErrorInfo(_RecordModel):

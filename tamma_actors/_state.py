@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tamma_actors._errors import IllegalTransition, StoreCorrupted
-from tamma_actors._fanout import DETAIL_EVENTS, apply_detail, copy_detail
+from tamma_actors._fanout import DETAIL_EVENTS, apply_detail, copy_detail, summarize_detail
 from tamma_actors._status import (
     TERMINAL_EXECUTION,
     TERMINAL_STEP,
@@ -404,19 +404,23 @@ def _metrics(state: ExecutionState) -> dict[str, Any]:
     }
 
 
+def _result(st: StepState) -> dict[str, Any]:
+    result = {
+        "status": st.status,
+        "data": st.data,
+        "error": st.error,
+        "attempts": st.attempts,
+        "started_at": st.started_at,
+        "ended_at": st.ended_at,
+    }
+    if st.detail is not None:  # a fan-out's item counts, a subflow's child
+        result["detail"] = summarize_detail(st.detail)
+    return result
+
+
 def to_record(state: ExecutionState) -> dict[str, Any]:
     """The execution record of tamma_actors/_engine_api.py."""
-    results = {
-        name: {
-            "status": st.status,
-            "data": st.data,
-            "error": st.error,
-            "attempts": st.attempts,
-            "started_at": st.started_at,
-            "ended_at": st.ended_at,
-        }
-        for name, st in state.steps.items()
-    }
+    results = {name: _result(st) for name, st in state.steps.items()}
     return {
         "id": state.id,
         "workflow_id": state.workflow_id,

@@ -86,6 +86,7 @@ def test_a_decision_picks_a_branch_and_a_fan_out_runs_on_real_workers(client: Cl
     res = final.results
     assert res["pick"].data["branch"] == 0 and res["small"].status == "skipped"
     assert res["fan"].data == [1, 2, 3]
+    assert res["fan"].detail == {"items": 3, "succeeded": 3}
     assert res["report"].data == {"fan": [1, 2, 3], "small": None}
     types = [e.type for e in client.get_events(final.id)]
     assert types.count("step.item_completed") == 3

@@ -329,6 +329,8 @@ def test_a_parallel_step_fans_out_in_one_batch_and_joins_in_item_order() -> None
         assert final["status"] == "completed"
         assert final["results"]["f"]["data"] == [30, 10, 20]
         assert final["results"]["f"]["attempts"] == 1
+        assert final["results"]["f"]["detail"] == {"items": 3, "succeeded": 3}
+        assert "detail" not in final["results"]["after"]
 
 
 def test_an_empty_list_succeeds_at_once_with_an_empty_output(kit: Kit) -> None:
@@ -412,6 +414,7 @@ def test_under_continue_every_item_finishes_before_the_step_fails() -> None:
         assert (
             "2 of 4 items did not succeed (items 1, 3)" in final["results"]["f"]["error"]["message"]
         )
+        assert final["results"]["f"]["detail"] == {"items": 4, "succeeded": 2, "failed": 2}
         evs = k.events(eid)
         assert sorted(e["data"]["index"] for e in evs if e["type"] == "step.item_completed") == [
             0,
@@ -565,6 +568,7 @@ def test_a_subflow_runs_a_child_and_its_results_become_the_output(tmp_path: Path
         assert final["results"]["after"]["data"]["input"] == out
         started = [e for e in k.events(eid) if e["type"] == "step.child_started"]
         child_id = started[0]["data"]["child"]
+        assert final["results"]["sub"]["detail"]["child"] == child_id
         child = k.get(child_id)
         assert child["status"] == "completed" and child["context"] == {"topic": "t", "n": 3}
 
