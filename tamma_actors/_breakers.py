@@ -195,8 +195,10 @@ class BreakerRegistry:
     ) -> dict[str, Any]:
         return {
             "type": etype,
-            "execution_id": execution_id,
-            "seq": None,
+            # not an execution's event: no sequence number; the execution whose attempt
+            # changed the breaker, when there is one (so breaker.*@ID subscriptions work)
+            "execution_id": execution_id or "",
+            "seq": 0,
             "timestamp": now,
             "data": {
                 "breaker": key,

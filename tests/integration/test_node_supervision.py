@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from tamma_actors import Client
 from tamma_actors._cli import main
+from tamma_actors._codec import unpack
 from tamma_actors._config import NodeConfig, load_node_config
+from tamma_actors._models import WorkflowEvent
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
@@ -130,6 +134,48 @@ def test_explain_on_the_command_line(
     client.abort_workflow(eid)
 
 
+class Events:
+    """A SUB socket on the node's event endpoint (breaker.* and workflow.failed)."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        for prefix in (b"breaker.", b"workflow.failed"):
+            self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
+        self.sub.connect(cfg.events_address)
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sub.close(linger=0)
+        self.ctx.term()
+
+    def warm_up(self, client: Client) -> None:
+        """Until a failure of a breaker-free workflow is seen, the subscription may not be
+        live yet (ZeroMQ's slow joiner): fail one, bounded, until its event arrives."""
+        once = {"max_attempts": 1}
+        unguarded = wf("warm-up", step("x", "fail", config={"times": 9}, retry_policy=once))
+        for _ in range(10):
+            client.wait(client.start_workflow(unguarded).id, timeout=WAIT)
+            try:
+                self.expect("workflow.failed", timeout=1.0)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError("the event subscription never became live")
+
+    def expect(self, etype: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.sub.poll(int(left * 1000)):
+                event: dict[str, Any] = unpack(self.sub.recv_multipart()[-1])
+                if event["type"] == etype:
+                    return event
+        raise AssertionError(f"no {etype} event within {timeout}s")
+
+
 def test_a_breaker_opens_holds_the_queue_and_survives_a_node_restart(short_dir: Path) -> None:
     cfg = node_config(short_dir / "var")
     breaker = {"failure_threshold": 2, "reset_timeout": "3s", "half_open_max_calls": 1}
@@ -138,11 +184,15 @@ def test_a_breaker_opens_holds_the_queue_and_survives_a_node_restart(short_dir: 
         call = step("call", "fail", config={"times": times}, retry_policy={"max_attempts": 1})
         return wf("guarded", call, circuit_breaker=breaker)
 
-    with Node(cfg), Client(cfg.control_address, timeout=WAIT) as c:
+    with Node(cfg), Client(cfg.control_address, timeout=WAIT) as c, Events(cfg) as events:
+        events.warm_up(c)
         for _ in range(2):
             assert c.wait(c.start_workflow(spec(5)).id, timeout=WAIT).status == "failed"
         opened = c.health()["breakers"]["fail"]
         assert opened["phase"] == "open" and opened["failures"] == 2
+        announced = events.expect("breaker.opened")
+        assert announced["data"]["breaker"] == "fail" and announced["seq"] == 0
+        assert WorkflowEvent.model_validate(announced).type == "breaker.opened"
         held = c.start_workflow(spec(0)).id
         status = c.get_workflow_status(held)
         assert status.waiting == {"call": "breaker fail"}
