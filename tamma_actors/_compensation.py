@@ -42,6 +42,7 @@ class CompensationHandling:
         cfg: WorkflowConfig
         deps: ExecutionDeps
         _comp_tasks: dict[str, str]
+        _compensation_steps: frozenset[str] | None
 
         @property
         def actor_ref(self) -> pykka.ActorRef[Any]: ...
@@ -51,7 +52,11 @@ class CompensationHandling:
 
     def _compensation_only(self, name: str) -> bool:
         """A step some other step names as its compensation runs only to compensate."""
-        return any(s.compensation == name and s.name != name for s in self.cfg.steps)
+        names: frozenset[str] | None = getattr(self, "_compensation_steps", None)
+        if names is None:  # computed once: this is asked for every dispatch
+            names = frozenset(s.compensation for s in self.cfg.steps if s.compensation)
+            self._compensation_steps = names
+        return name in names and self.cfg.step(name).compensation != name
 
     def _compensation_tid(self, name: str) -> str:
         return f"{self.state.id}/{name}{COMPENSATION_SUFFIX}/1"
