@@ -107,6 +107,7 @@ class WatchdogChecks:
         def _is_wait(self, name: str) -> bool: ...
         def _step_timed_out(self, name: str, attempt: int, kind: str) -> None: ...
         def _cancel_open_steps(self, reason: str) -> None: ...
+        def _cancel_compensations(self, reason: str) -> None: ...
 
     def _on_watchdog(self, msg: WatchdogCheck) -> None:
         if self.state.terminal or self.state.status != "running":
@@ -164,6 +165,7 @@ class WatchdogChecks:
         )
         log.error("execution %s is stuck: %s", self.state.id, reason)
         self._cancel_open_steps(reason)
+        self._cancel_compensations(reason)
         self._emit(
             "workflow.failed",
             error={"type": "Stuck", "message": f"the watchdog ended it: {reason}", "step": None},

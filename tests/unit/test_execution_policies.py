@@ -220,3 +220,22 @@ def test_many_racing_pause_resume_requests_settle_consistently(kit: Kit) -> None
         kit.engine.resume_workflow(eid).result(WAIT)
     final = kit.status_is(eid, "completed")
     assert final["results"]["a"]["data"] == 1
+
+
+def test_the_workflow_timeout_cancels_a_running_compensation(kit: Kit) -> None:
+    spec = wf(
+        step("a", compensation="noop"),
+        step("b", "a"),
+        error_handling="compensate",
+        timeout="60s",
+    )
+    eid = kit.start(spec)
+    a = kit.next_held()
+    a.reply_to.tell(finished(a, 1))
+    b = kit.next_held()
+    b.reply_to.tell(finished(b, error=BOOM))
+    comp = kit.next_held()
+    kit.timers.advance(60)
+    final = kit.status_is(eid, "failed")
+    assert final["error"]["type"] == "WorkflowTimeout"
+    assert kit.cancels.get(timeout=WAIT) == comp.task["task_id"]
