@@ -1,0 +1,66 @@
+"""`tamma-node demo` and `tamma-node keygen`, run in process (real node, real workers)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tamma_actors._cli_node import main as tamma_node
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_the_example_and_prints_the_execution(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--data-dir", str(short_dir / "var"), "--workers", "1"]
+    example = str(ROOT / "config" / "workflows" / "example.yaml")
+    assert tamma_node(["demo", *args, example, "--input", "topic=demo", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["status"] == "completed"
+    assert record["context"] == {"topic": "demo"}
+    assert all(r["status"] == "succeeded" for r in record["results"].values())
+
+    # again, as a table, on the same store: the first execution is still there
+    assert tamma_node(["demo", *args, example, "--input", "topic=again"]) == 0
+    captured = capsys.readouterr()
+    assert "completed" in captured.out and "events recorded" in captured.out
+    assert "(1 executions recovered)" not in captured.err  # it ended: nothing to recover
+
+
+def test_demo_of_a_failing_workflow_exits_non_zero(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = short_dir / "fails.yaml"
+    spec.write_text(
+        "name: fails\nretry_policy: {max_attempts: 1}\n"
+        "steps:\n  - {name: f, implementation: fail, config: {times: 5, error: Nope}}\n"
+    )
+    code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), "--workers", "1", str(spec)])
+    assert code == 1
+    assert "failed" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_malformed_input(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = str(ROOT / "config" / "workflows" / "example.yaml")
+    code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), example, "--input", "novalue"])
+    assert code == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_keygen_prints_a_matching_curve_key_pair(capsys: pytest.CaptureFixture[str]) -> None:
+    assert tamma_node(["keygen"]) == 0
+    out = capsys.readouterr().out
+    public = re.search(r'curve_public_key = "(.{40})"', out)
+    secret = re.search(r'curve_secret_key = "(.{40})"', out)
+    assert public and secret
+    assert zmq.curve_public(secret.group(1).encode()) == public.group(1).encode()
+    assert f"--curve-server-key '{public.group(1)}'" in out
