@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -10,13 +11,23 @@ from tamma_actors._errors import CodecError, FrameTooLarge
 
 __all__ = ["pack", "unpack"]
 
-_packer_opts = {"use_bin_type": True, "datetime": False}
+# A Packer per thread: ``packb`` builds a new one per call, which costs more than packing a
+# small map. A Packer is not thread-safe; it resets its buffer after each pack, and on error.
+_local = threading.local()
+
+
+def _packer() -> Any:
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer(use_bin_type=True, datetime=False)
+        return _local.packer
 
 
 def pack(obj: Any) -> bytes:
     """Encode ``obj`` (dicts, lists, str, bytes, numbers, bool, None)."""
     try:
-        return msgpack.packb(obj, **_packer_opts)  # type: ignore[no-any-return]
+        return _packer().pack(obj)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"value cannot be encoded: {exc}") from exc
 

@@ -54,7 +54,7 @@ from tamma_actors._protocol import (
     parse_request,
     require_role,
 )
-from tamma_actors._socket_actor import SocketActor
+from tamma_actors._socket_actor import SocketActor, send_frames
 
 __all__ = ["ControlServer", "prepare_ipc_endpoint"]
 
@@ -153,7 +153,7 @@ class ControlServer(SocketActor):
             sock.close(linger=0)
             raise TransportError(f"cannot bind control socket {self._endpoint}: {exc}") from exc
         self._sock = sock
-        self.watch(sock, self._on_readable)
+        self.watch(sock, self._on_readable, drains=True)
         log.info("control server listening on %s", self._bound)
 
     def on_stop(self) -> None:
@@ -188,13 +188,17 @@ class ControlServer(SocketActor):
     # -- serving ----------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        assert self._sock is not None, "watched only while open"
-        try:
-            frames = self._sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # Again included: readiness is only a hint
-            log.debug("control socket receive failed: %s", exc)
-            return
-        self._handle(frames)
+        """Serve up to a batch of requests (watched with ``drains=True``)."""
+        for _ in range(self.socket_batch):
+            if self._sock is None or self.actor_stopped.is_set():
+                return
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # Again included: readiness is only a hint
+                if exc.errno != zmq.EAGAIN:
+                    log.debug("control socket receive failed: %s", exc)
+                return
+            self._handle(frames)
 
     def _handle(self, frames: list[bytes]) -> None:
         self._requests += 1
@@ -310,7 +314,7 @@ class ControlServer(SocketActor):
     def _send(self, route: list[bytes], data: bytes) -> None:
         assert self._sock is not None, "replies are sent only while open"
         try:
-            self._sock.send_multipart([*route, data], zmq.NOBLOCK)
+            send_frames(self._sock, (*route, data))
         except zmq.ZMQError as exc:
             # ROUTER_MANDATORY: the client left (EHOSTUNREACH) or its queue is full (EAGAIN).
             log.warning("reply dropped: %s", exc)

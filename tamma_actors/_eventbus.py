@@ -27,7 +27,7 @@ import zmq
 from tamma_actors import _codec
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import CodecError, TransportError
-from tamma_actors._socket_actor import SocketActor
+from tamma_actors._socket_actor import SocketActor, send_frames
 
 __all__ = ["EventBus", "Publish"]
 
@@ -176,6 +176,6 @@ class EventBus(SocketActor):
         try:
             # PUB never blocks: a slow subscriber past its high-water mark loses messages,
             # and catches up from the store with getEvents.
-            self._pub.send_multipart([event_type.encode(), payload], zmq.NOBLOCK)
+            send_frames(self._pub, (event_type.encode(), payload))
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot publish on {self.endpoint}: {exc}") from exc

@@ -43,7 +43,7 @@ import zmq
 from tamma_actors import _wire as wire
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import TammaError, TransportError
-from tamma_actors._socket_actor import SocketActor
+from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 
 __all__ = [
@@ -202,7 +202,7 @@ class WorkerPool(SocketActor):
 
     def on_start(self) -> None:
         self._sock = self._bind()
-        self.watch(self._sock, self._on_readable)
+        self.watch(self._sock, self._on_readable, drains=True)
         for _ in range(self._n_local):
             self._spawn(failures=0)
         self.call_later(self._hb_interval, self._check_heartbeats)
@@ -313,19 +313,24 @@ class WorkerPool(SocketActor):
     # -- dispatch ----------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Hand queued tasks (oldest first) to the least busy worker able to run each."""
+        """Hand queued tasks (oldest first) to the least busy worker able to run each.
+
+        It stops as soon as no worker has a free slot: with thousands of tasks queued, a
+        result costs one dispatch, not a walk over the whole queue. Tasks that no free
+        worker offers keep their place at the head of the queue."""
         if not self._queue:
             return
-        waiting: deque[str] = deque()
+        free = [w for w in self._workers.values() if len(w.tasks) < w.slots]
+        skipped: list[str] = []
         broken: list[_Worker] = []
-        while self._queue:
+        while self._queue and free:
             task = self._tasks[self._queue.popleft()]
-            worker = self._pick(task.implementation, broken)
+            worker = _least_busy(free, task.implementation)
             if worker is None:
-                free.remove(worker)
                 skipped.append(task.task_id)
             elif not self._send(worker.identity, task.frame):
                 broken.append(worker)  # unroutable or a full pipe: that worker is lost
+                free.remove(worker)
                 skipped.append(task.task_id)
             else:
                 task.worker_id = worker.worker_id
@@ -341,7 +346,7 @@ class WorkerPool(SocketActor):
         assert self._sock is not None
         frame = msg if isinstance(msg, bytes) else wire.encode(msg)
         try:
-            self._sock.send_multipart([identity, frame], zmq.NOBLOCK)
+            send_frames(self._sock, (identity, frame))
             return True
         except zmq.ZMQError as exc:
             log.warning("cannot send to worker %r: %s", identity, exc)
@@ -350,11 +355,17 @@ class WorkerPool(SocketActor):
     # -- frames from workers ---------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        assert self._sock is not None
-        try:
-            parts = self._sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
+        """Read up to a batch of frames (watched with ``drains=True``)."""
+        for _ in range(self.socket_batch):
+            if self._sock is None or self.actor_stopped.is_set():
+                return
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_frames(parts)
+
+    def _on_frames(self, parts: list[bytes]) -> None:
         if len(parts) != 2:
             log.warning("dropped a %d-part message on the workers socket", len(parts))
             return

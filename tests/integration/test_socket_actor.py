@@ -18,7 +18,7 @@ from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
 
 from tamma_actors._errors import SupervisionError
-from tamma_actors._socket_actor import SocketActor, _Waker
+from tamma_actors._socket_actor import SocketActor, _Waker, send_frames
 from tamma_actors._timers import TimerHandle
 
 pytestmark = pytest.mark.integration
@@ -474,3 +474,81 @@ def test_waker_drain_without_a_signal_is_harmless() -> None:
     finally:
         waker.close()
     waker.signal()  # closed: ignored
+
+
+class Drainer(SocketActor):
+    """Watches a PULL socket with ``drains=True``: each call reads what is waiting."""
+
+    def __init__(self, zmq_context: zmq.Context[Any], endpoint: str) -> None:
+        super().__init__(zmq_context)
+        self.endpoint = endpoint
+        self.pull: zmq.Socket[Any] | None = None
+        self.got: list[bytes] = []
+        self.calls = 0
+        self.done = threading.Event()
+        self.expected = 0
+
+    def on_start(self) -> None:
+        self.pull = self.zmq_context.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.bind(self.endpoint)
+        self.watch(self.pull, self._drain, drains=True)
+
+    def expect(self, count: int) -> None:
+        self.expected = count
+
+    def _drain(self) -> None:
+        assert self.pull is not None
+        self.calls += 1
+        for _ in range(self.socket_batch):
+            try:
+                self.got.append(self.pull.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        if self.expected and len(self.got) >= self.expected:
+            self.done.set()
+
+    def stats(self) -> tuple[list[bytes], int]:
+        return self.got, self.calls
+
+
+def test_a_draining_watch_reads_every_message_in_order(
+    ctx: zmq.Context[Any], short_dir: Path
+) -> None:
+    endpoint = f"ipc://{short_dir}/pull.sock"
+    ref = Drainer.start(ctx, endpoint)
+    proxy = ref.proxy()
+    count = 3 * Drainer.socket_batch + 5  # more than one call can read
+    proxy.expect(count).get(timeout=WAIT)
+    push: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(endpoint)
+    try:
+        for i in range(count):
+            push.send(str(i).encode())
+        assert ref.proxy().done.get(timeout=WAIT).wait(WAIT)
+        got, calls = proxy.stats().get(timeout=WAIT)
+    finally:
+        push.close(linger=0)
+    assert got == [str(i).encode() for i in range(count)]
+    assert calls >= 2  # one call reads at most a batch
+    ref.stop(timeout=WAIT)
+
+
+def test_send_frames_sends_one_multipart_message(ctx: zmq.Context[Any], short_dir: Path) -> None:
+    endpoint = f"ipc://{short_dir}/pair.sock"
+    a: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
+    b: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
+    for sock in (a, b):
+        sock.setsockopt(zmq.LINGER, 0)
+    b.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
+    try:
+        b.bind(endpoint)
+        a.connect(endpoint)  # the connecting side has its pipe at once: no Again
+        send_frames(a, (b"one", b"two", b"three"))
+        send_frames(a, (b"solo",))
+        assert b.recv_multipart() == [b"one", b"two", b"three"]
+        assert b.recv_multipart() == [b"solo"]
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)

@@ -1,0 +1,66 @@
+"""The msgpack codec: round trips, errors translated, one packer per thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tamma_actors._codec import pack, unpack
+from tamma_actors._errors import CodecError, FrameTooLarge
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(deadline=None)
+@given(values)
+def test_round_trip(value: Any) -> None:
+    assert unpack(pack(value)) == value
+
+
+def test_a_failed_pack_leaves_nothing_behind() -> None:
+    good = pack({"a": [1, 2]})
+    for bad in ({"x": object()}, [1, 2**70], {"k": {1, 2}}):
+        with pytest.raises(CodecError, match="cannot be encoded"):
+            pack(bad)
+        assert pack({"a": [1, 2]}) == good
+
+
+def test_garbage_and_oversized_input_are_refused() -> None:
+    with pytest.raises(CodecError, match="malformed"):
+        unpack(b"\xc1")
+    with pytest.raises(CodecError, match="malformed"):
+        unpack(pack(1) + b"\x01")
+    with pytest.raises(FrameTooLarge, match="exceeds"):
+        unpack(pack("x" * 100), max_size=10)
+
+
+def test_threads_pack_concurrently_without_mixing() -> None:
+    errors: list[str] = []
+
+    def work(n: int) -> None:
+        value = {"thread": n, "items": list(range(n, n + 50))}
+        expected = pack(value)
+        for _ in range(2000):
+            if pack(value) != expected:
+                errors.append(f"thread {n} got a mixed encoding")
+                return
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
