@@ -234,3 +234,23 @@ def test_each_error_policy_on_a_real_node(client: Client, policy: str) -> None:
         assert "prepared" in str(client.request("get", {"id": record.id})["error"])
     else:
         assert "workflow.compensating" not in types
+
+
+def test_a_wait_step_and_the_workflow_timeout_survive_a_node_restart(short_dir: Path) -> None:
+    cfg = node_config(short_dir / "var", workers=1)
+    napper = wf("napper", step("nap", "wait", config={"seconds": 2}), step("after", "noop", "nap"))
+    doomed = wf("doomed", step("nap", "wait", config={"seconds": 600}), timeout="3s")
+    with Node(cfg), Client(cfg.control_address, timeout=WAIT) as c:
+        nap_id = c.start_workflow(napper).id
+        doomed_id = c.start_workflow(doomed).id
+        deadline = c.explain(nap_id)["steps"]["nap"]["waiting_for"]
+    with Node(cfg) as n, Client(cfg.control_address, timeout=WAIT) as c:
+        assert n.recovered == 2
+        assert c.explain(nap_id)["steps"].get("nap", {}).get("waiting_for", deadline) == deadline
+        final = c.wait(nap_id, timeout=WAIT)
+        assert final.status == "completed" and final.results["nap"].data == {"waited_s": 2.0}
+        types = [e.type for e in c.get_events(nap_id)]
+        assert types.count("step.started") == 2  # the wait step was never started again
+        timed_out = c.wait(doomed_id, timeout=WAIT)
+        assert timed_out.status == "failed" and timed_out.error is not None
+        assert timed_out.error.type == "WorkflowTimeout"
