@@ -103,7 +103,6 @@ class WatchdogChecks:
         def _advance(self) -> None: ...
         def _send_task(self, name: str, attempt: int) -> None: ...
         def _arm_retry(self, name: str, attempt: int, at_wall: float) -> None: ...
-        def _arm_deadlines(self) -> None: ...
         def _is_wait(self, name: str) -> bool: ...
         def _step_timed_out(self, name: str, attempt: int, kind: str) -> None: ...
         def _cancel_open_steps(self, reason: str) -> None: ...
@@ -129,19 +128,32 @@ class WatchdogChecks:
 
         repaired: list[str] = []
         now = self.deps.clock()
-        self._arm_deadlines()  # re-arming a live deadline only replaces its timer
+        if self.state.deadline is not None and not self._deadlines.armed("workflow"):
+            self._deadlines.arm("workflow", None, 0, self.state.deadline)
+            repaired.append("the workflow timeout")
         plans: dict[str, Any] = getattr(self, "_plans", {})
         for name in self.state.order:
             st = self.state.steps[name]
             if st.status == "retry_wait" and name not in self._retry_timers:
                 self._arm_retry(name, st.attempts, st.retry_at or now)
                 repaired.append(f"{name} (retry timer)")
-            elif st.status in ("dispatched", "running") and not self._is_wait(name):
+            elif st.status == "running" and self._is_wait(name):
+                if st.deadline is not None and not self._deadlines.armed("wait", name):
+                    self._deadlines.arm("wait", name, st.attempts, st.deadline)
+                    repaired.append(f"{name} (wait timer)")
+            elif st.status in ("dispatched", "running"):
                 if name in plans:
                     continue  # fan-outs and children keep their own books
                 if task_id(self.state.id, name, st.attempts) not in self._inflight:
                     self._send_task(name, st.attempts)
                     repaired.append(f"{name} (sent again)")
+                elif (
+                    st.status == "dispatched"
+                    and st.deadline is not None
+                    and not self._deadlines.armed("queue", name)
+                ):
+                    self._deadlines.arm("queue", name, st.attempts, st.deadline)
+                    repaired.append(f"{name} (queue deadline)")
                 elif (
                     st.status == "running"
                     and st.deadline is not None

@@ -203,3 +203,25 @@ def test_summaries_of_every_execution_status() -> None:
         {"name": "w", "steps": [{"name": "t", "implementation": "noop"}]}
     )  # a definition that lost the step: explained without it
     assert explain(gone, other, 0.0, offered=set())["steps"]["s"]["status"] == "dispatched"
+
+
+def test_the_watchdog_leaves_a_healthy_waiting_execution_alone_and_re_arms_lost_timers() -> None:
+    for kit in make_kit(watchdog=10):
+        eid = kit.start(wf(wait_step("w", 1000), step("q", queue_timeout=500), timeout="900s"))
+        kit.next_held()
+        seq = kit.step_is(eid, "w", "running")["seq"]
+        pending = kit.timers.pending()  # wait, queue, workflow, the watchdog
+        for _ in range(3):
+            kit.timers.advance(10)
+            kit.record(eid)
+        assert kit.timers.pending() == pending and kit.record(eid)["seq"] == seq
+        sup = supervisor(kit, eid)
+        for kind, name in (("wait", "w"), ("queue", "q"), ("workflow", None)):
+            sup._deadlines.cancel(kind, name)  # every timer lost
+        kit.timers.advance(10)
+        kit.record(eid)
+        assert kit.timers.pending() == pending  # all three re-armed at their old deadlines
+        kit.timers.advance(470)  # 1000 + 500: the queue deadline
+        assert kit.step_is(eid, "q", "retry_wait", "failed")["results"]["q"]["error"]["type"] == (
+            "StepTimeout"
+        )
