@@ -46,7 +46,13 @@ class ParallelSteps(StepTypeBase):
             return False
         st = self.state.steps[ref[0]]
         if st.status == "dispatched":
-            self._emit("step.started", step=ref[0], attempt=st.attempts, worker=msg.worker_id)
+            self._emit(
+                "step.started",
+                step=ref[0],
+                attempt=st.attempts,
+                worker=msg.worker_id,
+                **self._running_deadline(ref[0], st.attempts),  # the whole fan-out's timeout
+            )
         return True
 
     def _item_finished(self, msg: TaskFinished) -> bool:
@@ -155,6 +161,7 @@ class ParallelSteps(StepTypeBase):
             self._pump(name)
             return
         self._again = True
+        self._deadlines.cancel_step(name)
         st = self.state.steps[name]
         bad = [(i, item) for i, item in enumerate(states) if item["status"] != "succeeded"]
         if not bad:

@@ -162,6 +162,7 @@ def step_type_problems(
         model = _MODELS.get(kind) if isinstance(kind, str) else None
         if model is None or not isinstance(name, str):
             continue
+        yield from _timeout_problems(i, kind, raw)
         where = f"steps[{i}].config"
         try:
             config = model.model_validate(raw.get("config") or {})
@@ -180,6 +181,24 @@ def step_type_problems(
             yield from _expression_problems(f"{where}.{loc}", source, name, upstream)
         if isinstance(config, DecisionConfig):
             yield from _branch_problems(where, name, config, deps_of)
+
+
+_TIMEOUT_KEYS = {
+    "queue_timeout": ("queue_timeout", "queueTimeout"),
+    "heartbeat_timeout": ("heartbeat_timeout", "heartbeatTimeout"),
+    "timeout": ("timeout",),
+}
+
+
+def _timeout_problems(i: int, kind: str, raw: Mapping[str, Any]) -> Iterator[Problem]:
+    """A parallel or subflow step's ``timeout`` bounds the whole step (every item, or the
+    child); the other timeouts belong to single tasks, and a decision has none."""
+    for field, keys in _TIMEOUT_KEYS.items():
+        if field == "timeout" and kind != "decision":
+            continue
+        for key in keys:
+            if raw.get(key) is not None:
+                yield Problem(f"steps[{i}].{field}", f"a {kind} step has no {field}")
 
 
 def _expressions(config: _Config) -> Iterator[tuple[str, str]]:

@@ -123,11 +123,18 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
             elif isinstance(plan, ParallelPlan):
                 self._resume_items(name, st, now)
 
+    def _step_timed_out(self, name: str, attempt: int, kind: str) -> None:
+        if name in self._plans:  # stop the items or the child before the retry policy decides
+            self._cancel_step_type(name, f"step {name!r} timed out")
+        super()._step_timed_out(name, attempt, kind)
+
     def _recover_step_type(self, name: str) -> bool:
         """Re-enter a coordinator-side step after a restart; False: not ours to do."""
         plan, st = self._plans.get(name), self.state.steps[name]
         if plan is None or st.status not in OPEN:
             return False
+        if st.status == "running" and st.deadline is not None:
+            self._deadlines.arm("run", name, st.attempts, st.deadline)
         if isinstance(plan, DecisionPlan):
             self._decide(name, st.attempts, plan)
         elif isinstance(plan, ParallelPlan) and st.detail is not None:

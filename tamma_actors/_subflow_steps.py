@@ -69,7 +69,13 @@ class SubflowSteps(StepTypeBase):
             return False
         child = new_execution_id()
         self._emit("step.child_started", step=name, attempt=attempt, child=child)
-        self._emit("step.started", step=name, attempt=attempt, worker=None)
+        self._emit(
+            "step.started",
+            step=name,
+            attempt=attempt,
+            worker=None,
+            **self._running_deadline(name, attempt),  # the child must end within the timeout
+        )
         self._watch_child(name, attempt, child, plan, inputs)
         return False  # a child holds no worker slot of its parent
 
@@ -99,6 +105,7 @@ class SubflowSteps(StepTypeBase):
         if st.status not in OPEN or st.attempts != msg.attempt or current != msg.child_id:
             return  # an earlier attempt's child, or the step was cancelled meanwhile
         outcome = msg.outcome
+        self._deadlines.cancel_step(msg.step)
         if isinstance(outcome, BaseException):
             error = {"type": type(outcome).__name__, "message": str(outcome), "retryable": False}
             self._on_step_error(msg.step, msg.attempt, error)

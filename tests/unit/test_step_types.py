@@ -149,14 +149,14 @@ def decision(name: str, *deps: str, branches: list[dict[str, Any]]) -> dict[str,
 
 
 def fan(name: str, *deps: str, items: Any, **config: Any) -> dict[str, Any]:
-    policy = config.pop("retry_policy", None)
+    top = {k: config.pop(k) for k in ("retry_policy", "timeout") if k in config}
     return {
         "name": name,
         "type": "parallel",
         "implementation": "noop",
         "dependencies": list(deps),
         "config": {"items": items, **config},
-        **({"retry_policy": policy} if policy else {}),
+        **top,
     }
 
 
@@ -810,3 +810,57 @@ def test_a_workflow_that_runs_itself_stops_at_the_nesting_limit(tmp_path: Path) 
         assert final["results"]["again"]["attempts"] == 1  # not retried at any level
         # the parent and 16 nested children; the 17th was refused
         assert len(k.engine.list_workflows(workflow_id="me").result(WAIT)) == 17
+
+
+def test_a_parallel_step_timeout_bounds_the_whole_fan_out() -> None:
+    for_items = {"max_attempts": 2, "base_delay": 100, "max_delay": 100, "jitter": 0}
+    with _kit(lambda t: ok(t, "quick") if t["item_index"] == 0 else None) as k:
+        eid = k.start(wf(fan("f", items=[0, 1], timeout=5, retry_policy=for_items)))
+        first = k.next_held()  # item 1, attempt 1, never answers
+        _until(lambda: _item(k, eid, 0)["status"] == "succeeded")
+        k.timers.advance(5.0)  # the step's start-to-close deadline
+        assert k.cancels.get(timeout=WAIT) == first.task["task_id"]
+        _until(lambda: k.get(eid)["results"]["f"]["status"] == "retry_wait")
+        k.timers.advance(0.1)
+        second = k.next_held()  # only the item that did not succeed runs again
+        assert (second.task["item_index"], second.task["attempt"]) == (1, 2)
+        second.reply_to.tell(ok(second.task, "late but fine"))
+        final = k.finish(eid)
+        assert final["status"] == "completed"
+        assert final["results"]["f"]["data"] == ["quick", "late but fine"]
+        assert "step.timed_out" in k.types(eid)
+
+
+def test_a_subflow_timeout_aborts_the_child(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "child.yaml",
+        {"name": "child", "steps": [{"name": "c", "implementation": "noop"}]},
+    )
+    with _kit(lambda t: None) as k:
+        sub = {
+            "name": "sub",
+            "type": "subflow",
+            "timeout": 2,
+            "retry_policy": {"max_attempts": 1},
+            "config": {"workflow": str(tmp_path / "child.yaml")},
+        }
+        eid = k.start(wf(sub))
+        child = k.next_held().task["execution_id"]
+        k.timers.advance(2.0)
+        final = k.finish(eid)
+        assert final["status"] == "failed"
+        assert final["results"]["sub"]["error"]["type"] == "StepTimeout"
+        _until(lambda: k.get(child)["status"] == "aborted")
+
+
+def test_task_timeouts_on_coordinator_types_are_refused(kit: Kit) -> None:
+    spec = wf(
+        decision("d", branches=[{"otherwise": []}]) | {"timeout": 3},
+        fan("f", items=[1]) | {"queue_timeout": 1, "heartbeat_timeout": 1},
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        kit.start(spec)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "steps[0].timeout: a decision step has no timeout" in text
+    assert "steps[1].queue_timeout: a parallel step has no queue_timeout" in text
+    assert "steps[1].heartbeat_timeout: a parallel step has no heartbeat_timeout" in text
