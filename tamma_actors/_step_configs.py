@@ -22,6 +22,7 @@ from tamma_actors._expr import Expression, parse, referenced_steps, roots
 from tamma_actors._models import WorkflowStep
 
 __all__ = [
+    "STEP_CONFIG_MODELS",
     "DecisionConfig",
     "DecisionPlan",
     "ParallelConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "SubflowConfig",
     "SubflowPlan",
     "plan_of",
+    "step_config_schemas",
     "step_type_problems",
 ]
 
@@ -95,6 +97,17 @@ _MODELS: dict[str, type[_Config]] = {
     "parallel": ParallelConfig,
     "subflow": SubflowConfig,
 }
+STEP_CONFIG_MODELS = {kind: model.__name__ for kind, model in _MODELS.items()}
+
+
+def step_config_schemas() -> dict[str, Any]:
+    """JSON Schema ``$defs`` of the step-type configs (for ``tamma schema workflow``)."""
+    defs: dict[str, Any] = {}
+    for model in _MODELS.values():
+        schema = model.model_json_schema(by_alias=False, ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        defs[model.__name__] = schema
+    return defs
 
 
 # -- plans ----------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ def step_type_problems(
         model = _MODELS.get(kind) if isinstance(kind, str) else None
         if model is None or not isinstance(name, str):
             continue
-        yield from _timeout_problems(i, kind, raw)
+        yield from _timeout_problems(i, str(kind), raw)
         where = f"steps[{i}].config"
         try:
             config = model.model_validate(raw.get("config") or {})

@@ -20,7 +20,11 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
-from tamma_actors._step_configs import step_type_problems
+from tamma_actors._step_configs import (
+    STEP_CONFIG_MODELS,
+    step_config_schemas,
+    step_type_problems,
+)
 
 __all__ = [
     "dependents",
@@ -357,4 +361,14 @@ def workflow_json_schema() -> dict[str, Any]:
     schema = WorkflowConfig.model_json_schema(by_alias=False)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "tamma_actors workflow"
+    defs = schema.setdefault("$defs", {})
+    defs.update(step_config_schemas())
+    # the config of a decision, parallel or subflow step has a fixed shape
+    defs["WorkflowStep"]["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
+            "then": {"properties": {"config": {"$ref": f"#/$defs/{model}"}}},
+        }
+        for kind, model in STEP_CONFIG_MODELS.items()
+    ]
     return schema

@@ -331,3 +331,18 @@ def test_json_schema() -> None:
     assert {"name", "steps", "timeout", "retry_policy"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
     assert "WorkflowStep" in schema["$defs"]
+
+
+def test_the_schema_describes_the_config_of_each_step_type() -> None:
+    schema = workflow_json_schema()
+    defs = schema["$defs"]
+    rules = {
+        r["if"]["properties"]["type"]["const"]: r["then"] for r in defs["WorkflowStep"]["allOf"]
+    }
+    assert rules["decision"]["properties"]["config"] == {"$ref": "#/$defs/DecisionConfig"}
+    assert rules["parallel"]["properties"]["config"] == {"$ref": "#/$defs/ParallelConfig"}
+    assert rules["subflow"]["properties"]["config"] == {"$ref": "#/$defs/SubflowConfig"}
+    assert defs["DecisionConfig"]["properties"]["branches"]["items"] == {"$ref": "#/$defs/Branch"}
+    assert set(defs["Branch"]["properties"]) == {"when", "then", "otherwise"}
+    assert defs["ParallelConfig"]["required"] == ["items"]
+    assert defs["SubflowConfig"]["required"] == ["workflow"]
