@@ -91,10 +91,12 @@ def fail(ctx: StepContext) -> dict[str, Any]:
 
 
 def record(ctx: StepContext) -> dict[str, Any]:
-    """Append ``"<execution_id> <step> <attempt>"`` to ``config["path"]``, durably."""
+    """Append ``"<execution_id> <step> <attempt>"`` to ``config["path"]``, durably (the
+    step reads ``<step>[<i>]`` for the i-th item of a parallel step)."""
     path = _field(ctx, "path", str)
+    step = ctx.step if ctx.item_index is None else f"{ctx.step}[{ctx.item_index}]"
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(f"{ctx.execution_id} {ctx.step} {ctx.attempt}\n")
+        fh.write(f"{ctx.execution_id} {step} {ctx.attempt}\n")
         fh.flush()
         os.fsync(fh.fileno())
     return {"recorded": True}

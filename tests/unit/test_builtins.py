@@ -105,7 +105,8 @@ def test_record_appends_lines(tmp_path: Path) -> None:
     path = tmp_path / "log.txt"
     assert b.record(ctx({"path": str(path)})) == {"recorded": True}
     assert b.record(ctx({"path": str(path)}, attempt=2)) == {"recorded": True}
-    assert path.read_text() == "ex1 st 1\nex1 st 2\n"
+    assert b.record(ctx({"path": str(path)}, item_index=4)) == {"recorded": True}
+    assert path.read_text() == "ex1 st 1\nex1 st 2\nex1 st[4] 1\n"
     with pytest.raises(NonRetryable, match="'path'"):
         b.record(ctx({"path": 3}))
 
