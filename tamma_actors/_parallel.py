@@ -84,7 +84,10 @@ class ParallelSteps(StepTypeBase):
         if ref is None:
             return False
         name, index = ref
-        item = _items(self.state.steps[name])[index]
+        st = self.state.steps[name]
+        item = _items(st)[index]
+        if st.status not in OPEN or item["status"] != "dispatched":
+            return True
         lost = self._item_lost[msg.task_id] = self._item_lost.get(msg.task_id, 0) + 1
         if lost <= MAX_ITEM_REDISPATCH:
             self._emit(

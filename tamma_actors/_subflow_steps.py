@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tamma_actors._errors import ExpressionError, TammaError
+from tamma_actors._errors import ExpressionError, WorkflowError
 from tamma_actors._expr import evaluate
 from tamma_actors._keys import new_execution_id
 from tamma_actors._step_base import OPEN, StepTypeBase, tell
@@ -85,7 +85,9 @@ class SubflowSteps(StepTypeBase):
         children = self.deps.children
         me = self.actor_ref
         if children is None:
-            tell(me, ChildFinished(name, attempt, child, TammaError("this node runs no subflows")))
+            tell(
+                me, ChildFinished(name, attempt, child, WorkflowError("this node runs no subflows"))
+            )
             return
         run = ChildRun(child, plan.workflow, inputs, self.state.source, self.state.id)
 
@@ -107,7 +109,14 @@ class SubflowSteps(StepTypeBase):
         outcome = msg.outcome
         self._deadlines.cancel_step(msg.step)
         if isinstance(outcome, BaseException):
-            error = {"type": type(outcome).__name__, "message": str(outcome), "retryable": False}
+            # a bad child workflow stays bad; a node that refused to start it (shutting
+            # down, a full store) may take it on a later attempt
+            retryable = False if isinstance(outcome, WorkflowError) else None
+            error = {
+                "type": type(outcome).__name__,
+                "message": str(outcome),
+                "retryable": retryable,
+            }
             self._on_step_error(msg.step, msg.attempt, error)
         elif outcome.get("status") == "completed":
             results = outcome.get("results") or {}

@@ -116,9 +116,13 @@ class EngineChildren:
         except TammaError as exc:
             done(exc)
             return
-        started = self._engine.start_workflow(
-            definition, run.inputs, source=source, execution_id=run.child_id
-        )
+        try:
+            started = self._engine.start_workflow(
+                definition, run.inputs, source=source, execution_id=run.child_id
+            )
+        except TammaError as exc:  # the engine answers with a failed future; be sure
+            done(exc)
+            return
 
         def on_started(fut: Future[dict[str, Any]]) -> None:
             exc = fut.exception()

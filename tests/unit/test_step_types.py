@@ -864,3 +864,33 @@ def test_task_timeouts_on_coordinator_types_are_refused(kit: Kit) -> None:
     assert "steps[0].timeout: a decision step has no timeout" in text
     assert "steps[1].queue_timeout: a parallel step has no queue_timeout" in text
     assert "steps[1].heartbeat_timeout: a parallel step has no heartbeat_timeout" in text
+
+
+def test_a_child_the_node_could_not_start_is_retried_per_policy(tmp_path: Path) -> None:
+    from tamma_actors._errors import StoreFull
+
+    _write(tmp_path / "child.yaml", CHILD)
+    with _kit(_child_echo) as k:
+        real = k.engine.start_workflow
+        refused: list[str] = []
+
+        def flaky_start(definition: Any, inputs: Any, **kw: Any) -> Any:
+            if kw.get("execution_id") and not refused:
+                refused.append(kw["execution_id"])
+                raise StoreFull("the disk is full")
+            return real(definition, inputs, **kw)
+
+        k.engine.start_workflow = flaky_start  # type: ignore[method-assign]
+        sub = {
+            "name": "sub",
+            "type": "subflow",
+            "retry_policy": FAST,
+            "config": {"workflow": str(tmp_path / "child.yaml")},
+        }
+        eid = k.start(wf(sub))
+        _until(lambda: k.get(eid)["results"]["sub"]["status"] == "retry_wait")
+        assert k.get(eid)["results"]["sub"]["error"]["type"] == "StoreFull"
+        k.timers.advance(0.1)
+        final = k.finish(eid)
+        assert final["status"] == "completed" and final["results"]["sub"]["attempts"] == 2
+        assert refused and final["results"]["sub"]["detail"]["children"][0] == refused[0]
