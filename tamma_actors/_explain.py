@@ -93,6 +93,8 @@ def _step_reason(
         if offered is not None and impl is not None and impl not in offered:
             return f"queued: no worker offers plugin {impl}"
         return f"queued: no worker has started it yet (attempt {st.attempts})"
+    if st.status in ("dispatched", "running") and st.detail:
+        return _detail_reason(st.detail)
     if st.status == "running":
         if _is_wait(cfg, name):
             if paused and st.frozen_delay is not None:
@@ -106,6 +108,18 @@ def _step_reason(
     if st.status == "timed_out":
         return "its retry decision (it timed out)"
     return ""
+
+
+def _detail_reason(detail: Mapping[str, Any]) -> str:
+    """A fan-out's items or a subflow's child (see tamma_actors/_fanout.py)."""
+    if "child" in detail:
+        return f"subflow: child execution {detail['child']} (attempt {detail.get('attempt')})"
+    counts: dict[str, int] = {}
+    for item in detail.get("state", ()):
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    total = len(detail.get("state", ()))
+    rest = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"fan-out: {counts.get('succeeded', 0)} of {total} items succeeded ({rest})"
 
 
 def explain(

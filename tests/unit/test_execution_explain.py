@@ -225,3 +225,16 @@ def test_the_watchdog_leaves_a_healthy_waiting_execution_alone_and_re_arms_lost_
         assert kit.step_is(eid, "q", "retry_wait", "failed")["results"]["q"]["error"]["type"] == (
             "StepTimeout"
         )
+
+
+def test_explain_describes_a_fan_out_and_a_subflow() -> None:
+    fan = _state("running", f=StepState(status="running"))
+    fan.steps["f"].detail = {
+        "state": [{"status": "succeeded"}, {"status": "running"}, {"status": "succeeded"}]
+    }
+    why = explain(fan, None, 0.0)["steps"]["f"]["waiting_for"]
+    assert why == "fan-out: 2 of 3 items succeeded (1 running, 2 succeeded)"
+    sub = _state("running", c=StepState(status="running"))
+    sub.steps["c"].detail = {"child": "kid-1", "attempt": 1, "children": ["kid-1"]}
+    why = explain(sub, None, 0.0)["steps"]["c"]["waiting_for"]
+    assert why == "subflow: child execution kid-1 (attempt 1)"
