@@ -144,3 +144,14 @@ def test_damaged_records_are_named_by_key_and_the_execution_is_not_replayed(dama
         assert "execution e1: its event log has damaged records; not replayed" in problems
     else:
         assert any(b"short".hex() in p for p in problems)
+
+
+def test_damaged_summaries_and_unreadable_keys_are_named_once() -> None:
+    store = _store("e1", "e2")
+    _raw(store, lambda t: t.put(EXECUTIONS, id_key("e2"), b"\x00\x00\x00\x00bad"))
+    _raw(store, lambda t: t.put(EXECUTIONS, b"\xff\xfe", b"\x00\x00\x00\x00bad"))
+    _raw(store, lambda t: t.put(SNAPSHOTS, b"\xff\xfe", b"\x00\x00\x00\x00bad"))
+    problems = verify_store(store).problems
+    assert any(id_key("e2").hex() in p and "checksum" in p for p in problems)
+    assert sum("fffe" in p for p in problems) >= 2
+    assert not any("e1" in p for p in problems)  # the healthy execution passes
