@@ -439,3 +439,20 @@ def test_a_damaged_snapshot_is_reported_and_recovery_replays_the_whole_log(data:
         assert node.recovered == 1 and not node.engine.unrecovered
         assert id_key(eid).hex() in c.health()["recovery"]["from_full_log"][eid]
         assert c.abort_workflow(eid).status == "aborted"  # live again, and it obeys
+
+
+def test_the_admin_cli_speaks_json(
+    client: Client, data: Path, short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_to_end(client, chain())
+    base = ["--data-dir", str(data), "--json", "admin"]
+    assert tamma([*base, "verify"]) == 0
+    assert json.loads(capsys.readouterr().out)["executions"] == 1
+    assert tamma([*base, "backup", str(short_dir / "bk")]) == 0
+    assert json.loads(capsys.readouterr().out)["verify"]["ok"] is True
+    assert tamma([*base, "cleanup", "--older-than", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["deleted"] == []
+    assert tamma(["--data-dir", str(data), "admin", "cleanup", "--older-than", "1"]) == 0
+    assert "deleted 0 execution(s)" in capsys.readouterr().out
+    assert tamma([*base, "cleanup", "--older-than", "0"]) == 2  # refused by the node
+    assert "older_than_days" in capsys.readouterr().err
