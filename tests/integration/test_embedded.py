@@ -61,7 +61,7 @@ def test_the_whole_interface_over_one_node(short_dir: Path) -> None:
         assert status.steps == {"a": StepStatus.SUCCEEDED, "b": StepStatus.SUCCEEDED}
         types = [e.type for e in engine.get_events(started.id)]
         assert types[0] == "workflow.created" and types[-1] == "workflow.completed"
-        assert [e.seq for e in engine.get_events(started.id, from_seq=3)][0] == 3
+        assert engine.get_events(started.id, from_seq=3)[0].seq == 3
 
         probe = engine.execute_step(started.id, "a", {"probe": True})
         assert (probe.status, probe.data) == (StepStatus.SUCCEEDED, {"probe": True})
