@@ -280,6 +280,7 @@ class Node:
             implementations=self.registry.names,
             health_extra=self._health,
             write_block=self._writer.refusal,
+            watchdog_interval=self.config.watchdog_interval,
         )
 
     def _start_child(self, spec: ChildSpec) -> None:

@@ -42,6 +42,7 @@ def test_defaults() -> None:
     assert cfg.plugins == {} and cfg.tokens == {}
     assert cfg.supervision is None and cfg.retention_days is None
     assert cfg.cancel_grace == 5.0
+    assert cfg.watchdog_interval == 30.0 and cfg.worker_max_memory_mb is None
     assert cfg.log_level == "INFO"
     assert cfg.control_address == "ipc://var/control.sock"
     assert cfg.workers_address == "ipc://var/workers.sock"
