@@ -894,3 +894,43 @@ def test_a_child_the_node_could_not_start_is_retried_per_policy(tmp_path: Path) 
         final = k.finish(eid)
         assert final["status"] == "completed" and final["results"]["sub"]["attempts"] == 2
         assert refused and final["results"]["sub"]["detail"]["children"][0] == refused[0]
+
+
+def test_a_decision_waits_out_a_pause_and_abort_cancels_it() -> None:
+    spec = wf(
+        step("src"),
+        decision("pick", "src", branches=[{"when": "steps.src.output == 'go'", "then": ["a"]}]),
+        step("a", "pick"),
+    )
+    with _kit(lambda t: None) as k:
+        eid = k.start(spec)
+        src = k.next_held()
+        k.engine.pause_workflow(eid).result(WAIT)
+        src.reply_to.tell(ok(src.task, "go"))  # recorded while paused ...
+        _until(lambda: k.get(eid)["results"]["src"]["status"] == "succeeded")
+        assert k.get(eid)["results"]["pick"]["status"] == "pending"  # ... nothing decided
+        k.engine.resume_workflow(eid).result(WAIT)
+        a = k.next_held()
+        assert a.task["step"] == "a"
+        assert k.get(eid)["results"]["pick"]["data"]["branch"] == 0
+        a.reply_to.tell(ok(a.task, "done"))
+        assert k.finish(eid)["status"] == "completed"
+    with _kit(lambda t: None) as k:
+        eid = k.start(spec)
+        k.next_held()
+        rec = k.engine.abort_workflow(eid, "stop").result(WAIT)
+        assert rec["status"] == "aborted"
+        assert [rec["results"][n]["status"] for n in ("src", "pick", "a")] == ["cancelled"] * 3
+
+
+def test_an_empty_fan_out_after_a_pause_completes_on_resume() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(step("src"), fan("f", "src", items=[])))
+        src = k.next_held()
+        k.engine.pause_workflow(eid).result(WAIT)
+        src.reply_to.tell(ok(src.task, "x"))
+        _until(lambda: k.get(eid)["results"]["src"]["status"] == "succeeded")
+        assert k.get(eid)["results"]["f"]["status"] == "pending"
+        k.engine.resume_workflow(eid).result(WAIT)
+        final = k.finish(eid)
+        assert final["status"] == "completed" and final["results"]["f"]["data"] == []
