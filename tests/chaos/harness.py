@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,61 +298,63 @@ def _check_execution(eid: str, events: list[dict[str, Any]], runs: Runs) -> int:
     reruns = 0
     for done in completions:
         step = done["data"]["step"]
-        lines = runs.runs.get((eid, step))
         if step in fanned:
-            reruns += _check_items(eid, step, events, done, lines or [], runs)
-        elif lines is not None:  # a record step
-            reruns += _check_record_step(eid, done, lines, runs, redispatched)
+            reruns += _check_items(eid, step, events, runs)
+        elif (eid, step) in runs.runs:  # a record step
+            count = lambda a, step=step: redispatched[(step, a)]  # noqa: E731
+            reruns += _check_runs(f"{eid}/{step}", done, runs.runs[(eid, step)], runs, count)
     return reruns
 
 
-def _check_record_step(
-    eid: str,
+def _check_runs(
+    label: str,
     done: dict[str, Any],
     lines: list[tuple[int, int]],
     runs: Runs,
-    redispatched: Counter[tuple[str, int]],
+    redispatches: Callable[[int], int],
 ) -> int:
-    step, attempt = done["data"]["step"], done["data"]["attempt"]
-    assert any(a == attempt for a, _ in lines), f"{eid}/{step}: committed but never ran"
-    assert all(a <= attempt for a, _ in lines), f"{eid}/{step}: ran after it succeeded"
+    """One committed result (``done``) against the runs that produced it: it ran, nothing
+    ran at a later attempt or in an epoch after the commit, and an attempt ran twice in
+    one epoch only when it was re-dispatched (its worker was lost)."""
+    attempt = done["data"]["attempt"]
+    assert any(a == attempt for a, _ in lines), f"{label}: committed but never ran"
+    assert all(a <= attempt for a, _ in lines), f"{label}: ran after it succeeded"
     committed_in = runs.epoch_of(done["timestamp"])
     for a, epoch in lines:
         assert a != attempt or epoch <= committed_in, (
-            f"{eid}/{step} attempt {a} ran again in epoch {epoch}, after its result was "
+            f"{label} attempt {a} ran again in epoch {epoch}, after its result was "
             f"committed in epoch {committed_in}"
         )
     for (a, epoch), n in Counter(lines).items():
-        assert n <= 1 + redispatched[(step, a)], (
-            f"{eid}/{step} attempt {a} ran {n} times in epoch {epoch} with only "
-            f"{redispatched[(step, a)]} re-dispatches"
+        assert n <= 1 + redispatches(a), (
+            f"{label} attempt {a} ran {n} times in epoch {epoch} with only "
+            f"{redispatches(a)} re-dispatches"
         )
     return len(lines) - 1
 
 
-def _check_items(
-    eid: str,
-    step: str,
-    events: list[dict[str, Any]],
-    done: dict[str, Any],
-    lines: list[tuple[int, int]],
-    runs: Runs,
-) -> int:
-    """A fan-out of record items: each item's result committed once, each item ran, and
-    no item ran in an epoch after the whole step's result was committed."""
-    planned = [e for e in events if e["type"] == "step.items_planned" and e["data"]["step"] == step]
+def _check_items(eid: str, step: str, events: list[dict[str, Any]], runs: Runs) -> int:
+    """A fan-out of record items (each runs as ``step[i]``): every planned item's result
+    committed once, and each checked against its own runs like a record step."""
+    mine = [e for e in events if e["data"].get("step") == step]
+    planned = [e for e in mine if e["type"] == "step.items_planned"]
     items = len(planned[-1]["data"]["items"])
-    per_item = Counter(
-        e["data"]["index"]
-        for e in events
-        if e["type"] == "step.item_completed" and e["data"]["step"] == step
-    )
+    done = [e for e in mine if e["type"] == "step.item_completed"]
+    per_item = Counter(e["data"]["index"] for e in done)
     assert sorted(per_item) == list(range(items)), f"{eid}/{step}: items {per_item}"
     assert all(n == 1 for n in per_item.values()), f"{eid}/{step}: an item committed twice"
-    assert len(lines) >= items, f"{eid}/{step}: {items} items, {len(lines)} runs"
-    committed_in = runs.epoch_of(done["timestamp"])
-    assert all(epoch <= committed_in for _, epoch in lines), f"{eid}/{step}: ran after commit"
-    return len(lines) - items
+    lost = Counter(
+        (e["data"]["index"], e["data"]["attempt"])
+        for e in mine
+        if e["type"] == "step.item_redispatched"
+    )
+    reruns = 0
+    for item in done:
+        index = item["data"]["index"]
+        lines = runs.runs.get((eid, f"{step}[{index}]"), [])
+        count = lambda a, index=index: lost[(index, a)]  # noqa: E731
+        reruns += _check_runs(f"{eid}/{step}[{index}]", item, lines, runs, count)
+    return reruns
 
 
 def wait_all(data: Path, ids: list[str]) -> None:
