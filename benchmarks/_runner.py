@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -80,8 +81,15 @@ def run_suite(
         ) as bar:  # fmt: skip
             task = bar.add_task("starting the node", total=1)
 
+            last: dict[str, Any] = {"what": "", "at": 0.0}
+
             def progress(what: str, done: float, total: float) -> None:
                 bar.update(task, description=what, completed=done, total=max(total, 1))
+                now = time.monotonic()
+                if not console.is_terminal and (what != last["what"] or now - last["at"] > 10):
+                    # no live bar in a log: a line per phase, and every 10 s within one
+                    console.print(f"{what}: {done:.0f}/{total:.0f}")
+                    last.update(what=what, at=now)
 
             shared = [w for w in only if w in _SHARED]
             if shared:

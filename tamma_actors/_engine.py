@@ -368,13 +368,15 @@ class Engine:
         silence either: it is logged and listed in ``unrecovered`` (and in health) with
         the reason naming the bad key; the node starts and serves the others."""
         count = 0
+        configs: dict[str, WorkflowConfig] = {}  # parsed once per definition, not per execution
         for eid in list(self._store.iter_execution_ids()):
             try:
                 summary = self._store.get_summary(eid)
                 if summary is None or summary.get("status") in _TERMINAL:
                     continue
                 state = self._recovered_state(eid)
-                cfg = self._definition_of(state)
+                cfg = configs.get(state.digest) or self._definition_of(state)
+                configs[state.digest] = cfg
             except TammaError as exc:
                 log.error("execution %s cannot be recovered: %s", eid, exc)
                 self.unrecovered[eid] = str(exc)

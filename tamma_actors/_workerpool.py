@@ -64,6 +64,7 @@ _STOP_EXTRA = 2.0  # beyond cancel_grace, for a stopping worker to say bye and e
 _RESTART_BASE = 0.1
 _RESTART_MAX = 5.0
 _STABLE_UPTIME = 10.0  # a local worker that lived this long resets its crash backoff
+_CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
 
 @dataclass(frozen=True)
@@ -355,15 +356,19 @@ class WorkerPool(SocketActor):
     # -- frames from workers ---------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        """Read up to a batch of frames (watched with ``drains=True``)."""
-        for _ in range(self.socket_batch):
+        self._read_batch()  # watched with ``drains=True``
+
+    def _read_batch(self) -> int:
+        """Read up to a batch of frames; returns how many."""
+        for count in range(self.socket_batch):
             if self._sock is None or self.actor_stopped.is_set():
-                return
+                return count
             try:
                 parts = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return count
             self._on_frames(parts)
+        return self.socket_batch
 
     def _on_frames(self, parts: list[bytes]) -> None:
         if len(parts) != 2:
@@ -480,6 +485,11 @@ class WorkerPool(SocketActor):
         self._queue.extendleft(reversed(again))
 
     def _check_heartbeats(self) -> None:
+        # Frames already waiting count: when this thread itself was held up (a long GC
+        # pause, a saturated GIL), the heartbeats are in the socket, not missing.
+        for _ in range(_CATCH_UP_BATCHES):
+            if self._read_batch() < self.socket_batch:
+                break
         now = time.monotonic()
         for worker in list(self._workers.values()):
             if now - worker.last_seen > self._hb_timeout:

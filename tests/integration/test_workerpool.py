@@ -140,7 +140,8 @@ def make(zctx: zmq.Context[Any], tmp_path: Path) -> Iterator[Callable[..., Harne
         kw.setdefault("worker_args", ALLOW_ARGS)
         kw.setdefault("env", {"PYTHONPATH": os.pathsep.join([TESTS_DIR, *sys.path])})
         inbox = Inbox()
-        h = Harness(WorkerPool.start(zctx, **kw), inbox, Owner.start(inbox))
+        pool_cls = kw.pop("pool_cls", WorkerPool)
+        h = Harness(pool_cls.start(zctx, **kw), inbox, Owner.start(inbox))
         started.append(h)
         return h
 
@@ -534,3 +535,37 @@ def test_a_worker_above_its_memory_limit_is_replaced_and_its_task_runs_again(
     assert result.ok and result.output == {"second_run": True}
     assert not _alive(first_pid)
     assert first_pid not in h.stats()["local_pids"]
+
+
+class StallingPool(WorkerPool):
+    def stall(self, started: threading.Event, release: threading.Event) -> None:
+        started.set()
+        release.wait(TIMEOUT)
+
+
+def test_heartbeats_waiting_in_the_socket_count_after_the_pool_was_held_up(
+    make: Callable[..., Harness], zctx: Any
+) -> None:
+    """A stalled pool thread (a long GC pause) must not blame workers whose heartbeats
+    arrived meanwhile: they are read before anyone is declared silent."""
+    h = make(heartbeat_timeout=0.5, heartbeat_interval=0.2, pool_cls=StallingPool)
+    w = FakeWorker(zctx, h.endpoint(), "patient")
+    stalled, release, checked = threading.Event(), threading.Event(), threading.Event()
+    try:
+        w.hello(["noop"])
+        pool = h.pool.proxy()
+        pool.stall(stalled, release)  # a message that holds the pool's thread
+        assert stalled.wait(TIMEOUT)
+        beat = threading.Event()
+        for _ in range(10):  # 1 s of heartbeats, twice the timeout, while the pool is stuck
+            w.send(wire.hb("patient", [], 1))
+            beat.wait(0.1)
+        release.set()
+        # two heartbeat checks later (interval 0.2 s)
+        pool.call_later(0.5, checked.set).get(timeout=TIMEOUT)
+        assert checked.wait(TIMEOUT)
+        assert [x["worker_id"] for x in h.stats()["workers"]] == ["patient"]
+        assert not w.sock.poll(0)  # no stop was sent
+    finally:
+        release.set()
+        w.close()
