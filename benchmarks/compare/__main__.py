@@ -106,7 +106,9 @@ def run_celery(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
     from benchmarks.compare import _celery
 
     with _celery.celery_system(scratch) as app:
-        table = {"W1": _celery.w1, "W2": _celery.w2, "W3": _celery.w3, "W4": _celery.w4}
+        table: dict[str, Runner] = {
+            "W1": _celery.w1, "W2": _celery.w2, "W3": _celery.w3, "W4": _celery.w4
+        }  # fmt: skip
         return _run_all(app, table, sizes, runs)
 
 
@@ -114,7 +116,9 @@ def run_dask(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
     from benchmarks.compare import _dask
 
     with _dask.dask_system() as client:
-        table = {"W1": _dask.w1, "W2": _dask.w2, "W3": _dask.w3, "W4": _dask.w4}
+        table: dict[str, Runner] = {
+            "W1": _dask.w1, "W2": _dask.w2, "W3": _dask.w3, "W4": _dask.w4
+        }  # fmt: skip
         return _run_all(client, table, sizes, runs)
 
 

@@ -103,7 +103,7 @@ def w1(m: Any, sizes: Sizes) -> dict[str, float]:
 
 
 def _chains(m: Any, count: int, steps: int, make: Any) -> float:
-    from celery import chain
+    from celery import chain  # type: ignore[import-untyped]
 
     began = time.perf_counter()
     results = [chain(*[make(i, k) for k in range(steps)]).apply_async() for i in range(count)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery  # type: ignore[import-untyped]
 
 from benchmarks.compare import _tasks
 
@@ -21,11 +21,11 @@ app.conf.update(
 )
 
 
-@app.task(name="noop")
+@app.task(name="noop")  # type: ignore[untyped-decorator]
 def noop(value: Any = None, *rest: Any) -> Any:
     return _tasks.noop(value, *rest)
 
 
-@app.task(name="cpu")
+@app.task(name="cpu")  # type: ignore[untyped-decorator]
 def cpu(ms: float, *rest: Any) -> dict[str, float]:
     return _tasks.cpu(ms)

@@ -19,10 +19,10 @@ def dask_system() -> Iterator[Any]:
     from dask.distributed import Client, LocalCluster
 
     with (
-        LocalCluster(
+        LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
         client.wait_for_workers(2, timeout=60)
         yield client
@@ -54,7 +54,7 @@ def _chains(c: Any, count: int, steps: int, fn: Any, first: Any) -> float:
         for _ in range(steps - 1):
             future = c.submit(fn, first(i), future, pure=False)
         ends.append(future)
-    wait(ends, timeout=600)
+    wait(ends, timeout=600)  # type: ignore[no-untyped-call]
     return time.perf_counter() - began
 
 
