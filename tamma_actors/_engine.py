@@ -116,6 +116,9 @@ class Engine:
         self._draining = False
         self.unrecovered: dict[str, str] = {}  # execution id -> why it could not recover
         self.repaired: dict[str, str] = {}  # recovered from the full log: the snapshot was bad
+        self._recovering = False
+        self._activated: set[str] = set()  # re-activated by this recovery (once each)
+        self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, during recovery
         self._lock = threading.Lock()
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
@@ -209,9 +212,11 @@ class Engine:
 
     def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
         reply: Future[Any] = Future()
-        if not self._route(execution_id, make(reply)):
-            return self._from_store_or_refuse(execution_id, make)
-        return reply
+        if self._route(execution_id, make(reply)):
+            return reply
+        if self._activated_on_demand(execution_id) and self._route(execution_id, make(reply)):
+            return reply
+        return self._from_store_or_refuse(execution_id, make)
 
     def _from_store_or_refuse(
         self, execution_id: str, make: Callable[[Future[Any]], Any]
@@ -244,6 +249,10 @@ class Engine:
     def retry_step(self, execution_id: str, step: str) -> Future[dict[str, Any]]:
         reply: Future[dict[str, Any]] = Future()
         if self._route(execution_id, RetryStep(step, reply)):
+            return reply
+        if self._activated_on_demand(execution_id) and self._route(
+            execution_id, RetryStep(step, reply)
+        ):
             return reply
         state = self._load(execution_id)
         if state.status != "failed":
@@ -348,6 +357,7 @@ class Engine:
             "uptime_s": round(time.time() - self._started, 3),
             "executions": {"live": self.live_count},
             "recovery": {
+                "in_progress": self._recovering,
                 "unrecoverable": dict(self.unrecovered),
                 "from_full_log": dict(self.repaired),
             },
@@ -364,26 +374,58 @@ class Engine:
     def recover(self) -> int:
         """Re-activate every execution that was not terminal when the node stopped.
 
-        An execution whose records are damaged is not re-activated, and not skipped in
-        silence either: it is logged and listed in ``unrecovered`` (and in health) with
-        the reason naming the bad key; the node starts and serves the others."""
+        Control requests are served meanwhile: one for an execution the loop has not
+        reached yet activates it on the spot (``_activate``), and each execution is
+        activated once, whichever comes first. An execution whose records are damaged is
+        not re-activated, and not skipped in silence either: it is logged and listed in
+        ``unrecovered`` (and in health) with the reason naming the bad key; the node
+        starts and serves the others."""
         count = 0
-        configs: dict[str, WorkflowConfig] = {}  # parsed once per definition, not per execution
-        for eid in list(self._store.iter_execution_ids()):
-            try:
-                summary = self._store.get_summary(eid)
-                if summary is None or summary.get("status") in _TERMINAL:
-                    continue
-                state = self._recovered_state(eid)
-                cfg = configs.get(state.digest) or self._definition_of(state)
-                configs[state.digest] = cfg
-            except TammaError as exc:
-                log.error("execution %s cannot be recovered: %s", eid, exc)
-                self.unrecovered[eid] = str(exc)
-                continue
-            self._spawn(cfg, state, Recover())
-            count += 1
+        self._recovering = True
+        try:
+            for eid in list(self._store.iter_execution_ids()):
+                try:
+                    count += self._activate(eid)
+                except TammaError as exc:
+                    log.error("execution %s cannot be recovered: %s", eid, exc)
+                    self.unrecovered[eid] = str(exc)
+        finally:
+            self._recovering = False
+            self._configs.clear()
         return count
+
+    def _activate(self, eid: str) -> bool:
+        """Re-activate ``eid`` if it is not terminal and not yet active; True if this call
+        started its supervisor."""
+        with self._lock:
+            if eid in self._activated:
+                return False
+        summary = self._store.get_summary(eid)
+        if summary is None or summary.get("status") in _TERMINAL:
+            return False
+        state = self._recovered_state(eid)
+        cfg = self._configs.get(state.digest) or self._definition_of(state)
+        self._configs[state.digest] = cfg  # parsed once per definition, not per execution
+        with self._lock:
+            if self._closed:
+                raise TammaError("the engine is shutting down")
+            if eid in self._activated:
+                return False
+            self._activated.add(eid)
+            ref = ExecutionSupervisor.start(self._dispatcher, self._deps, cfg, state)
+            self._live[eid] = ref
+            ref.tell(Recover())
+        return True
+
+    def _activated_on_demand(self, eid: str) -> bool:
+        """During recovery: make sure ``eid`` is active before a request is routed."""
+        if not self._recovering:
+            return False
+        try:
+            self._activate(eid)
+        except TammaError:
+            return False  # the recovery loop reports it; the request goes to the store
+        return True
 
     def _recovered_state(self, eid: str) -> ExecutionState:
         """The state from the snapshot path, or, when the snapshot is damaged, from a

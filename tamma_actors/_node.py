@@ -4,7 +4,8 @@ Start order (and the reverse for shutdown) follows ``supervisors/node.toml``; ar
 declared children sit the pieces every child relies on::
 
     start:  data dir + lock → LMDB store → dispatcher, timers → [store_writer, event_bus,
-            worker_pool] → engine (recovery, retention cleanup) → [control_server]
+            worker_pool] → engine → [control_server] → recovery (requests for executions
+            not yet recovered activate them first), retention cleanup
     drain:  (graceful shutdown, before stop) new work refused, new dispatches held back
             (they stay committed as dispatched), running steps get ``shutdown_grace`` to
             finish and commit their results
@@ -167,11 +168,11 @@ class Node:
                 if spec.kind != "control_server":
                     self._start_child(spec)
             self._engine = Engine(self._engine_parts())
-            self.recovered = self._engine.recover()
-            self._retention()
-            for spec in self.tree.children:
+            for spec in self.tree.children:  # requests are served while recovery runs
                 if spec.kind == "control_server":
                     self._start_child(spec)
+            self.recovered = self._engine.recover()
+            self._retention()
         except BaseException:
             self.close()
             raise

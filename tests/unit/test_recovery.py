@@ -1,0 +1,80 @@
+"""Recovery serves control requests while it runs.
+
+The recovery loop is held on one execution (its store read blocks); meanwhile requests for
+an execution the loop has not reached re-activate that execution on the spot, and neither
+path ever starts a second supervisor for the same execution.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tamma_actors._store import MemoryStore
+from tests.timekit import WAIT, make_kit, step, wf
+
+
+class GatedStore(MemoryStore):
+    """``get_summary`` of ``gated`` blocks on the recovery thread until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated: str | None = None
+        self.gate = threading.Event()
+        self.reached = threading.Event()
+        self.recovery_thread: int | None = None
+
+    def get_summary(self, eid: str) -> dict[str, Any] | None:
+        if eid == self.gated and threading.get_ident() == self.recovery_thread:
+            self.reached.set()
+            assert self.gate.wait(WAIT)
+        return super().get_summary(eid)
+
+
+@contextmanager
+def kit(store: MemoryStore) -> Iterator[Any]:
+    gen = make_kit(store)
+    try:
+        yield next(gen)
+    finally:
+        next(gen, None)
+
+
+def test_requests_are_served_while_recovery_runs_and_nothing_is_activated_twice() -> None:
+    store = GatedStore()
+    spec = wf(step("only"))
+    with kit(store) as first:
+        ids = [first.start(spec) for _ in range(3)]
+        for _ in ids:
+            first.next_held()  # each step is dispatched; none finishes before the "crash"
+    a, b, c = sorted(ids)
+    store.gated = b  # the loop will stop at b; c is not reached until b is released
+    with kit(store) as second:
+        result: list[int] = []
+
+        def recover() -> None:
+            store.recovery_thread = threading.get_ident()
+            result.append(second.engine.recover())
+
+        loop = threading.Thread(target=recover)
+        loop.start()
+        try:
+            assert store.reached.wait(WAIT)
+            health = second.engine.health().result(WAIT)
+            assert health["recovery"]["in_progress"] is True
+            # c has not been reached by the loop: a request activates it first
+            assert second.record(c)["status"] == "running"
+            aborted = second.engine.abort_workflow(c, "operator").result(WAIT)
+            assert aborted["status"] == "aborted"
+        finally:
+            store.gate.set()
+            loop.join(WAIT)
+        assert result == [2]  # a and b by the loop; c was already active
+        assert second.engine.health().result(WAIT)["recovery"]["in_progress"] is False
+        sent = sorted(second.next_held().task["execution_id"] for _ in range(3))
+        assert sent == [a, b, c]  # one re-dispatch each: one supervisor each
+        assert second.held.empty()
+        for eid in (a, b):
+            assert second.record(eid)["status"] == "running"
