@@ -51,44 +51,51 @@ def _planned(detail: Detail | None, d: Mapping[str, Any], ts: float) -> Detail:
         state = [st if st["status"] == "succeeded" else _again(st) for st in old]
     else:
         state = [_new_item() for _ in values]
-    return {"items": values, "state": state}
+    counts: dict[str, int] = {}
+    for item in state:
+        counts[item["status"]] = counts.get(item["status"], 0) + 1
+    # items by status, kept with every change: the supervisor's per-result checks are O(1)
+    return {"items": values, "state": state, "counts": counts}
+
+
+def _move(detail: Detail, index: int, status: str, **fields: Any) -> dict[str, Any]:
+    item: dict[str, Any] = detail["state"][index]
+    counts = detail["counts"]
+    counts[item["status"]] -= 1
+    counts[status] = counts.get(status, 0) + 1
+    item.update(status=status, **fields)
+    return item
 
 
 def _dispatched(detail: Detail, d: Mapping[str, Any], ts: float) -> Detail:
     for index, attempt in d["items"]:
-        item = detail["state"][index]
-        item.update(status="dispatched", attempts=attempt, error=None, retry_at=None)
+        _move(detail, index, "dispatched", attempts=attempt, error=None, retry_at=None)
     return detail
 
 
 def _completed(detail: Detail, d: Mapping[str, Any], ts: float) -> Detail:
-    detail["state"][d["index"]].update(status="succeeded", output=d.get("output"), error=None)
+    _move(detail, d["index"], "succeeded", output=d.get("output"), error=None)
     return detail
 
 
 def _failed(detail: Detail, d: Mapping[str, Any], ts: float) -> Detail:
-    detail["state"][d["index"]].update(status="failed", error=d.get("error"))
+    _move(detail, d["index"], "failed", error=d.get("error"))
     return detail
 
 
 def _retry(detail: Detail, d: Mapping[str, Any], ts: float) -> Detail:
-    item = detail["state"][d["index"]]
-    item.update(status="retry_wait", error=d.get("error"), retry_at=d["retry_at"])
+    _move(detail, d["index"], "retry_wait", error=d.get("error"), retry_at=d["retry_at"])
     return detail
 
 
 def _ready(detail: Detail, d: Mapping[str, Any], ts: float) -> Detail:
-    item = detail["state"][d["index"]]
-    item.update(status="pending", retry_at=None)
-    item.pop("frozen", None)
+    _move(detail, d["index"], "pending", retry_at=None).pop("frozen", None)
     return detail
 
 
 def _cancelled(detail: Detail, d: Mapping[str, Any], ts: float) -> Detail:
     for index in d["indexes"]:
-        item = detail["state"][index]
-        item.update(status="cancelled", retry_at=None)
-        item.pop("frozen", None)
+        _move(detail, index, "cancelled", retry_at=None).pop("frozen", None)
     return detail
 
 
@@ -138,6 +145,7 @@ def copy_detail(detail: Detail | None) -> Detail | None:
     out = dict(detail)
     if "state" in out:
         out["state"] = [dict(item) for item in out["state"]]
+        out["counts"] = dict(out["counts"])
     return out
 
 
@@ -145,10 +153,8 @@ def summarize_detail(detail: Detail) -> Detail:
     """What a record shows: a fan-out's item counts by status, or a subflow's child."""
     if "state" not in detail:
         return dict(detail)
-    counts = {"items": len(detail["state"])}
-    for item in detail["state"]:
-        counts[item["status"]] = counts.get(item["status"], 0) + 1
-    return counts
+    counts = {status: n for status, n in detail["counts"].items() if n}
+    return {"items": len(detail["state"]), **counts}
 
 
 def apply_detail(detail: Detail | None, event: Mapping[str, Any]) -> Detail:

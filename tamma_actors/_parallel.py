@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ItemRetryDue", "ParallelSteps"]
 
+_OPEN_ITEM = ("pending", "dispatched", "retry_wait")
 MAX_ITEM_REDISPATCH = 2  # worker losses one item attempt survives (as for a task step)
 
 
@@ -39,6 +40,7 @@ class ParallelSteps(StepTypeBase):
         self._item_tasks: dict[str, tuple[str, int]] = {}  # task id -> (step, item index)
         self._item_lost: dict[str, int] = {}
         self._item_timers: dict[tuple[str, int], TimerHandle] = {}
+        self._item_cursor: dict[str, int] = {}  # per step: no pending item before it
 
     def _item_started(self, msg: TaskStarted) -> bool:
         ref = self._item_tasks.get(msg.task_id)
@@ -153,16 +155,18 @@ class ParallelSteps(StepTypeBase):
             self._expression_failed(name, attempt, exc)
             self._again = True
             return False
+        self._item_cursor[name] = 0
         self._emit("step.items_planned", step=name, attempt=attempt, items=items)
         self._after_item(name)
         return self.state.steps[name].status in OPEN
 
     def _after_item(self, name: str) -> None:
         """Dispatch what may run, or join when every item has finished."""
-        states = _items(self.state.steps[name])
-        if any(item["status"] not in ITEM_DONE for item in states):
+        counts = _counts(self.state.steps[name])
+        if any(counts.get(status) for status in _OPEN_ITEM):
             self._pump(name)
             return
+        states = _items(self.state.steps[name])
         self._again = True
         self._deadlines.cancel_step(name)
         st = self.state.steps[name]
@@ -187,16 +191,21 @@ class ParallelSteps(StepTypeBase):
             return
         plan = self._plans[name]
         assert isinstance(plan, ParallelPlan)
-        states = _items(self.state.steps[name])
+        st = self.state.steps[name]
+        states, counts = _items(st), _counts(st)
         limit = plan.max_concurrency or len(states)
-        busy = sum(1 for item in states if item["status"] == "dispatched")
-        batch = []
-        for i, item in enumerate(states):
-            if busy >= limit:
-                break
-            if item["status"] == "pending":
-                batch.append([i, item["attempts"] + 1])
+        busy, waiting = counts.get("dispatched", 0), counts.get("pending", 0)
+        if busy >= limit or not waiting:
+            return
+        # Items go out in index order, so nothing before the cursor is pending (a retry
+        # that makes an item pending again moves the cursor back): O(1) per result.
+        i, batch = self._item_cursor.get(name, 0), list[list[int]]()
+        while i < len(states) and busy < limit and len(batch) < waiting:
+            if states[i]["status"] == "pending":
+                batch.append([i, states[i]["attempts"] + 1])
                 busy += 1
+            i += 1
+        self._item_cursor[name] = i
         if batch:
             self._emit("step.items_dispatched", step=name, items=batch)
             self._send_items(name, batch)
@@ -288,6 +297,8 @@ class ParallelSteps(StepTypeBase):
             return
         item = _items(st)[msg.index]
         if item["status"] == "retry_wait" and item["attempts"] == msg.attempt:
+            cursor = self._item_cursor.get(msg.step, 0)
+            self._item_cursor[msg.step] = min(cursor, msg.index)
             self._emit("step.item_ready", step=msg.step, index=msg.index)
             self._pump(msg.step)
 
@@ -297,6 +308,12 @@ def _left(item: Mapping[str, Any], now: float) -> float:
     if item.get("frozen") is not None:
         return float(item["frozen"])
     return max(0.0, float(item["retry_at"] or now) - now)
+
+
+def _counts(st: StepState) -> dict[str, int]:
+    assert st.detail is not None
+    counts: dict[str, int] = st.detail["counts"]
+    return counts
 
 
 def _items(st: StepState) -> list[dict[str, Any]]:

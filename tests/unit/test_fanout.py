@@ -3,6 +3,7 @@ and a snapshot never changes after it was taken."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -106,6 +107,9 @@ def test_replay_from_any_snapshot_equals_replay_of_every_event(
     assert snapshot == frozen  # ... and the snapshot taken before does not
     assert replay(EID, events[k:], frozen).to_dict() == full
     assert at_k.to_dict() == full
+    detail = full["steps"]["f"]["detail"]
+    recount = Counter(item["status"] for item in detail["state"])
+    assert {s: n for s, n in detail["counts"].items() if n} == dict(recount)
 
 
 def test_a_manual_retry_keeps_succeeded_items_and_gives_the_rest_a_fresh_budget() -> None:
