@@ -934,3 +934,23 @@ def test_an_empty_fan_out_after_a_pause_completes_on_resume() -> None:
         k.engine.resume_workflow(eid).result(WAIT)
         final = k.finish(eid)
         assert final["status"] == "completed" and final["results"]["f"]["data"] == []
+
+
+def test_a_condition_can_read_whether_an_upstream_step_was_skipped(kit: Kit) -> None:
+    spec = wf(
+        step("src"),
+        decision("first", "src", branches=[{"when": "false", "then": ["a"]}]),
+        step("a", "first"),
+        decision(
+            "second",
+            "a",
+            "src",
+            branches=[{"when": "steps.a.status == 'skipped'", "then": ["fallback"]}],
+        ),
+        step("fallback", "second"),
+    )
+    final = kit.finish(kit.start(spec))
+    assert final["status"] == "completed"
+    assert final["results"]["a"]["status"] == "skipped"
+    assert final["results"]["second"]["data"]["branch"] == 0
+    assert final["results"]["fallback"]["status"] == "succeeded"
