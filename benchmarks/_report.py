@@ -63,7 +63,11 @@ def _verdict(key: str, value: float) -> str:
     return f"{op} {_fmt(bound)} {mark}"
 
 
-def print_table(results: Sequence[Result], console: Console, header: str) -> None:
+def print_table(
+    results: Sequence[Result], console: Console, header: str, *, targets: bool = True
+) -> None:
+    """The figures; ``targets=False`` (quick sizes) leaves the verdicts out: a small run
+    says nothing about a target set for the full size."""
     table = Table(title=header, show_lines=False)
     for column in ("workload", "figure", "median", "spread (min..max)", "runs", "target"):
         table.add_column(column)
@@ -79,7 +83,7 @@ def print_table(results: Sequence[Result], console: Console, header: str) -> Non
                 _fmt(value),
                 f"{_fmt(low)}..{_fmt(high)}",
                 str(len(result.runs)),
-                _verdict(f"{result.workload}.{name}", value),
+                _verdict(f"{result.workload}.{name}", value) if targets else "",
             )
         for note in result.notes:
             table.add_row("", "[dim]note[/]", f"[dim]{note}[/]")

@@ -121,7 +121,7 @@ def run_suite(
     header = (f"tamma_actors benchmarks — {meta['date']}, {meta['cpus']} CPUs, "
               f"Python {meta['python']}, {workers} workers, fsync on"
               + (" (quick)" if quick else ""))  # fmt: skip
-    print_table(results, console, header)
+    print_table(results, console, header, targets=not quick)
     for problem in broken:
         console.print(f"[red]benchmark failed[/] {problem}")
     if keep:
