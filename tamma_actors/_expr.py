@@ -25,16 +25,33 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from tamma_actors._errors import ExpressionError
+from tamma_actors._expr_eval import evaluate, kind_of
+from tamma_actors._expr_tree import (
+    BoolOp,
+    Compare,
+    Expression,
+    Field,
+    Index,
+    Len,
+    ListOf,
+    Literal,
+    Not,
+    Root,
+    depth,
+    referenced_steps,
+    roots,
+    to_source,
+)
 
 __all__ = [
     "ROOTS",
     "Expression",
+    "Literal",
     "evaluate",
     "parse",
     "referenced_steps",
@@ -45,65 +62,7 @@ __all__ = [
 ROOTS = frozenset({"inputs", "steps", "item"})
 MAX_LENGTH = 4096
 MAX_DEPTH = 64
-_KEYWORDS = frozenset({"and", "or", "not", "in", "true", "false", "null", "len"})
 _COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">=", "in", "not in"})
-
-
-# -- the tree -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Literal:
-    value: Any
-
-
-@dataclass(frozen=True)
-class ListOf:
-    items: tuple[Expression, ...]
-
-
-@dataclass(frozen=True)
-class Root:
-    name: str
-
-
-@dataclass(frozen=True)
-class Field:
-    target: Expression
-    name: str
-
-
-@dataclass(frozen=True)
-class Index:
-    target: Expression
-    index: Expression
-
-
-@dataclass(frozen=True)
-class Not:
-    operand: Expression
-
-
-@dataclass(frozen=True)
-class BoolOp:
-    op: str  # "and" | "or"
-    left: Expression
-    right: Expression
-
-
-@dataclass(frozen=True)
-class Compare:
-    op: str
-    left: Expression
-    right: Expression
-
-
-@dataclass(frozen=True)
-class Len:
-    operand: Expression
-
-
-Expression = Literal | ListOf | Root | Field | Index | Not | BoolOp | Compare | Len
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -319,7 +278,7 @@ class _Parser:
 def parse(source: Any) -> Expression:
     """Parse ``source``; raise :class:`ExpressionError` naming the column of the fault."""
     if not isinstance(source, str):
-        raise ExpressionError(f"an expression must be a string, not {_kind(source)}")
+        raise ExpressionError(f"an expression must be a string, not {kind_of(source)}")
     return _parse(source)
 
 
@@ -331,240 +290,6 @@ def _parse(source: str) -> Expression:
         raise ExpressionError("empty expression")
     node = _Parser(source).parse()
     # Every walk over the tree recurses; a bounded depth keeps them all far from the limit.
-    if _depth(node) > MAX_DEPTH:
+    if depth(node) > MAX_DEPTH:
         raise ExpressionError(f"expression nests deeper than {MAX_DEPTH} levels")
     return node
-
-
-def _depth(node: Expression) -> int:
-    deepest = 0
-    stack: list[tuple[Expression, int]] = [(node, 1)]
-    while stack:
-        current, level = stack.pop()
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in _children(current))
-    return deepest
-
-
-# -- evaluation -----------------------------------------------------------------------------
-
-
-def evaluate(node: Expression, context: Mapping[str, Any]) -> Any:
-    """The value of ``node`` in ``context`` (a mapping with ``inputs``, ``steps``, ``item``).
-
-    Total: returns a value or raises :class:`ExpressionError`, whatever the context holds.
-    """
-    try:
-        return _eval(node, context)
-    except RecursionError:
-        raise ExpressionError("value nests too deeply to evaluate") from None
-
-
-def _eval(node: Expression, ctx: Mapping[str, Any]) -> Any:
-    match node:
-        case Literal(value):
-            return value
-        case ListOf(items):
-            return [_eval(item, ctx) for item in items]
-        case Root(name):
-            if name not in ctx:
-                raise ExpressionError(f"{name!r} is not available here")
-            return ctx[name]
-        case Field(target, name):
-            return _field(_eval(target, ctx), name, target)
-        case Index(target, index):
-            return _index(_eval(target, ctx), _eval(index, ctx), target)
-        case Not(operand):
-            return not _boolean(_eval(operand, ctx), "not")
-        case BoolOp(op, left, right):
-            first = _boolean(_eval(left, ctx), op)
-            if first == (op == "or"):  # short circuit
-                return first
-            return _boolean(_eval(right, ctx), op)
-        case Compare(op, left, right):
-            return _compare(op, _eval(left, ctx), _eval(right, ctx))
-        case Len(operand):
-            value = _eval(operand, ctx)
-            if isinstance(value, str | list | tuple | Mapping):
-                return len(value)
-            raise ExpressionError(f"len() needs a list, string or mapping, not {_kind(value)}")
-    raise ExpressionError(f"not an expression node: {node!r}")  # pragma: no cover
-
-
-def _field(value: Any, name: str, target: Expression) -> Any:
-    if isinstance(value, Mapping):
-        return value.get(name)
-    raise ExpressionError(f"{to_source(target)} is {_kind(value)}; it has no field {name!r}")
-
-
-def _index(value: Any, index: Any, target: Expression) -> Any:
-    if isinstance(value, Mapping):
-        if not isinstance(index, str):
-            raise ExpressionError(f"a mapping is indexed by a string, not {_kind(index)}")
-        return value.get(index)
-    if isinstance(value, list | tuple | str):
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise ExpressionError(f"a list is indexed by an integer, not {_kind(index)}")
-        if not -len(value) <= index < len(value):
-            raise ExpressionError(
-                f"index {index} is out of range for {to_source(target)} (length {len(value)})"
-            )
-        return value[index]
-    raise ExpressionError(f"{to_source(target)} is {_kind(value)}; it cannot be indexed")
-
-
-def _boolean(value: Any, op: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ExpressionError(f"{op!r} needs true or false, not {_kind(value)}")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if _number(a) and _number(b):
-        return bool(a == b)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if type(a) is not type(b) and not (isinstance(a, str) and isinstance(b, str)):
-        return False
-    return bool(a == b)
-
-
-def _compare(op: str, a: Any, b: Any) -> bool:
-    if op == "==":
-        return _equal(a, b)
-    if op == "!=":
-        return not _equal(a, b)
-    if op in ("in", "not in"):
-        found = _contains(b, a)
-        return found if op == "in" else not found
-    if not ((_number(a) and _number(b)) or (isinstance(a, str) and isinstance(b, str))):
-        raise ExpressionError(f"cannot order {_kind(a)} and {_kind(b)} with {op!r}")
-    result = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
-    return bool(result)
-
-
-def _contains(container: Any, item: Any) -> bool:
-    if isinstance(container, str):
-        if not isinstance(item, str):
-            raise ExpressionError(f"'in' a string needs a string, not {_kind(item)}")
-        return item in container
-    if isinstance(container, list | tuple):
-        return any(_equal(item, x) for x in container)
-    if isinstance(container, Mapping):
-        if not isinstance(item, str):
-            raise ExpressionError(f"'in' a mapping needs a string key, not {_kind(item)}")
-        return item in container
-    raise ExpressionError(
-        f"'in' needs a list, string or mapping on its right, not {_kind(container)}"
-    )
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if _number(value):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-# -- inspection -----------------------------------------------------------------------------
-
-
-def _children(node: Expression) -> Iterator[Expression]:
-    match node:
-        case ListOf(items):
-            yield from items
-        case Field(target, _) | Len(target) | Not(target):
-            yield target
-        case Index(target, index):
-            yield from (target, index)
-        case BoolOp(_, left, right) | Compare(_, left, right):
-            yield from (left, right)
-
-
-def referenced_steps(node: Expression) -> set[str]:
-    """The step names read as ``steps.NAME`` or ``steps['NAME']`` anywhere in ``node``."""
-    found: set[str] = set()
-    stack: list[Expression] = [node]
-    while stack:
-        current = stack.pop()
-        match current:
-            case Field(Root("steps"), name) | Index(Root("steps"), Literal(str() as name)):
-                found.add(name)
-        stack.extend(_children(current))
-    return found
-
-
-def roots(node: Expression) -> set[str]:
-    """The root names (``inputs``, ``steps``, ``item``) that ``node`` reads."""
-    found: set[str] = set()
-    stack: list[Expression] = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, Root):
-            found.add(current.name)
-        stack.extend(_children(current))
-    return found
-
-
-_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "compare": 4}
-
-
-def to_source(node: Expression) -> str:
-    """Canonical text of ``node``: ``parse(to_source(n)) == n`` for every parsed ``n``."""
-    return _show(node, 0)
-
-
-def _show(node: Expression, outer: int) -> str:
-    match node:
-        case Literal(value):
-            return _literal(value)
-        case ListOf(items):
-            return "[" + ", ".join(_show(i, 0) for i in items) + "]"
-        case Root(name):
-            return name
-        case Field(target, name):
-            return f"{_show(target, 5)}.{name}"
-        case Index(target, index):
-            return f"{_show(target, 5)}[{_show(index, 0)}]"
-        case Len(operand):
-            return f"len({_show(operand, 0)})"
-        case Not(operand):
-            text, own = f"not {_show(node.operand, 3)}", 3
-        case BoolOp(op, left, right):
-            own = _PRECEDENCE[op]
-            text = f"{_show(left, own)} {op} {_show(right, own + 1)}"
-        case Compare(op, left, right):
-            own = 4
-            text = f"{_show(left, 5)} {op} {_show(right, 5)}"
-        case _:  # pragma: no cover
-            raise ExpressionError(f"not an expression node: {node!r}")
-    return f"({text})" if own < outer else text
-
-
-def _literal(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        text = repr(value)
-        return f"({text})" if value < 0 else text
-    text = str(value)
-    for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t"), ("\r", "\\r")):
-        text = text.replace(raw, escaped)
-    return f'"{text}"'
