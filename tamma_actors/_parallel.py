@@ -22,9 +22,10 @@ from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispa
 if TYPE_CHECKING:
     from tamma_actors._state import StepState
 
-__all__ = ["ItemRetryDue", "ParallelSteps"]
+__all__ = ["MAX_ITEMS", "ItemRetryDue", "ParallelSteps"]
 
 _OPEN_ITEM = ("pending", "dispatched", "retry_wait")
+MAX_ITEMS = 10_000  # one fan-out's items live in its events and snapshots
 MAX_ITEM_REDISPATCH = 2  # worker losses one item attempt survives (as for a task step)
 
 
@@ -151,6 +152,10 @@ class ParallelSteps(StepTypeBase):
                 items = evaluate(items, self._expression_context())
             if not isinstance(items, list):
                 raise ExpressionError(f"parallel items must be a list, not {type(items).__name__}")
+            if len(items) > MAX_ITEMS:
+                raise ExpressionError(
+                    f"parallel items: {len(items)} items, more than the limit of {MAX_ITEMS}"
+                )
         except ExpressionError as exc:
             self._expression_failed(name, attempt, exc)
             self._again = True

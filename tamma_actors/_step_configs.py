@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -82,7 +82,7 @@ class ParallelConfig(_Config):
 
     model_config = ConfigDict(extra="allow")
 
-    items: list[Any] | str
+    items: Annotated[list[Any], Field(max_length=10_000)] | str  # as _parallel.MAX_ITEMS
     max_concurrency: int | None = Field(None, ge=1)
 
 

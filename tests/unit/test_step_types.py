@@ -954,3 +954,13 @@ def test_a_condition_can_read_whether_an_upstream_step_was_skipped(kit: Kit) -> 
     assert final["results"]["a"]["status"] == "skipped"
     assert final["results"]["second"]["data"]["branch"] == 0
     assert final["results"]["fallback"]["status"] == "succeeded"
+
+
+def test_a_fan_out_over_too_many_items_fails_clearly(kit: Kit) -> None:
+    from tamma_actors._parallel import MAX_ITEMS
+
+    final = kit.finish(kit.start(wf(fan("f", items="inputs.xs")), {"xs": [0] * (MAX_ITEMS + 1)}))
+    assert final["status"] == "failed"
+    assert "more than the limit of 10000" in final["results"]["f"]["error"]["message"]
+    with pytest.raises(WorkflowValidationError, match="at most 10000 items"):
+        kit.start(wf(fan("f", items=[0] * (MAX_ITEMS + 1))))
