@@ -3,7 +3,8 @@
 Each test runs a real `tamma-node run` with two real workers, keeps starting a mix of
 workflows (chains, diamonds, retries with `fail`, wide joins, parallel fan-outs of `record`
 items, decisions, subflows; `record` steps everywhere)
-and kills processes while that goes on. Afterwards every check of `harness.check_store`
+and kills processes while that goes on (the node test ends with a graceful SIGTERM under
+load, which must exit 0). Afterwards every check of `harness.check_store`
 must hold: every acknowledged start reached a terminal status, each step's result was
 committed exactly once, `record` steps ran at least once and again only where their result
 had not been committed, event sequences are gap-free, and the store verifies clean
@@ -62,6 +63,12 @@ def test_the_node_is_killed_at_random_moments_under_load(
             mark_kill(log, kill, at)
             node = NodeProcess(config)
             assert node.recovered >= 0
+        # a graceful stop under load: new starts are refused, what runs finishes, exit 0
+        submitter = Submitter(data, rng, log, acked)
+        pause(rng.uniform(0.3, 1.0))
+        assert node.terminate() == 0
+        submitter.stop()
+        node = NodeProcess(config)
         wait_all(data, acked)
         verified = cli_verify(data)
         assert verified.returncode == 0, verified.stdout + verified.stderr
