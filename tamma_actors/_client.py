@@ -291,7 +291,8 @@ class Client:
         config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
     ) -> tuple[dict[str, Any], str | None]:
         if isinstance(config_or_path, str | Path):
-            return read_workflow_mapping(config_or_path), str(config_or_path)
+            # Absolute: the node resolves a subflow's file against it, from its own cwd.
+            return read_workflow_mapping(config_or_path), str(Path(config_or_path).resolve())
         if isinstance(config_or_path, WorkflowConfig):
             return config_or_path.model_dump(mode="json", exclude_none=True), None
         return dict(config_or_path), None

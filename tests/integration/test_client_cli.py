@@ -124,6 +124,15 @@ def test_start_from_a_file(client: Client, workflow_file: Path, engine: FakeEngi
     assert engine.calls[0][1][2] == str(workflow_file)
 
 
+def test_a_relative_file_is_sent_with_its_absolute_path(
+    client: Client, workflow_file: Path, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the node resolves a subflow's file against its parent's, from its own directory
+    monkeypatch.chdir(workflow_file.parent)
+    client.start_workflow(workflow_file.name)
+    assert engine.calls[-1][1][2] == str(workflow_file.resolve())
+
+
 def test_start_from_a_config_or_a_mapping(client: Client, engine: FakeEngine) -> None:
     config = WorkflowConfig.model_validate(
         {"name": "cfg", "steps": [{"name": "s", "type": "task", "implementation": "noop"}]}
