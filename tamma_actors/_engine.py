@@ -183,7 +183,8 @@ class Engine:
         source: str | None = None,
         execution_id: str | None = None,  # a subflow's child: its id is chosen by its parent
     ) -> Future[dict[str, Any]]:
-        self._check_intake()
+        # a subflow's child is part of its parent's committed work, not new intake
+        self._check_intake(draining_too=execution_id is None)
         cfg = parse_workflow(
             definition,
             source=source,
@@ -442,8 +443,8 @@ class Engine:
         """Stop intake for a graceful shutdown: new starts and revivals are refused."""
         self._draining = True
 
-    def _check_intake(self) -> None:
-        if self._draining or self._closed:
+    def _check_intake(self, *, draining_too: bool = True) -> None:
+        if (self._draining and draining_too) or self._closed:
             raise SupervisionError("the node is shutting down; it accepts no new work")
         blocked = self._write_block()
         if blocked is not None:

@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
+from tamma_actors._errors import SupervisionError
 from tamma_actors._store import MemoryStore
 from tests.timekit import WAIT, make_kit, step, wf
 
@@ -78,3 +81,13 @@ def test_requests_are_served_while_recovery_runs_and_nothing_is_activated_twice(
         assert second.held.empty()
         for eid in (a, b):
             assert second.record(eid)["status"] == "running"
+
+
+def test_draining_refuses_new_starts_but_not_a_running_parent_s_child() -> None:
+    with kit(MemoryStore()) as k:
+        k.engine.drain()
+        with pytest.raises(SupervisionError, match="shutting down"):
+            k.engine.start_workflow(wf(step("s")), {}).result(WAIT)
+        child = k.engine.start_workflow(wf(step("s")), {}, execution_id="parent-child-1")
+        assert child.result(WAIT)["id"] == "parent-child-1"
+        assert k.next_held().task["execution_id"] == "parent-child-1"
