@@ -30,7 +30,18 @@ if TYPE_CHECKING:
     from pykka._envelope import Envelope
     from pykka._types import OptExcInfo
 
-__all__ = ["fail_actor", "handle_envelope", "reject_envelope", "run_callback", "run_setup"]
+__all__ = [
+    "STOP_ALL_HOOKS",
+    "fail_actor",
+    "handle_envelope",
+    "reject_envelope",
+    "run_callback",
+    "run_setup",
+]
+
+# Runtimes whose actors are not in pykka's registry (PoolActors: the registry is a list, so
+# every stop would scan every live actor) add here how to stop theirs.
+STOP_ALL_HOOKS: list[Callable[[], None]] = []
 
 logger = logging.getLogger("pykka")
 
@@ -53,6 +64,8 @@ def _stop_everything(actor: pykka.Actor, *, block_stop_all: bool) -> None:
     logger.debug(f"{sys.exc_info()[1]!r} in {actor}. Stopping all actors.")
     actor._stop()
     ActorRegistry.stop_all(block=block_stop_all)
+    for hook in list(STOP_ALL_HOOKS):
+        hook()
 
 
 def handle_envelope(

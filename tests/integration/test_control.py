@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -429,4 +430,8 @@ def test_a_failing_server_releases_its_endpoint(harness: Harness, tmp_path: Path
     harness.ref.tell(_Completed([42], 1, done))  # type: ignore[list-item]
     with pytest.raises(pykka.ActorDeadError):
         harness.server.stats().get(timeout=10)
-    assert not (tmp_path / "run" / "control.sock").exists()
+    # The actor is marked dead before on_failure has closed its socket: wait for that.
+    sock_file, deadline = tmp_path / "run" / "control.sock", time.monotonic() + 10
+    while sock_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not sock_file.exists()

@@ -82,9 +82,10 @@ def test_ask_tell_proxy_and_on_start_on_the_pool(dispatcher: Dispatcher) -> None
     assert proxy.double(21).get(timeout=WAIT) == 42
     assert proxy.seen.get(timeout=WAIT) == ["a", "b"]
     assert proxy.started_on.get(timeout=WAIT).startswith("tamma-dispatch-")
-    assert ref in ActorRegistry.get_by_class(Echo)
+    assert ref in dispatcher.actors()
+    assert ref not in ActorRegistry.get_all()  # the dispatcher keeps its actors
     assert ref.stop(timeout=WAIT) is True
-    assert ref not in ActorRegistry.get_all()
+    assert ref not in dispatcher.actors()
 
 
 def test_an_ask_that_raises_returns_the_error(dispatcher: Dispatcher) -> None:
@@ -232,7 +233,7 @@ def test_a_told_message_that_raises_stops_the_actor(dispatcher: Dispatcher) -> N
     assert holder[0].failed.wait(WAIT)  # on_failure runs after the actor is marked stopped
     assert [str(e) for e in holder[0].failures] == ["boom"]
     assert not holder[0].stopped.is_set()
-    assert ref not in ActorRegistry.get_all()
+    assert ref not in dispatcher.actors()
 
 
 def test_on_start_failure_stops_the_actor(dispatcher: Dispatcher) -> None:
@@ -284,7 +285,7 @@ def test_close_with_live_actors_does_not_hang() -> None:
     with pytest.raises(ActorDeadError):
         queued.get(timeout=WAIT)
     assert not idle.is_alive() and not busy.is_alive()
-    assert idle not in ActorRegistry.get_all()
+    assert idle not in pool.actors()
     with pytest.raises(ActorDeadError):
         idle.ask("after close", timeout=WAIT)
     pool.close()  # idempotent
@@ -364,11 +365,9 @@ def test_idle_pool_actors_are_cheap() -> None:
         per_actor = total / count
         print(f"\n{per_actor:.0f} bytes per idle PoolActor ({count} actors)")
         assert per_actor < 8 * 1024
-        # pykka's registry is a list: unregistering 100k actors one by one is quadratic.
-        ours = {id(r) for r in refs}
-        with ActorRegistry._actor_refs_lock:
-            ActorRegistry._actor_refs[:] = [
-                r for r in ActorRegistry._actor_refs if id(r) not in ours
-            ]
-        for ref in refs:
-            ref.actor_stopped.set()
+        assert len(pool.actors()) == count
+        # Stopping them costs the same per actor however many live: no registry list scan.
+        stops = [ref.stop(block=False) for ref in refs]
+        for stop in stops:
+            stop.get(timeout=WAIT)
+        assert pool.actors() == []
