@@ -14,6 +14,7 @@ where they are raised (``raise ... from exc``); nothing above a seam catches the
     ├── StoreError                 the LMDB store failed
     │   ├── StoreClosed            used after close()
     │   ├── StoreFull              the disk (or map ceiling) is full; nothing was written
+    │   ├── StoreUnwritable        the disk refused the write (I/O error, read-only)
     │   └── StoreCorrupted         a record failed its checksum or does not decode
     ├── SupervisionError           an actor or child process could not be kept alive
     │   ├── ActorStopped           a message was sent to a stopped actor
@@ -54,6 +55,7 @@ __all__ = [
     "StoreCorrupted",
     "StoreError",
     "StoreFull",
+    "StoreUnwritable",
     "SubflowTooDeep",
     "SupervisionError",
     "TammaError",
@@ -100,6 +102,10 @@ class StoreClosed(StoreError):
 
 class StoreFull(StoreError):
     code = "store_full"
+
+
+class StoreUnwritable(StoreError):
+    code = "store_unwritable"
 
 
 class StoreCorrupted(StoreError):
@@ -217,6 +223,7 @@ _BY_CODE: dict[str, type[TammaError]] = {
     "too_large": FrameTooLarge,
     "timeout": RequestTimeout,
     "store_full": StoreFull,
+    "store_unwritable": StoreUnwritable,
     "store_corrupted": StoreCorrupted,
 }
 

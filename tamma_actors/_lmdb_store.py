@@ -21,7 +21,13 @@ from typing import Any, Literal, TypeVar
 
 import lmdb
 
-from tamma_actors._errors import StoreClosed, StoreCorrupted, StoreError, StoreFull
+from tamma_actors._errors import (
+    StoreClosed,
+    StoreCorrupted,
+    StoreError,
+    StoreFull,
+    StoreUnwritable,
+)
 from tamma_actors._keys import SUB_DATABASES
 from tamma_actors._store import RecordStore, RecordTxn, RecordView
 
@@ -34,9 +40,28 @@ _MAX_READERS = 1024  # readers come from any thread (control, engine, metrics)
 _CORRUPTION = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)
 
 
+# py-lmdb raises Error(what, rc); rc is an errno for failures of the disk itself.
+_NO_ROOM = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+}
+_UNWRITABLE = {errno.EIO: "I/O error", errno.EROFS: "read-only file system"}
+
+
+def _errno(exc: lmdb.Error) -> int | None:
+    rc = exc.args[1] if len(exc.args) > 1 else getattr(exc, "code", None)
+    return rc if isinstance(rc, int) else None
+
+
 def _translate(exc: lmdb.Error, what: str) -> StoreError:
-    if isinstance(exc, lmdb.DiskError) or getattr(exc, "code", None) == errno.ENOSPC:
-        return StoreFull(f"{what}: no space left on device; nothing was written ({exc})")
+    rc = _errno(exc)
+    if isinstance(exc, lmdb.DiskError) or rc in _NO_ROOM:
+        why = _NO_ROOM.get(rc or errno.ENOSPC, "no space left on device")
+        return StoreFull(f"{what}: {why}; nothing was written ({exc})")
+    if rc in _UNWRITABLE:
+        why = _UNWRITABLE[rc]
+        return StoreUnwritable(f"{what}: the disk refused the write ({why}); nothing was written")
     if isinstance(exc, _CORRUPTION):
         return StoreCorrupted(f"{what}: the LMDB file is damaged ({exc})")
     return StoreError(f"{what}: {exc}")

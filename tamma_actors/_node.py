@@ -41,6 +41,7 @@ from tamma_actors._errors import (
     ConfigError,
     StoreClosed,
     StoreFull,
+    StoreUnwritable,
     SupervisionError,
     TammaError,
 )
@@ -87,7 +88,8 @@ class _ActorSlot:
 class _WriterSlot:
     def __init__(self) -> None:
         self.writer: StoreWriter | None = None
-        self.full: StoreFull | None = None  # the first StoreFull a commit met
+        # The first StoreFull or StoreUnwritable a commit met: from then on, no new work.
+        self.full: StoreFull | StoreUnwritable | None = None
 
     def submit(
         self, write: Write, done: Callable[[BaseException | None], None] | None = None
@@ -96,9 +98,9 @@ class _WriterSlot:
             raise StoreClosed("the store writer is not running")
 
         def observed(exc: BaseException | None) -> None:
-            if isinstance(exc, StoreFull) and self.full is None:
+            if isinstance(exc, StoreFull | StoreUnwritable) and self.full is None:
                 self.full = exc
-                log.critical("the store is full; the node refuses new work: %s", exc)
+                log.critical("the store takes no writes; the node refuses new work: %s", exc)
             if done is not None:
                 done(exc)
             elif exc is not None:
@@ -109,6 +111,11 @@ class _WriterSlot:
     def refusal(self) -> TammaError | None:
         if self.full is None:
             return None
+        if isinstance(self.full, StoreUnwritable):
+            return StoreUnwritable(
+                f"the node accepts no new work: its disk refused a write ({self.full}). "
+                "Check the disk and restart the node; everything committed is kept"
+            )
         return StoreFull(
             f"the node accepts no new work: its store is full ({self.full}). Free space "
             "(tamma admin cleanup, more disk or a larger max_map_size) and restart the node; "
@@ -410,5 +417,5 @@ class Node:
         report["children"] = {s.name: self._child_alive(s) for s in self._running}
         if self._writer.full is not None:
             report["status"] = "degraded"
-            report["store_full"] = str(self._writer.full)
+            report["store_refuses_writes"] = str(self._writer.full)
         return report

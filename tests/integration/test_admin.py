@@ -307,7 +307,7 @@ def test_a_full_store_refuses_new_work_and_keeps_what_it_committed(
         with pytest.raises(StoreFull, match="accepts no new work"):
             c.start_workflow(chain(), {})
         health = c.health()
-        assert health["status"] == "degraded" and "store_full" in health
+        assert health["status"] == "degraded" and "store_refuses_writes" in health
         for eid in acked:  # what was acknowledged is readable
             assert c.get_workflow(eid).id == eid
     # with room to grow, every acknowledged execution is there and finishes
@@ -416,7 +416,7 @@ def test_a_node_grows_its_map_instead_of_refusing_work(data: Path) -> None:
         for eid in ids:
             assert c.wait(eid, timeout=WAIT).status == "completed"
         store = c.health()["store"]
-        assert store["map_size"] > MiB and "store_full" not in c.health()
+        assert store["map_size"] > MiB and "store_refuses_writes" not in c.health()
 
 
 def test_a_damaged_snapshot_is_reported_and_recovery_replays_the_whole_log(data: Path) -> None:

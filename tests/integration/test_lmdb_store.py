@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, TypeAlias
 import lmdb
 import pytest
 
-from tamma_actors._errors import StoreCorrupted, StoreError, StoreFull
+from tamma_actors._errors import StoreCorrupted, StoreError, StoreFull, StoreUnwritable
 from tamma_actors._keys import encode_record, event_key
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._store import Write
@@ -293,6 +294,10 @@ class _FailingEnv:
     ("exc", "expected", "match"),
     [
         (lmdb.DiskError("mdb_txn_commit", 28), StoreFull, "no space left"),
+        (lmdb.Error("mdb_txn_commit", errno.EFBIG), StoreFull, "file too large"),
+        (lmdb.Error("mdb_txn_commit", errno.EDQUOT), StoreFull, "quota"),
+        (lmdb.Error("mdb_txn_commit", errno.EIO), StoreUnwritable, "refused the write.*I/O"),
+        (lmdb.Error("mdb_txn_commit", errno.EROFS), StoreUnwritable, "read-only"),
         (lmdb.CorruptedError("mdb_get", -30796), StoreCorrupted, "damaged"),
         (lmdb.ReadersFullError("mdb_txn_begin", -30790), StoreError, "commit to"),
     ],

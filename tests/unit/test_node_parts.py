@@ -12,7 +12,13 @@ import pykka
 import pytest
 
 from tamma_actors._config import load_node_config
-from tamma_actors._errors import StoreClosed, StoreError, StoreFull, TammaError
+from tamma_actors._errors import (
+    StoreClosed,
+    StoreError,
+    StoreFull,
+    StoreUnwritable,
+    TammaError,
+)
 from tamma_actors._node import Node, _ActorSlot, _WriterSlot
 from tamma_actors._store import Write
 from tamma_actors._workerpool import Cancel, Dispatch
@@ -56,6 +62,17 @@ def test_the_writer_slot_latches_the_first_store_full(caplog: pytest.LogCaptureF
     assert isinstance(refusal, StoreFull)
     assert "accepts no new work" in str(refusal) and "map ceiling" in str(refusal)
     assert any("store write for e2 failed" in r.message for r in caplog.records)
+
+
+def test_the_writer_slot_latches_an_unwritable_disk() -> None:
+    slot = _WriterSlot()
+    failed = StoreUnwritable("mdb_txn_commit: the disk refused the write (I/O error)")
+    slot.writer = _Writer(failed)  # type: ignore[assignment]
+    slot.submit(Write("e"), lambda exc: None)
+    assert slot.full is failed
+    refusal = slot.refusal()
+    assert isinstance(refusal, StoreUnwritable)
+    assert "accepts no new work" in str(refusal) and "Check the disk" in str(refusal)
 
 
 def test_the_pool_slot_holds_dispatches_while_draining() -> None:

@@ -40,6 +40,7 @@ PUBLIC = {
     "StoreCorrupted",
     "StoreError",
     "StoreFull",
+    "StoreUnwritable",
     "SubflowTooDeep",
     "SupervisionError",
     "TammaError",
