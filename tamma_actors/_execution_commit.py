@@ -1,0 +1,193 @@
+"""The execution supervisor's commit cycle (a mixin of
+:class:`~tamma_actors._execution.ExecutionSupervisor`).
+
+A turn's decisions are events: :meth:`CommitCycle._emit` applies each one to the in-memory
+state and adds it to the turn's :class:`Batch`, together with the effects
+(``_after_commit``) and replies (``_reply_after_commit``) that must wait for it. At the end
+of the turn ``_flush`` hands the batch to the StoreWriter as one write; only when the
+writer reports it committed are the replies answered and the effects run
+(:func:`run_batch`: replies first, then tells). A turn without events still waits for the
+batches before it (``_after_tail``), so no reply describes state that is not yet durable.
+A failed commit fails the batch's replies and stops the execution: its memory ran ahead of
+the store, and the store is right.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tamma_actors._eventbus import Publish
+from tamma_actors._state import apply, make_event, to_record, to_summary
+from tamma_actors._store import Write
+
+if TYPE_CHECKING:
+    import pykka
+
+    from tamma_actors._deadlines import Deadlines
+    from tamma_actors._execution import ExecutionDeps
+    from tamma_actors._state import ExecutionState
+
+__all__ = ["Batch", "CommitCycle", "Effect", "fail", "resolve", "run_batch"]
+
+# The supervisor's log, wherever in its modules a message comes from.
+log = logging.getLogger("tamma_actors._execution")
+
+Effect = Callable[[], None]
+
+
+@dataclass
+class Batch:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    effects: list[Effect] = field(default_factory=list)
+    replies: list[Future[dict[str, Any]]] = field(default_factory=list)
+    # What must wait for this batch's commit: later replies and effects that describe or
+    # depend on state this batch has not yet made durable. Settled on the writer thread.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    settled: bool = False
+    error: BaseException | None = None
+    followers: list[Callable[[BaseException | None], None]] = field(default_factory=list)
+
+    def then(self, fn: Callable[[BaseException | None], None]) -> None:
+        with self.lock:
+            if not self.settled:
+                self.followers.append(fn)
+                return
+        fn(self.error)
+
+    def settle(self, error: BaseException | None) -> None:
+        with self.lock:
+            self.settled, self.error = True, error
+            followers, self.followers = self.followers, []
+        for fn in followers:
+            fn(error)
+
+
+class CommitCycle:
+    if TYPE_CHECKING:
+        state: ExecutionState
+        deps: ExecutionDeps
+        _definition: tuple[str, dict[str, Any]] | None
+        _batch: Batch
+        _tail: Batch | None
+        _waiters: list[Future[dict[str, Any]]]
+        _snapshot_seq: int
+        _broken: bool
+        _deadlines: Deadlines
+
+    def _emit(self, etype: str, **data: Any) -> None:
+        event = make_event(self.state, etype, self.deps.clock(), **data)
+        apply(self.state, event)
+        self._batch.events.append(event)
+
+    def _after_commit(self, effect: Effect) -> None:
+        self._batch.effects.append(effect)
+
+    def _reply_after_commit(self, reply: Future[dict[str, Any]] | None) -> None:
+        if reply is not None:
+            self._batch.replies.append(reply)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, Batch()
+        if not batch.events:
+            if batch.replies or batch.effects:
+                record = to_record(self.state) if batch.replies else None
+                self._after_tail(lambda exc: run_batch(self.state.id, batch, record, exc))
+            return
+        terminal = self.state.terminal
+        if terminal:
+            waiters, self._waiters = self._waiters, []
+            batch.replies.extend(waiters)
+        record = to_record(self.state) if batch.replies else None
+        events = batch.events
+        if self.bus is not None:
+            bus = self.bus
+            batch.effects.append(lambda: bus.tell(Publish(events)))
+        write = Write(
+            execution_id=self.state.id,
+            events=events,
+            summary=to_summary(self.state),
+            snapshot=self._maybe_snapshot(terminal),
+            definition=self._definition,
+        )
+        self._definition = None
+        if terminal:
+            eid = self.state.id
+            self._deadlines.cancel_all()
+            batch.effects.append(lambda: self.deps.on_terminal(eid))
+
+        def done(exc: BaseException | None) -> None:
+            if exc is not None:
+                self._on_commit_failed(exc, batch)
+            else:
+                run_batch(self.state.id, batch, record, None)
+            batch.settle(exc)
+
+        self._tail = batch
+        self.deps.writer.submit(write, done)
+
+    def _after_tail(self, fn: Callable[[BaseException | None], None]) -> None:
+        """Run ``fn`` once everything submitted so far is committed (now, if it is)."""
+        if self._tail is None:
+            fn(None)
+        else:
+            self._tail.then(fn)
+
+    def _reply_committed(self, reply: Future[dict[str, Any]], value: dict[str, Any]) -> None:
+        """Answer a read with state that is durable: after the pending writes commit."""
+
+        def answer(exc: BaseException | None) -> None:
+            if exc is not None:
+                fail(reply, exc)
+            else:
+                resolve(reply, value)
+
+        self._after_tail(answer)
+
+    @property
+    def bus(self) -> pykka.ActorRef[Any] | None:
+        return self.deps.bus
+
+    def _maybe_snapshot(self, terminal: bool) -> dict[str, Any] | None:
+        if terminal or self.state.seq - self._snapshot_seq >= self.deps.snapshot_every:
+            self._snapshot_seq = self.state.seq
+            return self.state.to_dict()
+        return None
+
+    def _on_commit_failed(self, exc: BaseException, batch: Batch) -> None:
+        log.error("execution %s: commit failed, execution stops: %s", self.state.id, exc)
+        for reply in batch.replies:
+            fail(reply, exc)
+        self._broken = True  # the in-memory state ran ahead of the store; the store is right
+        self.deps.on_terminal(self.state.id)
+
+
+def resolve(reply: Future[dict[str, Any]], value: dict[str, Any] | None) -> None:
+    if not reply.done() and value is not None:
+        reply.set_result(value)
+
+
+def fail(reply: Future[dict[str, Any]], exc: BaseException) -> None:
+    if not reply.done():
+        reply.set_exception(exc)
+
+
+def run_batch(
+    eid: str, batch: Batch, record: dict[str, Any] | None, exc: BaseException | None
+) -> None:
+    """A committed batch's consequences: replies first, then effects (tells)."""
+    if exc is not None:
+        for reply in batch.replies:
+            fail(reply, exc)
+        return
+    for reply in batch.replies:
+        resolve(reply, record)
+    for effect in batch.effects:
+        try:
+            effect()
+        except Exception:  # an effect is a tell; a dead target must not stop the others
+            log.exception("execution %s: effect after commit failed", eid)
