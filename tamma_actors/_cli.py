@@ -10,21 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime
-from enum import IntEnum
-from fnmatch import fnmatchcase
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-import zmq
-from rich.console import Console
-from rich.table import Table
 
-from tamma_actors._client import Client, ClientSettings
-from tamma_actors._codec import unpack
-from tamma_actors._curve import curve_client
+from tamma_actors._cli_admin import add_admin_parser, cmd_admin
+from tamma_actors._cli_output import ExitCode, Output, show_events, show_execution
+from tamma_actors._cli_watch import cmd_watch
+from tamma_actors._client import Client
 from tamma_actors._errors import (
     ProtocolError,
     RemoteError,
@@ -32,23 +27,14 @@ from tamma_actors._errors import (
     TransportError,
     WorkflowValidationError,
 )
-from tamma_actors._models import WorkflowEvent, WorkflowExecution, WorkflowStatusInfo
+from tamma_actors._models import WorkflowExecution, WorkflowStatusInfo
 from tamma_actors._status import ExecutionStatus, StepStatus
 
 __all__ = ["ExitCode", "build_parser", "main"]
 
 _STATUSES = [s.value for s in ExecutionStatus]
-_EVENT_FIELDS = {"seq", "type", "execution_id", "timestamp", "data"}
 _UNREACHABLE_CODES = {"unavailable", "timeout"}
 _USAGE_CODES = {"bad_request", "unknown_op", "unsupported_version", "too_large"}
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    FAILURE = 1
-    USAGE = 2
-    UNAVAILABLE = 3
-    INTERRUPTED = 130
 
 
 # -- argument parsing ----------------------------------------------------------------------
@@ -156,82 +142,38 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob, e.g. step.*")
     watch.add_argument("--count", type=int, default=None, help="stop after N events")
     watch.add_argument("--events-endpoint", default=None)
-    _add_admin(add("admin", "store administration (admin role)"))
+    add_admin_parser(add("admin", "store administration (admin role)"), _common())
     schema = add("schema", "print a JSON Schema")
     schema.add_argument("kind", choices=["workflow", "node"])
     return parser
 
 
-# -- output ------------------------------------------------------------------------------
-
-
-class _Output:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.console = Console(highlight=False)
-
-    def json(self, value: Any) -> None:
-        # print, not rich: JSON must reach pipes byte-for-byte, never re-wrapped.
-        print(json.dumps(value, indent=2, default=str))
-
-    def table(self, title: str | None, columns: Sequence[str], rows: list[list[Any]]) -> None:
-        table = Table(title=title)
-        for i, column in enumerate(columns):
-            table.add_column(column, no_wrap=i == 0)  # ids must stay copy-pasteable
-        for row in rows:
-            table.add_row(*("" if v is None else _text(v) for v in row))
-        self.console.print(table)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return value if isinstance(value, str) else json.dumps(value, default=str)
-
-
-def _show_execution(
-    out: _Output, ex: WorkflowExecution, extra: dict[str, Any] | None = None
-) -> None:
-    if out.as_json:
-        out.json({**ex.model_dump(mode="json"), **(extra or {})})
-        return
-    fields = ex.model_dump(mode="json", exclude={"results", "context"})
-    rows = [[k, v] for k, v in fields.items() if v not in (None, "", {})]
-    rows.append(["context", ex.context])
-    out.table(f"execution {ex.id}", ["field", "value"], rows)
-    steps = [
-        [name, r.status.value, r.attempts, r.error.message if r.error else None, r.data]
-        for name, r in ex.results.items()
-    ]
-    out.table("steps", ["step", "status", "attempts", "error", "data"], steps)
-
-
 # -- commands ------------------------------------------------------------------------------
 
 
-def _ended(out: _Output, execution: WorkflowExecution) -> int:
+def _ended(out: Output, execution: WorkflowExecution) -> int:
     """Exit 0 only for a completed execution (scripts branch on it)."""
-    _show_execution(out, execution)
+    show_execution(out, execution)
     if execution.status is ExecutionStatus.COMPLETED:
         return ExitCode.OK
     print(f"execution {execution.id} is {execution.status.value}", file=sys.stderr)
     return ExitCode.FAILURE
 
 
-def _cmd_wait(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_wait(client: Client, args: argparse.Namespace, out: Output) -> int:
     return _ended(out, client.wait(args.id, timeout=args.wait_timeout))
 
 
-def _cmd_start(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_start(client: Client, args: argparse.Namespace, out: Output) -> int:
     inputs = {**args.inputs_json, **dict(args.inputs)}
     execution = client.start_workflow(args.file, inputs)
     if args.wait:
         return _ended(out, client.wait(execution.id, timeout=args.wait_timeout))
-    _show_execution(out, execution)
+    show_execution(out, execution)
     return ExitCode.OK
 
 
-def _cmd_list(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
     query = {"status": args.status, "workflow_id": args.workflow, "limit": args.limit}
     executions = client.list_workflows({k: v for k, v in query.items() if v is not None})
     if out.as_json:
@@ -245,12 +187,12 @@ def _cmd_list(client: Client, args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK
 
 
-def _cmd_status(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
     execution = client.get_workflow(args.id)
     status: WorkflowStatusInfo = client.get_workflow_status(args.id)
     extra = status.model_dump(mode="json", include={"progress", "steps"})
     if out.as_json:
-        _show_execution(out, execution, extra)
+        show_execution(out, execution, extra)
         return ExitCode.OK
     p = status.progress
     rows: list[list[Any]] = [
@@ -272,7 +214,7 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK
 
 
-def _cmd_explain(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> int:
     report = client.explain(args.id)
     if out.as_json:
         out.json(report)
@@ -284,32 +226,23 @@ def _cmd_explain(client: Client, args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK
 
 
-def _cmd_events(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_events(client: Client, args: argparse.Namespace, out: Output) -> int:
     events = client.get_events(args.id, from_seq=args.from_seq)
-    _show_events(out, events)
+    show_events(out, events)
     return ExitCode.OK
-
-
-def _show_events(out: _Output, events: list[WorkflowEvent]) -> None:
-    dumped = [e.model_dump(mode="json", include=_EVENT_FIELDS) for e in events]
-    if out.as_json:
-        out.json(dumped)
-        return
-    rows = [[e["seq"], e["timestamp"], e["type"], e["data"]] for e in dumped]
-    out.table(None, ["seq", "time", "type", "data"], rows)
 
 
 def _execution_command(
     call: Callable[[Client, argparse.Namespace], WorkflowExecution],
-) -> Callable[[Client, argparse.Namespace, _Output], int]:
-    def command(client: Client, args: argparse.Namespace, out: _Output) -> int:
-        _show_execution(out, call(client, args))
+) -> Callable[[Client, argparse.Namespace, Output], int]:
+    def command(client: Client, args: argparse.Namespace, out: Output) -> int:
+        show_execution(out, call(client, args))
         return ExitCode.OK
 
     return command
 
 
-def _cmd_health(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_health(client: Client, args: argparse.Namespace, out: Output) -> int:
     health = client.health()
     if out.as_json:
         out.json(health)
@@ -318,7 +251,7 @@ def _cmd_health(client: Client, args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK
 
 
-def _cmd_exec(client: Client, args: argparse.Namespace, out: _Output) -> int:
+def _cmd_exec(client: Client, args: argparse.Namespace, out: Output) -> int:
     result = client.execute_step(args.id, args.step, args.context_json, timeout=args.step_timeout)
     if out.as_json:
         out.json(result.model_dump(mode="json"))
@@ -329,56 +262,8 @@ def _cmd_exec(client: Client, args: argparse.Namespace, out: _Output) -> int:
     return ExitCode.OK if result.status is StepStatus.SUCCEEDED else ExitCode.FAILURE
 
 
-def _add_admin(admin: argparse.ArgumentParser) -> None:
-    common = _common()
-    ops = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
-    ops.add_parser("verify", help="check the whole store; exit 1 on any fault", parents=[common])
-    backup = ops.add_parser(
-        "backup", help="consistent compacted copy into a new directory", parents=[common]
-    )
-    backup.add_argument("dest", type=Path, help="new or empty directory (node's machine)")
-    cleanup = ops.add_parser(
-        "cleanup", help="delete terminal executions older than N days", parents=[common]
-    )
-    cleanup.add_argument("--older-than", type=float, required=True, metavar="DAYS")
-
-
-_ADMIN_TIMEOUT = 600.0  # a whole-store check or copy may take minutes on a big store
-
-
-def _show_verify(out: _Output, report: dict[str, Any]) -> int:
-    if out.as_json:
-        out.json(report)
-    elif report["ok"]:
-        print(f"store OK: {report['executions']} executions, {report['events']} events")
-    else:
-        print(f"store has {len(report['problems'])} problem(s):")
-        for problem in report["problems"]:
-            print(f"  - {problem}")
-    return ExitCode.OK if report["ok"] else ExitCode.FAILURE
-
-
-def _cmd_admin(client: Client, args: argparse.Namespace, out: _Output) -> int:
-    timeout = getattr(args, "timeout", None) or _ADMIN_TIMEOUT
-    if args.admin_command == "verify":
-        return _show_verify(out, client.admin_verify(timeout=timeout))
-    if args.admin_command == "backup":
-        result = client.admin_backup(args.dest, timeout=timeout)
-        if out.as_json:
-            out.json(result)
-        else:
-            print(f"backup written to {result['path']} ({result['bytes']} bytes)")
-        return ExitCode.OK if result["verify"]["ok"] else ExitCode.FAILURE
-    result = client.admin_cleanup(args.older_than, timeout=timeout)
-    if out.as_json:
-        out.json(result)
-    else:
-        print(f"deleted {len(result['deleted'])} execution(s)")
-    return ExitCode.OK
-
-
-_CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, _Output], int]] = {
-    "admin": _cmd_admin,
+_CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, Output], int]] = {
+    "admin": cmd_admin,
     "start": _cmd_start,
     "list": _cmd_list,
     "status": _cmd_status,
@@ -395,7 +280,7 @@ _CLIENT_COMMANDS: dict[str, Callable[[Client, argparse.Namespace, _Output], int]
 }
 
 
-def _cmd_schema(args: argparse.Namespace, out: _Output) -> int:
+def _cmd_schema(args: argparse.Namespace, out: Output) -> int:
     if args.kind == "workflow":
         from tamma_actors._workflow_file import workflow_json_schema
 
@@ -405,64 +290,6 @@ def _cmd_schema(args: argparse.Namespace, out: _Output) -> int:
 
         out.json(node_config_json_schema())
     return ExitCode.OK
-
-
-def _events_endpoint(args: argparse.Namespace) -> str:
-    if args.events_endpoint:
-        return str(args.events_endpoint)
-    data_dir = getattr(args, "data_dir", None) or ClientSettings().data_dir or Path("var")
-    return f"ipc://{Path(data_dir) / 'events.sock'}"
-
-
-def _cmd_watch(args: argparse.Namespace, out: _Output) -> int:
-    patterns = args.patterns or ["*"]
-    context: zmq.Context[Any] = zmq.Context()
-    sub: zmq.Socket[Any] = context.socket(zmq.SUB)
-    try:
-        sub.setsockopt(zmq.LINGER, 0)
-        for pattern in patterns:
-            # The SUB filter matches prefixes only: subscribe to the literal head of each
-            # glob and let fnmatch decide the rest.
-            head = pattern.split("*")[0].split("?")[0].split("[")[0]
-            sub.setsockopt(zmq.SUBSCRIBE, head.encode())
-        endpoint = _events_endpoint(args)
-        server_key = getattr(args, "curve_server_key", None) or ClientSettings().curve_server_key
-        curve_client(sub, endpoint, server_key)
-        sub.connect(endpoint)
-        seen = 0
-        while args.count is None or seen < args.count:
-            frames = sub.recv_multipart()
-            event = _decode_event(frames)
-            if event is None or not any(fnmatchcase(event.type, p) for p in patterns):
-                continue
-            seen += 1
-            _print_event(out, event)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a watch normally ends
-    finally:
-        sub.close(linger=0)
-        context.term()
-    return ExitCode.OK
-
-
-def _decode_event(frames: list[bytes]) -> WorkflowEvent | None:
-    try:
-        return WorkflowEvent.model_validate(unpack(frames[-1]))
-    except (TammaError, ValueError) as exc:
-        print(f"skipping a malformed event: {exc}", file=sys.stderr)
-        return None
-
-
-def _print_event(out: _Output, event: WorkflowEvent) -> None:
-    dumped = event.model_dump(mode="json", include=_EVENT_FIELDS)
-    if out.as_json:
-        print(json.dumps(dumped, default=str), flush=True)  # one JSON object per line
-        return
-    out.console.print(
-        f"{dumped['timestamp']} {dumped['execution_id']} #{dumped['seq']} {dumped['type']} "
-        f"{json.dumps(dumped['data'], default=str)}",
-        markup=False,
-    )
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -478,11 +305,11 @@ def _client(args: argparse.Namespace) -> Client:
     )
 
 
-def _run(args: argparse.Namespace, out: _Output) -> int:
+def _run(args: argparse.Namespace, out: Output) -> int:
     if args.command == "schema":
         return _cmd_schema(args, out)
     if args.command == "watch":
-        return _cmd_watch(args, out)
+        return cmd_watch(args, out)
     with _client(args) as client:
         return _CLIENT_COMMANDS[args.command](client, args, out)
 
@@ -514,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    out = _Output(bool(getattr(args, "json", False)))
+    out = Output(bool(getattr(args, "json", False)))
     try:
         return _run(args, out)
     except TammaError as exc:

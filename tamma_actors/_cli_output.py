@@ -1,0 +1,74 @@
+"""Exit codes and output (rich tables or JSON) shared by the ``tamma`` command's modules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tamma_actors._models import WorkflowEvent, WorkflowExecution
+
+__all__ = ["EVENT_FIELDS", "ExitCode", "Output", "show_events", "show_execution"]
+
+EVENT_FIELDS = {"seq", "type", "execution_id", "timestamp", "data"}
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    UNAVAILABLE = 3
+    INTERRUPTED = 130
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.console = Console(highlight=False)
+
+    def json(self, value: Any) -> None:
+        # print, not rich: JSON must reach pipes byte-for-byte, never re-wrapped.
+        print(json.dumps(value, indent=2, default=str))
+
+    def table(self, title: str | None, columns: Sequence[str], rows: list[list[Any]]) -> None:
+        table = Table(title=title)
+        for i, column in enumerate(columns):
+            table.add_column(column, no_wrap=i == 0)  # ids must stay copy-pasteable
+        for row in rows:
+            table.add_row(*("" if v is None else _text(v) for v in row))
+        self.console.print(table)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def show_execution(out: Output, ex: WorkflowExecution, extra: dict[str, Any] | None = None) -> None:
+    if out.as_json:
+        out.json({**ex.model_dump(mode="json"), **(extra or {})})
+        return
+    fields = ex.model_dump(mode="json", exclude={"results", "context"})
+    rows = [[k, v] for k, v in fields.items() if v not in (None, "", {})]
+    rows.append(["context", ex.context])
+    out.table(f"execution {ex.id}", ["field", "value"], rows)
+    steps = [
+        [name, r.status.value, r.attempts, r.error.message if r.error else None, r.data]
+        for name, r in ex.results.items()
+    ]
+    out.table("steps", ["step", "status", "attempts", "error", "data"], steps)
+
+
+def show_events(out: Output, events: list[WorkflowEvent]) -> None:
+    dumped = [e.model_dump(mode="json", include=EVENT_FIELDS) for e in events]
+    if out.as_json:
+        out.json(dumped)
+        return
+    rows = [[e["seq"], e["timestamp"], e["type"], e["data"]] for e in dumped]
+    out.table(None, ["seq", "time", "type", "data"], rows)

@@ -1,0 +1,79 @@
+"""``tamma watch``: follow a node's live events over its PUB socket and print them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from tamma_actors._cli_output import EVENT_FIELDS, ExitCode, Output
+from tamma_actors._client import ClientSettings
+from tamma_actors._codec import unpack
+from tamma_actors._curve import curve_client
+from tamma_actors._errors import TammaError
+from tamma_actors._models import WorkflowEvent
+
+__all__ = ["cmd_watch"]
+
+
+def _events_endpoint(args: argparse.Namespace) -> str:
+    if args.events_endpoint:
+        return str(args.events_endpoint)
+    data_dir = getattr(args, "data_dir", None) or ClientSettings().data_dir or Path("var")
+    return f"ipc://{Path(data_dir) / 'events.sock'}"
+
+
+def cmd_watch(args: argparse.Namespace, out: Output) -> int:
+    patterns = args.patterns or ["*"]
+    context: zmq.Context[Any] = zmq.Context()
+    sub: zmq.Socket[Any] = context.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        for pattern in patterns:
+            # The SUB filter matches prefixes only: subscribe to the literal head of each
+            # glob and let fnmatch decide the rest.
+            head = pattern.split("*")[0].split("?")[0].split("[")[0]
+            sub.setsockopt(zmq.SUBSCRIBE, head.encode())
+        endpoint = _events_endpoint(args)
+        server_key = getattr(args, "curve_server_key", None) or ClientSettings().curve_server_key
+        curve_client(sub, endpoint, server_key)
+        sub.connect(endpoint)
+        seen = 0
+        while args.count is None or seen < args.count:
+            frames = sub.recv_multipart()
+            event = _decode_event(frames)
+            if event is None or not any(fnmatchcase(event.type, p) for p in patterns):
+                continue
+            seen += 1
+            _print_event(out, event)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch normally ends
+    finally:
+        sub.close(linger=0)
+        context.term()
+    return ExitCode.OK
+
+
+def _decode_event(frames: list[bytes]) -> WorkflowEvent | None:
+    try:
+        return WorkflowEvent.model_validate(unpack(frames[-1]))
+    except (TammaError, ValueError) as exc:
+        print(f"skipping a malformed event: {exc}", file=sys.stderr)
+        return None
+
+
+def _print_event(out: Output, event: WorkflowEvent) -> None:
+    dumped = event.model_dump(mode="json", include=EVENT_FIELDS)
+    if out.as_json:
+        print(json.dumps(dumped, default=str), flush=True)  # one JSON object per line
+        return
+    out.console.print(
+        f"{dumped['timestamp']} {dumped['execution_id']} #{dumped['seq']} {dumped['type']} "
+        f"{json.dumps(dumped['data'], default=str)}",
+        markup=False,
+    )
