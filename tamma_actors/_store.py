@@ -1,7 +1,8 @@
 """The store seam: the ``Store`` protocol, ``Write``, and ``MemoryStore`` (the twin).
 
 Both stores share :class:`RecordStore`, which holds every rule of the record layout
-(gap-free event sequences, snapshot bounds, history counters, retention, verification)
+(gap-free event sequences, snapshot bounds, history counters, retention, verification;
+the write rules in ``_store_records.py``, the record checks in ``_store_verify.py``)
 on top of a tiny ordered key-value transaction interface. The twin and ``LmdbStore``
 therefore differ only in how a transaction is made, and the same conformance suite
 runs against both.
@@ -12,14 +13,13 @@ from __future__ import annotations
 import bisect
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
 from itertools import islice
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
-from tamma_actors._errors import StoreClosed, StoreError, TammaError
+from tamma_actors._errors import StoreClosed, StoreError
 from tamma_actors._keys import (
     BREAKERS,
     DEFINITIONS,
@@ -33,34 +33,38 @@ from tamma_actors._keys import (
     SUB_DATABASES,
     decode_record,
     encode_record,
-    event_key,
     execution_prefix,
     id_key,
     parse_event_key,
     parse_id_key,
     prefix_end,
 )
+from tamma_actors._store_records import (
+    Record,
+    RecordTxn,
+    RecordView,
+    Write,
+    apply_write,
+    decoded,
+    delete_execution,
+    event_range,
+    last_counter,
+)
+from tamma_actors._store_verify import verify_records
 
-__all__ = ["MemoryStore", "RecordStore", "RecordTxn", "RecordView", "Store", "Write"]
+__all__ = [
+    "MemoryStore",
+    "RecordStore",
+    "RecordTxn",
+    "RecordView",
+    "Store",
+    "Write",
+    "verify_records",
+]
 
 T = TypeVar("T")
-Record = dict[str, Any]
 _PAGE = 256  # summaries read per short read transaction
 SCHEMA_KEY = b"schema_version"
-
-
-@dataclass(slots=True)
-class Write:
-    """Everything one transition persists for one execution; applied atomically."""
-
-    execution_id: str
-    events: Sequence[Mapping[str, Any]] = ()
-    summary: Mapping[str, Any] | None = None
-    snapshot: Mapping[str, Any] | None = None
-    history: Sequence[Mapping[str, Any]] = ()
-    definition: tuple[str, Mapping[str, Any]] | None = None
-    breakers: Mapping[str, Mapping[str, Any]] | None = None
-    delete: bool = False
 
 
 class Store(Protocol):
@@ -89,37 +93,6 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class RecordView(Protocol):
-    """Reads inside one transaction; ``end`` is exclusive and ``b""`` means no end."""
-
-    def get(self, db: str, key: bytes) -> bytes | None: ...
-    def scan(
-        self, db: str, start: bytes = b"", end: bytes = b"", *, reverse: bool = False
-    ) -> Iterator[tuple[bytes, bytes]]: ...
-
-
-class RecordTxn(RecordView, Protocol):
-    def put(self, db: str, key: bytes, value: bytes) -> None: ...
-    def delete(self, db: str, key: bytes) -> None: ...
-
-
-def _decoded(view: RecordView, db: str, key: bytes) -> Record | None:
-    data = view.get(db, key)
-    return None if data is None else decode_record(key, data, db=db)
-
-
-def _range(view: RecordView, db: str, eid: str, first: int = 0) -> Iterator[tuple[bytes, bytes]]:
-    prefix = execution_prefix(eid)
-    return view.scan(db, event_key(eid, max(first, 0)), prefix_end(prefix))
-
-
-def _last_counter(view: RecordView, db: str, eid: str) -> int:
-    prefix = execution_prefix(eid)
-    for key, _ in view.scan(db, prefix, prefix_end(prefix), reverse=True):
-        return parse_event_key(key)[1]
-    return 0
-
-
 def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
     return list(islice(view.scan(EXECUTIONS, start), _PAGE))
 
@@ -134,103 +107,6 @@ def _next_last_history(view: RecordView, start: bytes) -> tuple[bytes, bytes] | 
         prefix = execution_prefix(parse_event_key(first)[0])
         return next(view.scan(HISTORY, prefix, prefix_end(prefix), reverse=True))
     return None
-
-
-def _delete_execution(txn: RecordTxn, eid: str) -> None:
-    key = id_key(eid)
-    txn.delete(EXECUTIONS, key)
-    txn.delete(SNAPSHOTS, key)
-    for db in (EVENTS, HISTORY):
-        for old, _ in list(_range(txn, db, eid)):
-            txn.delete(db, old)
-
-
-def _seq_of(record: Mapping[str, Any]) -> int | None:
-    seq = record.get("seq")
-    return seq if type(seq) is int else None  # bool is an int subclass: refuse it too
-
-
-def _append_events(txn: RecordTxn, w: Write) -> int:
-    last = _last_counter(txn, EVENTS, w.execution_id)
-    for event in w.events:
-        seq = _seq_of(event)
-        if seq != last + 1:
-            raise StoreError(
-                f"execution {w.execution_id}: event seq {event.get('seq')!r} does not continue "
-                f"the stored sequence (last seq {last}); nothing was written"
-            )
-        txn.put(EVENTS, event_key(w.execution_id, seq), encode_record(event))
-        last = seq
-    return last
-
-
-def _apply_write(txn: RecordTxn, w: Write) -> None:
-    eid = w.execution_id
-    key = id_key(eid)
-    if w.delete:
-        _delete_execution(txn, eid)
-    if w.definition is not None:
-        digest_key = id_key(w.definition[0])
-        if txn.get(DEFINITIONS, digest_key) is None:
-            txn.put(DEFINITIONS, digest_key, encode_record(w.definition[1]))
-    last = _append_events(txn, w)
-    if w.summary is not None:
-        txn.put(EXECUTIONS, key, encode_record(w.summary))
-    if w.snapshot is not None:
-        seq = _seq_of(w.snapshot)
-        if seq is None or not 0 <= seq <= last:
-            raise StoreError(
-                f"execution {eid}: snapshot seq {w.snapshot.get('seq')!r} is not within the "
-                f"stored events (last seq {last}); nothing was written"
-            )
-        txn.put(SNAPSHOTS, key, encode_record(w.snapshot))
-    first = _last_counter(txn, HISTORY, eid) + 1 if w.history else 1
-    for counter, record in enumerate(w.history, start=first):
-        txn.put(HISTORY, event_key(eid, counter), encode_record(record))
-    for name, state in (w.breakers or {}).items():
-        txn.put(BREAKERS, id_key(name), encode_record(state))
-
-
-def _verify_events(view: RecordView, problems: list[str]) -> dict[str, int]:
-    last: dict[str, int] = {}
-    for key, data in view.scan(EVENTS):
-        try:
-            eid, seq = parse_event_key(key)
-        except TammaError as exc:
-            problems.append(str(exc))
-            continue
-        if seq != last.get(eid, 0) + 1:
-            problems.append(f"execution {eid}: events jump from seq {last.get(eid, 0)} to {seq}")
-        last[eid] = seq  # even when the value is bad, so one bad record is one problem
-        try:
-            inner = decode_record(key, data, db=EVENTS).get("seq")
-        except TammaError as exc:
-            problems.append(str(exc))
-            continue
-        if inner != seq:
-            problems.append(f"execution {eid}: event {seq} carries seq {inner!r}")
-    return last
-
-
-def verify_records(view: RecordView) -> list[str]:
-    """Every problem found in one consistent view; empty when the store is healthy."""
-    problems: list[str] = []
-    last = _verify_events(view, problems)
-    for db in (EXECUTIONS, SNAPSHOTS, HISTORY, DEFINITIONS, BREAKERS, META):
-        for key, data in view.scan(db):
-            try:
-                record = decode_record(key, data, db=db)
-                if db == SNAPSHOTS:
-                    eid = parse_id_key(key)
-                    seq = _seq_of(record)
-                    if seq is None or seq > last.get(eid, 0):
-                        problems.append(
-                            f"execution {eid}: snapshot seq {record.get('seq')!r} is beyond "
-                            f"the last event ({last.get(eid, 0)})"
-                        )
-            except TammaError as exc:
-                problems.append(str(exc))
-    return problems
 
 
 class RecordStore(ABC):
@@ -261,7 +137,7 @@ class RecordStore(ABC):
         self.close()
 
     def _init_schema(self, txn: RecordTxn) -> None:
-        stored = _decoded(txn, META, SCHEMA_KEY)
+        stored = decoded(txn, META, SCHEMA_KEY)
         if stored is None:
             txn.put(META, SCHEMA_KEY, encode_record({"value": SCHEMA_VERSION}))
         elif not isinstance(stored.get("value"), int) or stored["value"] > SCHEMA_VERSION:
@@ -276,12 +152,12 @@ class RecordStore(ABC):
 
         def apply(txn: RecordTxn) -> None:
             for w in batch:
-                _apply_write(txn, w)
+                apply_write(txn, w)
 
         self._transact(apply)
 
     def get_summary(self, eid: str) -> Record | None:
-        return self._view(lambda v: _decoded(v, EXECUTIONS, id_key(eid)))
+        return self._view(lambda v: decoded(v, EXECUTIONS, id_key(eid)))
 
     def iter_summaries(self, *, after: str | None = None) -> Iterator[Record]:
         """Summaries in id order, read page by page so no transaction stays open."""
@@ -310,21 +186,21 @@ class RecordStore(ABC):
         return self._view(fn)
 
     def load_snapshot(self, eid: str) -> Record | None:
-        return self._view(lambda v: _decoded(v, SNAPSHOTS, id_key(eid)))
+        return self._view(lambda v: decoded(v, SNAPSHOTS, id_key(eid)))
 
     def read_events(self, eid: str, from_seq: int = 1, limit: int | None = None) -> list[Record]:
         def read(view: RecordView) -> list[Record]:
-            items = islice(_range(view, EVENTS, eid, from_seq), limit)
+            items = islice(event_range(view, EVENTS, eid, from_seq), limit)
             return [decode_record(k, d, db=EVENTS) for k, d in items]
 
         return self._view(read)
 
     def last_seq(self, eid: str) -> int:
-        return self._view(lambda v: _last_counter(v, EVENTS, eid))
+        return self._view(lambda v: last_counter(v, EVENTS, eid))
 
     def read_history(self, eid: str) -> list[Record]:
         return self._view(
-            lambda v: [decode_record(k, d, db=HISTORY) for k, d in _range(v, HISTORY, eid)]
+            lambda v: [decode_record(k, d, db=HISTORY) for k, d in event_range(v, HISTORY, eid)]
         )
 
     def last_history(self, eid: str) -> Record | None:
@@ -349,7 +225,7 @@ class RecordStore(ABC):
             start = prefix_end(execution_prefix(eid))
 
     def get_definition(self, digest: str) -> Record | None:
-        return self._view(lambda v: _decoded(v, DEFINITIONS, id_key(digest)))
+        return self._view(lambda v: decoded(v, DEFINITIONS, id_key(digest)))
 
     def get_breakers(self) -> dict[str, Record]:
         return self._view(
@@ -359,7 +235,7 @@ class RecordStore(ABC):
         )
 
     def get_meta(self, key: str) -> Any:
-        record = self._view(lambda v: _decoded(v, META, id_key(key)))
+        record = self._view(lambda v: decoded(v, META, id_key(key)))
         return None if record is None else record.get("value")
 
     def delete_terminal_before(self, ts: float, terminal_statuses: Collection[str]) -> list[str]:
@@ -374,7 +250,7 @@ class RecordStore(ABC):
                 if summary.get("status") in terminal and isinstance(end, int | float) and end < ts:
                     doomed.append(parse_id_key(key))
             for eid in doomed:
-                _delete_execution(txn, eid)
+                delete_execution(txn, eid)
             return doomed
 
         return self._transact(purge)

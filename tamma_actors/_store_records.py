@@ -1,0 +1,147 @@
+"""The record layout on an ordered key-value transaction: ``Write`` (what one transition
+persists), the ``RecordView``/``RecordTxn`` interface a store engine supplies, and the
+write rules (gap-free event sequences, snapshot bounds, history counters, deletion).
+
+:class:`~tamma_actors._store.RecordStore` applies these rules for both ``MemoryStore``
+and ``LmdbStore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tamma_actors._errors import StoreError
+from tamma_actors._keys import (
+    BREAKERS,
+    DEFINITIONS,
+    EVENTS,
+    EXECUTIONS,
+    HISTORY,
+    SNAPSHOTS,
+    decode_record,
+    encode_record,
+    event_key,
+    execution_prefix,
+    id_key,
+    parse_event_key,
+    prefix_end,
+)
+
+__all__ = [
+    "Record",
+    "RecordTxn",
+    "RecordView",
+    "Write",
+    "apply_write",
+    "decoded",
+    "delete_execution",
+    "event_range",
+    "last_counter",
+    "seq_of",
+]
+
+Record = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Write:
+    """Everything one transition persists for one execution; applied atomically."""
+
+    execution_id: str
+    events: Sequence[Mapping[str, Any]] = ()
+    summary: Mapping[str, Any] | None = None
+    snapshot: Mapping[str, Any] | None = None
+    history: Sequence[Mapping[str, Any]] = ()
+    definition: tuple[str, Mapping[str, Any]] | None = None
+    breakers: Mapping[str, Mapping[str, Any]] | None = None
+    delete: bool = False
+
+
+class RecordView(Protocol):
+    """Reads inside one transaction; ``end`` is exclusive and ``b""`` means no end."""
+
+    def get(self, db: str, key: bytes) -> bytes | None: ...
+    def scan(
+        self, db: str, start: bytes = b"", end: bytes = b"", *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class RecordTxn(RecordView, Protocol):
+    def put(self, db: str, key: bytes, value: bytes) -> None: ...
+    def delete(self, db: str, key: bytes) -> None: ...
+
+
+def decoded(view: RecordView, db: str, key: bytes) -> Record | None:
+    data = view.get(db, key)
+    return None if data is None else decode_record(key, data, db=db)
+
+
+def event_range(
+    view: RecordView, db: str, eid: str, first: int = 0
+) -> Iterator[tuple[bytes, bytes]]:
+    prefix = execution_prefix(eid)
+    return view.scan(db, event_key(eid, max(first, 0)), prefix_end(prefix))
+
+
+def last_counter(view: RecordView, db: str, eid: str) -> int:
+    prefix = execution_prefix(eid)
+    for key, _ in view.scan(db, prefix, prefix_end(prefix), reverse=True):
+        return parse_event_key(key)[1]
+    return 0
+
+
+def delete_execution(txn: RecordTxn, eid: str) -> None:
+    key = id_key(eid)
+    txn.delete(EXECUTIONS, key)
+    txn.delete(SNAPSHOTS, key)
+    for db in (EVENTS, HISTORY):
+        for old, _ in list(event_range(txn, db, eid)):
+            txn.delete(db, old)
+
+
+def seq_of(record: Mapping[str, Any]) -> int | None:
+    seq = record.get("seq")
+    return seq if type(seq) is int else None  # bool is an int subclass: refuse it too
+
+
+def _append_events(txn: RecordTxn, w: Write) -> int:
+    last = last_counter(txn, EVENTS, w.execution_id)
+    for event in w.events:
+        seq = seq_of(event)
+        if seq != last + 1:
+            raise StoreError(
+                f"execution {w.execution_id}: event seq {event.get('seq')!r} does not continue "
+                f"the stored sequence (last seq {last}); nothing was written"
+            )
+        txn.put(EVENTS, event_key(w.execution_id, seq), encode_record(event))
+        last = seq
+    return last
+
+
+def apply_write(txn: RecordTxn, w: Write) -> None:
+    eid = w.execution_id
+    key = id_key(eid)
+    if w.delete:
+        delete_execution(txn, eid)
+    if w.definition is not None:
+        digest_key = id_key(w.definition[0])
+        if txn.get(DEFINITIONS, digest_key) is None:
+            txn.put(DEFINITIONS, digest_key, encode_record(w.definition[1]))
+    last = _append_events(txn, w)
+    if w.summary is not None:
+        txn.put(EXECUTIONS, key, encode_record(w.summary))
+    if w.snapshot is not None:
+        seq = seq_of(w.snapshot)
+        if seq is None or not 0 <= seq <= last:
+            raise StoreError(
+                f"execution {eid}: snapshot seq {w.snapshot.get('seq')!r} is not within the "
+                f"stored events (last seq {last}); nothing was written"
+            )
+        txn.put(SNAPSHOTS, key, encode_record(w.snapshot))
+    first = last_counter(txn, HISTORY, eid) + 1 if w.history else 1
+    for counter, record in enumerate(w.history, start=first):
+        txn.put(HISTORY, event_key(eid, counter), encode_record(record))
+    for name, state in (w.breakers or {}).items():
+        txn.put(BREAKERS, id_key(name), encode_record(state))
