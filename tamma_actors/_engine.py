@@ -49,7 +49,6 @@ from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
-from tamma_actors._subflows import EngineChildren
 from tamma_actors._watchdog import Watchdog
 from tamma_actors._workflow_file import parse_workflow
 
@@ -259,7 +258,6 @@ class Engine:
         if state.status != "failed":
             return _done_or_refuse(state, RetryStep(step, reply))
         # A failed execution is revived: a supervisor re-activates it and retries the step.
-        self._check_intake()
         self._check_intake()
         cfg = self._definition_of(state)
         self._spawn(cfg, state, RetryStep(step, reply))
