@@ -8,6 +8,7 @@ final snapshot), so memory holds only what is moving.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -98,6 +99,19 @@ def _guard(fn: Callable[..., Future[T]]) -> Callable[..., Future[T]]:
     return wrapper
 
 
+_PARSED_CACHE_SIZE = 64  # distinct definitions kept parsed for start_workflow
+
+
+def _canonical(definition: Any) -> str | None:
+    """Canonical JSON text of ``definition``, or None unless it is plain JSON data that
+    round-trips exactly (no tuples, non-string keys, NaN or other Python objects)."""
+    try:
+        text = json.dumps(definition, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == definition else None
+
+
 class Engine:
     def __init__(self, parts: EngineParts) -> None:
         self._store = parts.store
@@ -118,6 +132,9 @@ class Engine:
         self._recovering = False
         self._activated: set[str] = set()  # re-activated by this recovery (once each)
         self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, during recovery
+        self._parsed_cache: dict[
+            tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
+        ] = {}  # (canonical definition, known implementations) -> parsed, for starts
         self._lock = threading.Lock()
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
@@ -184,12 +201,7 @@ class Engine:
     ) -> Future[dict[str, Any]]:
         # a subflow's child is part of its parent's committed work, not new intake
         self._check_intake(draining_too=execution_id is None)
-        cfg = parse_workflow(
-            definition,
-            source=source,
-            known_implementations={*self._implementations(), *COORDINATOR_IMPLEMENTATIONS},
-        )
-        digest = cfg.digest()
+        cfg, digest, dumped = self._parsed(definition, source)
         created = {
             "workflow_id": cfg.name,
             "workflow_version": cfg.version,
@@ -206,9 +218,31 @@ class Engine:
             cfg,
             state,
             Start(reply, created),
-            definition=(digest, cfg.model_dump(mode="json", by_alias=False)),
+            definition=(digest, dumped),
         )
         return reply
+
+    def _parsed(
+        self, definition: dict[str, Any], source: str | None
+    ) -> tuple[WorkflowConfig, str, dict[str, Any]]:
+        """The parsed definition, its digest and its stored form: validated and hashed
+        once per distinct definition (and set of known implementations), not per start.
+
+        Only a definition that is plain JSON (it round-trips exactly) is cached: its
+        canonical text is then a faithful key. A rejected definition is never cached."""
+        known = frozenset({*self._implementations(), *COORDINATOR_IMPLEMENTATIONS})
+        key = _canonical(definition)
+        hit = self._parsed_cache.get((key, known)) if key is not None else None
+        if hit is not None:
+            return hit
+        cfg = parse_workflow(definition, source=source, known_implementations=known)
+        parsed = (cfg, cfg.digest(), cfg.model_dump(mode="json", by_alias=False))
+        if key is not None:
+            with self._lock:
+                if len(self._parsed_cache) >= _PARSED_CACHE_SIZE:
+                    self._parsed_cache.pop(next(iter(self._parsed_cache)))
+                self._parsed_cache[(key, known)] = parsed
+        return parsed
 
     def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
         reply: Future[Any] = Future()

@@ -1,0 +1,83 @@
+"""Start cost: a definition started many times is validated and hashed once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import tamma_actors._engine as engine_module
+from tamma_actors._errors import WorkflowValidationError
+from tamma_actors._store import MemoryStore
+from tests.unit.test_execution import _kit, echo_input, step, wf
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    names: list[str] = []
+    real = engine_module.parse_workflow
+
+    def counting(definition: Any, **kw: Any) -> Any:
+        names.append(definition["name"])
+        return real(definition, **kw)
+
+    monkeypatch.setattr(engine_module, "parse_workflow", counting)
+    return names
+
+
+def test_equal_definitions_are_parsed_once(parsed: list[str]) -> None:
+    store = MemoryStore()
+    for k in _kit(echo_input, store):
+        ids = [k.start(wf(step("a"), step("b", "a")))["id"] for _ in range(3)]
+        # the same definition with its keys in another order is the same definition
+        reordered = {"steps": [{"dependencies": [], "implementation": "noop", "name": "a"}]}
+        ids.append(k.start(reordered | {"name": "one"})["id"])
+        ids.append(k.start({"name": "one", **reordered})["id"])
+        records = [k.finish(eid) for eid in ids]
+        assert [r["status"] for r in records] == ["completed"] * 5
+        # each execution still records its definition's digest
+        digests = [store.get_summary(eid)["digest"] for eid in ids]  # type: ignore[index]
+        assert len(set(digests[:3])) == 1
+        assert digests[3] == digests[4] != digests[0]
+    assert parsed == ["wf", "one"]
+
+
+def test_a_rejected_definition_is_checked_on_every_start(parsed: list[str]) -> None:
+    bad = wf(step("a", "missing"))
+    for k in _kit(echo_input):
+        for _ in range(2):
+            with pytest.raises(WorkflowValidationError, match="missing"):
+                k.start(bad)
+    assert parsed == ["wf", "wf"]
+
+
+def test_only_plain_json_definitions_are_cached(parsed: list[str]) -> None:
+    # a tuple is not what a JSON client sends: such a definition is parsed every time
+    as_tuple: dict[str, Any] = {"name": "tup", "steps": (step("a"),)}
+    for k in _kit(echo_input):
+        for _ in range(2):
+            assert k.finish(k.start(as_tuple)["id"])["status"] == "completed"
+    assert parsed == ["tup", "tup"]
+
+
+def test_the_cache_keeps_a_bounded_number_of_definitions(
+    parsed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "_PARSED_CACHE_SIZE", 2)
+    for k in _kit(echo_input):
+        for name in ["w1", "w2", "w3", "w1", "w3"]:
+            assert k.finish(k.start(wf(step("a")) | {"name": name})["id"])["status"] == (
+                "completed"
+            )
+    # w1 was the oldest when w3 came in: it is parsed again, w3 is not
+    assert parsed == ["w1", "w2", "w3", "w1"]
+
+
+def test_canonical_text_refuses_what_does_not_round_trip() -> None:
+    assert engine_module._canonical({"b": [1, 2.5, None], "a": True}) == (
+        '{"a":true,"b":[1,2.5,null]}'
+    )
+    assert engine_module._canonical({1: "x"}) is None  # a non-string key
+    assert engine_module._canonical({"x": float("nan")}) is None
+    assert engine_module._canonical({"x": object()}) is None
+    assert engine_module._canonical({"x": (1,)}) is None
