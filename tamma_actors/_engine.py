@@ -24,8 +24,10 @@ from tamma_actors._breakers import BreakerRegistry
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._errors import (
+    ActorStopped,
     IllegalTransition,
     StoreCorrupted,
+    StoreError,
     SupervisionError,
     TammaError,
     UnknownExecution,
@@ -252,6 +254,27 @@ class Engine:
             return reply
         return self._from_store_or_refuse(execution_id, make)
 
+    def _read(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
+        """A read, answered by the live supervisor; if that one stopped on a failed commit
+        (a full or failing disk), the store's committed state answers instead."""
+        live = self._ask(execution_id, make)
+        out: Future[Any] = Future()
+
+        def settle(fut: Future[Any]) -> None:
+            exc = fut.exception()
+            if exc is None:
+                out.set_result(fut.result())
+            elif not isinstance(exc, StoreError | ActorStopped):
+                out.set_exception(exc)
+            else:
+                try:
+                    out.set_result(self._from_store_or_refuse(execution_id, make).result())
+                except TammaError as err:
+                    out.set_exception(err)
+
+        live.add_done_callback(settle)
+        return out
+
     def _from_store_or_refuse(
         self, execution_id: str, make: Callable[[Future[Any]], Any]
     ) -> Future[Any]:
@@ -335,15 +358,15 @@ class Engine:
 
     @_guard
     def get_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
-        return self._ask(execution_id, lambda r: GetRecord(r))
+        return self._read(execution_id, lambda r: GetRecord(r))
 
     @_guard
     def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]:
-        return self._ask(execution_id, lambda r: GetRecord(r, status_only=True))
+        return self._read(execution_id, lambda r: GetRecord(r, status_only=True))
 
     @_guard
     def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]:
-        return self._ask(execution_id, lambda r: Wait(r, timeout))
+        return self._read(execution_id, lambda r: Wait(r, timeout))
 
     @_guard
     def list_workflows(

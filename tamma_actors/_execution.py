@@ -29,7 +29,7 @@ from tamma_actors._breakers import BreakerChanged, BreakerRegistry
 from tamma_actors._compensation import CompensationHandling
 from tamma_actors._deadlines import DeadlineDue, Deadlines
 from tamma_actors._dispatch import Dispatcher, PoolActor
-from tamma_actors._errors import TammaError
+from tamma_actors._errors import ActorStopped, TammaError
 from tamma_actors._execution_commit import Batch, CommitCycle, fail
 from tamma_actors._execution_control import (
     Abort,
@@ -159,7 +159,7 @@ class ExecutionSupervisor(
 
     def on_receive(self, message: Any) -> Any:
         if self._broken:
-            self._fail_reply(message, TammaError(f"execution {self.state.id} is unavailable"))
+            self._fail_reply(message, ActorStopped(f"execution {self.state.id} is unavailable"))
             return None
         try:
             self._handle(message)

@@ -268,8 +268,13 @@ class WorkflowConfig(_FileModel):
         return None if seconds is None else f"{seconds!r}s"
 
     def step(self, name: str) -> WorkflowStep:
+        # Straight from the private dict: pydantic's __getattr__ for private attributes costs
+        # ~10x as much, and this is on the coordinator's hot path (several calls per step).
+        private = self.__pydantic_private__
+        assert private is not None  # set by model_post_init
+        by_name: dict[str, WorkflowStep] = private["_by_name"]
         try:
-            return self._by_name[name]
+            return by_name[name]
         except KeyError:
             raise UnknownStep(f"workflow {self.name!r} has no step {name!r}") from None
 

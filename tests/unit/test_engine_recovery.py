@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 import tamma_actors._engine as engine_module
+from tamma_actors._errors import StoreUnwritable
 from tamma_actors._store import MemoryStore
-from tests.unit.test_execution import _kit, echo_input, step, wf
+from tests.unit.test_execution import WAIT, _kit, echo_input, step, wf
 
 
 def test_recovery_parses_each_definition_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,3 +30,26 @@ def test_recovery_parses_each_definition_once(monkeypatch: pytest.MonkeyPatch) -
         for eid in [*chain_ids, other_id]:
             assert k.finish(eid)["status"] == "completed"
     assert sorted(parsed) == ["other", "wf"]
+
+
+def test_reads_of_an_execution_stopped_by_a_failed_commit_come_from_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryStore()
+    for k in _kit(lambda task: None, store):  # its step stays in flight
+        eid = k.start(wf(step("a")))["id"]
+        committed = k.engine.get_workflow(eid).result(WAIT)
+
+        def refuse(writes: Any) -> None:
+            raise StoreUnwritable("the disk refused the write (I/O error)")
+
+        monkeypatch.setattr(store, "commit", refuse)
+        paused = k.engine.pause_workflow(eid)
+        read = k.engine.get_workflow(eid)  # queued behind the failing commit
+        status = k.engine.get_workflow_status(eid)
+        with pytest.raises(StoreUnwritable):
+            paused.result(WAIT)
+        assert read.result(WAIT)["status"] == "running" == committed["status"]
+        assert read.result(WAIT)["seq"] == committed["seq"]  # the committed state, not ahead
+        assert status.result(WAIT)["status"] == "running"
+        assert k.engine.wait(eid, 0.1).result(WAIT)["status"] == "running"
