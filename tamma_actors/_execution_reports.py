@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from tamma_actors._retry import compute_delay, should_retry
+from tamma_actors._retry import plan_retry
 from tamma_actors._step_base import tell
 from tamma_actors._workerpool import (
     Cancel,
@@ -157,23 +157,16 @@ class TaskReports:
         self._advance()
 
     def _on_step_error(self, name: str, attempt: int, error: dict[str, Any]) -> None:
-        policy = self.cfg.retry_policy_for(name)
-        etype = str(error.get("type") or "StepFailure")
-        message = str(error.get("message") or "")
-        explicit = error.get("retryable")
         used = attempt - self.state.steps[name].attempt_base
-        info = {"type": etype, "message": message, "retryable": explicit}
-        if should_retry(policy, used, etype, message, explicit):
-            delay = error.get("retry_after")
-            if not isinstance(delay, int | float) or delay < 0:
-                delay = compute_delay(policy, used, self.deps.rand())
-            at = self.deps.clock() + float(delay)
+        info, delay = plan_retry(self.cfg.retry_policy_for(name), used, error, self.deps.rand)
+        if delay is not None:
+            at = self.deps.clock() + delay
             self._emit(
                 "step.retry_scheduled",
                 step=name,
                 attempt=attempt,
                 error=info,
-                delay_s=float(delay),
+                delay_s=delay,
                 retry_at=at,
             )
             if self.state.status == "running":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tamma_actors._errors import ExpressionError
 from tamma_actors._expr import evaluate
 from tamma_actors._fanout import ITEM_DONE, item_task_id
-from tamma_actors._retry import compute_delay, should_retry
+from tamma_actors._retry import plan_retry
 from tamma_actors._step_base import OPEN, StepTypeBase, tell
 from tamma_actors._step_configs import ParallelPlan
 from tamma_actors._timers import TimerHandle
@@ -238,25 +238,18 @@ class ParallelSteps(StepTypeBase):
     def _item_error(
         self, name: str, index: int, item: Mapping[str, Any], error: Mapping[str, Any]
     ) -> None:
-        policy = self.cfg.retry_policy_for(name)
-        etype = str(error.get("type") or "StepFailure")
-        message = str(error.get("message") or "")
-        explicit = error.get("retryable")
-        info = {"type": etype, "message": message, "retryable": explicit}
         attempt = item["attempts"]
         used = attempt - item.get("base", 0)  # a manual retry gives a fresh budget
-        if should_retry(policy, used, etype, message, explicit):
-            delay = error.get("retry_after")
-            if not isinstance(delay, int | float) or delay < 0:
-                delay = compute_delay(policy, used, self.deps.rand())
-            at = self.deps.clock() + float(delay)
+        info, delay = plan_retry(self.cfg.retry_policy_for(name), used, error, self.deps.rand)
+        if delay is not None:
+            at = self.deps.clock() + delay
             self._emit(
                 "step.item_retry_scheduled",
                 step=name,
                 index=index,
                 attempt=attempt,
                 error=info,
-                delay_s=float(delay),
+                delay_s=delay,
                 retry_at=at,
             )
             if self.state.status == "running":

@@ -9,11 +9,11 @@ are deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["RetryPolicyLike", "compute_delay", "is_retryable", "should_retry"]
+__all__ = ["RetryPolicyLike", "compute_delay", "is_retryable", "plan_retry", "should_retry"]
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -98,3 +98,25 @@ def should_retry(
 ) -> bool:
     """Retry after attempt ``attempt`` failed: the error is retryable and attempts remain."""
     return attempt < policy.max_attempts and is_retryable(policy, error_type, message, explicit)
+
+
+def plan_retry(
+    policy: RetryPolicyLike,
+    attempt: int,
+    error: Mapping[str, Any],
+    rand: Callable[[], float],
+) -> tuple[dict[str, Any], float | None]:
+    """After attempt ``attempt`` (counted within its budget) failed with the worker's
+    ``error`` map: the error as recorded, and the seconds to wait before the next attempt,
+    or None when there is none. A step's own ``retry_after`` (seconds) wins over the
+    policy's backoff; ``rand`` is drawn only when the backoff is used."""
+    etype = str(error.get("type") or "StepFailure")
+    message = str(error.get("message") or "")
+    explicit = error.get("retryable")
+    info = {"type": etype, "message": message, "retryable": explicit}
+    if not should_retry(policy, attempt, etype, message, explicit):
+        return info, None
+    delay = error.get("retry_after")
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+        delay = compute_delay(policy, attempt, rand())
+    return info, float(delay)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tenacity import wait_exponential
 
 from tamma_actors._models import RetryPolicy
-from tamma_actors._retry import compute_delay, is_retryable, should_retry
+from tamma_actors._retry import compute_delay, is_retryable, plan_retry, should_retry
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,65 @@ def test_should_retry_counts_attempts() -> None:
     assert not should_retry(p, 3, "E", "m", None)
     assert not should_retry(p, 1, "E", "m", False)
     assert not should_retry(policy(max_attempts=1), 1, "E", "m", True)
+
+
+class _Rand:
+    """An injected random source that counts its draws."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value, self.draws = value, 0
+
+    def __call__(self) -> float:
+        self.draws += 1
+        return self.value
+
+
+def test_plan_retry_uses_the_policy_backoff_and_records_the_error() -> None:
+    p = policy(max_attempts=3, base_delay=100, max_delay=1000, jitter=0)
+    rand = _Rand()
+    info, delay = plan_retry(p, 1, {"type": "Flaky", "message": "again"}, rand)
+    assert info == {"type": "Flaky", "message": "again", "retryable": None}
+    assert (delay, rand.draws) == (0.1, 1)
+    assert plan_retry(p, 2, {"type": "Flaky"}, rand)[1] == 0.2
+
+
+def test_plan_retry_stops_when_attempts_run_out_or_the_error_is_final() -> None:
+    p = policy(max_attempts=3, retryable_errors=["Timeout*"])
+    rand = _Rand()
+    assert plan_retry(p, 3, {"type": "TimeoutError"}, rand) == (
+        {"type": "TimeoutError", "message": "", "retryable": None},
+        None,
+    )
+    assert plan_retry(p, 1, {"type": "ValueError"}, rand)[1] is None
+    assert plan_retry(p, 1, {"type": "TimeoutError", "retryable": False}, rand)[1] is None
+    assert plan_retry(p, 1, {}, rand)[0]["type"] == "StepFailure"  # a bare failure
+    assert rand.draws == 0  # nothing to wait for, nothing drawn
+
+
+def test_a_steps_own_retry_after_wins_unless_it_is_not_a_duration() -> None:
+    p = policy(max_attempts=5, base_delay=100, jitter=0)
+    rand = _Rand()
+    assert plan_retry(p, 1, {"type": "Busy", "retry_after": 7}, rand)[1] == 7.0
+    assert plan_retry(p, 1, {"type": "Busy", "retry_after": 0.0}, rand)[1] == 0.0
+    assert rand.draws == 0
+    for odd in (-1, "soon", True, None):
+        assert plan_retry(p, 1, {"type": "Busy", "retry_after": odd}, rand)[1] == 0.1
+    assert rand.draws == 4
+
+
+@given(
+    attempt=st.integers(min_value=1, max_value=8),
+    explicit=st.sampled_from([None, True, False]),
+    retry_after=st.one_of(st.none(), st.floats(min_value=-5, max_value=60)),
+)
+def test_plan_retry_agrees_with_should_retry(
+    attempt: int, explicit: bool | None, retry_after: float | None
+) -> None:
+    p = policy(max_attempts=4, base_delay=10, max_delay=500)
+    error = {"type": "E", "message": "m", "retryable": explicit, "retry_after": retry_after}
+    _, delay = plan_retry(p, attempt, error, _Rand(0.3))
+    assert (delay is not None) == should_retry(p, attempt, "E", "m", explicit)
+    if delay is not None:
+        assert delay >= 0
+        if retry_after is not None and retry_after >= 0:
+            assert delay == retry_after
