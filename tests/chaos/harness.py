@@ -265,9 +265,10 @@ def check_store(data: Path, acked: list[str], log: Path, *, completed: bool) -> 
         reruns = 0
         for eid, summary in summaries.items():
             assert summary["status"] in TERMINAL, (eid, summary["status"])
-            if completed:
-                assert summary["status"] == "completed", (eid, summary)
             events = store.read_events(eid)
+            if completed:
+                why = [e["data"] for e in events if e["type"].endswith("failed")]
+                assert summary["status"] == "completed", (eid, summary, why)
             reruns += _check_execution(eid, events, runs)
         strays = {eid for eid, _ in runs.runs} - set(summaries)
         assert not strays, f"steps ran for executions the store never had: {strays}"
