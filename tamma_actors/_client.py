@@ -245,20 +245,8 @@ class Client:
                 return reply
 
     def _receive(self, request_id: int, deadline: float) -> dict[str, Any] | None:
-        assert self._sock is not None
-        while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(remaining_ms, zmq.POLLIN):
-                return None
-            frames = self._sock.recv_multipart()
-            try:
-                reply = unpack(frames[-1], self.max_frame_bytes)
-            except TammaError as exc:
-                log.warning("discarding an undecodable reply from %s: %s", self.endpoint, exc)
-                continue
-            if isinstance(reply, dict) and reply.get("id") == request_id:
-                return reply
-            # A late reply to an earlier request: not ours, keep waiting.
+        return self._receive_any({request_id: 0}, deadline)
+        # A late reply to an earlier request: not ours, keep waiting.
 
     @staticmethod
     def _result(reply: dict[str, Any]) -> Any:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tamma_actors._deadlines import WAIT_IMPLEMENTATION
+from tamma_actors._errors import UnknownStep
 
 if TYPE_CHECKING:
     from tamma_actors._models import WorkflowConfig
@@ -44,7 +45,7 @@ def _is_wait(cfg: WorkflowConfig | None, name: str) -> bool:
         return False
     try:
         step = cfg.step(name)
-    except Exception:  # a definition that no longer names the step: explain without it
+    except UnknownStep:  # a definition that no longer names the step: explain without it
         return False
     return step.type == "task" and step.implementation == WAIT_IMPLEMENTATION
 
@@ -54,7 +55,7 @@ def _implementation(cfg: WorkflowConfig | None, name: str) -> str | None:
         return None
     try:
         return cfg.step(name).implementation
-    except Exception:
+    except UnknownStep:
         return None
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "CircuitBreakerPolicy",
     "ErrorHandlingPolicy",
     "ExecutionMetrics",
+    "FileModel",
     "Milliseconds",
     "RetryPolicy",
     "Seconds",
@@ -134,7 +135,9 @@ _OptionalSeconds = Annotated[
 StepName = Annotated[str, Field(min_length=1, pattern=STEP_NAME_PATTERN)]
 
 
-class _FileModel(BaseModel):
+class FileModel(BaseModel):
+    """Workflow-file models: snake_case or camelCase keys, no unknown keys, frozen."""
+
     model_config = ConfigDict(
         alias_generator=to_camel,
         validate_by_name=True,
@@ -158,7 +161,7 @@ class _RecordModel(BaseModel):
 # --- workflow files ------------------------------------------------------------------
 
 
-class RetryPolicy(_FileModel):
+class RetryPolicy(FileModel):
     """Exponential backoff with jitter; delays are stored in milliseconds."""
 
     max_attempts: Count = Field(3, ge=1)
@@ -177,7 +180,7 @@ class RetryPolicy(_FileModel):
         return self
 
 
-class ErrorHandlingPolicy(_FileModel):
+class ErrorHandlingPolicy(FileModel):
     strategy: Literal["fail_fast", "continue", "compensate"] = "fail_fast"
 
     @model_validator(mode="before")
@@ -187,7 +190,7 @@ class ErrorHandlingPolicy(_FileModel):
         return {"strategy": data} if isinstance(data, str) else data
 
 
-class CircuitBreakerPolicy(_FileModel):
+class CircuitBreakerPolicy(FileModel):
     """Per step implementation (and ``config.target``): open after ``failure_threshold``
     consecutive failed attempts, half-open after ``reset_timeout`` with at most
     ``half_open_max_calls`` probes in flight, closed again on a probe's success."""
@@ -197,14 +200,14 @@ class CircuitBreakerPolicy(_FileModel):
     half_open_max_calls: Count = Field(1, ge=1)
 
 
-class StepDependency(_FileModel):
+class StepDependency(FileModel):
     """A workflow-level dependency entry: ``step`` runs after every step in ``depends_on``."""
 
     step: str
     depends_on: list[str]
 
 
-class WorkflowStep(_FileModel):
+class WorkflowStep(FileModel):
     name: StepName
     type: Literal["task", "decision", "parallel", "subflow"] = "task"
     implementation: str | None = Field(None, validate_default=True)
@@ -240,7 +243,7 @@ class WorkflowStep(_FileModel):
         return self
 
 
-class WorkflowConfig(_FileModel):
+class WorkflowConfig(FileModel):
     """A workflow definition. ``timeout`` is given in minutes (or as a duration string)
     and stored in seconds."""
 

@@ -14,12 +14,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from tamma_actors._errors import ExpressionError, Problem
 from tamma_actors._expr import Expression, parse, referenced_steps, roots
-from tamma_actors._models import WorkflowStep
+from tamma_actors._models import FileModel, WorkflowStep
 
 __all__ = [
     "STEP_CONFIG_MODELS",
@@ -35,15 +34,9 @@ __all__ = [
 ]
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        extra="forbid",
-        frozen=True,
-        loc_by_alias=False,
-    )
+class _Config(FileModel):
+    """Step-type configs follow the workflow-file rules: snake_case or camelCase, no
+    unknown keys, frozen."""
 
 
 class Branch(_Config):
