@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +22,12 @@ import zmq
 
 from tamma_actors import Client, WorkflowValidationError
 from tamma_actors._codec import pack, unpack
-from tamma_actors._config import load_node_config
 from tamma_actors._errors import IllegalTransition, RequestTimeout, UnknownStep
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
 
 WAIT = 60.0
-
-
-@pytest.fixture
-def node(short_dir: Path) -> Iterator[Node]:
-    cfg = load_node_config(
-        None,
-        data_dir=short_dir / "var",
-        workers=2,
-        worker_slots=4,
-        heartbeat_interval=0.2,
-        heartbeat_timeout=2.0,
-        cancel_grace=1.0,
-    )
-    with Node(cfg) as n:
-        yield n
-
-
-@pytest.fixture
-def client(node: Node) -> Iterator[Client]:
-    with Client(node.config.control_address, timeout=WAIT) as c:
-        yield c
 
 
 def wf(name: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -49,12 +49,6 @@ def node(short_dir: Path) -> Iterator[Node]:
         yield n
 
 
-@pytest.fixture
-def client(node: Node) -> Iterator[Client]:
-    with Client(node.config.control_address, timeout=WAIT) as c:
-        yield c
-
-
 def wf(name: str, *steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"name": name, "steps": list(steps), **extra}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def node(short_dir: Path) -> Iterator[Node]:
-    cfg = load_node_config(
-        None,
-        data_dir=short_dir / "var",
-        workers=2,
-        worker_slots=8,
-        heartbeat_interval=0.2,
-        heartbeat_timeout=2.0,
-        cancel_grace=1.0,
-    )
-    with Node(cfg) as n:
-        yield n
-
-
-@pytest.fixture
-def client(node: Node) -> Iterator[Client]:
-    with Client(node.config.control_address, timeout=WAIT) as c:
-        yield c
+def node_settings(node_settings: dict[str, Any]) -> dict[str, Any]:
+    return {**node_settings, "worker_slots": 8}  # a fan-out keeps many items in flight
 
 
 def _until(client: Client, eid: str, cond: Any, timeout: float = WAIT) -> Any:
