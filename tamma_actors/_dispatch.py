@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import pykka
 from pykka import ThreadingFuture
 
-from tamma_actors._envelope import STOP_ALL_HOOKS, handle_envelope, reject_envelope, run_setup
+from tamma_actors._envelope import (
+    STOP_ALL_HOOKS,
+    handle_envelope,
+    reject_envelope,
+    run_callback,
+    run_setup,
+)
 
 if TYPE_CHECKING:
     from pykka._actor import ActorInbox
@@ -200,6 +206,8 @@ class _PoolInbox:
             if stopped.is_set() or not items or self.dispatcher.closed:
                 break
             handle_envelope(actor, items.popleft(), block_stop_all=False)
+        if not stopped.is_set():
+            run_callback(actor, actor.on_turn_end, block_stop_all=False)
         if stopped.is_set():
             self._teardown(actor)
             return
@@ -243,6 +251,11 @@ class PoolActor(pykka.Actor):
         self._dispatcher = dispatcher
         super().__init__(*args, **kwargs)
         cast(_PoolInbox, self.actor_inbox).actor = self
+
+    def on_turn_end(self) -> None:
+        """After a turn's messages (unless the actor stopped): work the messages of one
+        turn can share, such as one commit of their events. A failure here fails the
+        actor like a failing tell'd message."""
 
     def _create_actor_inbox(self) -> ActorInbox:  # type: ignore[override]
         return _PoolInbox(self._dispatcher)

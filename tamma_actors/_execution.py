@@ -151,6 +151,8 @@ class ExecutionSupervisor(
         tell(self.actor_ref, due)
 
     def on_stop(self) -> None:
+        if not self._broken:
+            self._flush()  # a stop told in the middle of a turn: commit what it decided
         self._deadlines.cancel_all()
         for handle in self._retry_timers.values():
             handle.cancel()
@@ -167,10 +169,15 @@ class ExecutionSupervisor(
             self._fail_reply(message, exc)
         except Exception as exc:
             self._fail_reply(message, exc)
+            self._flush()  # the actor fails: commit what it decided before
             raise
-        finally:
-            self._flush()
         return None
+
+    def on_turn_end(self) -> None:
+        """One commit for everything a turn's messages decided (a step's started and
+        finished reports often arrive together)."""
+        if not self._broken:
+            self._flush()
 
     # -- message handlers ------------------------------------------------------------------
 

@@ -4,7 +4,8 @@
 A turn's decisions are events: :meth:`CommitCycle._emit` applies each one to the in-memory
 state and adds it to the turn's :class:`Batch`, together with the effects
 (``_after_commit``) and replies (``_reply_after_commit``) that must wait for it. At the end
-of the turn ``_flush`` hands the batch to the StoreWriter as one write; only when the
+of the actor's turn (``on_turn_end``: all the messages it handled in one go) ``_flush``
+hands the batch to the StoreWriter as one write; only when the
 writer reports it committed are the replies answered and the effects run
 (:func:`run_batch`: replies first, then tells). A turn without events still waits for the
 batches before it (``_after_tail``), so no reply describes state that is not yet durable.
@@ -131,8 +132,10 @@ class CommitCycle:
         self.deps.writer.submit(write, done)
 
     def _after_tail(self, fn: Callable[[BaseException | None], None]) -> None:
-        """Run ``fn`` once everything submitted so far is committed (now, if it is)."""
-        if self._tail is None:
+        """Run ``fn`` once everything decided so far is committed (now, if it is)."""
+        if self._batch.events:  # decided this turn, committed at its end
+            self._batch.then(fn)
+        elif self._tail is None:
             fn(None)
         else:
             self._tail.then(fn)

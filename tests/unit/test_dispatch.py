@@ -218,6 +218,60 @@ def test_a_busy_actor_yields_after_a_batch() -> None:
         ActorRegistry.stop_all(timeout=WAIT)
 
 
+def test_on_turn_end_runs_once_after_the_messages_of_a_turn() -> None:
+    turns: list[list[Any]] = []
+
+    class Turns(PoolActor):
+        def __init__(self, dispatcher: Dispatcher) -> None:
+            super().__init__(dispatcher)
+            self.current: list[Any] = []
+
+        def on_receive(self, message: Any) -> Any:
+            if isinstance(message, threading.Event):
+                message.wait(WAIT)
+            else:
+                self.current.append(message)
+            return None
+
+        def on_turn_end(self) -> None:
+            if self.current:
+                turns.append(self.current)
+            self.current = []
+
+    with Dispatcher(threads=1, batch=4) as pool:
+        ref = Turns.start(pool)
+        gate = threading.Event()
+        ref.tell(gate)  # holds the only thread while the inbox fills
+        for i in range(7):
+            ref.tell(i)
+        gate.set()
+        ref.ask("sync", timeout=WAIT)
+        # batch 4: the gate and 0-2, then 3-6, then the ask
+        assert turns == [[0, 1, 2], [3, 4, 5, 6], ["sync"]]
+        ActorRegistry.stop_all(timeout=WAIT)
+
+
+def test_a_failing_on_turn_end_stops_the_actor(dispatcher: Dispatcher) -> None:
+    holder: list[Echo] = []
+
+    class BadTurn(Echo):
+        def on_start(self) -> None:
+            holder.append(self)
+
+        def on_turn_end(self) -> None:
+            if "fail" in self.seen:
+                raise ValueError("turn end failed")
+
+    ref = BadTurn.start(dispatcher)
+    assert ref.ask("fine", timeout=WAIT) == "fine"
+    ref.tell("fail")
+    assert ref.actor_stopped.wait(WAIT)
+    assert holder[0].failed.wait(WAIT)
+    assert [str(e) for e in holder[0].failures] == ["turn end failed"]
+    with pytest.raises(ActorDeadError):
+        ref.ask("after", timeout=WAIT)
+
+
 def test_a_told_message_that_raises_stops_the_actor(dispatcher: Dispatcher) -> None:
     holder: list[Echo] = []
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import queue
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 import pytest
 
-from tamma_actors._dispatch import Dispatcher
+from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._errors import (
     IllegalTransition,
@@ -25,7 +26,7 @@ from tamma_actors._errors import (
     WorkflowValidationError,
 )
 from tamma_actors._execution import ExecutionDeps
-from tamma_actors._store import MemoryStore
+from tamma_actors._store import MemoryStore, Write
 from tamma_actors._timers import TimerService
 from tamma_actors._workerpool import (
     Cancel,
@@ -67,14 +68,20 @@ class FakePool(pykka.ThreadingActor):
     """Answers each Dispatch with ``script(task)``; None holds it for the test."""
 
     def __init__(
-        self, script: Script, held: queue.Queue[Dispatch], cancels: queue.Queue[str]
+        self,
+        script: Script,
+        held: queue.Queue[Dispatch],
+        cancels: queue.Queue[str],
+        report_started: bool = True,
     ) -> None:
         super().__init__()
         self.script, self.held, self.cancels = script, held, cancels
+        self.report_started = report_started
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Dispatch):
-            message.reply_to.tell(TaskStarted(message.task["task_id"], "w-1"))
+            if self.report_started:
+                message.reply_to.tell(TaskStarted(message.task["task_id"], "w-1"))
             answer = self.script(message.task)
             if answer is None:
                 self.held.put(message)
@@ -105,14 +112,19 @@ class Kit:
         return [e["type"] for e in self.engine.get_events(eid).result(WAIT)]
 
 
-def _kit(script: Script, store: MemoryStore | None = None) -> Iterator[Kit]:
+def _kit(
+    script: Script,
+    store: MemoryStore | None = None,
+    dispatcher: Dispatcher | None = None,
+    report_started: bool = True,
+) -> Iterator[Kit]:
     store = store or MemoryStore()
     held: queue.Queue[Dispatch] = queue.Queue()
     cancels: queue.Queue[str] = queue.Queue()
-    pool = FakePool.start(script, held, cancels)
+    pool = FakePool.start(script, held, cancels, report_started)
     writer = StoreWriter(store)
     writer.start()
-    dispatcher = Dispatcher(threads=2)
+    dispatcher = dispatcher or Dispatcher(threads=2)
     timers = TimerService()
     deps = ExecutionDeps(writer=writer, pool=pool, timers=timers, snapshot_every=5)
     engine = Engine(
@@ -167,6 +179,59 @@ def test_a_diamond_completes_with_the_right_data_flow(kit: Kit) -> None:
     seqs = [e["seq"] for e in kit.engine.get_events(started["id"]).result(WAIT)]
     assert seqs == list(range(1, len(seqs) + 1))
     assert final["metrics"]["steps_succeeded"] == 4
+
+
+class _WritesSeen(MemoryStore):
+    """The event types of each write, in commit order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[str]] = []
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        super().commit(writes)
+        self.writes.extend([e["type"] for e in w.events] for w in writes)
+
+
+class _Gate(PoolActor):
+    def on_receive(self, message: Any) -> None:
+        message.wait(WAIT)
+
+
+def test_the_reports_handled_in_one_turn_are_committed_in_one_write() -> None:
+    store = _WritesSeen()
+    dispatcher = Dispatcher(threads=1)  # the gate below holds the only thread
+    for kit in _kit(lambda task: None, store, dispatcher, report_started=False):
+        started = kit.start(wf(step("a"), step("b", "a")))
+        task = kit.next_held()
+        gate = threading.Event()
+        _Gate.start(dispatcher).tell(gate)
+        task.reply_to.tell(TaskStarted(task.task["task_id"], "w-1"))
+        task.reply_to.tell(ok(task.task, {"a": 1}))
+        gate.set()
+        kit.next_held()  # b was dispatched after the commit
+        assert ["step.started", "step.completed", "step.ready", "step.dispatched"] in (
+            [t for t in w if t.startswith("step.")] for w in store.writes
+        )
+        assert kit.events(started["id"]).count("step.started") == 1
+
+
+def test_a_read_in_the_same_turn_waits_for_the_commit_of_that_turn() -> None:
+    store = _WritesSeen()
+    dispatcher = Dispatcher(threads=1)
+    for kit in _kit(lambda task: None, store, dispatcher):
+        started = kit.start(wf(step("a"), step("b", "a")))
+        task = kit.next_held()
+        gate = threading.Event()
+        _Gate.start(dispatcher).tell(gate)
+        task.reply_to.tell(ok(task.task, {"a": 1}))
+        read = kit.engine.get_workflow(started["id"])  # behind the result, same turn
+        stored_at_reply: list[list[str]] = []
+        read.add_done_callback(lambda _, seen=stored_at_reply: seen.extend(store.writes))
+        gate.set()
+        record = read.result(WAIT)
+        assert record["results"]["a"]["status"] == "succeeded"
+        assert any("step.completed" in w for w in stored_at_reply)
 
 
 def test_a_failing_step_is_retried_with_backoff_until_it_succeeds() -> None:
