@@ -165,6 +165,7 @@ class LmdbStore(RecordStore):
         self.path = Path(path)
         self.durability = durability
         self._max_map_size = max_map_size
+        self._last_seqs = {}
         self._commit_lock = threading.Lock()
         self._gate = _Gate()
         self._closed = False

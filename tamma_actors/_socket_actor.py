@@ -62,6 +62,14 @@ _thread_counter = itertools.count()
 Watchable = zmq.Socket[Any] | int
 
 
+# The flags as plain ints (an enum.Flag "|" costs more than the send) and the backend's
+# send (pyzmq's Python-level Socket.send wrapper only adds routing_id/group handling, which
+# we never use): 0.45 instead of 3.7 us for a two-frame message.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_send = zmq.backend.Socket.send
+
+
 def send_frames(sock: zmq.Socket[Any], frames: Sequence[bytes]) -> None:
     """Send one multipart message without blocking (``zmq.Again`` when it cannot go).
 
@@ -69,7 +77,7 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[bytes]) -> None:
     times as much as the sends themselves; the parts here are always bytes."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        sock.send(frame, zmq.NOBLOCK | zmq.SNDMORE if i < last else zmq.NOBLOCK)
+        _send(sock, frame, _MORE if i < last else _NOBLOCK)
 
 
 class _Waker:

@@ -130,13 +130,13 @@ def _step(state: ExecutionState, data: Mapping[str, Any]) -> StepState:
 
 def _move_step(state: ExecutionState, name: str, dst: StepStatus) -> StepState:
     st = state.steps[name]
-    check_step_transition(StepStatus(st.status), dst, name)
+    check_step_transition(st.status, dst, name)
     st.status = dst.value
     return st
 
 
 def _move(state: ExecutionState, dst: ExecutionStatus) -> None:
-    check_execution_transition(ExecutionStatus(state.status), dst)
+    check_execution_transition(state.status, dst)
     state.status = dst.value
 
 

@@ -106,13 +106,14 @@ TERMINAL_STEP: frozenset[StepStatus] = frozenset(
 MANUAL_RETRY_STEP: frozenset[StepStatus] = frozenset({_S.FAILED, _S.CANCELLED})
 
 
-def _allowed(
-    table: Mapping[_T, frozenset[_T]], kind: type[_T], src: _T | str, dst: _T | str
-) -> bool:
-    try:
-        return kind(dst) in table[kind(src)]
-    except ValueError:  # not a status at all
-        return False
+def _pairs(table: Mapping[_T, frozenset[_T]]) -> frozenset[tuple[str, str]]:
+    # Status members are str (StrEnum: same hash, equal to their value), so a plain string
+    # and a member look up the same pair; anything that is not a status finds none.
+    return frozenset((src.value, dst.value) for src, dsts in table.items() for dst in dsts)
+
+
+_EXECUTION_PAIRS = _pairs(EXECUTION_TRANSITIONS)
+_STEP_PAIRS = _pairs(STEP_TRANSITIONS)
 
 
 def check_execution_transition(src: ExecutionStatus | str, dst: ExecutionStatus | str) -> None:
@@ -121,13 +122,13 @@ def check_execution_transition(src: ExecutionStatus | str, dst: ExecutionStatus 
     Plain strings are accepted (records carry status values); an unknown status is an
     illegal transition too.
     """
-    if not _allowed(EXECUTION_TRANSITIONS, ExecutionStatus, src, dst):
+    if (src, dst) not in _EXECUTION_PAIRS:
         raise IllegalTransition(f"execution cannot go from {src!s} to {dst!s}")
 
 
 def check_step_transition(src: StepStatus | str, dst: StepStatus | str, step: str = "") -> None:
     """Raise :class:`IllegalTransition` unless the table allows ``src -> dst`` for a step."""
-    if not _allowed(STEP_TRANSITIONS, StepStatus, src, dst):
+    if (src, dst) not in _STEP_PAIRS:
         which = f"step {step!r}" if step else "step"
         raise IllegalTransition(f"{which} cannot go from {src!s} to {dst!s}")
 

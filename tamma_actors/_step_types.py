@@ -26,6 +26,7 @@ each type where it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from tamma_actors._errors import ExpressionError
@@ -79,7 +80,7 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
             for name in self.state.order:
                 if steps[name].status != "pending":
                     continue
-                verdict = join([steps[d].status for d in self._deps_of[name]])
+                verdict = join(steps[d].status for d in self._deps_of[name])
                 if verdict == "ready":
                     self._emit("step.ready", step=name)
                 elif verdict == "cancelled":
@@ -168,15 +169,24 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
                 self._emit("step.skipped", step=other, reason=f"decision {name!r} chose {label}")
 
 
-def join(dep_states: list[str]) -> str | None:
-    """What a pending step becomes given its dependencies' statuses (None: still waits)."""
-    if any(s in ("failed", "cancelled") for s in dep_states):
-        return "cancelled"
-    if not all(s in ("succeeded", "skipped") for s in dep_states):
+def join(dep_states: Iterable[str]) -> str | None:
+    """What a pending step becomes given its dependencies' statuses (None: still waits):
+    cancelled if any failed or was cancelled, else waiting while any is open, else skipped
+    if all (at least one) were skipped, else ready. One pass: it runs on every transition."""
+    waiting = False
+    succeeded = skipped = False
+    for status in dep_states:
+        if status == "succeeded":
+            succeeded = True
+        elif status == "skipped":
+            skipped = True
+        elif status in ("failed", "cancelled"):
+            return "cancelled"
+        else:
+            waiting = True
+    if waiting:
         return None
-    if dep_states and all(s == "skipped" for s in dep_states):
-        return "skipped"
-    return "ready"
+    return "skipped" if skipped and not succeeded else "ready"
 
 
 def _is_true(value: Any) -> bool:

@@ -39,6 +39,7 @@ from tamma_actors._keys import (
     parse_id_key,
     prefix_end,
 )
+from tamma_actors._status import TERMINAL_EXECUTION
 from tamma_actors._store_records import (
     Record,
     RecordTxn,
@@ -109,6 +110,9 @@ def _next_last_history(view: RecordView, start: bytes) -> tuple[bytes, bytes] | 
     return None
 
 
+_TERMINAL = frozenset(status.value for status in TERMINAL_EXECUTION)
+
+
 class RecordStore(ABC):
     """Store semantics on an ordered key-value engine; subclasses supply transactions."""
 
@@ -146,15 +150,27 @@ class RecordStore(ABC):
                 f"({SCHEMA_VERSION}); upgrade tamma_actors"
             )
 
+    # The last event seq of executions written since the store opened, so a commit does
+    # not scan for it. Kept for live executions only: a terminal summary drops its entry,
+    # and so does any deletion (retention deletes only terminal executions).
+    _last_seqs: dict[str, int]
+
     def commit(self, writes: Sequence[Write]) -> None:
         """Apply every write in one transaction, all or nothing."""
         batch = list(writes)
+        known = self._last_seqs
 
-        def apply(txn: RecordTxn) -> None:
+        def apply(txn: RecordTxn) -> dict[str, int]:
+            seen: dict[str, int] = {}  # rebuilt if the transaction is redone
             for w in batch:
-                apply_write(txn, w)
+                eid = w.execution_id
+                seen[eid] = apply_write(txn, w, seen.get(eid, known.get(eid)))
+            return seen
 
-        self._transact(apply)
+        known.update(self._transact(apply))
+        for w in batch:
+            if w.summary is not None and w.summary.get("status") in _TERMINAL:
+                known.pop(w.execution_id, None)
 
     def get_summary(self, eid: str) -> Record | None:
         return self._view(lambda v: decoded(v, EXECUTIONS, id_key(eid)))
@@ -253,7 +269,10 @@ class RecordStore(ABC):
                 delete_execution(txn, eid)
             return doomed
 
-        return self._transact(purge)
+        doomed = self._transact(purge)
+        for eid in doomed:
+            self._last_seqs.pop(eid, None)
+        return doomed
 
     def verify(self) -> list[str]:
         """Problems found (bad records with their keys, sequence gaps, snapshot bounds)."""
@@ -320,6 +339,7 @@ class MemoryStore(RecordStore):
     """The in-memory twin of LmdbStore: same records, same rules, one lock."""
 
     def __init__(self) -> None:
+        self._last_seqs = {}
         self._lock = threading.RLock()
         self._tables = {db: _Table() for db in SUB_DATABASES}
         self._closed = False

@@ -106,8 +106,9 @@ def seq_of(record: Mapping[str, Any]) -> int | None:
     return seq if type(seq) is int else None  # bool is an int subclass: refuse it too
 
 
-def _append_events(txn: RecordTxn, w: Write) -> int:
-    last = last_counter(txn, EVENTS, w.execution_id)
+def _append_events(txn: RecordTxn, w: Write, last: int | None) -> int:
+    if last is None:
+        last = last_counter(txn, EVENTS, w.execution_id)
     for event in w.events:
         seq = seq_of(event)
         if seq != last + 1:
@@ -120,16 +121,19 @@ def _append_events(txn: RecordTxn, w: Write) -> int:
     return last
 
 
-def apply_write(txn: RecordTxn, w: Write) -> None:
+def apply_write(txn: RecordTxn, w: Write, last_seq: int | None = None) -> int:
+    """Apply ``w``; returns the execution's last event seq after it. ``last_seq`` is that
+    seq before the write when the caller knows it (it saves a cursor scan); None: look."""
     eid = w.execution_id
     key = id_key(eid)
     if w.delete:
         delete_execution(txn, eid)
+        last_seq = 0
     if w.definition is not None:
         digest_key = id_key(w.definition[0])
         if txn.get(DEFINITIONS, digest_key) is None:
             txn.put(DEFINITIONS, digest_key, encode_record(w.definition[1]))
-    last = _append_events(txn, w)
+    last = _append_events(txn, w, last_seq)
     if w.summary is not None:
         txn.put(EXECUTIONS, key, encode_record(w.summary))
     if w.snapshot is not None:
@@ -145,3 +149,4 @@ def apply_write(txn: RecordTxn, w: Write) -> None:
         txn.put(HISTORY, event_key(eid, counter), encode_record(record))
     for name, state in (w.breakers or {}).items():
         txn.put(BREAKERS, id_key(name), encode_record(state))
+    return last

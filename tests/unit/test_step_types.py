@@ -17,11 +17,14 @@ from typing import Any
 import pykka
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._errors import WorkflowValidationError
 from tamma_actors._execution import ExecutionDeps
+from tamma_actors._status import StepStatus
 from tamma_actors._step_types import join
 from tamma_actors._store import MemoryStore
 from tamma_actors._timers import ManualTimers
@@ -181,6 +184,20 @@ FAST = {"max_attempts": 3, "base_delay": 100, "max_delay": 100, "jitter": 0}
 )
 def test_join_semantics(deps: list[str], verdict: str | None) -> None:
     assert join(deps) == verdict
+
+
+@given(st.lists(st.sampled_from([s.value for s in StepStatus]), max_size=6))
+def test_join_follows_its_rules_for_any_dependency_statuses(deps: list[str]) -> None:
+    if any(s in ("failed", "cancelled") for s in deps):
+        expected: str | None = "cancelled"
+    elif not all(s in ("succeeded", "skipped") for s in deps):
+        expected = None
+    elif deps and all(s == "skipped" for s in deps):
+        expected = "skipped"
+    else:
+        expected = "ready"
+    assert join(deps) == expected
+    assert join(iter(deps)) == expected  # one pass over any iterable
 
 
 # -- decision -------------------------------------------------------------------------------

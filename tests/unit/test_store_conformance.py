@@ -109,6 +109,26 @@ def test_a_batch_is_all_or_nothing(store: RecordStore) -> None:
     assert store.get_breakers() == {}
 
 
+def test_the_sequence_is_enforced_across_failed_batches_terminal_states_and_deletion(
+    store: RecordStore,
+) -> None:
+    """The store remembers each live execution's last seq instead of scanning for it;
+    what it remembers must follow what was committed, and only that."""
+    store.commit([Write("e", events=_events(1, 2), summary={"status": "running"})])
+    with pytest.raises(StoreError, match="f"):
+        store.commit([Write("e", events=_events(3, 3)), Write("f", events=[{"seq": 2}])])
+    with pytest.raises(StoreError, match="last seq 2"):
+        store.commit([Write("e", events=_events(4, 4))])  # 3 was never committed
+    store.commit([Write("e", events=_events(3, 3))])
+    store.commit([Write("e", events=_events(4, 4), summary={"status": "completed", "end_time": 1})])
+    with pytest.raises(StoreError, match="last seq 4"):
+        store.commit([Write("e", events=_events(6, 6))])
+    store.commit([Write("e", events=_events(5, 5), summary={"status": "failed", "end_time": 1})])
+    assert store.delete_terminal_before(100.0, {"failed"}) == ["e"]
+    store.commit([Write("e", events=_events(1, 1))])  # a new life starts again at 1
+    assert [ev["seq"] for ev in store.read_events("e")] == [1]
+
+
 def test_an_unencodable_record_is_a_store_error_and_writes_nothing(store: RecordStore) -> None:
     with pytest.raises(StoreError, match="cannot be stored"):
         store.commit([Write("e", events=[{"seq": 1}, {"seq": 2, "x": object()}])])
