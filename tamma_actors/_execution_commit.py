@@ -114,7 +114,7 @@ class CommitCycle:
             summary=to_summary(self.state),
             snapshot=self._maybe_snapshot(terminal),
             definition=self._definition,
-        )
+        ).encode()  # here, on a dispatcher thread: the writer's commit only puts bytes
         self._definition = None
         if terminal:
             eid = self.state.id

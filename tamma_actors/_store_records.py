@@ -30,6 +30,7 @@ from tamma_actors._keys import (
 )
 
 __all__ = [
+    "Encoded",
     "Record",
     "RecordTxn",
     "RecordView",
@@ -57,6 +58,29 @@ class Write:
     definition: tuple[str, Mapping[str, Any]] | None = None
     breakers: Mapping[str, Mapping[str, Any]] | None = None
     delete: bool = False
+    # The events, summary and snapshot as stored bytes, made by ``encode`` on the thread
+    # that submits the write, so the writer's transaction only checks and puts bytes.
+    encoded: Encoded | None = None
+
+    def encode(self) -> Write:
+        """Encode the records now, on the caller's thread; returns the write. A record
+        that cannot be encoded is left to the writer, whose commit fails as usual."""
+        try:
+            self.encoded = Encoded(
+                [encode_record(event) for event in self.events],
+                None if self.summary is None else encode_record(self.summary),
+                None if self.snapshot is None else encode_record(self.snapshot),
+            )
+        except StoreError:
+            self.encoded = None
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    events: list[bytes]
+    summary: bytes | None
+    snapshot: bytes | None
 
 
 class RecordView(Protocol):
@@ -109,14 +133,16 @@ def seq_of(record: Mapping[str, Any]) -> int | None:
 def _append_events(txn: RecordTxn, w: Write, last: int | None) -> int:
     if last is None:
         last = last_counter(txn, EVENTS, w.execution_id)
-    for event in w.events:
+    encoded = None if w.encoded is None else w.encoded.events
+    for i, event in enumerate(w.events):
         seq = seq_of(event)
         if seq != last + 1:
             raise StoreError(
                 f"execution {w.execution_id}: event seq {event.get('seq')!r} does not continue "
                 f"the stored sequence (last seq {last}); nothing was written"
             )
-        txn.put(EVENTS, event_key(w.execution_id, seq), encode_record(event))
+        value = encode_record(event) if encoded is None else encoded[i]
+        txn.put(EVENTS, event_key(w.execution_id, seq), value)
         last = seq
     return last
 
@@ -134,8 +160,10 @@ def apply_write(txn: RecordTxn, w: Write, last_seq: int | None = None) -> int:
         if txn.get(DEFINITIONS, digest_key) is None:
             txn.put(DEFINITIONS, digest_key, encode_record(w.definition[1]))
     last = _append_events(txn, w, last_seq)
+    enc = w.encoded
     if w.summary is not None:
-        txn.put(EXECUTIONS, key, encode_record(w.summary))
+        summary = None if enc is None else enc.summary
+        txn.put(EXECUTIONS, key, encode_record(w.summary) if summary is None else summary)
     if w.snapshot is not None:
         seq = seq_of(w.snapshot)
         if seq is None or not 0 <= seq <= last:
@@ -143,7 +171,8 @@ def apply_write(txn: RecordTxn, w: Write, last_seq: int | None = None) -> int:
                 f"execution {eid}: snapshot seq {w.snapshot.get('seq')!r} is not within the "
                 f"stored events (last seq {last}); nothing was written"
             )
-        txn.put(SNAPSHOTS, key, encode_record(w.snapshot))
+        snapshot = None if enc is None else enc.snapshot
+        txn.put(SNAPSHOTS, key, encode_record(w.snapshot) if snapshot is None else snapshot)
     first = last_counter(txn, HISTORY, eid) + 1 if w.history else 1
     for counter, record in enumerate(w.history, start=first):
         txn.put(HISTORY, event_key(eid, counter), encode_record(record))

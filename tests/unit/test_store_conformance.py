@@ -129,6 +129,31 @@ def test_the_sequence_is_enforced_across_failed_batches_terminal_states_and_dele
     assert [ev["seq"] for ev in store.read_events("e")] == [1]
 
 
+def test_a_write_encoded_before_submit_stores_the_same_records(store: RecordStore) -> None:
+    def write(eid: str) -> Write:
+        return Write(
+            eid,
+            events=_events(1, 2, step="a"),
+            summary={"status": "running"},
+            snapshot={"seq": 2, "x": [1, 2]},
+        )
+
+    encoded = write("pre").encode()
+    assert encoded.encoded is not None and len(encoded.encoded.events) == 2
+    store.commit([encoded, write("late")])
+    for eid in ("pre", "late"):
+        assert store.read_events(eid) == _events(1, 2, step="a")
+        assert store.get_summary(eid) == {"status": "running"}
+        assert store.load_snapshot(eid) == {"seq": 2, "x": [1, 2]}
+    with pytest.raises(StoreError, match="last seq 2"):  # encoded or not, the rules hold
+        store.commit([Write("pre", events=_events(4, 4)).encode()])
+    bad = Write("bad", events=[{"seq": 1, "x": object()}]).encode()
+    assert bad.encoded is None  # left to the writer, whose commit fails as before
+    with pytest.raises(StoreError, match="cannot be stored"):
+        store.commit([bad])
+    assert store.last_seq("bad") == 0
+
+
 def test_an_unencodable_record_is_a_store_error_and_writes_nothing(store: RecordStore) -> None:
     with pytest.raises(StoreError, match="cannot be stored"):
         store.commit([Write("e", events=[{"seq": 1}, {"seq": 2, "x": object()}])])
