@@ -456,10 +456,9 @@ class Engine:
         with self._lock:
             if eid in self._activated:
                 return False
-        summary = self._store.get_summary(eid)
-        if summary is None or summary.get("status") in _TERMINAL:
-            return False
         state = self._recovered_state(eid)
+        if state is None:
+            return False
         cfg = self._configs.get(state.digest) or self._definition_of(state)
         self._configs[state.digest] = cfg  # parsed once per definition, not per execution
         with self._lock:
@@ -483,12 +482,17 @@ class Engine:
             return False  # the recovery loop reports it; the request goes to the store
         return True
 
-    def _recovered_state(self, eid: str) -> ExecutionState:
+    def _recovered_state(self, eid: str) -> ExecutionState | None:
         """The state from the snapshot path, or, when the snapshot is damaged, from a
-        replay of the whole event log (reported, never silent)."""
+        replay of the whole event log (reported, never silent); None when there is
+        nothing to recover (no summary, or a terminal one)."""
         try:
-            return self._load(eid)
+            records = self._store.read_execution(eid, unless=_TERMINAL)
+            if records is None or records.summary.get("status") in _TERMINAL:
+                return None
+            return replay(eid, records.events, records.snapshot)
         except StoreCorrupted as exc:
+            self._store.get_summary(eid)  # a damaged summary is not repaired: it raises
             state = replay(eid, self._store.read_events(eid, 1))  # raises if the log is bad
             log.error("execution %s: %s; recovered from its full event log", eid, exc)
             self.repaired[eid] = str(exc)
@@ -547,12 +551,10 @@ class Engine:
             yield summary
 
     def _load(self, execution_id: str) -> ExecutionState:
-        if self._store.get_summary(execution_id) is None:
+        records = self._store.read_execution(execution_id)
+        if records is None:
             raise UnknownExecution(f"no execution {execution_id!r}")
-        snapshot = self._store.load_snapshot(execution_id)
-        from_seq = int(snapshot["seq"]) + 1 if snapshot else 1
-        events = self._store.read_events(execution_id, from_seq)
-        return replay(execution_id, events, snapshot)
+        return replay(execution_id, records.events, records.snapshot)
 
     def _definition_of(self, state: ExecutionState) -> WorkflowConfig:
         definition = self._store.get_definition(state.digest)

@@ -139,7 +139,7 @@ class ExecutionSupervisor(
         self._retry_timers: dict[str, TimerHandle] = {}
         self._waiters: list[Future[dict[str, Any]]] = []
         self._snapshot_seq = state.seq
-        self._deps_of = {s.name: config.deps(s.name) for s in config.steps}
+        self._deps_of = config.dependency_map()  # shared by every execution of it
         self._broken = False
         self._init_step_types()
         self._deadlines = Deadlines(deps.timers, deps.clock, self._deadline_due)

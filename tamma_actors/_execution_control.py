@@ -19,6 +19,8 @@ from tamma_actors._state import to_record, to_status
 from tamma_actors._step_base import tell
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pykka
 
     from tamma_actors._execution import ExecutionDeps
@@ -96,7 +98,7 @@ class ExecutionControl:
     if TYPE_CHECKING:
         state: ExecutionState
         deps: ExecutionDeps
-        _deps_of: dict[str, list[str]]
+        _deps_of: Mapping[str, tuple[str, ...]]
         _retry_timers: dict[str, TimerHandle]
         _waiters: list[Future[dict[str, Any]]]
         actor_ref: pykka.ActorRef[Any]

@@ -142,28 +142,31 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     return _CRC.pack(zlib.crc32(payload)) + payload
 
 
+def _where(key: bytes, db: str) -> str:
+    return f"{db}/{key.hex()}" if db else key.hex()
+
+
 def decode_record(key: bytes, data: bytes, *, db: str = "") -> dict[str, Any]:
     """Check and decode a stored value; the returned map no longer has ``"schema"``.
 
     A bad checksum, a truncated value or a payload that is not a map raises
     StoreCorrupted naming the key in hex (and the sub-database when given).
     """
-    where = f"{db}/{key.hex()}" if db else key.hex()
     if len(data) <= _CRC.size:
-        raise StoreCorrupted(f"record {where} is truncated ({len(data)} bytes)")
+        raise StoreCorrupted(f"record {_where(key, db)} is truncated ({len(data)} bytes)")
     payload = bytes(data[_CRC.size :])
-    if _CRC.unpack(data[: _CRC.size])[0] != zlib.crc32(payload):
-        raise StoreCorrupted(f"record {where} fails its checksum")
+    if _CRC.unpack_from(data)[0] != zlib.crc32(payload):
+        raise StoreCorrupted(f"record {_where(key, db)} fails its checksum")
     try:
         record = unpack(payload)
     except CodecError as exc:
-        raise StoreCorrupted(f"record {where} does not decode: {exc}") from exc
+        raise StoreCorrupted(f"record {_where(key, db)} does not decode: {exc}") from exc
     if not isinstance(record, dict) or not isinstance(record.get("schema"), int):
-        raise StoreCorrupted(f"record {where} is not a versioned map")
+        raise StoreCorrupted(f"record {_where(key, db)} is not a versioned map")
     if record["schema"] > SCHEMA_VERSION:
         raise StoreError(
-            f"record {where} has schema {record['schema']}, newer than this version "
-            f"({SCHEMA_VERSION}); upgrade tamma_actors"
+            f"record {_where(key, db)} has schema {record['schema']}, newer than this "
+            f"version ({SCHEMA_VERSION}); upgrade tamma_actors"
         )
     del record["schema"]
     return record

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -259,6 +261,7 @@ class WorkflowConfig(FileModel):
     circuit_breaker: CircuitBreakerPolicy | None = None
 
     _by_name: dict[str, WorkflowStep] = PrivateAttr(default_factory=dict)
+    _dependency_map: Mapping[str, tuple[str, ...]] | None = PrivateAttr(None)
 
     def model_post_init(self, context: Any, /) -> None:
         # First definition wins; duplicates are reported by the workflow-file checks.
@@ -288,6 +291,17 @@ class WorkflowConfig(FileModel):
             if entry.step == name:
                 merged.extend(entry.depends_on)
         return list(dict.fromkeys(merged))
+
+    def dependency_map(self) -> Mapping[str, tuple[str, ...]]:
+        """``deps`` of every step, computed once per definition: every execution of it
+        (and a recovery of ten thousand) shares this read-only map."""
+        private = self.__pydantic_private__
+        assert private is not None
+        cached: Mapping[str, tuple[str, ...]] | None = private["_dependency_map"]
+        if cached is None:
+            cached = MappingProxyType({s.name: tuple(self.deps(s.name)) for s in self.steps})
+            private["_dependency_map"] = cached
+        return cached
 
     def retry_policy_for(self, name: str) -> RetryPolicy:
         return self.step(name).retry_policy or self.retry_policy

@@ -4,6 +4,7 @@ failure path. The base of the mixins in :mod:`tamma_actors._step_types`."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -28,7 +29,7 @@ class StepTypeBase(TimeoutHandling):
 
     if TYPE_CHECKING:
         actor_ref: pykka.ActorRef[Any]
-        _deps_of: dict[str, list[str]]
+        _deps_of: Mapping[str, tuple[str, ...]]
 
         def _task(self, name: str, attempt: int, tid: str) -> dict[str, Any]: ...
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
 from itertools import islice
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 from tamma_actors._errors import StoreClosed, StoreError
 from tamma_actors._keys import (
@@ -54,6 +54,7 @@ from tamma_actors._store_records import (
 from tamma_actors._store_verify import verify_records
 
 __all__ = [
+    "ExecutionRecords",
     "MemoryStore",
     "RecordStore",
     "RecordTxn",
@@ -80,6 +81,9 @@ class Store(Protocol):
     def read_events(
         self, eid: str, from_seq: int = 1, limit: int | None = None
     ) -> list[Record]: ...
+    def read_execution(
+        self, eid: str, *, unless: Collection[str] = ()
+    ) -> ExecutionRecords | None: ...
     def last_seq(self, eid: str) -> int: ...
     def read_history(self, eid: str) -> list[Record]: ...
     def last_history(self, eid: str) -> Record | None: ...
@@ -92,6 +96,14 @@ class Store(Protocol):
     ) -> list[str]: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
+
+
+class ExecutionRecords(NamedTuple):
+    """What rebuilds an execution: its summary, latest snapshot and the events after it."""
+
+    summary: Record
+    snapshot: Record | None
+    events: list[Record]
 
 
 def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
@@ -208,6 +220,29 @@ class RecordStore(ABC):
         def read(view: RecordView) -> list[Record]:
             items = islice(event_range(view, EVENTS, eid, from_seq), limit)
             return [decode_record(k, d, db=EVENTS) for k, d in items]
+
+        return self._view(read)
+
+    def read_execution(
+        self, eid: str, *, unless: Collection[str] = ()
+    ) -> ExecutionRecords | None:
+        """The summary, latest snapshot and the events after it, in one read transaction;
+        None without a summary. A summary whose status is in ``unless`` comes alone (no
+        snapshot, no events): recovery skips terminal executions without reading them."""
+
+        def read(view: RecordView) -> ExecutionRecords | None:
+            key = id_key(eid)
+            summary = decoded(view, EXECUTIONS, key)
+            if summary is None:
+                return None
+            if summary.get("status") in unless:
+                return ExecutionRecords(summary, None, [])
+            snapshot = decoded(view, SNAPSHOTS, key)
+            first = int(snapshot["seq"]) + 1 if snapshot else 1
+            events = [
+                decode_record(k, d, db=EVENTS) for k, d in event_range(view, EVENTS, eid, first)
+            ]
+            return ExecutionRecords(summary, snapshot, events)
 
         return self._view(read)
 

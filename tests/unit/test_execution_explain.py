@@ -135,7 +135,8 @@ def test_the_watchdog_fails_an_execution_that_can_never_move() -> None:
         eid = kit.start(wf(step("a"), step("b", "a"), step("c", "b")))
         d = kit.next_held()
         sup = supervisor(kit, eid)
-        sup._deps_of["b"] = ["c"]  # a scheduling bug: b and c now wait for each other
+        # a scheduling bug: b and c now wait for each other (this execution's map only)
+        sup._deps_of = {**sup._deps_of, "b": ("c",)}
         d.reply_to.tell(finished(d, 1))
         kit.step_is(eid, "a", "succeeded")
         kit.timers.advance(10)

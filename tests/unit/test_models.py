@@ -244,6 +244,11 @@ def test_step_lookup_deps_and_retry_policy() -> None:
     assert cfg.step("b").implementation == "echo"
     assert cfg.deps("b") == ["a", "c"]
     assert cfg.deps("a") == []
+    deps = cfg.dependency_map()
+    assert dict(deps) == {"a": (), "c": (), "b": ("a", "c")}
+    assert cfg.dependency_map() is deps  # computed once, shared by every execution
+    with pytest.raises(TypeError):
+        deps["a"] = ("b",)  # type: ignore[index]
     assert cfg.retry_policy_for("b").max_attempts == 1
     assert cfg.retry_policy_for("a") is cfg.retry_policy
     with pytest.raises(UnknownStep, match="nope"):

@@ -8,19 +8,19 @@ path ever starts a second supervisor for the same execution.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
 from tamma_actors._errors import SupervisionError
-from tamma_actors._store import MemoryStore
+from tamma_actors._store import ExecutionRecords, MemoryStore
 from tests.timekit import WAIT, make_kit, step, wf
 
 
 class GatedStore(MemoryStore):
-    """``get_summary`` of ``gated`` blocks on the recovery thread until ``gate`` is set."""
+    """``read_execution`` of ``gated`` blocks on the recovery thread until ``gate`` is set."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,11 +29,13 @@ class GatedStore(MemoryStore):
         self.reached = threading.Event()
         self.recovery_thread: int | None = None
 
-    def get_summary(self, eid: str) -> dict[str, Any] | None:
+    def read_execution(
+        self, eid: str, *, unless: Collection[str] = ()
+    ) -> ExecutionRecords | None:
         if eid == self.gated and threading.get_ident() == self.recovery_thread:
             self.reached.set()
             assert self.gate.wait(WAIT)
-        return super().get_summary(eid)
+        return super().read_execution(eid, unless=unless)
 
 
 @contextmanager

@@ -154,6 +154,23 @@ def test_a_write_encoded_before_submit_stores_the_same_records(store: RecordStor
     assert store.last_seq("bad") == 0
 
 
+def test_read_execution_gives_the_snapshot_and_only_the_events_after_it(
+    store: RecordStore,
+) -> None:
+    assert store.read_execution("e") is None
+    store.commit([Write("e", events=_events(1, 3), summary={"status": "running"})])
+    records = store.read_execution("e")
+    assert records is not None and records.snapshot is None
+    assert [ev["seq"] for ev in records.events] == [1, 2, 3]
+    store.commit([Write("e", events=_events(4, 5), snapshot={"seq": 4, "s": 1})])
+    records = store.read_execution("e")
+    assert records is not None
+    assert records.summary == {"status": "running"} and records.snapshot == {"seq": 4, "s": 1}
+    assert [ev["seq"] for ev in records.events] == [5]
+    store.commit([Write("e", summary={"status": "completed"})])
+    assert store.read_execution("e", unless={"completed"}) == ({"status": "completed"}, None, [])
+
+
 def test_an_unencodable_record_is_a_store_error_and_writes_nothing(store: RecordStore) -> None:
     with pytest.raises(StoreError, match="cannot be stored"):
         store.commit([Write("e", events=[{"seq": 1}, {"seq": 2, "x": object()}])])
