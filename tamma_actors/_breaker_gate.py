@@ -44,11 +44,11 @@ class BreakerGate:
 
     def _breaker_of(self, name: str) -> tuple[BreakerRegistry, str] | None:
         registry = self.deps.breakers
+        if registry is None or self.cfg.circuit_breaker is None:
+            return None  # the common case, checked first: this runs twice per step
         step = self.cfg.step(name)
         if (
-            registry is None
-            or self.cfg.circuit_breaker is None
-            or step.type != "task"
+            step.type != "task"
             or not step.implementation
             or self._is_wait(name)
         ):

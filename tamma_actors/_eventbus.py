@@ -39,9 +39,11 @@ Handler = Callable[[Event], None]
 
 @dataclass(frozen=True)
 class Publish:
-    """Tell the bus to publish these committed events, in order."""
+    """Tell the bus to publish these committed events, in order. ``packed``: the same
+    events already msgpack-encoded (as the store encoded them), sent as they are."""
 
     events: Sequence[Event]
+    packed: Sequence[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class EventBus(SocketActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):
-            self._publish(message.events)
+            self._publish(message.events, message.packed)
             return None
         return super().on_receive(message)
 
@@ -132,14 +134,14 @@ class EventBus(SocketActor):
 
     # -- publishing --------------------------------------------------------------------------
 
-    def _publish(self, events: Sequence[Event]) -> None:
-        for event in events:
+    def _publish(self, events: Sequence[Event], packed: Sequence[bytes] | None = None) -> None:
+        for i, event in enumerate(events):
             self._published += 1
             for sub in list(self._subs.values()):
                 if sub.matches(event):
                     self._deliver(sub, event)
             if self._pub is not None:
-                self._send(event)
+                self._send(event, None if packed is None else packed[i])
 
     def _deliver(self, sub: _Subscription, event: Event) -> None:
         try:
@@ -153,11 +155,12 @@ class EventBus(SocketActor):
                 event.get("seq"),
             )
 
-    def _send(self, event: Event) -> None:
+    def _send(self, event: Event, payload: bytes | None = None) -> None:
         assert self._pub is not None
         event_type = str(event.get("type", ""))
         try:
-            payload = _codec.pack(event)
+            if payload is None:
+                payload = _codec.pack(event)
         except CodecError:
             self._dropped += 1
             logger.exception("event %s seq %s cannot be encoded", event_type, event.get("seq"))

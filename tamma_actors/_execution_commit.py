@@ -105,9 +105,6 @@ class CommitCycle:
             batch.replies.extend(waiters)
         record = to_record(self.state) if batch.replies else None
         events = batch.events
-        if self.bus is not None:
-            bus = self.bus
-            batch.effects.append(lambda: bus.tell(Publish(events)))
         write = Write(
             execution_id=self.state.id,
             events=events,
@@ -116,6 +113,10 @@ class CommitCycle:
             definition=self._definition,
         ).encode()  # here, on a dispatcher thread: the writer's commit only puts bytes
         self._definition = None
+        if self.bus is not None:
+            bus = self.bus
+            packed = None if write.encoded is None else write.encoded.packed_events
+            batch.effects.append(lambda: bus.tell(Publish(events, packed)))
         if terminal:
             eid = self.state.id
             self._deadlines.cancel_all()

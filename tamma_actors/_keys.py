@@ -131,15 +131,27 @@ def new_execution_id() -> str:
     return f"{_id_clock.next():013x}{secrets.token_hex(3)}"
 
 
-def encode_record(record: Mapping[str, Any]) -> bytes:
-    """Frame a map for storage: crc32 of the msgpack payload, then the payload."""
+def encode_record(record: Mapping[str, Any], packed: bytes | None = None) -> bytes:
+    """Frame a map for storage: crc32 of the msgpack payload, then the payload.
+
+    ``packed`` is ``record`` already msgpack-encoded (an event goes to the bus too): a map
+    of up to 14 entries is then stored by adding the schema entry to those bytes, the same
+    bytes ``pack({**record, "schema": ...})`` would give, without encoding it again."""
     if "schema" in record:
         raise StoreError("'schema' is reserved in stored records")
-    try:
-        payload = pack({**record, "schema": SCHEMA_VERSION})
-    except CodecError as exc:
-        raise StoreError(f"record cannot be stored: {exc}") from exc
+    if packed is not None and _FIXMAP <= packed[0] < _FIXMAP_LAST:
+        payload = bytes((packed[0] + 1,)) + packed[1:] + _SCHEMA_ENTRY
+    else:
+        try:
+            payload = pack({**record, "schema": SCHEMA_VERSION})
+        except CodecError as exc:
+            raise StoreError(f"record cannot be stored: {exc}") from exc
     return _CRC.pack(zlib.crc32(payload)) + payload
+
+
+# msgpack: a map of n <= 15 entries starts with the byte 0x80 | n.
+_FIXMAP, _FIXMAP_LAST = 0x80, 0x8F
+_SCHEMA_ENTRY = pack("schema") + pack(SCHEMA_VERSION)
 
 
 def _where(key: bytes, db: str) -> str:

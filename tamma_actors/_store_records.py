@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tamma_actors._errors import StoreError
+from tamma_actors._codec import pack
+from tamma_actors._errors import CodecError, StoreError
 from tamma_actors._keys import (
     BREAKERS,
     DEFINITIONS,
@@ -66,12 +67,14 @@ class Write:
         """Encode the records now, on the caller's thread; returns the write. A record
         that cannot be encoded is left to the writer, whose commit fails as usual."""
         try:
+            packed = [pack(event) for event in self.events]
             self.encoded = Encoded(
-                [encode_record(event) for event in self.events],
+                [encode_record(e, p) for e, p in zip(self.events, packed, strict=True)],
                 None if self.summary is None else encode_record(self.summary),
                 None if self.snapshot is None else encode_record(self.snapshot),
+                packed,
             )
-        except StoreError:
+        except (StoreError, CodecError):
             self.encoded = None
         return self
 
@@ -81,6 +84,7 @@ class Encoded:
     events: list[bytes]
     summary: bytes | None
     snapshot: bytes | None
+    packed_events: list[bytes]  # the events as plain msgpack: what the event bus sends
 
 
 class RecordView(Protocol):

@@ -93,6 +93,34 @@ def test_a_real_sub_socket_receives_published_events(ctx: zmq.Context[Any], tmp_
     assert [_codec.unpack(f[1]) for f in frames] == events[1:3]
 
 
+def test_events_packed_by_the_store_are_sent_as_they_are(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    bus = EventBus.start(ctx, endpoint)
+    sub: zmq.Socket[Any] = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    try:
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        for attempt in range(200):
+            bus.tell(Publish([_event(attempt, "sync")]))
+            if poller.poll(50):
+                break
+        while poller.poll(0):
+            sub.recv_multipart()
+        events = [_event(1, "step.started"), _event(2, "step.completed")]
+        packed = [_codec.pack(events[0]), b"\x81\xa1x\x01"]  # the bus does not re-encode
+        bus.tell(Publish(events, packed))
+        frames = [sub.recv_multipart() for _ in range(2)]
+    finally:
+        sub.close(linger=0)
+    assert frames == [[b"step.started", packed[0]], [b"step.completed", packed[1]]]
+
+
 def test_handler_globs_select_the_right_events(ctx: zmq.Context[Any]) -> None:
     bus = EventBus.start(ctx, None)
     proxy = bus.proxy()
