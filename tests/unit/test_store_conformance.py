@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tamma_actors._errors import StoreClosed, StoreError
+from tamma_actors._keys import EVENTS, event_key
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._store import MemoryStore, RecordStore, Write
 
@@ -169,6 +170,27 @@ def test_read_execution_gives_the_snapshot_and_only_the_events_after_it(
     assert [ev["seq"] for ev in records.events] == [5]
     store.commit([Write("e", summary={"status": "completed"})])
     assert store.read_execution("e", unless={"completed"}) == ({"status": "completed"}, None, [])
+
+
+def test_read_executions_reads_many_and_names_a_damaged_one_in_its_place(
+    store: RecordStore,
+) -> None:
+    store.commit(
+        [
+            Write("live", events=_events(1, 2), summary={"status": "running"}),
+            Write("done", events=_events(1, 3), summary={"status": "completed"}),
+            Write("bad", events=_events(1, 1), summary={"status": "running"}),
+        ]
+    )
+    store._transact(lambda txn: txn.put(EVENTS, event_key("bad", 1), b"\0\0\0\0junk"))
+    live, done, missing, bad = store.read_executions(
+        ["live", "done", "missing", "bad"], unless={"completed"}
+    )
+    assert live == store.read_execution("live") and live is not None
+    assert [ev["seq"] for ev in live.events] == [1, 2]
+    assert done == ({"status": "completed"}, None, [])
+    assert missing is None
+    assert isinstance(bad, StoreError) and event_key("bad", 1).hex() in str(bad)
 
 
 def test_an_unencodable_record_is_a_store_error_and_writes_nothing(store: RecordStore) -> None:
