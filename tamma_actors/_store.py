@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from functools import partial
 from itertools import islice
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from tamma_actors._errors import StoreClosed, StoreError
 from tamma_actors._keys import (
@@ -41,6 +41,7 @@ from tamma_actors._keys import (
 )
 from tamma_actors._status import TERMINAL_EXECUTION
 from tamma_actors._store_records import (
+    ExecutionRecords,
     Record,
     RecordTxn,
     RecordView,
@@ -50,6 +51,7 @@ from tamma_actors._store_records import (
     delete_execution,
     event_range,
     last_counter,
+    read_execution_records,
 )
 from tamma_actors._store_verify import verify_records
 
@@ -99,29 +101,6 @@ class Store(Protocol):
     ) -> list[str]: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
-
-
-class ExecutionRecords(NamedTuple):
-    """What rebuilds an execution: its summary, latest snapshot and the events after it."""
-
-    summary: Record
-    snapshot: Record | None
-    events: list[Record]
-
-
-def _read_execution(
-    view: RecordView, eid: str, unless: Collection[str]
-) -> ExecutionRecords | None:
-    key = id_key(eid)
-    summary = decoded(view, EXECUTIONS, key)
-    if summary is None:
-        return None
-    if summary.get("status") in unless:
-        return ExecutionRecords(summary, None, [])
-    snapshot = decoded(view, SNAPSHOTS, key)
-    first = int(snapshot["seq"]) + 1 if snapshot else 1
-    events = [decode_record(k, d, db=EVENTS) for k, d in event_range(view, EVENTS, eid, first)]
-    return ExecutionRecords(summary, snapshot, events)
 
 
 def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
@@ -247,7 +226,7 @@ class RecordStore(ABC):
         """The summary, latest snapshot and the events after it, in one read transaction;
         None without a summary. A summary whose status is in ``unless`` comes alone (no
         snapshot, no events): recovery skips terminal executions without reading them."""
-        return self._view(partial(_read_execution, eid=eid, unless=unless))
+        return self._view(partial(read_execution_records, eid=eid, unless=unless))
 
     def read_executions(
         self, eids: Sequence[str], *, unless: Collection[str] = ()
@@ -261,7 +240,7 @@ class RecordStore(ABC):
             found: list[ExecutionRecords | StoreError | None] = []
             for eid in eids:
                 try:
-                    found.append(_read_execution(view, eid, unless))
+                    found.append(read_execution_records(view, eid, unless))
                 except StoreError as exc:
                     found.append(exc)
             return found

@@ -8,9 +8,9 @@ and ``LmdbStore``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tamma_actors._codec import pack
 from tamma_actors._errors import CodecError, StoreError
@@ -32,6 +32,7 @@ from tamma_actors._keys import (
 
 __all__ = [
     "Encoded",
+    "ExecutionRecords",
     "Record",
     "RecordTxn",
     "RecordView",
@@ -41,6 +42,7 @@ __all__ = [
     "delete_execution",
     "event_range",
     "last_counter",
+    "read_execution_records",
     "seq_of",
 ]
 
@@ -183,3 +185,28 @@ def apply_write(txn: RecordTxn, w: Write, last_seq: int | None = None) -> int:
     for name, state in (w.breakers or {}).items():
         txn.put(BREAKERS, id_key(name), encode_record(state))
     return last
+
+
+class ExecutionRecords(NamedTuple):
+    """What rebuilds an execution: its summary, latest snapshot and the events after it."""
+
+    summary: Record
+    snapshot: Record | None
+    events: list[Record]
+
+
+def read_execution_records(
+    view: RecordView, eid: str, unless: Collection[str] = ()
+) -> ExecutionRecords | None:
+    """An execution's summary, latest snapshot and the events after it (None without a
+    summary; a summary whose status is in ``unless`` comes alone)."""
+    key = id_key(eid)
+    summary = decoded(view, EXECUTIONS, key)
+    if summary is None:
+        return None
+    if summary.get("status") in unless:
+        return ExecutionRecords(summary, None, [])
+    snapshot = decoded(view, SNAPSHOTS, key)
+    first = int(snapshot["seq"]) + 1 if snapshot else 1
+    events = [decode_record(k, d, db=EVENTS) for k, d in event_range(view, EVENTS, eid, first)]
+    return ExecutionRecords(summary, snapshot, events)
