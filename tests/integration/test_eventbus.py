@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 import zmq
 from pykka import ActorRegistry
@@ -57,20 +59,20 @@ class _Collector:
         return [f"{e['type']}@{e['execution_id']}" for e in self.events]
 
 
-def test_a_real_sub_socket_receives_published_events(ctx: zmq.Context[Any], tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/events.sock"
-    bus = EventBus.start(ctx, endpoint)
-    proxy = bus.proxy()
-    assert proxy.stats().get(timeout=WAIT)["endpoint"] == endpoint
+@contextmanager
+def _subscriber(
+    ctx: zmq.Context[Any], bus: pykka.ActorRef[Any], endpoint: str, *prefixes: bytes
+) -> Iterator[zmq.Socket[Any]]:
+    """A SUB socket on ``endpoint`` that is known to receive: PUB drops what it sends before
+    a subscription has propagated ("slow joiner"), so sync events are published until one
+    arrives (they are then drained)."""
     sub: zmq.Socket[Any] = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
-    sub.setsockopt(zmq.SUBSCRIBE, b"step.")
-    sub.setsockopt(zmq.SUBSCRIBE, b"sync")
+    for prefix in (*prefixes, b"sync"):
+        sub.setsockopt(zmq.SUBSCRIBE, prefix)
     sub.connect(endpoint)
     try:
-        # PUB drops what it sends before the subscription has propagated ("slow joiner"):
-        # publish a sync event until one arrives, then the real ones.
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         for attempt in range(200):
@@ -79,6 +81,17 @@ def test_a_real_sub_socket_receives_published_events(ctx: zmq.Context[Any], tmp_
                 break
         while poller.poll(0):
             sub.recv_multipart()
+        yield sub
+    finally:
+        sub.close(linger=0)
+
+
+def test_a_real_sub_socket_receives_published_events(ctx: zmq.Context[Any], tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    bus = EventBus.start(ctx, endpoint)
+    proxy = bus.proxy()
+    assert proxy.stats().get(timeout=WAIT)["endpoint"] == endpoint
+    with _subscriber(ctx, bus, endpoint, b"step.") as sub:
         events = [
             _event(1, "workflow.started"),
             _event(2, "step.started", step="a"),
@@ -87,8 +100,6 @@ def test_a_real_sub_socket_receives_published_events(ctx: zmq.Context[Any], tmp_
         ]
         bus.tell(Publish(events))
         frames = [sub.recv_multipart() for _ in range(2)]
-    finally:
-        sub.close(linger=0)
     assert [f[0] for f in frames] == [b"step.started", b"step.completed"]
     assert [_codec.unpack(f[1]) for f in frames] == events[1:3]
 
@@ -98,26 +109,11 @@ def test_events_packed_by_the_store_are_sent_as_they_are(
 ) -> None:
     endpoint = f"ipc://{tmp_path}/events.sock"
     bus = EventBus.start(ctx, endpoint)
-    sub: zmq.Socket[Any] = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.RCVTIMEO, int(WAIT * 1000))
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(endpoint)
-    try:
-        poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        for attempt in range(200):
-            bus.tell(Publish([_event(attempt, "sync")]))
-            if poller.poll(50):
-                break
-        while poller.poll(0):
-            sub.recv_multipart()
+    with _subscriber(ctx, bus, endpoint, b"step.") as sub:
         events = [_event(1, "step.started"), _event(2, "step.completed")]
         packed = [_codec.pack(events[0]), b"\x81\xa1x\x01"]  # the bus does not re-encode
         bus.tell(Publish(events, packed))
         frames = [sub.recv_multipart() for _ in range(2)]
-    finally:
-        sub.close(linger=0)
     assert frames == [[b"step.started", packed[0]], [b"step.completed", packed[1]]]
 
 
