@@ -141,6 +141,8 @@ def _decode(data: bytes, max_size: int, types: Mapping[str, Mapping[str, Check]]
 
 
 def _check_result(msg: dict[str, Any]) -> None:
+    if not isinstance(msg.get("started", False), bool):
+        raise ProtocolError(f"result frame has a bad 'started': {msg['started']!r:.80}")
     if msg["ok"]:
         if "output" not in msg:
             raise ProtocolError("result frame with ok=true lacks 'output'")
@@ -190,12 +192,23 @@ def progress(task_id: str, value: Any) -> dict[str, Any]:
     return _frame("progress", task_id=task_id, progress=value)
 
 
-def result_ok(task_id: str, output: Any, duration_ms: float) -> dict[str, Any]:
-    return _frame("result", task_id=task_id, ok=True, output=output, duration_ms=duration_ms)
+def result_ok(
+    task_id: str, output: Any, duration_ms: float, *, started: bool = False
+) -> dict[str, Any]:
+    """``started``: the step ran (so the node may take the result as its start notice too)."""
+    extra = {"started": True} if started else {}
+    return _frame(
+        "result", task_id=task_id, ok=True, output=output, duration_ms=duration_ms, **extra
+    )
 
 
-def result_error(task_id: str, error: Mapping[str, Any], duration_ms: float) -> dict[str, Any]:
-    return _frame("result", task_id=task_id, ok=False, error=dict(error), duration_ms=duration_ms)
+def result_error(
+    task_id: str, error: Mapping[str, Any], duration_ms: float, *, started: bool = False
+) -> dict[str, Any]:
+    extra = {"started": True} if started else {}
+    return _frame(
+        "result", task_id=task_id, ok=False, error=dict(error), duration_ms=duration_ms, **extra
+    )
 
 
 def bye(worker_id: str) -> dict[str, Any]:

@@ -51,6 +51,7 @@ __all__ = [
     "EXIT_USAGE",
     "CurveKeys",
     "Worker",
+    "fold_start_notices",
     "main",
     "run_worker",
 ]
@@ -87,12 +88,17 @@ class Outbox:
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._items: queue.SimpleQueue[tuple[bytes, str | None]] = queue.SimpleQueue()
+        self._items: queue.SimpleQueue[tuple[bytes, str | None, str | None]] = (
+            queue.SimpleQueue()
+        )
         self._closed = False
 
-    def post(self, frame: bytes, finished: str | None = None) -> None:
-        """Queue ``frame``; ``finished`` names the task whose runner is free again."""
-        self._items.put((frame, finished))
+    def post(
+        self, frame: bytes, finished: str | None = None, started: str | None = None
+    ) -> None:
+        """Queue ``frame``; ``finished`` names the task whose runner is free again (its
+        result), ``started`` the task whose start this frame announces."""
+        self._items.put((frame, finished, started))
         self.wake()
 
     def wake(self) -> None:
@@ -100,7 +106,7 @@ class Outbox:
             with contextlib.suppress(OSError):  # a counter overflow still leaves it readable
                 os.eventfd_write(self.fd, 1)
 
-    def drain(self) -> list[tuple[bytes, str | None]]:
+    def drain(self) -> list[tuple[bytes, str | None, str | None]]:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.fd)
         items = []
@@ -116,9 +122,23 @@ class Outbox:
             os.close(self.fd)
 
 
+def fold_start_notices(
+    items: list[tuple[bytes, str | None, str | None]],
+) -> list[tuple[bytes, str | None]]:
+    """The outbox's frames to send, in order, as ``(frame, finished task)``: a step whose
+    result is in the same batch as its start notice needs no notice (its result says
+    ``started``), one frame fewer per fast step."""
+    done = {finished for _, finished, _ in items if finished is not None}
+    return [
+        (frame, finished)
+        for frame, finished, started in items
+        if started is None or started not in done
+    ]
+
+
 def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int) -> bytes:
     try:
-        frame = wire.encode(wire.result_ok(task_id, output, duration_ms))
+        frame = wire.encode(wire.result_ok(task_id, output, duration_ms, started=True))
     except CodecError as exc:
         error = {
             "type": "CodecError",
@@ -126,7 +146,7 @@ def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int)
             "retryable": False,
             "retry_after": None,
         }
-        return wire.encode(wire.result_error(task_id, error, duration_ms))
+        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
     if len(frame) > max_frame:
         error = {
             "type": "FrameTooLarge",
@@ -134,7 +154,7 @@ def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int)
             "retry_after": None,
             "message": f"step output is {len(frame)} bytes, over the {max_frame} cap",
         }
-        return wire.encode(wire.result_error(task_id, error, duration_ms))
+        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
     return frame
 
 
@@ -156,7 +176,7 @@ class _StepRunner(pykka.ThreadingActor):
 
     def _run(self, task: Task) -> None:
         msg, task_id = task.msg, task.task_id
-        self._outbox.post(wire.encode(wire.started(task_id)))
+        self._outbox.post(wire.encode(wire.started(task_id)), started=task_id)
         start = time.perf_counter()
         try:
             fn = self._registry.get(msg["implementation"])
@@ -170,10 +190,11 @@ class _StepRunner(pykka.ThreadingActor):
                 "retryable": False,
                 "retry_after": None,
             }
-            frame = wire.encode(wire.result_error(task_id, error, 0.0))
+            frame = wire.encode(wire.result_error(task_id, error, 0.0, started=True))
         except BaseException as exc:
             elapsed = (time.perf_counter() - start) * 1000
-            frame = wire.encode(wire.result_error(task_id, describe_error(exc), elapsed))
+            error = describe_error(exc)
+            frame = wire.encode(wire.result_error(task_id, error, elapsed, started=True))
         self._outbox.post(frame, finished=task_id)
 
     def _context(self, task: Task) -> StepContext:
@@ -465,7 +486,7 @@ class Worker:
             raise TransportError(f"worker send failed: {exc}") from exc
 
     def _flush_outbox(self) -> None:
-        for frame, finished in self._outbox.drain():
+        for frame, finished in fold_start_notices(self._outbox.drain()):
             self._send_bytes(frame)
             if finished is not None:
                 self._runners.finished(finished)

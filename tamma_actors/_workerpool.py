@@ -113,6 +113,7 @@ class _Task:
     reply_to: pykka.ActorRef[Any]
     worker_id: str | None = None
     cancel_timer: TimerHandle | None = None
+    started: bool = False  # the worker's start notice came (a fast step's may not)
 
 
 @dataclass(eq=False)
@@ -429,6 +430,7 @@ class WorkerPool(SocketActor):
                     "frame for unknown task %s from %s ignored", msg["task_id"], worker.worker_id
                 )
             elif kind == "started":
+                task.started = True
                 _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
             elif kind == "progress":
                 _notify(task.reply_to, TaskProgress(task.task_id, msg["progress"]))
@@ -438,6 +440,8 @@ class WorkerPool(SocketActor):
     def _on_result(self, worker: _Worker, task: _Task, msg: dict[str, Any]) -> None:
         worker.tasks.discard(task.task_id)
         del self._tasks[task.task_id]
+        if not task.started and msg.get("started"):  # the start notice came with it
+            _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
         error = msg.get("error") if not msg["ok"] else None
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             self._requeue([task], f"worker {worker.worker_id} is stopping")
@@ -479,6 +483,7 @@ class WorkerPool(SocketActor):
                 _notify(task.reply_to, TaskFinished(task.task_id, False, None, error, 0.0))
                 continue
             task.worker_id = None
+            task.started = False  # the next worker announces its own start
             self._tasks[task.task_id] = task
             again.append(task.task_id)
             _notify(task.reply_to, TaskRedispatched(task.task_id, reason))

@@ -29,6 +29,7 @@ from tamma_actors._worker import (
     EXIT_USAGE,
     CurveKeys,
     Worker,
+    fold_start_notices,
     main,
     run_worker,
 )
@@ -161,6 +162,23 @@ def start(node: FakeNode) -> Iterator[Any]:
         r.stop()
 
 
+def test_a_start_notice_is_left_out_when_its_result_goes_in_the_same_batch() -> None:
+    items: list[tuple[bytes, str | None, str | None]] = [
+        (b"start-a", None, "a"),
+        (b"start-b", None, "b"),
+        (b"progress-b", None, None),
+        (b"result-a", "a", None),
+        (b"cancelled-c", None, None),  # a queued step's answer: no runner was freed
+    ]
+    assert fold_start_notices(items) == [
+        (b"start-b", None),
+        (b"progress-b", None),
+        (b"result-a", "a"),
+        (b"cancelled-c", None),
+    ]
+    assert fold_start_notices([]) == []
+
+
 def test_hello_run_result_stop(node: FakeNode, start: Any) -> None:
     r = start(slots=3, worker_id="w-1")
     hello = node.handshake()
@@ -170,9 +188,14 @@ def test_hello_run_result_stop(node: FakeNode, start: Any) -> None:
     hb = node.recv("hb")
     assert hb["running"] == [] and hb["rss"] > 0
     node.send(task("a", input={"x": [1, 2]}))
-    assert node.recv("started")["task_id"] == "a"
     res = node.result("a")
     assert res["ok"] is True and res["output"] == {"x": [1, 2]} and res["duration_ms"] >= 0
+    # a step that finished before its start notice went out: the result stands for both
+    assert res["started"] is True
+    assert [m["t"] for m in node.frames if m.get("task_id") == "a"] in (
+        ["started", "result"],
+        ["result"],
+    )
     node.send(wire.stop())
     assert node.recv("bye")["worker_id"] == "w-1"
     assert r.join() == EXIT_OK
@@ -249,7 +272,8 @@ def test_duplicate_run_is_ignored(node: FakeNode, start: Any) -> None:
     node.result("d")
     node.send(task("after"))
     assert node.result("after")["ok"]
-    assert [m["task_id"] for m in node.frames if m["t"] == "started"] == ["d", "after"]
+    started = [m["task_id"] for m in node.frames if m["t"] == "started"]
+    assert started in (["d", "after"], ["d"])  # a fast step's notice may ride its result
 
 
 @pytest.mark.parametrize(

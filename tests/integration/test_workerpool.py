@@ -335,6 +335,25 @@ def test_fake_worker_full_cycle(fake: Any) -> None:
     assert stats["workers"][0]["host"] == "fakehost" and stats["local_pids"] == []
 
 
+def test_a_result_that_says_started_stands_for_the_start_notice(fake: Any) -> None:
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("fast"))
+    h.dispatch(task("never-ran"))
+    for _ in range(2):
+        w.recv()
+    w.send(wire.result_ok("fast", 1, 0.1, started=True))  # no started frame before it
+    err = {"type": "UnknownImplementation", "message": "m", "retryable": False}
+    w.send(wire.result_error("never-ran", {**err, "retry_after": None}, 0.0))
+    h.inbox.finished("fast")
+    h.inbox.finished("never-ran")
+    fast = [type(m) for m in h.inbox.messages if m.task_id == "fast"]
+    assert fast == [TaskStarted, TaskFinished]  # in that order, once each
+    assert h.inbox.of(TaskStarted, "fast")[0].worker_id == "fw1"
+    assert h.inbox.of(TaskStarted, "never-ran") == []
+
+
 def test_unknown_implementation_waits_then_cancel(fake: Any) -> None:
     h, new = fake
     new("fw").hello(["noop"])

@@ -36,10 +36,14 @@ WORKER_FRAMES = [
     wire.progress("t1", {"pct": 3}),
     wire.result_ok("t1", {"out": [1, "x", None]}, 1.5),
     wire.result_ok("t1", None, 0),
+    wire.result_ok("t1", 1, 0.5, started=True),
     wire.result_error(
         "t1", {"type": "E", "message": "m", "retryable": None, "retry_after": None}, 2
     ),
     wire.result_error("t1", {"type": "E", "message": "m", "retryable": True, "retry_after": 2}, 2),
+    wire.result_error(
+        "t1", {"type": "E", "message": "m", "retryable": None, "retry_after": None}, 2, started=True
+    ),
     wire.bye("w1"),
 ]
 NODE_FRAMES = [
@@ -100,6 +104,7 @@ def test_extra_fields_tolerated() -> None:
         (pack({**wire.hb("w", [], 1), "running": ["a", 1]}), ProtocolError, "bad 'running'"),
         (pack({**wire.result_ok("t", 1, 1), "duration_ms": "1"}), ProtocolError, "duration"),
         (pack({**wire.result_ok("t", 1, 1), "ok": 1}), ProtocolError, "bad 'ok'"),
+        (pack({**wire.result_ok("t", 1, 1), "started": 1}), ProtocolError, "bad 'started'"),
         (
             pack({"v": 1, "t": "result", "task_id": "t", "ok": True, "duration_ms": 1}),
             ProtocolError,
