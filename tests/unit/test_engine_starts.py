@@ -12,19 +12,6 @@ from tamma_actors._store import MemoryStore
 from tests.unit.test_execution import _kit, echo_input, step, wf
 
 
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    names: list[str] = []
-    real = engine_module.parse_workflow
-
-    def counting(definition: Any, **kw: Any) -> Any:
-        names.append(definition["name"])
-        return real(definition, **kw)
-
-    monkeypatch.setattr(engine_module, "parse_workflow", counting)
-    return names
-
-
 def test_equal_definitions_are_parsed_once(parsed: list[str]) -> None:
     store = MemoryStore()
     for k in _kit(echo_input, store):

@@ -1,0 +1,23 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import tamma_actors._engine as engine_module
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the workflow definitions the engine parses, in order."""
+    names: list[str] = []
+    real = engine_module.parse_workflow
+
+    def counting(definition: Any, **kw: Any) -> Any:
+        names.append(definition["name"])
+        return real(definition, **kw)
+
+    monkeypatch.setattr(engine_module, "parse_workflow", counting)
+    return names
