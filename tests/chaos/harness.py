@@ -120,11 +120,15 @@ def _step(name: str, impl: str, *deps: str, **config: Any) -> dict[str, Any]:
 
 
 def write_child(log: Path) -> Path:
-    """The workflow a subflow step runs: two record steps in a chain."""
+    """The workflow a subflow step runs: two record steps in a chain. Each round's submitter
+    writes it again while the node runs subflows that read it, so it is replaced atomically
+    (a plain rewrite truncates first, and a subflow starting then reads an empty file)."""
     child = log.parent / "child.yaml"
-    child.write_text(
+    partial = child.with_suffix(".partial")
+    partial.write_text(
         json.dumps({"name": "child", "steps": [_record(log, "c1"), _record(log, "c2", "c1")]})
     )
+    os.replace(partial, child)
     return child
 
 
