@@ -73,6 +73,7 @@ class NodeConfig(BaseSettings):
     max_frame_bytes: int = Field(8 * MiB, ge=1024)
     durability: Literal["full", "relaxed"] = "full"
     snapshot_every: int = Field(100, ge=1)
+    start_notice_hold: Seconds = Field(0.25, ge=0)
     group_commit_max: int = Field(1024, ge=1)
     dispatcher_threads: int = Field(2, ge=1)
     max_running_steps: int = Field(10000, ge=1)

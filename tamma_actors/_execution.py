@@ -45,7 +45,7 @@ from tamma_actors._execution_control import (
 )
 from tamma_actors._execution_reports import MAX_REDISPATCH, RetryDue, TaskReports
 from tamma_actors._explain import Explain, Explaining
-from tamma_actors._models import WorkflowConfig
+from tamma_actors._models import WorkflowConfig, WorkflowStep
 from tamma_actors._state import ExecutionState
 from tamma_actors._step_base import tell
 from tamma_actors._step_types import (
@@ -100,6 +100,7 @@ class ExecutionDeps:
     clock: Callable[[], float] = time.time
     rand: Callable[[], float] = random.random
     breakers: BreakerRegistry | None = None  # the node's circuit breakers
+    start_hold: float = 0.0  # longest a worker may hold a step's start notice (seconds)
 
 
 def task_id(execution_id: str, step: str, attempt: int) -> str:
@@ -282,7 +283,20 @@ class ExecutionSupervisor(
             "upstream": upstream,
             "idempotency_key": tid,
             "item_index": None,
+            "start_hold": self._start_hold(step),
         }
+
+    def _start_hold(self, step: WorkflowStep) -> float:
+        """How long the worker may keep the step's start notice (``_worker_outbox``): not
+        at all under a schedule-to-start limit (the notice ends it), never past half a run
+        or heartbeat limit (the notice arms those, dated from the step's real start)."""
+        hold = self.deps.start_hold
+        if hold <= 0 or step.queue_timeout is not None:
+            return 0.0
+        for limit in (step.timeout, step.heartbeat_timeout):
+            if limit is not None:
+                hold = min(hold, limit / 2)
+        return hold
 
     def _fail_reply(self, msg: Any, exc: BaseException) -> None:
         reply = getattr(msg, "reply", None)

@@ -294,6 +294,7 @@ class Node:
             timers=self._timers,
             bus=self._bus,  # type: ignore[arg-type]
             snapshot_every=self.config.snapshot_every,
+            start_hold=self.config.start_notice_hold,
         )
         return EngineParts(
             store=self._store,

@@ -54,7 +54,8 @@ class ParallelSteps(StepTypeBase):
                 step=ref[0],
                 attempt=st.attempts,
                 worker=msg.worker_id,
-                **self._running_deadline(ref[0], st.attempts),  # the whole fan-out's timeout
+                # the whole fan-out's timeout, from its first item's start
+                **self._running_deadline(ref[0], st.attempts, msg.ran_s),
             )
         return True
 

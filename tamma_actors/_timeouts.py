@@ -99,9 +99,10 @@ class TimeoutHandling:
         self._send_task(name, attempt)
         return True
 
-    def _running_deadline(self, name: str, attempt: int) -> dict[str, Any]:
-        """A worker started the step: the queue deadline ends, run and heartbeat begin."""
-        step, now = self.cfg.step(name), self.deps.clock()
+    def _running_deadline(self, name: str, attempt: int, ran: float = 0.0) -> dict[str, Any]:
+        """A worker started the step ``ran`` seconds ago (a held start notice): the queue
+        deadline ends, run and heartbeat begin (dated from the real start)."""
+        step, now = self.cfg.step(name), self.deps.clock() - ran
         self._deadlines.cancel("queue", name)
         if step.heartbeat_timeout is not None:
             self._deadlines.arm("heartbeat", name, attempt, now + step.heartbeat_timeout)

@@ -53,6 +53,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _is_non_negative(v: Any) -> bool:
+    return _is_number(v) and v >= 0
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
 def _is_str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -113,6 +121,12 @@ NODE_TYPES: dict[str, dict[str, Check]] = {
     "stop": {},
     "rehello": {},
 }
+# Fields a map of that type may carry (older peers leave them out).
+_OPTIONAL: dict[str, dict[str, Check]] = {
+    "started": {"ran_ms": _is_non_negative},  # a held notice: how long the step has run
+    "result": {"started": _is_bool},  # the result stands for the start notice too
+    "run": {"start_hold": _is_non_negative},  # seconds the start notice may be held
+}
 
 
 def encode(msg: Mapping[str, Any]) -> bytes:
@@ -135,14 +149,17 @@ def _decode(data: bytes, max_size: int, types: Mapping[str, Mapping[str, Check]]
             raise ProtocolError(f"{kind} frame lacks field {name!r}")
         if not check(msg[name]):
             raise ProtocolError(f"{kind} frame has a bad {name!r}: {msg[name]!r:.80}")
+    optional = _OPTIONAL.get(str(kind))
+    if optional is not None:
+        for name, check in optional.items():
+            if name in msg and not check(msg[name]):
+                raise ProtocolError(f"{kind} frame has a bad {name!r}: {msg[name]!r:.80}")
     if kind == "result":
         _check_result(msg)
     return msg
 
 
 def _check_result(msg: dict[str, Any]) -> None:
-    if not isinstance(msg.get("started", False), bool):
-        raise ProtocolError(f"result frame has a bad 'started': {msg['started']!r:.80}")
     if msg["ok"]:
         if "output" not in msg:
             raise ProtocolError("result frame with ok=true lacks 'output'")
@@ -184,8 +201,10 @@ def hb(worker_id: str, running: Sequence[str], rss: int) -> dict[str, Any]:
     return _frame("hb", worker_id=worker_id, running=list(running), rss=rss)
 
 
-def started(task_id: str) -> dict[str, Any]:
-    return _frame("started", task_id=task_id)
+def started(task_id: str, ran_ms: float = 0.0) -> dict[str, Any]:
+    """``ran_ms``: the notice was held; the step began that long before it was sent."""
+    extra = {"ran_ms": ran_ms} if ran_ms > 0 else {}
+    return _frame("started", task_id=task_id, **extra)
 
 
 def progress(task_id: str, value: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ Threads: the main thread owns the DEALER socket and is the only one to touch it.
 the socket and an eventfd. ``slots`` step runners (pykka ThreadingActors, one step at a
 time each) run the steps; whatever they need sent (``started``, ``progress``, ``result``)
 is encoded on their thread, put on the outbox queue, and the eventfd wakes the main
-thread, which sends it.
+thread, which sends it (a start notice may be held a while: see ``_worker_outbox``).
 
 Shutdown order: stop requested (``stop`` frame, or SIGTERM/SIGINT when unmanaged) ->
 queued tasks answered as cancelled -> running steps' cancel events set -> wait up to
@@ -22,7 +22,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -43,6 +42,7 @@ from tamma_actors import _wire as wire
 from tamma_actors._errors import CodecError, TammaError, TransportError, UnknownImplementation
 from tamma_actors._plugins import PluginRegistry, load_registry
 from tamma_actors._step_api import StepCancelled, StepContext, describe_error
+from tamma_actors._worker_outbox import Outbox
 
 __all__ = [
     "EXIT_OK",
@@ -51,7 +51,6 @@ __all__ = [
     "EXIT_USAGE",
     "CurveKeys",
     "Worker",
-    "fold_start_notices",
     "main",
     "run_worker",
 ]
@@ -81,59 +80,6 @@ class Task:
     @property
     def task_id(self) -> str:
         return str(self.msg["task_id"])
-
-
-class Outbox:
-    """Frames from runner threads to the socket thread: a queue plus an eventfd to wake it."""
-
-    def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._items: queue.SimpleQueue[tuple[bytes, str | None, str | None]] = (
-            queue.SimpleQueue()
-        )
-        self._closed = False
-
-    def post(
-        self, frame: bytes, finished: str | None = None, started: str | None = None
-    ) -> None:
-        """Queue ``frame``; ``finished`` names the task whose runner is free again (its
-        result), ``started`` the task whose start this frame announces."""
-        self._items.put((frame, finished, started))
-        self.wake()
-
-    def wake(self) -> None:
-        if not self._closed:
-            with contextlib.suppress(OSError):  # a counter overflow still leaves it readable
-                os.eventfd_write(self.fd, 1)
-
-    def drain(self) -> list[tuple[bytes, str | None, str | None]]:
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.fd)
-        items = []
-        while True:
-            try:
-                items.append(self._items.get_nowait())
-            except queue.Empty:
-                return items
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            os.close(self.fd)
-
-
-def fold_start_notices(
-    items: list[tuple[bytes, str | None, str | None]],
-) -> list[tuple[bytes, str | None]]:
-    """The outbox's frames to send, in order, as ``(frame, finished task)``: a step whose
-    result is in the same batch as its start notice needs no notice (its result says
-    ``started``), one frame fewer per fast step."""
-    done = {finished for _, finished, _ in items if finished is not None}
-    return [
-        (frame, finished)
-        for frame, finished, started in items
-        if started is None or started not in done
-    ]
 
 
 def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int) -> bytes:
@@ -176,7 +122,7 @@ class _StepRunner(pykka.ThreadingActor):
 
     def _run(self, task: Task) -> None:
         msg, task_id = task.msg, task.task_id
-        self._outbox.post(wire.encode(wire.started(task_id)), started=task_id)
+        self._outbox.started(task_id, msg.get("start_hold", 0.0))
         start = time.perf_counter()
         try:
             fn = self._registry.get(msg["implementation"])
@@ -195,13 +141,13 @@ class _StepRunner(pykka.ThreadingActor):
             elapsed = (time.perf_counter() - start) * 1000
             error = describe_error(exc)
             frame = wire.encode(wire.result_error(task_id, error, elapsed, started=True))
-        self._outbox.post(frame, finished=task_id)
+        self._outbox.result(task_id, frame)
 
     def _context(self, task: Task) -> StepContext:
         msg, task_id = task.msg, task.task_id
 
         def on_progress(value: Any) -> None:
-            self._outbox.post(wire.encode(wire.progress(task_id, value)))
+            self._outbox.progress(task_id, wire.encode(wire.progress(task_id, value)))
 
         return StepContext(
             execution_id=msg["execution_id"],
@@ -275,7 +221,7 @@ class RunnerPool:
 
     def _answer_cancelled(self, task: Task) -> None:
         error = describe_error(StepCancelled("cancelled before it started"))
-        self._outbox.post(wire.encode(wire.result_error(task.task_id, error, 0.0)))
+        self._outbox.answer(task.task_id, wire.encode(wire.result_error(task.task_id, error, 0.0)))
 
     def close(self) -> None:
         self.cancel_all()
@@ -423,7 +369,8 @@ class Worker:
                 return EXIT_PARENT_DIED
             timeout_ms = int(max(0.0, self._next_deadline() - time.monotonic()) * 1000) + 1
             events = dict(self._poller.poll(timeout_ms))
-            if self._outbox.fd in events:
+            due = self._outbox.next_due()
+            if self._outbox.fd in events or (due is not None and due <= time.monotonic()):
                 self._flush_outbox()
             if self._sock in events:
                 self._drain_socket()
@@ -444,7 +391,8 @@ class Worker:
             deadline = self._next_hb
         if self._stopping_since is not None:
             deadline = min(deadline, self._stopping_since + self._stop_grace)
-        return deadline
+        held = self._outbox.next_due()  # a held start notice
+        return deadline if held is None else min(deadline, held)
 
     def _on_timers(self, now: float) -> bool:
         """Heartbeat and hello retries; False when the managing parent is gone."""
@@ -486,7 +434,7 @@ class Worker:
             raise TransportError(f"worker send failed: {exc}") from exc
 
     def _flush_outbox(self) -> None:
-        for frame, finished in fold_start_notices(self._outbox.drain()):
+        for frame, finished in self._outbox.drain():
             self._send_bytes(frame)
             if finished is not None:
                 self._runners.finished(finished)

@@ -82,6 +82,7 @@ class Cancel:
 class TaskStarted:
     task_id: str
     worker_id: str
+    ran_s: float = 0.0  # the worker held the notice: the step began this long before
 
 
 @dataclass(frozen=True)
@@ -431,7 +432,8 @@ class WorkerPool(SocketActor):
                 )
             elif kind == "started":
                 task.started = True
-                _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
+                ran = msg.get("ran_ms", 0.0) / 1000.0
+                _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id, ran))
             elif kind == "progress":
                 _notify(task.reply_to, TaskProgress(task.task_id, msg["progress"]))
             else:

@@ -86,7 +86,10 @@ class Kit:
 
 
 def make_kit(
-    store: MemoryStore | None = None, start: float = 1000.0, watchdog: float = 0.0
+    store: MemoryStore | None = None,
+    start: float = 1000.0,
+    watchdog: float = 0.0,
+    start_hold: float = 0.0,
 ) -> Iterator[Kit]:
     store = store or MemoryStore()
     held: queue.Queue[Dispatch] = queue.Queue()
@@ -102,6 +105,7 @@ def make_kit(
         timers=timers,  # type: ignore[arg-type]
         clock=timers.now,
         rand=lambda: 0.5,
+        start_hold=start_hold,
     )
     engine = Engine(
         EngineParts(

@@ -29,7 +29,6 @@ from tamma_actors._worker import (
     EXIT_USAGE,
     CurveKeys,
     Worker,
-    fold_start_notices,
     main,
     run_worker,
 )
@@ -162,21 +161,34 @@ def start(node: FakeNode) -> Iterator[Any]:
         r.stop()
 
 
-def test_a_start_notice_is_left_out_when_its_result_goes_in_the_same_batch() -> None:
-    items: list[tuple[bytes, str | None, str | None]] = [
-        (b"start-a", None, "a"),
-        (b"start-b", None, "b"),
-        (b"progress-b", None, None),
-        (b"result-a", "a", None),
-        (b"cancelled-c", None, None),  # a queued step's answer: no runner was freed
-    ]
-    assert fold_start_notices(items) == [
-        (b"start-b", None),
-        (b"progress-b", None),
-        (b"result-a", "a"),
-        (b"cancelled-c", None),
-    ]
-    assert fold_start_notices([]) == []
+def test_a_held_start_notice_goes_out_when_its_hold_ends(node: FakeNode, start: Any) -> None:
+    start()
+    node.handshake()
+    node.send(task("slow", "sleep", config={"seconds": 0.6}, start_hold=0.2))
+    notice = node.recv("started")
+    res = node.result("slow")
+    # the notice says how long the step had run; the result came after it
+    assert notice["task_id"] == "slow" and 150 <= notice["ran_ms"] < 600
+    assert node.index("started", "slow") < node.index("result", "slow")
+    assert res["ok"] is True and res["started"] is True
+
+
+def test_a_step_done_within_its_hold_sends_no_start_notice(node: FakeNode, start: Any) -> None:
+    start()
+    node.handshake()
+    node.send(task("quick", "sleep", config={"seconds": 0.05}, start_hold=30))
+    res = node.result("quick")
+    assert res["ok"] is True and res["started"] is True
+    assert [m["t"] for m in node.frames if m.get("task_id") == "quick"] == ["result"]
+
+
+def test_progress_sends_a_held_start_notice_first(node: FakeNode, start: Any) -> None:
+    start()
+    node.handshake()
+    node.send(task("c", "chatty", config={"n": 2}, start_hold=30))
+    node.result("c")
+    kinds = [m["t"] for m in node.frames if m.get("task_id") == "c"]
+    assert kinds == ["started", "progress", "progress", "result"]
 
 
 def test_hello_run_result_stop(node: FakeNode, start: Any) -> None:

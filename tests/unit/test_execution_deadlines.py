@@ -181,6 +181,37 @@ def test_heartbeats_keep_a_long_step_alive_and_silence_times_it_out(kit: Kit) ->
     assert "sent no heartbeat for 5s" in final["error"]["message"]
 
 
+def test_a_start_notice_may_be_held_only_within_the_step_limits() -> None:
+    for k in _kit(start_hold=0.25):
+        k.start(
+            wf(
+                step("free"),
+                step("run", timeout=0.2),
+                step("beat", heartbeat_timeout=0.1, timeout=60),
+                step("queued", queue_timeout=30, timeout=60),
+            )
+        )
+        holds = {d.task["step"]: d.task["start_hold"] for d in (k.next_held() for _ in range(4))}
+        # half of the run or heartbeat limit at most; none where the notice ends a queue limit
+        assert holds == {"free": 0.25, "run": 0.1, "beat": 0.05, "queued": 0.0}
+
+
+def test_a_held_start_notice_dates_the_deadlines_from_the_real_start(kit: Kit) -> None:
+    eid = kit.start(wf(step("s", timeout=5, heartbeat_timeout=2, retry_policy={"max_attempts": 1})))
+    d = kit.next_held()
+    assert d.task["start_hold"] == 0.0  # the node's default in this kit: no holding
+    kit.timers.advance(0.5)
+    d.reply_to.tell(TaskStarted(d.task["task_id"], "w-1", 0.5))  # the step began at 1000.0
+    kit.step_is(eid, "s", "running")
+    started = next(e for e in kit.events(eid) if e["type"] == "step.started")
+    assert started["data"]["deadline"] == 1005.0
+    kit.timers.advance(1.4)
+    assert kit.record(eid)["status"] == "running"
+    kit.timers.advance(0.1)  # two seconds of silence since the real start
+    final = kit.status_is(eid, "failed")
+    assert "sent no heartbeat for 2s" in final["error"]["message"]
+
+
 def test_a_redispatched_step_gets_a_fresh_queue_deadline(kit: Kit) -> None:
     eid = kit.start(wf(step("s", queue_timeout=3, timeout=10)))
     d = kit.next_held()
