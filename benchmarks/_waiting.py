@@ -61,13 +61,15 @@ def _all_running(client: Client, ids: list[str]) -> None:
         raise Unavailable(f"{len(bad)} waiting executions are not running after restart")
 
 
-def _until_live(client: Client, count: int, deadline: float) -> None:
+def _until_recovered(client: Client, count: int, deadline: float) -> None:
+    """Until ``count`` executions are back: live (a supervisor) or resting (a wake timer)."""
     while True:
-        live = int(client.health()["executions"]["live"])
-        if live >= count:
+        executions = client.health()["executions"]
+        back = int(executions["live"]) + int(executions.get("resting", 0))
+        if back >= count:
             return
         if time.perf_counter() >= deadline:
-            raise BenchmarkError(f"only {live} of {count} executions re-activated in time")
+            raise BenchmarkError(f"only {back} of {count} executions recovered in time")
         time.sleep(0.05)
 
 
@@ -85,9 +87,10 @@ def run_w5(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result
             serving = node.start(timeout=sizes.timeout)
             with Client(node.control, timeout=60.0) as client:
                 # The node serves while it recovers, and a request re-activates its own
-                # execution on the spot: wait until all N supervisors are live, then for
-                # the last one in recovery order to answer (its timer re-armed).
-                _until_live(client, n, began + sizes.timeout)
+                # execution on the spot: wait until all N are back (live, or resting with
+                # their wake timer armed), then for the last one in recovery order to
+                # answer.
+                _until_recovered(client, n, began + sizes.timeout)
                 _all_running(client, [last])
                 recovered = time.perf_counter() - began
                 _all_running(client, ids)  # and every one answers through its supervisor

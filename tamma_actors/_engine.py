@@ -39,7 +39,6 @@ from tamma_actors._execution import (
     ExecutionSupervisor,
     GetRecord,
     Pause,
-    Recover,
     Resume,
     RetryStep,
     Start,
@@ -49,9 +48,11 @@ from tamma_actors._explain import Explain, explain
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
+from tamma_actors._recovery import EngineRecovery
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
-from tamma_actors._store import ExecutionRecords, Store
+from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
+from tamma_actors._timers import TimerHandle
 from tamma_actors._watchdog import Watchdog
 from tamma_actors._workflow_file import parse_workflow
 
@@ -60,16 +61,6 @@ __all__ = ["Engine"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_TERMINAL = frozenset({"completed", "failed", "aborted"})
-_RECOVERY_PAGE = 256  # executions read per read transaction while recovering
-
-
-class _Unread:
-    """The records of an execution not read yet (``_activate`` reads them itself)."""
-
-
-_UNREAD = _Unread()
-_Read = ExecutionRecords | StoreError | None | _Unread
 
 
 @dataclass(frozen=True)
@@ -123,7 +114,7 @@ def _canonical(definition: Any) -> str | None:
     return text if json.loads(text) == definition else None
 
 
-class Engine:
+class Engine(EngineRecovery):
     def __init__(self, parts: EngineParts) -> None:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
@@ -142,7 +133,8 @@ class Engine:
         self.repaired: dict[str, str] = {}  # recovered from the full log: the snapshot was bad
         self._recovering = False
         self._activated: set[str] = set()  # re-activated by this recovery (once each)
-        self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, during recovery
+        self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, while recovering
+        self._resting: dict[str, TimerHandle] = {}  # recovered, waiting: their wake timers
         self._parsed_cache: dict[
             tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
         ] = {}  # (canonical definition, known implementations) -> parsed, for starts
@@ -265,7 +257,11 @@ class Engine:
 
     def _read(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
         """A read, answered by the live supervisor; if that one stopped on a failed commit
-        (a full or failing disk), the store's committed state answers instead."""
+        (a full or failing disk), the store's committed state answers instead. A resting
+        execution is read from the store (current while it rests), unless the read waits
+        for its end."""
+        if self._is_resting(execution_id) and not isinstance(make(Future()), Wait):
+            return self._from_store_or_refuse(execution_id, make)
         live = self._ask(execution_id, make)
         out: Future[Any] = Future()
 
@@ -420,7 +416,7 @@ class Engine:
         report: dict[str, Any] = {
             "status": "ok",
             "uptime_s": round(time.time() - self._started, 3),
-            "executions": {"live": self.live_count},
+            "executions": {"live": self.live_count, "resting": self.resting_count},
             "recovery": {
                 "in_progress": self._recovering,
                 "unrecoverable": dict(self.unrecovered),
@@ -435,85 +431,6 @@ class Engine:
         return _done(report)
 
     # -- recovery and shutdown -------------------------------------------------------------
-
-    def recover(self) -> int:
-        """Re-activate every execution that was not terminal when the node stopped.
-
-        Control requests are served meanwhile: one for an execution the loop has not
-        reached yet activates it on the spot (``_activate``), and each execution is
-        activated once, whichever comes first. An execution whose records are damaged is
-        not re-activated, and not skipped in silence either: it is logged and listed in
-        ``unrecovered`` (and in health) with the reason naming the bad key; the node
-        starts and serves the others."""
-        count = 0
-        self._recovering = True
-        try:
-            ids = list(self._store.iter_execution_ids())
-            for first in range(0, len(ids), _RECOVERY_PAGE):
-                page = ids[first : first + _RECOVERY_PAGE]
-                found = self._store.read_executions(page, unless=_TERMINAL)
-                for eid, records in zip(page, found, strict=True):
-                    try:
-                        count += self._activate(eid, records)
-                    except TammaError as exc:
-                        log.error("execution %s cannot be recovered: %s", eid, exc)
-                        self.unrecovered[eid] = str(exc)
-        finally:
-            self._recovering = False
-            self._configs.clear()
-        return count
-
-    def _activate(self, eid: str, records: _Read = _UNREAD) -> bool:
-        """Re-activate ``eid`` if it is not terminal and not yet active; True if this call
-        started its supervisor. ``records``: what the recovery loop already read of it
-        (only this engine writes an execution it has not activated, so they are current)."""
-        with self._lock:
-            if eid in self._activated:
-                return False
-        state = self._recovered_state(eid, records)
-        if state is None:
-            return False
-        cfg = self._configs.get(state.digest) or self._definition_of(state)
-        self._configs[state.digest] = cfg  # parsed once per definition, not per execution
-        with self._lock:
-            if self._closed:
-                raise TammaError("the engine is shutting down")
-            if eid in self._activated:
-                return False
-            self._activated.add(eid)
-            ref = ExecutionSupervisor.start(self._dispatcher, self._deps, cfg, state)
-            self._live[eid] = ref
-            ref.tell(Recover())
-        return True
-
-    def _activated_on_demand(self, eid: str) -> bool:
-        """During recovery: make sure ``eid`` is active before a request is routed."""
-        if not self._recovering:
-            return False
-        try:
-            self._activate(eid)
-        except TammaError:
-            return False  # the recovery loop reports it; the request goes to the store
-        return True
-
-    def _recovered_state(self, eid: str, records: _Read = _UNREAD) -> ExecutionState | None:
-        """The state from the snapshot path, or, when the snapshot is damaged, from a
-        replay of the whole event log (reported, never silent); None when there is
-        nothing to recover (no summary, or a terminal one)."""
-        try:
-            if isinstance(records, _Unread):
-                records = self._store.read_execution(eid, unless=_TERMINAL)
-            if isinstance(records, StoreError):
-                raise records
-            if records is None or records.summary.get("status") in _TERMINAL:
-                return None
-            return replay(eid, records.events, records.snapshot)
-        except StoreCorrupted as exc:
-            self._store.get_summary(eid)  # a damaged summary is not repaired: it raises
-            state = replay(eid, self._store.read_events(eid, 1))  # raises if the log is bad
-            log.error("execution %s: %s; recovered from its full event log", eid, exc)
-            self.repaired[eid] = str(exc)
-            return state
 
     def drain(self) -> None:
         """Stop intake for a graceful shutdown: new starts and revivals are refused."""
@@ -543,6 +460,7 @@ class Engine:
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking executions and stop their supervisors (their state is in the store)."""
         self._admin.close()
+        self._stop_resting()
         with self._lock:
             self._closed = True
             refs = list(self._live.values())

@@ -57,6 +57,13 @@ class Kit:
     def record(self, eid: str) -> dict[str, Any]:
         return self.engine.get_workflow(eid).result(WAIT)
 
+    def woken(self, eid: str) -> None:
+        """After a resting execution's wake timer fired (a manual advance runs it on this
+        thread): a read queued behind its supervisor's first turn proves its deadlines are
+        re-armed; then fire those already due, as the real timer service would at once."""
+        self.record(eid)
+        self.timers.advance(0)
+
     def until(self, eid: str, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The first committed record that satisfies ``pred`` (bounded)."""
         deadline = time.monotonic() + WAIT

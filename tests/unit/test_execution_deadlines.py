@@ -90,9 +90,14 @@ def test_a_wait_step_survives_a_restart_with_the_time_it_had_left() -> None:
         k.step_is(eid, "w", "running")
     for k in _kit(store, start=1012.0):  # the node was down 12 s of the 30
         assert k.engine.recover() == 1
+        # nothing to do but wait: it rests (no supervisor) until its wake timer
+        assert (k.engine.live_count, k.engine.resting_count) == (0, 1)
         k.timers.advance(17.9)
         assert k.record(eid)["results"]["w"]["status"] == "running" and k.held.empty()
+        assert k.engine.resting_count == 1  # a read is answered from the store
         k.timers.advance(0.1)
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 0)
+        k.woken(eid)
         assert k.next_held().task["step"] == "after"
         assert [e["type"] for e in k.events(eid)].count("step.dispatched") == 2  # w, after
 
@@ -267,7 +272,8 @@ def test_the_workflow_timeout_survives_a_restart() -> None:
         k.engine.recover()
         k.timers.advance(1.9)
         assert k.record(eid)["status"] == "running"
-        k.timers.advance(0.1)
+        k.timers.advance(0.1)  # it rested until its earliest deadline: the workflow's
+        k.woken(eid)
         assert k.status_is(eid, "failed")["error"]["type"] == "WorkflowTimeout"
 
 

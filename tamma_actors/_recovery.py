@@ -1,0 +1,236 @@
+"""Recovery: every execution that was not terminal when the node stopped comes back.
+
+The engine's mixin. The recovery loop reads executions 256 per read transaction and brings
+each back through the normal path: a supervisor re-activated with ``Recover`` re-dispatches
+whatever was in flight and re-arms its timers. An execution with nothing to do but wait
+(its open steps are ``wait`` steps, or pending behind them) *rests* instead, as DESIGN.md
+allows for idle executions: no supervisor, only a wake-up timer at its earliest deadline
+(a wait step's end or the workflow timeout). Its supervisor is made when that timer fires,
+or as soon as a request other than a read names it; reads are answered from the store,
+which is current (nothing writes an execution while it rests). A restart with thousands of
+parked executions thus costs a read and a replay each, not a supervisor and its first turn.
+
+Requests are served while the loop runs: one for an execution the loop has not reached yet
+activates it on the spot, and each execution is activated once, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from tamma_actors._deadlines import WAIT_IMPLEMENTATION
+from tamma_actors._errors import StoreCorrupted, StoreError, TammaError
+from tamma_actors._execution import ExecutionDeps, ExecutionSupervisor, Recover
+from tamma_actors._state import ExecutionState, replay
+from tamma_actors._store import ExecutionRecords, Store
+
+if TYPE_CHECKING:
+    import pykka
+
+    from tamma_actors._dispatch import Dispatcher
+    from tamma_actors._models import WorkflowConfig
+    from tamma_actors._timers import TimerHandle
+
+__all__ = ["TERMINAL", "EngineRecovery", "rest_until"]
+
+log = logging.getLogger("tamma_actors._engine")
+
+TERMINAL = frozenset({"completed", "failed", "aborted"})
+_DONE = frozenset({"succeeded", "failed", "skipped", "cancelled"})
+_RECOVERY_PAGE = 256  # executions read per read transaction while recovering
+
+
+class _Unread:
+    """The records of an execution not read yet (``_activate`` reads them itself)."""
+
+
+_UNREAD = _Unread()
+_Read = ExecutionRecords | StoreError | None | _Unread
+
+
+def rest_until(state: ExecutionState, cfg: WorkflowConfig) -> float | None:
+    """The wall-clock time a recovered execution next needs its supervisor, if it may rest
+    until then: it is running, at least one ``wait`` step runs, and every other open step
+    is pending behind an unfinished step (so its first turn would only re-arm timers).
+    None when it has anything else to do or to watch (a step in flight, a retry, a fan-out
+    or subflow, a step whose dependencies are all done)."""
+    if state.status != "running":
+        return None
+    wakes: list[float] = []
+    for name in state.order:
+        st = state.steps[name]
+        if st.status in _DONE:
+            continue
+        step = cfg.step(name)
+        waiting = step.type == "task" and step.implementation == WAIT_IMPLEMENTATION
+        if st.status == "running" and waiting and st.deadline is not None:
+            wakes.append(st.deadline)
+            continue
+        if st.status == "pending" and any(
+            state.steps[dep].status not in _DONE for dep in cfg.deps(name)
+        ):
+            continue
+        return None
+    if not wakes:
+        return None
+    if state.deadline is not None:
+        wakes.append(state.deadline)
+    return min(wakes)
+
+
+class EngineRecovery:
+    """Recovery and resting executions; mixed into :class:`~tamma_actors._engine.Engine`."""
+
+    if TYPE_CHECKING:
+        _store: Store
+        _dispatcher: Dispatcher
+        _deps: ExecutionDeps
+        _lock: threading.Lock
+        _closed: bool
+        _live: dict[str, pykka.ActorRef[Any]]
+        _recovering: bool
+        _activated: set[str]
+        _configs: dict[str, WorkflowConfig]
+        _resting: dict[str, TimerHandle]
+        unrecovered: dict[str, str]
+        repaired: dict[str, str]
+
+        def _definition_of(self, state: ExecutionState) -> WorkflowConfig: ...
+
+    @property
+    def resting_count(self) -> int:
+        return len(self._resting)
+
+    def recover(self) -> int:
+        """Bring back every execution that was not terminal when the node stopped; returns
+        how many (re-activated or resting). An execution whose records are damaged is not
+        brought back, and not skipped in silence either: it is logged and listed in
+        ``unrecovered`` (and in health) with the reason naming the bad key; the node starts
+        and serves the others."""
+        count = 0
+        self._recovering = True
+        try:
+            ids = list(self._store.iter_execution_ids())
+            for first in range(0, len(ids), _RECOVERY_PAGE):
+                page = ids[first : first + _RECOVERY_PAGE]
+                found = self._store.read_executions(page, unless=TERMINAL)
+                for eid, records in zip(page, found, strict=True):
+                    try:
+                        count += self._activate(eid, records)
+                    except TammaError as exc:
+                        log.error("execution %s cannot be recovered: %s", eid, exc)
+                        self.unrecovered[eid] = str(exc)
+        finally:
+            self._recovering = False
+            with self._lock:
+                if not self._resting:
+                    self._configs.clear()
+        return count
+
+    def _activate(self, eid: str, records: _Read = _UNREAD) -> bool:
+        """Bring ``eid`` back if it is not terminal and not yet back; True if this call did.
+        ``records``: what the recovery loop already read of it (only this engine writes an
+        execution it has not activated, so they are current). Only the loop lets an
+        execution rest: a request activates what it names."""
+        with self._lock:
+            if eid in self._activated:
+                return False
+        state = self._recovered_state(eid, records)
+        if state is None:
+            return False
+        cfg = self._config_of(state)
+        wake = None if isinstance(records, _Unread) else rest_until(state, cfg)
+        with self._lock:
+            if self._closed:
+                raise TammaError("the engine is shutting down")
+            if eid in self._activated:
+                return False
+            self._activated.add(eid)
+            if wake is None:
+                self._start_supervisor(cfg, state)
+            else:
+                delay = max(0.0, wake - self._deps.clock())
+                self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
+        return True
+
+    def _config_of(self, state: ExecutionState) -> WorkflowConfig:
+        """The parsed definition, once per definition while recovering or resting."""
+        cfg = self._configs.get(state.digest) or self._definition_of(state)
+        self._configs[state.digest] = cfg
+        return cfg
+
+    def _start_supervisor(self, cfg: WorkflowConfig, state: ExecutionState) -> None:
+        """Under ``_lock``: a supervisor for a recovered state, through the normal path."""
+        ref = ExecutionSupervisor.start(self._dispatcher, self._deps, cfg, state)
+        self._live[state.id] = ref
+        ref.tell(Recover())
+
+    def _wake(self, eid: str) -> bool:
+        """A resting execution's supervisor, made now (its timer fired, or a request came);
+        False if it was not resting. Under the lock from start to end: a request racing the
+        timer finds it either resting or live, never in between."""
+        with self._lock:
+            handle = self._resting.pop(eid, None)
+            if handle is None:
+                return False
+            handle.cancel()
+            try:
+                state = self._recovered_state(eid)
+                if state is not None and not self._closed:
+                    self._start_supervisor(self._config_of(state), state)
+            except TammaError as exc:
+                log.error("execution %s cannot be woken: %s", eid, exc)
+                self.unrecovered[eid] = str(exc)
+            finally:
+                if not self._resting and not self._recovering:
+                    self._configs.clear()
+        return True
+
+    def _woken(self, eid: str) -> None:
+        self._wake(eid)  # its timer fired
+
+    def _is_resting(self, eid: str) -> bool:
+        return eid in self._resting
+
+    def _activated_on_demand(self, eid: str) -> bool:
+        """Make sure ``eid`` is live before a request is routed to it: a resting execution
+        is woken; during recovery, one the loop has not reached yet is activated."""
+        if self._wake(eid):
+            return True
+        if not self._recovering:
+            return False
+        try:
+            self._activate(eid)
+        except TammaError:
+            return False  # the recovery loop reports it; the request goes to the store
+        return True
+
+    def _stop_resting(self) -> None:
+        """Shutting down: resting executions stay as the store has them."""
+        with self._lock:
+            handles = list(self._resting.values())
+            self._resting.clear()
+        for handle in handles:
+            handle.cancel()
+
+    def _recovered_state(self, eid: str, records: _Read = _UNREAD) -> ExecutionState | None:
+        """The state from the snapshot path, or, when the snapshot is damaged, from a
+        replay of the whole event log (reported, never silent); None when there is
+        nothing to recover (no summary, or a terminal one)."""
+        try:
+            if isinstance(records, _Unread):
+                records = self._store.read_execution(eid, unless=TERMINAL)
+            if isinstance(records, StoreError):
+                raise records
+            if records is None or records.summary.get("status") in TERMINAL:
+                return None
+            return replay(eid, records.events, records.snapshot)
+        except StoreCorrupted as exc:
+            self._store.get_summary(eid)  # a damaged summary is not repaired: it raises
+            state = replay(eid, self._store.read_events(eid, 1))  # raises if the log is bad
+            log.error("execution %s: %s; recovered from its full event log", eid, exc)
+            self.repaired[eid] = str(exc)
+            return state
