@@ -26,9 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -43,8 +40,17 @@ import zmq
 from tamma_actors import _wire as wire
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import TammaError, TransportError
+from tamma_actors._pool_messages import (
+    Cancel,
+    Dispatch,
+    TaskFinished,
+    TaskProgress,
+    TaskRedispatched,
+    TaskStarted,
+)
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
+from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
 
 __all__ = [
     "Cancel",
@@ -60,50 +66,7 @@ log = logging.getLogger(__name__)
 
 _LINGER_MS = 1000
 MIB = 1 << 20
-_STOP_EXTRA = 2.0  # beyond cancel_grace, for a stopping worker to say bye and exit
-_RESTART_BASE = 0.1
-_RESTART_MAX = 5.0
-_STABLE_UPTIME = 10.0  # a local worker that lived this long resets its crash backoff
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
-
-
-@dataclass(frozen=True)
-class Dispatch:
-    task: dict[str, Any]
-    reply_to: pykka.ActorRef[Any]
-
-
-@dataclass(frozen=True)
-class Cancel:
-    task_id: str
-
-
-@dataclass(frozen=True)
-class TaskStarted:
-    task_id: str
-    worker_id: str
-    ran_s: float = 0.0  # the worker held the notice: the step began this long before
-
-
-@dataclass(frozen=True)
-class TaskProgress:
-    task_id: str
-    progress: Any
-
-
-@dataclass(frozen=True)
-class TaskFinished:
-    task_id: str
-    ok: bool
-    output: Any
-    error: dict[str, Any] | None
-    duration_ms: float
-
-
-@dataclass(frozen=True)
-class TaskRedispatched:
-    task_id: str
-    reason: str
 
 
 @dataclass(eq=False)
@@ -132,15 +95,6 @@ class _Worker:
     tasks: set[str] = field(default_factory=set)
 
 
-@dataclass(eq=False)
-class _Child:
-    worker_id: str
-    proc: subprocess.Popen[bytes]
-    pidfd: int
-    started: float
-    failures: int
-
-
 def _cancelled_error(message: str) -> dict[str, Any]:
     return {"type": "StepCancelled", "message": message, "retryable": False, "retry_after": None}
 
@@ -159,7 +113,7 @@ def _notify(owner: pykka.ActorRef[Any], message: Any) -> None:
         owner.tell(message)
 
 
-class WorkerPool(SocketActor):
+class WorkerPool(LocalWorkers, SocketActor):
     """Owns the workers ROUTER socket, the local worker processes and task dispatch."""
 
     def __init__(
@@ -192,7 +146,7 @@ class WorkerPool(SocketActor):
         self._curve_secret = curve_secret_key
         self._sock: zmq.Socket[bytes] | None = None
         self._workers: dict[str, _Worker] = {}
-        self._children: dict[str, _Child] = {}
+        self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
         self._dispatched_total = 0
@@ -232,15 +186,7 @@ class WorkerPool(SocketActor):
         self._stopping = True
         for w in list(self._workers.values()):
             self._send(w.identity, wire.stop())
-        deadline = time.monotonic() + self._cancel_grace + _STOP_EXTRA
-        for child in list(self._children.values()):
-            try:
-                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("local worker %s did not stop; killing it", child.worker_id)
-                self._kill(child)
-                child.proc.wait(timeout=_STOP_EXTRA)
-            self._forget_child(child)
+        self._stop_children(self._cancel_grace + STOP_EXTRA)
         for _, fut in self._waiters:
             fut.cancel()
         if self._sock is not None:
@@ -524,59 +470,6 @@ class WorkerPool(SocketActor):
                 f"above the {limit / MIB:.0f} MiB limit"
             )
             self._worker_lost(worker, reason, kill=True)
-
-    # -- local worker processes ------------------------------------------------------------
-
-    def _spawn(self, failures: int) -> None:
-        self._spawned += 1
-        worker_id = f"local-{os.getpid()}-{self._spawned}"
-        cmd = [
-            sys.executable, "-m", "tamma_actors._worker",
-            "--connect", self._endpoint,
-            "--managed", "--parent-pid", str(os.getpid()),
-            "--worker-id", worker_id,
-            "--slots", str(self._worker_slots),
-            "--heartbeat-interval", str(self._hb_interval),
-            "--max-frame-bytes", str(self._max_frame),
-            "--stop-grace", str(self._cancel_grace),
-            *self._worker_args,
-        ]  # fmt: skip
-        try:
-            proc = subprocess.Popen(cmd, env=self._env, start_new_session=True)
-        except OSError:
-            log.exception("cannot start a local worker")
-            self._schedule_restart(failures + 1)
-            return
-        child = _Child(worker_id, proc, os.pidfd_open(proc.pid), time.monotonic(), failures)
-        self._children[worker_id] = child
-        self.watch(child.pidfd, lambda: self._on_child_exit(child))
-
-    def _on_child_exit(self, child: _Child) -> None:
-        code = child.proc.wait(timeout=_STOP_EXTRA)  # the pidfd says it exited: reap it
-        self._forget_child(child)
-        worker = self._workers.get(child.worker_id)
-        if worker is not None:
-            self._worker_lost(worker, f"worker {child.worker_id} exited ({code})", kill=False)
-        lived = time.monotonic() - child.started
-        failures = 0 if lived >= _STABLE_UPTIME else child.failures + 1
-        log.warning("local worker %s exited with %s; restarting", child.worker_id, code)
-        self._schedule_restart(failures)
-
-    def _schedule_restart(self, failures: int) -> None:
-        self._restarts += 1
-        delay = min(_RESTART_MAX, _RESTART_BASE * 2 ** min(failures, 10)) if failures else 0.0
-        self.call_later(delay, lambda: None if self._stopping else self._spawn(failures))
-
-    def _forget_child(self, child: _Child) -> None:
-        if self._children.pop(child.worker_id, None) is not None:
-            self.unwatch(child.pidfd)
-            os.close(child.pidfd)
-
-    @staticmethod
-    def _kill(child: _Child) -> None:
-        # Through the pidfd: never signals a recycled pid.
-        with contextlib.suppress(ProcessLookupError, OSError):
-            signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
 
     # -- queries (ask / proxy) ---------------------------------------------------------------
 

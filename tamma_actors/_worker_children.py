@@ -1,0 +1,130 @@
+"""The worker pool's local worker processes: spawned, watched through a pidfd, restarted.
+
+A mixin of :class:`~tamma_actors._workerpool.WorkerPool` (it runs on the pool's thread).
+A local worker that exits is restarted with a backoff (0.1 s doubling up to 5 s; a worker
+that lived 10 s resets it), so a crash loop does not spin. Signals go through the pidfd,
+never to a pid that may have been recycled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tamma_actors._socket_actor import Watchable
+    from tamma_actors._timers import TimerHandle
+
+__all__ = ["STOP_EXTRA", "Child", "LocalWorkers"]
+
+log = logging.getLogger("tamma_actors._workerpool")
+
+STOP_EXTRA = 2.0  # beyond cancel_grace, for a stopping worker to say bye and exit
+_RESTART_BASE = 0.1
+_RESTART_MAX = 5.0
+_STABLE_UPTIME = 10.0  # a local worker that lived this long resets its crash backoff
+
+
+@dataclass(eq=False)
+class Child:
+    worker_id: str
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    started: float
+    failures: int
+
+
+class LocalWorkers:
+    """Spawning, reaping and restarting the pool's local worker processes."""
+
+    if TYPE_CHECKING:
+        _children: dict[str, Child]
+        _endpoint: str
+        _worker_slots: int
+        _hb_interval: float
+        _max_frame: int
+        _cancel_grace: float
+        _worker_args: list[str]
+        _env: dict[str, str]
+        _restarts: int
+        _spawned: int
+        _stopping: bool
+        _workers: dict[str, Any]
+
+        def watch(
+            self, sock: Watchable, on_readable: Callable[[], None], *, drains: bool = False
+        ) -> None: ...
+        def unwatch(self, sock: Watchable) -> None: ...
+        def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
+        def _worker_lost(self, worker: Any, reason: str, *, kill: bool) -> None: ...
+
+    def _spawn(self, failures: int) -> None:
+        self._spawned += 1
+        worker_id = f"local-{os.getpid()}-{self._spawned}"
+        cmd = [
+            sys.executable, "-m", "tamma_actors._worker",
+            "--connect", self._endpoint,
+            "--managed", "--parent-pid", str(os.getpid()),
+            "--worker-id", worker_id,
+            "--slots", str(self._worker_slots),
+            "--heartbeat-interval", str(self._hb_interval),
+            "--max-frame-bytes", str(self._max_frame),
+            "--stop-grace", str(self._cancel_grace),
+            *self._worker_args,
+        ]  # fmt: skip
+        try:
+            proc = subprocess.Popen(cmd, env=self._env, start_new_session=True)
+        except OSError:
+            log.exception("cannot start a local worker")
+            self._schedule_restart(failures + 1)
+            return
+        child = Child(worker_id, proc, os.pidfd_open(proc.pid), time.monotonic(), failures)
+        self._children[worker_id] = child
+        self.watch(child.pidfd, lambda: self._on_child_exit(child))
+
+    def _on_child_exit(self, child: Child) -> None:
+        code = child.proc.wait(timeout=STOP_EXTRA)  # the pidfd says it exited: reap it
+        self._forget_child(child)
+        worker = self._workers.get(child.worker_id)
+        if worker is not None:
+            self._worker_lost(worker, f"worker {child.worker_id} exited ({code})", kill=False)
+        lived = time.monotonic() - child.started
+        failures = 0 if lived >= _STABLE_UPTIME else child.failures + 1
+        log.warning("local worker %s exited with %s; restarting", child.worker_id, code)
+        self._schedule_restart(failures)
+
+    def _schedule_restart(self, failures: int) -> None:
+        self._restarts += 1
+        delay = min(_RESTART_MAX, _RESTART_BASE * 2 ** min(failures, 10)) if failures else 0.0
+        self.call_later(delay, lambda: None if self._stopping else self._spawn(failures))
+
+    def _stop_children(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the children (told to stop), then kill the rest."""
+        deadline = time.monotonic() + grace
+        for child in list(self._children.values()):
+            try:
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("local worker %s did not stop; killing it", child.worker_id)
+                self._kill(child)
+                child.proc.wait(timeout=STOP_EXTRA)
+            self._forget_child(child)
+
+    def _forget_child(self, child: Child) -> None:
+        if self._children.pop(child.worker_id, None) is not None:
+            self.unwatch(child.pidfd)
+            os.close(child.pidfd)
+
+    @staticmethod
+    def _kill(child: Child) -> None:
+        # Through the pidfd: never signals a recycled pid.
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
