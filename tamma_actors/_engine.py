@@ -132,7 +132,7 @@ class Engine(EngineRecovery):
         self.unrecovered: dict[str, str] = {}  # execution id -> why it could not recover
         self.repaired: dict[str, str] = {}  # recovered from the full log: the snapshot was bad
         self._recovering = False
-        self._activated: set[str] = set()  # re-activated by this recovery (once each)
+        self._activated: set[str] = set()  # brought back by the recovery running now
         self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, while recovering
         self._resting: dict[str, TimerHandle] = {}  # recovered, waiting: their wake timers
         self._parsed_cache: dict[

@@ -124,8 +124,9 @@ class EngineRecovery:
                         log.error("execution %s cannot be recovered: %s", eid, exc)
                         self.unrecovered[eid] = str(exc)
         finally:
-            self._recovering = False
             with self._lock:
+                self._recovering = False
+                self._activated.clear()  # from now on a request finds it live or resting
                 if not self._resting:
                     self._configs.clear()
         return count
@@ -136,7 +137,7 @@ class EngineRecovery:
         execution it has not activated, so they are current). Only the loop lets an
         execution rest: a request activates what it names."""
         with self._lock:
-            if eid in self._activated:
+            if eid in self._activated or eid in self._live or eid in self._resting:
                 return False
         state = self._recovered_state(eid, records)
         if state is None:
@@ -146,8 +147,8 @@ class EngineRecovery:
         with self._lock:
             if self._closed:
                 raise TammaError("the engine is shutting down")
-            if eid in self._activated:
-                return False
+            if eid in self._activated or eid in self._live or eid in self._resting:
+                return False  # the loop or a request got there first (maybe as it ended)
             self._activated.add(eid)
             if wake is None:
                 self._start_supervisor(cfg, state)

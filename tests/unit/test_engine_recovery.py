@@ -24,6 +24,18 @@ def test_recovery_parses_each_definition_once(parsed: list[str]) -> None:
     assert sorted(parsed) == ["other", "wf"]
 
 
+def test_recovery_keeps_no_per_execution_bookkeeping_once_it_ends() -> None:
+    store = MemoryStore()
+    for k in _kit(lambda task: None, store):
+        ids = [k.start(wf(step("a")))["id"] for _ in range(5)]
+    for k in _kit(echo_input, store):
+        assert k.engine.recover() == 5
+        assert not k.engine._activated and not k.engine._recovering
+        assert not k.engine._activated_on_demand(ids[0])  # live: nothing to bring back
+        for eid in ids:
+            assert k.finish(eid)["status"] == "completed"
+
+
 def test_reads_of_an_execution_stopped_by_a_failed_commit_come_from_the_store(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
