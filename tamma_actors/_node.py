@@ -185,11 +185,13 @@ class Node:
             self.close()
             raise
         log.info(
-            "node up: data %s, control %s, %d local workers, %d executions recovered",
+            "node up: data %s, control %s, %d local workers, %d executions recovered "
+            "(%d resting until their timer or a request)",
             cfg.data_dir,
             cfg.control_address,
             cfg.workers,
             self.recovered,
+            self._engine.resting_count,
         )
         return self
 

@@ -132,7 +132,7 @@ def write_child(log: Path) -> Path:
     return child
 
 
-KINDS = ["chain", "diamond", "retry", "wide", "fanout", "decision", "subflow"]
+KINDS = ["chain", "diamond", "retry", "wide", "fanout", "decision", "subflow", "parked"]
 
 
 def make_workflow(rng: random.Random, log: Path) -> dict[str, Any]:
@@ -176,6 +176,12 @@ def make_workflow(rng: random.Random, log: Path) -> dict[str, Any]:
             _record(log, "no", "pick"),
             _record(log, "end", "yes", "no"),
         ]  # fmt: skip
+    elif kind == "parked":  # a durable timer: a restart finds it resting, then it wakes
+        steps = [
+            _record(log, "a"),
+            _step("park", "wait", "a", seconds=round(rng.uniform(0.2, 1.5), 3)),
+            _record(log, "z", "park"),
+        ]
     else:
         child = str(log.parent / "child.yaml")
         steps = [

@@ -2,7 +2,8 @@
 
 Each test runs a real `tamma-node run` with two real workers, keeps starting a mix of
 workflows (chains, diamonds, retries with `fail`, wide joins, parallel fan-outs of `record`
-items, decisions, subflows; `record` steps everywhere)
+items, decisions, subflows, `wait` steps that a restart finds resting; `record` steps
+everywhere)
 and kills processes while that goes on (the node test ends with a graceful SIGTERM under
 load, which must exit 0). Afterwards every check of `harness.check_store`
 must hold: every acknowledged start reached a terminal status, each step's result was
