@@ -18,6 +18,7 @@ from typing import Any
 
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._errors import TammaError
+from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 __all__ = ["main"]
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     _offline_parsers(sub)
     worker = sub.add_parser("worker", help="run one worker that joins a node")
     worker.add_argument("--connect", required=True, help="the node's workers endpoint")
-    worker.add_argument("--slots", type=int, default=8)
+    worker.add_argument("--slots", type=int, default=DEFAULT_WORKER_SLOTS)
     worker.add_argument("--worker-id")
     worker.add_argument("--heartbeat", type=float, default=1.0)
     worker.add_argument("--allow-shell", action="store_true")

@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from tamma_actors._errors import ConfigError
 from tamma_actors._models import Seconds
+from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 __all__ = ["NodeConfig", "load_node_config", "node_config_json_schema"]
 
@@ -66,7 +67,7 @@ class NodeConfig(BaseSettings):
     curve_public_key: str | None = None
     curve_secret_key: str | None = None
     workers: int = Field(default_factory=_cpu_count, ge=0)
-    worker_slots: int = Field(8, ge=1)
+    worker_slots: int = Field(DEFAULT_WORKER_SLOTS, ge=1)
     worker_max_memory_mb: int | None = Field(None, ge=16)
     heartbeat_interval: Seconds = Field(1.0, gt=0)
     heartbeat_timeout: Seconds = Field(5.0, gt=0)

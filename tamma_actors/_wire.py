@@ -17,6 +17,7 @@ from tamma_actors._codec import pack, unpack
 from tamma_actors._errors import ProtocolError
 
 __all__ = [
+    "DEFAULT_WORKER_SLOTS",
     "NODE_TYPES",
     "VERSION",
     "WORKER_TYPES",
@@ -38,6 +39,10 @@ __all__ = [
 ]
 
 VERSION = 1
+# Steps a worker runs at once unless told otherwise: threads, so mostly for steps that
+# wait (I/O, subprocesses); more slots keep more short steps in flight (W2: 8 -> 32 slots
+# gave +10-25 % steps/s here; CPU-bound steps share the worker's GIL whatever the count).
+DEFAULT_WORKER_SLOTS = 32
 Check = Callable[[Any], bool]
 
 

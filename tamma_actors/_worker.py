@@ -268,7 +268,7 @@ class Worker:
         self,
         endpoint: str,
         *,
-        slots: int = 8,
+        slots: int = wire.DEFAULT_WORKER_SLOTS,
         worker_id: str | None = None,
         heartbeat_interval: float = 1.0,
         allow_shell: bool = False,
@@ -512,7 +512,7 @@ def _install_signals(worker: Worker) -> dict[int, Any]:
 def run_worker(
     endpoint: str,
     *,
-    slots: int = 8,
+    slots: int = wire.DEFAULT_WORKER_SLOTS,
     worker_id: str | None = None,
     heartbeat_interval: float = 1.0,
     allow_shell: bool = False,
@@ -564,7 +564,7 @@ def _allow_entry(text: str) -> tuple[str, str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tamma-node worker", description=__doc__.split("\n")[0])
     p.add_argument("--connect", required=True, help="the node's workers endpoint")
-    p.add_argument("--slots", type=int, default=8)
+    p.add_argument("--slots", type=int, default=wire.DEFAULT_WORKER_SLOTS)
     p.add_argument("--worker-id")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--managed", action="store_true", help="spawned by the node (its parent)")

@@ -122,7 +122,7 @@ class WorkerPool(LocalWorkers, SocketActor):
         *,
         endpoint: str,
         local_workers: int,
-        worker_slots: int = 8,
+        worker_slots: int = wire.DEFAULT_WORKER_SLOTS,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         cancel_grace: float = 5.0,

@@ -11,6 +11,7 @@ import pytest
 
 from tamma_actors._config import NodeConfig, load_node_config, node_config_json_schema
 from tamma_actors._errors import ConfigError
+from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ def test_defaults() -> None:
     cfg = NodeConfig()
     assert cfg.data_dir == Path("var")
     assert cfg.workers == (os.cpu_count() or 1)
-    assert (cfg.worker_slots, cfg.heartbeat_interval, cfg.heartbeat_timeout) == (8, 1.0, 5.0)
+    assert (cfg.worker_slots, cfg.heartbeat_interval, cfg.heartbeat_timeout) == (32, 1.0, 5.0)
     assert cfg.max_frame_bytes == 8 * 1024 * 1024
     assert cfg.map_size == 64 * 1024 * 1024
     assert cfg.durability == "full"
@@ -77,7 +78,7 @@ def test_yaml_file(tmp_path: Path) -> None:
 
 
 def test_empty_yaml_file_means_defaults(tmp_path: Path) -> None:
-    assert load_node_config(write(tmp_path, "node.yml", "")).worker_slots == 8
+    assert load_node_config(write(tmp_path, "node.yml", "")).worker_slots == 32
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,8 +104,8 @@ def test_nested_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_file_layer_does_not_leak_between_loads(tmp_path: Path) -> None:
     load_node_config(write(tmp_path, "a.toml", "worker_slots = 2\n"))
-    assert load_node_config().worker_slots == 8
-    assert NodeConfig().worker_slots == 8
+    assert load_node_config().worker_slots == DEFAULT_WORKER_SLOTS
+    assert NodeConfig().worker_slots == DEFAULT_WORKER_SLOTS
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
