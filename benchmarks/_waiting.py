@@ -1,12 +1,12 @@
 """W5 and W6: many executions parked in the built-in ``wait`` step (a coordinator timer).
 
 W5 kills the node with SIGKILL and measures how long a new node takes until it serves
-requests (``serving_s``), until all N supervisors are live again (health's
-``executions.live``) and the last execution in recovery order answers ``status`` through
-its supervisor (``recovery_s``: the dispatcher runs turns in the order they were scheduled,
-so the others have re-armed their timers by then), and until every one of them has
-answered (``all_status_s``, which includes serving those N requests). W6 measures the
-coordinator's RSS with N executions waiting, and W2's throughput under that load.
+requests (``serving_s``), until all N are back (health's ``executions.live`` plus
+``executions.resting``: a supervisor, or a wake-up timer armed at the wait's end) and the
+last execution in recovery order answers ``status`` (``recovery_s``), and until every one
+of them has answered (``all_status_s``, which includes serving those N requests). W6
+measures the coordinator's RSS with N executions waiting, and W2's throughput under that
+load.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def rest_until(state: ExecutionState, cfg: WorkflowConfig) -> float | None:
             wakes.append(st.deadline)
             continue
         if st.status == "pending" and any(
-            state.steps[dep].status not in _DONE for dep in cfg.deps(name)
+            state.steps[dep].status not in _DONE for dep in cfg.dependency_map()[name]
         ):
             continue
         return None

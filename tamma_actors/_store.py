@@ -315,7 +315,6 @@ class RecordStore(ABC):
         return self._view(verify_records)
 
 
-
 class _Table:
     """A sorted in-memory table: a dict plus a sorted key list for range scans."""
 

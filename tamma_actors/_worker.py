@@ -369,7 +369,7 @@ class Worker:
                 return EXIT_PARENT_DIED
             timeout_ms = int(max(0.0, self._next_deadline() - time.monotonic()) * 1000) + 1
             events = dict(self._poller.poll(timeout_ms))
-            due = self._outbox.next_due()
+            due = self._outbox.next_due()  # a held start notice, even while frames flow in
             if self._outbox.fd in events or (due is not None and due <= time.monotonic()):
                 self._flush_outbox()
             if self._sock in events:

@@ -99,7 +99,7 @@ class Outbox:
                 out.append(Outgoing(item.frame, item.task_id))
             else:
                 out.append(Outgoing(item.frame))
-        now = time.monotonic() if now is None else now
+        now = time.monotonic() if now is None else now  # after the posts: a 0 hold is due
         for task_id in [t for t, (due, _) in self._held.items() if due <= now]:
             self._release(task_id, out, now)
         return out

@@ -33,6 +33,7 @@ WORKER_FRAMES = [
     wire.hello("w1", 12, "host", 4, ["noop", "echo"]),
     wire.hb("w1", ["t1", "t2"], 1 << 33),
     wire.started("t1"),
+    wire.started("t2", 250.5),  # a held notice
     wire.progress("t1", {"pct": 3}),
     wire.result_ok("t1", {"out": [1, "x", None]}, 1.5),
     wire.result_ok("t1", None, 0),
@@ -105,6 +106,8 @@ def test_extra_fields_tolerated() -> None:
         (pack({**wire.result_ok("t", 1, 1), "duration_ms": "1"}), ProtocolError, "duration"),
         (pack({**wire.result_ok("t", 1, 1), "ok": 1}), ProtocolError, "bad 'ok'"),
         (pack({**wire.result_ok("t", 1, 1), "started": 1}), ProtocolError, "bad 'started'"),
+        (pack({**wire.started("t"), "ran_ms": -1}), ProtocolError, "bad 'ran_ms'"),
+        (pack({**wire.started("t"), "ran_ms": "5"}), ProtocolError, "bad 'ran_ms'"),
         (
             pack({"v": 1, "t": "result", "task_id": "t", "ok": True, "duration_ms": 1}),
             ProtocolError,
@@ -135,7 +138,15 @@ def test_bad_worker_frames(data: bytes, error: type[Exception], match: str) -> N
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("attempt", "1"), ("attempt", True), ("config", [1]), ("item_index", 1.5), ("step", None)],
+    [
+        ("attempt", "1"),
+        ("attempt", True),
+        ("config", [1]),
+        ("item_index", 1.5),
+        ("step", None),
+        ("start_hold", -0.1),  # optional, but checked when present
+        ("start_hold", True),
+    ],
 )
 def test_bad_run_fields(field: str, value: Any) -> None:
     with pytest.raises(ProtocolError, match=f"bad '{field}'"):
