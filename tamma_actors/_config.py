@@ -76,6 +76,7 @@ class NodeConfig(BaseSettings):
     snapshot_every: int = Field(100, ge=1)
     start_notice_hold: Seconds = Field(0.25, ge=0)
     group_commit_max: int = Field(1024, ge=1)
+    store_writer: Literal["process", "thread"] = "process"
     dispatcher_threads: int = Field(2, ge=1)
     max_running_steps: int = Field(10000, ge=1)
     allow_shell: bool = False

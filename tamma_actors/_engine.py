@@ -121,6 +121,7 @@ class Engine(EngineRecovery):
         self._deps = replace(
             parts.deps,
             on_terminal=self._retire,
+            on_commit_lost=self._commit_lost,
             children=EngineChildren(self, parts.store, parts.deps.timers),
             breakers=parts.deps.breakers or _breaker_registry(parts),
         )
@@ -135,6 +136,7 @@ class Engine(EngineRecovery):
         self._activated: set[str] = set()  # brought back by the recovery running now
         self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, while recovering
         self._resting: dict[str, TimerHandle] = {}  # recovered, waiting: their wake timers
+        self._unconfirmed: set[str] = set()  # stopped on a lost writer: back when it is
         self._parsed_cache: dict[
             tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
         ] = {}  # (canonical definition, known implementations) -> parsed, for starts

@@ -100,6 +100,14 @@ class StoreClosed(StoreError):
     pass
 
 
+class StoreWriterLost(StoreClosed):
+    """The store writer could not confirm a write: its process died or is being restarted.
+    Whether the write landed is for the store to say; the execution it belonged to is
+    re-read from the store once a writer is back."""
+
+    code = "store_writer_lost"
+
+
 class StoreFull(StoreError):
     code = "store_full"
 
@@ -222,6 +230,8 @@ _BY_CODE: dict[str, type[TammaError]] = {
     "forbidden": Forbidden,
     "too_large": FrameTooLarge,
     "timeout": RequestTimeout,
+    "store": StoreError,
+    "store_writer_lost": StoreWriterLost,
     "store_full": StoreFull,
     "store_unwritable": StoreUnwritable,
     "store_corrupted": StoreCorrupted,

@@ -65,7 +65,7 @@ from tamma_actors._workerpool import (
     TaskRedispatched,
     TaskStarted,
 )
-from tamma_actors._writer import StoreWriter
+from tamma_actors._writer import QueuedWriter
 
 # The messages and names other modules import from here; they live in the mixins' modules.
 __all__ = [
@@ -90,11 +90,13 @@ log = logging.getLogger(__name__)
 class ExecutionDeps:
     """What an execution needs from its node."""
 
-    writer: StoreWriter
+    writer: QueuedWriter
     pool: pykka.ActorRef[Any]
     timers: TimerService
     bus: pykka.ActorRef[Any] | None = None
     on_terminal: Callable[[str], None] = lambda _eid: None
+    # its commit was not confirmed (StoreWriterLost): re-read it once the writer is back
+    on_commit_lost: Callable[[str], None] = lambda _eid: None
     children: Children | None = None  # starts and steers subflow children (the engine)
     snapshot_every: int = 100
     clock: Callable[[], float] = time.time

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tamma_actors._errors import StoreError, StoreWriterLost
 from tamma_actors._eventbus import Publish
 from tamma_actors._state import apply, make_event, to_record, to_summary
 from tamma_actors._store import Write
@@ -130,7 +131,10 @@ class CommitCycle:
             batch.settle(exc)
 
         self._tail = batch
-        self.deps.writer.submit(write, done)
+        try:
+            self.deps.writer.submit(write, done)
+        except StoreError as exc:  # refused at once (closed, or its writer is restarting)
+            done(exc)
 
     def _after_tail(self, fn: Callable[[BaseException | None], None]) -> None:
         """Run ``fn`` once everything decided so far is committed (now, if it is)."""
@@ -164,10 +168,13 @@ class CommitCycle:
 
     def _on_commit_failed(self, exc: BaseException, batch: Batch) -> None:
         log.error("execution %s: commit failed, execution stops: %s", self.state.id, exc)
-        for reply in batch.replies:
+        waiters, self._waiters = self._waiters, []  # the engine answers them from the store
+        for reply in [*batch.replies, *waiters]:
             fail(reply, exc)
         self._broken = True  # the in-memory state ran ahead of the store; the store is right
         self.deps.on_terminal(self.state.id)
+        if isinstance(exc, StoreWriterLost):
+            self.deps.on_commit_lost(self.state.id)
 
 
 def resolve(reply: Future[dict[str, Any]], value: dict[str, Any] | None) -> None:

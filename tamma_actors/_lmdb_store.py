@@ -3,6 +3,10 @@
 The record rules live in :class:`RecordStore`; this module only makes transactions,
 grows the map when it fills, and translates ``lmdb.Error`` (this is the seam).
 
+A node commits from its store writer process and reads from its own process: when one
+process grows the map, the other adopts the new size at its next transaction (LMDB says
+``MapResizedError``).
+
 Locking: commits are serialised by ``_commit_lock``. Readers run short read transactions
 from any thread under the shared side of ``_gate``; growing the map and closing take the
 exclusive side, because LMDB invalidates every open transaction when the map is replaced
@@ -201,13 +205,25 @@ class LmdbStore(RecordStore):
             raise StoreClosed(f"the store at {self.path} is closed")
 
     def _view(self, fn: Callable[[RecordView], T]) -> T:
-        with self._gate.shared():
-            self._check_open()
+        while True:
+            with self._gate.shared():
+                self._check_open()
+                try:
+                    with self._env.begin() as txn:
+                        return fn(_LmdbTxn(txn, self._dbs))
+                except lmdb.MapResizedError:
+                    pass  # the writer process grew the map: adopt its size, read again
+                except lmdb.Error as exc:
+                    raise _translate(exc, f"read from {self.path} failed") from exc
+            self._adopt_map()
+
+    def _adopt_map(self) -> None:
+        """Map the size another process (the store writer) grew the file to."""
+        with self._gate.exclusive():
             try:
-                with self._env.begin() as txn:
-                    return fn(_LmdbTxn(txn, self._dbs))
+                self._env.set_mapsize(0)  # 0: the size recorded in the file
             except lmdb.Error as exc:
-                raise _translate(exc, f"read from {self.path} failed") from exc
+                raise _translate(exc, f"cannot adopt the map size of {self.path}") from exc
 
     def _transact(self, fn: Callable[[RecordTxn], T]) -> T:
         with self._commit_lock:
@@ -217,6 +233,8 @@ class LmdbStore(RecordStore):
                     return self._attempt(fn)
                 except lmdb.MapFullError:
                     self._grow()  # the transaction was aborted: redo it in the bigger map
+                except lmdb.MapResizedError:
+                    self._adopt_map()  # another process grew it: redo it in its map
                 except lmdb.Error as exc:
                     raise _translate(exc, f"commit to {self.path} failed") from exc
 

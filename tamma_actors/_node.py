@@ -10,24 +10,25 @@ declared children sit the pieces every child relies on::
             (they stay committed as dispatched), running steps get ``shutdown_grace`` to
             finish and commit their results
     stop:   control_server → engine (execution supervisors) → worker_pool (workers told to
-            stop, then killed) → event_bus → store_writer (drains, commits) → timers,
-            dispatcher → store → lock
+            stop, then killed) → event_bus → store_writer (drains, commits; its process
+            exits) → timers, dispatcher → store → lock
 
 Every stop has a timeout; closing twice is harmless. A full store (``StoreFull``: the map
 ceiling or the disk) makes the node refuse new work until it is restarted; what was
-committed stays, and the executions it stopped are recovered on the next start.
+committed stays, and the executions it stopped are recovered on the next start. When the
+store writer process dies, the supervision tree starts another, and the executions whose
+commits it had not confirmed are re-read from the store (``reactivate_unconfirmed``, from
+the supervision loop once every child runs again).
 """
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Self
 
 import pykka
@@ -36,13 +37,13 @@ import zmq
 from tamma_actors._admin import cleanup_store
 from tamma_actors._config import NodeConfig
 from tamma_actors._control import ControlServer
+from tamma_actors._data_dir import lock_data_dir
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._errors import (
-    ConfigError,
-    StoreClosed,
     StoreFull,
     StoreUnwritable,
+    StoreWriterLost,
     SupervisionError,
     TammaError,
 )
@@ -60,7 +61,8 @@ from tamma_actors._supervision import (
 )
 from tamma_actors._timers import TimerService
 from tamma_actors._workerpool import Dispatch, WorkerPool
-from tamma_actors._writer import StoreWriter
+from tamma_actors._writer import QueuedWriter, StoreWriter
+from tamma_actors._writer_process import ProcessStoreWriter
 
 __all__ = ["EXIT_ESCALATED", "EXIT_OK", "Node"]
 
@@ -88,7 +90,7 @@ class _ActorSlot:
 
 class _WriterSlot:
     def __init__(self) -> None:
-        self.writer: StoreWriter | None = None
+        self.writer: QueuedWriter | None = None
         # The first StoreFull or StoreUnwritable a commit met: from then on, no new work.
         self.full: StoreFull | StoreUnwritable | None = None
 
@@ -96,7 +98,7 @@ class _WriterSlot:
         self, write: Write, done: Callable[[BaseException | None], None] | None = None
     ) -> None:
         if self.writer is None:
-            raise StoreClosed("the store writer is not running")
+            raise StoreWriterLost("the store writer is not running (it is being restarted)")
 
         def observed(exc: BaseException | None) -> None:
             if isinstance(exc, StoreFull | StoreUnwritable) and self.full is None:
@@ -163,7 +165,7 @@ class Node:
     def start(self) -> Self:
         cfg = self.config
         try:
-            self._prepare_data_dir(cfg.data_dir)
+            self._lock_fd = lock_data_dir(cfg.data_dir)
             self._store = LmdbStore(
                 cfg.data_dir / "store",
                 durability=cfg.durability,
@@ -220,6 +222,8 @@ class Node:
                     if not self._restart(index, spec):
                         return EXIT_ESCALATED
                     break
+            else:  # every child runs: bring back what a lost writer stopped since
+                self.engine.reactivate_unconfirmed()
         return EXIT_OK
 
     def drain(self, grace: float, hurry: threading.Event | None = None) -> bool:
@@ -312,7 +316,19 @@ class Node:
         cfg = self.config
         if spec.kind == "store_writer":
             assert self._store is not None
-            writer = StoreWriter(self._store, max_batch=cfg.group_commit_max)
+            writer: QueuedWriter
+            if cfg.store_writer == "thread":
+                writer = StoreWriter(self._store, max_batch=cfg.group_commit_max)
+            else:
+                writer = ProcessStoreWriter(
+                    cfg.data_dir / "store",
+                    durability=cfg.durability,
+                    map_size=cfg.map_size,
+                    max_map_size=cfg.max_map_size,
+                    max_batch=cfg.group_commit_max,
+                    # it keeps the data-directory lock until its last commit is done
+                    hold_fds=() if self._lock_fd is None else (self._lock_fd,),
+                )
             writer.start()
             self._writer.writer = writer
         elif spec.kind == "event_bus":
@@ -403,19 +419,6 @@ class Node:
         return True
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _prepare_data_dir(self, data_dir: Path) -> None:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(data_dir, 0o700)
-        fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise ConfigError(f"another node is running on {data_dir}") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
 
     def _health(self) -> dict[str, Any]:
         report: dict[str, Any] = {

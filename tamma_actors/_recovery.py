@@ -10,6 +10,9 @@ or as soon as a request other than a read names it; reads are answered from the 
 which is current (nothing writes an execution while it rests). A restart with thousands of
 parked executions thus costs a read and a replay each, not a supervisor and its first turn.
 
+The same path brings back, once a store writer is running again, an execution that
+stopped because its writer process died before confirming a commit (``_commit_lost``).
+
 Requests are served while the loop runs: one for an execution the loop has not reached yet
 activates it on the spot, and each execution is activated once, whichever comes first.
 """
@@ -95,6 +98,7 @@ class EngineRecovery:
         _activated: set[str]
         _configs: dict[str, WorkflowConfig]
         _resting: dict[str, TimerHandle]
+        _unconfirmed: set[str]
         unrecovered: dict[str, str]
         repaired: dict[str, str]
 
@@ -149,13 +153,35 @@ class EngineRecovery:
                 raise TammaError("the engine is shutting down")
             if eid in self._activated or eid in self._live or eid in self._resting:
                 return False  # the loop or a request got there first (maybe as it ended)
-            self._activated.add(eid)
+            if self._recovering:  # what the loop activated, forgotten when it ends
+                self._activated.add(eid)
             if wake is None:
                 self._start_supervisor(cfg, state)
             else:
                 delay = max(0.0, wake - self._deps.clock())
                 self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
         return True
+
+    def _commit_lost(self, eid: str) -> None:
+        """``eid`` stopped: its store writer died before confirming a commit."""
+        with self._lock:
+            self._unconfirmed.add(eid)
+
+    def reactivate_unconfirmed(self) -> int:
+        """A store writer is back: bring back, from what the store has, each execution
+        that stopped because its writer could not confirm a commit; returns how many."""
+        with self._lock:
+            ids, self._unconfirmed = self._unconfirmed, set()
+        count = 0
+        for eid in sorted(ids):
+            try:
+                count += self._activate(eid)
+            except TammaError as exc:
+                log.error("execution %s cannot be brought back: %s", eid, exc)
+                self.unrecovered[eid] = str(exc)
+        if count:
+            log.warning("%d execution(s) re-read from the store after the writer restarted", count)
+        return count
 
     def _config_of(self, state: ExecutionState) -> WorkflowConfig:
         """The parsed definition, once per definition while recovering or resting."""

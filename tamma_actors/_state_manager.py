@@ -28,7 +28,7 @@ from tamma_actors._errors import (
 from tamma_actors._models import WorkflowState
 from tamma_actors._status import TERMINAL_EXECUTION, check_execution_transition
 from tamma_actors._store import Store, Write
-from tamma_actors._writer import StoreWriter
+from tamma_actors._writer import QueuedWriter
 
 __all__ = ["StateFilter", "WorkflowStateManager"]
 
@@ -69,7 +69,7 @@ class WorkflowStateManager:
     def __init__(
         self,
         store: Store,
-        writer: StoreWriter,
+        writer: QueuedWriter,
         *,
         clock: Callable[[], float] = time.time,
         commit_timeout: float = 30.0,

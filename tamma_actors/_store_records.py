@@ -87,6 +87,11 @@ class Encoded:
     summary: bytes | None
     snapshot: bytes | None
     packed_events: list[bytes]  # the events as plain msgpack: what the event bus sends
+    # Set only on a write that came over the pipe to the store writer process
+    # (``_store_wire``), where every record arrives as stored bytes.
+    history: list[bytes] | None = None
+    definition: bytes | None = None
+    breakers: dict[str, bytes] | None = None
 
 
 class RecordView(Protocol):
@@ -161,12 +166,13 @@ def apply_write(txn: RecordTxn, w: Write, last_seq: int | None = None) -> int:
     if w.delete:
         delete_execution(txn, eid)
         last_seq = 0
+    enc = w.encoded
     if w.definition is not None:
         digest_key = id_key(w.definition[0])
         if txn.get(DEFINITIONS, digest_key) is None:
-            txn.put(DEFINITIONS, digest_key, encode_record(w.definition[1]))
+            definition = None if enc is None else enc.definition
+            txn.put(DEFINITIONS, digest_key, definition or encode_record(w.definition[1]))
     last = _append_events(txn, w, last_seq)
-    enc = w.encoded
     if w.summary is not None:
         summary = None if enc is None else enc.summary
         txn.put(EXECUTIONS, key, encode_record(w.summary) if summary is None else summary)
@@ -179,12 +185,20 @@ def apply_write(txn: RecordTxn, w: Write, last_seq: int | None = None) -> int:
             )
         snapshot = None if enc is None else enc.snapshot
         txn.put(SNAPSHOTS, key, encode_record(w.snapshot) if snapshot is None else snapshot)
-    first = last_counter(txn, HISTORY, eid) + 1 if w.history else 1
-    for counter, record in enumerate(w.history, start=first):
-        txn.put(HISTORY, event_key(eid, counter), encode_record(record))
-    for name, state in (w.breakers or {}).items():
-        txn.put(BREAKERS, id_key(name), encode_record(state))
+    history = _stored(w.history, None if enc is None else enc.history)
+    first = last_counter(txn, HISTORY, eid) + 1 if history else 1
+    for counter, value in enumerate(history, start=first):
+        txn.put(HISTORY, event_key(eid, counter), value)
+    breakers = None if enc is None else enc.breakers
+    if breakers is None:
+        breakers = {name: encode_record(state) for name, state in (w.breakers or {}).items()}
+    for name, value in breakers.items():
+        txn.put(BREAKERS, id_key(name), value)
     return last
+
+
+def _stored(records: Sequence[Mapping[str, Any]], encoded: list[bytes] | None) -> list[bytes]:
+    return [encode_record(r) for r in records] if encoded is None else encoded
 
 
 class ExecutionRecords(NamedTuple):

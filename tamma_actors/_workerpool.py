@@ -209,8 +209,15 @@ class WorkerPool(LocalWorkers, SocketActor):
         if not isinstance(task_id, str) or not isinstance(impl, str):
             log.error("dispatch without a task_id/implementation dropped: %r", msg.task)
             return
-        if task_id in self._tasks:
-            log.info("task %s is already queued or running; duplicate dispatch ignored", task_id)
+        known = self._tasks.get(task_id)
+        if known is not None:
+            # The same attempt from a supervisor re-activated while it ran (its writer was
+            # restarted): it runs once, and its reports now go to the new supervisor.
+            log.info("task %s is already queued or running; it now reports to its new owner",
+                     task_id)  # fmt: skip
+            known.reply_to = msg.reply_to
+            if known.started and known.worker_id is not None:
+                _notify(msg.reply_to, TaskStarted(task_id, known.worker_id))
             return
         try:
             frame = wire.encode(wire.run(msg.task))

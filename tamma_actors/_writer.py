@@ -5,6 +5,9 @@ everything queued (up to ``max_batch``), commits it in one ``Store.commit`` — 
 transaction, one fsync — and only then calls each write's ``done`` callback, in submit
 order: durability before progress. A failed batch is retried write by write so only the
 faulty writes see the error.
+
+:class:`QueuedWriter` is that queue and thread; ``StoreWriter`` commits in this process,
+``ProcessStoreWriter`` (``_writer_process``) has a process of its own commit.
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ import logging
 import math
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from tamma_actors._errors import StoreClosed, StoreError
+from tamma_actors._errors import StoreClosed, StoreError, StoreWriterLost
 from tamma_actors._store import Store, Write
 
-__all__ = ["Done", "StoreWriter"]
+__all__ = ["Done", "QueuedWriter", "StoreWriter"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,15 +79,12 @@ class _Stats:
         }
 
 
-class StoreWriter:
-    """One thread that owns every commit to ``store`` (which it does not close)."""
+class QueuedWriter(ABC):
+    """The submit queue and the one thread that commits batches of it (``_loop``)."""
 
-    def __init__(
-        self, store: Store, *, max_batch: int = 1024, name: str = "tamma-store-writer"
-    ) -> None:
+    def __init__(self, *, max_batch: int, name: str) -> None:
         if max_batch < 1:
             raise StoreError(f"max_batch must be at least 1, not {max_batch}")
-        self._store = store
         self._max_batch = max_batch
         self._name = name
         self._cond = threading.Condition()
@@ -94,6 +95,8 @@ class StoreWriter:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._stats = _Stats()
+        # Why writes are refused before closing (the writer can no longer commit).
+        self._lost: StoreWriterLost | None = None
 
     def __enter__(self) -> Self:
         self.start()
@@ -120,11 +123,17 @@ class StoreWriter:
     def submit(self, write: Write, done: Done | None = None) -> None:
         """Queue ``write``; ``done(None)`` runs after it is committed, ``done(exc)`` if not."""
         with self._cond:
-            if self._closing:
-                raise StoreClosed("the store writer is closed")
-            self._queue.append(_Pending(write, done, time.perf_counter()))
-            self._submitted += 1
-            self._cond.notify_all()
+            self._enqueue(write, done)
+
+    def _enqueue(self, write: Write, done: Done | None) -> None:
+        """Under ``_cond``: queue ``write`` (or refuse it) and wake the thread."""
+        if self._closing:
+            raise StoreClosed("the store writer is closed")
+        if self._lost is not None:
+            raise StoreWriterLost(str(self._lost))
+        self._queue.append(_Pending(write, done, time.perf_counter()))
+        self._submitted += 1
+        self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every write submitted before this call is processed."""
@@ -163,23 +172,79 @@ class StoreWriter:
 
     def _run(self) -> None:
         try:
-            while batch := self._next_batch():
-                self._process(batch)
-                with self._cond:
-                    self._finished += len(batch)
-                    self._cond.notify_all()
+            self._loop()
         finally:
             with self._cond:
                 self._stopped = True
                 self._cond.notify_all()
+
+    @abstractmethod
+    def _loop(self) -> None:
+        """Commit batch after batch (``_next_batch``), each in one transaction if it can,
+        and ``_settle`` each, in order; return once closing (or lost) and drained."""
 
     def _next_batch(self) -> list[_Pending]:
         """Everything queued (up to max_batch); empty once closing and drained."""
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
-            size = min(len(self._queue), self._max_batch)
-            return [self._queue.popleft() for _ in range(size)]
+            return self._take()
+
+    def _take(self) -> list[_Pending]:
+        """Under ``_cond``: everything queued, up to max_batch."""
+        size = min(len(self._queue), self._max_batch)
+        return [self._queue.popleft() for _ in range(size)]
+
+    def _lose(self, error: StoreWriterLost) -> None:
+        """The writer can no longer commit: refuse new writes; the loop fails what is
+        still to commit and ends."""
+        with self._cond:
+            if self._lost is None:
+                self._lost = error
+            self._cond.notify_all()
+
+    def _settle(
+        self,
+        batch: list[_Pending],
+        outcomes: list[BaseException | None],
+        committed: float | None = None,
+    ) -> None:
+        """Run each write's callback with its outcome, in submit order. ``committed``:
+        when the commit was known done (perf_counter; now if None)."""
+        committed = time.perf_counter() if committed is None else committed
+        with self._cond:
+            self._stats.waits.extend((committed - p.queued) * 1000.0 for p in batch)
+        for pending, result in zip(batch, outcomes, strict=True):
+            if result is not None:
+                self._stats.failed += 1
+            self._notify(pending, result)
+        with self._cond:
+            self._finished += len(batch)
+            self._cond.notify_all()
+
+    def _notify(self, pending: _Pending, result: BaseException | None) -> None:
+        if pending.done is None:
+            if result is not None:
+                _log.error("store write for %s failed: %s", pending.write.execution_id, result)
+            return
+        try:
+            pending.done(result)
+        except Exception:
+            _log.exception("a store writer callback raised (it is ignored)")
+
+
+class StoreWriter(QueuedWriter):
+    """One thread that owns every commit to ``store`` (which it does not close)."""
+
+    def __init__(
+        self, store: Store, *, max_batch: int = 1024, name: str = "tamma-store-writer"
+    ) -> None:
+        super().__init__(max_batch=max_batch, name=name)
+        self._store = store
+
+    def _loop(self) -> None:
+        while batch := self._next_batch():
+            self._process(batch)
 
     def _process(self, batch: list[_Pending]) -> None:
         outcome = self._commit([p.write for p in batch])
@@ -189,13 +254,7 @@ class StoreWriter:
             outcomes = [outcome]
         else:  # find the faulty writes: the others must not pay for them
             outcomes = [self._commit([p.write]) for p in batch]
-        committed = time.perf_counter()
-        with self._cond:
-            self._stats.waits.extend((committed - p.queued) * 1000.0 for p in batch)
-        for pending, result in zip(batch, outcomes, strict=True):
-            if result is not None:
-                self._stats.failed += 1
-            self._notify(pending, result)
+        self._settle(batch, outcomes)
 
     def _commit(self, writes: list[Write]) -> Exception | None:
         started = time.perf_counter()
@@ -207,13 +266,3 @@ class StoreWriter:
         with self._cond:
             self._stats.committed(len(writes), elapsed)
         return None
-
-    def _notify(self, pending: _Pending, result: BaseException | None) -> None:
-        if pending.done is None:
-            if result is not None:
-                _log.error("store write for %s failed: %s", pending.write.execution_id, result)
-            return
-        try:
-            pending.done(result)
-        except Exception:
-            _log.exception("a store writer callback raised (it is ignored)")

@@ -115,3 +115,46 @@ def test_workers_are_killed_at_random_while_the_node_runs(short_dir: Path) -> No
     counts = check_store(data, acked, log, completed=False)
     assert counts["kills"] == killed
     assert counts["kinds"] >= set(KINDS) | {"child"}
+
+
+def test_the_store_writer_process_is_killed_at_random_while_the_node_runs(
+    short_dir: Path,
+) -> None:
+    """The node restarts its writer; what the dead one had not confirmed is re-read from
+    the store, so every acknowledged start still completes."""
+    rng = random.Random(SEED + 2)
+    data, log = short_dir / "var", short_dir / "record.log"
+    config = write_config(short_dir / "node.toml", data)
+    acked: list[str] = []
+    node = NodeProcess(config)
+    killed = 0
+    try:
+        submitter = Submitter(data, rng, log, acked)
+        with Client(data_dir=data, timeout=WAIT) as client:
+            for _ in range(3):  # a 4th death within 10 s would stop the node (intensity)
+                pause(rng.uniform(0.5, 1.5))
+                writer = client.health()["writer"]
+                victim = psutil.Process(writer["process"])
+                at = time.time()
+                victim.kill()
+                victim.wait(timeout=30)
+                mark_kill(log, killed, at)
+                killed += 1
+                deadline = time.monotonic() + WAIT
+                while (now := client.health()["writer"]) is None or not now["alive"] or (
+                    now["process"] == writer["process"]
+                ):
+                    assert time.monotonic() < deadline, "the node did not restart its writer"
+                    pause(0.05)
+            pause(2.0)  # load on the last writer too
+        submitter.stop()
+        wait_all(data, acked)
+        verified = cli_verify(data)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert node.terminate() == 0
+    finally:
+        node.kill()
+    assert killed == 3 and len(acked) > 10
+    counts = check_store(data, acked, log, completed=True, steps_outlive_kills=True)
+    assert counts["kills"] == killed
+    assert counts["kinds"] >= set(KINDS) | {"child"}

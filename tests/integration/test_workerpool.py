@@ -514,6 +514,29 @@ def test_bad_dispatches(fake: Any) -> None:
     assert h.pool.is_alive()
 
 
+def test_a_dispatch_of_a_running_task_moves_its_reports_to_the_new_owner(fake: Any) -> None:
+    """A supervisor re-activated while its step ran dispatches the same attempt again: it
+    runs once, and the start and the result go to the new supervisor."""
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("same"))
+    assert w.recv()["task_id"] == "same"
+    w.send(wire.started("same"))
+    h.inbox.seen(TaskStarted, "same")
+    inbox = Inbox()
+    successor = Owner.start(inbox)
+    try:
+        h.pool.tell(Dispatch(task("same"), successor))
+        assert inbox.seen(TaskStarted, "same").worker_id == "fw1"  # it had started
+        w.send(wire.result_ok("same", 5, 1.0))
+        assert inbox.finished("same") == TaskFinished("same", True, 5, None, 1.0)
+        assert h.inbox.of(TaskFinished, "same") == []  # not to the old owner
+        assert not w.sock.poll(200), "the task was sent to the worker twice"
+    finally:
+        successor.stop()
+
+
 def test_tcp_endpoint_is_resolved(make: Callable[..., Harness], zctx: Any) -> None:
     h = make(endpoint="tcp://127.0.0.1:*")
     endpoint = h.endpoint()

@@ -41,6 +41,7 @@ PUBLIC = {
     "StoreError",
     "StoreFull",
     "StoreUnwritable",
+    "StoreWriterLost",
     "SubflowTooDeep",
     "SupervisionError",
     "TammaError",

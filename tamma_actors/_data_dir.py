@@ -1,0 +1,70 @@
+"""The node's data directory: created private (0700) and locked by one node at a time.
+
+``node.lock`` holds an exclusive ``flock`` and names the node's pid. The node's store
+writer process holds the same lock (it inherits the descriptor), so after a node was
+killed its writer may hold it a moment longer while it finishes the commit in progress: a
+new node waits for that, and refuses at once when the named node still runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from tamma_actors._errors import ConfigError
+
+__all__ = ["lock_data_dir"]
+
+_LOCK_WAIT = 10.0  # for a dead node's store writer process to finish its last commit
+
+
+def _lock(fd: int, data_dir: Path) -> None:
+    """Lock the lock file open as ``fd``, waiting for a dead node's writer, or say who
+    holds it."""
+    deadline = time.monotonic() + _LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = _pid_in(fd)
+        if holder is None or _alive(holder) or time.monotonic() >= deadline:
+            who = "" if holder is None else f" (pid {holder})"
+            if holder is not None and not _alive(holder):
+                who = f" (the store writer of node {holder}, which is gone)"
+            raise ConfigError(f"another node is running on {data_dir}{who}")
+        time.sleep(0.02)
+
+
+def _pid_in(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Create ``data_dir`` (0700), lock its ``node.lock`` and write our pid in it; returns
+    the lock's descriptor (the lock lasts while it, or a copy of it, is open)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _lock(fd, data_dir)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd

@@ -1,0 +1,111 @@
+"""The data-directory lock: a live node refuses a second one at once; a dead node's store
+writer process, finishing its last commit, is waited for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tamma_actors import _data_dir
+from tamma_actors._data_dir import _lock as _lock_data_dir
+from tamma_actors._errors import ConfigError
+
+pytestmark = pytest.mark.integration
+
+# Holds an exclusive flock on argv[1] for argv[2] seconds (or until killed), after saying so.
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: nothing runs under it (until the kernel reuses it)
+
+
+@pytest.fixture
+def lock_file(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    path = tmp_path / "node.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    yield path, fd
+    os.close(fd)
+
+
+def _hold(path: Path, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+    return proc
+
+
+def test_a_live_holder_is_refused_at_once(lock_file: tuple[Path, int]) -> None:
+    path, fd = lock_file
+    path.write_text(f"{os.getpid()}\n")  # the holder's node is alive (this process)
+    holder = _hold(path, 30)
+    try:
+        began = time.monotonic()
+        with pytest.raises(ConfigError, match=rf"another node is running .*\(pid {os.getpid()}\)"):
+            _lock_data_dir(fd, path.parent)
+        assert time.monotonic() - began < 1.0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_writer_of_a_dead_node_is_waited_for(lock_file: tuple[Path, int]) -> None:
+    path, fd = lock_file
+    path.write_text(f"{_dead_pid()}\n")
+    holder = _hold(path, 0.5)  # the dead node's writer, finishing its last commit
+    try:
+        _lock_data_dir(fd, path.parent)  # returns once the holder let go
+        assert holder.wait(5) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_writer_that_never_lets_go_is_reported(
+    lock_file: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, fd = lock_file
+    dead = _dead_pid()
+    path.write_text(f"{dead}\n")
+    monkeypatch.setattr(_data_dir, "_LOCK_WAIT", 0.3)
+    holder = _hold(path, 30)
+    try:
+        with pytest.raises(ConfigError, match=rf"the store writer of node {dead}, which is gone"):
+            _lock_data_dir(fd, path.parent)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_zombie_node_counts_as_gone(lock_file: tuple[Path, int]) -> None:
+    path, fd = lock_file
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while _data_dir._alive(zombie.pid):  # exited, not reaped yet
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    assert os.path.exists(f"/proc/{zombie.pid}")  # still there, as a zombie
+    zombie.wait()
+    path.write_text("not a pid\n")
+    holder = _hold(path, 30)
+    try:
+        with pytest.raises(ConfigError, match=r"another node is running on \S+$"):
+            _lock_data_dir(fd, path.parent)  # no pid to judge by: refused at once
+    finally:
+        holder.kill()
+        holder.wait()
