@@ -112,6 +112,9 @@ def run_w6(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result
         bench = Bench(node, client, tap, sizes, progress)
         alone = [w2(bench)["steps_per_s"] for _ in range(runs)]
         _park(client, n, "W6 start", progress)
+        # W2 "while they wait": after the node has published their creation (the events of
+        # 100,000 starts); a probe's end reaches us once every event before it did
+        tap.sync(client, chain("bench-sync", 1), timeout=120.0)
         samples: list[dict[str, Any]] = []
         for run in range(runs):
             loaded = w2(bench)["steps_per_s"]
