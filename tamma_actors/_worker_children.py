@@ -106,6 +106,14 @@ class LocalWorkers:
         delay = min(_RESTART_MAX, _RESTART_BASE * 2 ** min(failures, 10)) if failures else 0.0
         self.call_later(delay, lambda: None if self._stopping else self._spawn(failures))
 
+    def _stop_unjoined(self) -> None:
+        """SIGTERM the local workers that have not joined (still starting): no stop
+        message can reach them and they run nothing, so they need not be waited for."""
+        for child in self._children.values():
+            if child.worker_id not in self._workers:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
+
     def _stop_children(self, grace: float) -> None:
         """Wait up to ``grace`` seconds for the children (told to stop), then kill the rest."""
         deadline = time.monotonic() + grace

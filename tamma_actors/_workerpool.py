@@ -186,6 +186,7 @@ class WorkerPool(LocalWorkers, SocketActor):
         self._stopping = True
         for w in list(self._workers.values()):
             self._send(w.identity, wire.stop())
+        self._stop_unjoined()
         self._stop_children(self._cancel_grace + STOP_EXTRA)
         for _, fut in self._waiters:
             fut.cancel()

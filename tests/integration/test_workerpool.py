@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,32 @@ def test_stop_leaves_no_child_behind(make: Callable[..., Harness]) -> None:
     h.pool.stop(timeout=TIMEOUT)
     assert not any(_alive(pid) for pid in pids)
     assert not [c for c in psutil.Process().children(recursive=True) if c.pid in pids]
+
+
+class DeafPool(WorkerPool):
+    """Never hears a hello: its local workers never join."""
+
+    def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None:
+        pass
+
+
+def test_stop_does_not_wait_for_a_worker_that_never_joined(
+    make: Callable[..., Harness],
+) -> None:
+    # A worker still starting when the node stops gets no stop message: it is terminated,
+    # not waited for through the grace (here 30 s + STOP_EXTRA).
+    h = make(local_workers=1, cancel_grace=30.0, pool_cls=DeafPool)
+    deadline = time.monotonic() + TIMEOUT
+    while not (pids := h.stats()["local_pids"]) or not psutil.Process(pids[0]).net_connections(
+        kind="unix"
+    ):
+        assert time.monotonic() < deadline, "the local worker never connected"
+        time.sleep(0.05)
+    assert h.stats()["workers"] == []  # connected, never joined
+    began = time.monotonic()
+    h.pool.stop(timeout=TIMEOUT)
+    assert time.monotonic() - began < 15.0, "the pool waited out the grace"
+    assert not _alive(pids[0])
 
 
 def test_stop_kills_a_worker_that_will_not_stop(make: Callable[..., Harness]) -> None:
