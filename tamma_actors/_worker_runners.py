@@ -1,0 +1,197 @@
+"""The worker's step runners: ``slots`` pykka ThreadingActors, one step at a time each,
+and the ``RunnerPool`` that the worker's socket thread assigns ``run`` frames to.
+
+A runner reports through the worker's :class:`~tamma_actors._worker_outbox.Outbox`:
+``started`` (which the outbox may hold a while), ``progress``, and the ``result`` frame,
+encoded on the runner's thread (an output that cannot be encoded, or is over the frame
+cap, becomes an error result instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from tamma_actors import _wire as wire
+from tamma_actors._errors import CodecError, UnknownImplementation
+from tamma_actors._plugins import PluginRegistry
+from tamma_actors._step_api import StepCancelled, StepContext, describe_error
+from tamma_actors._worker_outbox import Outbox
+
+__all__ = ["RunnerPool", "Task"]
+
+log = logging.getLogger("tamma_actors._worker")
+
+_RUNNER_STOP_TIMEOUT = 1.0
+
+
+@dataclass
+class Task:
+    """One ``run`` map and the event that cancels it."""
+
+    msg: dict[str, Any]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def task_id(self) -> str:
+        return str(self.msg["task_id"])
+
+
+def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int) -> bytes:
+    try:
+        frame = wire.encode(wire.result_ok(task_id, output, duration_ms, started=True))
+    except CodecError as exc:
+        error = {
+            "type": "CodecError",
+            "message": f"step output cannot be encoded: {exc}",
+            "retryable": False,
+            "retry_after": None,
+        }
+        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
+    if len(frame) > max_frame:
+        error = {
+            "type": "FrameTooLarge",
+            "retryable": False,
+            "retry_after": None,
+            "message": f"step output is {len(frame)} bytes, over the {max_frame} cap",
+        }
+        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
+    return frame
+
+
+class _StepRunner(pykka.ThreadingActor):
+    """Runs one step at a time. Daemon thread: a step that ignores cancel must not keep
+    the process alive once the worker has decided to exit."""
+
+    use_daemon_thread = True
+
+    def __init__(self, registry: PluginRegistry, outbox: Outbox, max_frame: int) -> None:
+        super().__init__()
+        self._registry = registry
+        self._outbox = outbox
+        self._max_frame = max_frame
+
+    def on_receive(self, message: Any) -> None:
+        if isinstance(message, Task):
+            self._run(message)
+
+    def _run(self, task: Task) -> None:
+        msg, task_id = task.msg, task.task_id
+        self._outbox.started(task_id, msg.get("start_hold", 0.0))
+        start = time.perf_counter()
+        try:
+            fn = self._registry.get(msg["implementation"])
+            output = fn(self._context(task))
+            elapsed = (time.perf_counter() - start) * 1000
+            frame = _result_frame(task_id, output, elapsed, self._max_frame)
+        except UnknownImplementation as exc:
+            error = {
+                "type": "UnknownImplementation",
+                "message": str(exc),
+                "retryable": False,
+                "retry_after": None,
+            }
+            frame = wire.encode(wire.result_error(task_id, error, 0.0, started=True))
+        except BaseException as exc:
+            elapsed = (time.perf_counter() - start) * 1000
+            error = describe_error(exc)
+            frame = wire.encode(wire.result_error(task_id, error, elapsed, started=True))
+        self._outbox.result(task_id, frame)
+
+    def _context(self, task: Task) -> StepContext:
+        msg, task_id = task.msg, task.task_id
+
+        def on_progress(value: Any) -> None:
+            self._outbox.progress(task_id, wire.encode(wire.progress(task_id, value)))
+
+        return StepContext(
+            execution_id=msg["execution_id"],
+            step=msg["step"],
+            attempt=msg["attempt"],
+            idempotency_key=msg["idempotency_key"],
+            input=msg["input"],
+            inputs=msg["inputs"],
+            upstream=msg["upstream"],
+            config=msg["config"],
+            item_index=msg["item_index"],
+            cancelled=task.cancelled,
+            on_progress=on_progress,
+        )
+
+
+class RunnerPool:
+    """The step runners and which task each is running; used by the socket thread only."""
+
+    def __init__(
+        self, slots: int, registry: PluginRegistry, outbox: Outbox, max_frame: int
+    ) -> None:
+        self._outbox = outbox
+        self._refs = [_StepRunner.start(registry, outbox, max_frame) for _ in range(slots)]
+        self._free: deque[pykka.ActorRef[Any]] = deque(self._refs)
+        self._running: dict[str, tuple[Task, pykka.ActorRef[Any]]] = {}
+        # Runs beyond our slots (a restarted node does not know our old tasks) wait here.
+        self._backlog: deque[Task] = deque()
+
+    @property
+    def slots(self) -> int:
+        return len(self._refs)
+
+    def running_ids(self) -> list[str]:
+        return [*self._running, *(t.task_id for t in self._backlog)]
+
+    def submit(self, task: Task) -> None:
+        if task.task_id in self.running_ids():
+            log.info("task %s is already here; duplicate run ignored", task.task_id)
+        elif self._free:
+            self._start(task, self._free.popleft())
+        else:
+            self._backlog.append(task)
+
+    def _start(self, task: Task, ref: pykka.ActorRef[Any]) -> None:
+        self._running[task.task_id] = (task, ref)
+        ref.tell(task)
+
+    def finished(self, task_id: str) -> None:
+        _, ref = self._running.pop(task_id)
+        if self._backlog:
+            self._start(self._backlog.popleft(), ref)
+        else:
+            self._free.append(ref)
+
+    def cancel(self, task_id: str) -> None:
+        if task_id in self._running:
+            self._running[task_id][0].cancelled.set()
+            return
+        for task in self._backlog:
+            if task.task_id == task_id:
+                self._backlog.remove(task)
+                self._answer_cancelled(task)
+                return
+
+    def cancel_all(self) -> None:
+        while self._backlog:
+            self._answer_cancelled(self._backlog.popleft())
+        for task, _ in self._running.values():
+            task.cancelled.set()
+
+    def _answer_cancelled(self, task: Task) -> None:
+        error = describe_error(StepCancelled("cancelled before it started"))
+        self._outbox.answer(task.task_id, wire.encode(wire.result_error(task.task_id, error, 0.0)))
+
+    def close(self) -> None:
+        self.cancel_all()
+        busy = {id(ref) for _, ref in self._running.values()}
+        for ref in self._refs:
+            # A busy runner may be stuck in a step that ignores cancel: do not wait for it.
+            if id(ref) in busy:
+                ref.stop(block=False)
+            else:
+                with contextlib.suppress(pykka.Timeout):
+                    ref.stop(block=True, timeout=_RUNNER_STOP_TIMEOUT)
