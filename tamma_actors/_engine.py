@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -23,33 +23,27 @@ from tamma_actors._admin import StoreAdmin
 from tamma_actors._breakers import BreakerRegistry
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._dispatch import Dispatcher
+from tamma_actors._engine_reads import EngineReads, done_or_refuse
 from tamma_actors._errors import (
-    ActorStopped,
     IllegalTransition,
-    StoreCorrupted,
-    StoreError,
     SupervisionError,
     TammaError,
-    UnknownExecution,
-    UnknownStep,
 )
 from tamma_actors._execution import (
     Abort,
     ExecutionDeps,
     ExecutionSupervisor,
-    GetRecord,
     Pause,
     Resume,
     RetryStep,
     Start,
-    Wait,
 )
-from tamma_actors._explain import Explain, explain
+from tamma_actors._futures import done, guarded
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._recovery import EngineRecovery
-from tamma_actors._state import ExecutionState, replay, to_record, to_status
+from tamma_actors._state import ExecutionState
 from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
 from tamma_actors._timers import TimerHandle
@@ -75,32 +69,6 @@ class EngineParts:
     watchdog_interval: float = 30.0  # seconds between looks for stuck executions; 0: off
 
 
-def _done(value: T) -> Future[T]:
-    fut: Future[T] = Future()
-    fut.set_result(value)
-    return fut
-
-
-def _failed(exc: BaseException) -> Future[Any]:
-    fut: Future[Any] = Future()
-    fut.set_exception(exc)
-    return fut
-
-
-def _guard(fn: Callable[..., Future[T]]) -> Callable[..., Future[T]]:
-    """Every engine call answers with a future, even when it fails before any work."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> Future[T]:
-        try:
-            return fn(*args, **kwargs)
-        except TammaError as exc:
-            return _failed(exc)
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
 _PARSED_CACHE_SIZE = 64  # distinct definitions kept parsed for start_workflow
 
 
@@ -114,7 +82,7 @@ def _canonical(definition: Any) -> str | None:
     return text if json.loads(text) == definition else None
 
 
-class Engine(EngineRecovery):
+class Engine(EngineReads, EngineRecovery):
     def __init__(self, parts: EngineParts) -> None:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
@@ -195,7 +163,7 @@ class Engine(EngineRecovery):
 
     # -- AsyncEngine -----------------------------------------------------------------------
 
-    @_guard
+    @guarded
     def start_workflow(
         self,
         definition: dict[str, Any],
@@ -257,59 +225,21 @@ class Engine(EngineRecovery):
             return reply
         return self._from_store_or_refuse(execution_id, make)
 
-    def _read(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
-        """A read, answered by the live supervisor; if that one stopped on a failed commit
-        (a full or failing disk), the store's committed state answers instead. A resting
-        execution is read from the store (current while it rests), unless the read waits
-        for its end."""
-        if self._is_resting(execution_id) and not isinstance(make(Future()), Wait):
-            return self._from_store_or_refuse(execution_id, make)
-        live = self._ask(execution_id, make)
-        out: Future[Any] = Future()
-
-        def settle(fut: Future[Any]) -> None:
-            exc = fut.exception()
-            if exc is None:
-                out.set_result(fut.result())
-            elif not isinstance(exc, StoreError | ActorStopped):
-                out.set_exception(exc)
-            else:
-                try:
-                    out.set_result(self._from_store_or_refuse(execution_id, make).result())
-                except TammaError as err:
-                    out.set_exception(err)
-
-        live.add_done_callback(settle)
-        return out
-
-    def _from_store_or_refuse(
-        self, execution_id: str, make: Callable[[Future[Any]], Any]
-    ) -> Future[Any]:
-        state = self._load(execution_id)
-        probe = make(Future())
-        if isinstance(probe, GetRecord):
-            return _done(to_status(state) if probe.status_only else to_record(state))
-        if isinstance(probe, Wait):
-            return _done(to_record(state))
-        if isinstance(probe, Explain):
-            return _done(explain(state, self._definition_of(state), time.time()))
-        return _done_or_refuse(state, probe)
-
-    @_guard
+    @guarded
     def pause_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
         return self._ask(execution_id, lambda r: Pause(r))
 
-    @_guard
+    @guarded
     def resume_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
         return self._ask(execution_id, lambda r: Resume(r))
 
-    @_guard
+    @guarded
     def abort_workflow(
         self, execution_id: str, reason: str | None = None
     ) -> Future[dict[str, Any]]:
         return self._ask(execution_id, lambda r: Abort(r, reason))
 
-    @_guard
+    @guarded
     def retry_step(self, execution_id: str, step: str) -> Future[dict[str, Any]]:
         reply: Future[dict[str, Any]] = Future()
         if self._route(execution_id, RetryStep(step, reply)):
@@ -320,14 +250,14 @@ class Engine(EngineRecovery):
             return reply
         state = self._load(execution_id)
         if state.status != "failed":
-            return _done_or_refuse(state, RetryStep(step, reply))
+            return done_or_refuse(state, RetryStep(step, reply))
         # A failed execution is revived: a supervisor re-activates it and retries the step.
         self._check_intake()
         cfg = self._definition_of(state)
         self._spawn(cfg, state, RetryStep(step, reply))
         return reply
 
-    @_guard
+    @guarded
     def execute_step(
         self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
     ) -> Future[dict[str, Any]]:
@@ -363,57 +293,7 @@ class Engine(EngineRecovery):
         )
         return reply
 
-    @_guard
-    def get_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
-        return self._read(execution_id, lambda r: GetRecord(r))
-
-    @_guard
-    def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]:
-        return self._read(execution_id, lambda r: GetRecord(r, status_only=True))
-
-    @_guard
-    def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]:
-        return self._read(execution_id, lambda r: Wait(r, timeout))
-
-    @_guard
-    def list_workflows(
-        self,
-        *,
-        status: list[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> Future[list[dict[str, Any]]]:
-        ids = [s["id"] for s in self._summaries(status, workflow_id)][
-            offset : None if limit is None else offset + limit
-        ]
-        futures = [self.get_workflow(eid) for eid in ids]
-        out: Future[list[dict[str, Any]]] = Future()
-        _gather(futures, out)
-        return out
-
-    @_guard
-    def get_events(
-        self, execution_id: str, from_seq: int = 0, limit: int | None = None
-    ) -> Future[list[dict[str, Any]]]:
-        if self._store.get_summary(execution_id) is None:
-            raise UnknownExecution(f"no execution {execution_id!r}")
-        return _done(self._store.read_events(execution_id, max(1, from_seq), limit))
-
-    @_guard
-    def explain(self, execution_id: str) -> Future[dict[str, Any]]:
-        """Why the execution is where it is: a one-line summary, and per step what it
-        waits for (see tamma_actors/_explain.py)."""
-        offered = self._offered_plugins()
-        return self._ask(execution_id, lambda r: Explain(r, offered))
-
-    def _offered_plugins(self) -> frozenset[str] | None:
-        workers = (self._health_extra().get("workers") or {}).get("workers")
-        if workers is None:
-            return None
-        return frozenset(p for w in workers for p in w.get("plugins", ()))
-
-    @_guard
+    @guarded
     def health(self) -> Future[dict[str, Any]]:
         report: dict[str, Any] = {
             "status": "ok",
@@ -430,7 +310,7 @@ class Engine(EngineRecovery):
         if self._deps.breakers is not None:
             report["breakers"] = self._deps.breakers.snapshot()
         report.update(self._health_extra())
-        return _done(report)
+        return done(report)
 
     # -- recovery and shutdown -------------------------------------------------------------
 
@@ -447,15 +327,15 @@ class Engine(EngineRecovery):
 
     # -- administration (admin role; see _admin.py) ------------------------------------------
 
-    @_guard
+    @guarded
     def admin_verify(self) -> Future[dict[str, Any]]:
         return self._admin.verify()
 
-    @_guard
+    @guarded
     def admin_backup(self, dest: str) -> Future[dict[str, Any]]:
         return self._admin.backup(dest)
 
-    @_guard
+    @guarded
     def admin_cleanup(self, older_than_days: float) -> Future[dict[str, Any]]:
         return self._admin.cleanup(older_than_days)
 
@@ -474,33 +354,6 @@ class Engine(EngineRecovery):
             self._deps.breakers.close()
         self._watchdog.close()
 
-    # -- store access ----------------------------------------------------------------------
-
-    def _summaries(
-        self, status: list[str] | None, workflow_id: str | None
-    ) -> Iterator[dict[str, Any]]:
-        wanted = set(status) if status else None
-        for summary in self._store.iter_summaries():
-            if wanted is not None and summary.get("status") not in wanted:
-                continue
-            if workflow_id is not None and summary.get("workflow_id") != workflow_id:
-                continue
-            yield summary
-
-    def _load(self, execution_id: str) -> ExecutionState:
-        records = self._store.read_execution(execution_id)
-        if records is None:
-            raise UnknownExecution(f"no execution {execution_id!r}")
-        return replay(execution_id, records.events, records.snapshot)
-
-    def _definition_of(self, state: ExecutionState) -> WorkflowConfig:
-        definition = self._store.get_definition(state.digest)
-        if definition is None:
-            raise StoreCorrupted(
-                f"execution {state.id}: workflow definition {state.digest} is missing"
-            )
-        return parse_workflow(definition, source=f"definition {state.digest[:12]}")
-
 
 def _breaker_registry(parts: EngineParts) -> BreakerRegistry:
     """The node's breakers, as the store last saw them."""
@@ -508,42 +361,3 @@ def _breaker_registry(parts: EngineParts) -> BreakerRegistry:
     return BreakerRegistry(
         deps.writer, deps.timers, bus=deps.bus, clock=deps.clock, loaded=parts.store.get_breakers()
     )
-
-
-def _done_or_refuse(state: ExecutionState, probe: Any) -> Future[dict[str, Any]]:
-    """A control request for an execution that is no longer live (terminal)."""
-    if isinstance(probe, RetryStep) and probe.step not in state.steps:
-        return _failed(UnknownStep(f"execution {state.id} has no step {probe.step!r}"))
-    record = to_record(state)
-    wanted = {Pause: "paused", Resume: "running", Abort: "aborted"}.get(type(probe))
-    if wanted is not None and state.status == wanted:
-        return _done(record)  # idempotent: it is already where it was asked to go
-    action = type(probe).__name__.lower().replace("retrystep", "retry a step of")
-    return _failed(IllegalTransition(f"execution {state.id} is {state.status}; cannot {action} it"))
-
-
-def _gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any]]]) -> None:
-    if not futures:
-        out.set_result([])
-        return
-    remaining = [len(futures)]
-    lock = threading.Lock()
-
-    def one_done(_: Future[dict[str, Any]]) -> None:
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-        if not last:
-            return
-        results = []
-        for fut in futures:
-            exc = fut.exception()
-            if exc is None:
-                results.append(fut.result())
-            elif not isinstance(exc, UnknownExecution):  # deleted meanwhile: leave it out
-                out.set_exception(exc)
-                return
-        out.set_result(results)
-
-    for fut in futures:
-        fut.add_done_callback(one_done)

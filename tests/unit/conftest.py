@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import tamma_actors._engine as engine_module
+import tamma_actors._engine_reads as engine_reads
 
 
 @pytest.fixture
@@ -19,5 +20,6 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         names.append(definition["name"])
         return real(definition, **kw)
 
-    monkeypatch.setattr(engine_module, "parse_workflow", counting)
+    monkeypatch.setattr(engine_module, "parse_workflow", counting)  # starts
+    monkeypatch.setattr(engine_reads, "parse_workflow", counting)  # stored definitions
     return names

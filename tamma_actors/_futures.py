@@ -1,0 +1,69 @@
+"""Futures the engine answers with: already done, already failed, every call guarded
+(a ``TammaError`` raised before any work becomes a failed future), and a gathering of
+many into one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from tamma_actors._errors import TammaError, UnknownExecution
+
+__all__ = ["done", "failed", "gather", "guarded"]
+
+T = TypeVar("T")
+
+
+def done(value: T) -> Future[T]:
+    fut: Future[T] = Future()
+    fut.set_result(value)
+    return fut
+
+
+def failed(exc: BaseException) -> Future[Any]:
+    fut: Future[Any] = Future()
+    fut.set_exception(exc)
+    return fut
+
+
+def guarded(fn: Callable[..., Future[T]]) -> Callable[..., Future[T]]:
+    """Every engine call answers with a future, even when it fails before any work."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Future[T]:
+        try:
+            return fn(*args, **kwargs)
+        except TammaError as exc:
+            return failed(exc)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any]]]) -> None:
+    if not futures:
+        out.set_result([])
+        return
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[dict[str, Any]]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if not last:
+            return
+        results = []
+        for fut in futures:
+            exc = fut.exception()
+            if exc is None:
+                results.append(fut.result())
+            elif not isinstance(exc, UnknownExecution):  # deleted meanwhile: leave it out
+                out.set_exception(exc)
+                return
+        out.set_result(results)
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
