@@ -166,7 +166,7 @@ class Client:
         if self._closed or self._sock is None:
             raise TransportError("the client is closed")
         limit = self.timeout if timeout is None else timeout
-        request_id = self._send_request(op, args)
+        request_id = self._send_request(op, args, limit)
         reply = self._receive(request_id, time.monotonic() + limit)
         if reply is None:
             self._reset()
@@ -199,7 +199,7 @@ class Client:
                 if args is None:
                     exhausted = True
                     break
-                request_id = self._send_request(op, args)
+                request_id = self._send_request(op, args, limit)
                 index_of[request_id] = len(replies)
                 replies.append(None)
             if not index_of:
@@ -214,7 +214,7 @@ class Client:
             replies[index_of.pop(reply["id"])] = reply
         return [self._result(reply) for reply in replies if reply is not None]
 
-    def _send_request(self, op: str, args: Mapping[str, Any]) -> int:
+    def _send_request(self, op: str, args: Mapping[str, Any], limit: float) -> int:
         assert self._sock is not None
         request_id = next(self._ids)
         data = pack(make_request(request_id, op, args, self.token))
@@ -223,7 +223,18 @@ class Client:
                 f"{op} request of {len(data)} bytes exceeds the {self.max_frame_bytes}-byte cap"
             )
         try:
-            self._sock.send(data, zmq.NOBLOCK)
+            try:
+                self._sock.send(data, zmq.NOBLOCK)
+            except zmq.Again:
+                # No connection to the node right now (it is starting, restarting, or
+                # refused our handshake): wait for one as long as for a reply.
+                if not self._sock.poll(int(limit * 1000), zmq.POLLOUT):
+                    self._reset()
+                    raise RequestTimeout(
+                        f"no connection to {self.endpoint} within {limit:g}s to send "
+                        f"{op!r} (is the node up, and is its CURVE key the one given?)"
+                    ) from None
+                self._sock.send(data, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             self._reset()
             raise TransportError(f"cannot send to {self.endpoint}: {exc}") from exc
