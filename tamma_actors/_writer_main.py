@@ -34,11 +34,12 @@ EXIT_OK, EXIT_STORE, EXIT_USAGE = 0, 74, 64
 
 def _commit(store: LmdbStore, writes: list[Write]) -> tuple[list[float], StoreError | None]:
     started = time.perf_counter()
+    failure = None
     try:
         store.commit(writes)
     except StoreError as exc:
-        return [len(writes), time.perf_counter() - started], exc
-    return [len(writes), time.perf_counter() - started], None
+        failure = exc
+    return [len(writes), time.perf_counter() - started], failure
 
 
 def handle(store: LmdbStore, frame: Any) -> list[Any]:

@@ -43,6 +43,8 @@ __all__ = ["ProcessStoreWriter"]
 
 _log = logging.getLogger(__name__)
 _EXIT_WAIT = 10.0  # for the process to exit once its socket is closed
+# What says the process can no longer be talked to (or answered nonsense).
+_BROKEN = (OSError, EOFError, CodecError, StoreError)
 
 
 @dataclass(slots=True)
@@ -164,8 +166,8 @@ class ProcessStoreWriter(QueuedWriter):
             return
         try:
             self._await_ready(self._conn)
-        except (OSError, EOFError, CodecError, StoreError) as exc:
-            self._lose(self._gone(exc))
+        except _BROKEN as exc:
+            self._lost_because(exc)
 
     def _send(self, batch: list[_Pending]) -> _InFlight:
         flight = _InFlight(batch, [None] * len(batch))
@@ -183,8 +185,8 @@ class ProcessStoreWriter(QueuedWriter):
                 self._batches += 1
                 self._conn.send_bytes(pack([self._batches, wires]))
                 flight.number = self._batches
-            except (OSError, CodecError, StoreError) as exc:
-                self._lose(self._gone(exc))
+            except _BROKEN as exc:
+                self._lost_because(exc)
         return flight
 
     def _answer(self, flight: _InFlight) -> _InFlight:
@@ -195,8 +197,8 @@ class ProcessStoreWriter(QueuedWriter):
                 for i, outcome in zip(flight.sent, self._receive(flight), strict=True):
                     flight.outcomes[i] = outcome
                 return flight
-            except (OSError, EOFError, CodecError, StoreError) as exc:
-                self._lose(self._gone(exc))
+            except _BROKEN as exc:
+                self._lost_because(exc)
         if flight.sent:
             lost = StoreWriterLost(f"{self._lost}; this write was not confirmed")
             for i in flight.sent:
@@ -226,7 +228,8 @@ class ProcessStoreWriter(QueuedWriter):
             raise StoreError(f"the store writer process cannot open the store: {hello[1]}")
         raise StoreError(f"the store writer process said {hello!r:.200} instead of ready")
 
-    def _gone(self, exc: BaseException) -> StoreWriterLost:
+    def _lost_because(self, exc: BaseException) -> None:
+        """The process cannot be talked to any more: say why, and ``_lose`` the writer."""
         code = None if self._proc is None else self._proc.poll()
         if isinstance(exc, StoreError):
             why = str(exc)
@@ -235,7 +238,7 @@ class ProcessStoreWriter(QueuedWriter):
         else:
             why = f"it exited with code {code}"
         _log.error("the store writer process (pid %s) is lost: %s", self.pid, why)
-        return StoreWriterLost(f"the store writer process (pid {self.pid}) is lost: {why}")
+        self._lose(StoreWriterLost(f"the store writer process (pid {self.pid}) is lost: {why}"))
 
     def _run(self) -> None:
         try:
@@ -251,9 +254,8 @@ class ProcessStoreWriter(QueuedWriter):
         proc = self._proc
         if proc is None:
             return
-        deadline = time.monotonic() + _EXIT_WAIT
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            proc.wait(timeout=_EXIT_WAIT)
         except subprocess.TimeoutExpired:
             _log.error("the store writer process %d did not exit; killing it", proc.pid)
             proc.kill()
