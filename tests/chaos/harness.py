@@ -390,6 +390,24 @@ def _check_items(eid: str, step: str, events: list[dict[str, Any]], runs: Runs) 
     return reruns
 
 
+def kill_and_mark(victim: psutil.Process, log: Path, index: int) -> None:
+    """SIGKILL ``victim`` (a worker or the store writer), wait for it, mark the kill."""
+    at = time.time()
+    victim.kill()
+    victim.wait(timeout=30)
+    mark_kill(log, index, at)
+
+
+def settle_and_stop(node: NodeProcess, submitter: Submitter, data: Path, acked: list[str]) -> None:
+    """End the load: every acknowledged execution ends, the live store verifies clean, and
+    the node stops gracefully (exit 0)."""
+    submitter.stop()
+    wait_all(data, acked)
+    verified = cli_verify(data)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert node.terminate() == 0
+
+
 def wait_all(data: Path, ids: list[str]) -> None:
     with Client(data_dir=data, timeout=WAIT) as client:
         for eid in ids:

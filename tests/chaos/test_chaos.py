@@ -32,8 +32,10 @@ from tests.chaos.harness import (
     Submitter,
     check_store,
     cli_verify,
+    kill_and_mark,
     mark_kill,
     pause,
+    settle_and_stop,
     wait_all,
     write_config,
 )
@@ -98,17 +100,9 @@ def test_workers_are_killed_at_random_while_the_node_runs(short_dir: Path) -> No
                 busy = [w["pid"] for w in workers if w["busy"]] or [w["pid"] for w in workers]
                 if not busy:
                     continue  # between a death and the replacement's hello
-                victim = psutil.Process(rng.choice(busy))
-                at = time.time()
-                victim.kill()
-                victim.wait(timeout=30)
-                mark_kill(log, killed, at)
+                kill_and_mark(psutil.Process(rng.choice(busy)), log, killed)
                 killed += 1
-        submitter.stop()
-        wait_all(data, acked)
-        verified = cli_verify(data)
-        assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert node.terminate() == 0
+        settle_and_stop(node, submitter, data, acked)
     finally:
         node.kill()
     assert killed >= 3 and len(acked) > 10
@@ -134,11 +128,7 @@ def test_the_store_writer_process_is_killed_at_random_while_the_node_runs(
             for _ in range(3):  # a 4th death within 10 s would stop the node (intensity)
                 pause(rng.uniform(0.5, 1.5))
                 writer = client.health()["writer"]
-                victim = psutil.Process(writer["process"])
-                at = time.time()
-                victim.kill()
-                victim.wait(timeout=30)
-                mark_kill(log, killed, at)
+                kill_and_mark(psutil.Process(writer["process"]), log, killed)
                 killed += 1
                 deadline = time.monotonic() + WAIT
                 while (now := client.health()["writer"]) is None or not now["alive"] or (
@@ -147,11 +137,7 @@ def test_the_store_writer_process_is_killed_at_random_while_the_node_runs(
                     assert time.monotonic() < deadline, "the node did not restart its writer"
                     pause(0.05)
             pause(2.0)  # load on the last writer too
-        submitter.stop()
-        wait_all(data, acked)
-        verified = cli_verify(data)
-        assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert node.terminate() == 0
+        settle_and_stop(node, submitter, data, acked)
     finally:
         node.kill()
     assert killed == 3 and len(acked) > 10

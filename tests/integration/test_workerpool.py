@@ -272,8 +272,9 @@ def test_stop_does_not_wait_for_a_worker_that_never_joined(
     make: Callable[..., Harness],
 ) -> None:
     # A worker still starting when the node stops gets no stop message: it is terminated,
-    # not waited for through the grace (here 30 s + STOP_EXTRA).
-    h = make(local_workers=1, cancel_grace=30.0, pool_cls=DeafPool)
+    # not waited for through the grace (here 600 s + STOP_EXTRA, far past the stop's own
+    # timeout, which would fail the test).
+    h = make(local_workers=1, cancel_grace=600.0, pool_cls=DeafPool)
     deadline = time.monotonic() + TIMEOUT
     while not (pids := h.stats()["local_pids"]) or not psutil.Process(pids[0]).net_connections(
         kind="unix"
@@ -281,9 +282,7 @@ def test_stop_does_not_wait_for_a_worker_that_never_joined(
         assert time.monotonic() < deadline, "the local worker never connected"
         time.sleep(0.05)
     assert h.stats()["workers"] == []  # connected, never joined
-    began = time.monotonic()
     h.pool.stop(timeout=TIMEOUT)
-    assert time.monotonic() - began < 15.0, "the pool waited out the grace"
     assert not _alive(pids[0])
 
 
