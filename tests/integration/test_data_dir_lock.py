@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,12 +44,18 @@ def lock_file(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     os.close(fd)
 
 
-def _hold(path: Path, seconds: float) -> subprocess.Popen[str]:
+@contextmanager
+def _held(path: Path, seconds: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process holds the lock on ``path`` for ``seconds`` (killed on the way out)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
     )
-    assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
-    return proc
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _never_wait(seconds: float) -> None:
@@ -63,25 +70,31 @@ def test_a_live_holder_is_refused_at_once(
     monkeypatch.setattr(
         _data_dir, "time", SimpleNamespace(monotonic=time.monotonic, sleep=_never_wait)
     )
-    holder = _hold(path, 30)
-    try:
-        with pytest.raises(ConfigError, match=rf"another node is running .*\(pid {os.getpid()}\)"):
-            _lock_data_dir(fd, path.parent)
-    finally:
-        holder.kill()
-        holder.wait()
+    with (
+        _held(path, 30),
+        pytest.raises(ConfigError, match=rf"another node is running .*\(pid {os.getpid()}\)"),
+    ):
+        _lock_data_dir(fd, path.parent)
+
+
+def test_a_lock_file_without_a_pid_is_refused_at_once(
+    lock_file: tuple[Path, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, fd = lock_file
+    path.write_text("not a pid\n")
+    monkeypatch.setattr(
+        _data_dir, "time", SimpleNamespace(monotonic=time.monotonic, sleep=_never_wait)
+    )
+    with _held(path, 30), pytest.raises(ConfigError, match=r"another node is running on \S+$"):
+        _lock_data_dir(fd, path.parent)  # no pid to judge by
 
 
 def test_the_writer_of_a_dead_node_is_waited_for(lock_file: tuple[Path, int]) -> None:
     path, fd = lock_file
     path.write_text(f"{_dead_pid()}\n")
-    holder = _hold(path, 0.5)  # the dead node's writer, finishing its last commit
-    try:
+    with _held(path, 0.5) as holder:  # the dead node's writer, finishing its last commit
         _lock_data_dir(fd, path.parent)  # returns once the holder let go
         assert holder.wait(5) == 0
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_writer_that_never_lets_go_is_reported(
@@ -91,29 +104,20 @@ def test_a_writer_that_never_lets_go_is_reported(
     dead = _dead_pid()
     path.write_text(f"{dead}\n")
     monkeypatch.setattr(_data_dir, "_LOCK_WAIT", 0.3)
-    holder = _hold(path, 30)
-    try:
-        with pytest.raises(ConfigError, match=rf"the store writer of node {dead}, which is gone"):
-            _lock_data_dir(fd, path.parent)
-    finally:
-        holder.kill()
-        holder.wait()
+    with (
+        _held(path, 30),
+        pytest.raises(ConfigError, match=rf"the store writer of node {dead}, which is gone"),
+    ):
+        _lock_data_dir(fd, path.parent)
 
 
-def test_a_zombie_node_counts_as_gone(lock_file: tuple[Path, int]) -> None:
-    path, fd = lock_file
+def test_a_zombie_is_not_alive() -> None:
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10
-    while _data_dir._alive(zombie.pid):  # exited, not reaped yet
+    while _data_dir._alive(zombie.pid):  # until it has exited (not reaped yet)
         assert time.monotonic() < deadline, "the child never exited"
         time.sleep(0.01)
     assert os.path.exists(f"/proc/{zombie.pid}")  # still there, as a zombie
     zombie.wait()
-    path.write_text("not a pid\n")
-    holder = _hold(path, 30)
-    try:
-        with pytest.raises(ConfigError, match=r"another node is running on \S+$"):
-            _lock_data_dir(fd, path.parent)  # no pid to judge by: refused at once
-    finally:
-        holder.kill()
-        holder.wait()
+    assert not _data_dir._alive(zombie.pid)  # and gone
+    assert _data_dir._alive(os.getpid())
