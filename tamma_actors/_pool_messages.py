@@ -3,10 +3,12 @@
 Supervisors tell the pool :class:`Dispatch` (a task and whom to report to) and
 :class:`Cancel`; the pool tells a task's owner :class:`TaskStarted`, :class:`TaskProgress`,
 :class:`TaskFinished` and :class:`TaskRedispatched` (its worker was lost; it runs again).
+The pool tells through :func:`notify`, which a stopped owner does not fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,8 @@ __all__ = [
     "TaskProgress",
     "TaskRedispatched",
     "TaskStarted",
+    "cancelled_error",
+    "notify",
 ]
 
 
@@ -59,3 +63,14 @@ class TaskFinished:
 class TaskRedispatched:
     task_id: str
     reason: str
+
+
+def notify(owner: pykka.ActorRef[Any], message: Any) -> None:
+    """Tell a task's owner; an execution that has ended meanwhile no longer listens."""
+    with contextlib.suppress(pykka.ActorDeadError):
+        owner.tell(message)
+
+
+def cancelled_error(message: str) -> dict[str, Any]:
+    """The ``error`` of a :class:`TaskFinished` for a cancelled task."""
+    return {"type": "StepCancelled", "message": message, "retryable": False, "retry_after": None}

@@ -23,17 +23,15 @@ for local children -> SIGKILL leftovers -> close pidfds -> close the ROUTER (lin
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import pykka
 import zmq
 
@@ -47,7 +45,10 @@ from tamma_actors._pool_messages import (
     TaskProgress,
     TaskRedispatched,
     TaskStarted,
+    cancelled_error,
+    notify,
 )
+from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
@@ -65,8 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LINGER_MS = 1000
-MIB = 1 << 20
-_CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
 
 @dataclass(eq=False)
@@ -80,41 +79,19 @@ class _Task:
     started: bool = False  # the worker's start notice came (a fast step's may not)
 
 
-@dataclass(eq=False)
-class _Worker:
-    worker_id: str
-    identity: bytes
-    pid: int
-    host: str
-    slots: int
-    plugins: frozenset[str]
-    local: bool
-    last_seen: float
-    last_seen_wall: float
-    rss: int = 0
-    tasks: set[str] = field(default_factory=set)
-
-
-def _cancelled_error(message: str) -> dict[str, Any]:
-    return {"type": "StepCancelled", "message": message, "retryable": False, "retry_after": None}
-
-
-def _load(w: _Worker) -> tuple[float, int]:
+def _load(w: PoolWorker) -> tuple[float, int]:
     return len(w.tasks) / w.slots, len(w.tasks)
 
 
-def _least_busy(workers: list[_Worker], implementation: str) -> _Worker | None:
+def _least_busy(workers: list[PoolWorker], implementation: str) -> PoolWorker | None:
     return min((w for w in workers if implementation in w.plugins), key=_load, default=None)
 
 
-def _notify(owner: pykka.ActorRef[Any], message: Any) -> None:
-    """Tell a task's owner; an execution that has ended meanwhile no longer listens."""
-    with contextlib.suppress(pykka.ActorDeadError):
-        owner.tell(message)
+class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
+    """Owns the workers ROUTER socket, the local worker processes and task dispatch.
 
-
-class WorkerPool(LocalWorkers, SocketActor):
-    """Owns the workers ROUTER socket, the local worker processes and task dispatch."""
+    Who has joined and who is lost: :class:`ConnectedWorkers`; the local processes:
+    :class:`LocalWorkers`."""
 
     def __init__(
         self,
@@ -145,7 +122,7 @@ class WorkerPool(LocalWorkers, SocketActor):
         self._max_rss = max_worker_rss  # bytes; a worker above it is replaced
         self._curve_secret = curve_secret_key
         self._sock: zmq.Socket[bytes] | None = None
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, PoolWorker] = {}
         self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
@@ -218,7 +195,7 @@ class WorkerPool(LocalWorkers, SocketActor):
                      task_id)  # fmt: skip
             known.reply_to = msg.reply_to
             if known.started and known.worker_id is not None:
-                _notify(msg.reply_to, TaskStarted(task_id, known.worker_id))
+                notify(msg.reply_to, TaskStarted(task_id, known.worker_id))
             return
         try:
             frame = wire.encode(wire.run(msg.task))
@@ -236,7 +213,7 @@ class WorkerPool(LocalWorkers, SocketActor):
     @staticmethod
     def _finish_with(reply_to: pykka.ActorRef[Any], task_id: str, error: dict[str, Any]) -> None:
         full = {"retryable": False, "retry_after": None, **error}
-        _notify(reply_to, TaskFinished(task_id, False, None, full, 0.0))
+        notify(reply_to, TaskFinished(task_id, False, None, full, 0.0))
 
     def _on_cancel(self, task_id: str) -> None:
         task = self._tasks.get(task_id)
@@ -245,9 +222,9 @@ class WorkerPool(LocalWorkers, SocketActor):
         if task.worker_id is None:
             self._queue.remove(task_id)
             del self._tasks[task_id]
-            _notify(
+            notify(
                 task.reply_to,
-                TaskFinished(task_id, False, None, _cancelled_error("cancelled while queued"), 0.0),
+                TaskFinished(task_id, False, None, cancelled_error("cancelled while queued"), 0.0),
             )
         elif task.cancel_timer is None:
             self._send(self._workers[task.worker_id].identity, wire.cancel(task_id))
@@ -261,7 +238,7 @@ class WorkerPool(LocalWorkers, SocketActor):
             return
         del self._tasks[task_id]
         message = f"no result {self._cancel_grace}s after cancel; worker {task.worker_id} killed"
-        _notify(task.reply_to, TaskFinished(task_id, False, None, _cancelled_error(message), 0.0))
+        notify(task.reply_to, TaskFinished(task_id, False, None, cancelled_error(message), 0.0))
         worker = self._workers.get(task.worker_id)
         if worker is not None:
             worker.tasks.discard(task_id)
@@ -279,7 +256,7 @@ class WorkerPool(LocalWorkers, SocketActor):
             return
         free = [w for w in self._workers.values() if len(w.tasks) < w.slots]
         skipped: list[str] = []
-        broken: list[_Worker] = []
+        broken: list[PoolWorker] = []
         while self._queue and free:
             task = self._tasks[self._queue.popleft()]
             worker = _least_busy(free, task.implementation)
@@ -347,32 +324,7 @@ class WorkerPool(LocalWorkers, SocketActor):
             worker.last_seen, worker.last_seen_wall = time.monotonic(), time.time()
             self._on_worker_frame(worker, msg)
 
-    def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None:
-        worker_id = msg["worker_id"]
-        if identity != worker_id.encode() or msg["slots"] < 1:
-            log.warning("hello with a mismatched identity or no slots dropped: %r", msg)
-            return
-        old = self._workers.get(worker_id)
-        child = self._children.get(worker_id)
-        worker = _Worker(
-            worker_id=worker_id,
-            identity=identity,
-            pid=msg["pid"],
-            host=msg["host"],
-            slots=msg["slots"],
-            plugins=frozenset(msg["plugins"]),
-            local=child is not None,
-            last_seen=time.monotonic(),
-            last_seen_wall=time.time(),
-            tasks=old.tasks if old is not None else set(),
-        )
-        self._workers[worker_id] = worker
-        self._send(identity, wire.welcome(self._hb_interval))
-        log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
-        self._notify_waiters()
-        self._pump()
-
-    def _on_worker_frame(self, worker: _Worker, msg: dict[str, Any]) -> None:
+    def _on_worker_frame(self, worker: PoolWorker, msg: dict[str, Any]) -> None:
         kind = msg["t"]
         if kind == "hb":
             worker.rss = msg["rss"]
@@ -387,17 +339,17 @@ class WorkerPool(LocalWorkers, SocketActor):
             elif kind == "started":
                 task.started = True
                 ran = msg.get("ran_ms", 0.0) / 1000.0
-                _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id, ran))
+                notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id, ran))
             elif kind == "progress":
-                _notify(task.reply_to, TaskProgress(task.task_id, msg["progress"]))
+                notify(task.reply_to, TaskProgress(task.task_id, msg["progress"]))
             else:
                 self._on_result(worker, task, msg)
 
-    def _on_result(self, worker: _Worker, task: _Task, msg: dict[str, Any]) -> None:
+    def _on_result(self, worker: PoolWorker, task: _Task, msg: dict[str, Any]) -> None:
         worker.tasks.discard(task.task_id)
         del self._tasks[task.task_id]
         if not task.started and msg.get("started"):  # the start notice came with it
-            _notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
+            notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
         error = msg.get("error") if not msg["ok"] else None
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             self._requeue([task], f"worker {worker.worker_id} is stopping")
@@ -405,79 +357,11 @@ class WorkerPool(LocalWorkers, SocketActor):
             if task.cancel_timer is not None:
                 task.cancel_timer.cancel()
             output = msg.get("output") if msg["ok"] else None
-            _notify(
+            notify(
                 task.reply_to,
                 TaskFinished(task.task_id, msg["ok"], output, error, float(msg["duration_ms"])),
             )
         self._pump()
-
-    # -- losing workers ----------------------------------------------------------------------
-
-    def _worker_lost(self, worker: _Worker, reason: str, *, kill: bool) -> None:
-        """Forget ``worker``, queue its tasks again, and kill it if it is ours."""
-        if self._workers.pop(worker.worker_id, None) is None:
-            return
-        log.warning("%s; re-dispatching %d task(s)", reason, len(worker.tasks))
-        child = self._children.get(worker.worker_id)
-        if kill and child is not None:
-            self._kill(child)
-        elif kill:
-            self._send(worker.identity, wire.stop())
-        lost = [self._tasks.pop(t) for t in sorted(worker.tasks) if t in self._tasks]
-        worker.tasks.clear()
-        self._requeue(lost, reason)
-        self._pump()
-
-    def _requeue(self, tasks: list[_Task], reason: str) -> None:
-        """Put tasks back at the head of the queue (they were first in line once already)."""
-        again: list[str] = []
-        for task in tasks:
-            if task.cancel_timer is not None:
-                # It was being cancelled: losing its worker settles that.
-                task.cancel_timer.cancel()
-                error = _cancelled_error(reason)
-                _notify(task.reply_to, TaskFinished(task.task_id, False, None, error, 0.0))
-                continue
-            task.worker_id = None
-            task.started = False  # the next worker announces its own start
-            self._tasks[task.task_id] = task
-            again.append(task.task_id)
-            _notify(task.reply_to, TaskRedispatched(task.task_id, reason))
-        self._queue.extendleft(reversed(again))
-
-    def _check_heartbeats(self) -> None:
-        # Frames already waiting count: when this thread itself was held up (a long GC
-        # pause, a saturated GIL), the heartbeats are in the socket, not missing.
-        for _ in range(_CATCH_UP_BATCHES):
-            if self._read_batch() < self.socket_batch:
-                break
-        now = time.monotonic()
-        for worker in list(self._workers.values()):
-            if now - worker.last_seen > self._hb_timeout:
-                silent = now - worker.last_seen
-                reason = f"worker {worker.worker_id} silent for {silent:.1f}s"
-                self._worker_lost(worker, reason, kill=True)
-            elif self._max_rss is not None:
-                self._check_memory(worker, self._max_rss)
-        self.call_later(self._hb_interval, self._check_heartbeats)
-
-    def _check_memory(self, worker: _Worker, limit: int) -> None:
-        """Replace a worker whose memory is above ``limit``; its steps run again elsewhere.
-
-        A local worker is measured here (psutil), so a worker too busy or too broken to
-        report still gets caught; a remote one by the RSS its heartbeats report."""
-        child = self._children.get(worker.worker_id)
-        if child is not None:
-            try:
-                worker.rss = psutil.Process(child.proc.pid).memory_info().rss
-            except psutil.Error:
-                return  # it is exiting: the pidfd reports that
-        if worker.rss > limit:
-            reason = (
-                f"worker {worker.worker_id} uses {worker.rss / MIB:.0f} MiB, "
-                f"above the {limit / MIB:.0f} MiB limit"
-            )
-            self._worker_lost(worker, reason, kill=True)
 
     # -- queries (ask / proxy) ---------------------------------------------------------------
 
@@ -501,30 +385,3 @@ class WorkerPool(LocalWorkers, SocketActor):
             "restarts": self._restarts,
             "local_pids": sorted(c.proc.pid for c in self._children.values()),
         }
-
-    @staticmethod
-    def _worker_stats(w: _Worker) -> dict[str, Any]:
-        return {
-            "worker_id": w.worker_id,
-            "pid": w.pid,
-            "host": w.host,
-            "local": w.local,
-            "slots": w.slots,
-            "busy": len(w.tasks),
-            "plugins": sorted(w.plugins),
-            "rss": w.rss,
-            "last_seen": w.last_seen_wall,
-        }
-
-    def when_workers(self, count: int) -> Future[None]:
-        """A future resolved once at least ``count`` workers have said hello (for tests)."""
-        fut: Future[None] = Future()
-        self._waiters.append((count, fut))
-        self._notify_waiters()
-        return fut
-
-    def _notify_waiters(self) -> None:
-        ready = [(n, f) for n, f in self._waiters if len(self._workers) >= n]
-        for item in ready:
-            self._waiters.remove(item)
-            item[1].set_result(None)

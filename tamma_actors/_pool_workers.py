@@ -1,0 +1,198 @@
+"""The worker pool's connected workers: who has joined, who is still alive, who is lost.
+
+A mixin of :class:`~tamma_actors._workerpool.WorkerPool` (it runs on the pool's thread). A
+worker joins with ``hello`` (one that says it again keeps its tasks) and is answered
+``welcome``. One that misses heartbeats for ``heartbeat_timeout``, or grows above the
+memory limit, is lost; so is one that leaves (``bye``), exits, cannot be sent to or
+ignores a cancel. A lost worker is forgotten, killed when it is ours (a remote one is told
+to stop), and its tasks are queued again at the head of the queue, their owners told
+``TaskRedispatched``: killing a worker never loses a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from tamma_actors import _wire as wire
+from tamma_actors._pool_messages import TaskFinished, TaskRedispatched, cancelled_error, notify
+
+if TYPE_CHECKING:
+    from tamma_actors._timers import TimerHandle
+    from tamma_actors._worker_children import Child
+    from tamma_actors._workerpool import _Task
+
+__all__ = ["ConnectedWorkers", "PoolWorker"]
+
+log = logging.getLogger("tamma_actors._workerpool")
+
+MIB = 1 << 20
+_CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
+
+
+@dataclass(eq=False)
+class PoolWorker:
+    """A worker that said hello, as the pool sees it."""
+
+    worker_id: str
+    identity: bytes
+    pid: int
+    host: str
+    slots: int
+    plugins: frozenset[str]
+    local: bool
+    last_seen: float
+    last_seen_wall: float
+    rss: int = 0
+    tasks: set[str] = field(default_factory=set)
+
+
+class ConnectedWorkers:
+    """Joining, heartbeat and memory checks, losing a worker, and what the pool reports of
+    its workers."""
+
+    if TYPE_CHECKING:
+        socket_batch: int
+        _workers: dict[str, PoolWorker]
+        _children: dict[str, Child]
+        _tasks: dict[str, _Task]
+        _queue: deque[str]
+        _hb_interval: float
+        _hb_timeout: float
+        _max_rss: int | None
+        _waiters: list[tuple[int, Future[None]]]
+
+        def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
+        def _read_batch(self) -> int: ...
+        def _send(self, identity: bytes, msg: dict[str, Any] | bytes) -> bool: ...
+        def _pump(self) -> None: ...
+        @staticmethod
+        def _kill(child: Child) -> None: ...
+
+    def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None:
+        worker_id = msg["worker_id"]
+        if identity != worker_id.encode() or msg["slots"] < 1:
+            log.warning("hello with a mismatched identity or no slots dropped: %r", msg)
+            return
+        old = self._workers.get(worker_id)
+        child = self._children.get(worker_id)
+        worker = PoolWorker(
+            worker_id=worker_id,
+            identity=identity,
+            pid=msg["pid"],
+            host=msg["host"],
+            slots=msg["slots"],
+            plugins=frozenset(msg["plugins"]),
+            local=child is not None,
+            last_seen=time.monotonic(),
+            last_seen_wall=time.time(),
+            tasks=old.tasks if old is not None else set(),
+        )
+        self._workers[worker_id] = worker
+        self._send(identity, wire.welcome(self._hb_interval))
+        log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
+        self._notify_waiters()
+        self._pump()
+
+    def _worker_lost(self, worker: PoolWorker, reason: str, *, kill: bool) -> None:
+        """Forget ``worker``, queue its tasks again, and kill it if it is ours."""
+        if self._workers.pop(worker.worker_id, None) is None:
+            return
+        log.warning("%s; re-dispatching %d task(s)", reason, len(worker.tasks))
+        child = self._children.get(worker.worker_id)
+        if kill and child is not None:
+            self._kill(child)
+        elif kill:
+            self._send(worker.identity, wire.stop())
+        lost = [self._tasks.pop(t) for t in sorted(worker.tasks) if t in self._tasks]
+        worker.tasks.clear()
+        self._requeue(lost, reason)
+        self._pump()
+
+    def _requeue(self, tasks: list[_Task], reason: str) -> None:
+        """Put tasks back at the head of the queue (they were first in line once already).
+
+        Also for the tasks of a worker that answers a cancel the pool did not ask for:
+        it is stopping on its own, and they run again elsewhere as after a crash."""
+        again: list[str] = []
+        for task in tasks:
+            if task.cancel_timer is not None:
+                # It was being cancelled: losing its worker settles that.
+                task.cancel_timer.cancel()
+                error = cancelled_error(reason)
+                notify(task.reply_to, TaskFinished(task.task_id, False, None, error, 0.0))
+                continue
+            task.worker_id = None
+            task.started = False  # the next worker announces its own start
+            self._tasks[task.task_id] = task
+            again.append(task.task_id)
+            notify(task.reply_to, TaskRedispatched(task.task_id, reason))
+        self._queue.extendleft(reversed(again))
+
+    def _check_heartbeats(self) -> None:
+        # Frames already waiting count: when this thread itself was held up (a long GC
+        # pause, a saturated GIL), the heartbeats are in the socket, not missing.
+        for _ in range(_CATCH_UP_BATCHES):
+            if self._read_batch() < self.socket_batch:
+                break
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            if now - worker.last_seen > self._hb_timeout:
+                silent = now - worker.last_seen
+                reason = f"worker {worker.worker_id} silent for {silent:.1f}s"
+                self._worker_lost(worker, reason, kill=True)
+            elif self._max_rss is not None:
+                self._check_memory(worker, self._max_rss)
+        self.call_later(self._hb_interval, self._check_heartbeats)
+
+    def _check_memory(self, worker: PoolWorker, limit: int) -> None:
+        """Replace a worker whose memory is above ``limit``; its steps run again elsewhere.
+
+        A local worker is measured here (psutil), so a worker too busy or too broken to
+        report still gets caught; a remote one by the RSS its heartbeats report."""
+        child = self._children.get(worker.worker_id)
+        if child is not None:
+            try:
+                worker.rss = psutil.Process(child.proc.pid).memory_info().rss
+            except psutil.Error:
+                return  # it is exiting: the pidfd reports that
+        if worker.rss > limit:
+            reason = (
+                f"worker {worker.worker_id} uses {worker.rss / MIB:.0f} MiB, "
+                f"above the {limit / MIB:.0f} MiB limit"
+            )
+            self._worker_lost(worker, reason, kill=True)
+
+    @staticmethod
+    def _worker_stats(w: PoolWorker) -> dict[str, Any]:
+        return {
+            "worker_id": w.worker_id,
+            "pid": w.pid,
+            "host": w.host,
+            "local": w.local,
+            "slots": w.slots,
+            "busy": len(w.tasks),
+            "plugins": sorted(w.plugins),
+            "rss": w.rss,
+            "last_seen": w.last_seen_wall,
+        }
+
+    def when_workers(self, count: int) -> Future[None]:
+        """A future resolved once at least ``count`` workers have said hello (for tests)."""
+        fut: Future[None] = Future()
+        self._waiters.append((count, fut))
+        self._notify_waiters()
+        return fut
+
+    def _notify_waiters(self) -> None:
+        ready = [(n, f) for n, f in self._waiters if len(self._workers) >= n]
+        for item in ready:
+            self._waiters.remove(item)
+            item[1].set_result(None)
