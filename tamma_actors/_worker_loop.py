@@ -1,0 +1,302 @@
+"""The worker's main thread: the DEALER socket to its node, and the loop that serves it.
+
+Threads: the main thread owns the DEALER socket and is the only one to touch it. It polls
+the socket and an eventfd. ``slots`` step runners (pykka ThreadingActors, one step at a
+time each: ``_worker_runners``) run the steps; whatever they need sent (``started``,
+``progress``, ``result``) is encoded on their thread, put on the outbox queue, and the
+eventfd wakes the main thread, which sends it (a start notice may be held a while: see
+``_worker_outbox``). Until a welcome comes the worker says hello again every few
+heartbeat intervals; once welcomed it sends heartbeats. A managed worker whose parent is
+gone exits (``EXIT_PARENT_DIED``).
+
+Shutdown order: stop requested (``stop`` frame, or :meth:`Worker.request_stop`) ->
+queued tasks answered as cancelled -> running steps' cancel events set -> wait up to
+``stop_grace`` for their results and send them -> ``bye`` -> runners stopped -> socket
+closed. :meth:`Worker.run` returns the process exit code (``EXIT_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import psutil
+import zmq
+
+from tamma_actors import _wire as wire
+from tamma_actors._errors import TammaError, TransportError
+from tamma_actors._plugins import load_registry
+from tamma_actors._worker_outbox import Outbox
+from tamma_actors._worker_runners import RunnerPool, Task
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_PARENT_DIED",
+    "EXIT_TRANSPORT",
+    "EXIT_USAGE",
+    "CurveKeys",
+    "Worker",
+]
+
+log = logging.getLogger("tamma_actors._worker")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PARENT_DIED = 3
+EXIT_TRANSPORT = 4
+
+# Without a welcome after this many heartbeat intervals, say hello again: the node may
+# have restarted (ZeroMQ reconnects silently) or not have been up yet.
+HELLO_RETRY_INTERVALS = 3
+_LINGER_MS = 1000
+
+_PROCESS = psutil.Process()
+
+
+def rss_bytes() -> int:
+    try:
+        return int(_PROCESS.memory_info().rss)
+    except psutil.Error:
+        return 0
+
+
+class CurveKeys:
+    """CURVE keys (z85) for a TCP connection: the node's public key, and ours."""
+
+    def __init__(
+        self, server_key: str, public_key: str | None = None, secret_key: str | None = None
+    ):
+        if (public_key is None) != (secret_key is None):
+            raise TransportError("CURVE needs both the public and the secret key, or neither")
+        self.server_key = server_key
+        if public_key is None or secret_key is None:
+            pub, sec = zmq.curve_keypair()
+            public_key, secret_key = pub.decode(), sec.decode()
+        self.public_key = public_key
+        self.secret_key = secret_key
+
+
+class Worker:
+    """One worker: a DEALER socket to the node and ``slots`` step runners."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        slots: int = wire.DEFAULT_WORKER_SLOTS,
+        worker_id: str | None = None,
+        heartbeat_interval: float = 1.0,
+        allow_shell: bool = False,
+        allowlist: Mapping[str, str] | None = None,
+        managed: bool = False,
+        parent_pid: int | None = None,
+        max_frame_bytes: int = 8 << 20,
+        curve: CurveKeys | None = None,
+        stop_grace: float = 5.0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("slots must be >= 1")
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.managed = managed
+        self._parent_pid = parent_pid if parent_pid is not None else os.getppid()
+        self._hb_interval = heartbeat_interval
+        self._max_frame = max_frame_bytes
+        self._stop_grace = stop_grace
+        self._registry = load_registry(allow_shell=allow_shell, allowlist=allowlist)
+        self._stop_requested = False
+        self._stopping_since: float | None = None
+        self._welcomed = False
+        self._last_hello = 0.0
+        self._next_hb = 0.0
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._outbox = Outbox()
+        try:
+            self._sock = self._connect(endpoint, curve)
+        except BaseException:
+            self._outbox.close()
+            self._ctx.term()
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._outbox.fd, zmq.POLLIN)
+        self._runners = RunnerPool(slots, self._registry, self._outbox, max_frame_bytes)
+
+    def _connect(self, endpoint: str, curve: CurveKeys | None) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, _LINGER_MS)
+            sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
+            if curve is not None:
+                sock.curve_serverkey = curve.server_key.encode()
+                sock.curve_publickey = curve.public_key.encode()
+                sock.curve_secretkey = curve.secret_key.encode()
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise TransportError(f"worker cannot connect to {endpoint}: {exc}") from exc
+        return sock
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the runners, close the socket and the context; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._runners.close()
+        self._sock.close(_LINGER_MS)
+        self._outbox.close()
+        self._ctx.term()
+
+    def request_stop(self) -> None:
+        """Ask the main loop to stop gracefully; safe from signal handlers and threads."""
+        self._stop_requested = True
+        self._outbox.wake()
+
+    @property
+    def slots(self) -> int:
+        return self._runners.slots
+
+    def run(self) -> int:
+        """Serve until stopped; returns the process exit code."""
+        try:
+            return self._serve()
+        except TransportError:
+            log.exception("worker %s: transport failed", self.worker_id)
+            return EXIT_TRANSPORT
+
+    def _serve(self) -> int:
+        self._say_hello(time.monotonic())
+        while True:
+            now = time.monotonic()
+            if self._stop_requested and self._stopping_since is None:
+                self._begin_stop(now)
+            if self._stopping_since is not None and self._stop_done(now):
+                self._send(wire.bye(self.worker_id))
+                return EXIT_OK
+            if not self._on_timers(now):
+                return EXIT_PARENT_DIED
+            timeout_ms = int(max(0.0, self._next_deadline() - time.monotonic()) * 1000) + 1
+            events = dict(self._poller.poll(timeout_ms))
+            due = self._outbox.next_due()  # a held start notice, even while frames flow in
+            if self._outbox.fd in events or (due is not None and due <= time.monotonic()):
+                self._flush_outbox()
+            if self._sock in events:
+                self._drain_socket()
+
+    def _stop_done(self, now: float) -> bool:
+        assert self._stopping_since is not None
+        if not self._runners.running_ids():
+            return True
+        if now - self._stopping_since >= self._stop_grace:
+            log.warning("worker %s: steps ignored cancel, exiting anyway", self.worker_id)
+            return True
+        return False
+
+    def _next_deadline(self) -> float:
+        if not self._welcomed:
+            deadline = self._last_hello + HELLO_RETRY_INTERVALS * self._hb_interval
+        else:
+            deadline = self._next_hb
+        if self._stopping_since is not None:
+            deadline = min(deadline, self._stopping_since + self._stop_grace)
+        held = self._outbox.next_due()  # a held start notice
+        return deadline if held is None else min(deadline, held)
+
+    def _on_timers(self, now: float) -> bool:
+        """Heartbeat and hello retries; False when the managing parent is gone."""
+        if self.managed and os.getppid() != self._parent_pid:
+            log.error("worker %s: parent node died, exiting", self.worker_id)
+            return False
+        if not self._welcomed:
+            if now - self._last_hello >= HELLO_RETRY_INTERVALS * self._hb_interval:
+                self._say_hello(now)
+        elif now >= self._next_hb:
+            self._send(wire.hb(self.worker_id, self._runners.running_ids(), rss_bytes()))
+            self._next_hb = now + self._hb_interval
+        return True
+
+    def _say_hello(self, now: float) -> None:
+        self._welcomed = False
+        self._last_hello = now
+        host = socket.gethostname()
+        names = self._registry.names()
+        self._send(wire.hello(self.worker_id, os.getpid(), host, self.slots, names))
+
+    def _begin_stop(self, now: float) -> None:
+        log.info("worker %s: stopping", self.worker_id)
+        self._stopping_since = now
+        self._runners.cancel_all()
+        self._flush_outbox()
+
+    def _send(self, msg: Mapping[str, Any]) -> None:
+        self._send_bytes(wire.encode(msg))
+
+    def _send_bytes(self, frame: bytes) -> None:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            # Only when the node has been gone long enough to fill the pipe; the node
+            # re-dispatches whatever it did not hear about.
+            log.warning("worker %s: node unreachable, frame dropped", self.worker_id)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"worker send failed: {exc}") from exc
+
+    def _flush_outbox(self) -> None:
+        for frame, finished in self._outbox.drain():
+            self._send_bytes(frame)
+            if finished is not None:
+                self._runners.finished(finished)
+
+    def _drain_socket(self) -> None:
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                raise TransportError(f"worker receive failed: {exc}") from exc
+            if len(parts) != 1:
+                log.warning("worker %s: dropped a %d-part message", self.worker_id, len(parts))
+                continue
+            try:
+                msg = wire.decode_node_frame(parts[0], self._max_frame)
+            except TammaError as exc:
+                log.warning("worker %s: dropped a bad frame: %s", self.worker_id, exc)
+                continue
+            self._handle(msg)
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        kind = msg["t"]
+        if kind == "welcome":
+            self._welcomed = True
+            if msg["heartbeat_interval"] > 0:
+                self._hb_interval = float(msg["heartbeat_interval"])
+            self._next_hb = time.monotonic()
+        elif kind == "rehello":
+            self._say_hello(time.monotonic())
+        elif kind == "run":
+            self._on_run(msg)
+        elif kind == "cancel":
+            self._runners.cancel(msg["task_id"])
+        elif kind == "stop":
+            self._stop_requested = True
+
+    def _on_run(self, msg: dict[str, Any]) -> None:
+        if self._stopping_since is not None or self._stop_requested:
+            # Not started and never answered: the node re-dispatches it after our bye.
+            log.info("worker %s: stopping, not running %s", self.worker_id, msg["task_id"])
+            return
+        self._runners.submit(Task(msg, threading.Event()))
