@@ -36,7 +36,6 @@ import zmq
 
 from tamma_actors._admin import cleanup_store
 from tamma_actors._config import NodeConfig
-from tamma_actors._control import ControlServer
 from tamma_actors._data_dir import lock_data_dir
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
@@ -47,22 +46,15 @@ from tamma_actors._errors import (
     SupervisionError,
     TammaError,
 )
-from tamma_actors._eventbus import EventBus
 from tamma_actors._execution import ExecutionDeps
 from tamma_actors._lmdb_store import LmdbStore
+from tamma_actors._node_children import NodeChildren
 from tamma_actors._plugins import PluginRegistry, load_registry
 from tamma_actors._store import Write
-from tamma_actors._supervision import (
-    ChildSpec,
-    RestartIntensity,
-    SupervisorSpec,
-    children_to_restart,
-    load_tree,
-)
+from tamma_actors._supervision import ChildSpec, RestartIntensity, SupervisorSpec, load_tree
 from tamma_actors._timers import TimerService
-from tamma_actors._workerpool import Dispatch, WorkerPool
-from tamma_actors._writer import QueuedWriter, StoreWriter
-from tamma_actors._writer_process import ProcessStoreWriter
+from tamma_actors._workerpool import Dispatch
+from tamma_actors._writer import QueuedWriter
 
 __all__ = ["EXIT_ESCALATED", "EXIT_OK", "Node"]
 
@@ -126,7 +118,7 @@ class _WriterSlot:
         )
 
 
-class Node:
+class Node(NodeChildren):
     def __init__(self, config: NodeConfig, *, tree: SupervisorSpec | None = None) -> None:
         self.config = config
         self.tree = tree or load_tree(config.supervision)
@@ -289,7 +281,7 @@ class Node:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # -- children --------------------------------------------------------------------------
+    # -- helpers (the children themselves: NodeChildren) -----------------------------------
 
     def _engine_parts(self) -> EngineParts:
         assert self._store is not None and self._dispatcher is not None
@@ -311,114 +303,6 @@ class Node:
             write_block=self._writer.refusal,
             watchdog_interval=self.config.watchdog_interval,
         )
-
-    def _start_child(self, spec: ChildSpec) -> None:
-        cfg = self.config
-        if spec.kind == "store_writer":
-            assert self._store is not None
-            writer: QueuedWriter
-            if cfg.store_writer == "thread":
-                writer = StoreWriter(self._store, max_batch=cfg.group_commit_max)
-            else:
-                writer = ProcessStoreWriter(
-                    cfg.data_dir / "store",
-                    durability=cfg.durability,
-                    map_size=cfg.map_size,
-                    max_map_size=cfg.max_map_size,
-                    max_batch=cfg.group_commit_max,
-                    # it keeps the data-directory lock until its last commit is done
-                    hold_fds=() if self._lock_fd is None else (self._lock_fd,),
-                )
-            writer.start()
-            self._writer.writer = writer
-        elif spec.kind == "event_bus":
-            self._bus.ref = EventBus.start(
-                self._zmq,
-                cfg.events_address,
-                max_frame_bytes=cfg.max_frame_bytes,
-                curve_secret_key=cfg.curve_secret_key,
-            )
-        elif spec.kind == "worker_pool":
-            self._pool.ref = WorkerPool.start(
-                self._zmq,
-                endpoint=cfg.workers_address,
-                local_workers=cfg.workers,
-                worker_slots=cfg.worker_slots,
-                heartbeat_interval=cfg.heartbeat_interval,
-                heartbeat_timeout=cfg.heartbeat_timeout,
-                cancel_grace=cfg.cancel_grace,
-                max_frame_bytes=cfg.max_frame_bytes,
-                worker_args=self._worker_args(),
-                max_worker_rss=None
-                if cfg.worker_max_memory_mb is None
-                else cfg.worker_max_memory_mb << 20,
-                curve_secret_key=cfg.curve_secret_key,
-            )
-        else:
-            self._control.ref = ControlServer.start(
-                self._zmq,
-                self.engine,
-                endpoint=cfg.control_address,
-                tokens=cfg.tokens,
-                max_frame_bytes=cfg.max_frame_bytes,
-                curve_secret_key=cfg.curve_secret_key,
-            )
-        self._running.append(spec)
-
-    def _worker_args(self) -> list[str]:
-        args = ["--log-level", self.config.log_level]
-        if self.config.allow_shell:
-            args.append("--allow-shell")
-        for name, target in self.config.plugins.items():
-            args += ["--allow", f"{name}={target}"]
-        if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):
-            args += ["--curve-server-key", self.config.curve_public_key]
-        return args
-
-    def _stop_child(self, spec: ChildSpec) -> None:
-        if spec in self._running:
-            self._running.remove(spec)
-        if spec.kind == "store_writer":
-            writer, self._writer.writer = self._writer.writer, None
-            if writer is not None:
-                writer.close(timeout=spec.shutdown_timeout)
-            return
-        slot = {"event_bus": self._bus, "worker_pool": self._pool}.get(spec.kind, self._control)
-        ref, slot.ref = slot.ref, None
-        if ref is not None:
-            try:
-                ref.stop(block=True, timeout=spec.shutdown_timeout)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                log.warning("%s did not stop within %.1fs", spec.name, spec.shutdown_timeout)
-
-    def _child_alive(self, spec: ChildSpec) -> bool:
-        if spec.kind == "store_writer":
-            return self._writer.writer is not None and self._writer.writer.alive
-        slot = {"event_bus": self._bus, "worker_pool": self._pool}.get(spec.kind, self._control)
-        return slot.ref is not None and slot.ref.is_alive()
-
-    def _restart(self, index: int, spec: ChildSpec) -> bool:
-        if not self._intensity.allow(time.monotonic()):
-            log.critical(
-                "child %s failed more than %d times within %.0fs: the node stops",
-                spec.name,
-                self.tree.max_restarts,
-                self.tree.within_seconds,
-            )
-            return False
-        affected = [
-            self._running[i]
-            for i in children_to_restart(self.tree.strategy, index, len(self._running))
-        ]
-        log.error("child %s died; restarting %s", spec.name, ", ".join(c.name for c in affected))
-        for child in reversed(affected):
-            self._stop_child(child)
-        order = {c.name: i for i, c in enumerate(self.tree.children)}
-        for child in sorted(affected, key=lambda c: order[c.name]):
-            self._start_child(child)
-        return True
-
-    # -- helpers ---------------------------------------------------------------------------
 
     def _health(self) -> dict[str, Any]:
         report: dict[str, Any] = {

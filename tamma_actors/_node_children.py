@@ -1,0 +1,162 @@
+"""The node's supervised children (a mixin of :class:`~tamma_actors._node.Node`).
+
+The children that ``supervisors/node.toml`` declares (``store_writer``, ``event_bus``,
+``worker_pool``, ``control_server``) each live behind a slot that the rest of the node
+holds, so a restart only swaps what is in the slot. Here they are started, stopped (each
+within its ``shutdown_timeout``) and checked, and a failed one is restarted together with
+the children the tree's strategy takes along, as long as the tree's restart intensity
+allows; beyond it the node stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import pykka
+import zmq
+
+from tamma_actors._control import ControlServer
+from tamma_actors._eventbus import EventBus
+from tamma_actors._supervision import children_to_restart
+from tamma_actors._workerpool import WorkerPool
+from tamma_actors._writer import QueuedWriter, StoreWriter
+from tamma_actors._writer_process import ProcessStoreWriter
+
+if TYPE_CHECKING:
+    from tamma_actors._config import NodeConfig
+    from tamma_actors._engine import Engine
+    from tamma_actors._lmdb_store import LmdbStore
+    from tamma_actors._node import _ActorSlot, _WriterSlot
+    from tamma_actors._supervision import ChildSpec, RestartIntensity, SupervisorSpec
+
+__all__ = ["NodeChildren"]
+
+log = logging.getLogger("tamma_actors._node")
+
+
+class NodeChildren:
+    """Start, stop, check and restart the node's children."""
+
+    if TYPE_CHECKING:
+        config: NodeConfig
+        tree: SupervisorSpec
+        _zmq: zmq.Context[Any]
+        _lock_fd: int | None
+        _store: LmdbStore | None
+        _writer: _WriterSlot
+        _bus: _ActorSlot
+        _pool: _ActorSlot
+        _control: _ActorSlot
+        _running: list[ChildSpec]
+        _intensity: RestartIntensity
+
+        @property
+        def engine(self) -> Engine: ...
+
+    def _start_child(self, spec: ChildSpec) -> None:
+        cfg = self.config
+        if spec.kind == "store_writer":
+            assert self._store is not None
+            writer: QueuedWriter
+            if cfg.store_writer == "thread":
+                writer = StoreWriter(self._store, max_batch=cfg.group_commit_max)
+            else:
+                writer = ProcessStoreWriter(
+                    cfg.data_dir / "store",
+                    durability=cfg.durability,
+                    map_size=cfg.map_size,
+                    max_map_size=cfg.max_map_size,
+                    max_batch=cfg.group_commit_max,
+                    # it keeps the data-directory lock until its last commit is done
+                    hold_fds=() if self._lock_fd is None else (self._lock_fd,),
+                )
+            writer.start()
+            self._writer.writer = writer
+        elif spec.kind == "event_bus":
+            self._bus.ref = EventBus.start(
+                self._zmq,
+                cfg.events_address,
+                max_frame_bytes=cfg.max_frame_bytes,
+                curve_secret_key=cfg.curve_secret_key,
+            )
+        elif spec.kind == "worker_pool":
+            self._pool.ref = WorkerPool.start(
+                self._zmq,
+                endpoint=cfg.workers_address,
+                local_workers=cfg.workers,
+                worker_slots=cfg.worker_slots,
+                heartbeat_interval=cfg.heartbeat_interval,
+                heartbeat_timeout=cfg.heartbeat_timeout,
+                cancel_grace=cfg.cancel_grace,
+                max_frame_bytes=cfg.max_frame_bytes,
+                worker_args=self._worker_args(),
+                max_worker_rss=None
+                if cfg.worker_max_memory_mb is None
+                else cfg.worker_max_memory_mb << 20,
+                curve_secret_key=cfg.curve_secret_key,
+            )
+        else:
+            self._control.ref = ControlServer.start(
+                self._zmq,
+                self.engine,
+                endpoint=cfg.control_address,
+                tokens=cfg.tokens,
+                max_frame_bytes=cfg.max_frame_bytes,
+                curve_secret_key=cfg.curve_secret_key,
+            )
+        self._running.append(spec)
+
+    def _worker_args(self) -> list[str]:
+        args = ["--log-level", self.config.log_level]
+        if self.config.allow_shell:
+            args.append("--allow-shell")
+        for name, target in self.config.plugins.items():
+            args += ["--allow", f"{name}={target}"]
+        if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):
+            args += ["--curve-server-key", self.config.curve_public_key]
+        return args
+
+    def _stop_child(self, spec: ChildSpec) -> None:
+        if spec in self._running:
+            self._running.remove(spec)
+        if spec.kind == "store_writer":
+            writer, self._writer.writer = self._writer.writer, None
+            if writer is not None:
+                writer.close(timeout=spec.shutdown_timeout)
+            return
+        slot = {"event_bus": self._bus, "worker_pool": self._pool}.get(spec.kind, self._control)
+        ref, slot.ref = slot.ref, None
+        if ref is not None:
+            try:
+                ref.stop(block=True, timeout=spec.shutdown_timeout)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                log.warning("%s did not stop within %.1fs", spec.name, spec.shutdown_timeout)
+
+    def _child_alive(self, spec: ChildSpec) -> bool:
+        if spec.kind == "store_writer":
+            return self._writer.writer is not None and self._writer.writer.alive
+        slot = {"event_bus": self._bus, "worker_pool": self._pool}.get(spec.kind, self._control)
+        return slot.ref is not None and slot.ref.is_alive()
+
+    def _restart(self, index: int, spec: ChildSpec) -> bool:
+        if not self._intensity.allow(time.monotonic()):
+            log.critical(
+                "child %s failed more than %d times within %.0fs: the node stops",
+                spec.name,
+                self.tree.max_restarts,
+                self.tree.within_seconds,
+            )
+            return False
+        affected = [
+            self._running[i]
+            for i in children_to_restart(self.tree.strategy, index, len(self._running))
+        ]
+        log.error("child %s died; restarting %s", spec.name, ", ".join(c.name for c in affected))
+        for child in reversed(affected):
+            self._stop_child(child)
+        order = {c.name: i for i, c in enumerate(self.tree.children)}
+        for child in sorted(affected, key=lambda c: order[c.name]):
+            self._start_child(child)
+        return True
