@@ -90,6 +90,7 @@ class NodeConfig(BaseSettings):
     retention_days: float | None = Field(None, gt=0)
     retention_interval: Seconds = Field(3600.0, gt=0)
     watchdog_interval: Seconds = Field(30.0, ge=0)
+    rest_after: Seconds = Field(1.0, ge=0)
     shutdown_grace: Seconds = Field(30.0, ge=0)
 
     def __init__(self, **values: Any) -> None:

@@ -95,6 +95,11 @@ class Deadlines:
     def armed(self, kind: Kind, step: str | None = None) -> bool:
         return (kind, step) in self._handles
 
+    def only_waits(self) -> bool:
+        """A wait step's timer is armed, and no timer but waits and the workflow's."""
+        kinds = {kind for kind, _ in self._handles}
+        return "wait" in kinds and kinds <= {"wait", "workflow"}
+
     def cancel_all(self) -> None:
         for _, handle in self._handles.values():
             handle.cancel()

@@ -67,6 +67,8 @@ class EngineParts:
     # why new work is refused right now (a full store), or None
     write_block: Callable[[], TammaError | None] = lambda: None
     watchdog_interval: float = 30.0  # seconds between looks for stuck executions; 0: off
+    # a live execution with nothing to do but wait at least this long rests; None: never
+    rest_after: float | None = None
 
 
 _PARSED_CACHE_SIZE = 64  # distinct definitions kept parsed for start_workflow
@@ -90,6 +92,7 @@ class Engine(EngineReads, EngineRecovery):
             parts.deps,
             on_terminal=self._retire,
             on_commit_lost=self._commit_lost,
+            rest=None if parts.rest_after is None else self._rest,
             children=EngineChildren(self, parts.store, parts.deps.timers),
             breakers=parts.deps.breakers or _breaker_registry(parts),
         )
@@ -102,9 +105,10 @@ class Engine(EngineReads, EngineRecovery):
         self.repaired: dict[str, str] = {}  # recovered from the full log: the snapshot was bad
         self._recovering = False
         self._activated: set[str] = set()  # brought back by the recovery running now
-        self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, while recovering
-        self._resting: dict[str, TimerHandle] = {}  # recovered, waiting: their wake timers
+        self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, recovering/resting
+        self._resting: dict[str, TimerHandle] = {}  # only waiting: their wake timers
         self._unconfirmed: set[str] = set()  # stopped on a lost writer: back when it is
+        self._rest_after = parts.rest_after
         self._parsed_cache: dict[
             tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
         ] = {}  # (canonical definition, known implementations) -> parsed, for starts

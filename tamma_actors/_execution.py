@@ -44,6 +44,7 @@ from tamma_actors._execution_control import (
     WaitExpired,
 )
 from tamma_actors._execution_reports import MAX_REDISPATCH, RetryDue, TaskReports
+from tamma_actors._execution_rest import MayRest, Resting, RestRequest
 from tamma_actors._explain import Explain, Explaining
 from tamma_actors._models import WorkflowConfig, WorkflowStep
 from tamma_actors._state import ExecutionState
@@ -97,6 +98,8 @@ class ExecutionDeps:
     on_terminal: Callable[[str], None] = lambda _eid: None
     # its commit was not confirmed (StoreWriterLost): re-read it once the writer is back
     on_commit_lost: Callable[[str], None] = lambda _eid: None
+    # a supervisor with nothing to do but wait asks to rest (_execution_rest); None: never
+    rest: RestRequest | None = None
     children: Children | None = None  # starts and steers subflow children (the engine)
     snapshot_every: int = 100
     clock: Callable[[], float] = time.time
@@ -119,6 +122,7 @@ class ExecutionSupervisor(
     BreakerGate,
     WatchdogChecks,
     Explaining,
+    Resting,
     PoolActor,
 ):
     def __init__(
@@ -180,7 +184,9 @@ class ExecutionSupervisor(
         """One commit for everything a turn's messages decided (a step's started and
         finished reports often arrive together)."""
         if not self._broken:
+            tail = self._tail
             self._flush()
+            self._offer_rest(self._tail if self._tail is not tail else None)
 
     # -- message handlers ------------------------------------------------------------------
 
@@ -332,4 +338,5 @@ _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {
     BreakerChanged: ExecutionSupervisor._on_breaker_changed,
     WatchdogCheck: ExecutionSupervisor._on_watchdog,
     Explain: ExecutionSupervisor._on_explain,
+    MayRest: ExecutionSupervisor._on_may_rest,
 }

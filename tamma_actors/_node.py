@@ -302,6 +302,7 @@ class Node(NodeChildren):
             health_extra=self._health,
             write_block=self._writer.refusal,
             watchdog_interval=self.config.watchdog_interval,
+            rest_after=self.config.rest_after,
         )
 
     def _health(self) -> dict[str, Any]:

@@ -10,6 +10,9 @@ or as soon as a request other than a read names it; reads are answered from the 
 which is current (nothing writes an execution while it rests). A restart with thousands of
 parked executions thus costs a read and a replay each, not a supervisor and its first turn.
 
+A live execution that comes to have nothing to do but wait rests the same way
+(``_rest``, asked by its supervisor: ``_execution_rest``).
+
 The same path brings back, once a store writer is running again, an execution that
 stopped because its writer process died before confirming a commit (``_commit_lost``).
 
@@ -21,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from tamma_actors._deadlines import WAIT_IMPLEMENTATION
 from tamma_actors._errors import StoreCorrupted, StoreError, TammaError
 from tamma_actors._execution import ExecutionDeps, ExecutionSupervisor, Recover
+from tamma_actors._execution_rest import rest_until
 from tamma_actors._state import ExecutionState, replay
 from tamma_actors._store import ExecutionRecords, Store
 
@@ -37,12 +41,11 @@ if TYPE_CHECKING:
     from tamma_actors._models import WorkflowConfig
     from tamma_actors._timers import TimerHandle
 
-__all__ = ["TERMINAL", "EngineRecovery", "rest_until"]
+__all__ = ["TERMINAL", "EngineRecovery"]
 
 log = logging.getLogger("tamma_actors._engine")
 
 TERMINAL = frozenset({"completed", "failed", "aborted"})
-_DONE = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 _RECOVERY_PAGE = 256  # executions read per read transaction while recovering
 
 
@@ -52,36 +55,6 @@ class _Unread:
 
 _UNREAD = _Unread()
 _Read = ExecutionRecords | StoreError | None | _Unread
-
-
-def rest_until(state: ExecutionState, cfg: WorkflowConfig) -> float | None:
-    """The wall-clock time a recovered execution next needs its supervisor, if it may rest
-    until then: it is running, at least one ``wait`` step runs, and every other open step
-    is pending behind an unfinished step (so its first turn would only re-arm timers).
-    None when it has anything else to do or to watch (a step in flight, a retry, a fan-out
-    or subflow, a step whose dependencies are all done)."""
-    if state.status != "running":
-        return None
-    wakes: list[float] = []
-    for name in state.order:
-        st = state.steps[name]
-        if st.status in _DONE:
-            continue
-        step = cfg.step(name)
-        waiting = step.type == "task" and step.implementation == WAIT_IMPLEMENTATION
-        if st.status == "running" and waiting and st.deadline is not None:
-            wakes.append(st.deadline)
-            continue
-        if st.status == "pending" and any(
-            state.steps[dep].status not in _DONE for dep in cfg.dependency_map()[name]
-        ):
-            continue
-        return None
-    if not wakes:
-        return None
-    if state.deadline is not None:
-        wakes.append(state.deadline)
-    return min(wakes)
 
 
 class EngineRecovery:
@@ -99,6 +72,7 @@ class EngineRecovery:
         _configs: dict[str, WorkflowConfig]
         _resting: dict[str, TimerHandle]
         _unconfirmed: set[str]
+        _rest_after: float | None
         unrecovered: dict[str, str]
         repaired: dict[str, str]
 
@@ -160,6 +134,32 @@ class EngineRecovery:
             else:
                 delay = max(0.0, wake - self._deps.clock())
                 self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
+        return True
+
+    def _rest(
+        self,
+        ref: pykka.ActorRef[Any],
+        state: ExecutionState,
+        cfg: WorkflowConfig,
+        wake: float,
+        idle: Callable[[], bool],
+    ) -> bool:
+        """A live supervisor with nothing to do but wait until ``wake`` asks to rest
+        (``_execution_rest``); True if its execution now rests and the supervisor must
+        stop: when ``wake`` is at least ``rest_after`` seconds away (sooner, keeping the
+        supervisor costs less than a wake's read). Under the lock, so no request is routed
+        to it from here on; ``idle`` says that none was routed to it before either."""
+        if self._rest_after is None or wake - self._deps.clock() < self._rest_after:
+            return False
+        with self._lock:
+            if self._closed or self._live.get(state.id) is not ref or not idle():
+                return False
+            del self._live[state.id]
+            self._configs.setdefault(state.digest, cfg)  # a wake need not parse it again
+            delay = max(0.0, wake - self._deps.clock())
+            self._resting[state.id] = self._deps.timers.call_later(
+                delay, partial(self._woken, state.id)
+            )
         return True
 
     def _commit_lost(self, eid: str) -> None:

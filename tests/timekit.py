@@ -97,6 +97,7 @@ def make_kit(
     start: float = 1000.0,
     watchdog: float = 0.0,
     start_hold: float = 0.0,
+    rest_after: float | None = None,
 ) -> Iterator[Kit]:
     store = store or MemoryStore()
     held: queue.Queue[Dispatch] = queue.Queue()
@@ -121,6 +122,7 @@ def make_kit(
             deps=deps,
             implementations=lambda: {"noop"},
             watchdog_interval=watchdog,
+            rest_after=rest_after,
         )
     )
     try:

@@ -114,6 +114,21 @@ def test_wait_steps_pause_and_explain_on_a_real_node(client: Client, node: Node)
     assert final.status == "aborted"
 
 
+def test_a_waiting_execution_rests_on_a_real_node_and_wakes_when_due(short_dir: Path) -> None:
+    cfg = node_config(short_dir / "var", rest_after=0)  # rest however soon the wait ends
+    napper = wf("napper", step("nap", "wait", config={"seconds": 3}), step("after", "noop", "nap"))
+    with Node(cfg), Client(cfg.control_address, timeout=WAIT) as client:
+        eid = client.start_workflow(napper).id
+        deadline = time.monotonic() + WAIT
+        while client.health()["executions"] != {"live": 0, "resting": 1}:
+            assert time.monotonic() < deadline, client.health()["executions"]
+            time.sleep(0.02)
+        assert client.get_workflow_status(eid).steps["nap"] == "running"  # the store's
+        final = client.wait(eid, timeout=WAIT)
+        assert final.status == "completed" and final.results["nap"].data == {"waited_s": 3.0}
+        assert client.health()["executions"] == {"live": 0, "resting": 0}
+
+
 def test_explain_on_the_command_line(
     client: Client, node: Node, capsys: pytest.CaptureFixture[str]
 ) -> None:

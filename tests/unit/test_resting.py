@@ -7,11 +7,13 @@ timer or by any other request, and behaves afterwards exactly as if it had never
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tamma_actors._errors import StoreError
 from tamma_actors._store import MemoryStore
-from tests.timekit import WAIT, finished, step, wait_step, wf
+from tests.timekit import WAIT, Kit, finished, step, wait_step, wf
 from tests.timekit import make_kit as _kit
 
 
@@ -135,3 +137,95 @@ def test_an_execution_that_cannot_be_woken_is_reported_not_lost(
             k.record(eid)  # a read names the failure too; the node carries on
         monkeypatch.undo()  # the disk is back: the store still has it, running
         assert k.record(eid)["results"]["w"]["status"] == "running"
+
+
+# -- resting while the node runs (rest_after) ----------------------------------------------
+
+
+def _rests(k: Kit, count: int) -> None:
+    """Until ``count`` executions rest (their MayRest follows their commit; bounded)."""
+    deadline = time.monotonic() + WAIT
+    while k.engine.resting_count != count:
+        assert time.monotonic() < deadline, f"{k.engine.resting_count} rest, not {count}"
+        time.sleep(0.005)
+
+
+def test_a_live_execution_that_only_waits_rests_until_it_is_due() -> None:
+    for k in _kit(start=1000.0, rest_after=1.0):
+        eid = k.start(wf(wait_step("w", 60), step("after", "w")))
+        _rests(k, 1)
+        assert k.engine.health().result(WAIT)["executions"] == {"live": 0, "resting": 1}
+        assert k.record(eid)["results"]["w"]["status"] == "running"  # from the store
+        k.timers.advance(59.9)
+        assert k.engine.resting_count == 1 and k.held.empty()
+        k.timers.advance(0.1)
+        k.woken(eid)
+        after = k.next_held()
+        assert after.task["step"] == "after" and after.task["input"] == {"waited_s": 60.0}
+        after.reply_to.tell(finished(after, "done"))
+        assert k.status_is(eid, "completed")["results"]["after"]["data"] == "done"
+        assert (k.engine.live_count, k.engine.resting_count) == (0, 0)
+        started = [e for e in k.events(eid) if e["type"] == "step.started"]
+        assert [e["data"]["step"] for e in started] == ["w"]  # not started again on waking
+
+
+def test_a_wait_ending_sooner_than_rest_after_keeps_its_supervisor() -> None:
+    for k in _kit(start=1000.0, rest_after=10.0):
+        short = k.start(wf(wait_step("w", 5)))
+        long = k.start(wf(wait_step("w", 60)))
+        _rests(k, 1)
+        k.record(short)  # queued behind its MayRest, if it had rested this is the store's
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 1)
+        assert k.engine.explain(short).result(WAIT)["status"] == "running"
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 1)  # it was live
+        k.timers.advance(5)
+        assert k.status_is(short, "completed")["results"]["w"]["data"] == {"waited_s": 5.0}
+        assert k.record(long)["status"] == "running"
+
+
+def test_nothing_rests_while_a_step_is_in_flight_or_rest_after_is_off() -> None:
+    for k in _kit(start=1000.0, rest_after=1.0):
+        busy = k.start(wf(wait_step("w", 60), step("t")))
+        task = k.next_held()
+        k.step_is(busy, "w", "running")
+        k.record(busy)
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 0)
+        task.reply_to.tell(finished(task, "ok"))  # now only the wait is left
+        _rests(k, 1)
+    for k in _kit(start=1000.0):  # rest_after None: live executions never rest
+        eid = k.start(wf(wait_step("w", 60)))
+        k.step_is(eid, "w", "running")
+        k.record(eid)
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 0)
+
+
+def test_pause_wakes_a_resting_execution_and_resume_lets_it_rest_with_the_time_left() -> None:
+    for k in _kit(start=1000.0, rest_after=1.0):
+        eid = k.start(wf(wait_step("w", 60)))
+        _rests(k, 1)
+        k.timers.advance(20)
+        paused = k.engine.pause_workflow(eid).result(WAIT)
+        assert paused["status"] == "paused" and k.engine.resting_count == 0
+        k.timers.advance(500)  # frozen while paused
+        k.engine.resume_workflow(eid).result(WAIT)
+        _rests(k, 1)
+        k.timers.advance(39.9)
+        assert k.record(eid)["status"] == "running"
+        k.timers.advance(0.1)
+        k.woken(eid)
+        assert k.status_is(eid, "completed")["results"]["w"]["data"] == {"waited_s": 60.0}
+
+
+def test_waiting_on_its_end_or_the_workflow_timeout_wakes_a_resting_execution() -> None:
+    for k in _kit(start=1000.0, rest_after=1.0):
+        first = k.start(wf(wait_step("w", 60)))
+        doomed = k.start(wf(wait_step("w", 600), timeout="10s"))
+        _rests(k, 2)
+        ended = k.engine.wait(first)  # a long poll needs a supervisor: it keeps one
+        assert k.engine.resting_count == 1
+        k.timers.advance(10)  # the doomed one rested until its workflow timeout
+        k.woken(doomed)
+        assert k.status_is(doomed, "failed")["error"]["type"] == "WorkflowTimeout"
+        k.timers.advance(50)
+        assert ended.result(WAIT)["status"] == "completed"
+        assert (k.engine.live_count, k.engine.resting_count) == (0, 0)
