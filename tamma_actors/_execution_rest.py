@@ -6,12 +6,12 @@ open step is pending behind an unfinished step (:func:`rest_until`): until its e
 deadline (a wait's end, or the workflow timeout) its supervisor would only hold timers.
 Recovery lets such executions rest at once (``_recovery``); a live one offers to after a
 commit that leaves it so: the commit's callback tells the supervisor :class:`MayRest`. If
-nothing changed meanwhile (nothing in flight, to commit or waiting on its end, no request
-in its inbox), it asks the engine (``ExecutionDeps.rest``), which lets it rest when the
-wake is far enough away (the node's ``rest_after``) and swaps it, under the engine's lock,
-for a wake-up timer; the supervisor stops. Its state is the store's: every batch it
-decided is committed. The timer, or any request other than a read, makes a new
-supervisor from the store.
+nothing changed meanwhile (nothing in flight, to commit or waiting on its end) and its
+inbox is empty (else it asks again after those messages), it asks the engine
+(``ExecutionDeps.rest``), which lets it rest when the wake is far enough away (the node's
+``rest_after``) and swaps it, under the engine's lock, for a wake-up timer; the
+supervisor stops. Its state is the store's: every batch it decided is committed. The
+timer, or any request other than a read, makes a new supervisor from the store.
 """
 
 from __future__ import annotations
@@ -118,8 +118,12 @@ class Resting:
         if wake is None or self.deps.rest is None:
             return
         inbox = self.actor_inbox
-        if self.deps.rest(self.actor_ref, self.state, self.cfg, wake, inbox.empty):
+        if inbox.empty() and self.deps.rest(
+            self.actor_ref, self.state, self.cfg, wake, inbox.empty
+        ):
             self._stop()
+        elif not inbox.empty():  # the messages before it first (a watchdog look, a request)
+            tell(self.actor_ref, MayRest())
 
     def _may_rest_until(self) -> float | None:
         """When to wake, if this execution may rest now: nothing in flight, to commit,

@@ -3,9 +3,9 @@
 Callbacks must be quick: they exist to ``tell`` an actor that its time has come, never to do
 the work themselves. A callback that raises is logged and the service carries on.
 
-Cancelling is O(1): the handle is only marked, and the heap drops it when it reaches the top
-(or when cancelled entries outnumber live ones, so a heap of abandoned step timeouts cannot
-grow without bound).
+Cancelling is O(1): the handle is only marked (and lets go of its callback), and the heap
+drops it when it reaches the top (or when cancelled entries outnumber live ones, so a heap
+of abandoned step timeouts cannot grow without bound).
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 _COMPACT_MIN = 64
 
 
+def _nothing() -> None:
+    """What a cancelled handle calls, if it fired as it was cancelled."""
+
+
 class TimerHandle:
     """A scheduled callback; ``cancel()`` may be called from any thread, any number of times."""
 
@@ -48,6 +52,9 @@ class TimerHandle:
         if self.cancelled:
             return
         self.cancelled = True
+        # The heap may keep the handle until its deadline: keep nothing alive through it
+        # (a callback holds its actor, and the actor all it holds).
+        self.fn = _nothing
         heap, self._heap = self._heap, None
         if heap is not None:
             heap.note_cancelled()

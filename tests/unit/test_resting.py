@@ -8,10 +8,12 @@ timer or by any other request, and behaves afterwards exactly as if it had never
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from tamma_actors._errors import StoreError
+from tamma_actors._execution_rest import MayRest, Resting
 from tamma_actors._store import MemoryStore
 from tests.timekit import WAIT, Kit, finished, step, wait_step, wf
 from tests.timekit import make_kit as _kit
@@ -229,3 +231,33 @@ def test_waiting_on_its_end_or_the_workflow_timeout_wakes_a_resting_execution() 
         k.timers.advance(50)
         assert ended.result(WAIT)["status"] == "completed"
         assert (k.engine.live_count, k.engine.resting_count) == (0, 0)
+
+
+class _Supervisor(Resting):
+    """Resting's decision alone: a wake time, an inbox, and an engine that answers."""
+
+    def __init__(self, queued: list[object], engine_says: bool) -> None:
+        self.actor_inbox = SimpleNamespace(empty=lambda: not queued)
+        self.actor_ref = SimpleNamespace(tell=queued.append)  # type: ignore[assignment]
+        self.deps = SimpleNamespace(rest=lambda *args: engine_says)  # type: ignore[assignment]
+        self.state = self.cfg = None  # type: ignore[assignment]
+        self.stopped = False
+
+    def _may_rest_until(self) -> float | None:
+        return 2000.0
+
+    def _stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_message_before_may_rest_goes_first_then_it_asks_again() -> None:
+    queued: list[object] = ["a watchdog look"]
+    sup = _Supervisor(queued, engine_says=True)
+    sup._on_may_rest(MayRest())
+    assert not sup.stopped and queued == ["a watchdog look", MayRest()]
+    queued.clear()  # handled: now the inbox is empty
+    sup._on_may_rest(MayRest())
+    assert sup.stopped and queued == []
+    refused = _Supervisor([], engine_says=False)  # e.g. the wake is too near
+    refused._on_may_rest(MayRest())
+    assert not refused.stopped

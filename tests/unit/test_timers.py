@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -186,6 +188,23 @@ def test_heap_compacts_when_cancelled_entries_dominate() -> None:
     first.cancel()  # a fired handle's cancel does not count against the heap
     assert heap.next_deadline() == 150.0
     assert heap.pop_due(149.0) is None
+
+
+def test_a_cancelled_handle_left_in_the_heap_keeps_nothing_alive() -> None:
+    class Owner:  # what a callback closes over: an actor and all it holds
+        def due(self) -> None:
+            raise AssertionError("a cancelled timer fired")
+
+    heap = TimerHeap()
+    owner = Owner()
+    gone = weakref.ref(owner)
+    handle = heap.push(10.0, owner.due)
+    heap.push(5.0, lambda: None)
+    handle.cancel()
+    del owner
+    gc.collect()
+    assert gone() is None and len(heap) == 2  # still in the heap (not compacted yet)
+    handle.fn()  # fired as it was cancelled: nothing happens
 
 
 delays = st.lists(
