@@ -1,9 +1,9 @@
 """The story's data model as pydantic v2 models.
 
-Workflow-file models (``WorkflowConfig`` and its parts) are frozen and forbid unknown
-keys, so a typo in a workflow file is an error rather than a silently ignored setting.
-Execution-side models are built from the plain records of :mod:`tamma_actors._engine_api`
-and ignore unknown keys, so an older client can read a newer node's records.
+Workflow-file models (``WorkflowConfig`` and its parts) live here: they are frozen and
+forbid unknown keys, so a typo in a workflow file is an error rather than a silently
+ignored setting. The execution-side models (``WorkflowExecution``, ``WorkflowEvent``, ...)
+live in :mod:`tamma_actors._record_models` and are re-exported from here.
 
 Every model accepts snake_case names and the story's camelCase aliases (``retryPolicy``,
 ``maxAttempts``, ``workflowId``, ...) and dumps snake_case.
@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,7 +33,19 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._durations import DurationUnit, parse_duration
 from tamma_actors._errors import UnknownStep
-from tamma_actors._status import ExecutionStatus, StepStatus
+from tamma_actors._record_models import (
+    ExecutionMetrics,
+    StatusProgress,
+    StepErrorInfo,
+    StepResult,
+    UtcDatetime,
+    WorkflowErrorInfo,
+    WorkflowEvent,
+    WorkflowExecution,
+    WorkflowFilter,
+    WorkflowState,
+    WorkflowStatusInfo,
+)
 
 __all__ = [
     "STEP_NAME_PATTERN",
@@ -111,23 +121,9 @@ def _version_text(value: Any) -> Any:
     return value
 
 
-def _utc_input(value: Any) -> Any:
-    # Records carry float epoch seconds; pydantic alone would read large numbers as ms.
-    if isinstance(value, bool):
-        raise ValueError("expected a timestamp, not a boolean")
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    return value
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 Milliseconds = Annotated[float, BeforeValidator(_milliseconds), _duration_schema("milliseconds")]
 Seconds = Annotated[float, BeforeValidator(_seconds), _duration_schema("seconds")]
 Count = Annotated[int, BeforeValidator(_no_bool)]
-UtcDatetime = Annotated[datetime, BeforeValidator(_utc_input), AfterValidator(_as_utc)]
 _MINUTES_SCHEMA = _duration_schema("minutes", nullable=True)
 _OptionalSeconds = Annotated[
     Annotated[float, Field(gt=0)] | None,
@@ -148,15 +144,6 @@ class FileModel(BaseModel):
         frozen=True,
         # Errors name fields as the docs and the snake_case dumps do.
         loc_by_alias=False,
-    )
-
-
-class _RecordModel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        extra="ignore",
     )
 
 
@@ -310,116 +297,3 @@ class WorkflowConfig(FileModel):
         """sha256 of the canonical JSON form: equal definitions give equal digests."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-# --- executions ----------------------------------------------------------------------
-
-
-class StepErrorInfo(_RecordModel):
-    type: str
-    message: str
-    retryable: bool | None = None
-
-
-class StepResult(_RecordModel):
-    status: StepStatus
-    data: Any = None
-    error: StepErrorInfo | None = None
-    attempts: int = 0
-    started_at: UtcDatetime | None = None
-    ended_at: UtcDatetime | None = None
-    message: str | None = None
-    # parallel: item counts by status; subflow: the child execution's id (and earlier ones)
-    detail: dict[str, Any] | None = None
-
-
-class WorkflowErrorInfo(_RecordModel):
-    message: str
-    step: str | None = None
-    type: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_message(cls, data: Any) -> Any:
-        return {"message": data} if isinstance(data, str) else data
-
-
-class ExecutionMetrics(_RecordModel):
-    steps_total: int = 0
-    steps_succeeded: int = 0
-    steps_failed: int = 0
-    steps_skipped: int = 0
-    retries: int = 0
-    duration_ms: float | None = None
-
-
-class WorkflowExecution(_RecordModel):
-    id: str
-    workflow_id: str
-    workflow_version: str = ""
-    status: ExecutionStatus
-    start_time: UtcDatetime
-    end_time: UtcDatetime | None = None
-    current_step: str | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
-    results: dict[str, StepResult] = Field(default_factory=dict)
-    error: WorkflowErrorInfo | None = None
-    metrics: ExecutionMetrics = Field(default_factory=ExecutionMetrics)
-    seq: int = 0
-    reason: str | None = None
-
-
-class StatusProgress(_RecordModel):
-    total: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    skipped: int = 0
-    running: int = 0
-
-
-class WorkflowStatusInfo(_RecordModel):
-    """The story's ``WorkflowStatus``: the status record of ``get_workflow_status``."""
-
-    id: str
-    workflow_id: str
-    status: ExecutionStatus
-    current_step: str | None = None
-    reason: str | None = None
-    seq: int = 0
-    progress: StatusProgress = Field(default_factory=StatusProgress)
-    steps: dict[str, StepStatus] = Field(default_factory=dict)
-    waiting: dict[str, str] = Field(default_factory=dict)  # step -> what holds it (a breaker)
-
-
-class WorkflowState(_RecordModel):
-    """One entry of an execution's state history (the story's ``WorkflowState``)."""
-
-    execution_id: str
-    workflow_id: str
-    step: str
-    status: str
-    context: dict[str, Any] = Field(default_factory=dict)
-    timestamp: UtcDatetime
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class WorkflowEvent(_RecordModel):
-    id: str | None = None
-    seq: int = 0
-    type: str
-    execution_id: str
-    timestamp: UtcDatetime
-    data: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class WorkflowFilter(_RecordModel):
-    status: list[ExecutionStatus] | None = None
-    workflow_id: str | None = None
-    limit: int | None = Field(None, ge=0)
-    offset: int = Field(0, ge=0)
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _single_status(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
