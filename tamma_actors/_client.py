@@ -1,35 +1,26 @@
 """Client: the synchronous control client (one DEALER socket to a node's control ROUTER).
 
+``Client`` is the engine's operations as requests, their replies read into models, and
+where the endpoint, token and CURVE key come from (``ClientSettings``). The request layer
+beneath it (the socket, request ids, pipelining, error replies) is
+:class:`~tamma_actors._client_socket.ClientSocket`.
+
 A client is **not thread-safe**: its socket may only be used by one thread at a time (give
-each thread its own client). Replies are matched to requests by id; a reply with a foreign
-id (a late answer to a request that timed out) is discarded. After a timeout the socket is
-replaced, so a late reply can never be taken for the answer to the next request.
+each thread its own client).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
-import zmq
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tamma_actors._codec import pack, unpack
-from tamma_actors._curve import curve_client
-from tamma_actors._errors import (
-    FrameTooLarge,
-    ProtocolError,
-    RequestTimeout,
-    TammaError,
-    TransportError,
-    error_from_code,
-)
+from tamma_actors._client_socket import ClientSocket
+from tamma_actors._errors import ProtocolError
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -38,14 +29,13 @@ from tamma_actors._models import (
     WorkflowFilter,
     WorkflowStatusInfo,
 )
-from tamma_actors._protocol import MAX_WAIT_SECONDS, make_request
+from tamma_actors._protocol import MAX_WAIT_SECONDS
 from tamma_actors._status import is_terminal_execution
 from tamma_actors._workflow_file import read_workflow_mapping
 
 __all__ = ["DEFAULT_ENDPOINT", "WAIT_CHUNK_SECONDS", "Client", "ClientSettings", "resolve_endpoint"]
 
 M = TypeVar("M", bound=BaseModel)
-log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "ipc://var/control.sock"
 # A wait longer than this is split into several server-side long polls.
@@ -89,7 +79,7 @@ def _validated(model: type[M], value: Any) -> M:
         raise ProtocolError(f"the node sent a malformed {model.__name__}: {exc}") from exc
 
 
-class Client:
+class Client(ClientSocket):
     """Synchronous control client; a context manager (``close()`` is idempotent)."""
 
     def __init__(
@@ -103,173 +93,12 @@ class Client:
         curve_server_key: str | None = None,
     ) -> None:
         settings = ClientSettings()
-        self.endpoint = resolve_endpoint(endpoint, data_dir, settings)
-        self.token = token if token is not None else settings.token
-        # The node's CURVE public key, for a tcp:// endpoint served with CURVE.
-        self.curve_server_key = curve_server_key or settings.curve_server_key
-        self.timeout = timeout
-        self.max_frame_bytes = max_frame_bytes
-        self._ids = itertools.count(1)
-        self._context: zmq.Context[Any] = zmq.Context()
-        self._sock: zmq.Socket[Any] | None = None
-        self._closed = False
-        self._sock = self._connect()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        self._context.term()
-
-    def _connect(self) -> zmq.Socket[Any]:
-        sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
-        try:
-            curve_client(sock, self.endpoint, self.curve_server_key)
-            sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from exc
-        except TammaError:
-            sock.close(linger=0)
-            raise
-        return sock
-
-    def _reset(self) -> None:
-        """Replace the socket: whatever the old one might still receive is dropped."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        self._sock = self._connect()
-
-    # -- the raw request ------------------------------------------------------------------
-
-    def request(self, op: str, args: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        """Send one request and return its ``result``; an error reply raises the matching
-        ``TammaError`` (always also a ``RemoteError``); no reply in time raises
-        ``RequestTimeout``."""
-        if self._closed or self._sock is None:
-            raise TransportError("the client is closed")
-        limit = self.timeout if timeout is None else timeout
-        request_id = self._send_request(op, args, limit)
-        reply = self._receive(request_id, time.monotonic() + limit)
-        if reply is None:
-            self._reset()
-            raise RequestTimeout(f"no reply to {op!r} from {self.endpoint} within {limit:g}s")
-        return self._result(reply)
-
-    def request_many(
-        self,
-        op: str,
-        args_list: Iterable[Mapping[str, Any]],
-        *,
-        window: int = 256,
-        timeout: float | None = None,
-    ) -> list[Any]:
-        """Pipeline one request per ``args_list`` entry over the one socket, at most
-        ``window`` in flight; return the results in order. Every reply is collected before
-        the first error reply is raised. ``timeout`` bounds the wait for *each next* reply."""
-        if self._closed or self._sock is None:
-            raise TransportError("the client is closed")
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        limit = self.timeout if timeout is None else timeout
-        pending = iter(args_list)
-        index_of: dict[int, int] = {}
-        replies: list[dict[str, Any] | None] = []
-        exhausted = False
-        while True:
-            while not exhausted and len(index_of) < window:
-                args = next(pending, None)
-                if args is None:
-                    exhausted = True
-                    break
-                request_id = self._send_request(op, args, limit)
-                index_of[request_id] = len(replies)
-                replies.append(None)
-            if not index_of:
-                break
-            reply = self._receive_any(index_of, time.monotonic() + limit)
-            if reply is None:
-                self._reset()
-                raise RequestTimeout(
-                    f"{len(index_of)} {op!r} request(s) unanswered by {self.endpoint} "
-                    f"within {limit:g}s"
-                )
-            replies[index_of.pop(reply["id"])] = reply
-        return [self._result(reply) for reply in replies if reply is not None]
-
-    def _send_request(self, op: str, args: Mapping[str, Any], limit: float) -> int:
-        assert self._sock is not None
-        request_id = next(self._ids)
-        data = pack(make_request(request_id, op, args, self.token))
-        if len(data) > self.max_frame_bytes:
-            raise FrameTooLarge(
-                f"{op} request of {len(data)} bytes exceeds the {self.max_frame_bytes}-byte cap"
-            )
-        try:
-            try:
-                self._sock.send(data, zmq.NOBLOCK)
-            except zmq.Again:
-                # No connection to the node right now (it is starting, restarting, or
-                # refused our handshake): wait for one as long as for a reply.
-                if not self._sock.poll(int(limit * 1000), zmq.POLLOUT):
-                    self._reset()
-                    raise RequestTimeout(
-                        f"no connection to {self.endpoint} within {limit:g}s to send "
-                        f"{op!r} (is the node up, and is its CURVE key the one given?)"
-                    ) from None
-                self._sock.send(data, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self._reset()
-            raise TransportError(f"cannot send to {self.endpoint}: {exc}") from exc
-        return request_id
-
-    def _receive_any(self, wanted: Mapping[int, int], deadline: float) -> dict[str, Any] | None:
-        assert self._sock is not None
-        while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(remaining_ms, zmq.POLLIN):
-                return None
-            frames = self._sock.recv_multipart()
-            try:
-                reply = unpack(frames[-1], self.max_frame_bytes)
-            except TammaError as exc:
-                log.warning("discarding an undecodable reply from %s: %s", self.endpoint, exc)
-                continue
-            if isinstance(reply, dict) and reply.get("id") in wanted:
-                return reply
-
-    def _receive(self, request_id: int, deadline: float) -> dict[str, Any] | None:
-        return self._receive_any({request_id: 0}, deadline)
-        # A late reply to an earlier request: not ours, keep waiting.
-
-    @staticmethod
-    def _result(reply: dict[str, Any]) -> Any:
-        if reply.get("ok") is True:
-            return reply.get("result")
-        error = reply.get("error")
-        if not isinstance(error, dict):
-            raise ProtocolError(f"malformed error reply: {reply!r}")
-        raise error_from_code(
-            str(error.get("code", "internal")),
-            str(error.get("message", "")),
-            error.get("details"),
+        super().__init__(
+            resolve_endpoint(endpoint, data_dir, settings),
+            token=token if token is not None else settings.token,
+            timeout=timeout,
+            max_frame_bytes=max_frame_bytes,
+            curve_server_key=curve_server_key or settings.curve_server_key,
         )
 
     # -- the engine's operations ------------------------------------------------------------
