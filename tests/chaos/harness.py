@@ -92,6 +92,7 @@ def write_config(path: Path, data: Path, **extra: Any) -> Path:
         "cancel_grace": 0.5,
         "shutdown_grace": 10.0,
         "snapshot_every": 5,  # recovery goes through snapshots, not only full replays
+        "rest_after": 0.1,  # parked executions rest while the node runs, not only on recovery
         "log_level": "WARNING",
     }
     values.update(extra)
@@ -176,7 +177,7 @@ def make_workflow(rng: random.Random, log: Path) -> dict[str, Any]:
             _record(log, "no", "pick"),
             _record(log, "end", "yes", "no"),
         ]  # fmt: skip
-    elif kind == "parked":  # a durable timer: a restart finds it resting, then it wakes
+    elif kind == "parked":  # a durable timer: it rests (no supervisor) until it wakes
         steps = [
             _record(log, "a"),
             _step("park", "wait", "a", seconds=round(rng.uniform(0.2, 1.5), 3)),
