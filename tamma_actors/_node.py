@@ -202,7 +202,7 @@ class Node(NodeChildren):
             if was_enabled:
                 gc.enable()
 
-    def run(self, stop: threading.Event, check_interval: float = 0.5) -> int:
+    def run(self, stop: threading.Event, check_interval: float = 0.1) -> int:
         """Supervise the children until ``stop`` is set; returns the exit code."""
         next_cleanup = time.monotonic() + self.config.retention_interval
         while not stop.wait(check_interval):
