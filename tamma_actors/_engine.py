@@ -42,7 +42,7 @@ from tamma_actors._futures import done, guarded
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
-from tamma_actors._recovery import EngineRecovery
+from tamma_actors._recovery import EngineRecovery, Waker
 from tamma_actors._state import ExecutionState
 from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
@@ -109,6 +109,7 @@ class Engine(EngineReads, EngineRecovery):
         self._resting: dict[str, TimerHandle] = {}  # only waiting: their wake timers
         self._unconfirmed: set[str] = set()  # stopped on a lost writer: back when it is
         self._rest_after = parts.rest_after
+        self._waker = Waker.start(parts.dispatcher, self._wake)
         self._parsed_cache: dict[
             tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
         ] = {}  # (canonical definition, known implementations) -> parsed, for starts
@@ -292,9 +293,7 @@ class Engine(EngineReads, EngineRecovery):
             "item_index": None,
         }
         reply: Future[dict[str, Any]] = Future()
-        StepProbe.start(
-            self._dispatcher, self._deps.pool, self._deps.timers, task, reply, timeout
-        )
+        StepProbe.start(self._dispatcher, self._deps.pool, self._deps.timers, task, reply, timeout)
         return reply
 
     @guarded

@@ -5,8 +5,9 @@ each back through the normal path: a supervisor re-activated with ``Recover`` re
 whatever was in flight and re-arms its timers. An execution with nothing to do but wait
 (its open steps are ``wait`` steps, or pending behind them) *rests* instead, as DESIGN.md
 allows for idle executions: no supervisor, only a wake-up timer at its earliest deadline
-(a wait step's end or the workflow timeout). Its supervisor is made when that timer fires,
-or as soon as a request other than a read names it; reads are answered from the store,
+(a wait step's end or the workflow timeout). Its supervisor is made when that timer fires
+(by the ``Waker``, on a dispatcher thread), or as soon as a request other than a read
+names it; reads are answered from the store,
 which is current (nothing writes an execution while it rests). A restart with thousands of
 parked executions thus costs a read and a replay each, not a supervisor and its first turn.
 
@@ -22,12 +23,16 @@ activates it on the spot, and each execution is activated once, whichever comes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import pykka
+
+from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._errors import StoreCorrupted, StoreError, TammaError
 from tamma_actors._execution import ExecutionDeps, ExecutionSupervisor, Recover
 from tamma_actors._execution_rest import rest_until
@@ -35,13 +40,10 @@ from tamma_actors._state import ExecutionState, replay
 from tamma_actors._store import ExecutionRecords, Store
 
 if TYPE_CHECKING:
-    import pykka
-
-    from tamma_actors._dispatch import Dispatcher
     from tamma_actors._models import WorkflowConfig
     from tamma_actors._timers import TimerHandle
 
-__all__ = ["TERMINAL", "EngineRecovery"]
+__all__ = ["TERMINAL", "EngineRecovery", "Waker"]
 
 log = logging.getLogger("tamma_actors._engine")
 
@@ -55,6 +57,19 @@ class _Unread:
 
 _UNREAD = _Unread()
 _Read = ExecutionRecords | StoreError | None | _Unread
+
+
+class Waker(PoolActor):
+    """Wakes the resting executions whose timers fired, one message (an execution id)
+    each, a dispatcher batch per turn: a flood of waits ending together neither holds up
+    the timer thread (other executions' deadlines) nor a dispatcher thread for long."""
+
+    def __init__(self, dispatcher: Dispatcher, wake: Callable[[str], bool]) -> None:
+        super().__init__(dispatcher)
+        self._wake = wake
+
+    def on_receive(self, message: Any) -> None:
+        self._wake(message)
 
 
 class EngineRecovery:
@@ -73,6 +88,7 @@ class EngineRecovery:
         _resting: dict[str, TimerHandle]
         _unconfirmed: set[str]
         _rest_after: float | None
+        _waker: pykka.ActorRef[Any]
         unrecovered: dict[str, str]
         repaired: dict[str, str]
 
@@ -217,15 +233,19 @@ class EngineRecovery:
         return True
 
     def _woken(self, eid: str) -> None:
-        self._wake(eid)  # its timer fired
+        """Its timer fired: the waker wakes it on a dispatcher thread (a wake reads the
+        store and replays; the timer thread only tells)."""
+        with contextlib.suppress(pykka.ActorDeadError):  # closing: it stays in the store
+            self._waker.tell(eid)
 
     def _is_resting(self, eid: str) -> bool:
         return eid in self._resting
 
     def _activated_on_demand(self, eid: str) -> bool:
         """Make sure ``eid`` is live before a request is routed to it: a resting execution
-        is woken; during recovery, one the loop has not reached yet is activated."""
-        if self._wake(eid):
+        is woken; during recovery, one the loop has not reached yet is activated. True
+        also when it became live meanwhile (the waker woke it after the request looked)."""
+        if self._wake(eid) or eid in self._live:
             return True
         if not self._recovering:
             return False
@@ -242,6 +262,8 @@ class EngineRecovery:
             self._resting.clear()
         for handle in handles:
             handle.cancel()
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            self._waker.stop(block=True, timeout=5.0)
 
     def _recovered_state(self, eid: str, records: _Read = _UNREAD) -> ExecutionState | None:
         """The state from the snapshot path, or, when the snapshot is damaged, from a

@@ -59,8 +59,13 @@ class Kit:
 
     def woken(self, eid: str) -> None:
         """After a resting execution's wake timer fired (a manual advance runs it on this
-        thread): a read queued behind its supervisor's first turn proves its deadlines are
-        re-armed; then fire those already due, as the real timer service would at once."""
+        thread and tells the engine's waker): once the waker made its supervisor, a read
+        queued behind the supervisor's first turn proves its deadlines are re-armed; then
+        fire those already due, as the real timer service would at once."""
+        deadline = time.monotonic() + WAIT
+        while self.engine._is_resting(eid):
+            assert time.monotonic() < deadline, f"{eid} was not woken"
+            time.sleep(0.001)
         self.record(eid)
         self.timers.advance(0)
 

@@ -31,7 +31,8 @@ def test_recovery_keeps_no_per_execution_bookkeeping_once_it_ends() -> None:
     for k in _kit(echo_input, store):
         assert k.engine.recover() == 5
         assert not k.engine._activated and not k.engine._recovering
-        assert not k.engine._activated_on_demand(ids[0])  # live: nothing to bring back
+        assert k.engine._activated_on_demand(ids[0])  # live already: routed as it is
+        assert k.engine.live_count == 5 and not k.engine._activated  # nothing brought back
         for eid in ids:
             assert k.finish(eid)["status"] == "completed"
 

@@ -96,8 +96,8 @@ def test_a_wait_step_survives_a_restart_with_the_time_it_had_left() -> None:
         assert k.record(eid)["results"]["w"]["status"] == "running" and k.held.empty()
         assert k.engine.resting_count == 1  # a read is answered from the store
         k.timers.advance(0.1)
+        k.woken(eid)  # its timer told the engine's waker, which made its supervisor
         assert (k.engine.live_count, k.engine.resting_count) == (1, 0)
-        k.woken(eid)
         assert k.next_held().task["step"] == "after"
         assert [e["type"] for e in k.events(eid)].count("step.dispatched") == 2  # w, after
 

@@ -7,8 +7,11 @@ timer or by any other request, and behaves afterwards exactly as if it had never
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,19 @@ from tamma_actors._execution_rest import MayRest, Resting
 from tamma_actors._store import MemoryStore
 from tests.timekit import WAIT, Kit, finished, step, wait_step, wf
 from tests.timekit import make_kit as _kit
+
+
+def _eventually(condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds (what a dispatcher thread does next; bounded)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.005)
+
+
+def _rests(k: Kit, count: int) -> None:
+    """Until ``count`` executions rest (their MayRest follows their commit)."""
+    _eventually(lambda: k.engine.resting_count == count)
 
 
 def _parked(store: MemoryStore, *defs: dict[str, object]) -> list[str]:
@@ -129,7 +145,8 @@ def test_an_execution_that_cannot_be_woken_is_reported_not_lost(
             raise StoreError("the disk went away")
 
         monkeypatch.setattr(store, "read_execution", unreadable)
-        k.timers.advance(50)  # its wake timer fires; the read fails
+        k.timers.advance(50)  # its wake timer fires; the waker's read fails
+        _eventually(lambda: eid in k.engine.unrecovered)  # noqa: B023 (waited for here)
         assert k.engine.unrecovered == {eid: "the disk went away"}
         assert (k.engine.live_count, k.engine.resting_count) == (0, 0)
         health = k.engine.health().result(WAIT)
@@ -141,15 +158,33 @@ def test_an_execution_that_cannot_be_woken_is_reported_not_lost(
         assert k.record(eid)["results"]["w"]["status"] == "running"
 
 
+def test_a_wake_reads_the_store_on_a_dispatcher_thread_not_the_timer_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryStore()
+    (eid,) = _parked(store, wf(wait_step("w", 60)))
+    reading, release = threading.Event(), threading.Event()
+    readers: list[threading.Thread] = []
+    real = store.read_execution
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        readers.append(threading.current_thread())
+        reading.set()
+        release.wait(WAIT)
+        return real(*args, **kwargs)
+
+    for k in _kit(store, start=1010.0):
+        k.engine.recover()
+        monkeypatch.setattr(store, "read_execution", slow)
+        k.timers.advance(50)  # fires its wake timer here, which only tells the waker
+        assert reading.wait(WAIT) and readers == [readers[0]]
+        assert readers[0] is not threading.current_thread()
+        release.set()
+        k.woken(eid)
+        assert k.status_is(eid, "completed")["results"]["w"]["data"] == {"waited_s": 60.0}
+
+
 # -- resting while the node runs (rest_after) ----------------------------------------------
-
-
-def _rests(k: Kit, count: int) -> None:
-    """Until ``count`` executions rest (their MayRest follows their commit; bounded)."""
-    deadline = time.monotonic() + WAIT
-    while k.engine.resting_count != count:
-        assert time.monotonic() < deadline, f"{k.engine.resting_count} rest, not {count}"
-        time.sleep(0.005)
 
 
 def test_a_live_execution_that_only_waits_rests_until_it_is_due() -> None:
