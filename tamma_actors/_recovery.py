@@ -7,9 +7,9 @@ whatever was in flight and re-arms its timers. An execution with nothing to do b
 allows for idle executions: no supervisor, only a wake-up timer at its earliest deadline
 (a wait step's end or the workflow timeout). Its supervisor is made when that timer fires
 (by the ``Waker``, on a dispatcher thread), or as soon as a request other than a read
-names it; reads are answered from the store,
-which is current (nothing writes an execution while it rests). A restart with thousands of
-parked executions thus costs a read and a replay each, not a supervisor and its first turn.
+names it; reads are answered from the store, which is current (nothing writes an
+execution while it rests). A restart with thousands of parked executions thus costs a
+read and a replay each, not a supervisor and its first turn.
 
 A live execution that comes to have nothing to do but wait rests the same way
 (``_rest``, asked by its supervisor: ``_execution_rest``).
