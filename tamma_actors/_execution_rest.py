@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tamma_actors._deadlines import WAIT_IMPLEMENTATION
+from tamma_actors._state import step_is_terminal
 from tamma_actors._step_base import tell
 
 if TYPE_CHECKING:
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
     from tamma_actors._state import ExecutionState
 
 __all__ = ["MayRest", "RestRequest", "Resting", "rest_until"]
-
-_DONE = frozenset({"succeeded", "failed", "skipped", "cancelled"})
-
 
 @dataclass(frozen=True)
 class MayRest:
@@ -55,7 +53,7 @@ def rest_until(state: ExecutionState, cfg: WorkflowConfig) -> float | None:
     wakes: list[float] = []
     for name in state.order:
         st = state.steps[name]
-        if st.status in _DONE:
+        if step_is_terminal(st):
             continue
         step = cfg.step(name)
         waiting = step.type == "task" and step.implementation == WAIT_IMPLEMENTATION
@@ -63,7 +61,7 @@ def rest_until(state: ExecutionState, cfg: WorkflowConfig) -> float | None:
             wakes.append(st.deadline)
             continue
         if st.status == "pending" and any(
-            state.steps[dep].status not in _DONE for dep in cfg.dependency_map()[name]
+            not step_is_terminal(state.steps[dep]) for dep in cfg.dependency_map()[name]
         ):
             continue
         return None
