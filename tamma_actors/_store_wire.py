@@ -8,7 +8,7 @@ writer process rebuilds a ``Write`` that carries exactly that, so the one set of
 
     node → writer   [batch_no, [write, ...]]        a batch to commit in one transaction
     writer → node   [batch_no, [[size, seconds], ...], outcomes]
-                    the commits it took (one, or one per write after a failed batch);
+                    the commits it took (one, then one per write if that one failed);
                     outcomes: None when all committed, else one [error, message] or None
                     per write
     writer → node   ["ready", pid] once its store is open, or ["failed", message]

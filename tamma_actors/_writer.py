@@ -7,7 +7,7 @@ order: durability before progress. A failed batch is retried write by write so o
 faulty writes see the error.
 
 :class:`QueuedWriter` is that queue and thread; ``StoreWriter`` commits in this process,
-``ProcessStoreWriter`` (``_writer_process``) has a process of its own commit.
+``ProcessStoreWriter`` (``_writer_process``) hands the batches to a process of its own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Self
 from tamma_actors._errors import StoreClosed, StoreError, StoreWriterLost
 from tamma_actors._store import Store, Write
 
-__all__ = ["Done", "QueuedWriter", "StoreWriter"]
+__all__ = ["Done", "QueuedWriter", "StoreWriter", "commit_or_each"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +45,19 @@ def _percentile(sorted_ms: list[float], q: float) -> float | None:
     if not sorted_ms:
         return None
     return sorted_ms[max(0, math.ceil(q * len(sorted_ms)) - 1)]  # nearest rank
+
+
+def commit_or_each(
+    commit: Callable[[list[Write]], Exception | None], writes: list[Write]
+) -> list[Exception | None]:
+    """Each write's outcome: ``writes`` commit in one transaction; if that fails, each
+    commits on its own, so only the faulty ones fail (the others must not pay for them)."""
+    outcome = commit(writes)
+    if outcome is None:
+        return [None] * len(writes)
+    if len(writes) == 1:
+        return [outcome]
+    return [commit([w]) for w in writes]
 
 
 class _Stats:
@@ -247,14 +260,8 @@ class StoreWriter(QueuedWriter):
             self._process(batch)
 
     def _process(self, batch: list[_Pending]) -> None:
-        outcome = self._commit([p.write for p in batch])
-        if outcome is None:
-            outcomes: list[BaseException | None] = [None] * len(batch)
-        elif len(batch) == 1:
-            outcomes = [outcome]
-        else:  # find the faulty writes: the others must not pay for them
-            outcomes = [self._commit([p.write]) for p in batch]
-        self._settle(batch, outcomes)
+        outcomes = commit_or_each(self._commit, [p.write for p in batch])
+        self._settle(batch, list(outcomes))
 
     def _commit(self, writes: list[Write]) -> Exception | None:
         started = time.perf_counter()

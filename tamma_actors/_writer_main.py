@@ -25,21 +25,12 @@ from tamma_actors._errors import CodecError, StoreError
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._store import Write
 from tamma_actors._store_wire import error_to_wire, write_from_wire
+from tamma_actors._writer import commit_or_each
 
 __all__ = ["main", "serve"]
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_STORE, EXIT_USAGE = 0, 74, 64
-
-
-def _commit(store: LmdbStore, writes: list[Write]) -> tuple[list[float], StoreError | None]:
-    started = time.perf_counter()
-    failure = None
-    try:
-        store.commit(writes)
-    except StoreError as exc:
-        failure = exc
-    return [len(writes), time.perf_counter() - started], failure
 
 
 def handle(store: LmdbStore, frame: Any) -> list[Any]:
@@ -51,27 +42,26 @@ def handle(store: LmdbStore, frame: Any) -> list[Any]:
     for item in items:
         try:
             writes.append(write_from_wire(item))
-        except StoreError as exc:
+        except StoreError as exc:  # a malformed write fails alone, and never reaches LMDB
             writes.append(exc)
+    commits: list[list[float]] = []
+
+    def commit(batch: list[Write]) -> Exception | None:
+        started = time.perf_counter()
+        try:
+            store.commit(batch)
+        except StoreError as exc:
+            return exc
+        finally:
+            commits.append([len(batch), time.perf_counter() - started])
+        return None
+
     good = [w for w in writes if isinstance(w, Write)]
-    if len(good) == len(writes):
-        timing, failure = _commit(store, good)
-        if failure is None:
-            return [batch_no, [timing], None]
-        if len(good) == 1:
-            return [batch_no, [timing], [error_to_wire(failure)]]
-        commits = [timing]
-    else:
-        commits = []
-    outcomes: list[list[str] | None] = []
-    for w in writes:  # find the faulty writes: the others must not pay for them
-        if isinstance(w, StoreError):
-            outcomes.append(error_to_wire(w))
-            continue
-        timing, failure = _commit(store, [w])
-        commits.append(timing)
-        outcomes.append(None if failure is None else error_to_wire(failure))
-    return [batch_no, commits, outcomes]
+    results = iter(commit_or_each(commit, good) if good else [])
+    outcomes = [w if isinstance(w, StoreError) else next(results) for w in writes]
+    if all(o is None for o in outcomes):
+        return [batch_no, commits, None]
+    return [batch_no, commits, [None if o is None else error_to_wire(o) for o in outcomes]]
 
 
 def serve(conn: Connection, store: LmdbStore) -> None:
