@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -84,7 +83,7 @@ class ProcessStoreWriter(QueuedWriter):
         self._proc: subprocess.Popen[bytes] | None = None
         self._batches = 0
         self._in_flight = False  # a batch is at the process (or being sent to it)
-        self._flights: deque[_InFlight] = deque()  # sent, not yet answered (at most one)
+        self._flight: _InFlight | None = None  # sent, not yet answered
 
     @property
     def alive(self) -> bool:
@@ -135,7 +134,7 @@ class ProcessStoreWriter(QueuedWriter):
         """Send ``batch`` (only the holder of ``_in_flight`` does) for the thread to answer."""
         flight = self._send(batch)
         with self._cond:
-            self._flights.append(flight)
+            self._flight = flight
             self._cond.notify_all()
 
     def _loop(self) -> None:
@@ -145,13 +144,13 @@ class ProcessStoreWriter(QueuedWriter):
         self._hello()
         while True:
             with self._cond:
-                while not self._flights and not (
+                while self._flight is None and not (
                     (self._closing or self._lost is not None) and not self._in_flight
                 ):
                     self._cond.wait()
-                if not self._flights:
-                    return  # closing (or lost), and nothing left
-                flight = self._flights.popleft()
+                flight, self._flight = self._flight, None
+            if flight is None:
+                return  # closing (or lost), and nothing left
             answered = self._answer(flight)
             confirmed = time.perf_counter()
             with self._cond:
