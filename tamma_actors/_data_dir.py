@@ -30,9 +30,13 @@ def _lock(fd: int, data_dir: Path) -> None:
             return
         except BlockingIOError:
             holder = _pid_in(fd)
-        if holder is None or _alive(holder) or time.monotonic() >= deadline:
-            who = "" if holder is None else f" (pid {holder})"
-            if holder is not None and not _alive(holder):
+        alive = holder is not None and _alive(holder)
+        if holder is None or alive or time.monotonic() >= deadline:
+            if holder is None:
+                who = ""
+            elif alive:
+                who = f" (pid {holder})"
+            else:
                 who = f" (the store writer of node {holder}, which is gone)"
             raise ConfigError(f"another node is running on {data_dir}{who}")
         time.sleep(0.02)

@@ -44,20 +44,15 @@ def write_to_wire(w: Write) -> list[Any]:
     the node, so only that write fails."""
     enc = w.encoded
     events = [encode_record(e) for e in w.events] if enc is None else enc.events
-    summary = w.summary
-    if summary is not None:
-        summary_bytes = encode_record(summary) if enc is None else enc.summary
-    snapshot = w.snapshot
-    if snapshot is not None:
-        snapshot_bytes = encode_record(snapshot) if enc is None else enc.snapshot
+    summary, snapshot = w.summary, w.snapshot
     status = None if summary is None else summary.get("status")
     return [
         w.execution_id,
         [seq_of(e) for e in w.events],
         events,
-        None if summary is None else summary_bytes,
+        _stored(summary, None if enc is None else enc.summary),
         status if isinstance(status, str) else None,
-        None if snapshot is None else snapshot_bytes,
+        _stored(snapshot, None if enc is None else enc.snapshot),
         None if snapshot is None else seq_of(snapshot),
         [encode_record(r) for r in w.history],
         None if w.definition is None else [w.definition[0], encode_record(w.definition[1])],
@@ -66,6 +61,13 @@ def write_to_wire(w: Write) -> list[Any]:
         else {name: encode_record(state) for name, state in w.breakers.items()},
         w.delete,
     ]
+
+
+def _stored(record: Mapping[str, Any] | None, encoded: bytes | None) -> bytes | None:
+    """A record's stored bytes: as ``Write.encode`` made them, or encoded now."""
+    if record is None:
+        return None
+    return encode_record(record) if encoded is None else encoded
 
 
 def _bytes_list(value: Any, what: str) -> list[bytes]:
