@@ -17,34 +17,59 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_run_writes_the_documented_json(tmp_path: Path) -> None:
+# The keys issue 5 names for ``--json``, per workload.
+_DOCUMENTED = {
+    "W1": ["accepted_p50_ms", "accepted_p99_ms", "completed_p50_ms", "completed_p99_ms"],
+    "W2": ["steps_per_s"],
+    "W3": ["wall_s"],
+    "W4": ["wall_s"],
+    "W5": ["recovery_s"],
+    "W6": ["rss_mib", "w2_ratio"],
+    "W7": ["commit_p99_ms", "event_p99_ms"],
+}
+
+
+def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) -> None:
+    """The whole ``--quick`` suite, as CI runs it: every workload (W5 SIGKILLs its node)
+    runs end to end within the issue's two minutes, and reports every documented figure."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "W1,W2,W7", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert data["meta"]["quick"] is True
     assert data["meta"]["errors"] == []
     assert data["meta"]["runs"] >= 3
-    expected = {
-        "W1": ["accepted_p50_ms", "accepted_p99_ms", "completed_p50_ms", "completed_p99_ms"],
-        "W2": ["steps_per_s"],
-        "W7": ["commit_p99_ms", "event_p99_ms"],
-    }
-    for workload, keys in expected.items():
+    for workload, keys in _DOCUMENTED.items():
         figures = data[workload]
+        assert "unavailable" not in figures, (workload, figures.get("unavailable"))
         for key in keys:
             assert isinstance(figures[key], float) and figures[key] > 0, (workload, key)
             low, high = figures["spread"][key]
             assert low <= figures[key] <= high
         assert len(figures["runs"]) == data["meta"]["runs"]
-    assert "W3" not in data  # not selected
     assert "W1" in proc.stdout and "accepted_p50_ms" in proc.stdout
+
+
+def test_only_runs_the_selected_workloads(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "W3", "--runs", "1",
+         "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert sorted(k for k in data if k != "meta") == ["W3"]
+    assert len(data["W3"]["runs"]) == 1
 
 
 def test_unknown_workloads_are_refused(tmp_path: Path) -> None:
