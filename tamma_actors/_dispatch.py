@@ -271,10 +271,14 @@ class PoolActor(pykka.Actor):
 
     @classmethod
     def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
-        obj = cls(*args, **kwargs)
-        obj._dispatcher._adopt(obj)
-        obj._start_actor_loop()
-        return obj.actor_ref
+        return cls(*args, **kwargs).started()
+
+    def started(self) -> pykka.ActorRef[Self]:
+        """Start an actor made with ``cls(...)`` (``start`` does both): it is registered
+        with its dispatcher and takes messages from now on."""
+        self._dispatcher._adopt(self)
+        self._start_actor_loop()
+        return self.actor_ref
 
     def _stop(self) -> None:
         self._dispatcher._forget(self)

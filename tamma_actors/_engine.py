@@ -153,12 +153,16 @@ class Engine(EngineReads, EngineRecovery):
         message: Any,
         definition: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
+        # Made before taking the lock: pykka names an actor with ``uuid4``, whose
+        # ``os.urandom`` gives up the GIL, and the lock must not be held while this thread
+        # waits to get it back (every request and every resting supervisor needs the lock).
+        supervisor = ExecutionSupervisor(
+            self._dispatcher, self._deps, cfg, state, definition=definition
+        )
         with self._lock:
             if self._closed:
                 raise TammaError("the engine is shutting down")
-            ref = ExecutionSupervisor.start(
-                self._dispatcher, self._deps, cfg, state, definition=definition
-            )
+            ref = supervisor.started()
             self._live[state.id] = ref
             ref.tell(message)
 

@@ -8,6 +8,7 @@ import pytest
 
 import tamma_actors._engine as engine_module
 from tamma_actors._errors import WorkflowValidationError
+from tamma_actors._execution import ExecutionSupervisor
 from tamma_actors._store import MemoryStore
 from tests.unit.test_execution import _kit, echo_input, step, wf
 
@@ -68,3 +69,24 @@ def test_canonical_text_refuses_what_does_not_round_trip() -> None:
     assert engine_module._canonical({"x": float("nan")}) is None
     assert engine_module._canonical({"x": object()}) is None
     assert engine_module._canonical({"x": (1,)}) is None
+
+
+def test_a_start_makes_its_supervisor_without_holding_the_engine_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Making a supervisor gives up the GIL (pykka names each actor with uuid4, which reads
+    # os.urandom); the engine lock, which every request and every resting supervisor
+    # needs, must not be held while the starting thread waits to get the GIL back.
+    held: list[bool] = []
+    made = ExecutionSupervisor.__init__
+    locks: list[Any] = []
+
+    def making(self: ExecutionSupervisor, *args: Any, **kwargs: Any) -> None:
+        held.append(locks[0].locked())
+        made(self, *args, **kwargs)
+
+    monkeypatch.setattr(ExecutionSupervisor, "__init__", making)
+    for k in _kit(echo_input):
+        locks.append(k.engine._lock)
+        assert k.finish(k.start(wf(step("a")))["id"])["status"] == "completed"
+    assert held == [False]

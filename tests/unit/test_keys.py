@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -129,6 +131,24 @@ def test_execution_ids_from_many_threads_are_unique() -> None:
     merged = [i for bucket in out for i in bucket]
     assert len(set(merged)) == 2000
     assert all(bucket == sorted(bucket) for bucket in out)
+
+
+def test_each_process_draws_its_own_suffixes() -> None:
+    # Two nodes (or a node and its restart) may stamp the same microsecond: the suffix
+    # keeps their ids apart only if each process seeds its own from the OS.
+    code = (
+        "from tamma_actors._keys import new_execution_id as n; "
+        "print(' '.join(n()[13:] for _ in range(20)))"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert len(runs[0]) == len(runs[1]) == 20
+    assert all(len(s) == 6 and int(s, 16) >= 0 for s in runs[0])
+    assert runs[0] != runs[1]
 
 
 @given(records)
