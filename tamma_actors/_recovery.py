@@ -205,32 +205,55 @@ class EngineRecovery:
         self._configs[state.digest] = cfg
         return cfg
 
-    def _start_supervisor(self, cfg: WorkflowConfig, state: ExecutionState) -> None:
-        """Under ``_lock``: a supervisor for a recovered state, through the normal path."""
-        ref = ExecutionSupervisor.start(self._dispatcher, self._deps, cfg, state)
+    def _start_supervisor(
+        self, cfg: WorkflowConfig, state: ExecutionState, made: ExecutionSupervisor | None = None
+    ) -> None:
+        """Under ``_lock``: a supervisor for a recovered state (``made`` before the lock was
+        taken, or made now), through the normal path."""
+        supervisor = made or ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
+        ref = supervisor.started()
         self._live[state.id] = ref
         ref.tell(Recover())
 
     def _wake(self, eid: str) -> bool:
         """A resting execution's supervisor, made now (its timer fired, or a request came);
-        False if it was not resting. Under the lock from start to end: a request racing the
-        timer finds it either resting or live, never in between."""
-        with self._lock:
-            handle = self._resting.pop(eid, None)
+        False if it was not resting.
+
+        Its records are read and replayed, and its supervisor made, before the lock is
+        taken (a store read gives up the GIL at every step, and so would a wait for the
+        lock behind it): nothing writes a resting execution, only its own supervisor
+        would. Under the lock it then goes from resting to live at once, so a request
+        racing the timer finds it either resting or live, never in between. If another
+        thread woke it meanwhile (it may even rest again, with another timer), what was
+        read is dropped and it is looked at again."""
+        while True:
+            with self._lock:
+                handle = self._resting.get(eid)
             if handle is None:
                 return False
-            handle.cancel()
+            error: TammaError | None = None
+            made: ExecutionSupervisor | None = None
             try:
                 state = self._recovered_state(eid)
-                if state is not None and not self._closed:
-                    self._start_supervisor(self._config_of(state), state)
+                if state is not None:
+                    cfg = self._configs.get(state.digest) or self._definition_of(state)
+                    made = ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
             except TammaError as exc:
-                log.error("execution %s cannot be woken: %s", eid, exc)
-                self.unrecovered[eid] = str(exc)
-            finally:
+                error = exc
+            with self._lock:
+                if self._resting.get(eid) is not handle:
+                    continue
+                del self._resting[eid]
+                handle.cancel()
+                if error is not None:
+                    log.error("execution %s cannot be woken: %s", eid, error)
+                    self.unrecovered[eid] = str(error)
+                elif made is not None and not self._closed:
+                    self._configs.setdefault(made.state.digest, made.cfg)
+                    self._start_supervisor(made.cfg, made.state, made)
                 if not self._resting and not self._recovering:
                     self._configs.clear()
-        return True
+            return True
 
     def _woken(self, eid: str) -> None:
         """Its timer fired: the waker wakes it on a dispatcher thread (a wake reads the

@@ -184,6 +184,42 @@ def test_a_wake_reads_the_store_on_a_dispatcher_thread_not_the_timer_thread(
         assert k.status_is(eid, "completed")["results"]["w"]["data"] == {"waited_s": 60.0}
 
 
+def test_a_wake_reads_without_the_engine_lock_and_a_request_meanwhile_wakes_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # While the timer's wake reads the store, the engine serves other requests, and a
+    # request for the same execution wakes it itself; the timer's wake then finds it live
+    # and drops what it read: one supervisor, one end.
+    store = MemoryStore()
+    eid, other = _parked(store, wf(wait_step("w", 60)), wf(wait_step("w", 600)))
+    reading, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+    real = store.read_execution
+
+    def slow(execution_id: str, *args: Any, **kwargs: Any) -> Any:
+        if execution_id == eid and not reading.is_set():  # the timer's wake, the first read
+            reading.set()
+            released.append(release.wait(WAIT))
+        return real(execution_id, *args, **kwargs)
+
+    for k in _kit(store, start=1010.0):
+        k.engine.recover()
+        monkeypatch.setattr(store, "read_execution", slow)
+        k.timers.advance(50)  # eid is due: the waker starts its read and blocks in it
+        assert reading.wait(WAIT)
+        assert k.engine.pause_workflow(other).result(WAIT)["status"] == "paused"
+        ended = k.engine.wait(eid, WAIT)  # wakes eid on this thread
+        k.woken(eid)
+        assert ended.result(WAIT)["status"] == "completed"
+        release.set()
+        _eventually(lambda: bool(released))
+        assert released == [True]  # nothing waited for the blocked read to end
+        types = [e["type"] for e in k.events(eid)]
+        assert types.count("step.completed") == types.count("workflow.completed") == 1
+        _eventually(lambda: k.engine.live_count == 1)  # noqa: B023 (waited for here)
+        assert k.engine.resting_count == 0 and k.engine.unrecovered == {}
+
+
 # -- resting while the node runs (rest_after) ----------------------------------------------
 
 
