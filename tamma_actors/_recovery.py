@@ -138,6 +138,9 @@ class EngineRecovery:
             return False
         cfg = self._config_of(state)
         wake = None if isinstance(records, _Unread) else rest_until(state, cfg)
+        made = None
+        if wake is None:  # made before the lock is taken (see _wake); dropped if it loses
+            made = ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
         with self._lock:
             if self._closed:
                 raise TammaError("the engine is shutting down")
@@ -146,7 +149,7 @@ class EngineRecovery:
             if self._recovering:  # what the loop activated, forgotten when it ends
                 self._activated.add(eid)
             if wake is None:
-                self._start_supervisor(cfg, state)
+                self._start_supervisor(cfg, state, made)
             else:
                 delay = max(0.0, wake - self._deps.clock())
                 self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
