@@ -221,12 +221,15 @@ class ParallelSteps(StepTypeBase):
         if not batch:
             return
         values = self.state.steps[name].detail["items"]  # type: ignore[index]
+        plan = self._plans[name]
+        assert isinstance(plan, ParallelPlan)
         tasks = []
         for index, attempt in batch:
             tid = item_task_id(self.state.id, name, index, attempt)
             self._item_tasks[tid] = (name, index)
             task = self._task(name, attempt, tid)
-            task.update(input=values[index], item_index=index)
+            # not the step's whole config: its items (up to 10,000) would go with each one
+            task.update(input=values[index], item_index=index, config=plan.config)
             tasks.append(task)
         pool, me = self.deps.pool, self.actor_ref
 

@@ -120,7 +120,7 @@ class DecisionPlan:
 class ParallelPlan:
     items: Expression | list[Any]  # an expression or the literal list
     max_concurrency: int | None
-    config: dict[str, Any]
+    config: dict[str, Any]  # what every item's task gets: the other keys (not the items)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ def plan_of(step: WorkflowStep) -> Plan | None:
     if step.type == "parallel":
         fan = ParallelConfig.model_validate(step.config)
         items = parse(fan.items) if isinstance(fan.items, str) else fan.items
-        return ParallelPlan(items, fan.max_concurrency, dict(step.config))
+        own = ParallelConfig.model_fields.keys()
+        config = {k: v for k, v in step.config.items() if k not in own}
+        return ParallelPlan(items, fan.max_concurrency, config)
     if step.type == "subflow":
         sub = SubflowConfig.model_validate(step.config)
         inputs = {

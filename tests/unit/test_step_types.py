@@ -334,7 +334,9 @@ def test_a_parallel_step_fans_out_in_one_batch_and_joins_in_item_order() -> None
         assert [h.task["item_index"] for h in held] == [0, 1, 2]
         assert [h.task["input"] for h in held] == [3, 1, 2]
         assert held[1].task["task_id"] == f"{eid}/f[1]/1" == held[1].task["idempotency_key"]
-        assert held[0].task["config"]["label"] == "L" and held[0].task["upstream"] == {"src": "s"}
+        assert held[0].task["upstream"] == {"src": "s"}
+        # the step's other config keys go to every item; its items and cap do not
+        assert all(h.task["config"] == {"label": "L"} for h in held)
         types = k.types(eid)
         assert types.count("step.items_dispatched") == 1  # one event, one batch
         for h in reversed(held):  # answers arrive out of order
@@ -368,6 +370,7 @@ def test_max_concurrency_caps_the_items_in_flight() -> None:
         eid = k.start(wf(fan("f", items=list(range(5)), max_concurrency=2)))
         first = [k.next_held(), k.next_held()]
         assert k.held.empty()
+        assert first[0].task["config"] == {}  # a literal list of items stays with the step
         first[0].reply_to.tell(ok(first[0].task, 0))
         third = k.next_held()
         assert third.task["item_index"] == 2 and k.held.empty()
