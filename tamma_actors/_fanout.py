@@ -12,7 +12,7 @@ Item statuses: ``pending -> dispatched -> succeeded | failed | retry_wait | canc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "ITEM_DONE",
     "apply_detail",
     "copy_detail",
+    "detail_items",
     "item_task_id",
     "summarize_detail",
 ]
@@ -147,6 +148,11 @@ def copy_detail(detail: Detail | None) -> Detail | None:
         out["state"] = [dict(item) for item in out["state"]]
         out["counts"] = dict(out["counts"])
     return out
+
+
+def detail_items(details: Iterable[Detail | None]) -> int:
+    """How many fan-out items these details hold (what a snapshot of them copies)."""
+    return sum(len(d["state"]) for d in details if d is not None and "state" in d)
 
 
 def summarize_detail(detail: Detail) -> Detail:

@@ -8,6 +8,7 @@ pause are checked without sleeping.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -974,6 +975,43 @@ def test_a_condition_can_read_whether_an_upstream_step_was_skipped(kit: Kit) -> 
     assert final["results"]["a"]["status"] == "skipped"
     assert final["results"]["second"]["data"]["branch"] == 0
     assert final["results"]["fallback"]["status"] == "succeeded"
+
+
+def test_a_fan_out_is_snapshot_every_as_many_events_as_it_has_items(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A snapshot copies every item: a 300-item fan-out is not copied every 100 events
+    # (the default) but every 300 (a restart replays at most that many); a workflow
+    # without items keeps the default.
+    store = MemoryStore()
+    taken: list[tuple[str, int, str]] = []  # execution, seq, status
+    commit = store.commit
+
+    def counting(writes: Any) -> None:
+        taken.extend(
+            (w.execution_id, w.snapshot["seq"], w.snapshot["status"]) for w in writes if w.snapshot
+        )
+        commit(writes)
+
+    monkeypatch.setattr(store, "commit", counting)
+    chain = [step(f"s{i}", *([f"s{i - 1}"] if i else [])) for i in range(40)]
+    with _kit(doubled, store) as k:
+        fanned = k.start(wf(step("src"), fan("f", "src", items=list(range(300)))))
+        assert k.finish(fanned)["results"]["f"]["data"] == [2 * i for i in range(300)]
+        chained = k.start(wf(*chain))
+        assert k.finish(chained)["status"] == "completed"
+        assert len(k.types(fanned)) > 300  # (so every 100 would have taken three)
+
+    def midway(eid: str) -> list[int]:
+        return [seq for e, seq, status in taken if e == eid and status == "running"]
+
+    seqs = [0, *midway(fanned)]
+    assert all(b - a >= 300 for a, b in itertools.pairwise(seqs))
+    assert midway(chained) and all(seq >= 100 for seq in midway(chained))
+    for eid in (fanned, chained):  # each ends with a snapshot of its end
+        records = store.read_execution(eid)
+        assert records is not None and records.snapshot is not None
+        assert records.snapshot["status"] == "completed" and records.events == []
 
 
 def test_a_fan_out_over_too_many_items_fails_clearly(kit: Kit) -> None:
