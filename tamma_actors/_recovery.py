@@ -148,10 +148,10 @@ class EngineRecovery:
                 return False  # the loop or a request got there first (maybe as it ended)
             if self._recovering:  # what the loop activated, forgotten when it ends
                 self._activated.add(eid)
-            if wake is None:
-                self._start_supervisor(cfg, state, made)
-            else:
-                delay = max(0.0, wake - self._deps.clock())
+            if made is not None:
+                self._start_supervisor(made)
+            else:  # it rests until ``wake`` (None only when a supervisor was made)
+                delay = max(0.0, (wake or 0.0) - self._deps.clock())
                 self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
         return True
 
@@ -208,14 +208,11 @@ class EngineRecovery:
         self._configs[state.digest] = cfg
         return cfg
 
-    def _start_supervisor(
-        self, cfg: WorkflowConfig, state: ExecutionState, made: ExecutionSupervisor | None = None
-    ) -> None:
-        """Under ``_lock``: a supervisor for a recovered state (``made`` before the lock was
-        taken, or made now), through the normal path."""
-        supervisor = made or ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
+    def _start_supervisor(self, supervisor: ExecutionSupervisor) -> None:
+        """Under ``_lock``: start a recovered state's supervisor (made before the lock was
+        taken: see ``_wake``), through the normal path."""
         ref = supervisor.started()
-        self._live[state.id] = ref
+        self._live[supervisor.state.id] = ref
         ref.tell(Recover())
 
     def _wake(self, eid: str) -> bool:
@@ -253,7 +250,7 @@ class EngineRecovery:
                     self.unrecovered[eid] = str(error)
                 elif made is not None and not self._closed:
                     self._configs.setdefault(made.state.digest, made.cfg)
-                    self._start_supervisor(made.cfg, made.state, made)
+                    self._start_supervisor(made)
                 if not self._resting and not self._recovering:
                     self._configs.clear()
             return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -28,11 +29,18 @@ def test_recovery_keeps_no_per_execution_bookkeeping_once_it_ends() -> None:
     store = MemoryStore()
     for k in _kit(lambda task: None, store):
         ids = [k.start(wf(step("a")))["id"] for _ in range(5)]
-    for k in _kit(echo_input, store):
+    release = threading.Event()  # no task is answered (no execution ends) before the checks
+
+    def gated(task: dict[str, Any]) -> Any:
+        release.wait(WAIT)
+        return echo_input(task)
+
+    for k in _kit(gated, store):
         assert k.engine.recover() == 5
         assert not k.engine._activated and not k.engine._recovering
         assert k.engine._activated_on_demand(ids[0])  # live already: routed as it is
         assert k.engine.live_count == 5 and not k.engine._activated  # nothing brought back
+        release.set()
         for eid in ids:
             assert k.finish(eid)["status"] == "completed"
 
