@@ -123,16 +123,21 @@ class Engine(EngineReads, EngineRecovery):
 
     # -- live executions -------------------------------------------------------------------
 
-    def _retire(self, execution_id: str) -> None:
-        """Called after an execution's terminal commit: later requests go to the store.
+    def _retire(self, execution_id: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+        """Called after an execution's terminal commit (or when its supervisor stops):
+        later requests go to the store. Only ``ref`` is retired: a supervisor whose
+        commit was lost may report after its successor was made from the store, and must
+        not take that one down.
 
         The stop is told under the lock, so anything routed to the actor before it was
         retired sits in its inbox ahead of the stop and is still answered."""
         with self._lock:
-            ref = self._live.pop(execution_id, None)
-            if ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    ref.stop(block=False)
+            live = self._live.get(execution_id)
+            if live is None or (ref is not None and live.actor_urn != ref.actor_urn):
+                return
+            del self._live[execution_id]
+            with contextlib.suppress(pykka.ActorDeadError):
+                live.stop(block=False)
 
     def _route(self, execution_id: str, message: Any) -> bool:
         with self._lock:

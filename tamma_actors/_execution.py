@@ -95,7 +95,8 @@ class ExecutionDeps:
     pool: pykka.ActorRef[Any]
     timers: TimerService
     bus: pykka.ActorRef[Any] | None = None
-    on_terminal: Callable[[str], None] = lambda _eid: None
+    # it ended or stopped: (its id, its supervisor) — retire it unless a successor is live
+    on_terminal: Callable[[str, Any], None] = lambda _eid, _ref: None
     # its commit was not confirmed (StoreWriterLost): re-read it once the writer is back
     on_commit_lost: Callable[[str], None] = lambda _eid: None
     # a supervisor with nothing to do but wait asks to rest (_execution_rest); None: never
@@ -312,7 +313,7 @@ class ExecutionSupervisor(
             fail(reply, exc)
 
     def on_failure(self, *exc_info: Any) -> None:
-        self.deps.on_terminal(self.state.id)
+        self.deps.on_terminal(self.state.id, self.actor_ref)
 
 
 _DONE = frozenset({"succeeded", "failed", "skipped", "cancelled"})

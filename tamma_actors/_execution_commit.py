@@ -81,6 +81,7 @@ class CommitCycle:
         _snapshot_seq: int
         _broken: bool
         _deadlines: Deadlines
+        actor_ref: pykka.ActorRef[Any]
 
     def _emit(self, etype: str, **data: Any) -> None:
         event = make_event(self.state, etype, self.deps.clock(), **data)
@@ -122,7 +123,8 @@ class CommitCycle:
         if terminal:
             eid = self.state.id
             self._deadlines.cancel_all()
-            batch.effects.append(lambda: self.deps.on_terminal(eid))
+            me = self.actor_ref
+            batch.effects.append(lambda: self.deps.on_terminal(eid, me))
 
         def done(exc: BaseException | None) -> None:
             if exc is not None:
@@ -181,7 +183,7 @@ class CommitCycle:
         for reply in [*batch.replies, *waiters]:
             fail(reply, exc)
         self._broken = True  # the in-memory state ran ahead of the store; the store is right
-        self.deps.on_terminal(self.state.id)
+        self.deps.on_terminal(self.state.id, self.actor_ref)
         if isinstance(exc, StoreWriterLost):
             self.deps.on_commit_lost(self.state.id)
 

@@ -67,3 +67,15 @@ def test_reads_of_an_execution_stopped_by_a_failed_commit_come_from_the_store(
         assert record["seq"] == store.last_seq(eid)  # the committed state, not ahead of it
         assert status.result(WAIT)["status"] == "running"
         assert k.engine.wait(eid, 0.1).result(WAIT)["seq"] == store.last_seq(eid)
+
+
+def test_a_stopped_supervisor_does_not_retire_the_one_made_after_it() -> None:
+    # A supervisor whose commit was lost may report its end after a successor was made
+    # from the store (a late callback of the old writer): only its own entry goes.
+    for k in _kit(lambda task: None):  # the steps stay in flight
+        eid, other = (k.start(wf(step("a")))["id"] for _ in range(2))
+        live, stale = k.engine._live[eid], k.engine._live[other]
+        k.engine._retire(eid, stale)
+        assert k.engine._live[eid] is live and live.is_alive()
+        k.engine._retire(eid, live)
+        assert eid not in k.engine._live and other in k.engine._live
