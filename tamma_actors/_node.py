@@ -214,8 +214,11 @@ class Node(NodeChildren):
                     if not self._restart(index, spec):
                         return EXIT_ESCALATED
                     break
-            else:  # every child runs: bring back what a lost writer stopped since
-                self.engine.reactivate_unconfirmed()
+            else:  # every child runs: bring back what a lost writer stopped since, once
+                # the new writer is ready (its first commit makes the dead one's visible)
+                writer = self._writer.writer
+                if writer is not None and writer.ready:
+                    self.engine.reactivate_unconfirmed()
         return EXIT_OK
 
     def drain(self, grace: float, hurry: threading.Event | None = None) -> bool:

@@ -58,6 +58,7 @@ __all__ = ["RecordStore"]
 T = TypeVar("T")
 _PAGE = 256  # summaries read per short read transaction
 SCHEMA_KEY = b"schema_version"
+WRITER_KEY = b"writer"  # the process that writes now (see ``mark_writer``)
 
 
 def _page(view: RecordView, start: bytes) -> list[tuple[bytes, bytes]]:
@@ -115,6 +116,15 @@ class RecordStore(ABC):
                 f"store schema {stored.get('value')!r} is newer than this version "
                 f"({SCHEMA_VERSION}); upgrade tamma_actors"
             )
+
+    def mark_writer(self, pid: int, at: float) -> None:
+        """Record, in a commit of its own, which process writes from now on. In LMDB a
+        writer killed after its commit but before publishing it to the readers of other
+        processes (the lock file's last transaction id) leaves them reading the commit
+        before, until the next commit; a new writer process makes this one before it says
+        it is ready, so what the dead one committed is what everyone reads."""
+        record = encode_record({"pid": pid, "at": at})
+        self._transact(lambda txn: txn.put(META, WRITER_KEY, record))
 
     # The last event seq of executions written since the store opened, so a commit does
     # not scan for it. Kept for live executions only: a terminal summary drops its entry,

@@ -124,6 +124,11 @@ class QueuedWriter(ABC):
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def ready(self) -> bool:
+        """Alive, and what earlier writers committed is what the store's readers see."""
+        return self.alive
+
     def start(self) -> None:
         """Start the writer thread; starting a running writer does nothing."""
         with self._cond:

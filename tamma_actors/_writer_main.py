@@ -104,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         conn.send_bytes(pack(["failed", str(exc)]))
         return EXIT_STORE
     try:
+        store.mark_writer(os.getpid(), time.time())
+    except StoreError as exc:  # a full disk: writes are refused anyway, one by one
+        log.warning("cannot mark this writer in the store: %s", exc)
+    try:
         serve(conn, store)
     except (OSError, CodecError, StoreError) as exc:
         log.error("store writer stops: %s", exc)

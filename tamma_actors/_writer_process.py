@@ -82,6 +82,7 @@ class ProcessStoreWriter(QueuedWriter):
         self._conn: Connection | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._batches = 0
+        self._ready = False  # the process said ready (after its first commit: mark_writer)
         self._in_flight = False  # a batch is at the process (or being sent to it)
         self._flight: _InFlight | None = None  # sent, not yet answered
 
@@ -90,6 +91,10 @@ class ProcessStoreWriter(QueuedWriter):
         """The thread runs and so does the process (a dead one is noticed at once, not
         only at the next write)."""
         return super().alive and self._proc is not None and self._proc.poll() is None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self.alive
 
     @property
     def pid(self) -> int | None:
@@ -165,6 +170,7 @@ class ProcessStoreWriter(QueuedWriter):
             return
         try:
             self._await_ready(self._conn)
+            self._ready = True
         except _BROKEN as exc:
             self._lost_because(exc)
 

@@ -228,3 +228,33 @@ def test_a_node_commits_through_either_writer(short_dir: Path, mode: str) -> Non
         )
     with LmdbStore(short_dir / "var" / "store") as store:
         assert store.get_summary(run.id)["status"] == "completed"  # type: ignore[index]
+
+
+def test_a_writer_process_commits_once_before_it_says_ready(store: LmdbStore) -> None:
+    # A writer killed between its commit and publishing it to other processes' readers
+    # (LMDB's last transaction id in the lock file) leaves them reading the commit before,
+    # until the next commit: a new writer process makes one before it is ready, and the
+    # node re-reads the executions the dead one stopped only once it is.
+    from tamma_actors._keys import META
+    from tamma_actors._record_store import WRITER_KEY
+    from tamma_actors._store_records import decoded
+
+    def marked() -> Any:
+        return store._view(lambda view: decoded(view, META, WRITER_KEY))
+
+    assert marked() is None
+    with ProcessStoreWriter(store.path, map_size=MiB) as writer:
+        for _ in range(int(WAIT / 0.01)):
+            if writer.ready:
+                break
+            threading.Event().wait(0.01)
+        assert writer.ready and marked()["pid"] == writer.pid
+        os.kill(writer.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        psutil.Process(writer.pid).wait(WAIT)  # type: ignore[arg-type]
+        assert not writer.ready  # its process is gone
+    with ProcessStoreWriter(store.path, map_size=MiB) as again:
+        for _ in range(int(WAIT / 0.01)):
+            if again.ready:
+                break
+            threading.Event().wait(0.01)
+        assert again.ready and marked()["pid"] == again.pid
