@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -244,17 +245,17 @@ def test_a_writer_process_commits_once_before_it_says_ready(store: LmdbStore) ->
 
     assert marked() is None
     with ProcessStoreWriter(store.path, map_size=MiB) as writer:
-        for _ in range(int(WAIT / 0.01)):
-            if writer.ready:
-                break
-            threading.Event().wait(0.01)
-        assert writer.ready and marked()["pid"] == writer.pid
+        assert _ready(writer) and marked()["pid"] == writer.pid
         os.kill(writer.pid, signal.SIGKILL)  # type: ignore[arg-type]
         psutil.Process(writer.pid).wait(WAIT)  # type: ignore[arg-type]
         assert not writer.ready  # its process is gone
     with ProcessStoreWriter(store.path, map_size=MiB) as again:
-        for _ in range(int(WAIT / 0.01)):
-            if again.ready:
-                break
-            threading.Event().wait(0.01)
-        assert again.ready and marked()["pid"] == again.pid
+        assert _ready(again) and marked()["pid"] == again.pid
+
+
+def _ready(writer: ProcessStoreWriter) -> bool:
+    """Whether ``writer`` says it is ready within WAIT (its process answers at once)."""
+    deadline = time.monotonic() + WAIT
+    while not writer.ready and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return writer.ready
