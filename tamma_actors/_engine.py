@@ -123,7 +123,7 @@ class Engine(EngineReads, EngineRecovery):
 
     # -- live executions -------------------------------------------------------------------
 
-    def _retire(self, execution_id: str, ref: pykka.ActorRef[Any] | None = None) -> None:
+    def _retire(self, execution_id: str, ref: pykka.ActorRef[Any]) -> None:
         """Called after an execution's terminal commit (or when its supervisor stops):
         later requests go to the store. Only ``ref`` is retired: a supervisor whose
         commit was lost may report after its successor was made from the store, and must
@@ -133,7 +133,7 @@ class Engine(EngineReads, EngineRecovery):
         retired sits in its inbox ahead of the stop and is still answered."""
         with self._lock:
             live = self._live.get(execution_id)
-            if live is None or (ref is not None and live.actor_urn != ref.actor_urn):
+            if live is None or live.actor_urn != ref.actor_urn:
                 return
             del self._live[execution_id]
             with contextlib.suppress(pykka.ActorDeadError):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MayRest", "RestRequest", "Resting", "rest_until"]
 
+
 @dataclass(frozen=True)
 class MayRest:
     """Told by the callback of a commit that left the execution only waiting."""

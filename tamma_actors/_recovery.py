@@ -236,7 +236,7 @@ class EngineRecovery:
             try:
                 state = self._recovered_state(eid)
                 if state is not None:
-                    cfg = self._configs.get(state.digest) or self._definition_of(state)
+                    cfg = self._config_of(state)
                     made = ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
             except TammaError as exc:
                 error = exc
@@ -249,7 +249,6 @@ class EngineRecovery:
                     log.error("execution %s cannot be woken: %s", eid, error)
                     self.unrecovered[eid] = str(error)
                 elif made is not None and not self._closed:
-                    self._configs.setdefault(made.state.digest, made.cfg)
                     self._start_supervisor(made)
                 if not self._resting and not self._recovering:
                     self._configs.clear()

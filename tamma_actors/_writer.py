@@ -18,7 +18,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -224,7 +224,7 @@ class QueuedWriter(ABC):
     def _settle(
         self,
         batch: list[_Pending],
-        outcomes: list[BaseException | None],
+        outcomes: Sequence[BaseException | None],
         committed: float | None = None,
     ) -> None:
         """Run each write's callback with its outcome, in submit order. ``committed``:
@@ -265,8 +265,7 @@ class StoreWriter(QueuedWriter):
             self._process(batch)
 
     def _process(self, batch: list[_Pending]) -> None:
-        outcomes = commit_or_each(self._commit, [p.write for p in batch])
-        self._settle(batch, list(outcomes))
+        self._settle(batch, commit_or_each(self._commit, [p.write for p in batch]))
 
     def _commit(self, writes: list[Write]) -> Exception | None:
         started = time.perf_counter()
