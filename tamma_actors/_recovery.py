@@ -49,6 +49,10 @@ log = logging.getLogger("tamma_actors._engine")
 
 TERMINAL = frozenset({"completed", "failed", "aborted"})
 _RECOVERY_PAGE = 256  # executions read per read transaction while recovering
+# Distinct definitions kept parsed for recovery and wakes (oldest out first): one parse per
+# definition however many executions share it, and a bound when each has its own (a
+# parsed 10-step definition is ~10 KiB, 10 times what a resting execution costs).
+_DEFINITIONS_KEPT = 256
 
 
 class _Unread:
@@ -174,7 +178,7 @@ class EngineRecovery:
             if self._closed or self._live.get(state.id) is not ref or not idle():
                 return False
             del self._live[state.id]
-            self._configs.setdefault(state.digest, cfg)  # a wake need not parse it again
+            self._keep_config(state.digest, cfg)  # a wake need not parse it again
             delay = max(0.0, wake - self._deps.clock())
             self._resting[state.id] = self._deps.timers.call_later(
                 delay, partial(self._woken, state.id)
@@ -203,10 +207,21 @@ class EngineRecovery:
         return count
 
     def _config_of(self, state: ExecutionState) -> WorkflowConfig:
-        """The parsed definition, once per definition while recovering or resting."""
-        cfg = self._configs.get(state.digest) or self._definition_of(state)
-        self._configs[state.digest] = cfg
+        """The parsed definition, once per definition while recovering or resting (up to
+        ``_DEFINITIONS_KEPT`` distinct ones)."""
+        cfg = self._configs.get(state.digest)
+        if cfg is None:
+            cfg = self._definition_of(state)
+            with self._lock:
+                self._keep_config(state.digest, cfg)
         return cfg
+
+    def _keep_config(self, digest: str, cfg: WorkflowConfig) -> None:
+        """Under ``_lock``: remember a parsed definition, the oldest out beyond the bound."""
+        if digest not in self._configs:
+            if len(self._configs) >= _DEFINITIONS_KEPT:
+                del self._configs[next(iter(self._configs))]
+            self._configs[digest] = cfg
 
     def _start_supervisor(self, supervisor: ExecutionSupervisor) -> None:
         """Under ``_lock``: start a recovered state's supervisor (made before the lock was

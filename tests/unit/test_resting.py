@@ -304,6 +304,36 @@ def test_waiting_on_its_end_or_the_workflow_timeout_wakes_a_resting_execution() 
         assert (k.engine.live_count, k.engine.resting_count) == (0, 0)
 
 
+def test_resting_executions_keep_a_bounded_number_of_parsed_definitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each execution has its own definition (its name differs): the parsed ones kept for
+    # wakes stay within the bound, and one shared by many is parsed once for all.
+    monkeypatch.setattr("tamma_actors._recovery._DEFINITIONS_KEPT", 3)
+    parsed: list[str] = []  # the executions whose definition was parsed from the store
+    for k in _kit(start=1000.0, rest_after=1.0):
+        definition_of = k.engine._definition_of
+
+        def counted(state: Any, definition_of: Any = definition_of) -> Any:
+            parsed.append(state.id)
+            return definition_of(state)
+
+        monkeypatch.setattr(k.engine, "_definition_of", counted)
+        own = [k.start(wf(wait_step("w", 60), name=f"own-{i}")) for i in range(6)]
+        _rests(k, 6)
+        assert len(k.engine._configs) == 3  # the last three to rest
+        shared = [k.start(wf(wait_step("w", 60), name="shared")) for _ in range(4)]
+        _rests(k, 10)
+        k.timers.advance(60)  # all due: woken in the order they rested
+        for eid in own + shared:
+            k.woken(eid)
+            assert k.status_is(eid, "completed")["results"]["w"]["data"] == {"waited_s": 60.0}
+            assert len(k.engine._configs) <= 3
+        assert own[0] in parsed  # pushed out by the later ones: parsed again to wake
+        assert len(set(parsed) & set(shared)) <= 1  # four executions, at most one parse
+        assert k.engine._configs == {}  # nothing rests any more
+
+
 class _Supervisor(Resting):
     """Resting's decision alone: a wake time, an inbox, and an engine that answers."""
 
