@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from benchmarks._report import json_path_problem
 from benchmarks._runner import WORKLOADS, run_suite
 
 
@@ -29,11 +30,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     only = [w.strip().upper() for w in args.only.split(",")] if args.only else list(WORKLOADS)
     unknown = [w for w in only if w not in WORKLOADS]
-    if unknown or args.runs < 1:
-        print(
-            f"unknown workload(s): {', '.join(unknown)}" if unknown else "--runs must be >= 1",
-            file=sys.stderr,
-        )
+    problems = [f"unknown workload(s): {', '.join(unknown)}"] if unknown else []
+    if args.runs < 1:
+        problems.append("--runs must be >= 1")
+    if args.workers < 1:
+        problems.append("--workers must be >= 1")
+    if args.json_path and (problem := json_path_problem(args.json_path)):
+        problems.append(problem)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 2
     return run_suite(
         only, quick=args.quick, runs=args.runs, json_path=args.json_path,

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from benchmarks._stats import Result
 
-__all__ = ["TARGETS", "machine", "print_table", "write_json"]
+__all__ = ["TARGETS", "json_path_problem", "machine", "print_table", "save_json", "write_json"]
 
 # figure -> (comparison, bound): never asserted, only reported as met / missed.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -90,8 +90,34 @@ def print_table(
     console.print(table)
 
 
-def write_json(path: Path, results: Sequence[Result], meta: dict[str, Any]) -> None:
+def json_path_problem(path: str) -> str | None:
+    """Why ``--json PATH`` could not be written, or None: checked before any run, so a
+    typo does not cost a whole run's figures."""
+    target = Path(path)
+    if target.is_dir():
+        return f"--json {path}: that is a directory"
+    if not target.parent.is_dir():
+        return f"--json {path}: directory {target.parent} does not exist"
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
+        return f"--json {path}: not writable"
+    return None
+
+
+def save_json(path: str, data: dict[str, Any], console: Console) -> bool:
+    """Write ``data`` to ``path``; False (and says why) if it cannot be written."""
+    try:
+        Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    except OSError as exc:
+        console.print(f"[red]cannot write {path}[/]: {exc.strerror or exc}")
+        return False
+    return True
+
+
+def write_json(
+    path: str, results: Sequence[Result], meta: dict[str, Any], console: Console
+) -> bool:
+    """The suite's figures as JSON: ``meta``, then one object per workload."""
     data: dict[str, Any] = {"meta": meta}
     for result in results:
         data[result.workload] = result.to_json()
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return save_json(path, data, console)

@@ -126,8 +126,8 @@ def run_suite(
         console.print(f"[red]benchmark failed[/] {problem}")
     if keep:
         console.print(f"data kept in {scratch}")
-    if json_path:
-        write_json(Path(json_path), results, meta)
+    if json_path and not write_json(json_path, results, meta, console):
+        return 1
     return 1 if broken else 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -26,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._node import EventTap, NodeProcess
-from benchmarks._report import machine
+from benchmarks._report import json_path_problem, machine, save_json
 from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4
 from tamma_actors import Client
 
@@ -154,15 +153,24 @@ def print_comparison(results: dict[str, dict[str, Any]], console: Console, title
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="celery,dask", help="systems besides tamma")
-    p.add_argument("--json", dest="json_path")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    p.add_argument("--runs", type=int, default=3, help="runs per workload (median; >= 1)")
+    p.add_argument("--only", default="celery,dask", help="systems besides tamma (celery,dask)")
+    p.add_argument("--json", dest="json_path", help="write the figures to this file")
     args = p.parse_args(argv)
     others = [s.strip() for s in args.only.split(",") if s.strip()]
-    if any(s not in ("celery", "dask") for s in others) or args.runs < 1:
-        print("--only takes celery and/or dask; --runs must be >= 1", file=sys.stderr)
+    problems = []
+    if any(s not in ("celery", "dask") for s in others):
+        problems.append(f"--only {args.only}: it takes celery and/or dask")
+    if args.runs < 1:
+        problems.append("--runs must be >= 1")
+    if args.json_path and (problem := json_path_problem(args.json_path)):
+        problems.append(problem)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 2
     # SIGTERM (a timeout, CI) must still stop redis, the celery worker and the cluster.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -184,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_comparison(results, console, title)
     if args.json_path:
         data = {"meta": {**meta, "runs": args.runs, "quick": args.quick}, "results": results}
-        Path(args.json_path).write_text(json.dumps(data, indent=2) + "\n")
+        if not save_json(args.json_path, data, console):
+            return 1
     return 0
 
 

@@ -6,6 +6,7 @@ Only the shape of the output is checked, never a timing.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,47 @@ def test_unknown_workloads_are_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "W9" in proc.stderr
+
+
+def test_bad_arguments_are_refused_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each problem is named, all at once, and nothing runs (no node, nothing installed)."""
+    from benchmarks.__main__ import main as bench
+    from benchmarks.compare.__main__ import main as compare
+
+    missing = tmp_path / "no-such-dir" / "out.json"
+    assert bench(["--json", str(missing), "--workers", "0", "--runs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"directory {missing.parent} does not exist" in err
+    assert "--workers must be >= 1" in err and "--runs must be >= 1" in err
+    assert bench(["--json", str(tmp_path)]) == 2
+    assert "that is a directory" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+        assert bench(["--json", str(locked / "out.json")]) == 2
+        assert "not writable" in capsys.readouterr().err
+    assert compare(["--only", "ray", "--json", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "--only ray: it takes celery and/or dask" in err and "does not exist" in err
+
+
+def test_a_json_file_that_cannot_be_written_fails_the_run_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from benchmarks._report import save_json
+
+    console = Console(record=True, width=200)
+    out = tmp_path / "out.json"
+    assert save_json(str(out), {"a": 1}, console)
+    assert json.loads(out.read_text()) == {"a": 1}
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert not save_json(str(out), {"a": 2}, console)
+    assert f"cannot write {out}: No space left on device" in console.export_text()
