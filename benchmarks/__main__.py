@@ -8,6 +8,7 @@ their spread and writes the raw figures as JSON on request.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
+    # SIGTERM (a timeout, CI, kill) must still stop the node and its workers (its own
+    # process group: they would outlive us) and remove the data directory.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run_suite(
         only, quick=args.quick, runs=args.runs, json_path=args.json_path,
         workers=args.workers, keep=args.keep,

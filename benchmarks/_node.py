@@ -55,7 +55,11 @@ class NodeProcess:
         self.events = f"ipc://{data_dir / 'events.sock'}"
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # not serving in time, SIGTERM, Ctrl-C: it must not outlive us
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+
+from tamma_actors import Client
 
 pytestmark = pytest.mark.integration
 
@@ -127,3 +132,48 @@ def test_a_json_file_that_cannot_be_written_fails_the_run_with_the_reason(
     monkeypatch.setattr(Path, "write_text", full)
     assert not save_json(str(out), {"a": 2}, console)
     assert f"cannot write {out}: No space left on device" in console.export_text()
+
+
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_sigterm_stops_the_node_and_removes_the_data_directory(tmp_path: Path, when: str) -> None:
+    """While the node starts (not yet serving: the with block is not entered yet) or
+    while a workload runs against it."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its data directory is made in here
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--only", "W6", "--runs", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    node = None
+    try:
+        node = _node_of(proc)
+        if when == "serving":  # health answers (ZeroMQ connects once the socket exists)
+            data_dir = Path(node.cmdline()[node.cmdline().index("--data-dir") + 1])
+            with Client(f"ipc://{data_dir / 'control.sock'}", timeout=30.0) as client:
+                client.health()
+        family = [node, *node.children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+        assert list(tmp_path.iterdir()) == []  # the data directory was removed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if node is not None and node.is_running():  # the test failed: leave nothing behind
+            os.killpg(node.pid, signal.SIGKILL)
+
+
+def _node_of(proc: subprocess.Popen[bytes]) -> psutil.Process:
+    """The benchmark's node process, as soon as it is spawned (bounded)."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        for child in psutil.Process(proc.pid).children():
+            if "_cli_node" in " ".join(child.cmdline()):
+                return child
+        assert time.monotonic() < deadline, "the node never started"
+        time.sleep(0.02)
