@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -148,8 +149,14 @@ class NodeProcess:
 
 
 class EventTap:
-    """A SUB socket on the node's events: terminal events by execution id, and the
-    latency of every event (receive time minus the event's own timestamp)."""
+    """A SUB socket on the node's events, read by a thread of its own: terminal events by
+    execution id, and the latency of every event (receive time minus the event's own
+    timestamp). Its own thread, so that an event is timed when it arrives, not when the
+    benchmark's main thread next looks (it may be busy submitting a burst of starts).
+
+    The socket is made here and then used by that thread only."""
+
+    _POLL_MS = 50  # how soon the thread notices ``close``
 
     def __init__(self, endpoint: str, prefixes: Iterable[bytes] = (b"workflow.",)) -> None:
         self._ctx: zmq.Context[Any] = zmq.Context()
@@ -162,7 +169,11 @@ class EventTap:
         self.terminal: dict[str, tuple[str, float]] = {}  # id -> (type, perf_counter)
         self.lags_ms: list[float] = []
         self.record_lags = False
-        self._closed = False
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._listen, name="event-tap", daemon=True)
+        self._thread.start()
 
     def __enter__(self) -> Self:
         return self
@@ -171,28 +182,37 @@ class EventTap:
         self.close()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
             self.sock.close(linger=0)
             self._ctx.term()
 
-    def pump(self, timeout_ms: int) -> int:
-        """Receive what arrives within ``timeout_ms`` (then whatever is queued)."""
-        count = 0
-        if not self.sock.poll(timeout_ms, zmq.POLLIN):
-            return 0
+    def _listen(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.sock.poll(self._POLL_MS, zmq.POLLIN):
+                    self._drain()
+        except BaseException as exc:  # a broken socket or frame: wait_for reports it
+            with self._cond:
+                self._failure = exc
+                self._cond.notify_all()
+
+    def _drain(self) -> None:
+        """Everything queued on the socket, each event timed as it is taken."""
         while True:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return count
+                return
             now_wall, now = time.time(), time.perf_counter()
-            count += 1
             event = unpack(frames[-1])
-            if self.record_lags:
-                self.lags_ms.append((now_wall - float(event["timestamp"])) * 1000.0)
-            if event["type"] in TERMINAL:
-                self.terminal[event["execution_id"]] = (event["type"], now)
+            with self._cond:
+                if self.record_lags:
+                    self.lags_ms.append((now_wall - float(event["timestamp"])) * 1000.0)
+                if event["type"] in TERMINAL:
+                    self.terminal[event["execution_id"]] = (event["type"], now)
+                    self._cond.notify_all()
 
     def wait_for(
         self, ids: Iterable[str], timeout: float, progress: Callable[[int], None] | None = None
@@ -201,18 +221,22 @@ class EventTap:
         wanted = set(ids)
         deadline = time.monotonic() + timeout
         while True:
-            done = wanted & self.terminal.keys()
+            with self._cond:
+                if self._failure is not None:
+                    raise BenchmarkError(f"the event subscriber failed: {self._failure!r}")
+                done = wanted & self.terminal.keys()
+                if len(done) == len(wanted):
+                    return {i: self.terminal[i] for i in wanted}
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(min(0.2, left))
             if progress is not None:
                 progress(len(done))
-            if len(done) == len(wanted):
-                return {i: self.terminal[i] for i in wanted}
-            left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchmarkError(
                     f"{len(wanted) - len(done)} of {len(wanted)} executions did not end "
                     f"within {timeout:.0f}s"
                 )
-            self.pump(max(1, min(200, int(left * 1000))))
 
     def sync(self, client: Client, workflow: Mapping[str, Any], timeout: float = 30.0) -> None:
         """Beat the PUB/SUB slow joiner: run probe workflows until one's end is seen."""
@@ -225,5 +249,11 @@ class EventTap:
         raise BenchmarkError(f"no event reached the subscriber within {timeout:.0f}s")
 
     def forget(self) -> None:
-        self.terminal.clear()
-        self.lags_ms.clear()
+        with self._cond:
+            self.terminal.clear()
+            self.lags_ms.clear()
+
+    def lags(self) -> list[float]:
+        """The latencies recorded so far (a copy)."""
+        with self._cond:
+            return list(self.lags_ms)

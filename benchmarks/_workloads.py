@@ -208,7 +208,7 @@ def w7(b: Bench) -> dict[str, float]:
     finally:
         b.tap.record_lags = False
     writer = halfway or b.client.health()["writer"]
-    lags = b.tap.lags_ms
+    lags = b.tap.lags()
     if "transition_ms_p99" not in writer:
         raise Unavailable("the node's writer does not report transition latencies")
     return {

@@ -12,11 +12,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+import zmq
 
+from benchmarks._node import BenchmarkError, EventTap
 from tamma_actors import Client
+from tamma_actors._codec import pack
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +181,59 @@ def _node_of(proc: subprocess.Popen[bytes]) -> psutil.Process:
                 return child
         assert time.monotonic() < deadline, "the node never started"
         time.sleep(0.02)
+
+
+def _publisher(tmp_path: Path) -> tuple[zmq.Socket[Any], str]:
+    endpoint = f"ipc://{tmp_path / 'events.sock'}"
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(endpoint)
+    return pub, endpoint
+
+
+def _event(etype: str, eid: str) -> list[bytes]:
+    return [etype.encode(), pack({"type": etype, "execution_id": eid, "timestamp": time.time()})]
+
+
+def _subscribed(pub: zmq.Socket[Any], tap: EventTap) -> None:
+    """Beat the slow joiner: publish probes until one reaches the tap (bounded)."""
+    deadline = time.monotonic() + 10
+    while "probe" not in tap.terminal:
+        assert time.monotonic() < deadline, "the tap never subscribed"
+        pub.send_multipart(_event("workflow.completed", "probe"))
+        time.sleep(0.02)
+    tap.forget()
+
+
+def test_the_event_tap_times_events_as_they_arrive_not_when_it_is_asked(
+    tmp_path: Path,
+) -> None:
+    """W7's event latency: an event that arrives while the benchmark's main thread is busy
+    (submitting a burst of starts) is timed on arrival by the tap's own thread."""
+    pub, endpoint = _publisher(tmp_path)
+    with EventTap(endpoint, prefixes=[b""]) as tap:
+        _subscribed(pub, tap)
+        tap.record_lags = True
+        pub.send_multipart(_event("step.started", "a"))
+        pub.send_multipart(_event("workflow.completed", "a"))
+        time.sleep(0.3)  # busy elsewhere: nobody is waiting for the tap
+        asked = time.perf_counter()
+        (kind, at) = tap.wait_for(["a"], timeout=10)["a"]
+        assert kind == "workflow.completed" and at < asked  # taken before anyone asked
+        assert len(tap.lags()) == 2
+        tap.forget()
+        assert tap.lags() == [] and tap.terminal == {}
+        with pytest.raises(BenchmarkError, match="1 of 2 executions did not end within 0s"):
+            pub.send_multipart(_event("workflow.failed", "b"))
+            tap.wait_for(["b", "never"], timeout=0.3)
+    pub.close()
+
+
+def test_a_broken_event_fails_the_wait_instead_of_hanging_it(tmp_path: Path) -> None:
+    pub, endpoint = _publisher(tmp_path)
+    with EventTap(endpoint, prefixes=[b""]) as tap:
+        _subscribed(pub, tap)
+        pub.send_multipart([b"workflow.completed", b"\xc1 not msgpack"])
+        with pytest.raises(BenchmarkError, match="the event subscriber failed"):
+            tap.wait_for(["a"], timeout=10)
+    pub.close()
