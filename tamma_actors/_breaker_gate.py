@@ -47,11 +47,7 @@ class BreakerGate:
         if registry is None or self.cfg.circuit_breaker is None:
             return None  # the common case, checked first: this runs twice per step
         step = self.cfg.step(name)
-        if (
-            step.type != "task"
-            or not step.implementation
-            or self._is_wait(name)
-        ):
+        if step.type != "task" or not step.implementation or self._is_wait(name):
             return None
         return registry, breaker_key(step.implementation, step.config)
 

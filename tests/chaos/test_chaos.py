@@ -131,8 +131,10 @@ def test_the_store_writer_process_is_killed_at_random_while_the_node_runs(
                 kill_and_mark(psutil.Process(writer["process"]), log, killed)
                 killed += 1
                 deadline = time.monotonic() + WAIT
-                while (now := client.health()["writer"]) is None or not now["alive"] or (
-                    now["process"] == writer["process"]
+                while (
+                    (now := client.health()["writer"]) is None
+                    or not now["alive"]
+                    or (now["process"] == writer["process"])
                 ):
                     assert time.monotonic() < deadline, "the node did not restart its writer"
                     pause(0.05)
