@@ -30,6 +30,7 @@ test: bytecode
 
 lint: $(STAMP)
 	$(BIN)/ruff check tamma_actors tests benchmarks
+	$(BIN)/ruff format --check tamma_actors tests benchmarks
 	$(BIN)/mypy
 
 bench: bytecode
