@@ -1,9 +1,10 @@
-"""``python -m benchmarks.compare [--quick] [--runs N] [--only celery,dask] [--json FILE]``.
+"""``python -m benchmarks.compare [--quick] [--runs N] [--only celery,dask,dbos] [--json FILE]``.
 
 Runs W1-W4 on tamma (a real node, fsync on, 2 workers), Celery (Redis broker and backend
-on loopback, 2 prefork worker processes) and Dask distributed (LocalCluster, 2 worker
-processes) with the same sizes, and prints each figure with the ratio to tamma's. Their
-packages and ``redis-server`` are installed on demand (pip; apt-get when root).
+on loopback, 2 prefork worker processes), Dask distributed (LocalCluster, 2 worker
+processes) and DBOS Transact (durable: SQLite, in this process) with the same sizes, and
+prints each figure with the ratio to tamma's. Their packages and ``redis-server`` are
+installed on demand (pip; apt-get when root), only for the systems asked for.
 """
 
 from __future__ import annotations
@@ -38,21 +39,31 @@ FIGURES = {
     "W3.wall_s": False,
     "W4.wall_s": False,
 }
-DURABLE = {"tamma": "yes (fsync)", "celery": "no", "dask": "no"}
+DURABLE = {"tamma": "yes (fsync)", "celery": "no", "dask": "no", "dbos": "yes (SQLite)"}
+SYSTEMS = ("celery", "dask", "dbos")
+# system -> (modules it needs, what pip installs for them)
+_PACKAGES = {
+    "celery": (("celery", "redis"), ("celery[redis]",)),
+    "dask": (("distributed",), ("dask[distributed]",)),
+    "dbos": (("dbos",), ("dbos",)),
+}
 Runner = Callable[[Any, Sizes], dict[str, float]]
 UNAVAILABLE: dict[str, str] = {}  # tamma workload -> why it could not run
 
 
-def ensure_installed() -> None:
-    """pip-install celery/redis/dask and apt-get install redis-server if they are missing."""
-    missing = [m for m in ("celery", "redis", "distributed") if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"installing {', '.join(missing)} ...", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "celery[redis]", "dask[distributed]"],
-            check=True,
-        )
-    if shutil.which("redis-server") is None:
+def ensure_installed(systems: Sequence[str]) -> None:
+    """pip-install what ``systems`` need if it is missing, and apt-get install
+    redis-server for Celery."""
+    wanted = [
+        spec
+        for system in systems
+        for spec in _PACKAGES[system][1]
+        if any(importlib.util.find_spec(m) is None for m in _PACKAGES[system][0])
+    ]
+    if wanted:
+        print(f"installing {', '.join(wanted)} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
+    if "celery" in systems and shutil.which("redis-server") is None:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
             raise SystemExit("redis-server is missing: install it (apt-get install redis-server)")
         print("installing redis-server ...", file=sys.stderr)
@@ -121,6 +132,14 @@ def run_dask(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
         return _run_all(client, table, sizes, runs)
 
 
+def run_dbos(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
+    from benchmarks.compare import _dbos
+
+    with _dbos.dbos_system(scratch / "dbos"):
+        table: dict[str, Runner] = {"W1": _dbos.w1, "W2": _dbos.w2, "W3": _dbos.w3, "W4": _dbos.w4}
+        return _run_all(None, table, sizes, runs)
+
+
 def _ratio(figure: str, ours: float, theirs: float) -> float:
     """How many times better tamma is (> 1: tamma ahead)."""
     return ours / theirs if FIGURES[figure] else theirs / ours
@@ -158,13 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--runs", type=int, default=3, help="runs per workload (median; >= 1)")
-    p.add_argument("--only", default="celery,dask", help="systems besides tamma (celery,dask)")
+    p.add_argument(
+        "--only", default="celery,dask,dbos", help="systems besides tamma (celery,dask,dbos)"
+    )
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     args = p.parse_args(argv)
     others = [s.strip() for s in args.only.split(",") if s.strip()]
     problems = []
-    if any(s not in ("celery", "dask") for s in others):
-        problems.append(f"--only {args.only}: it takes celery and/or dask")
+    if any(s not in SYSTEMS for s in others):
+        problems.append(f"--only {args.only}: it takes {', '.join(SYSTEMS)}")
     if args.runs < 1:
         problems.append("--runs must be >= 1")
     if args.json_path and (problem := json_path_problem(args.json_path)):
@@ -174,20 +195,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # SIGTERM (a timeout, CI) must still stop redis, the celery worker and the cluster.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ensure_installed()
+    ensure_installed(others)
     sizes = Sizes.quick() if args.quick else Sizes()
     scratch = Path(tempfile.mkdtemp(prefix="tamma-compare-"))
     console = Console(width=None if sys.stdout.isatty() else 140)
     results: dict[str, dict[str, Any]] = {}
     try:
-        for name, fn in (("tamma", run_tamma), ("celery", run_celery), ("dask", run_dask)):
+        systems = (("tamma", run_tamma), ("celery", run_celery), ("dask", run_dask),
+                   ("dbos", run_dbos))  # fmt: skip
+        for name, fn in systems:
             if name == "tamma" or name in others:
                 console.print(f"running {name} ...")
                 results[name] = fn(scratch, sizes, args.runs)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     meta = machine()
-    title = (f"W1-W4: tamma vs Celery vs Dask — {meta['date']}, {meta['cpus']} CPUs, "
+    title = (f"W1-W4: tamma vs {' vs '.join(others)} — {meta['date']}, {meta['cpus']} CPUs, "
              f"median of {args.runs} runs (min..max)")  # fmt: skip
     print_comparison(results, console, title)
     if args.json_path:

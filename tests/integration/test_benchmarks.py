@@ -115,7 +115,7 @@ def test_bad_arguments_are_refused_before_any_run(
         assert "not writable" in capsys.readouterr().err
     assert compare(["--only", "ray", "--json", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert "--only ray: it takes celery and/or dask" in err and "does not exist" in err
+    assert "--only ray: it takes celery, dask, dbos" in err and "does not exist" in err
 
 
 def test_a_json_file_that_cannot_be_written_fails_the_run_with_the_reason(
@@ -237,3 +237,24 @@ def test_a_broken_event_fails_the_wait_instead_of_hanging_it(tmp_path: Path) -> 
         with pytest.raises(BenchmarkError, match="the event subscriber failed"):
             tap.wait_for(["a"], timeout=10)
     pub.close()
+
+
+def test_compare_installs_only_what_the_systems_asked_for_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks.compare import __main__ as compare
+
+    installed = {"celery", "redis"}  # dask and dbos are missing
+    monkeypatch.setattr(
+        compare.importlib.util, "find_spec", lambda m: object() if m in installed else None
+    )
+    monkeypatch.setattr(compare.shutil, "which", lambda cmd: f"/usr/bin/{cmd}")
+    runs: list[list[str]] = []
+    monkeypatch.setattr(compare.subprocess, "run", lambda cmd, **kw: runs.append(cmd))
+    compare.ensure_installed(["celery"])
+    assert runs == []  # all there
+    compare.ensure_installed(["dbos", "celery"])
+    assert runs == [[sys.executable, "-m", "pip", "install", "-q", "dbos"]]
+    runs.clear()
+    compare.ensure_installed(["dask", "dbos"])
+    assert runs[0][-2:] == ["dask[distributed]", "dbos"]
