@@ -47,7 +47,7 @@ from tamma_actors._execution_reports import MAX_REDISPATCH, RetryDue, TaskReport
 from tamma_actors._execution_rest import MayRest, Resting, RestRequest
 from tamma_actors._explain import Explain, Explaining
 from tamma_actors._models import WorkflowConfig, WorkflowStep
-from tamma_actors._state import ExecutionState
+from tamma_actors._state import ExecutionState, step_is_terminal
 from tamma_actors._step_base import tell
 from tamma_actors._step_types import (
     ChildFinished,
@@ -223,7 +223,7 @@ class ExecutionSupervisor(
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if any(st.status not in _DONE for st in self.state.steps.values()):
+        if not all(step_is_terminal(st) for st in self.state.steps.values()):
             return
         failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
         if not failed:
@@ -249,7 +249,7 @@ class ExecutionSupervisor(
     def _cancel_open_steps(self, reason: str) -> None:
         for name in self.state.order:
             st = self.state.steps[name]
-            if st.status in _DONE:
+            if step_is_terminal(st):
                 continue
             if st.status in ("dispatched", "running") and name not in self._plans:
                 tid = task_id(self.state.id, name, st.attempts)
@@ -315,8 +315,6 @@ class ExecutionSupervisor(
     def on_failure(self, *exc_info: Any) -> None:
         self.deps.on_terminal(self.state.id, self.actor_ref)
 
-
-_DONE = frozenset({"succeeded", "failed", "skipped", "cancelled"})
 
 _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {
     Start: ExecutionSupervisor._on_start,
