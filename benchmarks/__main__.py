@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from benchmarks._report import json_path_problem
+from benchmarks._report import option_problems
 from benchmarks._runner import WORKLOADS, run_suite
 
 
@@ -32,12 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = [w.strip().upper() for w in args.only.split(",")] if args.only else list(WORKLOADS)
     unknown = [w for w in only if w not in WORKLOADS]
     problems = [f"unknown workload(s): {', '.join(unknown)}"] if unknown else []
-    if args.runs < 1:
-        problems.append("--runs must be >= 1")
     if args.workers < 1:
         problems.append("--workers must be >= 1")
-    if args.json_path and (problem := json_path_problem(args.json_path)):
-        problems.append(problem)
+    problems += option_problems(args.runs, args.json_path)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2

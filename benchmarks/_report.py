@@ -16,7 +16,15 @@ from rich.table import Table
 
 from benchmarks._stats import Result
 
-__all__ = ["TARGETS", "json_path_problem", "machine", "print_table", "save_json", "write_json"]
+__all__ = [
+    "TARGETS",
+    "json_path_problem",
+    "machine",
+    "option_problems",
+    "print_table",
+    "save_json",
+    "write_json",
+]
 
 # figure -> (comparison, bound): never asserted, only reported as met / missed.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -101,6 +109,14 @@ def json_path_problem(path: str) -> str | None:
     if not os.access(target if target.exists() else target.parent, os.W_OK):
         return f"--json {path}: not writable"
     return None
+
+
+def option_problems(runs: int, json_path: str | None) -> list[str]:
+    """What is wrong with the options both commands take (``--runs``, ``--json``)."""
+    problems = [] if runs >= 1 else ["--runs must be >= 1"]
+    if json_path and (problem := json_path_problem(json_path)):
+        problems.append(problem)
+    return problems
 
 
 def save_json(path: str, data: dict[str, Any], console: Console) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Result", "aggregate", "percentile"]
+__all__ = ["Result", "aggregate", "latency_figures", "percentile"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -40,6 +40,16 @@ class Result:
         if self.notes:
             out["notes"] = self.notes
         return out
+
+
+def latency_figures(accepted: Sequence[float], completed: Sequence[float]) -> dict[str, float]:
+    """W1's four figures from its start→accepted and start→completed times (ms)."""
+    return {
+        "accepted_p50_ms": percentile(accepted, 0.5),
+        "accepted_p99_ms": percentile(accepted, 0.99),
+        "completed_p50_ms": percentile(completed, 0.5),
+        "completed_p99_ms": percentile(completed, 0.99),
+    }
 
 
 def aggregate(workload: str, title: str, runs: Sequence[Mapping[str, float]]) -> Result:

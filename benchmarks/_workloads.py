@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from benchmarks._node import BenchmarkError, EventTap, NodeProcess
-from benchmarks._stats import percentile
+from benchmarks._stats import latency_figures, percentile
 from tamma_actors import Client
 from tamma_actors._errors import TammaError
 
@@ -119,12 +119,7 @@ def w1(b: Bench) -> dict[str, float]:
         completed.append((at - began) * 1000)
         if i % 20 == 0:
             b.progress("W1", i, n)
-    return {
-        "accepted_p50_ms": percentile(accepted, 0.5),
-        "accepted_p99_ms": percentile(accepted, 0.99),
-        "completed_p50_ms": percentile(completed, 0.5),
-        "completed_p99_ms": percentile(completed, 0.99),
-    }
+    return latency_figures(accepted, completed)
 
 
 def w2(b: Bench) -> dict[str, float]:

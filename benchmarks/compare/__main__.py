@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._node import EventTap, NodeProcess
-from benchmarks._report import json_path_problem, machine, save_json
+from benchmarks._report import machine, option_problems, save_json
 from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4
 from tamma_actors import Client
 
@@ -183,13 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     args = p.parse_args(argv)
     others = [s.strip() for s in args.only.split(",") if s.strip()]
-    problems = []
-    if any(s not in SYSTEMS for s in others):
-        problems.append(f"--only {args.only}: it takes {', '.join(SYSTEMS)}")
-    if args.runs < 1:
-        problems.append("--runs must be >= 1")
-    if args.json_path and (problem := json_path_problem(args.json_path)):
-        problems.append(problem)
+    unknown = set(others) - set(SYSTEMS)
+    problems = [f"--only {args.only}: it takes {', '.join(SYSTEMS)}"] if unknown else []
+    problems += option_problems(args.runs, args.json_path)
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._stats import percentile
+from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
 
 __all__ = ["celery_system"]
@@ -94,12 +94,7 @@ def w1(m: Any, sizes: Sizes) -> dict[str, float]:
         accepted.append((time.perf_counter() - began) * 1000)
         result.get(timeout=sizes.timeout)
         completed.append((time.perf_counter() - began) * 1000)
-    return {
-        "accepted_p50_ms": percentile(accepted, 0.5),
-        "accepted_p99_ms": percentile(accepted, 0.99),
-        "completed_p50_ms": percentile(completed, 0.5),
-        "completed_p99_ms": percentile(completed, 0.99),
-    }
+    return latency_figures(accepted, completed)
 
 
 def _chains(m: Any, count: int, steps: int, make: Any) -> float:

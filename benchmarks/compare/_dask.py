@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks._stats import percentile
+from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
 from benchmarks.compare._tasks import cpu, noop
 
@@ -36,12 +36,7 @@ def w1(c: Any, sizes: Sizes) -> dict[str, float]:
         accepted.append((time.perf_counter() - began) * 1000)
         future.result(timeout=sizes.timeout)
         completed.append((time.perf_counter() - began) * 1000)
-    return {
-        "accepted_p50_ms": percentile(accepted, 0.5),
-        "accepted_p99_ms": percentile(accepted, 0.99),
-        "completed_p50_ms": percentile(completed, 0.5),
-        "completed_p99_ms": percentile(completed, 0.99),
-    }
+    return latency_figures(accepted, completed)
 
 
 def _chains(c: Any, count: int, steps: int, fn: Any, first: Any) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 from dbos import DBOS, DBOSConfig
 
-from benchmarks._stats import percentile
+from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
 from benchmarks.compare import _tasks
 
@@ -87,12 +87,7 @@ def w1(_: Any, sizes: Sizes) -> dict[str, float]:
         accepted.append((time.perf_counter() - began) * 1000)
         handle.get_result()
         completed.append((time.perf_counter() - began) * 1000)
-    return {
-        "accepted_p50_ms": percentile(accepted, 0.5),
-        "accepted_p99_ms": percentile(accepted, 0.99),
-        "completed_p50_ms": percentile(completed, 0.5),
-        "completed_p99_ms": percentile(completed, 0.99),
-    }
+    return latency_figures(accepted, completed)
 
 
 def w2(_: Any, sizes: Sizes) -> dict[str, float]:
