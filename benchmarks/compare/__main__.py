@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     meta = machine()
-    title = (f"W1-W4: tamma vs {' vs '.join(others)} — {meta['date']}, {meta['cpus']} CPUs, "
+    title = (f"W1-W4: {' vs '.join(results)} — {meta['date']}, {meta['cpus']} CPUs, "
              f"median of {args.runs} runs (min..max)")  # fmt: skip
     print_comparison(results, console, title)
     if args.json_path:
