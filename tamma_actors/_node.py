@@ -310,7 +310,15 @@ class Node(NodeChildren):
 
     def _health(self) -> dict[str, Any]:
         report: dict[str, Any] = {
-            "node": {"pid": os.getpid(), "data_dir": str(self.config.data_dir)}
+            "node": {
+                "pid": os.getpid(),
+                "data_dir": str(self.config.data_dir),
+                "gc": {
+                    "threshold": list(gc.get_threshold()),
+                    "frozen": gc.get_freeze_count(),
+                    "collections": [s["collections"] for s in gc.get_stats()],
+                },
+            }
         }
         pool = self._pool.ref
         try:

@@ -1,0 +1,52 @@
+"""The node's own process tunes Python's cyclic collector; a node embedded in someone
+else's process leaves theirs alone. Health reports what the collector is doing."""
+
+from __future__ import annotations
+
+import gc
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tamma_actors import Client
+from tamma_actors._cli_node import GC_YOUNG_THRESHOLD
+from tamma_actors._config import load_node_config
+from tamma_actors._node import Node
+
+pytestmark = pytest.mark.integration
+
+
+def test_tamma_node_run_freezes_what_it_loaded_and_collects_less_often(short_dir: Path) -> None:
+    data = short_dir / "var"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tamma_actors._cli_node", "run", "--data-dir", str(data),
+         "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and "control" in proc.stdout.readline()
+        with Client(f"ipc://{data / 'control.sock'}", timeout=30.0) as client:
+            collector = client.health()["node"]["gc"]
+        assert collector["threshold"][0] == GC_YOUNG_THRESHOLD
+        assert collector["frozen"] > 1000  # the modules and classes loaded before the node
+        assert len(collector["collections"]) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_embedded_node_leaves_its_host_s_collector_alone(short_dir: Path) -> None:
+    before = (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled())
+    with Node(load_node_config(None, data_dir=short_dir / "var", workers=0)) as node:
+        report = node.engine.health().result(30)
+        assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
+    assert report["node"]["gc"]["threshold"] == list(before[0])
+    assert report["node"]["gc"]["frozen"] == before[1]
