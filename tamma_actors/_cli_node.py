@@ -39,8 +39,8 @@ def tune_gc() -> None:
     classes, schemas: tens of thousands of objects that live as long as the process) is
     moved out of the collector's way, and the youngest generation is collected every
     ``GC_YOUNG_THRESHOLD`` allocations. Frozen before the node starts, so that nothing an
-    execution allocates is frozen (a frozen cycle is never collected)."""
-    gc.collect()
+    execution allocates is frozen (a frozen cycle is never collected). No collection first:
+    the little garbage imports leave would cost a full collection (~25 ms) to find."""
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
