@@ -7,7 +7,6 @@ stop by the node.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import signal
@@ -19,6 +18,7 @@ from typing import Any
 
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._errors import TammaError
+from tamma_actors._gc import tune_gc
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 __all__ = ["main"]
@@ -26,24 +26,6 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-# The cyclic collector's youngest generation, in net allocations of tracked objects (the
-# interpreter's default is 700). A supervisor that stops leaves ~50 objects in reference
-# cycles (actor and inbox, deadlines and callbacks) for the collector; at 700, parking
-# 40,000 executions spent ~15 % of the node's CPU in collections.
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def tune_gc() -> None:
-    """For the node's own process (never a library user's): what is loaded so far (modules,
-    classes, schemas: tens of thousands of objects that live as long as the process) is
-    moved out of the collector's way, and the youngest generation is collected every
-    ``GC_YOUNG_THRESHOLD`` allocations. Frozen before the node starts, so that nothing an
-    execution allocates is frozen (a frozen cycle is never collected). No collection first:
-    the little garbage imports leave would cost a full collection (~25 ms) to find."""
-    gc.freeze()
-    _, middle, oldest = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -279,6 +261,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     _setup_logging("INFO")
     allowlist = dict(p.split("=", 1) for p in args.allow)
+    tune_gc()
     return run_worker(
         args.connect,
         slots=args.slots,

@@ -24,6 +24,7 @@ from typing import Any
 
 from tamma_actors import _wire as wire
 from tamma_actors._errors import TammaError, TransportError
+from tamma_actors._gc import tune_gc
 from tamma_actors._worker_loop import (
     EXIT_OK,
     EXIT_PARENT_DIED,
@@ -157,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    tune_gc()  # tamma started this process: its collector is ours to set
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s",

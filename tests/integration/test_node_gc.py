@@ -1,5 +1,6 @@
-"""The node's own process tunes Python's cyclic collector; a node embedded in someone
-else's process leaves theirs alone. Health reports what the collector is doing."""
+"""The processes tamma starts itself (the node, its workers) tune Python's cyclic
+collector; a node embedded in someone else's process leaves theirs alone. Health reports
+what the node's collector is doing."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tamma_actors import Client
-from tamma_actors._cli_node import GC_YOUNG_THRESHOLD
 from tamma_actors._config import load_node_config
+from tamma_actors._gc import GC_YOUNG_THRESHOLD
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
@@ -50,3 +51,28 @@ def test_an_embedded_node_leaves_its_host_s_collector_alone(short_dir: Path) -> 
         assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
     assert report["node"]["gc"]["threshold"] == list(before[0])
     assert report["node"]["gc"]["frozen"] == before[1]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "from tamma_actors import _worker as w; main = lambda: w.main(['--connect', ENDPOINT])",
+        "from tamma_actors import _cli_node as c, _worker as w; "
+        "main = lambda: c.main(['worker', '--connect', ENDPOINT])",
+    ],
+)
+def test_a_worker_process_tunes_its_collector_before_it_runs_steps(entry: str) -> None:
+    """``python -m tamma_actors._worker`` (a node's local workers) and ``tamma-node worker``
+    (one on another machine): the collector is set when the worker starts serving."""
+    probe = (
+        "import gc\n"
+        "ENDPOINT = 'ipc:///nonexistent/workers.sock'\n"
+        f"{entry}\n"
+        "w.run_worker = lambda *a, **k: print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+        " or 0\n"
+        "raise SystemExit(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == [str(GC_YOUNG_THRESHOLD), "True"]
