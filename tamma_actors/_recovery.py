@@ -104,11 +104,11 @@ class EngineRecovery:
 
     def recover(self) -> int:
         """Bring back every execution that was not terminal when the node stopped; returns
-        how many (re-activated or resting). An execution whose records are damaged is not
-        brought back, and not skipped in silence either: it is logged and listed in
-        ``unrecovered`` (and in health) with the reason naming the bad key; the node starts
-        and serves the others."""
-        count = 0
+        how many (re-activated or resting), whether the loop reached it first or a request
+        named it (a subflow's parent, re-attaching to its child, may). An execution whose
+        records are damaged is not brought back, and not skipped in silence either: it is
+        logged and listed in ``unrecovered`` (and in health) with the reason naming the bad
+        key; the node starts and serves the others."""
         self._recovering = True
         try:
             ids = list(self._store.iter_execution_ids())
@@ -117,12 +117,13 @@ class EngineRecovery:
                 found = self._store.read_executions(page, unless=TERMINAL)
                 for eid, records in zip(page, found, strict=True):
                     try:
-                        count += self._activate(eid, records)
+                        self._activate(eid, records)
                     except TammaError as exc:
                         log.error("execution %s cannot be recovered: %s", eid, exc)
                         self.unrecovered[eid] = str(exc)
         finally:
             with self._lock:
+                count = len(self._activated)  # by the loop or on demand, each once
                 self._recovering = False
                 self._activated.clear()  # from now on a request finds it live or resting
                 if not self._resting:

@@ -76,7 +76,7 @@ def test_requests_are_served_while_recovery_runs_and_nothing_is_activated_twice(
         finally:
             store.gate.set()
             loop.join(WAIT)
-        assert result == [2]  # a and b by the loop; c was already active (and aborted)
+        assert result == [3]  # a and b by the loop, c by the request (then aborted): once each
         assert second.engine.health().result(WAIT)["recovery"]["in_progress"] is False
         sent = sorted(second.next_held().task["execution_id"] for _ in range(3))
         assert sent == [a, b, c]  # one re-dispatch each: one supervisor each
