@@ -105,6 +105,17 @@ class Deadlines:
             handle.cancel()
         self._handles.clear()
 
+    def close(self) -> None:
+        """Its supervisor stopped: cancel every timer and let go of the callback (a bound
+        method of the supervisor, which holds this: a cycle the collector would have to
+        find). A timer armed after this notifies nobody."""
+        self.cancel_all()
+        self._notify = _nobody
+
+
+def _nobody(due: DeadlineDue) -> None:
+    """The callback of closed deadlines."""
+
 
 def wait_seconds(config: Mapping[str, Any]) -> float:
     """The ``seconds`` of a wait step's config (validated when the workflow is loaded)."""

@@ -150,7 +150,7 @@ class Dispatcher:
 class _PoolInbox:
     """The inbox of one PoolActor: a lazily created deque plus scheduling state."""
 
-    __slots__ = ("_items", "_started", "_state", "actor", "dispatcher")
+    __slots__ = ("_gone", "_items", "_started", "_state", "actor", "dispatcher")
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -158,9 +158,11 @@ class _PoolInbox:
         self._items: deque[Envelope[Any]] | None = None
         self._state = _QUEUED  # until start() queues the first turn, nothing else may
         self._started = False
+        self._gone: str | None = None  # the stopped actor's name, once it is let go of
 
     def put(self, envelope: Envelope[Any], /) -> None:
         dispatcher = self.dispatcher
+        who: PoolActor | str | None = None
         with dispatcher.lock:
             dead = self._state == _DEAD or dispatcher.closed
             if not dead:
@@ -170,9 +172,11 @@ class _PoolInbox:
                 if self._state == _IDLE:
                     self._state = _QUEUED
                     dispatcher.schedule(self)
+            else:  # under the lock: _teardown names it before it lets go of the actor
+                who = self._gone or self.actor
         if dead:
-            assert self.actor is not None  # set before start() made the actor reachable
-            reject_envelope(self.actor, envelope)
+            assert who is not None  # set before start() made the actor reachable
+            reject_envelope(who, envelope)
 
     def get(self) -> Envelope[Any]:
         with self.dispatcher.lock:
@@ -221,20 +225,24 @@ class _PoolInbox:
     def _teardown(self, actor: pykka.Actor) -> None:
         with self.dispatcher.lock:
             self._state = _DEAD
+            self._gone = str(actor.actor_ref)
             left = list(self._items or ())
             if self._items is not None:
                 self._items.clear()  # a turn still running must not see these
             self._items = None
         for envelope in left:
             reject_envelope(actor, envelope)
+        # The actor and its inbox no longer hold each other: once nothing else holds it,
+        # reference counting frees the actor at once (no cycle left for the collector).
+        self.actor = None
 
     def abandon(self) -> None:
         """Dispatcher closed under a live actor: stop it without running it."""
-        actor = self.actor
-        assert actor is not None  # set by PoolActor.__init__, before start() registers it
         with self.dispatcher.lock:
             if self._state == _DEAD:
                 return
+            actor = self.actor
+        assert actor is not None  # set by PoolActor.__init__, before start() registers it
         self.dispatcher._forget(actor)
         actor.actor_stopped.set()
         logger.warning("%s abandoned: its dispatcher was closed", actor)

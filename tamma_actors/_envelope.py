@@ -104,8 +104,10 @@ def run_callback(
         _stop_everything(actor, block_stop_all=block_stop_all)
 
 
-def reject_envelope(actor: pykka.Actor, envelope: Envelope[Any]) -> None:
-    """Answer an envelope that arrived (or stayed) after the actor stopped."""
+def reject_envelope(actor: pykka.Actor | str, envelope: Envelope[Any]) -> None:
+    """Answer an envelope that arrived (or stayed) after the actor stopped; ``actor`` may
+    be the stopped actor's name (``str(actor.actor_ref)``) once its inbox has let go of
+    it."""
     if envelope.reply_to is None:
         return
     if isinstance(envelope.message, messages._ActorStop):
@@ -114,10 +116,11 @@ def reject_envelope(actor: pykka.Actor, envelope: Envelope[Any]) -> None:
         _reply_dead(actor, envelope)
 
 
-def _reply_dead(actor: pykka.Actor, envelope: Envelope[Any]) -> None:
+def _reply_dead(actor: pykka.Actor | str, envelope: Envelope[Any]) -> None:
     if envelope.reply_to is None:
         return
-    error = ActorDeadError(f"{actor.actor_ref} stopped before handling the message")
+    who = actor if isinstance(actor, str) else actor.actor_ref
+    error = ActorDeadError(f"{who} stopped before handling the message")
     try:
         envelope.reply_to.set_exception(exc_info=(ActorDeadError, error, None))
     except Exception:  # already answered (queue.Full): the caller has its reply

@@ -161,7 +161,7 @@ class ExecutionSupervisor(
     def on_stop(self) -> None:
         if not self._broken:
             self._flush()  # a stop told in the middle of a turn: commit what it decided
-        self._deadlines.cancel_all()
+        self._deadlines.close()
         for handle in self._retry_timers.values():
             handle.cancel()
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import gc
 import queue
+import re
 import threading
 import tracemalloc
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from pykka import ActorDeadError, ActorRef, ActorRegistry
+from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
+from pykka._envelope import Envelope
 
 from tamma_actors._dispatch import Dispatcher, PoolActor, _PoolInbox
 
@@ -315,6 +318,31 @@ def test_stop_with_pending_asks_fails_them(dispatcher: Dispatcher) -> None:
             future.get(timeout=WAIT)
     # A second stop of a dead actor answers False, as pykka's does.
     assert ref.stop(timeout=WAIT) is False
+
+
+def test_a_stopped_actor_is_freed_at_once_and_late_asks_still_name_it(
+    dispatcher: Dispatcher,
+) -> None:
+    """Its inbox lets go of it: no actor-inbox cycle is left for the cyclic collector, and
+    an ask that comes later is failed with the actor's name all the same."""
+    ref = Echo.start(dispatcher)
+    ref.ask("warm", timeout=WAIT)
+    name = str(ref)
+    gone = weakref.ref(cast(_PoolInbox, ref.actor_inbox).actor)
+    was_enabled = gc.isenabled()
+    gc.disable()  # what frees it must be reference counting, not a collection
+    try:
+        assert ref.stop(timeout=WAIT) is True
+        assert cast(_PoolInbox, ref.actor_inbox).actor is None
+        assert gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+    # One that passed the ref's liveness check just before the stop reaches the inbox:
+    late: ThreadingFuture[Any] = ThreadingFuture()
+    ref.actor_inbox.put(Envelope("late", reply_to=late))
+    with pytest.raises(ActorDeadError, match=re.escape(f"{name} stopped before handling")):
+        late.get(timeout=WAIT)
 
 
 def test_base_exception_stops_every_actor_without_blocking_the_pool() -> None:

@@ -7,6 +7,7 @@ timer or by any other request, and behaves afterwards exactly as if it had never
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from tamma_actors._errors import StoreError
+from tamma_actors._execution import ExecutionSupervisor
 from tamma_actors._execution_rest import MayRest, Resting
 from tamma_actors._store import MemoryStore
 from tests.timekit import WAIT, Kit, finished, step, wait_step, wf
@@ -332,6 +334,29 @@ def test_resting_executions_keep_a_bounded_number_of_parsed_definitions(
         assert own[0] in parsed  # pushed out by the later ones: parsed again to wake
         assert len(set(parsed) & set(shared)) <= 1  # four executions, at most one parse
         assert k.engine._configs == {}  # nothing rests any more
+
+
+def test_a_supervisor_that_rests_is_freed_at_once_not_left_to_the_collector() -> None:
+    # Its inbox and its deadlines let go of it when it stops (each held it in a cycle):
+    # reference counting frees it, so parking thousands leaves the collector nothing.
+    for k in _kit(start=1000.0, rest_after=1.0):
+        spec = wf(wait_step("w", 60))
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            parked = {k.start(spec) for _ in range(20)}
+            _rests(k, 20)
+            k.start(wf(step("t")))  # one more commit: the writer lets go of the last batch
+            k.next_held()
+            left = [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, ExecutionSupervisor) and o.state.id in parked
+            ]
+            assert left == []
+        finally:
+            if was_enabled:
+                gc.enable()
 
 
 class _Supervisor(Resting):
