@@ -10,9 +10,9 @@ import gc
 __all__ = ["GC_YOUNG_THRESHOLD", "tune_gc"]
 
 # The youngest generation, in net allocations of tracked objects (the interpreter's
-# default is 700). A supervisor that stops leaves ~50 objects in reference cycles (actor
-# and inbox, deadlines and callbacks) for the collector: at 700, parking 40,000 executions
-# spent ~15 % of the node's CPU collecting, and a worker ~7 % of its CPU per step.
+# default is 700). At 700, parking 40,000 executions spent ~15 % of the node's CPU
+# collecting (then mostly the cycles stopped supervisors left; they are now freed at once)
+# and a worker ~7 % of its CPU per step.
 GC_YOUNG_THRESHOLD = 10_000
 
 
