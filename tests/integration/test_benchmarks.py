@@ -216,7 +216,10 @@ def test_the_event_tap_times_events_as_they_arrive_not_when_it_is_asked(
         tap.record_lags = True
         pub.send_multipart(_event("step.started", "a"))
         pub.send_multipart(_event("workflow.completed", "a"))
-        time.sleep(0.3)  # busy elsewhere: nobody is waiting for the tap
+        deadline = time.monotonic() + 10  # busy elsewhere: nobody calls wait_for meanwhile
+        while "a" not in tap.terminal:
+            assert time.monotonic() < deadline, "the tap read nothing on its own"
+            time.sleep(0.005)
         asked = time.perf_counter()
         (kind, at) = tap.wait_for(["a"], timeout=10)["a"]
         assert kind == "workflow.completed" and at < asked  # taken before anyone asked
