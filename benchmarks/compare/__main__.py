@@ -40,13 +40,13 @@ FIGURES = {
     "W4.wall_s": False,
 }
 DURABLE = {"tamma": "yes (fsync)", "celery": "no", "dask": "no", "dbos": "yes (SQLite)"}
-SYSTEMS = ("celery", "dask", "dbos")
 # system -> (modules it needs, what pip installs for them)
 _PACKAGES = {
     "celery": (("celery", "redis"), ("celery[redis]",)),
     "dask": (("distributed",), ("dask[distributed]",)),
     "dbos": (("dbos",), ("dbos",)),
 }
+SYSTEMS = tuple(_PACKAGES)  # besides tamma
 Runner = Callable[[Any, Sizes], dict[str, float]]
 UNAVAILABLE: dict[str, str] = {}  # tamma workload -> why it could not run
 
@@ -112,32 +112,30 @@ def run_tamma(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
         return _run_all(bench, table, sizes, runs)
 
 
+def _workloads(module: Any) -> dict[str, Runner]:
+    """A system's module's ``w1``..``w4``, by workload."""
+    return {w: getattr(module, w.lower()) for w in ("W1", "W2", "W3", "W4")}
+
+
 def run_celery(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
     from benchmarks.compare import _celery
 
     with _celery.celery_system(scratch) as app:
-        table: dict[str, Runner] = {
-            "W1": _celery.w1, "W2": _celery.w2, "W3": _celery.w3, "W4": _celery.w4
-        }  # fmt: skip
-        return _run_all(app, table, sizes, runs)
+        return _run_all(app, _workloads(_celery), sizes, runs)
 
 
 def run_dask(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
     from benchmarks.compare import _dask
 
     with _dask.dask_system() as client:
-        table: dict[str, Runner] = {
-            "W1": _dask.w1, "W2": _dask.w2, "W3": _dask.w3, "W4": _dask.w4
-        }  # fmt: skip
-        return _run_all(client, table, sizes, runs)
+        return _run_all(client, _workloads(_dask), sizes, runs)
 
 
 def run_dbos(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
     from benchmarks.compare import _dbos
 
     with _dbos.dbos_system(scratch / "dbos"):
-        table: dict[str, Runner] = {"W1": _dbos.w1, "W2": _dbos.w2, "W3": _dbos.w3, "W4": _dbos.w4}
-        return _run_all(None, table, sizes, runs)
+        return _run_all(None, _workloads(_dbos), sizes, runs)
 
 
 def _ratio(figure: str, ours: float, theirs: float) -> float:
@@ -197,9 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     results: dict[str, dict[str, Any]] = {}
     try:
-        systems = (("tamma", run_tamma), ("celery", run_celery), ("dask", run_dask),
-                   ("dbos", run_dbos))  # fmt: skip
-        for name, fn in systems:
+        runners = {"tamma": run_tamma, "celery": run_celery, "dask": run_dask, "dbos": run_dbos}
+        for name, fn in runners.items():
             if name == "tamma" or name in others:
                 console.print(f"running {name} ...")
                 results[name] = fn(scratch, sizes, args.runs)
