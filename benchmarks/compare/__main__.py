@@ -1,10 +1,12 @@
-"""``python -m benchmarks.compare [--quick] [--runs N] [--only celery,dask,dbos] [--json FILE]``.
+"""``python -m benchmarks.compare [--quick] [--runs N] [--only SYSTEMS] [--json FILE]``.
 
 Runs W1-W4 on tamma (a real node, fsync on, 2 workers), Celery (Redis broker and backend
 on loopback, 2 prefork worker processes), Dask distributed (LocalCluster, 2 worker
-processes) and DBOS Transact (durable: SQLite, in this process) with the same sizes, and
-prints each figure with the ratio to tamma's. Their packages and ``redis-server`` are
-installed on demand (pip; apt-get when root), only for the systems asked for.
+processes), Ray (a local instance with 2 CPUs) and DBOS Transact (durable: SQLite, in
+this process) with the same sizes, and prints each figure with the ratio to tamma's.
+``--only`` takes a comma-separated list of celery, dask, ray and dbos (default: all).
+Their packages and ``redis-server`` are installed on demand (pip; apt-get when root), only
+for the systems asked for.
 """
 
 from __future__ import annotations
@@ -39,11 +41,18 @@ FIGURES = {
     "W3.wall_s": False,
     "W4.wall_s": False,
 }
-DURABLE = {"tamma": "yes (fsync)", "celery": "no", "dask": "no", "dbos": "yes (SQLite)"}
+DURABLE = {
+    "tamma": "yes (fsync)",
+    "celery": "no",
+    "dask": "no",
+    "ray": "no",
+    "dbos": "yes (SQLite)",
+}
 # system -> (modules it needs, what pip installs for them)
 _PACKAGES = {
     "celery": (("celery", "redis"), ("celery[redis]",)),
     "dask": (("distributed",), ("dask[distributed]",)),
+    "ray": (("ray",), ("ray",)),
     "dbos": (("dbos",), ("dbos",)),
 }
 SYSTEMS = tuple(_PACKAGES)  # besides tamma
@@ -131,6 +140,13 @@ def run_dask(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
         return _run_all(client, _workloads(_dask), sizes, runs)
 
 
+def run_ray(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
+    from benchmarks.compare import _ray
+
+    with _ray.ray_system() as tasks:
+        return _run_all(tasks, _workloads(_ray), sizes, runs)
+
+
 def run_dbos(scratch: Path, sizes: Sizes, runs: int) -> dict[str, Any]:
     from benchmarks.compare import _dbos
 
@@ -176,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--runs", type=int, default=3, help="runs per workload (median; >= 1)")
     p.add_argument(
-        "--only", default="celery,dask,dbos", help="systems besides tamma (celery,dask,dbos)"
+        "--only",
+        default=",".join(SYSTEMS),
+        help=f"systems besides tamma ({','.join(SYSTEMS)})",
     )
     p.add_argument("--json", dest="json_path", help="write the figures to this file")
     args = p.parse_args(argv)
@@ -195,7 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     results: dict[str, dict[str, Any]] = {}
     try:
-        runners = {"tamma": run_tamma, "celery": run_celery, "dask": run_dask, "dbos": run_dbos}
+        runners = {
+            "tamma": run_tamma,
+            "celery": run_celery,
+            "dask": run_dask,
+            "ray": run_ray,
+            "dbos": run_dbos,
+        }
         for name, fn in runners.items():
             if name == "tamma" or name in others:
                 console.print(f"running {name} ...")

@@ -113,9 +113,9 @@ def test_bad_arguments_are_refused_before_any_run(
     if not os.access(locked, os.W_OK):  # root may write anywhere
         assert bench(["--json", str(locked / "out.json")]) == 2
         assert "not writable" in capsys.readouterr().err
-    assert compare(["--only", "ray", "--json", str(missing)]) == 2
+    assert compare(["--only", "spark", "--json", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert "--only ray: it takes celery, dask, dbos" in err and "does not exist" in err
+    assert "--only spark: it takes celery, dask, ray, dbos" in err and "does not exist" in err
 
 
 def test_a_json_file_that_cannot_be_written_fails_the_run_with_the_reason(
@@ -261,3 +261,6 @@ def test_compare_installs_only_what_the_systems_asked_for_need(
     runs.clear()
     compare.ensure_installed(["dask", "dbos"])
     assert runs[0][-2:] == ["dask[distributed]", "dbos"]
+    runs.clear()
+    compare.ensure_installed(["ray"])
+    assert runs == [[sys.executable, "-m", "pip", "install", "-q", "ray"]]
