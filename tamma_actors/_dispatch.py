@@ -23,7 +23,9 @@ still stops them, through ``_envelope.STOP_ALL_HOOKS``.
 Shutdown order: stop the actors, then close the dispatcher. ``Dispatcher.close()`` never
 hangs: it lets running turns finish (bounded by ``timeout``), and actors still alive after
 that are abandoned: unregistered, marked stopped, their pending asks failed with
-``ActorDeadError``; their ``on_stop`` does not run.
+``ActorDeadError``; their ``on_stop`` does not run. A tell'd message still queued when an
+actor stops (abandoned, or a turn raised) goes to its ``on_dropped``, which answers
+whatever reply the message carries itself.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 import pykka
 from pykka import ThreadingFuture
+from pykka.messages import _ActorStop
 
 from tamma_actors._envelope import (
     STOP_ALL_HOOKS,
@@ -222,7 +225,7 @@ class _PoolInbox:
                 self._state = _IDLE
                 self._items = None  # an idle actor holds no deque
 
-    def _teardown(self, actor: pykka.Actor) -> None:
+    def _teardown(self, actor: PoolActor) -> None:
         with self.dispatcher.lock:
             self._state = _DEAD
             self._gone = str(actor.actor_ref)
@@ -231,6 +234,11 @@ class _PoolInbox:
                 self._items.clear()  # a turn still running must not see these
             self._items = None
         for envelope in left:
+            if envelope.reply_to is None and not isinstance(envelope.message, _ActorStop):
+                try:
+                    actor.on_dropped(envelope.message)
+                except Exception:  # it has stopped already: nothing more to fail
+                    logger.exception("%s could not answer a message it dropped", actor)
             reject_envelope(actor, envelope)
         # The actor and its inbox no longer hold each other: once nothing else holds it,
         # reference counting frees the actor at once (no cycle left for the collector).
@@ -264,6 +272,10 @@ class PoolActor(pykka.Actor):
         """After a turn's messages (unless the actor stopped): work the messages of one
         turn can share, such as one commit of their events. A failure here fails the
         actor like a failing tell'd message."""
+
+    def on_dropped(self, message: Any) -> None:
+        """A tell'd message left in the inbox when the actor stopped (a turn raised, or
+        a stop came first): answer what it carries its own reply in, if anything."""
 
     def _create_actor_inbox(self) -> ActorInbox:  # type: ignore[override]
         return _PoolInbox(self._dispatcher)

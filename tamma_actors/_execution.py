@@ -161,6 +161,11 @@ class ExecutionSupervisor(
     def on_stop(self) -> None:
         if not self._broken:
             self._flush()  # a stop told in the middle of a turn: commit what it decided
+        self._release_timers()
+
+    def _release_timers(self) -> None:
+        """Cancel every timer it armed (none of them may reach a stopped supervisor) and
+        let go of the deadlines' callback."""
         self._deadlines.close()
         for handle in self._retry_timers.values():
             handle.cancel()
@@ -312,7 +317,18 @@ class ExecutionSupervisor(
         if isinstance(reply, Future):
             fail(reply, exc)
 
+    def on_dropped(self, message: Any) -> None:
+        # Queued behind a turn that raised: a read is then answered from the store (the
+        # engine's read path does that on ActorStopped), anything else is refused.
+        name = type(message).__name__
+        why = f"execution {self.state.id}'s supervisor stopped before it handled {name}"
+        self._fail_reply(message, ActorStopped(why))
+
     def on_failure(self, *exc_info: Any) -> None:
+        # A turn raised: the actor stopped without on_stop. What it committed stays in the
+        # store (requests are answered from there; a restart's recovery resumes it); the
+        # timers it armed go with it.
+        self._release_timers()
         self.deps.on_terminal(self.state.id, self.actor_ref)
 
 

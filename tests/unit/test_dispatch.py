@@ -293,6 +293,32 @@ def test_a_told_message_that_raises_stops_the_actor(dispatcher: Dispatcher) -> N
     assert ref not in dispatcher.actors()
 
 
+def test_told_messages_queued_behind_a_turn_that_raises_go_to_on_dropped(
+    dispatcher: Dispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    dropped: list[Any] = []
+
+    class Dropping(Echo):
+        def on_dropped(self, message: Any) -> None:
+            if message == "unanswerable":
+                raise RuntimeError("cannot answer")
+            dropped.append(message)
+
+    entered, go = threading.Event(), threading.Event()
+    ref = Dropping.start(dispatcher)
+    ref.tell(("hold", entered, go))  # told: when it returns, the next message raises
+    assert entered.wait(WAIT)
+    ref.tell("boom")
+    ref.tell("later")
+    ref.tell("unanswerable")
+    asked = ref.ask("asked", block=False)
+    go.set()
+    with pytest.raises(ActorDeadError):
+        asked.get(timeout=WAIT)  # an ask is failed as before, not handed to on_dropped
+    assert dropped == ["later"]
+    assert "could not answer a message it dropped" in caplog.text
+
+
 def test_on_start_failure_stops_the_actor(dispatcher: Dispatcher) -> None:
     class BadStart(PoolActor):
         def on_start(self) -> None:
