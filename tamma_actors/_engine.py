@@ -92,6 +92,7 @@ class Engine(EngineReads, EngineRecovery):
             parts.deps,
             on_terminal=self._retire,
             on_commit_lost=self._commit_lost,
+            on_failed=self._supervisor_failed,
             rest=None if parts.rest_after is None else self._rest,
             children=EngineChildren(self, parts.store, parts.deps.timers),
             breakers=parts.deps.breakers or _breaker_registry(parts),
@@ -108,6 +109,7 @@ class Engine(EngineReads, EngineRecovery):
         self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, recovering/resting
         self._resting: dict[str, TimerHandle] = {}  # only waiting: their wake timers
         self._unconfirmed: set[str] = set()  # stopped on a lost writer: back when it is
+        self._failures: dict[str, int] = {}  # how often each one's supervisor failed
         self._rest_after = parts.rest_after
         self._waker = Waker.start(parts.dispatcher, self._wake)
         self._parsed_cache: dict[

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 import pykka
@@ -99,6 +100,8 @@ class ExecutionDeps:
     on_terminal: Callable[[str, Any], None] = lambda _eid, _ref: None
     # its commit was not confirmed (StoreWriterLost): re-read it once the writer is back
     on_commit_lost: Callable[[str], None] = lambda _eid: None
+    # its supervisor failed (a turn raised), and what it decided before is committed
+    on_failed: Callable[[str, BaseException | None], None] = lambda _eid, _exc: None
     # a supervisor with nothing to do but wait asks to rest (_execution_rest); None: never
     rest: RestRequest | None = None
     children: Children | None = None  # starts and steers subflow children (the engine)
@@ -324,12 +327,26 @@ class ExecutionSupervisor(
         why = f"execution {self.state.id}'s supervisor stopped before it handled {name}"
         self._fail_reply(message, ActorStopped(why))
 
-    def on_failure(self, *exc_info: Any) -> None:
-        # A turn raised: the actor stopped without on_stop. What it committed stays in the
-        # store (requests are answered from there; a restart's recovery resumes it); the
-        # timers it armed go with it.
+    def on_failure(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A turn raised: the actor stopped without on_stop, and the timers it armed go
+        # with it. Requests go to the store; once what it decided before is committed,
+        # the engine brings it back from there (``_recovery``).
         self._release_timers()
-        self.deps.on_terminal(self.state.id, self.actor_ref)
+        eid = self.state.id
+        self.deps.on_terminal(eid, self.actor_ref)
+        if self._broken:
+            return
+
+        def committed(failed: BaseException | None) -> None:
+            if failed is None:  # (a failed commit took _on_commit_failed's path)
+                self.deps.on_failed(eid, exc)
+
+        self._after_tail(committed)
 
 
 _DISPATCH: dict[type, Callable[[ExecutionSupervisor, Any], None]] = {

@@ -15,7 +15,12 @@ A live execution that comes to have nothing to do but wait rests the same way
 (``_rest``, asked by its supervisor: ``_execution_rest``).
 
 The same path brings back, once a store writer is running again, an execution that
-stopped because its writer process died before confirming a commit (``_commit_lost``).
+stopped because its writer process died before confirming a commit (``_commit_lost``),
+and an execution whose supervisor failed (a turn raised: a bug), from what its store
+holds once its last commit is in (``_supervisor_failed``): it rests for 0.1, then 1, then
+10 seconds (a request brings it back at once) before each of its first three revivals; a
+fourth failure leaves it as the store has it, listed in health as unrecoverable with the
+error (a restart tries again), rather than reviving a bug in a loop.
 
 Requests are served while the loop runs: one for an execution the loop has not reached yet
 activates it on the spot, and each execution is activated once, whichever comes first.
@@ -53,6 +58,9 @@ _RECOVERY_PAGE = 256  # executions read per read transaction while recovering
 # definition however many executions share it, and a bound when each has its own (a
 # parsed 10-step definition is ~10 KiB, 10 times what a resting execution costs).
 _DEFINITIONS_KEPT = 256
+# How long an execution whose supervisor failed rests before each revival; one failure
+# more than there are entries and it is left to the store (and to the next restart).
+_REVIVE_AFTER = (0.1, 1.0, 10.0)
 
 
 class _Unread:
@@ -91,6 +99,7 @@ class EngineRecovery:
         _configs: dict[str, WorkflowConfig]
         _resting: dict[str, TimerHandle]
         _unconfirmed: set[str]
+        _failures: dict[str, int]
         _rest_after: float | None
         _waker: pykka.ActorRef[Any]
         unrecovered: dict[str, str]
@@ -190,6 +199,30 @@ class EngineRecovery:
         """``eid`` stopped: its store writer died before confirming a commit."""
         with self._lock:
             self._unconfirmed.add(eid)
+
+    def _supervisor_failed(self, eid: str, error: BaseException | None) -> None:
+        """``eid``'s supervisor stopped on an exception in a turn, and what it committed is
+        in the store: it rests until its next revival (see the module's docstring), or,
+        past the last one, is reported and left to the store."""
+        why = f"{type(error).__name__}: {error}"
+        with self._lock:
+            if self._closed or eid in self._live or eid in self._resting:
+                return  # shutting down, or already back (a request named it meanwhile)
+            failures = self._failures[eid] = self._failures.get(eid, 0) + 1
+            if failures <= len(_REVIVE_AFTER):
+                delay = _REVIVE_AFTER[failures - 1]
+                self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
+            else:
+                self.unrecovered[eid] = (
+                    f"its supervisor failed {failures} times, the last with {why}; "
+                    "it stays as the store has it until the node restarts"
+                )
+        if failures <= len(_REVIVE_AFTER):
+            log.error("execution %s: its supervisor failed (%s); it is brought back from the "
+                      "store in %gs (revival %d of %d)", eid, why, delay, failures,
+                      len(_REVIVE_AFTER))  # fmt: skip
+        else:
+            log.error("execution %s: %s", eid, self.unrecovered[eid])
 
     def reactivate_unconfirmed(self) -> int:
         """A store writer is back: bring back, from what the store has, each execution

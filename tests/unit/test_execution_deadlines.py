@@ -9,15 +9,13 @@ standing in for synchronisation).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tamma_actors._errors import ActorStopped, WorkflowValidationError
+from tamma_actors._errors import WorkflowValidationError
 from tamma_actors._store import MemoryStore
 from tamma_actors._workerpool import TaskFinished, TaskProgress, TaskRedispatched, TaskStarted
 from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
@@ -303,56 +301,3 @@ def test_a_wait_step_runs_for_exactly_its_seconds_of_unpaused_time(
         assert k.record(eid)["status"] == "running"
         k.timers.advance(0.5)
         k.status_is(eid, "completed")
-
-
-# -- a supervisor whose turn raises -------------------------------------------------------
-
-
-def _fail_next_watchdog_check(
-    monkeypatch: pytest.MonkeyPatch, before: Callable[[], None] = lambda: None
-) -> Callable[[Any], None]:
-    """Make the supervisor's handling of a WatchdogCheck raise (after ``before``); returns
-    how to tell one to a supervisor (by any ref the test holds)."""
-    from tamma_actors import _execution
-    from tamma_actors._watchdog import WatchdogCheck
-
-    def raises(sup: object, msg: object) -> None:
-        before()
-        raise RuntimeError("a bug in a turn")
-
-    monkeypatch.setitem(_execution._DISPATCH, WatchdogCheck, raises)
-    return lambda ref: ref.tell(WatchdogCheck())
-
-
-def test_a_supervisor_whose_turn_raises_leaves_no_timer_armed(
-    kit: Kit, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    eid = kit.start(wf(wait_step("w", 60), step("s", retry_policy=FAST_RETRY)))
-    task = kit.next_held()
-    task.reply_to.tell(TaskFinished(task.task["task_id"], False, None, {"type": "Boom"}, 1.0))
-    kit.step_is(eid, "s", "retry_wait")
-    assert kit.timers.pending() == 2  # the wait and the retry
-    _fail_next_watchdog_check(monkeypatch)(task.reply_to)
-    kit.until(eid, lambda rec: kit.timers.pending() == 0)
-    kit.timers.advance(61)  # nothing fires at the stopped supervisor
-    assert kit.record(eid)["results"]["s"]["status"] == "retry_wait"  # the store's view
-
-
-def test_requests_queued_behind_a_turn_that_raises_are_answered(
-    kit: Kit, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    eid = kit.start(wf(wait_step("w", 60), step("s")))
-    task = kit.next_held()
-    entered, go = threading.Event(), threading.Event()
-
-    def in_the_turn() -> None:
-        entered.set()
-        go.wait(WAIT)
-
-    _fail_next_watchdog_check(monkeypatch, in_the_turn)(task.reply_to)
-    assert entered.wait(WAIT)
-    read, pause = kit.engine.get_workflow(eid), kit.engine.pause_workflow(eid)
-    go.set()  # both wait in its inbox behind the turn that raises
-    assert read.result(WAIT)["status"] == "running"  # answered from the store
-    with pytest.raises(ActorStopped, match=f"execution {eid}'s supervisor stopped"):
-        pause.result(WAIT)

@@ -1,0 +1,150 @@
+"""An execution whose supervisor fails (a turn raises: a bug) is not left stuck.
+
+The requests queued behind the turn that raised are answered; the supervisor's timers go
+with it; the execution rests, and is brought back from what the store holds after 0.1 s,
+or at once by a request; after its fourth failure it is left as the store has it and
+health names it. Manual timers and a holding pool (tests/timekit.py); the failure is a
+handler patched to raise.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tamma_actors import _execution
+from tamma_actors._errors import ActorStopped
+from tamma_actors._watchdog import WatchdogCheck
+from tamma_actors._workerpool import TaskFinished
+from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
+
+RETRY = {"max_attempts": 2, "base_delay": 1000, "max_delay": 1000, "jitter": 0}
+
+
+@pytest.fixture
+def kit() -> Iterator[Kit]:
+    yield from make_kit()
+
+
+def _watchdog_checks_raise(
+    monkeypatch: pytest.MonkeyPatch, before: Callable[[], None] = lambda: None
+) -> None:
+    """From now on a supervisor's turn with a WatchdogCheck raises (after ``before``)."""
+
+    def raises(sup: object, msg: object) -> None:
+        before()
+        raise RuntimeError("a bug in a turn")
+
+    monkeypatch.setitem(_execution._DISPATCH, WatchdogCheck, raises)
+
+
+def _fail(kit: Kit, eid: str) -> None:
+    """Make ``eid``'s live supervisor fail, and wait until it rests (or is given up)."""
+    ref = kit.engine._live[eid]
+    ref.tell(WatchdogCheck())
+    kit.until(eid, lambda _: eid not in kit.engine._live)
+    kit.until(eid, lambda _: kit.engine._is_resting(eid) or eid in kit.engine.unrecovered)
+
+
+def _finish(kit: Kit, d: Any, ok: bool = True) -> None:
+    error = None if ok else {"type": "Boom", "message": "no"}
+    d.reply_to.tell(TaskFinished(d.task["task_id"], ok, "out" if ok else None, error, 1.0))
+
+
+def test_requests_queued_behind_a_turn_that_raises_are_answered(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(wait_step("w", 60), step("s")))
+    kit.next_held()
+    entered, go = threading.Event(), threading.Event()
+
+    def in_the_turn() -> None:
+        entered.set()
+        go.wait(WAIT)
+
+    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    kit.engine._live[eid].tell(WatchdogCheck())
+    assert entered.wait(WAIT)
+    read, pause = kit.engine.get_workflow(eid), kit.engine.pause_workflow(eid)
+    go.set()  # both wait in its inbox behind the turn that raises
+    assert read.result(WAIT)["status"] == "running"  # answered from the store
+    with pytest.raises(ActorStopped, match=f"execution {eid}'s supervisor stopped"):
+        pause.result(WAIT)
+
+
+def test_it_is_brought_back_from_the_store_and_its_step_in_flight_reports_there(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(wait_step("w", 60), step("s", retry_policy=RETRY)))
+    first = kit.next_held()
+    _finish(kit, first, ok=False)
+    kit.step_is(eid, "s", "retry_wait")
+    assert kit.timers.pending() == 2  # the wait and the retry
+    _watchdog_checks_raise(monkeypatch)
+    _fail(kit, eid)
+    assert kit.timers.pending() == 1  # its own timers are gone; the revival's is armed
+    kit.timers.advance(0.1)
+    kit.woken(eid)
+    assert kit.timers.pending() == 2  # re-armed by the new supervisor, from the store
+    kit.timers.advance(1.0)  # the retry: dispatched once, by the new supervisor
+    second = kit.next_held()
+    assert second.task["attempt"] == 2 and kit.held.empty()
+    _finish(kit, second)
+    kit.step_is(eid, "s", "succeeded")
+    kit.timers.advance(60)
+    assert kit.status_is(eid, "completed")["results"]["s"]["data"] == "out"
+
+
+def test_a_step_running_when_it_failed_is_dispatched_again_with_the_same_attempt(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    kit.started(eid, running)
+    _watchdog_checks_raise(monkeypatch)
+    _fail(kit, eid)
+    kit.timers.advance(0.1)
+    kit.woken(eid)
+    again = kit.next_held()
+    assert again.task["task_id"] == running.task["task_id"]  # same idempotency key
+    _finish(kit, again)
+    kit.status_is(eid, "completed")
+    redispatched = [e for e in kit.events(eid) if e["type"] == "step.redispatched"]
+    assert [e["data"]["reason"] for e in redispatched] == ["recovery"]
+
+
+def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    eid = kit.start(wf(wait_step("w", 60), step("s", "w")))
+    kit.step_is(eid, "w", "running")
+    _watchdog_checks_raise(monkeypatch)
+    _fail(kit, eid)
+    assert kit.engine.pause_workflow(eid).result(WAIT)["status"] == "paused"
+    assert eid in kit.engine._live
+    assert kit.engine.resume_workflow(eid).result(WAIT)["status"] == "running"
+    kit.timers.advance(60)
+    _finish(kit, kit.next_held())
+    kit.status_is(eid, "completed")
+
+
+def test_after_its_fourth_failure_it_is_left_to_the_store_and_health_says_why(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(wait_step("w", 600)))
+    kit.step_is(eid, "w", "running")
+    _watchdog_checks_raise(monkeypatch)
+    for delay in (0.1, 1.0, 10.0):
+        _fail(kit, eid)
+        kit.timers.advance(delay - 0.01)
+        assert kit.engine._is_resting(eid)  # not before its time
+        kit.timers.advance(0.01)
+        kit.woken(eid)
+    _fail(kit, eid)
+    assert not kit.engine._is_resting(eid) and eid not in kit.engine._live
+    health = kit.engine.health().result(WAIT)
+    assert health["status"] == "degraded"
+    why = health["recovery"]["unrecoverable"][eid]
+    assert "failed 4 times" in why and "RuntimeError: a bug in a turn" in why
+    assert kit.record(eid)["status"] == "running"  # as the store has it
