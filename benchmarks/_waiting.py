@@ -6,12 +6,11 @@ requests (``serving_s``), until all N are back (health's ``executions.live`` plu
 last execution in recovery order answers ``status`` (``recovery_s``), and until every one
 of them has answered (``all_status_s``, which includes serving those N requests). W6
 measures the coordinator's RSS with N executions waiting, and W2's throughput under that
-load.
+load against W2 on a twin node with nothing parked, in pairs.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,32 +100,43 @@ def run_w5(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result
 
 
 def run_w6(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result:
+    """RSS with N executions waiting, and W2 under that load against W2 on a twin node
+    (same settings, nothing parked), measured in pairs back to back (which goes first
+    alternates): each run's ratio compares the two at the same moment, so the machine's
+    drift over the minutes it takes to park N executions is not in it."""
     n = sizes.w6_executions
     title = W6_TITLE.format(n=f"{n:,}")
     with (
         NodeProcess(scratch / "w6", env=_BIG_STORE) as node,
         Client(node.control, timeout=60.0) as client,
         EventTap(node.events) as tap,
+        NodeProcess(scratch / "w6-twin") as twin,
+        Client(twin.control, timeout=60.0) as twin_client,
+        EventTap(twin.events) as twin_tap,
     ):
         tap.sync(client, chain("bench-sync", 1))
-        bench = Bench(node, client, tap, sizes, progress)
-        alone = [w2(bench)["steps_per_s"] for _ in range(runs)]
+        twin_tap.sync(twin_client, chain("bench-sync", 1))
+        loaded_bench = Bench(node, client, tap, sizes, progress)
+        alone_bench = Bench(twin, twin_client, twin_tap, sizes, progress)
+        w2(alone_bench)  # both warm (a first W2 pays for imports and first allocations)
+        w2(loaded_bench)
         _park(client, n, "W6 start", progress)
         # W2 "while they wait": after the node has published their creation (the events of
         # 100,000 starts); a probe's end reaches us once every event before it did
         tap.sync(client, chain("bench-sync", 1), timeout=120.0)
         samples: list[dict[str, Any]] = []
         for run in range(runs):
-            loaded = w2(bench)["steps_per_s"]
+            first, second = (alone_bench, loaded_bench)[:: 1 if run % 2 == 0 else -1]
+            figures = {id(b): w2(b)["steps_per_s"] for b in (first, second)}
+            alone, loaded = figures[id(alone_bench)], figures[id(loaded_bench)]
             rss = psutil.Process(node.pid).memory_info().rss / (1 << 20)
             samples.append(
                 {
                     "rss_mib": rss,
                     "w2_steps_per_s": loaded,
-                    "w2_ratio": loaded / statistics.median(alone),
+                    "w2_alone_steps_per_s": alone,
+                    "w2_ratio": loaded / alone,
                 }
             )
             progress("W6", run + 1, runs)
-    result = aggregate("W6", title, samples)
-    result.notes.append(f"W2 alone on this node: {sorted(alone)} steps/s")
-    return result
+    return aggregate("W6", title, samples)

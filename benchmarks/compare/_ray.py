@@ -8,6 +8,7 @@ the first one does not pay for them (tamma's node and workers are started before
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ def ray_system() -> Iterator[dict[str, Any]]:
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
     )
     try:
         tasks = {"noop": ray.remote(_tasks.noop), "cpu": ray.remote(_tasks.cpu)}

@@ -162,13 +162,25 @@ def test_sigterm_stops_the_node_and_removes_the_data_directory(tmp_path: Path, w
         assert proc.wait(timeout=30) == 143
         _, alive = psutil.wait_procs(family, timeout=10)
         assert alive == [], [p.cmdline() for p in alive]
-        assert list(tmp_path.iterdir()) == []  # the data directory was removed
+        # nor any other node of the run (W6 starts a twin beside it), starting or not
+        _, alive = psutil.wait_procs(_processes_under(tmp_path), timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+        assert list(tmp_path.iterdir()) == []  # the data directories were removed
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if node is not None and node.is_running():  # the test failed: leave nothing behind
             os.killpg(node.pid, signal.SIGKILL)
+
+
+def _processes_under(directory: Path) -> list[psutil.Process]:
+    """Processes whose command line names something in ``directory``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if str(directory) in " ".join(p.info["cmdline"] or ()):
+            found.append(p)
+    return found
 
 
 def _node_of(proc: subprocess.Popen[bytes]) -> psutil.Process:
