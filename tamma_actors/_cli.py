@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("file", type=Path)
     start.add_argument("--input", action="append", type=_key_value, default=[], dest="inputs")
     start.add_argument("--inputs-json", type=_json_object, default={})
+    start.add_argument(
+        "--id",
+        default=None,
+        dest="execution_id",
+        help="the execution's id (letters, digits, ._:@-): the same start again returns it",
+    )
     start.add_argument("--wait", action="store_true", help="wait for the execution to end")
     start.add_argument("--wait-timeout", type=float, default=None)
     lst = add("list", "list executions")
@@ -166,7 +172,7 @@ def _cmd_wait(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 def _cmd_start(client: Client, args: argparse.Namespace, out: Output) -> int:
     inputs = {**args.inputs_json, **dict(args.inputs)}
-    execution = client.start_workflow(args.file, inputs)
+    execution = client.start_workflow(args.file, inputs, execution_id=args.execution_id)
     if args.wait:
         return _ended(out, client.wait(execution.id, timeout=args.wait_timeout))
     show_execution(out, execution)

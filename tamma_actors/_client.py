@@ -107,11 +107,25 @@ class Client(ClientSocket):
         self,
         config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
         inputs: Mapping[str, Any] | None = None,
+        *,
+        execution_id: str | None = None,
     ) -> WorkflowExecution:
         """Start a workflow given as a file path (read here), a ``WorkflowConfig`` or a
-        mapping; the execution is durable on the node when this returns."""
+        mapping; the execution is durable on the node when this returns.
+
+        ``execution_id`` (letters, digits and ``._:@-``, up to 128, starting with a letter
+        or digit) makes the start idempotent: the execution gets that id, and the same
+        start again (say, after a timeout that left you not knowing whether it happened)
+        returns that execution as it is now instead of starting another; a start under
+        that id with another workflow or other inputs raises ``ExecutionExists``."""
         definition, source = self._definition(config_or_path)
-        args = {"workflow": definition, "inputs": dict(inputs or {}), "source": source}
+        args: dict[str, Any] = {
+            "workflow": definition,
+            "inputs": dict(inputs or {}),
+            "source": source,
+        }
+        if execution_id is not None:
+            args["id"] = execution_id
         return self._execution(self.request("start", args))
 
     @staticmethod

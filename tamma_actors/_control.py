@@ -251,7 +251,9 @@ class ControlServer(SocketActor):
     def _invoke(self, request: Request) -> Future[Any]:
         engine, args, op = self._engine, request.args, request.op
         if isinstance(args, StartArgs):
-            return engine.start_workflow(args.workflow, args.inputs, source=args.source)
+            return engine.start_workflow(
+                args.workflow, args.inputs, source=args.source, requested_id=args.id
+            )
         if isinstance(args, ListArgs):
             return engine.list_workflows(
                 status=None if args.status is None else list(args.status),

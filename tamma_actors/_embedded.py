@@ -35,7 +35,7 @@ from tamma_actors._models import (
     WorkflowStatusInfo,
 )
 from tamma_actors._node import Node
-from tamma_actors._protocol import InvalidRequest
+from tamma_actors._protocol import InvalidRequest, StartArgs
 
 __all__ = ["WorkflowEngine"]
 
@@ -110,9 +110,19 @@ class WorkflowEngine:
         self,
         config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
         inputs: Mapping[str, Any] | None = None,
+        *,
+        execution_id: str | None = None,
     ) -> WorkflowExecution:
+        """As :meth:`Client.start_workflow` (``execution_id`` included)."""
+        if execution_id is not None:
+            try:  # the same rule as over the wire
+                StartArgs.model_validate({"workflow": {}, "id": execution_id})
+            except ValidationError as exc:
+                raise InvalidRequest(f"invalid execution id {execution_id!r}: {exc}") from exc
         definition, source = Client._definition(config_or_path)
-        future = self._engine.start_workflow(definition, dict(inputs or {}), source=source)
+        future = self._engine.start_workflow(
+            definition, dict(inputs or {}), source=source, requested_id=execution_id
+        )
         return self._execution(future)
 
     def pause_workflow(self, execution_id: str) -> WorkflowExecution:

@@ -25,6 +25,7 @@ from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine_reads import EngineReads, done_or_refuse
 from tamma_actors._errors import (
+    ExecutionExists,
     IllegalTransition,
     SupervisionError,
     TammaError,
@@ -38,7 +39,7 @@ from tamma_actors._execution import (
     RetryStep,
     Start,
 )
-from tamma_actors._futures import done, guarded
+from tamma_actors._futures import done, guarded, relay
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
@@ -72,6 +73,13 @@ class EngineParts:
 
 
 _PARSED_CACHE_SIZE = 64  # distinct definitions kept parsed for start_workflow
+
+
+def _exists(eid: str) -> ExecutionExists:
+    return ExecutionExists(
+        f"execution {eid!r} exists with another workflow or other inputs; a start that "
+        "names an existing id must repeat its workflow and inputs exactly"
+    )
 
 
 def _canonical(definition: Any) -> str | None:
@@ -110,6 +118,8 @@ class Engine(EngineReads, EngineRecovery):
         self._resting: dict[str, TimerHandle] = {}  # only waiting: their wake timers
         self._unconfirmed: set[str] = set()  # stopped on a lost writer: back when it is
         self._failures: dict[str, int] = {}  # how often each one's supervisor failed
+        # starts under a client's id, until committed: id -> ((digest, inputs), reply)
+        self._starting: dict[str, tuple[tuple[str, dict[str, Any]], Future[Any]]] = {}
         self._rest_after = parts.rest_after
         self._waker = Waker.start(parts.dispatcher, self._wake)
         self._parsed_cache: dict[
@@ -187,6 +197,7 @@ class Engine(EngineReads, EngineRecovery):
         *,
         source: str | None = None,
         execution_id: str | None = None,  # a subflow's child: its id is chosen by its parent
+        requested_id: str | None = None,  # chosen by the client: see _start_once
     ) -> Future[dict[str, Any]]:
         # a subflow's child is part of its parent's committed work, not new intake
         self._check_intake(draining_too=execution_id is None)
@@ -201,6 +212,8 @@ class Engine(EngineReads, EngineRecovery):
         }
         # The definition, the created and started events and the first dispatches reach
         # the store in one transaction: the supervisor's first commit.
+        if requested_id is not None:
+            return self._start_once(requested_id, cfg, created, (digest, dumped))
         reply: Future[dict[str, Any]] = Future()
         state = ExecutionState(id=execution_id or new_execution_id())
         self._spawn(
@@ -210,6 +223,47 @@ class Engine(EngineReads, EngineRecovery):
             definition=(digest, dumped),
         )
         return reply
+
+    def _start_once(
+        self,
+        eid: str,
+        cfg: WorkflowConfig,
+        created: dict[str, Any],
+        definition: tuple[str, dict[str, Any]],
+    ) -> Future[dict[str, Any]]:
+        """A start under an id the client chose: one execution at most ever has it. The
+        same start again (a retry after a lost reply, a second client) gets that execution's
+        record as it is now, or, while the first is still being committed, the first's
+        answer; one with another workflow or other inputs fails with ExecutionExists."""
+        same = (created["digest"], created["inputs"])
+        reply: Future[dict[str, Any]] = Future()
+        with self._lock:
+            pending = self._starting.get(eid)
+            new = pending is None and eid not in self._live and eid not in self._resting
+            if new:  # perhaps: unless the store has it
+                self._starting[eid] = (same, reply)
+        if pending is not None:
+            if pending[0] != same:
+                raise _exists(eid)
+            return pending[1]
+        try:
+            if new:
+                reply.add_done_callback(lambda _: self._started_once(eid))
+                if self._store.get_summary(eid) is None:
+                    self._spawn(cfg, ExecutionState(id=eid), Start(reply, created), definition)
+                    return reply
+            first = self._store.read_events(eid, 1, 1)  # its created event
+            data = first[0]["data"] if first else {}
+            if (data.get("digest"), data.get("inputs") or {}) != same:
+                raise _exists(eid)
+            relay(self.get_workflow(eid), reply)
+        except TammaError as exc:
+            reply.set_exception(exc)
+        return reply
+
+    def _started_once(self, eid: str) -> None:
+        with self._lock:
+            self._starting.pop(eid, None)
 
     def _parsed(
         self, definition: dict[str, Any], source: str | None

@@ -36,10 +36,17 @@ class AsyncEngine(Protocol):
     """What the control server needs from the engine. Failures are TammaError futures."""
 
     def start_workflow(
-        self, definition: dict[str, Any], inputs: dict[str, Any], *, source: str | None = None
+        self,
+        definition: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        source: str | None = None,
+        requested_id: str | None = None,
     ) -> Future[ExecutionRecord]:
         """Validate ``definition`` (a parsed workflow file) and start it; resolves after the
-        start is durable, with the execution record (status ``pending`` or later)."""
+        start is durable, with the execution record (status ``pending`` or later). With
+        ``requested_id`` the execution gets that id, once: the same start again resolves
+        with that execution's record, another one under that id fails (ExecutionExists)."""
         ...
 
     def pause_workflow(self, execution_id: str) -> Future[ExecutionRecord]: ...

@@ -25,6 +25,7 @@ where they are raised (``raise ... from exc``); nothing above a seam catches the
     │   ├── SubflowTooDeep         subflows nested past the limit (a workflow runs itself)
     │   ├── IllegalTransition      a status change that the transition table forbids
     │   ├── UnknownExecution       no execution with that id
+    │   ├── ExecutionExists        a start names an id another workflow or input already has
     │   ├── UnknownStep            no step with that name in the execution
     │   └── UnknownImplementation  a step implementation that is not registered
     ├── ConfigError                node configuration or supervision tree is invalid
@@ -42,6 +43,7 @@ __all__ = [
     "ActorStopped",
     "CodecError",
     "ConfigError",
+    "ExecutionExists",
     "ExpressionError",
     "Forbidden",
     "FrameTooLarge",
@@ -181,6 +183,13 @@ class UnknownExecution(WorkflowError):
     code = "not_found"
 
 
+class ExecutionExists(WorkflowError):
+    """A start chose an execution id that an execution of another workflow, or with other
+    inputs, already has (the same start again gets that execution instead)."""
+
+    code = "execution_exists"
+
+
 class UnknownStep(WorkflowError):
     code = "unknown_step"
 
@@ -223,6 +232,7 @@ class RemoteError(TammaError):
 
 _BY_CODE: dict[str, type[TammaError]] = {
     "not_found": UnknownExecution,
+    "execution_exists": ExecutionExists,
     "unknown_step": UnknownStep,
     "illegal_transition": IllegalTransition,
     "invalid_workflow": WorkflowValidationError,

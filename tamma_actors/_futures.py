@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from tamma_actors._errors import TammaError, UnknownExecution
 
-__all__ = ["done", "failed", "gather", "guarded"]
+__all__ = ["done", "failed", "gather", "guarded", "relay"]
 
 T = TypeVar("T")
 
@@ -26,6 +26,19 @@ def failed(exc: BaseException) -> Future[Any]:
     fut: Future[Any] = Future()
     fut.set_exception(exc)
     return fut
+
+
+def relay(source: Future[T], target: Future[T]) -> None:
+    """Settle ``target`` as ``source`` settles."""
+
+    def copy(fut: Future[T]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(fut.result())
+
+    source.add_done_callback(copy)
 
 
 def guarded(fn: Callable[..., Future[T]]) -> Callable[..., Future[T]]:

@@ -93,10 +93,16 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# An execution id a client may choose: it is part of store keys and task ids.
+CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+
+
 class StartArgs(_Args):
     workflow: dict[str, Any]
     inputs: dict[str, Any] = Field(default_factory=dict)
     source: str | None = None
+    # The execution's id, chosen by the client: a start is then idempotent (Engine._start_once)
+    id: str | None = Field(default=None, max_length=128, pattern=CLIENT_ID_PATTERN)
 
 
 class ExecutionArgs(_Args):

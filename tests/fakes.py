@@ -118,14 +118,19 @@ class FakeEngine:
     # -- AsyncEngine ----------------------------------------------------------------------
 
     def start_workflow(
-        self, definition: dict[str, Any], inputs: dict[str, Any], *, source: str | None = None
+        self,
+        definition: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        source: str | None = None,
+        requested_id: str | None = None,
     ) -> Future[ExecutionRecord]:
         def start() -> ExecutionRecord:
             problems = validate_definition(definition)
             if problems:
                 raise WorkflowValidationError(problems, source)
             now = self._clock()
-            eid = f"ex-{uuid.uuid4().hex[:12]}"
+            eid = requested_id or f"ex-{uuid.uuid4().hex[:12]}"
             steps = [s["name"] for s in definition["steps"]]
             self._records[eid] = {
                 "id": eid,

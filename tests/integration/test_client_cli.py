@@ -133,6 +133,18 @@ def test_a_relative_file_is_sent_with_its_absolute_path(
     assert engine.calls[-1][1][2] == str(workflow_file.resolve())
 
 
+def test_a_chosen_execution_id_is_sent_and_a_bad_one_is_refused_by_the_node(
+    client: Client,
+) -> None:
+    assert client.start_workflow(ONE_STEP, execution_id="deploy-7:a@b.c_d").id == (
+        "deploy-7:a@b.c_d"
+    )
+    for bad in ["", "-lead", "has space", "a/b", "x" * 129]:
+        with pytest.raises(RemoteError, match="invalid arguments for 'start': id") as err:
+            client.start_workflow(ONE_STEP, execution_id=bad)
+        assert err.value.code == "bad_request"
+
+
 def test_start_from_a_config_or_a_mapping(client: Client, engine: FakeEngine) -> None:
     config = WorkflowConfig.model_validate(
         {"name": "cfg", "steps": [{"name": "s", "type": "task", "implementation": "noop"}]}
@@ -442,6 +454,10 @@ EXECUTION_KEYS = {
     "error",
     "metrics",
 }
+
+
+def test_cli_start_with_a_chosen_id(cli: Cli, workflow_file: Path) -> None:
+    assert cli.json("start", str(workflow_file), "--id", "from-cli")["id"] == "from-cli"
 
 
 def test_cli_start_json(cli: Cli, workflow_file: Path) -> None:

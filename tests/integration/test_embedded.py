@@ -9,6 +9,7 @@ import pytest
 
 from tamma_actors import (
     Client,
+    ExecutionExists,
     ExecutionStatus,
     IllegalTransition,
     NodeConfig,
@@ -78,9 +79,19 @@ def test_the_whole_interface_over_one_node(short_dir: Path) -> None:
         with pytest.raises(IllegalTransition):
             engine.retry_step(hung.id, "h")
 
+        chosen = engine.start_workflow(chain("chosen"), {"n": 1}, execution_id="job-1")
+        assert engine.start_workflow(chain("chosen"), {"n": 1}, execution_id="job-1").id == (
+            chosen.id
+        )
+        assert engine.wait("job-1", timeout=WAIT).status is ExecutionStatus.COMPLETED
+        with pytest.raises(ExecutionExists):
+            engine.start_workflow(chain("other"), {"n": 1}, execution_id="job-1")
+        with pytest.raises(ProtocolError, match="invalid execution id 'no/slash'"):
+            engine.start_workflow(chain("chosen"), execution_id="no/slash")
+
         listed = engine.list_workflows({"status": "completed"})
-        assert [e.id for e in listed] == [started.id]
-        assert len(engine.list_workflows()) == 2
+        assert sorted(e.id for e in listed) == sorted([started.id, "job-1"])
+        assert len(engine.list_workflows()) == 3
         assert engine.list_workflows({"limit": 0}) == []
         with pytest.raises(ProtocolError, match="invalid workflow filter"):
             engine.list_workflows({"limit": -1})

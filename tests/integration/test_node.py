@@ -22,7 +22,7 @@ import zmq
 
 from tamma_actors import Client, WorkflowValidationError
 from tamma_actors._codec import pack, unpack
-from tamma_actors._errors import IllegalTransition, RequestTimeout, UnknownStep
+from tamma_actors._errors import ExecutionExists, IllegalTransition, RequestTimeout, UnknownStep
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
@@ -316,6 +316,20 @@ def test_the_cli_starts_waits_and_prints_json(short_dir: Path) -> None:
         assert [r["id"] for r in json.loads(listed.stdout)] == [record["id"]]
     finally:
         assert _stop(proc) == 0
+
+
+def test_a_start_under_a_chosen_id_runs_once(client: Client) -> None:
+    flow = wf("once", step("hello", "echo", config={"message": "hi"}))
+    first = client.start_workflow(flow, {"pr": 7}, execution_id="pr-7")
+    done = client.wait(first.id, timeout=WAIT)
+    assert done.status.value == "completed"
+    # a retry of the same start (its reply was lost, say) gets that execution, as it is
+    again = client.start_workflow(flow, {"pr": 7}, execution_id="pr-7")
+    assert again.id == "pr-7" and again.status.value == "completed"
+    with pytest.raises(ExecutionExists, match="execution 'pr-7' exists"):
+        client.start_workflow(flow, {"pr": 8}, execution_id="pr-7")
+    events = client.get_events("pr-7")
+    assert [e.type for e in events].count("workflow.created") == 1
 
 
 def test_execute_step_runs_one_step_outside_the_schedule(client: Client) -> None:

@@ -60,7 +60,7 @@ def test_parses_a_valid_request() -> None:
 def test_defaults_are_filled_in() -> None:
     start = parse_request(frame(op="start", args={"workflow": {"name": "w"}})).args
     assert isinstance(start, StartArgs)
-    assert (start.inputs, start.source) == ({}, None)
+    assert (start.inputs, start.source, start.id) == ({}, None, None)
     lst = parse_request(frame(op="list", args={})).args
     assert isinstance(lst, ListArgs)
     assert (lst.status, lst.limit, lst.offset) == (None, None, 0)
@@ -70,7 +70,7 @@ def test_defaults_are_filled_in() -> None:
 
 def test_every_op_round_trips_through_make_request() -> None:
     samples: dict[str, dict[str, Any]] = {
-        "start": {"workflow": {"name": "w"}, "inputs": {"a": 1}, "source": "w.yaml"},
+        "start": {"workflow": {"name": "w"}, "inputs": {"a": 1}, "source": "w.yaml", "id": "x"},
         "pause": {"id": "e"},
         "resume": {"id": "e"},
         "abort": {"id": "e", "reason": "why"},

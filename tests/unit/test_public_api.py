@@ -15,6 +15,7 @@ PUBLIC = {
     "CodecError",
     "ConfigError",
     "ErrorHandlingPolicy",
+    "ExecutionExists",
     "ExecutionMetrics",
     "ExecutionStatus",
     "ExpressionError",
