@@ -11,6 +11,7 @@ each thread its own client).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -145,13 +146,23 @@ class Client(ClientSocket):
         inputs_list: Iterable[Mapping[str, Any]],
         *,
         window: int = 256,
+        execution_ids: Iterable[str] | None = None,
     ) -> list[WorkflowExecution]:
         """Start one execution of the workflow per inputs mapping, pipelined (see
-        ``request_many``); each is durable on the node when this returns."""
+        ``request_many``); each is durable on the node when this returns.
+        ``execution_ids``: one id per inputs mapping (checked before anything is sent),
+        each start then idempotent as in :meth:`start_workflow`: the same call again
+        starts nothing new."""
         definition, source = self._definition(config_or_path)
+        ids: list[str | None] = []
+        if execution_ids is not None:
+            inputs_list, ids = list(inputs_list), list(execution_ids)
+            if len(ids) != len(inputs_list):
+                raise ValueError(f"{len(ids)} execution ids for {len(inputs_list)} inputs mappings")
         calls = (
             {"workflow": definition, "inputs": dict(inputs), "source": source}
-            for inputs in inputs_list
+            | ({} if eid is None else {"id": eid})
+            for inputs, eid in zip(inputs_list, ids or itertools.repeat(None), strict=False)
         )
         return [self._execution(r) for r in self.request_many("start", calls, window=window)]
 

@@ -134,11 +134,16 @@ def test_a_relative_file_is_sent_with_its_absolute_path(
 
 
 def test_a_chosen_execution_id_is_sent_and_a_bad_one_is_refused_by_the_node(
-    client: Client,
+    client: Client, engine: FakeEngine
 ) -> None:
     assert client.start_workflow(ONE_STEP, execution_id="deploy-7:a@b.c_d").id == (
         "deploy-7:a@b.c_d"
     )
+    batch = client.start_workflows(ONE_STEP, [{"i": 1}, {"i": 2}], execution_ids=["b-1", "b-2"])
+    assert [e.id for e in batch] == ["b-1", "b-2"]
+    with pytest.raises(ValueError, match="1 execution ids for 2 inputs mappings"):
+        client.start_workflows(ONE_STEP, iter([{}, {}]), execution_ids=["only-one"])
+    assert len(engine.calls) == 3  # nothing was sent for the refused batch
     for bad in ["", "-lead", "has space", "a/b", "x" * 129]:
         with pytest.raises(RemoteError, match="invalid arguments for 'start': id") as err:
             client.start_workflow(ONE_STEP, execution_id=bad)

@@ -330,6 +330,13 @@ def test_a_start_under_a_chosen_id_runs_once(client: Client) -> None:
         client.start_workflow(flow, {"pr": 8}, execution_id="pr-7")
     events = client.get_events("pr-7")
     assert [e.type for e in events].count("workflow.created") == 1
+    # pipelined, twice: the second batch starts nothing new
+    ids = [f"batch-{i}" for i in range(20)]
+    inputs = [{"i": i} for i in range(20)]
+    first_batch = client.start_workflows(flow, inputs, execution_ids=ids)
+    second_batch = client.start_workflows(flow, inputs, execution_ids=ids)
+    assert [e.id for e in first_batch] == [e.id for e in second_batch] == ids
+    assert len(client.list_workflows()) == 21
 
 
 def test_execute_step_runs_one_step_outside_the_schedule(client: Client) -> None:
