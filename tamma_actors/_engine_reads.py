@@ -39,6 +39,7 @@ class EngineReads:
     if TYPE_CHECKING:
         _store: Store
         _health_extra: Callable[[], dict[str, Any]]
+        unrecovered: dict[str, str]
 
         def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]: ...
         def _is_resting(self, eid: str) -> bool: ...
@@ -78,7 +79,11 @@ class EngineReads:
         if isinstance(probe, Wait):
             return done(to_record(state))
         if isinstance(probe, Explain):
-            return done(explain(state, self._definition_of(state), time.time()))
+            why = explain(state, self._definition_of(state), time.time())
+            stuck = self.unrecovered.get(execution_id)
+            if stuck is not None and not state.terminal:  # nothing drives it: say so first
+                why["summary"] = f"not driven by this node: {stuck}; {why['summary']}"
+            return done(why)
         return done_or_refuse(state, probe)
 
     @guarded

@@ -148,3 +148,5 @@ def test_after_its_fourth_failure_it_is_left_to_the_store_and_health_says_why(
     why = health["recovery"]["unrecoverable"][eid]
     assert "failed 4 times" in why and "RuntimeError: a bug in a turn" in why
     assert kit.record(eid)["status"] == "running"  # as the store has it
+    summary = kit.engine.explain(eid).result(WAIT)["summary"]
+    assert summary.startswith("not driven by this node: its supervisor failed 4 times")
