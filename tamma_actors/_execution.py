@@ -164,14 +164,19 @@ class ExecutionSupervisor(
     def on_stop(self) -> None:
         if not self._broken:
             self._flush()  # a stop told in the middle of a turn: commit what it decided
-        self._release_timers()
+        self._let_go()
 
-    def _release_timers(self) -> None:
-        """Cancel every timer it armed (none of them may reach a stopped supervisor) and
-        let go of the deadlines' callback."""
+    def _let_go(self) -> None:
+        """It stopped: cancel every timer it armed (none of them may reach a stopped
+        supervisor), let go of the deadlines' callback, and answer whoever still waits for
+        its end with ActorStopped (the engine's read path then answers from the store, and
+        the next wait finds whatever drives the execution now)."""
         self._deadlines.close()
         for handle in self._retry_timers.values():
             handle.cancel()
+        waiters, self._waiters = self._waiters, []
+        for reply in waiters:
+            fail(reply, ActorStopped(f"execution {self.state.id}'s supervisor stopped"))
 
     # -- the decide / commit / effect cycle ------------------------------------------------
 
@@ -336,7 +341,7 @@ class ExecutionSupervisor(
         # A turn raised: the actor stopped without on_stop, and the timers it armed go
         # with it. Requests go to the store; once what it decided before is committed,
         # the engine brings it back from there (``_recovery``).
-        self._release_timers()
+        self._let_go()
         eid = self.state.id
         self.deps.on_terminal(eid, self.actor_ref)
         if self._broken:

@@ -116,6 +116,21 @@ def test_a_step_running_when_it_failed_is_dispatched_again_with_the_same_attempt
     assert [e["data"]["reason"] for e in redispatched] == ["recovery"]
 
 
+def test_a_wait_for_its_end_is_answered_and_the_next_wait_sees_it_end(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(step("s")))
+    kit.next_held()
+    waiting = kit.engine.wait(eid, timeout=600)
+    kit.record(eid)  # a read queued behind the wait: the wait is registered
+    _watchdog_checks_raise(monkeypatch)
+    _fail(kit, eid)
+    assert waiting.result(WAIT)["status"] == "running"  # from the store, not left hanging
+    again = kit.engine.wait(eid, timeout=600)  # brings it back, and waits there
+    _finish(kit, kit.next_held())
+    assert again.result(WAIT)["status"] == "completed"
+
+
 def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
     eid = kit.start(wf(wait_step("w", 60), step("s", "w")))
     kit.step_is(eid, "w", "running")
