@@ -22,7 +22,7 @@ from tamma_actors._errors import (
 )
 from tamma_actors._execution import Abort, GetRecord, Pause, Resume, RetryStep, Wait
 from tamma_actors._explain import Explain, explain
-from tamma_actors._futures import done, failed, gather, guarded
+from tamma_actors._futures import done, failed, gather, guarded, relay
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._workflow_file import parse_workflow
@@ -44,12 +44,17 @@ class EngineReads:
         def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]: ...
         def _is_resting(self, eid: str) -> bool: ...
 
-    def _read(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
+    def _read(
+        self, execution_id: str, make: Callable[[Future[Any]], Any], again: int = 3
+    ) -> Future[Any]:
         """A read, answered by the live supervisor; if that one stopped on a failed commit
         (a full or failing disk), the store's committed state answers instead. A resting
         execution is read from the store (current while it rests), unless the read waits
-        for its end."""
-        if self._is_resting(execution_id) and not isinstance(make(Future()), Wait):
+        for its end. A wait whose supervisor stopped under it (a turn raised: the
+        execution rests until it is brought back) is asked again, up to ``again`` times,
+        so that it waits where the execution is now."""
+        waits = isinstance(make(Future()), Wait)
+        if self._is_resting(execution_id) and not waits:
             return self._from_store_or_refuse(execution_id, make)
         live = self._ask(execution_id, make)
         out: Future[Any] = Future()
@@ -60,6 +65,11 @@ class EngineReads:
                 out.set_result(fut.result())
             elif not isinstance(exc, StoreError | ActorStopped):
                 out.set_exception(exc)
+            elif waits and again > 0 and isinstance(exc, ActorStopped):
+                try:
+                    relay(self._read(execution_id, make, again - 1), out)
+                except TammaError as err:  # the engine is closing, say
+                    out.set_exception(err)
             else:
                 try:
                     out.set_result(self._from_store_or_refuse(execution_id, make).result())

@@ -164,16 +164,19 @@ class ExecutionSupervisor(
     def on_stop(self) -> None:
         if not self._broken:
             self._flush()  # a stop told in the middle of a turn: commit what it decided
-        self._let_go()
+        self._release_timers()
+        self._answer_waiters()
 
-    def _let_go(self) -> None:
-        """It stopped: cancel every timer it armed (none of them may reach a stopped
-        supervisor), let go of the deadlines' callback, and answer whoever still waits for
-        its end with ActorStopped (the engine's read path then answers from the store, and
-        the next wait finds whatever drives the execution now)."""
+    def _release_timers(self) -> None:
+        """Cancel every timer it armed (none of them may reach a stopped supervisor) and
+        let go of the deadlines' callback."""
         self._deadlines.close()
         for handle in self._retry_timers.values():
             handle.cancel()
+
+    def _answer_waiters(self) -> None:
+        """It stopped: whoever still waits for its end gets ActorStopped, and the engine's
+        read path asks again, where the execution is now (``EngineReads._read``)."""
         waiters, self._waiters = self._waiters, []
         for reply in waiters:
             fail(reply, ActorStopped(f"execution {self.state.id}'s supervisor stopped"))
@@ -340,8 +343,9 @@ class ExecutionSupervisor(
     ) -> None:
         # A turn raised: the actor stopped without on_stop, and the timers it armed go
         # with it. Requests go to the store; once what it decided before is committed,
-        # the engine brings it back from there (``_recovery``).
-        self._let_go()
+        # the engine brings it back from there (``_recovery``), and waits for its end are
+        # asked again there.
+        self._release_timers()
         eid = self.state.id
         self.deps.on_terminal(eid, self.actor_ref)
         if self._broken:
@@ -350,6 +354,7 @@ class ExecutionSupervisor(
         def committed(failed: BaseException | None) -> None:
             if failed is None:  # (a failed commit took _on_commit_failed's path)
                 self.deps.on_failed(eid, exc)
+                self._answer_waiters()  # once it rests: their next wait wakes it
 
         self._after_tail(committed)
 

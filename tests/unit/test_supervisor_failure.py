@@ -116,19 +116,22 @@ def test_a_step_running_when_it_failed_is_dispatched_again_with_the_same_attempt
     assert [e["data"]["reason"] for e in redispatched] == ["recovery"]
 
 
-def test_a_wait_for_its_end_is_answered_and_the_next_wait_sees_it_end(
+def test_a_wait_for_its_end_goes_on_waiting_where_it_is_brought_back(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     eid = kit.start(wf(step("s")))
     kit.next_held()
-    waiting = kit.engine.wait(eid, timeout=600)
+    waiting = kit.engine.wait(eid)  # no timeout: until it ends
     kit.record(eid)  # a read queued behind the wait: the wait is registered
     _watchdog_checks_raise(monkeypatch)
-    _fail(kit, eid)
-    assert waiting.result(WAIT)["status"] == "running"  # from the store, not left hanging
-    again = kit.engine.wait(eid, timeout=600)  # brings it back, and waits there
-    _finish(kit, kit.next_held())
-    assert again.result(WAIT)["status"] == "completed"
+    failing = kit.engine._live[eid]
+    failing.tell(WatchdogCheck())
+    # the wait is asked again, which brings the execution back at once
+    kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
+    again = kit.next_held()
+    assert not waiting.done()
+    _finish(kit, again)
+    assert waiting.result(WAIT)["status"] == "completed"
 
 
 def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
