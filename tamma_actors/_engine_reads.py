@@ -106,7 +106,11 @@ class EngineReads:
 
     @guarded
     def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]:
-        return self._read(execution_id, lambda r: Wait(r, timeout))
+        if timeout is None:
+            return self._read(execution_id, lambda r: Wait(r, None))
+        # Asked again after a supervisor stopped under it (see _read): only for what is left
+        deadline = time.monotonic() + timeout
+        return self._read(execution_id, lambda r: Wait(r, max(0.0, deadline - time.monotonic())))
 
     @guarded
     def list_workflows(

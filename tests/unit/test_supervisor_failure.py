@@ -10,7 +10,9 @@ handler patched to raise.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -132,6 +134,32 @@ def test_a_wait_for_its_end_goes_on_waiting_where_it_is_brought_back(
     assert not waiting.done()
     _finish(kit, again)
     assert waiting.result(WAIT)["status"] == "completed"
+
+
+def test_a_wait_asked_again_waits_only_for_the_time_it_had_left(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tamma_actors import _engine_reads
+
+    eid = kit.start(wf(step("s")))
+    kit.next_held()
+    waiting = kit.engine.wait(eid, timeout=100)
+    kit.record(eid)
+    later = time.monotonic() + 60  # 60 s pass before it is asked again (for the engine)
+    clock = SimpleNamespace(monotonic=lambda: later, time=time.time)
+    monkeypatch.setattr(_engine_reads, "time", clock)
+    _watchdog_checks_raise(monkeypatch)
+    failing = kit.engine._live[eid]
+    failing.tell(WatchdogCheck())
+    kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
+    kit.next_held()  # the step, sent again by the new supervisor
+    # the new supervisor has the wait: its timer beside the stopped one's (which fires at
+    # nobody: a wait's timer is not cancelled, it only tells)
+    kit.until(eid, lambda _: kit.timers.pending() == 2)
+    kit.timers.advance(39.9)
+    assert not waiting.done()
+    kit.timers.advance(0.1)
+    assert waiting.result(WAIT)["status"] == "running"  # its time is up
 
 
 def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
