@@ -1,6 +1,6 @@
 """Futures the engine answers with: already done, already failed, every call guarded
-(a ``TammaError`` raised before any work becomes a failed future), and a gathering of
-many into one."""
+(a ``TammaError`` raised before any work becomes a failed future), one settled as
+another settles, and a gathering of many into one."""
 
 from __future__ import annotations
 
