@@ -165,8 +165,7 @@ class EngineRecovery:
             if made is not None:
                 self._start_supervisor(made)
             else:  # it rests until ``wake`` (None only when a supervisor was made)
-                delay = max(0.0, (wake or 0.0) - self._deps.clock())
-                self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
+                self._rest_for(eid, (wake or 0.0) - self._deps.clock())
         return True
 
     def _rest(
@@ -189,11 +188,13 @@ class EngineRecovery:
                 return False
             del self._live[state.id]
             self._keep_config(state.digest, cfg)  # a wake need not parse it again
-            delay = max(0.0, wake - self._deps.clock())
-            self._resting[state.id] = self._deps.timers.call_later(
-                delay, partial(self._woken, state.id)
-            )
+            self._rest_for(state.id, wake - self._deps.clock())
         return True
+
+    def _rest_for(self, eid: str, delay: float) -> None:
+        """Under ``_lock``: ``eid`` rests, and its timer wakes it ``delay`` seconds from now."""
+        timer = self._deps.timers.call_later(max(0.0, delay), partial(self._woken, eid))
+        self._resting[eid] = timer
 
     def _commit_lost(self, eid: str) -> None:
         """``eid`` stopped: its store writer died before confirming a commit."""
@@ -209,20 +210,17 @@ class EngineRecovery:
             if self._closed or eid in self._live or eid in self._resting:
                 return  # shutting down, or already back (a request named it meanwhile)
             failures = self._failures[eid] = self._failures.get(eid, 0) + 1
-            if failures <= len(_REVIVE_AFTER):
-                delay = _REVIVE_AFTER[failures - 1]
-                self._resting[eid] = self._deps.timers.call_later(delay, partial(self._woken, eid))
-            else:
-                self.unrecovered[eid] = (
+            if failures > len(_REVIVE_AFTER):
+                said = self.unrecovered[eid] = (
                     f"its supervisor failed {failures} times, the last with {why}; "
                     "it stays as the store has it until the node restarts"
                 )
-        if failures <= len(_REVIVE_AFTER):
-            log.error("execution %s: its supervisor failed (%s); it is brought back from the "
-                      "store in %gs (revival %d of %d)", eid, why, delay, failures,
-                      len(_REVIVE_AFTER))  # fmt: skip
-        else:
-            log.error("execution %s: %s", eid, self.unrecovered[eid])
+            else:
+                delay = _REVIVE_AFTER[failures - 1]
+                self._rest_for(eid, delay)
+                said = (f"its supervisor failed ({why}); it is brought back from the store "
+                        f"in {delay:g}s (revival {failures} of {len(_REVIVE_AFTER)})")  # fmt: skip
+        log.error("execution %s: %s", eid, said)
 
     def reactivate_unconfirmed(self) -> int:
         """A store writer is back: bring back, from what the store has, each execution
