@@ -73,6 +73,17 @@ def resolve_endpoint(
     return DEFAULT_ENDPOINT
 
 
+def _start_args(
+    definition: dict[str, Any],
+    source: str | None,
+    inputs: Mapping[str, Any],
+    execution_id: str | None,
+) -> dict[str, Any]:
+    """The ``start`` request's arguments (``id`` only when the caller chose one)."""
+    args = {"workflow": definition, "inputs": dict(inputs), "source": source}
+    return args if execution_id is None else {**args, "id": execution_id}
+
+
 def _validated(model: type[M], value: Any) -> M:
     try:
         return model.model_validate(value)
@@ -120,13 +131,7 @@ class Client(ClientSocket):
         returns that execution as it is now instead of starting another; a start under
         that id with another workflow or other inputs raises ``ExecutionExists``."""
         definition, source = self._definition(config_or_path)
-        args: dict[str, Any] = {
-            "workflow": definition,
-            "inputs": dict(inputs or {}),
-            "source": source,
-        }
-        if execution_id is not None:
-            args["id"] = execution_id
+        args = _start_args(definition, source, inputs or {}, execution_id)
         return self._execution(self.request("start", args))
 
     @staticmethod
@@ -154,15 +159,14 @@ class Client(ClientSocket):
         each start then idempotent as in :meth:`start_workflow`: the same call again
         starts nothing new."""
         definition, source = self._definition(config_or_path)
-        ids: list[str | None] = []
+        ids: Iterable[str | None] = itertools.repeat(None)
         if execution_ids is not None:
             inputs_list, ids = list(inputs_list), list(execution_ids)
             if len(ids) != len(inputs_list):
                 raise ValueError(f"{len(ids)} execution ids for {len(inputs_list)} inputs mappings")
         calls = (
-            {"workflow": definition, "inputs": dict(inputs), "source": source}
-            | ({} if eid is None else {"id": eid})
-            for inputs, eid in zip(inputs_list, ids or itertools.repeat(None), strict=False)
+            _start_args(definition, source, inputs, eid)
+            for inputs, eid in zip(inputs_list, ids, strict=False)
         )
         return [self._execution(r) for r in self.request_many("start", calls, window=window)]
 
