@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
+from benchmarks.compare._tasks import one_at_a_time
 
 __all__ = ["celery_system"]
 
@@ -87,14 +87,11 @@ def _wait_worker(app: Any, timeout: float = 60.0) -> None:
 
 
 def w1(m: Any, sizes: Sizes) -> dict[str, float]:
-    accepted, completed = [], []
-    for i in range(sizes.w1_starts):
-        began = time.perf_counter()
-        result = m.noop.apply_async((i,))
-        accepted.append((time.perf_counter() - began) * 1000)
-        result.get(timeout=sizes.timeout)
-        completed.append((time.perf_counter() - began) * 1000)
-    return latency_figures(accepted, completed)
+    return one_at_a_time(
+        sizes.w1_starts,
+        lambda i: m.noop.apply_async((i,)),
+        lambda result: result.get(timeout=sizes.timeout),
+    )
 
 
 def _chains(m: Any, count: int, steps: int, make: Any) -> float:

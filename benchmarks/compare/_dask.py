@@ -7,9 +7,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
-from benchmarks.compare._tasks import cpu, noop
+from benchmarks.compare._tasks import cpu, noop, one_at_a_time
 
 __all__ = ["dask_system"]
 
@@ -29,14 +28,11 @@ def dask_system() -> Iterator[Any]:
 
 
 def w1(c: Any, sizes: Sizes) -> dict[str, float]:
-    accepted, completed = [], []
-    for i in range(sizes.w1_starts):
-        began = time.perf_counter()
-        future = c.submit(noop, i, pure=False)
-        accepted.append((time.perf_counter() - began) * 1000)
-        future.result(timeout=sizes.timeout)
-        completed.append((time.perf_counter() - began) * 1000)
-    return latency_figures(accepted, completed)
+    return one_at_a_time(
+        sizes.w1_starts,
+        lambda i: c.submit(noop, i, pure=False),
+        lambda future: future.result(timeout=sizes.timeout),
+    )
 
 
 def _chains(c: Any, count: int, steps: int, fn: Any, first: Any) -> float:

@@ -17,9 +17,9 @@ from typing import Any
 
 from dbos import DBOS, DBOSConfig
 
-from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
 from benchmarks.compare import _tasks
+from benchmarks.compare._tasks import one_at_a_time
 
 __all__ = ["dbos_system"]
 
@@ -80,14 +80,11 @@ def dbos_system(scratch: Path) -> Iterator[None]:
 
 
 def w1(_: Any, sizes: Sizes) -> dict[str, float]:
-    accepted, completed = [], []
-    for _i in range(sizes.w1_starts):
-        began = time.perf_counter()
-        handle = DBOS.start_workflow(noop_chain, 1)  # returns once its status is stored
-        accepted.append((time.perf_counter() - began) * 1000)
-        handle.get_result()
-        completed.append((time.perf_counter() - began) * 1000)
-    return latency_figures(accepted, completed)
+    return one_at_a_time(
+        sizes.w1_starts,
+        lambda _i: DBOS.start_workflow(noop_chain, 1),  # returns once its status is stored
+        lambda handle: handle.get_result(),
+    )
 
 
 def w2(_: Any, sizes: Sizes) -> dict[str, float]:

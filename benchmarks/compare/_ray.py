@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks._stats import latency_figures
 from benchmarks._workloads import Sizes
 from benchmarks.compare import _tasks
+from benchmarks.compare._tasks import one_at_a_time
 
 __all__ = ["ray_system"]
 
@@ -45,14 +45,11 @@ def ray_system() -> Iterator[dict[str, Any]]:
 def w1(tasks: dict[str, Any], sizes: Sizes) -> dict[str, float]:
     import ray
 
-    accepted, completed = [], []
-    for i in range(sizes.w1_starts):
-        began = time.perf_counter()
-        ref = tasks["noop"].remote(i)
-        accepted.append((time.perf_counter() - began) * 1000)
-        ray.get(ref, timeout=sizes.timeout)
-        completed.append((time.perf_counter() - began) * 1000)
-    return latency_figures(accepted, completed)
+    return one_at_a_time(
+        sizes.w1_starts,
+        lambda i: tasks["noop"].remote(i),
+        lambda ref: ray.get(ref, timeout=sizes.timeout),
+    )
 
 
 def _chains(fn: Any, count: int, steps: int, first: Any) -> float:
