@@ -126,9 +126,12 @@ def run_w6(scratch: Path, sizes: Sizes, runs: int, progress: Progress) -> Result
         tap.sync(client, chain("bench-sync", 1), timeout=120.0)
         samples: list[dict[str, Any]] = []
         for run in range(runs):
-            first, second = (alone_bench, loaded_bench)[:: 1 if run % 2 == 0 else -1]
-            figures = {id(b): w2(b)["steps_per_s"] for b in (first, second)}
-            alone, loaded = figures[id(alone_bench)], figures[id(loaded_bench)]
+            if run % 2 == 0:
+                alone = w2(alone_bench)["steps_per_s"]
+                loaded = w2(loaded_bench)["steps_per_s"]
+            else:
+                loaded = w2(loaded_bench)["steps_per_s"]
+                alone = w2(alone_bench)["steps_per_s"]
             rss = psutil.Process(node.pid).memory_info().rss / (1 << 20)
             samples.append(
                 {
