@@ -23,7 +23,7 @@ from tamma_actors._admin import StoreAdmin
 from tamma_actors._breakers import BreakerRegistry
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._dispatch import Dispatcher
-from tamma_actors._engine_reads import EngineReads, done_or_refuse
+from tamma_actors._engine_reads import EngineReads, HeldWait, done_or_refuse
 from tamma_actors._errors import (
     ExecutionExists,
     IllegalTransition,
@@ -117,7 +117,8 @@ class Engine(EngineReads, EngineRecovery):
         self._configs: dict[str, WorkflowConfig] = {}  # digest -> parsed, recovering/resting
         self._resting: dict[str, TimerHandle] = {}  # only waiting: their wake timers
         self._unconfirmed: set[str] = set()  # stopped on a lost writer: back when it is
-        self._failures: dict[str, int] = {}  # how often each one's supervisor failed
+        self._failures: dict[str, tuple[int, float]] = {}  # supervisor failures: count, last
+        self._held: dict[str, list[HeldWait]] = {}  # waits for ones nothing drives now
         # starts under a client's id, until committed: id -> ((digest, inputs), reply)
         self._starting: dict[str, tuple[tuple[str, dict[str, Any]], Future[Any]]] = {}
         self._rest_after = parts.rest_after
@@ -418,6 +419,7 @@ class Engine(EngineReads, EngineRecovery):
         for ref in refs:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 ref.stop(block=True, timeout=timeout)
+        self._answer_held_waits()
         if self._deps.breakers is not None:
             self._deps.breakers.close()
         self._watchdog.close()

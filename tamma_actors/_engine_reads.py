@@ -1,15 +1,21 @@
 """The engine's read side (a mixin of :class:`~tamma_actors._engine.Engine`): records,
 statuses, waits, lists, events and explanations. A live execution's supervisor answers
 (after its pending commits); one that is not live, resting or stopped on a failed commit
-is answered from the store, which holds its committed state.
+is answered from the store, which holds its committed state, except a wait for the end of
+an unfinished one: that is held until the execution is driven again or its time is up.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import pykka
 
 from tamma_actors._errors import (
     ActorStopped,
@@ -21,6 +27,7 @@ from tamma_actors._errors import (
     UnknownStep,
 )
 from tamma_actors._execution import Abort, GetRecord, Pause, Resume, RetryStep, Wait
+from tamma_actors._execution_commit import fail, resolve
 from tamma_actors._explain import Explain, explain
 from tamma_actors._futures import done, failed, gather, guarded, relay
 from tamma_actors._models import WorkflowConfig
@@ -28,9 +35,22 @@ from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._workflow_file import parse_workflow
 
 if TYPE_CHECKING:
+    from tamma_actors._execution import ExecutionDeps
     from tamma_actors._store import Store
+    from tamma_actors._timers import TimerHandle
 
-__all__ = ["EngineReads", "done_or_refuse"]
+__all__ = ["EngineReads", "HeldWait", "done_or_refuse"]
+
+
+@dataclass(eq=False)
+class HeldWait:
+    """A wait for the end of an execution that nothing drives at the moment (see
+    ``EngineReads._hold_wait``): its reply, when its time is up (``deps.clock``), and the
+    timer that answers it then."""
+
+    reply: Future[dict[str, Any]]
+    deadline: float | None
+    timer: TimerHandle | None = None
 
 
 class EngineReads:
@@ -38,7 +58,13 @@ class EngineReads:
 
     if TYPE_CHECKING:
         _store: Store
+        _deps: ExecutionDeps
         _health_extra: Callable[[], dict[str, Any]]
+        _lock: threading.Lock
+        _live: dict[str, pykka.ActorRef[Any]]
+        _resting: dict[str, TimerHandle]
+        _held: dict[str, list[HeldWait]]
+        _closed: bool
         unrecovered: dict[str, str]
 
         def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]: ...
@@ -72,7 +98,7 @@ class EngineReads:
                     out.set_exception(err)
             else:
                 try:
-                    out.set_result(self._from_store_or_refuse(execution_id, make).result())
+                    relay(self._from_store_or_refuse(execution_id, make), out)
                 except TammaError as err:
                     out.set_exception(err)
 
@@ -87,7 +113,7 @@ class EngineReads:
         if isinstance(probe, GetRecord):
             return done(to_status(state) if probe.status_only else to_record(state))
         if isinstance(probe, Wait):
-            return done(to_record(state))
+            return done(to_record(state)) if state.terminal else self._hold_wait(state, make)
         if isinstance(probe, Explain):
             why = explain(state, self._definition_of(state), time.time())
             stuck = self.unrecovered.get(execution_id)
@@ -95,6 +121,73 @@ class EngineReads:
                 why["summary"] = f"not driven by this node: {stuck}; {why['summary']}"
             return done(why)
         return done_or_refuse(state, probe)
+
+    def _hold_wait(
+        self, state: ExecutionState, make: Callable[[Future[Any]], Any]
+    ) -> Future[dict[str, Any]]:
+        """A wait for the end of an execution that is neither terminal nor driven by a
+        supervisor (its supervisor failed and it is not back yet, its store writer died,
+        or it was given up): held until its time is up, then answered with what the store
+        has, or until the execution is brought back, then handed to its new supervisor
+        (``_hand_over_waits``). Answering the unfinished record at once would make a
+        client's wait loop ask again and again until its own deadline."""
+        reply: Future[dict[str, Any]] = Future()
+        probe = make(reply)
+        eid = state.id
+        with self._lock:
+            if self._closed:
+                return done(to_record(state))
+            if eid not in self._live and eid not in self._resting:
+                clock = self._deps.clock
+                deadline = None if probe.timeout is None else clock() + probe.timeout
+                held = HeldWait(reply, deadline)
+                self._held.setdefault(eid, []).append(held)
+                if probe.timeout is not None:
+                    due = partial(self._held_wait_due, eid, held)
+                    held.timer = self._deps.timers.call_later(probe.timeout, due)
+                return reply
+        return self._read(eid, make)  # it came back meanwhile: wait there
+
+    def _held_wait_due(self, eid: str, held: HeldWait) -> None:
+        """A held wait's time is up (on the timer thread): the store's record answers."""
+        with self._lock:
+            waits = self._held.get(eid, [])
+            if held not in waits:
+                return  # handed over, or answered on close
+            waits.remove(held)
+            if not waits:
+                del self._held[eid]
+        self._answer_from_store(eid, [held])
+
+    def _hand_over_waits(self, eid: str, ref: pykka.ActorRef[Any]) -> None:
+        """Under ``_lock``: ``eid`` is live again; its held waits wait on ``ref`` now,
+        for the time each had left."""
+        now = self._deps.clock()
+        for held in self._held.pop(eid, ()):
+            if held.timer is not None:
+                held.timer.cancel()
+            left = None if held.deadline is None else max(0.0, held.deadline - now)
+            ref.tell(Wait(held.reply, left))
+
+    def _answer_held_waits(self) -> None:
+        """Closing: every held wait gets what the store has."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for eid, waits in held.items():
+            for wait in waits:
+                if wait.timer is not None:
+                    wait.timer.cancel()
+            self._answer_from_store(eid, waits)
+
+    def _answer_from_store(self, eid: str, waits: list[HeldWait]) -> None:
+        try:
+            record = to_record(self._load(eid))
+        except TammaError as exc:
+            for wait in waits:
+                fail(wait.reply, exc)
+            return
+        for wait in waits:
+            resolve(wait.reply, record)
 
     @guarded
     def get_workflow(self, execution_id: str) -> Future[dict[str, Any]]:

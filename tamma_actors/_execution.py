@@ -331,9 +331,15 @@ class ExecutionSupervisor(
     def on_dropped(self, message: Any) -> None:
         # Queued behind a turn that raised: a read is then answered from the store (the
         # engine's read path does that on ActorStopped), anything else is refused.
+        # A wait is answered only once what the supervisor decided is committed (after a
+        # failure, the execution then rests): asked again, it waits where it is brought
+        # back, not on the store's unfinished record.
         name = type(message).__name__
         why = f"execution {self.state.id}'s supervisor stopped before it handled {name}"
-        self._fail_reply(message, ActorStopped(why))
+        if isinstance(message, Wait) and not self._broken:
+            self._after_tail(lambda _exc: fail(message.reply, ActorStopped(why)))
+        else:
+            self._fail_reply(message, ActorStopped(why))
 
     def on_failure(
         self,

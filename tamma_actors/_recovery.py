@@ -20,7 +20,8 @@ and an execution whose supervisor failed (a turn raised: a bug), from what its s
 holds once its last commit is in (``_supervisor_failed``): it rests for 0.1, then 1, then
 10 seconds (a request brings it back at once) before each of its first three revivals; a
 fourth failure leaves it as the store has it, listed in health as unrecoverable with the
-error (a restart tries again), rather than reviving a bug in a loop.
+error (a restart tries again), rather than reviving a bug in a loop. Failures are counted
+over the last hour: one that comes an hour after the one before counts as the first again.
 
 Requests are served while the loop runs: one for an execution the loop has not reached yet
 activates it on the spot, and each execution is activated once, whichever comes first.
@@ -61,6 +62,9 @@ _DEFINITIONS_KEPT = 256
 # How long an execution whose supervisor failed rests before each revival; one failure
 # more than there are entries and it is left to the store (and to the next restart).
 _REVIVE_AFTER = (0.1, 1.0, 10.0)
+# A failure this long (seconds) after an execution's last one counts as its first again;
+# only the failures of the last such span are remembered.
+_FAILURES_REMEMBERED = 3600.0
 
 
 class _Unread:
@@ -99,13 +103,14 @@ class EngineRecovery:
         _configs: dict[str, WorkflowConfig]
         _resting: dict[str, TimerHandle]
         _unconfirmed: set[str]
-        _failures: dict[str, int]
+        _failures: dict[str, tuple[int, float]]
         _rest_after: float | None
         _waker: pykka.ActorRef[Any]
         unrecovered: dict[str, str]
         repaired: dict[str, str]
 
         def _definition_of(self, state: ExecutionState) -> WorkflowConfig: ...
+        def _hand_over_waits(self, eid: str, ref: pykka.ActorRef[Any]) -> None: ...
 
     @property
     def resting_count(self) -> int:
@@ -209,7 +214,11 @@ class EngineRecovery:
         with self._lock:
             if self._closed or eid in self._live or eid in self._resting:
                 return  # shutting down, or already back (a request named it meanwhile)
-            failures = self._failures[eid] = self._failures.get(eid, 0) + 1
+            now = self._deps.clock()
+            recent = {e: f for e, f in self._failures.items() if now - f[1] < _FAILURES_REMEMBERED}
+            failures = recent.get(eid, (0, now))[0] + 1
+            recent[eid] = (failures, now)
+            self._failures = recent
             if failures > len(_REVIVE_AFTER):
                 said = self.unrecovered[eid] = (
                     f"its supervisor failed {failures} times, the last with {why}; "
@@ -261,6 +270,7 @@ class EngineRecovery:
         ref = supervisor.started()
         self._live[supervisor.state.id] = ref
         ref.tell(Recover())
+        self._hand_over_waits(supervisor.state.id, ref)
 
     def _wake(self, eid: str) -> bool:
         """A resting execution's supervisor, made now (its timer fired, or a request came);

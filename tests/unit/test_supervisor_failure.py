@@ -20,7 +20,7 @@ import pytest
 from tamma_actors import _execution
 from tamma_actors._errors import ActorStopped
 from tamma_actors._watchdog import WatchdogCheck
-from tamma_actors._workerpool import TaskFinished
+from tamma_actors._workerpool import TaskFinished, TaskStarted
 from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
 
 RETRY = {"max_attempts": 2, "base_delay": 1000, "max_delay": 1000, "jitter": 0}
@@ -196,3 +196,138 @@ def test_after_its_fourth_failure_it_is_left_to_the_store_and_health_says_why(
     assert kit.record(eid)["status"] == "running"  # as the store has it
     summary = kit.engine.explain(eid).result(WAIT)["summary"]
     assert summary.startswith("not driven by this node: its supervisor failed 4 times")
+
+
+def test_a_wait_queued_behind_the_turn_that_raises_waits_where_it_is_brought_back(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    released = threading.Event()
+    commit = kit.store.commit
+
+    def held_commit(writes: Any) -> Any:
+        released.wait(WAIT)
+        return commit(writes)
+
+    monkeypatch.setattr(kit.store, "commit", held_commit)
+    entered, go = threading.Event(), threading.Event()
+
+    def in_the_turn() -> None:
+        entered.set()
+        go.wait(WAIT)
+
+    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    failing = kit.engine._live[eid]
+    failing.tell(TaskStarted(running.task["task_id"], "w1"))  # its commit is held
+    failing.tell(WatchdogCheck())
+    assert entered.wait(WAIT)
+    waiting = kit.engine.wait(eid)  # in its inbox, not registered, when the turn raises
+    go.set()
+    kit.until(eid, lambda _: eid not in kit.engine._live)
+    time.sleep(0.05)
+    released.set()  # its last commit is in: it rests, and the wait asked again wakes it
+    kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
+    again = kit.next_held()
+    assert not waiting.done()  # not the unfinished record from the store
+    _finish(kit, again)
+    assert waiting.result(WAIT)["status"] == "completed"
+
+
+def test_a_wait_that_comes_before_it_rests_is_handed_to_its_next_supervisor(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    released = threading.Event()
+    commit = kit.store.commit
+
+    def held_commit(writes: Any) -> Any:
+        released.wait(WAIT)
+        return commit(writes)
+
+    monkeypatch.setattr(kit.store, "commit", held_commit)
+    _watchdog_checks_raise(monkeypatch)
+    failing = kit.engine._live[eid]
+    failing.tell(TaskStarted(running.task["task_id"], "w1"))  # its commit is held
+    failing.tell(WatchdogCheck())
+    deadline = time.monotonic() + WAIT
+    while eid in kit.engine._live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # neither live nor resting yet: nothing drives it while its last commit is pending
+    waiting, short = kit.engine.wait(eid), kit.engine.wait(eid, timeout=5)
+    assert len(kit.engine._held[eid]) == 2 and not waiting.done()
+    released.set()
+    kit.until(eid, lambda _: kit.engine._is_resting(eid))
+    kit.timers.advance(0.1)  # its revival: the held waits go to the new supervisor
+    kit.woken(eid)
+    assert eid not in kit.engine._held
+    again = kit.next_held()
+    kit.timers.advance(4.8)  # the short one waits there only for the time it had left
+    assert not short.done()
+    kit.timers.advance(0.1)
+    assert short.result(WAIT)["status"] == "running"
+    assert not waiting.done()
+    _finish(kit, again)
+    assert waiting.result(WAIT)["status"] == "completed"
+
+
+def test_a_wait_for_an_execution_nothing_drives_is_held_for_its_timeout(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(wait_step("w", 600)))
+    kit.step_is(eid, "w", "running")
+    _watchdog_checks_raise(monkeypatch)
+    for delay in (0.1, 1.0, 10.0):
+        _fail(kit, eid)
+        kit.timers.advance(delay)
+        kit.woken(eid)
+    _fail(kit, eid)  # given up: nothing will end it before a restart
+    waiting = kit.engine.wait(eid, timeout=30)
+    kit.timers.advance(29.9)
+    assert not waiting.done()  # a client's wait loop must not spin on it
+    kit.timers.advance(0.1)
+    assert waiting.result(WAIT)["status"] == "running"
+    forever = kit.engine.wait(eid)
+    kit.engine.close()
+    assert forever.result(WAIT)["status"] == "running"  # answered when the engine closes
+    assert kit.engine.wait(eid).result(WAIT)["status"] == "running"  # closed: at once
+
+
+def test_a_wait_that_would_be_held_as_its_execution_comes_back_waits_on_it(kit: Kit) -> None:
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    state = kit.engine._load(eid)  # read as if nothing drove it; it is live by the hold
+    waiting = kit.engine._hold_wait(state, lambda r: _execution.Wait(r, None))
+    assert eid not in kit.engine._held
+    _finish(kit, running)
+    assert waiting.result(WAIT)["status"] == "completed"
+
+
+def test_failures_an_hour_apart_do_not_add_up(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    eid = kit.start(wf(wait_step("w", 100_000)))
+    kit.step_is(eid, "w", "running")
+    _watchdog_checks_raise(monkeypatch)
+    for _ in range(6):  # each after a quiet hour: always the first, revived in 0.1 s
+        _fail(kit, eid)
+        kit.timers.advance(0.1)
+        kit.woken(eid)
+        kit.timers.advance(3600)
+    assert eid not in kit.engine.unrecovered
+    assert kit.engine._failures[eid][0] == 1
+
+
+def test_what_is_known_of_past_failures_is_forgotten_after_an_hour(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = kit.start(wf(wait_step("w", 100_000)))
+    second = kit.start(wf(wait_step("w", 100_000)))
+    kit.step_is(first, "w", "running")
+    kit.step_is(second, "w", "running")
+    _watchdog_checks_raise(monkeypatch)
+    _fail(kit, first)
+    kit.timers.advance(0.1)
+    kit.woken(first)
+    kit.timers.advance(3600)
+    _fail(kit, second)  # the first one's count goes: the table only holds the last hour's
+    assert list(kit.engine._failures) == [second]
