@@ -66,6 +66,7 @@ from tamma_actors._workerpool import (
     TaskProgress,
     TaskRedispatched,
     TaskStarted,
+    Undelivered,
 )
 from tamma_actors._writer import QueuedWriter
 
@@ -185,6 +186,7 @@ class ExecutionSupervisor(
 
     def on_receive(self, message: Any) -> Any:
         if self._broken:
+            self._hand_back(message)
             self._fail_reply(message, ActorStopped(f"execution {self.state.id} is unavailable"))
             return None
         try:
@@ -330,16 +332,23 @@ class ExecutionSupervisor(
 
     def on_dropped(self, message: Any) -> None:
         # Queued behind a turn that raised: a read is then answered from the store (the
-        # engine's read path does that on ActorStopped), anything else is refused.
-        # A wait is answered only once what the supervisor decided is committed (after a
-        # failure, the execution then rests): asked again, it waits where it is brought
-        # back, not on the store's unfinished record.
+        # engine's read path does that on ActorStopped), a step's result goes back to the
+        # pool, anything else is refused. A wait is answered only once what the supervisor
+        # decided is committed (after a failure, the execution then rests): asked again,
+        # it waits where it is brought back, not on the store's unfinished record.
         name = type(message).__name__
         why = f"execution {self.state.id}'s supervisor stopped before it handled {name}"
         if isinstance(message, Wait) and not self._broken:
             self._after_tail(lambda _exc: fail(message.reply, ActorStopped(why)))
         else:
+            self._hand_back(message)
             self._fail_reply(message, ActorStopped(why))
+
+    def _hand_back(self, message: Any) -> None:
+        """A step's result this supervisor will not take: the pool keeps it for the
+        supervisor that brings the execution back (it dispatches the same task again)."""
+        if isinstance(message, TaskFinished):
+            tell(self.deps.pool, Undelivered(message))
 
     def on_failure(
         self,

@@ -3,12 +3,13 @@
 Supervisors tell the pool :class:`Dispatch` (a task and whom to report to) and
 :class:`Cancel`; the pool tells a task's owner :class:`TaskStarted`, :class:`TaskProgress`,
 :class:`TaskFinished` and :class:`TaskRedispatched` (its worker was lost; it runs again).
-The pool tells through :func:`notify`, which a stopped owner does not fail.
+The pool tells through :func:`notify`, which a stopped owner does not fail. A supervisor
+that stops with a result it did not take hands it back (:class:`Undelivered`): the pool
+keeps such results a while for a dispatch of the same task (see ``_workerpool``).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "TaskProgress",
     "TaskRedispatched",
     "TaskStarted",
+    "Undelivered",
     "cancelled_error",
     "notify",
 ]
@@ -65,10 +67,21 @@ class TaskRedispatched:
     reason: str
 
 
-def notify(owner: pykka.ActorRef[Any], message: Any) -> None:
-    """Tell a task's owner; an execution that has ended meanwhile no longer listens."""
-    with contextlib.suppress(pykka.ActorDeadError):
+@dataclass(frozen=True)
+class Undelivered:
+    """A result its owner stopped before taking (a turn raised, or its commit failed)."""
+
+    finished: TaskFinished
+
+
+def notify(owner: pykka.ActorRef[Any], message: Any) -> bool:
+    """Tell a task's owner; False if it has stopped (an execution that has ended, or
+    one whose supervisor failed) and no longer listens."""
+    try:
         owner.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
 
 
 def cancelled_error(message: str) -> dict[str, Any]:

@@ -17,6 +17,13 @@ Frames from an identity the pool does not know, other than ``hello``, are answer
 ``StepCancelled`` result the pool did not ask for (the worker is stopping on its own,
 e.g. SIGTERM) is re-dispatched rather than reported, for the same reason as a crash.
 
+A result whose owner had stopped (its supervisor failed, or its commit did) is kept, by
+task id, for ``_KEEP_UNDELIVERED_S`` (at most ``_KEEP_UNDELIVERED`` of them), as is one an
+owner hands back (:class:`Undelivered`): the supervisor brought back from the store
+dispatches the same attempt again, and gets that result instead of running the step a
+second time. A task id names an execution, a step and an attempt, so the result is the
+one that attempt had.
+
 Shutdown order (on_stop): ``stop`` to every worker -> wait up to ``cancel_grace`` + 2 s
 for local children -> SIGKILL leftovers -> close pidfds -> close the ROUTER (linger 1 s).
 """
@@ -26,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -45,6 +52,7 @@ from tamma_actors._pool_messages import (
     TaskProgress,
     TaskRedispatched,
     TaskStarted,
+    Undelivered,
     cancelled_error,
     notify,
 )
@@ -60,12 +68,16 @@ __all__ = [
     "TaskProgress",
     "TaskRedispatched",
     "TaskStarted",
+    "Undelivered",
     "WorkerPool",
 ]
 
 log = logging.getLogger(__name__)
 
 _LINGER_MS = 1000
+# Results whose owner had stopped, kept for a dispatch of the same task (see above).
+_KEEP_UNDELIVERED = 1024
+_KEEP_UNDELIVERED_S = 600.0
 
 
 @dataclass(eq=False)
@@ -126,6 +138,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
+        # task id -> (when kept, what its owner was to be told): see the module docstring
+        self._undelivered: OrderedDict[str, tuple[float, tuple[Any, ...]]] = OrderedDict()
         self._dispatched_total = 0
         self._restarts = 0
         self._spawned = 0
@@ -178,6 +192,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             self._on_dispatch(message)
         elif isinstance(message, Cancel):
             self._on_cancel(message.task_id)
+        elif isinstance(message, Undelivered):
+            self._keep_undelivered((message.finished,))
         else:
             log.warning("WorkerPool ignores unexpected message %r", message)
 
@@ -186,6 +202,13 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         impl = msg.task.get("implementation")
         if not isinstance(task_id, str) or not isinstance(impl, str):
             log.error("dispatch without a task_id/implementation dropped: %r", msg.task)
+            return
+        kept = self._undelivered.pop(task_id, None)
+        if kept is not None and task_id not in self._tasks:
+            log.info("task %s finished while its owner was gone; its result goes to the new one",
+                     task_id)  # fmt: skip
+            for report in kept[1]:
+                notify(msg.reply_to, report)
             return
         known = self._tasks.get(task_id)
         if known is not None:
@@ -348,20 +371,36 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
     def _on_result(self, worker: PoolWorker, task: _Task, msg: dict[str, Any]) -> None:
         worker.tasks.discard(task.task_id)
         del self._tasks[task.task_id]
+        reports: tuple[Any, ...] = ()
         if not task.started and msg.get("started"):  # the start notice came with it
-            notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id))
+            reports = (TaskStarted(task.task_id, worker.worker_id),)
         error = msg.get("error") if not msg["ok"] else None
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
+            for report in reports:
+                notify(task.reply_to, report)
             self._requeue([task], f"worker {worker.worker_id} is stopping")
         else:
             if task.cancel_timer is not None:
                 task.cancel_timer.cancel()
             output = msg.get("output") if msg["ok"] else None
-            notify(
-                task.reply_to,
-                TaskFinished(task.task_id, msg["ok"], output, error, float(msg["duration_ms"])),
-            )
+            duration = float(msg["duration_ms"])
+            reports += (TaskFinished(task.task_id, msg["ok"], output, error, duration),)
+            if not all([notify(task.reply_to, report) for report in reports]):
+                self._keep_undelivered(reports)
         self._pump()
+
+    def _keep_undelivered(self, reports: tuple[Any, ...]) -> None:
+        """Keep what a stopped owner was to be told of a finished task (the last report is
+        its TaskFinished), for a dispatch of the same task; the oldest go first."""
+        now = time.monotonic()
+        kept = self._undelivered
+        kept[reports[-1].task_id] = (now, reports)
+        kept.move_to_end(reports[-1].task_id)
+        while kept:
+            oldest, _ = next(iter(kept.values()))
+            if len(kept) <= _KEEP_UNDELIVERED and now - oldest <= _KEEP_UNDELIVERED_S:
+                break
+            kept.popitem(last=False)
 
     # -- queries (ask / proxy) ---------------------------------------------------------------
 
@@ -382,6 +421,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             "waiting_for_implementation": unserved,
             "running": sum(len(w.tasks) for w in self._workers.values()),
             "dispatched_total": self._dispatched_total,
+            "results_kept": len(self._undelivered),  # for owners that had stopped
             "restarts": self._restarts,
             "local_pids": sorted(c.proc.pid for c in self._children.values()),
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -21,7 +21,7 @@ from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._execution import ExecutionDeps
 from tamma_actors._store import MemoryStore
 from tamma_actors._timers import ManualTimers
-from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskStarted
+from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskStarted, Undelivered
 from tamma_actors._writer import StoreWriter
 
 __all__ = ["WAIT", "HoldingPool", "Kit", "finished", "make_kit", "step", "wait_step", "wf"]
@@ -30,17 +30,25 @@ WAIT = 10.0
 
 
 class HoldingPool(pykka.ThreadingActor):
-    """Keeps every Dispatch for the test; records cancels."""
+    """Keeps every Dispatch for the test; records cancels, and results handed back."""
 
-    def __init__(self, held: queue.Queue[Dispatch], cancels: queue.Queue[str]) -> None:
+    def __init__(
+        self,
+        held: queue.Queue[Dispatch],
+        cancels: queue.Queue[str],
+        handed_back: queue.Queue[TaskFinished] | None = None,
+    ) -> None:
         super().__init__()
         self.held, self.cancels = held, cancels
+        self.handed_back: queue.Queue[TaskFinished] = handed_back or queue.Queue()
 
     def on_receive(self, message: Any) -> None:
         if isinstance(message, Dispatch):
             self.held.put(message)
         elif isinstance(message, Cancel):
             self.cancels.put(message.task_id)
+        elif isinstance(message, Undelivered):
+            self.handed_back.put(message.finished)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Kit:
     timers: ManualTimers
     held: queue.Queue[Dispatch]
     cancels: queue.Queue[str]
+    handed_back: queue.Queue[TaskFinished] = field(default_factory=queue.Queue)
 
     def start(self, spec: dict[str, Any]) -> str:
         return str(self.engine.start_workflow(spec, {}).result(WAIT)["id"])
@@ -107,7 +116,8 @@ def make_kit(
     store = store or MemoryStore()
     held: queue.Queue[Dispatch] = queue.Queue()
     cancels: queue.Queue[str] = queue.Queue()
-    pool = HoldingPool.start(held, cancels)
+    handed_back: queue.Queue[TaskFinished] = queue.Queue()
+    pool = HoldingPool.start(held, cancels, handed_back)
     writer = StoreWriter(store)
     writer.start()
     dispatcher = Dispatcher(threads=2)
@@ -131,7 +141,7 @@ def make_kit(
         )
     )
     try:
-        yield Kit(engine, store, timers, held, cancels)
+        yield Kit(engine, store, timers, held, cancels, handed_back)
     finally:
         engine.close()
         pool.stop()

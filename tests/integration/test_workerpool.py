@@ -24,6 +24,7 @@ from tamma_actors._workerpool import (
     TaskProgress,
     TaskRedispatched,
     TaskStarted,
+    Undelivered,
     WorkerPool,
 )
 
@@ -561,6 +562,82 @@ def test_a_dispatch_of_a_running_task_moves_its_reports_to_the_new_owner(fake: A
         assert not w.sock.poll(200), "the task was sent to the worker twice"
     finally:
         successor.stop()
+
+
+def test_a_result_its_owner_missed_goes_to_the_next_dispatch_of_the_same_task(
+    fake: Any,
+) -> None:
+    """A supervisor that failed while its step ran is brought back and dispatches the same
+    attempt again: the result the pool could not deliver answers it; the step does not
+    run twice."""
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    gone_inbox = Inbox()
+    gone = Owner.start(gone_inbox)
+    h.pool.tell(Dispatch(task("missed"), gone))
+    assert w.recv()["task_id"] == "missed"
+    gone.stop()  # its owner stopped while it ran
+    w.send(wire.result_ok("missed", 5, 1.0, started=True))
+    deadline = time.monotonic() + TIMEOUT
+    while h.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.stats()["running"] == 0  # the result is in, and nobody took it
+    assert h.stats()["results_kept"] == 1
+    successor_inbox = Inbox()
+    successor = Owner.start(successor_inbox)
+    try:
+        h.pool.tell(Dispatch(task("missed"), successor))
+        assert successor_inbox.seen(TaskStarted, "missed").worker_id == "fw1"
+        assert successor_inbox.finished("missed") == TaskFinished("missed", True, 5, None, 1.0)
+        assert not w.sock.poll(200), "the task was sent to the worker again"
+        assert h.stats()["results_kept"] == 0
+        h.pool.tell(Dispatch(task("missed"), successor))  # once only: now it runs
+        assert w.recv()["task_id"] == "missed"
+    finally:
+        successor.stop()
+    assert gone_inbox.of(TaskFinished, "missed") == []
+
+
+def test_a_result_handed_back_by_its_owner_goes_to_the_next_dispatch(fake: Any) -> None:
+    """A supervisor that stopped with the result still in its inbox hands it back."""
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("back"))
+    assert w.recv()["task_id"] == "back"
+    w.send(wire.result_ok("back", 6, 1.0))
+    finished = h.inbox.finished("back")
+    h.pool.tell(Undelivered(finished))
+    successor_inbox = Inbox()
+    successor = Owner.start(successor_inbox)
+    try:
+        h.pool.tell(Dispatch(task("back"), successor))
+        assert successor_inbox.finished("back") == finished
+        assert successor_inbox.of(TaskStarted, "back") == []
+        assert not w.sock.poll(200), "the task was sent to the worker again"
+    finally:
+        successor.stop()
+
+
+def test_results_kept_for_stopped_owners_are_bounded_in_number_and_age(
+    fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tamma_actors import _workerpool
+
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED", 2)
+    for n in range(3):
+        h.pool.tell(Undelivered(TaskFinished(f"k{n}", True, n, None, 1.0)))
+    assert h.stats()["results_kept"] == 2  # the oldest went
+    h.dispatch(task("k0"))
+    assert w.recv()["task_id"] == "k0"  # forgotten: it runs
+    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED_S", 0.05)
+    time.sleep(0.1)
+    h.pool.tell(Undelivered(TaskFinished("k3", True, 3, None, 1.0)))
+    assert h.stats()["results_kept"] == 1  # the others were too old
 
 
 def test_tcp_endpoint_is_resolved(make: Callable[..., Harness], zctx: Any) -> None:

@@ -288,9 +288,10 @@ def test_a_wait_for_an_execution_nothing_drives_is_held_for_its_timeout(
     assert not waiting.done()  # a client's wait loop must not spin on it
     kit.timers.advance(0.1)
     assert waiting.result(WAIT)["status"] == "running"
-    forever = kit.engine.wait(eid)
+    forever, timed = kit.engine.wait(eid), kit.engine.wait(eid, timeout=100)
     kit.engine.close()
     assert forever.result(WAIT)["status"] == "running"  # answered when the engine closes
+    assert timed.result(WAIT)["status"] == "running" and kit.timers.pending() == 0
     assert kit.engine.wait(eid).result(WAIT)["status"] == "running"  # closed: at once
 
 
@@ -331,3 +332,43 @@ def test_what_is_known_of_past_failures_is_forgotten_after_an_hour(
     kit.timers.advance(3600)
     _fail(kit, second)  # the first one's count goes: the table only holds the last hour's
     assert list(kit.engine._failures) == [second]
+
+
+def test_a_result_queued_behind_the_turn_that_raises_goes_back_to_the_pool(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool keeps it for the supervisor that brings the execution back, which
+    dispatches the same task again (tests/integration/test_workerpool.py)."""
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    entered, go = threading.Event(), threading.Event()
+
+    def in_the_turn() -> None:
+        entered.set()
+        go.wait(WAIT)
+
+    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    failing = kit.engine._live[eid]
+    failing.tell(WatchdogCheck())
+    assert entered.wait(WAIT)
+    _finish(kit, running)  # in its inbox when the turn raises
+    go.set()
+    back = kit.handed_back.get(timeout=WAIT)
+    assert back.task_id == running.task["task_id"] and back.output == "out"
+    kit.timers.advance(0.1)
+    kit.woken(eid)
+    again = kit.next_held()  # the same task (the pool answers it with what it kept)
+    assert again.task["task_id"] == running.task["task_id"]
+
+
+def test_a_result_that_reaches_a_supervisor_stopped_by_a_failed_commit_goes_back(
+    kit: Kit,
+) -> None:
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    supervisor = kit.engine._live[eid]._actor_weakref()
+    assert isinstance(supervisor, _execution.ExecutionSupervisor)
+    supervisor._broken = True  # as after a failed commit, before its stop is handled
+    _finish(kit, running)
+    back = kit.handed_back.get(timeout=WAIT)
+    assert back.task_id == running.task["task_id"] and back.ok
