@@ -43,6 +43,45 @@ def _watchdog_checks_raise(
     monkeypatch.setitem(_execution._DISPATCH, WatchdogCheck, raises)
 
 
+def _raise_in_a_held_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[threading.Event, threading.Event]:
+    """From now on a turn with a WatchdogCheck raises, once the test sets ``go``; it sets
+    ``entered`` when it has begun (so the test can queue messages behind it)."""
+    entered, go = threading.Event(), threading.Event()
+
+    def in_the_turn() -> None:
+        entered.set()
+        go.wait(WAIT)
+
+    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    return entered, go
+
+
+def _hold_commits(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """From now on the store's commits wait until the returned event is set."""
+    released = threading.Event()
+    commit = kit.store.commit
+
+    def held_commit(writes: Any) -> Any:
+        released.wait(WAIT)
+        return commit(writes)
+
+    monkeypatch.setattr(kit.store, "commit", held_commit)
+    return released
+
+
+def _ends_under_its_next_supervisor(kit: Kit, eid: str, failing: Any, waiting: Any) -> None:
+    """``eid`` is back under a supervisor other than ``failing``, which sends its step
+    again; ``waiting`` (a wait for its end) is not answered until the step's result
+    completes it."""
+    kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
+    again = kit.next_held()
+    assert not waiting.done()  # not the unfinished record from the store
+    _finish(kit, again)
+    assert waiting.result(WAIT)["status"] == "completed"
+
+
 def _fail(kit: Kit, eid: str) -> None:
     """Make ``eid``'s live supervisor fail, and wait until it rests (or is given up)."""
     ref = kit.engine._live[eid]
@@ -61,13 +100,7 @@ def test_requests_queued_behind_a_turn_that_raises_are_answered(
 ) -> None:
     eid = kit.start(wf(wait_step("w", 60), step("s")))
     kit.next_held()
-    entered, go = threading.Event(), threading.Event()
-
-    def in_the_turn() -> None:
-        entered.set()
-        go.wait(WAIT)
-
-    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    entered, go = _raise_in_a_held_turn(monkeypatch)
     kit.engine._live[eid].tell(WatchdogCheck())
     assert entered.wait(WAIT)
     read, pause = kit.engine.get_workflow(eid), kit.engine.pause_workflow(eid)
@@ -129,11 +162,7 @@ def test_a_wait_for_its_end_goes_on_waiting_where_it_is_brought_back(
     failing = kit.engine._live[eid]
     failing.tell(WatchdogCheck())
     # the wait is asked again, which brings the execution back at once
-    kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
-    again = kit.next_held()
-    assert not waiting.done()
-    _finish(kit, again)
-    assert waiting.result(WAIT)["status"] == "completed"
+    _ends_under_its_next_supervisor(kit, eid, failing, waiting)
 
 
 def test_a_wait_asked_again_waits_only_for_the_time_it_had_left(
@@ -175,7 +204,7 @@ def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPa
     kit.status_is(eid, "completed")
 
 
-def test_after_its_fourth_failure_it_is_left_to_the_store_and_health_says_why(
+def test_after_its_fourth_failure_it_is_left_to_the_store_and_waits_are_held(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     eid = kit.start(wf(wait_step("w", 600)))
@@ -196,6 +225,17 @@ def test_after_its_fourth_failure_it_is_left_to_the_store_and_health_says_why(
     assert kit.record(eid)["status"] == "running"  # as the store has it
     summary = kit.engine.explain(eid).result(WAIT)["summary"]
     assert summary.startswith("not driven by this node: its supervisor failed 4 times")
+    # nothing will end it before a restart: a wait for its end is held for its time
+    waiting = kit.engine.wait(eid, timeout=30)
+    kit.timers.advance(29.9)
+    assert not waiting.done()  # a client's wait loop must not spin on it
+    kit.timers.advance(0.1)
+    assert waiting.result(WAIT)["status"] == "running"
+    forever, timed = kit.engine.wait(eid), kit.engine.wait(eid, timeout=100)
+    kit.engine.close()
+    assert forever.result(WAIT)["status"] == "running"  # answered when the engine closes
+    assert timed.result(WAIT)["status"] == "running" and kit.timers.pending() == 0
+    assert kit.engine.wait(eid).result(WAIT)["status"] == "running"  # closed: at once
 
 
 def test_a_wait_queued_behind_the_turn_that_raises_waits_where_it_is_brought_back(
@@ -203,21 +243,8 @@ def test_a_wait_queued_behind_the_turn_that_raises_waits_where_it_is_brought_bac
 ) -> None:
     eid = kit.start(wf(step("s")))
     running = kit.next_held()
-    released = threading.Event()
-    commit = kit.store.commit
-
-    def held_commit(writes: Any) -> Any:
-        released.wait(WAIT)
-        return commit(writes)
-
-    monkeypatch.setattr(kit.store, "commit", held_commit)
-    entered, go = threading.Event(), threading.Event()
-
-    def in_the_turn() -> None:
-        entered.set()
-        go.wait(WAIT)
-
-    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    released = _hold_commits(kit, monkeypatch)
+    entered, go = _raise_in_a_held_turn(monkeypatch)
     failing = kit.engine._live[eid]
     failing.tell(TaskStarted(running.task["task_id"], "w1"))  # its commit is held
     failing.tell(WatchdogCheck())
@@ -227,11 +254,7 @@ def test_a_wait_queued_behind_the_turn_that_raises_waits_where_it_is_brought_bac
     kit.until(eid, lambda _: eid not in kit.engine._live)
     time.sleep(0.05)
     released.set()  # its last commit is in: it rests, and the wait asked again wakes it
-    kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
-    again = kit.next_held()
-    assert not waiting.done()  # not the unfinished record from the store
-    _finish(kit, again)
-    assert waiting.result(WAIT)["status"] == "completed"
+    _ends_under_its_next_supervisor(kit, eid, failing, waiting)
 
 
 def test_a_wait_that_comes_before_it_rests_is_handed_to_its_next_supervisor(
@@ -239,14 +262,7 @@ def test_a_wait_that_comes_before_it_rests_is_handed_to_its_next_supervisor(
 ) -> None:
     eid = kit.start(wf(step("s")))
     running = kit.next_held()
-    released = threading.Event()
-    commit = kit.store.commit
-
-    def held_commit(writes: Any) -> Any:
-        released.wait(WAIT)
-        return commit(writes)
-
-    monkeypatch.setattr(kit.store, "commit", held_commit)
+    released = _hold_commits(kit, monkeypatch)
     _watchdog_checks_raise(monkeypatch)
     failing = kit.engine._live[eid]
     failing.tell(TaskStarted(running.task["task_id"], "w1"))  # its commit is held
@@ -270,29 +286,6 @@ def test_a_wait_that_comes_before_it_rests_is_handed_to_its_next_supervisor(
     assert not waiting.done()
     _finish(kit, again)
     assert waiting.result(WAIT)["status"] == "completed"
-
-
-def test_a_wait_for_an_execution_nothing_drives_is_held_for_its_timeout(
-    kit: Kit, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    eid = kit.start(wf(wait_step("w", 600)))
-    kit.step_is(eid, "w", "running")
-    _watchdog_checks_raise(monkeypatch)
-    for delay in (0.1, 1.0, 10.0):
-        _fail(kit, eid)
-        kit.timers.advance(delay)
-        kit.woken(eid)
-    _fail(kit, eid)  # given up: nothing will end it before a restart
-    waiting = kit.engine.wait(eid, timeout=30)
-    kit.timers.advance(29.9)
-    assert not waiting.done()  # a client's wait loop must not spin on it
-    kit.timers.advance(0.1)
-    assert waiting.result(WAIT)["status"] == "running"
-    forever, timed = kit.engine.wait(eid), kit.engine.wait(eid, timeout=100)
-    kit.engine.close()
-    assert forever.result(WAIT)["status"] == "running"  # answered when the engine closes
-    assert timed.result(WAIT)["status"] == "running" and kit.timers.pending() == 0
-    assert kit.engine.wait(eid).result(WAIT)["status"] == "running"  # closed: at once
 
 
 def test_a_wait_that_would_be_held_as_its_execution_comes_back_waits_on_it(kit: Kit) -> None:
@@ -341,13 +334,7 @@ def test_a_result_queued_behind_the_turn_that_raises_goes_back_to_the_pool(
     dispatches the same task again (tests/integration/test_workerpool.py)."""
     eid = kit.start(wf(step("s")))
     running = kit.next_held()
-    entered, go = threading.Event(), threading.Event()
-
-    def in_the_turn() -> None:
-        entered.set()
-        go.wait(WAIT)
-
-    _watchdog_checks_raise(monkeypatch, in_the_turn)
+    entered, go = _raise_in_a_held_turn(monkeypatch)
     failing = kit.engine._live[eid]
     failing.tell(WatchdogCheck())
     assert entered.wait(WAIT)
