@@ -150,6 +150,7 @@ class ExecutionSupervisor(
         self._lost: dict[str, int] = {}  # task id -> times its worker was lost
         self._retry_timers: dict[str, TimerHandle] = {}
         self._waiters: list[Future[dict[str, Any]]] = []
+        self._wait_timers: dict[Future[dict[str, Any]], TimerHandle] = {}  # timed waits
         self._snapshot_seq = state.seq
         self._deps_of = config.dependency_map()  # shared by every execution of it
         self._broken = False
@@ -172,8 +173,9 @@ class ExecutionSupervisor(
         """Cancel every timer it armed (none of them may reach a stopped supervisor) and
         let go of the deadlines' callback."""
         self._deadlines.close()
-        for handle in self._retry_timers.values():
+        for handle in [*self._retry_timers.values(), *self._wait_timers.values()]:
             handle.cancel()
+        self._wait_timers.clear()
 
     def _answer_waiters(self) -> None:
         """It stopped: whoever still waits for its end gets ActorStopped, and the engine's

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tamma_actors._errors import IllegalTransition, UnknownStep
@@ -101,6 +102,7 @@ class ExecutionControl:
         _deps_of: Mapping[str, tuple[str, ...]]
         _retry_timers: dict[str, TimerHandle]
         _waiters: list[Future[dict[str, Any]]]
+        _wait_timers: dict[Future[dict[str, Any]], TimerHandle]
         actor_ref: pykka.ActorRef[Any]
 
         def _emit(self, etype: str, **data: Any) -> None: ...
@@ -164,9 +166,11 @@ class ExecutionControl:
         self._waiters.append(msg.reply)
         if msg.timeout is not None:
             ref = self.actor_ref
-            self.deps.timers.call_later(msg.timeout, lambda: tell(ref, WaitExpired(msg.reply)))
+            expire = partial(tell, ref, WaitExpired(msg.reply))
+            self._wait_timers[msg.reply] = self.deps.timers.call_later(msg.timeout, expire)
 
     def _on_wait_expired(self, msg: WaitExpired) -> None:
+        self._wait_timers.pop(msg.reply, None)
         if msg.reply in self._waiters:
             self._waiters.remove(msg.reply)
             self._reply_committed(msg.reply, to_record(self.state))

@@ -182,9 +182,8 @@ def test_a_wait_asked_again_waits_only_for_the_time_it_had_left(
     failing.tell(WatchdogCheck())
     kit.until(eid, lambda _: kit.engine._live.get(eid) not in (None, failing))
     kit.next_held()  # the step, sent again by the new supervisor
-    # the new supervisor has the wait: its timer beside the stopped one's (which fires at
-    # nobody: a wait's timer is not cancelled, it only tells)
-    kit.until(eid, lambda _: kit.timers.pending() == 2)
+    # the new supervisor has the wait: its timer only (the stopped one's is cancelled)
+    kit.until(eid, lambda _: kit.timers.pending() == 1)
     kit.timers.advance(39.9)
     assert not waiting.done()
     kit.timers.advance(0.1)
@@ -359,3 +358,15 @@ def test_a_result_that_reaches_a_supervisor_stopped_by_a_failed_commit_goes_back
     _finish(kit, running)
     back = kit.handed_back.get(timeout=WAIT)
     assert back.task_id == running.task["task_id"] and back.ok
+
+
+def test_a_timed_wait_leaves_no_timer_once_its_execution_ends(kit: Kit) -> None:
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    waiting = kit.engine.wait(eid, timeout=3600)
+    kit.record(eid)  # queued behind the wait: the wait is registered, with its timer
+    assert kit.timers.pending() == 1
+    _finish(kit, running)
+    assert waiting.result(WAIT)["status"] == "completed"
+    kit.until(eid, lambda _: eid not in kit.engine._live)  # its supervisor stopped
+    kit.until(eid, lambda _: kit.timers.pending() == 0)  # and its wait's timer went with it
