@@ -193,6 +193,8 @@ class ExecutionSupervisor(
             return None
         try:
             self._handle(message)
+            if isinstance(message, TaskFinished):  # back to the pool if its commit fails
+                self._batch.reports.append(message)
         except TammaError as exc:  # a refused request: answer it, the execution goes on
             self._fail_reply(message, exc)
         except Exception as exc:
@@ -347,8 +349,9 @@ class ExecutionSupervisor(
             self._fail_reply(message, ActorStopped(why))
 
     def _hand_back(self, message: Any) -> None:
-        """A step's result this supervisor will not take: the pool keeps it for the
-        supervisor that brings the execution back (it dispatches the same task again)."""
+        """A step's result this supervisor will not take, or could not record (its commit
+        failed): the pool keeps it for the supervisor that brings the execution back (it
+        dispatches the same task again)."""
         if isinstance(message, TaskFinished):
             tell(self.deps.pool, Undelivered(message))
 

@@ -48,6 +48,8 @@ class Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
     effects: list[Effect] = field(default_factory=list)
     replies: list[Future[dict[str, Any]]] = field(default_factory=list)
+    # the step results this batch records: if its commit fails, they go back to the pool
+    reports: list[Any] = field(default_factory=list)
     # What must wait for this batch's commit: later replies and effects that describe or
     # depend on state this batch has not yet made durable. Settled on the writer thread.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -82,6 +84,8 @@ class CommitCycle:
         _broken: bool
         _deadlines: Deadlines
         actor_ref: pykka.ActorRef[Any]
+
+        def _hand_back(self, message: Any) -> None: ...
 
     def _emit(self, etype: str, **data: Any) -> None:
         event = make_event(self.state, etype, self.deps.clock(), **data)
@@ -183,6 +187,8 @@ class CommitCycle:
         for reply in [*batch.replies, *waiters]:
             fail(reply, exc)
         self._broken = True  # the in-memory state ran ahead of the store; the store is right
+        for report in batch.reports:  # not recorded: the supervisor that comes back gets them
+            self._hand_back(report)
         self.deps.on_terminal(self.state.id, self.actor_ref)
         if isinstance(exc, StoreWriterLost):
             self.deps.on_commit_lost(self.state.id)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tamma_actors import _execution
-from tamma_actors._errors import ActorStopped
+from tamma_actors._errors import ActorStopped, StoreWriterLost
 from tamma_actors._watchdog import WatchdogCheck
 from tamma_actors._workerpool import TaskFinished, TaskStarted
 from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
@@ -370,3 +370,27 @@ def test_a_timed_wait_leaves_no_timer_once_its_execution_ends(kit: Kit) -> None:
     assert waiting.result(WAIT)["status"] == "completed"
     kit.until(eid, lambda _: eid not in kit.engine._live)  # its supervisor stopped
     kit.until(eid, lambda _: kit.timers.pending() == 0)  # and its wait's timer went with it
+
+
+def test_a_result_whose_commit_is_lost_goes_back_to_the_pool(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its store writer died before confirming the commit: the execution is brought back
+    from the store once a writer is back, and dispatches the same task again, which the
+    pool answers with the result it was handed."""
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    commit = kit.store.commit
+
+    def lost(writes: Any) -> None:
+        raise StoreWriterLost("the store writer process died")
+
+    monkeypatch.setattr(kit.store, "commit", lost)
+    _finish(kit, running)
+    back = kit.handed_back.get(timeout=WAIT)
+    assert back.task_id == running.task["task_id"] and back.output == "out"
+    monkeypatch.setattr(kit.store, "commit", commit)
+    assert kit.engine.reactivate_unconfirmed() == 1
+    again = kit.next_held()
+    assert again.task["task_id"] == running.task["task_id"]
+    kit.step_is(eid, "s", "dispatched", "running")  # the lost commit is not in the store
