@@ -18,7 +18,8 @@ Frames from an identity the pool does not know, other than ``hello``, are answer
 e.g. SIGTERM) is re-dispatched rather than reported, for the same reason as a crash.
 
 A result whose owner had stopped (its supervisor failed, or its commit did) is kept, by
-task id, for ``_KEEP_UNDELIVERED_S`` (at most ``_KEEP_UNDELIVERED`` of them), as is one an
+task id, for ``_KEEP_UNDELIVERED_S`` (at most ``_KEEP_UNDELIVERED`` of them, with outputs
+and errors of ``_KEEP_UNDELIVERED_BYTES`` in all, encoded), as is one an
 owner hands back (:class:`Undelivered`): the supervisor brought back from the store
 dispatches the same attempt again, and gets that result instead of running the step a
 second time. A task id names an execution, a step and an attempt, so the result is the
@@ -43,6 +44,7 @@ import pykka
 import zmq
 
 from tamma_actors import _wire as wire
+from tamma_actors._codec import pack
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._pool_messages import (
@@ -78,6 +80,17 @@ _LINGER_MS = 1000
 # Results whose owner had stopped, kept for a dispatch of the same task (see above).
 _KEEP_UNDELIVERED = 1024
 _KEEP_UNDELIVERED_S = 600.0
+_KEEP_UNDELIVERED_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What a stopped owner was to be told of a finished task (the last report is its
+    TaskFinished), since when, and how many bytes its output and error take encoded."""
+
+    at: float
+    size: int
+    reports: tuple[Any, ...]
 
 
 @dataclass(eq=False)
@@ -139,7 +152,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
         # task id -> (when kept, what its owner was to be told): see the module docstring
-        self._undelivered: OrderedDict[str, tuple[float, tuple[Any, ...]]] = OrderedDict()
+        self._undelivered: OrderedDict[str, _Kept] = OrderedDict()
+        self._undelivered_bytes = 0
         self._dispatched_total = 0
         self._restarts = 0
         self._spawned = 0
@@ -204,10 +218,12 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             log.error("dispatch without a task_id/implementation dropped: %r", msg.task)
             return
         kept = self._undelivered.pop(task_id, None)
+        if kept is not None:
+            self._undelivered_bytes -= kept.size
         if kept is not None and task_id not in self._tasks:
             log.info("task %s finished while its owner was gone; its result goes to the new one",
                      task_id)  # fmt: skip
-            for report in kept[1]:
+            for report in kept.reports:
                 notify(msg.reply_to, report)
             return
         known = self._tasks.get(task_id)
@@ -392,15 +408,30 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
     def _keep_undelivered(self, reports: tuple[Any, ...]) -> None:
         """Keep what a stopped owner was to be told of a finished task (the last report is
         its TaskFinished), for a dispatch of the same task; the oldest go first."""
+        finished: TaskFinished = reports[-1]
+        try:
+            size = len(pack([finished.output, finished.error]))
+        except TammaError:  # it came over the wire, so this is not expected: not kept
+            size = _KEEP_UNDELIVERED_BYTES + 1
+        if size > _KEEP_UNDELIVERED_BYTES:
+            log.warning("result of %s not kept for a later dispatch: %d bytes",
+                        finished.task_id, size)  # fmt: skip
+            return
         now = time.monotonic()
         kept = self._undelivered
-        kept[reports[-1].task_id] = (now, reports)
-        kept.move_to_end(reports[-1].task_id)
+        old = kept.pop(finished.task_id, None)
+        self._undelivered_bytes += size - (old.size if old is not None else 0)
+        kept[finished.task_id] = _Kept(now, size, reports)
         while kept:
-            oldest, _ = next(iter(kept.values()))
-            if len(kept) <= _KEEP_UNDELIVERED and now - oldest <= _KEEP_UNDELIVERED_S:
+            oldest = next(iter(kept.values()))
+            if (
+                len(kept) <= _KEEP_UNDELIVERED
+                and self._undelivered_bytes <= _KEEP_UNDELIVERED_BYTES
+                and now - oldest.at <= _KEEP_UNDELIVERED_S
+            ):
                 break
             kept.popitem(last=False)
+            self._undelivered_bytes -= oldest.size
 
     # -- queries (ask / proxy) ---------------------------------------------------------------
 
@@ -422,6 +453,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             "running": sum(len(w.tasks) for w in self._workers.values()),
             "dispatched_total": self._dispatched_total,
             "results_kept": len(self._undelivered),  # for owners that had stopped
+            "results_kept_bytes": self._undelivered_bytes,
             "restarts": self._restarts,
             "local_pids": sorted(c.proc.pid for c in self._children.values()),
         }

@@ -620,7 +620,7 @@ def test_a_result_handed_back_by_its_owner_goes_to_the_next_dispatch(fake: Any) 
         successor.stop()
 
 
-def test_results_kept_for_stopped_owners_are_bounded_in_number_and_age(
+def test_results_kept_for_stopped_owners_are_bounded_in_number_age_and_bytes(
     fake: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tamma_actors import _workerpool
@@ -638,6 +638,15 @@ def test_results_kept_for_stopped_owners_are_bounded_in_number_and_age(
     time.sleep(0.1)
     h.pool.tell(Undelivered(TaskFinished("k3", True, 3, None, 1.0)))
     assert h.stats()["results_kept"] == 1  # the others were too old
+    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED", 100)
+    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED_BYTES", 2500)
+    h.pool.tell(Undelivered(TaskFinished("big", True, "x" * 3000, None, 1.0)))
+    assert h.stats()["results_kept"] == 1  # over the whole budget alone: not kept
+    h.pool.tell(Undelivered(TaskFinished("m0", True, "x" * 1500, None, 1.0)))
+    assert h.stats()["results_kept"] == 2  # k3 and m0 fit in the 2,500 bytes
+    h.pool.tell(Undelivered(TaskFinished("m1", True, "x" * 1500, None, 1.0)))
+    stats = h.stats()  # m1 does not fit beside m0: both older ones go
+    assert stats["results_kept"] == 1 and 1500 < stats["results_kept_bytes"] < 1600
 
 
 def test_tcp_endpoint_is_resolved(make: Callable[..., Harness], zctx: Any) -> None:
