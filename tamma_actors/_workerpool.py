@@ -17,7 +17,8 @@ Frames from an identity the pool does not know, other than ``hello``, are answer
 ``StepCancelled`` result the pool did not ask for (the worker is stopping on its own,
 e.g. SIGTERM) is re-dispatched rather than reported, for the same reason as a crash.
 
-A result whose owner had stopped (its supervisor failed, or its commit did) is kept, by
+A result whose owner had stopped (its supervisor failed, or its commit did), unless the
+owner had cancelled the task, is kept, by
 task id, for ``_KEEP_UNDELIVERED_S`` (at most ``_KEEP_UNDELIVERED`` of them, with outputs
 and errors of ``_KEEP_UNDELIVERED_BYTES`` in all, encoded), as is one an
 owner hands back (:class:`Undelivered`): the supervisor brought back from the store
@@ -401,7 +402,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             output = msg.get("output") if msg["ok"] else None
             duration = float(msg["duration_ms"])
             reports += (TaskFinished(task.task_id, msg["ok"], output, error, duration),)
-            if not all([notify(task.reply_to, report) for report in reports]):
+            delivered = all([notify(task.reply_to, report) for report in reports])
+            if not delivered and task.cancel_timer is None:  # not one its owner cancelled
                 self._keep_undelivered(reports)
         self._pump()
 

@@ -599,6 +599,27 @@ def test_a_result_its_owner_missed_goes_to_the_next_dispatch_of_the_same_task(
     assert gone_inbox.of(TaskFinished, "missed") == []
 
 
+def test_the_result_of_a_task_its_owner_cancelled_is_not_kept(fake: Any) -> None:
+    """An aborted execution's supervisor cancels its steps and stops: their late
+    StepCancelled results are for nobody and must not crowd out results worth keeping."""
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    gone = Owner.start(Inbox())
+    h.pool.tell(Dispatch(task("aborted"), gone))
+    assert w.recv()["task_id"] == "aborted"
+    h.pool.tell(Cancel("aborted"))
+    assert w.recv() == wire.cancel("aborted")
+    gone.stop()
+    error = {"type": "StepCancelled", "message": "cancelled", "retryable": False,
+             "retry_after": None}  # fmt: skip
+    w.send(wire.result_error("aborted", error, 1.0))
+    deadline = time.monotonic() + TIMEOUT
+    while h.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.stats()["running"] == 0 and h.stats()["results_kept"] == 0
+
+
 def test_a_result_handed_back_by_its_owner_goes_to_the_next_dispatch(fake: Any) -> None:
     """A supervisor that stopped with the result still in its inbox hands it back."""
     h, new = fake
