@@ -18,13 +18,12 @@ Frames from an identity the pool does not know, other than ``hello``, are answer
 e.g. SIGTERM) is re-dispatched rather than reported, for the same reason as a crash.
 
 A result whose owner had stopped (its supervisor failed, or its commit did), unless the
-owner had cancelled the task, is kept, by
-task id, for ``_KEEP_UNDELIVERED_S`` (at most ``_KEEP_UNDELIVERED`` of them, with outputs
-and errors of ``_KEEP_UNDELIVERED_BYTES`` in all, encoded), as is one an
-owner hands back (:class:`Undelivered`): the supervisor brought back from the store
-dispatches the same attempt again, and gets that result instead of running the step a
-second time. A task id names an execution, a step and an attempt, so the result is the
-one that attempt had.
+owner had cancelled the task, is kept by task id, as is one an owner hands back
+(:class:`Undelivered`): the supervisor brought back from the store dispatches the same
+attempt again, and gets that result instead of running the step a second time. A task
+id names an execution, a step and an attempt, so the result is the one that attempt had.
+At most ``_KEEP_UNDELIVERED`` results are kept, with outputs and errors of
+``_KEEP_UNDELIVERED_BYTES`` in all (encoded), each for ``_KEEP_UNDELIVERED_S``.
 
 Shutdown order (on_stop): ``stop`` to every worker -> wait up to ``cancel_grace`` + 2 s
 for local children -> SIGKILL leftovers -> close pidfds -> close the ROUTER (linger 1 s).
