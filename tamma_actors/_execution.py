@@ -345,7 +345,8 @@ class ExecutionSupervisor(
         if isinstance(message, Wait) and not self._broken:
             self._after_tail(lambda _exc: fail(message.reply, ActorStopped(why)))
         else:
-            self._hand_back(message)
+            if not self.state.terminal:  # an ended execution is not brought back
+                self._hand_back(message)
             self._fail_reply(message, ActorStopped(why))
 
     def _hand_back(self, message: Any) -> None:

@@ -9,6 +9,7 @@ handler patched to raise.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from tamma_actors import _execution
 from tamma_actors._errors import ActorStopped, StoreWriterLost
 from tamma_actors._watchdog import WatchdogCheck
 from tamma_actors._workerpool import TaskFinished, TaskStarted
-from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
+from tests.timekit import WAIT, Kit, finished, make_kit, step, wait_step, wf
 
 RETRY = {"max_attempts": 2, "base_delay": 1000, "max_delay": 1000, "jitter": 0}
 
@@ -394,3 +395,18 @@ def test_a_result_whose_commit_is_lost_goes_back_to_the_pool(
     again = kit.next_held()
     assert again.task["task_id"] == running.task["task_id"]
     kit.step_is(eid, "s", "dispatched", "running")  # the lost commit is not in the store
+
+
+def test_an_ended_execution_hands_back_no_result(kit: Kit) -> None:
+    """An aborted execution is not brought back: the late result of its cancelled step,
+    queued when its supervisor stops, is not handed to the pool. (A supervisor stopped
+    by a failed commit hands every result back: the store may not have the end.)"""
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    supervisor = kit.engine._live[eid]._actor_weakref()
+    assert isinstance(supervisor, _execution.ExecutionSupervisor)
+    assert kit.engine.abort_workflow(eid).result(WAIT)["status"] == "aborted"
+    late = finished(running, error={"type": "StepCancelled", "message": "cancelled"})
+    supervisor.on_dropped(late)
+    with pytest.raises(queue.Empty):
+        kit.handed_back.get(timeout=0.2)
