@@ -151,7 +151,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
-        # task id -> (when kept, what its owner was to be told): see the module docstring
+        # task id -> what its stopped owner was to be told: see the module docstring
         self._undelivered: OrderedDict[str, _Kept] = OrderedDict()
         self._undelivered_bytes = 0
         self._dispatched_total = 0
