@@ -72,6 +72,25 @@ def _hold_commits(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return released
 
 
+def _a_step_running_with_commits_held(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, Any, threading.Event]:
+    """A one-step execution whose step was dispatched, and from now on the store's commits
+    wait for the returned event: (its id, the dispatch, the event)."""
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    return eid, running, _hold_commits(kit, monkeypatch)
+
+
+def _fail_with_a_commit_held(kit: Kit, eid: str, running: Any) -> Any:
+    """Tell ``eid``'s supervisor that its step started (a commit the store holds back),
+    then a WatchdogCheck (its turn raises); returns that supervisor."""
+    failing = kit.engine._live[eid]
+    failing.tell(TaskStarted(running.task["task_id"], "w1"))
+    failing.tell(WatchdogCheck())
+    return failing
+
+
 def _ends_under_its_next_supervisor(kit: Kit, eid: str, failing: Any, waiting: Any) -> None:
     """``eid`` is back under a supervisor other than ``failing``, which sends its step
     again; ``waiting`` (a wait for its end) is not answered until the step's result
@@ -241,18 +260,21 @@ def test_after_its_fourth_failure_it_is_left_to_the_store_and_waits_are_held(
 def test_a_wait_queued_behind_the_turn_that_raises_waits_where_it_is_brought_back(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    eid = kit.start(wf(step("s")))
-    running = kit.next_held()
-    released = _hold_commits(kit, monkeypatch)
+    eid, running, released = _a_step_running_with_commits_held(kit, monkeypatch)
     entered, go = _raise_in_a_held_turn(monkeypatch)
-    failing = kit.engine._live[eid]
-    failing.tell(TaskStarted(running.task["task_id"], "w1"))  # its commit is held
-    failing.tell(WatchdogCheck())
+    dropped = threading.Event()
+    on_dropped = _execution.ExecutionSupervisor.on_dropped
+
+    def dropping(sup: _execution.ExecutionSupervisor, message: Any) -> None:
+        on_dropped(sup, message)
+        dropped.set()
+
+    monkeypatch.setattr(_execution.ExecutionSupervisor, "on_dropped", dropping)
+    failing = _fail_with_a_commit_held(kit, eid, running)
     assert entered.wait(WAIT)
     waiting = kit.engine.wait(eid)  # in its inbox, not registered, when the turn raises
     go.set()
-    kit.until(eid, lambda _: eid not in kit.engine._live)
-    time.sleep(0.05)
+    assert dropped.wait(WAIT)  # the wait, dropped while the failure's commit is held
     released.set()  # its last commit is in: it rests, and the wait asked again wakes it
     _ends_under_its_next_supervisor(kit, eid, failing, waiting)
 
@@ -260,13 +282,9 @@ def test_a_wait_queued_behind_the_turn_that_raises_waits_where_it_is_brought_bac
 def test_a_wait_that_comes_before_it_rests_is_handed_to_its_next_supervisor(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    eid = kit.start(wf(step("s")))
-    running = kit.next_held()
-    released = _hold_commits(kit, monkeypatch)
+    eid, running, released = _a_step_running_with_commits_held(kit, monkeypatch)
     _watchdog_checks_raise(monkeypatch)
-    failing = kit.engine._live[eid]
-    failing.tell(TaskStarted(running.task["task_id"], "w1"))  # its commit is held
-    failing.tell(WatchdogCheck())
+    _fail_with_a_commit_held(kit, eid, running)
     deadline = time.monotonic() + WAIT
     while eid in kit.engine._live and time.monotonic() < deadline:
         time.sleep(0.01)
