@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         StepCancelled,
         StepContext,
         StepFailure,
+        inline_step,
     )
     from tamma_actors._workflow_file import load_workflow, parse_workflow
 
@@ -119,6 +120,7 @@ _LAZY = {
     "WorkflowState": "tamma_actors._models",
     "WorkflowStep": "tamma_actors._models",
     "WorkflowValidationError": "tamma_actors._errors",
+    "inline_step": "tamma_actors._step_api",
     "load_node_config": "tamma_actors._config",
     "load_workflow": "tamma_actors._workflow_file",
     "parse_workflow": "tamma_actors._workflow_file",
@@ -188,6 +190,7 @@ __all__ = [
     "WorkflowState",
     "WorkflowStep",
     "WorkflowValidationError",
+    "inline_step",
     "load_node_config",
     "load_workflow",
     "parse_workflow",

@@ -13,7 +13,13 @@ import subprocess
 import time
 from typing import Any, TypeVar
 
-from tamma_actors._step_api import NonRetryable, StepCancelled, StepContext, StepFailure
+from tamma_actors._step_api import (
+    NonRetryable,
+    StepCancelled,
+    StepContext,
+    StepFailure,
+    inline_step,
+)
 
 __all__ = ["cpu", "crash", "echo", "fail", "hang", "noop", "record", "shell", "sleep"]
 
@@ -49,11 +55,13 @@ def _non_negative(name: str, value: float) -> float:
     return float(value)
 
 
+@inline_step
 def noop(ctx: StepContext) -> Any:
     """Pass the step's input through unchanged."""
     return ctx.input
 
 
+@inline_step
 def echo(ctx: StepContext) -> Any:
     """Return ``config["message"]``."""
     return _field(ctx, "message", object)
@@ -79,6 +87,7 @@ def cpu(ctx: StepContext) -> dict[str, Any]:
     return {"ms": budget * 1000.0, "spins": spins}
 
 
+@inline_step
 def fail(ctx: StepContext) -> dict[str, Any]:
     """Fail attempts 1..``config["times"]``, then succeed with ``{"attempt": n}``."""
     times = _field(ctx, "times", int, 1)

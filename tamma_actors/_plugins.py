@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 
 from tamma_actors._errors import ConfigError, UnknownImplementation
-from tamma_actors._step_api import StepFunction
+from tamma_actors._step_api import StepFunction, is_inline
 
 __all__ = ["BUILTIN_NAMES", "ENTRY_POINT_GROUP", "PluginRegistry", "load_registry"]
 
@@ -78,6 +78,13 @@ class PluginRegistry:
             fn = self._load(name, loader)
             self._loaded[name] = fn
             return fn
+
+    def loaded_inline(self, name: str) -> StepFunction | None:
+        """``name``'s implementation if it is already loaded and marked inline, else None.
+        Never imports: the socket thread asks this, and a plugin's first import (which can
+        take any time) happens on a step runner thread."""
+        fn = self._loaded.get(name)
+        return fn if fn is not None and is_inline(fn) else None
 
     @staticmethod
     def _load(name: str, loader: Loader) -> StepFunction:

@@ -12,6 +12,14 @@ value. It signals failure by raising:
 * :class:`RetryAfter` - retry, but not before ``seconds``;
 * :class:`StepCancelled` - the step saw its cancellation and stopped.
 
+An implementation decorated with :func:`inline_step` is quick and never blocks: the worker
+runs it on its socket thread, as soon as its frame is read, instead of handing it to a
+step runner thread and back (two thread hand-offs, most of a fast step's cost in the
+worker). The built-in ``noop``, ``echo`` and ``fail`` are inline. Anything that waits, does
+I/O or computes for more than a fraction of a millisecond must not be: while it runs, the
+worker reads no frame, sends no other step's result and no heartbeat, and it cannot be
+cancelled.
+
 Any other exception is reported with its class name as the error type and ``retryable``
 None. These classes sit outside the :class:`~tamma_actors.TammaError` tree on purpose:
 they are raised by plugin code *to* the worker, never by tamma_actors to its callers.
@@ -22,7 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "NonRetryable",
@@ -32,6 +40,8 @@ __all__ = [
     "StepFailure",
     "StepFunction",
     "describe_error",
+    "inline_step",
+    "is_inline",
 ]
 
 
@@ -105,6 +115,22 @@ class StepContext:
 
 
 StepFunction = Callable[[StepContext], Any]
+
+F = TypeVar("F", bound=StepFunction)
+
+_INLINE_MARK = "__tamma_inline__"
+
+
+def inline_step(fn: F) -> F:
+    """Mark a step implementation as quick and non-blocking: workers run it on their socket
+    thread (see the module docstring for what that rules out)."""
+    setattr(fn, _INLINE_MARK, True)
+    return fn
+
+
+def is_inline(fn: object) -> bool:
+    """Whether ``fn`` was marked with :func:`inline_step`."""
+    return getattr(fn, _INLINE_MARK, False) is True
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:

@@ -5,9 +5,11 @@ the socket and an eventfd. ``slots`` step runners (pykka ThreadingActors, one st
 time each: ``_worker_runners``) run the steps; whatever they need sent (``started``,
 ``progress``, ``result``) is encoded on their thread, put on the outbox queue, and the
 eventfd wakes the main thread, which sends it (a start notice may be held a while: see
-``_worker_outbox``). Until a welcome comes the worker says hello again every few
-heartbeat intervals; once welcomed it sends heartbeats. A managed worker whose parent is
-gone exits (``EXIT_PARENT_DIED``).
+``_worker_outbox``). An inline step (``noop``, ``echo``, ``fail``, or a plugin marked with
+``inline_step``) runs on the main thread as its frame is read, and its result goes out
+with the others read in the same batch: no thread hand-off. Until a welcome comes the
+worker says hello again every few heartbeat intervals; once welcomed it sends heartbeats.
+A managed worker whose parent is gone exits (``EXIT_PARENT_DIED``).
 
 Shutdown order: stop requested (``stop`` frame, or :meth:`Worker.request_stop`) ->
 queued tasks answered as cancelled -> running steps' cancel events set -> wait up to
@@ -55,6 +57,8 @@ EXIT_TRANSPORT = 4
 # have restarted (ZeroMQ reconnects silently) or not have been up yet.
 HELLO_RETRY_INTERVALS = 3
 _LINGER_MS = 1000
+# In a long batch of frames, send the inline steps' results at least this often.
+_INLINE_FLUSH = 64
 
 _PROCESS = psutil.Process()
 
@@ -261,13 +265,21 @@ class Worker:
                 self._runners.finished(finished)
 
     def _drain_socket(self) -> None:
+        """Handle every frame queued on the socket, then send what inline steps answered
+        (also every ``_INLINE_FLUSH`` frames, so a long batch does not hold them back)."""
+        received = 0
         while True:
             try:
                 parts = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                if self._outbox.pending:
+                    self._flush_outbox()
                 return
             except zmq.ZMQError as exc:
                 raise TransportError(f"worker receive failed: {exc}") from exc
+            received += 1
+            if received % _INLINE_FLUSH == 0 and self._outbox.pending:
+                self._flush_outbox()
             if len(parts) != 1:
                 log.warning("worker %s: dropped a %d-part message", self.worker_id, len(parts))
                 continue

@@ -63,13 +63,15 @@ class Outbox:
         """The step's result: its runner is free once this is sent."""
         self._post(_Posted("result", task_id, frame))
 
-    def answer(self, task_id: str, frame: bytes) -> None:
-        """A result for a task no runner took (cancelled while queued)."""
-        self._post(_Posted("answer", task_id, frame))
+    def answer(self, task_id: str, frame: bytes, *, wake: bool = True) -> None:
+        """A result for a task no runner took (cancelled while queued, or an inline step's,
+        posted by the socket thread itself: no wake-up needed, see ``pending``)."""
+        self._post(_Posted("answer", task_id, frame), wake)
 
-    def _post(self, item: _Posted) -> None:
+    def _post(self, item: _Posted, wake: bool = True) -> None:
         self._items.put(item)
-        self.wake()
+        if wake:
+            self.wake()
 
     def wake(self) -> None:
         if not self._closed:
@@ -77,6 +79,11 @@ class Outbox:
                 os.eventfd_write(self.fd, 1)
 
     # -- the socket thread -----------------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        """Whether anything is posted and not drained yet."""
+        return not self._items.empty()
 
     def drain(self, now: float | None = None) -> list[Outgoing]:
         """The frames to send now, in order: everything posted, less the start notices still

@@ -1,5 +1,8 @@
 """The worker's step runners: ``slots`` pykka ThreadingActors, one step at a time each,
-and the ``RunnerPool`` that the worker's socket thread assigns ``run`` frames to.
+and the ``RunnerPool`` that the worker's socket thread assigns ``run`` frames to. An
+inline step (:func:`~tamma_actors._step_api.inline_step`) whose implementation is loaded
+runs on the socket thread itself and takes no runner; its first run loads it on a runner,
+so that no plugin import ever holds up the socket thread.
 
 A runner reports through the worker's :class:`~tamma_actors._worker_outbox.Outbox`:
 ``started`` (which the outbox may hold a while), ``progress``, and the ``result`` frame,
@@ -14,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +26,7 @@ import pykka
 from tamma_actors import _wire as wire
 from tamma_actors._errors import CodecError, UnknownImplementation
 from tamma_actors._plugins import PluginRegistry
-from tamma_actors._step_api import StepCancelled, StepContext, describe_error
+from tamma_actors._step_api import StepCancelled, StepContext, StepFunction, describe_error
 from tamma_actors._worker_outbox import Outbox
 
 __all__ = ["RunnerPool", "Task"]
@@ -83,47 +87,59 @@ class _StepRunner(pykka.ThreadingActor):
             self._run(message)
 
     def _run(self, task: Task) -> None:
-        msg, task_id = task.msg, task.task_id
-        self._outbox.started(task_id, msg.get("start_hold", 0.0))
-        start = time.perf_counter()
-        try:
-            fn = self._registry.get(msg["implementation"])
-            output = fn(self._context(task))
-            elapsed = (time.perf_counter() - start) * 1000
-            frame = _result_frame(task_id, output, elapsed, self._max_frame)
-        except UnknownImplementation as exc:
-            error = {
-                "type": "UnknownImplementation",
-                "message": str(exc),
-                "retryable": False,
-                "retry_after": None,
-            }
-            frame = wire.encode(wire.result_error(task_id, error, 0.0, started=True))
-        except BaseException as exc:
-            elapsed = (time.perf_counter() - start) * 1000
-            error = describe_error(exc)
-            frame = wire.encode(wire.result_error(task_id, error, elapsed, started=True))
-        self._outbox.result(task_id, frame)
+        self._outbox.started(task.task_id, task.msg.get("start_hold", 0.0))
+        frame = _run_task(task, self._registry.get, self._outbox, self._max_frame)
+        self._outbox.result(task.task_id, frame)
 
-    def _context(self, task: Task) -> StepContext:
-        msg, task_id = task.msg, task.task_id
 
-        def on_progress(value: Any) -> None:
-            self._outbox.progress(task_id, wire.encode(wire.progress(task_id, value)))
+def _run_task(
+    task: Task,
+    resolve: Callable[[str], StepFunction],
+    outbox: Outbox,
+    max_frame: int,
+) -> bytes:
+    """Run ``task`` on the calling thread; its result frame (an error result if the step
+    raised, its implementation is unknown, or its output cannot go out)."""
+    msg, task_id = task.msg, task.task_id
+    start = time.perf_counter()
+    try:
+        fn = resolve(msg["implementation"])
+        output = fn(_context(task, outbox))
+        elapsed = (time.perf_counter() - start) * 1000
+        return _result_frame(task_id, output, elapsed, max_frame)
+    except UnknownImplementation as exc:
+        error = {
+            "type": "UnknownImplementation",
+            "message": str(exc),
+            "retryable": False,
+            "retry_after": None,
+        }
+        return wire.encode(wire.result_error(task_id, error, 0.0, started=True))
+    except BaseException as exc:
+        elapsed = (time.perf_counter() - start) * 1000
+        error = describe_error(exc)
+        return wire.encode(wire.result_error(task_id, error, elapsed, started=True))
 
-        return StepContext(
-            execution_id=msg["execution_id"],
-            step=msg["step"],
-            attempt=msg["attempt"],
-            idempotency_key=msg["idempotency_key"],
-            input=msg["input"],
-            inputs=msg["inputs"],
-            upstream=msg["upstream"],
-            config=msg["config"],
-            item_index=msg["item_index"],
-            cancelled=task.cancelled,
-            on_progress=on_progress,
-        )
+
+def _context(task: Task, outbox: Outbox) -> StepContext:
+    msg, task_id = task.msg, task.task_id
+
+    def on_progress(value: Any) -> None:
+        outbox.progress(task_id, wire.encode(wire.progress(task_id, value)))
+
+    return StepContext(
+        execution_id=msg["execution_id"],
+        step=msg["step"],
+        attempt=msg["attempt"],
+        idempotency_key=msg["idempotency_key"],
+        input=msg["input"],
+        inputs=msg["inputs"],
+        upstream=msg["upstream"],
+        config=msg["config"],
+        item_index=msg["item_index"],
+        cancelled=task.cancelled,
+        on_progress=on_progress,
+    )
 
 
 class RunnerPool:
@@ -132,7 +148,9 @@ class RunnerPool:
     def __init__(
         self, slots: int, registry: PluginRegistry, outbox: Outbox, max_frame: int
     ) -> None:
+        self._registry = registry
         self._outbox = outbox
+        self._max_frame = max_frame
         self._refs = [_StepRunner.start(registry, outbox, max_frame) for _ in range(slots)]
         self._free: deque[pykka.ActorRef[Any]] = deque(self._refs)
         self._running: dict[str, tuple[Task, pykka.ActorRef[Any]]] = {}
@@ -147,8 +165,16 @@ class RunnerPool:
         return [*self._running, *(t.task_id for t in self._backlog)]
 
     def submit(self, task: Task) -> None:
-        if task.task_id in self.running_ids():
-            log.info("task %s is already here; duplicate run ignored", task.task_id)
+        """Start ``task`` on a free runner, or queue it; an inline step runs here and now
+        (its result is posted without waking the socket thread: this is that thread)."""
+        task_id = task.task_id
+        if task_id in self._running or any(t.task_id == task_id for t in self._backlog):
+            log.info("task %s is already here; duplicate run ignored", task_id)
+            return
+        inline = self._registry.loaded_inline(task.msg["implementation"])
+        if inline is not None:
+            frame = _run_task(task, lambda _: inline, self._outbox, self._max_frame)
+            self._outbox.answer(task_id, frame, wake=False)
         elif self._free:
             self._start(task, self._free.popleft())
         else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any
 
-from tamma_actors._step_api import StepContext
+from tamma_actors._step_api import StepContext, inline_step
 
 
 def stubborn(ctx: StepContext) -> Any:
@@ -50,9 +51,19 @@ def context(ctx: StepContext) -> Any:
     }
 
 
+@inline_step
+def where(ctx: StepContext) -> Any:
+    """An inline step that says which thread ran it; reports progress, or exits, on request."""
+    if ctx.config.get("beat"):
+        ctx.heartbeat("inline")
+    if ctx.config.get("exit"):
+        sys.exit(3)
+    return threading.current_thread().name
+
+
 ALLOWLIST = {
     name: f"plugins_for_tests:{name}"
-    for name in ("stubborn", "chatty", "unencodable", "big", "exits", "context")
+    for name in ("stubborn", "chatty", "unencodable", "big", "exits", "context", "where")
 }
 
 

@@ -288,6 +288,66 @@ def test_duplicate_run_is_ignored(node: FakeNode, start: Any) -> None:
     assert started in (["d", "after"], ["d"])  # a fast step's notice may ride its result
 
 
+def test_an_inline_step_runs_on_the_socket_thread_once_loaded(node: FakeNode, start: Any) -> None:
+    start(slots=1)
+    node.handshake()
+    node.send(task("first", "where"))
+    # Its first run loads it, on a runner: a plugin's import never holds up the socket.
+    assert node.result("first")["output"].startswith("_StepRunner")
+    node.send(task("busy", "hang"))
+    assert node.recv("started")["task_id"] == "busy"  # the only runner is taken
+    node.send(task("second", "where", config={"beat": True}))
+    second = node.result("second")
+    # Run at once on the socket thread (this test's "test-worker"), needing no runner.
+    assert second["ok"] and second["output"] == "test-worker" and second["started"] is True
+    assert node.index("progress", "second") < node.index("result", "second")
+    assert not any(m["t"] == "started" and m["task_id"] == "second" for m in node.frames)
+    node.send(wire.cancel("busy"))
+    assert node.result("busy")["error"]["type"] == "StepCancelled"
+
+
+def test_an_inline_steps_failure_is_reported_and_the_worker_serves_on(
+    node: FakeNode, start: Any
+) -> None:
+    start()
+    node.handshake()
+    for tid in ("load-fail", "load-where"):  # first runs: on runners
+        node.send(task(tid, "fail" if tid == "load-fail" else "where"))
+        node.result(tid)
+    node.send(task("flaky", "fail", config={"times": 1, "error": "Flaky"}))
+    node.send(task("exit", "where", config={"exit": True}))
+    node.send(task("fine", "fail", attempt=2))
+    flaky, exited, fine = node.result("flaky"), node.result("exit"), node.result("fine")
+    assert (flaky["ok"], flaky["error"]["type"], flaky["error"]["retryable"]) == (
+        False,
+        "Flaky",
+        True,
+    )
+    # sys.exit in an inline step is the step's error, not the worker's end.
+    assert (exited["ok"], exited["error"]["type"]) == (False, "SystemExit")
+    assert fine["ok"] and fine["output"] == {"attempt": 2}
+    node.send(task("after", "where"))
+    assert node.result("after")["output"] == "test-worker"
+
+
+def test_a_long_batch_of_inline_steps_answers_every_one_in_order(
+    node: FakeNode, start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tamma_actors import _worker_loop
+
+    monkeypatch.setattr(_worker_loop, "_INLINE_FLUSH", 4)
+    start()
+    node.handshake()
+    node.send(task("load"))
+    node.result("load")
+    ids = [f"t{i}" for i in range(150)]
+    for tid in ids:
+        node.send(task(tid, input=tid))
+    results = [node.recv("result") for _ in ids]
+    assert [r["task_id"] for r in results] == ids
+    assert all(r["ok"] and r["output"] == r["task_id"] for r in results)
+
+
 @pytest.mark.parametrize(
     ("impl", "config", "error_type", "retryable"),
     [

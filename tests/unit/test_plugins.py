@@ -21,6 +21,8 @@ from tamma_actors._step_api import (
     StepContext,
     StepFailure,
     describe_error,
+    inline_step,
+    is_inline,
 )
 
 
@@ -146,6 +148,37 @@ def test_concurrent_get_loads_once(monkeypatch: pytest.MonkeyPatch) -> None:
     for t in threads:
         t.join(timeout=5)
     assert calls == [1]
+
+
+def test_loaded_inline_never_loads_and_names_only_inline_steps() -> None:
+    calls: list[str] = []
+
+    def loader(fn: Any) -> Any:
+        return lambda: calls.append("load") or fn
+
+    quick = inline_step(lambda ctx: 1)
+    reg = PluginRegistry({"quick": loader(quick), "slow": loader(lambda ctx: 2)})
+    # Not loaded yet: no answer, and nothing imported (the socket thread asks this).
+    assert reg.loaded_inline("quick") is None and reg.loaded_inline("absent") is None
+    assert calls == []
+    assert reg.get("quick") is quick and reg.get("slow")(_ctx()) == 2
+    assert reg.loaded_inline("quick") is quick
+    assert reg.loaded_inline("slow") is None  # loaded, but not marked inline
+
+
+def test_the_quick_builtins_are_inline_and_the_others_are_not() -> None:
+    reg = load_registry(allow_shell=True)
+    inline = {name for name in reg if is_inline(reg.get(name))}
+    assert inline == {"noop", "echo", "fail"}
+
+
+def test_inline_step_marks_the_function_itself() -> None:
+    def step(ctx: StepContext) -> int:
+        return 7
+
+    assert not is_inline(step)
+    assert inline_step(step) is step and is_inline(step) and step(_ctx()) == 7
+    assert not is_inline(object())
 
 
 # The step API

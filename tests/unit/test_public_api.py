@@ -59,6 +59,7 @@ PUBLIC = {
     "WorkflowState",
     "WorkflowStep",
     "WorkflowValidationError",
+    "inline_step",
     "load_node_config",
     "load_workflow",
     "parse_workflow",
