@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ __all__ = ["BenchmarkError", "EventTap", "NodeProcess"]
 TERMINAL = frozenset({"workflow.completed", "workflow.failed", "workflow.aborted"})
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
+_PUBLISH_TIME = struct.Struct("<d")  # the events' third frame (events_publish_time)
 
 
 class BenchmarkError(RuntimeError):
@@ -49,7 +51,8 @@ class NodeProcess:
         self.data_dir = data_dir
         self.workers = workers
         self.durability = durability
-        self.env = {**os.environ, **(env or {})}
+        # Each event carries when the node sent it: W7 times publish -> subscriber.
+        self.env = {**os.environ, "TAMMA_EVENTS_PUBLISH_TIME": "true", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.control = f"ipc://{data_dir / 'control.sock'}"
@@ -150,9 +153,11 @@ class NodeProcess:
 
 class EventTap:
     """A SUB socket on the node's events, read by a thread of its own: terminal events by
-    execution id, and the latency of every event (receive time minus the event's own
-    timestamp). Its own thread, so that an event is timed when it arrives, not when the
-    benchmark's main thread next looks (it may be busy submitting a burst of starts).
+    execution id, and the latency of every event: from its transition (receive time minus
+    the event's own timestamp) and, when the node stamps them, from its publishing (minus
+    the third frame's send time). Its own thread, so that an event is timed when it
+    arrives, not when the benchmark's main thread next looks (it may be busy submitting a
+    burst of starts).
 
     The socket is made here and then used by that thread only."""
 
@@ -168,6 +173,7 @@ class EventTap:
         self.sock.connect(endpoint)
         self.terminal: dict[str, tuple[str, float]] = {}  # id -> (type, perf_counter)
         self.lags_ms: list[float] = []
+        self.publish_lags_ms: list[float] = []
         self.record_lags = False
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -206,10 +212,13 @@ class EventTap:
             except zmq.Again:
                 return
             now_wall, now = time.time(), time.perf_counter()
-            event = unpack(frames[-1])
+            event = unpack(frames[1])
             with self._cond:
                 if self.record_lags:
                     self.lags_ms.append((now_wall - float(event["timestamp"])) * 1000.0)
+                    if len(frames) == 3:
+                        sent = _PUBLISH_TIME.unpack(frames[2])[0]
+                        self.publish_lags_ms.append((now_wall - sent) * 1000.0)
                 if event["type"] in TERMINAL:
                     self.terminal[event["execution_id"]] = (event["type"], now)
                     self._cond.notify_all()
@@ -252,8 +261,14 @@ class EventTap:
         with self._cond:
             self.terminal.clear()
             self.lags_ms.clear()
+            self.publish_lags_ms.clear()
 
     def lags(self) -> list[float]:
-        """The latencies recorded so far (a copy)."""
+        """The latencies from each event's transition recorded so far (a copy)."""
         with self._cond:
             return list(self.lags_ms)
+
+    def publish_lags(self) -> list[float]:
+        """The latencies from each event's publishing recorded so far (a copy)."""
+        with self._cond:
+            return list(self.publish_lags_ms)

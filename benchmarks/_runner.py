@@ -27,7 +27,7 @@ _SHARED: dict[str, tuple[str, Callable[[Bench], dict[str, float]]]] = {
     "W2": ("chains of noop steps, all submitted at once: durable steps/s", w2),
     "W3": ("1 step -> parallel over N items -> join: wall time", w3),
     "W4": ("chains of cpu 20 ms steps on 2 workers: wall time", w4),
-    "W7": ("under W2 load: transition commit wait; event emit->subscriber", w7),
+    "W7": ("under W2 load: transition commit wait; event publish->subscriber", w7),
 }
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 

@@ -184,7 +184,8 @@ def w4(b: Bench) -> dict[str, float]:
 
 def w7(b: Bench) -> dict[str, float]:
     """Under W2 load: how long a transition waits for its durable commit, and how long an
-    event takes from its transition to a subscriber."""
+    event takes from its publishing to a subscriber (and from its transition: the commit
+    wait, then the node's way from the commit to the publishing, come first)."""
     s = b.sizes
     workflow = chain("bench-w7", s.w2_steps)
     b.tap.forget()
@@ -203,15 +204,19 @@ def w7(b: Bench) -> dict[str, float]:
     finally:
         b.tap.record_lags = False
     writer = halfway or b.client.health()["writer"]
-    lags = b.tap.lags()
+    lags, published = b.tap.lags(), b.tap.publish_lags()
     if "transition_ms_p99" not in writer:
         raise Unavailable("the node's writer does not report transition latencies")
+    if not published:
+        raise Unavailable("the node's events carry no publish time (events_publish_time)")
     return {
         "commit_p50_ms": float(writer["transition_ms_p50"]),
         "commit_p99_ms": float(writer["transition_ms_p99"]),
         "fsync_p50_ms": float(writer["commit_ms_p50"]),
         "fsync_p99_ms": float(writer["commit_ms_p99"]),
         "batch_avg": float(writer["average_batch"]),
-        "event_p50_ms": percentile(lags, 0.5),
-        "event_p99_ms": percentile(lags, 0.99),
+        "event_p50_ms": percentile(published, 0.5),
+        "event_p99_ms": percentile(published, 0.99),
+        "event_from_transition_p50_ms": percentile(lags, 0.5),
+        "event_from_transition_p99_ms": percentile(lags, 0.99),
     }

@@ -63,6 +63,7 @@ class NodeConfig(BaseSettings):
     control_endpoint: str | None = None
     workers_endpoint: str | None = None
     events_endpoint: str | None = None
+    events_publish_time: bool = False
     insecure_tcp: bool = False
     curve_public_key: str | None = None
     curve_secret_key: str | None = None

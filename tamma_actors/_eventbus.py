@@ -9,7 +9,10 @@ be quick (typically a ``tell``); one that raises is logged and stays subscribed,
 handlers still receive the event.
 
 On the PUB socket each event is two frames, ``[type, msgpack(event)]``, so a ZeroMQ subscriber
-filters by type prefix with ``SUBSCRIBE``.
+filters by type prefix with ``SUBSCRIBE``. With ``publish_time`` (the node's
+``events_publish_time``) a third frame follows: when the bus sent the event (Unix seconds, a
+little-endian float64), so a subscriber can tell how long delivery took (the event's own
+``timestamp`` is its transition's, before the commit).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import fnmatch
 import itertools
 import logging
 import re
+import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,8 @@ from tamma_actors._socket_actor import SocketActor, send_frames
 __all__ = ["EventBus", "Publish"]
 
 logger = logging.getLogger(__name__)
+
+_PUBLISH_TIME = struct.Struct("<d")
 
 Event = dict[str, Any]
 Handler = Callable[[Event], None]
@@ -77,11 +84,13 @@ class EventBus(SocketActor):
         *,
         max_frame_bytes: int = 8 << 20,
         curve_secret_key: str | None = None,
+        publish_time: bool = False,
     ) -> None:
         super().__init__(zmq_context)
         self._curve_secret = curve_secret_key
         self.endpoint = endpoint
         self.max_frame_bytes = max_frame_bytes
+        self.publish_time = publish_time
         self._pub: zmq.Socket[Any] | None = None
         self._subs: dict[str, _Subscription] = {}
         self._ids = itertools.count(1)
@@ -179,6 +188,10 @@ class EventBus(SocketActor):
         try:
             # PUB never blocks: a slow subscriber past its high-water mark loses messages,
             # and catches up from the store with getEvents.
-            send_frames(self._pub, (event_type.encode(), payload))
+            if self.publish_time:
+                stamp = _PUBLISH_TIME.pack(time.time())
+                send_frames(self._pub, (event_type.encode(), payload, stamp))
+            else:
+                send_frames(self._pub, (event_type.encode(), payload))
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot publish on {self.endpoint}: {exc}") from exc

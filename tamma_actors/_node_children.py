@@ -80,6 +80,7 @@ class NodeChildren:
                 cfg.events_address,
                 max_frame_bytes=cfg.max_frame_bytes,
                 curve_secret_key=cfg.curve_secret_key,
+                publish_time=cfg.events_publish_time,
             )
         elif spec.kind == "worker_pool":
             self._pool.ref = WorkerPool.start(

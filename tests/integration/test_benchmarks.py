@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -227,7 +228,8 @@ def test_the_event_tap_times_events_as_they_arrive_not_when_it_is_asked(
         _subscribed(pub, tap)
         tap.record_lags = True
         pub.send_multipart(_event("step.started", "a"))
-        pub.send_multipart(_event("workflow.completed", "a"))
+        sent = time.time()  # a node with events_publish_time adds when it sent the event
+        pub.send_multipart([*_event("workflow.completed", "a"), struct.pack("<d", sent)])
         deadline = time.monotonic() + 10  # busy elsewhere: nobody calls wait_for meanwhile
         while "a" not in tap.terminal:
             assert time.monotonic() < deadline, "the tap read nothing on its own"
@@ -236,8 +238,10 @@ def test_the_event_tap_times_events_as_they_arrive_not_when_it_is_asked(
         (kind, at) = tap.wait_for(["a"], timeout=10)["a"]
         assert kind == "workflow.completed" and at < asked  # taken before anyone asked
         assert len(tap.lags()) == 2
+        [published] = tap.publish_lags()  # only the stamped event
+        assert 0 <= published <= (time.time() - sent) * 1000.0
         tap.forget()
-        assert tap.lags() == [] and tap.terminal == {}
+        assert tap.lags() == [] and tap.publish_lags() == [] and tap.terminal == {}
         with pytest.raises(BenchmarkError, match="1 of 2 executions did not end within 0s"):
             pub.send_multipart(_event("workflow.failed", "b"))
             tap.wait_for(["b", "never"], timeout=0.3)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +117,25 @@ def test_events_packed_by_the_store_are_sent_as_they_are(
         bus.tell(Publish(events, packed))
         frames = [sub.recv_multipart() for _ in range(2)]
     assert frames == [[b"step.started", packed[0]], [b"step.completed", packed[1]]]
+
+
+def test_a_third_frame_says_when_each_event_was_sent_if_asked(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    endpoint = f"ipc://{tmp_path}/events.sock"
+    bus = EventBus.start(ctx, endpoint, publish_time=True)
+    with _subscriber(ctx, bus, endpoint, b"step.") as sub:
+        before = time.time()
+        bus.tell(Publish([_event(1, "step.started"), _event(2, "step.completed")]))
+        frames = [sub.recv_multipart() for _ in range(2)]
+        after = time.time()
+    assert [(f[0], _codec.unpack(f[1])["seq"]) for f in frames] == [
+        (b"step.started", 1),
+        (b"step.completed", 2),
+    ]
+    sent = [struct.unpack("<d", f[2])[0] for f in frames]
+    assert all(len(f) == 3 and len(f[2]) == 8 for f in frames)
+    assert before <= sent[0] <= sent[1] <= after
 
 
 def test_handler_globs_select_the_right_events(ctx: zmq.Context[Any]) -> None:
