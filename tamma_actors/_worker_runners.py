@@ -2,7 +2,9 @@
 and the ``RunnerPool`` that the worker's socket thread assigns ``run`` frames to. An
 inline step (:func:`~tamma_actors._step_api.inline_step`) whose implementation is loaded
 runs on the socket thread itself and takes no runner; its first run loads it on a runner,
-so that no plugin import ever holds up the socket thread.
+so that no plugin import ever holds up the socket thread, and one run that holds the
+socket thread over ``INLINE_LIMIT`` (0.5 s) sends that implementation back to the runners
+for the worker's lifetime, with a warning.
 
 A runner reports through the worker's :class:`~tamma_actors._worker_outbox.Outbox`:
 ``started`` (which the outbox may hold a while), ``progress``, and the ``result`` frame,
@@ -34,6 +36,10 @@ __all__ = ["RunnerPool", "Task"]
 log = logging.getLogger("tamma_actors._worker")
 
 _RUNNER_STOP_TIMEOUT = 1.0
+# An inline step that holds the socket thread longer than this (seconds) is one that
+# should not be inline: its worker stops running that implementation inline. Generous: a
+# quick step's run may include waits for the GIL behind busy runner threads.
+INLINE_LIMIT = 0.5
 
 
 @dataclass
@@ -156,6 +162,8 @@ class RunnerPool:
         self._running: dict[str, tuple[Task, pykka.ActorRef[Any]]] = {}
         # Runs beyond our slots (a restarted node does not know our old tasks) wait here.
         self._backlog: deque[Task] = deque()
+        # Inline implementations that took too long once: they run on runners instead.
+        self._not_inline: set[str] = set()
 
     @property
     def slots(self) -> int:
@@ -171,14 +179,30 @@ class RunnerPool:
         if task_id in self._running or any(t.task_id == task_id for t in self._backlog):
             log.info("task %s is already here; duplicate run ignored", task_id)
             return
-        inline = self._registry.loaded_inline(task.msg["implementation"])
+        name = task.msg["implementation"]
+        inline = None if name in self._not_inline else self._registry.loaded_inline(name)
         if inline is not None:
+            began = time.perf_counter()
             frame = _run_task(task, lambda _: inline, self._outbox, self._max_frame)
             self._outbox.answer(task_id, frame, wake=False)
+            self._check_inline(name, time.perf_counter() - began)
         elif self._free:
             self._start(task, self._free.popleft())
         else:
             self._backlog.append(task)
+
+    def _check_inline(self, name: str, took: float) -> None:
+        """An inline step that held the socket thread too long runs on runners from now on
+        (in this worker): it was marked inline by mistake, or it blocked this time."""
+        if took > INLINE_LIMIT:
+            self._not_inline.add(name)
+            log.warning(
+                "inline step %s held the worker's socket thread for %.0f ms (limit %.0f ms); "
+                "it runs on step runners from now on: it should not be marked inline_step",
+                name,
+                took * 1000,
+                INLINE_LIMIT * 1000,
+            )
 
     def _start(self, task: Task, ref: pykka.ActorRef[Any]) -> None:
         self._running[task.task_id] = (task, ref)

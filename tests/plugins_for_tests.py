@@ -53,9 +53,11 @@ def context(ctx: StepContext) -> Any:
 
 @inline_step
 def where(ctx: StepContext) -> Any:
-    """An inline step that says which thread ran it; reports progress, or exits, on request."""
+    """An inline step that says which thread ran it; reports progress, exits, or sleeps
+    (as a step wrongly marked inline would block), on request."""
     if ctx.config.get("beat"):
         ctx.heartbeat("inline")
+    time.sleep(float(ctx.config.get("sleep", 0)))
     if ctx.config.get("exit"):
         sys.exit(3)
     return threading.current_thread().name

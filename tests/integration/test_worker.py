@@ -330,6 +330,29 @@ def test_an_inline_steps_failure_is_reported_and_the_worker_serves_on(
     assert node.result("after")["output"] == "test-worker"
 
 
+def test_an_inline_step_that_blocks_goes_back_to_the_runners(
+    node: FakeNode, start: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tamma_actors import _worker_runners
+
+    monkeypatch.setattr(_worker_runners, "INLINE_LIMIT", 0.05)
+    start()
+    node.handshake()
+    node.send(task("load", "where"))
+    node.result("load")
+    with caplog.at_level("WARNING", logger="tamma_actors._worker"):
+        node.send(task("slow", "where", config={"sleep": 0.08}))
+        assert node.result("slow")["output"] == "test-worker"  # inline, but too long
+    assert any(
+        "inline step where held the worker's socket thread" in r.getMessage()
+        for r in caplog.records
+    )
+    node.send(task("after", "where"))
+    assert node.result("after")["output"].startswith("_StepRunner")  # from now on
+    node.send(task("noop", input=1))  # and the worker serves on
+    assert node.result("noop")["output"] == 1
+
+
 def test_a_long_batch_of_inline_steps_answers_every_one_in_order(
     node: FakeNode, start: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
