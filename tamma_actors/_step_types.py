@@ -72,11 +72,13 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
 
     def _mark_pending(self) -> None:
         """Move pending steps to ready, skipped or cancelled, to a fixpoint (file order need
-        not be dependency order, so one pass is not always enough)."""
+        not be dependency order, so one pass is not always enough). A step made ready
+        changes no other step's verdict (its dependents still wait for it), so only a
+        cancelled or skipped one calls for another pass."""
         steps = self.state.steps
-        changed = True
-        while changed:
-            changed = False
+        again = True
+        while again:
+            again = False
             for name in self.state.order:
                 if steps[name].status != "pending":
                     continue
@@ -85,9 +87,10 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
                     self._emit("step.ready", step=name)
                 elif verdict == "cancelled":
                     self._emit("step.cancelled", step=name, reason="a dependency did not succeed")
+                    again = True
                 elif verdict == "skipped":
                     self._emit("step.skipped", step=name, reason="its dependencies were skipped")
-                changed = changed or verdict is not None
+                    again = True
 
     def _take_again(self) -> bool:
         again, self._again = self._again, False

@@ -305,6 +305,17 @@ def test_continue_lets_independent_branches_finish() -> None:
         assert (res["free2"]["status"], res["child"]["status"]) == ("succeeded", "cancelled")
 
 
+def test_a_failure_cancels_its_dependents_whatever_their_order_in_the_file() -> None:
+    for k in _kit(lambda t: err(t, retryable=False) if t["step"] == "a" else echo_input(t)):
+        # Listed against dependency order: c waits for b, which waits for a (which fails).
+        # No other step ends afterwards: the failure's own turn must settle both.
+        spec = wf(step("c", "b"), step("b", "a"), step("a"), error_handling="continue")
+        final = k.finish(k.start(spec)["id"])
+        res = final["results"]
+        assert final["status"] == "failed"
+        assert [res[n]["status"] for n in ("a", "b", "c")] == ["failed", "cancelled", "cancelled"]
+
+
 def test_pause_holds_dispatch_and_resume_continues(kit: Kit) -> None:
     for k in _kit(lambda t: None):
         eid = k.start(wf(step("a"), step("b", "a")))["id"]

@@ -285,6 +285,20 @@ def test_decisions_chain_and_file_order_need_not_be_dependency_order(kit: Kit) -
     assert final["results"]["no_tail"]["status"] == "skipped"
 
 
+def test_a_skip_reaches_dependents_listed_before_it_in_the_file(kit: Kit) -> None:
+    spec = wf(
+        step("tail2", "tail1"),
+        step("tail1", "left_out"),
+        step("left_out", "pick"),
+        step("src"),
+        decision("pick", "src", branches=[{"when": "false", "then": ["left_out"]}]),
+    )
+    final = kit.finish(kit.start(spec))
+    assert final["status"] == "completed"
+    statuses = [final["results"][n]["status"] for n in ("left_out", "tail1", "tail2")]
+    assert statuses == ["skipped"] * 3
+
+
 def test_a_decision_whose_condition_fails_at_run_time_fails_with_an_expression_error(
     kit: Kit,
 ) -> None:
