@@ -7,7 +7,10 @@ its hold sends no notice at all (its result says ``started``): the node handles 
 report and one commit per step instead of two. A notice whose hold ends goes out with
 ``ran_ms`` (how long the step has been running), so the node dates the step's run and
 heartbeat deadlines from its real start. A progress report sends a held notice first: the
-node never hears of a step's progress before its start.
+node never hears of a runner's step's progress before its start. An inline step (run by the
+socket thread itself) posts no start notice, only its result, which says ``started``; a
+progress report it makes goes out just before that result, and the node, which takes
+progress as liveness of a running step only, has nothing to do with it.
 
 A hold of 0 still folds the notice into a result drained in the same batch.
 """
