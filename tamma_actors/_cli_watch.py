@@ -60,8 +60,13 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
 
 
 def _decode_event(frames: list[bytes]) -> WorkflowEvent | None:
+    """``[type, msgpack(event)]``, or with a third frame (its publish time) from a node with
+    ``events_publish_time``; anything else is reported and skipped."""
+    if len(frames) not in (2, 3):
+        print(f"skipping a malformed event: {len(frames)} frame(s)", file=sys.stderr)
+        return None
     try:
-        return WorkflowEvent.model_validate(unpack(frames[-1]))
+        return WorkflowEvent.model_validate(unpack(frames[1]))
     except (TammaError, ValueError) as exc:
         print(f"skipping a malformed event: {exc}", file=sys.stderr)
         return None
