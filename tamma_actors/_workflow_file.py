@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 from pydantic import ValidationError
@@ -212,16 +212,22 @@ class _Graph:
 
 
 def _indexed(value: Any) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    if isinstance(value, list):
+    if _is_list(value):
         for i, item in enumerate(value):
             if isinstance(item, Mapping):
                 yield i, item
 
 
+def _is_list(value: Any) -> TypeGuard[Sequence[Any]]:
+    """A list as the field validation takes one: a tuple or another sequence too (an
+    embedded caller's definition need not be plain JSON), but not a string."""
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
+
+
 def _strings(entry: Mapping[str, Any], *keys: str) -> Iterator[tuple[int, str]]:
     for key in keys:
         value = entry.get(key)
-        if isinstance(value, list):
+        if _is_list(value):
             yield from ((j, v) for j, v in enumerate(value) if isinstance(v, str))
 
 

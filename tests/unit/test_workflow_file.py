@@ -234,6 +234,29 @@ def test_workflow_level_dependencies_join_cycle_detection() -> None:
     assert [p.message for p in problems_of(data)] == ["dependency cycle: a -> b -> a"]
 
 
+def test_tuples_are_checked_as_lists_are() -> None:
+    """The field validation takes a tuple for a list, so the graph checks must too: an
+    embedded caller's definition is Python data, not always plain JSON."""
+
+    def step(name: str, *deps: str) -> dict[str, Any]:
+        return {"name": name, "implementation": "noop", "dependencies": deps}
+
+    data = {
+        "name": "w",
+        "steps": (step("a"), step("a"), step("b", "missing"), step("x", "y"), step("y", "x")),
+        "dependencies": ({"step": "b", "depends_on": ("gone",)},),
+    }
+    problems = {(p.loc, p.message) for p in problems_of(data)}
+    assert problems == {
+        ("steps[1].name", "duplicate step name 'a' (first defined at steps[0])"),
+        ("steps[2].dependencies[0]", "'b' depends on unknown step 'missing'"),
+        ("dependencies[0].depends_on[0]", "'b' depends on unknown step 'gone'"),
+        ("steps", "dependency cycle: x -> y -> x"),
+    }
+    ok = parse_workflow({"name": "w", "steps": (step("a"), step("b", "a"))})
+    assert [s.dependencies for s in ok.steps] == [[], ["a"]]
+
+
 def test_implementations_checked_only_when_known_given() -> None:
     data = {"name": "w", "steps": [{"name": "a", "implementation": "mystery"}]}
     assert parse_workflow(data).step("a").implementation == "mystery"
