@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import msgpack
 import pykka
 
 from tamma_actors._admin import StoreAdmin
@@ -92,6 +93,28 @@ def _canonical(definition: Any) -> str | None:
     return text if json.loads(text) == definition else None
 
 
+def _exact(definition: Any) -> bytes | None:
+    """The exact msgpack bytes of ``definition`` (dicts, lists, str, bytes, numbers, bool,
+    None: exact types only, so a tuple is not a list), or None. Equal bytes mean equal
+    definitions, in the same key order: a quick first key before the canonical text."""
+    try:
+        return msgpack.packb(definition, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V, size: int) -> None:
+    """Keep ``key`` as the newest of at most ``size`` entries (the oldest out first)."""
+    cache.pop(key, None)
+    if len(cache) >= size:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+
+
 class Engine(EngineReads, EngineRecovery):
     def __init__(self, parts: EngineParts) -> None:
         self._store = parts.store
@@ -126,6 +149,9 @@ class Engine(EngineReads, EngineRecovery):
         self._parsed_cache: dict[
             tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
         ] = {}  # (canonical definition, known implementations) -> parsed, for starts
+        # (the definition's exact msgpack bytes, known) -> its canonical text: a cheaper
+        # lookup for a definition sent again as it was (same keys in the same order)
+        self._exact_keys: dict[tuple[bytes, frozenset[str]], str] = {}
         self._lock = threading.Lock()
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
@@ -275,17 +301,23 @@ class Engine(EngineReads, EngineRecovery):
         Only a definition that is plain JSON (it round-trips exactly) is cached: its
         canonical text is then a faithful key. A rejected definition is never cached."""
         known = frozenset({*self._implementations(), *COORDINATOR_IMPLEMENTATIONS})
-        key = _canonical(definition)
+        exact = _exact(definition)
+        key = self._exact_keys.get((exact, known)) if exact is not None else None
         hit = self._parsed_cache.get((key, known)) if key is not None else None
         if hit is not None:
-            return hit
-        cfg = parse_workflow(definition, source=source, known_implementations=known)
-        parsed = (cfg, cfg.digest(), cfg.model_dump(mode="json", by_alias=False))
+            return hit  # sent again as it was: no canonical text needed
+        key = _canonical(definition)
+        hit = self._parsed_cache.get((key, known)) if key is not None else None
+        parsed = hit
+        if parsed is None:
+            cfg = parse_workflow(definition, source=source, known_implementations=known)
+            parsed = (cfg, cfg.digest(), cfg.model_dump(mode="json", by_alias=False))
         if key is not None:
             with self._lock:
-                if len(self._parsed_cache) >= _PARSED_CACHE_SIZE:
-                    self._parsed_cache.pop(next(iter(self._parsed_cache)))
-                self._parsed_cache[(key, known)] = parsed
+                if hit is None:
+                    _remember(self._parsed_cache, (key, known), parsed, _PARSED_CACHE_SIZE)
+                if exact is not None:
+                    _remember(self._exact_keys, (exact, known), key, 4 * _PARSED_CACHE_SIZE)
         return parsed
 
     def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:

@@ -61,6 +61,38 @@ def test_the_cache_keeps_a_bounded_number_of_definitions(
     assert parsed == ["w1", "w2", "w3", "w1"]
 
 
+def test_a_definition_sent_again_as_it_was_needs_no_canonical_text(
+    parsed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canonical: list[str] = []
+    real = engine_module._canonical
+
+    def counting(definition: Any) -> str | None:
+        canonical.append(definition["name"])
+        return real(definition)
+
+    monkeypatch.setattr(engine_module, "_canonical", counting)
+    for k in _kit(echo_input):
+        spec = wf(step("a"), step("b", "a"))
+        for _ in range(3):
+            assert k.finish(k.start(spec)["id"])["status"] == "completed"
+        # the same definition, its keys in another order: the canonical text finds it
+        assert k.finish(k.start(dict(reversed(spec.items())))["id"])["status"] == "completed"
+        # a tuple is never taken for a list, by either key: parsed (and so refused) anew
+        with pytest.raises(WorkflowValidationError):
+            k.start(spec | {"steps": (step("a"), step("a"))})
+    assert parsed == ["wf", "wf"] and canonical == ["wf", "wf", "wf"]
+
+
+def test_the_exact_key_is_exact() -> None:
+    assert engine_module._exact({"a": [1, "x"]}) == engine_module._exact({"a": [1, "x"]})
+    assert engine_module._exact({"a": 1}) != engine_module._exact({"a": 1.0})
+    assert engine_module._exact({"a": 1}) != engine_module._exact({"a": True})
+    assert engine_module._exact({"a": "x"}) != engine_module._exact({"a": b"x"})
+    assert engine_module._exact({"a": (1,)}) is None  # not the list [1]
+    assert engine_module._exact({"a": object()}) is None
+
+
 def test_canonical_text_refuses_what_does_not_round_trip() -> None:
     assert engine_module._canonical({"b": [1, 2.5, None], "a": True}) == (
         '{"a":true,"b":[1,2.5,null]}'
