@@ -44,7 +44,7 @@ from tamma_actors._futures import done, guarded, relay
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
-from tamma_actors._recovery import EngineRecovery, Waker
+from tamma_actors._recovery import EngineRecovery, Waker, keep_bounded
 from tamma_actors._state import ExecutionState
 from tamma_actors._store import Store
 from tamma_actors._subflows import EngineChildren
@@ -101,18 +101,6 @@ def _exact(definition: Any) -> bytes | None:
         return msgpack.packb(definition, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError):
         return None
-
-
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _remember(cache: dict[_K, _V], key: _K, value: _V, size: int) -> None:
-    """Keep ``key`` as the newest of at most ``size`` entries (the oldest out first)."""
-    cache.pop(key, None)
-    if len(cache) >= size:
-        cache.pop(next(iter(cache)))
-    cache[key] = value
 
 
 class Engine(EngineReads, EngineRecovery):
@@ -299,7 +287,9 @@ class Engine(EngineReads, EngineRecovery):
         once per distinct definition (and set of known implementations), not per start.
 
         Only a definition that is plain JSON (it round-trips exactly) is cached: its
-        canonical text is then a faithful key. A rejected definition is never cached."""
+        canonical text is then a faithful key. A rejected definition is never cached. The
+        definition's exact bytes map to that text, so one sent again as it was is found
+        without computing it."""
         known = frozenset({*self._implementations(), *COORDINATOR_IMPLEMENTATIONS})
         exact = _exact(definition)
         key = self._exact_keys.get((exact, known)) if exact is not None else None
@@ -315,9 +305,9 @@ class Engine(EngineReads, EngineRecovery):
         if key is not None:
             with self._lock:
                 if hit is None:
-                    _remember(self._parsed_cache, (key, known), parsed, _PARSED_CACHE_SIZE)
+                    keep_bounded(self._parsed_cache, (key, known), parsed, _PARSED_CACHE_SIZE)
                 if exact is not None:
-                    _remember(self._exact_keys, (exact, known), key, 4 * _PARSED_CACHE_SIZE)
+                    keep_bounded(self._exact_keys, (exact, known), key, 4 * _PARSED_CACHE_SIZE)
         return parsed
 
     def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:

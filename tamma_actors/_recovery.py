@@ -34,7 +34,7 @@ import logging
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from tamma_actors._models import WorkflowConfig
     from tamma_actors._timers import TimerHandle
 
-__all__ = ["TERMINAL", "EngineRecovery", "Waker"]
+__all__ = ["TERMINAL", "EngineRecovery", "Waker", "keep_bounded"]
 
 log = logging.getLogger("tamma_actors._engine")
 
@@ -65,6 +65,18 @@ _REVIVE_AFTER = (0.1, 1.0, 10.0)
 # A failure this long (seconds) after an execution's last one counts as its first again;
 # only the failures of the last such span are remembered.
 _FAILURES_REMEMBERED = 3600.0
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def keep_bounded(cache: dict[_K, _V], key: _K, value: _V, size: int) -> None:
+    """Keep ``key`` as the newest of at most ``size`` entries (the oldest out first)."""
+    cache.pop(key, None)
+    if len(cache) >= size:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 class _Unread:
@@ -259,10 +271,7 @@ class EngineRecovery:
 
     def _keep_config(self, digest: str, cfg: WorkflowConfig) -> None:
         """Under ``_lock``: remember a parsed definition, the oldest out beyond the bound."""
-        if digest not in self._configs:
-            if len(self._configs) >= _DEFINITIONS_KEPT:
-                del self._configs[next(iter(self._configs))]
-            self._configs[digest] = cfg
+        keep_bounded(self._configs, digest, cfg, _DEFINITIONS_KEPT)
 
     def _start_supervisor(self, supervisor: ExecutionSupervisor) -> None:
         """Under ``_lock``: start a recovered state's supervisor (made before the lock was
