@@ -117,6 +117,14 @@ class Harness:
     def wait_workers(self, n: int) -> None:
         self.proxy.when_workers(n).get(timeout=TIMEOUT).result(timeout=TIMEOUT)
 
+    def idle_stats(self) -> dict[str, Any]:
+        """The pool's stats once no task runs any more (bounded)."""
+        deadline = time.monotonic() + TIMEOUT
+        while (stats := self.stats())["running"]:
+            assert time.monotonic() < deadline, f"tasks still running: {stats}"
+            time.sleep(0.01)
+        return stats
+
     def endpoint(self) -> str:
         return self.proxy.endpoint().get(timeout=TIMEOUT)  # type: ignore[no-any-return]
 
@@ -579,11 +587,7 @@ def test_a_result_its_owner_missed_goes_to_the_next_dispatch_of_the_same_task(
     assert w.recv()["task_id"] == "missed"
     gone.stop()  # its owner stopped while it ran
     w.send(wire.result_ok("missed", 5, 1.0, started=True))
-    deadline = time.monotonic() + TIMEOUT
-    while h.stats()["running"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert h.stats()["running"] == 0  # the result is in, and nobody took it
-    assert h.stats()["results_kept"] == 1
+    assert h.idle_stats()["results_kept"] == 1  # the result is in, and nobody took it
     successor_inbox = Inbox()
     successor = Owner.start(successor_inbox)
     try:
@@ -614,10 +618,7 @@ def test_the_result_of_a_task_its_owner_cancelled_is_not_kept(fake: Any) -> None
     error = {"type": "StepCancelled", "message": "cancelled", "retryable": False,
              "retry_after": None}  # fmt: skip
     w.send(wire.result_error("aborted", error, 1.0))
-    deadline = time.monotonic() + TIMEOUT
-    while h.stats()["running"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert h.stats()["running"] == 0 and h.stats()["results_kept"] == 0
+    assert h.idle_stats()["results_kept"] == 0
 
 
 def test_a_result_handed_back_by_its_owner_goes_to_the_next_dispatch(fake: Any) -> None:
