@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks._cpu import cpu_by_process, cpu_spent
 from benchmarks._node import BenchmarkError, EventTap, NodeProcess
 from benchmarks._stats import latency_figures, percentile
 from tamma_actors import Client
@@ -123,13 +124,19 @@ def w1(b: Bench) -> dict[str, float]:
 
 
 def w2(b: Bench) -> dict[str, float]:
-    """Many chains submitted at once: durable steps per second."""
+    """Many chains submitted at once: durable steps per second, and the CPU time each
+    process spent per step meanwhile (``node_cpu_ms_per_step``, ``writer_...``,
+    ``workers_...``, ``client_...``: this process)."""
     s = b.sizes
+    steps = s.w2_workflows * s.w2_steps
+    before = cpu_by_process(b.node.pid)
     wall, accepted = _burst(b, chain("bench-w2", s.w2_steps), s.w2_workflows, "W2")
+    spent = cpu_spent(before, cpu_by_process(b.node.pid))
     return {
-        "steps_per_s": s.w2_workflows * s.w2_steps / wall,
+        "steps_per_s": steps / wall,
         "wall_s": wall,
         "submit_s": accepted,
+        **{f"{role}_cpu_ms_per_step": 1000 * sec / steps for role, sec in spent.items()},
     }
 
 
@@ -166,19 +173,20 @@ def w3(b: Bench) -> dict[str, float]:
 
 def w4(b: Bench) -> dict[str, float]:
     """CPU-bound chains on 2 workers: wall time (ideal: total CPU / 2 cores). Also the
-    machine's idle and stolen core-seconds meanwhile: on a virtual machine the hypervisor
-    may take CPU time (steal) the run waited for."""
+    machine's idle and stolen core-seconds meanwhile (on a virtual machine the hypervisor
+    may take CPU time, steal, the run waited for) and each process's core-seconds."""
     s = b.sizes
     workflow = chain("bench-w4", s.w4_steps, "cpu", ms=s.w4_cpu_ms)
-    before = psutil.cpu_times()
+    before, processes = psutil.cpu_times(), cpu_by_process(b.node.pid)
     wall, _ = _burst(b, workflow, s.w4_workflows, "W4")
-    after = psutil.cpu_times()
+    after, spent = psutil.cpu_times(), cpu_spent(processes, cpu_by_process(b.node.pid))
     ideal = s.w4_workflows * s.w4_steps * s.w4_cpu_ms / 1000 / max(1, b.node.workers)
     return {
         "wall_s": wall,
         "ideal_s": ideal,
         "idle_cpu_s": after.idle - before.idle,
         "steal_cpu_s": getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0),
+        **{f"{role}_cpu_s": sec for role, sec in spent.items()},
     }
 
 

@@ -65,6 +65,13 @@ def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) 
             assert low <= figures[key] <= high
         assert len(figures["runs"]) == data["meta"]["runs"]
     assert "W1" in proc.stdout and "accepted_p50_ms" in proc.stdout
+    # Each process's CPU time: every role is there, and W4's workers burnt at least
+    # most of the CPU its `cpu` steps burn (4 workflows x 2 steps x 20 ms).
+    for role in ("node", "writer", "workers", "client"):
+        assert data["W2"][f"{role}_cpu_ms_per_step"] >= 0, role
+        assert data["W4"][f"{role}_cpu_s"] >= 0, role
+    assert data["W4"]["workers_cpu_s"] >= 0.8 * 4 * 2 * 0.020
+    assert data["W4"]["node_cpu_s"] > 0
 
 
 def test_only_runs_the_selected_workloads(tmp_path: Path) -> None:
