@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import random
 import sys
 import threading
+import uuid
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
@@ -257,15 +260,25 @@ class _PoolInbox:
         self._teardown(actor)
 
 
+# An actor's URN only has to be unique within this process: a generator seeded once from
+# the OS, where pykka draws a ``uuid4`` per actor, whose ``os.urandom`` gives up the GIL:
+# each start then waited to get it back behind every busy thread of the node.
+_urns = random.Random(os.urandom(16))
+
+
 class PoolActor(pykka.Actor):
     """A pykka actor with no thread of its own: its inbox schedules it on a Dispatcher when a
     message arrives; a turn processes at most `batch` messages, then the actor is re-queued
     if more are waiting. An actor never runs on two threads at once."""
 
     def __init__(self, dispatcher: Dispatcher, *args: Any, **kwargs: Any) -> None:
-        # The inbox is created by pykka's __init__ and needs the dispatcher first.
+        # What pykka's ``Actor.__init__`` sets, but for the URN (see ``_urns``); the inbox
+        # needs the dispatcher first.
         self._dispatcher = dispatcher
-        super().__init__(*args, **kwargs)
+        self.actor_urn = uuid.UUID(int=_urns.getrandbits(128), version=4).urn
+        self.actor_inbox = self._create_actor_inbox()
+        self.actor_stopped = threading.Event()
+        self._actor_ref = pykka.ActorRef(self)
         cast(_PoolInbox, self.actor_inbox).actor = self
 
     def on_turn_end(self) -> None:

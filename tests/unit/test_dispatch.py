@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import re
 import threading
 import tracemalloc
+import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, cast
 
+import pykka
 import pytest
 from pykka import ActorDeadError, ActorRef, ActorRegistry, ThreadingFuture
 from pykka._envelope import Envelope
@@ -89,6 +92,27 @@ def test_ask_tell_proxy_and_on_start_on_the_pool(dispatcher: Dispatcher) -> None
     assert ref not in ActorRegistry.get_all()  # the dispatcher keeps its actors
     assert ref.stop(timeout=WAIT) is True
     assert ref not in dispatcher.actors()
+
+
+def test_an_actor_is_made_without_a_system_call_and_has_what_pykka_gives_one(
+    dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pykka names each actor with ``uuid4``, whose ``os.urandom`` gives up the GIL: a
+    start would wait to get it back behind every busy thread of the node."""
+    plain = pykka.ThreadingActor()  # what pykka's own __init__ sets up, to compare with
+
+    def no_urandom(n: int) -> bytes:
+        raise AssertionError("os.urandom called while making an actor")
+
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    actors = [Echo(dispatcher) for _ in range(200)]
+    assert set(vars(plain)) <= set(vars(actors[0]))
+    urns = {a.actor_urn for a in actors}
+    assert len(urns) == len(actors)
+    assert all(uuid.UUID(urn[len("urn:uuid:") :]).version == 4 for urn in urns)
+    ref = actors[0].started()
+    assert ref.ask("made", timeout=WAIT) == "made" and ref.actor_urn == actors[0].actor_urn
+    ref.stop(timeout=WAIT)
 
 
 def test_an_ask_that_raises_returns_the_error(dispatcher: Dispatcher) -> None:
