@@ -105,11 +105,13 @@ def _burst(b: Bench, workflow: dict[str, Any], count: int, what: str) -> tuple[f
 
 
 def w1(b: Bench) -> dict[str, float]:
-    """Sequential 1-step starts: start→accepted (durable) and start→completed."""
+    """Sequential 1-step starts: start→accepted (durable) and start→completed; also the
+    CPU time each process spent per workflow (``node_cpu_ms_per_workflow``, ...)."""
     accepted: list[float] = []
     completed: list[float] = []
     n = b.sizes.w1_starts
     b.tap.forget()
+    before = cpu_by_process(b.node.pid)
     for i in range(n):
         began = time.perf_counter()
         execution = b.client.start_workflow(NOOP1)
@@ -120,7 +122,11 @@ def w1(b: Bench) -> dict[str, float]:
         completed.append((at - began) * 1000)
         if i % 20 == 0:
             b.progress("W1", i, n)
-    return latency_figures(accepted, completed)
+    spent = cpu_spent(before, cpu_by_process(b.node.pid))
+    return {
+        **latency_figures(accepted, completed),
+        **{f"{role}_cpu_ms_per_workflow": 1000 * sec / n for role, sec in spent.items()},
+    }
 
 
 def w2(b: Bench) -> dict[str, float]:

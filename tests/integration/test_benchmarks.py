@@ -68,6 +68,7 @@ def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) 
     # Each process's CPU time: every role is there, and W4's workers burnt at least
     # most of the CPU its `cpu` steps burn (4 workflows x 2 steps x 20 ms).
     for role in ("node", "writer", "workers", "client"):
+        assert data["W1"][f"{role}_cpu_ms_per_workflow"] >= 0, role
         assert data["W2"][f"{role}_cpu_ms_per_step"] >= 0, role
         assert data["W4"][f"{role}_cpu_s"] >= 0, role
     assert data["W4"]["workers_cpu_s"] >= 0.8 * 4 * 2 * 0.020
