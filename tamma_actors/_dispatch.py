@@ -271,7 +271,7 @@ class PoolActor(pykka.Actor):
     message arrives; a turn processes at most `batch` messages, then the actor is re-queued
     if more are waiting. An actor never runs on two threads at once."""
 
-    def __init__(self, dispatcher: Dispatcher, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, dispatcher: Dispatcher) -> None:
         # What pykka's ``Actor.__init__`` sets, but for the URN (see ``_urns``); the inbox
         # needs the dispatcher first.
         self._dispatcher = dispatcher
