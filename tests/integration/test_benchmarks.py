@@ -72,7 +72,9 @@ def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) 
         assert data["W2"][f"{role}_cpu_ms_per_step"] >= 0, role
         assert data["W4"][f"{role}_cpu_s"] >= 0, role
     assert data["W4"]["workers_cpu_s"] >= 0.8 * 4 * 2 * 0.020
-    assert data["W4"]["node_cpu_s"] > 0
+    # The node is read too: W1's 20 workflows take it ~50 ms of CPU (W4's quick run, 0.01
+    # to 0.03 s, is too close to the counters' 10 ms resolution to say so every time).
+    assert data["W1"]["node_cpu_ms_per_workflow"] > 0
 
 
 def test_only_runs_the_selected_workloads(tmp_path: Path) -> None:
