@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -24,13 +23,13 @@ import zmq
 from tamma_actors import Client
 from tamma_actors._codec import unpack
 from tamma_actors._errors import TammaError
+from tamma_actors._eventbus import PUBLISH_TIME
 
 __all__ = ["BenchmarkError", "EventTap", "NodeProcess"]
 
 TERMINAL = frozenset({"workflow.completed", "workflow.failed", "workflow.aborted"})
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
-_PUBLISH_TIME = struct.Struct("<d")  # the events' third frame (events_publish_time)
 
 
 class BenchmarkError(RuntimeError):
@@ -217,7 +216,7 @@ class EventTap:
                 if self.record_lags:
                     self.lags_ms.append((now_wall - float(event["timestamp"])) * 1000.0)
                     if len(frames) == 3:
-                        sent = _PUBLISH_TIME.unpack(frames[2])[0]
+                        sent = PUBLISH_TIME.unpack(frames[2])[0]
                         self.publish_lags_ms.append((now_wall - sent) * 1000.0)
                 if event["type"] in TERMINAL:
                     self.terminal[event["execution_id"]] = (event["type"], now)

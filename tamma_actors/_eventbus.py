@@ -34,11 +34,12 @@ from tamma_actors._curve import curve_server
 from tamma_actors._errors import CodecError, TransportError
 from tamma_actors._socket_actor import SocketActor, send_frames
 
-__all__ = ["EventBus", "Publish"]
+__all__ = ["PUBLISH_TIME", "EventBus", "Publish"]
 
 logger = logging.getLogger(__name__)
 
-_PUBLISH_TIME = struct.Struct("<d")
+# The optional third frame: when the bus sent the event (Unix seconds, little-endian).
+PUBLISH_TIME = struct.Struct("<d")
 
 Event = dict[str, Any]
 Handler = Callable[[Event], None]
@@ -189,7 +190,7 @@ class EventBus(SocketActor):
             # PUB never blocks: a slow subscriber past its high-water mark loses messages,
             # and catches up from the store with getEvents.
             if self.publish_time:
-                stamp = _PUBLISH_TIME.pack(time.time())
+                stamp = PUBLISH_TIME.pack(time.time())
                 send_frames(self._pub, (event_type.encode(), payload, stamp))
             else:
                 send_frames(self._pub, (event_type.encode(), payload))
