@@ -18,8 +18,9 @@ step runner thread and back (two thread hand-offs, most of a fast step's cost in
 worker). The built-in ``noop``, ``echo`` and ``fail`` are inline. Anything that waits, does
 I/O or computes for more than a fraction of a millisecond must not be: while it runs, the
 worker reads no frame, sends no other step's result and no heartbeat, and it cannot be
-cancelled (a worker whose inline step runs for over 0.5 s runs that implementation on its
-runner threads from then on, with a warning).
+cancelled (a worker whose inline step holds its socket thread for over 0.5 s, in one run
+or in all its runs of over 20 ms within a minute, runs that implementation on its runner
+threads from then on, with a warning).
 
 Any other exception is reported with its class name as the error type and ``retryable``
 None. These classes sit outside the :class:`~tamma_actors.TammaError` tree on purpose:

@@ -2,9 +2,11 @@
 and the ``RunnerPool`` that the worker's socket thread assigns ``run`` frames to. An
 inline step (:func:`~tamma_actors._step_api.inline_step`) whose implementation is loaded
 runs on the socket thread itself and takes no runner; its first run loads it on a runner,
-so that no plugin import ever holds up the socket thread, and one run that holds the
-socket thread over ``INLINE_LIMIT`` (0.5 s) sends that implementation back to the runners
-for the worker's lifetime, with a warning.
+so that no plugin import ever holds up the socket thread. An implementation whose slow runs
+(each over ``INLINE_SLOW``, 20 ms) held the socket thread for more than ``INLINE_LIMIT``
+(0.5 s) in all within ``INLINE_WINDOW`` (a minute), or one run that long, goes back to the
+runners for the worker's lifetime, with a warning: a step that blocks for 0.3 s at each run
+would otherwise stall the socket (heartbeats, cancels, every other step's frames) forever.
 
 A runner reports through the worker's :class:`~tamma_actors._worker_outbox.Outbox`:
 ``started`` (which the outbox may hold a while), ``progress``, and the ``result`` frame,
@@ -36,10 +38,13 @@ __all__ = ["RunnerPool", "Task"]
 log = logging.getLogger("tamma_actors._worker")
 
 _RUNNER_STOP_TIMEOUT = 1.0
-# An inline step that holds the socket thread longer than this (seconds) is one that
-# should not be inline: its worker stops running that implementation inline. Generous: a
-# quick step's run may include waits for the GIL behind busy runner threads.
+# An inline implementation whose slow runs held the socket thread longer than this in all
+# (seconds), within INLINE_WINDOW, is one that should not be inline: its worker stops
+# running it inline. Only runs over INLINE_SLOW count: a quick step's run may include a
+# wait for the GIL behind busy runner threads, or a collection of the cyclic GC.
 INLINE_LIMIT = 0.5
+INLINE_SLOW = 0.02
+INLINE_WINDOW = 60.0
 
 
 @dataclass
@@ -162,8 +167,11 @@ class RunnerPool:
         self._running: dict[str, tuple[Task, pykka.ActorRef[Any]]] = {}
         # Runs beyond our slots (a restarted node does not know our old tasks) wait here.
         self._backlog: deque[Task] = deque()
-        # Inline implementations that took too long once: they run on runners instead.
+        # Inline implementations that held the socket thread too long: they run on runners.
         self._not_inline: set[str] = set()
+        # Per inline implementation, its recent slow runs (when each ended, how long it took)
+        # and their sum: at most INLINE_LIMIT / INLINE_SLOW of them.
+        self._slow: dict[str, tuple[deque[tuple[float, float]], list[float]]] = {}
 
     @property
     def slots(self) -> int:
@@ -185,22 +193,35 @@ class RunnerPool:
             began = time.perf_counter()
             frame = _run_task(task, lambda _: inline, self._outbox, self._max_frame)
             self._outbox.answer(task_id, frame, wake=False)
-            self._check_inline(name, time.perf_counter() - began)
+            ended = time.perf_counter()
+            if ended - began > INLINE_SLOW:
+                self._check_inline(name, ended, ended - began)
         elif self._free:
             self._start(task, self._free.popleft())
         else:
             self._backlog.append(task)
 
-    def _check_inline(self, name: str, took: float) -> None:
-        """An inline step that held the socket thread too long runs on runners from now on
-        (in this worker): it was marked inline by mistake, or it blocked this time."""
-        if took > INLINE_LIMIT:
+    def _check_inline(self, name: str, ended: float, took: float) -> None:
+        """Count a slow run of inline step ``name``; once its slow runs within the window
+        held the socket thread over the limit, it runs on runners from now on (in this
+        worker): it was marked inline by mistake, or it blocks."""
+        runs, total = self._slow.setdefault(name, (deque(), [0.0]))
+        runs.append((ended, took))
+        total[0] += took
+        while runs[0][0] < ended - INLINE_WINDOW:
+            total[0] -= runs.popleft()[1]
+        if total[0] > INLINE_LIMIT:
+            del self._slow[name]
             self._not_inline.add(name)
             log.warning(
-                "inline step %s held the worker's socket thread for %.0f ms (limit %.0f ms); "
-                "it runs on step runners from now on: it should not be marked inline_step",
+                "inline step %s held the worker's socket thread for %.0f ms in %d run(s) of "
+                "over %.0f ms within %.0f s (limit %.0f ms); it runs on step runners from "
+                "now on: it should not be marked inline_step",
                 name,
-                took * 1000,
+                total[0] * 1000,
+                len(runs),
+                INLINE_SLOW * 1000,
+                INLINE_WINDOW,
                 INLINE_LIMIT * 1000,
             )
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,37 @@ def test_an_inline_step_that_blocks_goes_back_to_the_runners(
     assert node.result("after")["output"].startswith("_StepRunner")  # from now on
     node.send(task("noop", input=1))  # and the worker serves on
     assert node.result("noop")["output"] == 1
+
+
+def test_an_inline_step_that_blocks_a_little_at_every_run_goes_back_to_the_runners(
+    node: FakeNode, start: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No single run is over the limit, but their sum within the window is: the socket
+    thread would otherwise stall at every run, forever. Quick runs count for nothing, and
+    slow runs further apart than the window are forgiven."""
+    from tamma_actors import _worker_runners
+
+    monkeypatch.setattr(_worker_runners, "INLINE_LIMIT", 0.3)
+    monkeypatch.setattr(_worker_runners, "INLINE_WINDOW", 0.4)
+    start()
+    node.handshake()
+    node.send(task("load", "where"))
+    node.result("load")
+    for i in range(20):  # quick: always inline
+        node.send(task(f"quick{i}", "where"))
+        assert node.result(f"quick{i}")["output"] == "test-worker"
+    for i in range(3):  # slow, but each alone and out of the others' window
+        node.send(task(f"apart{i}", "where", config={"sleep": 0.12}))
+        assert node.result(f"apart{i}")["output"] == "test-worker"
+        time.sleep(0.5)
+    with caplog.at_level("WARNING", logger="tamma_actors._worker"):
+        for i in range(3):  # back to back: 0.36 s within the window, over 0.3 at the third
+            node.send(task(f"close{i}", "where", config={"sleep": 0.12}))
+            assert node.result(f"close{i}")["output"] == "test-worker"
+    warnings = [r.getMessage() for r in caplog.records if "inline step where" in r.getMessage()]
+    assert len(warnings) == 1 and "in 3 run(s)" in warnings[0]
+    node.send(task("after", "where"))
+    assert node.result("after")["output"].startswith("_StepRunner")  # from now on
 
 
 def test_a_long_batch_of_inline_steps_answers_every_one_in_order(
