@@ -56,6 +56,13 @@ def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) 
     assert data["meta"]["quick"] is True
     assert data["meta"]["errors"] == []
     assert data["meta"]["runs"] >= 3
+    # How fast the machine was: measured on the data directory's file system.
+    calibration = data["meta"]["calibration"]
+    for key in ("fdatasync_p50_ms", "lmdb_commit_p50_ms", "python_loop_ms"):
+        assert isinstance(calibration[key], float) and calibration[key] > 0, key
+    assert calibration["lmdb_commit_p99_ms"] >= calibration["lmdb_commit_p50_ms"]
+    assert 0.0 <= calibration["steal_pct"] < 100.0 and calibration["filesystem"]
+    assert "machine during the run: fdatasync" in proc.stdout
     for workload, keys in _DOCUMENTED.items():
         figures = data[workload]
         assert "unavailable" not in figures, (workload, figures.get("unavailable"))
