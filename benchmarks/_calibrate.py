@@ -25,15 +25,26 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import psutil
+from rich.console import Console
 
 from benchmarks._stats import percentile
 
-__all__ = ["calibrate", "cpu_times", "describe", "filesystem", "not_durable", "steal_pct"]
+__all__ = [
+    "calibrate",
+    "describe",
+    "filesystem",
+    "not_durable",
+    "print_machine",
+    "steal_pct",
+    "watching",
+]
 
 _SYNCS = 200
 _LOOPS = 5
@@ -128,9 +139,16 @@ def steal_pct(before: Any, after: Any) -> float:
     return 100.0 * stolen / total if total > 0 else 0.0
 
 
-def cpu_times() -> Any:
-    """The machine's CPU times now (for :func:`steal_pct`)."""
-    return psutil.cpu_times()
+@contextmanager
+def watching(scratch: Path) -> Iterator[dict[str, Any]]:
+    """The machine's figures (:func:`calibrate`, on ``scratch``), measured on entry; its
+    ``steal_pct`` is added on exit, for the time in between."""
+    calibration = calibrate(scratch)
+    before = psutil.cpu_times()
+    try:
+        yield calibration
+    finally:
+        calibration["steal_pct"] = steal_pct(before, psutil.cpu_times())
 
 
 def describe(calibration: dict[str, Any]) -> list[str]:
@@ -149,3 +167,8 @@ def describe(calibration: dict[str, Any]) -> list[str]:
             "a directory on a disk)"
         )
     return lines
+
+
+def print_machine(console: Console, calibration: dict[str, Any]) -> None:
+    for line in describe(calibration):
+        console.print(line, style="red" if line.startswith("warning") else None)

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks._calibrate import calibrate, cpu_times, describe, steal_pct
+from benchmarks._calibrate import print_machine, watching
 from benchmarks._node import BenchmarkError, EventTap, NodeProcess
 from benchmarks._report import machine, print_table, write_json
 from benchmarks._stats import Result, aggregate
@@ -76,9 +76,7 @@ def run_suite(
     broken: list[str] = []
     began = time.perf_counter()
     try:
-        calibration = calibrate(scratch)
-        machine_before = cpu_times()
-        with Progress(
+        with watching(scratch) as calibration, Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/"
             "{task.total:.0f}"), TimeElapsedColumn(), console=console, transient=True,
         ) as bar:  # fmt: skip
@@ -107,7 +105,6 @@ def run_suite(
                     results.append(Result(workload, workload, unavailable=str(exc)))
                 except BenchmarkError as exc:
                     broken.append(f"{workload}: {exc}")
-        calibration["steal_pct"] = steal_pct(machine_before, cpu_times())
     finally:
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -127,8 +124,7 @@ def run_suite(
               f"Python {meta['python']}, {workers} workers, fsync on"
               + (" (quick)" if quick else ""))  # fmt: skip
     print_table(results, console, header, targets=not quick)
-    for line in describe(calibration):
-        console.print(line, style="red" if line.startswith("warning") else None)
+    print_machine(console, calibration)
     for problem in broken:
         console.print(f"[red]benchmark failed[/] {problem}")
     if keep:

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._calibrate import print_machine, watching
 from benchmarks._node import EventTap, NodeProcess
 from benchmarks._report import machine, option_problems, save_json
 from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4
@@ -220,16 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ray": run_ray,
             "dbos": run_dbos,
         }
-        for name, fn in runners.items():
-            if name == "tamma" or name in others:
-                console.print(f"running {name} ...")
-                results[name] = fn(scratch, sizes, args.runs)
+        with watching(scratch) as calibration:
+            for name, fn in runners.items():
+                if name == "tamma" or name in others:
+                    console.print(f"running {name} ...")
+                    results[name] = fn(scratch, sizes, args.runs)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    meta = machine()
+    meta = {**machine(), "calibration": calibration}
     title = (f"W1-W4: {' vs '.join(results)} — {meta['date']}, {meta['cpus']} CPUs, "
              f"median of {args.runs} runs (min..max)")  # fmt: skip
     print_comparison(results, console, title)
+    print_machine(console, calibration)
     if args.json_path:
         data = {"meta": {**meta, "runs": args.runs, "quick": args.quick}, "results": results}
         if not save_json(args.json_path, data, console):

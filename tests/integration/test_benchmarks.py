@@ -275,6 +275,26 @@ def test_a_broken_event_fails_the_wait_instead_of_hanging_it(tmp_path: Path) -> 
     pub.close()
 
 
+def test_compare_with_tamma_alone_runs_w1_to_w4_and_says_how_fast_the_machine_was(
+    tmp_path: Path,
+) -> None:
+    """``--only ''``: no other system, so nothing is installed; tamma's W1-W4 run."""
+    out = tmp_path / "compare.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--quick", "--only", "", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert list(data["results"]) == ["tamma"]
+    assert data["results"]["tamma"]["W2.steps_per_s"][0] > 0
+    assert data["meta"]["calibration"]["lmdb_commit_p50_ms"] > 0
+    assert "machine during the run" in proc.stdout
+
+
 def test_compare_installs_only_what_the_systems_asked_for_need(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

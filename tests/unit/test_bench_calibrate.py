@@ -10,7 +10,14 @@ import psutil
 import pytest
 
 from benchmarks import _calibrate
-from benchmarks._calibrate import calibrate, describe, filesystem, not_durable, steal_pct
+from benchmarks._calibrate import (
+    calibrate,
+    describe,
+    filesystem,
+    not_durable,
+    steal_pct,
+    watching,
+)
 
 Times = namedtuple("Times", "user system idle steal")
 NoSteal = namedtuple("NoSteal", "user system idle")
@@ -27,6 +34,17 @@ def test_calibrate_measures_the_disk_and_the_cpu_and_leaves_nothing_behind(
     assert figures["python_loop_ms"] > 0
     assert figures["filesystem"] == filesystem(tmp_path) != "unknown"
     assert list(tmp_path.iterdir()) == []  # its probe files are gone
+
+
+def test_watching_adds_the_steal_of_the_time_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_calibrate, "_SYNCS", 5)
+    samples = iter([Times(10.0, 5.0, 80.0, 5.0), Times(40.0, 15.0, 130.0, 15.0)])
+    monkeypatch.setattr(psutil, "cpu_times", lambda: next(samples))
+    with watching(tmp_path) as figures:
+        assert "steal_pct" not in figures and figures["lmdb_commit_p50_ms"] > 0
+    assert figures["steal_pct"] == pytest.approx(10.0)
 
 
 def test_steal_is_the_hypervisors_share_of_the_cpu_time_in_between() -> None:
