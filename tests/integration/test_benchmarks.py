@@ -295,6 +295,35 @@ def test_compare_with_tamma_alone_runs_w1_to_w4_and_says_how_fast_the_machine_wa
     assert "machine during the run" in proc.stdout
 
 
+def test_two_versions_side_by_side_alternate_and_leave_no_worktree(tmp_path: Path) -> None:
+    """HEAD against the working tree: each runs its own suite, in turn, from its own
+    checkout; the temporary worktree is gone at the end."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    worktrees = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    out = tmp_path / "sidebyside.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sidebyside", "HEAD", "--only", "W3", "--quick",
+         "--pairs", "2", "--runs", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["base"].startswith("HEAD (") and data["meta"]["new"].startswith("work")
+    assert [p["first"] for p in data["pairs"]] == ["base", "new"]
+    for pair in data["pairs"]:
+        assert pair["base"]["W3.wall_s"] > 0 and pair["new"]["W3.wall_s"] > 0
+        assert pair["base_machine"]["lmdb_commit_p50_ms"] > 0
+    assert 0 <= data["summary"]["W3.wall_s"]["ahead"] <= 2
+    assert "W3.wall_s" in proc.stdout and "new ahead" in proc.stdout
+    after = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    assert after == worktrees
+
+
 def test_compare_installs_only_what_the_systems_asked_for_need(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
