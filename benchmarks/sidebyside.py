@@ -4,7 +4,8 @@ Two versions of tamma_actors measured side by side. On a shared machine the same
 medians move by 30-80 % from one hour to the next, so two runs an hour apart say little
 about a change: this runs the suite (``python -m benchmarks``) from each version in turn,
 ``--pairs`` times, alternating which goes first, and prints each figure of every pair
-next to each other, with how many pairs the new version was ahead in.
+next to each other, with how many pairs the new version was ahead in, and the machine's
+figures of each run (``benchmarks._calibrate``: how comparable the two runs of a pair were).
 
 BASE and NEW are git revisions of this repository, checked out into temporary worktrees
 (removed at the end) and byte-compiled; NEW defaults to the working tree as it is,
@@ -47,6 +48,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 _LEFT_OUT = frozenset({"title", "spread", "runs", "notes", "unavailable"})
 _STOP_WAIT = 60.0  # for a suite told to stop (SIGTERM) to stop its node and exit
+MACHINE = "machine."  # rows of the machine's figures, not the versions'
 
 
 class SideBySideError(RuntimeError):
@@ -196,6 +198,18 @@ def _remove(tree: Tree) -> None:
             print(f"could not remove the worktree {tree.path}: {exc}", file=sys.stderr)
 
 
+def _machine(calibration: Mapping[str, Any] | None) -> dict[str, float]:
+    """The machine's figures of a run (``machine.fdatasync_p50_ms``...), which say how
+    comparable its pair's two runs were; none from a version whose suite did not take them."""
+    if not calibration:
+        return {}
+    return {
+        f"{MACHINE}{key}": float(value)
+        for key, value in calibration.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
 def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
@@ -205,12 +219,16 @@ def print_rows(rows: Sequence[Row], base: Tree, new: Tree, console: Console) -> 
     for column in ("figure", "base, per pair", "new, per pair", "new ahead", "median change"):
         table.add_column(column)
     for row in rows:
+        machine = row.key.startswith(MACHINE)
         table.add_row(
-            row.key,
+            f"[dim]{row.key}[/]" if machine else row.key,
             ", ".join(_fmt(v) for v in row.base),
             ", ".join(_fmt(v) for v in row.new),
-            f"{row.ahead} of {len(row.new)}",
-            f"{row.change:+.1%}" + (" (higher is better)" if higher_is_better(row.key) else ""),
+            "" if machine else f"{row.ahead} of {len(row.new)}",
+            ""
+            if machine
+            else f"{row.change:+.1%}"
+            + (" (higher is better)" if higher_is_better(row.key) else ""),
         )
     console.print(table)
 
@@ -258,7 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for tree in trees:
                 _remove(tree)
-    rows = compare([p["base"] for p in pairs], [p["new"] for p in pairs])
+    rows = compare(
+        [{**p["base"], **_machine(p["base_machine"])} for p in pairs],
+        [{**p["new"], **_machine(p["new_machine"])} for p in pairs],
+    )
     print_rows(rows, trees[0], trees[1], console)
     if args.json_path:
         data = {
@@ -269,7 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "options": options,
             },
             "pairs": pairs,
-            "summary": {r.key: {"ahead": r.ahead, "change": r.change} for r in rows},
+            "summary": {
+                r.key: {"ahead": r.ahead, "change": r.change}
+                for r in rows
+                if not r.key.startswith(MACHINE)
+            },
         }
         if not save_json(args.json_path, data, console):
             return 1

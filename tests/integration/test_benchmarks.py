@@ -318,6 +318,8 @@ def test_two_versions_side_by_side_alternate_and_leave_no_worktree(tmp_path: Pat
         assert pair["base_machine"]["lmdb_commit_p50_ms"] > 0
     assert 0 <= data["summary"]["W3.wall_s"]["ahead"] <= 2
     assert "W3.wall_s" in proc.stdout and "new ahead" in proc.stdout
+    assert "machine.lmdb_commit_p50_ms" in proc.stdout  # how comparable each pair was
+    assert not any(key.startswith("machine.") for key in data["summary"])
     after = subprocess.run(
         ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
     ).stdout

@@ -74,3 +74,11 @@ def test_bad_arguments_are_refused_before_anything_is_checked_out(
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert "'no-such-revision-anywhere' is not a revision" in capsys.readouterr().err
+
+
+def test_the_machines_figures_of_a_run_are_its_numbers_only() -> None:
+    from benchmarks.sidebyside import _machine
+
+    calibration = {"fdatasync_p50_ms": 0.2, "filesystem": "ext4", "steal_pct": 0, "x": True}
+    assert _machine(calibration) == {"machine.fdatasync_p50_ms": 0.2, "machine.steal_pct": 0.0}
+    assert _machine(None) == {}  # a version whose suite did not measure the machine
