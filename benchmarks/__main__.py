@@ -12,8 +12,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from benchmarks._report import option_problems
-from benchmarks._runner import WORKLOADS, run_suite
+from benchmarks._report import option_problems, refuse
+from benchmarks._runner import WORKLOADS, parse_only, run_suite
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,14 +29,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    only = [w.strip().upper() for w in args.only.split(",")] if args.only else list(WORKLOADS)
-    unknown = [w for w in only if w not in WORKLOADS]
-    problems = [f"unknown workload(s): {', '.join(unknown)}"] if unknown else []
-    if args.workers < 1:
-        problems.append("--workers must be >= 1")
-    problems += option_problems(args.runs, args.json_path)
-    if problems:
-        print("\n".join(problems), file=sys.stderr)
+    only, problems = parse_only(args.only)
+    workers = ["--workers must be >= 1"] if args.workers < 1 else []
+    if refuse([*problems, *workers, *option_problems(args.runs, args.json_path)]):
         return 2
     # SIGTERM (a timeout, CI, kill) must still stop the node and its workers (its own
     # process group: they would outlive us) and remove the data directory.

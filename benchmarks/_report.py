@@ -6,6 +6,7 @@ import json
 import operator
 import os
 import platform
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "machine",
     "option_problems",
     "print_table",
+    "refuse",
     "save_json",
     "write_json",
 ]
@@ -117,6 +119,13 @@ def option_problems(runs: int, json_path: str | None) -> list[str]:
     if json_path and (problem := json_path_problem(json_path)):
         problems.append(problem)
     return problems
+
+
+def refuse(problems: Sequence[str]) -> bool:
+    """Say what is wrong with a command's arguments (on stderr); True if anything is."""
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+    return bool(problems)
 
 
 def save_json(path: str, data: dict[str, Any], console: Console) -> bool:

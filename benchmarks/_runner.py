@@ -21,7 +21,7 @@ from benchmarks._waiting import run_w5, run_w6
 from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4, w7
 from tamma_actors import Client
 
-__all__ = ["WORKLOADS", "run_suite"]
+__all__ = ["WORKLOADS", "parse_only", "run_suite"]
 
 _SHARED: dict[str, tuple[str, Callable[[Bench], dict[str, float]]]] = {
     "W1": ("1-step noop started sequentially: latency", w1),
@@ -31,6 +31,18 @@ _SHARED: dict[str, tuple[str, Callable[[Bench], dict[str, float]]]] = {
     "W7": ("under W2 load: transition commit wait; event publish->subscriber", w7),
 }
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+
+
+def parse_only(spec: str | None) -> tuple[list[str], list[str]]:
+    """The workloads ``--only`` names (every one when it is not given), and what is wrong
+    with it."""
+    if spec is None:
+        return list(WORKLOADS), []
+    only = [w.strip().upper() for w in spec.split(",") if w.strip()]
+    unknown = [w for w in only if w not in WORKLOADS]
+    if unknown:
+        return only, [f"unknown workload(s): {', '.join(unknown)}"]
+    return only, [] if only else [f"--only {spec!r} names no workload"]
 
 
 def _describe(workload: str, sizes: Sizes) -> str:

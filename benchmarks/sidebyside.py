@@ -32,8 +32,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._report import TARGETS, option_problems, save_json
-from benchmarks._runner import WORKLOADS
+from benchmarks._report import TARGETS, option_problems, refuse, save_json
+from benchmarks._runner import parse_only
 
 __all__ = [
     "CannotCheckOut",
@@ -249,14 +249,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    only = [w.strip().upper() for w in args.only.split(",") if w.strip()]
-    unknown = [w for w in only if w not in WORKLOADS]
-    problems = [f"unknown workload(s): {', '.join(unknown)}"] if unknown or not only else []
-    if args.pairs < 1:
-        problems.append("--pairs must be >= 1")
-    problems += option_problems(args.runs, args.json_path)
-    if problems:
-        print("\n".join(problems), file=sys.stderr)
+    only, problems = parse_only(args.only)
+    pairs = ["--pairs must be >= 1"] if args.pairs < 1 else []
+    if refuse([*problems, *pairs, *option_problems(args.runs, args.json_path)]):
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     options = ["--only", ",".join(only), "--runs", str(args.runs)]

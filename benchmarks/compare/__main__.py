@@ -29,7 +29,7 @@ from rich.table import Table
 
 from benchmarks._calibrate import print_machine, watching
 from benchmarks._node import EventTap, NodeProcess
-from benchmarks._report import machine, option_problems, save_json
+from benchmarks._report import machine, option_problems, refuse, save_json
 from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4
 from tamma_actors import Client
 
@@ -202,9 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     others = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(others) - set(SYSTEMS)
     problems = [f"--only {args.only}: it takes {', '.join(SYSTEMS)}"] if unknown else []
-    problems += option_problems(args.runs, args.json_path)
-    if problems:
-        print("\n".join(problems), file=sys.stderr)
+    if refuse([*problems, *option_problems(args.runs, args.json_path)]):
         return 2
     # SIGTERM (a timeout, CI) must still stop redis, the celery worker and the cluster.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -28,6 +28,17 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _run(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m module args...`` from the project's root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # The keys issue 5 names for ``--json``, per workload.
 _DOCUMENTED = {
     "W1": ["accepted_p50_ms", "accepted_p99_ms", "completed_p50_ms", "completed_p99_ms"],
@@ -44,13 +55,7 @@ def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) 
     """The whole ``--quick`` suite, as CI runs it: every workload (W5 SIGKILLs its node)
     runs end to end within the issue's two minutes, and reports every documented figure."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run("benchmarks", "--quick", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert data["meta"]["quick"] is True
@@ -86,14 +91,7 @@ def test_quick_run_of_every_workload_writes_the_documented_json(tmp_path: Path) 
 
 def test_only_runs_the_selected_workloads(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "W3", "--runs", "1",
-         "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )  # fmt: skip
+    proc = _run("benchmarks", "--quick", "--only", "W3", "--runs", "1", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert sorted(k for k in data if k != "meta") == ["W3"]
@@ -101,13 +99,7 @@ def test_only_runs_the_selected_workloads(tmp_path: Path) -> None:
 
 
 def test_unknown_workloads_are_refused(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--only", "W9"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = _run("benchmarks", "--only", "W9", timeout=30)
     assert proc.returncode == 2
     assert "W9" in proc.stderr
 
@@ -280,13 +272,7 @@ def test_compare_with_tamma_alone_runs_w1_to_w4_and_says_how_fast_the_machine_wa
 ) -> None:
     """``--only ''``: no other system, so nothing is installed; tamma's W1-W4 run."""
     out = tmp_path / "compare.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare", "--quick", "--only", "", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run("benchmarks.compare", "--quick", "--only", "", "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert list(data["results"]) == ["tamma"]
@@ -295,19 +281,22 @@ def test_compare_with_tamma_alone_runs_w1_to_w4_and_says_how_fast_the_machine_wa
     assert "machine during the run" in proc.stdout
 
 
+def _worktrees() -> str:
+    return subprocess.run(
+        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+
+
 def test_two_versions_side_by_side_alternate_and_leave_no_worktree(tmp_path: Path) -> None:
     """HEAD against the working tree: each runs its own suite, in turn, from its own
     checkout; the temporary worktree is gone at the end."""
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    worktrees = subprocess.run(
-        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-    ).stdout
+    worktrees = _worktrees()
     out = tmp_path / "sidebyside.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.sidebyside", "HEAD", "--only", "W3", "--quick",
-         "--pairs", "2", "--runs", "1", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    proc = _run(
+        "benchmarks.sidebyside", "HEAD", "--only", "W3", "--quick", "--pairs", "2",
+        "--runs", "1", "--json", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
@@ -320,10 +309,7 @@ def test_two_versions_side_by_side_alternate_and_leave_no_worktree(tmp_path: Pat
     assert "W3.wall_s" in proc.stdout and "new ahead" in proc.stdout
     assert "machine.lmdb_commit_p50_ms" in proc.stdout  # how comparable each pair was
     assert not any(key.startswith("machine.") for key in data["summary"])
-    after = subprocess.run(
-        ["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True, text=True
-    ).stdout
-    assert after == worktrees
+    assert _worktrees() == worktrees
 
 
 def test_compare_installs_only_what_the_systems_asked_for_need(

@@ -82,3 +82,12 @@ def test_the_machines_figures_of_a_run_are_its_numbers_only() -> None:
     calibration = {"fdatasync_p50_ms": 0.2, "filesystem": "ext4", "steal_pct": 0, "x": True}
     assert _machine(calibration) == {"machine.fdatasync_p50_ms": 0.2, "machine.steal_pct": 0.0}
     assert _machine(None) == {}  # a version whose suite did not measure the machine
+
+
+def test_only_names_known_workloads_or_says_what_is_wrong() -> None:
+    from benchmarks._runner import WORKLOADS, parse_only
+
+    assert parse_only(None) == (list(WORKLOADS), [])
+    assert parse_only(" w1, W3 ,") == (["W1", "W3"], [])
+    assert parse_only("W1,W9,x") == (["W1", "W9", "X"], ["unknown workload(s): W9, X"])
+    assert parse_only(" , ") == ([], ["--only ' , ' names no workload"])
