@@ -47,6 +47,24 @@ INLINE_SLOW = 0.02
 INLINE_WINDOW = 60.0
 
 
+@dataclass(slots=True)
+class _SlowRuns:
+    """An inline implementation's runs over INLINE_SLOW within the last INLINE_WINDOW
+    (when each ended, how long it took; at most INLINE_LIMIT / INLINE_SLOW of them before
+    it is sent back to the runners) and how long they held the socket thread in all."""
+
+    runs: deque[tuple[float, float]] = field(default_factory=deque)
+    held: float = 0.0
+
+    def add(self, ended: float, took: float) -> float:
+        """Count a run that ended at ``ended`` (perf_counter); the window's total."""
+        self.runs.append((ended, took))
+        self.held += took
+        while self.runs[0][0] < ended - INLINE_WINDOW:
+            self.held -= self.runs.popleft()[1]
+        return self.held
+
+
 @dataclass
 class Task:
     """One ``run`` map and the event that cancels it."""
@@ -169,9 +187,8 @@ class RunnerPool:
         self._backlog: deque[Task] = deque()
         # Inline implementations that held the socket thread too long: they run on runners.
         self._not_inline: set[str] = set()
-        # Per inline implementation, its recent slow runs (when each ended, how long it took)
-        # and their sum: at most INLINE_LIMIT / INLINE_SLOW of them.
-        self._slow: dict[str, tuple[deque[tuple[float, float]], list[float]]] = {}
+        # Per inline implementation, its slow runs within the window.
+        self._slow: dict[str, _SlowRuns] = {}
 
     @property
     def slots(self) -> int:
@@ -205,12 +222,9 @@ class RunnerPool:
         """Count a slow run of inline step ``name``; once its slow runs within the window
         held the socket thread over the limit, it runs on runners from now on (in this
         worker): it was marked inline by mistake, or it blocks."""
-        runs, total = self._slow.setdefault(name, (deque(), [0.0]))
-        runs.append((ended, took))
-        total[0] += took
-        while runs[0][0] < ended - INLINE_WINDOW:
-            total[0] -= runs.popleft()[1]
-        if total[0] > INLINE_LIMIT:
+        slow = self._slow.setdefault(name, _SlowRuns())
+        held = slow.add(ended, took)
+        if held > INLINE_LIMIT:
             del self._slow[name]
             self._not_inline.add(name)
             log.warning(
@@ -218,8 +232,8 @@ class RunnerPool:
                 "over %.0f ms within %.0f s (limit %.0f ms); it runs on step runners from "
                 "now on: it should not be marked inline_step",
                 name,
-                total[0] * 1000,
-                len(runs),
+                held * 1000,
+                len(slow.runs),
                 INLINE_SLOW * 1000,
                 INLINE_WINDOW,
                 INLINE_LIMIT * 1000,
