@@ -43,6 +43,7 @@ __all__ = [
     "not_durable",
     "print_machine",
     "steal_pct",
+    "stolen_s",
     "watching",
 ]
 
@@ -131,12 +132,16 @@ def calibrate(scratch: Path) -> dict[str, Any]:
     }
 
 
+def stolen_s(before: Any, after: Any) -> float:
+    """The core-seconds the hypervisor took between two ``psutil.cpu_times()`` samples;
+    0 where the platform reports no steal."""
+    return float(getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0))
+
+
 def steal_pct(before: Any, after: Any) -> float:
-    """The hypervisor's share (%) of the machine's CPU time between two
-    ``psutil.cpu_times()`` samples; 0 when the platform reports no steal."""
+    """The hypervisor's share (%) of the machine's CPU time between two samples."""
     total = sum(after) - sum(before)
-    stolen = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
-    return 100.0 * stolen / total if total > 0 else 0.0
+    return 100.0 * stolen_s(before, after) / total if total > 0 else 0.0
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from benchmarks._stats import Result
 
 __all__ = [
     "TARGETS",
+    "figure_text",
     "json_path_problem",
     "machine",
     "option_problems",
@@ -56,7 +57,8 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _fmt(value: float) -> str:
+def figure_text(value: float) -> str:
+    """A figure as the tables print it: three significant digits, thousands grouped."""
     if value >= 100:
         return f"{value:,.0f}"
     if value >= 10:
@@ -70,7 +72,7 @@ def _verdict(key: str, value: float) -> str:
         return ""
     op, bound = target
     mark = "[green]met[/]" if _OPS[op](value, bound) else "[red]missed[/]"
-    return f"{op} {_fmt(bound)} {mark}"
+    return f"{op} {figure_text(bound)} {mark}"
 
 
 def print_table(
@@ -90,8 +92,8 @@ def print_table(
             table.add_row(
                 result.workload if i == 0 else "",
                 name,
-                _fmt(value),
-                f"{_fmt(low)}..{_fmt(high)}",
+                figure_text(value),
+                f"{figure_text(low)}..{figure_text(high)}",
                 str(len(result.runs)),
                 _verdict(f"{result.workload}.{name}", value) if targets else "",
             )

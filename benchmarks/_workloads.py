@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks._calibrate import stolen_s
 from benchmarks._cpu import cpu_by_process, cpu_spent
 from benchmarks._node import BenchmarkError, EventTap, NodeProcess
 from benchmarks._stats import latency_figures, percentile
@@ -191,7 +192,7 @@ def w4(b: Bench) -> dict[str, float]:
         "wall_s": wall,
         "ideal_s": ideal,
         "idle_cpu_s": after.idle - before.idle,
-        "steal_cpu_s": getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0),
+        "steal_cpu_s": stolen_s(before, after),
         **{f"{role}_cpu_s": sec for role, sec in spent.items()},
     }
 

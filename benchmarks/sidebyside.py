@@ -32,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._report import TARGETS, option_problems, refuse, save_json
+from benchmarks._report import TARGETS, figure_text, option_problems, refuse, save_json
 from benchmarks._runner import parse_only
 
 __all__ = [
@@ -210,10 +210,6 @@ def _machine(calibration: Mapping[str, Any] | None) -> dict[str, float]:
     }
 
 
-def _fmt(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
 def print_rows(rows: Sequence[Row], base: Tree, new: Tree, console: Console) -> None:
     table = Table(title=f"base: {base.label}   new: {new.label}")
     for column in ("figure", "base, per pair", "new, per pair", "new ahead", "median change"):
@@ -222,8 +218,8 @@ def print_rows(rows: Sequence[Row], base: Tree, new: Tree, console: Console) -> 
         machine = row.key.startswith(MACHINE)
         table.add_row(
             f"[dim]{row.key}[/]" if machine else row.key,
-            ", ".join(_fmt(v) for v in row.base),
-            ", ".join(_fmt(v) for v in row.new),
+            ", ".join(figure_text(v) for v in row.base),
+            ", ".join(figure_text(v) for v in row.new),
             "" if machine else f"{row.ahead} of {len(row.new)}",
             ""
             if machine

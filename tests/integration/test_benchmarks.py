@@ -305,7 +305,8 @@ def test_two_versions_side_by_side_alternate_and_leave_no_worktree(tmp_path: Pat
     for pair in data["pairs"]:
         assert pair["base"]["W3.wall_s"] > 0 and pair["new"]["W3.wall_s"] > 0
         assert pair["base_machine"]["lmdb_commit_p50_ms"] > 0
-    assert 0 <= data["summary"]["W3.wall_s"]["ahead"] <= 2
+    ahead = sum(p["new"]["W3.wall_s"] < p["base"]["W3.wall_s"] for p in data["pairs"])
+    assert data["summary"]["W3.wall_s"]["ahead"] == ahead  # lower is better for a wall time
     assert "W3.wall_s" in proc.stdout and "new ahead" in proc.stdout
     assert "machine.lmdb_commit_p50_ms" in proc.stdout  # how comparable each pair was
     assert not any(key.startswith("machine.") for key in data["summary"])
