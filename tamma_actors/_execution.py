@@ -50,6 +50,7 @@ from tamma_actors._explain import Explain, Explaining
 from tamma_actors._models import WorkflowConfig, WorkflowStep
 from tamma_actors._state import ExecutionState, step_is_terminal
 from tamma_actors._step_base import tell
+from tamma_actors._step_index import StepIndex
 from tamma_actors._step_types import (
     ChildFinished,
     Children,
@@ -159,6 +160,7 @@ class ExecutionSupervisor(
         self._probes: dict[str, str] = {}  # step -> breaker it probes (half-open)
         self._comp_tasks: dict[str, str] = {}  # compensation task id -> compensated step
         self._watch_seq = -1  # the seq the watchdog saw last (-1: not looked yet)
+        self._index: StepIndex | None = None  # see _step_index
 
     def _deadline_due(self, due: DeadlineDue) -> None:  # on the timer thread
         tell(self.actor_ref, due)
@@ -222,19 +224,26 @@ class ExecutionSupervisor(
 
     # -- scheduling ------------------------------------------------------------------------
 
+    def _step_index(self) -> StepIndex:
+        """Which steps are pending, ready, in flight and open, up to date with the state
+        (made at the first look: a supervisor that only answers reads never needs it)."""
+        index = self._index
+        if index is None:
+            waits = frozenset(s.name for s in self.cfg.steps if self._is_wait(s.name))
+            index = self._index = StepIndex(self.cfg.dependents_map(), waits)
+        index.sync(self.state)
+        return index
+
     def _advance(self) -> None:
         """Mark steps ready or blocked, dispatch what may run, and finish when all is done."""
         if self.state.status != "running":
             return
         steps = self.state.steps
         self._mark_pending()  # join semantics: see _step_types
+        index = self._step_index()
         limit = self.cfg.max_parallel or len(steps)
-        busy = sum(
-            1
-            for name, st in steps.items()
-            if st.status in ("dispatched", "running") and not self._is_wait(name)
-        )
-        for name in self.state.order:
+        busy = len(index.in_flight)
+        for name in index.in_order(index.ready):
             if busy >= limit:
                 break
             if steps[name].status == "ready":
@@ -245,7 +254,7 @@ class ExecutionSupervisor(
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if not all(step_is_terminal(st) for st in self.state.steps.values()):
+        if self._step_index().open:
             return
         failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
         if not failed:

@@ -249,6 +249,7 @@ class WorkflowConfig(FileModel):
 
     _by_name: dict[str, WorkflowStep] = PrivateAttr(default_factory=dict)
     _dependency_map: Mapping[str, tuple[str, ...]] | None = PrivateAttr(None)
+    _dependents_map: Mapping[str, tuple[str, ...]] | None = PrivateAttr(None)
 
     def model_post_init(self, context: Any, /) -> None:
         # First definition wins; duplicates are reported by the workflow-file checks.
@@ -288,6 +289,21 @@ class WorkflowConfig(FileModel):
         if cached is None:
             cached = MappingProxyType({s.name: tuple(self.deps(s.name)) for s in self.steps})
             private["_dependency_map"] = cached
+        return cached
+
+    def dependents_map(self) -> Mapping[str, tuple[str, ...]]:
+        """The steps that depend on each step (in file order), computed once per
+        definition like :meth:`dependency_map`."""
+        private = self.__pydantic_private__
+        assert private is not None
+        cached: Mapping[str, tuple[str, ...]] | None = private["_dependents_map"]
+        if cached is None:
+            dependents: dict[str, list[str]] = {s.name: [] for s in self.steps}
+            for name, deps in self.dependency_map().items():
+                for dep in deps:
+                    dependents.setdefault(dep, []).append(name)
+            cached = MappingProxyType({k: tuple(v) for k, v in dependents.items()})
+            private["_dependents_map"] = cached
         return cached
 
     def retry_policy_for(self, name: str) -> RetryPolicy:

@@ -85,20 +85,24 @@ class ExecutionState:
     deadline: float | None = None  # wall clock of the workflow timeout while running
     frozen_left: float | None = None  # workflow time left while paused
     compensations: list[dict[str, Any]] | None = None  # the compensate plan and results
+    # Not part of the state proper (never stored, not compared): the steps whose status
+    # changed since its supervisor last looked (``_step_index``); None until one looks,
+    # and again when the steps are replaced.
+    moved: set[str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
         return self.status in _TERMINAL_EXECUTION
 
     def to_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "steps"}
+        out = {name: getattr(self, name) for name in self.__slots__ if name not in _NOT_STORED}
         out["steps"] = {name: st.to_dict() for name, st in self.steps.items()}
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExecutionState:
         try:
-            fields = {k: data[k] for k in cls.__slots__ if k in data and k != "steps"}
+            fields = {k: data[k] for k in cls.__slots__ if k in data and k not in _NOT_STORED}
             state = cls(**fields)
             state.steps = {
                 name: StepState(**{k: v for k, v in st.items() if k in StepState.__slots__})
@@ -109,6 +113,7 @@ class ExecutionState:
         return state
 
 
+_NOT_STORED = frozenset({"steps", "moved"})  # steps are stored one by one
 _TERMINAL_EXECUTION = frozenset(s.value for s in TERMINAL_EXECUTION)
 _TERMINAL_STEP = frozenset(s.value for s in TERMINAL_STEP)
 
@@ -132,6 +137,8 @@ def _move_step(state: ExecutionState, name: str, dst: StepStatus) -> StepState:
     st = state.steps[name]
     check_step_transition(st.status, dst, name)
     st.status = dst.value
+    if state.moved is not None:
+        state.moved.add(name)
     return st
 
 
@@ -148,6 +155,7 @@ def _created(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     state.context = dict(d.get("inputs") or {})
     state.order = list(d["steps"])
     state.steps = {name: StepState() for name in state.order}
+    state.moved = None
     state.start_time = ev["timestamp"]
     state.source = d.get("source")
 
@@ -316,10 +324,13 @@ def _reset(state: ExecutionState, ev: Mapping[str, Any]) -> None:
 
 def _reopened(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     """A step cancelled or skipped because of a failure goes back to pending."""
-    st = state.steps[ev["data"]["step"]]
+    name = ev["data"]["step"]
+    st = state.steps[name]
     if st.status not in (S.CANCELLED.value, S.SKIPPED.value):
-        raise IllegalTransition(f"step {ev['data']['step']!r}: cannot reopen a {st.status} step")
+        raise IllegalTransition(f"step {name!r}: cannot reopen a {st.status} step")
     st.status = S.PENDING.value
+    if state.moved is not None:
+        state.moved.add(name)
     st.error = None
     st.ended_at = None
 

@@ -13,6 +13,9 @@ from tamma_actors._errors import ExpressionError
 from tamma_actors._step_configs import Plan
 from tamma_actors._timeouts import TimeoutHandling
 
+if TYPE_CHECKING:
+    from tamma_actors._step_index import StepIndex
+
 __all__ = ["OPEN", "StepTypeBase", "tell"]
 
 OPEN = ("dispatched", "running")
@@ -32,6 +35,7 @@ class StepTypeBase(TimeoutHandling):
         _deps_of: Mapping[str, tuple[str, ...]]
 
         def _task(self, name: str, attempt: int, tid: str) -> dict[str, Any]: ...
+        def _step_index(self) -> StepIndex: ...
 
     def _expression_context(self) -> dict[str, Any]:
         steps = {n: {"output": st.data, "status": st.status} for n, st in self.state.steps.items()}

@@ -72,25 +72,17 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
 
     def _mark_pending(self) -> None:
         """Move pending steps to ready, skipped or cancelled, to a fixpoint (file order need
-        not be dependency order, so one pass is not always enough). A step made ready
-        changes no other step's verdict (its dependents still wait for it), so only a
-        cancelled or skipped one calls for another pass."""
+        not be dependency order, so one pass is not always enough). Only the pending steps
+        whose dependencies moved since the last look are judged (see _step_index)."""
         steps = self.state.steps
-        again = True
-        while again:
-            again = False
-            for name in self.state.order:
-                if steps[name].status != "pending":
-                    continue
-                verdict = join(steps[d].status for d in self._deps_of[name])
-                if verdict == "ready":
-                    self._emit("step.ready", step=name)
-                elif verdict == "cancelled":
-                    self._emit("step.cancelled", step=name, reason="a dependency did not succeed")
-                    again = True
-                elif verdict == "skipped":
-                    self._emit("step.skipped", step=name, reason="its dependencies were skipped")
-                    again = True
+        for name in self._step_index().pending_passes(self.state):
+            verdict = join(steps[d].status for d in self._deps_of[name])
+            if verdict == "ready":
+                self._emit("step.ready", step=name)
+            elif verdict == "cancelled":
+                self._emit("step.cancelled", step=name, reason="a dependency did not succeed")
+            elif verdict == "skipped":
+                self._emit("step.skipped", step=name, reason="its dependencies were skipped")
 
     def _take_again(self) -> bool:
         again, self._again = self._again, False

@@ -1,0 +1,194 @@
+"""The scheduler's step index: the same verdicts, in the same order, as full passes over
+every step; and a transition costs the steps it moved, not the whole workflow."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tamma_actors._step_types as step_types
+from tamma_actors._state import ExecutionState, apply, make_event
+from tamma_actors._step_index import StepIndex
+from tamma_actors._step_types import join
+from tamma_actors._store import MemoryStore
+from tests.unit.test_execution import _kit, ok, step, wf
+
+Emit = Callable[[str, str], None]
+VERDICT_EVENTS = {"ready": "step.ready", "cancelled": "step.cancelled", "skipped": "step.skipped"}
+
+
+def _full_passes(state: ExecutionState, deps_of: dict[str, tuple[str, ...]], emit: Emit) -> None:
+    """The scheduler before the index: passes over every step in file order until no step
+    was cancelled or skipped."""
+    again = True
+    while again:
+        again = False
+        for name in state.order:
+            if state.steps[name].status != "pending":
+                continue
+            verdict = join(state.steps[d].status for d in deps_of[name])
+            if verdict is not None:
+                emit(VERDICT_EVENTS[verdict], name)
+                again = verdict != "ready"
+
+
+def _indexed(index: StepIndex, deps_of: dict[str, tuple[str, ...]]) -> Callable[..., None]:
+    def run(state: ExecutionState, emit: Emit) -> None:
+        for name in index.pending_passes(state):
+            verdict = join(state.steps[d].status for d in deps_of[name])
+            if verdict is not None:
+                emit(VERDICT_EVENTS[verdict], name)
+
+    return run
+
+
+class _Twin:
+    """One execution's state, driven by the test and judged by one of the schedulers."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.state = ExecutionState(id="e1")
+        self.emitted: list[tuple[str, str]] = []
+        self.apply("workflow.created", workflow_id="wf", steps=order)
+        self.apply("workflow.started")
+
+    def apply(self, etype: str, **data: Any) -> None:
+        apply(self.state, make_event(self.state, etype, 1.0, **data))
+
+    def emit(self, etype: str, name: str) -> None:
+        self.emitted.append((etype, name))
+        self.apply(etype, step=name)
+
+
+def _graph(rng: random.Random, n: int) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """A random DAG over ``n`` steps, listed in a random file order."""
+    topo = [f"s{i}" for i in range(n)]
+    deps_of = {
+        name: tuple(rng.sample(topo[:i], rng.randint(0, min(i, 3)))) for i, name in enumerate(topo)
+    }
+    order = topo[:]
+    rng.shuffle(order)
+    return order, deps_of
+
+
+def _dependents(deps_of: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {name: [] for name in deps_of}
+    for name, deps in deps_of.items():
+        for dep in deps:
+            out[dep].append(name)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _drive(rng: random.Random, twins: list[_Twin]) -> Iterator[None]:
+    """Move one step at a time the way a supervisor does (a ready step is dispatched,
+    runs and succeeds or fails; a pending one may be skipped by a decision; a cancelled
+    or skipped one may be reopened by a retry), the same move on every twin."""
+    state = twins[0].state
+    while True:
+        moves: list[tuple[str, str]] = []
+        for name in state.order:
+            status = state.steps[name].status
+            if status == "ready":
+                moves.append(("step.dispatched", name))
+            elif status == "dispatched":
+                moves += [("step.completed", name), ("step.failed", name)]
+            elif status == "pending" and rng.random() < 0.1:
+                moves.append(("step.skipped", name))
+            elif status in ("cancelled", "skipped") and rng.random() < 0.05:
+                moves.append(("step.reopened", name))
+        if not moves:
+            return
+        etype, name = rng.choice(moves)
+        for twin in twins:
+            twin.apply(etype, step=name, **({"attempt": 1} if etype == "step.dispatched" else {}))
+        yield
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 14))
+def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    order, deps_of = _graph(rng, n)
+    full, indexed = _Twin(order), _Twin(order)
+    scheduler = _indexed(StepIndex(_dependents(deps_of), frozenset()), deps_of)
+
+    def judge() -> None:
+        _full_passes(full.state, deps_of, full.emit)
+        scheduler(indexed.state, indexed.emit)
+        assert indexed.emitted == full.emitted
+        assert indexed.state.to_dict() == full.state.to_dict()
+
+    judge()
+    for _ in _drive(rng, [full, indexed]):
+        judge()
+    assert full.emitted  # the drive went somewhere
+
+
+def test_the_sets_follow_every_move_and_a_new_state_is_read_in_full() -> None:
+    order, deps_of = ["w", "a", "b"], {"w": (), "a": (), "b": ("a",)}
+    twin = _Twin(order)
+    index = StepIndex(_dependents(deps_of), waits=frozenset({"w"}))
+    index.sync(twin.state)
+    assert (index.ready, index.in_flight, index.open) == (set(), set(), {"w", "a", "b"})
+    for etype, name in [("step.ready", "w"), ("step.ready", "a"), ("step.dispatched", "w")]:
+        twin.apply(etype, step=name, attempt=1)
+    twin.apply("step.dispatched", step="a", attempt=1)
+    index.sync(twin.state)
+    # a dispatched wait step holds no worker: it is open, not in flight
+    assert (index.ready, index.in_flight, index.open) == (set(), {"a"}, {"w", "a", "b"})
+    twin.apply("step.completed", step="a")
+    twin.apply("step.failed", step="w")
+    index.sync(twin.state)
+    assert (index.in_flight, index.open) == (set(), {"b"})
+    assert list(index.pending_passes(twin.state)) == ["b"]  # its dependency moved
+    assert list(index.pending_passes(twin.state)) == []  # nothing moved since
+
+    # a state rebuilt from the store (a new object) is read in full
+    again = ExecutionState.from_dict(twin.state.to_dict())
+    assert again.moved is None
+    index.sync(again)
+    assert (index.in_flight, index.open) == (set(), {"b"})
+    assert list(index.pending_passes(again)) == ["b"]
+
+
+def test_moved_is_neither_stored_nor_compared() -> None:
+    twin = _Twin(["a"])
+    twin.state.moved = {"a"}
+    stored = twin.state.to_dict()
+    assert "moved" not in stored
+    assert ExecutionState.from_dict(stored) == twin.state
+
+
+def test_a_long_chain_costs_each_transition_its_own_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chain of 300 steps: each step is judged when the execution starts and when its
+    # dependency ends, not at every transition of the whole execution (~90,000 joins
+    # before the index), and
+    # its state is not copied into a snapshot every 100 events but every 300.
+    joins = 0
+
+    def counting(statuses: Any) -> str | None:
+        nonlocal joins
+        joins += 1
+        return join(statuses)
+
+    monkeypatch.setattr(step_types, "join", counting)
+    store = MemoryStore()
+    snapshots: list[int] = []
+    commit = store.commit
+
+    def noting(writes: Any) -> None:
+        snapshots.extend(w.snapshot["seq"] for w in writes if w.snapshot)
+        commit(writes)
+
+    monkeypatch.setattr(store, "commit", noting)
+    n = 300
+    chain = wf(*[step(f"s{i}", *([f"s{i - 1}"] if i else [])) for i in range(n)])
+    for k in _kit(lambda task: ok(task, {"step": task["step"]}), store):
+        assert k.finish(k.start(chain)["id"])["status"] == "completed"
+    assert joins == 2 * n - 1
+    midway = [seq for seq in snapshots if seq < snapshots[-1]]
+    assert all(b - a >= n for a, b in zip([0, *midway], midway, strict=False))
