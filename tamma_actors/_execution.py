@@ -13,6 +13,7 @@ the worker pool's reports and the retry policy in :mod:`~tamma_actors._execution
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -230,7 +231,7 @@ class ExecutionSupervisor(
         index = self._index
         if index is None:
             waits = frozenset(s.name for s in self.cfg.steps if self._is_wait(s.name))
-            index = self._index = StepIndex(self.cfg.dependents_map(), waits)
+            index = self._index = StepIndex(self._deps_of, self.cfg.dependents_map(), waits)
         index.sync(self.state)
         return index
 
@@ -243,10 +244,10 @@ class ExecutionSupervisor(
         index = self._step_index()
         limit = self.cfg.max_parallel or len(steps)
         busy = len(index.in_flight)
-        for name in index.in_order(index.ready):
-            if busy >= limit:
-                break
-            if steps[name].status == "ready":
+        with contextlib.closing(index.ready_in_order(self.state)) as ready:
+            for name in ready:
+                if busy >= limit:
+                    break
                 busy += self._launch(name, steps[name].attempts + 1)
         if self._take_again():  # a decision or an empty fan-out finished here and now
             self._advance()

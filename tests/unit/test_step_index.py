@@ -3,6 +3,7 @@ every step; and a transition costs the steps it moved, not the whole workflow.""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -114,13 +115,19 @@ def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n
     rng = random.Random(seed)
     order, deps_of = _graph(rng, n)
     full, indexed = _Twin(order), _Twin(order)
-    scheduler = _indexed(StepIndex(_dependents(deps_of), frozenset()), deps_of)
+    index = StepIndex(deps_of, _dependents(deps_of), frozenset())
+    scheduler = _indexed(index, deps_of)
 
     def judge() -> None:
         _full_passes(full.state, deps_of, full.emit)
         scheduler(indexed.state, indexed.emit)
         assert indexed.emitted == full.emitted
         assert indexed.state.to_dict() == full.state.to_dict()
+        # the ready steps in file order; none launched, so every one is put back
+        ready = [n for n in order if full.state.steps[n].status == "ready"]
+        for _ in range(2):
+            with contextlib.closing(index.ready_in_order(indexed.state)) as taken:
+                assert list(taken) == ready
 
     judge()
     for _ in _drive(rng, [full, indexed]):
@@ -131,7 +138,7 @@ def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n
 def test_the_sets_follow_every_move_and_a_new_state_is_read_in_full() -> None:
     order, deps_of = ["w", "a", "b"], {"w": (), "a": (), "b": ("a",)}
     twin = _Twin(order)
-    index = StepIndex(_dependents(deps_of), waits=frozenset({"w"}))
+    index = StepIndex(deps_of, _dependents(deps_of), waits=frozenset({"w"}))
     index.sync(twin.state)
     assert (index.ready, index.in_flight, index.open) == (set(), set(), {"w", "a", "b"})
     for etype, name in [("step.ready", "w"), ("step.ready", "a"), ("step.dispatched", "w")]:
@@ -153,6 +160,30 @@ def test_the_sets_follow_every_move_and_a_new_state_is_read_in_full() -> None:
     index.sync(again)
     assert (index.in_flight, index.open) == (set(), {"b"})
     assert list(index.pending_passes(again)) == ["b"]
+
+
+def test_a_step_still_ready_after_its_turn_is_offered_again_in_order() -> None:
+    # A launch that leaves its step ready (held by an open breaker) and a caller that
+    # stops early (max_parallel reached) lose no ready step.
+    order = ["c", "a", "b", "d"]
+    deps_of: dict[str, tuple[str, ...]] = dict.fromkeys(order, ())
+    twin = _Twin(order)
+    index = StepIndex(deps_of, _dependents(deps_of), frozenset())
+    for name in order:
+        twin.apply("step.ready", step=name)
+    with contextlib.closing(index.ready_in_order(twin.state)) as ready:
+        assert next(ready) == "c"
+        twin.apply("step.dispatched", step="c", attempt=1)
+        assert next(ready) == "a"  # held: stays ready
+        assert next(ready) == "b"  # the caller stops before launching it
+    with contextlib.closing(index.ready_in_order(twin.state)) as ready:
+        assert list(ready) == ["a", "b", "d"]
+    # a step that leaves ready and comes back is offered once, in its place
+    twin.apply("step.dispatched", step="b", attempt=1)
+    index.sync(twin.state)
+    twin.apply("step.ready", step="b")  # its worker was lost
+    with contextlib.closing(index.ready_in_order(twin.state)) as ready:
+        assert list(ready) == ["a", "b", "d"]
 
 
 def test_moved_is_neither_stored_nor_compared() -> None:
@@ -192,3 +223,24 @@ def test_a_long_chain_costs_each_transition_its_own_steps(monkeypatch: pytest.Mo
     assert joins == 2 * n - 1
     midway = [seq for seq in snapshots if seq < snapshots[-1]]
     assert all(b - a >= n for a, b in zip([0, *midway], midway, strict=False))
+
+
+def test_a_wide_fan_in_judges_its_join_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 300 independent steps, 10 at a time, then one step depending on all of them: the
+    # join is judged when the execution starts and once more, when the last one ends
+    # (before the index: at every one of the 300 ends, each time over 300 statuses).
+    judged: list[int] = []
+
+    def counting(statuses: Any) -> str | None:
+        listed = list(statuses)
+        judged.append(len(listed))
+        return join(listed)
+
+    monkeypatch.setattr(step_types, "join", counting)
+    n = 300
+    spec = wf(*[step(f"s{i}") for i in range(n)], step("last", *[f"s{i}" for i in range(n)]))
+    spec["max_parallel"] = 10
+    for k in _kit(lambda task: ok(task, {"step": task["step"]})):
+        final = k.finish(k.start(spec)["id"])
+    assert final["status"] == "completed" and final["results"]["last"]["status"] == "succeeded"
+    assert judged.count(n) == 2 and len(judged) == n + 2
