@@ -1,4 +1,4 @@
-"""Runs the selected workloads: one shared node for W1-W4 and W7, own nodes for W5/W6."""
+"""Runs the selected workloads: one shared node for W1-W4, W7 and W8, own nodes for W5/W6."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from benchmarks._node import BenchmarkError, EventTap, NodeProcess
 from benchmarks._report import machine, print_table, write_json
 from benchmarks._stats import Result, aggregate
 from benchmarks._waiting import run_w5, run_w6
-from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4, w7
+from benchmarks._workloads import Bench, Sizes, Unavailable, chain, w1, w2, w3, w4, w7, w8
 from tamma_actors import Client
 
 __all__ = ["WORKLOADS", "parse_only", "run_suite"]
@@ -29,8 +29,9 @@ _SHARED: dict[str, tuple[str, Callable[[Bench], dict[str, float]]]] = {
     "W3": ("1 step -> parallel over N items -> join: wall time", w3),
     "W4": ("chains of cpu 20 ms steps on 2 workers: wall time", w4),
     "W7": ("under W2 load: transition commit wait; event publish->subscriber", w7),
+    "W8": ("one big workflow at a time, a chain and a fan-in: wall time", w8),
 }
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 
 
 def parse_only(spec: str | None) -> tuple[list[str], list[str]]:
@@ -53,6 +54,7 @@ def _describe(workload: str, sizes: Sizes) -> str:
         "W3": f"{sizes.w3_items} items",
         "W4": f"{sizes.w4_workflows} x {sizes.w4_steps} steps",
         "W7": f"{sizes.w2_workflows} x {sizes.w2_steps} steps",
+        "W8": f"{sizes.w8_steps} steps",
     }
     return f"{title} ({counts[workload]})"
 

@@ -1,4 +1,4 @@
-"""W1-W4 and W7: one run of each against a live node (the runner repeats them).
+"""W1-W4, W7 and W8: one run of each against a live node (the runner repeats them).
 
 Each function takes a :class:`Bench` (the node, a control client, an event tap) and returns
 the figures of one run. Nothing is faked: a workload that cannot run (a missing engine
@@ -41,6 +41,7 @@ class Sizes:
     w4_cpu_ms: float = 20.0
     w5_executions: int = 10_000
     w6_executions: int = 100_000
+    w8_steps: int = 1_000
     timeout: float = 300.0
 
     @classmethod
@@ -53,6 +54,7 @@ class Sizes:
             w4_steps=2,
             w5_executions=100,
             w6_executions=300,
+            w8_steps=50,
             timeout=60.0,
         )
 
@@ -235,3 +237,28 @@ def w7(b: Bench) -> dict[str, float]:
         "event_from_transition_p50_ms": percentile(lags, 0.5),
         "event_from_transition_p99_ms": percentile(lags, 0.99),
     }
+
+
+def w8(b: Bench) -> dict[str, float]:
+    """Big workflows, one at a time: a chain of N ``noop`` steps, then N independent ones
+    joined by one more. Wall time, and the node's CPU time per step of each: a transition
+    should cost the same in a workflow of 10 steps or of 1,000."""
+    n = b.sizes.w8_steps
+    fan_in = {
+        "name": "bench-w8-fan-in",
+        "steps": [
+            *({"name": f"s{i}", "implementation": "noop"} for i in range(n)),
+            {"name": "join", "implementation": "noop", "dependencies": [f"s{i}" for i in range(n)]},
+        ],
+    }
+    figures: dict[str, float] = {}
+    for label, workflow, steps in (
+        ("chain", chain("bench-w8-chain", n), n),
+        ("fan_in", fan_in, n + 1),
+    ):
+        before = cpu_by_process(b.node.pid)
+        wall, _ = _burst(b, workflow, 1, f"W8 {label.replace('_', '-')}")
+        spent = cpu_spent(before, cpu_by_process(b.node.pid))
+        figures[f"{label}_wall_s"] = wall
+        figures[f"{label}_node_cpu_ms_per_step"] = 1000 * spent["node"] / steps
+    return figures
