@@ -177,7 +177,7 @@ class CommitCycle:
         steps = self.state.steps
         if not terminal and (
             since < self.deps.snapshot_every
-            or since < len(steps)
+            or since < len(steps)  # before the pass over the steps that counts items
             or since < len(steps) + detail_items(st.detail for st in steps.values())
         ):
             return None

@@ -110,7 +110,7 @@ class StepIndex:
     def _place(self, name: str, status: str) -> None:
         if status != "ready":
             self.ready.discard(name)
-        elif name not in self.ready:
+        else:  # pushed at every move to ready: a second entry is dropped when met
             self.ready.add(name)
             heapq.heappush(self._ready_heap, (self._position[name], name))
         in_flight = status in _IN_FLIGHT and name not in self._waits
