@@ -51,7 +51,7 @@ from tamma_actors._explain import Explain, Explaining
 from tamma_actors._models import WorkflowConfig, WorkflowStep
 from tamma_actors._state import ExecutionState, step_is_terminal
 from tamma_actors._step_base import tell
-from tamma_actors._step_index import StepIndex
+from tamma_actors._step_index import StepIndex, StepScan, step_book
 from tamma_actors._step_types import (
     ChildFinished,
     Children,
@@ -161,7 +161,7 @@ class ExecutionSupervisor(
         self._probes: dict[str, str] = {}  # step -> breaker it probes (half-open)
         self._comp_tasks: dict[str, str] = {}  # compensation task id -> compensated step
         self._watch_seq = -1  # the seq the watchdog saw last (-1: not looked yet)
-        self._index: StepIndex | None = None  # see _step_index
+        self._index: StepIndex | StepScan | None = None  # see _step_index
 
     def _deadline_due(self, due: DeadlineDue) -> None:  # on the timer thread
         tell(self.actor_ref, due)
@@ -225,13 +225,13 @@ class ExecutionSupervisor(
 
     # -- scheduling ------------------------------------------------------------------------
 
-    def _step_index(self) -> StepIndex:
+    def _step_index(self) -> StepIndex | StepScan:
         """Which steps are pending, ready, in flight and open, up to date with the state
         (made at the first look: a supervisor that only answers reads never needs it)."""
         index = self._index
         if index is None:
             waits = frozenset(s.name for s in self.cfg.steps if self._is_wait(s.name))
-            index = self._index = StepIndex(self._deps_of, self.cfg.dependents_map(), waits)
+            index = self._index = step_book(self._deps_of, self.cfg.dependents_map(), waits)
         index.sync(self.state)
         return index
 
@@ -243,7 +243,7 @@ class ExecutionSupervisor(
         self._mark_pending()  # join semantics: see _step_types
         index = self._step_index()
         limit = self.cfg.max_parallel or len(steps)
-        busy = len(index.in_flight)
+        busy = index.in_flight_count(self.state)
         with contextlib.closing(index.ready_in_order(self.state)) as ready:
             for name in ready:
                 if busy >= limit:
@@ -255,7 +255,7 @@ class ExecutionSupervisor(
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self._step_index().open:
+        if self._step_index().any_open(self.state):
             return
         failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
         if not failed:

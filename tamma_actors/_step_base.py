@@ -14,7 +14,7 @@ from tamma_actors._step_configs import Plan
 from tamma_actors._timeouts import TimeoutHandling
 
 if TYPE_CHECKING:
-    from tamma_actors._step_index import StepIndex
+    from tamma_actors._step_index import StepIndex, StepScan
 
 __all__ = ["OPEN", "StepTypeBase", "tell"]
 
@@ -35,7 +35,7 @@ class StepTypeBase(TimeoutHandling):
         _deps_of: Mapping[str, tuple[str, ...]]
 
         def _task(self, name: str, attempt: int, tid: str) -> dict[str, Any]: ...
-        def _step_index(self) -> StepIndex: ...
+        def _step_index(self) -> StepIndex | StepScan: ...
 
     def _expression_context(self) -> dict[str, Any]:
         steps = {n: {"output": st.data, "status": st.status} for n, st in self.state.steps.items()}

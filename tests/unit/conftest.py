@@ -8,6 +8,7 @@ import pytest
 
 import tamma_actors._engine as engine_module
 import tamma_actors._engine_reads as engine_reads
+import tamma_actors._step_index as step_index
 
 
 @pytest.fixture
@@ -23,3 +24,11 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(engine_module, "parse_workflow", counting)  # starts
     monkeypatch.setattr(engine_reads, "parse_workflow", counting)  # stored definitions
     return names
+
+
+@pytest.fixture(params=["passes", "index"])
+def either_book(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once with each of the scheduler's books (``_step_index``): the passes
+    over every step that small workflows get, and the index that big ones get."""
+    monkeypatch.setattr(step_index, "INDEX_FROM_STEPS", 10**9 if request.param == "passes" else 0)
+    return str(request.param)

@@ -37,6 +37,9 @@ from tamma_actors._workerpool import (
 )
 from tamma_actors._writer import StoreWriter
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 WAIT = 10.0
 Script = Callable[[dict[str, Any]], "TaskFinished | None"]
 

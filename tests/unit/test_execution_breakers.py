@@ -10,6 +10,9 @@ import pytest
 from tamma_actors._store import MemoryStore
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 BREAKER = {"failure_threshold": 2, "reset_timeout": "30s", "half_open_max_calls": 1}
 ONCE = {"max_attempts": 1}
 BOOM = {"type": "Boom", "message": "service down", "retryable": True}

@@ -20,6 +20,9 @@ from tamma_actors._store import MemoryStore
 from tamma_actors._workerpool import TaskFinished, TaskProgress, TaskRedispatched, TaskStarted
 from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 _kit = make_kit
 
 

@@ -14,6 +14,9 @@ from tamma_actors._store import MemoryStore
 from tamma_actors._workerpool import Dispatch, TaskStarted
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 BOOM = {"type": "Boom", "message": "it broke", "retryable": False}
 
 

@@ -1,5 +1,7 @@
-"""The scheduler's step index: the same verdicts, in the same order, as full passes over
-every step; and a transition costs the steps it moved, not the whole workflow."""
+"""The scheduler's books of steps: the index (big workflows) and the passes (small ones)
+give the verdicts of full passes over every step in the same order, and the same ready
+steps, steps in flight and end; with the index a transition costs the steps it moved, not
+the whole workflow."""
 
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ from hypothesis import strategies as st
 
 import tamma_actors._step_types as step_types
 from tamma_actors._state import ExecutionState, apply, make_event
-from tamma_actors._step_index import StepIndex
+from tamma_actors._step_index import INDEX_FROM_STEPS, StepIndex, StepScan, step_book
 from tamma_actors._step_types import join
 from tamma_actors._store import MemoryStore
 from tests.unit.test_execution import _kit, ok, step, wf
 
 Emit = Callable[[str, str], None]
+_ENDED = ("succeeded", "failed", "skipped", "cancelled")
 VERDICT_EVENTS = {"ready": "step.ready", "cancelled": "step.cancelled", "skipped": "step.skipped"}
 
 
@@ -38,9 +41,11 @@ def _full_passes(state: ExecutionState, deps_of: dict[str, tuple[str, ...]], emi
                 again = verdict != "ready"
 
 
-def _indexed(index: StepIndex, deps_of: dict[str, tuple[str, ...]]) -> Callable[..., None]:
+def _judged_by(
+    book: StepIndex | StepScan, deps_of: dict[str, tuple[str, ...]]
+) -> Callable[..., None]:
     def run(state: ExecutionState, emit: Emit) -> None:
-        for name in index.pending_passes(state):
+        for name in book.pending_passes(state):
             verdict = join(state.steps[d].status for d in deps_of[name])
             if verdict is not None:
                 emit(VERDICT_EVENTS[verdict], name)
@@ -114,23 +119,28 @@ def _drive(rng: random.Random, twins: list[_Twin]) -> Iterator[None]:
 def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n: int) -> None:
     rng = random.Random(seed)
     order, deps_of = _graph(rng, n)
-    full, indexed = _Twin(order), _Twin(order)
-    index = StepIndex(deps_of, _dependents(deps_of), frozenset())
-    scheduler = _indexed(index, deps_of)
+    full = _Twin(order)
+    books = [StepIndex(deps_of, _dependents(deps_of), frozenset()), StepScan(frozenset())]
+    twins = [_Twin(order) for _ in books]
 
     def judge() -> None:
         _full_passes(full.state, deps_of, full.emit)
-        scheduler(indexed.state, indexed.emit)
-        assert indexed.emitted == full.emitted
-        assert indexed.state.to_dict() == full.state.to_dict()
-        # the ready steps in file order; none launched, so every one is put back
         ready = [n for n in order if full.state.steps[n].status == "ready"]
-        for _ in range(2):
-            with contextlib.closing(index.ready_in_order(indexed.state)) as taken:
-                assert list(taken) == ready
+        in_flight = sum(st.status in ("dispatched", "running") for st in full.state.steps.values())
+        ended = all(st.status in _ENDED for st in full.state.steps.values())
+        for book, twin in zip(books, twins, strict=True):
+            _judged_by(book, deps_of)(twin.state, twin.emit)
+            assert twin.emitted == full.emitted
+            assert twin.state.to_dict() == full.state.to_dict()
+            # the ready steps in file order; none launched, so every one is put back
+            for _ in range(2):
+                with contextlib.closing(book.ready_in_order(twin.state)) as taken:
+                    assert list(taken) == ready
+            assert book.in_flight_count(twin.state) == in_flight
+            assert book.any_open(twin.state) is not ended
 
     judge()
-    for _ in _drive(rng, [full, indexed]):
+    for _ in _drive(rng, [full, *twins]):
         judge()
     assert full.emitted  # the drive went somewhere
 
@@ -244,3 +254,12 @@ def test_a_wide_fan_in_judges_its_join_once(monkeypatch: pytest.MonkeyPatch) -> 
         final = k.finish(k.start(spec)["id"])
     assert final["status"] == "completed" and final["results"]["last"]["status"] == "succeeded"
     assert judged.count(n) == 2 and len(judged) == n + 2
+
+
+def test_a_workflow_gets_the_index_from_its_size_on() -> None:
+    def book(n: int) -> StepIndex | StepScan:
+        deps_of: dict[str, tuple[str, ...]] = {f"s{i}": () for i in range(n)}
+        return step_book(deps_of, _dependents(deps_of), frozenset())
+
+    assert isinstance(book(INDEX_FROM_STEPS - 1), StepScan)
+    assert isinstance(book(INDEX_FROM_STEPS), StepIndex)

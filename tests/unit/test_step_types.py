@@ -32,6 +32,9 @@ from tamma_actors._timers import ManualTimers
 from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched, TaskStarted
 from tamma_actors._writer import StoreWriter
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 WAIT = 10.0
 Script = Callable[[dict[str, Any]], "TaskFinished | None"]
 
