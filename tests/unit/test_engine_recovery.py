@@ -11,6 +11,9 @@ from tamma_actors._errors import ActorStopped, StoreUnwritable
 from tamma_actors._store import MemoryStore
 from tests.unit.test_execution import WAIT, _kit, echo_input, step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 
 def test_recovery_parses_each_definition_once(parsed: list[str]) -> None:
     store = MemoryStore()

@@ -14,6 +14,9 @@ from tamma_actors._state import ExecutionState, StepState
 from tamma_actors._workerpool import TaskStarted
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wait_step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 BOOM = {"type": "Boom", "message": "down", "retryable": True}
 
 

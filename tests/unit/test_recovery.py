@@ -18,6 +18,9 @@ from tamma_actors._errors import StoreError, SupervisionError
 from tamma_actors._store import ExecutionRecords, MemoryStore
 from tests.timekit import WAIT, make_kit, step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 
 class GatedStore(MemoryStore):
     """The recovery loop's read of the page holding ``gated`` blocks until ``gate`` is set."""

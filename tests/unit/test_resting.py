@@ -23,6 +23,9 @@ from tamma_actors._store import MemoryStore
 from tests.timekit import WAIT, Kit, finished, step, wait_step, wf
 from tests.timekit import make_kit as _kit
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 
 def _eventually(condition: Callable[[], bool]) -> None:
     """Until ``condition`` holds (what a dispatcher thread does next; bounded)."""

@@ -17,6 +17,9 @@ from tamma_actors._errors import ExecutionExists
 from tamma_actors._workerpool import TaskFinished
 from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 
 @pytest.fixture
 def kit() -> Iterator[Kit]:

@@ -24,6 +24,9 @@ from tamma_actors._watchdog import WatchdogCheck
 from tamma_actors._workerpool import TaskFinished, TaskStarted
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wait_step, wf
 
+# every scheduler test runs with both of its books (conftest.either_book)
+pytestmark = pytest.mark.usefixtures("either_book")
+
 RETRY = {"max_attempts": 2, "base_delay": 1000, "max_delay": 1000, "jitter": 0}
 
 
