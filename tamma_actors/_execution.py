@@ -231,7 +231,10 @@ class ExecutionSupervisor(
         index = self._index
         if index is None:
             waits = frozenset(s.name for s in self.cfg.steps if self._is_wait(s.name))
-            index = self._index = step_book(self._deps_of, self.cfg.dependents_map(), waits)
+            cfg = self.cfg
+            index = self._index = step_book(
+                self._deps_of, cfg.dependents_map(), cfg.step_positions(), waits
+            )
         index.sync(self.state)
         return index
 

@@ -250,6 +250,7 @@ class WorkflowConfig(FileModel):
     _by_name: dict[str, WorkflowStep] = PrivateAttr(default_factory=dict)
     _dependency_map: Mapping[str, tuple[str, ...]] | None = PrivateAttr(None)
     _dependents_map: Mapping[str, tuple[str, ...]] | None = PrivateAttr(None)
+    _positions: Mapping[str, int] | None = PrivateAttr(None)
 
     def model_post_init(self, context: Any, /) -> None:
         # First definition wins; duplicates are reported by the workflow-file checks.
@@ -304,6 +305,16 @@ class WorkflowConfig(FileModel):
                     dependents.setdefault(dep, []).append(name)
             cached = MappingProxyType({k: tuple(v) for k, v in dependents.items()})
             private["_dependents_map"] = cached
+        return cached
+
+    def step_positions(self) -> Mapping[str, int]:
+        """Each step's place in the file (an execution's ``order``), once per definition."""
+        private = self.__pydantic_private__
+        assert private is not None
+        cached: Mapping[str, int] | None = private["_positions"]
+        if cached is None:
+            cached = MappingProxyType({s.name: i for i, s in enumerate(self.steps)})
+            private["_positions"] = cached
         return cached
 
     def retry_policy_for(self, name: str) -> RetryPolicy:

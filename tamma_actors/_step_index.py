@@ -57,12 +57,14 @@ class StepIndex:
         self,
         dependencies: Mapping[str, tuple[str, ...]],
         dependents: Mapping[str, tuple[str, ...]],
+        position: Mapping[str, int],
         waits: frozenset[str],
     ) -> None:
+        # the definition's (shared by its executions): what depends on what, file order
         self._dependencies = dependencies
         self._dependents = dependents
+        self._position = position
         self._open_deps: dict[str, int] = {}  # per step: how many of its dependencies are open
-        self._position: dict[str, int] = {}
         self._waits = waits  # never counted in flight: a wait occupies no worker
         self._state: ExecutionState | None = None
         self._candidates: set[str] = set()  # pending steps whose dependencies moved
@@ -99,7 +101,6 @@ class StepIndex:
     def _read_all(self, state: ExecutionState) -> None:
         self._state = state
         state.moved = set()
-        self._position = {name: i for i, name in enumerate(state.order)}
         self.ready.clear()
         self._ready_heap.clear()
         self.in_flight.clear()
@@ -233,10 +234,11 @@ _SETTLES_OTHERS = frozenset({"cancelled", "skipped"})
 def step_book(
     dependencies: Mapping[str, tuple[str, ...]],
     dependents: Mapping[str, tuple[str, ...]],
+    position: Mapping[str, int],
     waits: frozenset[str],
 ) -> StepIndex | StepScan:
     """The scheduler's book of a workflow's steps: an index for a big one, passes for a
     small one (``INDEX_FROM_STEPS``)."""
     if len(dependencies) >= INDEX_FROM_STEPS:
-        return StepIndex(dependencies, dependents, waits)
+        return StepIndex(dependencies, dependents, position, waits)
     return StepScan(waits)

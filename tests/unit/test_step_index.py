@@ -81,12 +81,16 @@ def _graph(rng: random.Random, n: int) -> tuple[list[str], dict[str, tuple[str, 
     return order, deps_of
 
 
-def _dependents(deps_of: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+def _graph_maps(
+    order: list[str], deps_of: dict[str, tuple[str, ...]]
+) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]], dict[str, int]]:
+    """What a definition gives the index: dependencies, dependents and file positions."""
     out: dict[str, list[str]] = {name: [] for name in deps_of}
     for name, deps in deps_of.items():
         for dep in deps:
             out[dep].append(name)
-    return {k: tuple(v) for k, v in out.items()}
+    dependents = {k: tuple(v) for k, v in out.items()}
+    return deps_of, dependents, {name: i for i, name in enumerate(order)}
 
 
 def _drive(rng: random.Random, twins: list[_Twin]) -> Iterator[None]:
@@ -120,7 +124,7 @@ def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n
     rng = random.Random(seed)
     order, deps_of = _graph(rng, n)
     full = _Twin(order)
-    books = [StepIndex(deps_of, _dependents(deps_of), frozenset()), StepScan(frozenset())]
+    books = [StepIndex(*_graph_maps(order, deps_of), frozenset()), StepScan(frozenset())]
     twins = [_Twin(order) for _ in books]
 
     def judge() -> None:
@@ -148,7 +152,7 @@ def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n
 def test_the_sets_follow_every_move_and_a_new_state_is_read_in_full() -> None:
     order, deps_of = ["w", "a", "b"], {"w": (), "a": (), "b": ("a",)}
     twin = _Twin(order)
-    index = StepIndex(deps_of, _dependents(deps_of), waits=frozenset({"w"}))
+    index = StepIndex(*_graph_maps(order, deps_of), waits=frozenset({"w"}))
     index.sync(twin.state)
     assert (index.ready, index.in_flight, index.open) == (set(), set(), {"w", "a", "b"})
     for etype, name in [("step.ready", "w"), ("step.ready", "a"), ("step.dispatched", "w")]:
@@ -178,7 +182,7 @@ def test_a_step_still_ready_after_its_turn_is_offered_again_in_order() -> None:
     order = ["c", "a", "b", "d"]
     deps_of: dict[str, tuple[str, ...]] = dict.fromkeys(order, ())
     twin = _Twin(order)
-    index = StepIndex(deps_of, _dependents(deps_of), frozenset())
+    index = StepIndex(*_graph_maps(order, deps_of), frozenset())
     for name in order:
         twin.apply("step.ready", step=name)
     with contextlib.closing(index.ready_in_order(twin.state)) as ready:
@@ -259,7 +263,7 @@ def test_a_wide_fan_in_judges_its_join_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_workflow_gets_the_index_from_its_size_on() -> None:
     def book(n: int) -> StepIndex | StepScan:
         deps_of: dict[str, tuple[str, ...]] = {f"s{i}": () for i in range(n)}
-        return step_book(deps_of, _dependents(deps_of), frozenset())
+        return step_book(*_graph_maps(list(deps_of), deps_of), frozenset())
 
     assert isinstance(book(INDEX_FROM_STEPS - 1), StepScan)
     assert isinstance(book(INDEX_FROM_STEPS), StepIndex)
