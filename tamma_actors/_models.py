@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -72,6 +72,7 @@ __all__ = [
 ]
 
 STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+_T = TypeVar("_T")
 _IMPLEMENTED_TYPES = frozenset({"task", "parallel"})
 
 
@@ -281,41 +282,39 @@ class WorkflowConfig(FileModel):
                 merged.extend(entry.depends_on)
         return list(dict.fromkeys(merged))
 
-    def dependency_map(self) -> Mapping[str, tuple[str, ...]]:
-        """``deps`` of every step, computed once per definition: every execution of it
-        (and a recovery of ten thousand) shares this read-only map."""
+    def _once(self, key: str, build: Callable[[], _T]) -> _T:
+        """``build()``, computed once per definition and kept in private attribute ``key``:
+        every execution of it (and a recovery of ten thousand) shares the read-only map."""
         private = self.__pydantic_private__
         assert private is not None
-        cached: Mapping[str, tuple[str, ...]] | None = private["_dependency_map"]
-        if cached is None:
-            cached = MappingProxyType({s.name: tuple(self.deps(s.name)) for s in self.steps})
-            private["_dependency_map"] = cached
-        return cached
+        if private[key] is None:
+            private[key] = build()
+        return private[key]  # type: ignore[no-any-return]
+
+    def dependency_map(self) -> Mapping[str, tuple[str, ...]]:
+        """``deps`` of every step."""
+        return self._once(
+            "_dependency_map",
+            lambda: MappingProxyType({s.name: tuple(self.deps(s.name)) for s in self.steps}),
+        )
 
     def dependents_map(self) -> Mapping[str, tuple[str, ...]]:
-        """The steps that depend on each step (in file order), computed once per
-        definition like :meth:`dependency_map`."""
-        private = self.__pydantic_private__
-        assert private is not None
-        cached: Mapping[str, tuple[str, ...]] | None = private["_dependents_map"]
-        if cached is None:
+        """The steps that depend on each step, in file order."""
+
+        def build() -> Mapping[str, tuple[str, ...]]:
             dependents: dict[str, list[str]] = {s.name: [] for s in self.steps}
             for name, deps in self.dependency_map().items():
                 for dep in deps:
-                    dependents.setdefault(dep, []).append(name)
-            cached = MappingProxyType({k: tuple(v) for k, v in dependents.items()})
-            private["_dependents_map"] = cached
-        return cached
+                    dependents[dep].append(name)
+            return MappingProxyType({k: tuple(v) for k, v in dependents.items()})
+
+        return self._once("_dependents_map", build)
 
     def step_positions(self) -> Mapping[str, int]:
-        """Each step's place in the file (an execution's ``order``), once per definition."""
-        private = self.__pydantic_private__
-        assert private is not None
-        cached: Mapping[str, int] | None = private["_positions"]
-        if cached is None:
-            cached = MappingProxyType({s.name: i for i, s in enumerate(self.steps)})
-            private["_positions"] = cached
-        return cached
+        """Each step's place in the file (an execution's ``order``)."""
+        return self._once(
+            "_positions", lambda: MappingProxyType({s.name: i for i, s in enumerate(self.steps)})
+        )
 
     def retry_policy_for(self, name: str) -> RetryPolicy:
         return self.step(name).retry_policy or self.retry_policy
