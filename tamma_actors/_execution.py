@@ -226,16 +226,16 @@ class ExecutionSupervisor(
     # -- scheduling ------------------------------------------------------------------------
 
     def _step_index(self) -> StepIndex | StepScan:
-        """Which steps are pending, ready, in flight and open, up to date with the state
-        (made at the first look: a supervisor that only answers reads never needs it)."""
+        """Which steps are pending, ready, in flight and open (each question brings it up
+        to date with the state first). Made at the first look: a supervisor that only
+        answers reads never needs it."""
         index = self._index
         if index is None:
-            waits = frozenset(s.name for s in self.cfg.steps if self._is_wait(s.name))
             cfg = self.cfg
+            waits = frozenset(s.name for s in cfg.steps if self._is_wait(s.name))
             index = self._index = step_book(
                 self._deps_of, cfg.dependents_map(), cfg.step_positions(), waits
             )
-        index.sync(self.state)
         return index
 
     def _advance(self) -> None:

@@ -51,7 +51,6 @@ class StepIndex:
         "_waits",
         "in_flight",
         "open",
-        "ready",
     )
 
     def __init__(
@@ -69,7 +68,6 @@ class StepIndex:
         self._waits = waits  # never counted in flight: a wait occupies no worker
         self._state: ExecutionState | None = None
         self._candidates: set[str] = set()  # pending steps whose dependencies moved
-        self.ready: set[str] = set()
         # (position, name) of steps that became ready; stale entries are dropped when met
         self._ready_heap: list[tuple[int, str]] = []
         self.in_flight: set[str] = set()  # dispatched or running, ``wait`` steps left out
@@ -102,7 +100,6 @@ class StepIndex:
     def _read_all(self, state: ExecutionState) -> None:
         self._state = state
         state.moved = set()
-        self.ready.clear()
         self._ready_heap.clear()
         self.in_flight.clear()
         self.open.clear()
@@ -126,10 +123,7 @@ class StepIndex:
         return bool(self.open)
 
     def _place(self, name: str, status: str) -> None:
-        if status != "ready":
-            self.ready.discard(name)
-        else:  # pushed at every move to ready: a second entry is dropped when met
-            self.ready.add(name)
+        if status == "ready":  # pushed at every move to ready: a second entry is dropped
             heapq.heappush(self._ready_heap, (self._position[name], name))
         in_flight = status in _IN_FLIGHT and name not in self._waits
         (self.in_flight.add if in_flight else self.in_flight.discard)(name)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tamma_actors._step_types as step_types
+from tamma_actors._models import WorkflowConfig
 from tamma_actors._state import ExecutionState, apply, make_event
 from tamma_actors._step_index import INDEX_FROM_STEPS, StepIndex, StepScan, step_book
 from tamma_actors._step_types import join
@@ -81,16 +82,19 @@ def _graph(rng: random.Random, n: int) -> tuple[list[str], dict[str, tuple[str, 
     return order, deps_of
 
 
-def _graph_maps(
-    order: list[str], deps_of: dict[str, tuple[str, ...]]
-) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]], dict[str, int]]:
-    """What a definition gives the index: dependencies, dependents and file positions."""
-    out: dict[str, list[str]] = {name: [] for name in deps_of}
-    for name, deps in deps_of.items():
-        for dep in deps:
-            out[dep].append(name)
-    dependents = {k: tuple(v) for k, v in out.items()}
-    return deps_of, dependents, {name: i for i, name in enumerate(order)}
+def _book(
+    kind: type[StepIndex] | None,
+    order: list[str],
+    deps_of: dict[str, tuple[str, ...]],
+    waits: frozenset[str] = frozenset(),
+) -> StepIndex | StepScan:
+    """The book a supervisor would make of this graph, written as a workflow definition in
+    ``order`` (``kind`` StepIndex forces the index; None lets its size choose)."""
+    cfg = WorkflowConfig.model_validate(
+        {"name": "g", "steps": [step(name, *deps_of[name]) for name in order]}
+    )
+    maps = (cfg.dependency_map(), cfg.dependents_map(), cfg.step_positions())
+    return step_book(*maps, waits) if kind is None else kind(*maps, waits)
 
 
 def _drive(rng: random.Random, twins: list[_Twin]) -> Iterator[None]:
@@ -124,7 +128,7 @@ def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n
     rng = random.Random(seed)
     order, deps_of = _graph(rng, n)
     full = _Twin(order)
-    books = [StepIndex(*_graph_maps(order, deps_of), frozenset()), StepScan(frozenset())]
+    books = [_book(StepIndex, order, deps_of), StepScan(frozenset())]
     twins = [_Twin(order) for _ in books]
 
     def judge() -> None:
@@ -152,15 +156,20 @@ def test_the_index_gives_the_verdicts_of_full_passes_in_their_order(seed: int, n
 def test_the_sets_follow_every_move_and_a_new_state_is_read_in_full() -> None:
     order, deps_of = ["w", "a", "b"], {"w": (), "a": (), "b": ("a",)}
     twin = _Twin(order)
-    index = StepIndex(*_graph_maps(order, deps_of), waits=frozenset({"w"}))
+    index = _book(StepIndex, order, deps_of, waits=frozenset({"w"}))
+    assert isinstance(index, StepIndex)
     index.sync(twin.state)
-    assert (index.ready, index.in_flight, index.open) == (set(), set(), {"w", "a", "b"})
+    assert (index.in_flight, index.open) == (set(), {"w", "a", "b"})
     for etype, name in [("step.ready", "w"), ("step.ready", "a"), ("step.dispatched", "w")]:
         twin.apply(etype, step=name, attempt=1)
+    with contextlib.closing(index.ready_in_order(twin.state)) as ready:
+        assert list(ready) == ["a"]
     twin.apply("step.dispatched", step="a", attempt=1)
     index.sync(twin.state)
     # a dispatched wait step holds no worker: it is open, not in flight
-    assert (index.ready, index.in_flight, index.open) == (set(), {"a"}, {"w", "a", "b"})
+    assert (index.in_flight, index.open) == ({"a"}, {"w", "a", "b"})
+    with contextlib.closing(index.ready_in_order(twin.state)) as ready:
+        assert list(ready) == []
     twin.apply("step.completed", step="a")
     twin.apply("step.failed", step="w")
     index.sync(twin.state)
@@ -182,7 +191,7 @@ def test_a_step_still_ready_after_its_turn_is_offered_again_in_order() -> None:
     order = ["c", "a", "b", "d"]
     deps_of: dict[str, tuple[str, ...]] = dict.fromkeys(order, ())
     twin = _Twin(order)
-    index = StepIndex(*_graph_maps(order, deps_of), frozenset())
+    index = _book(StepIndex, order, deps_of)
     for name in order:
         twin.apply("step.ready", step=name)
     with contextlib.closing(index.ready_in_order(twin.state)) as ready:
@@ -263,7 +272,7 @@ def test_a_wide_fan_in_judges_its_join_once(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_workflow_gets_the_index_from_its_size_on() -> None:
     def book(n: int) -> StepIndex | StepScan:
         deps_of: dict[str, tuple[str, ...]] = {f"s{i}": () for i in range(n)}
-        return step_book(*_graph_maps(list(deps_of), deps_of), frozenset())
+        return _book(None, list(deps_of), deps_of)
 
     assert isinstance(book(INDEX_FROM_STEPS - 1), StepScan)
     assert isinstance(book(INDEX_FROM_STEPS), StepIndex)
