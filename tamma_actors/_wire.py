@@ -1,11 +1,16 @@
 """The worker protocol: constructors and validators for its msgpack maps.
 
 Plain dicts, no pydantic: every worker process imports this. Each frame is one map with
-``"v": 1`` and ``"t"`` (its type); see docs/internals.md for the table. Decoding checks
+``"v": 2`` and ``"t"`` (its type); see docs/internals.md for the table. Decoding checks
 the version, the type, and every field's presence and type; extra fields are tolerated
 (a newer peer may add some). One addition to the documented table: ``rehello`` (node ->
 worker, no fields) asks a worker the node does not know to introduce itself again - the
 node may have restarted while the worker kept its connection.
+
+A ``run`` frame carries a step's data once: where its ``input`` is the workflow's
+``inputs``, its ``upstream`` map or its one dependency's output (most steps), the frame
+says so in ``input_from`` instead of packing the same data a second time, and the worker
+takes the input from there (version 2; version 1 sent it twice).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ __all__ = [
     "welcome",
 ]
 
-VERSION = 1
+VERSION = 2
 # Steps a worker runs at once unless told otherwise: threads, so mostly for steps that
 # wait (I/O, subprocesses); more slots keep more short steps in flight (W2: 8 -> 32 slots
 # gave +10-25 % steps/s here; CPU-bound steps share the worker's GIL whatever the count).
@@ -92,6 +97,11 @@ def _is_error(v: Any) -> bool:
     )
 
 
+# Where a run frame's input may be taken from instead of being sent (``input_from``): the
+# workflow's inputs, the upstream map (a step of several dependencies), or the output of
+# its one dependency.
+INPUT_SOURCES = ("inputs", "upstream", "dependency")
+
 # Fields every map of that type must carry, and what each must look like.
 WORKER_TYPES: dict[str, dict[str, Check]] = {
     "hello": {
@@ -116,7 +126,6 @@ NODE_TYPES: dict[str, dict[str, Check]] = {
         "attempt": _is_int,
         "implementation": _is_str,
         "config": _is_map_or_nil,
-        "input": _anything,
         "inputs": _is_map_or_nil,
         "upstream": _is_map_or_nil,
         "idempotency_key": _is_str,
@@ -130,7 +139,11 @@ NODE_TYPES: dict[str, dict[str, Check]] = {
 _OPTIONAL: dict[str, dict[str, Check]] = {
     "started": {"ran_ms": _is_non_negative},  # a held notice: how long the step has run
     "result": {"started": _is_bool},  # the result stands for the start notice too
-    "run": {"start_hold": _is_non_negative},  # seconds the start notice may be held
+    "run": {
+        "start_hold": _is_non_negative,  # seconds the start notice may be held
+        "input": _anything,  # a run frame carries either its input ...
+        "input_from": lambda v: v in INPUT_SOURCES,  # ... or where to take it from
+    },
 }
 
 
@@ -178,13 +191,35 @@ def decode_worker_frame(data: bytes, max_size: int) -> dict[str, Any]:
 
 
 def decode_node_frame(data: bytes, max_size: int) -> dict[str, Any]:
-    """A validated node -> worker map; ``config``/``inputs``/``upstream`` nil becomes {}."""
+    """A validated node -> worker map; a run map gets its ``input`` back from where
+    ``input_from`` says, and ``config``/``inputs``/``upstream`` nil becomes {}."""
     msg = _decode(data, max_size, NODE_TYPES)
     if msg["t"] == "run":
+        _restore_input(msg)
         for name in ("config", "inputs", "upstream"):
             if msg[name] is None:
                 msg[name] = {}
     return msg
+
+
+def _restore_input(msg: dict[str, Any]) -> None:
+    source = msg.pop("input_from", None)
+    if source is None:
+        if "input" not in msg:
+            raise ProtocolError("run frame lacks field 'input' (and 'input_from')")
+        return
+    if "input" in msg:
+        raise ProtocolError("run frame has both 'input' and 'input_from'")
+    if source == "inputs":
+        msg["input"] = msg["inputs"]
+    elif source == "upstream":
+        msg["input"] = msg["upstream"]
+    else:  # "dependency"
+        upstream = msg["upstream"]
+        if not isinstance(upstream, dict) or len(upstream) != 1:
+            raise ProtocolError("run frame takes its input from the one dependency, but "
+                                f"its upstream has {len(upstream or {})} entries")  # fmt: skip
+        msg["input"] = next(iter(upstream.values()))
 
 
 def _frame(kind: str, **fields: Any) -> dict[str, Any]:
@@ -247,8 +282,27 @@ def welcome(heartbeat_interval: float) -> dict[str, Any]:
 
 
 def run(task: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``run`` frame from a Dispatch task (the run map without ``v``/``t``)."""
-    return {**task, "v": VERSION, "t": "run"}
+    """A ``run`` frame from a Dispatch task (the run map without ``v``/``t``). An input
+    that *is* (the same object as) the task's ``inputs``, ``upstream`` or its one
+    upstream value is not sent twice: the frame names where it is (``input_from``)."""
+    frame = {**task, "v": VERSION, "t": "run"}
+    source = _input_source(task)
+    if source is not None:
+        del frame["input"]
+        frame["input_from"] = source
+    return frame
+
+
+def _input_source(task: Mapping[str, Any]) -> str | None:
+    value = task["input"]
+    if "inputs" in task and value is task["inputs"]:
+        return "inputs"
+    upstream = task.get("upstream")
+    if value is upstream:
+        return "upstream"
+    if upstream and len(upstream) == 1 and value is next(iter(upstream.values())):
+        return "dependency"
+    return None
 
 
 def cancel(task_id: str) -> dict[str, Any]:

@@ -242,7 +242,12 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             self._finish_with(msg.reply_to, task_id, {"type": "CodecError", "message": str(exc)})
             return
         if len(frame) > self._max_frame:
-            err = {"type": "FrameTooLarge", "message": f"run frame of {len(frame)} bytes"}
+            err = {
+                "type": "FrameTooLarge",
+                "message": f"the step's run frame is {len(frame):,} bytes, over the "
+                f"{self._max_frame:,}-byte cap (max_frame_bytes): its input, the workflow's "
+                "inputs and its dependencies' outputs travel in it",
+            }
             self._finish_with(msg.reply_to, task_id, err)
             return
         self._tasks[task_id] = _Task(task_id, impl, frame, msg.reply_to)

@@ -22,6 +22,7 @@ import zmq
 
 from tamma_actors import Client, WorkflowValidationError
 from tamma_actors._codec import pack, unpack
+from tamma_actors._config import load_node_config
 from tamma_actors._errors import ExecutionExists, IllegalTransition, RequestTimeout, UnknownStep
 from tamma_actors._node import Node
 
@@ -368,3 +369,25 @@ def test_execute_step_that_overruns_is_cancelled(client: Client) -> None:
     # both the probe's and the execution's hung steps were cancelled: the workers serve again
     final = client.wait(client.start_workflow(wf("after-probe", step("n"))).id, timeout=WAIT)
     assert final.status == "completed"
+
+
+def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
+    short_dir: Path,
+) -> None:
+    """A run frame holds the step's input once: with a 1 MiB cap, a 400 KB input passes
+    along a chain (the workflow's inputs and one dependency's output: ~800 KB per frame,
+    ~1.2 MB when the input was sent a third time), and a join of two such outputs, over
+    the cap, fails with an error that names it."""
+    settings = {"workers": 1, "worker_slots": 2, "max_frame_bytes": 1 << 20}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    blob = {"text": "x" * 400_000}
+    chain = wf("c", step("a"), step("b", "noop", "a"), step("c", "noop", "b"))
+    join = wf("j", step("a"), step("b"), step("ab", "noop", "a", "b"))
+    with Node(config) as node, Client(node.config.control_address, timeout=WAIT) as client:
+        done = client.wait(client.start_workflow(chain, blob).id, timeout=WAIT)
+        assert done.status == "completed", done.error
+        failed = client.wait(client.start_workflow(join, blob).id, timeout=WAIT)
+    assert failed.status == "failed"
+    error = failed.results["ab"].error
+    assert error is not None and error.type == "FrameTooLarge"
+    assert "over the 1,048,576-byte cap (max_frame_bytes)" in error.message

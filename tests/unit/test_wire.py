@@ -82,7 +82,7 @@ def test_run_nil_maps_become_empty() -> None:
 
 def test_run_overrides_v_and_t_of_the_task() -> None:
     msg = wire.run({**RUN_TASK, "v": 9, "t": "x"})
-    assert msg["v"] == 1 and msg["t"] == "run"
+    assert msg["v"] == wire.VERSION and msg["t"] == "run"
 
 
 def test_extra_fields_tolerated() -> None:
@@ -96,11 +96,11 @@ def test_extra_fields_tolerated() -> None:
         (b"\xc1", CodecError, "malformed"),
         (pack([1, 2]), ProtocolError, "not a map"),
         (pack({"t": "bye", "worker_id": "w"}), ProtocolError, "version None"),
-        (pack({"v": 2, "t": "bye", "worker_id": "w"}), ProtocolError, "version 2"),
-        (pack({"v": 1, "worker_id": "w"}), ProtocolError, "unknown frame type None"),
-        (pack({"v": 1, "t": 5}), ProtocolError, "unknown frame type 5"),
-        (pack({"v": 1, "t": "bye"}), ProtocolError, "lacks field 'worker_id'"),
-        (pack({"v": 1, "t": "bye", "worker_id": 3}), ProtocolError, "bad 'worker_id'"),
+        (pack({"v": 1, "t": "bye", "worker_id": "w"}), ProtocolError, "version 1"),
+        (pack({"v": 2, "worker_id": "w"}), ProtocolError, "unknown frame type None"),
+        (pack({"v": 2, "t": 5}), ProtocolError, "unknown frame type 5"),
+        (pack({"v": 2, "t": "bye"}), ProtocolError, "lacks field 'worker_id'"),
+        (pack({"v": 2, "t": "bye", "worker_id": 3}), ProtocolError, "bad 'worker_id'"),
         (pack({**wire.hb("w", [], 1), "rss": True}), ProtocolError, "bad 'rss'"),
         (pack({**wire.hb("w", [], 1), "running": ["a", 1]}), ProtocolError, "bad 'running'"),
         (pack({**wire.result_ok("t", 1, 1), "duration_ms": "1"}), ProtocolError, "duration"),
@@ -109,12 +109,12 @@ def test_extra_fields_tolerated() -> None:
         (pack({**wire.started("t"), "ran_ms": -1}), ProtocolError, "bad 'ran_ms'"),
         (pack({**wire.started("t"), "ran_ms": "5"}), ProtocolError, "bad 'ran_ms'"),
         (
-            pack({"v": 1, "t": "result", "task_id": "t", "ok": True, "duration_ms": 1}),
+            pack({"v": 2, "t": "result", "task_id": "t", "ok": True, "duration_ms": 1}),
             ProtocolError,
             "lacks 'output'",
         ),
         (
-            pack({"v": 1, "t": "result", "task_id": "t", "ok": False, "duration_ms": 1}),
+            pack({"v": 2, "t": "result", "task_id": "t", "ok": False, "duration_ms": 1}),
             ProtocolError,
             "bad 'error'",
         ),
@@ -151,6 +151,70 @@ def test_bad_worker_frames(data: bytes, error: type[Exception], match: str) -> N
 def test_bad_run_fields(field: str, value: Any) -> None:
     with pytest.raises(ProtocolError, match=f"bad '{field}'"):
         wire.decode_node_frame(pack(wire.run({**RUN_TASK, field: value})), MAX)
+
+
+def _sent_and_received(task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    data = wire.encode(wire.run(task))
+    return msgpack.unpackb(data), wire.decode_node_frame(data, MAX)
+
+
+BLOB = {"text": "x" * 10_000}
+
+
+@pytest.mark.parametrize(
+    ("source", "task"),
+    [
+        ("inputs", {**RUN_TASK, "input": BLOB, "inputs": BLOB}),
+        ("dependency", {**RUN_TASK, "input": BLOB, "upstream": {"a": BLOB}}),
+        ("upstream", (lambda up: {**RUN_TASK, "input": up, "upstream": up})({"a": BLOB, "b": 1})),
+    ],
+)
+def test_an_input_the_frame_already_holds_is_sent_once(source: str, task: dict[str, Any]) -> None:
+    sent, received = _sent_and_received(task)
+    assert "input" not in sent and sent["input_from"] == source
+    assert len(wire.encode(wire.run(task))) < 11_000  # the blob once, not twice
+    assert received["input"] == task["input"] and "input_from" not in received
+    assert {k: v for k, v in received.items() if k not in ("v", "t")} == task
+
+
+def test_an_equal_input_that_is_another_object_is_sent_as_it_is() -> None:
+    task = {**RUN_TASK, "input": dict(BLOB), "inputs": BLOB, "upstream": {"a": dict(BLOB)}}
+    sent, received = _sent_and_received(task)
+    assert sent["input"] == BLOB and "input_from" not in sent
+    assert received["input"] == BLOB
+
+
+def test_a_nil_input_and_nil_maps() -> None:
+    _, received = _sent_and_received({**RUN_TASK, "input": None, "inputs": None})
+    assert received["input"] is None and received["inputs"] == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"input_from": "inputs"}, "both 'input' and 'input_from'"),
+        ({"input_from": "elsewhere"}, "bad 'input_from'"),
+        ({"input_from": ["inputs"]}, "bad 'input_from'"),
+    ],
+)
+def test_bad_input_sources(fields: dict[str, Any], match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        wire.decode_node_frame(pack({**wire.run(RUN_TASK), **fields}), MAX)
+
+
+@pytest.mark.parametrize("upstream", [{}, {"a": 1, "b": 2}, None])
+def test_the_one_dependency_must_be_one(upstream: Any) -> None:
+    frame = {**wire.run(RUN_TASK), "upstream": upstream, "input_from": "dependency"}
+    del frame["input"]
+    with pytest.raises(ProtocolError, match="one dependency"):
+        wire.decode_node_frame(pack(frame), MAX)
+
+
+def test_a_run_frame_without_its_input() -> None:
+    frame = wire.run(RUN_TASK)
+    del frame["input"]
+    with pytest.raises(ProtocolError, match="lacks field 'input'"):
+        wire.decode_node_frame(pack(frame), MAX)
 
 
 def test_welcome_interval_must_be_a_number() -> None:
