@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--status", action="append", choices=_STATUSES, default=None)
     lst.add_argument("--workflow", default=None)
     lst.add_argument("--limit", type=int, default=None)
+    lst.add_argument("--offset", type=int, default=None, help="skip the first N matches")
     for name, text in [
         ("status", "an execution's status and progress"),
         ("get", "an execution's full record"),
@@ -180,7 +181,12 @@ def _cmd_start(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
-    query = {"status": args.status, "workflow_id": args.workflow, "limit": args.limit}
+    query = {
+        "status": args.status,
+        "workflow_id": args.workflow,
+        "limit": args.limit,
+        "offset": args.offset,
+    }
     executions = client.list_workflows({k: v for k, v in query.items() if v is not None})
     if out.as_json:
         out.json([ex.model_dump(mode="json") for ex in executions])

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._client_socket import ClientSocket
-from tamma_actors._errors import ProtocolError
+from tamma_actors._errors import FrameTooLarge, ProtocolError
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -89,6 +89,14 @@ def _validated(model: type[M], value: Any) -> M:
         return model.model_validate(value)
     except ValidationError as exc:
         raise ProtocolError(f"the node sent a malformed {model.__name__}: {exc}") from exc
+
+
+# Records asked for per 'list' request (``list_workflows`` pages through them).
+LIST_PAGE = 1_000
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class Client(ClientSocket):
@@ -185,14 +193,35 @@ class Client(ClientSocket):
     def list_workflows(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
     ) -> list[WorkflowExecution]:
+        """The matching executions, oldest first. Asked for in pages of at most
+        ``LIST_PAGE`` records (fewer, down to one, while a page's reply is over the frame
+        cap), so any number of them can be listed without one long request."""
         if isinstance(filter, WorkflowFilter):
             args: dict[str, Any] = filter.model_dump(mode="json", exclude_none=True)
         else:
             args = dict(filter or {})
-        if args.get("limit") == 0:
+        wanted, offset = args.pop("limit", None), args.pop("offset", 0)
+        if wanted == 0:
             return []  # the filter model allows an empty page; the wire does not
-        records = self.request("list", args)
-        return [self._execution(r) for r in records]
+        if not (wanted is None or _is_count(wanted)) or not _is_count(offset):
+            args.update(limit=wanted, offset=offset)  # for the node to name what is wrong
+            return [self._execution(r) for r in self.request("list", args)]
+        out: list[WorkflowExecution] = []
+        page = LIST_PAGE
+        while wanted is None or len(out) < wanted:
+            size = page if wanted is None else min(page, wanted - len(out))
+            try:
+                records = self.request("list", {**args, "limit": size, "offset": offset})
+            except FrameTooLarge:
+                if size == 1:
+                    raise
+                page = max(1, size // 2)
+                continue
+            out.extend(self._execution(r) for r in records)
+            offset += len(records)
+            if len(records) < size:
+                break
+        return out
 
     def get_workflow_status(self, execution_id: str) -> WorkflowStatusInfo:
         result = self.request("status", {"id": execution_id})

@@ -12,7 +12,9 @@ clients (the reply then carries the empty delimiter back).
 Oversized frames: the socket sets ``ZMQ_MAXMSGSIZE`` to ``max_frame_bytes``, so libzmq
 drops a larger message and *disconnects the peer* before we ever see it: no reply is sent,
 the client times out (our :class:`~tamma_actors._client.Client` refuses to send such a
-frame in the first place). Other clients on the socket are unaffected.
+frame in the first place). Other clients on the socket are unaffected. A reply over the
+cap is not sent either (a client with the same cap would drop it the same way and wait
+for nothing): the request gets a ``too_large`` error naming its size and the cap instead.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import zmq
 from tamma_actors._codec import pack
 from tamma_actors._curve import curve_server
 from tamma_actors._engine_api import AsyncEngine
-from tamma_actors._errors import CodecError, TammaError, TransportError
+from tamma_actors._errors import CodecError, FrameTooLarge, TammaError, TransportError
 from tamma_actors._protocol import (
+    LIST_MOST,
     AbortArgs,
     AdminBackupArgs,
     AdminCleanupArgs,
@@ -67,6 +70,7 @@ class _Completed:
 
     route: list[bytes]
     request_id: RequestId
+    op: str
     future: Future[Any]
 
 
@@ -227,11 +231,11 @@ class ControlServer(SocketActor):
             self._reply_error(route, request.id, exc)
             return
         if future.done():
-            self._reply_from(route, request.id, future)
+            self._reply_from(route, request.id, request.op, future)
             return
         self._in_flight += 1
         future.add_done_callback(
-            lambda fut: self._tell_completed(_Completed(route, request.id, fut))
+            lambda fut: self._tell_completed(_Completed(route, request.id, request.op, fut))
         )
 
     def _tell_completed(self, message: _Completed) -> None:
@@ -244,7 +248,7 @@ class ControlServer(SocketActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, _Completed):
             self._in_flight -= 1
-            self._reply_from(message.route, message.request_id, message.future)
+            self._reply_from(message.route, message.request_id, message.op, message.future)
             return None
         return super().on_receive(message)
 
@@ -260,6 +264,7 @@ class ControlServer(SocketActor):
                 workflow_id=args.workflow_id,
                 limit=args.limit,
                 offset=args.offset,
+                most=LIST_MOST,
             )
         if isinstance(args, HealthArgs):
             return engine.health()
@@ -290,7 +295,9 @@ class ControlServer(SocketActor):
             return simple[op](args.id)
         raise AssertionError(f"op {op!r} has no engine call")  # pragma: no cover
 
-    def _reply_from(self, route: list[bytes], request_id: RequestId, future: Future[Any]) -> None:
+    def _reply_from(
+        self, route: list[bytes], request_id: RequestId, op: str, future: Future[Any]
+    ) -> None:
         if future.cancelled():
             self._reply_error(route, request_id, TransportError("the node is shutting down"))
             return
@@ -304,6 +311,16 @@ class ControlServer(SocketActor):
         except CodecError as codec_exc:
             log.error("reply to %r cannot be encoded", request_id, exc_info=codec_exc)
             self._reply_error(route, request_id, RuntimeError("unencodable reply"))
+            return
+        if len(data) > self._max_frame_bytes:
+            too_large = FrameTooLarge(
+                f"the reply to {op!r} is {len(data):,} bytes, over the "
+                f"{self._max_frame_bytes:,}-byte cap (max_frame_bytes): ask for less ('list' "
+                "and 'events' take a limit and an offset) or raise max_frame_bytes on the "
+                "node and the client"
+            )
+            log.warning("request %r: %s", request_id, too_large)
+            self._reply_error(route, request_id, too_large)
             return
         self._send(route, data)
 

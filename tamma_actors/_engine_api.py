@@ -66,6 +66,7 @@ class AsyncEngine(Protocol):
         workflow_id: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        most: int | None = None,
     ) -> Future[list[ExecutionRecord]]: ...
 
     def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]: ...

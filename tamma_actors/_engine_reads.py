@@ -19,6 +19,7 @@ import pykka
 
 from tamma_actors._errors import (
     ActorStopped,
+    FrameTooLarge,
     IllegalTransition,
     StoreCorrupted,
     StoreError,
@@ -213,10 +214,19 @@ class EngineReads:
         workflow_id: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        most: int | None = None,
     ) -> Future[list[dict[str, Any]]]:
+        """The matching executions' records, oldest first, ``offset`` and ``limit`` paging
+        them; more than ``most`` (when given) is refused before any record is built, with
+        FrameTooLarge: the control server bounds one reply that way."""
         ids = [s["id"] for s in self._summaries(status, workflow_id)][
             offset : None if limit is None else offset + limit
         ]
+        if most is not None and len(ids) > most:
+            raise FrameTooLarge(
+                f"{len(ids):,} executions match; one 'list' reply holds at most {most:,}: "
+                "page through them with limit and offset"
+            )
         futures = [self.get_workflow(eid) for eid in ids]
         out: Future[list[dict[str, Any]]] = Future()
         gather(futures, out)

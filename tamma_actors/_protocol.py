@@ -31,6 +31,7 @@ from tamma_actors._errors import (
 )
 
 __all__ = [
+    "LIST_MOST",
     "OPS",
     "PROTOCOL_VERSION",
     "AbortArgs",
@@ -115,10 +116,16 @@ class AbortArgs(ExecutionArgs):
     reason: str | None = None
 
 
+# The most records one 'list' reply holds: a request for more (no limit, and more
+# match) is refused before any record is built, so one request never keeps the control
+# server's thread for long nor makes a reply no client could take.
+LIST_MOST = 10_000
+
+
 class ListArgs(_Args):
     status: list[ExecutionStatusName] | None = None
     workflow_id: str | None = None
-    limit: int | None = Field(default=None, ge=1, le=10_000)
+    limit: int | None = Field(default=None, ge=1, le=LIST_MOST)
     offset: int = Field(default=0, ge=0)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 
 from tamma_actors._engine_api import ExecutionRecord
 from tamma_actors._errors import (
+    FrameTooLarge,
     Problem,
     UnknownExecution,
     UnknownStep,
@@ -193,6 +194,7 @@ class FakeEngine:
         workflow_id: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        most: int | None = None,
     ) -> Future[list[ExecutionRecord]]:
         def select() -> list[ExecutionRecord]:
             found = [
@@ -202,6 +204,8 @@ class FakeEngine:
                 and (workflow_id is None or r["workflow_id"] == workflow_id)
             ]
             end = None if limit is None else offset + limit
+            if most is not None and len(found[offset:end]) > most:
+                raise FrameTooLarge(f"{len(found[offset:end])} executions match")
             return found[offset:end]
 
         return self._call("list_workflows", (status, workflow_id, limit, offset), select)

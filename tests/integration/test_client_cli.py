@@ -534,6 +534,7 @@ def test_cli_list_status_get_events(cli: Cli, engine: FakeEngine, workflow_file:
     assert all(set(e) >= EXECUTION_KEYS for e in listed)
     code, out, _ = cli("list")
     assert code == ExitCode.OK and eid in out and other in out
+    assert [e["id"] for e in cli.json("list", "--offset", "1")] == [other]
     status = cli.json("status", eid)
     assert set(status) >= EXECUTION_KEYS
     assert status["steps"] == {"fetch": "pending", "build": "pending"}
@@ -621,8 +622,10 @@ def test_cli_errors_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == ExitCode.USAGE and "not valid JSON" in err
     code, _, _ = cli()
     assert code == ExitCode.USAGE
-    code, _, err = cli("list", "--limit", "20000")
+    code, _, err = cli("list", "--limit", "-1")
     assert code == ExitCode.USAGE and "limit" in err
+    code, _, err = cli("list", "--offset", "-3")
+    assert code == ExitCode.USAGE and "offset" in err
     code, out, _ = cli("--help")
     assert code == ExitCode.OK and "watch" in out
 

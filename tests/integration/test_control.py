@@ -302,6 +302,25 @@ def test_oversized_frames_are_dropped_by_zeromq(
         h.close()
 
 
+def test_a_reply_over_the_cap_is_not_sent_its_request_gets_an_error_naming_it(
+    ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path
+) -> None:
+    # A client with the same cap would drop such a reply (and lose its connection) and
+    # wait for nothing: the request is answered with what was too large instead.
+    h = Harness(ctx, engine, f"ipc://{tmp_path}/c.sock", max_frame_bytes=2048)
+    try:
+        sock = h.socket()
+        for _ in range(20):
+            assert h.call(sock, "start", workflow=WORKFLOW)["ok"] is True
+        error = h.call(sock, "list", limit=20)["error"]
+        assert error["code"] == "too_large"
+        assert error["message"].startswith("the reply to 'list' is ")
+        assert "bytes, over the 2,048-byte cap (max_frame_bytes)" in error["message"]
+        assert len(h.call(sock, "list", limit=1)["result"]) == 1  # still served
+    finally:
+        h.close()
+
+
 def test_a_slow_wait_does_not_block_other_requests(harness: Harness, engine: FakeEngine) -> None:
     waiter, other = harness.socket(), harness.socket()
     eid = harness.call(other, "start", workflow={"name": "w", "steps": [{"name": "only"}]})[
@@ -414,7 +433,7 @@ def test_undeliverable_replies_are_dropped(
     done: Future[Any] = Future()
     done.set_result({"ok": 1})
     with caplog.at_level("WARNING", logger="tamma_actors._control"):
-        harness.ref.tell(_Completed([b"nobody"], 1, done))
+        harness.ref.tell(_Completed([b"nobody"], 1, "health", done))
         assert harness.call(harness.socket(), "health")["ok"] is True
     assert any("reply dropped" in rec.getMessage() for rec in caplog.records)
 
@@ -427,7 +446,7 @@ def test_unexpected_messages_are_ignored(harness: Harness) -> None:
 def test_a_failing_server_releases_its_endpoint(harness: Harness, tmp_path: Path) -> None:
     done: Future[Any] = Future()
     done.set_result(None)
-    harness.ref.tell(_Completed([42], 1, done))  # type: ignore[list-item]
+    harness.ref.tell(_Completed([42], 1, "health", done))  # type: ignore[list-item]
     with pytest.raises(pykka.ActorDeadError):
         harness.server.stats().get(timeout=10)
     # The actor is marked dead before on_failure has closed its socket: wait for that.

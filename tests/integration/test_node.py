@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,20 @@ import yaml
 import zmq
 
 from tamma_actors import Client, WorkflowValidationError
+from tamma_actors import _client as client_module
+from tamma_actors import _control as control_module
 from tamma_actors._codec import pack, unpack
 from tamma_actors._config import load_node_config
-from tamma_actors._errors import ExecutionExists, IllegalTransition, RequestTimeout, UnknownStep
+from tamma_actors._errors import (
+    ExecutionExists,
+    FrameTooLarge,
+    IllegalTransition,
+    RequestTimeout,
+    UnknownStep,
+)
 from tamma_actors._node import Node
+from tamma_actors._record_models import WorkflowStatusInfo
+from tamma_actors._status import is_terminal_execution
 
 pytestmark = pytest.mark.integration
 
@@ -377,17 +388,64 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
     """A run frame holds the step's input once: with a 1 MiB cap, a 400 KB input passes
     along a chain (the workflow's inputs and one dependency's output: ~800 KB per frame,
     ~1.2 MB when the input was sent a third time), and a join of two such outputs, over
-    the cap, fails with an error that names it."""
+    the cap, fails with an error that names it. (The executions' whole records are over
+    the cap too: they are read by their status and one event at a time.)"""
     settings = {"workers": 1, "worker_slots": 2, "max_frame_bytes": 1 << 20}
     config = load_node_config(None, data_dir=short_dir / "var", **settings)
     blob = {"text": "x" * 400_000}
     chain = wf("c", step("a"), step("b", "noop", "a"), step("c", "noop", "b"))
     join = wf("j", step("a"), step("b"), step("ab", "noop", "a", "b"))
     with Node(config) as node, Client(node.config.control_address, timeout=WAIT) as client:
-        done = client.wait(client.start_workflow(chain, blob).id, timeout=WAIT)
-        assert done.status == "completed", done.error
-        failed = client.wait(client.start_workflow(join, blob).id, timeout=WAIT)
-    assert failed.status == "failed"
-    error = failed.results["ab"].error
-    assert error is not None and error.type == "FrameTooLarge"
-    assert "over the 1,048,576-byte cap (max_frame_bytes)" in error.message
+        done = _ended(client, client.start_workflow(chain, blob).id)
+        failed = _ended(client, client.start_workflow(join, blob).id)
+        assert done.status == "completed" and failed.status == "failed"
+        events = []
+        while not events or events[-1].type != "workflow.failed":
+            events += client.get_events(failed.id, from_seq=len(events) + 1, limit=1)
+    error = next(e.data["error"] for e in events if e.type == "step.failed")
+    assert error["type"] == "FrameTooLarge"
+    assert "over the 1,048,576-byte cap (max_frame_bytes)" in error["message"]
+
+
+def _ended(client: Client, eid: str) -> WorkflowStatusInfo:
+    deadline = time.monotonic() + WAIT
+    while not is_terminal_execution((status := client.get_workflow_status(eid)).status):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.02)
+    return status
+
+
+def test_a_long_list_comes_in_pages_and_no_reply_is_over_the_cap(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Client.list_workflows`` pages through the executions, with smaller pages while
+    a page's reply is over the frame cap; the node refuses a reply over the cap, and a
+    'list' without a limit that matches more than ``LIST_MOST``, with errors naming why."""
+    monkeypatch.setattr(client_module, "LIST_PAGE", 8)
+    monkeypatch.setattr(control_module, "LIST_MOST", 10)
+    cap = 8192  # ~1.3 KB per record below: 8 of them are over it, 4 are not
+    settings = {"workers": 1, "worker_slots": 2, "max_frame_bytes": cap}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    inputs = ({"n": i, "pad": "x" * 700} for i in range(30))
+    address = config.control_address
+    with Node(config), Client(address, timeout=WAIT, max_frame_bytes=cap) as client:
+        ids = [e.id for e in client.start_workflows(wf("one", step("a")), inputs)]
+        assert all(client.wait(eid, timeout=WAIT).status == "completed" for eid in ids)
+        pages: list[int] = []
+        ask = client.request
+
+        def counted(op: str, args: Any, **kw: Any) -> Any:
+            pages.append(args.get("limit") if op == "list" else -1)
+            return ask(op, args, **kw)
+
+        monkeypatch.setattr(client, "request", counted)
+        assert [e.id for e in client.list_workflows()] == ids  # oldest first, all
+        assert pages[0] == 8 and set(pages[1:]) == {4}  # 8 were over the cap: halved
+        one = len(pack(client.request("list", {"limit": 1})))
+        assert 8 * one > cap > 4 * one
+        assert [e.id for e in client.list_workflows({"offset": 5, "limit": 12})] == ids[5:17]
+        with pytest.raises(FrameTooLarge, match="30 executions match; one 'list' reply"):
+            client.request("list", {})
+        with pytest.raises(FrameTooLarge, match=r"reply to 'list' is .* over the 8,192-byte"):
+            client.request("list", {"limit": 10})
+        assert client.health()["status"] == "ok"
