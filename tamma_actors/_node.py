@@ -47,6 +47,7 @@ from tamma_actors._errors import (
     TammaError,
 )
 from tamma_actors._execution import ExecutionDeps
+from tamma_actors._gc import frozen_by_tamma
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node_children import NodeChildren
 from tamma_actors._plugins import PluginRegistry, load_registry
@@ -70,6 +71,22 @@ class _ActorSlot:
     def __init__(self) -> None:
         self.ref: pykka.ActorRef[Any] | None = None
         self.hold_dispatch = False  # draining: new steps stay committed as dispatched
+        self._proxy: tuple[pykka.ActorRef[Any], pykka.ActorProxy[Any]] | None = None
+
+    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The actor's ``stats()``, or None if it is not running or does not answer in
+        time. Its proxy is made once per actor (pykka makes one by looking at every
+        attribute of the actor: ~0.6 ms, on the control thread)."""
+        ref = self.ref
+        if ref is None:
+            return None
+        if self._proxy is None or self._proxy[0] is not ref:
+            self._proxy = (ref, ref.proxy())
+        try:
+            stats: dict[str, Any] = self._proxy[1].stats().get(timeout=timeout)
+        except (pykka.ActorDeadError, pykka.Timeout):
+            return None
+        return stats
 
     def tell(self, message: Any) -> None:
         if self.ref is None:
@@ -238,11 +255,7 @@ class Node(NodeChildren):
         return True
 
     def _steps_in_pool(self) -> int:
-        pool = self._pool.ref
-        try:
-            stats = pool.proxy().stats().get(timeout=2.0) if pool else None
-        except (pykka.ActorDeadError, pykka.Timeout):
-            stats = None
+        stats = self._pool.stats()
         return 0 if stats is None else int(stats["running"]) + int(stats["queued"])
 
     def _retention(self) -> None:
@@ -315,16 +328,12 @@ class Node(NodeChildren):
                 "data_dir": str(self.config.data_dir),
                 "gc": {
                     "threshold": list(gc.get_threshold()),
-                    "frozen": gc.get_freeze_count(),
+                    "frozen": frozen_by_tamma(),
                     "collections": [s["collections"] for s in gc.get_stats()],
                 },
             }
         }
-        pool = self._pool.ref
-        try:
-            report["workers"] = pool.proxy().stats().get(timeout=2.0) if pool else None
-        except (pykka.ActorDeadError, pykka.Timeout):
-            report["workers"] = None
+        report["workers"] = self._pool.stats()
         if report["workers"] is None:
             report["status"] = "degraded"
         writer = self._writer.writer

@@ -50,7 +50,7 @@ def test_an_embedded_node_leaves_its_host_s_collector_alone(short_dir: Path) -> 
         report = node.engine.health().result(30)
         assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
     assert report["node"]["gc"]["threshold"] == list(before[0])
-    assert report["node"]["gc"]["frozen"] == before[1]
+    assert report["node"]["gc"]["frozen"] is None  # tamma froze nothing of its host's
 
 
 @pytest.mark.parametrize(
