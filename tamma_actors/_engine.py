@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -120,6 +120,9 @@ class Engine(EngineReads, EngineRecovery):
         self._health_extra = parts.health_extra
         self._write_block = parts.write_block
         self._admin = StoreAdmin(parts.store)
+        # Lists are built here, off the caller's thread (the control server's): a page of
+        # 1,000 stored records takes ~0.3 s, which every other request used to wait for.
+        self._lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamma-list")
         self._draining = False
         self.unrecovered: dict[str, str] = {}  # execution id -> why it could not recover
         self.repaired: dict[str, str] = {}  # recovered from the full log: the snapshot was bad
@@ -433,6 +436,7 @@ class Engine(EngineReads, EngineRecovery):
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking executions and stop their supervisors (their state is in the store)."""
         self._admin.close()
+        self._lister.shutdown(wait=False, cancel_futures=True)
         self._stop_resting()
         with self._lock:
             self._closed = True

@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -23,6 +24,7 @@ from tamma_actors._errors import (
     IllegalTransition,
     StoreCorrupted,
     StoreError,
+    SupervisionError,
     TammaError,
     UnknownExecution,
     UnknownStep,
@@ -54,12 +56,19 @@ class HeldWait:
     timer: TimerHandle | None = None
 
 
+# Records a list builds before it lets the node's other threads have the GIL (~0.15 ms
+# each): without that, a request that came meanwhile waited for its forced switch
+# interval again at each of its hand-offs.
+_LIST_YIELD_EVERY = 16
+
+
 class EngineReads:
     """Reads; mixed into the engine, which routes (``_ask``) and knows who rests."""
 
     if TYPE_CHECKING:
         _store: Store
         _deps: ExecutionDeps
+        _lister: ThreadPoolExecutor
         _health_extra: Callable[[], dict[str, Any]]
         _lock: threading.Lock
         _live: dict[str, pykka.ActorRef[Any]]
@@ -218,18 +227,38 @@ class EngineReads:
     ) -> Future[list[dict[str, Any]]]:
         """The matching executions' records, oldest first, ``offset`` and ``limit`` paging
         them; more than ``most`` (when given) is refused before any record is built, with
-        FrameTooLarge: the control server bounds one reply that way."""
-        ids = [s["id"] for s in self._summaries(status, workflow_id)][
-            offset : None if limit is None else offset + limit
-        ]
-        if most is not None and len(ids) > most:
-            raise FrameTooLarge(
-                f"{len(ids):,} executions match; one 'list' reply holds at most {most:,}: "
-                "page through them with limit and offset"
-            )
-        futures = [self.get_workflow(eid) for eid in ids]
+        FrameTooLarge: the control server bounds one reply that way. Built on the list
+        thread: the caller's thread (the control server's) goes on serving meanwhile."""
         out: Future[list[dict[str, Any]]] = Future()
-        gather(futures, out)
+
+        def build() -> None:
+            try:
+                # Only as far as the page (one more than ``most`` tells it is too many).
+                upto = most + 1 if limit is None and most is not None else limit
+                ids = list(islice(self._matching_ids(status, workflow_id), offset,
+                                  None if upto is None else offset + upto))  # fmt: skip
+                if most is not None and len(ids) > most:
+                    raise FrameTooLarge(
+                        f"more than {most:,} executions match, and one 'list' reply holds at "
+                        f"most {most:,}: page through them with limit and offset"
+                    )
+                records = []
+                for i, eid in enumerate(ids, 1):
+                    records.append(self.get_workflow(eid))
+                    if i % _LIST_YIELD_EVERY == 0:
+                        time.sleep(0)  # let the threads that wait for the GIL have it
+                gather(records, out)
+            except Exception as exc:
+                out.set_exception(exc)
+
+        def dropped(job: Future[None]) -> None:
+            if job.cancelled():
+                out.set_exception(SupervisionError("the node is shutting down"))
+
+        try:
+            self._lister.submit(build).add_done_callback(dropped)
+        except RuntimeError as exc:  # after close()
+            raise SupervisionError("the node is shutting down") from exc
         return out
 
     @guarded
@@ -253,16 +282,19 @@ class EngineReads:
             return None
         return frozenset(p for w in workers for p in w.get("plugins", ()))
 
-    def _summaries(
-        self, status: list[str] | None, workflow_id: str | None
-    ) -> Iterator[dict[str, Any]]:
+    def _matching_ids(self, status: list[str] | None, workflow_id: str | None) -> Iterator[str]:
+        """The ids of the executions that match, oldest first; without a filter from the
+        keys alone (a fifth of the time: no summary is decoded)."""
+        if not status and workflow_id is None:
+            yield from self._store.iter_execution_ids()
+            return
         wanted = set(status) if status else None
         for summary in self._store.iter_summaries():
             if wanted is not None and summary.get("status") not in wanted:
                 continue
             if workflow_id is not None and summary.get("workflow_id") != workflow_id:
                 continue
-            yield summary
+            yield summary["id"]
 
     def _load(self, execution_id: str) -> ExecutionState:
         records = self._store.read_execution(execution_id)

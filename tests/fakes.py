@@ -205,7 +205,7 @@ class FakeEngine:
             ]
             end = None if limit is None else offset + limit
             if most is not None and len(found[offset:end]) > most:
-                raise FrameTooLarge(f"{len(found[offset:end])} executions match")
+                raise FrameTooLarge(f"more than {most} executions match")
             return found[offset:end]
 
         return self._call("list_workflows", (status, workflow_id, limit, offset), select)

@@ -20,7 +20,9 @@ import pytest
 from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._errors import (
+    FrameTooLarge,
     IllegalTransition,
+    SupervisionError,
     UnknownExecution,
     UnknownStep,
     WorkflowValidationError,
@@ -436,6 +438,56 @@ def test_list_status_and_health(kit: Kit) -> None:
     status = kit.engine.get_workflow_status(a["id"]).result(WAIT)
     assert status["progress"]["succeeded"] == 4 and status["steps"]["d"] == "succeeded"
     assert kit.engine.health().result(WAIT)["status"] == "ok"
+
+
+def test_a_list_is_built_off_the_caller_s_thread_and_stops_at_its_page(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [kit.finish(kit.start(wf(step("z")) | {"name": f"w{i}"})["id"])["id"] for i in range(5)]
+    seen: list[tuple[str, str]] = []
+    store_ids, summaries = kit.engine._store.iter_execution_ids, kit.engine._store.iter_summaries
+
+    def ids_read_where() -> Iterator[str]:
+        for eid in store_ids():
+            seen.append((threading.current_thread().name, eid))
+            yield eid
+
+    monkeypatch.setattr(kit.engine._store, "iter_execution_ids", ids_read_where)
+    monkeypatch.setattr(kit.engine._store, "iter_summaries", lambda: pytest.fail("decoded"))
+    assert [r["id"] for r in kit.engine.list_workflows(limit=2, offset=1).result(WAIT)] == ids[1:3]
+    assert [eid for _, eid in seen] == ids[:3]  # no further than the page
+    assert {name.split("_")[0] for name, _ in seen} == {"tamma-list"}
+    with pytest.raises(FrameTooLarge, match="more than 3 executions match"):
+        kit.engine.list_workflows(most=3).result(WAIT)
+    monkeypatch.setattr(kit.engine._store, "iter_summaries", summaries)
+    assert [r["id"] for r in kit.engine.list_workflows(workflow_id="w4").result(WAIT)] == ids[4:]
+
+
+def test_a_list_asked_of_a_closed_engine_fails() -> None:
+    for k in _kit(lambda t: None, MemoryStore()):
+        k.engine.close()
+        with pytest.raises(SupervisionError, match="shutting down"):
+            k.engine.list_workflows().result(WAIT)
+
+
+def test_a_list_still_queued_when_the_engine_closes_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_ids() -> Iterator[str]:
+        reading.set()
+        release.wait(WAIT)
+        yield from ()
+
+    for k in _kit(lambda t: None, MemoryStore()):
+        monkeypatch.setattr(k.engine._store, "iter_execution_ids", slow_ids)
+        first = k.engine.list_workflows()
+        assert reading.wait(WAIT)  # the list thread is busy with the first
+        queued = k.engine.list_workflows()
+        k.engine.close()
+        release.set()
+        assert first.result(WAIT) == []  # the one being built is finished
+        with pytest.raises(SupervisionError, match="shutting down"):
+            queued.result(WAIT)
 
 
 def test_recovery_redispatches_in_flight_steps_with_the_same_attempt() -> None:
