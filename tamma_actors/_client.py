@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,7 +91,7 @@ def _validated(model: type[M], value: Any) -> M:
         raise ProtocolError(f"the node sent a malformed {model.__name__}: {exc}") from exc
 
 
-# Records asked for per 'list' request (``list_workflows`` pages through them).
+# Records asked for per 'list' or 'events' request (the client pages through more).
 LIST_PAGE = 1_000
 
 
@@ -193,9 +193,8 @@ class Client(ClientSocket):
     def list_workflows(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
     ) -> list[WorkflowExecution]:
-        """The matching executions, oldest first. Asked for in pages of at most
-        ``LIST_PAGE`` records (fewer, down to one, while a page's reply is over the frame
-        cap), so any number of them can be listed without one long request."""
+        """The matching executions, oldest first, in pages (see ``_in_pages``): any number
+        of them, without one long request."""
         if isinstance(filter, WorkflowFilter):
             args: dict[str, Any] = filter.model_dump(mode="json", exclude_none=True)
         else:
@@ -206,22 +205,9 @@ class Client(ClientSocket):
         if not (wanted is None or _is_count(wanted)) or not _is_count(offset):
             args.update(limit=wanted, offset=offset)  # for the node to name what is wrong
             return [self._execution(r) for r in self.request("list", args)]
-        out: list[WorkflowExecution] = []
-        page = LIST_PAGE
-        while wanted is None or len(out) < wanted:
-            size = page if wanted is None else min(page, wanted - len(out))
-            try:
-                records = self.request("list", {**args, "limit": size, "offset": offset})
-            except FrameTooLarge:
-                if size == 1:
-                    raise
-                page = max(1, size // 2)
-                continue
-            out.extend(self._execution(r) for r in records)
-            offset += len(records)
-            if len(records) < size:
-                break
-        return out
+        args["offset"] = offset
+        records = self._in_pages("list", args, wanted, "offset", lambda at, got: at + len(got))
+        return [self._execution(r) for r in records]
 
     def get_workflow_status(self, execution_id: str) -> WorkflowStatusInfo:
         result = self.request("status", {"id": execution_id})
@@ -243,9 +229,43 @@ class Client(ClientSocket):
     def get_events(
         self, execution_id: str, from_seq: int = 0, limit: int | None = None
     ) -> list[WorkflowEvent]:
-        args = {"id": execution_id, "from_seq": from_seq, "limit": limit}
-        events = self.request("events", args)
+        """The execution's events from ``from_seq`` on, in pages (see ``_in_pages``)."""
+        args = {"id": execution_id, "from_seq": from_seq}
+        if not (limit is None or (_is_count(limit) and limit > 0)) or not _is_count(from_seq):
+            events = self.request("events", {**args, "limit": limit})  # the node says why
+        else:
+            events = self._in_pages(
+                "events", args, limit, "from_seq", lambda _, got: got[-1]["seq"] + 1
+            )
         return [_validated(WorkflowEvent, e) for e in events]
+
+    def _in_pages(
+        self,
+        op: str,
+        args: dict[str, Any],
+        wanted: int | None,
+        key: str,
+        after: Callable[[int, list[Any]], int],
+    ) -> list[Any]:
+        """Up to ``wanted`` (None: all) of ``op``'s items, asked for ``LIST_PAGE`` at a
+        time, fewer (down to one) while a page's reply is over the frame cap; the next page
+        starts at ``args[key]`` = ``after(args[key], items of the page before)``."""
+        out: list[Any] = []
+        page = LIST_PAGE
+        while wanted is None or len(out) < wanted:
+            size = page if wanted is None else min(page, wanted - len(out))
+            try:
+                items = self.request(op, {**args, "limit": size})
+            except FrameTooLarge:
+                if size == 1:
+                    raise
+                page = max(1, size // 2)
+                continue
+            out.extend(items)
+            if len(items) < size:
+                break
+            args = {**args, key: after(args[key], items)}
+        return out
 
     def wait(self, execution_id: str, timeout: float | None = None) -> WorkflowExecution:
         """Block until the execution is terminal, or ``timeout`` seconds pass (then the

@@ -16,9 +16,10 @@ import pykka
 import pytest
 import zmq
 
+from tamma_actors._client import Client
 from tamma_actors._codec import pack, unpack
 from tamma_actors._control import ControlServer, _Completed, prepare_ipc_endpoint
-from tamma_actors._errors import TransportError
+from tamma_actors._errors import FrameTooLarge, RemoteError, TransportError
 from tamma_actors._protocol import make_request
 from tests.fakes import FakeEngine
 
@@ -317,6 +318,26 @@ def test_a_reply_over_the_cap_is_not_sent_its_request_gets_an_error_naming_it(
         assert error["message"].startswith("the reply to 'list' is ")
         assert "bytes, over the 2,048-byte cap (max_frame_bytes)" in error["message"]
         assert len(h.call(sock, "list", limit=1)["result"]) == 1  # still served
+    finally:
+        h.close()
+
+
+def test_a_client_pages_down_to_one_record_and_then_names_the_cap(
+    ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path
+) -> None:
+    h = Harness(ctx, engine, f"ipc://{tmp_path}/c.sock", max_frame_bytes=2048)
+    try:
+        with Client(h.endpoint, timeout=10, max_frame_bytes=2048) as client:
+            small = client.start_workflow(WORKFLOW).id
+            big = client.start_workflow(WORKFLOW).id
+            engine.run_step(big, "a")
+            engine.complete_step(big, "a", data={"text": "x" * 4000})  # over the cap alone
+            assert [e.id for e in client.list_workflows({"limit": 1})] == [small]
+            with pytest.raises(FrameTooLarge, match="over the 2,048-byte cap"):
+                client.list_workflows()
+            with pytest.raises(RemoteError) as bad:
+                client.get_events(small, limit=0)  # not paged: the node names what is wrong
+            assert bad.value.code == "bad_request" and "limit" in str(bad.value)
     finally:
         h.close()
 

@@ -435,7 +435,7 @@ def test_a_long_list_comes_in_pages_and_no_reply_is_over_the_cap(
         ask = client.request
 
         def counted(op: str, args: Any, **kw: Any) -> Any:
-            pages.append(args.get("limit") if op == "list" else -1)
+            pages.append(args.get("limit") if op in ("list", "events") else -1)
             return ask(op, args, **kw)
 
         monkeypatch.setattr(client, "request", counted)
@@ -450,4 +450,16 @@ def test_a_long_list_comes_in_pages_and_no_reply_is_over_the_cap(
             client.request("list", {})
         with pytest.raises(FrameTooLarge, match=r"reply to 'list' is .* over the 8,192-byte"):
             client.request("list", {"limit": 10})
+        chain = wf("chain", step("a"), step("b", "noop", "a"), step("c", "noop", "b"))
+        eid = client.start_workflow(chain).id
+        assert client.wait(eid, timeout=WAIT).status == "completed"
+        pages.clear()
+        events = client.get_events(eid)  # more than LIST_MOST, in pages of 8
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert len(events) > 10 and events[-1].type == "workflow.completed"
+        assert pages[: len(events) // 8 + 1] == [8] * (len(events) // 8 + 1)
+        assert [e.seq for e in client.get_events(eid, from_seq=3, limit=9)] == list(range(3, 12))
+        with pytest.raises(FrameTooLarge, match="more than 10 events from there on"):
+            client.request("events", {"id": eid})
+        assert len(client.request("events", {"id": eid, "from_seq": len(events) - 9})) == 10
         assert client.health()["status"] == "ok"
