@@ -195,7 +195,7 @@ def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
         [ex.id, ex.workflow_id, ex.status.value, ex.start_time, ex.end_time, ex.current_step]
         for ex in executions
     ]
-    out.table(None, ["id", "workflow", "status", "started", "ended", "step"], rows)
+    out.listing(["id", "workflow", "status", "started", "ended", "step"], rows)
     return ExitCode.OK
 
 

@@ -13,7 +13,14 @@ from rich.table import Table
 
 from tamma_actors._models import WorkflowEvent, WorkflowExecution
 
-__all__ = ["EVENT_FIELDS", "ExitCode", "Output", "show_events", "show_execution"]
+__all__ = [
+    "EVENT_FIELDS",
+    "PLAIN_FROM_ROWS",
+    "ExitCode",
+    "Output",
+    "show_events",
+    "show_execution",
+]
 
 EVENT_FIELDS = {"seq", "type", "execution_id", "timestamp", "data"}
 
@@ -35,13 +42,34 @@ class Output:
         # print, not rich: JSON must reach pipes byte-for-byte, never re-wrapped.
         print(json.dumps(value, indent=2, default=str))
 
+    def listing(self, columns: Sequence[str], rows: list[list[Any]]) -> None:
+        """A table of short one-line cells that may be long: rich's up to
+        ``PLAIN_FROM_ROWS`` rows, plain aligned columns beyond."""
+        if len(rows) <= PLAIN_FROM_ROWS:
+            self.table(None, columns, rows)
+            return
+        cells = [["" if v is None else _text(v) for v in row] for row in rows]
+        widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+        lines = [
+            "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+            for row in [list(columns), ["-" * w for w in widths], *cells]
+        ]
+        print("\n".join(lines))
+
     def table(self, title: str | None, columns: Sequence[str], rows: list[list[Any]]) -> None:
+        cells = [["" if v is None else _text(v) for v in row] for row in rows]
         table = Table(title=title)
         for i, column in enumerate(columns):
             table.add_column(column, no_wrap=i == 0)  # ids must stay copy-pasteable
-        for row in rows:
-            table.add_row(*("" if v is None else _text(v) for v in row))
+        for row in cells:
+            table.add_row(*row)
         self.console.print(table)
+
+
+# A listing of more rows is printed as plain aligned columns: rich lays out ~1,000 rows a
+# second (a `tamma list` of 30,000 executions took ~45 s to print), plain text ~100 times
+# faster.
+PLAIN_FROM_ROWS = 200
 
 
 def _text(value: Any) -> str:

@@ -14,6 +14,7 @@ import zmq
 
 import tamma_actors._client as client_module
 from tamma_actors._cli import ExitCode, main
+from tamma_actors._cli_output import PLAIN_FROM_ROWS
 from tamma_actors._client import Client, ClientSettings, resolve_endpoint
 from tamma_actors._codec import pack, unpack
 from tamma_actors._control import ControlServer
@@ -523,6 +524,21 @@ def test_cli_start_wait(cli: Cli, engine: FakeEngine) -> None:
     code, out, err = cli("start", str(path), "--wait", "--wait-timeout", "0")
     assert code == ExitCode.FAILURE
     assert "is running" in err
+
+
+def test_cli_lists_many_executions_as_plain_aligned_columns(
+    cli: Cli, engine: FakeEngine, data_dir: Path
+) -> None:
+    with Client(data_dir=data_dir, timeout=10) as client:
+        ids = [e.id for e in client.start_workflows(ONE_STEP, [{}] * (PLAIN_FROM_ROWS + 1))]
+    code, out, _ = cli("list")
+    lines = out.splitlines()
+    assert code == ExitCode.OK and len(lines) == 2 + len(ids)  # no box, one line per row
+    assert lines[0].split() == ["id", "workflow", "status", "started", "ended", "step"]
+    assert [line.split()[:3] for line in lines[2:]] == [[eid, "one", "running"] for eid in ids]
+    assert len({line.index("one") for line in lines[2:]}) == 1  # aligned
+    code, out, _ = cli("list", "--limit", str(PLAIN_FROM_ROWS))
+    assert code == ExitCode.OK and "┃" in out  # a shorter listing stays a rich table
 
 
 def test_cli_list_status_get_events(cli: Cli, engine: FakeEngine, workflow_file: Path) -> None:
