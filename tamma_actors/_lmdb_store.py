@@ -205,16 +205,21 @@ class LmdbStore(RecordStore):
             raise StoreClosed(f"the store at {self.path} is closed")
 
     def _view(self, fn: Callable[[RecordView], T]) -> T:
+        return self._read(lambda txn: fn(_LmdbTxn(txn, self._dbs)), "read from")
+
+    def _read(self, fn: Callable[[lmdb.Transaction[bytes]], T], what: str) -> T:
+        """``fn`` in a read transaction; every read goes through here, so that each one
+        adopts a map the writer process grew (LMDB refuses the transaction until then)."""
         while True:
             with self._gate.shared():
                 self._check_open()
                 try:
                     with self._env.begin() as txn:
-                        return fn(_LmdbTxn(txn, self._dbs))
+                        return fn(txn)
                 except lmdb.MapResizedError:
                     pass  # the writer process grew the map: adopt its size, read again
                 except lmdb.Error as exc:
-                    raise _translate(exc, f"read from {self.path} failed") from exc
+                    raise _translate(exc, f"{what} {self.path} failed") from exc
             self._adopt_map()
 
     def _adopt_map(self) -> None:
@@ -271,28 +276,31 @@ class LmdbStore(RecordStore):
     def backup(self, dest: Path, compact: bool = True) -> None:
         """A consistent copy into ``dest`` (created; must be empty), even while writing."""
         dest = Path(dest)
-        with self._gate.shared():
-            self._check_open()
-            try:
-                dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._env.copy(str(dest), compact=compact)
-            except OSError as exc:
-                raise StoreError(f"cannot back up to {dest}: {exc}") from exc
-            except lmdb.Error as exc:
-                raise _translate(exc, f"backup of {self.path} to {dest} failed") from exc
+        while True:
+            with self._gate.shared():
+                self._check_open()
+                try:
+                    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    self._env.copy(str(dest), compact=compact)
+                    return
+                except lmdb.MapResizedError:
+                    # the writer process grew the map: adopt it and copy again (LMDB
+                    # refused the copy's read transaction, after creating its file)
+                    (dest / "data.mdb").unlink(missing_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"cannot back up to {dest}: {exc}") from exc
+                except lmdb.Error as exc:
+                    raise _translate(exc, f"backup of {self.path} to {dest} failed") from exc
+            self._adopt_map()
 
     def stats(self) -> dict[str, Any]:
-        with self._gate.shared():
-            self._check_open()
-            # LMDB keeps each sub-database's entry count: no scan (health calls this, and
-            # counting a store of 100,000 executions by scanning took seconds)
-            try:
-                with self._env.begin() as txn:
-                    entries = {name: txn.stat(db)["entries"] for name, db in self._dbs.items()}
-                info = self._env.info()
-                page = self._env.stat()["psize"]
-            except lmdb.Error as exc:
-                raise _translate(exc, f"stats of {self.path} failed") from exc
+        # LMDB keeps each sub-database's entry count: no scan (health calls this, and
+        # counting a store of 100,000 executions by scanning took seconds)
+        def read(txn: lmdb.Transaction[bytes]) -> tuple[dict[str, int], dict[str, Any], int]:
+            entries = {name: txn.stat(db)["entries"] for name, db in self._dbs.items()}
+            return entries, dict(self._env.info()), self._env.stat()["psize"]
+
+        entries, info, page = self._read(read, "stats of")
         return {
             "entries": entries,
             "map_size": info["map_size"],

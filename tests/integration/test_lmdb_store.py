@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +81,42 @@ def test_the_map_grows_instead_of_failing(tmp_path: Path) -> None:
         assert store.last_seq("big") == 800
         assert store.read_events("big", from_seq=800)[0]["pad"] == "x" * 4 * KiB
         store.commit([Write("big", events=_events(801, 801))])
+
+
+_GROW_IT = """
+import sys
+from tamma_actors._lmdb_store import LmdbStore
+from tamma_actors._store import Write
+with LmdbStore(sys.argv[1], map_size=64 * 1024) as store:
+    first = store.last_seq("big")
+    for batch in range(int(sys.argv[2])):
+        seqs = range(first + batch * 100 + 1, first + batch * 100 + 101)
+        store.commit([Write("big", events=[{"seq": s, "pad": "x" * 4096} for s in seqs])])
+"""
+
+
+def test_every_read_adopts_a_map_another_process_grew(tmp_path: Path) -> None:
+    # The node reads while its store writer process commits and grows the map: LMDB then
+    # refuses the node's next read transaction until it maps the new size. Health's
+    # stats used to fail on that ("MDB_MAP_RESIZED") until some other read had adopted it.
+    with LmdbStore(tmp_path / "db", map_size=64 * KiB) as store:
+        before = store.stats()["map_size"]
+        _grow_elsewhere(tmp_path / "db", batches=1)
+        store.backup(tmp_path / "copy")  # a copy's read transaction adopts it too
+        grown = store.stats()["map_size"]
+        _grow_elsewhere(tmp_path / "db", batches=3)
+        stats = store.stats()
+        assert before < grown < stats["map_size"] and stats["entries"]["events"] == 400
+        assert store.last_seq("big") == 400
+    with LmdbStore(tmp_path / "copy") as copy:
+        assert copy.last_seq("big") == 100
+
+
+def _grow_elsewhere(path: Path, batches: int) -> None:
+    """``batches`` of 100 events of 4 KiB committed by another process, from a map of
+    64 KiB: it grows the map."""
+    grow = [sys.executable, "-c", _GROW_IT, str(path), str(batches)]
+    subprocess.run(grow, check=True, timeout=60, cwd=Path(__file__).parents[2])
 
 
 def test_the_map_ceiling_is_store_full_and_writes_nothing(tmp_path: Path) -> None:
