@@ -65,9 +65,14 @@ class Batch:
         fn(self.error)
 
     def settle(self, error: BaseException | None) -> None:
+        """Called once its outcome has been acted on (replies answered, effects run):
+        what it held is let go, since the supervisor keeps its last batch as ``_tail``
+        and effects close over the supervisor (a cycle that left every ended execution's
+        objects to the full collection)."""
         with self.lock:
             self.settled, self.error = True, error
             followers, self.followers = self.followers, []
+            self.effects, self.replies, self.reports = [], [], []
         for fn in followers:
             fn(error)
 

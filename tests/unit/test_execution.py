@@ -8,6 +8,7 @@ against real workers and LMDB in tests/integration.
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +28,7 @@ from tamma_actors._errors import (
     UnknownStep,
     WorkflowValidationError,
 )
-from tamma_actors._execution import ExecutionDeps
+from tamma_actors._execution import ExecutionDeps, ExecutionSupervisor
 from tamma_actors._store import MemoryStore, Write
 from tamma_actors._timers import TimerService
 from tamma_actors._workerpool import (
@@ -438,6 +439,27 @@ def test_list_status_and_health(kit: Kit) -> None:
     status = kit.engine.get_workflow_status(a["id"]).result(WAIT)
     assert status["progress"]["succeeded"] == 4 and status["steps"]["d"] == "succeeded"
     assert kit.engine.health().result(WAIT)["status"] == "ok"
+
+
+def test_an_ended_execution_is_freed_at_once_not_left_to_the_collector() -> None:
+    # Its last batch (kept to chain later replies) held effects that close over the
+    # supervisor: every ended execution's ~60 objects waited for a full collection, and
+    # a node's memory grew by ~30 MiB per 30,000 steps between them.
+    def script(task: dict[str, Any]) -> TaskFinished:
+        return err(task) if task["step"] == "f" else ok(task, 1)
+
+    for k in _kit(script):
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            failing = wf(step("f"), step("g", "f"), retry_policy={"max_attempts": 1})
+            ended = {k.finish(k.start(spec)["id"])["id"] for spec in [DIAMOND] * 10 + [failing]}
+            k.finish(k.start(wf(step("t")))["id"])  # one more: the writer lets go of the last
+            left = [o for o in gc.get_objects() if isinstance(o, ExecutionSupervisor)]
+            assert [o.state.id for o in left if o.state.id in ended] == []
+        finally:
+            if was_enabled:
+                gc.enable()
 
 
 def test_a_list_is_built_off_the_caller_s_thread_and_stops_at_its_page(
