@@ -303,43 +303,43 @@ def test_oversized_frames_are_dropped_by_zeromq(
         h.close()
 
 
+@pytest.fixture
+def capped(ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path) -> Iterator[Harness]:
+    """A server whose frames (requests and replies) are capped at 2 KiB."""
+    h = Harness(ctx, engine, f"ipc://{tmp_path}/c.sock", max_frame_bytes=2048)
+    yield h
+    h.close()
+
+
 def test_a_reply_over_the_cap_is_not_sent_its_request_gets_an_error_naming_it(
-    ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path
+    capped: Harness,
 ) -> None:
     # A client with the same cap would drop such a reply (and lose its connection) and
     # wait for nothing: the request is answered with what was too large instead.
-    h = Harness(ctx, engine, f"ipc://{tmp_path}/c.sock", max_frame_bytes=2048)
-    try:
-        sock = h.socket()
-        for _ in range(20):
-            assert h.call(sock, "start", workflow=WORKFLOW)["ok"] is True
-        error = h.call(sock, "list", limit=20)["error"]
-        assert error["code"] == "too_large"
-        assert error["message"].startswith("the reply to 'list' is ")
-        assert "bytes, over the 2,048-byte cap (max_frame_bytes)" in error["message"]
-        assert len(h.call(sock, "list", limit=1)["result"]) == 1  # still served
-    finally:
-        h.close()
+    sock = capped.socket()
+    for _ in range(20):
+        assert capped.call(sock, "start", workflow=WORKFLOW)["ok"] is True
+    error = capped.call(sock, "list", limit=20)["error"]
+    assert error["code"] == "too_large"
+    assert error["message"].startswith("the reply to 'list' is ")
+    assert "bytes, over the 2,048-byte cap (max_frame_bytes)" in error["message"]
+    assert len(capped.call(sock, "list", limit=1)["result"]) == 1  # still served
 
 
 def test_a_client_pages_down_to_one_record_and_then_names_the_cap(
-    ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path
+    capped: Harness, engine: FakeEngine
 ) -> None:
-    h = Harness(ctx, engine, f"ipc://{tmp_path}/c.sock", max_frame_bytes=2048)
-    try:
-        with Client(h.endpoint, timeout=10, max_frame_bytes=2048) as client:
-            small = client.start_workflow(WORKFLOW).id
-            big = client.start_workflow(WORKFLOW).id
-            engine.run_step(big, "a")
-            engine.complete_step(big, "a", data={"text": "x" * 4000})  # over the cap alone
-            assert [e.id for e in client.list_workflows({"limit": 1})] == [small]
-            with pytest.raises(FrameTooLarge, match="over the 2,048-byte cap"):
-                client.list_workflows()
-            with pytest.raises(RemoteError) as bad:
-                client.get_events(small, limit=0)  # not paged: the node names what is wrong
-            assert bad.value.code == "bad_request" and "limit" in str(bad.value)
-    finally:
-        h.close()
+    with Client(capped.endpoint, timeout=10, max_frame_bytes=2048) as client:
+        small = client.start_workflow(WORKFLOW).id
+        big = client.start_workflow(WORKFLOW).id
+        engine.run_step(big, "a")
+        engine.complete_step(big, "a", data={"text": "x" * 4000})  # over the cap alone
+        assert [e.id for e in client.list_workflows({"limit": 1})] == [small]
+        with pytest.raises(FrameTooLarge, match="over the 2,048-byte cap"):
+            client.list_workflows()
+        with pytest.raises(RemoteError) as bad:
+            client.get_events(small, limit=0)  # not paged: the node names what is wrong
+        assert bad.value.code == "bad_request" and "limit" in str(bad.value)
 
 
 def test_a_slow_wait_does_not_block_other_requests(harness: Harness, engine: FakeEngine) -> None:
