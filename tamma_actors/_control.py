@@ -339,8 +339,8 @@ class ControlServer(SocketActor):
             too_large = FrameTooLarge(
                 f"the reply to {op!r} is {len(data):,} bytes, over the "
                 f"{self._max_frame_bytes:,}-byte cap (max_frame_bytes): ask for less ('list' "
-                "and 'events' take a limit and an offset) or raise max_frame_bytes on the "
-                "node and the client"
+                "takes a limit and an offset, 'events' a from_seq and a limit) or raise "
+                "max_frame_bytes on the node and the client"
             )
             log.warning("request %r: %s", request_id, too_large)
             self._reply_error(route, request_id, too_large)
