@@ -17,7 +17,7 @@ from tamma_actors._fanout import DETAIL_EVENTS, apply_detail, copy_detail
 from tamma_actors._state_views import to_record, to_status, to_summary
 from tamma_actors._status import (
     TERMINAL_EXECUTION,
-    TERMINAL_STEP,
+    TERMINAL_STEP_VALUES,
     ExecutionStatus,
     StepStatus,
     check_execution_transition,
@@ -115,7 +115,6 @@ class ExecutionState:
 
 _NOT_STORED = frozenset({"steps", "moved"})  # steps are stored one by one
 _TERMINAL_EXECUTION = frozenset(s.value for s in TERMINAL_EXECUTION)
-_TERMINAL_STEP = frozenset(s.value for s in TERMINAL_STEP)
 
 
 def make_event(state: ExecutionState, etype: str, ts: float, **data: Any) -> dict[str, Any]:
@@ -407,4 +406,4 @@ def replay(
 
 
 def step_is_terminal(st: StepState) -> bool:
-    return st.status in _TERMINAL_STEP
+    return st.status in TERMINAL_STEP_VALUES

@@ -20,6 +20,7 @@ __all__ = [
     "STEP_TRANSITIONS",
     "TERMINAL_EXECUTION",
     "TERMINAL_STEP",
+    "TERMINAL_STEP_VALUES",
     "ExecutionStatus",
     "StepStatus",
     "check_execution_transition",
@@ -102,6 +103,8 @@ TERMINAL_EXECUTION: frozenset[ExecutionStatus] = frozenset({_E.COMPLETED, _E.FAI
 TERMINAL_STEP: frozenset[StepStatus] = frozenset(
     {_S.SUCCEEDED, _S.FAILED, _S.SKIPPED, _S.CANCELLED}
 )
+# The same, as the plain strings the execution state holds (its hot paths compare those).
+TERMINAL_STEP_VALUES: frozenset[str] = frozenset(s.value for s in TERMINAL_STEP)
 # The only exits from a terminal step: an operator's retry_step.
 MANUAL_RETRY_STEP: frozenset[StepStatus] = frozenset({_S.FAILED, _S.CANCELLED})
 

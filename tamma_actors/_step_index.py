@@ -25,14 +25,13 @@ import heapq
 from collections.abc import Generator, Mapping
 
 from tamma_actors._state import ExecutionState
-from tamma_actors._status import TERMINAL_STEP
+from tamma_actors._status import TERMINAL_STEP_VALUES as _TERMINAL
 
 __all__ = ["INDEX_FROM_STEPS", "StepIndex", "StepScan", "step_book"]
 
 INDEX_FROM_STEPS = 32
 
 _IN_FLIGHT = frozenset({"dispatched", "running"})
-_TERMINAL = frozenset(s.value for s in TERMINAL_STEP)
 _BLOCKING = frozenset({"failed", "cancelled"})  # a dependent is cancelled at once
 
 
