@@ -80,27 +80,6 @@ def _ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint.removeprefix("ipc://"))
 
 
-def _events_at_most(future: Future[list[Any]]) -> Future[list[Any]]:
-    """The events ``future`` read (one more than ``LIST_MOST`` asked for), or a
-    FrameTooLarge error if there are more than that: one reply holds at most as many."""
-    out: Future[list[Any]] = Future()
-
-    def settle(done: Future[list[Any]]) -> None:
-        exc = done.exception()
-        if exc is None and len(done.result()) > LIST_MOST:
-            exc = FrameTooLarge(
-                f"the execution has more than {LIST_MOST:,} events from there on, and one "
-                f"reply holds at most {LIST_MOST:,}: page through them with from_seq and limit"
-            )
-        if exc is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(done.result())
-
-    future.add_done_callback(settle)
-    return out
-
-
 def prepare_ipc_endpoint(endpoint: str) -> None:
     """For ``ipc://PATH``: create PATH's directory (mode 0700) if missing and remove a
     stale socket file; refuse a path that a live server, or a non-socket, occupies."""
@@ -302,9 +281,7 @@ class ControlServer(SocketActor):
         if isinstance(args, RetryArgs):
             return engine.retry_step(args.id, args.step)
         if isinstance(args, EventsArgs):
-            if args.limit is not None:
-                return engine.get_events(args.id, args.from_seq, args.limit)
-            return _events_at_most(engine.get_events(args.id, args.from_seq, LIST_MOST + 1))
+            return engine.get_events(args.id, args.from_seq, args.limit, most=LIST_MOST)
         if isinstance(args, WaitArgs):
             return engine.wait(args.id, args.timeout)
         if isinstance(args, ExecutionArgs):

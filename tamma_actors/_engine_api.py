@@ -82,7 +82,11 @@ class AsyncEngine(Protocol):
         ...
 
     def get_events(
-        self, execution_id: str, from_seq: int = 0, limit: int | None = None
+        self,
+        execution_id: str,
+        from_seq: int = 0,
+        limit: int | None = None,
+        most: int | None = None,
     ) -> Future[list[dict[str, Any]]]: ...
 
     def wait(self, execution_id: str, timeout: float | None = None) -> Future[ExecutionRecord]:

@@ -62,6 +62,12 @@ class HeldWait:
 _LIST_YIELD_EVERY = 16
 
 
+def _upto(limit: int | None, most: int | None) -> int | None:
+    """How many records to read for a request: its limit, or without one a bound's one
+    more than ``most`` (which tells there are too many)."""
+    return most + 1 if limit is None and most is not None else limit
+
+
 class EngineReads:
     """Reads; mixed into the engine, which routes (``_ask``) and knows who rests."""
 
@@ -233,8 +239,7 @@ class EngineReads:
 
         def build() -> None:
             try:
-                # Only as far as the page (one more than ``most`` tells it is too many).
-                upto = most + 1 if limit is None and most is not None else limit
+                upto = _upto(limit, most)  # only as far as the page
                 ids = list(islice(self._matching_ids(status, workflow_id), offset,
                                   None if upto is None else offset + upto))  # fmt: skip
                 if most is not None and len(ids) > most:
@@ -263,11 +268,23 @@ class EngineReads:
 
     @guarded
     def get_events(
-        self, execution_id: str, from_seq: int = 0, limit: int | None = None
+        self,
+        execution_id: str,
+        from_seq: int = 0,
+        limit: int | None = None,
+        most: int | None = None,
     ) -> Future[list[dict[str, Any]]]:
+        """The events from ``from_seq`` on; without a limit, more than ``most`` (when
+        given) is refused with FrameTooLarge, as a list's records are."""
         if self._store.get_summary(execution_id) is None:
             raise UnknownExecution(f"no execution {execution_id!r}")
-        return done(self._store.read_events(execution_id, max(1, from_seq), limit))
+        events = self._store.read_events(execution_id, max(1, from_seq), _upto(limit, most))
+        if limit is None and most is not None and len(events) > most:
+            raise FrameTooLarge(
+                f"the execution has more than {most:,} events from there on, and one reply "
+                f"holds at most {most:,}: page through them with from_seq and limit"
+            )
+        return done(events)
 
     @guarded
     def explain(self, execution_id: str) -> Future[dict[str, Any]]:

@@ -273,11 +273,17 @@ class FakeEngine:
         return self._call("execute_step", (execution_id, step, context, timeout), execute)
 
     def get_events(
-        self, execution_id: str, from_seq: int = 0, limit: int | None = None
+        self,
+        execution_id: str,
+        from_seq: int = 0,
+        limit: int | None = None,
+        most: int | None = None,
     ) -> Future[list[dict[str, Any]]]:
         def events() -> list[dict[str, Any]]:
             self._get(execution_id)
             found = [e for e in self._events[execution_id] if e["seq"] >= from_seq]
+            if limit is None and most is not None and len(found) > most:
+                raise FrameTooLarge(f"more than {most} events from there on")
             return found if limit is None else found[:limit]
 
         return self._call("get_events", (execution_id, from_seq, limit), events)
