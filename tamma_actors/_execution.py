@@ -154,6 +154,8 @@ class ExecutionSupervisor(
         self._waiters: list[Future[dict[str, Any]]] = []
         self._wait_timers: dict[Future[dict[str, Any]], TimerHandle] = {}  # timed waits
         self._snapshot_seq = state.seq
+        self._snapshot_bytes = 0  # the last snapshot's, once this supervisor wrote one
+        self._bytes_since_snapshot = 0
         self._deps_of = config.dependency_map()  # shared by every execution of it
         self._broken = False
         self._init_step_types()

@@ -40,6 +40,9 @@ __all__ = ["Batch", "CommitCycle", "Effect", "fail", "resolve", "run_batch"]
 # The supervisor's log, wherever in its modules a message comes from.
 log = logging.getLogger("tamma_actors._execution")
 
+BIG_SNAPSHOT = 1 << 20  # bytes; see CommitCycle._maybe_snapshot
+BIG_SNAPSHOT_WAIT = 4
+
 Effect = Callable[[], None]
 
 
@@ -86,6 +89,8 @@ class CommitCycle:
         _tail: Batch | None
         _waiters: list[Future[dict[str, Any]]]
         _snapshot_seq: int
+        _snapshot_bytes: int
+        _bytes_since_snapshot: int
         _broken: bool
         _deadlines: Deadlines
         actor_ref: pykka.ActorRef[Any]
@@ -125,6 +130,7 @@ class CommitCycle:
             definition=self._definition,
         ).encode()  # here, on a dispatcher thread: the writer's commit only puts bytes
         self._definition = None
+        self._count_snapshot_bytes(write)
         if self.bus is not None:
             bus = self.bus
             packed = None if write.encoded is None else write.encoded.packed_events
@@ -177,17 +183,40 @@ class CommitCycle:
         events, or, for a state of more steps or holding fan-out items, every as many
         events as it has steps and items (a snapshot copies each one: every 100 events, a
         10,000-item fan-out cost a quarter of its time, and a chain of 1,000 steps copied
-        ~40 steps per step; a restart replays at most that many events instead)."""
+        ~40 steps per step; a restart replays at most that many events instead).
+
+        A snapshot of ``BIG_SNAPSHOT`` bytes or more waits, even at the end, until the
+        events since the last one add up to its size (up to ``BIG_SNAPSHOT_WAIT`` times as
+        many events): it copies all the data the steps returned so far, so a chain passing
+        1 MB along wrote each step's data again at every snapshot (125 MB of snapshots for
+        50 MB of events in 50 steps). Snapshots then cost no more bytes than the events do,
+        and a read replays events of at most one snapshot's size."""
         since = self.state.seq - self._snapshot_seq
         steps = self.state.steps
-        if not terminal and (
-            since < self.deps.snapshot_every
-            or since < len(steps)  # before the pass over the steps that counts items
-            or since < len(steps) + detail_items(st.detail for st in steps.values())
+        every = max(self.deps.snapshot_every, len(steps))
+        if since >= every or terminal:  # only then the pass over the steps that counts items
+            every = max(every, len(steps) + detail_items(st.detail for st in steps.values()))
+        if not terminal and since < every:
+            return None
+        if (
+            self._snapshot_bytes >= BIG_SNAPSHOT
+            and self._bytes_since_snapshot < self._snapshot_bytes
+            and since < BIG_SNAPSHOT_WAIT * every
         ):
             return None
         self._snapshot_seq = self.state.seq
         return self.state.to_dict()
+
+    def _count_snapshot_bytes(self, write: Write) -> None:
+        """What ``_maybe_snapshot`` weighs: the last snapshot's size and the event bytes
+        stored since (a write that did not encode here is left out)."""
+        encoded = write.encoded
+        if encoded is None:
+            return
+        if encoded.snapshot is not None:
+            self._snapshot_bytes, self._bytes_since_snapshot = len(encoded.snapshot), 0
+        else:
+            self._bytes_since_snapshot += sum(map(len, encoded.events))
 
     def _on_commit_failed(self, exc: BaseException, batch: Batch) -> None:
         log.error("execution %s: commit failed, execution stops: %s", self.state.id, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ from tamma_actors._errors import (
     WorkflowValidationError,
 )
 from tamma_actors._execution import ExecutionDeps, ExecutionSupervisor
+from tamma_actors._state import replay
 from tamma_actors._store import MemoryStore, Write
 from tamma_actors._timers import TimerService
 from tamma_actors._workerpool import (
@@ -220,6 +222,76 @@ def test_the_reports_handled_in_one_turn_are_committed_in_one_write() -> None:
             [t for t in w if t.startswith("step.")] for w in store.writes
         )
         assert kit.events(started["id"]).count("step.started") == 1
+
+
+class _SnapshotsSeen(MemoryStore):
+    """Per write: its execution, the stored bytes of its events and of its snapshot (0:
+    none), and the seq of that snapshot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, int, int, int | None]] = []
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        super().commit(writes)
+        for w in writes:
+            assert w.encoded is not None
+            snap = w.encoded.snapshot
+            seq = None if w.snapshot is None else int(w.snapshot["seq"])
+            self.writes.append(
+                (w.execution_id, sum(map(len, w.encoded.events)), len(snap or b""), seq)
+            )
+
+    def of(self, eid: str) -> list[tuple[int, int, int | None]]:
+        return [(ev, snap, seq) for e, ev, snap, seq in self.writes if e == eid]
+
+
+def test_a_big_state_is_snapshot_for_no_more_bytes_than_its_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A snapshot copies all the data the steps returned so far: a chain passing big data
+    # along wrote each step's data again at every snapshot and at the end. Once a snapshot
+    # is big, the next one waits until the events since add up to its size; a big state
+    # whose events add little (a big context, a step retried again and again) is still
+    # snapshot every 4 times as many events. Reads give the whole state either way.
+    from tamma_actors import _execution_commit
+
+    monkeypatch.setattr(_execution_commit, "BIG_SNAPSHOT", 16_000)
+    blob = "x" * 4_000
+    store = _SnapshotsSeen()
+    chain = wf(*[step(f"s{i}", *([f"s{i - 1}"] if i else [])) for i in range(30)])
+    policy = {"max_attempts": 10, "base_delay": 1, "max_delay": 1, "jitter": 0}
+    retried = wf(step("flaky", retry_policy=policy), step("after", "flaky"))
+
+    def script(task: dict[str, Any]) -> TaskFinished:
+        if task["step"] == "flaky":
+            return err(task, "Flaky") if task["attempt"] < 10 else ok(task, task["attempt"])
+        return ok(task, {"n": task["step"], **({} if task["inputs"] else {"blob": blob})})
+
+    for kit in _kit(script, store):
+        carried = kit.start(chain)["id"]  # each step returns 4 KB
+        context = kit.start(retried, {"big": "y" * 40_000})["id"]  # events of a few bytes
+        finals = {eid: kit.finish(eid) for eid in (carried, context)}
+    assert finals[carried]["results"]["s29"]["data"] == {"n": "s29", "blob": blob}
+    assert finals[context]["results"]["flaky"]["attempts"] == 10
+    assert finals[context]["results"]["after"]["data"] == {"n": "after"}
+
+    writes = store.of(carried)
+    events, snapshots = sum(w[0] for w in writes), [w[1] for w in writes if w[1]]
+    assert len(snapshots) >= 2  # the state outgrew 16 KB after four steps
+    assert sum(snapshots[1:]) <= events  # (every 30 events, and at the end: ~3.5 times)
+    for eid in (carried, context):  # the state a read rebuilds is the whole log's
+        records = store.read_execution(eid)
+        assert records is not None and records.snapshot is not None
+        assert (
+            replay(eid, records.events, records.snapshot).to_dict()
+            == replay(eid, store.read_events(eid)).to_dict()
+        )
+    # ``retried`` has 2 steps: a snapshot every 5 events (the kit's), waiting up to 20
+    # (a write of several events may go past either)
+    seqs = [0, *(w[2] for w in store.of(context) if w[2] is not None)]
+    assert len(seqs) > 2 and all(b - a < 4 * 5 + 5 for a, b in itertools.pairwise(seqs))
+    assert any(b - a > 5 for a, b in itertools.pairwise(seqs[1:]))
 
 
 def test_a_read_in_the_same_turn_waits_for_the_commit_of_that_turn() -> None:
