@@ -33,6 +33,7 @@ from typing import Any, Self
 
 import pykka
 import zmq
+from pykka.messages import ProxyCall
 
 from tamma_actors._admin import cleanup_store
 from tamma_actors._config import NodeConfig
@@ -51,6 +52,7 @@ from tamma_actors._gc import frozen_by_tamma
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node_children import NodeChildren
 from tamma_actors._plugins import PluginRegistry, load_registry
+from tamma_actors._socket_actor import Urgent
 from tamma_actors._store import Write
 from tamma_actors._supervision import ChildSpec, RestartIntensity, SupervisorSpec, load_tree
 from tamma_actors._timers import TimerService
@@ -71,19 +73,20 @@ class _ActorSlot:
     def __init__(self) -> None:
         self.ref: pykka.ActorRef[Any] | None = None
         self.hold_dispatch = False  # draining: new steps stay committed as dispatched
-        self._proxy: tuple[pykka.ActorRef[Any], pykka.ActorProxy[Any]] | None = None
 
-    def stats(self, timeout: float = 2.0) -> dict[str, Any] | None:
+    def stats(self, timeout: float = 2.0, *, urgent: bool = False) -> dict[str, Any] | None:
         """The actor's ``stats()``, or None if it is not running or does not answer in
-        time. Its proxy is made once per actor (pykka makes one by looking at every
-        attribute of the actor: ~0.6 ms, on the control thread)."""
+        time. ``urgent`` asks ahead of the messages waiting in its inbox (a SocketActor's):
+        the answer then leaves out what they hold (``health`` under load waited ~80 ms
+        behind them at p50, 400 at p99); without it, it comes after all of them (draining
+        counts the steps still on their way)."""
         ref = self.ref
         if ref is None:
             return None
-        if self._proxy is None or self._proxy[0] is not ref:
-            self._proxy = (ref, ref.proxy())
+        call = ProxyCall(attr_path=("stats",), args=(), kwargs={})  # no proxy to build
         try:
-            stats: dict[str, Any] = self._proxy[1].stats().get(timeout=timeout)
+            reply = ref.ask(Urgent(call) if urgent else call, block=False)
+            stats: dict[str, Any] = reply.get(timeout=timeout)
         except (pykka.ActorDeadError, pykka.Timeout):
             return None
         return stats
@@ -333,7 +336,7 @@ class Node(NodeChildren):
                 },
             }
         }
-        report["workers"] = self._pool.stats()
+        report["workers"] = self._pool.stats(urgent=True)
         if report["workers"] is None:
             report["status"] = "degraded"
         writer = self._writer.writer

@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 import pykka
 import zmq
@@ -53,7 +53,7 @@ from tamma_actors._timers import TimerHandle, TimerHeap
 if TYPE_CHECKING:
     from pykka._actor import ActorInbox
 
-__all__ = ["SocketActor", "send_frames"]
+__all__ = ["SocketActor", "Urgent", "send_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +132,28 @@ class _Waker:
             os.close(fd)
 
 
+class Urgent(NamedTuple):
+    """A message that goes ahead of the others waiting in a SocketActor's inbox (urgent ones
+    keep their order among themselves): for a read that must not wait behind a backlog, and
+    need not see what that backlog holds (a node's health, under load)."""
+
+    message: Any
+
+
 class _SocketInbox:
-    """A thread-safe FIFO that signals its waker on the empty → non-empty edge only.
+    """A thread-safe FIFO that signals its waker on the empty → non-empty edge only; an
+    :class:`Urgent` message goes into a lane of its own, taken first.
 
     The consumer calls ``acknowledge()`` when the waker fired and then pops; a put that lands
     after the acknowledgement signals again, and the loop never sleeps while items remain, so
     no wake-up is lost and an idle actor costs no CPU.
     """
 
-    __slots__ = ("_closed", "_items", "_lock", "_signalled", "actor", "waker")
+    __slots__ = ("_closed", "_items", "_lock", "_signalled", "_urgent", "actor", "waker")
 
     def __init__(self) -> None:
         self._items: deque[Envelope[Any]] = deque()
+        self._urgent: deque[Envelope[Any]] = deque()
         self._lock = threading.Lock()
         self._closed = False
         self._signalled = False
@@ -154,7 +164,10 @@ class _SocketInbox:
         with self._lock:
             closed = self._closed
             if not closed:
-                self._items.append(envelope)
+                if isinstance(envelope.message, Urgent):
+                    self._urgent.append(Envelope(envelope.message.message, envelope.reply_to))
+                else:
+                    self._items.append(envelope)
                 wake = not self._signalled
                 self._signalled = True
         if closed:
@@ -165,17 +178,19 @@ class _SocketInbox:
             self.waker.signal()
 
     def get(self) -> Envelope[Any]:
-        with self._lock:
-            if not self._items:
-                raise queue.Empty
-            return self._items.popleft()
+        envelope = self.pop()
+        if envelope is None:
+            raise queue.Empty
+        return envelope
 
     def pop(self) -> Envelope[Any] | None:
         with self._lock:
+            if self._urgent:
+                return self._urgent.popleft()
             return self._items.popleft() if self._items else None
 
     def empty(self) -> bool:
-        return not self._items
+        return not self._items and not self._urgent
 
     def acknowledge(self) -> None:
         self.waker.drain()
@@ -186,7 +201,8 @@ class _SocketInbox:
         """Refuse further messages; return those still waiting."""
         with self._lock:
             self._closed = True
-            left = list(self._items)
+            left = [*self._urgent, *self._items]
+            self._urgent.clear()
             self._items.clear()
         self.waker.close()
         return left

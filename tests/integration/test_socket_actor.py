@@ -15,10 +15,10 @@ import pytest
 import zmq
 from pykka import ActorDeadError, ActorRegistry
 from pykka._envelope import Envelope
-from pykka.messages import _ActorStop
+from pykka.messages import ProxyCall, _ActorStop
 
 from tamma_actors._errors import SupervisionError
-from tamma_actors._socket_actor import SocketActor, _Waker, send_frames
+from tamma_actors._socket_actor import SocketActor, Urgent, _Waker, send_frames
 from tamma_actors._timers import TimerHandle
 
 pytestmark = pytest.mark.integration
@@ -246,6 +246,24 @@ def test_asks_pending_at_stop_fail_with_actor_dead(ctx: zmq.Context[Any]) -> Non
     for future in late:
         with pytest.raises(ActorDeadError):
             future.get(timeout=WAIT)
+
+
+def test_an_urgent_message_goes_ahead_of_the_waiting_ones(ctx: zmq.Context[Any]) -> None:
+    # A read such as health must not wait behind a backlog: an Urgent message is handled
+    # before every plain one already waiting, urgent ones in the order they came.
+    ref = Recorder.start(ctx)
+    gate = threading.Event()
+    ref.tell(gate)  # holds the actor's thread while the backlog builds up
+    for i in range(5):
+        ref.tell(i)
+    log_now = ProxyCall(attr_path=("log", "copy"), args=(), kwargs={})
+    first = ref.ask(Urgent(log_now), block=False)
+    second = ref.ask(Urgent("urgent"), block=False)
+    behind = ref.ask(log_now, block=False)
+    gate.set()
+    assert first.get(timeout=WAIT) == []  # none of the five, though told before it
+    assert second.get(timeout=WAIT) == "got urgent"
+    assert behind.get(timeout=WAIT) == ["msg:urgent", *(f"msg:{i}" for i in range(5))]
 
 
 def test_a_message_put_after_the_inbox_closed_is_answered(ctx: zmq.Context[Any]) -> None:
