@@ -145,12 +145,14 @@ def encode_record(record: Mapping[str, Any], packed: bytes | None = None) -> byt
     if "schema" in record:
         raise StoreError("'schema' is reserved in stored records")
     if packed is not None and _FIXMAP <= packed[0] < _FIXMAP_LAST:
-        payload = bytes((packed[0] + 1,)) + packed[1:] + _SCHEMA_ENTRY
-    else:
-        try:
-            payload = pack({**record, "schema": SCHEMA_VERSION})
-        except CodecError as exc:
-            raise StoreError(f"record cannot be stored: {exc}") from exc
+        # One copy, of the parts as they are (an event's data may be megabytes).
+        head, body = bytes((packed[0] + 1,)), memoryview(packed)[1:]
+        crc = zlib.crc32(_SCHEMA_ENTRY, zlib.crc32(body, zlib.crc32(head)))
+        return b"".join((_CRC.pack(crc), head, body, _SCHEMA_ENTRY))
+    try:
+        payload = pack({**record, "schema": SCHEMA_VERSION})
+    except CodecError as exc:
+        raise StoreError(f"record cannot be stored: {exc}") from exc
     return _CRC.pack(zlib.crc32(payload)) + payload
 
 
@@ -171,7 +173,7 @@ def decode_record(key: bytes, data: bytes, *, db: str = "") -> dict[str, Any]:
     """
     if len(data) <= _CRC.size:
         raise StoreCorrupted(f"record {_where(key, db)} is truncated ({len(data)} bytes)")
-    payload = bytes(data[_CRC.size :])
+    payload = memoryview(data)[_CRC.size :]  # not a copy: a snapshot may be megabytes
     if _CRC.unpack_from(data)[0] != zlib.crc32(payload):
         raise StoreCorrupted(f"record {_where(key, db)} fails its checksum")
     try:
