@@ -32,7 +32,7 @@ def pack(obj: Any) -> bytes:
         raise CodecError(f"value cannot be encoded: {exc}") from exc
 
 
-def unpack(data: bytes, max_size: int | None = None) -> Any:
+def unpack(data: bytes | memoryview, max_size: int | None = None) -> Any:
     """Decode one msgpack value; garbage, trailing bytes or oversized input raise.
 
     ``max_size`` bounds the input length, so a hostile frame cannot make us allocate.
