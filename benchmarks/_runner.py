@@ -161,7 +161,7 @@ def _run_shared(
     with (
         NodeProcess(data_dir, workers=workers) as node,
         Client(node.control, timeout=60.0) as client,
-        EventTap(node.events, prefixes=[b""]) as tap,
+        EventTap(node.events) as tap,  # workflow.* events: W7 has a tap of its own
     ):
         tap.sync(client, chain("bench-sync", 1))
         bench = Bench(node, client, tap, sizes, progress)
