@@ -145,19 +145,25 @@ def encode_record(record: Mapping[str, Any], packed: bytes | None = None) -> byt
     if "schema" in record:
         raise StoreError("'schema' is reserved in stored records")
     if packed is not None and _FIXMAP <= packed[0] < _FIXMAP_LAST:
-        # One copy, of the parts as they are (an event's data may be megabytes).
-        head, body = bytes((packed[0] + 1,)), memoryview(packed)[1:]
-        crc = zlib.crc32(_SCHEMA_ENTRY, zlib.crc32(body, zlib.crc32(head)))
-        return b"".join((_CRC.pack(crc), head, body, _SCHEMA_ENTRY))
-    try:
-        payload = pack({**record, "schema": SCHEMA_VERSION})
-    except CodecError as exc:
-        raise StoreError(f"record cannot be stored: {exc}") from exc
+        head = bytes((packed[0] + 1,))
+        if len(packed) >= _BIG_RECORD:  # one copy of the parts as they are, not three
+            body = memoryview(packed)[1:]
+            crc = zlib.crc32(_SCHEMA_ENTRY, zlib.crc32(body, zlib.crc32(head)))
+            return b"".join((_CRC.pack(crc), head, body, _SCHEMA_ENTRY))
+        payload = head + packed[1:] + _SCHEMA_ENTRY  # small: copies cost less than a view
+    else:
+        try:
+            payload = pack({**record, "schema": SCHEMA_VERSION})
+        except CodecError as exc:
+            raise StoreError(f"record cannot be stored: {exc}") from exc
     return _CRC.pack(zlib.crc32(payload)) + payload
 
 
 # msgpack: a map of n <= 15 entries starts with the byte 0x80 | n.
 _FIXMAP, _FIXMAP_LAST = 0x80, 0x8F
+# From this size an event is framed without copying its packed bytes first (an event of
+# ~200 bytes is framed ~0.6 us faster by copying; one of 1 MB two copies faster without).
+_BIG_RECORD = 64 << 10
 _SCHEMA_ENTRY = pack("schema") + pack(SCHEMA_VERSION)
 
 

@@ -169,6 +169,15 @@ def test_a_record_encoded_from_its_packed_bytes_is_the_same_record(record: dict[
     assert encode_record(record, pack(record)) == encode_record(record)
 
 
+@pytest.mark.parametrize("size", [0, 64 << 10, 3 << 20])
+def test_a_big_record_is_framed_from_its_packed_bytes_alike(size: int) -> None:
+    # from 64 KiB an event is framed from views of its packed bytes instead of copies
+    record = {"type": "step.completed", "seq": 7, "data": {"output": "x" * size}}
+    framed = encode_record(record, pack(record))
+    assert framed == encode_record(record)
+    assert decode_record(b"k", framed) == record
+
+
 @given(records, st.data())
 def test_any_single_corrupted_byte_is_detected(record: dict[str, Any], data: st.DataObject) -> None:
     encoded = bytearray(encode_record(record))
