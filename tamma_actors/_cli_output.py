@@ -48,7 +48,7 @@ class Output:
         if len(rows) <= PLAIN_FROM_ROWS:
             self.table(None, columns, rows)
             return
-        cells = [["" if v is None else _text(v) for v in row] for row in rows]
+        cells = _cells(rows)
         widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
         lines = [
             "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
@@ -57,11 +57,10 @@ class Output:
         print("\n".join(lines))
 
     def table(self, title: str | None, columns: Sequence[str], rows: list[list[Any]]) -> None:
-        cells = [["" if v is None else _text(v) for v in row] for row in rows]
         table = Table(title=title)
         for i, column in enumerate(columns):
             table.add_column(column, no_wrap=i == 0)  # ids must stay copy-pasteable
-        for row in cells:
+        for row in _cells(rows):
             table.add_row(*row)
         self.console.print(table)
 
@@ -70,6 +69,10 @@ class Output:
 # second (a `tamma list` of 30,000 executions took ~45 s to print), plain text ~100 times
 # faster.
 PLAIN_FROM_ROWS = 200
+
+
+def _cells(rows: list[list[Any]]) -> list[list[str]]:
+    return [["" if v is None else _text(v) for v in row] for row in rows]
 
 
 def _text(value: Any) -> str:
