@@ -463,3 +463,46 @@ def test_a_long_list_comes_in_pages_and_no_reply_is_over_the_cap(
             client.request("events", {"id": eid})
         assert len(client.request("events", {"id": eid, "from_seq": len(events) - 9})) == 10
         assert client.health()["status"] == "ok"
+
+
+def test_each_execution_s_events_reach_a_subscriber_in_order_under_load(
+    client: Client, node: Node
+) -> None:
+    """Thirty chains commit and publish at once: each execution's events come in order,
+    none twice, its end last."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(node.config.events_address)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not sub.poll(50):  # the slow joiner: until one event arrives
+            assert time.monotonic() < deadline, "no event reached the subscriber"
+            client.start_workflow(wf("probe", step("a")))
+        while sub.poll(200):
+            sub.recv_multipart()
+        chain = wf(
+            "order", *(step(f"s{i}", "noop", *([f"s{i - 1}"] if i else [])) for i in range(5))
+        )
+        ids = {e.id for e in client.start_workflows(chain, ({"n": i} for i in range(30)))}
+        seqs: dict[str, list[int]] = {eid: [] for eid in ids}
+        ended: set[str] = set()
+        deadline = time.monotonic() + WAIT
+        while ended != ids:
+            assert time.monotonic() < deadline, f"{len(ids - ended)} executions not seen ending"
+            if not sub.poll(100):
+                continue
+            event = unpack(sub.recv_multipart()[1])
+            if event["execution_id"] in seqs:
+                seqs[event["execution_id"]].append(event["seq"])
+                if event["type"] == "workflow.completed":
+                    ended.add(event["execution_id"])
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+    for eid, got in seqs.items():
+        assert got == sorted(got) and len(set(got)) == len(got), (eid, got)
+        assert got[-1] == max(got)  # workflow.completed came last
+    assert sum(len(got) for got in seqs.values()) >= 30 * (3 + 5 * 4)
