@@ -169,6 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     tune_gc()
     with Node(cfg) as node:
+        node.pin_coordinator()  # this process is the node: its threads may share a CPU
         print(
             f"tamma-node: control {cfg.control_address}  workers {cfg.workers_address}  "
             f"events {cfg.events_address}  ({node.recovered} executions recovered)",

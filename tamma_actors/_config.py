@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -79,6 +79,8 @@ class NodeConfig(BaseSettings):
     group_commit_max: int = Field(1024, ge=1)
     store_writer: Literal["process", "thread"] = "process"
     dispatcher_threads: int = Field(2, ge=1)
+    # tamma-node run pins its own threads to one CPU (see _affinity); "off", or which one
+    coordinator_cpu: Annotated[int, Field(ge=0)] | Literal["auto", "off"] = "auto"
     max_running_steps: int = Field(10000, ge=1)
     allow_shell: bool = False
     plugins: dict[str, str] = Field(default_factory=dict)

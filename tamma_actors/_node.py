@@ -35,12 +35,14 @@ import pykka
 import zmq
 from pykka.messages import ProxyCall
 
+from tamma_actors import _affinity
 from tamma_actors._admin import cleanup_store
 from tamma_actors._config import NodeConfig
 from tamma_actors._data_dir import lock_data_dir
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._errors import (
+    ConfigError,
     StoreFull,
     StoreUnwritable,
     StoreWriterLost,
@@ -145,6 +147,14 @@ class Node(NodeChildren):
         self.registry: PluginRegistry = load_registry(
             allow_shell=config.allow_shell, allowlist=config.plugins
         )
+        # The CPUs given to this process, before pin_coordinator narrows its own threads':
+        # its children keep all of them.
+        self.cpus = _affinity.allowed()
+        self.pinned_cpu: int | None = None
+        try:  # a CPU named in the configuration must be one this node may use
+            _affinity.choose(config.coordinator_cpu, self.cpus)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self._zmq = zmq.Context()
         self._lock_fd: int | None = None
         self._store: LmdbStore | None = None
@@ -221,6 +231,19 @@ class Node(NodeChildren):
         finally:
             if was_enabled:
                 gc.enable()
+
+    def pin_coordinator(self) -> int | None:
+        """Pin every thread of this process to one CPU, as ``coordinator_cpu`` says (see
+        ``_affinity``); returns the CPU, or None. For a process that is the node and
+        nothing else (``tamma-node run``), once recovery is done."""
+        cpu = _affinity.choose(self.config.coordinator_cpu, self.cpus)
+        if cpu is None:
+            return None
+        threads = _affinity.pin_threads(cpu)
+        self.pinned_cpu = cpu
+        log.info("coordinator: %d threads pinned to CPU %d; children may use CPUs %s",
+                 threads, cpu, _affinity.format_cpus(self.cpus))  # fmt: skip
+        return cpu
 
     def run(self, stop: threading.Event, check_interval: float = 0.1) -> int:
         """Supervise the children until ``stop`` is set; returns the exit code."""
@@ -329,6 +352,7 @@ class Node(NodeChildren):
             "node": {
                 "pid": os.getpid(),
                 "data_dir": str(self.config.data_dir),
+                "cpu": self.pinned_cpu,  # the CPU its threads are pinned to, if any
                 "gc": {
                     "threshold": list(gc.get_threshold()),
                     "frozen": frozen_by_tamma(),

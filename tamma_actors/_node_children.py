@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 import zmq
 
+from tamma_actors._affinity import format_cpus
 from tamma_actors._control import ControlServer
 from tamma_actors._eventbus import EventBus
 from tamma_actors._supervision import children_to_restart
@@ -41,6 +42,7 @@ class NodeChildren:
 
     if TYPE_CHECKING:
         config: NodeConfig
+        cpus: frozenset[int]
         tree: SupervisorSpec
         _zmq: zmq.Context[Any]
         _lock_fd: int | None
@@ -71,6 +73,7 @@ class NodeChildren:
                     max_batch=cfg.group_commit_max,
                     # it keeps the data-directory lock until its last commit is done
                     hold_fds=() if self._lock_fd is None else (self._lock_fd,),
+                    cpus=self.cpus,
                 )
             writer.start()
             self._writer.writer = writer
@@ -111,6 +114,8 @@ class NodeChildren:
 
     def _worker_args(self) -> list[str]:
         args = ["--log-level", self.config.log_level]
+        if self.cpus:  # a worker restarted by a pinned thread runs on all of them again
+            args += ["--cpus", format_cpus(self.cpus)]
         if self.config.allow_shell:
             args.append("--allow-shell")
         for name, target in self.config.plugins.items():

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from tamma_actors import _wire as wire
+from tamma_actors._affinity import parse_cpus, restore
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._gc import tune_gc
 from tamma_actors._worker_loop import (
@@ -153,11 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--curve-public-key")
     p.add_argument("--curve-secret-key")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--cpus", type=parse_cpus, help="the CPUs to run on (as in 0,1)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    restore(args.cpus)  # started by a pinned thread of the node, it may run anywhere again
     tune_gc()  # tamma started this process: its collector is ours to set
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from tamma_actors._affinity import parse_cpus, restore
 from tamma_actors._codec import pack, unpack
 from tamma_actors._errors import CodecError, StoreError
 from tamma_actors._lmdb_store import LmdbStore
@@ -82,11 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--durability", choices=("full", "relaxed"), default="full")
     p.add_argument("--map-size", type=int, required=True)
     p.add_argument("--max-map-size", type=int)
+    p.add_argument("--cpus", type=parse_cpus, help="the CPUs to run on (the node's: 0,1)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    restore(args.cpus)
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s store-writer[{os.getpid()}] %(levelname)s %(name)s: %(message)s",

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from tamma_actors._affinity import format_cpus
 from tamma_actors._codec import pack, unpack
 from tamma_actors._errors import CodecError, StoreError, StoreWriterLost
 from tamma_actors._store import Write
@@ -69,6 +70,7 @@ class ProcessStoreWriter(QueuedWriter):
         max_map_size: int | None = None,
         max_batch: int = 1024,
         hold_fds: tuple[int, ...] = (),
+        cpus: frozenset[int] = frozenset(),  # the process runs on these (see _affinity)
         name: str = "tamma-store-writer",
     ) -> None:
         super().__init__(max_batch=max_batch, name=name)
@@ -78,6 +80,8 @@ class ProcessStoreWriter(QueuedWriter):
         ]  # fmt: skip
         if max_map_size is not None:
             self._command += ["--max-map-size", str(max_map_size)]
+        if cpus:
+            self._command += ["--cpus", format_cpus(cpus)]
         self._hold_fds = hold_fds
         self._conn: Connection | None = None
         self._proc: subprocess.Popen[bytes] | None = None

@@ -5,11 +5,14 @@ what the node's collector is doing."""
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tamma_actors import Client
@@ -18,6 +21,8 @@ from tamma_actors._gc import GC_YOUNG_THRESHOLD
 from tamma_actors._node import Node
 
 pytestmark = pytest.mark.integration
+
+_NOOP = {"name": "one", "steps": [{"name": "a", "implementation": "noop"}]}
 
 
 def test_tamma_node_run_freezes_what_it_loaded_and_collects_less_often(short_dir: Path) -> None:
@@ -76,3 +81,66 @@ def test_a_worker_process_tunes_its_collector_before_it_runs_steps(entry: str) -
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == [str(GC_YOUNG_THRESHOLD), "True"]
+
+
+def _cpus_of(pid: int, tid: int | None = None) -> frozenset[int]:
+    return frozenset(os.sched_getaffinity(tid if tid is not None else pid))
+
+
+def _child(node: psutil.Process, module: str, other_than: int = 0) -> psutil.Process | None:
+    """The node's live child running ``module`` (one killed may linger as a zombie)."""
+    for child in node.children():
+        try:
+            if child.pid != other_than and module in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs")
+def test_tamma_node_run_pins_its_threads_and_its_children_keep_every_cpu(
+    short_dir: Path,
+) -> None:
+    data = short_dir / "var"
+    everything = frozenset(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tamma_actors._cli_node", "run", "--data-dir", str(data),
+         "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and "control" in proc.stdout.readline()
+        with Client(f"ipc://{data / 'control.sock'}", timeout=30.0) as client:
+            cpu = client.health()["node"]["cpu"]
+            assert cpu in everything
+            threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+            assert len(threads) >= 8  # dispatchers, writer, bus, pool, control, ZeroMQ ...
+            assert {_cpus_of(proc.pid, t) for t in threads} == {frozenset({cpu})}
+            node = psutil.Process(proc.pid)
+            children = node.children()
+            assert len(children) == 2  # the store writer process and one worker
+            assert {_cpus_of(c.pid) for c in children} == {everything}
+            # A replacement is started by a pinned thread of the node (the pool's for a
+            # worker, the supervision loop's for the writer): it inherits that CPU, and
+            # runs on every CPU again once its main() has begun.
+            for module in ("tamma_actors._worker", "tamma_actors._writer_main"):
+                gone = _child(node, module)
+                assert gone is not None
+                gone.kill()
+                deadline = time.monotonic() + 30
+                while True:
+                    new = _child(node, module, other_than=gone.pid)
+                    if new is not None and _cpus_of(new.pid) == everything:
+                        break
+                    assert time.monotonic() < deadline, f"no {module} on every CPU again"
+                    time.sleep(0.05)
+            assert client.wait(client.start_workflow(_NOOP).id, timeout=30).status == "completed"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
