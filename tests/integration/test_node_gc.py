@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -25,8 +27,10 @@ pytestmark = pytest.mark.integration
 _NOOP = {"name": "one", "steps": [{"name": "a", "implementation": "noop"}]}
 
 
-def test_tamma_node_run_freezes_what_it_loaded_and_collects_less_often(short_dir: Path) -> None:
-    data = short_dir / "var"
+@contextmanager
+def _tamma_node(data: Path) -> Iterator[tuple[subprocess.Popen[str], Client]]:
+    """A real ``tamma-node run`` with one worker, up and answering; stopped with SIGTERM,
+    which it must obey with exit code 0 (killed if the test failed first)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tamma_actors._cli_node", "run", "--data-dir", str(data),
          "--workers", "1"],
@@ -37,16 +41,21 @@ def test_tamma_node_run_freezes_what_it_loaded_and_collects_less_often(short_dir
     try:
         assert proc.stdout is not None and "control" in proc.stdout.readline()
         with Client(f"ipc://{data / 'control.sock'}", timeout=30.0) as client:
-            collector = client.health()["node"]["gc"]
-        assert collector["threshold"][0] == GC_YOUNG_THRESHOLD
-        assert collector["frozen"] > 1000  # the modules and classes loaded before the node
-        assert len(collector["collections"]) == 3
+            yield proc, client
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_tamma_node_run_freezes_what_it_loaded_and_collects_less_often(short_dir: Path) -> None:
+    with _tamma_node(short_dir / "var") as (_, client):
+        collector = client.health()["node"]["gc"]
+    assert collector["threshold"][0] == GC_YOUNG_THRESHOLD
+    assert collector["frozen"] > 1000  # the modules and classes loaded before the node
+    assert len(collector["collections"]) == 3
 
 
 def test_an_embedded_node_leaves_its_host_s_collector_alone(short_dir: Path) -> None:
@@ -102,45 +111,29 @@ def _child(node: psutil.Process, module: str, other_than: int = 0) -> psutil.Pro
 def test_tamma_node_run_pins_its_threads_and_its_children_keep_every_cpu(
     short_dir: Path,
 ) -> None:
-    data = short_dir / "var"
     everything = frozenset(os.sched_getaffinity(0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tamma_actors._cli_node", "run", "--data-dir", str(data),
-         "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None and "control" in proc.stdout.readline()
-        with Client(f"ipc://{data / 'control.sock'}", timeout=30.0) as client:
-            cpu = client.health()["node"]["cpu"]
-            assert cpu in everything
-            threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
-            assert len(threads) >= 8  # dispatchers, writer, bus, pool, control, ZeroMQ ...
-            assert {_cpus_of(proc.pid, t) for t in threads} == {frozenset({cpu})}
-            node = psutil.Process(proc.pid)
-            children = node.children()
-            assert len(children) == 2  # the store writer process and one worker
-            assert {_cpus_of(c.pid) for c in children} == {everything}
-            # A replacement is started by a pinned thread of the node (the pool's for a
-            # worker, the supervision loop's for the writer): it inherits that CPU, and
-            # runs on every CPU again once its main() has begun.
-            for module in ("tamma_actors._worker", "tamma_actors._writer_main"):
-                gone = _child(node, module)
-                assert gone is not None
-                gone.kill()
-                deadline = time.monotonic() + 30
-                while True:
-                    new = _child(node, module, other_than=gone.pid)
-                    if new is not None and _cpus_of(new.pid) == everything:
-                        break
-                    assert time.monotonic() < deadline, f"no {module} on every CPU again"
-                    time.sleep(0.05)
-            assert client.wait(client.start_workflow(_NOOP).id, timeout=30).status == "completed"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with _tamma_node(short_dir / "var") as (proc, client):
+        cpu = client.health()["node"]["cpu"]
+        assert cpu in everything
+        threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert len(threads) >= 8  # dispatchers, writer, bus, pool, control, ZeroMQ ...
+        assert {_cpus_of(proc.pid, t) for t in threads} == {frozenset({cpu})}
+        node = psutil.Process(proc.pid)
+        children = node.children()
+        assert len(children) == 2  # the store writer process and one worker
+        assert {_cpus_of(c.pid) for c in children} == {everything}
+        # A replacement is started by a pinned thread of the node (the pool's for a
+        # worker, the supervision loop's for the writer): it inherits that CPU, and
+        # runs on every CPU again once its main() has begun.
+        for module in ("tamma_actors._worker", "tamma_actors._writer_main"):
+            gone = _child(node, module)
+            assert gone is not None
+            gone.kill()
+            deadline = time.monotonic() + 30
+            while True:
+                new = _child(node, module, other_than=gone.pid)
+                if new is not None and _cpus_of(new.pid) == everything:
+                    break
+                assert time.monotonic() < deadline, f"no {module} on every CPU again"
+                time.sleep(0.05)
+        assert client.wait(client.start_workflow(_NOOP).id, timeout=30).status == "completed"
