@@ -3,9 +3,10 @@
 The coordinator's Python threads share one GIL, so together they use at most about one
 core; yet the kernel spreads them over every CPU, and each hand-off between two of them
 (a tell, a commit's callback, a reply) then wakes a thread on another CPU, whose caches
-hold none of the data it is handed. Pinned to one CPU, a ``tamma-node`` ran W2 11-67 %
-faster (three alternating pairs, 2 cores) and spent half the system time per step. Its
-children keep every CPU the node was given: the store writer process and the workers get
+hold none of the data it is handed. Pinned to one CPU, a ``tamma-node`` ran W2 30 %
+faster (median of three alternating pairs against the code before, 2 vCPUs), with a
+quarter less CPU per step and half the system time. Its children keep every CPU the node
+was given: the store writer process and the workers get
 that set (``--cpus``) and restore it at start, since a child started by a pinned thread
 (a restart) would inherit that thread's single CPU.
 
