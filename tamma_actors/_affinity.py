@@ -27,6 +27,7 @@ from typing import Literal
 __all__ = [
     "CoordinatorCpu",
     "allowed",
+    "check",
     "choose",
     "format_cpus",
     "interrupt_load",
@@ -68,18 +69,23 @@ def choose(setting: CoordinatorCpu, cpus: frozenset[int]) -> int | None:
     that has spent the least time in interrupts (the lowest on a tie): on the 2-CPU
     machine of the benchmarks the disk's interrupts all went to CPU 1, and W2 pinned there
     ran -2..+5 % against +15..25 % on CPU 0 (the writer process, which waits for the
-    disk, is not pinned). A number must be one of ``cpus``."""
-    if isinstance(setting, int) and cpus and setting not in cpus:
-        raise ValueError(
-            f"coordinator_cpu {setting} is not one of the CPUs this node may use "
-            f"({format_cpus(cpus)})"
-        )
+    disk, is not pinned). A number must be one of ``cpus`` (:func:`check`)."""
+    check(setting, cpus)
     if setting == "off" or len(cpus) < 2:
         return None
     if isinstance(setting, int):
         return setting
     load = interrupt_load()
     return min(sorted(cpus), key=lambda cpu: load.get(cpu, 0))
+
+
+def check(setting: CoordinatorCpu, cpus: frozenset[int]) -> None:
+    """ValueError when ``setting`` names a CPU that is not one of ``cpus``."""
+    if isinstance(setting, int) and cpus and setting not in cpus:
+        raise ValueError(
+            f"coordinator_cpu {setting} is not one of the CPUs this node may use "
+            f"({format_cpus(cpus)})"
+        )
 
 
 def pin_threads(cpu: int, tasks: Path = Path("/proc/self/task")) -> int:
@@ -104,8 +110,8 @@ def parse_cpus(text: str) -> frozenset[int]:
     try:
         cpus = frozenset(int(part) for part in text.split(","))
     except ValueError:
-        cpus = frozenset({-1})
-    if min(cpus) < 0:
+        cpus = frozenset()
+    if not cpus or min(cpus) < 0:
         raise argparse.ArgumentTypeError(
             f"expected CPU numbers separated by commas (as in 0,1), got {text!r}"
         )

@@ -152,7 +152,7 @@ class Node(NodeChildren):
         self.cpus = _affinity.allowed()
         self.pinned_cpu: int | None = None
         try:  # a CPU named in the configuration must be one this node may use
-            _affinity.choose(config.coordinator_cpu, self.cpus)
+            _affinity.check(config.coordinator_cpu, self.cpus)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self._zmq = zmq.Context()
