@@ -43,6 +43,7 @@ from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
 from tamma_actors._errors import (
     ConfigError,
+    StoreClosed,
     StoreFull,
     StoreUnwritable,
     StoreWriterLost,
@@ -111,7 +112,12 @@ class _WriterSlot:
     def submit(
         self, write: Write, done: Callable[[BaseException | None], None] | None = None
     ) -> None:
-        if self.writer is None:
+        """Submit to the current writer. A refusal because it is closing, by a writer this
+        slot no longer holds, is a writer being replaced: ``StoreWriterLost``, which has
+        the execution re-read once the new one is ready (a plain ``StoreClosed`` stopped
+        it until the node's next start)."""
+        writer = self.writer  # read once: the supervision loop may swap it meanwhile
+        if writer is None:
             raise StoreWriterLost("the store writer is not running (it is being restarted)")
 
         def observed(exc: BaseException | None) -> None:
@@ -123,7 +129,14 @@ class _WriterSlot:
             elif exc is not None:
                 log.error("store write for %s failed: %s", write.execution_id, exc)
 
-        self.writer.submit(write, observed)
+        try:
+            writer.submit(write, observed)
+        except StoreWriterLost:
+            raise
+        except StoreClosed as exc:
+            if self.writer is writer:  # closed and not replaced: the node is stopping
+                raise
+            raise StoreWriterLost(f"the store writer is being restarted ({exc})") from exc
 
     def refusal(self) -> TammaError | None:
         if self.full is None:

@@ -145,10 +145,10 @@ class QueuedWriter(ABC):
 
     def _enqueue(self, write: Write, done: Done | None) -> None:
         """Under ``_cond``: queue ``write`` (or refuse it) and wake the thread."""
+        if self._lost is not None:  # before closing: a lost writer's callers re-read
+            raise StoreWriterLost(str(self._lost))
         if self._closing:
             raise StoreClosed("the store writer is closed")
-        if self._lost is not None:
-            raise StoreWriterLost(str(self._lost))
         self._queue.append(_Pending(write, done, time.perf_counter()))
         self._submitted += 1
         self._cond.notify_all()

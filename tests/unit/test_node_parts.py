@@ -17,6 +17,7 @@ from tamma_actors._errors import (
     StoreError,
     StoreFull,
     StoreUnwritable,
+    StoreWriterLost,
     TammaError,
 )
 from tamma_actors._node import Node, _ActorSlot, _WriterSlot
@@ -118,3 +119,41 @@ def test_retention_failures_are_logged_and_the_node_goes_on(
         node._store = None
         node._engine = None
         node.close()
+
+
+class _Closed:
+    """A writer closing under its callers: it refuses with ``refusal``."""
+
+    def __init__(self, refusal: StoreClosed) -> None:
+        self.refusal = refusal
+        self.on_submit: Any = None
+
+    def submit(self, write: Write, done: Any) -> None:
+        if self.on_submit is not None:
+            self.on_submit()
+        raise self.refusal
+
+
+def test_a_writer_refusing_while_it_is_replaced_counts_as_lost() -> None:
+    """A supervisor may take the slot's writer just before the supervision loop swaps it
+    out and closes it: its refusal must have the execution re-read (StoreWriterLost), not
+    stop it until the node's next start."""
+    slot = _WriterSlot()
+    old = _Closed(StoreClosed("the store writer is closed"))
+    old.on_submit = lambda: setattr(slot, "writer", None)  # swapped out meanwhile
+    slot.writer = old  # type: ignore[assignment]
+    with pytest.raises(StoreWriterLost, match=r"being restarted \(the store writer is closed\)"):
+        slot.submit(Write("e"))
+    old.on_submit = lambda: setattr(slot, "writer", _Writer(None))  # a new one already in
+    slot.writer = old  # type: ignore[assignment]
+    with pytest.raises(StoreWriterLost):
+        slot.submit(Write("e"))
+    stopping = _Closed(StoreClosed("the store writer is closed"))
+    slot.writer = stopping  # type: ignore[assignment]
+    with pytest.raises(StoreClosed) as closed:  # closed and still the slot's: the node stops
+        slot.submit(Write("e"))
+    assert type(closed.value) is StoreClosed
+    lost = _Closed(StoreWriterLost("its process exited"))
+    slot.writer = lost  # type: ignore[assignment]
+    with pytest.raises(StoreWriterLost, match="its process exited"):
+        slot.submit(Write("e"))

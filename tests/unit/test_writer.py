@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from tamma_actors._errors import StoreClosed, StoreError
+from tamma_actors._errors import StoreClosed, StoreError, StoreWriterLost
 from tamma_actors._store import MemoryStore, Write
 from tamma_actors._writer import Done, StoreWriter
 
@@ -291,3 +291,18 @@ def test_stats_time_each_write_from_submit_to_commit(store: CountingStore) -> No
     assert stats["transition_ms_p50"] is not None and stats["transition_ms_p99"] is not None
     # waiting for a commit includes the commit itself
     assert stats["transition_ms_p99"] >= stats["commit_ms_p50"] >= 0
+
+
+def test_a_lost_writer_refuses_as_lost_even_once_closing(store: CountingStore) -> None:
+    writer = StoreWriter(store)
+    writer.start()
+    writer._lose(StoreWriterLost("its process exited"))
+    writer.close()
+    with pytest.raises(StoreWriterLost, match="its process exited"):  # not a plain close
+        writer.submit(Write("late", summary={}))
+    healthy = StoreWriter(store)
+    healthy.start()
+    healthy.close()
+    with pytest.raises(StoreClosed) as closed:
+        healthy.submit(Write("late", summary={}))
+    assert type(closed.value) is StoreClosed
