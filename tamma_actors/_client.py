@@ -11,7 +11,6 @@ each thread its own client).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._client_socket import ClientSocket
-from tamma_actors._errors import FrameTooLarge, ProtocolError
+from tamma_actors._codec import pack
+from tamma_actors._errors import FrameTooLarge, ProtocolError, RemoteError
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -30,7 +30,7 @@ from tamma_actors._models import (
     WorkflowFilter,
     WorkflowStatusInfo,
 )
-from tamma_actors._protocol import MAX_WAIT_SECONDS
+from tamma_actors._protocol import MAX_WAIT_SECONDS, START_MANY_MOST
 from tamma_actors._status import is_terminal_execution
 from tamma_actors._workflow_file import read_workflow_mapping
 
@@ -39,6 +39,8 @@ __all__ = ["DEFAULT_ENDPOINT", "WAIT_CHUNK_SECONDS", "Client", "ClientSettings",
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_ENDPOINT = "ipc://var/control.sock"
+# The node's and the client's default cap on a frame (``max_frame_bytes``).
+DEFAULT_MAX_FRAME_BYTES = 8 << 20
 # A wait longer than this is split into several server-side long polls.
 WAIT_CHUNK_SECONDS = min(60.0, MAX_WAIT_SECONDS)
 
@@ -93,6 +95,16 @@ def _validated(model: type[M], value: Any) -> M:
 
 # Records asked for per 'list' or 'events' request (the client pages through more).
 LIST_PAGE = 1_000
+# 'start_many' requests in flight at once: the node starts the next batch while the
+# client reads the last one's answer.
+_START_MANY_IN_FLIGHT = 2
+
+
+def _outcomes(reply: Any) -> list[dict[str, Any]]:
+    """The per-start outcomes of one 'start_many' reply."""
+    if not isinstance(reply, list) or not all(isinstance(o, dict) for o in reply):
+        raise ProtocolError(f"the node sent a malformed start_many reply: {reply!r:.200}")
+    return reply
 
 
 def _is_count(value: Any) -> bool:
@@ -109,7 +121,7 @@ class Client(ClientSocket):
         data_dir: str | Path | None = None,
         token: str | None = None,
         timeout: float = 30.0,
-        max_frame_bytes: int = 8 << 20,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         curve_server_key: str | None = None,
     ) -> None:
         settings = ClientSettings()
@@ -161,22 +173,82 @@ class Client(ClientSocket):
         window: int = 256,
         execution_ids: Iterable[str] | None = None,
     ) -> list[WorkflowExecution]:
-        """Start one execution of the workflow per inputs mapping, pipelined (see
-        ``request_many``); each is durable on the node when this returns.
+        """Start one execution of the workflow per inputs mapping; each is durable on the
+        node when this returns, and the executions come back in the order of the inputs.
+        The starts go in ``start_many`` requests of up to ``window`` starts each (fewer
+        when their inputs are big: see ``_start_batches``), two requests in flight. Every
+        start is answered before the first one that failed raises (the others are started).
         ``execution_ids``: one id per inputs mapping (checked before anything is sent),
         each start then idempotent as in :meth:`start_workflow`: the same call again
         starts nothing new."""
+        if window < 1:
+            raise ValueError("window must be at least 1")
         definition, source = self._definition(config_or_path)
-        ids: Iterable[str | None] = itertools.repeat(None)
+        inputs_list = list(inputs_list)
+        ids: list[str | None] = [None] * len(inputs_list)
         if execution_ids is not None:
-            inputs_list, ids = list(inputs_list), list(execution_ids)
+            ids = list(execution_ids)
             if len(ids) != len(inputs_list):
                 raise ValueError(f"{len(ids)} execution ids for {len(inputs_list)} inputs mappings")
-        calls = (
-            _start_args(definition, source, inputs, eid)
-            for inputs, eid in zip(inputs_list, ids, strict=False)
-        )
-        return [self._execution(r) for r in self.request_many("start", calls, window=window)]
+        items: list[dict[str, Any]] = [
+            {"inputs": dict(inputs)} if eid is None else {"inputs": dict(inputs), "id": eid}
+            for inputs, eid in zip(inputs_list, ids, strict=True)
+        ]
+        if not items:
+            return []
+        batches = self._start_batches(definition, source, items, window)
+        try:
+            replies = self.request_many("start_many", batches, window=_START_MANY_IN_FLIGHT)
+        except RemoteError as exc:
+            if exc.code != "unknown_op":
+                raise
+            # A node older than 'start_many' (it started nothing): one 'start' per item.
+            calls = (
+                _start_args(definition, source, item["inputs"], item.get("id")) for item in items
+            )
+            return [self._execution(r) for r in self.request_many("start", calls, window=window)]
+        outcomes = [outcome for reply in replies for outcome in _outcomes(reply)]
+        if len(outcomes) != len(items):
+            raise ProtocolError(f"{len(outcomes)} start outcomes for {len(items)} starts")
+        for outcome in outcomes:
+            if outcome.get("ok") is not True:
+                self._result(outcome)  # raises the first failure, as a reply's would
+        return [self._execution(outcome.get("result")) for outcome in outcomes]
+
+    def _start_batches(
+        self,
+        definition: dict[str, Any],
+        source: str | None,
+        items: list[dict[str, Any]],
+        most: int,
+    ) -> list[dict[str, Any]]:
+        """The ``start_many`` arguments for ``items``: at most ``most`` (and
+        ``START_MANY_MOST``) starts each, and few enough that the request and its reply
+        (a record per start, holding its inputs again) stay within half the frame cap,
+        and within half the default cap (a node may keep the default where this client
+        raised it). An item whose start alone is over the cap raises ``FrameTooLarge``
+        before anything is sent."""
+        most = min(most, START_MANY_MOST)
+        budget = min(self.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES) // 2
+        base = len(pack({"workflow": definition, "source": source, "items": []})) + 256
+        per_item = 256 + 160 * len(definition.get("steps") or ())  # a record's own fields
+        batches: list[dict[str, Any]] = []
+        batch: list[dict[str, Any]] = []
+        used = base
+        for item in items:
+            size = len(pack(item)) + per_item
+            if base + size > self.max_frame_bytes:
+                raise FrameTooLarge(
+                    f"a start of ~{base + size} bytes (its inputs and the workflow) exceeds "
+                    f"the {self.max_frame_bytes}-byte cap (max_frame_bytes)"
+                )
+            if batch and (len(batch) >= most or used + size > budget):
+                batches.append({"workflow": definition, "source": source, "items": batch})
+                batch, used = [], base
+            batch.append(item)
+            used += size
+        batches.append({"workflow": definition, "source": source, "items": batch})
+        return batches
 
     def pause_workflow(self, execution_id: str) -> WorkflowExecution:
         return self._execution(self.request("pause", {"id": execution_id}))

@@ -34,6 +34,7 @@ from tamma_actors._codec import pack
 from tamma_actors._curve import curve_server
 from tamma_actors._engine_api import AsyncEngine
 from tamma_actors._errors import CodecError, FrameTooLarge, TammaError, TransportError
+from tamma_actors._futures import failed, when_all
 from tamma_actors._protocol import (
     LIST_MOST,
     AbortArgs,
@@ -50,8 +51,10 @@ from tamma_actors._protocol import (
     RequestId,
     RetryArgs,
     StartArgs,
+    StartManyArgs,
     WaitArgs,
     authorize,
+    error_map,
     error_reply,
     ok_reply,
     parse_request,
@@ -258,6 +261,8 @@ class ControlServer(SocketActor):
             return engine.start_workflow(
                 args.workflow, args.inputs, source=args.source, requested_id=args.id
             )
+        if isinstance(args, StartManyArgs):
+            return self._start_many(request.id, args)
         if isinstance(args, ListArgs):
             return engine.list_workflows(
                 status=None if args.status is None else list(args.status),
@@ -294,6 +299,29 @@ class ControlServer(SocketActor):
             }
             return simple[op](args.id)
         raise AssertionError(f"op {op!r} has no engine call")  # pragma: no cover
+
+    def _start_many(self, request_id: RequestId, args: StartManyArgs) -> Future[Any]:
+        """Every item started as 'start' would start it, in one go on this thread; the
+        reply waits for them all and holds each one's outcome, in order."""
+        starts: list[Future[Any]] = []
+        for item in args.items:
+            try:
+                fut = self._engine.start_workflow(
+                    args.workflow, item.inputs, source=args.source, requested_id=item.id
+                )
+            except Exception as exc:  # only this item failed: the others are started
+                fut = failed(exc)
+            starts.append(fut)
+        out: Future[Any] = Future()
+
+        def outcome(fut: Future[Any]) -> dict[str, Any]:
+            exc = fut.exception()
+            if exc is None:
+                return {"ok": True, "result": fut.result()}
+            return {"ok": False, "error": error_map(request_id, exc)}
+
+        when_all(starts, lambda: out.set_result([outcome(fut) for fut in starts]))
+        return out
 
     def _reply_from(
         self, route: list[bytes], request_id: RequestId, op: str, future: Future[Any]

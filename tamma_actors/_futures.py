@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from tamma_actors._errors import TammaError, UnknownExecution
 
-__all__ = ["done", "failed", "gather", "guarded", "relay"]
+__all__ = ["done", "failed", "gather", "guarded", "relay", "when_all"]
 
 T = TypeVar("T")
 
@@ -55,19 +55,28 @@ def guarded(fn: Callable[..., Future[T]]) -> Callable[..., Future[T]]:
     return wrapper
 
 
-def gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any]]]) -> None:
+def when_all(futures: list[Future[Any]], then: Callable[[], None]) -> None:
+    """Call ``then`` once every one of ``futures`` is settled (at once if there are none),
+    on the thread that settles the last one."""
     if not futures:
-        out.set_result([])
+        then()
         return
     remaining = [len(futures)]
     lock = threading.Lock()
 
-    def one_done(_: Future[dict[str, Any]]) -> None:
+    def one_done(_: Future[Any]) -> None:
         with lock:
             remaining[0] -= 1
             last = remaining[0] == 0
-        if not last:
-            return
+        if last:
+            then()
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
+
+
+def gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any]]]) -> None:
+    def settle() -> None:
         results = []
         for fut in futures:
             exc = fut.exception()
@@ -78,5 +87,4 @@ def gather(futures: list[Future[dict[str, Any]]], out: Future[list[dict[str, Any
                 return
         out.set_result(results)
 
-    for fut in futures:
-        fut.add_done_callback(one_done)
+    when_all(futures, settle)

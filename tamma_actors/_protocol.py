@@ -34,6 +34,7 @@ __all__ = [
     "LIST_MOST",
     "OPS",
     "PROTOCOL_VERSION",
+    "START_MANY_MOST",
     "AbortArgs",
     "AdminBackupArgs",
     "AdminCleanupArgs",
@@ -49,8 +50,11 @@ __all__ = [
     "RetryArgs",
     "Role",
     "StartArgs",
+    "StartItem",
+    "StartManyArgs",
     "WaitArgs",
     "authorize",
+    "error_map",
     "error_reply",
     "make_request",
     "ok_reply",
@@ -104,6 +108,29 @@ class StartArgs(_Args):
     source: str | None = None
     # The execution's id, chosen by the client: a start is then idempotent (Engine._start_once)
     id: str | None = Field(default=None, max_length=128, pattern=CLIENT_ID_PATTERN)
+
+
+# The most starts one 'start_many' request carries (the client sends bigger batches in
+# several requests): its reply holds a record per start, and one request must not keep the
+# control server's thread for long.
+START_MANY_MOST = 1_000
+
+
+class StartItem(_Args):
+    """One start of a 'start_many' request: its inputs and, optionally, its id."""
+
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(default=None, max_length=128, pattern=CLIENT_ID_PATTERN)
+
+
+class StartManyArgs(_Args):
+    """start_many: one execution of ``workflow`` per item, each as 'start' would make it.
+    The reply holds one outcome per item, in order: ``{"ok": true, "result": record}`` or
+    ``{"ok": false, "error": {...}}`` (an item's failure leaves the others started)."""
+
+    workflow: dict[str, Any]
+    source: str | None = None
+    items: list[StartItem] = Field(min_length=1, max_length=START_MANY_MOST)
 
 
 class ExecutionArgs(_Args):
@@ -168,6 +195,7 @@ class AdminCleanupArgs(_Args):
 # op -> (argument model, least role allowed to call it)
 OPS: dict[str, tuple[type[_Args], Role]] = {
     "start": (StartArgs, Role.operator),
+    "start_many": (StartManyArgs, Role.operator),
     "pause": (ExecutionArgs, Role.operator),
     "resume": (ExecutionArgs, Role.operator),
     "abort": (AbortArgs, Role.operator),
@@ -317,12 +345,18 @@ def _details(exc: BaseException) -> object:
 
 def error_reply(request_id: RequestId | None, exc: BaseException) -> dict[str, Any]:
     """The error reply for ``exc``; unexpected errors are logged, never described."""
+    error = error_map(request_id, exc)
+    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}
+
+
+def error_map(request_id: RequestId | None, exc: BaseException) -> dict[str, Any]:
+    """The ``error`` of a reply (or of one 'start_many' outcome) for ``exc``: its code,
+    message and details; an unexpected error is logged, never described."""
     if isinstance(exc, TammaError):
         error: dict[str, Any] = {"code": error_code(exc), "message": str(exc)}
         details = _details(exc)
         if details is not None:
             error["details"] = details
-    else:
-        log.error("internal error serving request %r", request_id, exc_info=exc)
-        error = {"code": "internal", "message": "internal error (see the node's log)"}
-    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}
+        return error
+    log.error("internal error serving request %r", request_id, exc_info=exc)
+    return {"code": "internal", "message": "internal error (see the node's log)"}

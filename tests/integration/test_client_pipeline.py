@@ -1,4 +1,5 @@
-"""Client.request_many / start_workflows: pipelined requests against a real ControlServer."""
+"""Client.request_many / start_workflows (batched 'start_many' requests): against a real
+ControlServer."""
 
 from __future__ import annotations
 
@@ -6,12 +7,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 import zmq
 
+from tamma_actors import _protocol
 from tamma_actors._client import Client
 from tamma_actors._control import ControlServer
-from tamma_actors._errors import RequestTimeout, TransportError, UnknownExecution
+from tamma_actors._errors import (
+    ExecutionExists,
+    FrameTooLarge,
+    RemoteError,
+    RequestTimeout,
+    TransportError,
+    UnknownExecution,
+    WorkflowValidationError,
+)
 from tests.fakes import FakeEngine
 
 pytestmark = pytest.mark.integration
@@ -33,25 +44,108 @@ def engine() -> Iterator[FakeEngine]:
 
 
 @pytest.fixture
-def client(ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path) -> Iterator[Client]:
+def server(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> Iterator[pykka.ActorRef[Any]]:
     ref = ControlServer.start(ctx, engine, endpoint=f"ipc://{short_dir}/control.sock")
     ref.proxy().address().get(timeout=10)
     try:
-        with Client(data_dir=short_dir, timeout=10) as c:
-            yield c
+        yield ref
     finally:
         ref.stop(block=True, timeout=10)
 
 
-def test_start_workflows_starts_one_execution_per_inputs_in_order(
-    client: Client, engine: FakeEngine
+@pytest.fixture
+def client(server: pykka.ActorRef[Any], short_dir: Path) -> Iterator[Client]:
+    with Client(data_dir=short_dir, timeout=10) as c:
+        yield c
+
+
+def _requests(server: pykka.ActorRef[Any]) -> int:
+    return int(server.proxy().stats().get(timeout=10)["requests"])
+
+
+def _listed(client: Client) -> list[Any]:
+    return sorted(e.context["inputs"]["n"] for e in client.list_workflows())
+
+
+def _started_inputs(engine: FakeEngine) -> list[Any]:
+    return [c[1][1] for c in engine.calls if c[0] == "start_workflow"]
+
+
+def test_start_workflows_starts_one_execution_per_inputs_in_order_in_batches(
+    client: Client, engine: FakeEngine, server: pykka.ActorRef[Any]
 ) -> None:
     started = client.start_workflows(ONE_STEP, ({"n": i} for i in range(50)), window=8)
     assert [e.context["inputs"] for e in started] == [{"n": i} for i in range(50)]
     assert len({e.id for e in started}) == 50
-    assert [c[1][1] for c in engine.calls if c[0] == "start_workflow"] == [
-        {"n": i} for i in range(50)
-    ]
+    assert _started_inputs(engine) == [{"n": i} for i in range(50)]
+    assert _requests(server) == 7  # 'start_many' requests of at most 8 starts
+    assert client.start_workflows(ONE_STEP, []) == []
+    assert _requests(server) == 7
+
+
+def test_start_workflows_with_ids_sends_each_id_with_its_inputs(
+    client: Client, engine: FakeEngine
+) -> None:
+    ids = [f"order-{i}" for i in range(5)]
+    started = client.start_workflows(ONE_STEP, ({"n": i} for i in range(5)), execution_ids=ids)
+    assert [e.id for e in started] == ids
+    assert [e.context["inputs"] for e in started] == [{"n": i} for i in range(5)]
+    with pytest.raises(ValueError, match="2 execution ids for 5 inputs"):
+        client.start_workflows(ONE_STEP, ({"n": i} for i in range(5)), execution_ids=ids[:2])
+    with pytest.raises(ValueError, match="window"):
+        client.start_workflows(ONE_STEP, [{}], window=0)
+
+
+def test_a_failed_start_in_a_batch_leaves_the_others_started_and_raises_after_all(
+    client: Client, engine: FakeEngine
+) -> None:
+    engine.inject_failure("start_workflow", ExecutionExists("order-1 is taken"))
+    with pytest.raises(ExecutionExists, match="order-1 is taken"):
+        client.start_workflows(ONE_STEP, ({"n": i} for i in range(6)), window=4)
+    # the first start failed; the other five (in two batches) were started and answered
+    assert _listed(client) == [1, 2, 3, 4, 5]
+    # a start that raises where it should have answered a failed future: only it fails
+    engine.inject_failure("start_workflow", RuntimeError("bug"), synchronous=True)
+    with pytest.raises(RemoteError, match="internal error"):
+        client.start_workflows(ONE_STEP, ({"n": i} for i in range(6, 9)))
+    assert _listed(client) == [1, 2, 3, 4, 5, 7, 8]
+
+
+def test_an_invalid_workflow_starts_nothing_and_names_what_is_wrong(
+    client: Client, engine: FakeEngine
+) -> None:
+    broken = {"name": "broken", "steps": [{"name": "a", "implementation": "noop",
+                                           "dependencies": ["nowhere"]}]}  # fmt: skip
+    with pytest.raises(WorkflowValidationError, match="nowhere"):
+        client.start_workflows(broken, ({"n": i} for i in range(3)))
+    assert _listed(client) == []
+
+
+def test_big_inputs_go_in_smaller_batches_and_one_over_the_cap_sends_nothing(
+    client: Client, server: pykka.ActorRef[Any], short_dir: Path
+) -> None:
+    with Client(data_dir=short_dir, timeout=10, max_frame_bytes=64 << 10) as small:
+        blob = "x" * (10 << 10)
+        started = small.start_workflows(ONE_STEP, ({"n": i, "blob": blob} for i in range(12)))
+        assert [e.context["inputs"]["n"] for e in started] == list(range(12))
+        # half the 64 KiB cap holds three such starts with their records: four requests
+        assert _requests(server) == 4
+        with pytest.raises(FrameTooLarge, match="exceeds the 65536-byte cap"):
+            small.start_workflows(ONE_STEP, [{"n": 0}, {"blob": "y" * (70 << 10)}])
+    # the refused call sent nothing, not even its first start
+    assert _listed(client) == list(range(12))
+
+
+def test_a_node_without_start_many_gets_one_start_per_execution(
+    client: Client, engine: FakeEngine, server: pykka.ActorRef[Any], monkeypatch: Any
+) -> None:
+    monkeypatch.delitem(_protocol.OPS, "start_many")  # a node from before the op
+    started = client.start_workflows(ONE_STEP, ({"n": i} for i in range(5)), window=2)
+    assert [e.context["inputs"] for e in started] == [{"n": i} for i in range(5)]
+    assert _started_inputs(engine) == [{"n": i} for i in range(5)]
+    assert _requests(server) == 3 + 5  # three refused batches, then five starts
 
 
 def test_request_many_collects_every_reply_then_raises_the_first_error(

@@ -349,6 +349,14 @@ def test_a_start_under_a_chosen_id_runs_once(client: Client) -> None:
     second_batch = client.start_workflows(flow, inputs, execution_ids=ids)
     assert [e.id for e in first_batch] == [e.id for e in second_batch] == ids
     assert len(client.list_workflows()) == 21
+    # in one batch, a start under a taken id with other inputs is refused alone
+    with pytest.raises(ExecutionExists, match="execution 'batch-3' exists"):
+        client.start_workflows(
+            flow, [{"i": 100}, {"i": -3}, {"i": 101}], execution_ids=["new-1", "batch-3", "new-2"]
+        )
+    assert [client.wait(f"new-{i}", timeout=WAIT).status.value for i in (1, 2)] == ["completed"] * 2
+    assert client.get_workflow("batch-3").context == {"i": 3}
+    assert len(client.list_workflows()) == 23
 
 
 def test_execute_step_runs_one_step_outside_the_schedule(client: Client) -> None:

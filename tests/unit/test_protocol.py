@@ -71,6 +71,11 @@ def test_defaults_are_filled_in() -> None:
 def test_every_op_round_trips_through_make_request() -> None:
     samples: dict[str, dict[str, Any]] = {
         "start": {"workflow": {"name": "w"}, "inputs": {"a": 1}, "source": "w.yaml", "id": "x"},
+        "start_many": {
+            "workflow": {"name": "w"},
+            "source": None,
+            "items": [{"inputs": {"a": 1}, "id": None}, {"inputs": {}, "id": "y"}],
+        },
         "pause": {"id": "e"},
         "resume": {"id": "e"},
         "abort": {"id": "e", "reason": "why"},
@@ -163,6 +168,12 @@ def test_malformed_envelope_keeps_the_id(overrides: dict[str, Any], needle: str)
         ("get", {"id": "x", "surprise": 1}, "surprise"),
         ("start", {"workflow": "w.yaml"}, "workflow"),
         ("start", {"workflow": {}, "inputs": []}, "inputs"),
+        ("start_many", {"workflow": {}}, "items"),
+        ("start_many", {"workflow": {}, "items": []}, "items"),
+        ("start_many", {"workflow": {}, "items": [{}] * 1_001}, "items"),
+        ("start_many", {"workflow": {}, "items": [{}, {"inputs": 3}]}, "items.1.inputs"),
+        ("start_many", {"workflow": {}, "items": [{"id": "../etc"}]}, "items.0.id"),
+        ("start_many", {"workflow": {}, "items": [{"n": 1}]}, "items.0.n"),
         ("list", {"status": ["sleeping"]}, "status.0"),
         ("list", {"limit": 0}, "limit"),
         ("list", {"limit": 10_001}, "limit"),
@@ -246,7 +257,7 @@ def test_viewer_may_read(op: str) -> None:
     require_role(Role.viewer, op)
 
 
-@pytest.mark.parametrize("op", ["start", "pause", "resume", "abort", "retry"])
+@pytest.mark.parametrize("op", ["start", "start_many", "pause", "resume", "abort", "retry"])
 def test_viewer_may_not_change_anything(op: str) -> None:
     with pytest.raises(Forbidden, match=op):
         require_role(Role.viewer, op)
