@@ -95,9 +95,10 @@ def _validated(model: type[M], value: Any) -> M:
 
 # Records asked for per 'list' or 'events' request (the client pages through more).
 LIST_PAGE = 1_000
-# 'start_many' requests in flight at once: the node starts the next batch while the
-# client reads the last one's answer.
-_START_MANY_IN_FLIGHT = 2
+# Starts per 'start_many' request. The node starts a request's items at once, and its
+# allocator keeps the high-water mark: a node that parked 100,000 executions measured 120
+# MiB started one by one, 129 in batches of 16, 133 of 64 and 144 of 256.
+_START_BATCH = 64
 
 
 def _outcomes(reply: Any) -> list[dict[str, Any]]:
@@ -175,8 +176,8 @@ class Client(ClientSocket):
     ) -> list[WorkflowExecution]:
         """Start one execution of the workflow per inputs mapping; each is durable on the
         node when this returns, and the executions come back in the order of the inputs.
-        The starts go in ``start_many`` requests of up to ``window`` starts each (fewer
-        when their inputs are big: see ``_start_batches``), two requests in flight. Every
+        The starts go in ``start_many`` requests of up to 64 starts each (fewer when their
+        inputs are big: see ``_start_batches``), at most ``window`` starts in flight. Every
         start is answered before the first one that failed raises (the others are started).
         ``execution_ids``: one id per inputs mapping (checked before anything is sent),
         each start then idempotent as in :meth:`start_workflow`: the same call again
@@ -196,9 +197,10 @@ class Client(ClientSocket):
         ]
         if not items:
             return []
-        batches = self._start_batches(definition, source, items, window)
+        batch = min(window, _START_BATCH)
+        batches = self._start_batches(definition, source, items, batch)
         try:
-            replies = self.request_many("start_many", batches, window=_START_MANY_IN_FLIGHT)
+            replies = self.request_many("start_many", batches, window=max(1, window // batch))
         except RemoteError as exc:
             if exc.code != "unknown_op":
                 raise
