@@ -73,6 +73,33 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """``start --each``: a JSON Lines file (``-``: standard input), one inputs object per
+    line; blank lines are skipped."""
+    name = "standard input" if text == "-" else text
+    try:
+        raw = sys.stdin.read() if text == "-" else Path(text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {name}: {exc}") from exc
+    each: list[dict[str, Any]] = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"{name}, line {number}: not valid JSON: {exc}"
+            raise argparse.ArgumentTypeError(problem) from exc
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(
+                f"{name}, line {number}: expected a JSON object (one execution's inputs)"
+            )
+        each.append(value)
+    if not each:
+        raise argparse.ArgumentTypeError(f"{name} holds no inputs (one JSON object per line)")
+    return each
+
+
 def _common(*, with_timeout: bool = True) -> argparse.ArgumentParser:
     # SUPPRESS defaults: an option given before the sub-command is not reset by the
     # sub-parser, so global options work on either side of it.
@@ -109,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         dest="execution_id",
         help="the execution's id (letters, digits, ._:@-): the same start again returns it",
+    )
+    start.add_argument(
+        "--each",
+        type=_json_lines,
+        default=None,
+        metavar="JSONL",
+        help="start one execution per line of this JSON Lines file ('-': stdin), each line "
+        "its inputs (over --input and --inputs-json), in batched requests",
     )
     start.add_argument("--wait", action="store_true", help="wait for the execution to end")
     start.add_argument("--wait-timeout", type=float, default=None)
@@ -173,11 +208,48 @@ def _cmd_wait(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 def _cmd_start(client: Client, args: argparse.Namespace, out: Output) -> int:
     inputs = {**args.inputs_json, **dict(args.inputs)}
+    if args.each is not None:
+        return _start_each(client, args, out, inputs)
     execution = client.start_workflow(args.file, inputs, execution_id=args.execution_id)
     if args.wait:
         return _ended(out, client.wait(execution.id, timeout=args.wait_timeout))
     show_execution(out, execution)
     return ExitCode.OK
+
+
+def _start_each(
+    client: Client, args: argparse.Namespace, out: Output, common: dict[str, Any]
+) -> int:
+    """``start --each``: every execution started (``start_many`` batches) and listed; with
+    ``--wait``, listed once each has ended, and exit 0 only if all completed."""
+    if args.execution_id is not None:
+        print("error: --id names one execution; it cannot go with --each", file=sys.stderr)
+        return ExitCode.USAGE
+    executions = client.start_workflows(args.file, [{**common, **each} for each in args.each])
+    if args.wait:
+        executions = [client.wait(ex.id, timeout=args.wait_timeout) for ex in executions]
+    _show_executions(out, executions)
+    unfinished = [ex for ex in executions if ex.status is not ExecutionStatus.COMPLETED]
+    if args.wait and unfinished:
+        first = unfinished[0]
+        print(
+            f"{len(unfinished)} of {len(executions)} executions did not complete "
+            f"(the first: {first.id}, {first.status.value})",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILURE
+    return ExitCode.OK
+
+
+def _show_executions(out: Output, executions: list[WorkflowExecution]) -> None:
+    if out.as_json:
+        out.json([ex.model_dump(mode="json") for ex in executions])
+        return
+    rows = [
+        [ex.id, ex.workflow_id, ex.status.value, ex.start_time, ex.end_time, ex.current_step]
+        for ex in executions
+    ]
+    out.listing(["id", "workflow", "status", "started", "ended", "step"], rows)
 
 
 def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -187,15 +259,7 @@ def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
         "limit": args.limit,
         "offset": args.offset,
     }
-    executions = client.list_workflows({k: v for k, v in query.items() if v is not None})
-    if out.as_json:
-        out.json([ex.model_dump(mode="json") for ex in executions])
-        return ExitCode.OK
-    rows = [
-        [ex.id, ex.workflow_id, ex.status.value, ex.start_time, ex.end_time, ex.current_step]
-        for ex in executions
-    ]
-    out.listing(["id", "workflow", "status", "started", "ended", "step"], rows)
+    _show_executions(out, client.list_workflows({k: v for k, v in query.items() if v is not None}))
     return ExitCode.OK
 
 

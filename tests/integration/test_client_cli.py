@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import threading
@@ -524,6 +525,82 @@ def test_cli_start_wait(cli: Cli, engine: FakeEngine) -> None:
     code, out, err = cli("start", str(path), "--wait", "--wait-timeout", "0")
     assert code == ExitCode.FAILURE
     assert "is running" in err
+
+
+def test_cli_start_each_starts_one_execution_per_line(
+    cli: Cli, engine: FakeEngine, workflow_file: Path
+) -> None:
+    lines = cli.data_dir.parent / "inputs.jsonl"
+    lines.write_text('{"repo": "a"}\n\n{"repo": "b", "n": 2}\n{}\n')
+    started = cli.json(
+        "start", str(workflow_file), "--each", str(lines), "--input", "n=1", "--input", "x=y"
+    )
+    assert [e["context"]["inputs"] for e in started] == [
+        {"n": 1, "x": "y", "repo": "a"},
+        {"n": 2, "x": "y", "repo": "b"},  # a line's own value wins
+        {"n": 1, "x": "y"},
+    ]
+    assert len({e["id"] for e in started}) == 3 and {e["status"] for e in started} == {"running"}
+    code, out, _ = cli("start", str(workflow_file), "--each", str(lines))
+    assert code == ExitCode.OK
+    assert out.count("demo") == 3 and "running" in out  # one row per execution
+
+
+def test_cli_start_each_refuses_what_it_cannot_read_and_starts_nothing(
+    cli: Cli, engine: FakeEngine, workflow_file: Path
+) -> None:
+    lines = cli.data_dir.parent / "inputs.jsonl"
+    for content, complaint in [
+        ('{"a": 1}\n{"b": \n', "inputs.jsonl, line 2: not valid JSON"),
+        ('{"a": 1}\n\n[1, 2]\n', "line 3: expected a JSON object"),
+        ("\n \n", "holds no inputs"),
+        (b"\xff\xfe", "cannot read"),
+    ]:
+        if isinstance(content, bytes):
+            lines.write_bytes(content)
+        else:
+            lines.write_text(content)
+        code, _, err = cli("start", str(workflow_file), "--each", str(lines))
+        assert code == ExitCode.USAGE and complaint in err
+    code, _, err = cli("start", str(workflow_file), "--each", str(lines.with_name("none")))
+    assert code == ExitCode.USAGE and "cannot read" in err
+    lines.write_text('{"a": 1}\n')
+    code, _, err = cli("start", str(workflow_file), "--each", str(lines), "--id", "x")
+    assert code == ExitCode.USAGE and "--id names one execution" in err
+    assert not [c for c in engine.calls if c[0] == "start_workflow"]
+
+
+def test_cli_start_each_from_stdin_and_wait(
+    cli: Cli, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = cli.data_dir.parent / "one.yaml"
+    path.write_text("name: one\nsteps:\n  - name: only\n")
+
+    def finish(outcomes: list[bool]) -> None:
+        for n, complete in enumerate(outcomes, 1):
+            engine.wait_for_call("wait", count=waits + n)
+            eid = engine.calls[-1][1][0]
+            engine.run_step(eid, "only")
+            if complete:
+                engine.complete_step(eid, "only", "done")
+            else:
+                engine.fail_step(eid, "only")
+
+    for outcomes, expected in [([True, True], ExitCode.OK), ([True, False], ExitCode.FAILURE)]:
+        waits = len([c for c in engine.calls if c[0] == "wait"])
+        monkeypatch.setattr("sys.stdin", io.StringIO('{"k": 1}\n{"k": 2}\n'))
+        thread = threading.Thread(target=finish, args=(outcomes,))
+        thread.start()
+        code, out, err = cli("--json", "start", str(path), "--each", "-", "--wait")
+        thread.join(timeout=10)
+        assert code == expected, err
+        ended = json.loads(out)
+        assert [e["context"]["inputs"] for e in ended] == [{"k": 1}, {"k": 2}]
+        assert [e["status"] for e in ended] == ["completed" if o else "failed" for o in outcomes]
+    assert "1 of 2 executions did not complete" in err and "failed" in err
+    monkeypatch.setattr("sys.stdin", io.StringIO("[]\n"))
+    code, _, err = cli("start", str(path), "--each", "-")
+    assert code == ExitCode.USAGE and "standard input, line 1: expected a JSON object" in err
 
 
 def test_cli_lists_many_executions_as_plain_aligned_columns(
