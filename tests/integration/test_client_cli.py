@@ -502,21 +502,32 @@ def test_cli_start_human(cli: Cli, workflow_file: Path) -> None:
     assert "fetch" in out and "build" in out and "running" in out
 
 
-def test_cli_start_wait(cli: Cli, engine: FakeEngine) -> None:
+def _one_step_file(cli: Cli) -> Path:
     path = cli.data_dir.parent / "one.yaml"
     path.write_text("name: one\nsteps:\n  - name: only\n")
+    return path
 
-    def finish(complete: bool) -> None:
-        engine.wait_for_call("wait", count=len([c for c in engine.calls if c[0] == "wait"]) + 1)
-        eid = engine.calls[-1][1][0]
-        engine.run_step(eid, "only")
-        if complete:
-            engine.complete_step(eid, "only", "done")
-        else:
-            engine.fail_step(eid, "only")
 
+def _waits(engine: FakeEngine) -> int:
+    return len([c for c in engine.calls if c[0] == "wait"])
+
+
+def _end_waited(engine: FakeEngine, count: int, complete: bool) -> None:
+    """Once the engine has been asked to ``wait`` ``count`` times, end the execution of the
+    last ``wait`` (its one step ``only``): completed, or failed."""
+    engine.wait_for_call("wait", count=count)
+    eid = engine.calls[-1][1][0]
+    engine.run_step(eid, "only")
+    if complete:
+        engine.complete_step(eid, "only", "done")
+    else:
+        engine.fail_step(eid, "only")
+
+
+def test_cli_start_wait(cli: Cli, engine: FakeEngine) -> None:
+    path = _one_step_file(cli)
     for complete, expected in [(True, ExitCode.OK), (False, ExitCode.FAILURE)]:
-        thread = threading.Thread(target=finish, args=(complete,))
+        thread = threading.Thread(target=_end_waited, args=(engine, _waits(engine) + 1, complete))
         thread.start()
         code, out, err = cli("--json", "start", str(path), "--wait")
         thread.join(timeout=10)
@@ -573,23 +584,15 @@ def test_cli_start_each_refuses_what_it_cannot_read_and_starts_nothing(
 def test_cli_start_each_from_stdin_and_wait(
     cli: Cli, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = cli.data_dir.parent / "one.yaml"
-    path.write_text("name: one\nsteps:\n  - name: only\n")
+    path = _one_step_file(cli)
 
-    def finish(outcomes: list[bool]) -> None:
+    def finish(waits: int, outcomes: list[bool]) -> None:
         for n, complete in enumerate(outcomes, 1):
-            engine.wait_for_call("wait", count=waits + n)
-            eid = engine.calls[-1][1][0]
-            engine.run_step(eid, "only")
-            if complete:
-                engine.complete_step(eid, "only", "done")
-            else:
-                engine.fail_step(eid, "only")
+            _end_waited(engine, waits + n, complete)
 
     for outcomes, expected in [([True, True], ExitCode.OK), ([True, False], ExitCode.FAILURE)]:
-        waits = len([c for c in engine.calls if c[0] == "wait"])
         monkeypatch.setattr("sys.stdin", io.StringIO('{"k": 1}\n{"k": 2}\n'))
-        thread = threading.Thread(target=finish, args=(outcomes,))
+        thread = threading.Thread(target=finish, args=(_waits(engine), outcomes))
         thread.start()
         code, out, err = cli("--json", "start", str(path), "--each", "-", "--wait")
         thread.join(timeout=10)
