@@ -99,6 +99,8 @@ LIST_PAGE = 1_000
 # allocator keeps the high-water mark: a node that parked 100,000 executions measured 120
 # MiB started one by one, 129 in batches of 16, 133 of 64 and 144 of 256.
 _START_BATCH = 64
+# At most this many bytes of starts per 'start_many' request (and half the frame cap).
+_START_BATCH_BYTES = 256 << 10
 
 
 def _outcomes(reply: Any) -> list[dict[str, Any]]:
@@ -226,12 +228,12 @@ class Client(ClientSocket):
     ) -> list[dict[str, Any]]:
         """The ``start_many`` arguments for ``items``: at most ``most`` (and
         ``START_MANY_MOST``) starts each, and few enough that the request and its reply
-        (a record per start, holding its inputs again) stay within half the frame cap,
-        and within half the default cap (a node may keep the default where this client
-        raised it). An item whose start alone is over the cap raises ``FrameTooLarge``
-        before anything is sent."""
+        (a record per start, holding its inputs again) stay within half the frame cap and
+        within ``_START_BATCH_BYTES`` (a node may have a smaller cap than this client:
+        bigger batches gain nothing). An item whose start alone is over the cap raises
+        ``FrameTooLarge`` before anything is sent; one over the budget goes alone."""
         most = min(most, START_MANY_MOST)
-        budget = min(self.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES) // 2
+        budget = min(self.max_frame_bytes // 2, _START_BATCH_BYTES)
         base = len(pack({"workflow": definition, "source": source, "items": []})) + 256
         per_item = 256 + 160 * len(definition.get("steps") or ())  # a record's own fields
         batches: list[dict[str, Any]] = []

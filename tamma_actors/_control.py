@@ -224,6 +224,21 @@ class ControlServer(SocketActor):
         except TammaError as exc:
             self._reply_error(route, None, exc)
             return
+        args = request.args
+        if (
+            isinstance(args, StartManyArgs)
+            and len(args.items) > 1
+            and len(body[0]) > self._max_frame_bytes // 2
+        ):
+            # Its reply holds a record per start, each with the start's inputs again: one
+            # that could not be sent would leave the starts made and their ids unknown.
+            too_large = FrameTooLarge(
+                f"a 'start_many' request of {len(args.items)} starts and {len(body[0]):,} "
+                f"bytes is over half the {self._max_frame_bytes:,}-byte cap (max_frame_bytes), "
+                "so its reply might not fit: send fewer starts per request"
+            )
+            self._reply_error(route, request.id, too_large)
+            return
         self._serve(route, request)
 
     def _serve(self, route: list[bytes], request: Request) -> None:

@@ -136,6 +136,32 @@ def test_big_inputs_go_in_smaller_batches_and_one_over_the_cap_sends_nothing(
             small.start_workflows(ONE_STEP, [{"n": 0}, {"blob": "y" * (70 << 10)}])
     # the refused call sent nothing, not even its first start
     assert _listed(client) == list(range(12))
+    # with the default 8 MiB cap, a request still holds at most 256 KiB of starts
+    blob = "z" * (10 << 10)
+    client.start_workflows(ONE_STEP, ({"n": 12 + i, "blob": blob} for i in range(40)))
+    assert _requests(server) == 4 + 2 + 1  # and the one 'list' above
+
+
+def test_a_start_many_request_over_half_the_cap_is_refused_before_it_starts_anything(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    cap = 32 << 10
+    ref = ControlServer.start(
+        ctx, engine, endpoint=f"ipc://{short_dir}/small.sock", max_frame_bytes=cap
+    )
+    ref.proxy().address().get(timeout=10)
+    try:
+        with Client(f"ipc://{short_dir}/small.sock", timeout=10) as raw:
+            items = [{"inputs": {"pad": "x" * 1_000}} for _ in range(20)]  # ~20 KB
+            too_large = r"of 20 starts and .* over half the 32,768-byte cap"
+            with pytest.raises(FrameTooLarge, match=too_large):
+                raw.request("start_many", {"workflow": ONE_STEP, "items": items})
+            assert raw.request("start_many", {"workflow": ONE_STEP, "items": items[:5]})
+            big = [{"inputs": {"pad": "y" * 20_000}}]  # alone, a batch is a 'start'
+            assert raw.request("start_many", {"workflow": ONE_STEP, "items": big})[0]["ok"]
+        assert len(_started_inputs(engine)) == 6
+    finally:
+        ref.stop(block=True, timeout=10)
 
 
 def test_a_node_without_start_many_gets_one_start_per_execution(
