@@ -73,15 +73,15 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _json_lines(text: str) -> list[dict[str, Any]]:
+def _json_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
     """``start --each``: a JSON Lines file (``-``: standard input), one inputs object per
-    line; blank lines are skipped."""
+    line; blank lines are skipped. Each object comes with where it is ("FILE, line N")."""
     name = "standard input" if text == "-" else text
     try:
         raw = sys.stdin.read() if text == "-" else Path(text).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise argparse.ArgumentTypeError(f"cannot read {name}: {exc}") from exc
-    each: list[dict[str, Any]] = []
+    each: list[tuple[str, dict[str, Any]]] = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
@@ -94,7 +94,7 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
             raise argparse.ArgumentTypeError(
                 f"{name}, line {number}: expected a JSON object (one execution's inputs)"
             )
-        each.append(value)
+        each.append((f"{name}, line {number}", value))
     if not each:
         raise argparse.ArgumentTypeError(f"{name} holds no inputs (one JSON object per line)")
     return each
@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSONL",
         help="start one execution per line of this JSON Lines file ('-': stdin), each line "
         "its inputs (over --input and --inputs-json), in batched requests",
+    )
+    start.add_argument(
+        "--id-from",
+        default=None,
+        metavar="FIELD",
+        help="with --each: each execution's id is its line's FIELD (a string): running the "
+        "same command again starts nothing new",
     )
     start.add_argument("--wait", action="store_true", help="wait for the execution to end")
     start.add_argument("--wait-timeout", type=float, default=None)
@@ -210,6 +217,9 @@ def _cmd_start(client: Client, args: argparse.Namespace, out: Output) -> int:
     inputs = {**args.inputs_json, **dict(args.inputs)}
     if args.each is not None:
         return _start_each(client, args, out, inputs)
+    if args.id_from is not None:
+        print("error: --id-from goes with --each", file=sys.stderr)
+        return ExitCode.USAGE
     execution = client.start_workflow(args.file, inputs, execution_id=args.execution_id)
     if args.wait:
         return _ended(out, client.wait(execution.id, timeout=args.wait_timeout))
@@ -225,7 +235,17 @@ def _start_each(
     if args.execution_id is not None:
         print("error: --id names one execution; it cannot go with --each", file=sys.stderr)
         return ExitCode.USAGE
-    executions = client.start_workflows(args.file, [{**common, **each} for each in args.each])
+    inputs = [{**common, **each} for _, each in args.each]
+    ids: list[str] | None = None
+    if args.id_from is not None:
+        ids = []
+        for (where, _), one in zip(args.each, inputs, strict=True):
+            eid = one.get(args.id_from)
+            if not isinstance(eid, str):
+                print(f"error: {where}: no string {args.id_from!r} (--id-from)", file=sys.stderr)
+                return ExitCode.USAGE
+            ids.append(eid)
+    executions = client.start_workflows(args.file, inputs, execution_ids=ids)
     if args.wait:
         executions = [client.wait(ex.id, timeout=args.wait_timeout) for ex in executions]
     _show_executions(out, executions)

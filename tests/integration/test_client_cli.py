@@ -581,6 +581,26 @@ def test_cli_start_each_refuses_what_it_cannot_read_and_starts_nothing(
     assert not [c for c in engine.calls if c[0] == "start_workflow"]
 
 
+def test_cli_start_each_takes_each_id_from_a_field(
+    cli: Cli, engine: FakeEngine, workflow_file: Path
+) -> None:
+    lines = cli.data_dir.parent / "inputs.jsonl"
+    lines.write_text('{"repo": "r-1"}\n\n{"repo": "r-2", "n": 2}\n')
+    started = cli.json("start", str(workflow_file), "--each", str(lines), "--id-from", "repo")
+    assert [e["id"] for e in started] == ["r-1", "r-2"]
+    assert started[1]["context"]["inputs"] == {"repo": "r-2", "n": 2}  # the field stays
+    starts = len([c for c in engine.calls if c[0] == "start_workflow"])
+    lines.write_text('{"repo": "r-3"}\n\n{"n": 2}\n')
+    code, _, err = cli("start", str(workflow_file), "--each", str(lines), "--id-from", "repo")
+    assert code == ExitCode.USAGE and "inputs.jsonl, line 3: no string 'repo'" in err
+    lines.write_text('{"repo": 7}\n')
+    code, _, err = cli("start", str(workflow_file), "--each", str(lines), "--id-from", "repo")
+    assert code == ExitCode.USAGE and "line 1: no string 'repo' (--id-from)" in err
+    code, _, err = cli("start", str(workflow_file), "--id-from", "repo")
+    assert code == ExitCode.USAGE and "--id-from goes with --each" in err
+    assert len([c for c in engine.calls if c[0] == "start_workflow"]) == starts  # none more
+
+
 def test_cli_start_each_from_stdin_and_wait(
     cli: Cli, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
