@@ -39,8 +39,6 @@ __all__ = ["DEFAULT_ENDPOINT", "WAIT_CHUNK_SECONDS", "Client", "ClientSettings",
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_ENDPOINT = "ipc://var/control.sock"
-# The node's and the client's default cap on a frame (``max_frame_bytes``).
-DEFAULT_MAX_FRAME_BYTES = 8 << 20
 # A wait longer than this is split into several server-side long polls.
 WAIT_CHUNK_SECONDS = min(60.0, MAX_WAIT_SECONDS)
 
@@ -124,7 +122,7 @@ class Client(ClientSocket):
         data_dir: str | Path | None = None,
         token: str | None = None,
         timeout: float = 30.0,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_frame_bytes: int = 8 << 20,
         curve_server_key: str | None = None,
     ) -> None:
         settings = ClientSettings()
