@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._client_socket import ClientSocket
 from tamma_actors._codec import pack
-from tamma_actors._errors import FrameTooLarge, ProtocolError, RemoteError
+from tamma_actors._errors import FrameTooLarge, ProtocolError, error_from_code
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -106,6 +106,14 @@ def _outcomes(reply: Any) -> list[dict[str, Any]]:
     if not isinstance(reply, list) or not all(isinstance(o, dict) for o in reply):
         raise ProtocolError(f"the node sent a malformed start_many reply: {reply!r:.200}")
     return reply
+
+
+def _error_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """An error reply's ``error`` map (a malformed one raises ``ProtocolError``)."""
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        raise ProtocolError(f"malformed error reply: {reply!r:.200}")
+    return error
 
 
 def _is_count(value: Any) -> bool:
@@ -199,23 +207,75 @@ class Client(ClientSocket):
             return []
         batch = min(window, _START_BATCH)
         batches = self._start_batches(definition, source, items, batch)
-        try:
-            replies = self.request_many("start_many", batches, window=max(1, window // batch))
-        except RemoteError as exc:
-            if exc.code != "unknown_op":
-                raise
-            # A node older than 'start_many' (it started nothing): one 'start' per item.
+        outcomes = self._start_outcomes(batches, window=max(1, window // batch))
+        if outcomes is None:  # a node older than 'start_many' (it started nothing)
             calls = (
                 _start_args(definition, source, item["inputs"], item.get("id")) for item in items
             )
             return [self._execution(r) for r in self.request_many("start", calls, window=window)]
-        outcomes = [outcome for reply in replies for outcome in _outcomes(reply)]
-        if len(outcomes) != len(items):
-            raise ProtocolError(f"{len(outcomes)} start outcomes for {len(items)} starts")
         for outcome in outcomes:
             if outcome.get("ok") is not True:
                 self._result(outcome)  # raises the first failure, as a reply's would
-        return [self._execution(outcome.get("result")) for outcome in outcomes]
+        return [self._execution(record) for record in self._records_of(outcomes, window)]
+
+    def _start_outcomes(
+        self, batches: list[dict[str, Any]], window: int
+    ) -> list[dict[str, Any]] | None:
+        """Every start's outcome, in order (None: the node has no 'start_many'). A batch
+        the node refused before starting anything (too many starts or bytes for its frame
+        cap, which may be smaller than this client's) goes again in two halves."""
+        outcomes: list[dict[str, Any]] = []
+        todo: list[tuple[int, dict[str, Any]]] = []  # (its first item's index, batch)
+        for batch in batches:
+            todo.append((len(outcomes), batch))
+            outcomes.extend({} for _ in batch["items"])
+        while todo:
+            replies = self.exchange_many("start_many", [b for _, b in todo], window=window)
+            again: list[tuple[int, dict[str, Any]]] = []
+            for (offset, batch), reply in zip(todo, replies, strict=True):
+                if reply.get("ok") is True:
+                    got = _outcomes(reply.get("result"))
+                    if len(got) != len(batch["items"]):
+                        raise ProtocolError(
+                            f"{len(got)} start outcomes for {len(batch['items'])} starts"
+                        )
+                    outcomes[offset : offset + len(got)] = got
+                    continue
+                error, items = _error_of(reply), batch["items"]
+                if error.get("code") == "unknown_op":
+                    return None
+                none_started = error.get("details") == {"started": []}
+                if error.get("code") == "too_large" and none_started and len(items) > 1:
+                    half = len(items) // 2
+                    again.append((offset, {**batch, "items": items[:half]}))
+                    again.append((offset + half, {**batch, "items": items[half:]}))
+                    continue
+                self._result(reply)  # raises
+            todo = again
+        return outcomes
+
+    def _records_of(self, outcomes: list[dict[str, Any]], window: int) -> list[Any]:
+        """The record of each started execution: in its outcome, or, where the node sent
+        the outcome compact (the records together were over its frame cap), read with
+        'get'. A record that cannot be read raises after all are answered, naming it, and
+        every execution started in ``details``."""
+        records = [outcome.get("result") for outcome in outcomes]
+        compact = [i for i, outcome in enumerate(outcomes) if "result" not in outcome]
+        if not compact:
+            return records
+        ids = [outcomes[i].get("id") for i in compact]
+        replies = self.exchange_many("get", ({"id": eid} for eid in ids), window=window)
+        for i, eid, reply in zip(compact, ids, replies, strict=True):
+            if reply.get("ok") is not True:
+                error = _error_of(reply)
+                raise error_from_code(
+                    str(error.get("code", "internal")),
+                    f"execution {eid!r} was started, but its record could not be read: "
+                    f"{error.get('message', '')}",
+                    {"started": [o.get("id") or o["result"]["id"] for o in outcomes]},
+                )
+            records[i] = reply.get("result")
+        return records
 
     def _start_batches(
         self,

@@ -132,6 +132,19 @@ class ClientSocket:
         """Pipeline one request per ``args_list`` entry over the one socket, at most
         ``window`` in flight; return the results in order. Every reply is collected before
         the first error reply is raised. ``timeout`` bounds the wait for *each next* reply."""
+        replies = self.exchange_many(op, args_list, window=window, timeout=timeout)
+        return [self._result(reply) for reply in replies]
+
+    def exchange_many(
+        self,
+        op: str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 256,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """As :meth:`request_many`, but return the replies themselves, errors included
+        (``{"ok": false, "error": {...}}``), for a caller that handles each one."""
         if self._closed or self._sock is None:
             raise TransportError("the client is closed")
         if window < 1:
@@ -160,7 +173,7 @@ class ClientSocket:
                     f"within {limit:g}s"
                 )
             replies[index_of.pop(reply["id"])] = reply
-        return [self._result(reply) for reply in replies if reply is not None]
+        return [reply for reply in replies if reply is not None]
 
     def _send_request(self, op: str, args: Mapping[str, Any], limit: float) -> int:
         assert self._sock is not None

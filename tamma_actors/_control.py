@@ -36,6 +36,7 @@ from tamma_actors._engine_api import AsyncEngine
 from tamma_actors._errors import CodecError, FrameTooLarge, TammaError, TransportError
 from tamma_actors._futures import failed, when_all
 from tamma_actors._protocol import (
+    COMPACT_OUTCOME_BYTES,
     LIST_MOST,
     AbortArgs,
     AdminBackupArgs,
@@ -54,6 +55,7 @@ from tamma_actors._protocol import (
     StartManyArgs,
     WaitArgs,
     authorize,
+    compact_outcome,
     error_map,
     error_reply,
     ok_reply,
@@ -224,22 +226,33 @@ class ControlServer(SocketActor):
         except TammaError as exc:
             self._reply_error(route, None, exc)
             return
-        args = request.args
-        if (
-            isinstance(args, StartManyArgs)
-            and len(args.items) > 1
-            and len(body[0]) > self._max_frame_bytes // 2
-        ):
-            # Its reply holds a record per start, each with the start's inputs again: one
-            # that could not be sent would leave the starts made and their ids unknown.
-            too_large = FrameTooLarge(
-                f"a 'start_many' request of {len(args.items)} starts and {len(body[0]):,} "
-                f"bytes is over half the {self._max_frame_bytes:,}-byte cap (max_frame_bytes), "
-                "so its reply might not fit: send fewer starts per request"
-            )
-            self._reply_error(route, request.id, too_large)
+        refusal = self._start_many_refusal(request.args, len(body[0]))
+        if refusal is not None:
+            self._reply_error(route, request.id, refusal)
             return
         self._serve(route, request)
+
+    def _start_many_refusal(self, args: Any, size: int) -> FrameTooLarge | None:
+        """Why a 'start_many' request of more than one start is refused before it starts
+        anything, if it is: its reply would hold a record per start, each with its inputs
+        again, and should even those not fit, a compact outcome per start must (see
+        ``_reply_from``); a reply that could not be sent would leave the starts made and
+        their ids unknown. ``details.started`` is ``[]``: the client may send the starts
+        again in smaller requests."""
+        if not isinstance(args, StartManyArgs) or len(args.items) < 2:
+            return None
+        n, cap = len(args.items), self._max_frame_bytes
+        if size > cap // 2:
+            why = f"{size:,} bytes is over half the {cap:,}-byte cap (max_frame_bytes)"
+        elif n * COMPACT_OUTCOME_BYTES + 64 > cap:
+            why = f"more starts than one reply within the {cap:,}-byte cap can answer"
+        else:
+            return None
+        return FrameTooLarge(
+            f"a 'start_many' request of {n} starts and {why}, so its reply might not fit: "
+            "send fewer starts per request",
+            details={"started": []},
+        )
 
     def _serve(self, route: list[bytes], request: Request) -> None:
         try:
@@ -348,24 +361,43 @@ class ControlServer(SocketActor):
         if exc is not None:
             self._reply_error(route, request_id, exc)
             return
-        reply = ok_reply(request_id, future.result())
+        result = future.result()
         try:
-            data = pack(reply)
+            data = pack(ok_reply(request_id, result))
         except CodecError as codec_exc:
             log.error("reply to %r cannot be encoded", request_id, exc_info=codec_exc)
             self._reply_error(route, request_id, RuntimeError("unencodable reply"))
             return
+        if len(data) > self._max_frame_bytes and op == "start_many":
+            # The records together are over the cap, not the starts: each outcome goes
+            # compact (an id, or a failure's code and message), which the request's size
+            # was checked to fit; the client reads the records with 'get'.
+            data = pack(ok_reply(request_id, [compact_outcome(o) for o in result]))
         if len(data) > self._max_frame_bytes:
-            too_large = FrameTooLarge(
-                f"the reply to {op!r} is {len(data):,} bytes, over the "
-                f"{self._max_frame_bytes:,}-byte cap (max_frame_bytes): ask for less ('list' "
-                "takes a limit and an offset, 'events' a from_seq and a limit) or raise "
-                "max_frame_bytes on the node and the client"
-            )
+            too_large = self._reply_too_large(op, result, len(data))
             log.warning("request %r: %s", request_id, too_large)
             self._reply_error(route, request_id, too_large)
             return
         self._send(route, data)
+
+    def _reply_too_large(self, op: str, result: Any, size: int) -> FrameTooLarge:
+        """The error sent instead of a reply of ``size`` bytes, over the cap. A 'start'
+        was made all the same: the error names its execution (``details.started``)."""
+        over = (
+            f"the reply to {op!r} is {size:,} bytes, over the "
+            f"{self._max_frame_bytes:,}-byte cap (max_frame_bytes)"
+        )
+        raise_cap = "or raise max_frame_bytes on the node and the client"
+        if op == "start":
+            return FrameTooLarge(
+                f"{over}: execution {result['id']!r} was started; read it in parts ('events' "
+                f"takes a from_seq and a limit) {raise_cap}",
+                details={"started": [result["id"]]},
+            )
+        return FrameTooLarge(
+            f"{over}: ask for less ('list' takes a limit and an offset, 'events' a from_seq "
+            f"and a limit) {raise_cap}"
+        )
 
     def _reply_error(
         self, route: list[bytes], request_id: RequestId | None, exc: BaseException

@@ -87,7 +87,14 @@ class TransportError(TammaError):
 
 
 class FrameTooLarge(TransportError):
+    """``details``, when the node sends it: ``{"started": [ids]}``, the executions the
+    request started although its reply is not sent (``[]``: it started nothing)."""
+
     code = "too_large"
+
+    def __init__(self, message: str, details: object = None) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class RequestTimeout(TransportError):

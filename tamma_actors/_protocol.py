@@ -23,6 +23,7 @@ from tamma_actors._codec import unpack
 from tamma_actors._errors import (
     ConfigError,
     Forbidden,
+    FrameTooLarge,
     ProtocolError,
     RemoteError,
     TammaError,
@@ -31,6 +32,7 @@ from tamma_actors._errors import (
 )
 
 __all__ = [
+    "COMPACT_OUTCOME_BYTES",
     "LIST_MOST",
     "OPS",
     "PROTOCOL_VERSION",
@@ -54,6 +56,7 @@ __all__ = [
     "StartManyArgs",
     "WaitArgs",
     "authorize",
+    "compact_outcome",
     "error_map",
     "error_reply",
     "make_request",
@@ -114,6 +117,12 @@ class StartArgs(_Args):
 # several requests): its reply holds a record per start, and one request must not keep the
 # control server's thread for long.
 START_MANY_MOST = 1_000
+# A 'start_many' outcome sent compact (when the records together are over the frame cap)
+# encodes to at most this many bytes: an id of up to 128 characters, or a failure's code
+# and the first 160 bytes of its message. A request of more starts than the cap holds
+# compact outcomes is refused before it starts anything.
+COMPACT_OUTCOME_BYTES = 320
+_COMPACT_MESSAGE_BYTES = 160
 
 
 class StartItem(_Args):
@@ -126,7 +135,9 @@ class StartItem(_Args):
 class StartManyArgs(_Args):
     """start_many: one execution of ``workflow`` per item, each as 'start' would make it.
     The reply holds one outcome per item, in order: ``{"ok": true, "result": record}`` or
-    ``{"ok": false, "error": {...}}`` (an item's failure leaves the others started)."""
+    ``{"ok": false, "error": {...}}`` (an item's failure leaves the others started); when
+    the records together are over the frame cap, each outcome goes compact (see
+    ``compact_outcome``)."""
 
     workflow: dict[str, Any]
     source: str | None = None
@@ -338,9 +349,19 @@ def ok_reply(request_id: RequestId | None, result: Any) -> dict[str, Any]:
 def _details(exc: BaseException) -> object:
     if isinstance(exc, WorkflowValidationError):
         return [{"loc": p.loc, "message": p.message} for p in exc.problems]
-    if isinstance(exc, InvalidRequest | RemoteError):
+    if isinstance(exc, InvalidRequest | RemoteError | FrameTooLarge):
         return exc.details
     return None
+
+
+def compact_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A 'start_many' outcome without its record: the started execution's id, or the
+    failure's code and (the start of) its message."""
+    if outcome["ok"]:
+        return {"ok": True, "id": outcome["result"]["id"]}
+    error = outcome["error"]
+    message = str(error["message"]).encode()[:_COMPACT_MESSAGE_BYTES].decode(errors="ignore")
+    return {"ok": False, "error": {"code": error["code"], "message": message}}
 
 
 def error_reply(request_id: RequestId | None, exc: BaseException) -> dict[str, Any]:

@@ -4,8 +4,9 @@ ControlServer."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pykka
 import pytest
@@ -142,26 +143,123 @@ def test_big_inputs_go_in_smaller_batches_and_one_over_the_cap_sends_nothing(
     assert _requests(server) == 4 + 2 + 1  # and the one 'list' above
 
 
+@contextmanager
+def _capped(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path, cap: int
+) -> Iterator[Client]:
+    """A control server whose frame cap is ``cap``, and a client with the default cap."""
+    endpoint = f"ipc://{short_dir}/capped.sock"
+    ref = ControlServer.start(ctx, engine, endpoint=endpoint, max_frame_bytes=cap)
+    ref.proxy().address().get(timeout=10)
+    try:
+        with Client(endpoint, timeout=10) as c:
+            yield c
+    finally:
+        ref.stop(block=True, timeout=10)
+
+
+def _wide(steps: int) -> dict[str, Any]:
+    """A workflow whose records are big for its definition: a result per step."""
+    names = [f"step-{i:03d}" for i in range(steps)]
+    return {"name": "wide", "steps": [{"name": n, "implementation": "noop"} for n in names]}
+
+
+def _calls(engine: FakeEngine, method: str) -> int:
+    return sum(1 for c in engine.calls if c[0] == method)
+
+
 def test_a_start_many_request_over_half_the_cap_is_refused_before_it_starts_anything(
     ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
 ) -> None:
-    cap = 32 << 10
-    ref = ControlServer.start(
-        ctx, engine, endpoint=f"ipc://{short_dir}/small.sock", max_frame_bytes=cap
-    )
-    ref.proxy().address().get(timeout=10)
-    try:
-        with Client(f"ipc://{short_dir}/small.sock", timeout=10) as raw:
-            items = [{"inputs": {"pad": "x" * 1_000}} for _ in range(20)]  # ~20 KB
-            too_large = r"of 20 starts and .* over half the 32,768-byte cap"
-            with pytest.raises(FrameTooLarge, match=too_large):
-                raw.request("start_many", {"workflow": ONE_STEP, "items": items})
-            assert raw.request("start_many", {"workflow": ONE_STEP, "items": items[:5]})
-            big = [{"inputs": {"pad": "y" * 20_000}}]  # alone, a batch is a 'start'
-            assert raw.request("start_many", {"workflow": ONE_STEP, "items": big})[0]["ok"]
-        assert len(_started_inputs(engine)) == 6
-    finally:
-        ref.stop(block=True, timeout=10)
+    with _capped(ctx, engine, short_dir, 32 << 10) as raw:
+        items = [{"inputs": {"pad": "x" * 1_000}} for _ in range(20)]  # ~20 KB
+        too_large = r"of 20 starts and .* over half the 32,768-byte cap"
+        with pytest.raises(FrameTooLarge, match=too_large) as refused:
+            raw.request("start_many", {"workflow": ONE_STEP, "items": items})
+        assert cast(RemoteError, refused.value).details == {"started": []}
+        assert raw.request("start_many", {"workflow": ONE_STEP, "items": items[:5]})
+        big = [{"inputs": {"pad": "y" * 20_000}}]  # alone, a batch is a 'start'
+        assert raw.request("start_many", {"workflow": ONE_STEP, "items": big})[0]["ok"]
+    assert len(_started_inputs(engine)) == 6
+
+
+def test_a_start_many_of_more_starts_than_one_reply_can_answer_is_refused_before_it_starts(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    # 16 KiB hold 51 compact outcomes of at most 320 bytes: 52 tiny starts are refused
+    with _capped(ctx, engine, short_dir, 16 << 10) as raw:
+        items = [{"inputs": {"n": i}} for i in range(52)]
+        too_many = r"of 52 starts and more starts than one reply within the 16,384-byte cap"
+        with pytest.raises(FrameTooLarge, match=too_many) as refused:
+            raw.request("start_many", {"workflow": ONE_STEP, "items": items})
+        assert cast(RemoteError, refused.value).details == {"started": []}
+        assert _calls(engine, "start_workflow") == 0
+        assert len(raw.request("start_many", {"workflow": ONE_STEP, "items": items[:51]})) == 51
+
+
+def test_records_over_the_cap_together_come_back_compact_with_every_id_and_failure(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    with _capped(ctx, engine, short_dir, 24 << 10) as raw:
+        long_message = "é" * 200 + " is taken"  # cut to 160 bytes, on a character boundary
+        engine.inject_failure("start_workflow", ExecutionExists(long_message))
+        items = [{"inputs": {"n": i}} for i in range(30)]
+        outcomes = raw.request("start_many", {"workflow": _wide(40), "items": items})
+    # 30 records of 40 results each would be ~80 KB: each outcome is an id or a failure
+    assert outcomes[0] == {
+        "ok": False,
+        "error": {"code": "execution_exists", "message": "é" * 80},
+    }
+    started = [o["id"] for o in outcomes[1:]]
+    assert all(o == {"ok": True, "id": eid} for o, eid in zip(outcomes[1:], started, strict=True))
+    assert [engine._records[eid]["context"]["inputs"]["n"] for eid in started] == list(range(1, 30))
+
+
+def test_start_workflows_reads_records_sent_compact_and_resends_refused_batches_smaller(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    # A node with a smaller cap than the client: 64 starts fit its requests, not its replies
+    with _capped(ctx, engine, short_dir, 24 << 10) as small:
+        started = small.start_workflows(_wide(40), ({"n": i} for i in range(100)))
+        assert [e.context["inputs"] for e in started] == [{"n": i} for i in range(100)]
+        assert all(len(e.results) == 40 for e in started)
+        assert len({e.id for e in started}) == 100
+        assert _calls(engine, "get_workflow") == 100  # both batches came back compact
+    # a smaller one still: batches of 64 and 32 are refused (25 outcomes fit), their
+    # halves are not; the executions come back in order, each started once
+    engine.calls.clear()
+    with _capped(ctx, engine, short_dir, 8 << 10) as smaller:
+        started = smaller.start_workflows(ONE_STEP, ({"n": i} for i in range(100, 200)))
+    assert [e.context["inputs"] for e in started] == [{"n": i} for i in range(100, 200)]
+    assert sorted(i["n"] for i in _started_inputs(engine)) == list(range(100, 200))
+    assert _calls(engine, "get_workflow") == 0
+
+
+def test_a_record_that_cannot_be_read_after_a_compact_reply_raises_naming_the_started(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    with _capped(ctx, engine, short_dir, 24 << 10) as small:
+        engine.inject_failure("get_workflow", UnknownExecution("gone"))
+        with pytest.raises(UnknownExecution, match="was started, but its record could not"):
+            try:
+                small.start_workflows(_wide(40), ({"n": i} for i in range(10)))
+            except RemoteError as exc:
+                assert isinstance(exc.details, dict)
+                assert len(exc.details["started"]) == 10
+                assert sorted(exc.details["started"]) == sorted(engine._records)
+                raise
+
+
+def test_a_start_whose_record_is_over_the_cap_is_made_and_its_error_names_it(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    with _capped(ctx, engine, short_dir, 16 << 10) as small:
+        inputs = {"pad": "x" * 12_000}  # the request fits; the record, with 60 results, not
+        with pytest.raises(FrameTooLarge, match="was started; read it in parts") as refused:
+            small.start_workflow(_wide(60), inputs)
+    [eid] = engine._records
+    assert eid in str(refused.value)
+    assert cast(RemoteError, refused.value).details == {"started": [eid]}
 
 
 def test_a_node_without_start_many_gets_one_start_per_execution(

@@ -415,6 +415,33 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
     assert "over the 1,048,576-byte cap (max_frame_bytes)" in error["message"]
 
 
+def test_starts_whose_records_are_over_a_small_cap_come_back_whole(short_dir: Path) -> None:
+    """A node with a smaller frame cap than its client: the client's first batch (51
+    starts, by its estimate of the records' size) is more than one reply holds (refused
+    before anything starts, then sent as two halves), and the records of every batch, 30
+    steps each, are over the cap together: the node answers each start compact and the
+    client reads the records one by one."""
+    settings = {"workers": 1, "worker_slots": 4, "max_frame_bytes": 12 << 10}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    wide = wf("wide", *(step(f"s{i:02d}") for i in range(30)))
+    with Node(config) as node, Client(node.config.control_address, timeout=WAIT) as client:
+        ops: list[str] = []
+        exchange = client.exchange_many
+
+        def counted(op: str, args_list: Any, **kw: Any) -> Any:
+            args_list = list(args_list)
+            ops.extend([op] * len(args_list))
+            return exchange(op, args_list, **kw)
+
+        client.exchange_many = counted  # type: ignore[method-assign]
+        started = client.start_workflows(wide, ({"n": i} for i in range(60)))
+        assert [e.context for e in started] == [{"n": i} for i in range(60)]
+        assert all(set(e.results) == {f"s{i:02d}" for i in range(30)} for e in started)
+        assert ops == ["start_many"] * 2 + ["start_many"] * 2 + ["get"] * 60
+        assert len(client.list_workflows({"limit": 100})) == 60  # each started once
+        assert {client.wait(e.id, timeout=WAIT).status.value for e in started} == {"completed"}
+
+
 def _ended(client: Client, eid: str) -> WorkflowStatusInfo:
     deadline = time.monotonic() + WAIT
     while not is_terminal_execution((status := client.get_workflow_status(eid)).status):
