@@ -393,6 +393,9 @@ def test_timeout_then_late_replies_are_discarded(raw_node: RawNode) -> None:
         ({"ok": False, "error": "nope"}, lambda c: c.health()),
         ({"ok": True, "result": [1]}, lambda c: c.health()),
         ({"ok": True, "result": {"id": 1}}, lambda c: c.get_workflow("x")),
+        ({"ok": False, "error": "nope"}, lambda c: c.start_workflows(_ONE, [{}])),
+        ({"ok": True, "result": "outcomes"}, lambda c: c.start_workflows(_ONE, [{}])),
+        ({"ok": True, "result": [{"ok": True}] * 2}, lambda c: c.start_workflows(_ONE, [{}])),
     ],
 )
 def test_malformed_replies(
@@ -404,6 +407,9 @@ def test_malformed_replies(
         raw_node.send(identity, {"v": 1, "id": request["id"], **reply})
         thread.join(timeout=10)
         assert box == [True]
+
+
+_ONE = {"name": "one", "steps": [{"name": "a", "implementation": "noop"}]}
 
 
 def _raises(kind: type[BaseException], fn: Callable[[], Any]) -> bool:

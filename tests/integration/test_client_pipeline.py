@@ -17,6 +17,7 @@ from tamma_actors._client import Client
 from tamma_actors._control import ControlServer
 from tamma_actors._errors import (
     ExecutionExists,
+    Forbidden,
     FrameTooLarge,
     RemoteError,
     RequestTimeout,
@@ -260,6 +261,24 @@ def test_a_start_whose_record_is_over_the_cap_is_made_and_its_error_names_it(
     [eid] = engine._records
     assert eid in str(refused.value)
     assert cast(RemoteError, refused.value).details == {"started": [eid]}
+
+
+def test_a_batch_refused_for_a_reason_other_than_its_size_raises_it(
+    ctx: zmq.Context[Any], engine: FakeEngine, short_dir: Path
+) -> None:
+    endpoint = f"ipc://{short_dir}/tokens.sock"
+    tokens = {"look": "viewer"}
+    ref = ControlServer.start(ctx, engine, endpoint=endpoint, tokens=tokens)
+    ref.proxy().address().get(timeout=10)
+    try:
+        with (
+            Client(endpoint, timeout=10, token="look") as viewer,
+            pytest.raises(Forbidden, match="may not call 'start_many'"),
+        ):
+            viewer.start_workflows(ONE_STEP, ({"n": i} for i in range(3)))
+        assert _calls(engine, "start_workflow") == 0
+    finally:
+        ref.stop(block=True, timeout=10)
 
 
 def test_a_node_without_start_many_gets_one_start_per_execution(
