@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._client_socket import ClientSocket
 from tamma_actors._codec import pack
-from tamma_actors._errors import FrameTooLarge, ProtocolError, error_from_code
+from tamma_actors._errors import FrameTooLarge, ProtocolError, RemoteError, error_from_code
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -31,6 +31,7 @@ from tamma_actors._models import (
     WorkflowStatusInfo,
 )
 from tamma_actors._protocol import MAX_WAIT_SECONDS, START_MANY_MOST
+from tamma_actors._state import replay, to_record
 from tamma_actors._status import is_terminal_execution
 from tamma_actors._workflow_file import read_workflow_mapping
 
@@ -114,6 +115,11 @@ def _error_of(reply: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(error, dict):
         raise ProtocolError(f"malformed error reply: {reply!r:.200}")
     return error
+
+
+def _after_last_seq(_: int, events: list[Any]) -> int:
+    """Where the next page of events starts: after the last one of this page."""
+    return int(events[-1]["seq"]) + 1
 
 
 def _is_count(value: Any) -> bool:
@@ -257,8 +263,8 @@ class Client(ClientSocket):
     def _records_of(self, outcomes: list[dict[str, Any]], window: int) -> list[Any]:
         """The record of each started execution: in its outcome, or, where the node sent
         the outcome compact (the records together were over its frame cap), read with
-        'get'. A record that cannot be read raises after all are answered, naming it, and
-        every execution started in ``details``."""
+        'get' (or, over the cap alone, rebuilt: see ``_record``). A record that cannot be
+        read raises, naming it, and every execution started in ``details``."""
         records = [outcome.get("result") for outcome in outcomes]
         compact = [i for i, outcome in enumerate(outcomes) if "result" not in outcome]
         if not compact:
@@ -266,15 +272,19 @@ class Client(ClientSocket):
         ids = [outcomes[i].get("id") for i in compact]
         replies = self.exchange_many("get", ({"id": eid} for eid in ids), window=window)
         for i, eid, reply in zip(compact, ids, replies, strict=True):
-            if reply.get("ok") is not True:
-                error = _error_of(reply)
-                raise error_from_code(
-                    str(error.get("code", "internal")),
-                    f"execution {eid!r} was started, but its record could not be read: "
-                    f"{error.get('message', '')}",
-                    {"started": [o.get("id") or o["result"]["id"] for o in outcomes]},
-                )
-            records[i] = reply.get("result")
+            if reply.get("ok") is True:
+                records[i] = reply.get("result")
+                continue
+            error = _error_of(reply)
+            if error.get("code") == "too_large":  # its record alone is over the cap
+                records[i] = self._rebuilt(str(eid))
+                continue
+            raise error_from_code(
+                str(error.get("code", "internal")),
+                f"execution {eid!r} was started, but its record could not be read: "
+                f"{error.get('message', '')}",
+                {"started": [o.get("id") or o["result"]["id"] for o in outcomes]},
+            )
         return records
 
     def _start_batches(
@@ -313,16 +323,37 @@ class Client(ClientSocket):
         return batches
 
     def pause_workflow(self, execution_id: str) -> WorkflowExecution:
-        return self._execution(self.request("pause", {"id": execution_id}))
+        return self._record("pause", {"id": execution_id})
 
     def resume_workflow(self, execution_id: str) -> WorkflowExecution:
-        return self._execution(self.request("resume", {"id": execution_id}))
+        return self._record("resume", {"id": execution_id})
 
     def abort_workflow(self, execution_id: str, reason: str | None = None) -> WorkflowExecution:
-        return self._execution(self.request("abort", {"id": execution_id, "reason": reason}))
+        return self._record("abort", {"id": execution_id, "reason": reason})
 
     def get_workflow(self, execution_id: str) -> WorkflowExecution:
-        return self._execution(self.request("get", {"id": execution_id}))
+        return self._record("get", {"id": execution_id})
+
+    def _record(
+        self, op: str, args: Mapping[str, Any], timeout: float | None = None
+    ) -> WorkflowExecution:
+        """The record ``op`` answers with. One over the node's frame cap (big step outputs)
+        is not sent, although ``op`` was done: it is then rebuilt here from the execution's
+        events, read in pages (an event fits where the record does not), by the reducer
+        the node itself replays them with."""
+        try:
+            record = self.request(op, args, timeout=timeout)
+        except RemoteError as exc:
+            if exc.code != "too_large":
+                raise
+            record = self._rebuilt(str(args["id"]))
+        return self._execution(record)
+
+    def _rebuilt(self, execution_id: str) -> dict[str, Any]:
+        """The execution's record as of its last event, from its events (see ``_record``)."""
+        args = {"id": execution_id, "from_seq": 1}
+        events = self._in_pages("events", args, None, "from_seq", _after_last_seq)
+        return to_record(replay(execution_id, events))
 
     def list_workflows(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
@@ -348,7 +379,7 @@ class Client(ClientSocket):
         return _validated(WorkflowStatusInfo, result)
 
     def retry_step(self, execution_id: str, step: str) -> WorkflowExecution:
-        return self._execution(self.request("retry", {"id": execution_id, "step": step}))
+        return self._record("retry", {"id": execution_id, "step": step})
 
     def execute_step(
         self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
@@ -368,9 +399,7 @@ class Client(ClientSocket):
         if not (limit is None or (_is_count(limit) and limit > 0)) or not _is_count(from_seq):
             events = self.request("events", {**args, "limit": limit})  # the node says why
         else:
-            events = self._in_pages(
-                "events", args, limit, "from_seq", lambda _, got: got[-1]["seq"] + 1
-            )
+            events = self._in_pages("events", args, limit, "from_seq", _after_last_seq)
         return [_validated(WorkflowEvent, e) for e in events]
 
     def _in_pages(
@@ -410,10 +439,9 @@ class Client(ClientSocket):
             chunk = WAIT_CHUNK_SECONDS
             if deadline is not None:
                 chunk = min(chunk, max(0.0, deadline - time.monotonic()))
-            record = self.request(
+            execution = self._record(
                 "wait", {"id": execution_id, "timeout": chunk}, timeout=chunk + self.timeout
             )
-            execution = self._execution(record)
             if is_terminal_execution(execution.status):
                 return execution
             if deadline is not None and time.monotonic() >= deadline:

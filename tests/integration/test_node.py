@@ -396,8 +396,9 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
     """A run frame holds the step's input once: with a 1 MiB cap, a 400 KB input passes
     along a chain (the workflow's inputs and one dependency's output: ~800 KB per frame,
     ~1.2 MB when the input was sent a third time), and a join of two such outputs, over
-    the cap, fails with an error that names it. (The executions' whole records are over
-    the cap too: they are read by their status and one event at a time.)"""
+    the cap, fails with an error that names it. The executions' whole records are over
+    the cap too: the node does not send them, and the client rebuilds them from their
+    events, read in pages."""
     settings = {"workers": 1, "worker_slots": 2, "max_frame_bytes": 1 << 20}
     config = load_node_config(None, data_dir=short_dir / "var", **settings)
     blob = {"text": "x" * 400_000}
@@ -410,9 +411,39 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
         events = []
         while not events or events[-1].type != "workflow.failed":
             events += client.get_events(failed.id, from_seq=len(events) + 1, limit=1)
+        whole = client.get_workflow(done.id)
+        waited = client.wait(failed.id, timeout=WAIT)
+        raw = client.request
+        with pytest.raises(FrameTooLarge, match="reply to 'get' is .* over the 1,048,576"):
+            raw("get", {"id": done.id})
+    assert (whole.status, whole.context, whole.seq) == ("completed", blob, done.seq)
+    assert [whole.results[s].data for s in "abc"] == [blob] * 3
+    assert waited.status == "failed" and waited.seq == failed.seq
+    assert waited.results["a"].data == waited.results["b"].data == blob
     error = next(e.data["error"] for e in events if e.type == "step.failed")
+    assert waited.results["ab"].error is not None
+    assert waited.results["ab"].error.message == error["message"]
     assert error["type"] == "FrameTooLarge"
     assert "over the 1,048,576-byte cap (max_frame_bytes)" in error["message"]
+
+
+def test_starts_whose_records_alone_are_over_the_cap_come_back_whole(short_dir: Path) -> None:
+    """A node with a smaller frame cap than its client, and a workflow of 200 steps: a
+    batch of more than one start is over half the cap (refused, then halved down to one
+    start), the reply to one start goes compact, and its 'get' is over the cap as well (a
+    record of 200 results): the client rebuilds each record from the execution's events."""
+    settings = {"workers": 1, "worker_slots": 4, "max_frame_bytes": 12 << 10}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    wide = wf("wider", *(step(f"s{i:03d}") for i in range(200)))
+    with Node(config) as node, Client(node.config.control_address, timeout=WAIT) as client:
+        started = client.start_workflows(wide, ({"n": i} for i in range(3)))
+        assert [e.context for e in started] == [{"n": i} for i in range(3)]
+        assert all(len(e.results) == 200 and e.seq >= 2 for e in started)
+        with pytest.raises(FrameTooLarge, match="reply to 'get' is .* over the 12,288"):
+            client.request("get", {"id": started[0].id})
+        ended = [client.wait(e.id, timeout=WAIT) for e in started]
+    assert [e.status for e in ended] == ["completed"] * 3
+    assert all(r.data == {"n": i} for i, e in enumerate(ended) for r in e.results.values())
 
 
 def test_starts_whose_records_are_over_a_small_cap_come_back_whole(short_dir: Path) -> None:
