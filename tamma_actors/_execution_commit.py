@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tamma_actors._errors import StoreError, StoreWriterLost
 from tamma_actors._eventbus import Publish
+from tamma_actors._execution_rest import rest_until
 from tamma_actors._fanout import detail_items
 from tamma_actors._state import apply, make_event, to_record, to_summary
 from tamma_actors._store import Write
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
     from tamma_actors._deadlines import Deadlines
     from tamma_actors._execution import ExecutionDeps
+    from tamma_actors._models import WorkflowConfig
     from tamma_actors._state import ExecutionState
 
 __all__ = ["Batch", "CommitCycle", "Effect", "fail", "resolve", "run_batch"]
@@ -83,6 +85,7 @@ class Batch:
 class CommitCycle:
     if TYPE_CHECKING:
         state: ExecutionState
+        cfg: WorkflowConfig
         deps: ExecutionDeps
         _definition: tuple[str, dict[str, Any]] | None
         _batch: Batch
@@ -125,7 +128,7 @@ class CommitCycle:
         write = Write(
             execution_id=self.state.id,
             events=events,
-            summary=to_summary(self.state),
+            summary=to_summary(self.state, self._rest_hint()),
             snapshot=self._maybe_snapshot(terminal),
             definition=self._definition,
         ).encode()  # here, on a dispatcher thread: the writer's commit only puts bytes
@@ -153,6 +156,13 @@ class CommitCycle:
             self.deps.writer.submit(write, done)
         except StoreError as exc:  # refused at once (closed, or its writer is restarting)
             done(exc)
+
+    def _rest_hint(self) -> float | None:
+        """When the execution may rest as this batch leaves it, the time it next needs a
+        supervisor, stored in its summary so that recovery rests it from that alone. Only
+        waits timed (and the workflow's timeout) is the cheap first test: else a step is in
+        flight or retrying, and it may not rest."""
+        return rest_until(self.state, self.cfg) if self._deadlines.only_waits() else None
 
     def _after_tail(self, fn: Callable[[BaseException | None], None]) -> None:
         """Run ``fn`` once everything decided so far is committed (now, if it is)."""

@@ -194,18 +194,19 @@ class RecordStore(ABC):
         return self._view(partial(read_execution_records, eid=eid, unless=unless))
 
     def read_executions(
-        self, eids: Sequence[str], *, unless: Collection[str] = ()
+        self, eids: Sequence[str], *, unless: Collection[str] = (), rest_alone: bool = False
     ) -> list[ExecutionRecords | StoreError | None]:
         """``read_execution`` of each id, all in one read transaction, with the StoreError
         of an execution whose records do not decode in its place. Recovery reads thousands:
         a read transaction gives up the GIL, which costs ~0.4 ms to get back while other
-        threads are busy."""
+        threads are busy. ``rest_alone``: a summary that holds a ``rest`` time comes alone
+        (see ``read_execution_records``)."""
 
         def read(view: RecordView) -> list[ExecutionRecords | StoreError | None]:
             found: list[ExecutionRecords | StoreError | None] = []
             for eid in eids:
                 try:
-                    found.append(read_execution_records(view, eid, unless))
+                    found.append(read_execution_records(view, eid, unless, rest_alone))
                 except StoreError as exc:
                     found.append(exc)
             return found

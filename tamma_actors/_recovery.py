@@ -87,6 +87,31 @@ _UNREAD = _Unread()
 _Read = ExecutionRecords | StoreError | None | _Unread
 
 
+def _read_alone(records: _Read) -> bool:
+    """The recovery loop read only this summary, for its ``rest`` time (``rest_alone``)."""
+    return (
+        isinstance(records, ExecutionRecords)
+        and "rest" in records.summary
+        and records.summary.get("status") not in TERMINAL
+        and records.snapshot is None
+        and not records.events
+    )
+
+
+def _rest_in_summary(records: _Read) -> float | None:
+    """The ``rest`` time of a summary the recovery loop read alone: the execution may rest
+    until then (its last commit said so: ``CommitCycle._rest_hint``), and neither its
+    snapshot nor its events need be read, nor its definition parsed. None if there is no
+    such time, or it is not a number of a running execution."""
+    if not _read_alone(records):
+        return None
+    assert isinstance(records, ExecutionRecords)
+    wake = records.summary["rest"]
+    if records.summary.get("status") != "running" or not isinstance(wake, int | float):
+        return None
+    return None if isinstance(wake, bool) else float(wake)
+
+
 class Waker(PoolActor):
     """Wakes the resting executions whose timers fired, one message (an execution id)
     each, a dispatcher batch per turn: a flood of waits ending together neither holds up
@@ -140,7 +165,7 @@ class EngineRecovery:
             ids = list(self._store.iter_execution_ids())
             for first in range(0, len(ids), _RECOVERY_PAGE):
                 page = ids[first : first + _RECOVERY_PAGE]
-                found = self._store.read_executions(page, unless=TERMINAL)
+                found = self._store.read_executions(page, unless=TERMINAL, rest_alone=True)
                 for eid, records in zip(page, found, strict=True):
                     try:
                         self._activate(eid, records)
@@ -164,14 +189,18 @@ class EngineRecovery:
         with self._lock:
             if eid in self._activated or eid in self._live or eid in self._resting:
                 return False
-        state = self._recovered_state(eid, records)
-        if state is None:
-            return False
-        cfg = self._config_of(state)
-        wake = None if isinstance(records, _Unread) else rest_until(state, cfg)
         made = None
-        if wake is None:  # made before the lock is taken (see _wake); dropped if it loses
-            made = ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
+        wake = _rest_in_summary(records)
+        if wake is None:
+            if _read_alone(records):  # a rest time it cannot use: read it all after all
+                records = self._store.read_execution(eid, unless=TERMINAL)
+            state = self._recovered_state(eid, records)
+            if state is None:
+                return False
+            cfg = self._config_of(state)
+            wake = None if isinstance(records, _Unread) else rest_until(state, cfg)
+            if wake is None:  # made before the lock is taken (see _wake); dropped if it loses
+                made = ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
         with self._lock:
             if self._closed:
                 raise TammaError("the engine is shutting down")

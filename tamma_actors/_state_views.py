@@ -70,9 +70,11 @@ def to_record(state: ExecutionState) -> dict[str, Any]:
     }
 
 
-def to_summary(state: ExecutionState) -> dict[str, Any]:
-    """The small record kept in the ``executions`` sub-database for listing and filtering."""
-    return {
+def to_summary(state: ExecutionState, rest: float | None = None) -> dict[str, Any]:
+    """The small record kept in the ``executions`` sub-database for listing and filtering.
+    ``rest``: when the execution may rest, the time it next needs a supervisor
+    (``_execution_rest.rest_until``): recovery then rests it from this record alone."""
+    summary = {
         "id": state.id,
         "workflow_id": state.workflow_id,
         "status": state.status,
@@ -81,6 +83,9 @@ def to_summary(state: ExecutionState) -> dict[str, Any]:
         "seq": state.seq,
         "digest": state.digest,
     }
+    if rest is not None:
+        summary["rest"] = rest
+    return summary
 
 
 def to_status(state: ExecutionState) -> dict[str, Any]:

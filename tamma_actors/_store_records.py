@@ -210,15 +210,16 @@ class ExecutionRecords(NamedTuple):
 
 
 def read_execution_records(
-    view: RecordView, eid: str, unless: Collection[str] = ()
+    view: RecordView, eid: str, unless: Collection[str] = (), rest_alone: bool = False
 ) -> ExecutionRecords | None:
     """An execution's summary, latest snapshot and the events after it (None without a
-    summary; a summary whose status is in ``unless`` comes alone)."""
+    summary; a summary whose status is in ``unless``, or, with ``rest_alone``, one that
+    holds a ``rest`` time, comes alone)."""
     key = id_key(eid)
     summary = decoded(view, EXECUTIONS, key)
     if summary is None:
         return None
-    if summary.get("status") in unless:
+    if summary.get("status") in unless or (rest_alone and "rest" in summary):
         return ExecutionRecords(summary, None, [])
     snapshot = decoded(view, SNAPSHOTS, key)
     first = int(snapshot["seq"]) + 1 if snapshot else 1

@@ -6,7 +6,9 @@ it sees the store as of one commit. It reports, each naming the key or execution
 - every record that fails its checksum, is truncated or does not decode;
 - event sequences that are not gap-free from 1, snapshots beyond the last event;
 - index consistency: an events log or snapshot without its summary, a summary whose
-  ``seq``/``status`` disagrees with its events, a missing workflow definition;
+  ``seq``/``status`` disagrees with its events, or whose ``rest`` time (recovery rests
+  the execution on it alone) is not the one its events and definition give, a missing
+  workflow definition;
 - the snapshot path (snapshot + the events after it) giving a different state from a
   replay of the whole log, or a log that does not replay at all.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tamma_actors._errors import TammaError
+from tamma_actors._execution_rest import rest_until
 from tamma_actors._keys import (
     DEFINITIONS,
     EVENTS,
@@ -32,6 +35,7 @@ from tamma_actors._keys import (
 )
 from tamma_actors._state import ExecutionState, replay, to_summary
 from tamma_actors._store import RecordView, verify_records
+from tamma_actors._workflow_file import parse_workflow
 
 __all__ = ["VerifyReport", "check_store"]
 
@@ -124,7 +128,29 @@ def _check_execution(view: RecordView, eid: str, report: VerifyReport) -> None:
         problems.append(f"execution {eid}: summary disagrees with its events: {detail}")
     if full.digest and view.get(DEFINITIONS, id_key(full.digest)) is None:
         problems.append(f"execution {eid}: workflow definition {full.digest} is missing")
+    elif "rest" in summary:
+        _check_rest(view, eid, summary["rest"], full, problems)
     _check_snapshot(view, eid, events, full, problems)
+
+
+def _check_rest(
+    view: RecordView, eid: str, rest: Any, full: ExecutionState, problems: list[str]
+) -> None:
+    """A summary's ``rest`` time must be the one its state gives: recovery would otherwise
+    park the execution until then without reading it."""
+    try:
+        definition = decode_record(
+            id_key(full.digest), view.get(DEFINITIONS, id_key(full.digest)) or b"", db=DEFINITIONS
+        )
+        expected = rest_until(full, parse_workflow(definition, source="its definition"))
+    except TammaError as exc:
+        problems.append(f"execution {eid}: its definition does not load: {exc}")
+        return
+    if rest != expected:
+        problems.append(
+            f"execution {eid}: summary rest {rest!r} disagrees with its events "
+            f"(they say {expected!r})"
+        )
 
 
 def _check_snapshot(

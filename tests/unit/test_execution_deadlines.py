@@ -9,14 +9,14 @@ standing in for synchronisation).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tamma_actors._errors import WorkflowValidationError
-from tamma_actors._store import MemoryStore
+from tamma_actors._errors import StoreError, WorkflowValidationError
+from tamma_actors._store import ExecutionRecords, MemoryStore, Write
 from tamma_actors._workerpool import TaskFinished, TaskProgress, TaskRedispatched, TaskStarted
 from tests.timekit import WAIT, Kit, make_kit, step, wait_step, wf
 
@@ -91,6 +91,7 @@ def test_a_wait_step_survives_a_restart_with_the_time_it_had_left() -> None:
     for k in _kit(store, start=1000.0):
         eid = k.start(wf(wait_step("w", 30), step("after", "w")))
         k.step_is(eid, "w", "running")
+        assert k.store.get_summary(eid)["rest"] == 1030.0  # recovery rests it on this alone
     for k in _kit(store, start=1012.0):  # the node was down 12 s of the 30
         assert k.engine.recover() == 1
         # nothing to do but wait: it rests (no supervisor) until its wake timer
@@ -103,6 +104,57 @@ def test_a_wait_step_survives_a_restart_with_the_time_it_had_left() -> None:
         assert (k.engine.live_count, k.engine.resting_count) == (1, 0)
         assert k.next_held().task["step"] == "after"
         assert [e["type"] for e in k.events(eid)].count("step.dispatched") == 2  # w, after
+
+
+class ReadCounting(MemoryStore):
+    """Which executions were read with their events (not a summary alone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_whole: list[str] = []
+
+    def read_executions(
+        self, eids: Sequence[str], *, unless: Collection[str] = (), rest_alone: bool = False
+    ) -> list[ExecutionRecords | StoreError | None]:
+        found = super().read_executions(eids, unless=unless, rest_alone=rest_alone)
+        self.read_whole += [e for e, r in zip(eids, found, strict=True)
+                            if isinstance(r, ExecutionRecords) and r.events]  # fmt: skip
+        return found
+
+    def read_execution(self, eid: str, *, unless: Collection[str] = ()) -> ExecutionRecords | None:
+        self.read_whole.append(eid)
+        return super().read_execution(eid, unless=unless)
+
+
+def test_recovery_rests_a_waiting_execution_from_its_summary_alone() -> None:
+    store = ReadCounting()
+    for k in _kit(store, start=1000.0):
+        waiting = k.start(wf(wait_step("w", 30), step("after", "w")))
+        busy = k.start(wf(wait_step("w", 30), step("t")))  # a wait beside a task in flight
+        k.step_is(waiting, "w", "running")
+        k.step_is(busy, "w", "running")
+        assert k.next_held().task["step"] == "t"
+        assert "rest" not in k.store.get_summary(busy)
+        # a rest time that is not a number: that execution is read whole after all
+        odd = k.start(wf(wait_step("w", 50)))
+        k.step_is(odd, "w", "running")
+    summary = store.get_summary(odd)
+    store.commit([Write(odd, summary={**summary, "rest": "soon"})])
+    for k in _kit(store, start=1010.0):
+        assert k.engine.recover() == 3
+        assert sorted(store.read_whole) == sorted([busy, odd])  # not the waiting one
+        store.read_whole.clear()
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 2)
+        assert k.next_held().task["step"] == "t"  # the busy one's task, sent again
+        k.timers.advance(19.9)
+        assert k.record(waiting)["results"]["w"]["status"] == "running"
+        k.timers.advance(0.1)
+        k.woken(waiting)
+        assert k.next_held().task["step"] == "after"
+        k.timers.advance(20)
+        k.woken(odd)
+        k.status_is(odd, "completed")
+        assert "rest" not in store.get_summary(odd)
 
 
 def test_a_wait_step_config_is_checked_when_the_workflow_is_loaded(kit: Kit) -> None:

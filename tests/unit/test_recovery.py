@@ -33,12 +33,12 @@ class GatedStore(MemoryStore):
         self.recovery_thread: int | None = None
 
     def read_executions(
-        self, eids: Sequence[str], *, unless: Collection[str] = ()
+        self, eids: Sequence[str], *, unless: Collection[str] = (), rest_alone: bool = False
     ) -> list[ExecutionRecords | StoreError | None]:
         if self.gated in eids and threading.get_ident() == self.recovery_thread:
             self.reached.set()
             assert self.gate.wait(WAIT)
-        return super().read_executions(eids, unless=unless)
+        return super().read_executions(eids, unless=unless, rest_alone=rest_alone)
 
 
 @contextmanager

@@ -106,6 +106,39 @@ def test_a_summary_that_disagrees_with_the_events_is_named() -> None:
     assert "'completed'" in problem
 
 
+def _waiting(store: MemoryStore, eid: str, rest: Any, definition: dict[str, Any]) -> None:
+    """An execution whose one step, a wait, runs until 1030: its summary holds ``rest``."""
+    state = ExecutionState(id=eid)
+    events = []
+    for etype, data in (
+        ("workflow.created", {"workflow_id": "w", "digest": "d2", "steps": ["w"], "inputs": {}}),
+        ("workflow.started", {}),
+        ("step.ready", {"step": "w"}),
+        ("step.dispatched", {"step": "w", "attempt": 1}),
+        ("step.started", {"step": "w", "attempt": 1, "worker": None, "deadline": 1030.0}),
+    ):
+        event = make_event(state, etype, 1000.0 + state.seq, **data)
+        apply(state, event)
+        events.append(event)
+    summary = {**to_summary(state), "rest": rest}
+    store.commit([Write(eid, events=events, summary=summary, definition=("d2", definition))])
+
+
+def test_a_summary_rest_time_that_its_events_do_not_give_is_named() -> None:
+    wait = {"name": "w", "steps": [{"name": "w", "implementation": "wait",
+                                    "config": {"seconds": 30}}]}  # fmt: skip
+    store = MemoryStore()
+    _waiting(store, "right", 1030.0, wait)
+    _waiting(store, "wrong", 9999.0, wait)
+    assert verify_store(store).problems == [
+        "execution wrong: summary rest 9999.0 disagrees with its events (they say 1030.0)"
+    ]
+    broken = MemoryStore()
+    _waiting(broken, "e", 1030.0, {"name": "w", "steps": []})
+    (problem,) = verify_store(broken).problems
+    assert problem.startswith("execution e: its definition does not load:")
+
+
 def test_orphans_missing_definitions_and_empty_logs_are_named() -> None:
     store = _store("e1", "e2", "e3")
     _raw(store, lambda t: t.delete(EXECUTIONS, id_key("e1")))
