@@ -99,6 +99,8 @@ class Deadlines:
 
     def only_waits(self) -> bool:
         """A wait step's timer is armed, and no timer but waits and the workflow's."""
+        if not self._handles:  # most executions, at most commits: nothing timed
+            return False
         kinds = {kind for kind, _ in self._handles}
         return "wait" in kinds and kinds <= {"wait", "workflow"}
 
