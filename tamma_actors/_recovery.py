@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import pykka
 
@@ -87,7 +88,7 @@ _UNREAD = _Unread()
 _Read = ExecutionRecords | StoreError | None | _Unread
 
 
-def _read_alone(records: _Read) -> bool:
+def _read_alone(records: _Read) -> TypeGuard[ExecutionRecords]:
     """The recovery loop read only this summary, for its ``rest`` time (``rest_alone``)."""
     return (
         isinstance(records, ExecutionRecords)
@@ -102,14 +103,12 @@ def _rest_in_summary(records: _Read) -> float | None:
     """The ``rest`` time of a summary the recovery loop read alone: the execution may rest
     until then (its last commit said so: ``CommitCycle._rest_hint``), and neither its
     snapshot nor its events need be read, nor its definition parsed. None if there is no
-    such time, or it is not a number of a running execution."""
+    such time, or it is not a finite number of a running execution."""
     if not _read_alone(records):
         return None
-    assert isinstance(records, ExecutionRecords)
     wake = records.summary["rest"]
-    if records.summary.get("status") != "running" or not isinstance(wake, int | float):
-        return None
-    return None if isinstance(wake, bool) else float(wake)
+    usable = isinstance(wake, int | float) and not isinstance(wake, bool) and math.isfinite(wake)
+    return float(wake) if usable and records.summary.get("status") == "running" else None
 
 
 class Waker(PoolActor):

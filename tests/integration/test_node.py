@@ -414,7 +414,7 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
         whole = client.get_workflow(done.id)
         waited = client.wait(failed.id, timeout=WAIT)
         raw = client.request
-        with pytest.raises(FrameTooLarge, match="reply to 'get' is .* over the 1,048,576"):
+        with pytest.raises(FrameTooLarge, match=r"reply to 'get' is .* over the 1,048,576"):
             raw("get", {"id": done.id})
     assert (whole.status, whole.context, whole.seq) == ("completed", blob, done.seq)
     assert [whole.results[s].data for s in "abc"] == [blob] * 3
@@ -439,7 +439,7 @@ def test_starts_whose_records_alone_are_over_the_cap_come_back_whole(short_dir: 
         started = client.start_workflows(wide, ({"n": i} for i in range(3)))
         assert [e.context for e in started] == [{"n": i} for i in range(3)]
         assert all(len(e.results) == 200 and e.seq >= 2 for e in started)
-        with pytest.raises(FrameTooLarge, match="reply to 'get' is .* over the 12,288"):
+        with pytest.raises(FrameTooLarge, match=r"reply to 'get' is .* over the 12,288"):
             client.request("get", {"id": started[0].id})
         ended = [client.wait(e.id, timeout=WAIT) for e in started]
     assert [e.status for e in ended] == ["completed"] * 3

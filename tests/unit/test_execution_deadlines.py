@@ -135,16 +135,17 @@ def test_recovery_rests_a_waiting_execution_from_its_summary_alone() -> None:
         k.step_is(busy, "w", "running")
         assert k.next_held().task["step"] == "t"
         assert "rest" not in k.store.get_summary(busy)
-        # a rest time that is not a number: that execution is read whole after all
-        odd = k.start(wf(wait_step("w", 50)))
+        # rest times that are not finite numbers: those executions are read whole
+        odd, endless = k.start(wf(wait_step("w", 50))), k.start(wf(wait_step("w", 50)))
         k.step_is(odd, "w", "running")
-    summary = store.get_summary(odd)
-    store.commit([Write(odd, summary={**summary, "rest": "soon"})])
+        k.step_is(endless, "w", "running")
+    for eid, rest in ((odd, "soon"), (endless, float("inf"))):
+        store.commit([Write(eid, summary={**store.get_summary(eid), "rest": rest})])
     for k in _kit(store, start=1010.0):
-        assert k.engine.recover() == 3
-        assert sorted(store.read_whole) == sorted([busy, odd])  # not the waiting one
+        assert k.engine.recover() == 4
+        assert sorted(store.read_whole) == sorted([busy, odd, endless])  # not the waiting one
         store.read_whole.clear()
-        assert (k.engine.live_count, k.engine.resting_count) == (1, 2)
+        assert (k.engine.live_count, k.engine.resting_count) == (1, 3)
         assert k.next_held().task["step"] == "t"  # the busy one's task, sent again
         k.timers.advance(19.9)
         assert k.record(waiting)["results"]["w"]["status"] == "running"
@@ -152,9 +153,10 @@ def test_recovery_rests_a_waiting_execution_from_its_summary_alone() -> None:
         k.woken(waiting)
         assert k.next_held().task["step"] == "after"
         k.timers.advance(20)
-        k.woken(odd)
-        k.status_is(odd, "completed")
-        assert "rest" not in store.get_summary(odd)
+        for eid in (odd, endless):  # each woke at its wait's end, as its events say
+            k.woken(eid)
+            k.status_is(eid, "completed")
+            assert "rest" not in store.get_summary(eid)
 
 
 def test_a_wait_step_config_is_checked_when_the_workflow_is_loaded(kit: Kit) -> None:
