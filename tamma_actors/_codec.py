@@ -9,7 +9,7 @@ import msgpack
 
 from tamma_actors._errors import CodecError, FrameTooLarge
 
-__all__ = ["pack", "unpack"]
+__all__ = ["pack", "peek", "unpack"]
 
 # A Packer per thread: ``packb`` builds a new one per call, which costs more than packing a
 # small map. A Packer is not thread-safe; it resets its buffer after each pack, and on error.
@@ -45,3 +45,19 @@ def unpack(data: bytes | memoryview, max_size: int | None = None) -> Any:
         raise CodecError(f"malformed message: {exc}") from exc
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise CodecError(f"malformed message: {exc}") from exc
+
+
+def peek(data: bytes | memoryview, key: str) -> Any:
+    """The value of ``key`` in the msgpack map ``data``, read without building the other
+    values (they are skipped): for a frame too big to decode whole. None when ``data`` is
+    not a map, has no such key, or is malformed."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(data))
+    try:
+        unpacker.feed(data)
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == key:
+                return unpacker.unpack()
+            unpacker.skip()
+    except Exception:  # garbage of any kind: there is no value to read
+        return None
+    return None

@@ -9,10 +9,13 @@ therefore served concurrently: a long-polling ``wait`` does not hold up a ``stat
 Frames: ``[identity, payload]`` from DEALER clients, ``[identity, b"", payload]`` from REQ
 clients (the reply then carries the empty delimiter back).
 
-Oversized frames: the socket sets ``ZMQ_MAXMSGSIZE`` to ``max_frame_bytes``, so libzmq
-drops a larger message and *disconnects the peer* before we ever see it: no reply is sent,
-the client times out (our :class:`~tamma_actors._client.Client` refuses to send such a
-frame in the first place). Other clients on the socket are unaffected. A reply over the
+Oversized frames: a request over ``max_frame_bytes`` but within twice that is read and
+answered with a ``too_large`` error naming its size and the cap (a client whose own cap is
+larger than the node's learns why). The socket sets ``ZMQ_MAXMSGSIZE`` to twice the cap,
+so libzmq drops a larger message and *disconnects the peer* before we ever see it: no
+reply is sent, the client times out (a :class:`~tamma_actors._client.Client` with the
+node's cap refuses to send such a frame in the first place); what one request can make
+the node hold stays bounded. Other clients on the socket are unaffected. A reply over the
 cap is not sent either (a client with the same cap would drop it the same way and wait
 for nothing): the request gets a ``too_large`` error naming its size and the cap instead.
 """
@@ -150,7 +153,7 @@ class ControlServer(SocketActor):
         sock = self.zmq_context.socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame_bytes)
+            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_frame_bytes)
             # A reconnecting client with the same identity takes over its old route.
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             # Report a reply that cannot be delivered instead of dropping it silently.

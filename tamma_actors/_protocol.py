@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tamma_actors._codec import unpack
+from tamma_actors._codec import peek, unpack
 from tamma_actors._errors import (
     ConfigError,
     Forbidden,
@@ -261,8 +261,10 @@ def parse_request(frame: bytes, max_size: int | None = None) -> Request:
     read; a frame that is not msgpack at all raises ``CodecError``.
     """
     if max_size is not None and len(frame) > max_size:
-        raise InvalidRequest(
-            f"request of {len(frame)} bytes exceeds the {max_size}-byte cap", "too_large"
+        raise InvalidRequest(  # its id, if it comes before its args (ours does), for the reply
+            f"request of {len(frame)} bytes exceeds the {max_size}-byte cap (max_frame_bytes)",
+            "too_large",
+            request_id=_read_id({"id": peek(frame, "id")}),
         )
     msg = unpack(frame)
     if not isinstance(msg, dict):

@@ -287,17 +287,22 @@ def test_req_clients_get_the_delimiter_back(harness: Harness) -> None:
     assert unpack(req.recv())["error"]["code"] == "bad_request"
 
 
-def test_oversized_frames_are_dropped_by_zeromq(
+def test_a_frame_over_the_cap_is_refused_naming_it_and_one_over_twice_is_dropped(
     ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path
 ) -> None:
     h = Harness(ctx, engine, f"ipc://{tmp_path}/c.sock", max_frame_bytes=1024)
     try:
+        over = h.socket()
+        refused = h.call(over, "start", rid="big-1", workflow={"pad": "x" * 1500})  # ~1.5 KB
+        assert (refused["id"], refused["error"]["code"]) == ("big-1", "too_large")
+        assert "exceeds the 1024-byte cap" in refused["error"]["message"]
         big = h.socket()
         big.send(pack(make_request(1, "start", {"workflow": {"pad": "x" * 4096}})))
         other = h.socket()
         assert h.call(other, "health")["ok"] is True
-        # The big frame never reached the server: libzmq disconnected its sender.
-        assert h.stats()["requests"] == 1
+        # The frame over twice the cap never reached the server: libzmq disconnected its
+        # sender. Nothing was started either way.
+        assert h.stats()["requests"] == 2
         assert engine.calls == [("health", ())]
     finally:
         h.close()

@@ -471,6 +471,10 @@ def test_starts_whose_records_are_over_a_small_cap_come_back_whole(short_dir: Pa
         assert ops == ["start_many"] * 2 + ["start_many"] * 2 + ["get"] * 60
         assert len(client.list_workflows({"limit": 100})) == 60  # each started once
         assert {client.wait(e.id, timeout=WAIT).status.value for e in started} == {"completed"}
+        # a request over the node's cap (within twice it) is answered, naming the cap
+        with pytest.raises(FrameTooLarge, match=r"request of \d+ bytes exceeds the 12288-byte cap"):
+            client.start_workflow(wide, {"pad": "x" * 15_000})
+        assert len(client.list_workflows({"limit": 100})) == 60
 
 
 def _ended(client: Client, eid: str) -> WorkflowStatusInfo:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tamma_actors._codec import pack, unpack
+from tamma_actors._codec import pack, peek, unpack
 from tamma_actors._errors import CodecError, FrameTooLarge
 
 values = st.recursive(
@@ -64,3 +64,19 @@ def test_threads_pack_concurrently_without_mixing() -> None:
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
+
+
+@settings(deadline=None)
+@given(st.dictionaries(st.text(max_size=5), values, max_size=6), st.text(max_size=5))
+def test_peek_reads_one_value_of_a_map_as_a_full_decode_would(
+    mapping: dict[str, Any], key: str
+) -> None:
+    assert peek(pack(mapping), key) == mapping.get(key)
+
+
+def test_peek_finds_nothing_in_what_is_not_a_map() -> None:
+    big = pack({"v": 1, "args": {"pad": "x" * 100_000}, "id": 7})
+    assert peek(big, "id") == 7  # the big value before it was skipped, not built
+    assert peek(pack([1, 2]), "id") is None
+    assert peek(b"\xc1 not msgpack", "id") is None
+    assert peek(big[:50], "id") is None  # truncated before the key

@@ -112,10 +112,12 @@ def test_garbage_is_a_codec_error() -> None:
         parse_request(b"\xc1\xc1 not msgpack")
 
 
-def test_oversized_frame() -> None:
+def test_oversized_frame_is_refused_with_its_id_when_it_can_be_read() -> None:
     err = rejected(frame(), max_size=4)
-    assert err.code == "too_large"
-    assert err.request_id is None
+    assert err.code == "too_large" and "exceeds the 4-byte cap (max_frame_bytes)" in str(err)
+    assert err.request_id == 7  # read without decoding the rest of the frame
+    assert rejected(frame(id=True), max_size=4).request_id is None  # not an id
+    assert rejected(pack([7]), max_size=2).request_id is None
 
 
 @pytest.mark.parametrize("value", [[1, 2], "text", 3, None])
