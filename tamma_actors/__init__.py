@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         WorkflowFilter,
         WorkflowState,
         WorkflowStep,
+        WorkflowSummary,
     )
     from tamma_actors._status import ExecutionStatus, StepStatus
     from tamma_actors._step_api import (
@@ -119,6 +120,7 @@ _LAZY = {
     "WorkflowFilter": "tamma_actors._models",
     "WorkflowState": "tamma_actors._models",
     "WorkflowStep": "tamma_actors._models",
+    "WorkflowSummary": "tamma_actors._models",
     "WorkflowValidationError": "tamma_actors._errors",
     "inline_step": "tamma_actors._step_api",
     "load_node_config": "tamma_actors._config",
@@ -189,6 +191,7 @@ __all__ = [
     "WorkflowFilter",
     "WorkflowState",
     "WorkflowStep",
+    "WorkflowSummary",
     "WorkflowValidationError",
     "inline_step",
     "load_node_config",

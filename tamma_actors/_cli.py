@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from tamma_actors._errors import (
     TransportError,
     WorkflowValidationError,
 )
-from tamma_actors._models import WorkflowExecution, WorkflowStatusInfo
+from tamma_actors._models import WorkflowExecution, WorkflowStatusInfo, WorkflowSummary
 from tamma_actors._status import ExecutionStatus, StepStatus
 
 __all__ = ["ExitCode", "build_parser", "main"]
@@ -261,7 +261,9 @@ def _start_each(
     return ExitCode.OK
 
 
-def _show_executions(out: Output, executions: list[WorkflowExecution]) -> None:
+def _show_executions(
+    out: Output, executions: Sequence[WorkflowExecution | WorkflowSummary]
+) -> None:
     if out.as_json:
         out.json([ex.model_dump(mode="json") for ex in executions])
         return
@@ -279,7 +281,11 @@ def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
         "limit": args.limit,
         "offset": args.offset,
     }
-    _show_executions(out, client.list_workflows({k: v for k, v in query.items() if v is not None}))
+    wanted = {k: v for k, v in query.items() if v is not None}
+    # The table shows what a summary holds: no record need be built for it. --json
+    # prints the whole records.
+    listed = client.list_workflows(wanted) if out.as_json else client.list_summaries(wanted)
+    _show_executions(out, listed)
     return ExitCode.OK
 
 

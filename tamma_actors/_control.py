@@ -295,7 +295,8 @@ class ControlServer(SocketActor):
         if isinstance(args, StartManyArgs):
             return self._start_many(request.id, args)
         if isinstance(args, ListArgs):
-            return engine.list_workflows(
+            listing = engine.list_summaries if args.view == "summary" else engine.list_workflows
+            return listing(
                 status=None if args.status is None else list(args.status),
                 workflow_id=args.workflow_id,
                 limit=args.limit,

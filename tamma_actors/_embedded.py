@@ -12,7 +12,7 @@ and the object is a context manager.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -33,6 +33,7 @@ from tamma_actors._models import (
     WorkflowExecution,
     WorkflowFilter,
     WorkflowStatusInfo,
+    WorkflowSummary,
 )
 from tamma_actors._node import Node
 from tamma_actors._protocol import InvalidRequest, StartArgs
@@ -143,19 +144,35 @@ class WorkflowEngine:
     def list_workflows(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
     ) -> list[WorkflowExecution]:
+        found = self._listed(self._engine.list_workflows, filter)
+        return [validated(WorkflowExecution, r) for r in found]
+
+    def list_summaries(
+        self, filter: WorkflowFilter | Mapping[str, Any] | None = None
+    ) -> list[WorkflowSummary]:
+        """As ``list_workflows``, each execution's summary (see ``Client.list_summaries``)."""
+        found = self._listed(self._engine.list_summaries, filter)
+        return [validated(WorkflowSummary, s) for s in found]
+
+    def _listed(
+        self,
+        listing: Callable[..., Future[list[dict[str, Any]]]],
+        filter: WorkflowFilter | Mapping[str, Any] | None,
+    ) -> list[dict[str, Any]]:
         try:
             wanted = WorkflowFilter.model_validate(filter or {})
         except ValidationError as exc:
             raise InvalidRequest(f"invalid workflow filter: {exc}") from exc
         if wanted.limit == 0:
             return []
-        future = self._engine.list_workflows(
+        future = listing(
             status=[s.value for s in wanted.status] if wanted.status else None,
             workflow_id=wanted.workflow_id,
             limit=wanted.limit,
             offset=wanted.offset,
         )
-        return [validated(WorkflowExecution, r) for r in self._result(future)]
+        found: list[dict[str, Any]] = self._result(future)
+        return found
 
     def get_workflow_status(self, execution_id: str) -> WorkflowStatusInfo:
         future = self._engine.get_workflow_status(execution_id)

@@ -11,6 +11,10 @@ An execution record (``start_workflow``, ``get_workflow``, ``list_workflows`` it
      "current_step", "context", "results": {step: {"status", "data", "error", "attempts",
      "started_at", "ended_at"}}, "error", "metrics", "seq", "reason"}
 
+A summary (``list_summaries`` items; what the store keeps per execution for listing)::
+
+    {"id", "workflow_id", "status", "start_time", "end_time", "current_step", "seq"}
+
 A status record (``get_workflow_status``)::
 
     {"id", "workflow_id", "status", "current_step", "reason", "seq",
@@ -68,6 +72,16 @@ class AsyncEngine(Protocol):
         offset: int = 0,
         most: int | None = None,
     ) -> Future[list[ExecutionRecord]]: ...
+
+    def list_summaries(
+        self,
+        *,
+        status: list[str] | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        most: int | None = None,
+    ) -> Future[list[dict[str, Any]]]: ...
 
     def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]: ...
 

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 
@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from tamma_actors._store import Store
     from tamma_actors._timers import TimerHandle
 
-__all__ = ["EngineReads", "HeldWait", "done_or_refuse"]
+__all__ = ["SUMMARY_KEYS", "EngineReads", "HeldWait", "done_or_refuse"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -60,6 +62,22 @@ class HeldWait:
 # each): without that, a request that came meanwhile waited for its forced switch
 # interval again at each of its hand-offs.
 _LIST_YIELD_EVERY = 16
+
+
+# What a summary shows of the stored one (``_state_views.to_summary``, less its internals).
+SUMMARY_KEYS = ("id", "workflow_id", "status", "start_time", "end_time", "current_step", "seq")
+
+
+def _page(items: Iterator[_T], offset: int, limit: int | None, most: int | None) -> list[_T]:
+    """``items[offset:offset + limit]``; more than ``most`` raises ``FrameTooLarge``."""
+    upto = _upto(limit, most)  # only as far as the page
+    page = list(islice(items, offset, None if upto is None else offset + upto))
+    if most is not None and len(page) > most:
+        raise FrameTooLarge(
+            f"more than {most:,} executions match, and one 'list' reply holds at most "
+            f"{most:,}: page through them with limit and offset"
+        )
+    return page
 
 
 def _upto(limit: int | None, most: int | None) -> int | None:
@@ -235,24 +253,47 @@ class EngineReads:
         them; more than ``most`` (when given) is refused before any record is built, with
         FrameTooLarge: the control server bounds one reply that way. Built on the list
         thread: the caller's thread (the control server's) goes on serving meanwhile."""
+
+        def build(out: Future[list[dict[str, Any]]]) -> None:
+            ids = _page(self._matching_ids(status, workflow_id), offset, limit, most)
+            records = []
+            for i, eid in enumerate(ids, 1):
+                records.append(self.get_workflow(eid))
+                if i % _LIST_YIELD_EVERY == 0:
+                    time.sleep(0)  # let the threads that wait for the GIL have it
+            gather(records, out)
+
+        return self._on_list_thread(build)
+
+    @guarded
+    def list_summaries(
+        self,
+        *,
+        status: list[str] | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        most: int | None = None,
+    ) -> Future[list[dict[str, Any]]]:
+        """As :meth:`list_workflows`, the summaries the store keeps for listing (as of each
+        execution's last commit): no record is built or replayed, so a list costs a read
+        per execution, and an execution whose record is over the frame cap lists too."""
+
+        def build(out: Future[list[dict[str, Any]]]) -> None:
+            found = _page(self._matching_summaries(status, workflow_id), offset, limit, most)
+            out.set_result([{key: s.get(key) for key in SUMMARY_KEYS} for s in found])
+
+        return self._on_list_thread(build)
+
+    def _on_list_thread(
+        self, build: Callable[[Future[list[dict[str, Any]]]], None]
+    ) -> Future[list[dict[str, Any]]]:
+        """``build`` answers the returned future on the list thread (its error too)."""
         out: Future[list[dict[str, Any]]] = Future()
 
-        def build() -> None:
+        def run() -> None:
             try:
-                upto = _upto(limit, most)  # only as far as the page
-                ids = list(islice(self._matching_ids(status, workflow_id), offset,
-                                  None if upto is None else offset + upto))  # fmt: skip
-                if most is not None and len(ids) > most:
-                    raise FrameTooLarge(
-                        f"more than {most:,} executions match, and one 'list' reply holds at "
-                        f"most {most:,}: page through them with limit and offset"
-                    )
-                records = []
-                for i, eid in enumerate(ids, 1):
-                    records.append(self.get_workflow(eid))
-                    if i % _LIST_YIELD_EVERY == 0:
-                        time.sleep(0)  # let the threads that wait for the GIL have it
-                gather(records, out)
+                build(out)
             except Exception as exc:
                 out.set_exception(exc)
 
@@ -261,7 +302,7 @@ class EngineReads:
                 out.set_exception(SupervisionError("the node is shutting down"))
 
         try:
-            self._lister.submit(build).add_done_callback(dropped)
+            self._lister.submit(run).add_done_callback(dropped)
         except RuntimeError as exc:  # after close()
             raise SupervisionError("the node is shutting down") from exc
         return out
@@ -305,13 +346,19 @@ class EngineReads:
         if not status and workflow_id is None:
             yield from self._store.iter_execution_ids()
             return
+        for summary in self._matching_summaries(status, workflow_id):
+            yield summary["id"]
+
+    def _matching_summaries(
+        self, status: list[str] | None, workflow_id: str | None
+    ) -> Iterator[dict[str, Any]]:
         wanted = set(status) if status else None
         for summary in self._store.iter_summaries():
             if wanted is not None and summary.get("status") not in wanted:
                 continue
             if workflow_id is not None and summary.get("workflow_id") != workflow_id:
                 continue
-            yield summary["id"]
+            yield summary
 
     def _load(self, execution_id: str) -> ExecutionState:
         records = self._store.read_execution(execution_id)

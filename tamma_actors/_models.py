@@ -45,6 +45,7 @@ from tamma_actors._record_models import (
     WorkflowFilter,
     WorkflowState,
     WorkflowStatusInfo,
+    WorkflowSummary,
 )
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "WorkflowState",
     "WorkflowStatusInfo",
     "WorkflowStep",
+    "WorkflowSummary",
 ]
 
 STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"

@@ -161,10 +161,14 @@ LIST_MOST = 10_000
 
 
 class ListArgs(_Args):
+    """list: the matching executions, oldest first, as records or, with ``view``
+    ``"summary"``, as the summaries the store keeps for listing (no record built)."""
+
     status: list[ExecutionStatusName] | None = None
     workflow_id: str | None = None
     limit: int | None = Field(default=None, ge=1, le=LIST_MOST)
     offset: int = Field(default=0, ge=0)
+    view: Literal["record", "summary"] = "record"
 
 
 class RetryArgs(ExecutionArgs):

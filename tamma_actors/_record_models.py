@@ -1,7 +1,8 @@
 """Execution-side pydantic models: the records a node hands out, read back into models.
 
 ``WorkflowExecution`` (with its ``StepResult``, ``StepErrorInfo``, ``WorkflowErrorInfo`` and
-``ExecutionMetrics``), ``WorkflowStatusInfo`` (with ``StatusProgress``), ``WorkflowState``,
+``ExecutionMetrics``), ``WorkflowSummary``, ``WorkflowStatusInfo`` (with ``StatusProgress``),
+``WorkflowState``,
 ``WorkflowEvent`` and the ``WorkflowFilter`` of list requests. They are built from the
 plain records of :mod:`tamma_actors._engine_api` and ignore unknown keys, so an older
 client can read a newer node's records; timestamps (``UtcDatetime``) take the records'
@@ -40,6 +41,7 @@ __all__ = [
     "WorkflowFilter",
     "WorkflowState",
     "WorkflowStatusInfo",
+    "WorkflowSummary",
 ]
 
 
@@ -120,6 +122,19 @@ class WorkflowExecution(_RecordModel):
     metrics: ExecutionMetrics = Field(default_factory=ExecutionMetrics)
     seq: int = 0
     reason: str | None = None
+
+
+class WorkflowSummary(_RecordModel):
+    """An execution as listed by ``list_summaries``: what the store keeps for listing, as of
+    its last commit (no step results)."""
+
+    id: str
+    workflow_id: str
+    status: ExecutionStatus
+    start_time: UtcDatetime | None = None
+    end_time: UtcDatetime | None = None
+    current_step: str | None = None
+    seq: int = 0
 
 
 class StatusProgress(_RecordModel):

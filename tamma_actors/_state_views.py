@@ -80,6 +80,7 @@ def to_summary(state: ExecutionState, rest: float | None = None) -> dict[str, An
         "status": state.status,
         "start_time": state.start_time,
         "end_time": state.end_time,
+        "current_step": state.current_step,
         "seq": state.seq,
         "digest": state.digest,
     }

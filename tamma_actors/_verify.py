@@ -40,6 +40,8 @@ from tamma_actors._workflow_file import parse_workflow
 __all__ = ["VerifyReport", "check_store"]
 
 _SUMMARY_FIELDS = ("status", "seq", "workflow_id", "digest")
+# Checked where present: summaries written before these fields lack them.
+_SUMMARY_FIELDS_SINCE = ("current_step",)
 
 
 @dataclass
@@ -121,6 +123,7 @@ def _check_execution(view: RecordView, eid: str, report: VerifyReport) -> None:
         return
     expected = to_summary(full)
     wrong = [f for f in _SUMMARY_FIELDS if summary.get(f) != expected.get(f)]
+    wrong += [f for f in _SUMMARY_FIELDS_SINCE if f in summary and summary[f] != expected.get(f)]
     if wrong:
         detail = ", ".join(
             f"{f} {summary.get(f)!r} (events say {expected.get(f)!r})" for f in wrong

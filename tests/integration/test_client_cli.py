@@ -223,6 +223,19 @@ def test_list_filters(client: Client) -> None:
     assert [e.id for e in only_running] == [first]
     assert [e.id for e in client.list_workflows(WorkflowFilter(limit=1, offset=1))] == [second]
     assert client.list_workflows(WorkflowFilter(limit=0)) == []
+    # the same, as the summaries the store keeps for listing
+    summaries = client.list_summaries()
+    assert [(s.id, s.workflow_id, s.status.value) for s in summaries] == [
+        (first, "one", "running"),
+        (second, "two", "aborted"),
+    ]
+    assert summaries[1].end_time is not None and summaries[1].seq > summaries[0].seq
+    running = client.list_summaries(WorkflowFilter(status=[ExecutionStatus.RUNNING]))
+    assert [s.id for s in running] == [first]
+    assert [s.id for s in client.list_summaries({"offset": 1, "limit": 5})] == [second]
+    assert client.list_summaries(WorkflowFilter(limit=0)) == []
+    with pytest.raises(RemoteError, match="offset"):
+        client.list_summaries({"offset": -1})
 
 
 def test_errors_map_to_the_tree(client: Client, engine: FakeEngine) -> None:
@@ -654,8 +667,10 @@ def test_cli_list_status_get_events(cli: Cli, engine: FakeEngine, workflow_file:
     listed = cli.json("list", "--status", "running", "--workflow", "demo", "--limit", "5")
     assert [e["id"] for e in listed] == [eid]
     assert all(set(e) >= EXECUTION_KEYS for e in listed)
+    engine.calls.clear()
     code, out, _ = cli("list")
     assert code == ExitCode.OK and eid in out and other in out
+    assert [c[0] for c in engine.calls] == ["list_summaries"]  # the table needs no record
     assert [e["id"] for e in cli.json("list", "--offset", "1")] == [other]
     status = cli.json("status", eid)
     assert set(status) >= EXECUTION_KEYS

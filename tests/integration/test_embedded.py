@@ -92,6 +92,9 @@ def test_the_whole_interface_over_one_node(short_dir: Path) -> None:
         listed = engine.list_workflows({"status": "completed"})
         assert sorted(e.id for e in listed) == sorted([started.id, "job-1"])
         assert len(engine.list_workflows()) == 3
+        summaries = engine.list_summaries({"status": "completed"})
+        assert [s.id for s in summaries] == [e.id for e in listed]
+        assert all(s.status is ExecutionStatus.COMPLETED and s.end_time for s in summaries)
         assert engine.list_workflows({"limit": 0}) == []
         with pytest.raises(ProtocolError, match="invalid workflow filter"):
             engine.list_workflows({"limit": -1})

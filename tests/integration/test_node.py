@@ -413,9 +413,16 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
             events += client.get_events(failed.id, from_seq=len(events) + 1, limit=1)
         whole = client.get_workflow(done.id)
         waited = client.wait(failed.id, timeout=WAIT)
+        listed = client.list_summaries()  # a summary lists where the record cannot
+        with pytest.raises(FrameTooLarge):
+            client.list_workflows()
         raw = client.request
         with pytest.raises(FrameTooLarge, match=r"reply to 'get' is .* over the 1,048,576"):
             raw("get", {"id": done.id})
+    assert [(s.id, s.status.value, s.seq) for s in listed] == [
+        (done.id, "completed", done.seq),
+        (failed.id, "failed", failed.seq),
+    ]
     assert (whole.status, whole.context, whole.seq) == ("completed", blob, done.seq)
     assert [whole.results[s].data for s in "abc"] == [blob] * 3
     assert waited.status == "failed" and waited.seq == failed.seq
@@ -511,6 +518,9 @@ def test_a_long_list_comes_in_pages_and_no_reply_is_over_the_cap(
         monkeypatch.setattr(client, "request", counted)
         assert [e.id for e in client.list_workflows()] == ids  # oldest first, all
         assert pages[0] == 8 and set(pages[1:]) == {4}  # 8 were over the cap: halved
+        pages.clear()
+        assert [s.id for s in client.list_summaries()] == ids
+        assert set(pages) == {8}  # 8 summaries fit where 8 records did not
         one = len(pack(client.request("list", {"limit": 1})))
         assert 8 * one > cap > 4 * one
         assert [e.id for e in client.list_workflows({"offset": 5, "limit": 12})] == ids[5:17]

@@ -63,7 +63,9 @@ def test_defaults_are_filled_in() -> None:
     assert (start.inputs, start.source, start.id) == ({}, None, None)
     lst = parse_request(frame(op="list", args={})).args
     assert isinstance(lst, ListArgs)
-    assert (lst.status, lst.limit, lst.offset) == (None, None, 0)
+    assert (lst.status, lst.limit, lst.offset, lst.view) == (None, None, 0, "record")
+    with pytest.raises(InvalidRequest, match="view"):
+        parse_request(frame(op="list", args={"view": "everything"}))
     health = parse_request(frame(op="health", args=...))
     assert health.op == "health"
 
@@ -83,7 +85,13 @@ def test_every_op_round_trips_through_make_request() -> None:
         "execute": {"id": "e", "step": "s", "context": {"k": [1]}, "timeout": 9.0},
         "get": {"id": "e"},
         "status": {"id": "e"},
-        "list": {"status": ["running", "paused"], "workflow_id": "w", "limit": 5, "offset": 2},
+        "list": {
+            "status": ["running", "paused"],
+            "workflow_id": "w",
+            "limit": 5,
+            "offset": 2,
+            "view": "summary",
+        },
         "events": {"id": "e", "from_seq": 3, "limit": 10},
         "wait": {"id": "e", "timeout": 2.5},
         "health": {},

@@ -58,6 +58,7 @@ PUBLIC = {
     "WorkflowFilter",
     "WorkflowState",
     "WorkflowStep",
+    "WorkflowSummary",
     "WorkflowValidationError",
     "inline_step",
     "load_node_config",

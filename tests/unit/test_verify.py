@@ -104,6 +104,11 @@ def test_a_summary_that_disagrees_with_the_events_is_named() -> None:
     (problem,) = verify_store(store).problems
     assert "summary disagrees with its events" in problem and "status 'running'" in problem
     assert "'completed'" in problem
+    # a summary's current step, where it has one, is checked too (older ones have none)
+    wrong_step = {**to_summary(_events("e1")[1]), "current_step": "nowhere"}
+    store.commit([Write("e1", summary=wrong_step)])
+    (problem,) = verify_store(store).problems
+    assert "current_step 'nowhere' (events say None)" in problem
 
 
 def _waiting(store: MemoryStore, eid: str, rest: Any, definition: dict[str, Any]) -> None:
