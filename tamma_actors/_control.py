@@ -295,13 +295,13 @@ class ControlServer(SocketActor):
         if isinstance(args, StartManyArgs):
             return self._start_many(request.id, args)
         if isinstance(args, ListArgs):
-            listing = engine.list_summaries if args.view == "summary" else engine.list_workflows
-            return listing(
+            return engine.list_workflows(
                 status=None if args.status is None else list(args.status),
                 workflow_id=args.workflow_id,
                 limit=args.limit,
                 offset=args.offset,
                 most=LIST_MOST,
+                view=args.view,
             )
         if isinstance(args, HealthArgs):
             return engine.health()

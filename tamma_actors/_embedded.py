@@ -12,7 +12,7 @@ and the object is a context manager.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -144,20 +144,18 @@ class WorkflowEngine:
     def list_workflows(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
     ) -> list[WorkflowExecution]:
-        found = self._listed(self._engine.list_workflows, filter)
+        found = self._listed(filter, "record")
         return [validated(WorkflowExecution, r) for r in found]
 
     def list_summaries(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
     ) -> list[WorkflowSummary]:
         """As ``list_workflows``, each execution's summary (see ``Client.list_summaries``)."""
-        found = self._listed(self._engine.list_summaries, filter)
+        found = self._listed(filter, "summary")
         return [validated(WorkflowSummary, s) for s in found]
 
     def _listed(
-        self,
-        listing: Callable[..., Future[list[dict[str, Any]]]],
-        filter: WorkflowFilter | Mapping[str, Any] | None,
+        self, filter: WorkflowFilter | Mapping[str, Any] | None, view: str
     ) -> list[dict[str, Any]]:
         try:
             wanted = WorkflowFilter.model_validate(filter or {})
@@ -165,11 +163,12 @@ class WorkflowEngine:
             raise InvalidRequest(f"invalid workflow filter: {exc}") from exc
         if wanted.limit == 0:
             return []
-        future = listing(
+        future = self._engine.list_workflows(
             status=[s.value for s in wanted.status] if wanted.status else None,
             workflow_id=wanted.workflow_id,
             limit=wanted.limit,
             offset=wanted.offset,
+            view=view,
         )
         found: list[dict[str, Any]] = self._result(future)
         return found

@@ -11,7 +11,7 @@ An execution record (``start_workflow``, ``get_workflow``, ``list_workflows`` it
      "current_step", "context", "results": {step: {"status", "data", "error", "attempts",
      "started_at", "ended_at"}}, "error", "metrics", "seq", "reason"}
 
-A summary (``list_summaries`` items; what the store keeps per execution for listing)::
+A summary (``list_workflows(view="summary")`` items; what the store keeps for listing)::
 
     {"id", "workflow_id", "status", "start_time", "end_time", "current_step", "seq"}
 
@@ -71,17 +71,8 @@ class AsyncEngine(Protocol):
         limit: int | None = None,
         offset: int = 0,
         most: int | None = None,
+        view: str = "record",
     ) -> Future[list[ExecutionRecord]]: ...
-
-    def list_summaries(
-        self,
-        *,
-        status: list[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        most: int | None = None,
-    ) -> Future[list[dict[str, Any]]]: ...
 
     def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]: ...
 

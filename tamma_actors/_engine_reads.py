@@ -248,42 +248,32 @@ class EngineReads:
         limit: int | None = None,
         offset: int = 0,
         most: int | None = None,
+        view: str = "record",
     ) -> Future[list[dict[str, Any]]]:
         """The matching executions' records, oldest first, ``offset`` and ``limit`` paging
         them; more than ``most`` (when given) is refused before any record is built, with
         FrameTooLarge: the control server bounds one reply that way. Built on the list
-        thread: the caller's thread (the control server's) goes on serving meanwhile."""
+        thread: the caller's thread (the control server's) goes on serving meanwhile.
 
-        def build(out: Future[list[dict[str, Any]]]) -> None:
+        ``view="summary"``: the summaries the store keeps for listing instead (as of each
+        execution's last commit, ``SUMMARY_KEYS``): no record is built or replayed, so a
+        list costs a read per execution, and an execution whose record is over the frame
+        cap lists too."""
+
+        def records(out: Future[list[dict[str, Any]]]) -> None:
             ids = _page(self._matching_ids(status, workflow_id), offset, limit, most)
-            records = []
+            found = []
             for i, eid in enumerate(ids, 1):
-                records.append(self.get_workflow(eid))
+                found.append(self.get_workflow(eid))
                 if i % _LIST_YIELD_EVERY == 0:
                     time.sleep(0)  # let the threads that wait for the GIL have it
-            gather(records, out)
+            gather(found, out)
 
-        return self._on_list_thread(build)
-
-    @guarded
-    def list_summaries(
-        self,
-        *,
-        status: list[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        most: int | None = None,
-    ) -> Future[list[dict[str, Any]]]:
-        """As :meth:`list_workflows`, the summaries the store keeps for listing (as of each
-        execution's last commit): no record is built or replayed, so a list costs a read
-        per execution, and an execution whose record is over the frame cap lists too."""
-
-        def build(out: Future[list[dict[str, Any]]]) -> None:
+        def summaries(out: Future[list[dict[str, Any]]]) -> None:
             found = _page(self._matching_summaries(status, workflow_id), offset, limit, most)
             out.set_result([{key: s.get(key) for key in SUMMARY_KEYS} for s in found])
 
-        return self._on_list_thread(build)
+        return self._on_list_thread(summaries if view == "summary" else records)
 
     def _on_list_thread(
         self, build: Callable[[Future[list[dict[str, Any]]]], None]

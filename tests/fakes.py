@@ -195,47 +195,25 @@ class FakeEngine:
         limit: int | None = None,
         offset: int = 0,
         most: int | None = None,
+        view: str = "record",
     ) -> Future[list[ExecutionRecord]]:
-        def select() -> list[ExecutionRecord]:
-            return self._select(status, workflow_id, limit, offset, most)
-
-        return self._call("list_workflows", (status, workflow_id, limit, offset), select)
-
-    def list_summaries(
-        self,
-        *,
-        status: list[str] | None = None,
-        workflow_id: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        most: int | None = None,
-    ) -> Future[list[dict[str, Any]]]:
         keys = ("id", "workflow_id", "status", "start_time", "end_time", "current_step", "seq")
 
-        def select() -> list[dict[str, Any]]:
-            found = self._select(status, workflow_id, limit, offset, most)
-            return [{k: r.get(k) for k in keys} for r in found]
+        def select() -> list[ExecutionRecord]:
+            found = [
+                r
+                for r in sorted(self._records.values(), key=lambda r: (r["start_time"], r["id"]))
+                if (status is None or r["status"] in status)
+                and (workflow_id is None or r["workflow_id"] == workflow_id)
+            ]
+            end = None if limit is None else offset + limit
+            if most is not None and len(found[offset:end]) > most:
+                raise FrameTooLarge(f"more than {most} executions match")
+            if view == "summary":
+                return [{k: r.get(k) for k in keys} for r in found[offset:end]]
+            return found[offset:end]
 
-        return self._call("list_summaries", (status, workflow_id, limit, offset), select)
-
-    def _select(
-        self,
-        status: list[str] | None,
-        workflow_id: str | None,
-        limit: int | None,
-        offset: int,
-        most: int | None,
-    ) -> list[ExecutionRecord]:
-        found = [
-            r
-            for r in sorted(self._records.values(), key=lambda r: (r["start_time"], r["id"]))
-            if (status is None or r["status"] in status)
-            and (workflow_id is None or r["workflow_id"] == workflow_id)
-        ]
-        end = None if limit is None else offset + limit
-        if most is not None and len(found[offset:end]) > most:
-            raise FrameTooLarge(f"more than {most} executions match")
-        return found[offset:end]
+        return self._call("list_workflows", (status, workflow_id, limit, offset, view), select)
 
     def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]:
         def status() -> dict[str, Any]:

@@ -212,7 +212,7 @@ def test_every_op_reaches_the_engine(harness: Harness, engine: FakeEngine) -> No
         "wait",
         "health",
     ]
-    assert engine.calls[2][1] == (["failed"], "demo", 5, 0)
+    assert engine.calls[2][1] == (["failed"], "demo", 5, 0, "record")
 
 
 def test_engine_errors_become_error_replies(harness: Harness) -> None:
