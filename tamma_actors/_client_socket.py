@@ -37,6 +37,10 @@ from tamma_actors._protocol import make_request
 
 __all__ = ["ClientSocket"]
 
+# A request of this size or more that gets no reply in time says how big it was, and why
+# that may matter (see ``_size_hint``).
+_HINT_FROM_BYTES = 1 << 20
+
 # Under the client's name: that is the logger users configure for its warnings.
 log = logging.getLogger("tamma_actors._client")
 
@@ -60,6 +64,7 @@ class ClientSocket:
         self.timeout = timeout
         self.max_frame_bytes = max_frame_bytes
         self._ids = itertools.count(1)
+        self._sent_bytes = 0  # the size of the last request sent
         self._context: zmq.Context[Any] = zmq.Context()
         self._sock: zmq.Socket[Any] | None = None
         self._closed = False
@@ -118,8 +123,20 @@ class ClientSocket:
         reply = self._receive(request_id, time.monotonic() + limit)
         if reply is None:
             self._reset()
-            raise RequestTimeout(f"no reply to {op!r} from {self.endpoint} within {limit:g}s")
+            raise RequestTimeout(
+                f"no reply to {op!r} from {self.endpoint} within {limit:g}s{self._size_hint()}"
+            )
         return self._result(reply)
+
+    def _size_hint(self) -> str:
+        """Why a big request may have had no reply: a node drops, unread, a frame over
+        twice its own cap, which may be smaller than this client's."""
+        if self._sent_bytes < _HINT_FROM_BYTES:
+            return ""
+        return (
+            f" (the request was {self._sent_bytes:,} bytes: a node drops one over twice its "
+            "max_frame_bytes unanswered, and its cap may be smaller than this client's)"
+        )
 
     def request_many(
         self,
@@ -179,6 +196,7 @@ class ClientSocket:
         assert self._sock is not None
         request_id = next(self._ids)
         data = pack(make_request(request_id, op, args, self.token))
+        self._sent_bytes = len(data)
         if len(data) > self.max_frame_bytes:
             raise FrameTooLarge(
                 f"{op} request of {len(data)} bytes exceeds the {self.max_frame_bytes}-byte cap"
