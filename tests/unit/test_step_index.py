@@ -39,7 +39,7 @@ def _full_passes(state: ExecutionState, deps_of: dict[str, tuple[str, ...]], emi
             verdict = join(state.steps[d].status for d in deps_of[name])
             if verdict is not None:
                 emit(VERDICT_EVENTS[verdict], name)
-                again = verdict != "ready"
+                again = again or verdict != "ready"
 
 
 def _judged_by(
