@@ -58,6 +58,6 @@ def peek(data: bytes | memoryview, key: str) -> Any:
             if unpacker.unpack() == key:
                 return unpacker.unpack()
             unpacker.skip()
-    except Exception:  # garbage of any kind: there is no value to read
+    except (msgpack.UnpackException, ValueError, TypeError):  # not a map, cut short, garbage
         return None
     return None

@@ -273,12 +273,7 @@ class EngineReads:
             found = _page(self._matching_summaries(status, workflow_id), offset, limit, most)
             out.set_result([{key: s.get(key) for key in SUMMARY_KEYS} for s in found])
 
-        return self._on_list_thread(summaries if view == "summary" else records)
-
-    def _on_list_thread(
-        self, build: Callable[[Future[list[dict[str, Any]]]], None]
-    ) -> Future[list[dict[str, Any]]]:
-        """``build`` answers the returned future on the list thread (its error too)."""
+        build = summaries if view == "summary" else records
         out: Future[list[dict[str, Any]]] = Future()
 
         def run() -> None:

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Self, TypeVar
 
 from tamma_actors._engine_api import ExecutionRecord
+from tamma_actors._engine_reads import SUMMARY_KEYS
 from tamma_actors._errors import (
     FrameTooLarge,
     Problem,
@@ -197,8 +198,6 @@ class FakeEngine:
         most: int | None = None,
         view: str = "record",
     ) -> Future[list[ExecutionRecord]]:
-        keys = ("id", "workflow_id", "status", "start_time", "end_time", "current_step", "seq")
-
         def select() -> list[ExecutionRecord]:
             found = [
                 r
@@ -210,7 +209,7 @@ class FakeEngine:
             if most is not None and len(found[offset:end]) > most:
                 raise FrameTooLarge(f"more than {most} executions match")
             if view == "summary":
-                return [{k: r.get(k) for k in keys} for r in found[offset:end]]
+                return [{k: r.get(k) for k in SUMMARY_KEYS} for r in found[offset:end]]
             return found[offset:end]
 
         return self._call("list_workflows", (status, workflow_id, limit, offset, view), select)
