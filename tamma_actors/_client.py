@@ -360,7 +360,8 @@ class Client(ClientSocket):
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
     ) -> list[WorkflowExecution]:
         """The matching executions, oldest first, in pages (see ``_in_pages``): any number
-        of them, without one long request."""
+        of them, without one long request. A record over the node's frame cap alone is
+        rebuilt from its events, as ``get`` does (see ``_record``)."""
         return [self._execution(r) for r in self._listed(filter, "record")]
 
     def list_summaries(
@@ -386,7 +387,17 @@ class Client(ClientSocket):
             found: list[Any] = self.request("list", args)
             return found
         args["offset"] = offset
-        return self._in_pages("list", args, wanted, "offset", lambda at, got: at + len(got))
+        alone = self._record_alone if view == "record" else None
+        return self._in_pages(
+            "list", args, wanted, "offset", lambda at, got: at + len(got), alone=alone
+        )
+
+    def _record_alone(self, args: dict[str, Any]) -> list[Any]:
+        """The one record ``list`` would answer with ``args`` (a page of one) but cannot, as
+        it is over the frame cap: the summary at that place names the execution, whose
+        record is then rebuilt from its events."""
+        found = self.request("list", {**args, "view": "summary", "limit": 1})
+        return [self._rebuilt(str(summary["id"])) for summary in found]
 
     def get_workflow_status(self, execution_id: str) -> WorkflowStatusInfo:
         result = self.request("status", {"id": execution_id})
@@ -423,10 +434,14 @@ class Client(ClientSocket):
         wanted: int | None,
         key: str,
         after: Callable[[int, list[Any]], int],
+        *,
+        alone: Callable[[dict[str, Any]], list[Any]] | None = None,
     ) -> list[Any]:
         """Up to ``wanted`` (None: all) of ``op``'s items, asked for ``LIST_PAGE`` at a
         time, fewer (down to one) while a page's reply is over the frame cap; the next page
-        starts at ``args[key]`` = ``after(args[key], items of the page before)``."""
+        starts at ``args[key]`` = ``after(args[key], items of the page before)``. An item
+        over the cap alone is ``alone(args)`` when given (else ``FrameTooLarge``), and the
+        pages after it are ``LIST_PAGE`` again."""
         out: list[Any] = []
         page = LIST_PAGE
         while wanted is None or len(out) < wanted:
@@ -434,10 +449,12 @@ class Client(ClientSocket):
             try:
                 items = self.request(op, {**args, "limit": size})
             except FrameTooLarge:
-                if size == 1:
+                if size > 1:
+                    page = max(1, size // 2)
+                    continue
+                if alone is None:
                     raise
-                page = max(1, size // 2)
-                continue
+                items, page = alone(args), LIST_PAGE
             out.extend(items)
             if len(items) < size:
                 break

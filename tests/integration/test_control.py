@@ -334,6 +334,8 @@ def test_a_reply_over_the_cap_is_not_sent_its_request_gets_an_error_naming_it(
 def test_a_client_pages_down_to_one_record_and_then_names_the_cap(
     capped: Harness, engine: FakeEngine
 ) -> None:
+    """Pages shrink to one record; one over the cap alone is named by the node (the
+    client then rebuilds it from its events: tested on a real node, whose events replay)."""
     with Client(capped.endpoint, timeout=10, max_frame_bytes=2048) as client:
         small = client.start_workflow(WORKFLOW).id
         big = client.start_workflow(WORKFLOW).id
@@ -341,7 +343,8 @@ def test_a_client_pages_down_to_one_record_and_then_names_the_cap(
         engine.complete_step(big, "a", data={"text": "x" * 4000})  # over the cap alone
         assert [e.id for e in client.list_workflows({"limit": 1})] == [small]
         with pytest.raises(FrameTooLarge, match="over the 2,048-byte cap"):
-            client.list_workflows()
+            client.request("list", {"offset": 1, "limit": 1})
+        assert [s.id for s in client.list_summaries()] == [small, big]
         with pytest.raises(RemoteError) as bad:
             client.get_events(small, limit=0)  # not paged: the node names what is wrong
         assert bad.value.code == "bad_request" and "limit" in str(bad.value)

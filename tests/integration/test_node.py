@@ -414,8 +414,7 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
         whole = client.get_workflow(done.id)
         waited = client.wait(failed.id, timeout=WAIT)
         listed = client.list_summaries()  # a summary lists where the record cannot
-        with pytest.raises(FrameTooLarge):
-            client.list_workflows()
+        records = client.list_workflows()  # rebuilt from their events, as 'get' is
         raw = client.request
         with pytest.raises(FrameTooLarge, match=r"reply to 'get' is .* over the 1,048,576"):
             raw("get", {"id": done.id})
@@ -424,6 +423,7 @@ def test_a_step_s_input_travels_once_and_an_oversized_run_frame_names_the_cap(
         (failed.id, "failed", failed.seq),
     ]
     assert (whole.status, whole.context, whole.seq) == ("completed", blob, done.seq)
+    assert [r.model_dump() for r in records] == [whole.model_dump(), waited.model_dump()]
     assert [whole.results[s].data for s in "abc"] == [blob] * 3
     assert waited.status == "failed" and waited.seq == failed.seq
     assert waited.results["a"].data == waited.results["b"].data == blob
@@ -482,6 +482,44 @@ def test_starts_whose_records_are_over_a_small_cap_come_back_whole(short_dir: Pa
         with pytest.raises(FrameTooLarge, match=r"request of \d+ bytes exceeds the 12288-byte cap"):
             client.start_workflow(wide, {"pad": "x" * 15_000})
         assert len(client.list_workflows({"limit": 100})) == 60
+
+
+def test_a_list_rebuilds_a_record_over_the_cap_and_goes_on(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Client.list_workflows`` where one record alone is over the node's frame cap (each
+    of its events is not): the summary at its place names it, its record is rebuilt from
+    its events, and the pages after it are whole pages again."""
+    monkeypatch.setattr(client_module, "LIST_PAGE", 4)
+    cap = 8192
+    settings = {"workers": 1, "worker_slots": 2, "max_frame_bytes": cap}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    chain = wf("c", step("a"), step("b", "noop", "a"), step("c", "noop", "b"))
+    pad = {"pad": "x" * 3000}  # the context and each step's output: ~12 KB of record
+    address = config.control_address
+    with Node(config), Client(address, timeout=WAIT, max_frame_bytes=cap) as client:
+        ids = [client.start_workflow(chain, inputs).id for inputs in ({}, pad, {}, {}, {})]
+        assert {_ended(client, eid).status.value for eid in ids} == {"completed"}
+        with pytest.raises(FrameTooLarge):
+            client.request("get", {"id": ids[1]})
+        asked: list[tuple[str, Any]] = []
+        ask = client.request
+
+        def counted(op: str, args: Any, **kw: Any) -> Any:
+            asked.append((op, args.get("view"), args.get("limit")))
+            return ask(op, args, **kw)
+
+        monkeypatch.setattr(client, "request", counted)
+        listed = client.list_workflows()
+        summaries = client.list_summaries()
+    assert [e.id for e in listed] == ids
+    big = listed[1]
+    assert (big.status, big.context, big.seq) == ("completed", pad, summaries[1].seq)
+    assert [big.results[s].data for s in "abc"] == [pad] * 3
+    lists = [(view, limit) for op, view, limit in asked if op == "list"]
+    # 4, 2, 1 (the first), 1 (over the cap), its summary, then a whole page for the rest
+    assert lists[:6] == [(None, 4), (None, 2), (None, 1), (None, 1), ("summary", 1), (None, 4)]
+    assert any(op == "events" for op, _, _ in asked)
 
 
 def _ended(client: Client, eid: str) -> WorkflowStatusInfo:
