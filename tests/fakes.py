@@ -475,7 +475,12 @@ class FakeEngine:
             info = None if error is None else {"type": "StepFailure", "message": error}
             result.update(status=dst.value, data=data, error=info, ended_at=self._clock())
             kind = "step.completed" if dst == _S.SUCCEEDED else "step.failed"
-            self._emit(execution_id, kind, {"step": step})
+            # as the engine's: a completed step's event carries its output
+            self._emit(
+                execution_id,
+                kind,
+                {"step": step, "output": data} if info is None else {"step": step},
+            )
             if dst == _S.FAILED:
                 rec["metrics"]["steps_failed"] += 1
                 rec["error"] = {"step": step, "message": error, "type": "StepFailure"}

@@ -345,6 +345,8 @@ def test_a_client_pages_down_to_one_record_and_then_names_the_cap(
         with pytest.raises(FrameTooLarge, match="over the 2,048-byte cap"):
             client.request("list", {"offset": 1, "limit": 1})
         assert [s.id for s in client.list_summaries()] == [small, big]
+        with pytest.raises(FrameTooLarge, match="over the 2,048-byte cap"):
+            client.get_events(big)  # one event alone over the cap: nothing to rebuild it from
         with pytest.raises(RemoteError) as bad:
             client.get_events(small, limit=0)  # not paged: the node names what is wrong
         assert bad.value.code == "bad_request" and "limit" in str(bad.value)
