@@ -6,12 +6,12 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from enum import IntEnum
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from tamma_actors._models import WorkflowEvent, WorkflowExecution
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "EVENT_FIELDS",
@@ -36,7 +36,17 @@ class ExitCode(IntEnum):
 class Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.console = Console(highlight=False)
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        """rich's console, made (and rich imported, ~70 ms) only when a table or message
+        is printed: ``--json`` output and plain listings never pay for it."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False)
+        return self._console
 
     def json(self, value: Any) -> None:
         # print, not rich: JSON must reach pipes byte-for-byte, never re-wrapped.
@@ -57,6 +67,8 @@ class Output:
         print("\n".join(lines))
 
     def table(self, title: str | None, columns: Sequence[str], rows: list[list[Any]]) -> None:
+        from rich.table import Table
+
         table = Table(title=title)
         for i, column in enumerate(columns):
             table.add_column(column, no_wrap=i == 0)  # ids must stay copy-pasteable

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -658,6 +660,16 @@ def test_cli_lists_many_executions_as_plain_aligned_columns(
     assert len({line.index("one") for line in lines[2:]}) == 1  # aligned
     code, out, _ = cli("list", "--limit", str(PLAIN_FROM_ROWS))
     assert code == ExitCode.OK and "┃" in out  # a shorter listing stays a rich table
+
+
+def test_the_cli_imports_rich_only_to_print_a_table() -> None:
+    # rich takes ~70 ms to import: `tamma --json ...` and plain listings never print a
+    # table, so loading the CLI must not import it.
+    probe = "import sys, tamma_actors._cli; print('rich' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.strip() == "False"
 
 
 def test_cli_list_status_get_events(cli: Cli, engine: FakeEngine, workflow_file: Path) -> None:
