@@ -502,7 +502,7 @@ def test_a_list_rebuilds_a_record_over_the_cap_and_goes_on(
         assert {_ended(client, eid).status.value for eid in ids} == {"completed"}
         with pytest.raises(FrameTooLarge):
             client.request("get", {"id": ids[1]})
-        asked: list[tuple[str, Any]] = []
+        asked: list[tuple[str, Any, Any]] = []
         ask = client.request
 
         def counted(op: str, args: Any, **kw: Any) -> Any:
