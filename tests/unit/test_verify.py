@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tamma_actors import _verify
 from tamma_actors._admin import verify_store
 from tamma_actors._keys import DEFINITIONS, EVENTS, EXECUTIONS, SNAPSHOTS, event_key, id_key
 from tamma_actors._state import ExecutionState, apply, make_event, to_summary
@@ -129,19 +130,29 @@ def _waiting(store: MemoryStore, eid: str, rest: Any, definition: dict[str, Any]
     store.commit([Write(eid, events=events, summary=summary, definition=("d2", definition))])
 
 
-def test_a_summary_rest_time_that_its_events_do_not_give_is_named() -> None:
+def test_a_summary_rest_time_that_its_events_do_not_give_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     wait = {"name": "w", "steps": [{"name": "w", "implementation": "wait",
                                     "config": {"seconds": 30}}]}  # fmt: skip
+    parsed: list[str] = []
+    parse = _verify.parse_workflow
+    monkeypatch.setattr(
+        _verify, "parse_workflow", lambda d, **kw: parsed.append(d["name"]) or parse(d, **kw)
+    )
     store = MemoryStore()
     _waiting(store, "right", 1030.0, wait)
     _waiting(store, "wrong", 9999.0, wait)
     assert verify_store(store).problems == [
         "execution wrong: summary rest 9999.0 disagrees with its events (they say 1030.0)"
     ]
+    assert parsed == ["w"]  # one definition: parsed once for both executions
     broken = MemoryStore()
     _waiting(broken, "e", 1030.0, {"name": "w", "steps": []})
-    (problem,) = verify_store(broken).problems
-    assert problem.startswith("execution e: its definition does not load:")
+    _waiting(broken, "f", 1030.0, {"name": "w", "steps": []})
+    problems = verify_store(broken).problems
+    assert [p.split(":")[0] for p in problems] == ["execution e", "execution f"]
+    assert all("its definition does not load:" in p for p in problems)
 
 
 def test_orphans_missing_definitions_and_empty_logs_are_named() -> None:
