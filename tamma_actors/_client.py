@@ -21,7 +21,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._client_socket import ClientSocket
 from tamma_actors._codec import pack
-from tamma_actors._errors import FrameTooLarge, ProtocolError, RemoteError, error_from_code
+from tamma_actors._errors import (
+    FrameTooLarge,
+    ProtocolError,
+    RemoteError,
+    UnknownExecution,
+    error_from_code,
+)
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -395,9 +401,17 @@ class Client(ClientSocket):
     def _record_alone(self, args: dict[str, Any]) -> list[Any]:
         """The one record ``list`` would answer with ``args`` (a page of one) but cannot, as
         it is over the frame cap: the summary at that place names the execution, whose
-        record is then rebuilt from its events."""
-        found = self.request("list", {**args, "view": "summary", "limit": 1})
-        return [self._rebuilt(str(summary["id"])) for summary in found]
+        record is then rebuilt from its events. One deleted meanwhile (``admin cleanup``)
+        is passed over: the execution now at that place is taken instead; the loop ends, as
+        each turn of it follows a deletion."""
+        while True:
+            found = self.request("list", {**args, "view": "summary", "limit": 1})
+            if not found:
+                return []
+            try:
+                return [self._rebuilt(str(found[0]["id"]))]
+            except UnknownExecution:
+                continue
 
     def get_workflow_status(self, execution_id: str) -> WorkflowStatusInfo:
         result = self.request("status", {"id": execution_id})

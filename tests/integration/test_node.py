@@ -522,6 +522,51 @@ def test_a_list_rebuilds_a_record_over_the_cap_and_goes_on(
     assert any(op == "events" for op, _, _ in asked)
 
 
+@pytest.mark.parametrize("after", [2, 0])
+def test_a_list_passes_over_a_record_deleted_while_it_is_rebuilt(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, after: int
+) -> None:
+    """An execution over the cap deleted by ``admin cleanup`` between its summary and its
+    events: the list takes the execution now at that place (if any: ``after`` come after
+    it) and goes on to the end, instead of failing on the one that is gone or stopping
+    short."""
+    monkeypatch.setattr(client_module, "LIST_PAGE", 4)
+    cap = 8192
+    settings = {"workers": 1, "worker_slots": 4, "max_frame_bytes": cap}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    chain = wf("c", step("a"), step("b", "noop", "a"), step("c", "noop", "b"))
+    parked = wf("p", step("w", "wait", config={"seconds": 600}))
+    pad = {"pad": "x" * 3000}
+    address = config.control_address
+    with (
+        Node(config),
+        Client(address, timeout=WAIT, max_frame_bytes=cap) as client,
+        Client(address, timeout=WAIT) as admin,
+    ):
+        waiting = [client.start_workflow(parked, {"n": 0}).id]
+        big = client.start_workflow(chain, pad).id
+        assert _ended(client, big).status.value == "completed"
+        waiting += [client.start_workflow(parked, {"n": n + 1}).id for n in range(after)]
+        asked: list[tuple[str, Any]] = []
+        ask = client.request
+
+        def deleting(op: str, args: Any, **kw: Any) -> Any:
+            asked.append((op, args.get("view")))
+            found = ask(op, args, **kw)
+            summary = (op, args.get("view")) == ("list", "summary")
+            if summary and found and found[0]["id"] == big:
+                time.sleep(0.01)  # past the tiny retention below
+                assert admin.admin_cleanup(1e-7)["deleted"] == [big]
+            return found
+
+        monkeypatch.setattr(client, "request", deleting)
+        listed = client.list_workflows()
+    assert [e.id for e in listed] == waiting
+    # the big one's summary, then (its events gone) the summary now at its place
+    assert [view for op, view in asked if op == "list"].count("summary") == 2
+    assert {e.status.value for e in listed} == {"running"}
+
+
 def _ended(client: Client, eid: str) -> WorkflowStatusInfo:
     deadline = time.monotonic() + WAIT
     while not is_terminal_execution((status := client.get_workflow_status(eid)).status):
