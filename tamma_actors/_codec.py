@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -9,7 +10,7 @@ import msgpack
 
 from tamma_actors._errors import CodecError, FrameTooLarge
 
-__all__ = ["pack", "peek", "unpack"]
+__all__ = ["pack", "peek", "same_data", "unpack"]
 
 # A Packer per thread: ``packb`` builds a new one per call, which costs more than packing a
 # small map. A Packer is not thread-safe; it resets its buffer after each pack, and on error.
@@ -61,3 +62,18 @@ def peek(data: bytes | memoryview, key: str) -> Any:
     except (msgpack.UnpackException, ValueError, TypeError):  # not a map, cut short, garbage
         return None
     return None
+
+
+def same_data(a: Any, b: Any) -> bool:
+    """``a == b`` for decoded data, but with NaN equal to NaN: msgpack carries NaN, and two
+    decodings of one stored NaN are two float objects that ``==`` calls different (a list
+    or dict holding the same NaN object compares equal only by that object's identity)."""
+    if a == b:
+        return True
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isnan(a) and math.isnan(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_data(v, b[k]) for k, v in a.items())
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and type(a) is type(b):
+        return len(a) == len(b) and all(map(same_data, a, b))
+    return False

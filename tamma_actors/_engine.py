@@ -22,6 +22,7 @@ import pykka
 
 from tamma_actors._admin import StoreAdmin
 from tamma_actors._breakers import BreakerRegistry
+from tamma_actors._codec import same_data
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine_reads import EngineReads, HeldWait, done_or_refuse
@@ -261,7 +262,7 @@ class Engine(EngineReads, EngineRecovery):
             if new:  # perhaps: unless the store has it
                 self._starting[eid] = (same, reply)
         if pending is not None:
-            if pending[0] != same:
+            if not same_data(pending[0], same):
                 raise _exists(eid)
             return pending[1]
         try:
@@ -272,7 +273,7 @@ class Engine(EngineReads, EngineRecovery):
                     return reply
             first = self._store.read_events(eid, 1, 1)  # its created event
             data = first[0]["data"] if first else {}
-            if (data.get("digest"), data.get("inputs") or {}) != same:
+            if not same_data((data.get("digest"), data.get("inputs") or {}), same):
                 raise _exists(eid)
             relay(self.get_workflow(eid), reply)
         except TammaError as exc:

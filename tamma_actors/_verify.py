@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tamma_actors._codec import same_data
 from tamma_actors._errors import TammaError
 from tamma_actors._execution_rest import rest_until
 from tamma_actors._keys import (
@@ -93,13 +94,14 @@ def _events_of(view: RecordView, eid: str) -> list[dict[str, Any]] | None:
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The fields of two states that differ (a NaN in a step's data is equal to itself)."""
     keys = sorted(set(a) | set(b))
-    out = [k for k in keys if k not in ("steps",) and a.get(k) != b.get(k)]
+    out = [k for k in keys if k not in ("steps",) and not same_data(a.get(k), b.get(k))]
     steps_a, steps_b = a.get("steps", {}), b.get("steps", {})
     out += [
         f"steps.{s}"
         for s in sorted(set(steps_a) | set(steps_b))
-        if steps_a.get(s) != steps_b.get(s)
+        if not same_data(steps_a.get(s), steps_b.get(s))
     ]
     return out
 

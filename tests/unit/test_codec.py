@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tamma_actors._codec import pack, peek, unpack
+from tamma_actors._codec import pack, peek, same_data, unpack
 from tamma_actors._errors import CodecError, FrameTooLarge
 
 values = st.recursive(
@@ -28,6 +28,39 @@ values = st.recursive(
 @given(values)
 def test_round_trip(value: Any) -> None:
     assert unpack(pack(value)) == value
+
+
+with_nan = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats() | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None)
+@given(with_nan)
+def test_same_data_holds_for_a_value_and_its_decoding_nan_included(value: Any) -> None:
+    """Two decodings of one stored value are the same data, though a NaN in them is not
+    ``==`` to itself as another float object."""
+    assert same_data(unpack(pack(value)), unpack(pack(value)))
+
+
+def test_same_data_tells_different_data_apart() -> None:
+    nan = float("nan")
+    assert unpack(pack({"x": [nan]})) != unpack(pack({"x": [nan]}))  # why it exists
+    assert same_data({"x": [nan, 1]}, {"x": [float("nan"), 1]})
+    for a, b in [
+        ({"x": nan}, {"x": 1.0}),
+        ({"x": nan}, {"y": nan}),
+        ([nan], [nan, nan]),
+        ([nan], (nan,)),  # a tuple is not a list
+        ({"x": [nan, 1]}, {"x": [nan, 2]}),
+        (nan, "nan"),
+        ([1], {"a": 1}),
+    ]:
+        assert not same_data(a, b) and not same_data(b, a), (a, b)
 
 
 def test_a_failed_pack_leaves_nothing_behind() -> None:

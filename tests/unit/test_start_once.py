@@ -64,6 +64,24 @@ def test_another_workflow_or_other_inputs_under_that_id_are_refused(kit: Kit) ->
     assert _ids(kit) == ["x1"]
 
 
+def test_the_same_start_again_with_a_nan_in_its_inputs_is_the_same_start(kit: Kit) -> None:
+    """A NaN is not ``==`` to another NaN, yet inputs holding one are the same inputs: while
+    the first start is pending and once it is stored, the same start gets that execution."""
+    spec = wf(step("a"))
+    digest = kit.engine._parsed(spec, None)[1]
+    pending: Future[dict[str, Any]] = Future()
+    with kit.engine._lock:  # as if the first start were between its check and its commit
+        kit.engine._starting["nan"] = ((digest, {"x": float("nan")}), pending)
+    assert _start(kit, spec, {"x": float("nan")}, "nan") is pending
+    kit.engine._started_once("nan")
+    first = _start(kit, spec, {"x": float("nan")}, "stored").result(WAIT)
+    again = _start(kit, spec, {"x": float("nan")}, "stored").result(WAIT)
+    assert first["id"] == again["id"] == "stored"
+    with pytest.raises(ExecutionExists):
+        _start(kit, spec, {"x": 1.0}, "stored").result(WAIT)
+    assert _ids(kit) == ["stored"]
+
+
 def test_starts_racing_under_one_id_make_one_execution(kit: Kit) -> None:
     spec = wf(step("a"))
     go = threading.Event()
