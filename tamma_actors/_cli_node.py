@@ -182,14 +182,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
-    import yaml
+    """``--input KEY=VALUE`` values read as YAML, as a workflow file is: ``n=3`` is a
+    number, ``due=2026-12-01`` the text it is written as."""
+    from tamma_actors._workflow_file import yaml_data
 
     inputs: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--input expects KEY=VALUE, got {pair!r}")
-        inputs[key] = yaml.safe_load(value) if value else ""
+        inputs[key] = yaml_data(value) if value else ""
     return inputs
 
 

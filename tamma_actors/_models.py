@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
@@ -192,6 +193,34 @@ class CircuitBreakerPolicy(FileModel):
     half_open_max_calls: Count = Field(1, ge=1)
 
 
+_JSON_SCALARS = (str, int, type(None))  # bool is an int
+
+
+def json_data_problem(value: Any, where: str = "") -> str | None:
+    """What in ``value`` is not JSON data (maps with string keys, lists, strings, finite
+    numbers, booleans, null), named by its place under ``where``; None if nothing is. A
+    tuple is taken for a list, as the wire and the stored definition take it."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where or 'the value'}: {value!r} is not JSON"
+    if isinstance(value, list | tuple):
+        found = (json_data_problem(item, f"{where}[{i}]") for i, item in enumerate(value))
+        return next((p for p in found if p is not None), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where or 'the map'}: the key {key!r} is not a string"
+            problem = json_data_problem(item, f"{where}.{key}" if where else key)
+            if problem is not None:
+                return problem
+        return None
+    return (
+        f"{where or 'the value'}: a value of type {type(value).__name__} is not JSON data "
+        "(maps, lists, strings, numbers, booleans and null; a date or bytes go as a string)"
+    )
+
+
 class StepDependency(FileModel):
     """A workflow-level dependency entry: ``step`` runs after every step in ``depends_on``."""
 
@@ -214,6 +243,16 @@ class WorkflowStep(FileModel):
     queue_timeout: _OptionalSeconds = None
     # longest silence between two ctx.heartbeat calls of a running step
     heartbeat_timeout: _OptionalSeconds = None
+
+    @field_validator("config")
+    @classmethod
+    def _config_is_json_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The definition is stored and hashed as JSON: anything else would come back
+        # changed (NaN as null, bytes as text) to an execution brought back from the store.
+        problem = json_data_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("implementation")
     @classmethod

@@ -33,10 +33,27 @@ __all__ = [
     "read_workflow_mapping",
     "topological_order",
     "workflow_json_schema",
+    "yaml_data",
 ]
 
 
 # --- reading -------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, but a date or a time stays the text it is written as:
+    a workflow is JSON data (an unquoted ``2026-12-01`` in a step's config is a string)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def yaml_data(text: str) -> Any:
+    """``text`` read as YAML, as a workflow file is (a date or a time stays text)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
 
 
 def read_workflow_mapping(path: str | Path) -> dict[str, Any]:
@@ -52,7 +69,7 @@ def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowValidationError([Problem("", f"cannot read file: {exc}")], source) from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml_data(text)
     except yaml.YAMLError as exc:
         raise WorkflowValidationError([_yaml_problem(exc)], source) from exc
     if not isinstance(data, dict):

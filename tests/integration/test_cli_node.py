@@ -21,10 +21,12 @@ def test_demo_runs_the_example_and_prints_the_execution(
 ) -> None:
     args = ["--data-dir", str(short_dir / "var"), "--workers", "1"]
     example = str(ROOT / "config" / "workflows" / "example.yaml")
-    assert tamma_node(["demo", *args, example, "--input", "topic=demo", "--json"]) == 0
+    inputs = ["--input", "topic=demo", "--input", "due=2026-12-01", "--input", "n=[1, 2]"]
+    assert tamma_node(["demo", *args, example, *inputs, "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["status"] == "completed"
-    assert record["context"] == {"topic": "demo"}
+    # YAML values, as in a workflow file: a date stays its text
+    assert record["context"] == {"topic": "demo", "due": "2026-12-01", "n": [1, 2]}
     assert all(r["status"] == "succeeded" for r in record["results"].values())
 
     # again, as a table, on the same store: the first execution is still there

@@ -257,6 +257,45 @@ def test_tuples_are_checked_as_lists_are() -> None:
     assert [s.dependencies for s in ok.steps] == [[], ["a"]]
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"message": b"\xff"}, "message: a value of type bytes is not JSON data"),
+        ({"x": [1, {"y": float("nan")}]}, "x[1].y: nan is not JSON"),
+        ({"x": float("-inf")}, "x: -inf is not JSON"),
+        ({"m": {1: "a"}}, "m: the key 1 is not a string"),
+        ({"s": {1, 2}}, "s: a value of type set is not JSON data"),
+    ],
+)
+def test_a_step_config_must_be_json_data(config: dict[str, Any], message: str) -> None:
+    """The definition is stored and hashed as JSON: NaN would come back as null and bytes
+    as text to an execution brought back from the store, so they are refused at load,
+    named by their place in the config."""
+    data = {"name": "w", "steps": [{"name": "a", "implementation": "noop", "config": config}]}
+    (problem,) = problems_of(data)
+    assert problem.loc == "steps[0].config" and message in problem.message
+    fine = {"t": (1, "a"), "n": None, "f": 1.5, "b": True, "deep": [{"k": ["v"]}]}
+    ok = parse_workflow({**data, "steps": [{**data["steps"][0], "config": fine}]})
+    assert ok.model_dump(mode="json")["steps"][0]["config"] == {**fine, "t": [1, "a"]}
+
+
+def test_a_date_in_a_workflow_file_stays_text(tmp_path: Path) -> None:
+    """A workflow is JSON data: an unquoted date or time in YAML is read as the text it
+    is written as (a date object could not be sent to the node), and a NaN is named with
+    its line."""
+    text = (
+        "name: w\nsteps:\n  - name: a\n    implementation: noop\n"
+        "    config: {day: 2026-12-01, at: 2026-12-01T10:00:00Z, n: 3}\n"
+    )
+    path = write_file(tmp_path, "w.yaml", text)
+    config = read_workflow_mapping(path)["steps"][0]["config"]
+    assert config == {"day": "2026-12-01", "at": "2026-12-01T10:00:00Z", "n": 3}
+    assert load_workflow(path).steps[0].config == config
+    bad = write_file(tmp_path, "nan.yaml", text.replace("n: 3", "n: .nan"))
+    with pytest.raises(WorkflowValidationError, match=r"n: nan is not JSON \(line 5\)"):
+        load_workflow(bad)
+
+
 def test_implementations_checked_only_when_known_given() -> None:
     data = {"name": "w", "steps": [{"name": "a", "implementation": "mystery"}]}
     assert parse_workflow(data).step("a").implementation == "mystery"
