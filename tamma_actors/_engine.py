@@ -89,7 +89,7 @@ def _canonical(definition: Any) -> str | None:
     round-trips exactly (no tuples, non-string keys, NaN or other Python objects)."""
     try:
         text = json.dumps(definition, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # the validation names what is wrong
         return None
     return text if json.loads(text) == definition else None
 

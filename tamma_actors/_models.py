@@ -194,24 +194,36 @@ class CircuitBreakerPolicy(FileModel):
 
 
 _JSON_SCALARS = (str, int, type(None))  # bool is an int
+# The deepest nesting of maps and lists a step's config may have: the stored form and the
+# digest are made by recursive encoders, which must not run out of stack on the node.
+MAX_CONFIG_DEPTH = 100
 
 
-def json_data_problem(value: Any, where: str = "") -> str | None:
+def _shortened(where: str, most: int = 48) -> str:
+    """A long place cut after its last whole part within ``most`` characters."""
+    cut = max(where.rfind("[", 1, most), where.rfind(".", 1, most))
+    return where if len(where) <= most or cut < 1 else f"{where[:cut]}..."
+
+
+def json_data_problem(value: Any, where: str = "", depth: int = 0) -> str | None:
     """What in ``value`` is not JSON data (maps with string keys, lists, strings, finite
-    numbers, booleans, null), named by its place under ``where``; None if nothing is. A
-    tuple is taken for a list, as the wire and the stored definition take it."""
+    numbers, booleans, null; nested at most ``MAX_CONFIG_DEPTH`` deep), named by its place
+    under ``where``; None if nothing is. A tuple is taken for a list, as the wire and the
+    stored definition take it."""
     if isinstance(value, _JSON_SCALARS):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where or 'the value'}: {value!r} is not JSON"
+    if isinstance(value, list | tuple | dict) and depth >= MAX_CONFIG_DEPTH:
+        return f"{_shortened(where)}: nested deeper than {MAX_CONFIG_DEPTH} maps and lists"
     if isinstance(value, list | tuple):
-        found = (json_data_problem(item, f"{where}[{i}]") for i, item in enumerate(value))
+        found = (json_data_problem(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
         return next((p for p in found if p is not None), None)
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{where or 'the map'}: the key {key!r} is not a string"
-            problem = json_data_problem(item, f"{where}.{key}" if where else key)
+            problem = json_data_problem(item, f"{where}.{key}" if where else key, depth + 1)
             if problem is not None:
                 return problem
         return None

@@ -119,9 +119,19 @@ def test_an_invalid_workflow_is_refused_with_every_problem_named(client: Client)
     for needle in ("ghost", "teleport", "duplicate", "x -> y -> x"):
         assert needle in text, needle
     assert client.list_workflows() == []  # nothing was started
-    # data a JSON definition cannot hold (bytes, NaN): named, and nothing is started
-    for config, needle in [({"message": b"\xff\x00"}, "bytes"), ({"x": float("nan")}, "nan")]:
-        with pytest.raises(WorkflowValidationError, match=rf"steps\[0\]\.config: \w+: .*{needle}"):
+    # data a JSON definition cannot hold (bytes, NaN, nesting past the stack): named, and
+    # nothing is started
+    deep: Any = 1
+    for _ in range(1000):
+        deep = {"k": deep}
+    for config, needle in [
+        ({"message": b"\xff\x00"}, "bytes"),
+        ({"x": float("nan")}, "nan"),
+        ({"x": deep}, "nested deeper than 100"),
+    ]:
+        with pytest.raises(
+            WorkflowValidationError, match=rf"steps\[0\]\.config: \w+.*: .*{needle}"
+        ):
             client.start_workflow(wf("raw", step("a", "echo", config=config)))
     assert client.list_workflows() == [] and client.health()["status"] == "ok"
 

@@ -257,6 +257,13 @@ def test_tuples_are_checked_as_lists_are() -> None:
     assert [s.dependencies for s in ok.steps] == [[], ["a"]]
 
 
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -265,6 +272,8 @@ def test_tuples_are_checked_as_lists_are() -> None:
         ({"x": float("-inf")}, "x: -inf is not JSON"),
         ({"m": {1: "a"}}, "m: the key 1 is not a string"),
         ({"s": {1, 2}}, "s: a value of type set is not JSON data"),
+        ({"d": _nested(100)}, "d[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]...: nested"),
+        ({"d": _nested(5000)}, "deeper than 100 maps and lists"),  # past the stack's depth
     ],
 )
 def test_a_step_config_must_be_json_data(config: dict[str, Any], message: str) -> None:
@@ -274,9 +283,10 @@ def test_a_step_config_must_be_json_data(config: dict[str, Any], message: str) -
     data = {"name": "w", "steps": [{"name": "a", "implementation": "noop", "config": config}]}
     (problem,) = problems_of(data)
     assert problem.loc == "steps[0].config" and message in problem.message
-    fine = {"t": (1, "a"), "n": None, "f": 1.5, "b": True, "deep": [{"k": ["v"]}]}
+    fine = {"t": (1, "a"), "n": None, "f": 1.5, "b": True, "deep": _nested(99)}
     ok = parse_workflow({**data, "steps": [{**data["steps"][0], "config": fine}]})
     assert ok.model_dump(mode="json")["steps"][0]["config"] == {**fine, "t": [1, "a"]}
+    assert ok.digest()  # the stored form and the digest can be made
 
 
 def test_a_date_in_a_workflow_file_stays_text(tmp_path: Path) -> None:
