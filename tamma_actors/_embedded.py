@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from tamma_actors._client import Client
 from tamma_actors._client import _validated as validated
+from tamma_actors._codec import pack, unpack
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._engine import Engine
-from tamma_actors._errors import RequestTimeout, SupervisionError
+from tamma_actors._errors import CodecError, RequestTimeout, SupervisionError
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -41,6 +42,16 @@ from tamma_actors._protocol import InvalidRequest, StartArgs
 __all__ = ["WorkflowEngine"]
 
 T = TypeVar("T")
+
+
+def _as_sent(what: str, value: Any) -> Any:
+    """``value`` as the engine would have it from a client: encoded and decoded as the
+    wire does (a tuple becomes a list). What cannot be sent (a date, a set, an object) is
+    refused here, naming it, instead of failing the execution's first commit."""
+    try:
+        return unpack(pack(value))
+    except CodecError as exc:
+        raise InvalidRequest(f"invalid {what}: {exc}") from exc
 
 
 class WorkflowEngine:
@@ -120,9 +131,15 @@ class WorkflowEngine:
                 StartArgs.model_validate({"workflow": {}, "id": execution_id})
             except ValidationError as exc:
                 raise InvalidRequest(f"invalid execution id {execution_id!r}: {exc}") from exc
+        sent = _as_sent("inputs", dict(inputs or {}))
+        try:
+            StartArgs.model_validate({"workflow": {}, "inputs": sent})
+        except ValidationError as exc:
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidRequest(f"invalid inputs: {where}") from exc
         definition, source = Client._definition(config_or_path)
         future = self._engine.start_workflow(
-            definition, dict(inputs or {}), source=source, requested_id=execution_id
+            definition, sent, source=source, requested_id=execution_id
         )
         return self._execution(future)
 
@@ -196,7 +213,8 @@ class WorkflowEngine:
         self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
     ) -> StepResult:
         """Run one step once, outside the execution's schedule (see ``Client``)."""
-        future = self._engine.execute_step(execution_id, step, context, timeout=timeout)
+        sent = _as_sent("context", context)
+        future = self._engine.execute_step(execution_id, step, sent, timeout=timeout)
         return validated(StepResult, self._result(future, timeout + self.timeout))
 
     def retry_step(self, execution_id: str, step: str) -> WorkflowExecution:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,23 @@ def test_the_whole_interface_over_one_node(short_dir: Path) -> None:
             engine.start_workflow(chain("other"), {"n": 1}, execution_id="job-1")
         with pytest.raises(ProtocolError, match="invalid execution id 'no/slash'"):
             engine.start_workflow(chain("chosen"), execution_id="no/slash")
+        # inputs and a context are taken as a client would send them: what cannot be sent
+        # (it could not be stored either) is refused, and nothing is started
+        for inputs, why in [
+            ({"due": datetime.date(2026, 12, 1)}, "can not serialize 'datetime.date'"),
+            ({1: "x"}, r"inputs\.1\.\[key\]: Input should be a valid string$"),
+        ]:
+            with pytest.raises(ProtocolError, match=rf"invalid inputs: .*{why}"):
+                engine.start_workflow(chain("unsent"), inputs)
+        with pytest.raises(ProtocolError, match=r"invalid context: .*'set'"):
+            engine.execute_step(chosen.id, "a", {"s": {1}})
+        as_sent = engine.start_workflow(chain("sent"), {"pair": (1, 2)}, execution_id="job-2")
+        assert as_sent.context == {"pair": [1, 2]}  # as the store gives it back
+        assert engine.wait("job-2", timeout=WAIT).status is ExecutionStatus.COMPLETED
 
         listed = engine.list_workflows({"status": "completed"})
-        assert sorted(e.id for e in listed) == sorted([started.id, "job-1"])
-        assert len(engine.list_workflows()) == 3
+        assert sorted(e.id for e in listed) == sorted([started.id, "job-1", "job-2"])
+        assert len(engine.list_workflows()) == 4
         summaries = engine.list_summaries({"status": "completed"})
         assert [s.id for s in summaries] == [e.id for e in listed]
         assert all(s.status is ExecutionStatus.COMPLETED and s.end_time for s in summaries)
