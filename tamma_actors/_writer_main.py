@@ -66,14 +66,21 @@ def handle(store: LmdbStore, frame: Any) -> list[Any]:
 
 
 def serve(conn: Connection, store: LmdbStore) -> None:
-    """Answer batches until the node closes the socket."""
+    """Answer batches until the node closes the socket. A node that died while its batch
+    was being committed is not an error: the batch is in the store, where the next node
+    reads it, and this process stops as it would at the node's close."""
     conn.send_bytes(pack(["ready", os.getpid()]))
     while True:
         try:
             data = conn.recv_bytes()
         except (EOFError, ConnectionResetError):
             return  # the node closed its end (or died with our last answer unread)
-        conn.send_bytes(pack(handle(store, unpack(data))))
+        answer = pack(handle(store, unpack(data)))
+        try:
+            conn.send_bytes(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("the node went away before the answer to its last batch (committed)")
+            return
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,12 +3,16 @@ the writer process's answer to a batch (``_writer_main.handle``) on a real LMDB 
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tamma_actors import _writer_main as writer_main
 from tamma_actors._codec import pack, unpack
 from tamma_actors._errors import (
     StoreClosed,
@@ -26,7 +30,7 @@ from tamma_actors._store_wire import (
     write_from_wire,
     write_to_wire,
 )
-from tamma_actors._writer_main import handle
+from tamma_actors._writer_main import handle, serve
 
 
 def _full_write(eid: str = "e1") -> Write:
@@ -172,3 +176,38 @@ def test_a_frame_that_is_not_a_batch_is_refused(lmdb_store: LmdbStore) -> None:
     for bad in ("batch", [1], [1, "writes"], {"n": 1}):
         with pytest.raises(StoreError, match="malformed batch"):
             handle(lmdb_store, bad)
+
+
+def test_a_node_gone_before_the_answer_ends_serving_with_the_batch_committed(
+    lmdb_store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node sends a batch and dies before reading the answer (SIGKILL): the writer
+    process commits it, finds the socket closed when it answers and stops as at a close,
+    not with an error; the next node reads the batch from the store."""
+    node_end, writer_end = socket.socketpair()
+    node, writer = Connection(node_end.detach()), Connection(writer_end.detach())
+    gone = threading.Event()
+
+    def handle_then_find_the_node_gone(store: LmdbStore, frame: Any) -> list[Any]:
+        answer = handle(store, frame)
+        assert gone.wait(10)
+        return answer
+
+    monkeypatch.setattr(writer_main, "handle", handle_then_find_the_node_gone)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(writer, lmdb_store)
+        except BaseException as exc:  # the test asserts there is none
+            raised.append(exc)
+
+    served = threading.Thread(target=run)
+    served.start()
+    assert unpack(node.recv_bytes())[0] == "ready"
+    node.send_bytes(pack([1, [write_to_wire(_full_write("gone"))]]))
+    node.close()  # dies with its batch sent and the answer unread
+    gone.set()
+    served.join(10)
+    assert not served.is_alive() and raised == []  # it returned, as at a close
+    assert lmdb_store.get_summary("gone") == {"id": "gone", "status": "completed"}
