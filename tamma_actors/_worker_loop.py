@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import psutil
 import zmq
 
 from tamma_actors import _wire as wire
@@ -60,14 +59,22 @@ _LINGER_MS = 1000
 # In a long batch of frames, send the inline steps' results at least this often.
 _INLINE_FLUSH = 64
 
-_PROCESS = psutil.Process()
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss_bytes() -> int:
+    """This process's resident memory, as psutil reads it on Linux (``/proc/self/statm``),
+    without psutil's import (~20 ms) on a worker's way to joining; psutil elsewhere."""
     try:
-        return int(_PROCESS.memory_info().rss)
-    except psutil.Error:
-        return 0
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        try:
+            return int(psutil.Process().memory_info().rss)
+        except psutil.Error:
+            return 0
 
 
 class CurveKeys:
