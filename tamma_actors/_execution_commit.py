@@ -115,6 +115,9 @@ class CommitCycle:
     def _flush(self) -> None:
         batch, self._batch = self._batch, Batch()
         if not batch.events:
+            if self.state.terminal:  # made for a revival it refused: nothing keeps it live
+                eid, me = self.state.id, self.actor_ref
+                batch.effects.append(lambda: self.deps.on_terminal(eid, me))
             if batch.replies or batch.effects:
                 record = to_record(self.state) if batch.replies else None
                 self._after_tail(lambda exc: run_batch(self.state.id, batch, record, exc))

@@ -236,6 +236,27 @@ def test_cleanup_removes_only_old_terminal_executions_with_their_events() -> Non
         cleanup_store(store, 0, now=0.0)
 
 
+def test_a_refused_revival_leaves_nothing_that_outlives_cleanup(data: Path) -> None:
+    """A retry of a step that cannot run again, on a failed execution: the supervisor made
+    to revive it refuses, and retires. Once cleanup deletes the execution, nothing in the
+    node answers for it (a supervisor kept live would answer from memory)."""
+    tiny = 1e-7  # days: ~9 ms
+    spec = chain("fails", "noop", "fail")
+    spec["retry_policy"] = {"max_attempts": 1}
+    with Node(config(data)) as node, Client(node.config.control_address, timeout=WAIT) as c:
+        eid = c.start_workflow(spec).id
+        assert c.wait(eid, timeout=WAIT).status == "failed"
+        with pytest.raises(TammaError, match="only a failed or cancelled step can be retried"):
+            c.retry_step(eid, "s0")  # it succeeded
+        c.wait(live := c.start_workflow(HANG).id, timeout=0.1)  # past the tiny retention
+        assert c.admin_cleanup(tiny)["deleted"] == [eid]
+        for ask in (c.get_workflow, c.get_workflow_status, lambda i: c.retry_step(i, "s1")):
+            with pytest.raises(TammaError, match="no execution"):
+                ask(eid)
+        assert node.engine.live_count == 1  # the hanging one alone
+        c.abort_workflow(live)
+
+
 def test_admin_cleanup_and_the_retention_setting(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ import gc
 import itertools
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -460,6 +461,11 @@ def test_retry_step_revives_a_failed_execution() -> None:
         assert k.finish(eid)["status"] == "failed"
         with pytest.raises(IllegalTransition, match="dependency 'a'"):
             k.engine.retry_step(eid, "b").result(WAIT)
+        # the supervisor made to revive it refused and retires: nothing of it stays live
+        deadline = time.monotonic() + WAIT
+        while eid in k.engine._live:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         revived = k.engine.retry_step(eid, "a").result(WAIT)
         assert revived["status"] == "running" and revived["error"] is None
         final = k.finish(eid)
