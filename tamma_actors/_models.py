@@ -193,7 +193,8 @@ class CircuitBreakerPolicy(FileModel):
     half_open_max_calls: Count = Field(1, ge=1)
 
 
-_JSON_SCALARS = (str, int, type(None))  # bool is an int
+_JSON_SCALARS = (str, type(None))
+_INT_RANGE = range(-(2**63), 2**64)  # the integers msgpack (the wire and the store) carries
 # The deepest nesting of maps and lists a step's config may have: the stored form and the
 # digest are made by recursive encoders, which must not run out of stack on the node.
 MAX_CONFIG_DEPTH = 100
@@ -207,11 +208,13 @@ def _shortened(where: str, most: int = 48) -> str:
 
 def json_data_problem(value: Any, where: str = "", depth: int = 0) -> str | None:
     """What in ``value`` is not JSON data (maps with string keys, lists, strings, finite
-    numbers, booleans, null; nested at most ``MAX_CONFIG_DEPTH`` deep), named by its place
-    under ``where``; None if nothing is. A tuple is taken for a list, as the wire and the
-    stored definition take it."""
+    numbers, integers of 64 bits, booleans, null; nested at most ``MAX_CONFIG_DEPTH``
+    deep), named by its place under ``where``; None if nothing is. A tuple is taken for a
+    list, as the wire and the stored definition take it."""
     if isinstance(value, _JSON_SCALARS):
         return None
+    if isinstance(value, int):  # bool too
+        return None if value in _INT_RANGE else f"{where or 'the value'}: {value} is too big"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where or 'the value'}: {value!r} is not JSON"
     if isinstance(value, list | tuple | dict) and depth >= MAX_CONFIG_DEPTH:

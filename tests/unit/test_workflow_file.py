@@ -272,6 +272,8 @@ def _nested(depth: int) -> Any:
         ({"x": float("-inf")}, "x: -inf is not JSON"),
         ({"m": {1: "a"}}, "m: the key 1 is not a string"),
         ({"s": {1, 2}}, "s: a value of type set is not JSON data"),
+        ({"n": [2**64]}, "n[0]: 18446744073709551616 is too big"),
+        ({"n": -(2**63) - 1}, "n: -9223372036854775809 is too big"),
         ({"d": _nested(100)}, "d[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]...: nested"),
         ({"d": _nested(5000)}, "deeper than 100 maps and lists"),  # past the stack's depth
     ],
@@ -283,7 +285,8 @@ def test_a_step_config_must_be_json_data(config: dict[str, Any], message: str) -
     data = {"name": "w", "steps": [{"name": "a", "implementation": "noop", "config": config}]}
     (problem,) = problems_of(data)
     assert problem.loc == "steps[0].config" and message in problem.message
-    fine = {"t": (1, "a"), "n": None, "f": 1.5, "b": True, "deep": _nested(99)}
+    fine = {"t": (1, "a"), "n": None, "f": 1.5, "b": True, "i": [2**64 - 1, -(2**63)]}
+    fine["deep"] = _nested(99)
     ok = parse_workflow({**data, "steps": [{**data["steps"][0], "config": fine}]})
     assert ok.model_dump(mode="json")["steps"][0]["config"] == {**fine, "t": [1, "a"]}
     assert ok.digest()  # the stored form and the digest can be made
