@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    SettingsError,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -213,6 +214,11 @@ def load_node_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
     except ConfigError as exc:
         where = f" (file {path})" if path is not None else ""
         raise ConfigError(f"{exc}{where}") from exc.__cause__
+    except SettingsError as exc:  # a TAMMA_* value pydantic-settings could not decode
+        raise ConfigError(
+            f"invalid node configuration: {exc} ({exc.__cause__}); a TAMMA_* variable for "
+            """a map or a list holds JSON, e.g. TAMMA_TOKENS='{"s3cret": "operator"}'"""
+        ) from exc
     finally:
         _FILE_VALUES.reset(token)
 

@@ -102,6 +102,12 @@ def test_nested_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.heartbeat_timeout == 10.0
 
 
+def test_an_environment_value_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAMMA_TOKENS", "abc=operator")
+    with pytest.raises(ConfigError, match=r'field "tokens".*Expecting value.*holds JSON'):
+        load_node_config()
+
+
 def test_file_layer_does_not_leak_between_loads(tmp_path: Path) -> None:
     load_node_config(write(tmp_path, "a.toml", "worker_slots = 2\n"))
     assert load_node_config().worker_slots == DEFAULT_WORKER_SLOTS
