@@ -20,6 +20,7 @@ from typing import IO, Any, Self
 
 import zmq
 
+from benchmarks._signals import signals_deferred
 from tamma_actors import Client
 from tamma_actors._codec import unpack
 from tamma_actors._errors import TammaError
@@ -89,9 +90,14 @@ class NodeProcess:
         ]  # fmt: skip
         self._log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - closed in close()
         began = time.perf_counter()
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env, start_new_session=True
-        )
+        with signals_deferred():  # a SIGTERM inside Popen would leave its node unknown
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=self._log,
+                env=self.env,
+                start_new_session=True,
+            )
         self.wait_serving(began + timeout - time.perf_counter())
         return time.perf_counter() - began
 

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from benchmarks._report import TARGETS, figure_text, option_problems, refuse, save_json
 from benchmarks._runner import parse_only
+from benchmarks._signals import signals_deferred
 
 __all__ = [
     "CannotCheckOut",
@@ -171,9 +172,10 @@ def run_suite_of(tree: Tree, options: Sequence[str], out: Path) -> dict[str, Any
     on, so that the suite stops its node before this exits."""
     cmd = [sys.executable, "-m", "benchmarks", *options, "--json", str(out)]
     env = {**os.environ, "PYTHONPATH": str(tree.path)}
-    child = subprocess.Popen(
-        cmd, cwd=tree.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    with signals_deferred():  # one inside Popen would leave the suite unknown, running
+        child = subprocess.Popen(
+            cmd, cwd=tree.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     try:
         output, _ = child.communicate()
     except BaseException:

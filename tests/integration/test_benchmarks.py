@@ -5,12 +5,14 @@ Only the shape of the output is checked, never a timing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import psutil
 import pytest
 import zmq
 
-from benchmarks._node import BenchmarkError, EventTap
+from benchmarks._node import BenchmarkError, EventTap, NodeProcess
 from tamma_actors import Client
 from tamma_actors._codec import pack
 
@@ -184,6 +186,62 @@ def test_sigterm_stops_the_node_and_removes_the_data_directory(tmp_path: Path, w
             proc.wait()
         if node is not None and node.is_running():  # the test failed: leave nothing behind
             os.killpg(node.pid, signal.SIGKILL)
+
+
+def test_a_sigterm_while_the_node_is_spawned_still_stops_it(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite turns SIGTERM into SystemExit, raised at whatever line runs. One that
+    came inside ``subprocess.Popen``, after the fork, left a node that no ``NodeProcess``
+    knew of (in its own session) running; it is now held until the node is known."""
+    from benchmarks import _node as node_module
+
+    spawn = subprocess.Popen
+
+    def spawn_then_sigterm(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = spawn(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # before Popen has returned
+        for _ in range(100):  # the handler runs between two lines of this thread
+            time.sleep(0.001)
+        return proc
+
+    monkeypatch.setattr(node_module.subprocess, "Popen", spawn_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    data = short_dir / "data"
+    try:
+        with pytest.raises(SystemExit), NodeProcess(data, workers=1):
+            pytest.fail("the SIGTERM must stop the start")
+        _, alive = psutil.wait_procs(_processes_under(data), timeout=10)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for orphan in _processes_under(data):  # the test failed: leave nothing behind
+            with contextlib.suppress(psutil.Error):
+                os.killpg(orphan.pid, signal.SIGKILL)
+
+
+def test_signals_are_held_only_in_the_main_thread() -> None:
+    from benchmarks._signals import signals_deferred
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda n, _f: seen.append(n))
+    try:
+        with signals_deferred():  # SIGUSR1 is not held: it is delivered at once
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.01)
+        assert seen == [signal.SIGUSR1]
+        handlers: list[Any] = []
+
+        def elsewhere() -> None:
+            with signals_deferred():  # a thread cannot set handlers: nothing is changed
+                handlers.append(signal.getsignal(signal.SIGTERM))
+
+        worker = threading.Thread(target=elsewhere)
+        worker.start()
+        worker.join(10)
+        assert handlers == [signal.getsignal(signal.SIGTERM)]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def _processes_under(directory: Path) -> list[psutil.Process]:
