@@ -17,7 +17,10 @@ from tamma_actors._state import ExecutionState, apply, make_event, to_summary
 from tamma_actors._store import MemoryStore, RecordTxn, Write
 
 
-def _events(eid: str, *, steps: int = 2, complete: bool = True) -> tuple[list[Any], ExecutionState]:
+def _events(
+    eid: str, *, steps: int = 2, complete: bool = True, output: Any = None
+) -> tuple[list[Any], ExecutionState]:
+    """An execution's events; each step's output is ``output``, or ``{"n": its name}``."""
     state = ExecutionState(id=eid)
     out: list[dict[str, Any]] = []
     names = [f"s{i}" for i in range(steps)]
@@ -33,16 +36,17 @@ def _events(eid: str, *, steps: int = 2, complete: bool = True) -> tuple[list[An
         emit("step.ready", step=name)
         emit("step.dispatched", step=name, attempt=1)
         emit("step.started", step=name, attempt=1, worker="w1")
-        emit("step.completed", step=name, attempt=1, output={"n": name}, duration_ms=1.0)
+        data = {"n": name} if output is None else output
+        emit("step.completed", step=name, attempt=1, output=data, duration_ms=1.0)
     if complete:
         emit("workflow.completed")
     return out, state
 
 
-def _store(*eids: str, snapshot_at: int | None = 4) -> MemoryStore:
+def _store(*eids: str, snapshot_at: int | None = 4, output: Any = None) -> MemoryStore:
     store = MemoryStore()
     for eid in eids:
-        events, state = _events(eid)
+        events, state = _events(eid, output=output)
         snap = None
         if snapshot_at is not None:
             partial = ExecutionState(id=eid)
@@ -80,30 +84,7 @@ def test_a_healthy_store_passes() -> None:
 def test_a_nan_in_the_data_is_equal_to_itself_through_the_snapshot() -> None:
     """A NaN a step returned (msgpack keeps it) is decoded once from the snapshot and once
     from the event: the two states are the same, though ``==`` says a NaN is not."""
-    store = MemoryStore()
-    state, events = ExecutionState(id="e1"), []
-    for etype, data in [
-        ("workflow.created", {"workflow_id": "w", "digest": "d1", "steps": ["s0", "s1"]}),
-        ("workflow.started", {}),
-        ("step.ready", {"step": "s0"}),
-        ("step.dispatched", {"step": "s0", "attempt": 1}),
-        ("step.completed", {"step": "s0", "attempt": 1, "output": {"x": float("nan")}}),
-        ("step.ready", {"step": "s1"}),
-    ]:
-        event = make_event(state, etype, 1000.0 + state.seq, **data)
-        apply(state, event)
-        events.append(event)
-    store.commit(
-        [
-            Write(
-                "e1",
-                events=events,
-                summary=to_summary(state),
-                snapshot=state.to_dict(),  # the snapshot after the NaN's event
-                definition=("d1", {"name": "w"}),
-            )
-        ]
-    )
+    store = _store("e1", snapshot_at=7, output={"x": float("nan")})  # after s0's output
     report = verify_store(store)
     assert report.ok, report.problems
 
