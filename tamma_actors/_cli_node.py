@@ -49,6 +49,13 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         help="register the `shell` step implementation",
     )
     parser.add_argument(
+        "--workflow-dir",
+        dest="workflow_dirs",
+        action="append",
+        type=Path,
+        help="a directory subflows may read workflow files from (repeatable)",
+    )
+    parser.add_argument(
         "--durability", choices=["full", "relaxed"], help="fsync every commit (full)"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
@@ -135,6 +142,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             "workers_endpoint": args.workers_endpoint,
             "events_endpoint": args.events_endpoint,
             "allow_shell": args.allow_shell,
+            "workflow_dirs": args.workflow_dirs,
             "durability": args.durability,
             "log_level": args.log_level,
         }.items()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import DirectoryPath, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -90,6 +90,8 @@ class NodeConfig(BaseSettings):
     supervision: Path | None = None
     log_level: str = "INFO"
     tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
+    # where subflows may read workflow files (see workflow_file_dirs)
+    workflow_dirs: list[DirectoryPath] = Field(default_factory=list)
     cancel_grace: Seconds = Field(5.0, ge=0)
     retention_days: float | None = Field(None, gt=0)
     retention_interval: Seconds = Field(3600.0, gt=0)
@@ -176,6 +178,15 @@ class NodeConfig(BaseSettings):
     @property
     def has_curve(self) -> bool:
         return self.curve_public_key is not None and self.curve_secret_key is not None
+
+    @property
+    def workflow_file_dirs(self) -> tuple[Path, ...] | None:
+        """Where a subflow may read its workflow file: inside ``workflow_dirs``; nowhere
+        when the node has tokens and no ``workflow_dirs`` (its callers are not all
+        trusted with its files); anywhere (None) otherwise: every caller is admin."""
+        if self.workflow_dirs or self.tokens:
+            return tuple(self.workflow_dirs)
+        return None
 
     @property
     def control_address(self) -> str:

@@ -48,7 +48,7 @@ from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._recovery import EngineRecovery, Waker, keep_bounded
 from tamma_actors._state import ExecutionState
 from tamma_actors._store import Store
-from tamma_actors._subflows import EngineChildren
+from tamma_actors._subflows import ANY_FILE, EngineChildren, WorkflowFiles
 from tamma_actors._timers import TimerHandle
 from tamma_actors._watchdog import Watchdog
 from tamma_actors._workflow_file import parse_workflow
@@ -72,6 +72,8 @@ class EngineParts:
     watchdog_interval: float = 30.0  # seconds between looks for stuck executions; 0: off
     # a live execution with nothing to do but wait at least this long rests; None: never
     rest_after: float | None = None
+    # where a subflow may read its workflow file (see WorkflowFiles); default: anywhere
+    workflow_files: WorkflowFiles = ANY_FILE
 
 
 _PARSED_CACHE_SIZE = 64  # distinct definitions kept parsed for start_workflow
@@ -114,7 +116,7 @@ class Engine(EngineReads, EngineRecovery):
             on_commit_lost=self._commit_lost,
             on_failed=self._supervisor_failed,
             rest=None if parts.rest_after is None else self._rest,
-            children=EngineChildren(self, parts.store, parts.deps.timers),
+            children=EngineChildren(self, parts.store, parts.deps.timers, parts.workflow_files),
             breakers=parts.deps.breakers or _breaker_registry(parts),
         )
         self._implementations = parts.implementations

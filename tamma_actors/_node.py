@@ -57,6 +57,7 @@ from tamma_actors._node_children import NodeChildren
 from tamma_actors._plugins import PluginRegistry, load_registry
 from tamma_actors._socket_actor import Urgent
 from tamma_actors._store import Write
+from tamma_actors._subflows import WorkflowFiles
 from tamma_actors._supervision import ChildSpec, RestartIntensity, SupervisorSpec, load_tree
 from tamma_actors._timers import TimerService
 from tamma_actors._workerpool import Dispatch
@@ -358,6 +359,7 @@ class Node(NodeChildren):
             write_block=self._writer.refusal,
             watchdog_interval=self.config.watchdog_interval,
             rest_after=self.config.rest_after,
+            workflow_files=WorkflowFiles(self.config.workflow_file_dirs),
         )
 
     def _health(self) -> dict[str, Any]:

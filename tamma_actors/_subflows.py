@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ from tamma_actors._store import Store
 from tamma_actors._timers import TimerService
 from tamma_actors._workflow_file import read_workflow_mapping
 
-__all__ = ["EngineChildren", "resolve_workflow"]
+__all__ = ["ANY_FILE", "EngineChildren", "WorkflowFiles", "resolve_workflow"]
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,54 @@ class _Engine(Protocol):
     ) -> Future[dict[str, Any]]: ...
 
 
+@dataclass(frozen=True)
+class WorkflowFiles:
+    """Where a subflow may read its workflow file: anywhere (``dirs`` None), or only
+    inside one of ``dirs`` once symbolic links are followed (none at all when empty).
+
+    A subflow's file is read by the node, on the node's machine, so a caller that may
+    start workflows but is not trusted with the node's files must not name any file:
+    what a file holds would come back in the step's error.
+    """
+
+    dirs: tuple[Path, ...] | None = None
+
+    def allowed(self, path: Path) -> Path:
+        """``path`` itself when it may be read, else :class:`WorkflowError` naming why."""
+        if self.dirs is None:
+            return path
+        if not self.dirs:
+            raise WorkflowError(
+                f"subflow workflow file {str(path)!r}: this node has tokens and no "
+                "workflow_dirs, so it reads no workflow file for a subflow (configure "
+                "workflow_dirs, or name a workflow the node has run before)"
+            )
+        real = path.resolve()
+        if any(real.is_relative_to(root.resolve()) for root in self.dirs):
+            return path
+        raise WorkflowError(
+            f"subflow workflow file {str(path)!r} is outside the node's workflow_dirs "
+            f"({', '.join(str(root) for root in self.dirs)})"
+        )
+
+
+ANY_FILE = WorkflowFiles()  # a node whose callers are all trusted: every one is admin
+
+
 def resolve_workflow(
-    workflow: str, parent_source: str | None, store: Store
+    workflow: str,
+    parent_source: str | None,
+    store: Store,
+    files: WorkflowFiles = ANY_FILE,
 ) -> tuple[dict[str, Any], str | None]:
     """The definition a subflow names: a file (relative to the parent's own file when it
-    came from one) or the name of a workflow this node has run before (its latest
-    definition)."""
+    came from one; only where ``files`` allows) or the name of a workflow this node has
+    run before (its latest definition)."""
     if workflow.endswith((".yaml", ".yml", ".json")) or "/" in workflow:
         path = Path(workflow)
         if not path.is_absolute() and parent_source and Path(parent_source).suffix:
             path = Path(parent_source).parent / path
-        return read_workflow_mapping(path), str(path)
+        return read_workflow_mapping(files.allowed(path)), str(path)
     latest: dict[str, Any] | None = None
     for summary in store.iter_summaries():  # in id order, which is creation order
         if summary.get("workflow_id") == workflow:
@@ -79,10 +117,17 @@ def resolve_workflow(
 class EngineChildren:
     """:class:`~tamma_actors._step_types.Children` over an engine and its store."""
 
-    def __init__(self, engine: _Engine, store: Store, timers: TimerService) -> None:
+    def __init__(
+        self,
+        engine: _Engine,
+        store: Store,
+        timers: TimerService,
+        files: WorkflowFiles = ANY_FILE,
+    ) -> None:
         self._engine = engine
         self._store = store
         self._timers = timers
+        self._files = files
         # how deeply each live child is nested (kept in memory: a runaway guard, not a rule)
         self._depth: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -112,7 +157,9 @@ class EngineChildren:
 
     def _start(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
         try:
-            definition, source = resolve_workflow(run.workflow, run.parent_source, self._store)
+            definition, source = resolve_workflow(
+                run.workflow, run.parent_source, self._store, self._files
+            )
         except TammaError as exc:
             done(exc)
             return

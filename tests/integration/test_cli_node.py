@@ -36,6 +36,21 @@ def test_demo_runs_the_example_and_prints_the_execution(
     assert "(1 executions recovered)" not in captured.err  # it ended: nothing to recover
 
 
+def test_demo_with_workflow_dirs_reads_subflow_files_only_inside_them(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parent = str(ROOT / "config" / "workflows" / "parent.yaml")
+    args = ["demo", "--data-dir", str(short_dir / "var"), "--workers", "1", "--json"]
+    elsewhere = ["--workflow-dir", str(short_dir), "--workflow-dir", str(ROOT / "tests")]
+    assert tamma_node([*args, *elsewhere, parent, "--input", "topic=t"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    message = record["results"]["research"]["error"]["message"]
+    assert "outside the node's workflow_dirs" in message and str(short_dir) in message
+    inside = ["--workflow-dir", str(short_dir), "--workflow-dir", str(ROOT / "config")]
+    assert tamma_node([*args, *inside, parent, "--input", "topic=t"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+
+
 def test_demo_of_a_failing_workflow_exits_non_zero(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -265,6 +265,46 @@ def test_a_restarted_node_resumes_a_half_done_fan_out(short_dir: Path) -> None:
     assert any(e.type == "workflow.created" for e in events)
 
 
+@pytest.mark.parametrize("dirs", [True, False], ids=["workflow_dirs", "none"])
+def test_a_node_with_tokens_reads_subflow_files_only_from_its_workflow_dirs(
+    short_dir: Path, tmp_path: Path, dirs: bool
+) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "child.yaml").write_text(
+        yaml.safe_dump({"name": "child", "steps": [{"name": "c", "implementation": "noop"}]})
+    )
+    (tmp_path / "secret.yaml").write_text("root:hunter2-do-not-leak:20228::\n")  # as /etc/shadow
+    cfg = load_node_config(
+        None,
+        data_dir=short_dir / "var",
+        workers=1,
+        tokens={"op": "operator"},
+        workflow_dirs=[flows] if dirs else [],
+    )
+
+    def subflow(path: Path) -> dict[str, Any]:
+        step = {"name": "sub", "type": "subflow", "config": {"workflow": str(path)}}
+        return {"name": "parent", "steps": [step]}
+
+    with Node(cfg) as node, Client(node.config.control_address, token="op", timeout=WAIT) as c:
+        inside = c.wait(c.start_workflow(subflow(flows / "child.yaml")).id, timeout=WAIT)
+        outside = c.wait(c.start_workflow(subflow(tmp_path / "secret.yaml")).id, timeout=WAIT)
+        climbing = c.wait(c.start_workflow(subflow(flows / ".." / "secret.yaml")).id, timeout=WAIT)
+        assert c.health()["status"] == "ok"
+    if dirs:
+        assert inside.status == "completed", inside.error
+        expected = "outside the node's workflow_dirs"
+    else:
+        assert inside.status == "failed"
+        assert "has tokens and no workflow_dirs" in inside.results["sub"].error.message
+        expected = "has tokens and no workflow_dirs"
+    for final in (outside, climbing):
+        assert final.status == "failed"
+        message = final.results["sub"].error.message
+        assert expected in message and "hunter2" not in message
+
+
 def _completed_items(client: Client, eid: str) -> int:
     return _count(client.get_events(eid), "step.item_completed")
 
