@@ -110,13 +110,14 @@ class Engine(EngineReads, EngineRecovery):
     def __init__(self, parts: EngineParts) -> None:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
+        self._children = EngineChildren(self, parts.store, parts.deps.timers, parts.workflow_files)
         self._deps = replace(
             parts.deps,
             on_terminal=self._retire,
             on_commit_lost=self._commit_lost,
             on_failed=self._supervisor_failed,
             rest=None if parts.rest_after is None else self._rest,
-            children=EngineChildren(self, parts.store, parts.deps.timers, parts.workflow_files),
+            children=self._children,
             breakers=parts.deps.breakers or _breaker_registry(parts),
         )
         self._implementations = parts.implementations
@@ -234,15 +235,23 @@ class Engine(EngineReads, EngineRecovery):
         # The definition, the created and started events and the first dispatches reach
         # the store in one transaction: the supervisor's first commit.
         if requested_id is not None:
-            return self._start_once(requested_id, cfg, created, (digest, dumped))
-        reply: Future[dict[str, Any]] = Future()
-        state = ExecutionState(id=execution_id or new_execution_id())
-        self._spawn(
-            cfg,
-            state,
-            Start(reply, created),
-            definition=(digest, dumped),
-        )
+            reply = self._start_once(requested_id, cfg, created, (digest, dumped))
+        else:
+            reply = Future()
+            state = ExecutionState(id=execution_id or new_execution_id())
+            self._spawn(
+                cfg,
+                state,
+                Start(reply, created),
+                definition=(digest, dumped),
+            )
+        names = self._children.names
+
+        def committed(fut: Future[dict[str, Any]]) -> None:
+            if fut.exception() is None:  # what a subflow by this name now means
+                names.created(str(fut.result()["id"]), cfg.name, digest)
+
+        reply.add_done_callback(committed)
         return reply
 
     def _start_once(
@@ -434,7 +443,15 @@ class Engine(EngineReads, EngineRecovery):
 
     @guarded
     def admin_cleanup(self, older_than_days: float) -> Future[dict[str, Any]]:
-        return self._admin.cleanup(older_than_days)
+        done = self._admin.cleanup(older_than_days)
+        names = self._children.names
+
+        def deleted(fut: Future[dict[str, Any]]) -> None:
+            if fut.cancelled() or fut.exception() is not None or fut.result()["deleted"]:
+                names.deleted()  # perhaps the latest execution of a workflow name
+
+        done.add_done_callback(deleted)
+        return done
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking executions and stop their supervisors (their state is in the store)."""

@@ -36,7 +36,6 @@ import zmq
 from pykka.messages import ProxyCall
 
 from tamma_actors import _affinity
-from tamma_actors._admin import cleanup_store
 from tamma_actors._config import NodeConfig
 from tamma_actors._data_dir import lock_data_dir
 from tamma_actors._dispatch import Dispatcher
@@ -300,10 +299,10 @@ class Node(NodeChildren):
 
     def _retention(self) -> None:
         days = self.config.retention_days
-        if days is None or self._store is None:
+        if days is None or self._engine is None:
             return
-        try:
-            cleanup_store(self._store, days, time.time())
+        try:  # through the engine, which must know what was deleted (subflow names)
+            self._engine.admin_cleanup(days).result()
         except TammaError as exc:
             log.error("retention cleanup failed: %s", exc)
 

@@ -90,15 +90,13 @@ def test_the_pool_slot_holds_dispatches_while_draining() -> None:
     assert ref.told == [dispatch, Cancel("e/s/1")]
 
 
-class _FailingStore:
-    def delete_terminal_before(self, ts: float, terminal: Any) -> list[str]:
-        raise StoreError("disk on fire")
-
-
 class _FailingEngine:
+    def __init__(self, *errors: TammaError) -> None:
+        self.errors = list(errors)
+
     def admin_cleanup(self, days: float) -> Future[dict[str, Any]]:
         fut: Future[dict[str, Any]] = Future()
-        fut.set_exception(TammaError("cleanup refused"))
+        fut.set_exception(self.errors.pop(0))
         return fut
 
 
@@ -107,8 +105,8 @@ def test_retention_failures_are_logged_and_the_node_goes_on(
 ) -> None:
     node = Node(load_node_config(None, data_dir=tmp_path, workers=0, retention_days=1.0))
     try:
-        node._store = _FailingStore()  # type: ignore[assignment]
-        node._engine = _FailingEngine()  # type: ignore[assignment]
+        failing = _FailingEngine(StoreError("disk on fire"), TammaError("cleanup refused"))
+        node._engine = failing  # type: ignore[assignment]
         with caplog.at_level(logging.ERROR):
             node._retention()
             node._retention_in_background()
@@ -116,7 +114,6 @@ def test_retention_failures_are_logged_and_the_node_goes_on(
         assert "retention cleanup failed: disk on fire" in messages
         assert "retention cleanup failed: cleanup refused" in messages
     finally:
-        node._store = None
         node._engine = None
         node.close()
 

@@ -698,6 +698,35 @@ def test_a_subflow_by_name_and_a_missing_workflow(kit: Kit) -> None:
     assert "cannot read file" in final["results"]["sub"]["error"]["message"]
 
 
+class _CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes = 0
+
+    def iter_summaries(self, *, after: str | None = None) -> Iterator[dict[str, Any]]:
+        self.passes += 1
+        return super().iter_summaries(after=after)
+
+
+def test_a_subflow_by_name_takes_the_latest_start_and_cleanup_forgets_it() -> None:
+    store = _CountingStore()
+    by_name = wf({"name": "sub", "type": "subflow", "config": {"workflow": "child"}})
+    with _kit(doubled, store) as k:
+        k.finish(k.start(CHILD))
+        second = {**CHILD, "steps": [*CHILD["steps"], {"name": "c3", "implementation": "noop"}]}
+        k.finish(k.start(second))
+        final = k.finish(k.start(by_name))
+        assert set(final["results"]["sub"]["data"]) == {"c1", "c2", "c3"}
+        k.finish(k.start({**CHILD, "steps": CHILD["steps"][:1]}))  # known without a pass
+        final = k.finish(k.start(by_name))
+        assert set(final["results"]["sub"]["data"]) == {"c1"}
+        assert store.passes == 1
+        assert len(k.engine.admin_cleanup(1.0).result(WAIT)["deleted"]) == 7
+        final = k.finish(k.start(by_name))  # every "child" was deleted
+        assert "neither a workflow file" in final["results"]["sub"]["error"]["message"]
+        assert store.passes == 2
+
+
 def test_recovery_reattaches_to_the_same_child(tmp_path: Path) -> None:
     _write(
         tmp_path / "child.yaml",

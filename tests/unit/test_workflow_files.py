@@ -1,4 +1,5 @@
-"""Where a subflow may read its workflow file: the node's ``workflow_dirs``.
+"""How a subflow finds its workflow: a file, only inside the node's ``workflow_dirs``
+when it has some, or a name, through the node's index of names (``WorkflowNames``).
 
 A subflow's file is read by the node on the node's machine, and what the file holds comes
 back in the step's error when it is not a workflow; so a node whose callers are not all
@@ -7,7 +8,9 @@ trusted with its files (it has tokens) reads only inside the directories it was 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -15,7 +18,7 @@ import yaml
 from tamma_actors._config import load_node_config
 from tamma_actors._errors import WorkflowError
 from tamma_actors._store import MemoryStore, Write
-from tamma_actors._subflows import WorkflowFiles, resolve_workflow
+from tamma_actors._subflows import WorkflowFiles, WorkflowNames, resolve_workflow
 
 CHILD = {"name": "child", "steps": [{"name": "c", "implementation": "noop"}]}
 SECRET = "hunter2-do-not-leak"
@@ -35,7 +38,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def _resolve(workflow: str, files: WorkflowFiles, parent: str | None = None) -> str:
-    definition, source = resolve_workflow(workflow, parent, MemoryStore(), files)
+    definition, source = resolve_workflow(workflow, parent, WorkflowNames(MemoryStore()), files)
     assert source is not None
     return str(definition["name"])
 
@@ -44,7 +47,8 @@ def test_without_dirs_any_file_is_read(tree: Path) -> None:
     files = WorkflowFiles()
     assert _resolve(str(tree / "flows" / "child.yaml"), files) == "child"
     # read, whatever it holds: its validation (at the child's start) would name its keys
-    definition, _ = resolve_workflow(str(tree / "secret.yaml"), None, MemoryStore(), files)
+    names = WorkflowNames(MemoryStore())
+    definition, _ = resolve_workflow(str(tree / "secret.yaml"), None, names, files)
     assert definition == {f"root:{SECRET}:20228:": None}
 
 
@@ -95,7 +99,7 @@ def test_no_dirs_at_all_reads_no_file_but_a_named_workflow_still_runs(tree: Path
     store = MemoryStore()
     summary = {"id": "e1", "workflow_id": "child", "digest": "d1"}
     store.commit([Write("e1", summary=summary, definition=("d1", CHILD))])
-    definition, source = resolve_workflow("child", None, store, files)
+    definition, source = resolve_workflow("child", None, WorkflowNames(store), files)
     assert definition == CHILD and source == "definition child"
 
 
@@ -110,3 +114,90 @@ def test_the_node_config_chooses_the_dirs(tree: Path) -> None:
     for extra in ({}, {"tokens": {"t": "operator"}}):
         cfg = load_node_config(None, data_dir=data, workflow_dirs=[tree / "flows"], **extra)
         assert cfg.workflow_file_dirs == (tree / "flows",)
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+class _Counting(MemoryStore):
+    """A MemoryStore that counts the passes over its summaries; ``during`` runs once the
+    first summary of a pass has been read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes = 0
+        self.during: Any = None
+
+    def iter_summaries(self, *, after: str | None = None) -> Iterator[dict[str, Any]]:
+        self.passes += 1
+        for n, summary in enumerate(super().iter_summaries(after=after)):
+            if n == 1 and self.during is not None:
+                during, self.during = self.during, None
+                during()
+            yield summary
+
+
+def _stored(store: MemoryStore, eid: str, name: str, digest: str) -> None:
+    definition = {"name": name, "steps": [{"name": digest, "implementation": "noop"}]}
+    summary = {"id": eid, "workflow_id": name, "digest": digest}
+    store.commit([Write(eid, summary=summary, definition=(digest, definition))])
+
+
+def test_a_name_means_its_execution_with_the_highest_id_and_one_pass_serves_them_all() -> None:
+    store = _Counting()
+    _stored(store, "e2", "build", "d-new")
+    _stored(store, "e1", "build", "d-old")  # committed later, an older id (client-chosen)
+    _stored(store, "e3", "deploy", "d-dep")
+    names = WorkflowNames(store)
+    assert names.digest("build") == "d-new" and names.digest("deploy") == "d-dep"
+    assert names.digest("nobody") is None
+    assert store.passes == 1
+    definition, source = resolve_workflow("build", None, names)
+    assert definition["steps"][0]["name"] == "d-new" and source == "definition build"
+    with pytest.raises(WorkflowError, match="neither a workflow file nor a workflow"):
+        resolve_workflow("nobody", None, names)
+    assert store.passes == 1
+
+
+def test_starts_noted_after_and_during_the_pass_are_known_without_another() -> None:
+    store = _Counting()
+    for n in range(3):
+        _stored(store, f"e{n}", "other", f"d{n}")
+    names = WorkflowNames(store)
+    names.created("e9", "early", "d-early")  # before any pass: the pass reads the store
+    _stored(store, "e4", "early", "d-early")
+
+    def meanwhile() -> None:  # committed during the pass, after its read reached it
+        names.created("e5", "during", "d-during")
+
+    store.during = meanwhile
+    assert names.digest("during") == "d-during"
+    assert names.digest("early") == "d-early"
+    names.created("e6", "build", "d-b")
+    names.created("e7", "build", "d-b2")
+    names.created("e0", "build", "d-lower")  # a lower id does not replace a higher one
+    assert names.digest("build") == "d-b2"
+    assert store.passes == 1
+
+
+def test_a_deletion_makes_the_next_question_pass_again() -> None:
+    store = _Counting()
+    _stored(store, "e1", "build", "d1")
+    _stored(store, "e2", "build", "d2")
+    names = WorkflowNames(store)
+    assert names.digest("build") == "d2"
+    store.commit([Write("e2", delete=True)])
+    names.deleted()
+    assert names.digest("build") == "d1" and store.passes == 2
+    assert names.digest("build") == "d1" and store.passes == 2
+
+
+def test_a_pass_during_which_executions_were_deleted_is_not_kept() -> None:
+    store = _Counting()
+    for n in range(3):
+        _stored(store, f"e{n}", "build", f"d{n}")
+    names = WorkflowNames(store)
+    store.during = names.deleted
+    assert names.digest("build") == "d2"
+    assert names.digest("build") == "d2" and store.passes == 2  # passed again
+    assert names.digest("build") == "d2" and store.passes == 2  # that one was kept
