@@ -174,7 +174,7 @@ def resolve_workflow(
         path = Path(workflow)
         if not path.is_absolute() and parent_source and Path(parent_source).suffix:
             path = Path(parent_source).parent / path
-        return read_workflow_mapping(files.allowed(path)), str(path)
+        return read_workflow_mapping(files.allowed(path), regular_only=True), str(path)
     digest = names.digest(workflow)
     definition = None if digest is None else names.definition(digest)
     if definition is None:

@@ -8,7 +8,9 @@ step and a cycle all at once) instead of making the author fix them one by one.
 from __future__ import annotations
 
 import heapq
+import os
 import re
+import stat
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,16 +58,47 @@ def yaml_data(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
 
 
-def read_workflow_mapping(path: str | Path) -> dict[str, Any]:
+MAX_WORKFLOW_FILE_BYTES = 16 << 20  # far beyond any definition a start request can carry
+
+
+def _file_text(path: str | Path, *, regular_only: bool) -> str:
+    """The text of the file at ``path``, of at most MAX_WORKFLOW_FILE_BYTES (``/dev/zero``
+    does not fill the memory). ``regular_only``: a FIFO or a device is refused before it
+    is read, so that a node reading a named file never waits for a writer for good; a
+    client may read a pipe (``tamma start <(make-workflow)``)."""
+    too_big = f"more than the {MAX_WORKFLOW_FILE_BYTES >> 20} MiB a workflow file may be"
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
+    fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO does not wait for a writer
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode) or (regular_only and not stat.S_ISREG(info.st_mode)):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > MAX_WORKFLOW_FILE_BYTES:
+            raise OSError(f"{path} is {info.st_size} bytes, {too_big}")
+        data = bytearray()
+        while len(data) <= MAX_WORKFLOW_FILE_BYTES:  # a regular file may have grown since
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_WORKFLOW_FILE_BYTES:
+        raise OSError(f"{path} is {too_big}")
+    return data.decode("utf-8")
+
+
+def read_workflow_mapping(path: str | Path, *, regular_only: bool = False) -> dict[str, Any]:
     """The YAML document at ``path`` as a mapping; unreadable or malformed files raise
-    :class:`WorkflowValidationError` naming the line and column when YAML knows them."""
-    return _read(path)[1]
+    :class:`WorkflowValidationError` naming the line and column when YAML knows them.
+    ``regular_only``: refuse anything but a regular file (a FIFO, a device) unread."""
+    return _read(path, regular_only=regular_only)[1]
 
 
-def _read(path: str | Path) -> tuple[str, dict[str, Any]]:
+def _read(path: str | Path, *, regular_only: bool = False) -> tuple[str, dict[str, Any]]:
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _file_text(path, regular_only=regular_only)
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowValidationError([Problem("", f"cannot read file: {exc}")], source) from exc
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,22 @@ def test_a_restarted_node_resumes_a_half_done_fan_out(short_dir: Path) -> None:
     done = [e.data["index"] for e in events if e.type == "step.item_completed"]
     assert sorted(done) == list(range(6))  # every item exactly once: none ran again
     assert any(e.type == "workflow.created" for e in events)
+
+
+def test_a_subflow_naming_a_fifo_fails_and_the_node_goes_on(client: Client, tmp_path: Path) -> None:
+    fifo = tmp_path / "child.yaml"
+    os.mkfifo(fifo)  # reading it used to wait for a writer on the writer's callback thread
+    parent = {
+        "name": "parent",
+        "steps": [{"name": "sub", "type": "subflow", "config": {"workflow": str(fifo)}}],
+    }
+    final = client.wait(client.start_workflow(parent).id, timeout=WAIT)
+    assert final.status == "failed"
+    assert "is not a regular file" in final.results["sub"].error.message
+    after = client.start_workflow(
+        {"name": "after", "steps": [{"name": "a", "implementation": "noop"}]}
+    )
+    assert client.wait(after.id, timeout=WAIT).status == "completed"
 
 
 @pytest.mark.parametrize("dirs", [True, False], ids=["workflow_dirs", "none"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._workflow_file import (
+    MAX_WORKFLOW_FILE_BYTES,
     _with_line,
     dependents,
     load_workflow,
@@ -88,6 +91,49 @@ def test_undecodable_file(tmp_path: Path) -> None:
     path.write_bytes(b"name: \xff\xfe\n")
     with pytest.raises(WorkflowValidationError, match="cannot read"):
         read_workflow_mapping(path)
+
+
+def _problem(path: str | Path, **kw: Any) -> str:
+    with pytest.raises(WorkflowValidationError) as caught:
+        read_workflow_mapping(path, **kw)
+    return str(caught.value)
+
+
+def test_a_fifo_is_refused_unread_when_only_regular_files_may_be_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "w.yaml"
+    os.mkfifo(fifo)
+    said: list[str] = []
+    reader = threading.Thread(
+        target=lambda: said.append(_problem(fifo, regular_only=True)), daemon=True
+    )
+    reader.start()
+    reader.join(10.0)  # it used to wait for a writer for good
+    assert not reader.is_alive()
+    assert said and "is not a regular file" in said[0]
+
+
+def test_a_device_or_a_directory_is_refused_and_a_file_has_a_size_cap(tmp_path: Path) -> None:
+    assert "/dev/zero is not a regular file" in _problem("/dev/zero", regular_only=True)
+    # a client may read any file, but not endlessly: /dev/zero used to fill the memory
+    assert "more than the 16 MiB a workflow file may be" in _problem("/dev/zero")
+    assert "is not a regular file" in _problem(tmp_path)
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as fh:  # sparse: nothing is written
+        fh.truncate(MAX_WORKFLOW_FILE_BYTES + 1)
+    assert f"is {MAX_WORKFLOW_FILE_BYTES + 1} bytes, more than" in _problem(big)
+
+
+def test_a_client_may_read_a_workflow_from_a_pipe() -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"name: piped\nsteps: []\n")
+    os.close(write_end)
+    try:
+        assert read_workflow_mapping(f"/proc/self/fd/{read_end}") == {
+            "name": "piped",
+            "steps": [],
+        }
+    finally:
+        os.close(read_end)
 
 
 @pytest.mark.parametrize("name", ["example.yaml", "diamond.yaml"])
