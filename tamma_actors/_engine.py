@@ -457,6 +457,7 @@ class Engine(EngineReads, EngineRecovery):
         """Stop taking executions and stop their supervisors (their state is in the store)."""
         self._admin.close()
         self._lister.shutdown(wait=False, cancel_futures=True)
+        self._children.close()
         self._stop_resting()
         with self._lock:
             self._closed = True

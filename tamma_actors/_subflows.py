@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -203,8 +203,33 @@ class EngineChildren:
         # how deeply each live child is nested (kept in memory: a runaway guard, not a rule)
         self._depth: dict[str, int] = {}
         self._lock = threading.Lock()
+        # Starts and steering run here, one at a time in the order the parents' commits
+        # asked for them, not on the writer's callback thread that asks: finding a
+        # definition may read a file or pass over the store. In order, so a pause asked
+        # after a start reaches the child that start made.
+        self._serial = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamma-subflows")
+
+    def close(self) -> None:
+        """Drop what was not started yet: the parents re-attach to their children (or start
+        them) when the node starts again."""
+        self._serial.shutdown(wait=False, cancel_futures=True)
+
+    def _in_order(self, child_id: str, action: Callable[[], None]) -> None:
+        def logged() -> None:
+            try:
+                action()
+            except Exception:  # a parent's effect: one failure must not stop the next
+                log.exception("child %s: start or steering failed", child_id)
+
+        try:
+            self._serial.submit(logged)
+        except RuntimeError:  # closed: the node is stopping
+            log.info("child %s: not started or steered now (shutting down)", child_id)
 
     def run(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
+        self._in_order(run.child_id, lambda: self._run(run, done))
+
+    def _run(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
         with self._lock:
             depth = self._depth.get(run.parent_id, 0) + 1
             self._depth[run.child_id] = depth
@@ -271,6 +296,9 @@ class EngineChildren:
         self._engine.wait(child_id).add_done_callback(on_end)
 
     def control(self, child_id: str, action: str, reason: str | None = None) -> None:
+        self._in_order(child_id, lambda: self._control(child_id, action, reason))
+
+    def _control(self, child_id: str, action: str, reason: str | None) -> None:
         if action == "pause":
             fut = self._engine.pause_workflow(child_id)
         elif action == "resume":

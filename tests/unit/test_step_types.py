@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from tamma_actors._execution import ExecutionDeps
 from tamma_actors._status import StepStatus
 from tamma_actors._step_types import join
 from tamma_actors._store import MemoryStore
+from tamma_actors._subflows import EngineChildren, WorkflowNames
 from tamma_actors._timers import ManualTimers
 from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched, TaskStarted
 from tamma_actors._writer import StoreWriter
@@ -725,6 +728,59 @@ def test_a_subflow_by_name_takes_the_latest_start_and_cleanup_forgets_it() -> No
         final = k.finish(k.start(by_name))  # every "child" was deleted
         assert "neither a workflow file" in final["results"]["sub"]["error"]["message"]
         assert store.passes == 2
+
+
+class _SlowNames(WorkflowNames):
+    """Finding a name waits until the test lets it go (a big store's first pass)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.asked, self.go = threading.Event(), threading.Event()
+
+    def digest(self, name: str) -> str | None:
+        self.asked.set()
+        assert self.go.wait(WAIT)
+        return super().digest(name)
+
+
+def test_a_slow_subflow_start_holds_no_other_commit_and_a_pause_waits_for_it() -> None:
+    with _kit(doubled) as k:
+        k.finish(k.start(CHILD))
+        slow = _SlowNames(k.store)
+        k.engine._children.names = slow
+        parent = k.start(wf({"name": "sub", "type": "subflow", "config": {"workflow": "child"}}))
+        assert slow.asked.wait(WAIT)
+        # meanwhile other executions commit and end: the writer's callbacks go on
+        assert k.finish(k.start(wf(step("a"), step("b", "a"))))["status"] == "completed"
+        k.engine.pause_workflow(parent).result(WAIT)  # asked before the child exists
+        slow.go.set()
+        child = k.get(parent)["results"]["sub"]["detail"]["child"]
+        _until(lambda: k.get(child)["status"] == "paused")  # the pause reached it
+        k.engine.resume_workflow(parent).result(WAIT)
+        final = k.finish(parent)
+        assert final["status"] == "completed" and set(final["results"]["sub"]["data"]) == {
+            "c1",
+            "c2",
+        }
+
+
+class _BrokenEngine:
+    def pause_workflow(self, execution_id: str) -> Any:
+        raise RuntimeError(f"cannot pause {execution_id}")
+
+
+def test_a_failing_steer_is_logged_and_none_runs_after_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    children = EngineChildren(_BrokenEngine(), MemoryStore(), ManualTimers(start=0.0))  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="tamma_actors._subflows"):
+        children.control("c1", "pause")
+        _until(lambda: "child c1: start or steering failed" in caplog.text)
+        assert "cannot pause c1" in caplog.text  # with its traceback
+        children.close()
+        children.control("c2", "pause")
+        assert "child c2: not started or steered now (shutting down)" in caplog.text
+    assert "cannot pause c2" not in caplog.text
 
 
 def test_recovery_reattaches_to_the_same_child(tmp_path: Path) -> None:
