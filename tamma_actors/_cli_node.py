@@ -49,6 +49,12 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         help="register the `shell` step implementation",
     )
     parser.add_argument(
+        "--allow-record",
+        action="store_true",
+        default=None,
+        help="register the `record` step implementation (it appends to a file it is given)",
+    )
+    parser.add_argument(
         "--workflow-dir",
         dest="workflow_dirs",
         action="append",
@@ -79,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id")
     worker.add_argument("--heartbeat", type=float, default=1.0)
     worker.add_argument("--allow-shell", action="store_true")
+    worker.add_argument("--allow-record", action="store_true")
     worker.add_argument(
         "--allow",
         action="append",
@@ -142,6 +149,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             "workers_endpoint": args.workers_endpoint,
             "events_endpoint": args.events_endpoint,
             "allow_shell": args.allow_shell,
+            "allow_record": args.allow_record,
             "workflow_dirs": args.workflow_dirs,
             "durability": args.durability,
             "log_level": args.log_level,
@@ -279,6 +287,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         heartbeat_interval=args.heartbeat,
         allow_shell=args.allow_shell,
+        allow_record=args.allow_record,
         allowlist=allowlist,
         managed=False,
         curve=CurveKeys(args.curve_server_key) if args.curve_server_key else None,

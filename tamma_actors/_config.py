@@ -84,6 +84,7 @@ class NodeConfig(BaseSettings):
     coordinator_cpu: Annotated[int, Field(ge=0)] | Literal["auto", "off"] = "auto"
     max_running_steps: int = Field(10000, ge=1)
     allow_shell: bool = False
+    allow_record: bool = False
     plugins: dict[str, str] = Field(default_factory=dict)
     map_size: int = Field(64 * MiB, ge=MiB)
     max_map_size: int | None = Field(None, ge=MiB)

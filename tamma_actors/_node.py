@@ -158,7 +158,9 @@ class Node(NodeChildren):
         self.config = config
         self.tree = tree or load_tree(config.supervision)
         self.registry: PluginRegistry = load_registry(
-            allow_shell=config.allow_shell, allowlist=config.plugins
+            allow_shell=config.allow_shell,
+            allow_record=config.allow_record,
+            allowlist=config.plugins,
         )
         # The CPUs given to this process, before pin_coordinator narrows its own threads':
         # its children keep all of them.

@@ -118,6 +118,8 @@ class NodeChildren:
             args += ["--cpus", format_cpus(self.cpus)]
         if self.config.allow_shell:
             args.append("--allow-shell")
+        if self.config.allow_record:
+            args.append("--allow-record")
         for name, target in self.config.plugins.items():
             args += ["--allow", f"{name}={target}"]
         if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):

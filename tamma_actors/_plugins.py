@@ -4,8 +4,10 @@ Names come from exactly three places, in this order: the built-ins, the entry po
 group ``tamma_actors.steps`` (installed packages), and the operator's allowlist
 (``name -> "module:attr"``). A client only ever sends a *name*, so it can never make a
 node import arbitrary code. The first source to claim a name keeps it; built-in names
-(``shell`` included, even when it is disabled) are reserved so that a package cannot
-smuggle a shell runner in under that name.
+(``shell`` and ``record`` included, even when they are disabled) are reserved so that a
+package cannot smuggle a shell runner in under that name. Those two act on the worker's
+machine beyond the step (a command; a file named by the step's config), so a node
+registers them only when its operator enables them (``GATED_BUILTINS``).
 
 Listing names imports nothing: a plugin module is imported the first time its step runs.
 """
@@ -22,12 +24,20 @@ from importlib import metadata
 from tamma_actors._errors import ConfigError, UnknownImplementation
 from tamma_actors._step_api import StepFunction, is_inline
 
-__all__ = ["BUILTIN_NAMES", "ENTRY_POINT_GROUP", "PluginRegistry", "load_registry"]
+__all__ = [
+    "BUILTIN_NAMES",
+    "ENTRY_POINT_GROUP",
+    "GATED_BUILTINS",
+    "PluginRegistry",
+    "load_registry",
+]
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "tamma_actors.steps"
 BUILTIN_NAMES = ("noop", "echo", "sleep", "cpu", "fail", "record", "crash", "hang", "shell")
+# built-ins registered only when the node's setting of that name is on
+GATED_BUILTINS = {"shell": "allow_shell", "record": "allow_record"}
 _BUILTINS_MODULE = "tamma_actors._builtins"
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -121,7 +131,10 @@ def _entry_point_loaders(reserved: set[str]) -> dict[str, Loader]:
 
 
 def load_registry(
-    *, allow_shell: bool = False, allowlist: Mapping[str, str] | None = None
+    *,
+    allow_shell: bool = False,
+    allow_record: bool = False,
+    allowlist: Mapping[str, str] | None = None,
 ) -> PluginRegistry:
     """Built-ins, then installed entry points, then the operator's allowlist.
 
@@ -130,10 +143,11 @@ def load_registry(
     """
     # "wait" is kept by the coordinator (tamma_actors._deadlines): no plugin may take it.
     reserved = {*BUILTIN_NAMES, "wait"}
+    allowed = {"allow_shell": allow_shell, "allow_record": allow_record}
     loaders: dict[str, Loader] = {
         name: _target_loader(f"{_BUILTINS_MODULE}:{name}")
         for name in BUILTIN_NAMES
-        if name != "shell" or allow_shell
+        if name not in GATED_BUILTINS or allowed[GATED_BUILTINS[name]]
     }
     for name, loader in _entry_point_loaders(reserved).items():
         loaders[name] = loader

@@ -86,6 +86,7 @@ def run_worker(
     worker_id: str | None = None,
     heartbeat_interval: float = 1.0,
     allow_shell: bool = False,
+    allow_record: bool = False,
     allowlist: Mapping[str, str] | None = None,
     managed: bool = False,
     parent_pid: int | None = None,
@@ -105,6 +106,7 @@ def run_worker(
             worker_id=worker_id,
             heartbeat_interval=heartbeat_interval,
             allow_shell=allow_shell,
+            allow_record=allow_record,
             allowlist=allowlist,
             managed=managed,
             parent_pid=parent_pid,
@@ -139,7 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--managed", action="store_true", help="spawned by the node (its parent)")
     p.add_argument("--parent-pid", type=int)
-    p.add_argument("--allow-shell", action="store_true")
+    p.add_argument("--allow-shell", action="store_true", help="register the `shell` step")
+    p.add_argument("--allow-record", action="store_true", help="register the `record` step")
     p.add_argument(
         "--allow",
         type=_allow_entry,
@@ -178,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker_id=args.worker_id,
             heartbeat_interval=args.heartbeat_interval,
             allow_shell=args.allow_shell,
+            allow_record=args.allow_record,
             allowlist=dict(args.allow),
             managed=args.managed,
             parent_pid=args.parent_pid,

@@ -104,6 +104,7 @@ class Worker:
         worker_id: str | None = None,
         heartbeat_interval: float = 1.0,
         allow_shell: bool = False,
+        allow_record: bool = False,
         allowlist: Mapping[str, str] | None = None,
         managed: bool = False,
         parent_pid: int | None = None,
@@ -119,7 +120,9 @@ class Worker:
         self._hb_interval = heartbeat_interval
         self._max_frame = max_frame_bytes
         self._stop_grace = stop_grace
-        self._registry = load_registry(allow_shell=allow_shell, allowlist=allowlist)
+        self._registry = load_registry(
+            allow_shell=allow_shell, allow_record=allow_record, allowlist=allowlist
+        )
         self._stop_requested = False
         self._stopping_since: float | None = None
         self._welcomed = False

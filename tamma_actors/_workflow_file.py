@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
+from tamma_actors._plugins import GATED_BUILTINS
 from tamma_actors._step_configs import (
     STEP_CONFIG_MODELS,
     step_config_schemas,
@@ -313,9 +314,11 @@ def _implementation_problems(
     for node in graph.nodes:
         impl = node.implementation
         if isinstance(impl, str) and impl and impl not in known:
+            setting = GATED_BUILTINS.get(impl)
+            why = f"; the node registers it with {setting} = true" if setting else ""
             yield Problem(
                 f"steps[{node.index}].implementation",
-                f"unknown implementation {impl!r} (registered: {listing})",
+                f"unknown implementation {impl!r} (registered: {listing}){why}",
             )
         comp = node.compensation
         # A compensation names either another step or an implementation to run.

@@ -94,10 +94,13 @@ def write_config(path: Path, data: Path, **extra: Any) -> Path:
         "snapshot_every": 5,  # recovery goes through snapshots, not only full replays
         "rest_after": 0.1,  # parked executions rest while the node runs, not only on recovery
         "log_level": "WARNING",
+        "allow_record": True,  # the workload's steps record each run in a file
     }
     values.update(extra)
     lines = [
-        f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {value}"
+        f"{key} = {value!r}".replace("'", '"')
+        if isinstance(value, str)
+        else f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
         for key, value in values.items()
     ]
     path.write_text("\n".join(lines) + "\n")

@@ -84,6 +84,7 @@ def setup(short_dir: Path) -> Iterator[tuple[Path, Path, Path]]:
     config.write_text(
         f'data_dir = "{data}"\nworkers = 1\nworker_slots = 4\nshutdown_grace = 30.0\n'
         "heartbeat_interval = 0.2\nheartbeat_timeout = 2.0\ncancel_grace = 0.5\n"
+        "allow_record = true\n"
     )
     yield data, config, short_dir / "record.log"
 

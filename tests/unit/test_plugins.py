@@ -30,16 +30,19 @@ def _ctx(**kw: Any) -> StepContext:
     return StepContext(execution_id="e", step="s", attempt=1, idempotency_key="e/s/1", **kw)
 
 
-def test_builtins_without_shell_by_default() -> None:
+def test_builtins_without_shell_or_record_by_default() -> None:
     reg = load_registry()
-    assert set(reg.names()) == set(BUILTIN_NAMES) - {"shell"}
-    assert "shell" not in reg
-    assert "noop" in reg and len(reg) == len(BUILTIN_NAMES) - 1
+    assert set(reg.names()) == set(BUILTIN_NAMES) - {"shell", "record"}
+    assert "shell" not in reg and "record" not in reg
+    assert "noop" in reg and len(reg) == len(BUILTIN_NAMES) - 2
     assert list(reg) == reg.names()
 
 
-def test_shell_only_when_allowed() -> None:
+def test_shell_and_record_only_when_allowed() -> None:
     assert "shell" in load_registry(allow_shell=True)
+    assert "record" not in load_registry(allow_shell=True)
+    assert "record" in load_registry(allow_record=True)
+    assert "shell" not in load_registry(allow_record=True)
 
 
 def test_get_returns_callable_and_caches() -> None:

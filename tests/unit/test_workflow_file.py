@@ -229,8 +229,19 @@ def test_one_report_lists_field_and_graph_problems() -> None:
     assert "unknown step 'w'" in by_loc["dependencies[1].depends_on[0]"]
     assert by_loc["steps"] == "dependency cycle: a -> b -> c -> a"
     assert "unknown implementation 'nope'" in by_loc["steps[2].implementation"]
+    assert "allow_" not in by_loc["steps[2].implementation"]
+
     assert "w.yaml" in str(err)
     assert len(err.problems) == 11
+
+
+@pytest.mark.parametrize("name,setting", [("shell", "allow_shell"), ("record", "allow_record")])
+def test_a_disabled_builtin_is_refused_naming_its_setting(name: str, setting: str) -> None:
+    data = {"name": "w", "steps": [{"name": "a", "implementation": name}]}
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_workflow(data, known_implementations=BUILTINS - {name})
+    assert f"unknown implementation {name!r}" in str(caught.value)
+    assert f"the node registers it with {setting} = true" in str(caught.value)
 
 
 def test_missing_required_fields() -> None:
