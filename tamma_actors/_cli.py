@@ -44,7 +44,7 @@ def _scalar(text: str) -> Any:
     """``--input`` values: YAML scalars (numbers, booleans, null) are typed, the rest text."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # not a YAML scalar: the text itself
         return text
     return value if value is None or isinstance(value, bool | int | float | str) else text
 
@@ -52,7 +52,7 @@ def _scalar(text: str) -> Any:
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
 
 
@@ -66,7 +66,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--inputs-json must be a JSON object")
@@ -87,7 +87,7 @@ def _json_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
             continue
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
             problem = f"{name}, line {number}: not valid JSON: {exc}"
             raise argparse.ArgumentTypeError(problem) from exc
         if not isinstance(value, dict):

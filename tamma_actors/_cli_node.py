@@ -200,6 +200,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
     """``--input KEY=VALUE`` values read as YAML, as a workflow file is: ``n=3`` is a
     number, ``due=2026-12-01`` the text it is written as."""
+    import yaml
+
     from tamma_actors._workflow_file import yaml_data
 
     inputs: dict[str, Any] = {}
@@ -207,7 +209,11 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--input expects KEY=VALUE, got {pair!r}")
-        inputs[key] = yaml_data(value) if value else ""
+        try:
+            inputs[key] = yaml_data(value) if value else ""
+        except yaml.YAMLError as exc:
+            what = " ".join(str(exc).split())  # one line
+            raise ValueError(f"--input {key}: not a YAML value ({what})") from exc
     return inputs
 
 

@@ -259,6 +259,10 @@ class EngineChildren:
         except TammaError as exc:
             done(exc)
             return
+        except Exception as exc:  # the parent must hear of it: its step would wait for good
+            log.exception("child %s: its workflow %r could not be read", run.child_id, run.workflow)
+            done(WorkflowError(f"subflow workflow {run.workflow!r} could not be read: {exc!r}"))
+            return
         try:
             started = self._engine.start_workflow(
                 definition, run.inputs, source=source, execution_id=run.child_id

@@ -30,6 +30,7 @@ from tamma_actors._step_configs import (
 )
 
 __all__ = [
+    "YamlTooBig",
     "dependents",
     "load_workflow",
     "parse_workflow",
@@ -54,9 +55,41 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+# What aliases may add to a document beyond one value per character of its text: enough
+# for any use of anchors (merge keys, a shared block), not for a few lines of aliases of
+# aliases that expand to billions of values (or a value that contains itself) and hold
+# whoever validates them for minutes.
+MAX_ALIAS_EXPANSION = 1_000_000
+
+
+class YamlTooBig(yaml.YAMLError):
+    """A document nested too deeply to read, or whose aliases expand it too far."""
+
+
 def yaml_data(text: str) -> Any:
-    """``text`` read as YAML, as a workflow file is (a date or a time stays text)."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
+    """``text`` read as YAML, as a workflow file is (a date or a time stays text).
+    Raises :class:`YamlTooBig` for a document nested too deeply for the parser or one
+    whose aliases expand it beyond MAX_ALIAS_EXPANSION values more than its length."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
+    except RecursionError as exc:
+        raise YamlTooBig("nested too deeply to read (maps and lists ~1,000 levels deep)") from exc
+    limit = len(text) + MAX_ALIAS_EXPANSION
+    count, stack = 0, [data]
+    while stack:  # every value as the reader of the data meets it: aliases expanded
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            count += len(item)  # the keys
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        if count > limit:
+            raise YamlTooBig(
+                f"its aliases expand it to more than {limit:,} values (aliases of aliases, "
+                "or a value that contains itself)"
+            )
+    return data
 
 
 MAX_WORKFLOW_FILE_BYTES = 16 << 20  # far beyond any definition a start request can carry
@@ -104,6 +137,8 @@ def _read(path: str | Path, *, regular_only: bool = False) -> tuple[str, dict[st
         raise WorkflowValidationError([Problem("", f"cannot read file: {exc}")], source) from exc
     try:
         data = yaml_data(text)
+    except YamlTooBig as exc:
+        raise WorkflowValidationError([Problem("", str(exc))], source) from exc
     except yaml.YAMLError as exc:
         raise WorkflowValidationError([_yaml_problem(exc)], source) from exc
     if not isinstance(data, dict):

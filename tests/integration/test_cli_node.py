@@ -71,6 +71,9 @@ def test_demo_refuses_a_malformed_input(
     code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), example, "--input", "novalue"])
     assert code == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), example, "--input", "x=[1"])
+    assert code == 2  # it was a traceback
+    assert "--input x: not a YAML value (while parsing a flow sequence" in capsys.readouterr().err
 
 
 def test_keygen_prints_a_matching_curve_key_pair(capsys: pytest.CaptureFixture[str]) -> None:

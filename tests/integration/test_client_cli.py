@@ -587,6 +587,7 @@ def test_cli_start_each_refuses_what_it_cannot_read_and_starts_nothing(
         ('{"a": 1}\n\n[1, 2]\n', "line 3: expected a JSON object"),
         ("\n \n", "holds no inputs"),
         (b"\xff\xfe", "cannot read"),
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "line 1: not valid JSON"),  # deep
     ]:
         if isinstance(content, bytes):
             lines.write_bytes(content)
@@ -768,6 +769,9 @@ def test_cli_errors_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
     code, _, err = cli("start", str(invalid), "--inputs-json", "[1]")
     assert code == ExitCode.USAGE and "JSON object" in err
     code, _, err = cli("start", str(invalid), "--inputs-json", "{")
+    assert code == ExitCode.USAGE and "not valid JSON" in err
+    deep = "[" * 100_000 + "]" * 100_000  # was a RecursionError's traceback
+    code, _, err = cli("start", str(invalid), "--inputs-json", '{"a": ' + deep + "}")
     assert code == ExitCode.USAGE and "not valid JSON" in err
     code, _, _ = cli()
     assert code == ExitCode.USAGE

@@ -764,6 +764,24 @@ def test_a_slow_subflow_start_holds_no_other_commit_and_a_pause_waits_for_it() -
         }
 
 
+class _BrokenNames(WorkflowNames):
+    def digest(self, name: str) -> str | None:
+        raise RuntimeError("the store broke")
+
+
+def test_a_subflow_whose_workflow_cannot_be_read_fails_instead_of_waiting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with _kit(doubled) as k:
+        k.engine._children.names = _BrokenNames(k.store)
+        eid = k.start(wf({"name": "sub", "type": "subflow", "config": {"workflow": "child"}}))
+        final = k.finish(eid)
+    assert final["status"] == "failed"
+    message = final["results"]["sub"]["error"]["message"]
+    assert "subflow workflow 'child' could not be read: RuntimeError('the store broke')" in message
+    assert "its workflow 'child' could not be read" in caplog.text  # with its traceback
+
+
 class _BrokenEngine:
     def pause_workflow(self, execution_id: str) -> Any:
         raise RuntimeError(f"cannot pause {execution_id}")

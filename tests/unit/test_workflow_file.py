@@ -16,6 +16,7 @@ from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._workflow_file import (
     MAX_WORKFLOW_FILE_BYTES,
+    YamlTooBig,
     _with_line,
     dependents,
     load_workflow,
@@ -23,6 +24,7 @@ from tamma_actors._workflow_file import (
     read_workflow_mapping,
     topological_order,
     workflow_json_schema,
+    yaml_data,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +123,47 @@ def test_a_device_or_a_directory_is_refused_and_a_file_has_a_size_cap(tmp_path: 
     with big.open("wb") as fh:  # sparse: nothing is written
         fh.truncate(MAX_WORKFLOW_FILE_BYTES + 1)
     assert f"is {MAX_WORKFLOW_FILE_BYTES + 1} bytes, more than" in _problem(big)
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["name: bomb", "steps:", "  - name: a", "    implementation: noop", "    config:"]
+    lines.append("      x0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]")
+    for n in range(1, levels):
+        lines.append(f"      x{n}: &x{n} [{', '.join([f'*x{n - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (_alias_bomb(9), "its aliases expand it to more than"),  # 10**9 values
+        ("name: w\nsteps: &s [{name: a, implementation: noop, config: {x: *s}}]\n", "expand"),
+        ("name: w\nsteps: []\nx: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    ],
+    ids=["alias-bomb", "contains-itself", "deep"],
+)
+def test_a_document_too_big_to_read_is_refused_quickly(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    assert message in _problem(path)  # a bomb used to hold the reader for minutes
+
+
+def test_anchors_and_merge_keys_still_read() -> None:
+    text = (
+        "name: w\ndefaults: &d {implementation: noop, timeout: 5}\n"
+        "steps:\n  - {<<: *d, name: a}\n  - {<<: *d, name: b, dependencies: [a]}\n"
+    )
+    data = yaml_data(text)
+    assert data["steps"][1] == {
+        "implementation": "noop",
+        "timeout": 5,
+        "name": "b",
+        "dependencies": ["a"],
+    }
+    with pytest.raises(YamlTooBig):
+        yaml_data(_alias_bomb(8))
 
 
 def test_a_client_may_read_a_workflow_from_a_pipe() -> None:
