@@ -66,7 +66,9 @@ class WorkflowFiles:
     dirs: tuple[Path, ...] | None = None
 
     def allowed(self, path: Path) -> Path:
-        """``path`` itself when it may be read, else :class:`WorkflowError` naming why."""
+        """The path to read for ``path``: itself, or within ``dirs`` the file it resolves
+        to (read as checked: a link changed meanwhile is not followed elsewhere); else
+        :class:`WorkflowError` naming why."""
         if self.dirs is None:
             return path
         if not self.dirs:
@@ -77,7 +79,7 @@ class WorkflowFiles:
             )
         real = path.resolve()
         if any(real.is_relative_to(root.resolve()) for root in self.dirs):
-            return path
+            return real
         raise WorkflowError(
             f"subflow workflow file {str(path)!r} is outside the node's workflow_dirs "
             f"({', '.join(str(root) for root in self.dirs)})"
