@@ -19,6 +19,7 @@ from typing import Any
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._errors import TammaError
 from tamma_actors._gc import tune_gc
+from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, gated_enabled
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 __all__ = ["main"]
@@ -42,18 +43,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--events-endpoint", help="events PUB socket (default ipc://DATA/events.sock)"
     )
-    parser.add_argument(
-        "--allow-shell",
-        action="store_true",
-        default=None,
-        help="register the `shell` step implementation",
-    )
-    parser.add_argument(
-        "--allow-record",
-        action="store_true",
-        default=None,
-        help="register the `record` step implementation (it appends to a file it is given)",
-    )
+    add_gated_flags(parser, default=None)
     parser.add_argument(
         "--workflow-dir",
         dest="workflow_dirs",
@@ -84,8 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--slots", type=int, default=DEFAULT_WORKER_SLOTS)
     worker.add_argument("--worker-id")
     worker.add_argument("--heartbeat", type=float, default=1.0)
-    worker.add_argument("--allow-shell", action="store_true")
-    worker.add_argument("--allow-record", action="store_true")
+    add_gated_flags(worker)
     worker.add_argument(
         "--allow",
         action="append",
@@ -148,8 +137,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             "control_endpoint": args.control_endpoint,
             "workers_endpoint": args.workers_endpoint,
             "events_endpoint": args.events_endpoint,
-            "allow_shell": args.allow_shell,
-            "allow_record": args.allow_record,
+            **{setting: getattr(args, setting) for setting in GATED_BUILTINS.values()},
             "workflow_dirs": args.workflow_dirs,
             "durability": args.durability,
             "log_level": args.log_level,
@@ -292,8 +280,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         slots=args.slots,
         worker_id=args.worker_id,
         heartbeat_interval=args.heartbeat,
-        allow_shell=args.allow_shell,
-        allow_record=args.allow_record,
+        enabled=gated_enabled(args),
         allowlist=allowlist,
         managed=False,
         curve=CurveKeys(args.curve_server_key) if args.curve_server_key else None,

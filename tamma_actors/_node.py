@@ -53,7 +53,7 @@ from tamma_actors._execution import ExecutionDeps
 from tamma_actors._gc import frozen_by_tamma
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node_children import NodeChildren
-from tamma_actors._plugins import PluginRegistry, load_registry
+from tamma_actors._plugins import PluginRegistry, gated_enabled, load_registry
 from tamma_actors._socket_actor import Urgent
 from tamma_actors._store import Write
 from tamma_actors._subflows import WorkflowFiles
@@ -158,9 +158,7 @@ class Node(NodeChildren):
         self.config = config
         self.tree = tree or load_tree(config.supervision)
         self.registry: PluginRegistry = load_registry(
-            allow_shell=config.allow_shell,
-            allow_record=config.allow_record,
-            allowlist=config.plugins,
+            enabled=gated_enabled(config), allowlist=config.plugins
         )
         # The CPUs given to this process, before pin_coordinator narrows its own threads':
         # its children keep all of them.

@@ -20,6 +20,7 @@ import zmq
 from tamma_actors._affinity import format_cpus
 from tamma_actors._control import ControlServer
 from tamma_actors._eventbus import EventBus
+from tamma_actors._plugins import gated_enabled
 from tamma_actors._supervision import children_to_restart
 from tamma_actors._workerpool import WorkerPool
 from tamma_actors._writer import QueuedWriter, StoreWriter
@@ -116,10 +117,7 @@ class NodeChildren:
         args = ["--log-level", self.config.log_level]
         if self.cpus:  # a worker restarted by a pinned thread runs on all of them again
             args += ["--cpus", format_cpus(self.cpus)]
-        if self.config.allow_shell:
-            args.append("--allow-shell")
-        if self.config.allow_record:
-            args.append("--allow-record")
+        args += [f"--allow-{name}" for name in sorted(gated_enabled(self.config))]
         for name, target in self.config.plugins.items():
             args += ["--allow", f"{name}={target}"]
         if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):

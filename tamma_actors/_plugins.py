@@ -14,11 +14,12 @@ Listing names imports nothing: a plugin module is imported the first time its st
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from importlib import metadata
 
 from tamma_actors._errors import ConfigError, UnknownImplementation
@@ -29,6 +30,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "GATED_BUILTINS",
     "PluginRegistry",
+    "add_gated_flags",
+    "gated_enabled",
     "load_registry",
 ]
 
@@ -36,8 +39,30 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "tamma_actors.steps"
 BUILTIN_NAMES = ("noop", "echo", "sleep", "cpu", "fail", "record", "crash", "hang", "shell")
-# built-ins registered only when the node's setting of that name is on
+# built-ins registered only when enabled: name -> the node's setting (a worker's flag is
+# --allow-NAME)
 GATED_BUILTINS = {"shell": "allow_shell", "record": "allow_record"}
+
+
+def add_gated_flags(parser: argparse.ArgumentParser, default: bool | None = False) -> None:
+    """An ``--allow-NAME`` flag for each gated built-in (its dest: the node's setting);
+    ``default`` None for a node's, so that an absent flag leaves its config file's value."""
+    for name, setting in GATED_BUILTINS.items():
+        parser.add_argument(
+            f"--allow-{name}",
+            dest=setting,
+            action="store_true",
+            default=default,
+            help=f"register the `{name}` step implementation",
+        )
+
+
+def gated_enabled(values: object) -> frozenset[str]:
+    """The gated built-ins whose setting (``allow_NAME``) is on in ``values``: a node's
+    configuration or a worker's parsed flags."""
+    return frozenset(name for name, setting in GATED_BUILTINS.items() if getattr(values, setting))
+
+
 _BUILTINS_MODULE = "tamma_actors._builtins"
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -131,23 +156,20 @@ def _entry_point_loaders(reserved: set[str]) -> dict[str, Loader]:
 
 
 def load_registry(
-    *,
-    allow_shell: bool = False,
-    allow_record: bool = False,
-    allowlist: Mapping[str, str] | None = None,
+    *, enabled: Collection[str] = (), allowlist: Mapping[str, str] | None = None
 ) -> PluginRegistry:
-    """Built-ins, then installed entry points, then the operator's allowlist.
+    """Built-ins (of the gated ones, those ``enabled``), then installed entry points, then
+    the operator's allowlist.
 
     A malformed allowlist entry is the operator's configuration error (ConfigError); a
     broken entry point is logged and skipped.
     """
     # "wait" is kept by the coordinator (tamma_actors._deadlines): no plugin may take it.
     reserved = {*BUILTIN_NAMES, "wait"}
-    allowed = {"allow_shell": allow_shell, "allow_record": allow_record}
     loaders: dict[str, Loader] = {
         name: _target_loader(f"{_BUILTINS_MODULE}:{name}")
         for name in BUILTIN_NAMES
-        if name not in GATED_BUILTINS or allowed[GATED_BUILTINS[name]]
+        if name not in GATED_BUILTINS or name in enabled
     }
     for name, loader in _entry_point_loaders(reserved).items():
         loaders[name] = loader

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -26,6 +26,7 @@ from tamma_actors import _wire as wire
 from tamma_actors._affinity import parse_cpus, restore
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._gc import tune_gc
+from tamma_actors._plugins import add_gated_flags, gated_enabled
 from tamma_actors._worker_loop import (
     EXIT_OK,
     EXIT_PARENT_DIED,
@@ -85,8 +86,7 @@ def run_worker(
     slots: int = wire.DEFAULT_WORKER_SLOTS,
     worker_id: str | None = None,
     heartbeat_interval: float = 1.0,
-    allow_shell: bool = False,
-    allow_record: bool = False,
+    enabled: Collection[str] = (),
     allowlist: Mapping[str, str] | None = None,
     managed: bool = False,
     parent_pid: int | None = None,
@@ -105,8 +105,7 @@ def run_worker(
             slots=slots,
             worker_id=worker_id,
             heartbeat_interval=heartbeat_interval,
-            allow_shell=allow_shell,
-            allow_record=allow_record,
+            enabled=enabled,
             allowlist=allowlist,
             managed=managed,
             parent_pid=parent_pid,
@@ -141,8 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--managed", action="store_true", help="spawned by the node (its parent)")
     p.add_argument("--parent-pid", type=int)
-    p.add_argument("--allow-shell", action="store_true", help="register the `shell` step")
-    p.add_argument("--allow-record", action="store_true", help="register the `record` step")
+    add_gated_flags(p)
     p.add_argument(
         "--allow",
         type=_allow_entry,
@@ -180,8 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slots=args.slots,
             worker_id=args.worker_id,
             heartbeat_interval=args.heartbeat_interval,
-            allow_shell=args.allow_shell,
-            allow_record=args.allow_record,
+            enabled=gated_enabled(args),
             allowlist=dict(args.allow),
             managed=args.managed,
             parent_pid=args.parent_pid,

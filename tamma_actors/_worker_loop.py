@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import zmq
@@ -103,8 +103,7 @@ class Worker:
         slots: int = wire.DEFAULT_WORKER_SLOTS,
         worker_id: str | None = None,
         heartbeat_interval: float = 1.0,
-        allow_shell: bool = False,
-        allow_record: bool = False,
+        enabled: Collection[str] = (),
         allowlist: Mapping[str, str] | None = None,
         managed: bool = False,
         parent_pid: int | None = None,
@@ -120,9 +119,7 @@ class Worker:
         self._hb_interval = heartbeat_interval
         self._max_frame = max_frame_bytes
         self._stop_grace = stop_grace
-        self._registry = load_registry(
-            allow_shell=allow_shell, allow_record=allow_record, allowlist=allowlist
-        )
+        self._registry = load_registry(enabled=enabled, allowlist=allowlist)
         self._stop_requested = False
         self._stopping_since: float | None = None
         self._welcomed = False

@@ -434,7 +434,7 @@ def test_failures_are_reported(
 
 
 def test_shell_when_allowed(node: FakeNode, start: Any) -> None:
-    start(allow_shell=True)
+    start(enabled={"shell"})
     assert "shell" in node.handshake()["plugins"]
     node.send(task("s", "shell", config={"command": ["echo", "hi"]}))
     assert node.result("s")["output"]["stdout"] == "hi\n"

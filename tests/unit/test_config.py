@@ -213,3 +213,18 @@ def test_json_schema() -> None:
     assert set(NodeConfig.model_fields) == set(schema["properties"])
     assert schema["additionalProperties"] is False
     assert "anyOf" in schema["properties"]["heartbeat_interval"]
+
+
+def test_node_flags_override_the_file_and_an_absent_flag_leaves_it(tmp_path: Path) -> None:
+    from tamma_actors._cli_node import _config_from, _parser
+
+    path = write(tmp_path, "node.toml", f'data_dir = "{tmp_path}"\nallow_shell = true\n')
+    cfg = _config_from(_parser().parse_args(["run", "--config", str(path), "--allow-record"]))
+    assert cfg.allow_shell and cfg.allow_record  # the file's shell, the flag's record
+    cfg = _config_from(_parser().parse_args(["run", "--config", str(path)]))
+    assert cfg.allow_shell and not cfg.allow_record
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    args = ["run", "--data-dir", str(tmp_path), "--workflow-dir", str(flows)]
+    cfg = _config_from(_parser().parse_args([*args, "--workflow-dir", str(tmp_path)]))
+    assert cfg.workflow_dirs == [flows, tmp_path] and not cfg.allow_shell

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import threading
 import types
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tamma_actors import _plugins
+from tamma_actors._config import load_node_config
 from tamma_actors._errors import ConfigError, UnknownImplementation
-from tamma_actors._plugins import BUILTIN_NAMES, PluginRegistry, import_target, load_registry
+from tamma_actors._plugins import (
+    BUILTIN_NAMES,
+    GATED_BUILTINS,
+    PluginRegistry,
+    add_gated_flags,
+    gated_enabled,
+    import_target,
+    load_registry,
+)
 from tamma_actors._step_api import (
     NonRetryable,
     RetryAfter,
@@ -39,10 +50,24 @@ def test_builtins_without_shell_or_record_by_default() -> None:
 
 
 def test_shell_and_record_only_when_allowed() -> None:
-    assert "shell" in load_registry(allow_shell=True)
-    assert "record" not in load_registry(allow_shell=True)
-    assert "record" in load_registry(allow_record=True)
-    assert "shell" not in load_registry(allow_record=True)
+    assert "shell" in load_registry(enabled={"shell"})
+    assert "record" not in load_registry(enabled={"shell"})
+    assert "record" in load_registry(enabled={"record"})
+    assert "shell" not in load_registry(enabled={"record"})
+
+
+def test_the_gated_builtins_follow_the_node_settings_and_the_worker_flags(
+    tmp_path: Path,
+) -> None:
+    assert gated_enabled(load_node_config(None, data_dir=tmp_path)) == set()
+    cfg = load_node_config(None, data_dir=tmp_path, allow_record=True)
+    assert gated_enabled(cfg) == {"record"}
+    parser = argparse.ArgumentParser()
+    add_gated_flags(parser)
+    assert gated_enabled(parser.parse_args([])) == set()
+    assert gated_enabled(parser.parse_args(["--allow-shell"])) == {"shell"}
+    both = parser.parse_args(["--allow-record", "--allow-shell"])
+    assert gated_enabled(both) == set(GATED_BUILTINS) == {"shell", "record"}
 
 
 def test_get_returns_callable_and_caches() -> None:
@@ -170,7 +195,7 @@ def test_loaded_inline_never_loads_and_names_only_inline_steps() -> None:
 
 
 def test_the_quick_builtins_are_inline_and_the_others_are_not() -> None:
-    reg = load_registry(allow_shell=True)
+    reg = load_registry(enabled=set(GATED_BUILTINS))
     inline = {name for name in reg if is_inline(reg.get(name))}
     assert inline == {"noop", "echo", "fail"}
 
