@@ -11,6 +11,7 @@ import yaml
 
 from tamma_actors import Client
 from tamma_actors._config import load_node_config
+from tamma_actors._errors import UnknownExecution
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node import Node
 
@@ -26,15 +27,19 @@ def node_settings(node_settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _until(client: Client, eid: str, cond: Any, timeout: float = WAIT) -> Any:
-    """Poll the execution's record (bounded) until ``cond(record)`` holds."""
+    """Poll the execution's record (bounded) until ``cond(record)`` holds; a subflow's
+    child named in its parent's record may not have been started yet: it is waited for."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        rec = client.get_workflow(eid)
-        if cond(rec):
+        try:
+            rec = client.get_workflow(eid)
+        except UnknownExecution:
+            rec = None
+        if rec is not None and cond(rec):
             return rec
-        assert time.monotonic() < deadline, f"condition not reached: {rec.status}"
+        assert time.monotonic() < deadline, f"condition not reached: {rec and rec.status}"
         time.sleep(0.02)
 
 

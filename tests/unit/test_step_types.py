@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
-from tamma_actors._errors import WorkflowValidationError
+from tamma_actors._errors import UnknownExecution, WorkflowValidationError
 from tamma_actors._execution import ExecutionDeps
 from tamma_actors._status import StepStatus
 from tamma_actors._step_types import join
@@ -754,8 +754,15 @@ def test_a_slow_subflow_start_holds_no_other_commit_and_a_pause_waits_for_it() -
         assert k.finish(k.start(wf(step("a"), step("b", "a"))))["status"] == "completed"
         k.engine.pause_workflow(parent).result(WAIT)  # asked before the child exists
         slow.go.set()
-        child = k.get(parent)["results"]["sub"]["detail"]["child"]
-        _until(lambda: k.get(child)["status"] == "paused")  # the pause reached it
+        child = k.get(parent)["results"]["sub"]["detail"]["child"]  # committed, not started
+
+        def child_status() -> str | None:
+            try:
+                return str(k.get(child)["status"])
+            except UnknownExecution:  # the subflows thread has not started it yet
+                return None
+
+        _until(lambda: child_status() == "paused")  # the pause reached it
         k.engine.resume_workflow(parent).result(WAIT)
         final = k.finish(parent)
         assert final["status"] == "completed" and set(final["results"]["sub"]["data"]) == {
