@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tamma_actors._config import NodeConfig, load_node_config
-from tamma_actors._errors import TammaError
+from tamma_actors._errors import TammaError, WorkflowValidationError
 from tamma_actors._gc import tune_gc
 from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, gated_enabled
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
@@ -301,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_worker(args)
     except (TammaError, ValueError) as exc:
         print(f"tamma-node: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
+        usage = isinstance(exc, (ValueError, WorkflowValidationError))  # as `tamma`'s
+        return EXIT_USAGE if usage else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,16 +126,14 @@ class WorkflowEngine:
         execution_id: str | None = None,
     ) -> WorkflowExecution:
         """As :meth:`Client.start_workflow` (``execution_id`` included)."""
-        if execution_id is not None:
-            try:  # the same rule as over the wire
-                StartArgs.model_validate({"workflow": {}, "id": execution_id})
-            except ValidationError as exc:
-                raise InvalidRequest(f"invalid execution id {execution_id!r}: {exc}") from exc
         sent = _as_sent("inputs", dict(inputs or {}))
-        try:
-            StartArgs.model_validate({"workflow": {}, "inputs": sent})
+        try:  # the same rules as over the wire, in one pass
+            StartArgs.model_validate({"workflow": {}, "inputs": sent, "id": execution_id})
         except ValidationError as exc:
-            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            errors = exc.errors()
+            if any(e["loc"][:1] == ("id",) for e in errors):
+                raise InvalidRequest(f"invalid execution id {execution_id!r}: {exc}") from exc
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
             raise InvalidRequest(f"invalid inputs: {where}") from exc
         definition, source = Client._definition(config_or_path)
         future = self._engine.start_workflow(

@@ -31,6 +31,7 @@ from tamma_actors._errors import (
     IllegalTransition,
     SupervisionError,
     TammaError,
+    WorkflowValidationError,
 )
 from tamma_actors._execution import (
     Abort,
@@ -48,7 +49,12 @@ from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._recovery import EngineRecovery, Waker, keep_bounded
 from tamma_actors._state import ExecutionState
 from tamma_actors._store import Store
-from tamma_actors._subflows import ANY_FILE, EngineChildren, WorkflowFiles
+from tamma_actors._subflows import (
+    ANY_FILE,
+    EngineChildren,
+    WorkflowFiles,
+    unreadable_subflow_files,
+)
 from tamma_actors._timers import TimerHandle
 from tamma_actors._watchdog import Watchdog
 from tamma_actors._workflow_file import parse_workflow
@@ -224,6 +230,9 @@ class Engine(EngineReads, EngineRecovery):
         # a subflow's child is part of its parent's committed work, not new intake
         self._check_intake(draining_too=execution_id is None)
         cfg, digest, dumped = self._parsed(definition, source)
+        unreadable = unreadable_subflow_files(cfg, source, self._children.files)
+        if unreadable:  # refused now rather than failing its step later
+            raise WorkflowValidationError(unreadable, source)
         created = {
             "workflow_id": cfg.name,
             "workflow_version": cfg.version,

@@ -16,13 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tamma_actors._errors import SubflowTooDeep, TammaError, WorkflowError
+from tamma_actors._errors import Problem, SubflowTooDeep, TammaError, WorkflowError
+from tamma_actors._models import WorkflowConfig
 from tamma_actors._step_types import ChildRun
 from tamma_actors._store import Store
 from tamma_actors._timers import TimerService
 from tamma_actors._workflow_file import read_workflow_mapping
 
-__all__ = ["ANY_FILE", "EngineChildren", "WorkflowFiles", "WorkflowNames", "resolve_workflow"]
+__all__ = [
+    "ANY_FILE",
+    "EngineChildren",
+    "WorkflowFiles",
+    "WorkflowNames",
+    "resolve_workflow",
+    "subflow_file",
+    "unreadable_subflow_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +171,37 @@ def _digest(latest: dict[str, tuple[str, str]], name: str) -> str | None:
     return None if found is None else found[1]
 
 
+def subflow_file(workflow: str, parent_source: str | None) -> Path | None:
+    """The file a subflow's ``workflow`` names (relative to the parent's own file when it
+    came from one), or None when it names a workflow by its name."""
+    if not (workflow.endswith((".yaml", ".yml", ".json")) or "/" in workflow):
+        return None
+    path = Path(workflow)
+    if not path.is_absolute() and parent_source and Path(parent_source).suffix:
+        path = Path(parent_source).parent / path
+    return path
+
+
+def unreadable_subflow_files(
+    cfg: WorkflowConfig, source: str | None, files: WorkflowFiles
+) -> list[Problem]:
+    """A problem for each subflow step of ``cfg`` whose workflow file ``files`` would not
+    let the node read: found when the workflow starts, not when the step runs."""
+    if files.dirs is None:
+        return []
+    problems = []
+    for i, step in enumerate(cfg.steps):
+        workflow = step.config.get("workflow") if step.type == "subflow" else None
+        path = subflow_file(workflow, source) if isinstance(workflow, str) else None
+        if path is None:
+            continue
+        try:
+            files.allowed(path)
+        except WorkflowError as exc:
+            problems.append(Problem(f"steps[{i}].config.workflow", str(exc)))
+    return problems
+
+
 def resolve_workflow(
     workflow: str,
     parent_source: str | None,
@@ -171,10 +211,8 @@ def resolve_workflow(
     """The definition a subflow names: a file (relative to the parent's own file when it
     came from one; only where ``files`` allows) or the name of a workflow this node has
     run before (its latest definition)."""
-    if workflow.endswith((".yaml", ".yml", ".json")) or "/" in workflow:
-        path = Path(workflow)
-        if not path.is_absolute() and parent_source and Path(parent_source).suffix:
-            path = Path(parent_source).parent / path
+    path = subflow_file(workflow, parent_source)
+    if path is not None:
         return read_workflow_mapping(files.allowed(path), regular_only=True), str(path)
     digest = names.digest(workflow)
     definition = None if digest is None else names.definition(digest)
@@ -199,7 +237,7 @@ class EngineChildren:
         self._engine = engine
         self._store = store
         self._timers = timers
-        self._files = files
+        self.files = files
         self.names = WorkflowNames(store)
         # how deeply each live child is nested (kept in memory: a runaway guard, not a rule)
         self._depth: dict[str, int] = {}
@@ -256,7 +294,7 @@ class EngineChildren:
     def _start(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
         try:
             definition, source = resolve_workflow(
-                run.workflow, run.parent_source, self.names, self._files
+                run.workflow, run.parent_source, self.names, self.files
             )
         except TammaError as exc:
             done(exc)

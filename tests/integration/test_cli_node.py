@@ -42,9 +42,11 @@ def test_demo_with_workflow_dirs_reads_subflow_files_only_inside_them(
     parent = str(ROOT / "config" / "workflows" / "parent.yaml")
     args = ["demo", "--data-dir", str(short_dir / "var"), "--workers", "1", "--json"]
     elsewhere = ["--workflow-dir", str(short_dir), "--workflow-dir", str(ROOT / "tests")]
-    assert tamma_node([*args, *elsewhere, parent, "--input", "topic=t"]) == 1
-    record = json.loads(capsys.readouterr().out)
-    message = record["results"]["research"]["error"]["message"]
+    assert tamma_node([*args, *elsewhere, parent, "--input", "topic=t"]) == 2  # not started
+    captured = capsys.readouterr()
+    assert not captured.out and "started" not in captured.err
+    message = captured.err.splitlines()[-1]
+    assert message.startswith("  - steps[1].config.workflow: subflow workflow file")
     assert "outside the node's workflow_dirs" in message and str(short_dir) in message
     inside = ["--workflow-dir", str(short_dir), "--workflow-dir", str(ROOT / "config")]
     assert tamma_node([*args, *inside, parent, "--input", "topic=t"]) == 0
@@ -74,6 +76,11 @@ def test_demo_refuses_a_malformed_input(
     code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), example, "--input", "x=[1"])
     assert code == 2  # it was a traceback
     assert "--input x: not a YAML value (while parsing a flow sequence" in capsys.readouterr().err
+    invalid = short_dir / "invalid.yaml"
+    invalid.write_text("name: bad\nsteps:\n  - {name: a, implementation: no_such_step}\n")
+    code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), str(invalid)])
+    assert code == 2  # as `tamma start`: an invalid workflow is a usage error, not a failure
+    assert "steps[0].implementation" in capsys.readouterr().err
 
 
 def test_keygen_prints_a_matching_curve_key_pair(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from tamma_actors import Client
 from tamma_actors._config import load_node_config
-from tamma_actors._errors import UnknownExecution
+from tamma_actors._errors import UnknownExecution, WorkflowValidationError
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node import Node
 
@@ -297,6 +297,7 @@ def test_a_node_with_tokens_reads_subflow_files_only_from_its_workflow_dirs(
         yaml.safe_dump({"name": "child", "steps": [{"name": "c", "implementation": "noop"}]})
     )
     (tmp_path / "secret.yaml").write_text("root:hunter2-do-not-leak:20228::\n")  # as /etc/shadow
+    (flows / "climber.yaml").write_text(yaml.safe_dump(_subflow_of("../secret.yaml")))
     cfg = load_node_config(
         None,
         data_dir=short_dir / "var",
@@ -304,27 +305,32 @@ def test_a_node_with_tokens_reads_subflow_files_only_from_its_workflow_dirs(
         tokens={"op": "operator"},
         workflow_dirs=[flows] if dirs else [],
     )
-
-    def subflow(path: Path) -> dict[str, Any]:
-        step = {"name": "sub", "type": "subflow", "config": {"workflow": str(path)}}
-        return {"name": "parent", "steps": [step]}
-
+    expected = "outside the node's workflow_dirs" if dirs else "has tokens and no workflow_dirs"
     with Node(cfg) as node, Client(node.config.control_address, token="op", timeout=WAIT) as c:
-        inside = c.wait(c.start_workflow(subflow(flows / "child.yaml")).id, timeout=WAIT)
-        outside = c.wait(c.start_workflow(subflow(tmp_path / "secret.yaml")).id, timeout=WAIT)
-        climbing = c.wait(c.start_workflow(subflow(flows / ".." / "secret.yaml")).id, timeout=WAIT)
+        refused = [flows / "child.yaml"] if not dirs else []
+        for path in [*refused, tmp_path / "secret.yaml", flows / ".." / "secret.yaml"]:
+            with pytest.raises(WorkflowValidationError) as caught:  # at start, nothing runs
+                c.start_workflow(_subflow_of(str(path)))
+            [problem] = caught.value.problems
+            assert problem.loc == "steps[0].config.workflow"
+            assert expected in problem.message and "hunter2" not in str(caught.value)
+        if dirs:
+            inside = c.wait(c.start_workflow(_subflow_of(str(flows / "child.yaml"))).id, WAIT)
+            assert inside.status == "completed", inside.error
+            # a file inside names one outside: its own start is refused, failing the step
+            nested = c.wait(c.start_workflow(_subflow_of(str(flows / "climber.yaml"))).id, WAIT)
+            assert nested.status == "failed"
+            message = nested.results["sub"].error.message
+            assert expected in message and "hunter2" not in message
+        started = [(e.workflow_id, e.status) for e in c.list_workflows()]
+        ran = [("parent", "completed"), ("child", "completed"), ("parent", "failed")]
+        assert started == (ran if dirs else [])  # the climber's own start was refused
         assert c.health()["status"] == "ok"
-    if dirs:
-        assert inside.status == "completed", inside.error
-        expected = "outside the node's workflow_dirs"
-    else:
-        assert inside.status == "failed"
-        assert "has tokens and no workflow_dirs" in inside.results["sub"].error.message
-        expected = "has tokens and no workflow_dirs"
-    for final in (outside, climbing):
-        assert final.status == "failed"
-        message = final.results["sub"].error.message
-        assert expected in message and "hunter2" not in message
+
+
+def _subflow_of(workflow: str) -> dict[str, Any]:
+    step = {"name": "sub", "type": "subflow", "config": {"workflow": workflow}}
+    return {"name": "parent", "steps": [step]}
 
 
 def _completed_items(client: Client, eid: str) -> int:

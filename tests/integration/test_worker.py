@@ -560,10 +560,15 @@ def test_managed_in_the_main_thread(node: FakeNode, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_worker, "_die_with_parent", lambda: asked.append(True))
     done = threading.Event()
     t = _node_thread(node, done)
-    code = run_worker(node.endpoint, managed=True, parent_pid=os.getppid())
-    t.join(timeout=TIMEOUT)
-    assert code == EXIT_OK and asked == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever pytest had
+    try:
+        code = run_worker(node.endpoint, managed=True, parent_pid=os.getppid())
+        t.join(timeout=TIMEOUT)
+        assert code == EXIT_OK and asked == [True]
+        # a managed worker ignores SIGINT while it runs, then puts back what it found
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,13 @@ import yaml
 from tamma_actors._config import load_node_config
 from tamma_actors._errors import WorkflowError
 from tamma_actors._store import MemoryStore, Write
-from tamma_actors._subflows import WorkflowFiles, WorkflowNames, resolve_workflow
+from tamma_actors._subflows import (
+    WorkflowFiles,
+    WorkflowNames,
+    resolve_workflow,
+    unreadable_subflow_files,
+)
+from tamma_actors._workflow_file import parse_workflow
 
 CHILD = {"name": "child", "steps": [{"name": "c", "implementation": "noop"}]}
 SECRET = "hunter2-do-not-leak"
@@ -101,6 +107,33 @@ def test_no_dirs_at_all_reads_no_file_but_a_named_workflow_still_runs(tree: Path
     store.commit([Write("e1", summary=summary, definition=("d1", CHILD))])
     definition, source = resolve_workflow("child", None, WorkflowNames(store), files)
     assert definition == CHILD and source == "definition child"
+
+
+def test_a_start_lists_each_subflow_file_the_node_would_not_read(tree: Path) -> None:
+    def sub(name: str, workflow: str) -> dict[str, Any]:
+        return {"name": name, "type": "subflow", "config": {"workflow": workflow}}
+
+    cfg = parse_workflow(
+        {
+            "name": "parent",
+            "steps": [
+                sub("inside", "child.yaml"),  # relative to the parent's file: inside
+                {"name": "task", "implementation": "noop"},
+                sub("climbs", "../secret.yaml"),
+                sub("by_name", "child"),  # a name: no file, nothing to check at start
+                sub("absolute", str(tree / "secret.yaml")),
+            ],
+        },
+        known_implementations={"noop"},
+    )
+    parent = str(tree / "flows" / "parent.yaml")
+    problems = unreadable_subflow_files(cfg, parent, WorkflowFiles((tree / "flows",)))
+    assert [p.loc for p in problems] == ["steps[2].config.workflow", "steps[4].config.workflow"]
+    assert all("outside the node's workflow_dirs" in p.message for p in problems)
+    assert unreadable_subflow_files(cfg, parent, WorkflowFiles()) == []  # any file
+    # with no dirs at all, each file is refused, a name still is not
+    problems = unreadable_subflow_files(cfg, parent, WorkflowFiles(()))
+    assert [p.loc for p in problems] == [f"steps[{i}].config.workflow" for i in (0, 2, 4)]
 
 
 def test_the_node_config_chooses_the_dirs(tree: Path) -> None:
