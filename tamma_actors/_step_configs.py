@@ -31,6 +31,7 @@ __all__ = [
     "plan_of",
     "step_config_schemas",
     "step_type_problems",
+    "timeouts_set",
 ]
 
 
@@ -201,12 +202,16 @@ _TIMEOUT_KEYS = {
 def _timeout_problems(i: int, kind: str, raw: Mapping[str, Any]) -> Iterator[Problem]:
     """A parallel or subflow step's ``timeout`` bounds the whole step (every item, or the
     child); the other timeouts belong to single tasks, and a decision has none."""
+    for field in timeouts_set(raw):
+        if field != "timeout" or kind == "decision":
+            yield Problem(f"steps[{i}].{field}", f"a {kind} step has no {field}")
+
+
+def timeouts_set(raw: Mapping[str, Any]) -> Iterator[str]:
+    """The timeout fields a raw step mapping sets (under either spelling of each)."""
     for field, keys in _TIMEOUT_KEYS.items():
-        if field == "timeout" and kind != "decision":
-            continue
-        for key in keys:
-            if raw.get(key) is not None:
-                yield Problem(f"steps[{i}].{field}", f"a {kind} step has no {field}")
+        if any(raw.get(key) is not None for key in keys):
+            yield field
 
 
 def _expressions(config: _Config) -> Iterator[tuple[str, str]]:

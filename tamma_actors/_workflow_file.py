@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._plugins import GATED_BUILTINS
@@ -27,6 +28,7 @@ from tamma_actors._step_configs import (
     STEP_CONFIG_MODELS,
     step_config_schemas,
     step_type_problems,
+    timeouts_set,
 )
 
 __all__ = [
@@ -248,6 +250,7 @@ class _Node:
     deps: list[tuple[str, str]]  # (location, dependency name)
     implementation: Any
     compensation: Any
+    raw: Mapping[str, Any]  # the step as written
 
 
 @dataclass
@@ -268,7 +271,7 @@ class _Graph:
                 continue
             deps = [(f"steps[{i}].dependencies[{j}]", d) for j, d in _strings(step, "dependencies")]
             graph.nodes.append(
-                _Node(i, name, deps, step.get("implementation"), step.get("compensation"))
+                _Node(i, name, deps, step.get("implementation"), step.get("compensation"), step)
             )
         for i, entry in _indexed(data.get("dependencies")):
             target = entry.get("step")
@@ -338,8 +341,10 @@ def _graph_problems(
         elif dep not in first:
             yield Problem(loc, f"{step!r} depends on unknown step {dep!r}")
     yield from _cycle_problems(graph, first)
-    if known_implementations is not None:
+    if known_implementations is not None:  # a start (a stored definition is not judged
+        # again by rules made after it was stored: its execution must still load)
         yield from _implementation_problems(graph, set(known_implementations), first)
+        yield from _coordinator_problems(graph)
 
 
 def _implementation_problems(
@@ -361,6 +366,44 @@ def _implementation_problems(
             yield Problem(
                 f"steps[{node.index}].compensation",
                 f"compensation {comp!r} is neither a step nor a registered implementation",
+            )
+
+
+def _coordinator_problems(graph: _Graph) -> Iterator[Problem]:
+    """Steps the coordinator runs itself (``wait``) where a worker would be sent them,
+    which no worker offers (they would wait for good), or with deadlines they ignore."""
+    by_name = {node.name: node for node in reversed(graph.nodes)}  # the first one wins
+    for node in graph.nodes:
+        kind, impl = node.raw.get("type", "task"), node.implementation
+        if impl in COORDINATOR_IMPLEMENTATIONS and kind == "parallel":
+            yield Problem(
+                f"steps[{node.index}].implementation",
+                f"{impl!r} runs in the coordinator, not on a worker: it cannot be a parallel "
+                "step's task (put a wait step before or after the parallel step)",
+            )
+        if impl in COORDINATOR_IMPLEMENTATIONS and kind == "task":
+            for field in timeouts_set(node.raw):
+                yield Problem(
+                    f"steps[{node.index}].{field}",
+                    f"a {impl} step has no {field} (its config.seconds is how long it waits)",
+                )
+        comp = node.compensation
+        if not isinstance(comp, str):
+            continue
+        template = by_name.get(comp)
+        if template is None:
+            what = "runs in the coordinator, not on a worker"
+            wrong = comp in COORDINATOR_IMPLEMENTATIONS
+        else:
+            kind, comp_impl = template.raw.get("type", "task"), template.implementation
+            what = f"is a {kind} step"
+            if kind == "task" and comp_impl in COORDINATOR_IMPLEMENTATIONS:
+                what = f"is a {comp_impl} step, which the coordinator runs"
+            wrong = kind in ("decision", "subflow") or comp_impl in COORDINATOR_IMPLEMENTATIONS
+        if wrong:
+            yield Problem(
+                f"steps[{node.index}].compensation",
+                f"compensation {comp!r} {what}: a compensation is a task a worker runs",
             )
 
 

@@ -428,6 +428,45 @@ def test_compensation_names_a_step_or_an_implementation() -> None:
     assert problem.loc == "steps[3].compensation"
 
 
+def test_what_the_coordinator_runs_is_never_sent_to_a_worker() -> None:
+    """``wait`` is kept by the coordinator: as a parallel step's task or a compensation
+    it would be sent to workers, none of which offers it, and wait for good; its own
+    length is its ``config.seconds``, so a deadline on it would never be kept."""
+    wait = {"implementation": "wait", "config": {"seconds": 1}}
+    decide = {"type": "decision", "config": {"branches": [{"otherwise": []}]}}
+    steps = [
+        {"name": "fan", "type": "parallel", "config": {"items": [1, 2], "seconds": 1}}
+        | {"implementation": "wait"},
+        {"name": "w", **wait, "timeout": "2s", "queueTimeout": 3, "heartbeat_timeout": 1},
+        {"name": "a", "implementation": "noop", "compensation": "wait"},
+        {"name": "b", "implementation": "noop", "compensation": "w"},
+        {"name": "c", "implementation": "noop", "compensation": "pick"},
+        {"name": "d", "implementation": "noop", "compensation": "undo"},  # a task: fine
+        {"name": "e", "implementation": "noop", "compensation": "noop"},  # fine
+        {"name": "pick", **decide},
+        {"name": "undo", "implementation": "echo"},
+    ]
+    data = {"name": "w", "error_handling": "compensate", "steps": steps}
+    known = BUILTINS | {"wait"}  # as a node knows them
+    found = {p.loc: p.message for p in problems_of(data, known_implementations=known)}
+    assert sorted(found) == [
+        "steps[0].implementation",
+        "steps[1].heartbeat_timeout",
+        "steps[1].queue_timeout",
+        "steps[1].timeout",
+        "steps[2].compensation",
+        "steps[3].compensation",
+        "steps[4].compensation",
+    ]
+    assert "cannot be a parallel step's task" in found["steps[0].implementation"]
+    assert "config.seconds is how long it waits" in found["steps[1].timeout"]
+    assert "'wait' runs in the coordinator" in found["steps[2].compensation"]
+    assert "'w' is a wait step" in found["steps[3].compensation"]
+    assert "'pick' is a decision step" in found["steps[4].compensation"]
+    # a definition stored before these rules is read again as it was: its execution loads
+    assert parse_workflow(data).step("w").timeout == 2.0
+
+
 # --- order ---------------------------------------------------------------------------
 
 
