@@ -246,7 +246,9 @@ class ExecutionControl:
                 f"step {msg.step!r} cannot run again: its dependency {blocked[0]!r} is "
                 f"{self.state.steps[blocked[0]].status}; retry that step instead"
             )
-        self._emit("step.retried", step=msg.step)
+        # A failed execution runs again: its timeout bounds this run, counted from now.
+        revived = self._workflow_deadline() if self.state.status == "failed" else {}
+        self._emit("step.retried", step=msg.step, **revived)
         for name in self.state.order:  # what the failure cancelled may run again
             if name != msg.step and self.state.steps[name].status == "cancelled":
                 self._emit("step.reopened", step=name)

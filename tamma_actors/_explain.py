@@ -73,7 +73,9 @@ def _step_reason(
         deps = cfg.deps(name) if cfg is not None else []
         open_deps = [f"{d} ({state.steps[d].status})" for d in deps if d in state.steps]
         open_deps = [d for d in open_deps if not d.endswith(("(succeeded)", "(skipped)"))]
-        return "dependencies: " + ", ".join(open_deps) if open_deps else "to be scheduled"
+        if open_deps:
+            return "dependencies: " + ", ".join(open_deps)
+        return "paused by request: not scheduled until resumed" if paused else "to be scheduled"
     if st.status == "ready":
         if st.hold is not None:
             key = str(st.hold.get("breaker"))

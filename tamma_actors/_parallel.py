@@ -258,6 +258,8 @@ class ParallelSteps(StepTypeBase):
             )
             if self.state.status == "running":
                 self._arm_item_retry(name, index, attempt, at)
+            elif self.state.status == "paused":  # its whole wait begins on resume
+                self._emit("step.items_frozen", step=name, left=[[index, delay]])
             return
         self._emit("step.item_failed", step=name, index=index, attempt=attempt, error=info)
         if self.cfg.error_handling.strategy == "fail_fast":

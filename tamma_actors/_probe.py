@@ -3,8 +3,8 @@
 The story's ``executeStep(executionId, stepName, context)``: an operator runs a step with a
 context of their choosing — to try a fix, or to see what a step would produce — without
 touching the execution. The probe is a short-lived PoolActor that sends one task to the
-worker pool and resolves a future with a step result when the task finishes (or fails the
-future when it does not finish in time). The execution's state and event log are not
+worker pool and resolves a future with a step result when the task finishes (``timed_out``
+when it does not finish in time: it is then cancelled). The execution's state and event log are not
 changed: a probe is not part of the run, so it needs no commit before it is dispatched.
 
 Probe task ids are ``execution_id/step/probe-N``: they can never fence or be fenced by the
@@ -23,6 +23,7 @@ from typing import Any
 
 import pykka
 
+from tamma_actors._deadlines import timeout_error
 from tamma_actors._dispatch import Dispatcher, PoolActor
 from tamma_actors._errors import RequestTimeout
 from tamma_actors._timers import TimerHandle, TimerService
@@ -94,8 +95,6 @@ class StepProbe(PoolActor):
         return None
 
     def _finish(self, msg: TaskFinished) -> None:
-        ended = self._clock()
-        started = self._started_at if self._started_at is not None else ended
         error = None
         if not msg.ok:
             error = {
@@ -103,32 +102,37 @@ class StepProbe(PoolActor):
                 "message": str((msg.error or {}).get("message") or ""),
                 "retryable": (msg.error or {}).get("retryable"),
             }
+        status = "succeeded" if msg.ok else "failed"
+        self._answer(status, msg.output if msg.ok else None, error, msg.duration_ms)
+
+    def _expire(self) -> None:
+        """The step overran: cancelled, and answered as a step that timed out (a result,
+        like a failure: the request itself was served)."""
+        self._pool.tell(Cancel(self._task["task_id"]))
+        kind = "run" if self._started_at is not None else "queue"
+        error = timeout_error(kind, self._task["step"], self._timeout)
+        error["message"] += "; it was cancelled"
+        self._answer("timed_out", None, error, None)
+
+    def _answer(
+        self, status: str, data: Any, error: dict[str, Any] | None, duration_ms: float | None
+    ) -> None:
+        ended = self._clock()
+        started = self._started_at if self._started_at is not None else ended
         record = {
             "step": self._task["step"],
-            "status": "succeeded" if msg.ok else "failed",
-            "data": msg.output if msg.ok else None,
+            "status": status,
+            "data": data,
             "error": error,
             "attempts": 1,
             "started_at": started,
             "ended_at": ended,
-            "duration_ms": msg.duration_ms,
+            "duration_ms": duration_ms,
             "worker": self._worker,
             "task_id": self._task["task_id"],
         }
         if not self._reply.done():
             self._reply.set_result(record)
-        self._end()
-
-    def _expire(self) -> None:
-        self._pool.tell(Cancel(self._task["task_id"]))
-        if not self._reply.done():
-            where = "running" if self._started_at is not None else "waiting for a worker"
-            self._reply.set_exception(
-                RequestTimeout(
-                    f"step {self._task['step']!r} did not finish within {self._timeout:g}s "
-                    f"(it was {where}); it was cancelled"
-                )
-            )
         self._end()
 
     def _end(self) -> None:

@@ -247,8 +247,11 @@ def _failed(state: ExecutionState, ev: Mapping[str, Any]) -> None:
 def _retry_scheduled(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _move_step(state, ev["data"]["step"], S.RETRY_WAIT)
     st.error = ev["data"].get("error")
-    st.retry_at = ev["data"]["retry_at"]
-    st.deadline = st.frozen_delay = None
+    st.deadline = None
+    if state.status == E.PAUSED.value:  # failed while paused: its wait begins on resume
+        st.retry_at, st.frozen_delay = None, ev["data"].get("delay_s", 0.0)
+    else:
+        st.retry_at, st.frozen_delay = ev["data"]["retry_at"], None
     state.retries += 1
 
 
@@ -315,6 +318,7 @@ def _reset(state: ExecutionState, ev: Mapping[str, Any]) -> None:
         _move(state, E.RUNNING)
         state.end_time = None
         state.error = None
+        state.deadline = ev["data"].get("deadline")  # its timeout, afresh from the retry
     st = _move_step(state, name, S.READY)
     st.attempt_base = st.attempts
     st.error = None

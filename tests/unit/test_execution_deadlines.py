@@ -334,6 +334,29 @@ def test_the_workflow_timeout_survives_a_restart() -> None:
         assert k.status_is(eid, "failed")["error"]["type"] == "WorkflowTimeout"
 
 
+def test_a_retried_failed_execution_gets_its_timeout_afresh() -> None:
+    store = MemoryStore()
+    for k in _kit(store, start=1000.0):
+        eid = k.start(wf(wait_step("w", 100), timeout="10s"))
+        k.step_is(eid, "w", "running")
+        k.timers.advance(10)
+        assert k.status_is(eid, "failed")["error"]["type"] == "WorkflowTimeout"
+        k.engine.retry_step(eid, "w").result(WAIT)  # at 1010: until 1020 this time
+        k.step_is(eid, "w", "running")
+        k.timers.advance(5)
+    retried = next(e for e in k.events(eid) if e["type"] == "step.retried")
+    assert retried["data"]["deadline"] == 1020.0
+    for k in _kit(store, start=1015.0):  # it survives a restart too
+        k.engine.recover()
+        k.timers.advance(4.9)
+        assert k.record(eid)["status"] == "running"
+        k.timers.advance(0.1)
+        k.woken(eid)
+        final = k.status_is(eid, "failed")
+        assert final["error"]["type"] == "WorkflowTimeout"
+        assert final["results"]["w"]["status"] == "cancelled"
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 12), st.booleans()), max_size=6))
 def test_a_wait_step_runs_for_exactly_its_seconds_of_unpaused_time(

@@ -60,6 +60,11 @@ def test_explain_says_what_each_step_waits_for(kit: Kit) -> None:
     assert report["summary"].startswith("paused by request")
     assert report["steps"]["nap"]["waiting_for"] == "wait step: frozen by pause, 30s left"
     assert report["steps"]["flaky"]["waiting_for"].endswith("frozen by pause, 60s left")
+    assert report["steps"]["after"]["waiting_for"] == "dependencies: run (running)"
+    held["run"].reply_to.tell(finished(held["run"], "done"))  # ends during the pause
+    kit.step_is(eid, "run", "succeeded")
+    why = explained(kit, eid)["steps"]["after"]["waiting_for"]
+    assert why == "paused by request: not scheduled until resumed"
     kit.engine.abort_workflow(eid, "done looking").result(WAIT)
     final = explained(kit, eid)  # from the store now
     assert final["summary"].endswith("done looking") and final["steps"] == {}

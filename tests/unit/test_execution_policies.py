@@ -181,8 +181,12 @@ def test_a_failure_after_pause_schedules_its_retry_only_on_resume(kit: Kit) -> N
     kit.step_is(eid, "a", "retry_wait")
     kit.timers.advance(100)
     assert kit.held.empty() and kit.record(eid)["status"] == "paused"
+    report = kit.engine.explain(eid).result(WAIT)  # its wait has not begun
+    assert report["steps"]["a"]["waiting_for"].endswith("frozen by pause, 5s left")
     kit.engine.resume_workflow(eid).result(WAIT)
-    kit.timers.advance(5)  # the retry delay counts from the resume, not the failure
+    kit.timers.advance(4.9)  # the retry delay counts from the resume, not the failure
+    assert kit.held.empty()
+    kit.timers.advance(0.2)
     assert kit.next_held().task["attempt"] == 2
 
 

@@ -95,8 +95,27 @@ def test_an_overrun_is_cancelled_and_times_out(dispatcher: Dispatcher) -> None:
     timers.advance(1.9)
     assert not reply.done()
     timers.advance(0.2)
-    with pytest.raises(RequestTimeout, match="within 2s \\(it was running\\)"):
-        reply.result(WAIT)
+    result = reply.result(WAIT)  # answered: the step timed out, the request did not
+    assert (result["status"], result["data"], result["worker"]) == ("timed_out", None, "w1")
+    assert result["error"] == {
+        "type": "StepTimeout",
+        "message": "step 's' did not finish within 2s; it was cancelled",
+        "retryable": True,
+        "kind": "run",
+    }
+    assert pool.next() == Cancel(t["task_id"])
+    ref.actor_stopped.wait(WAIT)
+
+
+def test_an_overrun_before_any_worker_started_it_says_so(dispatcher: Dispatcher) -> None:
+    timers = ManualTimers()
+    ref, pool, reply, t = start(dispatcher, timers, timeout=1.0)
+    timers.advance(1.1)
+    result = reply.result(WAIT)
+    assert result["status"] == "timed_out" and result["error"]["kind"] == "queue"
+    assert result["error"]["message"] == (
+        "step 's' was not started by a worker within 1s; it was cancelled"
+    )
     assert pool.next() == Cancel(t["task_id"])
     ref.actor_stopped.wait(WAIT)
 

@@ -80,8 +80,8 @@ def test_reads_and_lists_answer_from_the_store_without_waking() -> None:
         assert k.engine.get_workflow_status(eid).result(WAIT)["status"] == "running"
         assert [r["id"] for r in k.engine.list_workflows().result(WAIT)] == [eid]
         assert len(k.events(eid)) == store.last_seq(eid)
-        assert k.engine.explain(eid).result(WAIT)["status"] == "running"  # explain wakes it
-        assert (k.engine.live_count, k.engine.resting_count) == (1, 0)
+        assert k.engine.explain(eid).result(WAIT)["status"] == "running"
+        assert (k.engine.live_count, k.engine.resting_count) == (0, 1)  # none woke it
 
 
 def test_a_control_request_wakes_it_and_the_wait_keeps_the_time_it_had_left() -> None:
@@ -234,6 +234,10 @@ def test_a_live_execution_that_only_waits_rests_until_it_is_due() -> None:
         _rests(k, 1)
         assert k.engine.health().result(WAIT)["executions"] == {"live": 0, "resting": 1}
         assert k.record(eid)["results"]["w"]["status"] == "running"  # from the store
+        why = k.engine.explain(eid).result(WAIT)  # from the store too: it goes on resting
+        assert why["steps"]["w"]["waiting_for"] == "wait step: until 1970-01-01 00:17:40 UTC"
+        assert why["steps"]["after"]["waiting_for"] == "dependencies: w (running)"
+        assert (k.engine.live_count, k.engine.resting_count) == (0, 1)
         k.timers.advance(59.9)
         assert k.engine.resting_count == 1 and k.held.empty()
         k.timers.advance(0.1)

@@ -495,6 +495,26 @@ def test_pause_holds_new_items_and_freezes_item_retry_waits() -> None:
         assert k.finish(eid)["results"]["f"]["data"] == [0, "one", "two", 3]
 
 
+def test_an_item_failing_during_pause_begins_its_retry_wait_on_resume() -> None:
+    policy = {"max_attempts": 2, "base_delay": 5000, "max_delay": 5000, "jitter": 0}
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=[0], retry_policy=policy)))
+        item = k.next_held()
+        assert k.engine.pause_workflow(eid).result(WAIT)["status"] == "paused"
+        item.reply_to.tell(err(item.task))
+        _until(lambda: _item(k, eid, 0)["status"] == "retry_wait")
+        k.timers.advance(100.0)  # longer than its wait, all of it paused
+        assert k.held.empty()
+        k.engine.resume_workflow(eid).result(WAIT)
+        k.timers.advance(4.9)  # the whole 5 s wait is left after resume
+        assert k.held.empty() and _item(k, eid, 0)["status"] == "retry_wait"
+        k.timers.advance(0.2)
+        again = k.next_held()
+        assert again.task["attempt"] == 2
+        again.reply_to.tell(ok(again.task, "fine"))
+        assert k.finish(eid)["results"]["f"]["data"] == ["fine"]
+
+
 def test_abort_cancels_items_in_flight() -> None:
     with _kit(lambda t: None) as k:
         eid = k.start(wf(fan("f", items=[0, 1])))
