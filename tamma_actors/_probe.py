@@ -4,8 +4,9 @@ The story's ``executeStep(executionId, stepName, context)``: an operator runs a 
 context of their choosing — to try a fix, or to see what a step would produce — without
 touching the execution. The probe is a short-lived PoolActor that sends one task to the
 worker pool and resolves a future with a step result when the task finishes (``timed_out``
-when it does not finish in time: it is then cancelled). The execution's state and event log are not
-changed: a probe is not part of the run, so it needs no commit before it is dispatched.
+when it does not finish in time: it is then cancelled). The execution's state and event
+log are not changed: a probe is not part of the run, so it needs no commit before it is
+dispatched.
 
 Probe task ids are ``execution_id/step/probe-N``: they can never fence or be fenced by the
 execution's own attempts (``execution_id/step/attempt``).
