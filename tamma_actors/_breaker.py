@@ -24,6 +24,7 @@ __all__ = [
     "BreakerState",
     "acquire",
     "current",
+    "readmit",
     "record_failure",
     "record_success",
     "release",
@@ -88,6 +89,15 @@ def acquire(
     if state.phase == "closed":
         return True, state
     if state.phase == "half_open" and state.probes < policy.half_open_max_calls:
+        return True, replace(state, probes=state.probes + 1)
+    return False, state
+
+
+def readmit(state: BreakerState, now: float) -> tuple[bool, BreakerState]:
+    """A call admitted before a restart is in flight again: while half-open it is one of
+    the probes (their count is not persisted), whatever the limit, since it runs already."""
+    state = current(state, now)
+    if state.phase == "half_open":
         return True, replace(state, probes=state.probes + 1)
     return False, state
 

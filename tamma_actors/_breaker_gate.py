@@ -67,6 +67,13 @@ class BreakerGate:
             self._emit("step.held", step=name, breaker=key, until=state.until)
         return False
 
+    def _breaker_readmit(self, name: str) -> None:
+        """A step in flight before a restart is sent again: while its breaker is half-open
+        it is one of the probes, and holds a slot until its outcome or cancel."""
+        found = self._breaker_of(name)
+        if found is not None and found[0].readmit(found[1]):
+            self._probes[name] = found[1]
+
     def _breaker_outcome(self, name: str, ok: bool) -> None:
         self._probes.pop(name, None)
         found = self._breaker_of(name)

@@ -27,6 +27,7 @@ from tamma_actors._breaker import (
     BreakerState,
     acquire,
     current,
+    readmit,
     record_failure,
     record_success,
     release,
@@ -95,6 +96,13 @@ class BreakerRegistry:
                 self._waiters.setdefault(key, {})[waiter.actor_urn] = waiter
                 self._arm(key, new, now)
             return allowed, new
+
+    def readmit(self, key: str) -> bool:
+        """A call admitted before the node restarted goes out again: True when it takes a
+        probe slot of the half-open breaker (so no other caller takes that slot)."""
+        with self._lock:
+            probe, self._states[key] = readmit(self._states.get(key, BreakerState()), self._clock())
+            return probe
 
     def release(self, key: str) -> None:
         """A probe ended without an outcome: another waiter may take its place."""

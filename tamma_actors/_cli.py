@@ -292,7 +292,7 @@ def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
 def _cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
     execution = client.get_workflow(args.id)
     status: WorkflowStatusInfo = client.get_workflow_status(args.id)
-    extra = status.model_dump(mode="json", include={"progress", "steps"})
+    extra = status.model_dump(mode="json", include={"progress", "steps", "waiting"})
     if out.as_json:
         show_execution(out, execution, extra)
         return ExitCode.OK

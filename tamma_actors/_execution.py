@@ -164,6 +164,7 @@ class ExecutionSupervisor(
         self._comp_tasks: dict[str, str] = {}  # compensation task id -> compensated step
         self._watch_seq = -1  # the seq the watchdog saw last (-1: not looked yet)
         self._index: StepIndex | StepScan | None = None  # see _step_index
+        self._slotless_steps: tuple[str, ...] | None = None  # see _slotless
 
     def _deadline_due(self, due: DeadlineDue) -> None:  # on the timer thread
         tell(self.actor_ref, due)
@@ -254,10 +255,26 @@ class ExecutionSupervisor(
                 if busy >= limit:
                     break
                 busy += self._launch(name, steps[name].attempts + 1)
+        if busy >= limit:  # at the cap: what takes no slot (a wait, a decision) still goes
+            for name in self._slotless():
+                if steps[name].status == "ready":
+                    self._launch(name, steps[name].attempts + 1)
         if self._take_again():  # a decision or an empty fan-out finished here and now
             self._advance()
             return
         self._maybe_finish()
+
+    def _slotless(self) -> tuple[str, ...]:
+        """The steps that run without counting towards ``max_parallel``, in file order:
+        wait steps, decisions and steps that only compensate (skipped in the flow)."""
+        found = self._slotless_steps
+        if found is None:
+            found = self._slotless_steps = tuple(
+                s.name
+                for s in self.cfg.steps
+                if s.type == "decision" or self._is_wait(s.name) or self._compensation_only(s.name)
+            )
+        return found
 
     def _maybe_finish(self) -> None:
         if self._step_index().any_open(self.state):

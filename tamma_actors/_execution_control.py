@@ -124,6 +124,7 @@ class ExecutionControl:
         def _recover_step_type(self, name: str) -> bool: ...
         def _pause_step_types(self, reason: str | None) -> None: ...
         def _resume_step_types(self) -> None: ...
+        def _breaker_readmit(self, name: str) -> None: ...
 
     def _on_start(self, msg: Start) -> None:
         self._emit("workflow.created", **msg.created)
@@ -147,6 +148,7 @@ class ExecutionControl:
                     **self._queue_deadline(name, st.attempts),
                 )
             if st.status == "dispatched":
+                self._breaker_readmit(name)
                 self._send_task(name, st.attempts)
             elif st.status == "retry_wait" and self.state.status == "running":
                 self._arm_retry(name, st.attempts, st.retry_at or self.deps.clock())
@@ -235,6 +237,12 @@ class ExecutionControl:
         if self.state.status not in ("running", "paused", "failed"):
             raise IllegalTransition(
                 f"execution {self.state.id} is {self.state.status}; its steps cannot be retried"
+            )
+        if self.state.status == "failed" and self.state.compensations:
+            # its completed steps were undone: running on would build on what is not there
+            raise IllegalTransition(
+                f"execution {self.state.id} was compensated after it failed (its completed "
+                "steps were undone); start a new execution instead"
             )
         blocked = [
             d

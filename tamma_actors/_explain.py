@@ -77,6 +77,8 @@ def _step_reason(
             return "dependencies: " + ", ".join(open_deps)
         return "paused by request: not scheduled until resumed" if paused else "to be scheduled"
     if st.status == "ready":
+        if paused:  # whatever held it before, nothing goes out until resume
+            return "paused by request: not dispatched until resumed"
         if st.hold is not None:
             key = str(st.hold.get("breaker"))
             info = breakers.get(key, {})
@@ -84,8 +86,6 @@ def _step_reason(
                 return f"breaker {key} is half-open: its probe calls are in use"
             until = info.get("until", st.hold.get("until"))
             return f"breaker {key} open until {_at(until)}"
-        if paused:
-            return "paused by request: not dispatched until resumed"
         return "a dispatch slot (max_parallel)"
     if st.status == "retry_wait":
         if paused and st.frozen_delay is not None:

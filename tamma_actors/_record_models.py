@@ -30,6 +30,7 @@ from pydantic.alias_generators import to_camel
 from tamma_actors._status import ExecutionStatus, StepStatus
 
 __all__ = [
+    "CompensationResult",
     "ExecutionMetrics",
     "StatusProgress",
     "StepErrorInfo",
@@ -88,10 +89,22 @@ class StepResult(_RecordModel):
     detail: dict[str, Any] | None = None
 
 
+class CompensationResult(_RecordModel):
+    """One entry of a compensated execution's error: a step, what undid it, how it went."""
+
+    step: str
+    implementation: str
+    status: str  # pending, running, succeeded or failed
+    output: Any = None
+    error: dict[str, Any] | None = None
+
+
 class WorkflowErrorInfo(_RecordModel):
     message: str
     step: str | None = None
     type: str | None = None
+    failed_steps: list[str] = Field(default_factory=list)  # every step that failed for good
+    compensations: list[CompensationResult] = Field(default_factory=list)  # under compensate
 
     @model_validator(mode="before")
     @classmethod

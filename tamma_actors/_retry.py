@@ -67,13 +67,14 @@ def is_retryable(
 ) -> bool:
     """Whether a failure may be retried at all.
 
-    The step's own verdict (``explicit``) wins. Otherwise a policy without
-    ``retryable_errors`` retries everything, and a policy with patterns retries an error
-    when some pattern matches its type name (exactly, as a substring, or as an fnmatch
-    glob such as ``"Timeout*"``) or occurs in its message.
+    An error its step marks not retryable (``explicit`` False) never is. Otherwise a
+    policy without ``retryable_errors`` retries everything, and a policy with patterns
+    retries an error when some pattern matches its type name (exactly, as a substring, or
+    as an fnmatch glob such as ``"Timeout*"``) or occurs in its message: the policy is the
+    operator's filter, so an error marked retryable (a ``StepTimeout``, say) must match too.
     """
-    if explicit is not None:
-        return explicit
+    if explicit is False:
+        return False
     if policy.retryable_errors is None:
         return True
     return any(_matches(p, error_type, message) for p in policy.retryable_errors)

@@ -77,7 +77,7 @@ class SubflowSteps(StepTypeBase):
             **self._running_deadline(name, attempt),  # the child must end within the timeout
         )
         self._watch_child(name, attempt, child, plan, inputs)
-        return False  # a child holds no worker slot of its parent
+        return True  # it counts towards max_parallel (it holds no worker slot)
 
     def _watch_child(
         self, name: str, attempt: int, child: str, plan: SubflowPlan, inputs: dict[str, Any]

@@ -688,6 +688,7 @@ def test_cli_list_status_get_events(cli: Cli, engine: FakeEngine, workflow_file:
     status = cli.json("status", eid)
     assert set(status) >= EXECUTION_KEYS
     assert status["steps"] == {"fetch": "pending", "build": "pending"}
+    assert status["waiting"] == {}  # what holds each step (a breaker), as the table shows
     assert status["progress"]["total"] == 2
     code, out, _ = cli("status", eid)
     assert code == ExitCode.OK and "0/2 succeeded" in out

@@ -241,12 +241,15 @@ def test_each_error_policy_on_a_real_node(client: Client, policy: str) -> None:
     else:
         assert res["after_side"] == "cancelled"
     record = client.get_workflow(final.id)
+    assert record.error is not None and record.error.failed_steps == ["bad"]
     types = [e.type for e in client.get_events(final.id)]
     if policy == "compensate":
         assert types.count("compensation.completed") == 1
-        assert "prepared" in str(client.request("get", {"id": record.id})["error"])
+        [undone] = record.error.compensations  # the client's model keeps them
+        assert (undone.step, undone.implementation) == ("prepare", "noop")
+        assert (undone.status, undone.output) == ("succeeded", "prepared")
     else:
-        assert "workflow.compensating" not in types
+        assert "workflow.compensating" not in types and record.error.compensations == []
 
 
 def test_a_wait_step_and_the_workflow_timeout_survive_a_node_restart(short_dir: Path) -> None:

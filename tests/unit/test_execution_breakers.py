@@ -121,6 +121,30 @@ def test_breaker_state_survives_a_restart() -> None:
     assert store.get_breakers()["noop"]["phase"] == "closed"
 
 
+def test_a_probe_in_flight_at_a_restart_still_holds_its_slot() -> None:
+    store = MemoryStore()
+    for k in make_kit(store, start=1000.0):
+        fail_one(k, guarded())
+        fail_one(k, guarded())
+        k.timers.advance(30)
+        probing = k.start(guarded())
+        probe = k.next_held()  # the one probe of the half-open breaker, then a crash
+        held = k.start(guarded())
+        k.step_is(held, "call", "ready")
+    assert store.get_breakers()["noop"]["probes"] == 0  # the count is not persisted
+    for k in make_kit(store, start=1031.0):
+        k.engine.recover()
+        again = k.next_held()  # sent again, as one of the probes ...
+        assert again.task["task_id"] == probe.task["task_id"]
+        k.step_is(held, "call", "ready")  # ... so the other waits for its outcome
+        assert k.held.empty() and breakers(k)["noop"]["probes"] == 1
+        again.reply_to.tell(finished(again, "back"))
+        k.status_is(probing, "completed")
+        last = k.next_held()  # closed now
+        last.reply_to.tell(finished(last, "back"))
+        k.status_is(held, "completed")
+
+
 def test_aborting_a_held_step_or_a_probe_frees_the_breaker(kit: Kit) -> None:
     fail_one(kit, guarded())
     fail_one(kit, guarded())

@@ -89,6 +89,9 @@ def test_explain_names_a_breaker_and_the_status_shows_it(kit: Kit) -> None:
     )
     status = kit.engine.get_workflow_status(eid).result(WAIT)
     assert status["waiting"] == {"call": "breaker noop"}
+    kit.engine.pause_workflow(eid).result(WAIT)  # the pause holds it, whatever the breaker
+    why = explained(kit, eid)["steps"]["call"]["waiting_for"]
+    assert why == "paused by request: not dispatched until resumed"
 
 
 def test_a_queued_step_no_worker_can_run_is_named() -> None:

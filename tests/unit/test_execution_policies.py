@@ -112,6 +112,10 @@ def test_compensations_run_in_reverse_completion_order_and_failures_do_not_stop_
     ]
     types = [e["type"] for e in kit.events(eid)]
     assert types.count("compensation.started") == 2 and types[-1] == "workflow.failed"
+    # undone: running its failed step again would build on what is no longer there
+    with pytest.raises(IllegalTransition, match="was compensated after it failed"):
+        kit.engine.retry_step(eid, "third").result(WAIT)
+    assert kit.record(eid)["status"] == "failed" and kit.events(eid)[-1]["type"] == types[-1]
 
 
 def test_a_compensation_in_flight_is_resent_after_a_restart() -> None:

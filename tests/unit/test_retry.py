@@ -93,11 +93,17 @@ def test_without_jitter_delay_never_shrinks(p: RetryPolicy, attempt: int) -> Non
     assert compute_delay(flat, attempt) <= compute_delay(flat, attempt + 1)
 
 
-def test_explicit_verdict_wins() -> None:
+def test_not_retryable_always_wins_and_retryable_must_still_pass_the_policy() -> None:
     never = policy(retryable_errors=[])
-    assert is_retryable(never, "IOError", "boom", explicit=True)
+    rate = policy(retryable_errors=["Rate*"])
     assert not is_retryable(policy(), "TimeoutError", "slow", explicit=False)
+    assert not is_retryable(rate, "RateLimited", "429", explicit=False)
     assert not is_retryable(never, "TimeoutError", "slow", explicit=None)
+    # the operator's list filters what a step (or the engine: a StepTimeout) calls retryable
+    assert not is_retryable(never, "IOError", "boom", explicit=True)
+    assert not is_retryable(rate, "StepTimeout", "step 's' did not finish", explicit=True)
+    assert is_retryable(rate, "RateLimited", "429", explicit=True)
+    assert is_retryable(policy(), "IOError", "boom", explicit=True)
 
 
 def test_no_patterns_means_everything_retries() -> None:

@@ -634,6 +634,40 @@ def test_a_subflow_runs_a_child_and_its_results_become_the_output(tmp_path: Path
         assert child["status"] == "completed" and child["context"] == {"topic": "t", "n": 3}
 
 
+def test_max_parallel_counts_a_running_subflow_and_never_holds_back_a_decision_or_a_wait(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path / "one.yaml", {"name": "one", "steps": [step("c")]})
+    sub = {"type": "subflow", "config": {"workflow": str(tmp_path / "one.yaml")}}
+    spec = wf(
+        {"name": "sub1", **sub},
+        {"name": "sub2", **sub},
+        step("t"),
+        {"name": "w", "implementation": "wait", "config": {"seconds": 5}},
+        decision("d", branches=[{"otherwise": ["e"]}]),
+        step("e", "d"),
+        max_parallel=1,
+    )
+    with _kit(lambda t: None) as k:  # every task is held
+        eid = k.start(spec)
+        first = k.next_held()  # the first child's step: its subflow holds the one slot
+        _until(lambda: k.get(eid)["results"]["d"]["status"] == "succeeded")
+        status = {name: r["status"] for name, r in k.get(eid)["results"].items()}
+        assert status == {
+            "sub1": "running",
+            "sub2": "ready",
+            "t": "ready",
+            "w": "running",  # no slot, so it went although the cap was reached
+            "d": "succeeded",  # the same
+            "e": "ready",
+        }
+        assert k.held.empty()
+        first.reply_to.tell(ok(first.task, "done"))  # the first child ends ...
+        second = k.next_held()  # ... and only then does the next step take the slot
+        assert (second.task["execution_id"], second.task["step"]) != (eid, "t")
+        assert k.held.empty() and k.get(eid)["results"]["t"]["status"] == "ready"
+
+
 def test_a_failed_child_fails_the_step_and_is_retried_per_policy(tmp_path: Path) -> None:
     _write(
         tmp_path / "child.yaml",
