@@ -23,6 +23,7 @@ the supervision loop once every child runs again).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -59,7 +60,7 @@ from tamma_actors._store import Write
 from tamma_actors._subflows import WorkflowFiles
 from tamma_actors._supervision import ChildSpec, RestartIntensity, SupervisorSpec, load_tree
 from tamma_actors._timers import TimerService
-from tamma_actors._workerpool import Dispatch
+from tamma_actors._workerpool import Dispatch, HoldQueue
 from tamma_actors._writer import QueuedWriter
 
 __all__ = ["EXIT_ESCALATED", "EXIT_OK", "Node"]
@@ -283,6 +284,8 @@ class Node(NodeChildren):
         finish and commit. True when nothing was left running."""
         self.engine.drain()
         self._pool.hold_dispatch = True
+        with contextlib.suppress(pykka.ActorDeadError):  # it holds its queue from now on
+            self._pool.tell(HoldQueue())
         deadline = time.monotonic() + grace
         waiter = hurry if hurry is not None else threading.Event()
         while (busy := self._steps_in_pool()) > 0:
@@ -294,8 +297,9 @@ class Node(NodeChildren):
         return True
 
     def _steps_in_pool(self) -> int:
+        """The steps on workers (those still queued wait for the next start)."""
         stats = self._pool.stats()
-        return 0 if stats is None else int(stats["running"]) + int(stats["queued"])
+        return 0 if stats is None else int(stats["running"])
 
     def _retention(self) -> None:
         days = self.config.retention_days

@@ -1,11 +1,12 @@
 """The messages between execution supervisors and the WorkerPool.
 
 Supervisors tell the pool :class:`Dispatch` (a task and whom to report to) and
-:class:`Cancel`; the pool tells a task's owner :class:`TaskStarted`, :class:`TaskProgress`,
-:class:`TaskFinished` and :class:`TaskRedispatched` (its worker was lost; it runs again).
-The pool tells through :func:`notify`, which a stopped owner does not fail. A supervisor
-that stops with a result it did not take hands it back (:class:`Undelivered`): the pool
-keeps such results a while for a dispatch of the same task (see ``_workerpool``).
+:class:`Cancel` (and the node :class:`HoldQueue` when it drains); the pool tells a task's
+owner :class:`TaskStarted`, :class:`TaskProgress`, :class:`TaskFinished` and
+:class:`TaskRedispatched` (its worker was lost; it runs again). The pool tells through
+:func:`notify`, which a stopped owner does not fail. A supervisor that stops with a result
+it did not take hands it back (:class:`Undelivered`): the pool keeps such results a while
+for a dispatch of the same task (see ``_workerpool``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pykka
 __all__ = [
     "Cancel",
     "Dispatch",
+    "HoldQueue",
     "TaskFinished",
     "TaskProgress",
     "TaskRedispatched",
@@ -37,6 +39,12 @@ class Dispatch:
 @dataclass(frozen=True)
 class Cancel:
     task_id: str
+
+
+@dataclass(frozen=True)
+class HoldQueue:
+    """The node is draining: send no queued task to a worker any more (each stays
+    committed as dispatched and goes out again when the node starts next)."""
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class PoolWorker:
     last_seen_wall: float
     rss: int = 0
     tasks: set[str] = field(default_factory=set)
+    stopping: bool = False  # it gave back a step unasked: it is leaving, send it no more
 
 
 class ConnectedWorkers:
@@ -179,6 +180,7 @@ class ConnectedWorkers:
             "local": w.local,
             "slots": w.slots,
             "busy": len(w.tasks),
+            "stopping": w.stopping,
             "plugins": sorted(w.plugins),
             "rss": w.rss,
             "last_seen": w.last_seen_wall,

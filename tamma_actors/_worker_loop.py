@@ -305,7 +305,8 @@ class Worker:
                 self._hb_interval = float(msg["heartbeat_interval"])
             self._next_hb = time.monotonic()
         elif kind == "rehello":
-            self._say_hello(time.monotonic())
+            if not self._stop_requested and self._stopping_since is None:
+                self._say_hello(time.monotonic())  # a stopping worker does not join again
         elif kind == "run":
             self._on_run(msg)
         elif kind == "cancel":

@@ -50,6 +50,7 @@ from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._pool_messages import (
     Cancel,
     Dispatch,
+    HoldQueue,
     TaskFinished,
     TaskProgress,
     TaskRedispatched,
@@ -66,6 +67,7 @@ from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
 __all__ = [
     "Cancel",
     "Dispatch",
+    "HoldQueue",
     "TaskFinished",
     "TaskProgress",
     "TaskRedispatched",
@@ -158,6 +160,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._restarts = 0
         self._spawned = 0
         self._stopping = False
+        self._holding = False  # draining: queued tasks stay queued (see HoldQueue)
         self._waiters: list[tuple[int, Future[None]]] = []
 
     # -- life cycle ------------------------------------------------------------------------
@@ -208,6 +211,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             self._on_cancel(message.task_id)
         elif isinstance(message, Undelivered):
             self._keep_undelivered((message.finished,))
+        elif isinstance(message, HoldQueue):
+            self._holding = True
         else:
             log.warning("WorkerPool ignores unexpected message %r", message)
 
@@ -296,9 +301,9 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         It stops as soon as no worker has a free slot: with thousands of tasks queued, a
         result costs one dispatch, not a walk over the whole queue. Tasks that no free
         worker offers keep their place at the head of the queue."""
-        if not self._queue:
+        if not self._queue or self._holding:
             return
-        free = [w for w in self._workers.values() if len(w.tasks) < w.slots]
+        free = [w for w in self._workers.values() if len(w.tasks) < w.slots and not w.stopping]
         skipped: list[str] = []
         broken: list[PoolWorker] = []
         while self._queue and free:
@@ -399,6 +404,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             for report in reports:
                 notify(task.reply_to, report)
+            worker.stopping = True  # its other steps come back the same way, or at its bye
             self._requeue([task], f"worker {worker.worker_id} is stopping")
         else:
             if task.cancel_timer is not None:

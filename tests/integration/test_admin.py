@@ -390,6 +390,49 @@ def test_drain_holds_new_dispatches_and_the_next_start_sends_them(
     assert log.read_text().split() == [eid, "after", "1"]
 
 
+def test_a_drain_sends_no_queued_step_and_does_not_wait_for_queued_ones(data: Path) -> None:
+    slow = {"implementation": "sleep", "config": {"seconds": 0.6}}
+    spec = {
+        "name": "queued",
+        "steps": [
+            {"name": "first", **slow},  # takes the one slot
+            *({"name": f"q{i}", **slow} for i in range(3)),  # queued in the pool behind it
+        ],
+    }
+    with (
+        Node(config(data, worker_slots=1)) as node,
+        Client(node.config.control_address, timeout=WAIT) as c,
+    ):
+        eid = c.start_workflow(spec).id
+        for _ in range(400):
+            if c.get_workflow(eid).results["first"].status == "running":
+                break
+            c.wait(eid, timeout=0.02)
+        assert node.drain(grace=WAIT) is True  # the running one finished
+        results = c.get_workflow(eid).results
+        assert results["first"].status == "succeeded"
+        # still committed as dispatched, never sent: they go out at the next start
+        assert [results[f"q{i}"].status for i in range(3)] == ["dispatched"] * 3
+    with (
+        Node(config(data, worker_slots=1)) as node,
+        Client(node.config.control_address, timeout=WAIT) as c,
+    ):
+        final = c.wait(eid, timeout=WAIT)
+        assert final.status == "completed"
+        started = [e.data["step"] for e in c.get_events(eid) if e.type == "step.started"]
+        assert sorted(started) == ["first", "q0", "q1", "q2"]  # each started once
+
+
+def test_a_step_no_worker_took_leaves_nothing_to_drain(data: Path) -> None:
+    with (
+        Node(config(data, workers=0)) as node,
+        Client(node.config.control_address, timeout=WAIT) as c,
+    ):
+        eid = c.start_workflow(chain("nobody")).id
+        assert c.get_workflow(eid).results["s0"].status == "dispatched"  # queued: no worker
+        assert node.drain(grace=1.0) is True  # nothing runs: nothing to give the grace to
+
+
 def test_a_drain_that_runs_out_of_grace_says_so(node: Node, client: Client) -> None:
     eid = client.start_workflow(HANG).id
     for _ in range(400):

@@ -491,6 +491,20 @@ def test_stop_grace_bounds_a_step_that_ignores_cancel(node: FakeNode, start: Any
     assert not any(m["t"] == "result" for m in node.frames)
 
 
+def test_a_stopping_worker_does_not_join_again(node: FakeNode, start: Any) -> None:
+    """A worker told to stop (over its memory limit, say) answers no rehello: joining
+    again it would be sent steps it would not run, each a lost attempt."""
+    r = start(stop_grace=0.5)
+    node.handshake()
+    node.send(task("s", "stubborn", config={"seconds": 2}))  # keeps it stopping a while
+    node.recv("started")
+    node.send(wire.stop())
+    node.send(wire.rehello())  # the node has forgotten it meanwhile
+    node.recv("bye")
+    assert r.join() == EXIT_OK
+    assert [m["t"] for m in node.frames].count("hello") == 1  # the first one only
+
+
 def test_curve_over_tcp(zctx: zmq.Context[Any]) -> None:
     server_public, server_secret = zmq.curve_keypair()
     fake = FakeNode(zctx, "tcp://127.0.0.1:*", curve_server=True, curve_secretkey=server_secret)

@@ -470,7 +470,17 @@ def test_unasked_cancelled_result_is_redispatched(fake: Any) -> None:
     error = {"type": "StepCancelled", "message": "m", "retryable": False, "retry_after": None}
     a.send(wire.result_error("x", error, 1))
     assert "stopping" in h.inbox.seen(TaskRedispatched, "x").reason
-    assert a.recv()["task_id"] == "x"  # a's slot is free again: queued to it anew
+    h.dispatch(task("y"))
+    assert not a.sock.poll(300)  # a is leaving: nothing more is sent to it
+    b = new("b")
+    b.hello(["noop"])
+    assert {b.recv()["task_id"], b.recv()["task_id"]} == {"x", "y"}
+    a.send(wire.bye("a"))  # its bye loses nothing more: x was redispatched once
+    deadline = time.monotonic() + TIMEOUT
+    while [w["worker_id"] for w in h.stats()["workers"]] != ["b"]:
+        assert time.monotonic() < deadline, "a's bye was not seen"
+        time.sleep(0.01)
+    assert [r.reason for r in h.inbox.of(TaskRedispatched, "x")] == ["worker a is stopping"]
 
 
 def test_remote_worker_ignoring_cancel_is_dropped(fake: Any) -> None:
