@@ -29,7 +29,7 @@ from tamma_actors._engine_reads import EngineReads, HeldWait, done_or_refuse
 from tamma_actors._errors import (
     ExecutionExists,
     IllegalTransition,
-    SupervisionError,
+    ShuttingDown,
     TammaError,
     WorkflowValidationError,
 )
@@ -206,7 +206,7 @@ class Engine(EngineReads, EngineRecovery):
         )
         with self._lock:
             if self._closed:
-                raise TammaError("the engine is shutting down")
+                raise ShuttingDown("the engine is shutting down")
             ref = supervisor.started()
             self._live[state.id] = ref
             ref.tell(message)
@@ -435,7 +435,7 @@ class Engine(EngineReads, EngineRecovery):
 
     def _check_intake(self, *, draining_too: bool = True) -> None:
         if (self._draining and draining_too) or self._closed:
-            raise SupervisionError("the node is shutting down; it accepts no new work")
+            raise ShuttingDown("the node is shutting down; it accepts no new work")
         blocked = self._write_block()
         if blocked is not None:
             raise blocked

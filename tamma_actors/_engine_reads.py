@@ -22,9 +22,9 @@ from tamma_actors._errors import (
     ActorStopped,
     FrameTooLarge,
     IllegalTransition,
+    ShuttingDown,
     StoreCorrupted,
     StoreError,
-    SupervisionError,
     TammaError,
     UnknownExecution,
     UnknownStep,
@@ -284,12 +284,12 @@ class EngineReads:
 
         def dropped(job: Future[None]) -> None:
             if job.cancelled():
-                out.set_exception(SupervisionError("the node is shutting down"))
+                out.set_exception(ShuttingDown("the node is shutting down"))
 
         try:
             self._lister.submit(run).add_done_callback(dropped)
         except RuntimeError as exc:  # after close()
-            raise SupervisionError("the node is shutting down") from exc
+            raise ShuttingDown("the node is shutting down") from exc
         return out
 
     @guarded

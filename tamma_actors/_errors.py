@@ -18,6 +18,7 @@ where they are raised (``raise ... from exc``); nothing above a seam catches the
     │   └── StoreCorrupted         a record failed its checksum or does not decode
     ├── SupervisionError           an actor or child process could not be kept alive
     │   ├── ActorStopped           a message was sent to a stopped actor
+    │   ├── ShuttingDown           the node is shutting down: it accepts no new work
     │   └── RestartIntensityExceeded
     ├── WorkflowError              a workflow or execution request is wrong
     │   ├── WorkflowValidationError   a workflow file is invalid (every problem listed)
@@ -53,6 +54,7 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "RestartIntensityExceeded",
+    "ShuttingDown",
     "StoreClosed",
     "StoreCorrupted",
     "StoreError",
@@ -134,6 +136,12 @@ class SupervisionError(TammaError):
 
 
 class ActorStopped(SupervisionError):
+    code = "unavailable"
+
+
+class ShuttingDown(SupervisionError):
+    """The node is shutting down (draining or closed): it accepts no new work."""
+
     code = "unavailable"
 
 

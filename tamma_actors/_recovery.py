@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 import pykka
 
 from tamma_actors._dispatch import Dispatcher, PoolActor
-from tamma_actors._errors import StoreCorrupted, StoreError, TammaError
+from tamma_actors._errors import ShuttingDown, StoreCorrupted, StoreError, TammaError
 from tamma_actors._execution import ExecutionDeps, ExecutionSupervisor, Recover
 from tamma_actors._execution_rest import rest_until
 from tamma_actors._state import ExecutionState, replay
@@ -202,7 +202,7 @@ class EngineRecovery:
                 made = ExecutionSupervisor(self._dispatcher, self._deps, cfg, state)
         with self._lock:
             if self._closed:
-                raise TammaError("the engine is shutting down")
+                raise ShuttingDown("the engine is shutting down")
             if eid in self._activated or eid in self._live or eid in self._resting:
                 return False  # the loop or a request got there first (maybe as it ended)
             if self._recovering:  # what the loop activated, forgotten when it ends

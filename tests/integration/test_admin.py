@@ -342,8 +342,9 @@ def test_a_full_store_refuses_new_work_and_keeps_what_it_committed(
 
 def test_intake_is_refused_while_draining(node: Node, client: Client) -> None:
     node.drain(grace=0.0)
-    with pytest.raises(TammaError, match="shutting down"):
+    with pytest.raises(TammaError, match="shutting down") as refused:
         client.start_workflow(chain())
+    assert refused.value.code == "unavailable"  # not a fault of the node: it is leaving
 
 
 def test_the_verify_cli_prints_problems_as_json(

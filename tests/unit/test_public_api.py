@@ -31,6 +31,7 @@ PUBLIC = {
     "RestartIntensityExceeded",
     "RetryAfter",
     "RetryPolicy",
+    "ShuttingDown",
     "StepCancelled",
     "StepContext",
     "StepDependency",
