@@ -80,13 +80,12 @@ def _step_reason(
         if paused:  # whatever held it before, nothing goes out until resume
             return "paused by request: not dispatched until resumed"
         if st.hold is not None:
-            key = str(st.hold.get("breaker"))
-            info = breakers.get(key, {})
-            if info.get("phase") == "half_open":
-                return f"breaker {key} is half-open: its probe calls are in use"
-            until = info.get("until", st.hold.get("until"))
-            return f"breaker {key} open until {_at(until)}"
+            return _breaker_reason(st.hold, breakers)
         return "a dispatch slot (max_parallel)"
+    if st.status in ("dispatched", "running") and st.hold is not None and st.detail and not paused:
+        # a fan-out whose pending items wait for a breaker (its items in flight run on)
+        held = _breaker_reason(st.hold, breakers)
+        return f"{_detail_reason(st.detail)}; its pending items wait: {held}"
     if st.status == "retry_wait":
         if paused and st.frozen_delay is not None:
             return f"retry of attempt {st.attempts + 1}: frozen by pause, {st.frozen_delay:g}s left"
@@ -111,6 +110,14 @@ def _step_reason(
     if st.status == "timed_out":
         return "its retry decision (it timed out)"
     return ""
+
+
+def _breaker_reason(hold: Mapping[str, Any], breakers: Mapping[str, Mapping[str, Any]]) -> str:
+    key = str(hold.get("breaker"))
+    info = breakers.get(key, {})
+    if info.get("phase") == "half_open":
+        return f"breaker {key} is half-open: its probe calls are in use"
+    return f"breaker {key} open until {_at(info.get('until', hold.get('until')))}"
 
 
 def _detail_reason(detail: Mapping[str, Any]) -> str:

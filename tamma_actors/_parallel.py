@@ -2,6 +2,13 @@
 
 Per-item state lives in the step's recorded detail (:mod:`tamma_actors._fanout`); a mixin
 of the execution supervisor through :class:`tamma_actors._step_types.StepTypeHandling`.
+
+Under a workflow's ``circuit_breaker`` each item is a call through the breaker of the
+step's implementation (and target), as a task step is (:mod:`tamma_actors._breaker_gate`):
+an item goes out only when the breaker admits it (items go out in index order, so the
+first refusal ends the batch; the step records ``step.held`` once and the registry wakes
+it, ``_pump_held``), every item attempt's outcome is recorded, and a cancelled probe item
+gives its slot back.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tamma_actors._breaker_gate import item_probe
 from tamma_actors._errors import ExpressionError
 from tamma_actors._expr import evaluate
 from tamma_actors._fanout import ITEM_DONE, item_task_id
@@ -20,6 +28,8 @@ from tamma_actors._timers import TimerHandle
 from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched, TaskStarted
 
 if TYPE_CHECKING:
+    from tamma_actors._breaker import BreakerState
+    from tamma_actors._breakers import BreakerRegistry
     from tamma_actors._state import StepState
 
 __all__ = ["MAX_ITEMS", "ItemRetryDue", "ParallelSteps"]
@@ -37,6 +47,19 @@ class ItemRetryDue:
 
 
 class ParallelSteps(StepTypeBase):
+    if TYPE_CHECKING:  # the breaker gate (_breaker_gate.BreakerGate), per item
+
+        def _breaker_of(
+            self, name: str, *, items: bool = False
+        ) -> tuple[BreakerRegistry, str] | None: ...
+        def _breaker_refuses(
+            self, name: str, probe: str | None = None
+        ) -> tuple[str, BreakerState] | None: ...
+        def _note_held(self, name: str, refused: tuple[str, BreakerState]) -> None: ...
+        def _item_readmit(self, name: str, index: int) -> None: ...
+        def _item_outcome(self, name: str, index: int, ok: bool) -> None: ...
+        def _breaker_release(self, name: str) -> None: ...
+
     def _init_items(self) -> None:
         self._item_tasks: dict[str, tuple[str, int]] = {}  # task id -> (step, item index)
         self._item_lost: dict[str, int] = {}
@@ -68,6 +91,7 @@ class ParallelSteps(StepTypeBase):
         item = _items(st)[index]
         if st.status not in OPEN or item["status"] != "dispatched":
             return True  # cancelled meanwhile: the late result is discarded
+        self._item_outcome(name, index, msg.ok)
         if msg.ok:
             self._emit(
                 "step.item_completed",
@@ -103,6 +127,7 @@ class ParallelSteps(StepTypeBase):
             )
             return True
         del self._item_tasks[msg.task_id]
+        self._item_outcome(name, index, False)
         self._after_commit(lambda: self.deps.pool.tell(Cancel(msg.task_id)))
         error = {
             "type": "WorkerLost",
@@ -137,11 +162,14 @@ class ParallelSteps(StepTypeBase):
         self._pump(name)
 
     def _recover_items(self, name: str, st: StepState) -> None:
-        """In flight: sent again with the same attempt (the same idempotency key)."""
+        """In flight: sent again with the same attempt (the same idempotency key), each
+        one of the probes while its breaker is half-open."""
         items = enumerate(_items(st))
-        self._send_items(
-            name, [[i, it["attempts"]] for i, it in items if it["status"] == "dispatched"]
-        )
+        batch = [[i, it["attempts"]] for i, it in items if it["status"] == "dispatched"]
+        if self._breaker_of(name, items=True) is not None:
+            for i, _ in batch:
+                self._item_readmit(name, i)
+        self._send_items(name, batch)
         if self.state.status == "running":
             self._arm_item_retries(name)
             self._pump(name)
@@ -203,11 +231,17 @@ class ParallelSteps(StepTypeBase):
         busy, waiting = counts.get("dispatched", 0), counts.get("pending", 0)
         if busy >= limit or not waiting:
             return
+        gated = self._breaker_of(name, items=True) is not None
+        refused: tuple[str, BreakerState] | None = None
         # Items go out in index order, so nothing before the cursor is pending (a retry
         # that makes an item pending again moves the cursor back): O(1) per result.
         i, batch = self._item_cursor.get(name, 0), list[list[int]]()
         while i < len(states) and busy < limit and len(batch) < waiting:
             if states[i]["status"] == "pending":
+                if gated:  # the breaker would refuse the items after this one too
+                    refused = self._breaker_refuses(name, item_probe(name, i))
+                    if refused is not None:
+                        break
                 batch.append([i, states[i]["attempts"] + 1])
                 busy += 1
             i += 1
@@ -215,6 +249,15 @@ class ParallelSteps(StepTypeBase):
         if batch:
             self._emit("step.items_dispatched", step=name, items=batch)
             self._send_items(name, batch)
+        if refused is not None:  # after the dispatch, which ends an earlier hold
+            self._note_held(name, refused)
+
+    def _pump_held(self, key: str) -> None:
+        for name, plan in self._plans.items():
+            st = self.state.steps[name]
+            hold = st.hold if isinstance(plan, ParallelPlan) and st.status in OPEN else None
+            if hold is not None and hold.get("breaker") == key:
+                self._pump(name)
 
     def _send_items(self, name: str, batch: list[list[int]]) -> None:
         """One effect for the whole batch: the tasks reach the pool together."""
@@ -270,12 +313,20 @@ class ParallelSteps(StepTypeBase):
         open_items = [i for i, item in enumerate(_items(st)) if item["status"] not in ITEM_DONE]
         if not open_items:
             return
+        gated = self.cfg.circuit_breaker is not None
+        # past the fan-out's deadline (its timeout, or an abort that came later still) the
+        # items in flight timed out: failed calls; otherwise a probe's slot is given back
+        overran = gated and st.deadline is not None and self.deps.clock() >= st.deadline
         for i in open_items:
             item = _items(st)[i]
             if item["status"] == "dispatched":
                 tid = item_task_id(self.state.id, name, i, item["attempts"])
                 self._item_tasks.pop(tid, None)
                 self._after_commit(lambda tid=tid: self.deps.pool.tell(Cancel(tid)))
+                if overran:
+                    self._item_outcome(name, i, False)
+                elif gated:
+                    self._breaker_release(item_probe(name, i))
             handle = self._item_timers.pop((name, i), None)
             if handle is not None:
                 handle.cancel()

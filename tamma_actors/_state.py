@@ -54,7 +54,8 @@ class StepState:
     # wall clock of the step's coordinator deadline: the end of a wait step, the queue
     # deadline while dispatched, the start-to-close deadline while running
     deadline: float | None = None
-    hold: dict[str, Any] | None = None  # what a ready step waits for (an open breaker)
+    # what a ready step, or a fan-out's pending items, wait for (a breaker)
+    hold: dict[str, Any] | None = None
     detail: dict[str, Any] | None = None  # parallel items / subflow child (_fanout.py)
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,11 +272,20 @@ def _timed_out(state: ExecutionState, ev: Mapping[str, Any]) -> None:
 
 
 def _held(state: ExecutionState, ev: Mapping[str, Any]) -> None:
-    """A ready step waits for an open breaker; it stays ready and keeps its attempts."""
+    """A ready step waits for an open breaker; it stays ready and keeps its attempts. Or a
+    running fan-out's pending items do: they stay pending until their items go out
+    (``step.items_dispatched``) or are cancelled."""
     st = _step(state, ev["data"])
-    if st.status != S.READY.value:
-        raise IllegalTransition(f"step {ev['data']['step']!r}: only a ready step is held")
+    fan_out = st.status in _OPEN_STEP and st.detail is not None and "state" in st.detail
+    if st.status != S.READY.value and not fan_out:
+        raise IllegalTransition(
+            f"step {ev['data']['step']!r}: only a ready step or a fan-out's items are held"
+        )
     st.hold = {"breaker": ev["data"]["breaker"], "until": ev["data"].get("until")}
+
+
+_OPEN_STEP = frozenset({S.DISPATCHED.value, S.RUNNING.value})
+_UNHOLD = frozenset({"step.items_dispatched", "step.items_cancelled"})
 
 
 def _compensating(state: ExecutionState, ev: Mapping[str, Any]) -> None:
@@ -369,6 +379,8 @@ _HANDLERS: dict[str, Callable[[ExecutionState, Mapping[str, Any]], None]] = {
 def _detail(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _step(state, ev["data"])
     st.detail = apply_detail(st.detail, ev)
+    if st.hold is not None and ev["type"] in _UNHOLD:  # held items went out, or ended
+        st.hold = None
 
 
 _HANDLERS.update(dict.fromkeys(DETAIL_EVENTS, _detail))

@@ -159,3 +159,196 @@ def test_aborting_a_held_step_or_a_probe_frees_the_breaker(kit: Kit) -> None:
     assert probe.task["execution_id"] == probing
     replacement.reply_to.tell(finished(replacement, 1))
     kit.status_is(queued, "completed")
+
+
+# -- parallel steps: each item is a call through the step's breaker -----------------------
+
+
+def fan(items: list[Any], breaker: dict[str, Any] | None = BREAKER, **extra: Any) -> dict[str, Any]:
+    config = {"items": items, **({"target": extra.pop("target")} if "target" in extra else {})}
+    spec = {
+        "name": "f",
+        "type": "parallel",
+        "implementation": "noop",
+        "config": config,
+        "retry_policy": ONCE,
+    }
+    return wf(spec, **({"circuit_breaker": breaker} if breaker else {}), **extra)
+
+
+def open_breaker(kit: Kit) -> None:
+    fail_one(kit, guarded())
+    fail_one(kit, guarded())
+    assert breakers(kit)["noop"]["phase"] == "open"
+
+
+def of_type(kit: Kit, eid: str, etype: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in kit.events(eid) if e["type"] == etype]
+
+
+def test_items_wait_for_an_open_breaker_then_go_as_probes_then_all(kit: Kit) -> None:
+    policy = BREAKER | {"half_open_max_calls": 2}
+    fail_one(kit, wf(step("call", retry_policy=ONCE), circuit_breaker=policy))
+    fail_one(kit, wf(step("call", retry_policy=ONCE), circuit_breaker=policy))
+    eid = kit.start(fan([0, 1, 2, 3], policy))
+    rec = kit.until(eid, lambda r: bool(r["results"]["f"]["detail"]))
+    assert rec["results"]["f"]["detail"] == {"items": 4, "pending": 4}  # no attempt used
+    assert of_type(kit, eid, "step.held") == [{"step": "f", "breaker": "noop", "until": 1030.0}]
+    why = kit.engine.explain(eid).result(WAIT)["steps"]["f"]["waiting_for"]
+    assert "pending items wait: breaker noop open until" in why
+    assert kit.held.empty() and breakers(kit)["noop"]["waiting"] == 1
+    kit.timers.advance(30)  # half-open: two probes, the other items stay held
+    probes = [kit.next_held(), kit.next_held()]
+    assert [p.task["item_index"] for p in probes] == [0, 1]
+    kit.until(eid, lambda r: r["results"]["f"]["detail"].get("pending") == 2)
+    assert breakers(kit)["noop"] | {"waiting": 1} == breakers(kit)["noop"]
+    assert breakers(kit)["noop"]["probes"] == 2 and kit.held.empty()
+    assert len(of_type(kit, eid, "step.held")) == 2  # once more, after its probes went
+    probes[0].reply_to.tell(finished(probes[0], "a"))  # closed: the rest go
+    rest = [kit.next_held(), kit.next_held()]
+    assert sorted(d.task["item_index"] for d in rest) == [2, 3]
+    for d in [probes[1], *rest]:
+        d.reply_to.tell(finished(d, d.task["item_index"]))
+    final = kit.status_is(eid, "completed")
+    assert final["results"]["f"]["data"] == ["a", 1, 2, 3]
+    assert [i[1] for e in of_type(kit, eid, "step.items_dispatched") for i in e["items"]] == [1] * 4
+    assert breakers(kit)["noop"]["phase"] == "closed"
+
+
+def test_failing_items_open_the_breaker_and_items_in_flight_run_on(kit: Kit) -> None:
+    eid = kit.start(fan([0, 1, 2, 3], target="svc", error_handling="continue"))
+    sent = [kit.next_held() for _ in range(4)]
+    for d in sent:  # the breaker opens at the second; the others were sent already
+        d.reply_to.tell(finished(d, error=BOOM))
+    final = kit.status_is(eid, "failed")
+    assert "4 of 4 items did not succeed" in final["results"]["f"]["error"]["message"]
+    state = breakers(kit)["noop@svc"]
+    assert (state["phase"], state["failures"], state["until"]) == ("open", 2, 1030.0)
+    held = kit.start(guarded(target="svc"))  # a task step of the same implementation waits now
+    kit.step_is(held, "call", "ready")
+    assert kit.held.empty()
+
+
+def test_repeated_worker_loss_of_an_item_counts_as_a_failure(kit: Kit) -> None:
+    from tamma_actors._workerpool import TaskRedispatched
+
+    for _ in range(2):
+        eid = kit.start(fan([0]))
+        d = kit.next_held()
+        for _ in range(3):  # the third loss of the same attempt fails it
+            d.reply_to.tell(TaskRedispatched(d.task["task_id"], "worker lost"))
+        kit.status_is(eid, "failed")
+    assert breakers(kit)["noop"]["phase"] == "open"
+
+
+def test_a_cancelled_probe_item_gives_its_slot_back(kit: Kit) -> None:
+    open_breaker(kit)
+    kit.timers.advance(30)
+    probing = kit.start(fan([0, 1]))
+    probe = kit.next_held()  # item 0 probes; item 1 is held behind it
+    assert probe.task["item_index"] == 0
+    kit.until(probing, lambda r: r["results"]["f"]["detail"].get("pending") == 1)
+    queued = kit.start(guarded())
+    kit.step_is(queued, "call", "ready")
+    assert kit.held.empty() and breakers(kit)["noop"]["probes"] == 1
+    kit.engine.abort_workflow(probing, "no").result(WAIT)
+    assert kit.cancels.get(timeout=WAIT) == probe.task["task_id"]
+    replacement = kit.next_held()  # the slot went to the other execution's step
+    assert replacement.task["execution_id"] == queued
+    replacement.reply_to.tell(finished(replacement, 1))
+    kit.status_is(queued, "completed")
+    assert breakers(kit)["noop"]["phase"] == "closed"
+
+
+def test_a_probe_item_in_flight_at_a_restart_keeps_its_slot() -> None:
+    store = MemoryStore()
+    for k in make_kit(store, start=1000.0):
+        open_breaker(k)
+        k.timers.advance(30)
+        eid = k.start(fan([0, 1]))
+        probe = k.next_held()
+        k.until(eid, lambda r: r["results"]["f"]["detail"].get("pending") == 1)
+    for k in make_kit(store, start=1031.0):
+        k.engine.recover()
+        again = k.next_held()  # sent again, as the one probe: item 1 still waits
+        assert again.task["task_id"] == probe.task["task_id"]
+        k.record(eid)
+        assert k.held.empty() and breakers(k)["noop"]["probes"] == 1
+        again.reply_to.tell(finished(again, "a"))
+        last = k.next_held()
+        assert last.task["item_index"] == 1
+        last.reply_to.tell(finished(last, "b"))
+        assert k.status_is(eid, "completed")["results"]["f"]["data"] == ["a", "b"]
+
+
+def test_a_fan_out_without_circuit_breaker_is_not_held_and_not_counted(kit: Kit) -> None:
+    open_breaker(kit)
+    guarded_fan = kit.start(fan([0, 1]))
+    kit.until(guarded_fan, lambda r: bool(r["results"]["f"]["detail"]))
+    assert kit.held.empty()  # the same fan-out under the breaker waits ...
+    free = kit.start(fan([0, 1], breaker=None))
+    sent = [kit.next_held(), kit.next_held()]  # ... without one it runs at once
+    assert {d.task["execution_id"] for d in sent} == {free}
+    for d in sent:
+        d.reply_to.tell(finished(d, error=BOOM))
+    kit.status_is(free, "failed")
+    assert not of_type(kit, free, "step.held")
+    assert breakers(kit)["noop"]["failures"] == 2  # its failures were not counted
+
+
+def test_a_fan_out_timeout_counts_its_items_in_flight_as_failed_calls(kit: Kit) -> None:
+    spec = fan([0, 1])
+    spec["steps"][0]["timeout"] = 5
+    eid = kit.start(spec)
+    sent = [kit.next_held(), kit.next_held()]
+    kit.started(eid, sent[0])
+    kit.timers.advance(5)  # neither answers: both calls timed out
+    assert {kit.cancels.get(timeout=WAIT) for _ in sent} == {d.task["task_id"] for d in sent}
+    final = kit.status_is(eid, "failed")
+    assert final["results"]["f"]["error"]["type"] == "StepTimeout"
+    assert breakers(kit)["noop"]["phase"] == "open"
+
+
+def test_held_items_wait_out_a_pause_and_go_on_resume(kit: Kit) -> None:
+    open_breaker(kit)
+    eid = kit.start(fan([0, 1]))
+    kit.until(eid, lambda r: bool(r["results"]["f"]["detail"]))
+    kit.engine.pause_workflow(eid).result(WAIT)
+    kit.timers.advance(30)  # half-open while paused: nothing goes out
+    kit.record(eid)
+    assert kit.held.empty() and breakers(kit)["noop"]["probes"] == 0
+    kit.engine.resume_workflow(eid).result(WAIT)
+    probe = kit.next_held()
+    assert probe.task["item_index"] == 0
+    probe.reply_to.tell(finished(probe, "a"))
+    last = kit.next_held()
+    last.reply_to.tell(finished(last, "b"))
+    assert kit.status_is(eid, "completed")["results"]["f"]["data"] == ["a", "b"]
+
+
+def test_the_reducer_holds_a_fan_outs_items_until_they_go_out() -> None:
+    from tamma_actors._errors import IllegalTransition
+    from tamma_actors._state import ExecutionState, apply, make_event, to_record
+
+    state = ExecutionState(id="e1")
+    held = {"step": "f", "breaker": "noop", "until": 1030.0}
+    for etype, data in [
+        ("workflow.created", {"workflow_id": "wf", "steps": ["f", "g"]}),
+        ("workflow.started", {}),
+        ("step.ready", {"step": "f"}),
+        ("step.ready", {"step": "g"}),
+        ("step.dispatched", {"step": "f", "attempt": 1}),
+        ("step.items_planned", {"step": "f", "attempt": 1, "items": [0, 1]}),
+        ("step.held", held),
+    ]:
+        apply(state, make_event(state, etype, 1000.0, **data))
+    assert state.steps["f"].hold == {"breaker": "noop", "until": 1030.0}
+    apply(state, make_event(state, "step.items_dispatched", 1001.0, step="f", items=[[0, 1]]))
+    assert state.steps["f"].hold is None  # an item went out: the hold is recorded anew
+    apply(state, make_event(state, "step.held", 1001.0, **held))
+    apply(state, make_event(state, "step.items_cancelled", 1002.0, step="f", indexes=[0, 1]))
+    assert state.steps["f"].hold is None
+    apply(state, make_event(state, "step.dispatched", 1003.0, step="g", attempt=1))
+    with pytest.raises(IllegalTransition, match="held"):  # a task step once dispatched
+        apply(state, make_event(state, "step.held", 1004.0, **held | {"step": "g"}))
+    assert to_record(state)["results"]["f"]["detail"] == {"items": 2, "cancelled": 2}
