@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tamma_actors._fanout import summarize_detail
-from tamma_actors._status import StepStatus
 
 if TYPE_CHECKING:
     from tamma_actors._state import ExecutionState, StepState
@@ -109,6 +108,6 @@ def to_status(state: ExecutionState) -> dict[str, Any]:
         "waiting": {
             name: f"breaker {st.hold['breaker']}"
             for name, st in state.steps.items()
-            if st.hold is not None and st.status == StepStatus.READY.value
+            if st.hold is not None  # a ready step, or a fan-out's pending items
         },
     }

@@ -196,6 +196,8 @@ def test_items_wait_for_an_open_breaker_then_go_as_probes_then_all(kit: Kit) -> 
     assert of_type(kit, eid, "step.held") == [{"step": "f", "breaker": "noop", "until": 1030.0}]
     why = kit.engine.explain(eid).result(WAIT)["steps"]["f"]["waiting_for"]
     assert "pending items wait: breaker noop open until" in why
+    status = kit.engine.get_workflow_status(eid).result(WAIT)
+    assert status["waiting"] == {"f": "breaker noop"}  # tamma status says so too
     assert kit.held.empty() and breakers(kit)["noop"]["waiting"] == 1
     kit.timers.advance(30)  # half-open: two probes, the other items stay held
     probes = [kit.next_held(), kit.next_held()]
@@ -206,6 +208,7 @@ def test_items_wait_for_an_open_breaker_then_go_as_probes_then_all(kit: Kit) -> 
     assert len(of_type(kit, eid, "step.held")) == 2  # once more, after its probes went
     probes[0].reply_to.tell(finished(probes[0], "a"))  # closed: the rest go
     rest = [kit.next_held(), kit.next_held()]
+    assert kit.engine.get_workflow_status(eid).result(WAIT)["waiting"] == {}
     assert sorted(d.task["item_index"] for d in rest) == [2, 3]
     for d in [probes[1], *rest]:
         d.reply_to.tell(finished(d, d.task["item_index"]))
