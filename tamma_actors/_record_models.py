@@ -68,6 +68,9 @@ class _RecordModel(BaseModel):
         validate_by_name=True,
         validate_by_alias=True,
         extra="ignore",
+        # A step may return bytes (its output travels and is stored as msgpack); in JSON
+        # (``tamma --json``, ``watch``) they are base64 text, whatever they hold.
+        ser_json_bytes="base64",
     )
 
 

@@ -102,7 +102,10 @@ class StepContext:
     on_progress: Callable[[Any], None] = field(default=_no_progress_sink, repr=False)
 
     def heartbeat(self, progress: Any = None) -> None:
-        """Tell the coordinator the step is alive (and, optionally, how far it got)."""
+        """Tell the coordinator the step is alive (and, optionally, how far it got).
+
+        Raises :class:`~tamma_actors.FrameTooLarge` when ``progress`` encodes to more than
+        the node's ``max_frame_bytes``, and ``CodecError`` when it cannot be encoded."""
         self.on_progress(progress)
 
     def check_cancelled(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pykka
 
 from tamma_actors import _wire as wire
-from tamma_actors._errors import CodecError, UnknownImplementation
+from tamma_actors._errors import CodecError, FrameTooLarge, UnknownImplementation
 from tamma_actors._plugins import PluginRegistry
 from tamma_actors._step_api import StepCancelled, StepContext, StepFunction, describe_error
 from tamma_actors._worker_outbox import Outbox
@@ -133,7 +133,7 @@ def _run_task(
     start = time.perf_counter()
     try:
         fn = resolve(msg["implementation"])
-        output = fn(_context(task, outbox))
+        output = fn(_context(task, outbox, max_frame))
         elapsed = (time.perf_counter() - start) * 1000
         return _result_frame(task_id, output, elapsed, max_frame)
     except UnknownImplementation as exc:
@@ -150,11 +150,17 @@ def _run_task(
         return wire.encode(wire.result_error(task_id, error, elapsed, started=True))
 
 
-def _context(task: Task, outbox: Outbox) -> StepContext:
+def _context(task: Task, outbox: Outbox, max_frame: int) -> StepContext:
     msg, task_id = task.msg, task.task_id
 
     def on_progress(value: Any) -> None:
-        outbox.progress(task_id, wire.encode(wire.progress(task_id, value)))
+        frame = wire.encode(wire.progress(task_id, value))
+        if len(frame) > max_frame:  # the node would drop the connection: refused here
+            raise FrameTooLarge(
+                f"heartbeat progress is {len(frame):,} bytes, over the {max_frame:,}-byte "
+                "cap (max_frame_bytes)"
+            )
+        outbox.progress(task_id, frame)
 
     return StepContext(
         execution_id=msg["execution_id"],

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+from tamma_actors._errors import FrameTooLarge
 from tamma_actors._step_api import StepContext, inline_step
 
 
@@ -22,6 +23,16 @@ def chatty(ctx: StepContext) -> Any:
     for i in range(n):
         ctx.heartbeat({"done": i + 1, "of": n})
     return {"beats": n, "key": ctx.idempotency_key, "item": ctx.item_index}
+
+
+def loud(ctx: StepContext) -> Any:
+    """One heartbeat whose progress is ``config["n"]`` characters, then a small one."""
+    try:
+        ctx.heartbeat("x" * int(ctx.config["n"]))
+    except FrameTooLarge as exc:
+        ctx.heartbeat({"refused": str(exc)})
+        raise
+    return "unreachable if the progress was too big"
 
 
 def unencodable(ctx: StepContext) -> Any:
@@ -65,7 +76,7 @@ def where(ctx: StepContext) -> Any:
 
 ALLOWLIST = {
     name: f"plugins_for_tests:{name}"
-    for name in ("stubborn", "chatty", "unencodable", "big", "exits", "context", "where")
+    for name in ("stubborn", "chatty", "loud", "unencodable", "big", "exits", "context", "where")
 }
 
 

@@ -721,6 +721,18 @@ def test_cli_lifecycle_commands(cli: Cli, engine: FakeEngine) -> None:
     assert code == ExitCode.OK and json.loads(out)["status"] == "completed"
 
 
+def test_step_output_of_any_bytes_prints_as_base64_json(cli: Cli, engine: FakeEngine) -> None:
+    """A step may return bytes (msgpack carries them); JSON output shows them as base64
+    text instead of failing on bytes that are not UTF-8."""
+    eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    engine.run_step(eid, "only")
+    engine.complete_step(eid, "only", {"b": b"\xff\xfe\x00"})
+    assert cli.json("get", eid)["results"]["only"]["data"] == {"b": "__4A"}
+    assert cli.json("list")[0]["results"]["only"]["data"] == {"b": "__4A"}
+    code, out, err = cli("get", eid)  # the table shows them as Python writes bytes
+    assert code == ExitCode.OK and "xff" in out and not err
+
+
 def test_cli_exec(cli: Cli, engine: FakeEngine) -> None:
     eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
     result = cli.json("exec", eid, "only", "--context-json", '{"x": 1}')

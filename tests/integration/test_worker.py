@@ -433,6 +433,20 @@ def test_failures_are_reported(
     assert node.result("g")["ok"]
 
 
+def test_a_heartbeat_over_the_frame_cap_is_refused_in_the_step(node: FakeNode, start: Any) -> None:
+    """Sent, it would make the node drop the worker's connection (and kill the worker)."""
+    start(max_frame_bytes=4096)
+    node.handshake()
+    node.send(task("l", "loud", config={"n": 5000}))
+    res = node.result("l")
+    assert res["ok"] is False and res["error"]["type"] == "FrameTooLarge"
+    assert "over the 4,096-byte cap (max_frame_bytes)" in res["error"]["message"]
+    beats = [m["progress"] for m in node.frames if m["t"] == "progress"]
+    assert beats == [{"refused": res["error"]["message"]}]  # only the small one went out
+    node.send(task("g"))
+    assert node.result("g")["ok"]  # the worker serves on
+
+
 def test_shell_when_allowed(node: FakeNode, start: Any) -> None:
     start(enabled={"shell"})
     assert "shell" in node.handshake()["plugins"]
@@ -526,7 +540,12 @@ def test_curve_over_tcp(zctx: zmq.Context[Any]) -> None:
 def test_bad_endpoint_is_a_transport_error() -> None:
     with pytest.raises(TransportError, match="cannot connect"):
         Worker("bogus://nowhere")
-    assert run_worker("bogus://nowhere") == EXIT_TRANSPORT
+    # run_worker: an argument it cannot start with (it logged a traceback, exit 4)
+    with pytest.raises(ValueError, match="cannot connect to 'bogus://nowhere': Protocol not"):
+        run_worker("bogus://nowhere")
+    with pytest.raises(ValueError, match="node's CURVE public key is not a CURVE key"):
+        run_worker("tcp://127.0.0.1:5999", curve=CurveKeys("junk"))
+    assert main(["--connect", "bogus://nowhere"]) == EXIT_USAGE
 
 
 def test_slots_must_be_positive() -> None:
