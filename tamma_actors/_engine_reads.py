@@ -250,7 +250,8 @@ class EngineReads:
         most: int | None = None,
         view: str = "record",
     ) -> Future[list[dict[str, Any]]]:
-        """The matching executions' records, oldest first, ``offset`` and ``limit`` paging
+        """The matching executions' records in id order (oldest first for the ids the node
+        makes; a client's own id sorts by its text), ``offset`` and ``limit`` paging
         them; more than ``most`` (when given) is refused before any record is built, with
         FrameTooLarge: the control server bounds one reply that way. Built on the list
         thread: the caller's thread (the control server's) goes on serving meanwhile.
@@ -326,7 +327,7 @@ class EngineReads:
         return frozenset(p for w in workers for p in w.get("plugins", ()))
 
     def _matching_ids(self, status: list[str] | None, workflow_id: str | None) -> Iterator[str]:
-        """The ids of the executions that match, oldest first; without a filter from the
+        """The ids of the executions that match, in id order; without a filter from the
         keys alone (a fifth of the time: no summary is decoded)."""
         if not status and workflow_id is None:
             yield from self._store.iter_execution_ids()
