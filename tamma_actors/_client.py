@@ -16,13 +16,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tamma_actors._client_socket import ClientSocket
 from tamma_actors._codec import pack
 from tamma_actors._errors import (
+    CodecError,
     FrameTooLarge,
+    InvalidRequest,
     ProtocolError,
     RemoteError,
     UnknownExecution,
@@ -42,7 +44,19 @@ from tamma_actors._state import replay, to_record
 from tamma_actors._status import is_terminal_execution
 from tamma_actors._workflow_file import read_workflow_mapping
 
-__all__ = ["DEFAULT_ENDPOINT", "WAIT_CHUNK_SECONDS", "Client", "ClientSettings", "resolve_endpoint"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "WAIT_CHUNK_SECONDS",
+    "Client",
+    "ClientSettings",
+    "inputs_map",
+    "list_filter",
+    "problems_of",
+    "resolve_endpoint",
+    "unsendable",
+    "unsendable_error",
+    "workflow_definition",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -84,12 +98,123 @@ def resolve_endpoint(
 def _start_args(
     definition: dict[str, Any],
     source: str | None,
-    inputs: Mapping[str, Any],
+    inputs: Any,
     execution_id: str | None,
 ) -> dict[str, Any]:
     """The ``start`` request's arguments (``id`` only when the caller chose one)."""
-    args = {"workflow": definition, "inputs": dict(inputs), "source": source}
+    args = {"workflow": definition, "inputs": inputs_map(inputs), "source": source}
     return args if execution_id is None else {**args, "id": execution_id}
+
+
+# -- arguments, checked as WorkflowEngine and a node check them ------------------------------
+
+
+def problems_of(exc: ValidationError) -> str:
+    """A pydantic error as a request's error names it: ``loc: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+
+
+def workflow_definition(
+    config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
+) -> tuple[dict[str, Any], str | None]:
+    """The definition to start and its source file (None unless given as a path)."""
+    if isinstance(config_or_path, str | Path):
+        # Absolute: the node resolves a subflow's file against it, from its own cwd.
+        return read_workflow_mapping(config_or_path), str(Path(config_or_path).resolve())
+    if isinstance(config_or_path, WorkflowConfig):
+        return config_or_path.model_dump(mode="json", exclude_none=True), None
+    if isinstance(config_or_path, Mapping):
+        return dict(config_or_path), None
+    raise InvalidRequest(
+        "the workflow must be a WorkflowConfig, a mapping or the path of a workflow file, "
+        f"not {type(config_or_path).__name__}"
+    )
+
+
+def inputs_map(inputs: Any, where: str = "inputs") -> dict[str, Any]:
+    """``inputs`` (None: none) as the dict a start sends; anything but a mapping is refused."""
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise InvalidRequest(
+            f"{where} must be a mapping of names to values, not {type(inputs).__name__}"
+        )
+    return dict(inputs)
+
+
+class _ListFilter(WorkflowFilter):
+    # A misspelt key must not pass unnoticed: ignored, it would list every execution.
+    model_config = ConfigDict(extra="forbid")
+
+
+def list_filter(filter: WorkflowFilter | Mapping[str, Any] | None) -> WorkflowFilter:
+    """``filter`` checked as a list request's: snake_case or camelCase keys, one status or
+    a list of them; an unknown key or a wrong value raises ``InvalidRequest``."""
+    if isinstance(filter, WorkflowFilter):
+        filter = filter.model_dump()  # again: its fields may have been assigned since
+    elif filter is not None and not isinstance(filter, Mapping):
+        raise InvalidRequest(
+            f"a workflow filter is a WorkflowFilter or a mapping, not {type(filter).__name__}"
+        )
+    try:
+        return _ListFilter.model_validate(dict(filter or {}))
+    except ValidationError as exc:
+        known = ", ".join(WorkflowFilter.model_fields)
+        where = problems_of(exc).replace(
+            "Extra inputs are not permitted", f"unknown key (a filter has {known})"
+        )
+        raise InvalidRequest(f"invalid workflow filter: {where}") from exc
+
+
+_INT_RANGE = range(-(2**63), 2**64)  # what msgpack carries
+_PLAIN = (str, bytes, bytearray, float, type(None))  # bool is an int
+_NESTING_MOST = 1024  # msgpack's Packer refuses a value nested deeper (its recursion limit)
+
+
+def unsendable(value: Any, where: str = "") -> str | None:
+    """What in ``value`` a request cannot carry (msgpack: maps, lists, strings, bytes,
+    numbers of 64 bits, booleans, null), named by its place under ``where``
+    (``inputs.due``, ``items[3]``); None if nothing is. A loop, not a recursion: a value
+    nested too deep must be named, not overflow the caller's stack."""
+    todo: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while todo:
+        item, at, depth = todo.pop()
+        problem = _unsendable_here(item, at, depth)
+        if problem is not None:
+            return problem
+        if isinstance(item, list | tuple):
+            todo.extend((v, f"{at}[{i}]", depth + 1) for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            for key, v in reversed(list(item.items())):
+                todo.append((v, f"{at}.{key}" if at else str(key), depth + 1))
+                todo.append((key, f"{at or 'the map'} (a key)", depth + 1))
+    return None
+
+
+def _unsendable_here(value: Any, where: str, depth: int) -> str | None:
+    """What is wrong with ``value`` itself (not what it holds)."""
+    place = where or "the value"
+    if isinstance(value, _PLAIN):
+        return None
+    if isinstance(value, int):
+        return None if value in _INT_RANGE else f"{place}: {value} is beyond 64 bits"
+    if isinstance(value, list | tuple | dict):
+        if depth > _NESTING_MOST:
+            return f"{place}: nested more than {_NESTING_MOST} maps and lists deep"
+        return None
+    return (
+        f"{place}: a value of type {type(value).__name__} cannot be sent (only maps, lists, "
+        "strings, bytes, numbers, booleans and null can: a date goes as a string, a set as "
+        "a list)"
+    )
+
+
+def unsendable_error(op: str, args: Any, exc: CodecError) -> InvalidRequest:
+    """The ``InvalidRequest`` for arguments of ``op`` that could not be encoded."""
+    return InvalidRequest(f"invalid arguments for {op!r}: {unsendable(args) or exc}")
 
 
 def _validated(model: type[M], value: Any) -> M:
@@ -165,27 +290,25 @@ class Client(ClientSocket):
         execution_id: str | None = None,
     ) -> WorkflowExecution:
         """Start a workflow given as a file path (read here), a ``WorkflowConfig`` or a
-        mapping; the execution is durable on the node when this returns.
+        mapping; the execution is durable on the node when this returns. Arguments the
+        node refuses (inputs that are not a map with string keys, or hold what cannot be
+        sent, say a date) raise ``InvalidRequest``, as in ``WorkflowEngine``.
 
         ``execution_id`` (letters, digits and ``._:@-``, up to 128, starting with a letter
         or digit) makes the start idempotent: the execution gets that id, and the same
         start again (say, after a timeout that left you not knowing whether it happened)
         returns that execution as it is now instead of starting another; a start under
         that id with another workflow or other inputs raises ``ExecutionExists``."""
-        definition, source = self._definition(config_or_path)
-        args = _start_args(definition, source, inputs or {}, execution_id)
+        definition, source = workflow_definition(config_or_path)
+        args = _start_args(definition, source, inputs, execution_id)
         return self._execution(self.request("start", args))
 
-    @staticmethod
-    def _definition(
-        config_or_path: WorkflowConfig | Mapping[str, Any] | str | Path,
-    ) -> tuple[dict[str, Any], str | None]:
-        if isinstance(config_or_path, str | Path):
-            # Absolute: the node resolves a subflow's file against it, from its own cwd.
-            return read_workflow_mapping(config_or_path), str(Path(config_or_path).resolve())
-        if isinstance(config_or_path, WorkflowConfig):
-            return config_or_path.model_dump(mode="json", exclude_none=True), None
-        return dict(config_or_path), None
+    def _send_request(self, op: str, args: Mapping[str, Any], limit: float) -> int:
+        # Arguments that cannot be encoded are the caller's mistake, named where it is.
+        try:
+            return super()._send_request(op, args, limit)
+        except CodecError as exc:
+            raise unsendable_error(op, args, exc) from exc
 
     def start_workflows(
         self,
@@ -205,7 +328,7 @@ class Client(ClientSocket):
         starts nothing new."""
         if window < 1:
             raise ValueError("window must be at least 1")
-        definition, source = self._definition(config_or_path)
+        definition, source = workflow_definition(config_or_path)
         inputs_list = list(inputs_list)
         ids: list[str | None] = [None] * len(inputs_list)
         if execution_ids is not None:
@@ -213,8 +336,10 @@ class Client(ClientSocket):
             if len(ids) != len(inputs_list):
                 raise ValueError(f"{len(ids)} execution ids for {len(inputs_list)} inputs mappings")
         items: list[dict[str, Any]] = [
-            {"inputs": dict(inputs)} if eid is None else {"inputs": dict(inputs), "id": eid}
-            for inputs, eid in zip(inputs_list, ids, strict=True)
+            {"inputs": inputs_map(inputs, f"inputs_list[{i}]")}
+            if eid is None
+            else {"inputs": inputs_map(inputs, f"inputs_list[{i}]"), "id": eid}
+            for i, (inputs, eid) in enumerate(zip(inputs_list, ids, strict=True))
         ]
         if not items:
             return []
@@ -314,8 +439,13 @@ class Client(ClientSocket):
         batches: list[dict[str, Any]] = []
         batch: list[dict[str, Any]] = []
         used = base
-        for item in items:
-            size = len(pack(item)) + per_item
+        for i, item in enumerate(items):
+            try:
+                size = len(pack(item)) + per_item
+            except CodecError as exc:
+                where = f"inputs_list[{i}]"
+                problem = unsendable(item["inputs"], where) or f"{where}: {exc}"
+                raise InvalidRequest(f"invalid arguments for 'start_many': {problem}") from exc
             if base + size > self.max_frame_bytes:
                 raise FrameTooLarge(
                     f"a start of ~{base + size} bytes (its inputs and the workflow) exceeds "
@@ -379,20 +509,12 @@ class Client(ClientSocket):
         return [_validated(WorkflowSummary, s) for s in self._listed(filter, "summary")]
 
     def _listed(self, filter: WorkflowFilter | Mapping[str, Any] | None, view: str) -> list[Any]:
-        if isinstance(filter, WorkflowFilter):
-            args: dict[str, Any] = filter.model_dump(mode="json", exclude_none=True)
-        else:
-            args = dict(filter or {})
-        wanted, offset = args.pop("limit", None), args.pop("offset", 0)
+        args = list_filter(filter).model_dump(mode="json", exclude_none=True)
+        wanted = args.pop("limit", None)
         if wanted == 0:
             return []  # the filter model allows an empty page; the wire does not
         if view != "record":  # a node without views is asked as before
             args["view"] = view
-        if not (wanted is None or _is_count(wanted)) or not _is_count(offset):
-            args.update(limit=wanted, offset=offset)  # for the node to name what is wrong
-            found: list[Any] = self.request("list", args)
-            return found
-        args["offset"] = offset
         alone = self._record_alone if view == "record" else None
         return self._in_pages(
             "list", args, wanted, "offset", lambda at, got: at + len(got), alone=alone
@@ -479,6 +601,13 @@ class Client(ClientSocket):
         """Block until the execution is terminal, or ``timeout`` seconds pass (then the
         current record is returned: look at its ``status``). The node long-polls in chunks
         of at most ``WAIT_CHUNK_SECONDS``; each chunk extends the socket timeout."""
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float)
+        ):
+            raise InvalidRequest(
+                f"invalid arguments for 'wait': timeout: a number of seconds or None, "
+                f"not {type(timeout).__name__}"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             chunk = WAIT_CHUNK_SECONDS

@@ -7,7 +7,9 @@ as :class:`tamma_actors.Client`. It is the same engine that ``tamma-node run`` s
 ZeroMQ, so a program may embed the engine and still let ``tamma`` look at it.
 
 Calls are thread-safe (each one is a message to an actor); ``shutdown()`` is idempotent,
-and the object is a context manager.
+and the object is a context manager. Each call's arguments are checked by the model the
+control server checks the same request's with (``_protocol.OPS``), so a mistake raises the
+``InvalidRequest`` a client gets for it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from tamma_actors._client import Client
 from tamma_actors._client import _validated as validated
+from tamma_actors._client import (
+    inputs_map,
+    list_filter,
+    problems_of,
+    unsendable_error,
+    workflow_definition,
+)
 from tamma_actors._codec import pack, unpack
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._engine import Engine
-from tamma_actors._errors import CodecError, RequestTimeout, SupervisionError
+from tamma_actors._errors import CodecError, InvalidRequest, RequestTimeout, SupervisionError
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -37,21 +45,43 @@ from tamma_actors._models import (
     WorkflowSummary,
 )
 from tamma_actors._node import Node
-from tamma_actors._protocol import InvalidRequest, StartArgs
+from tamma_actors._protocol import (
+    MAX_WAIT_SECONDS,
+    OPS,
+    AbortArgs,
+    EventsArgs,
+    ExecuteArgs,
+    ExecutionArgs,
+    RetryArgs,
+    StartArgs,
+    WaitArgs,
+)
 
 __all__ = ["WorkflowEngine"]
 
 T = TypeVar("T")
+A = TypeVar("A", bound=BaseModel)
 
 
-def _as_sent(what: str, value: Any) -> Any:
-    """``value`` as the engine would have it from a client: encoded and decoded as the
+def _as_sent(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` as the engine would have them from a client: encoded and decoded as the
     wire does (a tuple becomes a list). What cannot be sent (a date, a set, an object) is
-    refused here, naming it, instead of failing the execution's first commit."""
+    refused here, naming its place, instead of failing the execution's first commit."""
     try:
-        return unpack(pack(value))
+        sent: dict[str, Any] = unpack(pack(args))
     except CodecError as exc:
-        raise InvalidRequest(f"invalid {what}: {exc}") from exc
+        raise unsendable_error(op, args, exc) from exc
+    return sent
+
+
+def _checked(op: str, model: type[A], **args: Any) -> A:
+    """``args`` checked by ``model`` (``op``'s argument model on the wire), as the control
+    server checks a request's: the same mistake raises the same ``InvalidRequest``."""
+    assert OPS[op][0] is model
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid arguments for {op!r}: {problems_of(exc)}") from exc
 
 
 class WorkflowEngine:
@@ -126,35 +156,32 @@ class WorkflowEngine:
         execution_id: str | None = None,
     ) -> WorkflowExecution:
         """As :meth:`Client.start_workflow` (``execution_id`` included)."""
-        sent = _as_sent("inputs", dict(inputs or {}))
-        try:  # the same rules as over the wire, in one pass
-            StartArgs.model_validate({"workflow": {}, "inputs": sent, "id": execution_id})
-        except ValidationError as exc:
-            errors = exc.errors()
-            if any(e["loc"][:1] == ("id",) for e in errors):
-                raise InvalidRequest(f"invalid execution id {execution_id!r}: {exc}") from exc
-            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-            raise InvalidRequest(f"invalid inputs: {where}") from exc
-        definition, source = Client._definition(config_or_path)
+        definition, source = workflow_definition(config_or_path)
+        sent = _as_sent("start", {"inputs": inputs_map(inputs), "id": execution_id})
+        # The definition is checked by the engine, which reports every problem at once.
+        args = _checked("start", StartArgs, workflow={}, **sent)
         future = self._engine.start_workflow(
-            definition, sent, source=source, requested_id=execution_id
+            definition, args.inputs, source=source, requested_id=args.id
         )
         return self._execution(future)
 
     def pause_workflow(self, execution_id: str) -> WorkflowExecution:
-        return self._execution(self._engine.pause_workflow(execution_id))
+        args = _checked("pause", ExecutionArgs, id=execution_id)
+        return self._execution(self._engine.pause_workflow(args.id))
 
     def resume_workflow(self, execution_id: str) -> WorkflowExecution:
-        return self._execution(self._engine.resume_workflow(execution_id))
+        args = _checked("resume", ExecutionArgs, id=execution_id)
+        return self._execution(self._engine.resume_workflow(args.id))
 
     def abort_workflow(self, execution_id: str, reason: str | None = None) -> WorkflowExecution:
-        future = self._engine.abort_workflow(execution_id, reason)
-        return self._execution(future)
+        args = _checked("abort", AbortArgs, id=execution_id, reason=reason)
+        return self._execution(self._engine.abort_workflow(args.id, args.reason))
 
     # -- monitoring ----------------------------------------------------------------------
 
     def get_workflow(self, execution_id: str) -> WorkflowExecution:
-        return self._execution(self._engine.get_workflow(execution_id))
+        args = _checked("get", ExecutionArgs, id=execution_id)
+        return self._execution(self._engine.get_workflow(args.id))
 
     def list_workflows(
         self, filter: WorkflowFilter | Mapping[str, Any] | None = None
@@ -172,10 +199,7 @@ class WorkflowEngine:
     def _listed(
         self, filter: WorkflowFilter | Mapping[str, Any] | None, view: str
     ) -> list[dict[str, Any]]:
-        try:
-            wanted = WorkflowFilter.model_validate(filter or {})
-        except ValidationError as exc:
-            raise InvalidRequest(f"invalid workflow filter: {exc}") from exc
+        wanted = list_filter(filter)
         if wanted.limit == 0:
             return []
         future = self._engine.list_workflows(
@@ -189,16 +213,27 @@ class WorkflowEngine:
         return found
 
     def get_workflow_status(self, execution_id: str) -> WorkflowStatusInfo:
-        future = self._engine.get_workflow_status(execution_id)
+        args = _checked("status", ExecutionArgs, id=execution_id)
+        future = self._engine.get_workflow_status(args.id)
         return validated(WorkflowStatusInfo, self._result(future))
 
-    def get_events(self, execution_id: str, from_seq: int = 0) -> list[WorkflowEvent]:
-        events = self._result(self._engine.get_events(execution_id, from_seq))
+    def get_events(
+        self, execution_id: str, from_seq: int = 0, limit: int | None = None
+    ) -> list[WorkflowEvent]:
+        """The execution's events from ``from_seq`` on, at most ``limit`` of them."""
+        args = _checked("events", EventsArgs, id=execution_id, from_seq=from_seq, limit=limit)
+        events = self._result(self._engine.get_events(args.id, args.from_seq, args.limit))
         return [validated(WorkflowEvent, e) for e in events]
 
     def wait(self, execution_id: str, timeout: float | None = None) -> WorkflowExecution:
-        """Block until the execution ends, or ``timeout`` passes (then its current record)."""
-        future = self._engine.wait(execution_id, timeout)
+        """Block until the execution ends, or ``timeout`` passes (then its current record).
+        A client waits in chunks of at most an hour, any ``timeout`` in all: so may this."""
+        chunk = timeout
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+            timeout = max(0.0, timeout)  # as a client's: a past deadline is no error
+            chunk = min(timeout, MAX_WAIT_SECONDS)
+        args = _checked("wait", WaitArgs, id=execution_id, timeout=chunk)
+        future = self._engine.wait(args.id, timeout)
         limit = None if timeout is None else timeout + self.timeout
         return validated(WorkflowExecution, future.result(limit))
 
@@ -211,9 +246,11 @@ class WorkflowEngine:
         self, execution_id: str, step: str, context: Any = None, *, timeout: float = 300.0
     ) -> StepResult:
         """Run one step once, outside the execution's schedule (see ``Client``)."""
-        sent = _as_sent("context", context)
-        future = self._engine.execute_step(execution_id, step, sent, timeout=timeout)
-        return validated(StepResult, self._result(future, timeout + self.timeout))
+        sent = _as_sent("execute", {"context": context})
+        args = _checked("execute", ExecuteArgs, id=execution_id, step=step, timeout=timeout, **sent)
+        future = self._engine.execute_step(args.id, args.step, args.context, timeout=args.timeout)
+        return validated(StepResult, self._result(future, args.timeout + self.timeout))
 
     def retry_step(self, execution_id: str, step: str) -> WorkflowExecution:
-        return self._execution(self._engine.retry_step(execution_id, step))
+        args = _checked("retry", RetryArgs, id=execution_id, step=step)
+        return self._execution(self._engine.retry_step(args.id, args.step))

@@ -31,6 +31,7 @@ where they are raised (``raise ... from exc``); nothing above a seam catches the
     │   └── UnknownImplementation  a step implementation that is not registered
     ├── ConfigError                node configuration or supervision tree is invalid
     ├── ProtocolError              a control request is malformed (bad op, args, version)
+    │   ├── InvalidRequest         a request (or an engine call) with wrong arguments
     │   └── Forbidden              the caller's role may not do that
     └── RemoteError                the node answered a client request with an error
 """
@@ -49,6 +50,7 @@ __all__ = [
     "Forbidden",
     "FrameTooLarge",
     "IllegalTransition",
+    "InvalidRequest",
     "Problem",
     "ProtocolError",
     "RemoteError",
@@ -226,6 +228,29 @@ class ProtocolError(TammaError):
             self.code = code
 
 
+class InvalidRequest(ProtocolError):
+    """A request that cannot be served as asked: its arguments are wrong (an id that is not
+    a string, an unknown filter key, inputs that cannot be sent), the same class whether a
+    :class:`~tamma_actors.WorkflowEngine` refuses the call or a node refuses a client's
+    request (codes ``bad_request``, ``unknown_op``, ``unsupported_version``). Remembers the
+    request's id (when readable) for the node's reply."""
+
+    request_id: str | int | None = None
+    details: object = None
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "bad_request",
+        *,
+        request_id: str | int | None = None,
+        details: object = None,
+    ) -> None:
+        super().__init__(message, code)
+        self.request_id = request_id
+        self.details = details
+
+
 class Forbidden(ProtocolError):
     code = "forbidden"
 
@@ -246,6 +271,9 @@ class RemoteError(TammaError):
 
 
 _BY_CODE: dict[str, type[TammaError]] = {
+    "bad_request": InvalidRequest,
+    "unknown_op": InvalidRequest,
+    "unsupported_version": InvalidRequest,
     "not_found": UnknownExecution,
     "execution_exists": ExecutionExists,
     "unknown_step": UnknownStep,

@@ -24,7 +24,7 @@ from tamma_actors._errors import (
     ConfigError,
     Forbidden,
     FrameTooLarge,
-    ProtocolError,
+    InvalidRequest,
     RemoteError,
     TammaError,
     WorkflowValidationError,
@@ -79,22 +79,6 @@ class Role(IntEnum):
     viewer = 1
     operator = 2
     admin = 3
-
-
-class InvalidRequest(ProtocolError):
-    """A request that cannot be served; remembers its id (when readable) for the reply."""
-
-    def __init__(
-        self,
-        message: str,
-        code: str = "bad_request",
-        *,
-        request_id: RequestId | None = None,
-        details: object = None,
-    ) -> None:
-        super().__init__(message, code)
-        self.request_id = request_id
-        self.details = details
 
 
 class _Args(BaseModel):

@@ -25,6 +25,7 @@ from tamma_actors._errors import (
     Forbidden,
     FrameTooLarge,
     IllegalTransition,
+    InvalidRequest,
     ProtocolError,
     RemoteError,
     RequestTimeout,
@@ -236,8 +237,14 @@ def test_list_filters(client: Client) -> None:
     assert [s.id for s in running] == [first]
     assert [s.id for s in client.list_summaries({"offset": 1, "limit": 5})] == [second]
     assert client.list_summaries(WorkflowFilter(limit=0)) == []
-    with pytest.raises(RemoteError, match="offset"):
-        client.list_summaries({"offset": -1})
+    # a filter is checked here, as a WorkflowEngine checks it: an unknown key is no filter
+    for wrong, says in [({"offset": -1}, "offset"), ({"wrkflow_id": "one"}, "unknown key")]:
+        with pytest.raises(InvalidRequest, match=says) as refused:
+            client.list_summaries(wrong)
+        assert not isinstance(refused.value, RemoteError)
+    assert [s.id for s in client.list_summaries({"status": "aborted", "workflowId": "two"})] == [
+        second
+    ]
 
 
 def test_errors_map_to_the_tree(client: Client, engine: FakeEngine) -> None:

@@ -3,6 +3,7 @@ ControlServer."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from tamma_actors._errors import (
     ExecutionExists,
     Forbidden,
     FrameTooLarge,
+    InvalidRequest,
     RemoteError,
     RequestTimeout,
     TransportError,
@@ -122,6 +124,24 @@ def test_an_invalid_workflow_starts_nothing_and_names_what_is_wrong(
                                            "dependencies": ["nowhere"]}]}  # fmt: skip
     with pytest.raises(WorkflowValidationError, match="nowhere"):
         client.start_workflows(broken, ({"n": i} for i in range(3)))
+    assert _listed(client) == []
+
+
+def test_inputs_that_cannot_be_sent_start_nothing_and_are_named_by_their_place(
+    client: Client, server: pykka.ActorRef[Any]
+) -> None:
+    due = datetime.date(2026, 12, 1)
+    for inputs_list, says in [
+        ([{"n": 0}, {"n": 1, "due": due}], r"'start_many': inputs_list\[1\]\.due: .* type date"),
+        ([{"n": 0}, [("n", 1)]], r"^inputs_list\[1\] must be a mapping .* not list$"),
+    ]:
+        with pytest.raises(InvalidRequest, match=says):
+            client.start_workflows(ONE_STEP, inputs_list)
+    with pytest.raises(InvalidRequest, match=r"'start': inputs\.due: a value of type date"):
+        client.start_workflow(ONE_STEP, {"due": due})
+    with pytest.raises(InvalidRequest, match=r"'execute': context\[0\]: .* type set"):
+        client.execute_step("x1", "only", [{1}])
+    assert _requests(server) == 0  # refused before anything was sent
     assert _listed(client) == []
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from tamma_actors import (
     ExecutionExists,
     ExecutionStatus,
     IllegalTransition,
+    InvalidRequest,
     NodeConfig,
     ProtocolError,
     StepStatus,
@@ -87,17 +91,17 @@ def test_the_whole_interface_over_one_node(short_dir: Path) -> None:
         assert engine.wait("job-1", timeout=WAIT).status is ExecutionStatus.COMPLETED
         with pytest.raises(ExecutionExists):
             engine.start_workflow(chain("other"), {"n": 1}, execution_id="job-1")
-        with pytest.raises(ProtocolError, match="invalid execution id 'no/slash'"):
+        with pytest.raises(ProtocolError, match="id: String should match pattern"):
             engine.start_workflow(chain("chosen"), execution_id="no/slash")
         # inputs and a context are taken as a client would send them: what cannot be sent
         # (it could not be stored either) is refused, and nothing is started
         for inputs, why in [
-            ({"due": datetime.date(2026, 12, 1)}, "can not serialize 'datetime.date'"),
+            ({"due": datetime.date(2026, 12, 1)}, r"inputs\.due: a value of type date"),
             ({1: "x"}, r"inputs\.1\.\[key\]: Input should be a valid string$"),
         ]:
-            with pytest.raises(ProtocolError, match=rf"invalid inputs: .*{why}"):
+            with pytest.raises(ProtocolError, match=rf"invalid arguments for 'start': {why}"):
                 engine.start_workflow(chain("unsent"), inputs)
-        with pytest.raises(ProtocolError, match=r"invalid context: .*'set'"):
+        with pytest.raises(ProtocolError, match=r"'execute': context\.s: a value of type set"):
             engine.execute_step(chosen.id, "a", {"s": {1}})
         as_sent = engine.start_workflow(chain("sent"), {"pair": (1, 2)}, execution_id="job-2")
         assert as_sent.context == {"pair": [1, 2]}  # as the store gives it back
@@ -137,3 +141,100 @@ def test_initialize_from_a_config_object_or_a_file(short_dir: Path) -> None:
         assert engine.node.config.worker_slots == 2
         run = engine.start_workflow(chain("from-file"))
         assert engine.wait(run.id, timeout=WAIT).status is ExecutionStatus.COMPLETED
+
+
+# Each mistake, made through the engine and through a client of its control socket, and
+# what the error must say. Both raise InvalidRequest (a ProtocolError) and start nothing.
+MISTAKES: list[tuple[str, Any, str]] = [
+    (
+        "get_workflow(123)",
+        lambda api, run: api.get_workflow(123),
+        "id: Input should be a valid string",
+    ),
+    ("get_workflow_status(None)", lambda api, run: api.get_workflow_status(None), "'status': id: "),
+    ("pause_workflow(None)", lambda api, run: api.pause_workflow(None), "'pause': id: "),
+    ("abort, reason 5", lambda api, run: api.abort_workflow(run, reason=5), "'abort': reason: "),
+    ("retry_step(run, 5)", lambda api, run: api.retry_step(run, 5), "'retry': step: "),
+    ("events from -1", lambda api, run: api.get_events(run, -1), "from_seq: .*greater than"),
+    ("events from '2'", lambda api, run: api.get_events(run, "2"), "from_seq: .*valid integer"),
+    ("events limit 0", lambda api, run: api.get_events(run, 0, limit=0), "limit: .*greater than"),
+    ("wait 'soon'", lambda api, run: api.wait(run, "soon"), "'wait': timeout: "),
+    (
+        "filter typo",
+        lambda api, run: api.list_workflows({"wrkflow_id": "x"}),
+        "wrkflow_id: unknown key",
+    ),
+    ("filter status", lambda api, run: api.list_summaries({"status": "done"}), "status"),
+    ("filter limit", lambda api, run: api.list_workflows({"limit": -1}), "limit: "),
+    (
+        "workflow 123",
+        lambda api, run: api.start_workflow(123),
+        "WorkflowConfig, a mapping .* not int",
+    ),
+    (
+        "inputs [1, 2]",
+        lambda api, run: api.start_workflow(chain(), [1, 2]),
+        "inputs must be a mapping",
+    ),
+    (
+        "inputs with a date",
+        lambda api, run: api.start_workflow(chain(), {"x": {"due": datetime.date(2026, 1, 1)}}),
+        r"'start': inputs\.x\.due: a value of type date cannot be sent",
+    ),
+    (
+        "inputs {1: x}",
+        lambda api, run: api.start_workflow(chain(), {1: "x"}),
+        r"inputs\.1\.\[key\]",
+    ),
+    (
+        "id 'no/slash'",
+        lambda api, run: api.start_workflow(chain(), execution_id="no/slash"),
+        "'start': id: String should match pattern",
+    ),
+    (
+        "context with a set",
+        lambda api, run: api.execute_step(run, "a", {"s": {1}}),
+        r"'execute': context\.s: a value of type set cannot be sent",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def both() -> Iterator[tuple[WorkflowEngine, Client, str]]:
+    """An engine, a client of its control socket and a completed execution ``run``."""
+    home = Path(tempfile.mkdtemp(prefix="tamma-"))  # short: an ipc:// path
+    try:
+        with WorkflowEngine(timeout=WAIT) as engine:
+            engine.initialize({**SETTINGS, "data_dir": home / "var"})
+            run = engine.start_workflow(chain("alike"), {"n": 1}).id
+            assert engine.wait(run, timeout=WAIT).status is ExecutionStatus.COMPLETED
+            with Client(engine.node.config.control_address, timeout=WAIT) as client:
+                yield engine, client, run
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("call", "says"), [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
+@pytest.mark.parametrize("side", ["engine", "client"])
+def test_the_client_and_the_engine_refuse_a_mistake_alike(
+    both: tuple[WorkflowEngine, Client, str], side: str, call: Any, says: str
+) -> None:
+    engine, client, run = both
+    with pytest.raises(InvalidRequest, match=says) as caught:
+        call(engine if side == "engine" else client, run)
+    assert isinstance(caught.value, ProtocolError)
+    assert [e.id for e in engine.list_workflows()] == [run]  # nothing started
+
+
+@pytest.mark.parametrize("side", ["engine", "client"])
+def test_the_client_and_the_engine_take_the_same_arguments(
+    both: tuple[WorkflowEngine, Client, str], side: str
+) -> None:
+    engine, client, run = both
+    api: Any = engine if side == "engine" else client
+    assert [e.seq for e in api.get_events(run, 1, limit=2)] == [1, 2]
+    for taken in ({"status": "completed"}, {"workflowId": "alike", "limit": 1}):
+        assert [s.id for s in api.list_summaries(taken)] == [run]
+        assert [e.id for e in api.list_workflows(taken)] == [run]
+    assert api.list_summaries({"status": "failed", "workflow_id": "alike"}) == []
+    assert api.wait(run, timeout=2 * 3600).status is ExecutionStatus.COMPLETED

@@ -10,12 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tamma_actors
+from tamma_actors import _errors
 from tamma_actors._codec import pack
 from tamma_actors._errors import (
     CodecError,
     ConfigError,
     Forbidden,
     Problem,
+    ProtocolError,
     RemoteError,
     UnknownExecution,
     WorkflowValidationError,
@@ -320,6 +323,24 @@ def test_error_reply_for_invalid_request_carries_details() -> None:
     error = error_reply(err.request_id, err)["error"]
     assert error["code"] == "bad_request"
     assert error["details"] == [{"loc": "id", "message": "Field required"}]
+
+
+@pytest.mark.parametrize("code", ["bad_request", "unknown_op", "unsupported_version"])
+def test_a_refused_request_is_an_invalid_request_on_the_client_too(code: str) -> None:
+    # A WorkflowEngine raises InvalidRequest for a wrong argument: a client must get the
+    # same class for the same mistake, refused by a node.
+    err = rejected(frame(args={}))
+    error = error_reply(err.request_id, err)["error"]
+    rebuilt = error_from_code(code, error["message"], error["details"])
+    assert isinstance(rebuilt, InvalidRequest)
+    assert isinstance(rebuilt, ProtocolError) and isinstance(rebuilt, RemoteError)
+    assert (rebuilt.code, rebuilt.details) == (code, error["details"])
+    assert rebuilt.request_id is None
+
+
+def test_invalid_request_is_public_and_one_class() -> None:
+    assert tamma_actors.InvalidRequest is InvalidRequest is _errors.InvalidRequest
+    assert issubclass(InvalidRequest, ProtocolError)
 
 
 def test_error_reply_passes_remote_details_on() -> None:

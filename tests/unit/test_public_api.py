@@ -22,6 +22,7 @@ PUBLIC = {
     "Forbidden",
     "FrameTooLarge",
     "IllegalTransition",
+    "InvalidRequest",
     "NodeConfig",
     "NonRetryable",
     "Problem",
