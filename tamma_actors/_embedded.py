@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tamma_actors._client import _validated as validated
-from tamma_actors._client import (
+from tamma_actors._client_args import (
     inputs_map,
     list_filter,
     problems_of,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tamma_actors import ExecutionStatus, InvalidRequest, WorkflowFilter
-from tamma_actors._client import inputs_map, list_filter, unsendable, workflow_definition
+from tamma_actors._client_args import inputs_map, list_filter, unsendable, workflow_definition
 from tamma_actors._codec import pack
 from tamma_actors._errors import CodecError
 
