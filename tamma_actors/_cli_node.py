@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tamma_actors._config import NodeConfig, load_node_config
-from tamma_actors._errors import TammaError, WorkflowValidationError
+from tamma_actors._errors import ConfigError, TammaError, WorkflowValidationError
 from tamma_actors._gc import tune_gc
 from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, gated_enabled
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     add_gated_flags(worker)
     worker.add_argument(
         "--allow",
+        type=_allow_entry,
         action="append",
         default=[],
         metavar="NAME=MODULE:ATTR",
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("keygen", help="print a new CURVE key pair for a node's tcp:// endpoints")
     return parser
+
+
+def _allow_entry(text: str) -> tuple[str, str]:
+    from tamma_actors._worker import _allow_entry as worker_allow_entry  # as the worker's
+
+    return worker_allow_entry(text)
 
 
 def _offline_parsers(sub: Any) -> None:
@@ -270,21 +277,22 @@ def _cmd_keygen() -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from tamma_actors._worker import EXIT_OK as WORKER_OK
     from tamma_actors._worker import CurveKeys, run_worker
 
     _setup_logging("INFO")
-    allowlist = dict(p.split("=", 1) for p in args.allow)
     tune_gc()
-    return run_worker(
+    code = run_worker(  # arguments it cannot use raise: a usage error (2)
         args.connect,
         slots=args.slots,
         worker_id=args.worker_id,
         heartbeat_interval=args.heartbeat,
         enabled=gated_enabled(args),
-        allowlist=allowlist,
+        allowlist=dict(args.allow),
         managed=False,
         curve=CurveKeys(args.curve_server_key) if args.curve_server_key else None,
     )
+    return EXIT_OK if code == WORKER_OK else EXIT_FAILED  # its transport failed meanwhile
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TammaError, ValueError) as exc:
         print(f"tamma-node: {exc}", file=sys.stderr)
         usage = isinstance(exc, (ValueError, WorkflowValidationError))  # as `tamma`'s
+        # a worker's configuration is its arguments (an --allow entry that does not load)
+        usage = usage or (args.command == "worker" and isinstance(exc, ConfigError))
         return EXIT_USAGE if usage else EXIT_FAILED
 
 

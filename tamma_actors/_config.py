@@ -152,6 +152,7 @@ class NodeConfig(BaseSettings):
             raise ValueError("curve_public_key and curve_secret_key go together")
         for name, address in self._addresses().items():
             self._check_address(name, address)
+        self._distinct_addresses()
         return self
 
     def _check_address(self, name: str, address: str) -> None:
@@ -160,11 +161,31 @@ class NodeConfig(BaseSettings):
                 f"{name} {address!r} is a TCP endpoint: configure curve_public_key and "
                 "curve_secret_key, or set insecure_tcp = true to accept unauthenticated peers"
             )
+        if address.startswith("tcp://"):
+            _check_tcp(name, address)
         if address.startswith("ipc://") and len(address[6:].encode()) > _MAX_IPC_PATH:
             raise ValueError(
                 f"{name} {address!r} is longer than the {_MAX_IPC_PATH}-byte limit of an ipc "
                 "path; use a shorter data_dir or an explicit endpoint"
             )
+        if address.startswith("ipc://") and not address.startswith("ipc://@"):
+            # the node creates data_dir; a directory elsewhere must be there already
+            directory = os.path.dirname(address[6:]) or "."
+            if not (_same_path(directory, self.data_dir) or os.path.isdir(directory)):
+                raise ValueError(f"{name} {address!r}: {directory} is not an existing directory")
+
+    def _distinct_addresses(self) -> None:
+        seen: dict[str, str] = {}
+        for name, address in self._addresses().items():
+            key = _bind_key(address)
+            if key is None:
+                continue
+            if key in seen:
+                raise ValueError(
+                    f"{seen[key]} and {name} are the same endpoint {address!r}: each "
+                    "socket needs its own"
+                )
+            seen[key] = name
 
     def _addresses(self) -> dict[str, str]:
         return {
@@ -200,6 +221,30 @@ class NodeConfig(BaseSettings):
     @property
     def events_address(self) -> str:
         return self.events_endpoint or self._default_ipc("events.sock")
+
+
+def _check_tcp(name: str, address: str) -> None:
+    """``tcp://HOST:PORT``, the port a number or ``*`` (any free one): libzmq says no more
+    than "Invalid argument" of anything else, and only once the node binds it."""
+    host, sep, port = address[6:].rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{name} {address!r}: expected tcp://HOST:PORT")
+    if port != "*" and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"{name} {address!r}: the port must be a number up to 65535, or *")
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _bind_key(address: str) -> str | None:
+    """What two endpoints share when they would bind the same socket; None for an endpoint
+    that binds a port of its own each time (``tcp://HOST:*``)."""
+    if address.startswith("ipc://") and not address.startswith("ipc://@"):
+        return "ipc://" + os.path.abspath(address[6:])
+    if address.startswith("tcp://") and address.rpartition(":")[2] in ("*", "0"):
+        return None
+    return address
 
 
 def _describe(exc: ValidationError) -> str:

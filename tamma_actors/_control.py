@@ -94,7 +94,10 @@ def prepare_ipc_endpoint(endpoint: str) -> None:
     path = _ipc_path(endpoint)
     if path is None:
         return
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransportError(f"cannot create the directory of {endpoint}: {exc.strerror}") from exc
     if not path.exists() and not path.is_symlink():
         return
     if not path.is_socket():

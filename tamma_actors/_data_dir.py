@@ -61,9 +61,14 @@ def _alive(pid: int) -> bool:
 def lock_data_dir(data_dir: Path) -> int:
     """Create ``data_dir`` (0700), lock its ``node.lock`` and write our pid in it; returns
     the lock's descriptor (the lock lasts while it, or a copy of it, is open)."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
-    fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        fd = os.open(data_dir / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except FileExistsError as exc:  # mkdir's word for a path that is there but no directory
+        raise ConfigError(f"data_dir '{data_dir}': it exists and is not a directory") from exc
+    except OSError as exc:
+        raise ConfigError(f"data_dir '{data_dir}': {exc.strerror or exc}") from exc
     try:
         _lock(fd, data_dir)
     except BaseException:

@@ -5,13 +5,18 @@ The children that ``supervisors/node.toml`` declares (``store_writer``, ``event_
 holds, so a restart only swaps what is in the slot. Here they are started, stopped (each
 within its ``shutdown_timeout``) and checked, and a failed one is restarted together with
 the children the tree's strategy takes along, as long as the tree's restart intensity
-allows; beyond it the node stops.
+allows; beyond it the node stops. A socket child is waited for until it has bound its
+endpoint: at the node's start, one that cannot bind (a port in use, a host that does not
+resolve) fails the start with the setting and the endpoint named, as restarting it would
+only fail again; at a restart, it counts as another failure of that child.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -19,6 +24,7 @@ import zmq
 
 from tamma_actors._affinity import format_cpus
 from tamma_actors._control import ControlServer
+from tamma_actors._errors import TransportError
 from tamma_actors._eventbus import EventBus
 from tamma_actors._plugins import gated_enabled
 from tamma_actors._supervision import children_to_restart
@@ -36,6 +42,30 @@ if TYPE_CHECKING:
 __all__ = ["NodeChildren"]
 
 log = logging.getLogger("tamma_actors._node")
+
+# How long a socket child's on_start (binding; the pool also spawns its local workers)
+# may take before the node gives up on it.
+_START_TIMEOUT = 30.0
+
+
+def _bound(
+    setting: str, endpoint: str, start: Callable[..., pykka.ActorRef[Any]], /, *args: Any, **kw: Any
+) -> pykka.ActorRef[Any]:
+    """Start a socket child and wait for its bind: a refusal is raised naming the setting
+    and the endpoint, once (a child that cannot bind would only fail again if restarted)."""
+    try:
+        return start(*args, timeout=_START_TIMEOUT, **kw)
+    except TransportError as exc:
+        raise TransportError(f"{setting} {endpoint!r}: cannot bind: {_reason(exc)}") from exc
+
+
+def _reason(exc: TransportError) -> str:
+    cause = exc.__cause__
+    if not isinstance(cause, zmq.ZMQError) or cause.errno is None:
+        return str(exc)
+    if cause.errno == errno.ENODEV:  # what libzmq says of a host it cannot resolve
+        return "no such host or network interface"
+    return zmq.strerror(cause.errno)
 
 
 class NodeChildren:
@@ -79,7 +109,10 @@ class NodeChildren:
             writer.start()
             self._writer.writer = writer
         elif spec.kind == "event_bus":
-            self._bus.ref = EventBus.start(
+            self._bus.ref = _bound(
+                "events_endpoint",
+                cfg.events_address,
+                EventBus.start_and_wait,
                 self._zmq,
                 cfg.events_address,
                 max_frame_bytes=cfg.max_frame_bytes,
@@ -87,7 +120,10 @@ class NodeChildren:
                 publish_time=cfg.events_publish_time,
             )
         elif spec.kind == "worker_pool":
-            self._pool.ref = WorkerPool.start(
+            self._pool.ref = _bound(
+                "workers_endpoint",
+                cfg.workers_address,
+                WorkerPool.start_and_wait,
                 self._zmq,
                 endpoint=cfg.workers_address,
                 local_workers=cfg.workers,
@@ -103,7 +139,10 @@ class NodeChildren:
                 curve_secret_key=cfg.curve_secret_key,
             )
         else:
-            self._control.ref = ControlServer.start(
+            self._control.ref = _bound(
+                "control_endpoint",
+                cfg.control_address,
+                ControlServer.start_and_wait,
                 self._zmq,
                 self.engine,
                 endpoint=cfg.control_address,
@@ -164,5 +203,11 @@ class NodeChildren:
             self._stop_child(child)
         order = {c.name: i for i, c in enumerate(self.tree.children)}
         for child in sorted(affected, key=lambda c: order[c.name]):
-            self._start_child(child)
+            try:
+                self._start_child(child)
+            except TransportError as exc:
+                # Its endpoint was taken meanwhile, say: it counts as failing again, and
+                # the next check restarts it, within the same restart intensity.
+                log.error("child %s could not be restarted: %s", child.name, exc)
+                self._running.append(child)
         return True

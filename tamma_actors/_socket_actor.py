@@ -14,10 +14,14 @@ timer callback that raises is treated exactly like a tell'd message that raised:
 is logged by ``_handle_failure``, ``on_failure`` runs and the actor stops.
 
 Life cycle: subclasses create and bind their sockets in ``on_start`` (on the actor thread)
-and ``watch()`` them; they close them in ``on_stop``. Sockets still watched when the actor
-stops are closed with linger 0 here; watched plain fds are only forgotten (their owner
-closes them). ``ActorRef.stop()`` returns once the thread has closed those sockets and
-answered every pending ask (with ``ActorDeadError``), i.e. just before the thread exits.
+and ``watch()`` them; they close them in ``on_stop``. ``start()`` returns at once and an
+``on_start`` that raises is logged as pykka logs it; ``start_and_wait()`` returns once
+``on_start`` has run and raises what it raised instead (a socket that cannot be bound is
+the caller's error to report, not an unhandled failure), the actor then being gone.
+Sockets still watched when the actor stops are closed with linger 0 here; watched plain
+fds are only forgotten (their owner closes them). ``ActorRef.stop()`` returns once the
+thread has closed those sockets and answered every pending ask (with ``ActorDeadError``),
+i.e. just before the thread exits.
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self, cast
 
 import pykka
 import zmq
-from pykka import ThreadingFuture
+from pykka import ActorRegistry, ThreadingFuture
 from pykka._envelope import Envelope
 from pykka.messages import _ActorStop
 
@@ -231,6 +235,24 @@ class SocketActor(pykka.Actor):
         self._timer_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop_replies: list[pykka.Future[Any]] = []
+        self._started: ThreadingFuture[None] | None = None  # set by start_and_wait
+
+    @classmethod
+    def start_and_wait(cls, *args: Any, timeout: float, **kwargs: Any) -> pykka.ActorRef[Self]:
+        """``start()``, then wait until ``on_start`` has run; what it raised is raised here
+        (and not logged), and the actor is gone. An ``on_start`` still running after
+        ``timeout`` seconds: the actor is told to stop and ``SupervisionError`` is raised."""
+        actor = cls(*args, **kwargs)
+        started: ThreadingFuture[None] = ThreadingFuture()
+        actor._started = started  # before its thread exists: that thread reads it
+        ActorRegistry.register(actor.actor_ref)
+        actor._start_actor_loop()
+        try:
+            started.get(timeout=timeout)
+        except pykka.Timeout:
+            actor.actor_ref.stop(block=False)
+            raise SupervisionError(f"{actor} did not start within {timeout:.0f}s") from None
+        return actor.actor_ref
 
     @staticmethod
     def _create_actor_inbox() -> ActorInbox:
@@ -297,11 +319,29 @@ class SocketActor(pykka.Actor):
     def _actor_loop(self) -> None:
         try:
             self._poller.register(self._inbox.waker.fileno(), zmq.POLLIN)
-            run_setup(self)
+            self._setup()
             while not self.actor_stopped.is_set():
                 self._iterate()
         finally:
             self._teardown()
+
+    def _setup(self) -> None:
+        started = self._started
+        if started is None:
+            run_setup(self)
+            return
+        try:
+            self.on_start()
+        except Exception:
+            # What pykka's failed setup does, less the log: start_and_wait raises it.
+            ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            started.set_exception()
+            return
+        except BaseException:
+            started.set_exception()
+            raise
+        started.set(None)
 
     def _iterate(self) -> None:
         try:

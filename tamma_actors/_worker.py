@@ -15,12 +15,15 @@ import argparse
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from types import FrameType
 from typing import Any
+
+import zmq
 
 from tamma_actors import _wire as wire
 from tamma_actors._affinity import parse_cpus, restore
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -94,7 +99,13 @@ def run_worker(
     curve: CurveKeys | None = None,
     stop_grace: float = 5.0,
 ) -> int:
-    """Run a worker until it is stopped; returns an exit code (``EXIT_*``)."""
+    """Run a worker until it is stopped; returns an exit code (``EXIT_*``).
+
+    Arguments it cannot start with raise ``ValueError`` (no slots; an endpoint or a CURVE
+    key that ZeroMQ refuses) or ``ConfigError`` (an allowlist entry that does not load).
+    """
+    if curve is not None:
+        _check_curve_keys(curve)
     if managed:
         _die_with_parent()
         if parent_pid is not None and os.getppid() != parent_pid:
@@ -113,9 +124,9 @@ def run_worker(
             curve=curve,
             stop_grace=stop_grace,
         )
-    except TransportError:
-        log.exception("worker could not start")
-        return EXIT_TRANSPORT
+    except TransportError as exc:
+        # connect() is asynchronous: what fails at once is the endpoint itself
+        raise ValueError(_endpoint_refusal(endpoint, exc)) from exc
     with worker:
         previous = _install_signals(worker)
         try:
@@ -123,6 +134,25 @@ def run_worker(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _check_curve_keys(curve: CurveKeys) -> None:
+    for what, key in (
+        ("the node's CURVE public key", curve.server_key),
+        ("the worker's CURVE public key", curve.public_key),
+        ("the worker's CURVE secret key", curve.secret_key),
+    ):
+        if not _Z85_KEY.fullmatch(key):
+            raise ValueError(f"{what} is not a CURVE key (40 z85 characters)")
+
+
+def _endpoint_refusal(endpoint: str, exc: TransportError) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, zmq.ZMQError) and cause.errno is not None:
+        reason = zmq.strerror(cause.errno)
+    else:
+        reason = str(exc)
+    return f"cannot connect to {endpoint!r}: {reason} (expected tcp://HOST:PORT or ipc://PATH)"
 
 
 def _allow_entry(text: str) -> tuple[str, str]:

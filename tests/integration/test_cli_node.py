@@ -1,14 +1,22 @@
-"""`tamma-node demo` and `tamma-node keygen`, run in process (real node, real workers)."""
+"""`tamma-node demo`, `keygen` and `worker`, run in process (real node, real workers), and
+`tamma-node run` refusing what it cannot start on, as a child process."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 
+from tamma_actors import _cli_node, _worker
 from tamma_actors._cli_node import main as tamma_node
 
 pytestmark = pytest.mark.integration
@@ -91,3 +99,134 @@ def test_keygen_prints_a_matching_curve_key_pair(capsys: pytest.CaptureFixture[s
     assert public and secret
     assert zmq.curve_public(secret.group(1).encode()) == public.group(1).encode()
     assert f"--curve-server-key '{public.group(1)}'" in out
+
+
+WAIT = 60.0
+
+
+def _tamma_node_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``tamma-node run`` in a child process: it installs signal handlers of its own."""
+    cmd = [sys.executable, "-m", "tamma_actors._cli_node", "run", *args]
+    env = {**os.environ, "TAMMA_INSECURE_TCP": "true"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=WAIT)
+
+
+def _processes_on(data_dir: Path) -> list[str]:
+    """Processes whose command line names ``data_dir`` (a store writer, a worker), once the
+    ones that are stopping have had a moment to go."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(data_dir) in cmdline and proc.pid != os.getpid():
+                found.append(cmdline)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_run_on_a_port_in_use_says_so_once_and_leaves_nothing_running(short_dir: Path) -> None:
+    data = short_dir / "var"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        endpoint = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+        # a worker process and the store writer are started before the control socket
+        done = _tamma_node_run(
+            "--data-dir", str(data), "--workers", "1", "--control-endpoint", endpoint
+        )
+    assert done.returncode == 1
+    message = f"tamma-node: control_endpoint '{endpoint}': cannot bind: Address already in use"
+    assert done.stderr.splitlines()[-1] == message
+    # it was 4 tracebacks (restarts), "node up", then CRITICAL and exit 70
+    assert "Traceback" not in done.stderr and "Unhandled exception" not in done.stderr
+    assert "node up" not in done.stderr and done.stdout == ""
+    assert _processes_on(data) == []
+
+
+def test_run_on_a_data_dir_under_a_file_names_it(short_dir: Path) -> None:
+    afile = short_dir / "afile"
+    afile.write_text("x")
+    done = _tamma_node_run("--data-dir", str(afile / "var"), "--workers", "0")
+    assert done.returncode == 1
+    assert done.stderr == f"tamma-node: data_dir '{afile}/var': Not a directory\n"
+
+
+def test_demo_on_a_data_dir_that_is_a_file_names_it(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = short_dir / "afile"
+    afile.write_text("x")
+    example = str(ROOT / "config" / "workflows" / "example.yaml")
+    assert tamma_node(["demo", "--data-dir", str(afile), "--workers", "0", example]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tamma-node: data_dir '{afile}': it exists and is not a directory\n"
+
+
+def test_endpoints_the_node_could_not_bind_are_refused_with_its_config(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = short_dir / "var"
+    same = f"ipc://{data}/same.sock"
+    args = ["--data-dir", str(data), "--workers", "0", "--control-endpoint", same]
+    assert tamma_node(["demo", *args, "--events-endpoint", same, "x.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "control_endpoint and events_endpoint are the same endpoint" in err
+    missing = f"ipc://{short_dir}/missing/w.sock"
+    assert tamma_node(["demo", *args[:4], "--workers-endpoint", missing, "x.yaml"]) == 1
+    assert f"workers_endpoint '{missing}': {short_dir}/missing is not an existing" in (
+        capsys.readouterr().err
+    )
+    assert not data.exists()  # refused before the node started
+
+
+@pytest.fixture
+def worker_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tamma-node worker`` in process, without tuning this process's collector."""
+    monkeypatch.setattr(_cli_node, "tune_gc", lambda: None)
+
+
+@pytest.mark.usefixtures("worker_cli")
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--connect", "bogus://x"], "cannot connect to 'bogus://x': Protocol not supported"),
+        (
+            ["--connect", "tcp://127.0.0.1:notaport"],
+            "cannot connect to 'tcp://127.0.0.1:notaport': Invalid argument",
+        ),
+        (
+            ["--connect", "tcp://127.0.0.1:5999", "--curve-server-key", "junk"],
+            "the node's CURVE public key is not a CURVE key (40 z85 characters)",
+        ),
+        (
+            ["--connect", "ipc:///nonexistent/w.sock", "--allow", "x=nomodule"],
+            "allowlist entry 'x' = 'nomodule': expected 'module:attr'",
+        ),
+    ],
+)
+def test_worker_arguments_it_cannot_use_are_usage_errors(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tamma_node(["worker", *extra]) == 2  # bogus://x was a traceback and exit 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"tamma-node: {message}") and err.count("\n") == 1
+
+
+def test_worker_allow_without_equals_is_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        tamma_node(["worker", "--connect", "ipc:///nonexistent/w.sock", "--allow", "noequals"])
+    assert exit_info.value.code == 2
+    # it was "dictionary update sequence element #0 has length 1; 2 is required"
+    assert "argument --allow: expected NAME=module:attr, got 'noequals'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("worker_cli")
+def test_a_worker_whose_transport_fails_while_running_exits_1(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_worker, "run_worker", lambda *a, **k: _worker.EXIT_TRANSPORT)
+    assert tamma_node(["worker", "--connect", "ipc:///nonexistent/w.sock"]) == 1

@@ -121,3 +121,13 @@ def test_a_zombie_is_not_alive() -> None:
     zombie.wait()
     assert not _data_dir._alive(zombie.pid)  # and gone
     assert _data_dir._alive(os.getpid())
+
+
+def test_a_data_dir_that_is_a_file_or_lies_under_one_is_named(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match=f"^data_dir '{afile}': it exists and is not a dir"):
+        _data_dir.lock_data_dir(afile)
+    with pytest.raises(ConfigError, match=f"^data_dir '{afile}/sub': Not a directory$"):
+        _data_dir.lock_data_dir(afile / "sub")
+    assert afile.read_text() == "x"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from tamma_actors._errors import (
     ExecutionExists,
     FrameTooLarge,
     IllegalTransition,
+    TransportError,
     UnknownStep,
 )
 from tamma_actors._node import Node
@@ -685,3 +687,27 @@ def test_each_execution_s_events_reach_a_subscriber_in_order_under_load(
         assert got == sorted(got) and len(set(got)) == len(got), (eid, got)
         assert got[-1] == max(got)  # workflow.completed came last
     assert sum(len(got) for got in seqs.values()) >= 30 * (3 + 5 * 4)
+
+
+def test_a_node_that_cannot_bind_fails_its_start_and_stops_what_it_started(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The events socket binds before the worker pool spawns its workers, the control
+    socket after: either refusal stops the store writer process and the workers again."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+        for setting in ("events_endpoint", "control_endpoint"):
+            settings: dict[str, Any] = {"workers": 1, "insecure_tcp": True, setting: taken}
+            node = Node(load_node_config(None, data_dir=short_dir / "var", **settings))
+            with pytest.raises(TransportError) as refused:
+                node.start()
+            assert str(refused.value) == f"{setting} '{taken}': cannot bind: Address already in use"
+            left = {p.pid for p in psutil.Process().children(recursive=True)} - before
+            assert left == set(), setting
+    # it was four "Unhandled exception" tracebacks (restarts), then "node up"
+    assert "Unhandled exception" not in caplog.text and "node up" not in caplog.text
+    with Node(load_node_config(None, data_dir=short_dir / "var", workers=0)):
+        pass  # the data directory's lock was let go

@@ -374,6 +374,38 @@ def test_on_start_failure_stops_the_actor(ctx: zmq.Context[Any]) -> None:
         ref.ask("x", timeout=WAIT)
 
 
+def test_start_and_wait_raises_what_on_start_raised_and_logs_nothing(
+    ctx: zmq.Context[Any], short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"ipc://{short_dir}/taken.sock"
+    first = Recorder.start_and_wait(ctx, endpoint, timeout=WAIT)  # it has bound: no wait
+    assert first.ask(ProxyCall(attr_path=("add",), args=(1, 2), kwargs={}), timeout=WAIT) == 3
+    with pytest.raises(zmq.ZMQError, match="Invalid argument"):
+        Recorder.start_and_wait(ctx, "tcp://127.0.0.1:notaport", timeout=WAIT)
+    assert "Unhandled exception" not in caplog.text  # the caller reports it, once
+    assert [ref for ref in ActorRegistry.get_all() if ref is not first] == []
+    first.stop(timeout=WAIT)
+
+
+def test_start_and_wait_gives_up_on_a_slow_start_and_stops_the_actor(
+    ctx: zmq.Context[Any],
+) -> None:
+    release = threading.Event()
+    stopped = threading.Event()
+
+    class SlowStart(SocketActor):
+        def on_start(self) -> None:
+            release.wait(WAIT)
+
+        def on_stop(self) -> None:
+            stopped.set()
+
+    with pytest.raises(SupervisionError, match="did not start within"):
+        SlowStart.start_and_wait(ctx, timeout=0.05)
+    release.set()
+    assert stopped.wait(WAIT)  # told to stop: it does once on_start is done
+
+
 def test_base_exception_stops_this_actor_and_the_others(ctx: zmq.Context[Any]) -> None:
     bystander = Recorder.start(ctx)
     ref = Recorder.start(ctx)

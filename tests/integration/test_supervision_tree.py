@@ -13,6 +13,8 @@ import pytest
 
 from tamma_actors import Client
 from tamma_actors._config import load_node_config
+from tamma_actors._errors import TransportError
+from tamma_actors._eventbus import EventBus
 from tamma_actors._node import EXIT_ESCALATED, EXIT_OK, Node
 from tamma_actors._supervision import load_tree
 
@@ -140,3 +142,25 @@ def test_a_child_that_keeps_dying_escalates(make_node: Any) -> None:
     wait_for_restart(running, before, "event_bus")
     kill_bus(running)  # a second death within the window: more than max_restarts
     assert running.exit.result(WAIT) == EXIT_ESCALATED
+
+
+def test_a_child_that_cannot_bind_again_counts_as_dying_again(
+    make_node: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = make_node("one_for_one", max_restarts=2)
+
+    def refuse(self: EventBus) -> None:
+        raise TransportError("cannot bind the events socket: taken meanwhile")
+
+    monkeypatch.setattr(EventBus, "on_start", refuse)
+    kill_bus(running)
+    # two restarts that could not bind, then one more than max_restarts
+    assert running.exit.result(WAIT) == EXIT_ESCALATED
+    refusals = [r for r in caplog.records if "could not be restarted" in r.getMessage()]
+    assert len(refusals) == 2
+    assert (
+        refusals[0]
+        .getMessage()
+        .startswith("child event_bus could not be restarted: events_endpoint 'ipc://")
+    )
+    assert "Unhandled exception" not in caplog.text

@@ -171,6 +171,49 @@ def test_tcp_needs_curve_or_explicit_insecurity() -> None:
     assert secure.has_curve
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "fault"),
+    [
+        ("tcp://127.0.0.1:notaport", "the port must be a number up to 65535, or *"),
+        ("tcp://127.0.0.1:65536", "the port must be a number up to 65535, or *"),
+        ("tcp://127.0.0.1", "expected tcp://HOST:PORT"),
+        ("tcp://:5600", "expected tcp://HOST:PORT"),
+    ],
+)
+def test_a_tcp_endpoint_needs_a_host_and_a_port(endpoint: str, fault: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"control_endpoint '{endpoint}': {fault}")):
+        NodeConfig(control_endpoint=endpoint, insecure_tcp=True)
+    for fine in ("tcp://*:5600", "tcp://[::1]:5600", "tcp://127.0.0.1:*", "tcp://lo:0"):
+        assert NodeConfig(control_endpoint=fine, insecure_tcp=True).control_address == fine
+
+
+def test_an_ipc_endpoint_needs_its_directory(tmp_path: Path) -> None:
+    missing = f"ipc://{tmp_path}/missing/events.sock"
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(f"events_endpoint '{missing}': {tmp_path}/missing is not an existing"),
+    ):
+        NodeConfig(data_dir=tmp_path / "var", events_endpoint=missing)
+    # the data directory is made by the node when it starts; abstract names have no file
+    inside = f"ipc://{tmp_path}/var/events.sock"
+    assert NodeConfig(data_dir=tmp_path / "var", events_endpoint=inside).events_address == inside
+    assert NodeConfig(events_endpoint="ipc://@tamma-events").events_address == "ipc://@tamma-events"
+
+
+def test_two_sockets_cannot_share_an_endpoint(tmp_path: Path) -> None:
+    same = f"ipc://{tmp_path}/same.sock"
+    with pytest.raises(ConfigError, match="control_endpoint and events_endpoint are the same"):
+        NodeConfig(control_endpoint=same, events_endpoint=f"ipc://{tmp_path}/./same.sock")
+    with pytest.raises(ConfigError, match="control_endpoint and workers_endpoint are the same"):
+        NodeConfig(data_dir=tmp_path, workers_endpoint=f"ipc://{tmp_path}/control.sock")
+    tcp = "tcp://127.0.0.1:5600"
+    with pytest.raises(ConfigError, match="workers_endpoint and events_endpoint are the same"):
+        NodeConfig(workers_endpoint=tcp, events_endpoint=tcp, insecure_tcp=True)
+    anyport = "tcp://127.0.0.1:*"  # each bind takes a free port of its own
+    cfg = NodeConfig(control_endpoint=anyport, events_endpoint=anyport, insecure_tcp=True)
+    assert cfg.control_address == cfg.events_address == anyport
+
+
 def test_curve_keys_come_in_pairs() -> None:
     with pytest.raises(ConfigError, match="go together"):
         NodeConfig(curve_public_key="P" * 40)
