@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from tamma_actors._errors import CodecError, InvalidRequest
 from tamma_actors._models import WorkflowConfig, WorkflowFilter
@@ -60,11 +60,6 @@ def inputs_map(inputs: Any, where: str = "inputs") -> dict[str, Any]:
     return dict(inputs)
 
 
-class _ListFilter(WorkflowFilter):
-    # A misspelt key must not pass unnoticed: ignored, it would list every execution.
-    model_config = ConfigDict(extra="forbid")
-
-
 def list_filter(filter: WorkflowFilter | Mapping[str, Any] | None) -> WorkflowFilter:
     """``filter`` checked as a list request's: snake_case or camelCase keys, one status or
     a list of them; an unknown key or a wrong value raises ``InvalidRequest``."""
@@ -75,7 +70,7 @@ def list_filter(filter: WorkflowFilter | Mapping[str, Any] | None) -> WorkflowFi
             f"a workflow filter is a WorkflowFilter or a mapping, not {type(filter).__name__}"
         )
     try:
-        return _ListFilter.model_validate(dict(filter or {}))
+        return WorkflowFilter.model_validate(dict(filter or {}))
     except ValidationError as exc:
         known = ", ".join(WorkflowFilter.model_fields)
         where = problems_of(exc).replace(

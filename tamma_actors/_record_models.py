@@ -198,6 +198,10 @@ class WorkflowEvent(_RecordModel):
 
 
 class WorkflowFilter(_RecordModel):
+    # What a caller writes, not what a node sends: a misspelt key must not pass unnoticed
+    # (ignored, it would list every execution).
+    model_config = ConfigDict(extra="forbid")
+
     status: list[ExecutionStatus] | None = None
     workflow_id: str | None = None
     limit: int | None = Field(None, ge=0)

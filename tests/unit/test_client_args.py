@@ -40,6 +40,11 @@ def test_a_filter_key_or_value_that_would_be_ignored_is_refused(
         list_filter(given_filter)
 
 
+def test_a_filter_made_directly_refuses_an_unknown_key_too() -> None:
+    with pytest.raises(ValueError, match="wrkflow_id"):
+        WorkflowFilter(wrkflow_id="x")  # type: ignore[call-arg]
+
+
 def test_a_filter_object_is_checked_again() -> None:
     changed = WorkflowFilter(limit=3)
     changed.limit = -1  # models are not validated on assignment
