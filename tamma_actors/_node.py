@@ -77,6 +77,11 @@ class _ActorSlot:
     def __init__(self) -> None:
         self.ref: pykka.ActorRef[Any] | None = None
         self.hold_dispatch = False  # draining: new steps stay committed as dispatched
+        # the worker pool's: what its connected workers offer (a remote worker's --allow)
+        self.offered: frozenset[str] = frozenset()
+
+    def set_offered(self, names: frozenset[str]) -> None:
+        self.offered = names
 
     def stats(self, timeout: float = 2.0, *, urgent: bool = False) -> dict[str, Any] | None:
         """The actor's ``stats()``, or None if it is not running or does not answer in
@@ -357,13 +362,18 @@ class Node(NodeChildren):
             store=self._store,
             dispatcher=self._dispatcher,
             deps=deps,
-            implementations=self.registry.names,
+            implementations=self._implementations,
             health_extra=self._health,
             write_block=self._writer.refusal,
             watchdog_interval=self.config.watchdog_interval,
             rest_after=self.config.rest_after,
             workflow_files=WorkflowFiles(self.config.workflow_file_dirs),
         )
+
+    def _implementations(self) -> list[str]:
+        """What a workflow may name: this node's registry, and what its connected workers
+        offer besides (a worker elsewhere started with ``--allow NAME=MODULE:ATTR``)."""
+        return [*self.registry.names(), *self._pool.offered]
 
     def _health(self) -> dict[str, Any]:
         report: dict[str, Any] = {

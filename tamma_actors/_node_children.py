@@ -137,6 +137,7 @@ class NodeChildren:
                 if cfg.worker_max_memory_mb is None
                 else cfg.worker_max_memory_mb << 20,
                 curve_secret_key=cfg.curve_secret_key,
+                on_offered=self._pool.set_offered,
             )
         else:
             self._control.ref = _bound(

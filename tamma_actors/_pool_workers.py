@@ -69,6 +69,8 @@ class ConnectedWorkers:
         _hb_timeout: float
         _max_rss: int | None
         _waiters: list[tuple[int, Future[None]]]
+        _offered: frozenset[str]
+        _on_offered: Callable[[frozenset[str]], None] | None
 
         def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
         def _read_batch(self) -> int: ...
@@ -97,6 +99,7 @@ class ConnectedWorkers:
             tasks=old.tasks if old is not None else set(),
         )
         self._workers[worker_id] = worker
+        self._offered_changed()
         self._send(identity, wire.welcome(self._hb_interval))
         log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
         self._notify_waiters()
@@ -106,6 +109,7 @@ class ConnectedWorkers:
         """Forget ``worker``, queue its tasks again, and kill it if it is ours."""
         if self._workers.pop(worker.worker_id, None) is None:
             return
+        self._offered_changed()
         log.warning("%s; re-dispatching %d task(s)", reason, len(worker.tasks))
         child = self._children.get(worker.worker_id)
         if kill and child is not None:
@@ -116,6 +120,14 @@ class ConnectedWorkers:
         worker.tasks.clear()
         self._requeue(lost, reason)
         self._pump()
+
+    def _offered_changed(self) -> None:
+        """Tell whoever asked what the connected workers offer now, if that changed."""
+        offered = frozenset(p for w in self._workers.values() for p in w.plugins)
+        if offered != self._offered:
+            self._offered = offered
+            if self._on_offered is not None:
+                self._on_offered(offered)
 
     def _requeue(self, tasks: list[_Task], reason: str) -> None:
         """Put tasks back at the head of the queue (they were first in line once already).

@@ -35,7 +35,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -135,6 +135,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         env: Mapping[str, str] | None = None,
         max_worker_rss: int | None = None,
         curve_secret_key: str | None = None,
+        on_offered: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         super().__init__(zmq_context)
         self._endpoint = endpoint
@@ -148,6 +149,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._env = {**os.environ, **(env or {})}
         self._max_rss = max_worker_rss  # bytes; a worker above it is replaced
         self._curve_secret = curve_secret_key
+        self._on_offered = on_offered  # told what the workers offer, whenever that changes
+        self._offered: frozenset[str] = frozenset()
         self._sock: zmq.Socket[bytes] | None = None
         self._workers: dict[str, PoolWorker] = {}
         self._children: dict[str, Child] = {}

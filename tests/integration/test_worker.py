@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ import psutil
 import pytest
 import zmq
 
+from tamma_actors import Client, WorkflowValidationError, _worker
 from tamma_actors import _wire as wire
-from tamma_actors import _worker
+from tamma_actors._config import load_node_config
 from tamma_actors._errors import TransportError
+from tamma_actors._node import Node
 from tamma_actors._worker import (
     EXIT_OK,
     EXIT_PARENT_DIED,
@@ -517,6 +519,42 @@ def test_a_stopping_worker_does_not_join_again(node: FakeNode, start: Any) -> No
     node.recv("bye")
     assert r.join() == EXIT_OK
     assert [m["t"] for m in node.frames].count("hello") == 1  # the first one only
+
+
+def test_a_plugin_only_a_connected_worker_offers_may_be_named(short_dir: Path) -> None:
+    """A worker elsewhere, started with ``--allow NAME=MODULE:ATTR``, offers a step the
+    node's own registry lacks: a workflow may name it while such a worker is connected."""
+    cfg = load_node_config(None, data_dir=short_dir / "var", workers=0)
+    spec = {"name": "remote", "steps": [{"name": "s", "implementation": "context"}]}
+
+    def offered(client: Client) -> set[str]:
+        return {p for w in client.health()["workers"]["workers"] for p in w["plugins"]}
+
+    def until(cond: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not cond():
+            assert time.monotonic() < deadline, "not in time"
+            time.sleep(0.02)
+
+    with Node(cfg), Client(cfg.control_address, timeout=TIMEOUT) as client:
+        with pytest.raises(WorkflowValidationError, match="unknown implementation 'context'"):
+            client.start_workflow(spec)  # no worker offers it
+        worker = Worker(
+            cfg.workers_address, heartbeat_interval=0.2, allowlist={"context": ALLOWLIST["context"]}
+        )
+        runs = threading.Thread(target=worker.run)
+        runs.start()
+        try:
+            until(lambda: "context" in offered(client))
+            done = client.wait(client.start_workflow(spec).id, timeout=TIMEOUT)
+            assert done.status == "completed" and done.results["s"].data["step"] == "s"
+        finally:
+            worker.request_stop()
+            runs.join(TIMEOUT)
+            worker.close()
+        until(lambda: not offered(client))
+        with pytest.raises(WorkflowValidationError, match="unknown implementation 'context'"):
+            client.start_workflow(spec)  # it left: none offers it any more
 
 
 def test_curve_over_tcp(zctx: zmq.Context[Any]) -> None:
