@@ -66,6 +66,8 @@ class BreakerGate:
         return registry, breaker_key(step.implementation, step.config)
 
     def _breaker_admits(self, name: str) -> bool:
+        if self.cfg.circuit_breaker is None:
+            return True  # the common case, on every step's path: no call further down
         refused = self._breaker_refuses(name)
         if refused is None:
             return True
@@ -110,7 +112,8 @@ class BreakerGate:
             self._probes[probe] = found[1]
 
     def _breaker_outcome(self, name: str, ok: bool) -> None:
-        self._outcome(name, name, ok, items=False)
+        if self.cfg.circuit_breaker is not None:  # else nothing to record (nor a probe)
+            self._outcome(name, name, ok, items=False)
 
     def _item_outcome(self, name: str, index: int, ok: bool) -> None:
         if self.cfg.circuit_breaker is not None:  # else nothing to record, nor to format
