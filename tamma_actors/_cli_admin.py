@@ -8,6 +8,7 @@ from typing import Any
 
 from tamma_actors._cli_output import ExitCode, Output
 from tamma_actors._client import Client
+from tamma_actors._durations import positive_days
 
 __all__ = ["add_admin_parser", "cmd_admin"]
 
@@ -25,7 +26,7 @@ def add_admin_parser(admin: argparse.ArgumentParser, common: argparse.ArgumentPa
     cleanup = ops.add_parser(
         "cleanup", help="delete terminal executions older than N days", parents=[common]
     )
-    cleanup.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    cleanup.add_argument("--older-than", type=positive_days, required=True, metavar="DAYS")
 
 
 def _show_verify(out: Output, report: dict[str, Any]) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tamma_actors._config import NodeConfig, load_node_config
+from tamma_actors._durations import positive_days
 from tamma_actors._errors import ConfigError, TammaError, WorkflowValidationError
 from tamma_actors._gc import tune_gc
 from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, gated_enabled
@@ -102,7 +103,7 @@ def _offline_parsers(sub: Any) -> None:
     verify.add_argument("--json", action="store_true")
     cleanup = sub.add_parser("cleanup", help="delete old terminal executions (node stopped)")
     cleanup.add_argument("--data-dir", type=Path, default=Path("var"))
-    cleanup.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    cleanup.add_argument("--older-than", type=positive_days, required=True, metavar="DAYS")
     restore = sub.add_parser("restore", help="check a backup and copy it into a new data dir")
     restore.add_argument("backup", type=Path, help="a directory made by `tamma admin backup`")
     restore.add_argument("--data-dir", type=Path, required=True, help="new or empty directory")

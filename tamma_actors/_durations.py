@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from typing import Literal
 
-__all__ = ["DurationUnit", "format_duration", "parse_duration"]
+__all__ = ["DurationUnit", "format_duration", "parse_duration", "positive_days"]
 
 DurationUnit = Literal["ms", "s", "m"]
 
@@ -98,3 +99,15 @@ def format_duration(seconds: float) -> str:
 def _trim(number: float) -> str:
     text = f"{number:.3f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def positive_days(text: str) -> float:
+    """A number of days above zero, as ``--older-than`` takes it (an argparse type, so both
+    ``tamma admin cleanup`` and ``tamma-node cleanup`` refuse ``0`` the same way)."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not (days > 0 and math.isfinite(days)):
+        raise argparse.ArgumentTypeError(f"must be a number of days above 0, not {text!r}")
+    return days

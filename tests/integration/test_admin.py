@@ -520,5 +520,10 @@ def test_the_admin_cli_speaks_json(
     assert json.loads(capsys.readouterr().out)["deleted"] == []
     assert tamma(["--data-dir", str(data), "admin", "cleanup", "--older-than", "1"]) == 0
     assert "deleted 0 execution(s)" in capsys.readouterr().out
-    assert tamma([*base, "cleanup", "--older-than", "0"]) == 2  # refused by the node
-    assert "older_than_days" in capsys.readouterr().err
+    for days in ("0", "-1", "nan", "soon"):  # refused before any request, as tamma-node's
+        assert tamma([*base, "cleanup", "--older-than", days]) == 2
+        assert "argument --older-than: " in capsys.readouterr().err
+        with pytest.raises(SystemExit) as usage:
+            tamma_node(["cleanup", "--data-dir", str(data), "--older-than", days])
+        assert usage.value.code == 2
+        assert "argument --older-than: " in capsys.readouterr().err
