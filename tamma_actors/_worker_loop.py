@@ -184,8 +184,8 @@ class Worker:
         """Serve until stopped; returns the process exit code."""
         try:
             return self._serve()
-        except TransportError:
-            log.exception("worker %s: transport failed", self.worker_id)
+        except TransportError as exc:  # a known failure: one line says it, no traceback
+            log.error("worker %s: transport failed: %s", self.worker_id, exc)
             return EXIT_TRANSPORT
 
     def _serve(self) -> int:

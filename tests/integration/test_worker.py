@@ -591,11 +591,15 @@ def test_slots_must_be_positive() -> None:
         Worker("ipc:///nonexistent", slots=0)
 
 
-def test_send_failure_ends_run_with_transport_code(node: FakeNode) -> None:
+def test_send_failure_ends_run_with_transport_code(
+    node: FakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
     w = Worker(node.endpoint, heartbeat_interval=0.2)
     w._sock.close(0)  # a socket that fails under the worker's feet
     try:
         assert w.run() == EXIT_TRANSPORT
+        [line] = [r for r in caplog.records if "transport failed" in r.getMessage()]
+        assert line.exc_info is None  # one line naming the failure, not a traceback
     finally:
         w.close()
         w.close()
