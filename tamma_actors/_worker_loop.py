@@ -145,7 +145,7 @@ class Worker:
             sock.setsockopt(zmq.LINGER, _LINGER_MS)
             sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
-            if curve is not None:
+            if curve is not None and endpoint.startswith("tcp://"):  # as the node: tcp only
                 sock.curve_serverkey = curve.server_key.encode()
                 sock.curve_publickey = curve.public_key.encode()
                 sock.curve_secretkey = curve.secret_key.encode()

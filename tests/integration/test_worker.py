@@ -575,6 +575,19 @@ def test_curve_over_tcp(zctx: zmq.Context[Any]) -> None:
         CurveKeys(server_public.decode(), public_key="x")
 
 
+def test_a_curve_key_leaves_an_ipc_connection_plain(node: FakeNode) -> None:
+    """As the node does: CURVE is for tcp:// only; a key given with an ipc:// endpoint
+    (one command line for every worker, say) must not make the worker unable to join."""
+    server_public, _ = zmq.curve_keypair()
+    with Worker(node.endpoint, curve=CurveKeys(server_public.decode())) as w:
+        r = Running(w)
+        try:
+            assert node.recv("hello")["worker_id"] == w.worker_id
+        finally:
+            r.worker.request_stop()
+            r.join()
+
+
 def test_bad_endpoint_is_a_transport_error() -> None:
     with pytest.raises(TransportError, match="cannot connect"):
         Worker("bogus://nowhere")
