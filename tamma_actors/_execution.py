@@ -255,7 +255,7 @@ class ExecutionSupervisor(
                 if busy >= limit:
                     break
                 busy += self._launch(name, steps[name].attempts + 1)
-        if busy >= limit:  # at the cap: what takes no slot (a wait, a decision) still goes
+        if busy >= limit and self.cfg.max_parallel:  # at the cap: what takes no slot goes
             for name in self._slotless():
                 if steps[name].status == "ready":
                     self._launch(name, steps[name].attempts + 1)

@@ -163,6 +163,9 @@ class TaskReports:
         info, delay = plan_retry(self.cfg.retry_policy_for(name), used, error, self.deps.rand)
         if delay is not None:
             at = self.deps.clock() + delay
+            # while paused the whole wait is left for the resume: the event says so, so
+            # that a log written before this rule replays as it ran
+            held = {"frozen": delay} if self.state.status == "paused" else {}
             self._emit(
                 "step.retry_scheduled",
                 step=name,
@@ -170,6 +173,7 @@ class TaskReports:
                 error=info,
                 delay_s=delay,
                 retry_at=at,
+                **held,
             )
             if self.state.status == "running":
                 self._arm_retry(name, attempt, at)

@@ -249,8 +249,8 @@ def _retry_scheduled(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st = _move_step(state, ev["data"]["step"], S.RETRY_WAIT)
     st.error = ev["data"].get("error")
     st.deadline = None
-    if state.status == E.PAUSED.value:  # failed while paused: its wait begins on resume
-        st.retry_at, st.frozen_delay = None, ev["data"].get("delay_s", 0.0)
+    if "frozen" in ev["data"]:  # failed while paused: its whole wait begins on resume
+        st.retry_at, st.frozen_delay = None, ev["data"]["frozen"]
     else:
         st.retry_at, st.frozen_delay = ev["data"]["retry_at"], None
     state.retries += 1

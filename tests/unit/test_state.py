@@ -100,6 +100,17 @@ def test_pause_freezes_and_resume_rearms_retry_times() -> None:
     assert state.steps["a"].retry_at == 1020.0 and state.steps["a"].frozen_delay is None
 
 
+def test_a_retry_scheduled_during_a_pause_keeps_its_whole_wait_for_the_resume() -> None:
+    start = [*HAPPY[:5], ("workflow.paused", {"reason": "ops"})]
+    failed = {"step": "a", "attempt": 1, "retry_at": 1010.0, "delay_s": 5.0}
+    state, _ = _run([*start, ("step.retry_scheduled", {**failed, "frozen": 5.0})])
+    a = state.steps["a"]
+    assert (a.status, a.retry_at, a.frozen_delay) == ("retry_wait", None, 5.0)
+    # a log written before the event said so replays as that node ran it
+    state, _ = _run([*start, ("step.retry_scheduled", failed)])
+    assert (state.steps["a"].retry_at, state.steps["a"].frozen_delay) == (1010.0, None)
+
+
 @given(st.integers(min_value=0, max_value=len(HAPPY)))
 def test_snapshot_plus_tail_equals_full_replay(cut: int) -> None:
     _, log = _run(HAPPY)
