@@ -211,4 +211,7 @@ class NodeChildren:
                 # the next check restarts it, within the same restart intensity.
                 log.error("child %s could not be restarted: %s", child.name, exc)
                 self._running.append(child)
+            except Exception:  # out of file descriptors, say: the same, with the traceback
+                log.exception("child %s could not be restarted", child.name)
+                self._running.append(child)
         return True

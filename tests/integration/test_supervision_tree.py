@@ -164,3 +164,18 @@ def test_a_child_that_cannot_bind_again_counts_as_dying_again(
         .startswith("child event_bus could not be restarted: events_endpoint 'ipc://")
     )
     assert "Unhandled exception" not in caplog.text
+
+
+def test_a_child_whose_restart_fails_otherwise_counts_as_dying_again(
+    make_node: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = make_node("one_for_one", max_restarts=2)
+
+    def fail(self: EventBus) -> None:
+        raise OSError(24, "Too many open files")  # not a bind refusal: the node goes on
+
+    monkeypatch.setattr(EventBus, "on_start", fail)
+    kill_bus(running)
+    assert running.exit.result(WAIT) == EXIT_ESCALATED  # after its restart intensity
+    refusals = [r for r in caplog.records if "could not be restarted" in r.getMessage()]
+    assert len(refusals) == 2 and refusals[0].exc_info is not None
