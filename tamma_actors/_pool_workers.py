@@ -52,7 +52,9 @@ class PoolWorker:
     last_seen_wall: float
     rss: int = 0
     tasks: set[str] = field(default_factory=set)
-    stopping: bool = False  # it gave back a step unasked: it is leaving, send it no more
+    # it gave back a step unasked: it is likely leaving, so it is sent nothing until then
+    # (monotonic; a step that raised StepCancelled itself looks the same: see _leaving)
+    sent_nothing_until: float | None = None
 
 
 class ConnectedWorkers:
@@ -192,7 +194,6 @@ class ConnectedWorkers:
             "local": w.local,
             "slots": w.slots,
             "busy": len(w.tasks),
-            "stopping": w.stopping,
             "plugins": sorted(w.plugins),
             "rss": w.rss,
             "last_seen": w.last_seen_wall,

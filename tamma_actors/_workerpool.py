@@ -306,7 +306,12 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         worker offers keep their place at the head of the queue."""
         if not self._queue or self._holding:
             return
-        free = [w for w in self._workers.values() if len(w.tasks) < w.slots and not w.stopping]
+        now = time.monotonic()
+        free = [
+            w
+            for w in self._workers.values()
+            if len(w.tasks) < w.slots and not self._leaving(w, now)
+        ]
         skipped: list[str] = []
         broken: list[PoolWorker] = []
         while self._queue and free:
@@ -327,6 +332,13 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._queue.extendleft(reversed(skipped))
         for worker in broken:
             self._worker_lost(worker, f"worker {worker.worker_id} unreachable", kill=True)
+
+    def _leaving(self, worker: PoolWorker, now: float) -> bool:
+        """A worker that gave a step back unasked is stopping, most likely: its other
+        steps come back the same way or at its bye, within its cancel grace, or it falls
+        silent. Until then it is sent nothing (a step sent back to it would be lost twice);
+        one still here after that was not leaving (a step raised StepCancelled itself)."""
+        return worker.sent_nothing_until is not None and now < worker.sent_nothing_until
 
     def _send(self, identity: bytes, msg: dict[str, Any] | bytes) -> bool:
         assert self._sock is not None
@@ -407,7 +419,9 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             for report in reports:
                 notify(task.reply_to, report)
-            worker.stopping = True  # its other steps come back the same way, or at its bye
+            window = self._cancel_grace + self._hb_timeout  # see _leaving
+            worker.sent_nothing_until = time.monotonic() + window
+            self.call_later(window, self._pump)  # then it may get work again
             self._requeue([task], f"worker {worker.worker_id} is stopping")
         else:
             if task.cancel_timer is not None:

@@ -483,6 +483,28 @@ def test_unasked_cancelled_result_is_redispatched(fake: Any) -> None:
     assert [r.reason for r in h.inbox.of(TaskRedispatched, "x")] == ["worker a is stopping"]
 
 
+def test_a_worker_that_gave_a_step_back_but_stays_is_sent_work_again(
+    make: Callable[..., Harness], zctx: Any
+) -> None:
+    """A step may raise StepCancelled itself: its worker is not leaving after all, and
+    once it could have left (cancel grace + heartbeat timeout) it gets work again."""
+    h = make(heartbeat_timeout=1.0, cancel_grace=0.3)
+    a = FakeWorker(zctx, h.endpoint(), "a")
+    try:
+        a.hello(["noop"])
+        h.dispatch(task("x"))
+        a.recv()
+        error = {"type": "StepCancelled", "message": "m", "retryable": False, "retry_after": None}
+        a.send(wire.result_error("x", error, 1))
+        deadline = time.monotonic() + TIMEOUT
+        while not a.sock.poll(100):  # it keeps its heartbeats up meanwhile
+            assert time.monotonic() < deadline, "x never came back to a"
+            a.send(wire.hb("a", [], 0))
+        assert a.recv()["task_id"] == "x"
+    finally:
+        a.close()
+
+
 def test_remote_worker_ignoring_cancel_is_dropped(fake: Any) -> None:
     h, new = fake
     a = new("a")
