@@ -84,12 +84,18 @@ class BreakerGate:
             return None
         registry, key = found
         assert self.cfg.circuit_breaker is not None
-        allowed, state = registry.acquire(key, self.cfg.circuit_breaker, self.actor_ref)
+        allowed, state = registry.acquire(
+            key, self.cfg.circuit_breaker, self.actor_ref, self._holder(probe or name)
+        )
         if not allowed:
             return key, state
         if state.phase == "half_open":
             self._probes[probe or name] = key
         return None
+
+    def _holder(self, probe: str) -> str:
+        """How the registry knows one call of this execution (a step, or an item)."""
+        return f"{self.state.id}/{probe}"
 
     def _note_held(self, name: str, refused: tuple[str, BreakerState]) -> None:
         """Record, once, that the step (or its pending items) waits for this breaker."""
@@ -108,7 +114,7 @@ class BreakerGate:
 
     def _readmit(self, name: str, probe: str, *, items: bool) -> None:
         found = self._breaker_of(name, items=items)
-        if found is not None and found[0].readmit(found[1]):
+        if found is not None and found[0].readmit(found[1], self._holder(probe)):
             self._probes[probe] = found[1]
 
     def _breaker_outcome(self, name: str, ok: bool) -> None:
@@ -131,7 +137,7 @@ class BreakerGate:
         """A call ended without an outcome (``name``: a step, or an item's probe key)."""
         key = self._probes.pop(name, None)
         if key is not None and self.deps.breakers is not None:
-            self.deps.breakers.release(key)
+            self.deps.breakers.release(key, self._holder(name))
 
     def _pump_held(self, key: str) -> None:
         """Dispatch the parallel items that wait for breaker ``key`` (see _parallel)."""

@@ -73,6 +73,9 @@ class BreakerRegistry:
         self._states: dict[str, BreakerState] = {}
         self._waiters: dict[str, dict[str, pykka.ActorRef[Any]]] = {}
         self._wakeups: dict[str, TimerHandle] = {}
+        # who holds each half-open breaker's probe slots (not persisted, as the count):
+        # a call counted once, whether admitted, or sent again by a revived execution
+        self._probing: dict[str, set[str]] = {}
         for key, data in (loaded or {}).items():
             try:
                 self._states[key] = BreakerState.from_dict(data)
@@ -84,9 +87,14 @@ class BreakerRegistry:
             return current(self._states.get(key, BreakerState()), self._clock())
 
     def acquire(
-        self, key: str, policy: BreakerPolicyLike, waiter: pykka.ActorRef[Any]
+        self,
+        key: str,
+        policy: BreakerPolicyLike,
+        waiter: pykka.ActorRef[Any],
+        holder: str | None = None,
     ) -> tuple[bool, BreakerState]:
-        """Admit a call, or remember ``waiter`` to tell it when the breaker may admit one."""
+        """Admit a call, or remember ``waiter`` to tell it when the breaker may admit one.
+        ``holder`` names the call (a probe slot is then known to be its)."""
         with self._lock:
             now = self._clock()
             old = self._states.get(key, BreakerState())
@@ -95,18 +103,33 @@ class BreakerRegistry:
             if not allowed:
                 self._waiters.setdefault(key, {})[waiter.actor_urn] = waiter
                 self._arm(key, new, now)
+            elif new.phase == "half_open" and holder is not None:
+                self._probing.setdefault(key, set()).add(holder)
             return allowed, new
 
-    def readmit(self, key: str) -> bool:
-        """A call admitted before the node restarted goes out again: True when it takes a
-        probe slot of the half-open breaker (so no other caller takes that slot)."""
+    def readmit(self, key: str, holder: str) -> bool:
+        """A call in flight goes out again (after a restart of the node, or from an execution
+        brought back while it runs): True when it is one of the half-open breaker's
+        probes. It takes a slot only if it does not hold one already."""
         with self._lock:
-            probe, self._states[key] = readmit(self._states.get(key, BreakerState()), self._clock())
-            return probe
+            state = current(self._states.get(key, BreakerState()), self._clock())
+            if state.phase != "half_open":
+                return False
+            holders = self._probing.setdefault(key, set())
+            if holder not in holders:
+                holders.add(holder)
+                _, self._states[key] = readmit(state, self._clock())
+            return True
 
-    def release(self, key: str) -> None:
-        """A probe ended without an outcome: another waiter may take its place."""
+    def release(self, key: str, holder: str | None = None) -> None:
+        """A probe ended without an outcome: another waiter may take its place (once per
+        probe: a ``holder`` that holds no slot gives nothing back)."""
         with self._lock:
+            if holder is not None:
+                holders = self._probing.get(key, set())
+                if holder not in holders:
+                    return
+                holders.discard(holder)
             now = self._clock()
             self._states[key] = release(self._states.get(key, BreakerState()), now)
             self._wake(key)
@@ -121,6 +144,8 @@ class BreakerRegistry:
             fn = record_success if ok else record_failure
             new = fn(old, policy, now)
             self._states[key] = new
+            if new.phase != "half_open":  # its probes have ended with it
+                self._probing.pop(key, None)
             if new == old:
                 return new
             events = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pykka
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +17,9 @@ from tamma_actors._breaker import (
     record_success,
     release,
 )
+from tamma_actors._breakers import BreakerRegistry
 from tamma_actors._errors import StoreCorrupted
+from tamma_actors._timers import ManualTimers
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,35 @@ def test_properties_over_any_sequence(policy: Policy, steps: list[tuple[str, flo
         # time alone only ever turns open into half-open
         later = current(s, now + policy.reset_timeout)
         assert later.phase == ("half_open" if s.phase != "closed" else "closed")
+
+
+class _Writes:
+    def submit(self, write: object, done: object = None) -> None:
+        if callable(done):
+            done(None)
+
+
+def test_a_probe_slot_is_counted_once_per_call_whoever_sends_it_again() -> None:
+    """The registry knows which call holds each probe slot: an execution brought back
+    while the node runs sends its call again without taking a second slot, a node that
+    restarted (the count is not persisted) takes it anew, and a release gives back once."""
+    now = [0.0]
+    registry = BreakerRegistry(_Writes(), ManualTimers(), clock=lambda: now[0])
+    policy = Policy(failure_threshold=1, half_open_max_calls=2)
+    registry.record("svc", policy, False)
+    now[0] = 10.0  # half-open
+    waiter = pykka.ThreadingActor.start()  # never told: every call here is admitted
+    try:
+        assert registry.acquire("svc", policy, waiter, "e1/a")[0]
+    finally:
+        waiter.stop()
+    assert registry.readmit("svc", "e1/a")  # the same call, sent again: one slot still
+    assert registry.state("svc").probes == 1
+    assert registry.readmit("svc", "e2/b")  # in flight when the node restarted
+    assert registry.state("svc").probes == 2
+    registry.release("svc", "e1/a")
+    registry.release("svc", "e1/a")  # released once only
+    assert registry.state("svc").probes == 1
+    registry.record("svc", policy, True)  # a probe's success closes it: no probes left
+    assert registry.state("svc").phase == "closed"
+    assert not registry.readmit("svc", "e2/b")
