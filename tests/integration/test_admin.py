@@ -67,6 +67,15 @@ def chain(name: str = "chain", *impls: str) -> dict[str, Any]:
 HANG = {"name": "hang", "steps": [{"name": "h", "implementation": "hang"}]}
 
 
+def until_running(client: Client, eid: str, step: str) -> None:
+    """Wait (bounded) until ``step`` of ``eid`` is running."""
+    for _ in range(400):
+        if client.get_workflow(eid).results[step].status == "running":
+            return
+        client.wait(eid, timeout=0.02)
+    raise AssertionError(f"step {step!r} of {eid} never ran")
+
+
 @pytest.fixture
 def data(short_dir: Path) -> Path:
     return short_dir / "var"
@@ -376,10 +385,7 @@ def test_drain_holds_new_dispatches_and_the_next_start_sends_them(
     }
     with Node(config(data)) as node, Client(node.config.control_address, timeout=WAIT) as c:
         eid = c.start_workflow(spec).id
-        for _ in range(400):
-            if c.get_workflow(eid).results["slow"].status == "running":
-                break
-            c.wait(eid, timeout=0.02)
+        until_running(c, eid, "slow")
         assert node.drain(grace=WAIT) is True
         record = c.get_workflow(eid)
         assert record.results["slow"].status == "succeeded"
@@ -405,10 +411,7 @@ def test_a_drain_sends_no_queued_step_and_does_not_wait_for_queued_ones(data: Pa
         Client(node.config.control_address, timeout=WAIT) as c,
     ):
         eid = c.start_workflow(spec).id
-        for _ in range(400):
-            if c.get_workflow(eid).results["first"].status == "running":
-                break
-            c.wait(eid, timeout=0.02)
+        until_running(c, eid, "first")
         assert node.drain(grace=WAIT) is True  # the running one finished
         results = c.get_workflow(eid).results
         assert results["first"].status == "succeeded"
@@ -436,10 +439,7 @@ def test_a_step_no_worker_took_leaves_nothing_to_drain(data: Path) -> None:
 
 def test_a_drain_that_runs_out_of_grace_says_so(node: Node, client: Client) -> None:
     eid = client.start_workflow(HANG).id
-    for _ in range(400):
-        if client.get_workflow(eid).results["h"].status == "running":
-            break
-        client.wait(eid, timeout=0.02)
+    until_running(client, eid, "h")
     assert node.drain(grace=0.2) is False
 
 
@@ -491,10 +491,7 @@ def test_a_damaged_snapshot_is_reported_and_recovery_replays_the_whole_log(data:
         Client(node.config.control_address, timeout=WAIT) as c,
     ):
         eid = c.start_workflow(HANG).id
-        for _ in range(400):
-            if c.get_workflow(eid).results["h"].status == "running":
-                break
-            c.wait(eid, timeout=0.02)
+        until_running(c, eid, "h")
     env = lmdb.open(str(data / "store"), max_dbs=10)
     try:
         with env.begin(write=True) as txn:

@@ -563,12 +563,7 @@ def test_curve_over_tcp(zctx: zmq.Context[Any]) -> None:
     endpoint = fake.sock.getsockopt_string(zmq.LAST_ENDPOINT)
     try:
         with Worker(endpoint, curve=CurveKeys(server_public.decode())) as w:
-            r = Running(w)
-            try:
-                assert fake.recv("hello")["worker_id"] == w.worker_id
-            finally:
-                r.worker.request_stop()
-                r.join()
+            _joins(fake, w)
     finally:
         fake.sock.close(0)
     with pytest.raises(TransportError, match="both"):
@@ -580,12 +575,17 @@ def test_a_curve_key_leaves_an_ipc_connection_plain(node: FakeNode) -> None:
     (one command line for every worker, say) must not make the worker unable to join."""
     server_public, _ = zmq.curve_keypair()
     with Worker(node.endpoint, curve=CurveKeys(server_public.decode())) as w:
-        r = Running(w)
-        try:
-            assert node.recv("hello")["worker_id"] == w.worker_id
-        finally:
-            r.worker.request_stop()
-            r.join()
+        _joins(node, w)
+
+
+def _joins(node: FakeNode, worker: Worker) -> None:
+    """``worker`` runs until it has said hello to ``node``, then stops."""
+    r = Running(worker)
+    try:
+        assert node.recv("hello")["worker_id"] == worker.worker_id
+    finally:
+        r.worker.request_stop()
+        r.join()
 
 
 def test_bad_endpoint_is_a_transport_error() -> None:
