@@ -12,24 +12,16 @@ from pydantic import ValidationError
 
 from tamma_actors._errors import CodecError, InvalidRequest
 from tamma_actors._models import WorkflowConfig, WorkflowFilter
+from tamma_actors._protocol import problems_summary
 from tamma_actors._workflow_file import read_workflow_mapping
 
 __all__ = [
     "inputs_map",
     "list_filter",
-    "problems_of",
     "unsendable",
     "unsendable_error",
     "workflow_definition",
 ]
-
-
-def problems_of(exc: ValidationError) -> str:
-    """A pydantic error as a request's error names it: ``loc: message; ...``."""
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}"
-        for e in exc.errors(include_url=False)
-    )
 
 
 def workflow_definition(
@@ -73,7 +65,7 @@ def list_filter(filter: WorkflowFilter | Mapping[str, Any] | None) -> WorkflowFi
         return WorkflowFilter.model_validate(dict(filter or {}))
     except ValidationError as exc:
         known = ", ".join(WorkflowFilter.model_fields)
-        where = problems_of(exc).replace(
+        where = problems_summary(exc).replace(
             "Extra inputs are not permitted", f"unknown key (a filter has {known})"
         )
         raise InvalidRequest(f"invalid workflow filter: {where}") from exc

@@ -21,20 +21,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tamma_actors._client import _validated as validated
 from tamma_actors._client_args import (
     inputs_map,
     list_filter,
-    problems_of,
     unsendable_error,
     workflow_definition,
 )
 from tamma_actors._codec import pack, unpack
 from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._engine import Engine
-from tamma_actors._errors import CodecError, InvalidRequest, RequestTimeout, SupervisionError
+from tamma_actors._errors import CodecError, RequestTimeout, SupervisionError
 from tamma_actors._models import (
     StepResult,
     WorkflowConfig,
@@ -47,7 +46,6 @@ from tamma_actors._models import (
 from tamma_actors._node import Node
 from tamma_actors._protocol import (
     MAX_WAIT_SECONDS,
-    OPS,
     AbortArgs,
     EventsArgs,
     ExecuteArgs,
@@ -55,6 +53,7 @@ from tamma_actors._protocol import (
     RetryArgs,
     StartArgs,
     WaitArgs,
+    checked_args,
 )
 
 __all__ = ["WorkflowEngine"]
@@ -75,13 +74,11 @@ def _as_sent(op: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checked(op: str, model: type[A], **args: Any) -> A:
-    """``args`` checked by ``model`` (``op``'s argument model on the wire), as the control
-    server checks a request's: the same mistake raises the same ``InvalidRequest``."""
-    assert OPS[op][0] is model
-    try:
-        return model.model_validate(args)
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid arguments for {op!r}: {problems_of(exc)}") from exc
+    """``args`` checked as the control server checks ``op``'s (its model is ``model``):
+    the same mistake raises the same ``InvalidRequest``."""
+    checked = checked_args(op, args)
+    assert isinstance(checked, model)
+    return checked
 
 
 class WorkflowEngine:

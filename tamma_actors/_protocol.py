@@ -56,12 +56,14 @@ __all__ = [
     "StartManyArgs",
     "WaitArgs",
     "authorize",
+    "checked_args",
     "compact_outcome",
     "error_map",
     "error_reply",
     "make_request",
     "ok_reply",
     "parse_request",
+    "problems_summary",
     "require_role",
 ]
 
@@ -233,6 +235,30 @@ def _problems(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
+def problems_summary(exc: ValidationError) -> str:
+    """A pydantic error as a request's error names it: ``loc: message; ...``."""
+    return _summary(_problems(exc))
+
+
+def _summary(problems: list[dict[str, str]]) -> str:
+    return "; ".join(f"{p['loc'] or 'args'}: {p['message']}" for p in problems)
+
+
+def checked_args(op: str, raw_args: Any, request_id: RequestId | None = None) -> _Args:
+    """``raw_args`` checked by ``op``'s argument model: by the control server for a
+    request, by the embedded engine for a call, so a mistake is the same ``InvalidRequest``."""
+    model, _ = OPS[op]
+    try:
+        return model.model_validate(raw_args)
+    except ValidationError as exc:
+        problems = _problems(exc)
+        raise InvalidRequest(
+            f"invalid arguments for {op!r}: {_summary(problems)}",
+            request_id=request_id,
+            details=problems,
+        ) from exc
+
+
 def _read_id(msg: dict[Any, Any]) -> RequestId | None:
     rid = msg.get("id")
     # bool is an int to Python but never a sensible id.
@@ -280,16 +306,7 @@ def parse_request(frame: bytes, max_size: int | None = None) -> Request:
     raw_args = msg.get("args", {})
     if not isinstance(raw_args, dict):
         raise InvalidRequest("request 'args' must be a map", request_id=rid)
-    model, _ = OPS[op]
-    try:
-        args = model.model_validate(raw_args)
-    except ValidationError as exc:
-        problems = _problems(exc)
-        summary = "; ".join(f"{p['loc'] or 'args'}: {p['message']}" for p in problems)
-        raise InvalidRequest(
-            f"invalid arguments for {op!r}: {summary}", request_id=rid, details=problems
-        ) from exc
-    return Request(id=rid, op=op, args=args, token=token)
+    return Request(id=rid, op=op, args=checked_args(op, raw_args, rid), token=token)
 
 
 def make_request(
