@@ -20,7 +20,7 @@ from tamma_actors._config import NodeConfig, load_node_config
 from tamma_actors._durations import positive_days
 from tamma_actors._errors import ConfigError, TammaError, WorkflowValidationError
 from tamma_actors._gc import tune_gc
-from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, gated_enabled
+from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, allow_entry, gated_enabled
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 __all__ = ["main"]
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     add_gated_flags(worker)
     worker.add_argument(
         "--allow",
-        type=_allow_entry,
+        type=allow_entry,
         action="append",
         default=[],
         metavar="NAME=MODULE:ATTR",
@@ -89,12 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("keygen", help="print a new CURVE key pair for a node's tcp:// endpoints")
     return parser
-
-
-def _allow_entry(text: str) -> tuple[str, str]:
-    from tamma_actors._worker import _allow_entry as worker_allow_entry  # as the worker's
-
-    return worker_allow_entry(text)
 
 
 def _offline_parsers(sub: Any) -> None:

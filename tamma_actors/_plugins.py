@@ -31,6 +31,7 @@ __all__ = [
     "GATED_BUILTINS",
     "PluginRegistry",
     "add_gated_flags",
+    "allow_entry",
     "gated_enabled",
     "load_registry",
 ]
@@ -55,6 +56,15 @@ def add_gated_flags(parser: argparse.ArgumentParser, default: bool | None = Fals
             default=default,
             help=f"register the `{name}` step implementation",
         )
+
+
+def allow_entry(text: str) -> tuple[str, str]:
+    """An ``--allow NAME=MODULE:ATTR`` flag (an argparse type): a worker's own allowlist
+    entry; its target is checked as the node's allowlist is, when the registry loads."""
+    name, sep, target = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=module:attr, got {text!r}")
+    return name, target
 
 
 def gated_enabled(values: object) -> frozenset[str]:

@@ -29,7 +29,7 @@ from tamma_actors import _wire as wire
 from tamma_actors._affinity import parse_cpus, restore
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._gc import tune_gc
-from tamma_actors._plugins import add_gated_flags, gated_enabled
+from tamma_actors._plugins import add_gated_flags, allow_entry, gated_enabled
 from tamma_actors._worker_loop import (
     EXIT_OK,
     EXIT_PARENT_DIED,
@@ -155,13 +155,6 @@ def _endpoint_refusal(endpoint: str, exc: TransportError) -> str:
     return f"cannot connect to {endpoint!r}: {reason} (expected tcp://HOST:PORT or ipc://PATH)"
 
 
-def _allow_entry(text: str) -> tuple[str, str]:
-    name, sep, target = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=module:attr, got {text!r}")
-    return name, target
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tamma-node worker", description=__doc__.split("\n")[0])
     p.add_argument("--connect", required=True, help="the node's workers endpoint")
@@ -173,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     add_gated_flags(p)
     p.add_argument(
         "--allow",
-        type=_allow_entry,
+        type=allow_entry,
         action="append",
         default=[],
         metavar="NAME=module:attr",
