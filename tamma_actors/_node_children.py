@@ -206,12 +206,12 @@ class NodeChildren:
         for child in sorted(affected, key=lambda c: order[c.name]):
             try:
                 self._start_child(child)
-            except TransportError as exc:
-                # Its endpoint was taken meanwhile, say: it counts as failing again, and
-                # the next check restarts it, within the same restart intensity.
-                log.error("child %s could not be restarted: %s", child.name, exc)
-                self._running.append(child)
-            except Exception:  # out of file descriptors, say: the same, with the traceback
-                log.exception("child %s could not be restarted", child.name)
+            except Exception as exc:
+                # Its endpoint taken meanwhile, no file descriptors left: it counts as
+                # failing again, and the next check restarts it, within the same restart
+                # intensity (a refused bind says all in one line; anything else, a traceback).
+                unforeseen = not isinstance(exc, TransportError)
+                log.error("child %s could not be restarted: %s", child.name, exc,
+                          exc_info=unforeseen)  # fmt: skip
                 self._running.append(child)
         return True
