@@ -112,14 +112,12 @@ class BreakerRegistry:
         brought back while it runs): True when it is one of the half-open breaker's
         probes. It takes a slot only if it does not hold one already."""
         with self._lock:
-            state = current(self._states.get(key, BreakerState()), self._clock())
-            if state.phase != "half_open":
-                return False
-            holders = self._probing.setdefault(key, set())
-            if holder not in holders:
-                holders.add(holder)
-                _, self._states[key] = readmit(state, self._clock())
-            return True
+            if holder in self._probing.get(key, ()):  # only while half-open: see record
+                return True
+            probe, self._states[key] = readmit(self._states.get(key, BreakerState()), self._clock())
+            if probe:
+                self._probing.setdefault(key, set()).add(holder)
+            return probe
 
     def release(self, key: str, holder: str | None = None) -> None:
         """A probe ended without an outcome: another waiter may take its place (once per
