@@ -53,8 +53,15 @@ class PoolWorker:
     rss: int = 0
     tasks: set[str] = field(default_factory=set)
     # it gave back a step unasked: it is likely leaving, so it is sent nothing until then
-    # (monotonic; a step that raised StepCancelled itself looks the same: see _leaving)
+    # (monotonic; a step that raised StepCancelled itself looks the same: see leaving)
     sent_nothing_until: float | None = None
+
+    def leaving(self, now: float) -> bool:
+        """Whether it gave a step back unasked a short while ago, so is most likely
+        stopping: its other steps come back the same way or at its bye, or it falls
+        silent. Until then it is sent nothing (a step sent back to it would be lost twice);
+        one still here after that was not leaving (a step raised StepCancelled itself)."""
+        return self.sent_nothing_until is not None and now < self.sent_nothing_until
 
 
 class ConnectedWorkers:

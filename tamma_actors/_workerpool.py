@@ -307,11 +307,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if not self._queue or self._holding:
             return
         now = time.monotonic()
-        free = [
-            w
-            for w in self._workers.values()
-            if len(w.tasks) < w.slots and not self._leaving(w, now)
-        ]
+        free = [w for w in self._workers.values() if len(w.tasks) < w.slots and not w.leaving(now)]
         skipped: list[str] = []
         broken: list[PoolWorker] = []
         while self._queue and free:
@@ -332,13 +328,6 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._queue.extendleft(reversed(skipped))
         for worker in broken:
             self._worker_lost(worker, f"worker {worker.worker_id} unreachable", kill=True)
-
-    def _leaving(self, worker: PoolWorker, now: float) -> bool:
-        """A worker that gave a step back unasked is stopping, most likely: its other
-        steps come back the same way or at its bye, within its cancel grace, or it falls
-        silent. Until then it is sent nothing (a step sent back to it would be lost twice);
-        one still here after that was not leaving (a step raised StepCancelled itself)."""
-        return worker.sent_nothing_until is not None and now < worker.sent_nothing_until
 
     def _send(self, identity: bytes, msg: dict[str, Any] | bytes) -> bool:
         assert self._sock is not None
@@ -419,7 +408,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             for report in reports:
                 notify(task.reply_to, report)
-            window = self._cancel_grace + self._hb_timeout  # see _leaving
+            window = self._cancel_grace + self._hb_timeout  # see PoolWorker.leaving
             worker.sent_nothing_until = time.monotonic() + window
             self.call_later(window, self._pump)  # then it may get work again
             self._requeue([task], f"worker {worker.worker_id} is stopping")
