@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tamma_actors._codec import INT_RANGE
 from tamma_actors._errors import CodecError, InvalidRequest
 from tamma_actors._models import WorkflowConfig, WorkflowFilter
 from tamma_actors._protocol import problems_summary
@@ -71,7 +72,6 @@ def list_filter(filter: WorkflowFilter | Mapping[str, Any] | None) -> WorkflowFi
         raise InvalidRequest(f"invalid workflow filter: {where}") from exc
 
 
-_INT_RANGE = range(-(2**63), 2**64)  # what msgpack carries
 _PLAIN = (str, bytes, bytearray, float, type(None))  # bool is an int
 _NESTING_MOST = 1024  # msgpack's Packer refuses a value nested deeper (its recursion limit)
 
@@ -102,7 +102,7 @@ def _unsendable_here(value: Any, where: str, depth: int) -> str | None:
     if isinstance(value, _PLAIN):
         return None
     if isinstance(value, int):
-        return None if value in _INT_RANGE else f"{place}: {value} is beyond 64 bits"
+        return None if value in INT_RANGE else f"{place}: {value} is beyond 64 bits"
     if isinstance(value, list | tuple | dict):
         if depth > _NESTING_MOST:
             return f"{place}: nested more than {_NESTING_MOST} maps and lists deep"

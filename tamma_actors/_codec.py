@@ -10,7 +10,9 @@ import msgpack
 
 from tamma_actors._errors import CodecError, FrameTooLarge
 
-__all__ = ["pack", "peek", "same_data", "unpack"]
+__all__ = ["INT_RANGE", "pack", "peek", "same_data", "unpack"]
+
+INT_RANGE = range(-(2**63), 2**64)  # the integers msgpack (the wire and the store) carries
 
 # A Packer per thread: ``packb`` builds a new one per call, which costs more than packing a
 # small map. A Packer is not thread-safe; it resets its buffer after each pack, and on error.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tamma_actors._codec import INT_RANGE
 from tamma_actors._errors import ExpressionError
 from tamma_actors._expr_eval import evaluate, kind_of
 from tamma_actors._expr_tree import (
@@ -70,7 +71,7 @@ _COMPARISONS = frozenset({"==", "!=", "<", "<=", ">", ">=", "in", "not in"})
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
-  | (?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
+  | (?P<number>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op>==|!=|<=|>=|<|>|\(|\)|\[|\]|\.|,|-)
@@ -240,13 +241,16 @@ class _Parser:
         raise self.fail("expected a value")
 
     def _number(self) -> Literal:
+        column = self.tok.pos + 1
         sign = -1 if self.take("-") else 1
         text = self.tok.text
         self.i += 1
-        value: float = float(text) if any(c in text for c in ".eE") else int(text)
+        value: float = sign * (float(text) if any(c in text for c in ".eE") else int(text))
         if isinstance(value, float) and not math.isfinite(value):
-            raise ExpressionError(f"number {text} is too large")
-        return Literal(sign * value)
+            raise ExpressionError(f"number {text} at column {column} is too large")
+        if isinstance(value, int) and value not in INT_RANGE:  # the store could not hold it
+            raise ExpressionError(f"number {value} at column {column} is beyond 64 bits")
+        return Literal(value)
 
     def _list(self) -> ListOf:
         items: list[Expression] = []

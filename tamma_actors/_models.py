@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from tamma_actors._codec import INT_RANGE
 from tamma_actors._durations import DurationUnit, parse_duration
 from tamma_actors._errors import UnknownStep
 from tamma_actors._record_models import (
@@ -194,7 +195,6 @@ class CircuitBreakerPolicy(FileModel):
 
 
 _JSON_SCALARS = (str, type(None))
-_INT_RANGE = range(-(2**63), 2**64)  # the integers msgpack (the wire and the store) carries
 # The deepest nesting of maps and lists a step's config may have: the stored form and the
 # digest are made by recursive encoders, which must not run out of stack on the node.
 MAX_CONFIG_DEPTH = 100
@@ -214,7 +214,7 @@ def json_data_problem(value: Any, where: str = "", depth: int = 0) -> str | None
     if isinstance(value, _JSON_SCALARS):
         return None
     if isinstance(value, int):  # bool too
-        return None if value in _INT_RANGE else f"{where or 'the value'}: {value} is too big"
+        return None if value in INT_RANGE else f"{where or 'the value'}: {value} is too big"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where or 'the value'}: {value!r} is not JSON"
     if isinstance(value, list | tuple | dict) and depth >= MAX_CONFIG_DEPTH:

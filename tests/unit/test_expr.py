@@ -55,6 +55,7 @@ def ev(source: str, ctx: dict[str, Any] | None = None) -> Any:
         ("inputs.none == null", True),
         ("false and inputs.n.nope", False),  # short circuit: the right side is never read
         ("true or inputs.n.nope", True),
+        ("[18446744073709551615, -9223372036854775808]", [2**64 - 1, -(2**63)]),  # the edges
     ],
 )
 def test_expressions_evaluate_strictly(source: str, value: Any) -> None:
@@ -77,7 +78,13 @@ def test_expressions_evaluate_strictly(source: str, value: Any) -> None:
         ("len inputs", "expected '('"),
         ("(1", "expected ')'"),
         ("inputs.n 2", "end of the expression"),
-        ("1e999", "too large"),
+        ("1e999", "number 1e999 at column 1 is too large"),
+        # The store carries 64-bit integers: a bigger literal would fail the commit of
+        # whatever it flows into (a fan-out's items, a subflow's inputs), too late.
+        ("[1, 18446744073709551616]", "number 18446744073709551616 at column 5 is beyond 64 bits"),
+        ("inputs.n > -9223372036854775809", "number -9223372036854775809 at column 12 is beyond"),
+        # Only ASCII digits are numbers (Python's \\d takes any script's).
+        ("inputs.n == \u0663", "unexpected character '\u0663' at column 13"),
         ("(" * 70 + "1" + ")" * 70, "deeper than"),
         (" or ".join(["true"] * 80), "deeper than"),
         ("x" * 5000, "longer than"),
