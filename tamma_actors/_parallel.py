@@ -178,7 +178,7 @@ class ParallelSteps(StepTypeBase):
         items: Any = plan.items
         try:
             if not isinstance(items, list):
-                items = evaluate(items, self._expression_context())
+                items = evaluate(items, self._expression_context(name))
             if not isinstance(items, list):
                 raise ExpressionError(f"parallel items must be a list, not {type(items).__name__}")
             if len(items) > MAX_ITEMS:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from tamma_actors._errors import ExpressionError
-from tamma_actors._step_configs import Plan
+from tamma_actors._step_configs import Plan, ancestors
 from tamma_actors._timeouts import TimeoutHandling
 
 if TYPE_CHECKING:
@@ -37,8 +37,15 @@ class StepTypeBase(TimeoutHandling):
         def _task(self, name: str, attempt: int, tid: str) -> dict[str, Any]: ...
         def _step_index(self) -> StepIndex | StepScan: ...
 
-    def _expression_context(self) -> dict[str, Any]:
-        steps = {n: {"output": st.data, "status": st.status} for n, st in self.state.steps.items()}
+    def _expression_context(self, name: str) -> dict[str, Any]:
+        """What step ``name``'s expressions read: the inputs, and the steps upstream of it
+        only (validation refuses ``steps.X`` for any other; a computed index, ``len(steps)``
+        or ``steps`` whole would otherwise see the others in whatever state they are in
+        now, and an execution's course would depend on timing)."""
+        steps = {
+            n: {"output": self.state.steps[n].data, "status": self.state.steps[n].status}
+            for n in sorted(ancestors(name, self._deps_of))
+        }
         return {"inputs": self.state.context, "steps": steps}
 
     def _expression_failed(self, name: str, attempt: int, exc: ExpressionError) -> None:

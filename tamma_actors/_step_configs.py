@@ -10,7 +10,7 @@ parsed) that the execution supervisor uses (:mod:`tamma_actors._step_types`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "ParallelPlan",
     "SubflowConfig",
     "SubflowPlan",
+    "ancestors",
     "plan_of",
     "step_config_schemas",
     "step_type_problems",
@@ -185,7 +186,7 @@ def step_type_problems(
                     message = "field required"
                 yield Problem(where + loc, message)
             continue
-        upstream = _ancestors(name, deps_of)
+        upstream = ancestors(name, deps_of)
         for loc, source in _expressions(config):
             yield from _expression_problems(f"{where}.{loc}", source, name, upstream)
         if isinstance(config, DecisionConfig):
@@ -263,7 +264,8 @@ def _branch_problems(
             seen.setdefault(target, j)
 
 
-def _ancestors(name: str, deps_of: Mapping[str, list[str]]) -> set[str]:
+def ancestors(name: str, deps_of: Mapping[str, Sequence[str]]) -> set[str]:
+    """The steps upstream of ``name``: its dependencies, theirs, and so on."""
     found: set[str] = set()
     stack = list(deps_of.get(name, []))
     while stack:

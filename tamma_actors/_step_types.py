@@ -136,7 +136,7 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
         elif isinstance(plan, ParallelPlan) and st.detail is not None:
             self._recover_items(name, st)
         elif isinstance(plan, SubflowPlan) and st.detail is not None:
-            inputs = self._child_inputs(plan)
+            inputs = self._child_inputs(name, plan)
             if isinstance(inputs, dict):
                 self._watch_child(name, st.attempts, st.detail["child"], plan, inputs)
         return True
@@ -145,7 +145,7 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
 
     def _decide(self, name: str, attempt: int, plan: DecisionPlan) -> None:
         self._again = True
-        ctx = self._expression_context()
+        ctx = self._expression_context(name)
         chosen: int | None = None
         try:
             for i, (condition, _) in enumerate(plan.branches):

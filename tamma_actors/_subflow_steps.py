@@ -51,8 +51,8 @@ class ChildFinished:
 
 
 class SubflowSteps(StepTypeBase):
-    def _child_inputs(self, plan: SubflowPlan) -> dict[str, Any] | ExpressionError:
-        ctx = self._expression_context()
+    def _child_inputs(self, name: str, plan: SubflowPlan) -> dict[str, Any] | ExpressionError:
+        ctx = self._expression_context(name)
         try:
             return {
                 key: evaluate(value, ctx) if is_expr else value
@@ -62,7 +62,7 @@ class SubflowSteps(StepTypeBase):
             return exc
 
     def _start_child(self, name: str, attempt: int, plan: SubflowPlan) -> bool:
-        inputs = self._child_inputs(plan)
+        inputs = self._child_inputs(name, plan)
         if isinstance(inputs, ExpressionError):
             self._expression_failed(name, attempt, inputs)
             self._again = True

@@ -1158,6 +1158,37 @@ def test_a_condition_can_read_whether_an_upstream_step_was_skipped(kit: Kit) -> 
     assert final["results"]["fallback"]["status"] == "succeeded"
 
 
+def test_expressions_see_only_the_steps_upstream_of_their_own() -> None:
+    # Validation refuses steps.slow below (not upstream); a computed index, len(steps) or
+    # steps whole must not see it either, or the course would depend on timing: 'slow' is
+    # held running while 'pick' and 'f' evaluate.
+    def hold_slow(task: dict[str, Any]) -> TaskFinished | None:
+        return None if task["step"] == "slow" else doubled(task)
+
+    spec = wf(
+        step("slow"),
+        step("src"),
+        decision(
+            "pick",
+            "src",
+            branches=[{"when": "steps[inputs.which] == null and len(steps) == 1", "then": ["a"]}],
+        ),
+        step("a", "pick"),
+        fan("f", "src", items="[len(steps), steps[inputs.which], steps.src.status]"),
+    )
+    with _kit(hold_slow) as k:
+        eid = k.start(spec, {"which": "slow"})
+        held = k.next_held()
+        assert held.task["step"] == "slow"
+        assert k.get(eid)["results"]["slow"]["status"] in ("dispatched", "running")
+        held.reply_to.tell(ok(held.task, 1))
+        final = k.finish(eid)
+    assert final["status"] == "completed"
+    assert final["results"]["pick"]["data"]["branch"] == 0
+    assert final["results"]["a"]["status"] == "succeeded"
+    assert final["results"]["f"]["data"] == [2, {"echo": None}, {"echo": "succeeded"}]
+
+
 def test_a_fan_out_is_snapshot_every_as_many_events_as_it_has_items(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
