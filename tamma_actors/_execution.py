@@ -113,6 +113,9 @@ class ExecutionDeps:
     rand: Callable[[], float] = random.random
     breakers: BreakerRegistry | None = None  # the node's circuit breakers
     start_hold: float = 0.0  # longest a worker may hold a step's start notice (seconds)
+    # the node's frame cap: what a parallel or subflow step makes of many items' or steps'
+    # data (its output, its items, a child's inputs) must fit in one reply, as its event
+    max_frame_bytes: int = 8 << 20
 
 
 def task_id(execution_id: str, step: str, attempt: int) -> str:

@@ -357,6 +357,7 @@ class Node(NodeChildren):
             bus=self._bus,  # type: ignore[arg-type]
             snapshot_every=self.config.snapshot_every,
             start_hold=self.config.start_notice_hold,
+            max_frame_bytes=self.config.max_frame_bytes,
         )
         return EngineParts(
             store=self._store,

@@ -189,6 +189,11 @@ class ParallelSteps(StepTypeBase):
             self._expression_failed(name, attempt, exc)
             self._again = True
             return False
+        too_big = self._over_cap(items, f"the list of its {len(items)} items")
+        if too_big is not None:
+            self._on_step_error(name, attempt, too_big)
+            self._again = True
+            return False
         self._item_cursor[name] = 0
         self._emit("step.items_planned", step=name, attempt=attempt, items=items)
         self._after_item(name)
@@ -207,7 +212,11 @@ class ParallelSteps(StepTypeBase):
         bad = [(i, item) for i, item in enumerate(states) if item["status"] != "succeeded"]
         if not bad:
             outputs = [item["output"] for item in states]
-            self._emit("step.completed", step=name, attempt=st.attempts, output=outputs)
+            too_big = self._over_cap(outputs, f"the output of its {len(states)} items together")
+            if too_big is None:
+                self._emit("step.completed", step=name, attempt=st.attempts, output=outputs)
+            else:
+                self._on_step_error(name, st.attempts, too_big)
             return
         failed = [(i, item) for i, item in bad if item["status"] == "failed"] or bad
         first = failed[0][1]["error"] or {}

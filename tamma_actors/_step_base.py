@@ -9,16 +9,21 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from tamma_actors._codec import pack
 from tamma_actors._errors import ExpressionError
 from tamma_actors._step_configs import Plan, ancestors
 from tamma_actors._timeouts import TimeoutHandling
 
 if TYPE_CHECKING:
+    from tamma_actors._execution import ExecutionDeps
     from tamma_actors._step_index import StepIndex, StepScan
 
 __all__ = ["OPEN", "StepTypeBase", "tell"]
 
 OPEN = ("dispatched", "running")
+# Room left under the frame cap for the fields around such a value: its event's, and a
+# reply's that carries that event alone.
+_EVENT_ROOM = 4096
 
 
 def tell(ref: pykka.ActorRef[Any], msg: Any) -> None:
@@ -32,6 +37,7 @@ class StepTypeBase(TimeoutHandling):
 
     if TYPE_CHECKING:
         actor_ref: pykka.ActorRef[Any]
+        deps: ExecutionDeps
         _deps_of: Mapping[str, tuple[str, ...]]
 
         def _task(self, name: str, attempt: int, tid: str) -> dict[str, Any]: ...
@@ -47,6 +53,18 @@ class StepTypeBase(TimeoutHandling):
             for n in sorted(ancestors(name, self._deps_of))
         }
         return {"inputs": self.state.context, "steps": steps}
+
+    def _over_cap(self, value: Any, what: str) -> dict[str, Any] | None:
+        """A ``FrameTooLarge`` step error if ``value`` (data the coordinator puts together
+        from many items' or steps' data) is too big for one event a client can read back;
+        None if it fits. Each part passed the cap on its own, their sum need not: stored,
+        it would make the execution's events unreadable and its publishing fail."""
+        cap = self.deps.max_frame_bytes
+        size = len(pack(value))
+        if size <= cap - _EVENT_ROOM:
+            return None
+        message = f"{what}: {size:,} bytes, over the {cap:,}-byte cap (max_frame_bytes)"
+        return {"type": "FrameTooLarge", "message": message, "retryable": False}
 
     def _expression_failed(self, name: str, attempt: int, exc: ExpressionError) -> None:
         error = {"type": "ExpressionError", "message": str(exc), "retryable": False}

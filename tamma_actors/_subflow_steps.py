@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tamma_actors._codec import pack
 from tamma_actors._errors import ExpressionError, WorkflowError
 from tamma_actors._expr import evaluate
 from tamma_actors._keys import new_execution_id
@@ -65,6 +66,13 @@ class SubflowSteps(StepTypeBase):
         inputs = self._child_inputs(name, plan)
         if isinstance(inputs, ExpressionError):
             self._expression_failed(name, attempt, inputs)
+            self._again = True
+            return False
+        too_big = self._over_cap(inputs, "the child's inputs")
+        if too_big is not None:
+            largest = max(inputs, key=lambda key: len(pack(inputs[key])))
+            too_big["message"] += f"; the largest is inputs.{largest}"
+            self._on_step_error(name, attempt, too_big)
             self._again = True
             return False
         child = new_execution_id()
@@ -121,7 +129,11 @@ class SubflowSteps(StepTypeBase):
         elif outcome.get("status") == "completed":
             results = outcome.get("results") or {}
             output = {step: (r or {}).get("data") for step, r in results.items()}
-            self._emit("step.completed", step=msg.step, attempt=msg.attempt, output=output)
+            too_big = self._over_cap(output, f"the output of child execution {msg.child_id}")
+            if too_big is None:
+                self._emit("step.completed", step=msg.step, attempt=msg.attempt, output=output)
+            else:
+                self._on_step_error(msg.step, msg.attempt, too_big)
         else:
             status = outcome.get("status")
             error = outcome.get("error") or {}

@@ -339,3 +339,34 @@ def _completed_items(client: Client, eid: str) -> int:
 
 def _count(events: list[Any], etype: str) -> int:
     return sum(1 for e in events if e.type == etype)
+
+
+def test_a_fan_out_whose_outputs_together_are_over_the_cap_fails_and_stays_readable(
+    short_dir: Path, node_settings: dict[str, Any]
+) -> None:
+    # Each item's output fits the node's 256 KiB frames; the eight together do not. Stored
+    # as the step's output they would make the execution's events unreadable (no reply can
+    # carry that event) and the event unpublishable: the step fails instead.
+    settings = {**node_settings, "max_frame_bytes": 256 * 1024}
+    spec = {
+        "name": "too-much-together",
+        "steps": [
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "echo",
+                "config": {"items": list(range(8)), "message": "x" * 60_000},
+            }
+        ],
+    }
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    with Node(config) as node, Client(node.config.control_address, timeout=WAIT) as client:
+        final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+        assert final.status == "failed"
+        error = final.results["fan"].error
+        assert error is not None and error.type == "FrameTooLarge"
+        assert "the output of its 8 items together: 480," in error.message
+        assert "over the 262,144-byte cap (max_frame_bytes)" in error.message
+        events = client.get_events(final.id)
+        assert [e.type for e in events][-2:] == ["step.failed", "workflow.failed"]
+        assert sum(e.type == "step.item_completed" for e in events) == 8

@@ -105,7 +105,9 @@ class Kit:
 
 
 @contextlib.contextmanager
-def _kit(script: Script, store: MemoryStore | None = None) -> Iterator[Kit]:
+def _kit(
+    script: Script, store: MemoryStore | None = None, max_frame: int = 8 << 20
+) -> Iterator[Kit]:
     store = store or MemoryStore()
     held: queue.Queue[Dispatch] = queue.Queue()
     cancels: queue.Queue[str] = queue.Queue()
@@ -116,8 +118,13 @@ def _kit(script: Script, store: MemoryStore | None = None) -> Iterator[Kit]:
     dispatcher = Dispatcher(threads=2)
     timers = ManualTimers(start=1000.0)
     deps = ExecutionDeps(
-        writer=writer, pool=pool, timers=timers, clock=timers.now, rand=lambda: 0.5
-    )  # type: ignore[arg-type]
+        writer=writer,  # type: ignore[arg-type]
+        pool=pool,
+        timers=timers,
+        clock=timers.now,
+        rand=lambda: 0.5,
+        max_frame_bytes=max_frame,
+    )
     engine = Engine(
         EngineParts(
             store=store,
@@ -974,6 +981,50 @@ def test_subflow_inputs_that_fail_to_evaluate_fail_the_step(kit: Kit, tmp_path: 
     final = kit.finish(kit.start(wf(sub), {"n": 1}))
     assert final["status"] == "failed"
     assert final["results"]["sub"]["error"]["type"] == "ExpressionError"
+
+
+def test_what_a_step_puts_together_from_many_parts_must_fit_in_one_frame(
+    tmp_path: Path,
+) -> None:
+    # Each item's or child step's data fits the cap; together they may not, and stored they
+    # would be an event no reply could carry: the execution's history unreadable, the
+    # event never published. So such a step fails, naming the size, and nothing is retried.
+    def big(task: dict[str, Any]) -> TaskFinished:
+        return ok(task, "y" * 3000)
+
+    many = {
+        "name": "child",
+        "steps": [{"name": f"c{i}", "implementation": "noop"} for i in range(6)],
+    }
+    child = _write(tmp_path / "child.yaml", many)
+    s = "x" * 3000
+
+    def sub(**inputs: str) -> dict[str, Any]:
+        config = {"workflow": str(child), "inputs": inputs}
+        return {"name": "sub", "type": "subflow", "retry_policy": FAST, "config": config}
+
+    with _kit(big, max_frame=16384) as k:
+        cases = {
+            "outputs": (wf(fan("f", items=list(range(8)), retry_policy=FAST)), "f"),
+            "items": (wf(fan("f", items="[inputs.s, inputs.s, inputs.s, inputs.s, inputs.s]")), "f"),
+            "child inputs": (wf(sub(a="[inputs.s, inputs.s, inputs.s]", b="[inputs.s, inputs.s]")), "sub"),
+            "child output": (wf(sub()), "sub"),
+        }
+        errors = {}
+        for case, (spec, name) in cases.items():
+            final = k.finish(k.start(spec, {"s": s}))
+            assert final["status"] == "failed", case
+            assert final["results"][name]["attempts"] == 1, case
+            errors[case] = final["results"][name]["error"]
+        fits = k.finish(k.start(wf(fan("f", items=list(range(3))))))
+        assert fits["results"]["f"]["data"] == ["y" * 3000] * 3
+    assert all(e["type"] == "FrameTooLarge" and not e["retryable"] for e in errors.values())
+    assert "over the 16,384-byte cap (max_frame_bytes)" in errors["outputs"]["message"]
+    assert errors["outputs"]["message"].startswith("the output of its 8 items together: 24,")
+    assert errors["items"]["message"].startswith("the list of its 5 items: 15,")
+    assert errors["child inputs"]["message"].startswith("the child's inputs: 15,")
+    assert errors["child inputs"]["message"].endswith("; the largest is inputs.a")
+    assert errors["child output"]["message"].startswith("the output of child execution ")
 
 
 def test_an_invalid_child_workflow_fails_the_step_without_retrying(tmp_path: Path) -> None:
