@@ -1003,11 +1003,12 @@ def test_what_a_step_puts_together_from_many_parts_must_fit_in_one_frame(
         config = {"workflow": str(child), "inputs": inputs}
         return {"name": "sub", "type": "subflow", "retry_policy": FAST, "config": config}
 
+    three, two = "[inputs.s, inputs.s, inputs.s]", "[inputs.s, inputs.s]"
     with _kit(big, max_frame=16384) as k:
         cases = {
             "outputs": (wf(fan("f", items=list(range(8)), retry_policy=FAST)), "f"),
-            "items": (wf(fan("f", items="[inputs.s, inputs.s, inputs.s, inputs.s, inputs.s]")), "f"),
-            "child inputs": (wf(sub(a="[inputs.s, inputs.s, inputs.s]", b="[inputs.s, inputs.s]")), "sub"),
+            "items": (wf(fan("f", items=f"[{three}, {two}]")), "f"),
+            "child inputs": (wf(sub(a=three, b=two)), "sub"),
             "child output": (wf(sub()), "sub"),
         }
         errors = {}
@@ -1021,7 +1022,7 @@ def test_what_a_step_puts_together_from_many_parts_must_fit_in_one_frame(
     assert all(e["type"] == "FrameTooLarge" and not e["retryable"] for e in errors.values())
     assert "over the 16,384-byte cap (max_frame_bytes)" in errors["outputs"]["message"]
     assert errors["outputs"]["message"].startswith("the output of its 8 items together: 24,")
-    assert errors["items"]["message"].startswith("the list of its 5 items: 15,")
+    assert errors["items"]["message"].startswith("the list of its 2 items: 15,")
     assert errors["child inputs"]["message"].startswith("the child's inputs: 15,")
     assert errors["child inputs"]["message"].endswith("; the largest is inputs.a")
     assert errors["child output"]["message"].startswith("the output of child execution ")
