@@ -31,6 +31,7 @@ from typing import Any
 
 from tamma_actors._errors import ExpressionError
 from tamma_actors._expr import evaluate
+from tamma_actors._expr_eval import kind_of
 from tamma_actors._parallel import ItemRetryDue, ParallelSteps
 from tamma_actors._step_base import OPEN
 from tamma_actors._step_configs import DecisionPlan, ParallelPlan, SubflowPlan, plan_of
@@ -147,14 +148,16 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
         self._again = True
         ctx = self._expression_context(name)
         chosen: int | None = None
-        try:
-            for i, (condition, _) in enumerate(plan.branches):
+        for i, (condition, _) in enumerate(plan.branches):
+            try:
                 if condition is None or _is_true(evaluate(condition, ctx)):
                     chosen = i
                     break
-        except ExpressionError as exc:
-            self._expression_failed(name, attempt, exc)
-            return
+            except ExpressionError as exc:
+                self._expression_failed(
+                    name, attempt, ExpressionError(f"branches[{i}].when: {exc}")
+                )
+                return
         names = list(plan.branches[chosen][1]) if chosen is not None else []
         output = {"branch": chosen, "steps": names, "input": self._task(name, attempt, "")["input"]}
         self._emit("step.completed", step=name, attempt=attempt, output=output, duration_ms=0.0)
@@ -186,5 +189,5 @@ def join(dep_states: Iterable[str]) -> str | None:
 
 def _is_true(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ExpressionError(f"a decision's 'when' must be true or false, not {value!r}")
+        raise ExpressionError(f"a decision's 'when' must be true or false, not {kind_of(value)}")
     return value

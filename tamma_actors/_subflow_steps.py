@@ -54,13 +54,13 @@ class ChildFinished:
 class SubflowSteps(StepTypeBase):
     def _child_inputs(self, name: str, plan: SubflowPlan) -> dict[str, Any] | ExpressionError:
         ctx = self._expression_context(name)
-        try:
-            return {
-                key: evaluate(value, ctx) if is_expr else value
-                for key, (is_expr, value) in plan.inputs.items()
-            }
-        except ExpressionError as exc:
-            return exc
+        inputs: dict[str, Any] = {}
+        for key, (is_expr, value) in plan.inputs.items():
+            try:
+                inputs[key] = evaluate(value, ctx) if is_expr else value
+            except ExpressionError as exc:
+                return ExpressionError(f"inputs.{key}: {exc}")
+        return inputs
 
     def _start_child(self, name: str, attempt: int, plan: SubflowPlan) -> bool:
         inputs = self._child_inputs(name, plan)
