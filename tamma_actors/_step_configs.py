@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import ExpressionError, Problem
 from tamma_actors._expr import Expression, parse, referenced_steps, roots
-from tamma_actors._models import FileModel, WorkflowStep
+from tamma_actors._models import Count, FileModel, WorkflowStep
 
 __all__ = [
     "STEP_CONFIG_MODELS",
@@ -78,7 +79,7 @@ class ParallelConfig(_Config):
     model_config = ConfigDict(extra="allow")
 
     items: Annotated[list[Any], Field(max_length=10_000)] | str  # as _parallel.MAX_ITEMS
-    max_concurrency: int | None = Field(None, ge=1)
+    max_concurrency: Count | None = Field(None, ge=1)
 
 
 class SubflowConfig(_Config):
@@ -93,6 +94,10 @@ _MODELS: dict[str, type[_Config]] = {
     "subflow": SubflowConfig,
 }
 STEP_CONFIG_MODELS = {kind: model.__name__ for kind, model in _MODELS.items()}
+# A parallel step's own keys, under either spelling: the rest is every item's config.
+_PARALLEL_OWN = frozenset(
+    key for name in ParallelConfig.model_fields for key in (name, to_camel(name))
+)
 
 
 def step_config_schemas() -> dict[str, Any]:
@@ -147,8 +152,7 @@ def plan_of(step: WorkflowStep) -> Plan | None:
     if step.type == "parallel":
         fan = ParallelConfig.model_validate(step.config)
         items = parse(fan.items) if isinstance(fan.items, str) else fan.items
-        own = ParallelConfig.model_fields.keys()
-        config = {k: v for k, v in step.config.items() if k not in own}
+        config = {k: v for k, v in step.config.items() if k not in _PARALLEL_OWN}
         return ParallelPlan(items, fan.max_concurrency, config)
     if step.type == "subflow":
         sub = SubflowConfig.model_validate(step.config)

@@ -375,6 +375,11 @@ def _coordinator_problems(graph: _Graph) -> Iterator[Problem]:
     by_name = {node.name: node for node in reversed(graph.nodes)}  # the first one wins
     for node in graph.nodes:
         kind, impl = node.raw.get("type", "task"), node.implementation
+        if kind in ("decision", "subflow") and impl:
+            yield Problem(
+                f"steps[{node.index}].implementation",
+                f"a {kind} step has no implementation: the coordinator runs it",
+            )
         if impl in COORDINATOR_IMPLEMENTATIONS and kind == "parallel":
             yield Problem(
                 f"steps[{node.index}].implementation",

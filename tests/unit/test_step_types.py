@@ -954,6 +954,9 @@ def test_step_type_config_mistakes_each_have_a_clear_problem(kit: Kit) -> None:
         step("b", "pick"),
         {"name": "f", "type": "parallel", "implementation": "noop"},
         {"name": "s", "type": "subflow", "config": {"workflow": "x.yaml", "bogus": 1}},
+        fan("g", items=[1], max_concurrency=True),  # YAML `yes`: a mistake, not 1
+        {**decision("d", branches=[{"otherwise": []}]), "implementation": "noop"},
+        {"name": "t", "type": "subflow", "implementation": "echo", "config": {"workflow": "x"}},
     )
     with pytest.raises(WorkflowValidationError) as info:
         kit.start(spec)
@@ -962,6 +965,16 @@ def test_step_type_config_mistakes_each_have_a_clear_problem(kit: Kit) -> None:
     assert "steps[1].config.branches[1]: a branch needs 'when'" in text
     assert "steps[4].config.items: field required" in text
     assert "steps[5].config.bogus: unknown field" in text
+    assert "steps[6].config.max_concurrency: expected a number, not a boolean" in text
+    # Accepted and ignored before: the coordinator runs these steps, no implementation.
+    assert "steps[7].implementation: a decision step has no implementation" in text
+    assert "steps[8].implementation: a subflow step has no implementation" in text
+
+
+def test_a_parallel_steps_own_keys_stay_out_of_its_items_config_in_either_spelling() -> None:
+    with _kit(lambda t: None) as k:
+        k.start(wf(fan("f", items=[1], maxConcurrency=1, retries=2)))
+        assert k.next_held().task["config"] == {"retries": 2}
 
 
 def test_item_and_repeated_branch_steps_are_refused(kit: Kit) -> None:
