@@ -203,17 +203,29 @@ class EngineReads:
             left = None if held.deadline is None else max(0.0, held.deadline - now)
             ref.tell(Wait(held.reply, left))
 
+    def _answer_held_of(self, eid: str) -> None:
+        """``eid`` has nothing to bring back (the store has its end: a writer that died
+        after its last commit reached the file, before saying so, left the reads of the
+        time one commit behind): the waits held for its return get what the store has."""
+        with self._lock:
+            if eid in self._live or eid in self._resting:
+                return  # back after all: its waits were handed over
+            waits = self._held.pop(eid, [])
+        if waits:
+            self._answer_from_store(eid, waits)
+
     def _answer_held_waits(self) -> None:
         """Closing: every held wait gets what the store has."""
         with self._lock:
             held, self._held = self._held, {}
         for eid, waits in held.items():
-            for wait in waits:
-                if wait.timer is not None:
-                    wait.timer.cancel()
             self._answer_from_store(eid, waits)
 
     def _answer_from_store(self, eid: str, waits: list[HeldWait]) -> None:
+        """Held ``waits`` (no longer in ``_held``) get the store's record of ``eid``."""
+        for wait in waits:
+            if wait.timer is not None:
+                wait.timer.cancel()  # (when it is the timer that called: a no-op)
         try:
             record = to_record(self._load(eid))
         except TammaError as exc:

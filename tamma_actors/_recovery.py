@@ -147,6 +147,7 @@ class EngineRecovery:
 
         def _definition_of(self, state: ExecutionState) -> WorkflowConfig: ...
         def _hand_over_waits(self, eid: str, ref: pykka.ActorRef[Any]) -> None: ...
+        def _answer_held_of(self, eid: str) -> None: ...
 
     @property
     def resting_count(self) -> int:
@@ -194,7 +195,8 @@ class EngineRecovery:
             if _read_alone(records):  # a rest time it cannot use: read it all after all
                 records = self._store.read_execution(eid, unless=TERMINAL)
             state = self._recovered_state(eid, records)
-            if state is None:
+            if state is None:  # ended (or gone): waits held for its return get its end
+                self._answer_held_of(eid)
                 return False
             cfg = self._config_of(state)
             wake = None if isinstance(records, _Unread) else rest_until(state, cfg)

@@ -418,6 +418,35 @@ def test_a_result_whose_commit_is_lost_goes_back_to_the_pool(
     kit.step_is(eid, "s", "dispatched", "running")  # the lost commit is not in the store
 
 
+def test_a_wait_held_over_a_lost_commit_is_answered_when_the_commit_had_landed(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store writer process died after its last commit reached the file but before it
+    said so: the node's reads still showed the execution running, so a wait for its end
+    (a parent's for its subflow child: no timeout) was held for its return. Re-read once a
+    writer is back, it has ended and nothing brings it back: the held wait gets its end."""
+    eid = kit.start(wf(step("s")))
+    running = kit.next_held()
+    commit, landed = kit.store.commit, []
+
+    def unconfirmed(writes: Any) -> None:
+        landed.append(writes)  # in the file, not yet seen by the node's reads
+        raise StoreWriterLost("the store writer process died")
+
+    monkeypatch.setattr(kit.store, "commit", unconfirmed)
+    waiting = kit.engine.wait(eid)
+    kit.record(eid)  # the wait is registered before the result
+    _finish(kit, running)
+    kit.until(eid, lambda _: eid in kit.engine._held)  # held: the store says running
+    assert not waiting.done()
+    monkeypatch.setattr(kit.store, "commit", commit)
+    for writes in landed:
+        commit(writes)
+    assert kit.engine.reactivate_unconfirmed() == 0  # ended: nothing to bring back
+    assert waiting.result(WAIT)["status"] == "completed"
+    assert eid not in kit.engine._held
+
+
 def test_an_ended_execution_hands_back_no_result(kit: Kit) -> None:
     """An aborted execution is not brought back: the late result of its cancelled step,
     queued when its supervisor stops, is not handed to the pool. (A supervisor stopped
