@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tamma_actors._errors import Problem, SubflowTooDeep, TammaError, WorkflowError
+from tamma_actors._errors import (
+    Problem,
+    StoreWriterLost,
+    SubflowTooDeep,
+    TammaError,
+    WorkflowError,
+)
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._step_types import ChildRun
 from tamma_actors._store import Store
@@ -37,6 +43,10 @@ log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset({"completed", "failed", "aborted"})
 _REWAIT_S = 0.05  # a child not yet re-activated during recovery: ask again shortly
+# A child's start or wait refused because the store writer died (StoreWriterLost): asked
+# again after this, while the node restarts its writer (a start under the child's id is
+# made once, so one that landed unconfirmed is found, not made twice).
+_WRITER_BACK_S = 0.2
 MAX_DEPTH = 16  # subflows within subflows; deeper is taken for a workflow that runs itself
 Outcome = dict[str, Any] | BaseException
 
@@ -274,6 +284,10 @@ class EngineChildren:
             self._depth[run.child_id] = depth
 
         def finished(outcome: Outcome) -> None:
+            if isinstance(outcome, StoreWriterLost):  # not the child's failure: again
+                log.info("child %s: %s; asked again shortly", run.child_id, outcome)
+                self._later(run.child_id, _WRITER_BACK_S, lambda: self.run(run, done))
+                return
             with self._lock:
                 self._depth.pop(run.child_id, None)
             done(outcome)
@@ -331,12 +345,15 @@ class EngineChildren:
                 done(record)
                 return
             # Recovery re-activates executions one by one: this child is not live yet.
-            try:
-                self._timers.call_later(_REWAIT_S, lambda: self._wait(child_id, done))
-            except TammaError:  # the node is stopping; the parent re-attaches on restart
-                log.info("child %s: not waiting any more (shutting down)", child_id)
+            self._later(child_id, _REWAIT_S, lambda: self._wait(child_id, done))
 
         self._engine.wait(child_id).add_done_callback(on_end)
+
+    def _later(self, child_id: str, delay: float, action: Callable[[], None]) -> None:
+        try:
+            self._timers.call_later(delay, action)
+        except TammaError:  # the node is stopping; the parent re-attaches on restart
+            log.info("child %s: not started or waited for any more (shutting down)", child_id)
 
     def control(self, child_id: str, action: str, reason: str | None = None) -> None:
         self._in_order(child_id, lambda: self._control(child_id, action, reason))

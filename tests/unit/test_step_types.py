@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine import Engine, EngineParts
-from tamma_actors._errors import UnknownExecution, WorkflowValidationError
+from tamma_actors._errors import StoreWriterLost, UnknownExecution, WorkflowValidationError
 from tamma_actors._execution import ExecutionDeps
 from tamma_actors._status import StepStatus
 from tamma_actors._step_types import join
@@ -1048,6 +1048,43 @@ def test_what_a_step_puts_together_from_many_parts_must_fit_in_one_frame(
     assert errors["child inputs"]["message"].startswith("the child's inputs: 15,")
     assert errors["child inputs"]["message"].endswith("; the largest is inputs.a")
     assert errors["child output"]["message"].startswith("the output of child execution ")
+
+
+def test_a_child_start_refused_while_the_store_writer_restarts_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store writer died under the child's start (StoreWriterLost: its commit was not
+    # confirmed, or a writer was not back yet). That is no failure of the subflow step: the
+    # start is asked again under the same child id (it may have landed: the same start
+    # under an id makes one execution), and no attempt is spent.
+    child = _write(tmp_path / "child.yaml", CHILD)
+    sub = {
+        "name": "sub",
+        "type": "subflow",
+        "retry_policy": FAST,
+        "config": {"workflow": str(child)},
+    }
+    refused = threading.Event()
+    with _kit(doubled) as k:
+        commit = k.store.commit
+
+        def writer_dies_once(writes: Any) -> None:
+            creates = any(e["type"] == "workflow.created" for w in writes for e in w.events)
+            if creates and not refused.is_set():
+                if len(writes) == 1:  # (a batch is tried again write by write)
+                    refused.set()
+                raise StoreWriterLost("the store writer process died")
+            commit(writes)
+
+        eid = k.start(wf(step("before"), {**sub, "dependencies": ["before"]}))
+        monkeypatch.setattr(k.store, "commit", writer_dies_once)
+        assert refused.wait(WAIT)
+        assert k.get(eid)["results"]["sub"]["status"] == "running"
+        k.timers.advance(1.0)
+        final = k.finish(eid)
+    assert final["status"] == "completed"
+    assert final["results"]["sub"]["attempts"] == 1
+    assert final["results"]["sub"]["data"] == {"c1": {"echo": {}}, "c2": {"echo": {"echo": {}}}}
 
 
 def test_an_invalid_child_workflow_fails_the_step_without_retrying(tmp_path: Path) -> None:
