@@ -3,7 +3,9 @@ writer process, finishing its last commit, is waited for."""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -131,3 +133,31 @@ def test_a_data_dir_that_is_a_file_or_lies_under_one_is_named(tmp_path: Path) ->
     with pytest.raises(ConfigError, match=f"^data_dir '{afile}/sub': Not a directory$"):
         _data_dir.lock_data_dir(afile / "sub")
     assert afile.read_text() == "x"
+
+
+def test_a_missing_data_dir_is_made_private_whatever_the_umask(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "var"
+    old = os.umask(0)
+    try:
+        fd = _data_dir.lock_data_dir(data_dir)
+    finally:
+        os.umask(old)
+    os.close(fd)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+def test_an_existing_data_dir_keeps_its_mode_and_an_open_one_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was made 0700: ``--data-dir /tmp`` turned /tmp from 1777 to 0700."""
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    private.mkdir(mode=0o700)
+    with caplog.at_level(logging.WARNING, logger="tamma_actors._data_dir"):
+        for data_dir in (shared, private):
+            os.close(_data_dir.lock_data_dir(data_dir))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and f"data_dir {shared} is open to group or others" in warned[0]
