@@ -23,6 +23,7 @@ for nothing): the request gets a ``too_large`` error naming its size and the cap
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -67,7 +68,7 @@ from tamma_actors._protocol import (
 )
 from tamma_actors._socket_actor import SocketActor, send_frames
 
-__all__ = ["ControlServer", "prepare_ipc_endpoint"]
+__all__ = ["ControlServer", "make_ipc_private", "prepare_ipc_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,20 @@ def prepare_ipc_endpoint(endpoint: str) -> None:
     if _socket_is_live(path):
         raise TransportError(f"{endpoint} is already served by another process")
     path.unlink(missing_ok=True)
+
+
+def make_ipc_private(bound: str) -> None:
+    """For a bound ``ipc://PATH``: make PATH's socket file 0600. It was made with the mode
+    the umask left (0777 under umask 000), and whoever can connect to a node's control
+    socket without tokens is admin. Narrowing the umask around the bind is no better: it is
+    the whole process's, and the node's other threads create files and processes meanwhile."""
+    path = _ipc_path(bound)
+    if path is None:
+        return
+    try:
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise TransportError(f"cannot make {bound} private: {exc.strerror}") from exc
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -164,9 +179,13 @@ class ControlServer(SocketActor):
             curve_server(sock, self._endpoint, self._curve_secret)
             sock.bind(self._endpoint)
             self._bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            make_ipc_private(self._bound)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise TransportError(f"cannot bind control socket {self._endpoint}: {exc}") from exc
+        except BaseException:
+            sock.close(linger=0)  # left open, it would block Context.term() for ever
+            raise
         self._sock = sock
         self.watch(sock, self._on_readable, drains=True)
         log.info("control server listening on %s", self._bound)

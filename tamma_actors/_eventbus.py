@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 
 from tamma_actors import _codec
+from tamma_actors._control import make_ipc_private
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import CodecError, TransportError
 from tamma_actors._socket_actor import SocketActor, send_frames
@@ -102,13 +103,17 @@ class EventBus(SocketActor):
         if self.endpoint is None:
             return
         pub: zmq.Socket[Any] = self.zmq_context.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
         try:
+            pub.setsockopt(zmq.LINGER, 0)
             curve_server(pub, self.endpoint, self._curve_secret)
             pub.bind(self.endpoint)
+            make_ipc_private(pub.getsockopt_string(zmq.LAST_ENDPOINT))
         except zmq.ZMQError as exc:
             pub.close(linger=0)
             raise TransportError(f"cannot bind the events socket {self.endpoint}: {exc}") from exc
+        except BaseException:
+            pub.close(linger=0)  # left open, it would block Context.term() for ever
+            raise
         self._pub = pub
 
     def on_stop(self) -> None:

@@ -45,6 +45,7 @@ import zmq
 
 from tamma_actors import _wire as wire
 from tamma_actors._codec import pack
+from tamma_actors._control import make_ipc_private
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._pool_messages import (
@@ -188,9 +189,13 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             curve_server(sock, self._endpoint, self._curve_secret)
             sock.bind(self._endpoint)
             self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            make_ipc_private(self._endpoint)
         except zmq.ZMQError as exc:
             sock.close(0)
             raise TransportError(f"cannot bind the workers socket {self._endpoint}: {exc}") from exc
+        except BaseException:
+            sock.close(0)  # left open, it would block Context.term() for ever
+            raise
         return sock
 
     def on_stop(self) -> None:

@@ -19,7 +19,7 @@ import zmq
 from tamma_actors._client import Client
 from tamma_actors._codec import pack, unpack
 from tamma_actors._control import ControlServer, _Completed, prepare_ipc_endpoint
-from tamma_actors._errors import FrameTooLarge, RemoteError, TransportError
+from tamma_actors._errors import ConfigError, FrameTooLarge, RemoteError, TransportError
 from tamma_actors._protocol import make_request
 from tests.fakes import FakeEngine
 
@@ -99,6 +99,41 @@ def test_ipc_directory_is_created_private(harness: Harness, tmp_path: Path) -> N
     run = tmp_path / "run"
     assert stat.S_IMODE(run.stat().st_mode) & 0o077 == 0
     assert (run / "control.sock").is_socket()
+
+
+def test_the_socket_file_is_private_whatever_the_umask(
+    ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: Path
+) -> None:
+    """Its mode came from the umask: under 000 any local user could connect, and on a node
+    without tokens be admin."""
+    old = os.umask(0)
+    try:
+        h = Harness(ctx, engine, f"ipc://{tmp_path}/control.sock")
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE((tmp_path / "control.sock").stat().st_mode) == 0o600
+    finally:
+        h.close()
+
+
+def _terminates(ctx: zmq.Context[Any]) -> bool:
+    """Whether ``ctx.term()`` returns (it waits for every socket of the context to close)."""
+    term = threading.Thread(target=ctx.term, daemon=True)
+    term.start()
+    term.join(10)
+    return not term.is_alive()
+
+
+def test_a_start_failing_otherwise_than_at_the_bind_closes_its_socket(engine: FakeEngine) -> None:
+    """A key libzmq refuses (the node's config checks keys; here one is given directly): the
+    socket stayed open, and the node's stop then hung for ever in Context.term()."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    with pytest.raises(ConfigError, match="curve_secret_key"):
+        ControlServer.start_and_wait(
+            ctx, engine, endpoint="tcp://127.0.0.1:*", curve_secret_key="not a key", timeout=10
+        )
+    assert _terminates(ctx)
 
 
 def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import threading
 import time
@@ -16,6 +18,7 @@ import zmq
 from pykka import ActorRegistry
 
 from tamma_actors import _codec
+from tamma_actors._errors import ConfigError
 from tamma_actors._eventbus import EventBus, Publish
 
 pytestmark = pytest.mark.integration
@@ -235,6 +238,31 @@ def test_unencodable_and_oversized_events_are_dropped_not_fatal(
 def test_bind_failure_stops_the_bus(ctx: zmq.Context[Any], tmp_path: Path) -> None:
     bus = EventBus.start(ctx, f"ipc://{tmp_path}/missing/dir/ev.sock")
     assert bus.actor_stopped.wait(WAIT)
+
+
+def test_the_socket_file_is_private_whatever_the_umask(
+    ctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    old = os.umask(0)
+    try:
+        bus = EventBus.start_and_wait(ctx, f"ipc://{tmp_path}/ev.sock", timeout=WAIT)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ev.sock").stat().st_mode) == 0o600
+    assert bus.stop(timeout=WAIT)
+
+
+def test_a_start_failing_otherwise_than_at_the_bind_closes_its_socket() -> None:
+    """A key libzmq refuses: the PUB socket stayed open and Context.term() never returned."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    with pytest.raises(ConfigError, match="curve_secret_key"):
+        EventBus.start_and_wait(
+            ctx, "tcp://127.0.0.1:*", curve_secret_key="not a key", timeout=WAIT
+        )
+    term = threading.Thread(target=ctx.term, daemon=True)
+    term.start()
+    term.join(WAIT)
+    assert not term.is_alive(), "a socket of the bus was left open"
 
 
 def test_stop_closes_the_pub_socket_and_frees_the_endpoint(

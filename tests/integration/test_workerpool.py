@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 import zmq
 
 from tamma_actors import _wire as wire
+from tamma_actors._errors import ConfigError
 from tamma_actors._workerpool import (
     Cancel,
     Dispatch,
@@ -713,6 +715,35 @@ def test_tcp_endpoint_is_resolved(make: Callable[..., Harness], zctx: Any) -> No
         h.wait_workers(1)
     finally:
         w.close()
+
+
+def test_the_socket_file_is_private_whatever_the_umask(
+    make: Callable[..., Harness], tmp_path: Path
+) -> None:
+    old = os.umask(0)
+    try:
+        h = make(endpoint=f"ipc://{tmp_path}/workers.sock")
+        h.endpoint()  # the pool has bound it
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "workers.sock").stat().st_mode) == 0o600
+
+
+def test_a_start_failing_otherwise_than_at_the_bind_closes_its_socket() -> None:
+    """A key libzmq refuses: the ROUTER stayed open and Context.term() never returned."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    with pytest.raises(ConfigError, match="curve_secret_key"):
+        WorkerPool.start_and_wait(
+            ctx,
+            endpoint="tcp://127.0.0.1:*",
+            local_workers=0,
+            curve_secret_key="not a key",
+            timeout=TIMEOUT,
+        )
+    term = threading.Thread(target=ctx.term, daemon=True)
+    term.start()
+    term.join(TIMEOUT)
+    assert not term.is_alive(), "a socket of the pool was left open"
 
 
 def test_bind_failure_stops_the_pool(zctx: Any) -> None:
