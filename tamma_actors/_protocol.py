@@ -140,9 +140,9 @@ class AbortArgs(ExecutionArgs):
     reason: str | None = None
 
 
-# The most records one 'list' reply holds: a request for more (no limit, and more
-# match) is refused before any record is built, so one request never keeps the control
-# server's thread for long nor makes a reply no client could take.
+# The most records one 'list' or 'events' reply holds: a request for more (a limit over
+# it, or none and more match) is refused before any record is read, so one request never
+# keeps the control server's thread for long nor makes a reply no client could take.
 LIST_MOST = 10_000
 
 
@@ -170,7 +170,7 @@ class ExecuteArgs(RetryArgs):
 
 class EventsArgs(ExecutionArgs):
     from_seq: int = Field(default=0, ge=0)
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=LIST_MOST)
 
 
 class WaitArgs(ExecutionArgs):

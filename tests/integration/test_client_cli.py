@@ -35,6 +35,7 @@ from tamma_actors._errors import (
     WorkflowValidationError,
 )
 from tamma_actors._models import WorkflowConfig, WorkflowFilter
+from tamma_actors._protocol import LIST_MOST
 from tamma_actors._status import ExecutionStatus, StepStatus
 from tests.fakes import FakeEngine
 
@@ -245,6 +246,22 @@ def test_list_filters(client: Client) -> None:
     assert [s.id for s in client.list_summaries({"status": "aborted", "workflowId": "two"})] == [
         second
     ]
+
+
+def test_events_are_asked_for_at_most_a_replys_worth_at_a_time(
+    client: Client, engine: FakeEngine
+) -> None:
+    """One 'events' reply holds at most LIST_MOST events, as a 'list' reply does records:
+    the node refuses a bigger limit (one reply held 19,949), and the client's own pages
+    stay within it however many are wanted."""
+    eid = client.start_workflow(ONE_STEP).id
+    with pytest.raises(ProtocolError, match="limit: Input should be less than or equal to"):
+        client.request("events", {"id": eid, "limit": LIST_MOST + 1})
+    everything = client.get_events(eid)
+    assert len(everything) >= 2
+    assert client.get_events(eid, limit=LIST_MOST + 1) == everything
+    asked = [args[2] for name, args in engine.calls if name == "get_events"]
+    assert asked and all(limit <= LIST_MOST for limit in asked)
 
 
 def test_errors_map_to_the_tree(client: Client, engine: FakeEngine) -> None:

@@ -194,6 +194,8 @@ def test_malformed_envelope_keeps_the_id(overrides: dict[str, Any], needle: str)
         ("list", {"limit": "5"}, "limit"),
         ("events", {"id": "e", "from_seq": -1}, "from_seq"),
         ("events", {"id": "e", "from_seq": True}, "from_seq"),
+        ("events", {"id": "e", "limit": 0}, "limit"),
+        ("events", {"id": "e", "limit": 10_001}, "limit"),  # as a 'list' reply, at most 10,000
         ("wait", {"id": "e", "timeout": 3601}, "timeout"),
         ("wait", {"id": "e", "timeout": "1"}, "timeout"),
         ("retry", {"id": "e"}, "step"),
