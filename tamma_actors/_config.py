@@ -27,6 +27,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from tamma_actors._curve import is_curve_key, public_key_of
 from tamma_actors._errors import ConfigError
 from tamma_actors._models import Seconds
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
@@ -126,6 +127,13 @@ class NodeConfig(BaseSettings):
             raise ValueError(f"{value!r} must start with one of {', '.join(_SCHEMES)}")
         return value
 
+    @field_validator("curve_public_key", "curve_secret_key")
+    @classmethod
+    def _curve_key(cls, value: str | None) -> str | None:
+        if value is not None and not is_curve_key(value):  # the value is not repeated: a secret
+            raise ValueError("not a CURVE key (40 z85 characters; tamma-node keygen prints a pair)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -148,12 +156,21 @@ class NodeConfig(BaseSettings):
             raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
         if self.max_map_size is not None and self.max_map_size < self.map_size:
             raise ValueError("max_map_size must be at least map_size")
-        if (self.curve_public_key is None) != (self.curve_secret_key is None):
-            raise ValueError("curve_public_key and curve_secret_key go together")
+        self._check_curve_pair()
         for name, address in self._addresses().items():
             self._check_address(name, address)
         self._distinct_addresses()
         return self
+
+    def _check_curve_pair(self) -> None:
+        public, secret = self.curve_public_key, self.curve_secret_key
+        if (public is None) != (secret is None):
+            raise ValueError("curve_public_key and curve_secret_key go together")
+        if secret is not None and public_key_of(secret) != public:
+            raise ValueError(
+                "curve_public_key is not the public half of curve_secret_key: no local worker "
+                "could join (tamma-node keygen prints a key pair)"
+            )
 
     def _check_address(self, name: str, address: str) -> None:
         if address.startswith("tcp://") and not (self.has_curve or self.insecure_tcp):

@@ -8,19 +8,42 @@ none of this: the socket files sit in the 0700 data directory.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
 from tamma_actors._errors import ConfigError
 
-__all__ = ["curve_client", "curve_server", "keypair"]
+__all__ = ["curve_client", "curve_server", "is_curve_key", "keypair", "public_key_of"]
+
+_KEY_CHARS = 40  # z85 text of a 32-byte key
 
 
 def keypair() -> tuple[str, str]:
     """A new (public, secret) CURVE key pair, z85 text."""
     public, secret = zmq.curve_keypair()
     return public.decode("ascii"), secret.decode("ascii")
+
+
+def is_curve_key(key: str) -> bool:
+    """Whether ``key`` is a CURVE key: z85 text of 40 characters standing for 32 bytes."""
+    if len(key) != _KEY_CHARS:
+        return False
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError, struct.error):  # not ASCII, not z85, a group over 2**32
+        return False
+    return True
+
+
+def public_key_of(secret_key: str) -> str:
+    """The public half of the key pair whose secret is ``secret_key`` (a valid key)."""
+    try:
+        return zmq.curve_public(secret_key.encode("ascii")).decode("ascii")
+    except zmq.ZMQError as exc:  # a libzmq built without CURVE
+        raise ConfigError(f"curve_secret_key: this libzmq cannot use CURVE keys: {exc}") from exc
 
 
 def curve_server(sock: zmq.Socket[Any], endpoint: str, secret_key: str | None) -> None:

@@ -153,6 +153,21 @@ def test_run_on_a_data_dir_under_a_file_names_it(short_dir: Path) -> None:
     assert done.stderr == f"tamma-node: data_dir '{afile}/var': Not a directory\n"
 
 
+def test_run_with_curve_keys_that_are_none_exits_1_at_once(short_dir: Path) -> None:
+    """libzmq refused the key at the bind, the socket stayed open, and the node never
+    stopped (its ZeroMQ context waited for that socket)."""
+    config = short_dir / "node.toml"
+    config.write_text(
+        'curve_public_key = "abc"\ncurve_secret_key = "def"\ncontrol_endpoint = "tcp://127.0.0.1:*"\n'
+    )
+    done = _tamma_node_run("--config", str(config), "--data-dir", str(short_dir / "var"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "tamma-node: invalid node configuration: curve_public_key: not a CURVE key"
+    )
+    assert "curve_secret_key: not a CURVE key" in done.stderr and done.stderr.count("\n") == 1
+
+
 def test_demo_on_a_data_dir_that_is_a_file_names_it(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

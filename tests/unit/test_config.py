@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tamma_actors._config import NodeConfig, load_node_config, node_config_json_schema
+from tamma_actors._curve import keypair
 from tamma_actors._errors import ConfigError
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
@@ -163,12 +164,40 @@ def test_tcp_needs_curve_or_explicit_insecurity() -> None:
         NodeConfig(workers_endpoint="tcp://0.0.0.0:5601")
     insecure = NodeConfig(workers_endpoint="tcp://0.0.0.0:5601", insecure_tcp=True)
     assert insecure.workers_address == "tcp://0.0.0.0:5601"
+    public, secret = keypair()
     secure = NodeConfig(
-        control_endpoint="tcp://127.0.0.1:5600",
-        curve_public_key="P" * 40,
-        curve_secret_key="S" * 40,
+        workers_endpoint="tcp://127.0.0.1:5601", curve_public_key=public, curve_secret_key=secret
     )
     assert secure.has_curve
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param("abc", id="short"),
+        pytest.param("def" * 14, id="long"),
+        pytest.param("#" * 40, id="a-group-over-2**32"),
+        pytest.param("é" * 40, id="not-ascii"),
+        pytest.param("a b c d e " * 4, id="not-z85"),
+    ],
+)
+@pytest.mark.parametrize("setting", ["curve_public_key", "curve_secret_key"])
+def test_a_curve_key_must_be_one(setting: str, bad: str) -> None:
+    """It was accepted, and the node hung for ever once libzmq refused it at the bind."""
+    keys = dict(zip(("curve_public_key", "curve_secret_key"), keypair(), strict=True))
+    keys[setting] = bad
+    with pytest.raises(
+        ConfigError, match=rf"^invalid node configuration: {setting}: not a CURVE"
+    ) as info:
+        NodeConfig(**keys)
+    assert bad not in str(info.value)  # a secret is not repeated
+
+
+def test_the_public_key_must_be_the_secret_keys() -> None:
+    """A public key of another pair was accepted: local workers, given it, never joined."""
+    (public, _), (_, secret) = keypair(), keypair()
+    with pytest.raises(ConfigError, match="curve_public_key is not the public half of curve_sec"):
+        NodeConfig(curve_public_key=public, curve_secret_key=secret)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +245,7 @@ def test_two_sockets_cannot_share_an_endpoint(tmp_path: Path) -> None:
 
 def test_curve_keys_come_in_pairs() -> None:
     with pytest.raises(ConfigError, match="go together"):
-        NodeConfig(curve_public_key="P" * 40)
+        NodeConfig(curve_public_key=keypair()[0])
 
 
 def test_overlong_ipc_path_is_refused(tmp_path: Path) -> None:
