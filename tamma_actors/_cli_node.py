@@ -32,7 +32,8 @@ EXIT_USAGE = 2
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="node config file (TOML or YAML)")
-    parser.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    # paths as text: the configuration refuses an empty one ('' would be the cwd as a Path)
+    parser.add_argument("--data-dir", help="data directory (default ./var)")
     parser.add_argument("--workers", type=int, help="local worker processes (default: CPUs)")
     parser.add_argument("--worker-slots", type=int, help="concurrent steps per worker")
     parser.add_argument(
@@ -49,7 +50,6 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
         "--workflow-dir",
         dest="workflow_dirs",
         action="append",
-        type=Path,
         help="a directory subflows may read workflow files from (repeatable)",
     )
     parser.add_argument(

@@ -2,12 +2,14 @@
 
 Precedence, strongest first: keyword overrides (the command line) > ``TAMMA_*``
 environment variables (nested keys with ``__``) > the config file (TOML or YAML) >
-defaults. Every fault (an unknown key, a bad value, an unsafe endpoint) is a
-:class:`ConfigError` naming the key.
+defaults. A setting is taken whole from the strongest source that gives it: a map
+(``tokens``, ``plugins``) or a list is not merged with a weaker source's. Every fault (an
+unknown key, a bad value, an unsafe endpoint) is a :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -15,17 +17,18 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import DirectoryPath, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
+from pydantic import (
+    DirectoryPath,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tamma_actors._curve import is_curve_key, public_key_of
 from tamma_actors._errors import ConfigError
@@ -39,6 +42,8 @@ MiB = 1024 * 1024
 _MAX_IPC_PATH = 107
 _SCHEMES = ("ipc://", "tcp://", "inproc://")
 _PLUGIN_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+_ENV_PREFIX = "TAMMA_"
+_ENV_NESTED = "__"
 
 # The file layer of the settings being built; a context variable so concurrent loads
 # (tests in threads) cannot see each other's files.
@@ -54,12 +59,7 @@ def _cpu_count() -> int:
 class NodeConfig(BaseSettings):
     """Everything a ``tamma-node`` process needs; durations in seconds (or "5s")."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="TAMMA_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        validate_default=True,
-    )
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
 
     data_dir: Path = Path("var")
     control_endpoint: str | None = None
@@ -117,14 +117,35 @@ class NodeConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # No .env or secrets directory: one file, chosen explicitly, then the environment.
-        file_settings = InitSettingsSource(settings_cls, dict(_FILE_VALUES.get() or {}))
-        return init_settings, env_settings, file_settings
+        layers = (init_settings(), _environment(os.environ), _FILE_VALUES.get() or {})
+        return (_Layers(settings_cls, layers),)
+
+    @field_validator("data_dir", "supervision", mode="before")
+    @classmethod
+    def _a_path(cls, value: Any) -> Any:
+        if value == "":
+            raise ValueError('empty: it would be the current directory (write "." if meant)')
+        return _expand_user(value)
+
+    @field_validator("workflow_dirs", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        if "" in value:
+            raise ValueError(
+                'an empty entry would let subflows read the whole current directory (write "." '
+                "if meant)"
+            )
+        return [_expand_user(entry) for entry in value]
 
     @field_validator("control_endpoint", "workers_endpoint", "events_endpoint")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(_SCHEMES):
             raise ValueError(f"{value!r} must start with one of {', '.join(_SCHEMES)}")
+        if value is not None and value.startswith("ipc://~"):
+            return "ipc://" + os.path.expanduser(value[6:])
         return value
 
     @field_validator("curve_public_key", "curve_secret_key")
@@ -132,6 +153,13 @@ class NodeConfig(BaseSettings):
     def _curve_key(cls, value: str | None) -> str | None:
         if value is not None and not is_curve_key(value):  # the value is not repeated: a secret
             raise ValueError("not a CURVE key (40 z85 characters; tamma-node keygen prints a pair)")
+        return value
+
+    @field_validator("tokens")
+    @classmethod
+    def _no_empty_token(cls, value: dict[str, str]) -> dict[str, str]:
+        if "" in value:
+            raise ValueError("an empty token is refused: a caller sending '' would have its role")
         return value
 
     @field_validator("log_level")
@@ -240,6 +268,72 @@ class NodeConfig(BaseSettings):
         return self.events_endpoint or self._default_ipc("events.sock")
 
 
+class _Layers(PydanticBaseSettingsSource):
+    """The settings given, strongest source first, each taken whole from the first source
+    that has it: a map or a list in the environment replaces the file's instead of being
+    merged into it (a merge could never take a token of the file away)."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], layers: tuple[Mapping[str, Any], ...]
+    ) -> None:
+        super().__init__(settings_cls)
+        self._layers = layers
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ gives every value at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for layer in reversed(self._layers):
+            values.update(layer)
+        return values
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings in ``TAMMA_*`` variables: ``TAMMA_WORKERS=4`` (the prefix and the name
+    in any case), a map or a list as JSON, one key of a map as ``TAMMA_TOKENS__KEY``. KEY
+    keeps its case: tokens and plugin names are case-sensitive. Variables that name no
+    setting (the ``tamma`` client's) are left alone."""
+    values: dict[str, Any] = {}
+    entries: dict[str, dict[str, str]] = {}  # TAMMA_NAME__KEY, added to TAMMA_NAME's map
+    for variable, text in environ.items():
+        if not variable.upper().startswith(_ENV_PREFIX):
+            continue
+        name, nested, key = variable[len(_ENV_PREFIX) :].partition(_ENV_NESTED)
+        name = name.lower()
+        field = NodeConfig.model_fields.get(name)
+        if field is None:
+            continue
+        kind = get_origin(field.annotation)
+        if nested and kind is not dict:
+            raise ConfigError(f"invalid node configuration: {variable}: {name} is not a map")
+        if nested:
+            entries.setdefault(name, {})[key] = text
+        else:
+            values[name] = _json(variable, text) if kind in (dict, list) else text
+    for name, given in entries.items():
+        whole = values.get(name)
+        values[name] = {**whole, **given} if isinstance(whole, dict) else given
+    return values
+
+
+def _json(variable: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"invalid node configuration: {variable} is not JSON ({exc}); a TAMMA_* variable "
+            """for a map or a list holds JSON, e.g. TAMMA_TOKENS='{"s3cret": "operator"}'"""
+        ) from exc
+
+
+def _expand_user(value: Any) -> Any:
+    """A path with ``~`` (``~/tamma``, ``~user/tamma``) made the home directory's."""
+    if isinstance(value, str | Path):
+        return os.path.expanduser(value)
+    return value
+
+
 def _check_tcp(name: str, address: str) -> None:
     """``tcp://HOST:PORT``, the port a number or ``*`` (any free one): libzmq says no more
     than "Invalid argument" of anything else, and only once the node binds it."""
@@ -288,11 +382,6 @@ def load_node_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
     except ConfigError as exc:
         where = f" (file {path})" if path is not None else ""
         raise ConfigError(f"{exc}{where}") from exc.__cause__
-    except SettingsError as exc:  # a TAMMA_* value pydantic-settings could not decode
-        raise ConfigError(
-            f"invalid node configuration: {exc} ({exc.__cause__}); a TAMMA_* variable for "
-            """a map or a list holds JSON, e.g. TAMMA_TOKENS='{"s3cret": "operator"}'"""
-        ) from exc
     finally:
         _FILE_VALUES.reset(token)
 

@@ -168,6 +168,16 @@ def test_run_with_curve_keys_that_are_none_exits_1_at_once(short_dir: Path) -> N
     assert "curve_secret_key: not a CURVE key" in done.stderr and done.stderr.count("\n") == 1
 
 
+def test_run_on_an_empty_data_dir_names_it(
+    short_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--data-dir ''`` was the current directory, and its mode became 0700."""
+    monkeypatch.chdir(short_dir)
+    assert tamma_node(["run", "--data-dir", "", "--workers", "0"]) == 1  # before any handler
+    assert capsys.readouterr().err.startswith("tamma-node: invalid node configuration: data_dir:")
+    assert list(short_dir.iterdir()) == []
+
+
 def test_demo_on_a_data_dir_that_is_a_file_names_it(
     short_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

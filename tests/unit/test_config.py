@@ -105,8 +105,64 @@ def test_nested_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_an_environment_value_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAMMA_TOKENS", "abc=operator")
-    with pytest.raises(ConfigError, match=r'field "tokens".*Expecting value.*holds JSON'):
+    with pytest.raises(
+        ConfigError, match=r"TAMMA_TOKENS is not JSON \(Expecting value.*holds JSON"
+    ):
         load_node_config()
+
+
+def test_environment_keys_keep_their_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token or a plugin name set as TAMMA_TOKENS__KEY is KEY as written (it was lower-cased:
+    the token given to clients was then unknown, and its lower-case twin admin)."""
+    monkeypatch.setenv("TAMMA_TOKENS__Xy7-SecretToken", "admin")
+    monkeypatch.setenv("TAMMA_TOKENS__a__b", "viewer")  # the first __ only separates
+    monkeypatch.setenv("TAMMA_PLUGINS__TriageStep", "mypkg.steps:triage")
+    monkeypatch.setenv("tamma_worker_slots", "3")  # the prefix and the name in any case
+    monkeypatch.setenv("TAMMA_CURVE_SERVER_KEY", "the client's")  # not a node setting
+    cfg = load_node_config()
+    assert cfg.tokens == {"Xy7-SecretToken": "admin", "a__b": "viewer"}
+    assert cfg.plugins == {"TriageStep": "mypkg.steps:triage"}
+    assert cfg.worker_slots == 3
+
+
+def test_a_map_given_by_a_stronger_source_replaces_the_weaker_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each source overrides the one before, a map as a whole: the environment can take a
+    token of the file away (the two used to be merged)."""
+    path = write(
+        tmp_path,
+        "node.toml",
+        '[plugins]\nfromfile = "a.b:c"\n[tokens]\nfiletok = "admin"\n',
+    )
+    monkeypatch.setenv("TAMMA_TOKENS", '{"envtok": "viewer"}')
+    monkeypatch.setenv("TAMMA_TOKENS__more", "operator")  # one source: the two are merged
+    monkeypatch.setenv("TAMMA_PLUGINS__fromenv", "d.e:f")
+    cfg = load_node_config(path)
+    assert cfg.tokens == {"envtok": "viewer", "more": "operator"}
+    assert cfg.plugins == {"fromenv": "d.e:f"}
+    assert load_node_config(path, tokens={"given": "admin"}).tokens == {"given": "admin"}
+
+
+def test_a_nested_variable_needs_a_map_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAMMA_WORKERS__x", "3")
+    with pytest.raises(ConfigError, match="TAMMA_WORKERS__x: workers is not a map"):
+        load_node_config()
+
+
+@pytest.mark.parametrize("how", ["file", "environment", "nested environment"])
+def test_an_empty_token_is_refused(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = None
+    if how == "file":
+        path = write(tmp_path, "node.toml", '[tokens]\n"" = "admin"\n')
+    elif how == "environment":
+        monkeypatch.setenv("TAMMA_TOKENS", '{"": "admin", "real": "viewer"}')
+    else:
+        monkeypatch.setenv("TAMMA_TOKENS__", "admin")
+    with pytest.raises(ConfigError, match="tokens: an empty token is refused"):
+        load_node_config(path)
 
 
 def test_file_layer_does_not_leak_between_loads(tmp_path: Path) -> None:
@@ -248,6 +304,48 @@ def test_curve_keys_come_in_pairs() -> None:
         NodeConfig(curve_public_key=keypair()[0])
 
 
+@pytest.mark.parametrize("how", ["override", "environment", "file"])
+def test_an_empty_data_dir_is_refused(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It meant the current directory (its mode was then set to 0700)."""
+    path, given = None, {}
+    if how == "override":
+        given = {"data_dir": ""}
+    elif how == "environment":
+        monkeypatch.setenv("TAMMA_DATA_DIR", "")
+    else:
+        path = write(tmp_path, "node.toml", 'data_dir = ""\n')
+    with pytest.raises(ConfigError, match="data_dir: empty: it would be the current directory"):
+        load_node_config(path, **given)
+
+
+def test_an_empty_workflow_dir_is_refused(tmp_path: Path) -> None:
+    """It became ".": subflows could read any file under the current directory."""
+    with pytest.raises(ConfigError, match="workflow_dirs: an empty entry"):
+        NodeConfig(workflow_dirs=[tmp_path, ""])
+
+
+def test_a_path_starting_with_a_tilde_is_the_home_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``data_dir = "~/tamma-data"`` made ./~/tamma-data."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "flows").mkdir()
+    path = write(
+        tmp_path,
+        "node.toml",
+        'data_dir = "~/tamma-data"\nworkflow_dirs = ["~/flows"]\nsupervision = "~/tree.toml"\n'
+        'events_endpoint = "ipc://~/events.sock"\n',
+    )
+    cfg = load_node_config(path)
+    assert cfg.data_dir == tmp_path / "tamma-data"
+    assert cfg.control_address == f"ipc://{tmp_path}/tamma-data/control.sock"
+    assert cfg.workflow_dirs == [tmp_path / "flows"]
+    assert cfg.supervision == tmp_path / "tree.toml"
+    assert cfg.events_address == f"ipc://{tmp_path}/events.sock"
+
+
 def test_overlong_ipc_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="107-byte limit"):
         NodeConfig(data_dir=tmp_path / ("d" * 120))
@@ -300,3 +398,15 @@ def test_node_flags_override_the_file_and_an_absent_flag_leaves_it(tmp_path: Pat
     args = ["run", "--data-dir", str(tmp_path), "--workflow-dir", str(flows)]
     cfg = _config_from(_parser().parse_args([*args, "--workflow-dir", str(tmp_path)]))
     assert cfg.workflow_dirs == [flows, tmp_path] and not cfg.allow_shell
+
+
+def test_empty_path_flags_are_refused_naming_the_setting(tmp_path: Path) -> None:
+    """``--data-dir ''`` and ``--workflow-dir ''`` were the current directory."""
+    from tamma_actors._cli_node import _config_from, _parser
+
+    with pytest.raises(ConfigError, match="data_dir: empty"):
+        _config_from(_parser().parse_args(["run", "--data-dir", ""]))
+    with pytest.raises(ConfigError, match="workflow_dirs: an empty entry"):
+        _config_from(
+            _parser().parse_args(["run", "--data-dir", str(tmp_path), "--workflow-dir", ""])
+        )
