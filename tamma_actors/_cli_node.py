@@ -216,7 +216,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config_from(args)
     _setup_logging(cfg.log_level)
     inputs = _parse_inputs(args.input)
-    with Node(cfg) as node, Client(cfg.control_address, timeout=30.0) as client:
+    token, key = _starting_token(cfg), cfg.curve_public_key
+    with (
+        Node(cfg) as node,
+        Client(cfg.control_address, token=token, timeout=30.0, curve_server_key=key) as client,
+    ):
         print(
             f"node up on {cfg.data_dir} with {cfg.workers} local workers "
             f"({node.recovered} executions recovered)",
@@ -231,6 +235,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         _print_execution(final.model_dump(mode="json"), len(events))
     return EXIT_OK if final.status == "completed" else EXIT_FAILED
+
+
+def _starting_token(cfg: NodeConfig) -> str | None:
+    """A token of the node's that may start workflows (the least role that may), or None
+    for a node without tokens."""
+    if not cfg.tokens:
+        return None
+    for role in ("operator", "admin"):
+        for token, given in cfg.tokens.items():
+            if given == role:
+                return token
+    raise ConfigError("demo starts a workflow: tokens needs one with the operator or admin role")
 
 
 def _print_execution(record: dict[str, Any], event_count: int) -> None:

@@ -188,6 +188,11 @@ class NodeConfig(BaseSettings):
         for name, address in self._addresses().items():
             self._check_address(name, address)
         self._distinct_addresses()
+        if self.control_address.startswith("tcp://") and not (self.tokens or self.insecure_tcp):
+            raise ValueError(
+                "a tcp:// control_endpoint needs tokens: without them every caller that can "
+                "connect is admin; set tokens, or insecure_tcp = true to accept anyone"
+            )
         return self
 
     def _check_curve_pair(self) -> None:

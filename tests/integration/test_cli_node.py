@@ -18,6 +18,7 @@ import zmq
 
 from tamma_actors import _cli_node, _worker
 from tamma_actors._cli_node import main as tamma_node
+from tamma_actors._curve import keypair
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +90,37 @@ def test_demo_refuses_a_malformed_input(
     code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), str(invalid)])
     assert code == 2  # as `tamma start`: an invalid workflow is a usage error, not a failure
     assert "steps[0].implementation" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_calls_its_node_with_a_token_and_its_key(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It called its own node with neither: refused (Forbidden) on a node with tokens, no
+    answer from a CURVE tcp:// control endpoint."""
+    public, secret = keypair()
+    configs = [
+        '[tokens]\n"S3cretViewer" = "viewer"\n"S3cretOperator" = "operator"\n',
+        f'curve_public_key = "{public}"\ncurve_secret_key = "{secret}"\n'
+        f'control_endpoint = "tcp://127.0.0.1:{_free_port()}"\n[tokens]\n"S3cretAdmin" = "admin"\n',
+    ]
+    example = str(ROOT / "config" / "workflows" / "example.yaml")
+    for n, text in enumerate(configs):
+        config = short_dir / f"node{n}.toml"
+        config.write_text(text)
+        args = ["--config", str(config), "--data-dir", str(short_dir / f"var{n}"), "--workers", "1"]
+        assert tamma_node(["demo", *args, example, "--input", "topic=t", "--json"]) == 0, n
+        assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    viewers = short_dir / "viewers.toml"
+    viewers.write_text('[tokens]\n"S3cretViewer" = "viewer"\n')
+    args = ["--config", str(viewers), "--data-dir", str(short_dir / "var"), example]
+    assert tamma_node(["demo", *args]) == 1
+    assert "tokens needs one with the operator or admin role" in capsys.readouterr().err
 
 
 def test_keygen_prints_a_matching_curve_key_pair(capsys: pytest.CaptureFixture[str]) -> None:

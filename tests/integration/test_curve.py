@@ -21,6 +21,7 @@ from tamma_actors._node import Node
 pytestmark = pytest.mark.integration
 
 WAIT = 60.0
+TOKEN = "curve-test-operator"
 
 
 def free_port() -> int:
@@ -43,6 +44,7 @@ def secured(short_dir: Path) -> Iterator[tuple[Node, str]]:
         events_endpoint=f"tcp://127.0.0.1:{ports[2]}",
         curve_public_key=public,
         curve_secret_key=secret,
+        tokens={TOKEN: "operator"},  # a tcp:// control endpoint needs them
     )
     with Node(cfg) as node:
         yield node, public
@@ -65,7 +67,9 @@ def test_a_client_with_the_key_is_served_and_workers_join_over_curve(
          "--worker-id", "remote-1", "--heartbeat", "0.2"],
     )  # fmt: skip
     try:
-        with Client(cfg.control_address, timeout=WAIT, curve_server_key=public) as client:
+        with Client(
+            cfg.control_address, token=TOKEN, timeout=WAIT, curve_server_key=public
+        ) as client:
             for _ in range(200):
                 workers = client.health()["workers"]["workers"]
                 if {w["worker_id"] for w in workers} >= {"remote-1"} and len(workers) == 2:
@@ -91,13 +95,15 @@ def test_a_client_without_the_key_gets_nothing(secured: tuple[Node, str]) -> Non
     # send would fail at once): it waits for one like for a reply, and times out.
     for timeout in (0.5, 0.05, 0.5):
         with (
-            Client(node.config.control_address, timeout=timeout) as plain,
+            Client(node.config.control_address, token=TOKEN, timeout=timeout) as plain,
             pytest.raises(RequestTimeout),
         ):
             plain.health()
     wrong, _ = keypair()
     with (
-        Client(node.config.control_address, timeout=0.5, curve_server_key=wrong) as impostor,
+        Client(
+            node.config.control_address, token=TOKEN, timeout=0.5, curve_server_key=wrong
+        ) as impostor,
         pytest.raises(RequestTimeout),
     ):
         impostor.health()

@@ -227,6 +227,19 @@ def test_tcp_needs_curve_or_explicit_insecurity() -> None:
     assert secure.has_curve
 
 
+def test_a_tcp_control_endpoint_needs_tokens_or_explicit_insecurity() -> None:
+    """Without tokens every caller is admin: fine on the private ipc:// socket, not for
+    every peer that has the node's public key."""
+    public, secret = keypair()
+    keys = {"curve_public_key": public, "curve_secret_key": secret}
+    with pytest.raises(ConfigError, match="a tcp:// control_endpoint needs tokens"):
+        NodeConfig(control_endpoint="tcp://127.0.0.1:5600", **keys)
+    for fine in ({"tokens": {"s3cret": "operator"}}, {"insecure_tcp": True}):
+        cfg = NodeConfig(control_endpoint="tcp://127.0.0.1:5600", **keys, **fine)
+        assert cfg.control_address == "tcp://127.0.0.1:5600"
+    assert NodeConfig(events_endpoint="tcp://127.0.0.1:5602", **keys).has_curve  # not control
+
+
 @pytest.mark.parametrize(
     "bad",
     [
