@@ -79,3 +79,54 @@ def same_data(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple) and isinstance(b, list | tuple) and type(a) is type(b):
         return len(a) == len(b) and all(map(same_data, a, b))
     return False
+
+
+def packed_size(value: Any, limit: int) -> int:
+    """How many bytes ``pack(value)`` makes, counted without making them; once the count
+    passes ``limit`` it stops and returns what it has (a number over ``limit``). For data
+    put together from references to the same big values (a list naming one input a
+    thousand times), which packing would copy in full only to find it too big."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            n = len(item) if item.isascii() else len(item.encode("utf-8", "surrogatepass"))
+            total += n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
+        elif isinstance(item, bool) or item is None:
+            total += 1
+        elif isinstance(item, int):
+            total += _int_size(item)
+        elif isinstance(item, float):
+            total += 9
+        elif isinstance(item, bytes | bytearray):
+            n = len(item)
+            total += n + (2 if n < 256 else 3 if n < 65536 else 5)
+        elif isinstance(item, list | tuple):
+            total += _header_size(len(item))
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += _header_size(len(item))
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:  # anything else: as msgpack has it (or its CodecError)
+            total += len(pack(item))
+        if total > limit:
+            break
+    return total
+
+
+def _header_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 65536 else 5
+
+
+def _int_size(n: int) -> int:
+    if -32 <= n < 128:
+        return 1
+    if -(2**7) <= n < 2**8:
+        return 2
+    if -(2**15) <= n < 2**16:
+        return 3
+    if -(2**31) <= n < 2**32:
+        return 5
+    return 9

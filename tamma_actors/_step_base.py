@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from tamma_actors._codec import pack
+from tamma_actors._codec import packed_size
 from tamma_actors._errors import ExpressionError
 from tamma_actors._step_configs import Plan, ancestors
 from tamma_actors._timeouts import TimeoutHandling
@@ -60,10 +60,13 @@ class StepTypeBase(TimeoutHandling):
         None if it fits. Each part passed the cap on its own, their sum need not: stored,
         it would make the execution's events unreadable and its publishing fail."""
         cap = self.deps.max_frame_bytes
-        size = len(pack(value))
-        if size <= cap - _EVENT_ROOM:
+        most = cap - _EVENT_ROOM
+        if packed_size(value, most) <= most:  # (it stops counting once over)
             return None
-        message = f"{what}: {size:,} bytes, over the {cap:,}-byte cap (max_frame_bytes)"
+        message = (
+            f"{what}: more than {most:,} bytes (the {cap:,}-byte frame cap, max_frame_bytes, "
+            f"less {_EVENT_ROOM:,} for the event around it)"
+        )
         return {"type": "FrameTooLarge", "message": message, "retryable": False}
 
     def _expression_failed(self, name: str, attempt: int, exc: ExpressionError) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tamma_actors._codec import pack
+from tamma_actors._codec import packed_size
 from tamma_actors._errors import ExpressionError, WorkflowError
 from tamma_actors._expr import evaluate
 from tamma_actors._keys import new_execution_id
@@ -70,7 +70,8 @@ class SubflowSteps(StepTypeBase):
             return False
         too_big = self._over_cap(inputs, "the child's inputs")
         if too_big is not None:
-            largest = max(inputs, key=lambda key: len(pack(inputs[key])))
+            cap = self.deps.max_frame_bytes
+            largest = max(inputs, key=lambda key: packed_size(inputs[key], cap))
             too_big["message"] += f"; the largest is inputs.{largest}"
             self._on_step_error(name, attempt, too_big)
             self._again = True

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tamma_actors._codec import pack, peek, same_data, unpack
+from tamma_actors._codec import pack, packed_size, peek, same_data, unpack
 from tamma_actors._errors import CodecError, FrameTooLarge
 
 values = st.recursive(
@@ -28,6 +28,31 @@ values = st.recursive(
 @given(values)
 def test_round_trip(value: Any) -> None:
     assert unpack(pack(value)) == value
+
+
+@settings(deadline=None)
+@given(values)
+def test_packed_size_is_the_packed_length(value: Any) -> None:
+    assert packed_size(value, 1 << 40) == len(pack(value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a" * 31, "a" * 32, "é" * 200, "a" * 65_535, "a" * 65_536, b"x" * 255, b"x" * 256,
+     list(range(15)), list(range(16)), {str(i): i for i in range(70_000)}, 2**64 - 1, -(2**63),
+     (1, "a"), 1.5],
+)  # fmt: skip
+def test_packed_size_at_each_header_boundary(value: Any) -> None:
+    assert packed_size(value, 1 << 40) == len(pack(value))
+
+
+def test_packed_size_stops_once_over_its_limit() -> None:
+    # A thousand references to one 1 MiB string: counting stops after the second one,
+    # where packing would have made a gigabyte first.
+    big = "x" * (1 << 20)
+    many = [big] * 1000
+    assert (1 << 20) < packed_size(many, 1 << 20) <= 2 * ((1 << 20) + 5) + 3
+    assert packed_size(many, 1 << 40) == 1000 * ((1 << 20) + 5) + 3
 
 
 with_nan = st.recursive(
