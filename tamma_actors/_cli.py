@@ -290,11 +290,10 @@ def _cmd_list(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
-    execution = client.get_workflow(args.id)
     status: WorkflowStatusInfo = client.get_workflow_status(args.id)
-    extra = status.model_dump(mode="json", include={"progress", "steps", "waiting"})
-    if out.as_json:
-        show_execution(out, execution, extra)
+    if out.as_json:  # the whole record with the status's figures; the table needs only these
+        extra = status.model_dump(mode="json", include={"progress", "steps", "waiting"})
+        show_execution(out, client.get_workflow(args.id), extra)
         return ExitCode.OK
     p = status.progress
     rows: list[list[Any]] = [

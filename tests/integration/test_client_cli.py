@@ -745,6 +745,23 @@ def test_cli_lifecycle_commands(cli: Cli, engine: FakeEngine) -> None:
     assert code == ExitCode.OK and json.loads(out)["status"] == "completed"
 
 
+def test_cli_status_without_json_reads_no_record(
+    serve: ServerFactory, data_dir: Path, engine: FakeEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table shows what the status holds: an execution whose record (and whose step's
+    event) is over the node's frame cap has it shown all the same (it was too_large)."""
+    serve(max_frame_bytes=64 << 10)
+    cli = Cli(data_dir, capsys)
+    eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    engine.run_step(eid, "only")
+    engine.complete_step(eid, "only", "x" * (100 << 10))
+    engine.calls.clear()
+    code, out, err = cli("status", eid)
+    assert code == ExitCode.OK, err
+    assert "1/1 succeeded" in out and "completed" in out
+    assert [name for name, _ in engine.calls] == ["get_workflow_status"]
+
+
 def test_step_output_of_any_bytes_prints_as_base64_json(cli: Cli, engine: FakeEngine) -> None:
     """A step may return bytes (msgpack carries them); JSON output shows them as base64
     text instead of failing on bytes that are not UTF-8."""
