@@ -17,7 +17,13 @@ from typing import Any
 import yaml
 
 from tamma_actors._cli_admin import add_admin_parser, cmd_admin
-from tamma_actors._cli_output import ExitCode, Output, show_events, show_execution
+from tamma_actors._cli_output import (
+    DEFAULT_TIMEOUT,
+    ExitCode,
+    Output,
+    show_events,
+    show_execution,
+)
 from tamma_actors._cli_watch import cmd_watch
 from tamma_actors._client import Client
 from tamma_actors._errors import (
@@ -98,6 +104,17 @@ def _json_lines(text: str) -> list[tuple[str, dict[str, Any]]]:
     if not each:
         raise argparse.ArgumentTypeError(f"{name} holds no inputs (one JSON object per line)")
     return each
+
+
+def _count(text: str) -> int:
+    """``watch --count``: a whole number of events, 1 or more (0 would print nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return value
 
 
 def _common(*, with_timeout: bool = True) -> argparse.ArgumentParser:
@@ -189,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("explain", "why an execution is where it is").add_argument("id")
     watch = add("watch", "follow live events")
     watch.add_argument("patterns", nargs="*", metavar="PATTERN", help="glob, e.g. step.*")
-    watch.add_argument("--count", type=int, default=None, help="stop after N events")
+    watch.add_argument("--count", type=_count, default=None, help="stop after N events")
     watch.add_argument("--events-endpoint", default=None)
     add_admin_parser(add("admin", "store administration (admin role)"), _common())
     schema = add("schema", "print a JSON Schema")
@@ -401,7 +418,7 @@ def _client(args: argparse.Namespace) -> Client:
         getattr(args, "endpoint", None),
         data_dir=getattr(args, "data_dir", None),
         token=getattr(args, "token", None),
-        timeout=getattr(args, "timeout", None) or 30.0,
+        timeout=getattr(args, "timeout", None) or DEFAULT_TIMEOUT,
         curve_server_key=getattr(args, "curve_server_key", None),
     )
 

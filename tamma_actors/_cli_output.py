@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "EVENT_FIELDS",
     "PLAIN_FROM_ROWS",
     "ExitCode",
@@ -21,6 +22,8 @@ __all__ = [
     "show_events",
     "show_execution",
 ]
+
+DEFAULT_TIMEOUT = 30.0  # seconds, without --timeout
 
 EVENT_FIELDS = {"seq", "type", "execution_id", "timestamp", "data"}
 

@@ -1,4 +1,9 @@
-"""``tamma watch``: follow a node's live events over its PUB socket and print them."""
+"""``tamma watch``: follow a node's live events over its PUB socket and print them.
+
+It waits for the node as long as a request would (``--timeout``): a node that does not take
+its connection in that time is reported as one that does not answer (``[timeout]``, exit 3),
+not watched in silence for ever.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,11 @@ from typing import Any
 
 import zmq
 
-from tamma_actors._cli_output import EVENT_FIELDS, ExitCode, Output
+from tamma_actors._cli_output import DEFAULT_TIMEOUT, EVENT_FIELDS, ExitCode, Output
 from tamma_actors._client import ClientSettings
 from tamma_actors._codec import unpack
 from tamma_actors._curve import curve_client
-from tamma_actors._errors import TammaError
+from tamma_actors._errors import RequestTimeout, TammaError, TransportError
 from tamma_actors._models import WorkflowEvent
 
 __all__ = ["cmd_watch"]
@@ -42,7 +47,7 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
         endpoint = _events_endpoint(args)
         server_key = getattr(args, "curve_server_key", None) or ClientSettings().curve_server_key
         curve_client(sub, endpoint, server_key)
-        sub.connect(endpoint)
+        _connect(sub, endpoint, getattr(args, "timeout", None) or DEFAULT_TIMEOUT)
         seen = 0
         while args.count is None or seen < args.count:
             frames = sub.recv_multipart()
@@ -57,6 +62,28 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
         sub.close(linger=0)
         context.term()
     return ExitCode.OK
+
+
+def _connect(sub: zmq.Socket[Any], endpoint: str, timeout: float) -> None:
+    """Connect ``sub`` and wait until the node has taken the connection (its handshake is
+    done, CURVE's too): ZeroMQ would otherwise retry for ever, unseen, while nothing is
+    there. The wait ends with ``RequestTimeout``, an endpoint ZeroMQ refuses is a
+    ``TransportError``, as a request's would be."""
+    monitor: zmq.Socket[Any] = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        try:
+            sub.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
+        # the one event it reports is the handshake; -1 would be no limit at all
+        if not monitor.poll(max(0, int(timeout * 1000))):
+            raise RequestTimeout(
+                f"no connection to {endpoint} within {timeout:g}s to watch its events "
+                "(is the node up, and is its CURVE key the one given?)"
+            )
+    finally:
+        sub.disable_monitor()
+        monitor.close(linger=0)
 
 
 def _decode_event(frames: list[bytes]) -> WorkflowEvent | None:

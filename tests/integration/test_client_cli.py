@@ -843,6 +843,38 @@ def test_cli_unreachable_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "[timeout]" in capsys.readouterr().err
 
 
+def _tamma(*argv: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """``tamma ARGV`` in a process of its own, killed if it is not done within a minute."""
+    command = [sys.executable, "-m", "tamma_actors._cli", *argv]
+    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+
+
+def test_cli_watch_reports_a_node_it_cannot_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As every other command does (exit 3): it waited for ever, and a refused endpoint was
+    a ZeroMQ traceback."""
+    nothing = tmp_path / "nothing"
+    done = _tamma("--data-dir", str(nothing), "--timeout", "0.2", "watch", "--count", "1")
+    assert done.returncode == ExitCode.UNAVAILABLE, done.stderr
+    assert done.stderr.startswith(f"error: [timeout] no connection to ipc://{nothing}/events")
+    assert done.stderr.count("\n") == 1
+    code = main(["watch", "--events-endpoint", "bogus://x", "--timeout", "5"])
+    assert code == ExitCode.UNAVAILABLE
+    assert capsys.readouterr().err.startswith("error: [unavailable] cannot connect to bogus://x")
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two"])
+def test_cli_watch_refuses_a_count_below_one(
+    count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--data-dir", str(tmp_path), "watch", "--count", count])
+    assert code == ExitCode.USAGE
+    assert f"argument --count: must be a whole number of 1 or more, not '{count}'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_cli_remote_unavailable(
     cli: Cli, engine: FakeEngine, capsys: pytest.CaptureFixture[str]
 ) -> None:
