@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import re
+import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from importlib import metadata
@@ -32,6 +34,7 @@ __all__ = [
     "PluginRegistry",
     "add_gated_flags",
     "allow_entry",
+    "check_modules",
     "gated_enabled",
     "load_registry",
 ]
@@ -86,6 +89,24 @@ def import_target(target: str) -> object:
     for part in attr_path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def check_modules(allowlist: Mapping[str, str]) -> None:
+    """Raise ConfigError for an allowlist entry whose module cannot be found: an argument a
+    worker started by hand cannot use, refused at its start rather than at its first step.
+    The module is found, not imported (its parent packages are, as an import would); a
+    malformed entry is left to :func:`load_registry`."""
+    for name, target in allowlist.items():
+        if not _TARGET.match(target):
+            continue
+        module = target.partition(":")[0]
+        try:
+            found = module in sys.modules or importlib.util.find_spec(module) is not None
+            problem = None if found else f"no module named {module!r}"
+        except Exception as exc:  # a parent package can fail to import in any way
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            raise ConfigError(f"allowlist entry {name!r} = {target!r}: {problem}")
 
 
 class PluginRegistry:

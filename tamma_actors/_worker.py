@@ -29,7 +29,7 @@ from tamma_actors import _wire as wire
 from tamma_actors._affinity import parse_cpus, restore
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._gc import tune_gc
-from tamma_actors._plugins import add_gated_flags, allow_entry, gated_enabled
+from tamma_actors._plugins import add_gated_flags, allow_entry, check_modules, gated_enabled
 from tamma_actors._worker_loop import (
     EXIT_OK,
     EXIT_PARENT_DIED,
@@ -101,8 +101,10 @@ def run_worker(
 ) -> int:
     """Run a worker until it is stopped; returns an exit code (``EXIT_*``).
 
-    Arguments it cannot start with raise ``ValueError`` (no slots; an endpoint or a CURVE
-    key that ZeroMQ refuses) or ``ConfigError`` (an allowlist entry that does not load).
+    Arguments it cannot start with raise ``ValueError`` (no slots, a heartbeat interval
+    not above 0, an endpoint or a CURVE key that ZeroMQ refuses) or ``ConfigError`` (an
+    allowlist entry that is malformed or, for a worker not managed by a node, whose module
+    cannot be found: a node's own ``plugins`` are its operator's, given to its workers).
     """
     if curve is not None:
         _check_curve_keys(curve)
@@ -110,6 +112,8 @@ def run_worker(
         _die_with_parent()
         if parent_pid is not None and os.getppid() != parent_pid:
             return EXIT_PARENT_DIED  # the node died before we could ask to die with it
+    else:
+        check_modules(allowlist or {})
     try:
         worker = Worker(
             endpoint,

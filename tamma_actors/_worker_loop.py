@@ -113,6 +113,8 @@ class Worker:
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
+        if not heartbeat_interval > 0:  # not a comparison NaN passes
+            raise ValueError(f"the heartbeat interval must be above 0 s, not {heartbeat_interval}")
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.managed = managed
         self._parent_pid = parent_pid if parent_pid is not None else os.getppid()

@@ -22,6 +22,7 @@ import zmq
 
 from tamma_actors import Client, WorkflowValidationError, _worker
 from tamma_actors import _wire as wire
+from tamma_actors._cli_node import main as cli_node_main
 from tamma_actors._config import load_node_config
 from tamma_actors._errors import TransportError
 from tamma_actors._node import Node
@@ -661,10 +662,62 @@ def test_managed_in_the_main_thread(node: FakeNode, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(
     "argv",
-    [["--connect", "ipc:///x", "--slots", "0"], ["--connect", "ipc:///x", "--allow", "x=os"]],
+    [
+        ["--connect", "ipc:///x", "--slots", "0"],
+        ["--connect", "ipc:///x", "--allow", "x=os"],
+        ["--connect", "ipc:///x", "--heartbeat-interval", "0"],
+        ["--connect", "ipc:///x", "--heartbeat-interval", "-1"],
+        ["--connect", "ipc:///x", "--allow", "x=tamma_no_such_module_xyz:f"],
+    ],
 )
 def test_main_usage_errors(argv: list[str]) -> None:
     assert main(argv) == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--heartbeat", "0"], "the heartbeat interval must be above 0 s, not 0.0"),
+        (["--heartbeat", "-1"], "the heartbeat interval must be above 0 s, not -1.0"),
+        (["--heartbeat", "nan"], "the heartbeat interval must be above 0 s, not nan"),
+        (
+            ["--allow", "x=tamma_no_such_module_xyz:f"],
+            "allowlist entry 'x' = 'tamma_no_such_module_xyz:f': "
+            "no module named 'tamma_no_such_module_xyz'",
+        ),
+        (
+            ["--allow", "x=tamma_no_such_package_xyz.steps:f"],
+            "allowlist entry 'x' = 'tamma_no_such_package_xyz.steps:f': "
+            "ModuleNotFoundError: No module named 'tamma_no_such_package_xyz'",
+        ),
+    ],
+)
+def test_tamma_node_worker_refuses_an_argument_it_cannot_use(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before it connects: a heartbeat not above 0 (it said hello again in a busy loop),
+    an --allow entry whose module is not there (each of its steps could only fail)."""
+    assert cli_node_main(["worker", "--connect", "ipc:///nonexistent/w.sock", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tamma-node: {message}") and err.count("\n") == 1
+
+
+def test_a_managed_worker_leaves_the_nodes_plugins_to_their_first_step(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's ``plugins`` are its operator's configuration, given to its local workers:
+    one that cannot load fails its steps, it does not keep the workers from starting."""
+    monkeypatch.setattr(_worker, "_die_with_parent", lambda: None)
+    done = threading.Event()
+    t = _node_thread(node, done)
+    gone = {"x": "tamma_no_such_module_xyz:f"}
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        code = run_worker(node.endpoint, managed=True, allowlist=gone, parent_pid=os.getppid())
+    finally:
+        signal.signal(signal.SIGINT, before)
+    t.join(timeout=TIMEOUT)
+    assert code == EXIT_OK and done.is_set() and "x" in node.frames[0]["plugins"]
 
 
 def test_main_rejects_malformed_allow() -> None:

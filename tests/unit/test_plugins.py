@@ -21,6 +21,7 @@ from tamma_actors._plugins import (
     GATED_BUILTINS,
     PluginRegistry,
     add_gated_flags,
+    check_modules,
     gated_enabled,
     import_target,
     load_registry,
@@ -119,6 +120,25 @@ def test_broken_import_is_unknown_implementation() -> None:
     reg = load_registry(allowlist={"gone": "tamma_no_such_module_xyz:step"})
     with pytest.raises(UnknownImplementation, match="could not be loaded: ModuleNotFoundError"):
         reg.get("gone")
+
+
+def test_check_modules_finds_without_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    check_modules({"a": "os.path:join", "b": "colorsys:rgb_to_hsv", "c": "not a target"})
+    assert "colorsys" not in sys.modules  # found, not imported
+    with pytest.raises(ConfigError, match="'x' = 'tamma_no_such_module_xyz:f': no module named"):
+        check_modules({"ok": "os:getcwd", "x": "tamma_no_such_module_xyz:f"})
+    with pytest.raises(ConfigError, match=r"'json\.nosuch:f': no module named 'json\.nosuch'"):
+        check_modules({"y": "json.nosuch:f"})
+
+
+def test_check_modules_names_a_parent_package_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def find_spec(name: str) -> None:
+        raise RuntimeError("its __init__ fails")
+
+    monkeypatch.setattr(_plugins.importlib.util, "find_spec", find_spec)
+    with pytest.raises(ConfigError, match=r"'p' = 'pkg\.mod:f': RuntimeError: its __init__ fails"):
+        check_modules({"p": "pkg.mod:f"})
 
 
 def test_not_callable_is_unknown_implementation() -> None:
