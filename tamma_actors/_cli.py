@@ -3,6 +3,8 @@
 Exit codes (:class:`ExitCode`): 0 success; 1 a failed request, or an execution that did
 not complete (``start --wait``, ``wait``); 2 usage errors, rejected requests and invalid workflow
 files (every problem listed); 3 the node could not be reached in time; 130 interrupted.
+A reader of the output that goes away (``tamma watch | head -n 1``) ends the command
+quietly, with 0 (or the code it had already, when it goes at the last flush).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tamma_actors._cli_output import (
     DEFAULT_TIMEOUT,
     ExitCode,
     Output,
+    discard_stdout,
     show_events,
     show_execution,
 )
@@ -460,6 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     out = Output(bool(getattr(args, "json", False)))
+    code: int = ExitCode.OK
+    try:
+        code = _outcome(args, out)
+        sys.stdout.flush()  # a reader gone is found here, not at the interpreter's exit
+    except BrokenPipeError:  # stdout's reader went away (`tamma list | head`): stop there
+        discard_stdout()
+    return code
+
+
+def _outcome(args: argparse.Namespace, out: Output) -> int:
     try:
         return _run(args, out)
     except TammaError as exc:

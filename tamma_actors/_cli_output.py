@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from enum import IntEnum
@@ -19,6 +21,7 @@ __all__ = [
     "PLAIN_FROM_ROWS",
     "ExitCode",
     "Output",
+    "discard_stdout",
     "show_events",
     "show_execution",
 ]
@@ -48,7 +51,14 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(highlight=False)
+            class _Console(Console):
+                def on_broken_pipe(self) -> None:
+                    # rich would exit 1 itself: main ends every command whose reader
+                    # went away the one way (see discard_stdout)
+                    self.quiet = True
+                    raise BrokenPipeError("standard output was closed")
+
+            self._console = _Console(highlight=False)
         return self._console
 
     def json(self, value: Any) -> None:
@@ -94,6 +104,18 @@ def _text(value: Any) -> str:
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def discard_stdout() -> None:
+    """Once standard output's reader has gone (``tamma list | head``): what is still
+    buffered, and anything printed later, goes to the null device instead, so the
+    interpreter's own flush at exit does not fail again ("Exception ignored ...
+    BrokenPipeError", exit 120). What the Python docs advise (signal, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def show_execution(out: Output, ex: WorkflowExecution, extra: dict[str, Any] | None = None) -> None:

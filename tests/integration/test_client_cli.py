@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -844,9 +845,13 @@ def test_cli_unreachable_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def _tamma(*argv: str, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
-    """``tamma ARGV`` in a process of its own, killed if it is not done within a minute."""
+    """``tamma ARGV`` in a process of its own, killed if it is not done within a minute; its
+    output buffered as from a shell (not as PYTHONUNBUFFERED would have it)."""
     command = [sys.executable, "-m", "tamma_actors._cli", *argv]
-    return subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        command, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60, env=env
+    )
 
 
 def test_cli_watch_reports_a_node_it_cannot_reach(
@@ -873,6 +878,74 @@ def test_cli_watch_refuses_a_count_below_one(
     assert f"argument --count: must be a whole number of 1 or more, not '{count}'" in (
         capsys.readouterr().err
     )
+
+
+def _closed_pipe() -> int:
+    """The writing end of a pipe whose reader has gone: every write to it fails (EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["--json", "list"], ["events", "{id}"], ["--json", "events", "{id}"]],
+    ids=["list", "list --json", "events", "events --json"],
+)
+def test_cli_output_to_a_reader_that_went_away_ends_quietly(
+    cli: Cli, engine: FakeEngine, argv: list[str]
+) -> None:
+    """``tamma list | head -n 1``: exit 0, nothing on stderr (it was rich's exit 1, or
+    "Exception ignored ... BrokenPipeError" and exit 120)."""
+    eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    pipe = _closed_pipe()
+    try:
+        argv = [a.format(id=eid) for a in argv]
+        done = _tamma("--data-dir", str(cli.data_dir), "--timeout", "10", *argv, stdout=pipe)
+    finally:
+        os.close(pipe)
+    assert (done.returncode, done.stderr) == (ExitCode.OK, "")
+
+
+def test_cli_output_gone_at_the_last_flush_keeps_the_commands_exit_code(
+    cli: Cli, engine: FakeEngine
+) -> None:
+    eid = engine.start_workflow(ONE_STEP, {}).result()["id"]
+    engine.abort_workflow(eid, None).result()
+    pipe = _closed_pipe()
+    try:
+        done = _tamma("--data-dir", str(cli.data_dir), "--json", "wait", eid, stdout=pipe)
+    finally:
+        os.close(pipe)
+    assert (done.returncode, done.stderr) == (ExitCode.FAILURE, f"execution {eid} is aborted\n")
+
+
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "plain"])
+def test_cli_watch_into_a_reader_that_went_away_ends_quietly(
+    ctx: zmq.Context[Any], tmp_path: Path, json_output: bool
+) -> None:
+    """``tamma watch | head -n 1``: it ended with a BrokenPipeError traceback, exit 1 (and
+    without --json, rich's own exit 1)."""
+    pub: zmq.Socket[Any] = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"ipc://{tmp_path}/events.sock")
+    pipe = _closed_pipe()
+    command = [sys.executable, "-m", "tamma_actors._cli", "--data-dir", str(tmp_path), "watch"]
+    command += ["--json"] if json_output else []
+    watch = subprocess.Popen(command, stdout=pipe, stderr=subprocess.PIPE, text=True)
+    os.close(pipe)
+    try:
+        assert pub.poll(30_000), "the watcher never subscribed"
+        assert pub.recv() == b"\x01"
+        body = {"seq": 1, "type": "x.y", "execution_id": "e1", "timestamp": 0, "data": {}}
+        pub.send_multipart([b"x.y", pack(body)])
+        _, err = watch.communicate(timeout=30)
+        assert (watch.returncode, err) == (ExitCode.OK, "")
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(timeout=10)
+        pub.close(linger=0)
 
 
 def test_cli_remote_unavailable(
