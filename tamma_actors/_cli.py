@@ -29,6 +29,7 @@ from tamma_actors._cli_output import (
 )
 from tamma_actors._cli_watch import cmd_watch
 from tamma_actors._client import Client
+from tamma_actors._durations import positive_seconds
 from tamma_actors._errors import (
     ProtocolError,
     RemoteError,
@@ -132,7 +133,9 @@ def _common(*, with_timeout: bool = True) -> argparse.ArgumentParser:
         help="the node's CURVE public key, for tcp:// (TAMMA_CURVE_SERVER_KEY)",
     )
     if with_timeout:
-        common.add_argument("--timeout", type=float, help="request timeout in seconds (30)")
+        common.add_argument(
+            "--timeout", type=positive_seconds, help="request timeout in seconds (30)"
+        )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     return common
 
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same command again starts nothing new",
     )
     start.add_argument("--wait", action="store_true", help="wait for the execution to end")
-    start.add_argument("--wait-timeout", type=float, default=None)
+    start.add_argument("--wait-timeout", type=positive_seconds, default=None)
     lst = add("list", "list executions")
     lst.add_argument("--status", action="append", choices=_STATUSES, default=None)
     lst.add_argument("--workflow", default=None)
@@ -201,10 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument(
         "--context-json", type=_json_value, default=None, help="the step's input, as JSON"
     )
-    execute.add_argument("--step-timeout", type=float, default=300.0)
+    execute.add_argument("--step-timeout", type=positive_seconds, default=300.0)
     wait = add("wait", "wait until an execution ends", no_timeout)
     wait.add_argument("id")
-    wait.add_argument("--timeout", type=float, default=None, dest="wait_timeout")
+    wait.add_argument("--timeout", type=positive_seconds, default=None, dest="wait_timeout")
     add("health", "node health")
     add("explain", "why an execution is where it is").add_argument("id")
     watch = add("watch", "follow live events")

@@ -7,7 +7,13 @@ import math
 import re
 from typing import Literal
 
-__all__ = ["DurationUnit", "format_duration", "parse_duration", "positive_days"]
+__all__ = [
+    "DurationUnit",
+    "format_duration",
+    "parse_duration",
+    "positive_days",
+    "positive_seconds",
+]
 
 DurationUnit = Literal["ms", "s", "m"]
 
@@ -104,10 +110,20 @@ def _trim(number: float) -> str:
 def positive_days(text: str) -> float:
     """A number of days above zero, as ``--older-than`` takes it (an argparse type, so both
     ``tamma admin cleanup`` and ``tamma-node cleanup`` refuse ``0`` the same way)."""
+    return _positive(text, "days")
+
+
+def positive_seconds(text: str) -> float:
+    """A number of seconds above zero, as ``tamma``'s timeouts take it (an argparse type:
+    ``nan``, ``inf``, ``0`` or ``-1`` is a usage error, not a traceback or a silent 30)."""
+    return _positive(text, "seconds")
+
+
+def _positive(text: str, unit: str) -> float:
     try:
-        days = float(text)
+        number = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
-    if not (days > 0 and math.isfinite(days)):
-        raise argparse.ArgumentTypeError(f"must be a number of days above 0, not {text!r}")
-    return days
+        raise argparse.ArgumentTypeError(f"not a number of {unit}: {text!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"must be a number of {unit} above 0, not {text!r}")
+    return number

@@ -1023,3 +1023,19 @@ def test_cli_watch_human_output(
         assert "e9 #7 x.y {}" in capsys.readouterr().out
     finally:
         pub.close(linger=0)
+
+
+def test_cli_timeouts_must_be_a_number_of_seconds_above_0(cli: Cli, engine: FakeEngine) -> None:
+    # nan and inf ended in a traceback, -1 waited "within -1s" and 0 meant 30 s.
+    for value in ("nan", "inf", "0", "-1", "soon"):
+        for args, option in [
+            (("--timeout", value, "health"), "--timeout"),
+            (("wait", "x", "--timeout", value), "--timeout"),
+            (("start", "x.yaml", "--wait", "--wait-timeout", value), "--wait-timeout"),
+            (("exec", "x", "s", "--step-timeout", value), "--step-timeout"),
+        ]:
+            code, _, err = cli(*args)
+            assert code == ExitCode.USAGE, (args, err)
+            assert f"argument {option}: " in err and "seconds" in err
+    assert engine.calls == []
+    assert cli("--timeout", "2.5", "health")[0] == ExitCode.OK
