@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,6 +38,7 @@ from tamma_actors._worker import (
     main,
     run_worker,
 )
+from tamma_actors._worker_loop import HANDSHAKE_FAILURES_FATAL, Handshakes
 
 pytestmark = pytest.mark.integration
 
@@ -617,6 +620,107 @@ def test_send_failure_ends_run_with_transport_code(
     finally:
         w.close()
         w.close()
+
+
+@pytest.fixture
+def curve_node(zctx: zmq.Context[Any]) -> Iterator[tuple[FakeNode, str]]:
+    """A fake node serving CURVE on tcp://, and its public key."""
+    public, secret = zmq.curve_keypair()
+    fake = FakeNode(zctx, "tcp://127.0.0.1:*", curve_server=True, curve_secretkey=secret)
+    fake.endpoint = fake.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    yield fake, public.decode()
+    fake.sock.close(0)
+
+
+@pytest.mark.parametrize("key", ["another node's", "none"])
+def test_a_handshake_the_node_refuses_ends_the_worker(
+    curve_node: tuple[FakeNode, str], key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong CURVE key, or none for a node with CURVE: ZeroMQ would retry for ever,
+    unheard; the worker says why in one line and exits instead."""
+    fake, _ = curve_node
+    curve = CurveKeys(zmq.curve_keypair()[0].decode()) if key != "none" else None
+    r = Running(Worker(fake.endpoint, heartbeat_interval=0.2, curve=curve))
+    try:
+        r.thread.join(TIMEOUT)
+        assert not r.thread.is_alive(), "the worker still waits for a handshake"
+        assert r.code == EXIT_TRANSPORT
+    finally:
+        r.worker.request_stop()
+        r.thread.join(TIMEOUT)
+        r.worker.close()
+    [line] = [rec for rec in caplog.records if "no handshake" in rec.getMessage()]
+    assert fake.endpoint in line.getMessage() and "--curve-server-key" in line.getMessage()
+    assert line.exc_info is None and not fake.frames  # one line; nothing got through
+
+
+def test_tamma_node_worker_with_another_nodes_key_exits_1(curve_node: tuple[FakeNode, str]) -> None:
+    fake, _ = curve_node
+    wrong = zmq.curve_keypair()[0].decode()
+    cmd = [sys.executable, "-m", "tamma_actors._cli_node", "worker",
+           "--connect", fake.endpoint, "--curve-server-key", wrong]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+    assert proc.returncode == 1
+    [line] = [x for x in err.splitlines() if "no handshake" in x]
+    assert "is --curve-server-key the node's public key?" in line
+
+
+def test_a_node_not_up_yet_or_dropping_a_connection_is_waited_for(zctx: zmq.Context[Any]) -> None:
+    """Not handshakes the node refuses: nothing listening yet, then connections closed
+    before any handshake (a node going away); ZeroMQ reconnects, the worker joins."""
+    public, secret = zmq.curve_keypair()
+    with socket.socket() as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        raw.bind(("127.0.0.1", 0))  # not listening: connections are refused
+        endpoint = f"tcp://127.0.0.1:{raw.getsockname()[1]}"
+        r = Running(Worker(endpoint, heartbeat_interval=0.2, curve=CurveKeys(public.decode())))
+        raw.listen(1)
+        raw.settimeout(TIMEOUT)
+        for _ in range(HANDSHAKE_FAILURES_FATAL - 1):
+            raw.accept()[0].close()
+    fake = FakeNode(zctx, endpoint, curve_server=True, curve_secretkey=secret)
+    try:
+        assert fake.recv("hello")["worker_id"] == r.worker.worker_id
+    finally:
+        r.stop()
+        fake.sock.close(0)
+
+
+def test_handshakes_closed_by_the_node_are_fatal_only_so_many_in_a_row(
+    zctx: zmq.Context[Any],
+) -> None:
+    sock: zmq.Socket[bytes] = zctx.socket(zmq.DEALER)
+    watch = Handshakes(sock, "tcp://127.0.0.1:1", curve=True)
+    watch.monitor.close(0)
+    feed: zmq.Socket[bytes] = zctx.socket(zmq.PAIR)
+    feed.bind("inproc://handshake-events")
+    watch.monitor = zctx.socket(zmq.PAIR)
+    watch.monitor.connect("inproc://handshake-events")
+
+    def events(*kinds: int) -> None:
+        for kind in kinds:
+            feed.send_multipart([struct.pack("=HI", kind, 32), b"tcp://127.0.0.1:1"])
+        watch.read()
+
+    closed, ok = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_SUCCEEDED
+    try:
+        events(*[closed] * (HANDSHAKE_FAILURES_FATAL - 1), ok)
+        events(*[closed] * (HANDSHAKE_FAILURES_FATAL - 1))
+        with pytest.raises(TransportError, match=r"3 handshakes in a row \(is --curve-server-key"):
+            events(closed)
+        with pytest.raises(TransportError, match="refused this worker's CURVE key"):
+            events(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        with pytest.raises(TransportError, match="protocol error 0x20"):
+            events(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    finally:
+        watch.close()
+        feed.close(0)
+        sock.close(0)
 
 
 def _node_thread(node: FakeNode, done: threading.Event) -> threading.Thread:
