@@ -29,7 +29,7 @@ from tamma_actors._cli_output import (
 )
 from tamma_actors._cli_watch import cmd_watch
 from tamma_actors._client import Client
-from tamma_actors._durations import positive_seconds
+from tamma_actors._durations import positive_seconds, wait_seconds
 from tamma_actors._errors import (
     ProtocolError,
     RemoteError,
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same command again starts nothing new",
     )
     start.add_argument("--wait", action="store_true", help="wait for the execution to end")
-    start.add_argument("--wait-timeout", type=positive_seconds, default=None)
+    start.add_argument("--wait-timeout", type=wait_seconds, default=None)
     lst = add("list", "list executions")
     lst.add_argument("--status", action="append", choices=_STATUSES, default=None)
     lst.add_argument("--workflow", default=None)
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     execute.add_argument("--step-timeout", type=positive_seconds, default=300.0)
     wait = add("wait", "wait until an execution ends", no_timeout)
     wait.add_argument("id")
-    wait.add_argument("--timeout", type=positive_seconds, default=None, dest="wait_timeout")
+    wait.add_argument("--timeout", type=wait_seconds, default=None, dest="wait_timeout")
     add("health", "node health")
     add("explain", "why an execution is where it is").add_argument("id")
     watch = add("watch", "follow live events")

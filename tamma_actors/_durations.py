@@ -13,6 +13,7 @@ __all__ = [
     "parse_duration",
     "positive_days",
     "positive_seconds",
+    "wait_seconds",
 ]
 
 DurationUnit = Literal["ms", "s", "m"]
@@ -119,11 +120,17 @@ def positive_seconds(text: str) -> float:
     return _positive(text, "seconds")
 
 
-def _positive(text: str, unit: str) -> float:
+def wait_seconds(text: str) -> float:
+    """How long ``tamma`` waits for an execution's end: 0 (look once) or more seconds."""
+    return _positive(text, "seconds", zero=True)
+
+
+def _positive(text: str, unit: str, *, zero: bool = False) -> float:
     try:
         number = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of {unit}: {text!r}") from None
-    if not (number > 0 and math.isfinite(number)):
-        raise argparse.ArgumentTypeError(f"must be a number of {unit} above 0, not {text!r}")
+    if not ((number >= 0 if zero else number > 0) and math.isfinite(number)):
+        least = "0 or more" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"must be a number of {unit} {least}, not {text!r}")
     return number
