@@ -26,7 +26,8 @@ from tamma_actors._affinity import format_cpus
 from tamma_actors._control import ControlServer
 from tamma_actors._errors import TransportError
 from tamma_actors._eventbus import EventBus
-from tamma_actors._plugins import gated_enabled
+from tamma_actors._plugins import GATED_BUILTINS, gated_enabled
+from tamma_actors._pool_workers import WorkerAdmission
 from tamma_actors._supervision import children_to_restart
 from tamma_actors._workerpool import WorkerPool
 from tamma_actors._writer import QueuedWriter, StoreWriter
@@ -66,6 +67,16 @@ def _reason(exc: TransportError) -> str:
     if cause.errno == errno.ENODEV:  # what libzmq says of a host it cannot resolve
         return "no such host or network interface"
     return zmq.strerror(cause.errno)
+
+
+class _NodeWorkerPool(WorkerPool):
+    """The node's worker pool: it admits workers as the node's settings say."""
+
+    def __init__(
+        self, zmq_context: zmq.Context[Any], *, admission: WorkerAdmission, **kwargs: Any
+    ) -> None:
+        super().__init__(zmq_context, **kwargs)
+        self._admission = admission
 
 
 class NodeChildren:
@@ -123,8 +134,9 @@ class NodeChildren:
             self._pool.ref = _bound(
                 "workers_endpoint",
                 cfg.workers_address,
-                WorkerPool.start_and_wait,
+                _NodeWorkerPool.start_and_wait,
                 self._zmq,
+                admission=self._worker_admission(),
                 endpoint=cfg.workers_address,
                 local_workers=cfg.workers,
                 worker_slots=cfg.worker_slots,
@@ -152,6 +164,10 @@ class NodeChildren:
                 curve_secret_key=cfg.curve_secret_key,
             )
         self._running.append(spec)
+
+    def _worker_admission(self) -> WorkerAdmission:
+        """The gated built-ins count only when enabled here, whatever a worker offers."""
+        return WorkerAdmission(frozenset(GATED_BUILTINS) - gated_enabled(self.config))
 
     def _worker_args(self) -> list[str]:
         args = ["--log-level", self.config.log_level]

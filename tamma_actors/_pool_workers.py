@@ -2,11 +2,12 @@
 
 A mixin of :class:`~tamma_actors._workerpool.WorkerPool` (it runs on the pool's thread). A
 worker joins with ``hello`` (one that says it again keeps its tasks) and is answered
-``welcome``. One that misses heartbeats for ``heartbeat_timeout``, or grows above the
-memory limit, is lost; so is one that leaves (``bye``), exits, cannot be sent to or
-ignores a cancel. A lost worker is forgotten, killed when it is ours (a remote one is told
-to stop), and its tasks are queued again at the head of the queue, their owners told
-``TaskRedispatched``: killing a worker never loses a step.
+``welcome``; of the names it offers, those the node gates by its own settings count only
+when they are enabled there (:class:`WorkerAdmission`). One that misses heartbeats for
+``heartbeat_timeout``, or grows above the memory limit, is lost; so is one that leaves
+(``bye``), exits, cannot be sent to or ignores a cancel. A lost worker is forgotten, killed
+when it is ours (a remote one is told to stop), and its tasks are queued again at the head
+of the queue, their owners told ``TaskRedispatched``: killing a worker never loses a step.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,12 +30,26 @@ if TYPE_CHECKING:
     from tamma_actors._worker_children import Child
     from tamma_actors._workerpool import _Task
 
-__all__ = ["ConnectedWorkers", "PoolWorker"]
+__all__ = ["ConnectedWorkers", "PoolWorker", "WorkerAdmission"]
 
 log = logging.getLogger("tamma_actors._workerpool")
 
 MIB = 1 << 20
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
+
+
+@dataclass(frozen=True)
+class WorkerAdmission:
+    """Which of the names a worker offers count: what the node decides, not the worker.
+
+    ``withheld``: names the node gates by its own settings and has not enabled (``shell``,
+    ``record``): a worker offering them is sent no such step, and they do not become names
+    a workflow may use."""
+
+    withheld: frozenset[str] = frozenset()
+
+    def offer(self, plugins: Iterable[str]) -> frozenset[str]:
+        return frozenset(plugins) - self.withheld
 
 
 @dataclass(eq=False)
@@ -68,6 +83,10 @@ class ConnectedWorkers:
     """Joining, heartbeat and memory checks, losing a worker, and what the pool reports of
     its workers."""
 
+    # Which offers count (the node's settings); None takes every offer (a pool on its own,
+    # as in tests).
+    _admission: WorkerAdmission | None = None
+
     if TYPE_CHECKING:
         socket_batch: int
         _workers: dict[str, PoolWorker]
@@ -93,6 +112,14 @@ class ConnectedWorkers:
         if identity != worker_id.encode() or msg["slots"] < 1:
             log.warning("hello with a mismatched identity or no slots dropped: %r", msg)
             return
+        admission = self._admission
+        plugins = frozenset(msg["plugins"])
+        if admission is not None:
+            plugins = admission.offer(plugins)
+            withheld = sorted(set(msg["plugins"]) - plugins)
+            if withheld:
+                log.info("worker %s offers %s: not on this node (not enabled)",
+                         worker_id, ", ".join(withheld))  # fmt: skip
         old = self._workers.get(worker_id)
         child = self._children.get(worker_id)
         worker = PoolWorker(
@@ -101,7 +128,7 @@ class ConnectedWorkers:
             pid=msg["pid"],
             host=msg["host"],
             slots=msg["slots"],
-            plugins=frozenset(msg["plugins"]),
+            plugins=plugins,
             local=child is not None,
             last_seen=time.monotonic(),
             last_seen_wall=time.time(),
