@@ -27,6 +27,7 @@ import contextlib
 import gc
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -175,6 +176,9 @@ class Node(NodeChildren):
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self._zmq = zmq.Context()
+        # This run's admin token for its own local workers (a node with tokens admits
+        # only workers holding an admin one): nothing for the operator to hand out.
+        self._worker_token = secrets.token_urlsafe(32)
         self._lock_fd: int | None = None
         self._store: LmdbStore | None = None
         self._dispatcher: Dispatcher | None = None

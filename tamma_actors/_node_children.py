@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 import zmq
 
+from tamma_actors import _wire as wire
 from tamma_actors._affinity import format_cpus
 from tamma_actors._control import ControlServer
 from tamma_actors._errors import TransportError
@@ -87,6 +88,7 @@ class NodeChildren:
         cpus: frozenset[int]
         tree: SupervisorSpec
         _zmq: zmq.Context[Any]
+        _worker_token: str
         _lock_fd: int | None
         _store: LmdbStore | None
         _writer: _WriterSlot
@@ -137,6 +139,7 @@ class NodeChildren:
                 _NodeWorkerPool.start_and_wait,
                 self._zmq,
                 admission=self._worker_admission(),
+                env={wire.TOKEN_ENV: self._worker_token},  # not argv: ps shows it
                 endpoint=cfg.workers_address,
                 local_workers=cfg.workers,
                 worker_slots=cfg.worker_slots,
@@ -166,8 +169,11 @@ class NodeChildren:
         self._running.append(spec)
 
     def _worker_admission(self) -> WorkerAdmission:
-        """The gated built-ins count only when enabled here, whatever a worker offers."""
-        return WorkerAdmission(frozenset(GATED_BUILTINS) - gated_enabled(self.config))
+        """With tokens, a worker needs an admin one: the operator's, or this run's own that
+        the local workers are given. The gated built-ins count only when enabled here."""
+        cfg = self.config
+        tokens = {**cfg.tokens, self._worker_token: "admin"} if cfg.tokens else {}
+        return WorkerAdmission(tokens, frozenset(GATED_BUILTINS) - gated_enabled(cfg))
 
     def _worker_args(self) -> list[str]:
         args = ["--log-level", self.config.log_level]

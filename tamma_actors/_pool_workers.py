@@ -2,8 +2,8 @@
 
 A mixin of :class:`~tamma_actors._workerpool.WorkerPool` (it runs on the pool's thread). A
 worker joins with ``hello`` (one that says it again keeps its tasks) and is answered
-``welcome``; of the names it offers, those the node gates by its own settings count only
-when they are enabled there (:class:`WorkerAdmission`). One that misses heartbeats for
+``welcome`` if the node admits it (:class:`WorkerAdmission`: with tokens, only a worker
+holding an admin one), else ``refused``. One that misses heartbeats for
 ``heartbeat_timeout``, or grows above the memory limit, is lost; so is one that leaves
 (``bye``), exits, cannot be sent to or ignores a cancel. A lost worker is forgotten, killed
 when it is ours (a remote one is told to stop), and its tasks are queued again at the head
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from tamma_actors import _wire as wire
+from tamma_actors._errors import Forbidden
 from tamma_actors._pool_messages import TaskFinished, TaskRedispatched, cancelled_error, notify
+from tamma_actors._protocol import Role, authorize
 
 if TYPE_CHECKING:
     from tamma_actors._timers import TimerHandle
     from tamma_actors._worker_children import Child
     from tamma_actors._workerpool import _Task
 
-__all__ = ["ConnectedWorkers", "PoolWorker", "WorkerAdmission"]
+__all__ = ["ConnectedWorkers", "PoolWorker", "RefusalLog", "WorkerAdmission"]
 
 log = logging.getLogger("tamma_actors._workerpool")
 
@@ -38,15 +40,62 @@ MIB = 1 << 20
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
 
-@dataclass(frozen=True)
-class WorkerAdmission:
-    """Which of the names a worker offers count: what the node decides, not the worker.
+class RefusalLog:
+    """Which refused hellos get a log line: the first of each worker id, then one every
+    ``every`` seconds for that id (a peer may repeat itself), and at most ``most`` lines in
+    any ``every`` seconds in all (a peer may take a new id each time); a line counts the
+    refusals left out before it. Pure: the caller says what time it is."""
 
+    def __init__(self, every: float = 60.0, most: int = 10, ids: int = 1024) -> None:
+        self._every = every
+        self._most = most
+        self._ids = ids
+        self._last: OrderedDict[str, float] = OrderedDict()  # worker id -> its last line
+        self._lines: deque[float] = deque()  # when the lines of the last ``every`` s were
+        self._left_out = 0
+
+    def line(self, worker_id: str, now: float) -> int | None:
+        """None: leave this refusal out; else log it, with how many were left out before."""
+        while self._lines and self._lines[0] <= now - self._every:
+            self._lines.popleft()
+        last = self._last.get(worker_id)
+        if (last is not None and now - last < self._every) or len(self._lines) >= self._most:
+            self._left_out += 1
+            return None
+        self._last[worker_id] = now
+        self._last.move_to_end(worker_id)
+        while len(self._last) > self._ids:
+            self._last.popitem(last=False)
+        self._lines.append(now)
+        left_out, self._left_out = self._left_out, 0
+        return left_out
+
+
+@dataclass
+class WorkerAdmission:
+    """Who the node admits as a worker, and which of the names a worker offers count.
+
+    With ``tokens`` (token -> role name), a hello must carry one whose role is admin: a
+    worker sees every step's inputs and decides every step's result. Without, every worker
+    that reaches the socket joins (a local ipc socket is guarded by its 0700 directory).
     ``withheld``: names the node gates by its own settings and has not enabled (``shell``,
     ``record``): a worker offering them is sent no such step, and they do not become names
     a workflow may use."""
 
+    tokens: Mapping[str, str] = field(default_factory=dict)
     withheld: frozenset[str] = frozenset()
+    refusals: RefusalLog = field(default_factory=RefusalLog)
+
+    def refusal(self, token: str | None) -> str | None:
+        """Why a hello with ``token`` is not admitted, or None. Tokens are compared in
+        constant time (``authorize``)."""
+        try:
+            role = authorize(token, self.tokens)
+        except Forbidden as exc:
+            return f"{exc} (a worker needs an admin token)"
+        if role < Role.admin:
+            return f"a worker needs an admin token, not a token of role {role.name!r}"
+        return None
 
     def offer(self, plugins: Iterable[str]) -> frozenset[str]:
         return frozenset(plugins) - self.withheld
@@ -83,8 +132,8 @@ class ConnectedWorkers:
     """Joining, heartbeat and memory checks, losing a worker, and what the pool reports of
     its workers."""
 
-    # Which offers count (the node's settings); None takes every offer (a pool on its own,
-    # as in tests).
+    # Who may join, and which offers count (the node's settings); None admits every worker
+    # and takes every offer (a pool on its own, as in tests).
     _admission: WorkerAdmission | None = None
 
     if TYPE_CHECKING:
@@ -110,11 +159,16 @@ class ConnectedWorkers:
     def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None:
         worker_id = msg["worker_id"]
         if identity != worker_id.encode() or msg["slots"] < 1:
+            msg.pop("token", None)  # a secret, not for the log
             log.warning("hello with a mismatched identity or no slots dropped: %r", msg)
             return
         admission = self._admission
         plugins = frozenset(msg["plugins"])
         if admission is not None:
+            reason = admission.refusal(msg.get("token"))
+            if reason is not None:
+                self._refuse(admission, identity, worker_id, reason)
+                return
             plugins = admission.offer(plugins)
             withheld = sorted(set(msg["plugins"]) - plugins)
             if withheld:
@@ -140,6 +194,20 @@ class ConnectedWorkers:
         log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
         self._notify_waiters()
         self._pump()
+
+    def _refuse(
+        self, admission: WorkerAdmission, identity: bytes, worker_id: str, reason: str
+    ) -> None:
+        self._send(identity, wire.refused(reason))
+        left_out = admission.refusals.line(worker_id, time.monotonic())
+        if left_out is not None:
+            more = f" ({left_out} more refused hellos not logged)" if left_out else ""
+            log.warning("worker %r refused: %s%s", worker_id, reason, more)
+        joined = self._workers.get(worker_id)
+        if joined is not None:
+            # The socket takes no second connection under an id in use: the one that had
+            # joined under it is gone, and its id now belongs to someone else.
+            self._worker_lost(joined, f"worker {worker_id} was refused a new hello", kill=False)
 
     def _worker_lost(self, worker: PoolWorker, reason: str, *, kill: bool) -> None:
         """Forget ``worker``, queue its tasks again, and kill it if it is ours."""

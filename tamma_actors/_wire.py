@@ -3,9 +3,11 @@
 Plain dicts, no pydantic: every worker process imports this. Each frame is one map with
 ``"v": 2`` and ``"t"`` (its type); see docs/internals.md for the table. Decoding checks
 the version, the type, and every field's presence and type; extra fields are tolerated
-(a newer peer may add some). One addition to the documented table: ``rehello`` (node ->
+(a newer peer may add some). Additions to the documented table: ``rehello`` (node ->
 worker, no fields) asks a worker the node does not know to introduce itself again - the
-node may have restarted while the worker kept its connection.
+node may have restarted while the worker kept its connection; a ``hello`` may carry a
+``token`` (a node with tokens admits only a worker whose token is an admin's), and
+``refused`` (node -> worker, ``reason``) answers a hello the node does not admit.
 
 A ``run`` frame carries a step's data once: where its ``input`` is the workflow's
 ``inputs``, its ``upstream`` map or its one dependency's output (most steps), the frame
@@ -24,6 +26,7 @@ from tamma_actors._errors import ProtocolError
 __all__ = [
     "DEFAULT_WORKER_SLOTS",
     "NODE_TYPES",
+    "TOKEN_ENV",
     "VERSION",
     "WORKER_TYPES",
     "bye",
@@ -34,6 +37,7 @@ __all__ = [
     "hb",
     "hello",
     "progress",
+    "refused",
     "rehello",
     "result_error",
     "result_ok",
@@ -48,6 +52,10 @@ VERSION = 2
 # wait (I/O, subprocesses); more slots keep more short steps in flight (W2: 8 -> 32 slots
 # gave +10-25 % steps/s here; CPU-bound steps share the worker's GIL whatever the count).
 DEFAULT_WORKER_SLOTS = 32
+# Where a worker process finds its token (it removes it from its environment before any
+# step runs): a node gives its local workers this run's own there, not on their command
+# line, which ps shows to everyone.
+TOKEN_ENV = "TAMMA_WORKER_TOKEN"
 Check = Callable[[Any], bool]
 
 
@@ -134,9 +142,11 @@ NODE_TYPES: dict[str, dict[str, Check]] = {
     "cancel": {"task_id": _is_str},
     "stop": {},
     "rehello": {},
+    "refused": {"reason": _is_str},
 }
 # Fields a map of that type may carry (older peers leave them out).
 _OPTIONAL: dict[str, dict[str, Check]] = {
+    "hello": {"token": _is_str},  # what a node with tokens admits a worker by
     "started": {"ran_ms": _is_non_negative},  # a held notice: how long the step has run
     "result": {"started": _is_bool},  # the result stands for the start notice too
     "run": {
@@ -230,10 +240,22 @@ def _frame(kind: str, **fields: Any) -> dict[str, Any]:
 
 
 def hello(
-    worker_id: str, pid: int, host: str, slots: int, plugins: Sequence[str]
+    worker_id: str,
+    pid: int,
+    host: str,
+    slots: int,
+    plugins: Sequence[str],
+    token: str | None = None,
 ) -> dict[str, Any]:
+    extra = {} if token is None else {"token": token}
     return _frame(
-        "hello", worker_id=worker_id, pid=pid, host=host, slots=slots, plugins=list(plugins)
+        "hello",
+        worker_id=worker_id,
+        pid=pid,
+        host=host,
+        slots=slots,
+        plugins=list(plugins),
+        **extra,
     )
 
 
@@ -315,3 +337,7 @@ def stop() -> dict[str, Any]:
 
 def rehello() -> dict[str, Any]:
     return _frame("rehello")
+
+
+def refused(reason: str) -> dict[str, Any]:
+    return _frame("refused", reason=reason)

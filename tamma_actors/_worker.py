@@ -6,7 +6,9 @@ This module sets the process up around a :class:`~tamma_actors._worker_loop.Work
 socket loop, threads and shutdown order are described there): the command line, the
 signals and the exit code. An unmanaged worker stops gracefully on SIGTERM/SIGINT; a
 managed one (spawned by the node) ignores SIGINT, is told by the node when to stop, and
-dies with its parent: PR_SET_PDEATHSIG plus a parent check on every heartbeat.
+dies with its parent: PR_SET_PDEATHSIG plus a parent check on every heartbeat. Its token,
+for a node with tokens, comes from ``TAMMA_WORKER_TOKEN`` (not the command line, which ps
+shows), and is taken out of the environment before any step runs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tamma_actors._plugins import add_gated_flags, allow_entry, check_modules, g
 from tamma_actors._worker_loop import (
     EXIT_OK,
     EXIT_PARENT_DIED,
+    EXIT_REFUSED,
     EXIT_TRANSPORT,
     EXIT_USAGE,
     CurveKeys,
@@ -42,6 +45,7 @@ from tamma_actors._worker_loop import (
 __all__ = [
     "EXIT_OK",
     "EXIT_PARENT_DIED",
+    "EXIT_REFUSED",
     "EXIT_TRANSPORT",
     "EXIT_USAGE",
     "CurveKeys",
@@ -98,14 +102,22 @@ def run_worker(
     max_frame_bytes: int = 8 << 20,
     curve: CurveKeys | None = None,
     stop_grace: float = 5.0,
+    token: str | None = None,
 ) -> int:
     """Run a worker until it is stopped; returns an exit code (``EXIT_*``).
+
+    ``token``: what it says hello with (a node with tokens admits only an admin's); by
+    default the environment's ``TAMMA_WORKER_TOKEN``, which is taken out of the
+    environment either way, so that no step (nor a command it runs) sees it.
 
     Arguments it cannot start with raise ``ValueError`` (no slots, a heartbeat interval
     not above 0, an endpoint or a CURVE key that ZeroMQ refuses) or ``ConfigError`` (an
     allowlist entry that is malformed or, for a worker not managed by a node, whose module
     cannot be found: a node's own ``plugins`` are its operator's, given to its workers).
     """
+    from_env = os.environ.pop(wire.TOKEN_ENV, None)
+    if token is None:
+        token = from_env or None
     if curve is not None:
         _check_curve_keys(curve)
     if managed:
@@ -127,6 +139,7 @@ def run_worker(
             max_frame_bytes=max_frame_bytes,
             curve=curve,
             stop_grace=stop_grace,
+            token=token,
         )
     except TransportError as exc:
         # connect() is asynchronous: what fails at once is the endpoint itself

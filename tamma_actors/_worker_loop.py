@@ -12,7 +12,8 @@ worker says hello again every few heartbeat intervals; once welcomed it sends he
 A managed worker whose parent is gone exits (``EXIT_PARENT_DIED``). A node not up yet (or
 restarting) is waited for, as ZeroMQ reconnects; a handshake the node will never accept (a
 wrong CURVE key, CURVE on one side only), seen by the socket's monitor, ends the worker
-(``EXIT_TRANSPORT``).
+(``EXIT_TRANSPORT``), and so does a hello the node refuses (``EXIT_REFUSED``: a node with
+tokens admits only a worker holding an admin one; saying hello again cannot help).
 
 Shutdown order: stop requested (``stop`` frame, or :meth:`Worker.request_stop`) ->
 queued tasks answered as cancelled -> running steps' cancel events set -> wait up to
@@ -36,7 +37,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from tamma_actors import _wire as wire
-from tamma_actors._errors import TammaError, TransportError
+from tamma_actors._errors import Forbidden, TammaError, TransportError
 from tamma_actors._plugins import load_registry
 from tamma_actors._worker_outbox import Outbox
 from tamma_actors._worker_runners import RunnerPool, Task
@@ -44,6 +45,7 @@ from tamma_actors._worker_runners import RunnerPool, Task
 __all__ = [
     "EXIT_OK",
     "EXIT_PARENT_DIED",
+    "EXIT_REFUSED",
     "EXIT_TRANSPORT",
     "EXIT_USAGE",
     "CurveKeys",
@@ -56,6 +58,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_PARENT_DIED = 3
 EXIT_TRANSPORT = 4
+EXIT_REFUSED = 5  # the node refused its hello (its token)
 
 # Without a welcome after this many heartbeat intervals, say hello again: the node may
 # have restarted (ZeroMQ reconnects silently) or not have been up yet.
@@ -180,6 +183,7 @@ class Worker:
         max_frame_bytes: int = 8 << 20,
         curve: CurveKeys | None = None,
         stop_grace: float = 5.0,
+        token: str | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
@@ -191,6 +195,7 @@ class Worker:
         self._hb_interval = heartbeat_interval
         self._max_frame = max_frame_bytes
         self._stop_grace = stop_grace
+        self._token = token
         self._registry = load_registry(enabled=enabled, allowlist=allowlist)
         self._stop_requested = False
         self._stopping_since: float | None = None
@@ -269,6 +274,10 @@ class Worker:
         except TransportError as exc:  # a known failure: one line says it, no traceback
             log.error("worker %s: transport failed: %s", self.worker_id, exc)
             return EXIT_TRANSPORT
+        except Forbidden as exc:
+            hint = "" if self._token is not None else f"; it was given none ({wire.TOKEN_ENV})"
+            log.error("worker %s: the node refused it: %s%s", self.worker_id, exc, hint)
+            return EXIT_REFUSED
 
     def _serve(self) -> int:
         self._say_hello(time.monotonic())
@@ -328,7 +337,8 @@ class Worker:
         self._last_hello = now
         host = socket.gethostname()
         names = self._registry.names()
-        self._send(wire.hello(self.worker_id, os.getpid(), host, self.slots, names))
+        hello = wire.hello(self.worker_id, os.getpid(), host, self.slots, names, self._token)
+        self._send(hello)
 
     def _begin_stop(self, now: float) -> None:
         log.info("worker %s: stopping", self.worker_id)
@@ -397,6 +407,8 @@ class Worker:
             self._runners.cancel(msg["task_id"])
         elif kind == "stop":
             self._stop_requested = True
+        elif kind == "refused":
+            raise Forbidden(msg["reason"])
 
     def _on_run(self, msg: dict[str, Any]) -> None:
         if self._stopping_since is not None or self._stop_requested:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import zmq
 
 from tamma_actors import Client, ConfigError, RequestTimeout
+from tamma_actors import _wire as wire
 from tamma_actors._codec import unpack
 from tamma_actors._config import load_node_config
 from tamma_actors._curve import curve_client, curve_server, keypair
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 WAIT = 60.0
 TOKEN = "curve-test-operator"
+WORKER_TOKEN = "curve-test-admin"  # a worker joins a node with tokens with an admin one
 
 
 def free_port() -> int:
@@ -44,7 +47,8 @@ def secured(short_dir: Path) -> Iterator[tuple[Node, str]]:
         events_endpoint=f"tcp://127.0.0.1:{ports[2]}",
         curve_public_key=public,
         curve_secret_key=secret,
-        tokens={TOKEN: "operator"},  # a tcp:// control endpoint needs them
+        # a tcp:// control endpoint needs them
+        tokens={TOKEN: "operator", WORKER_TOKEN: "admin"},
     )
     with Node(cfg) as node:
         yield node, public
@@ -65,6 +69,7 @@ def test_a_client_with_the_key_is_served_and_workers_join_over_curve(
         [sys.executable, "-m", "tamma_actors._cli_node", "worker",
          "--connect", cfg.workers_address, "--curve-server-key", public,
          "--worker-id", "remote-1", "--heartbeat", "0.2"],
+        env={**os.environ, wire.TOKEN_ENV: WORKER_TOKEN},
     )  # fmt: skip
     try:
         with Client(
@@ -87,6 +92,36 @@ def test_a_client_with_the_key_is_served_and_workers_join_over_curve(
         remote.terminate()
         remote.wait(WAIT)
         sub.close(0)
+
+
+@pytest.mark.parametrize("token", [None, TOKEN, "not-a-token"])
+def test_a_peer_with_the_key_but_no_admin_token_cannot_join_as_a_worker(
+    secured: tuple[Node, str], token: str | None
+) -> None:
+    """Every client is given the node's public key; a worker sees every step's inputs and
+    decides its result, so it needs an admin token too. Refused, it says why and exits 1
+    (retrying cannot help), and it never counts as a worker."""
+    node, public = secured
+    cfg = node.config
+    env = {k: v for k, v in os.environ.items() if k != wire.TOKEN_ENV}
+    if token is not None:
+        env[wire.TOKEN_ENV] = token
+    rogue = subprocess.Popen(
+        [sys.executable, "-m", "tamma_actors._cli_node", "worker",
+         "--connect", cfg.workers_address, "--curve-server-key", public,
+         "--worker-id", "rogue", "--heartbeat", "0.2", "--allow-shell"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, err = rogue.communicate(timeout=WAIT)
+    finally:
+        rogue.kill()
+        rogue.wait(WAIT)
+    assert rogue.returncode == 1
+    [line] = [x for x in err.splitlines() if "the node refused it" in x]
+    assert "admin token" in line
+    with Client(cfg.control_address, token=TOKEN, timeout=WAIT, curve_server_key=public) as c:
+        assert "rogue" not in {w["worker_id"] for w in c.health()["workers"]["workers"]}
 
 
 def test_a_client_without_the_key_gets_nothing(secured: tuple[Node, str]) -> None:

@@ -31,6 +31,7 @@ from tamma_actors._node import Node
 from tamma_actors._worker import (
     EXIT_OK,
     EXIT_PARENT_DIED,
+    EXIT_REFUSED,
     EXIT_TRANSPORT,
     EXIT_USAGE,
     CurveKeys,
@@ -590,6 +591,35 @@ def _joins(node: FakeNode, worker: Worker) -> None:
     finally:
         r.worker.request_stop()
         r.join()
+
+
+def test_the_token_comes_from_the_environment_and_leaves_it(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not from the command line, which ps shows; and no step (nor a command it runs)
+    sees it in the environment."""
+    monkeypatch.setenv(wire.TOKEN_ENV, "s3cret")
+    done = threading.Event()
+    t = _node_thread(node, done)
+    assert main(["--connect", node.endpoint, "--slots", "1"]) == EXIT_OK
+    t.join(timeout=TIMEOUT)
+    assert node.frames[0]["token"] == "s3cret" and wire.TOKEN_ENV not in os.environ
+
+
+def test_a_refused_hello_ends_the_worker(
+    node: FakeNode, start: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Saying hello again cannot help a worker the node does not admit: it says why and
+    exits (a process restarting it would be refused again)."""
+    r = start()
+    assert "token" not in node.recv("hello")
+    node.send(wire.refused("a token is required (a worker needs an admin token)"))
+    assert r.join() == EXIT_REFUSED
+    [line] = [rec.getMessage() for rec in caplog.records if "refused it" in rec.getMessage()]
+    assert line.endswith(
+        "the node refused it: a token is required (a worker needs an admin token); "
+        f"it was given none ({wire.TOKEN_ENV})"
+    )
 
 
 def test_bad_endpoint_is_a_transport_error() -> None:

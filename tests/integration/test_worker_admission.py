@@ -1,25 +1,36 @@
-"""Which of a worker's offers a node takes: names the node gates by its own settings
-(``shell``, ``record``) never become runnable because a worker offers them.
+"""Who a node admits as a worker, and which of a worker's offers it takes.
+
+A worker sees every step's inputs and decides every step's result: on a node with tokens
+it needs an admin one (the node's local workers get this run's own, unasked). Names the
+node gates by its own settings (``shell``, ``record``) never become runnable because a
+worker offers them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+import zmq
 
 from tamma_actors import Client, WorkflowValidationError
+from tamma_actors import _wire as wire
 from tamma_actors._config import load_node_config
 from tamma_actors._node import Node
-from tamma_actors._worker import Worker
+from tamma_actors._worker import EXIT_OK, EXIT_REFUSED, Worker
 
 pytestmark = pytest.mark.integration
 
 WAIT = 30.0
+ADMIN, OPERATOR, VIEWER = "adm-token-1", "op-token-1", "view-token-1"
+TOKENS = {ADMIN: "admin", OPERATOR: "operator", VIEWER: "viewer"}
+NOOP = {"name": "n", "steps": [{"name": "a", "implementation": "noop"}]}
 SHELL = {"name": "s", "steps": [{"name": "a", "implementation": "shell",
                                  "config": {"command": "true"}}]}  # fmt: skip
 
@@ -33,6 +44,16 @@ def _until(cond: Callable[[], bool]) -> None:
 
 def _workers(client: Client) -> dict[str, dict[str, Any]]:
     return {w["worker_id"]: w for w in client.health()["workers"]["workers"]}
+
+
+@pytest.fixture
+def guarded(short_dir: Path) -> Iterator[tuple[Node, Client]]:
+    """A node with tokens and one local worker, and an operator's client."""
+    cfg = load_node_config(
+        None, data_dir=short_dir / "var", workers=1, heartbeat_interval=0.2, tokens=TOKENS
+    )
+    with Node(cfg) as node, Client(cfg.control_address, token=OPERATOR, timeout=WAIT) as c:
+        yield node, c
 
 
 class _Run:
@@ -55,6 +76,123 @@ class _Run:
         self.worker.request_stop()
         self.thread.join(WAIT)
         self.worker.close()
+
+
+def test_local_workers_join_a_node_with_tokens_unasked(guarded: tuple[Node, Client]) -> None:
+    node, client = guarded
+    _until(lambda: len(_workers(client)) == 1)
+    assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
+    [pid] = client.health()["workers"]["local_pids"]
+    assert not any(node._worker_token in arg for arg in psutil.Process(pid).cmdline())
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "a token is required (a worker needs an admin token)"),
+        ("not-a-token", "unknown token (a worker needs an admin token)"),
+        (OPERATOR, "a worker needs an admin token, not a token of role 'operator'"),
+        (VIEWER, "a worker needs an admin token, not a token of role 'viewer'"),
+    ],
+)
+def test_a_worker_without_an_admin_token_is_refused_and_exits(
+    guarded: tuple[Node, Client],
+    token: str | None,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node, client = guarded
+    run = _Run(Worker(node.config.workers_address, worker_id="w-x", heartbeat_interval=0.2,
+                      token=token))  # fmt: skip
+    try:
+        assert run.ended() == EXIT_REFUSED
+    finally:
+        run.close()
+    assert "w-x" not in _workers(client)
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert f"worker 'w-x' refused: {reason}" in refused
+    assert any(f"worker w-x: the node refused it: {reason}" in line for line in refused)
+
+
+def test_a_worker_with_an_admin_token_joins_and_runs_steps(
+    guarded: tuple[Node, Client],
+) -> None:
+    node, client = guarded
+    run = _Run(Worker(node.config.workers_address, worker_id="w-admin", heartbeat_interval=0.2,
+                      token=ADMIN))  # fmt: skip
+    try:
+        _until(lambda: "w-admin" in _workers(client))
+        assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
+    finally:
+        run.close()
+    assert run.code == EXIT_OK
+
+
+def _dealer(ctx: zmq.Context[Any], endpoint: str, worker_id: str) -> zmq.Socket[bytes]:
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+    sock.connect(endpoint)
+    return sock
+
+
+def _answer(sock: zmq.Socket[bytes], worker_id: str, token: str | None) -> str:
+    """Say hello until the node answers (a socket may not be connected yet); its answer."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        sock.send(wire.encode(wire.hello(worker_id, 1, "h", 1, ["noop"], token)))
+        if sock.poll(200):
+            return str(wire.decode_node_frame(sock.recv(), 1 << 20)["t"])
+    raise AssertionError("no answer to hello")
+
+
+def test_a_peer_repeating_a_refused_hello_is_logged_once(
+    guarded: tuple[Node, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    node, _ = guarded
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = _dealer(ctx, node.config.workers_address, "pest")
+    try:
+        with caplog.at_level(logging.WARNING, logger="tamma_actors._workerpool"):
+            assert [_answer(sock, "pest", None) for _ in range(20)] == ["refused"] * 20
+    finally:
+        sock.close(0)
+        ctx.term()
+    lines = [r for r in caplog.records if r.getMessage().startswith("worker 'pest' refused")]
+    assert len(lines) == 1
+
+
+def test_a_refused_hello_under_a_joined_workers_id_loses_that_worker(short_dir: Path) -> None:
+    """The socket takes no second connection under an id in use: a hello under a joined
+    worker's id that the node refuses means that worker's connection is gone and its id
+    is someone else's now, who must not be sent its steps (nor wait for its silence)."""
+    cfg = load_node_config(
+        None, data_dir=short_dir / "var", workers=0, heartbeat_interval=0.2,
+        heartbeat_timeout=10 * WAIT, tokens=TOKENS,
+    )  # fmt: skip
+    ctx: zmq.Context[Any] = zmq.Context()
+    with Node(cfg), Client(cfg.control_address, token=OPERATOR, timeout=WAIT) as client:
+        first = _dealer(ctx, cfg.workers_address, "w-1")
+        try:
+            assert _answer(first, "w-1", ADMIN) == "welcome"
+            _until(lambda: "w-1" in _workers(client))
+        finally:
+            first.close(0)
+        # until the node has let go of the first connection, a second one under its id is
+        # not heard: a new one each time
+        answer = None
+        deadline = time.monotonic() + WAIT
+        while answer is None and time.monotonic() < deadline:
+            second = _dealer(ctx, cfg.workers_address, "w-1")
+            try:
+                second.send(wire.encode(wire.hello("w-1", 1, "h", 1, ["noop"])))
+                if second.poll(300):
+                    answer = wire.decode_node_frame(second.recv(), 1 << 20)["t"]
+            finally:
+                second.close(0)
+        assert answer == "refused"
+        _until(lambda: "w-1" not in _workers(client))
+    ctx.term()
 
 
 @pytest.mark.parametrize("allow_shell", [False, True])

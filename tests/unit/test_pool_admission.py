@@ -1,11 +1,72 @@
-"""WorkerAdmission: which of the names a worker offers count (a pure policy)."""
+"""WorkerAdmission (who may join as a worker, which offers count) and RefusalLog (which
+refusals get a log line): pure policies."""
 
 from __future__ import annotations
 
-from tamma_actors._pool_workers import WorkerAdmission
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tamma_actors._pool_workers import RefusalLog, WorkerAdmission
+
+TOKENS = {"a": "admin", "o": "operator", "v": "viewer"}
+
+
+def test_without_tokens_every_worker_is_admitted() -> None:
+    open_node = WorkerAdmission()
+    assert open_node.refusal(None) is None and open_node.refusal("anything") is None
+
+
+def test_with_tokens_only_an_admin_token_admits() -> None:
+    admission = WorkerAdmission(TOKENS)
+    assert admission.refusal("a") is None
+    assert admission.refusal(None) == "a token is required (a worker needs an admin token)"
+    assert admission.refusal("x") == "unknown token (a worker needs an admin token)"
+    assert admission.refusal("a-") == "unknown token (a worker needs an admin token)"
+    for token, role in (("o", "operator"), ("v", "viewer")):
+        assert admission.refusal(token) == (
+            f"a worker needs an admin token, not a token of role {role!r}"
+        )
 
 
 def test_withheld_names_are_not_taken_from_an_offer() -> None:
     admission = WorkerAdmission(withheld=frozenset({"shell", "record"}))
     assert admission.offer(["noop", "shell", "mine", "record"]) == {"noop", "mine"}
     assert WorkerAdmission().offer(["shell"]) == {"shell"}
+
+
+def test_a_worker_ids_refusals_are_logged_once_a_minute() -> None:
+    log = RefusalLog(every=60.0, most=10)
+    assert log.line("w", 0.0) == 0
+    assert [log.line("w", t) for t in (1.0, 30.0, 59.9)] == [None, None, None]
+    assert log.line("other", 59.9) == 3  # the three left out are counted in the next line
+    assert log.line("w", 60.0) == 0
+
+
+def test_new_ids_each_time_are_logged_at_most_so_often() -> None:
+    log = RefusalLog(every=60.0, most=3)
+    assert [log.line(f"w{i}", float(i)) for i in range(5)] == [0, 0, 0, None, None]
+    assert log.line("w9", 60.0) == 2  # the first line's minute is over
+
+
+def test_the_ids_remembered_are_bounded() -> None:
+    log = RefusalLog(every=60.0, most=1000, ids=2)
+    for i, worker in enumerate(("a", "b", "c")):
+        assert log.line(worker, float(i)) == 0
+    assert log.line("a", 3.0) == 0  # forgotten: logged again
+    assert log.line("c", 4.0) is None
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(0, 10)), max_size=200))
+def test_never_more_lines_than_allowed_in_any_window(refusals: list[tuple[str, float]]) -> None:
+    log = RefusalLog(every=1.0, most=3)
+    now, lines, seen = 0.0, [], 0
+    for worker, step in refusals:
+        now += step / 10
+        left_out = log.line(worker, now)
+        seen += 1
+        if left_out is not None:
+            lines.append(now)
+            seen -= 1 + left_out  # every refusal is logged or counted in a later line
+    assert seen >= 0
+    for i, at in enumerate(lines):
+        assert len([t for t in lines[i:] if t < at + 1.0]) <= 3

@@ -31,6 +31,7 @@ RUN_TASK: dict[str, Any] = {
 
 WORKER_FRAMES = [
     wire.hello("w1", 12, "host", 4, ["noop", "echo"]),
+    wire.hello("w1", 12, "host", 4, [], token="s3cret"),
     wire.hb("w1", ["t1", "t2"], 1 << 33),
     wire.started("t1"),
     wire.started("t2", 250.5),  # a held notice
@@ -54,6 +55,7 @@ NODE_FRAMES = [
     wire.cancel("t1"),
     wire.stop(),
     wire.rehello(),
+    wire.refused("unknown token"),
 ]
 
 
@@ -108,6 +110,8 @@ def test_extra_fields_tolerated() -> None:
         (pack({**wire.result_ok("t", 1, 1), "started": 1}), ProtocolError, "bad 'started'"),
         (pack({**wire.started("t"), "ran_ms": -1}), ProtocolError, "bad 'ran_ms'"),
         (pack({**wire.started("t"), "ran_ms": "5"}), ProtocolError, "bad 'ran_ms'"),
+        (pack({**wire.hello("w", 1, "h", 1, []), "token": None}), ProtocolError, "bad 'token'"),
+        (pack({**wire.hello("w", 1, "h", 1, []), "token": b"t"}), ProtocolError, "bad 'token'"),
         (
             pack({"v": 2, "t": "result", "task_id": "t", "ok": True, "duration_ms": 1}),
             ProtocolError,
@@ -215,6 +219,11 @@ def test_a_run_frame_without_its_input() -> None:
     del frame["input"]
     with pytest.raises(ProtocolError, match="lacks field 'input'"):
         wire.decode_node_frame(pack(frame), MAX)
+
+
+def test_a_refusal_says_why() -> None:
+    with pytest.raises(ProtocolError, match="refused frame lacks field 'reason'"):
+        wire.decode_node_frame(pack({"v": 2, "t": "refused"}), MAX)
 
 
 def test_welcome_interval_must_be_a_number() -> None:
