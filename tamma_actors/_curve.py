@@ -2,8 +2,9 @@
 
 A node's sockets on ``tcp://`` endpoints are CURVE servers (its secret key); a client or a
 worker must know the node's public key to connect at all, and its traffic is encrypted.
-Which caller may do what is then decided by the control tokens. ``ipc://`` endpoints need
-none of this: the socket files sit in the 0700 data directory.
+Which caller may do what is then decided by the control tokens (which a ``tcp://`` control
+endpoint must have). ``ipc://`` endpoints need none of this: their socket files are 0600,
+by default in the 0700 data directory.
 """
 
 from __future__ import annotations
