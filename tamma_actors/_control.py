@@ -34,14 +34,21 @@ from typing import Any
 import pykka
 import zmq
 
-from tamma_actors._codec import pack
+from tamma_actors._codec import pack, peek
 from tamma_actors._curve import curve_server
 from tamma_actors._engine_api import AsyncEngine
-from tamma_actors._errors import CodecError, FrameTooLarge, TammaError, TransportError
+from tamma_actors._errors import (
+    CodecError,
+    Forbidden,
+    FrameTooLarge,
+    TammaError,
+    TransportError,
+)
 from tamma_actors._futures import failed, when_all
 from tamma_actors._protocol import (
     COMPACT_OUTCOME_BYTES,
     LIST_MOST,
+    OPS,
     AbortArgs,
     AdminBackupArgs,
     AdminCleanupArgs,
@@ -246,7 +253,7 @@ class ControlServer(SocketActor):
         try:
             request = parse_request(body[0], self._max_frame_bytes)
         except InvalidRequest as exc:
-            self._reply_error(route, exc.request_id, exc)
+            self._reply_error(route, exc.request_id, self._unless_forbidden(body[0], exc))
             return
         except TammaError as exc:
             self._reply_error(route, None, exc)
@@ -256,6 +263,21 @@ class ControlServer(SocketActor):
             self._reply_error(route, request.id, refusal)
             return
         self._serve(route, request)
+
+    def _unless_forbidden(self, frame: bytes, exc: InvalidRequest) -> TammaError:
+        """``exc``, or ``Forbidden`` if the caller may not make the request it tried: a
+        node with tokens tells a caller without the right one no more than that (the
+        problems of a malformed request name its fields and values)."""
+        if not self._tokens:
+            return exc
+        token, op = peek(frame, "token"), peek(frame, "op")
+        try:
+            role = authorize(token if isinstance(token, str) else None, self._tokens)
+            if isinstance(op, str) and op in OPS:
+                require_role(role, op)
+        except Forbidden as refused:
+            return refused
+        return exc
 
     def _start_many_refusal(self, args: Any, size: int) -> FrameTooLarge | None:
         """Why a 'start_many' request of more than one start is refused before it starts

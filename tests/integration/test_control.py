@@ -473,6 +473,14 @@ def test_tokens_and_roles(ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: P
         assert denied["error"]["code"] == "forbidden"
         assert [name for name, _ in engine.calls] == ["health"]
         assert call("start", "op", workflow=WORKFLOW)["ok"] is True
+        # A malformed request from a caller without the right token is refused as such:
+        # its problems (which name its fields) are for callers that may make it.
+        for token in (None, "wrong", "view"):
+            refused = call("start", token, workflow=WORKFLOW, nosuchkey=1)["error"]
+            assert refused["code"] == "forbidden" and "nosuchkey" not in str(refused)
+        assert call("start", "op", nosuchkey=1)["error"]["code"] == "bad_request"
+        assert call("nosuchop", "view")["error"]["code"] == "unknown_op"
+        assert call("nosuchop", "wrong")["error"]["code"] == "forbidden"
     finally:
         h.close()
 
