@@ -65,9 +65,10 @@ def test_a_client_with_the_key_is_served_and_workers_join_over_curve(
     sub.setsockopt(zmq.SUBSCRIBE, b"workflow.completed")
     curve_client(sub, cfg.events_address, public)
     sub.connect(cfg.events_address)
+    # --curve-server-key=KEY: a z85 key may begin with "-", which argparse takes for an option
     remote = subprocess.Popen(
         [sys.executable, "-m", "tamma_actors._cli_node", "worker",
-         "--connect", cfg.workers_address, "--curve-server-key", public,
+         "--connect", cfg.workers_address, f"--curve-server-key={public}",
          "--worker-id", "remote-1", "--heartbeat", "0.2"],
         env={**os.environ, wire.TOKEN_ENV: WORKER_TOKEN},
     )  # fmt: skip
@@ -108,7 +109,7 @@ def test_a_peer_with_the_key_but_no_admin_token_cannot_join_as_a_worker(
         env[wire.TOKEN_ENV] = token
     rogue = subprocess.Popen(
         [sys.executable, "-m", "tamma_actors._cli_node", "worker",
-         "--connect", cfg.workers_address, "--curve-server-key", public,
+         "--connect", cfg.workers_address, f"--curve-server-key={public}",
          "--worker-id", "rogue", "--heartbeat", "0.2", "--allow-shell"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

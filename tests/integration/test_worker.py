@@ -686,9 +686,9 @@ def test_a_handshake_the_node_refuses_ends_the_worker(
 
 def test_tamma_node_worker_with_another_nodes_key_exits_1(curve_node: tuple[FakeNode, str]) -> None:
     fake, _ = curve_node
-    wrong = zmq.curve_keypair()[0].decode()
+    wrong = zmq.curve_keypair()[0].decode()  # given with "=": a z85 key may begin with "-"
     cmd = [sys.executable, "-m", "tamma_actors._cli_node", "worker",
-           "--connect", fake.endpoint, "--curve-server-key", wrong]  # fmt: skip
+           "--connect", fake.endpoint, f"--curve-server-key={wrong}"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=TIMEOUT)
