@@ -61,7 +61,9 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tamma-node", description="Run a tamma_actors node.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a node in the foreground (SIGINT/SIGTERM stop it)")
+    run = sub.add_parser(
+        "run", help="run a node in the foreground (SIGINT, SIGTERM or SIGHUP stops it)"
+    )
     _node_options(run)
     demo = sub.add_parser("demo", help="start a node, run one workflow to its end, stop")
     _node_options(demo)
@@ -171,8 +173,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("tamma_actors").info("signal %d: shutting down", signum)
         stop.set()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGHUP too (its terminal closed, a session ended): the default would kill the node
+    # without draining it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     tune_gc()
     with Node(cfg) as node:
         node.pin_coordinator()  # this process is the node: its threads may share a CPU

@@ -170,3 +170,17 @@ def test_sigterm_drains_then_exits_0_and_the_restart_runs_only_what_was_left(
     assert not [e for e in chain_events if e.type == "step.redispatched"]  # nothing re-ran
     lines = record.read_text().split()
     assert lines == [chain, "a", "1", chain, "b", "1"]
+
+
+def test_sighup_stops_the_node_as_sigterm_does(setup: tuple[Path, Path, Path]) -> None:
+    # Its default action killed the node without a drain (exit 129).
+    data, config, _ = setup
+    node = NodeProcess(data, config)
+    try:
+        with Client(data_dir=data, timeout=WAIT) as c:
+            assert c.health()["status"] == "ok"
+        node.proc.send_signal(signal.SIGHUP)
+        node.wait_for_log(r"signal \d+: shutting down")
+        assert node.wait_exit() == 0
+    finally:
+        node.kill()
