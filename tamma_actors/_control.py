@@ -129,6 +129,14 @@ def make_ipc_private(bound: str) -> None:
         raise TransportError(f"cannot make {bound} private: {exc.strerror}") from exc
 
 
+def forget_ipc_file(bound: str) -> None:
+    """For a closed ``ipc://PATH`` socket: remove PATH now (libzmq unlinks it later, on its
+    own thread, or, if the process exits first, never; a restart must not race it)."""
+    path = _ipc_path(bound)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
 def _socket_is_live(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
@@ -208,10 +216,7 @@ class ControlServer(SocketActor):
         if sock is not None:
             self.unwatch(sock)
             sock.close(linger=0)
-            # libzmq unlinks an ipc file later, on its own thread; a restart must not race it.
-            ipc_path = _ipc_path(self._bound)
-            if ipc_path is not None:
-                ipc_path.unlink(missing_ok=True)
+            forget_ipc_file(self._bound)
 
     # -- queries (run on the actor thread via ask/proxy) -------------------------------------
 

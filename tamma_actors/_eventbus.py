@@ -30,7 +30,7 @@ from typing import Any
 import zmq
 
 from tamma_actors import _codec
-from tamma_actors._control import make_ipc_private
+from tamma_actors._control import forget_ipc_file, make_ipc_private
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import CodecError, TransportError
 from tamma_actors._socket_actor import SocketActor, send_frames
@@ -94,6 +94,7 @@ class EventBus(SocketActor):
         self.max_frame_bytes = max_frame_bytes
         self.publish_time = publish_time
         self._pub: zmq.Socket[Any] | None = None
+        self._bound = ""  # the events endpoint as bound (its real port for tcp://...:*)
         self._subs: dict[str, _Subscription] = {}
         self._ids = itertools.count(1)
         self._published = 0
@@ -107,7 +108,8 @@ class EventBus(SocketActor):
             pub.setsockopt(zmq.LINGER, 0)
             curve_server(pub, self.endpoint, self._curve_secret)
             pub.bind(self.endpoint)
-            make_ipc_private(pub.getsockopt_string(zmq.LAST_ENDPOINT))
+            self._bound = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            make_ipc_private(self._bound)
         except zmq.ZMQError as exc:
             pub.close(linger=0)
             raise TransportError(f"cannot bind the events socket {self.endpoint}: {exc}") from exc
@@ -120,6 +122,7 @@ class EventBus(SocketActor):
         if self._pub is not None:
             self._pub.close(linger=0)
             self._pub = None
+            forget_ipc_file(self._bound)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):

@@ -45,7 +45,7 @@ import zmq
 
 from tamma_actors import _wire as wire
 from tamma_actors._codec import pack
-from tamma_actors._control import make_ipc_private
+from tamma_actors._control import forget_ipc_file, make_ipc_private
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._pool_messages import (
@@ -209,6 +209,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if self._sock is not None:
             self.unwatch(self._sock)
             self._sock.close(_LINGER_MS)
+            forget_ipc_file(self._endpoint)  # (the connections made keep their frames)
 
     # -- messages from executions ----------------------------------------------------------
 

@@ -179,8 +179,14 @@ def test_sighup_stops_the_node_as_sigterm_does(setup: tuple[Path, Path, Path]) -
     try:
         with Client(data_dir=data, timeout=WAIT) as c:
             assert c.health()["status"] == "ok"
+        assert sorted(p.name for p in data.glob("*.sock")) == [
+            "control.sock",
+            "events.sock",
+            "workers.sock",
+        ]
         node.proc.send_signal(signal.SIGHUP)
         node.wait_for_log(r"signal \d+: shutting down")
         assert node.wait_exit() == 0
     finally:
         node.kill()
+    assert list(data.glob("*.sock")) == []  # the events and workers files were left behind
