@@ -29,6 +29,7 @@ from tamma_actors._cli_output import (
 )
 from tamma_actors._cli_watch import cmd_watch
 from tamma_actors._client import Client
+from tamma_actors._data_dir import directory_arg
 from tamma_actors._durations import positive_seconds, wait_seconds
 from tamma_actors._errors import (
     ProtocolError,
@@ -125,7 +126,7 @@ def _common(*, with_timeout: bool = True) -> argparse.ArgumentParser:
     # SUPPRESS defaults: an option given before the sub-command is not reset by the
     # sub-parser, so global options work on either side of it.
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--data-dir", type=Path, help="node data directory (./var)")
+    common.add_argument("--data-dir", type=directory_arg, help="node data directory (./var)")
     common.add_argument("--endpoint", help="control endpoint (ipc://DATA_DIR/control.sock)")
     common.add_argument("--token", help="access token (TAMMA_TOKEN)")
     common.add_argument(

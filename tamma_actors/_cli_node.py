@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tamma_actors._config import NodeConfig, load_node_config
+from tamma_actors._data_dir import directory_arg
 from tamma_actors._durations import positive_days
 from tamma_actors._errors import ConfigError, TammaError, WorkflowValidationError
 from tamma_actors._gc import tune_gc
@@ -95,14 +96,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _offline_parsers(sub: Any) -> None:
     verify = sub.add_parser("verify", help="check the store of a stopped node; exit 1 on faults")
-    verify.add_argument("--data-dir", type=Path, default=Path("var"))
+    verify.add_argument("--data-dir", type=directory_arg, default=Path("var"))
     verify.add_argument("--json", action="store_true")
     cleanup = sub.add_parser("cleanup", help="delete old terminal executions (node stopped)")
-    cleanup.add_argument("--data-dir", type=Path, default=Path("var"))
+    cleanup.add_argument("--data-dir", type=directory_arg, default=Path("var"))
     cleanup.add_argument("--older-than", type=positive_days, required=True, metavar="DAYS")
     restore = sub.add_parser("restore", help="check a backup and copy it into a new data dir")
-    restore.add_argument("backup", type=Path, help="a directory made by `tamma admin backup`")
-    restore.add_argument("--data-dir", type=Path, required=True, help="new or empty directory")
+    restore.add_argument(
+        "backup", type=directory_arg, help="a directory made by `tamma admin backup`"
+    )
+    restore.add_argument(
+        "--data-dir", type=directory_arg, required=True, help="new or empty directory"
+    )
 
 
 def _cmd_offline(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ new node waits for that, and refuses at once when the named node still runs.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import logging
 import os
@@ -20,11 +21,20 @@ from pathlib import Path
 
 from tamma_actors._errors import ConfigError
 
-__all__ = ["lock_data_dir"]
+__all__ = ["directory_arg", "lock_data_dir"]
 
 log = logging.getLogger(__name__)
 
 _LOCK_WAIT = 10.0  # for a dead node's store writer process to finish its last commit
+
+
+def directory_arg(text: str) -> Path:
+    """A command line's data or backup directory (an argparse type): ``~`` is the home
+    directory, and an empty one is refused (it would have been the current directory),
+    as the node's own ``data_dir`` setting does."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no directory")
+    return Path(os.path.expanduser(text))
 
 
 def _lock(fd: int, data_dir: Path) -> None:

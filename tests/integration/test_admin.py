@@ -524,3 +524,26 @@ def test_the_admin_cli_speaks_json(
             tamma_node(["cleanup", "--data-dir", str(data), "--older-than", days])
         assert usage.value.code == 2
         assert "argument --older-than: " in capsys.readouterr().err
+
+
+def test_an_empty_directory_argument_is_refused_and_a_tilde_is_the_home(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '' was the current directory (verify, cleanup and restore read the store there), and
+    # '~/x' a directory named '~' in it, where the node's own data_dir setting refuses ''
+    # and expands '~'.
+    for argv in (
+        ["verify", "--data-dir", ""],
+        ["cleanup", "--data-dir", " ", "--older-than", "1"],
+        ["restore", "", "--data-dir", str(short_dir / "new")],
+        ["restore", str(short_dir), "--data-dir", ""],
+    ):
+        with pytest.raises(SystemExit) as usage:
+            tamma_node(argv)
+        assert usage.value.code == 2
+        assert "an empty path names no directory" in capsys.readouterr().err
+    assert tamma(["--data-dir", "", "admin", "verify"]) == 2
+    assert "an empty path names no directory" in capsys.readouterr().err
+    monkeypatch.setenv("HOME", str(short_dir))
+    assert tamma_node(["verify", "--data-dir", "~/nothing"]) == 1
+    assert f"{short_dir}/nothing holds no store" in capsys.readouterr().err
