@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--curve-server-key", help="the node's CURVE public key (a tcp:// endpoint with CURVE)"
     )
+    worker.add_argument(
+        "--token",
+        help="an admin token of a node with tokens (prefer TAMMA_WORKER_TOKEN: ps shows "
+        "a command's arguments)",
+    )
     sub.add_parser("keygen", help="print a new CURVE key pair for a node's tcp:// endpoints")
     return parser
 
@@ -291,8 +296,9 @@ def _cmd_keygen() -> int:
     print(f'curve_public_key = "{public}"')
     print(f'curve_secret_key = "{secret}"')
     print("# clients and remote workers need only the public key:")
-    print(f"#   tamma --curve-server-key '{public}' ...  (or TAMMA_CURVE_SERVER_KEY)")
-    print(f"#   tamma-node worker --connect tcp://HOST:PORT --curve-server-key '{public}'")
+    # (with '=': a z85 key may begin with '-', which would be taken for an option)
+    print(f"#   tamma --curve-server-key='{public}' ...  (or TAMMA_CURVE_SERVER_KEY)")
+    print(f"#   tamma-node worker --connect tcp://HOST:PORT --curve-server-key='{public}'")
     return EXIT_OK
 
 
@@ -311,6 +317,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         allowlist=dict(args.allow),
         managed=False,
         curve=CurveKeys(args.curve_server_key) if args.curve_server_key else None,
+        token=args.token,
     )
     return EXIT_OK if code == WORKER_OK else EXIT_FAILED  # its transport failed meanwhile
 

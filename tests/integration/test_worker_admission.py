@@ -21,6 +21,7 @@ import zmq
 
 from tamma_actors import Client, WorkflowValidationError
 from tamma_actors import _wire as wire
+from tamma_actors._cli_node import main as tamma_node
 from tamma_actors._config import load_node_config
 from tamma_actors._node import Node
 from tamma_actors._worker import EXIT_OK, EXIT_REFUSED, Worker
@@ -112,6 +113,19 @@ def test_a_worker_without_an_admin_token_is_refused_and_exits(
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert f"worker 'w-x' refused: {reason}" in refused
     assert any(f"worker w-x: the node refused it: {reason}" in line for line in refused)
+
+
+def test_tamma_node_worker_says_hello_with_its_token_option(
+    guarded: tuple[Node, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    node, _ = guarded
+    argv = ["worker", "--connect", node.config.workers_address, "--worker-id", "w-cli"]
+    assert tamma_node([*argv, "--heartbeat", "0.2", "--token", OPERATOR]) == 1
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert (
+        "worker 'w-cli' refused: a worker needs an admin token, not a token of role "
+        "'operator'" in refused
+    )
 
 
 def test_a_worker_with_an_admin_token_joins_and_runs_steps(
