@@ -70,16 +70,6 @@ def _reason(exc: TransportError) -> str:
     return zmq.strerror(cause.errno)
 
 
-class _NodeWorkerPool(WorkerPool):
-    """The node's worker pool: it admits workers as the node's settings say."""
-
-    def __init__(
-        self, zmq_context: zmq.Context[Any], *, admission: WorkerAdmission, **kwargs: Any
-    ) -> None:
-        super().__init__(zmq_context, **kwargs)
-        self._admission = admission
-
-
 class NodeChildren:
     """Start, stop, check and restart the node's children."""
 
@@ -136,7 +126,7 @@ class NodeChildren:
             self._pool.ref = _bound(
                 "workers_endpoint",
                 cfg.workers_address,
-                _NodeWorkerPool.start_and_wait,
+                WorkerPool.start_and_wait,
                 self._zmq,
                 admission=self._worker_admission(),
                 env={wire.TOKEN_ENV: self._worker_token},  # not argv: ps shows it

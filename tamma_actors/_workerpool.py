@@ -60,7 +60,7 @@ from tamma_actors._pool_messages import (
     cancelled_error,
     notify,
 )
-from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker
+from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker, WorkerAdmission
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
@@ -137,8 +137,10 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         max_worker_rss: int | None = None,
         curve_secret_key: str | None = None,
         on_offered: Callable[[frozenset[str]], None] | None = None,
+        admission: WorkerAdmission | None = None,
     ) -> None:
         super().__init__(zmq_context)
+        self._admission = admission  # who may join, and what they may offer (None: anyone)
         self._endpoint = endpoint
         self._n_local = local_workers
         self._worker_slots = worker_slots
