@@ -17,7 +17,6 @@ import argparse
 import ctypes
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -29,6 +28,7 @@ import zmq
 
 from tamma_actors import _wire as wire
 from tamma_actors._affinity import parse_cpus, restore
+from tamma_actors._curve import is_curve_key
 from tamma_actors._errors import TammaError, TransportError
 from tamma_actors._gc import tune_gc
 from tamma_actors._plugins import add_gated_flags, allow_entry, check_modules, gated_enabled
@@ -56,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -159,7 +158,7 @@ def _check_curve_keys(curve: CurveKeys) -> None:
         ("the worker's CURVE public key", curve.public_key),
         ("the worker's CURVE secret key", curve.secret_key),
     ):
-        if not _Z85_KEY.fullmatch(key):
+        if not is_curve_key(key):
             raise ValueError(f"{what} is not a CURVE key (40 z85 characters)")
 
 

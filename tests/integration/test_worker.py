@@ -628,8 +628,9 @@ def test_bad_endpoint_is_a_transport_error() -> None:
     # run_worker: an argument it cannot start with (it logged a traceback, exit 4)
     with pytest.raises(ValueError, match="cannot connect to 'bogus://nowhere': Protocol not"):
         run_worker("bogus://nowhere")
-    with pytest.raises(ValueError, match="node's CURVE public key is not a CURVE key"):
-        run_worker("tcp://127.0.0.1:5999", curve=CurveKeys("junk"))
+    for junk in ("junk", "#" * 40):  # 40 z85 characters whose group overflows 32 bits
+        with pytest.raises(ValueError, match="node's CURVE public key is not a CURVE key"):
+            run_worker("tcp://127.0.0.1:5999", curve=CurveKeys(junk))
     assert main(["--connect", "bogus://nowhere"]) == EXIT_USAGE
 
 
