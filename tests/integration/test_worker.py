@@ -40,6 +40,7 @@ from tamma_actors._worker import (
     run_worker,
 )
 from tamma_actors._worker_loop import HANDSHAKE_FAILURES_FATAL, Handshakes
+from tests.workers import RunningWorker
 
 pytestmark = pytest.mark.integration
 
@@ -130,37 +131,14 @@ def node(zctx: zmq.Context[Any], tmp_path: Path) -> Iterator[FakeNode]:
     fake.sock.close(0)
 
 
-class Running:
-    """A Worker running on a thread of this process; always stopped and closed."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.code: int | None = None
-        self.thread = threading.Thread(target=self._run, name="test-worker")
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.code = self.worker.run()
-
-    def join(self) -> int | None:
-        self.thread.join(timeout=TIMEOUT)
-        assert not self.thread.is_alive(), "worker did not stop"
-        return self.code
-
-    def stop(self) -> None:
-        self.worker.request_stop()
-        self.join()
-        self.worker.close()
-
-
 @pytest.fixture
 def start(node: FakeNode) -> Iterator[Any]:
-    running: list[Running] = []
+    running: list[RunningWorker] = []
 
-    def _start(**kw: Any) -> Running:
+    def _start(**kw: Any) -> RunningWorker:
         kw.setdefault("heartbeat_interval", 0.2)
         kw.setdefault("allowlist", ALLOWLIST)
-        r = Running(Worker(node.endpoint, **kw))
+        r = RunningWorker(Worker(node.endpoint, **kw))
         running.append(r)
         return r
 
@@ -585,7 +563,7 @@ def test_a_curve_key_leaves_an_ipc_connection_plain(node: FakeNode) -> None:
 
 def _joins(node: FakeNode, worker: Worker) -> None:
     """``worker`` runs until it has said hello to ``node``, then stops."""
-    r = Running(worker)
+    r = RunningWorker(worker)
     try:
         assert node.recv("hello")["worker_id"] == worker.worker_id
     finally:
@@ -671,7 +649,7 @@ def test_a_handshake_the_node_refuses_ends_the_worker(
     unheard; the worker says why in one line and exits instead."""
     fake, _ = curve_node
     curve = CurveKeys(zmq.curve_keypair()[0].decode()) if key != "none" else None
-    r = Running(Worker(fake.endpoint, heartbeat_interval=0.2, curve=curve))
+    r = RunningWorker(Worker(fake.endpoint, heartbeat_interval=0.2, curve=curve))
     try:
         r.thread.join(TIMEOUT)
         assert not r.thread.is_alive(), "the worker still waits for a handshake"
@@ -709,7 +687,8 @@ def test_a_node_not_up_yet_or_dropping_a_connection_is_waited_for(zctx: zmq.Cont
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         raw.bind(("127.0.0.1", 0))  # not listening: connections are refused
         endpoint = f"tcp://127.0.0.1:{raw.getsockname()[1]}"
-        r = Running(Worker(endpoint, heartbeat_interval=0.2, curve=CurveKeys(public.decode())))
+        curve = CurveKeys(public.decode())
+        r = RunningWorker(Worker(endpoint, heartbeat_interval=0.2, curve=curve))
         raw.listen(1)
         raw.settimeout(TIMEOUT)
         for _ in range(HANDSHAKE_FAILURES_FATAL - 1):

@@ -25,6 +25,7 @@ from tamma_actors._cli_node import main as tamma_node
 from tamma_actors._config import load_node_config
 from tamma_actors._node import Node
 from tamma_actors._worker import EXIT_OK, EXIT_REFUSED, Worker
+from tests.workers import RunningWorker
 
 pytestmark = pytest.mark.integration
 
@@ -57,28 +58,6 @@ def guarded(short_dir: Path) -> Iterator[tuple[Node, Client]]:
         yield node, c
 
 
-class _Run:
-    """A Worker on a thread of this process; always stopped and closed."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.code: int | None = None
-        self.thread = threading.Thread(target=self._run, name="test-worker")
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.code = self.worker.run()
-
-    def ended(self) -> int | None:
-        self.thread.join(WAIT)
-        return None if self.thread.is_alive() else self.code
-
-    def close(self) -> None:
-        self.worker.request_stop()
-        self.thread.join(WAIT)
-        self.worker.close()
-
-
 def test_local_workers_join_a_node_with_tokens_unasked(guarded: tuple[Node, Client]) -> None:
     node, client = guarded
     _until(lambda: len(_workers(client)) == 1)
@@ -103,12 +82,12 @@ def test_a_worker_without_an_admin_token_is_refused_and_exits(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     node, client = guarded
-    run = _Run(Worker(node.config.workers_address, worker_id="w-x", heartbeat_interval=0.2,
-                      token=token))  # fmt: skip
+    address = node.config.workers_address
+    run = RunningWorker(Worker(address, worker_id="w-x", heartbeat_interval=0.2, token=token))
     try:
         assert run.ended() == EXIT_REFUSED
     finally:
-        run.close()
+        run.stop()
     assert "w-x" not in _workers(client)
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert f"worker 'w-x' refused: {reason}" in refused
@@ -132,13 +111,13 @@ def test_a_worker_with_an_admin_token_joins_and_runs_steps(
     guarded: tuple[Node, Client],
 ) -> None:
     node, client = guarded
-    run = _Run(Worker(node.config.workers_address, worker_id="w-admin", heartbeat_interval=0.2,
-                      token=ADMIN))  # fmt: skip
+    address = node.config.workers_address
+    run = RunningWorker(Worker(address, worker_id="w-admin", heartbeat_interval=0.2, token=ADMIN))
     try:
         _until(lambda: "w-admin" in _workers(client))
         assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
     finally:
-        run.close()
+        run.stop()
     assert run.code == EXIT_OK
 
 
@@ -218,8 +197,13 @@ def test_a_worker_offering_shell_runs_it_only_on_a_node_that_allows_shell(
         allow_shell=allow_shell,
     )  # fmt: skip
     with Node(cfg), Client(cfg.control_address, timeout=WAIT) as client:
-        run = _Run(Worker(cfg.workers_address, worker_id="w-sh", heartbeat_interval=0.2,
-                          enabled={"shell", "record"}))  # fmt: skip
+        offering = Worker(
+            cfg.workers_address,
+            worker_id="w-sh",
+            heartbeat_interval=0.2,
+            enabled={"shell", "record"},
+        )
+        run = RunningWorker(offering)
         try:
             _until(lambda: "w-sh" in _workers(client))
             plugins = set(_workers(client)["w-sh"]["plugins"])
@@ -231,4 +215,4 @@ def test_a_worker_offering_shell_runs_it_only_on_a_node_that_allows_shell(
                 with pytest.raises(WorkflowValidationError, match="implementation 'shell'"):
                     client.start_workflow(SHELL)
         finally:
-            run.close()
+            run.stop()
