@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tamma_actors._config import NodeConfig, load_node_config
+from tamma_actors._config import NodeConfig, load_node_config, unknown_variables
 from tamma_actors._data_dir import directory_arg
 from tamma_actors._durations import positive_days
 from tamma_actors._errors import ConfigError, TammaError, WorkflowValidationError
@@ -173,6 +174,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config_from(args)
     _setup_logging(cfg.log_level)
+    for variable in unknown_variables(os.environ):
+        logging.getLogger("tamma_actors").warning(
+            "environment variable %s names no node setting; it is ignored", variable
+        )
     stop, hurry = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -35,7 +35,7 @@ from tamma_actors._errors import ConfigError
 from tamma_actors._models import Seconds
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
-__all__ = ["NodeConfig", "load_node_config", "node_config_json_schema"]
+__all__ = ["NodeConfig", "load_node_config", "node_config_json_schema", "unknown_variables"]
 
 MiB = 1024 * 1024
 # sun_path in struct sockaddr_un is 108 bytes on Linux, including the terminating NUL.
@@ -44,6 +44,9 @@ _SCHEMES = ("ipc://", "tcp://", "inproc://")
 _PLUGIN_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 _ENV_PREFIX = "TAMMA_"
 _ENV_NESTED = "__"
+# TAMMA_* variables of the tamma client (ClientSettings) and of a worker (its token): set in
+# the same shell as a node's, they are no node setting, and no mistake either.
+_NOT_THE_NODES = frozenset({"ENDPOINT", "TOKEN", "CURVE_SERVER_KEY", "WORKER_TOKEN"})
 
 # The file layer of the settings being built; a context variable so concurrent loads
 # (tests in threads) cannot see each other's files.
@@ -320,6 +323,20 @@ def _environment(environ: Mapping[str, str]) -> dict[str, Any]:
         whole = values.get(name)
         values[name] = {**whole, **given} if isinstance(whole, dict) else given
     return values
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``TAMMA_*`` variables that name no node setting (nor one of the client's or a
+    worker's), sorted: a node logs them, as a misspelt one (``TAMMA_WORKRES=4``) would
+    otherwise be ignored in silence, where a misspelt key in the file is refused."""
+    unknown = []
+    for variable in environ:
+        if not variable.upper().startswith(_ENV_PREFIX):
+            continue
+        name = variable[len(_ENV_PREFIX) :].partition(_ENV_NESTED)[0]
+        if name.lower() not in NodeConfig.model_fields and name.upper() not in _NOT_THE_NODES:
+            unknown.append(variable)
+    return sorted(unknown)
 
 
 def _json(variable: str, text: str) -> Any:

@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from tamma_actors._config import NodeConfig, load_node_config, node_config_json_schema
+from tamma_actors._config import (
+    NodeConfig,
+    load_node_config,
+    node_config_json_schema,
+    unknown_variables,
+)
 from tamma_actors._curve import keypair
 from tamma_actors._errors import ConfigError
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
@@ -423,3 +428,21 @@ def test_empty_path_flags_are_refused_naming_the_setting(tmp_path: Path) -> None
         _config_from(
             _parser().parse_args(["run", "--data-dir", str(tmp_path), "--workflow-dir", ""])
         )
+
+
+def test_variables_that_name_no_node_setting_are_listed_for_the_log() -> None:
+    # A misspelt TAMMA_WORKRES=4 was ignored in silence, where a misspelt file key is refused;
+    # the client's and a worker's own variables are no mistake.
+    environ = {
+        "TAMMA_WORKRES": "4",
+        "tamma_bogus": "1",
+        "TAMMA_NOPE__KEY": "x",
+        "TAMMA_WORKERS": "2",
+        "TAMMA_TOKENS__Abc": "admin",
+        "TAMMA_ENDPOINT": "ipc://x",
+        "TAMMA_TOKEN": "t",
+        "TAMMA_CURVE_SERVER_KEY": "k",
+        "TAMMA_WORKER_TOKEN": "w",
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == ["TAMMA_NOPE__KEY", "TAMMA_WORKRES", "tamma_bogus"]
