@@ -7,6 +7,7 @@ checked here: a missing or mistyped field is a :class:`NonRetryable` failure nam
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -27,6 +28,11 @@ T = TypeVar("T")
 _MISSING: Any = object()
 # How often a running shell command looks at its cancel flag; bounded so cancel is prompt.
 _SHELL_CANCEL_CHECK = 0.05
+_PR_SET_PDEATHSIG = 1
+try:  # resolved now, before any fork: the forked child only calls it
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: a killed worker leaves its command running
+    _PRCTL = None
 # CPU burnt between two looks at the cancel flag.
 _CPU_SLICE = 0.01
 
@@ -146,6 +152,7 @@ def shell(ctx: StepContext) -> dict[str, Any]:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=_dies_with_its_worker if _PRCTL is not None else None,
         )
     except OSError as exc:
         raise NonRetryable(f"cannot run {command!r}: {exc}", error_type="ShellError") from exc
@@ -157,6 +164,14 @@ def shell(ctx: StepContext) -> dict[str, Any]:
             error_type="ShellError",
         )
     return result
+
+
+def _dies_with_its_worker() -> None:
+    """In the command's process, before it runs: SIGKILL it when the worker thread that
+    started it ends, the worker killed with it. In its own session, a command would
+    otherwise outlive a killed worker and finish its side effects while the step runs
+    again elsewhere. (Its own children are left to its session.)"""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _communicate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -192,3 +193,50 @@ def test_kill_tolerates_a_gone_process() -> None:
     proc.wait(timeout=30)
     b._kill(proc)
     assert proc.returncode == 0
+
+
+def test_a_shell_command_dies_with_its_killed_worker(tmp_path: Path) -> None:
+    # In its own session, the command outlived a SIGKILLed worker and finished its side
+    # effects while the step ran again elsewhere.
+    import subprocess
+    import time
+
+    pidfile = tmp_path / "pid"
+    command = f"echo $$ > {pidfile}; sleep 60; echo done >> {tmp_path / 'done'}"
+    code = (
+        "import sys, threading\n"
+        "from tamma_actors import _builtins as b\n"
+        "from tamma_actors._step_api import StepContext\n"
+        "ctx = StepContext(execution_id='e', step='s', attempt=1, idempotency_key='k',\n"
+        f"    input=None, inputs={{}}, upstream={{}}, config={{'command': {command!r}}},\n"
+        "    item_index=None, cancelled=threading.Event())\n"
+        "threading.Thread(target=b.shell, args=(ctx,)).start()  # a runner thread\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code + "threading.Event().wait()"])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline, "the command did not start"
+            time.sleep(0.02)
+        shell_pid = int(pidfile.read_text())
+    finally:
+        worker.kill()
+        worker.wait(30)
+    try:
+        deadline = time.monotonic() + 30
+        while _alive(shell_pid):
+            assert time.monotonic() < deadline, "the command outlived its worker"
+            time.sleep(0.02)
+        assert not (tmp_path / "done").exists()
+    finally:  # what the command started is left to its session (its group): ended here
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by init soon, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
