@@ -242,6 +242,10 @@ class CommitCycle:
         self.deps.on_terminal(self.state.id, self.actor_ref)
         if isinstance(exc, StoreWriterLost):
             self.deps.on_commit_lost(self.state.id)
+        elif type(exc) is StoreError:  # not the disk, not the writer: the record itself
+            # (one that cannot be encoded): as a turn that raised, it is brought back from
+            # the store a few times, then named in health, instead of left running unseen
+            self.deps.on_failed(self.state.id, exc)
 
 
 def resolve(reply: Future[dict[str, Any]], value: dict[str, Any] | None) -> None:

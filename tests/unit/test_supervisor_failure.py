@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tamma_actors import _execution
-from tamma_actors._errors import ActorStopped, StoreWriterLost
+from tamma_actors._errors import ActorStopped, StoreError, StoreWriterLost
 from tamma_actors._watchdog import WatchdogCheck
 from tamma_actors._workerpool import TaskFinished, TaskStarted
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wait_step, wf
@@ -445,6 +445,35 @@ def test_a_wait_held_over_a_lost_commit_is_answered_when_the_commit_had_landed(
     assert kit.engine.reactivate_unconfirmed() == 0  # ended: nothing to bring back
     assert waiting.result(WAIT)["status"] == "completed"
     assert eid not in kit.engine._held
+
+
+def test_a_commit_that_cannot_store_its_record_is_a_failure_health_names(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record that cannot be encoded fails its commit every time: the execution used to
+    stop unseen, running in the store for ever (health 'ok'). Now it is brought back from
+    the store as after a turn that raised, and after the fourth failure health names it."""
+    eid = kit.start(wf(step("s")))
+    commit = kit.store.commit
+
+    def unstorable(writes: Any) -> None:
+        if any(e["type"] == "step.completed" for w in writes for e in w.events):
+            raise StoreError("record cannot be stored: value cannot be encoded: out of range")
+        commit(writes)
+
+    monkeypatch.setattr(kit.store, "commit", unstorable)
+    for delay in (0.1, 1.0, 10.0, None):
+        _finish(kit, kit.next_held())  # (the same attempt, sent again by each revival)
+        kit.until(eid, lambda _: eid not in kit.engine._live)
+        kit.until(eid, lambda _: kit.engine._is_resting(eid) or eid in kit.engine.unrecovered)
+        if delay is not None:
+            kit.timers.advance(delay)
+            kit.woken(eid)
+    health = kit.engine.health().result(WAIT)
+    assert health["status"] == "degraded"
+    why = health["recovery"]["unrecoverable"][eid]
+    assert "failed 4 times" in why and "StoreError: record cannot be stored" in why
+    assert kit.record(eid)["status"] == "running"  # as the store has it
 
 
 def test_an_ended_execution_hands_back_no_result(kit: Kit) -> None:
