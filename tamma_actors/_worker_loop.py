@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -59,6 +60,8 @@ EXIT_USAGE = 2
 EXIT_PARENT_DIED = 3
 EXIT_TRANSPORT = 4
 EXIT_REFUSED = 5  # the node refused its hello (its token)
+# A shorter heartbeat interval would say hello (or beat) in a busy loop.
+MIN_HEARTBEAT = 0.01
 
 # Without a welcome after this many heartbeat intervals, say hello again: the node may
 # have restarted (ZeroMQ reconnects silently) or not have been up yet.
@@ -187,8 +190,11 @@ class Worker:
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
-        if not heartbeat_interval > 0:  # not a comparison NaN passes
-            raise ValueError(f"the heartbeat interval must be above 0 s, not {heartbeat_interval}")
+        if not MIN_HEARTBEAT <= heartbeat_interval < math.inf:  # (a comparison NaN fails)
+            raise ValueError(
+                f"the heartbeat interval must be {MIN_HEARTBEAT} s or more, and finite, not "
+                f"{heartbeat_interval}"
+            )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.managed = managed
         self._parent_pid = parent_pid if parent_pid is not None else os.getppid()

@@ -791,9 +791,26 @@ def test_main_usage_errors(argv: list[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--heartbeat", "0"], "the heartbeat interval must be above 0 s, not 0.0"),
-        (["--heartbeat", "-1"], "the heartbeat interval must be above 0 s, not -1.0"),
-        (["--heartbeat", "nan"], "the heartbeat interval must be above 0 s, not nan"),
+        (
+            ["--heartbeat", "0"],
+            "the heartbeat interval must be 0.01 s or more, and finite, not 0.0",
+        ),
+        (
+            ["--heartbeat", "-1"],
+            "the heartbeat interval must be 0.01 s or more, and finite, not -1.0",
+        ),
+        (
+            ["--heartbeat", "nan"],
+            "the heartbeat interval must be 0.01 s or more, and finite, not nan",
+        ),
+        (
+            ["--heartbeat", "inf"],
+            "the heartbeat interval must be 0.01 s or more, and finite, not inf",
+        ),  # a traceback
+        (
+            ["--heartbeat", "1e-9"],
+            "the heartbeat interval must be 0.01 s or more, and finite, not 1e-09",
+        ),  # busy
         (
             ["--allow", "x=tamma_no_such_module_xyz:f"],
             "allowlist entry 'x' = 'tamma_no_such_module_xyz:f': "
