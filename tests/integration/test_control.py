@@ -20,7 +20,7 @@ from tamma_actors._client import Client
 from tamma_actors._codec import pack, unpack
 from tamma_actors._control import ControlServer, _Completed, prepare_ipc_endpoint
 from tamma_actors._errors import ConfigError, FrameTooLarge, RemoteError, TransportError
-from tamma_actors._protocol import make_request
+from tamma_actors._protocol import PROTOCOL_VERSION, make_request
 from tests.fakes import FakeEngine
 
 pytestmark = pytest.mark.integration
@@ -481,6 +481,10 @@ def test_tokens_and_roles(ctx: zmq.Context[Any], engine: FakeEngine, tmp_path: P
         assert call("start", "op", nosuchkey=1)["error"]["code"] == "bad_request"
         assert call("nosuchop", "view")["error"]["code"] == "unknown_op"
         assert call("nosuchop", "wrong")["error"]["code"] == "forbidden"
+        # an envelope's mistake too (here no id), for an op the token may not call
+        no_id = {"v": PROTOCOL_VERSION, "op": "admin.backup", "token": "op", "args": {}}
+        assert h.ask(sock, pack(no_id))["error"]["code"] == "forbidden"
+        assert h.ask(sock, pack({**no_id, "op": "health"}))["error"]["code"] == "bad_request"
     finally:
         h.close()
 
