@@ -137,9 +137,13 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
         elif isinstance(plan, ParallelPlan) and st.detail is not None:
             self._recover_items(name, st)
         elif isinstance(plan, SubflowPlan) and st.detail is not None:
-            inputs = self._child_inputs(name, plan)
+            child, inputs = st.detail["child"], self._child_inputs(name, plan)
             if isinstance(inputs, dict):
-                self._watch_child(name, st.attempts, st.detail["child"], plan, inputs)
+                self._watch_child(name, st.attempts, child, plan, inputs)
+            else:  # an execution made under rules since changed: its step must not hang
+                self._control_child(child, "abort", f"its parent's step {name!r} failed")
+                self._expression_failed(name, st.attempts, inputs)
+                self._again = True
         return True
 
     # -- decision --------------------------------------------------------------------------

@@ -904,6 +904,36 @@ def test_recovery_reattaches_to_the_same_child(tmp_path: Path) -> None:
         ]
 
 
+def test_a_subflow_whose_inputs_no_longer_evaluate_at_recovery_fails_and_aborts_its_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An execution made under rules since changed (its inputs read a step that is not
+    # upstream through a computed index) re-evaluates them when it is brought back: the
+    # step was left running, watching nothing, its child running on.
+    from tamma_actors._errors import ExpressionError
+    from tamma_actors._subflow_steps import SubflowSteps
+
+    _write(
+        tmp_path / "child.yaml",
+        {"name": "child", "steps": [{"name": "c", "implementation": "noop"}]},
+    )
+    sub = {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        eid = k.start(wf(sub))
+        child = k.next_held().task["execution_id"]
+    monkeypatch.setattr(
+        SubflowSteps, "_child_inputs", lambda self, name, plan: ExpressionError("len() of null")
+    )
+    with _kit(lambda t: None, store) as k:
+        assert k.engine.recover() == 2
+        final = k.finish(eid)
+        assert final["status"] == "failed"
+        error = final["results"]["sub"]["error"]
+        assert error["type"] == "ExpressionError" and error["message"] == "len() of null"
+        assert k.finish(child)["status"] == "aborted"
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 
