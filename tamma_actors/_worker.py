@@ -106,8 +106,9 @@ def run_worker(
     """Run a worker until it is stopped; returns an exit code (``EXIT_*``).
 
     ``token``: what it says hello with (a node with tokens admits only an admin's); by
-    default the environment's ``TAMMA_WORKER_TOKEN``, which is taken out of the
-    environment either way, so that no step (nor a command it runs) sees it.
+    default the environment's ``TAMMA_WORKER_TOKEN``, which is taken out of ``os.environ``
+    either way, so that the commands its steps start do not inherit it (a step's own code
+    runs in this process, and /proc keeps the environment the process started with).
 
     Arguments it cannot start with raise ``ValueError`` (no slots, a heartbeat interval
     not above 0, an endpoint or a CURVE key that ZeroMQ refuses) or ``ConfigError`` (an

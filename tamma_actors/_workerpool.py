@@ -115,6 +115,13 @@ def _least_busy(workers: list[PoolWorker], implementation: str) -> PoolWorker | 
     return min((w for w in workers if implementation in w.plugins), key=_load, default=None)
 
 
+def _without_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The node's environment for its local workers, less the ``TAMMA_*`` variables: those
+    are the node's settings (``TAMMA_TOKENS``, ``TAMMA_CURVE_SECRET_KEY``...), which a
+    worker does not need and every step it runs could read; its own token comes apart."""
+    return {k: v for k, v in environ.items() if not k.upper().startswith("TAMMA_")}
+
+
 class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
     """Owns the workers ROUTER socket, the local worker processes and task dispatch.
 
@@ -149,7 +156,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._cancel_grace = cancel_grace
         self._max_frame = max_frame_bytes
         self._worker_args = list(worker_args)
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**_without_settings(os.environ), **(env or {})}
         self._max_rss = max_worker_rss  # bytes; a worker above it is replaced
         self._curve_secret = curve_secret_key
         self._on_offered = on_offered  # told what the workers offer, whenever that changes

@@ -66,6 +66,23 @@ def test_local_workers_join_a_node_with_tokens_unasked(guarded: tuple[Node, Clie
     assert not any(node._worker_token in arg for arg in psutil.Process(pid).cmdline())
 
 
+def test_local_workers_get_none_of_the_nodes_tamma_variables(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node configured through its environment handed TAMMA_TOKENS (and a secret key) to
+    # its local workers, where every step could read them; a worker needs none of them.
+    monkeypatch.setenv("TAMMA_TOKENS", f'{{"{ADMIN}": "admin", "{OPERATOR}": "operator"}}')
+    monkeypatch.setenv("TAMMA_HEARTBEAT_INTERVAL", "0.2")
+    cfg = load_node_config(None, data_dir=short_dir / "var", workers=1)
+    assert cfg.tokens == {ADMIN: "admin", OPERATOR: "operator"}
+    with Node(cfg), Client(cfg.control_address, token=OPERATOR, timeout=WAIT) as client:
+        _until(lambda: len(_workers(client)) == 1)
+        [pid] = client.health()["workers"]["local_pids"]
+        environ = psutil.Process(pid).environ()
+    assert not [name for name in environ if name.startswith("TAMMA_") and name != wire.TOKEN_ENV]
+    assert "PATH" in environ
+
+
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
