@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -142,10 +143,14 @@ def shell(ctx: StepContext) -> dict[str, Any]:
         raise NonRetryable("config field 'command' must be a list of str", error_type="ConfigError")
     timeout: float | None = _field(ctx, "timeout", (int, float, type(None)), None)
     cwd: str | None = _field(ctx, "cwd", (str, type(None)), None)
+    if isinstance(command, list) and not _runnable(command[0] if command else "", cwd):
+        raise NonRetryable(
+            f"cannot run {command!r}: no such program {command[0] if command else ''!r}",
+            error_type="ShellError",
+        )
     try:
         proc = subprocess.Popen(
-            command,
-            shell=isinstance(command, str),
+            _guarded(command),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -166,12 +171,34 @@ def shell(ctx: StepContext) -> dict[str, Any]:
     return result
 
 
+# The command runs under a /bin/sh of its own, the leader of its session: told by Linux
+# when the worker thread that started it ends (_dies_with_its_worker), it kills the whole
+# session, whatever the command started (a pipeline, a subshell, a job in the background).
+# In its own session, a command would otherwise outlive a killed worker and finish its side
+# effects while the step runs again elsewhere.
+_GUARD = 'trap "kill -KILL 0" TERM; "$@" & wait $!'
+
+
+def _guarded(command: list[str] | str) -> list[str]:
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
+    return ["/bin/sh", "-c", _GUARD, "tamma-shell", *argv]
+
+
+def _runnable(program: str, cwd: str | None) -> bool:
+    """Whether ``program`` (a list command's first word) names an executable file, as the
+    guard's shell would find it: a path (from ``cwd``), else on PATH."""
+    if not program:
+        return False
+    if os.sep in program:
+        path = os.path.join(cwd or "", program)
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+    return shutil.which(program) is not None
+
+
 def _dies_with_its_worker() -> None:
-    """In the command's process, before it runs: SIGKILL it when the worker thread that
-    started it ends, the worker killed with it. In its own session, a command would
-    otherwise outlive a killed worker and finish its side effects while the step runs
-    again elsewhere. (Its own children are left to its session.)"""
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    """In the guard's process, before it runs: SIGTERM it when the worker thread that
+    started it ends (the worker killed with it), so it kills its session."""
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _communicate(

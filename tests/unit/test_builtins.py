@@ -197,12 +197,12 @@ def test_kill_tolerates_a_gone_process() -> None:
 
 def test_a_shell_command_dies_with_its_killed_worker(tmp_path: Path) -> None:
     # In its own session, the command outlived a SIGKILLed worker and finished its side
-    # effects while the step ran again elsewhere.
+    # effects while the step ran again elsewhere: all of it, a pipeline's subshell too.
     import subprocess
     import time
 
-    pidfile = tmp_path / "pid"
-    command = f"echo $$ > {pidfile}; sleep 60; echo done >> {tmp_path / 'done'}"
+    pidfile, done = tmp_path / "pid", tmp_path / "done"
+    command = f"echo $$ > {pidfile}; (sleep 60; echo done >> {done}) | cat"
     code = (
         "import sys, threading\n"
         "from tamma_actors import _builtins as b\n"
@@ -218,19 +218,29 @@ def test_a_shell_command_dies_with_its_killed_worker(tmp_path: Path) -> None:
         while not (pidfile.exists() and pidfile.read_text().strip()):
             assert time.monotonic() < deadline, "the command did not start"
             time.sleep(0.02)
-        shell_pid = int(pidfile.read_text())
+        session = os.getpgid(int(pidfile.read_text()))
     finally:
         worker.kill()
         worker.wait(30)
     try:
         deadline = time.monotonic() + 30
-        while _alive(shell_pid):
+        while _group_alive(session):
             assert time.monotonic() < deadline, "the command outlived its worker"
             time.sleep(0.02)
-        assert not (tmp_path / "done").exists()
-    finally:  # what the command started is left to its session (its group): ended here
+        assert not done.exists()
+    finally:  # (ends what the test started, whatever happened)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(shell_pid, signal.SIGKILL)
+            os.killpg(session, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` runs (zombies, reaped by init soon, do not)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _alive(int(entry)):
+            with contextlib.suppress(OSError, ValueError):
+                if os.getpgid(int(entry)) == pgid:
+                    return True
+    return False
 
 
 def _alive(pid: int) -> bool:
