@@ -22,6 +22,7 @@ for nothing): the request gets a ``too_large`` error naming its size and the cap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -115,26 +116,35 @@ def prepare_ipc_endpoint(endpoint: str) -> None:
     path.unlink(missing_ok=True)
 
 
-def make_ipc_private(bound: str) -> None:
-    """For a bound ``ipc://PATH``: make PATH's socket file 0600. It was made with the mode
-    the umask left (0777 under umask 000), and whoever can connect to a node's control
-    socket without tokens is admin. Narrowing the umask around the bind is no better: it is
-    the whole process's, and the node's other threads create files and processes meanwhile."""
+def make_ipc_private(bound: str) -> tuple[int, int] | None:
+    """For a bound ``ipc://PATH``: make PATH's socket file 0600, and return which file it is
+    (device, inode: see ``forget_ipc_file``). It was made with the mode the umask left
+    (0777 under umask 000), and whoever can connect to a node's control socket without
+    tokens is admin. Narrowing the umask around the bind is no better: it is the whole
+    process's, and the node's other threads create files and processes meanwhile."""
     path = _ipc_path(bound)
     if path is None:
-        return
+        return None
     try:
         os.chmod(path, 0o600)
+        found = os.stat(path)
     except OSError as exc:
         raise TransportError(f"cannot make {bound} private: {exc.strerror}") from exc
+    return found.st_dev, found.st_ino
 
 
-def forget_ipc_file(bound: str) -> None:
+def forget_ipc_file(bound: str, made: tuple[int, int] | None) -> None:
     """For a closed ``ipc://PATH`` socket: remove PATH now (libzmq unlinks it later, on its
-    own thread, or, if the process exits first, never; a restart must not race it)."""
+    own thread, or, if the process exits first, never; a restart must not race it), if it
+    is still the file this socket made (``made``, from ``make_ipc_private``): a successor
+    bound in the meantime keeps its own."""
     path = _ipc_path(bound)
-    if path is not None:
-        path.unlink(missing_ok=True)
+    if path is None or made is None:
+        return
+    with contextlib.suppress(OSError):  # gone already
+        found = os.stat(path)
+        if (found.st_dev, found.st_ino) == made:
+            path.unlink()
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -175,6 +185,7 @@ class ControlServer(SocketActor):
         self._max_frame_bytes = max_frame_bytes
         self._sock: zmq.Socket[Any] | None = None
         self._bound = endpoint
+        self._ipc_file: tuple[int, int] | None = None  # its socket file (ipc://)
         self._requests = 0
         self._errors = 0
         self._in_flight = 0
@@ -194,7 +205,7 @@ class ControlServer(SocketActor):
             curve_server(sock, self._endpoint, self._curve_secret)
             sock.bind(self._endpoint)
             self._bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            make_ipc_private(self._bound)
+            self._ipc_file = make_ipc_private(self._bound)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise TransportError(f"cannot bind control socket {self._endpoint}: {exc}") from exc
@@ -216,7 +227,7 @@ class ControlServer(SocketActor):
         if sock is not None:
             self.unwatch(sock)
             sock.close(linger=0)
-            forget_ipc_file(self._bound)
+            forget_ipc_file(self._bound, self._ipc_file)
 
     # -- queries (run on the actor thread via ask/proxy) -------------------------------------
 

@@ -95,6 +95,7 @@ class EventBus(SocketActor):
         self.publish_time = publish_time
         self._pub: zmq.Socket[Any] | None = None
         self._bound = ""  # the events endpoint as bound (its real port for tcp://...:*)
+        self._ipc_file: tuple[int, int] | None = None  # its socket file (ipc://)
         self._subs: dict[str, _Subscription] = {}
         self._ids = itertools.count(1)
         self._published = 0
@@ -109,7 +110,7 @@ class EventBus(SocketActor):
             curve_server(pub, self.endpoint, self._curve_secret)
             pub.bind(self.endpoint)
             self._bound = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-            make_ipc_private(self._bound)
+            self._ipc_file = make_ipc_private(self._bound)
         except zmq.ZMQError as exc:
             pub.close(linger=0)
             raise TransportError(f"cannot bind the events socket {self.endpoint}: {exc}") from exc
@@ -122,7 +123,7 @@ class EventBus(SocketActor):
         if self._pub is not None:
             self._pub.close(linger=0)
             self._pub = None
-            forget_ipc_file(self._bound)
+            forget_ipc_file(self._bound, self._ipc_file)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):

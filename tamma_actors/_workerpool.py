@@ -162,6 +162,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._on_offered = on_offered  # told what the workers offer, whenever that changes
         self._offered: frozenset[str] = frozenset()
         self._sock: zmq.Socket[bytes] | None = None
+        self._ipc_file: tuple[int, int] | None = None  # its socket file (ipc://)
         self._workers: dict[str, PoolWorker] = {}
         self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
@@ -198,7 +199,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             curve_server(sock, self._endpoint, self._curve_secret)
             sock.bind(self._endpoint)
             self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            make_ipc_private(self._endpoint)
+            self._ipc_file = make_ipc_private(self._endpoint)
         except zmq.ZMQError as exc:
             sock.close(0)
             raise TransportError(f"cannot bind the workers socket {self._endpoint}: {exc}") from exc
@@ -218,7 +219,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if self._sock is not None:
             self.unwatch(self._sock)
             self._sock.close(_LINGER_MS)
-            forget_ipc_file(self._endpoint)  # (the connections made keep their frames)
+            # (the connections made keep their frames)
+            forget_ipc_file(self._endpoint, self._ipc_file)
 
     # -- messages from executions ----------------------------------------------------------
 

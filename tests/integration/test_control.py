@@ -18,7 +18,13 @@ import zmq
 
 from tamma_actors._client import Client
 from tamma_actors._codec import pack, unpack
-from tamma_actors._control import ControlServer, _Completed, prepare_ipc_endpoint
+from tamma_actors._control import (
+    ControlServer,
+    _Completed,
+    forget_ipc_file,
+    make_ipc_private,
+    prepare_ipc_endpoint,
+)
 from tamma_actors._errors import ConfigError, FrameTooLarge, RemoteError, TransportError
 from tamma_actors._protocol import PROTOCOL_VERSION, make_request
 from tests.fakes import FakeEngine
@@ -532,3 +538,22 @@ def test_a_failing_server_releases_its_endpoint(harness: Harness, tmp_path: Path
     while sock_file.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not sock_file.exists()
+
+
+def test_a_socket_file_is_removed_only_by_the_socket_that_made_it(tmp_path: Path) -> None:
+    # A pool restarted while its predecessor still stops (its workers get cancel_grace)
+    # binds the path again: the predecessor's late clean-up must leave the new file alone.
+    endpoint, path = f"ipc://{tmp_path}/w.sock", tmp_path / "w.sock"
+    path.touch()
+    made_old = make_ipc_private(endpoint)
+    path.rename(tmp_path / "old.sock")  # (kept: the new file cannot get its inode)
+    path.touch()
+    made_new = make_ipc_private(endpoint)
+    assert made_old is not None and made_new is not None and made_old != made_new
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    forget_ipc_file(endpoint, made_old)
+    assert path.exists()
+    forget_ipc_file(endpoint, made_new)
+    assert not path.exists()
+    forget_ipc_file(endpoint, made_new)  # gone already: nothing to do
+    assert make_ipc_private("tcp://127.0.0.1:1") is None
