@@ -76,7 +76,13 @@ from tamma_actors._protocol import (
 )
 from tamma_actors._socket_actor import SocketActor, send_frames
 
-__all__ = ["ControlServer", "make_ipc_private", "prepare_ipc_endpoint"]
+__all__ = [
+    "ControlServer",
+    "bind_server",
+    "forget_ipc_file",
+    "make_ipc_private",
+    "prepare_ipc_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +137,35 @@ def make_ipc_private(bound: str) -> tuple[int, int] | None:
     except OSError as exc:
         raise TransportError(f"cannot make {bound} private: {exc.strerror}") from exc
     return found.st_dev, found.st_ino
+
+
+def bind_server(
+    zmq_context: zmq.Context[Any],
+    kind: int,
+    endpoint: str,
+    options: Mapping[zmq.SocketOption, int],
+    curve_secret: str | None,
+    what: str,
+) -> tuple[zmq.Socket[Any], str, tuple[int, int] | None]:
+    """A socket of ``kind`` with ``options``, bound to ``endpoint`` (a CURVE server on
+    ``tcp://`` with ``curve_secret``): the socket, the endpoint as bound (its real port for
+    ``tcp://...:*``) and its socket file (``make_ipc_private``). Any failure closes it (left
+    open, it would block ``Context.term()`` for ever); ZeroMQ's is a ``TransportError``
+    naming ``what``."""
+    sock: zmq.Socket[Any] = zmq_context.socket(kind)
+    try:
+        for option, value in options.items():
+            sock.setsockopt(option, value)
+        curve_server(sock, endpoint, curve_secret)
+        sock.bind(endpoint)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock, bound, make_ipc_private(bound)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise TransportError(f"cannot bind {what} {endpoint}: {exc}") from exc
+    except BaseException:
+        sock.close(linger=0)
+        raise
 
 
 def forget_ipc_file(bound: str, made: tuple[int, int] | None) -> None:
@@ -194,24 +229,18 @@ class ControlServer(SocketActor):
 
     def on_start(self) -> None:
         prepare_ipc_endpoint(self._endpoint)
-        sock = self.zmq_context.socket(zmq.ROUTER)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_frame_bytes)
+        options = {
+            zmq.LINGER: 0,
+            zmq.MAXMSGSIZE: 2 * self._max_frame_bytes,
             # A reconnecting client with the same identity takes over its old route.
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            zmq.ROUTER_HANDOVER: 1,
             # Report a reply that cannot be delivered instead of dropping it silently.
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            curve_server(sock, self._endpoint, self._curve_secret)
-            sock.bind(self._endpoint)
-            self._bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._ipc_file = make_ipc_private(self._bound)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise TransportError(f"cannot bind control socket {self._endpoint}: {exc}") from exc
-        except BaseException:
-            sock.close(linger=0)  # left open, it would block Context.term() for ever
-            raise
+            zmq.ROUTER_MANDATORY: 1,
+        }
+        sock, self._bound, self._ipc_file = bind_server(
+            self.zmq_context, zmq.ROUTER, self._endpoint, options, self._curve_secret,
+            "control socket",
+        )  # fmt: skip
         self._sock = sock
         self.watch(sock, self._on_readable, drains=True)
         log.info("control server listening on %s", self._bound)

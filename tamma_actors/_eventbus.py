@@ -30,8 +30,7 @@ from typing import Any
 import zmq
 
 from tamma_actors import _codec
-from tamma_actors._control import forget_ipc_file, make_ipc_private
-from tamma_actors._curve import curve_server
+from tamma_actors._control import bind_server, forget_ipc_file
 from tamma_actors._errors import CodecError, TransportError
 from tamma_actors._socket_actor import SocketActor, send_frames
 
@@ -104,20 +103,10 @@ class EventBus(SocketActor):
     def on_start(self) -> None:
         if self.endpoint is None:
             return
-        pub: zmq.Socket[Any] = self.zmq_context.socket(zmq.PUB)
-        try:
-            pub.setsockopt(zmq.LINGER, 0)
-            curve_server(pub, self.endpoint, self._curve_secret)
-            pub.bind(self.endpoint)
-            self._bound = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._ipc_file = make_ipc_private(self._bound)
-        except zmq.ZMQError as exc:
-            pub.close(linger=0)
-            raise TransportError(f"cannot bind the events socket {self.endpoint}: {exc}") from exc
-        except BaseException:
-            pub.close(linger=0)  # left open, it would block Context.term() for ever
-            raise
-        self._pub = pub
+        self._pub, self._bound, self._ipc_file = bind_server(
+            self.zmq_context, zmq.PUB, self.endpoint, {zmq.LINGER: 0}, self._curve_secret,
+            "the events socket",
+        )  # fmt: skip
 
     def on_stop(self) -> None:
         if self._pub is not None:

@@ -45,9 +45,8 @@ import zmq
 
 from tamma_actors import _wire as wire
 from tamma_actors._codec import pack
-from tamma_actors._control import forget_ipc_file, make_ipc_private
-from tamma_actors._curve import curve_server
-from tamma_actors._errors import TammaError, TransportError
+from tamma_actors._control import bind_server, forget_ipc_file
+from tamma_actors._errors import TammaError
 from tamma_actors._pool_messages import (
     Cancel,
     Dispatch,
@@ -191,21 +190,11 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             parent = os.path.dirname(self._endpoint[len("ipc://") :])
             if parent and not os.path.isdir(parent):
                 os.makedirs(parent, mode=0o700, exist_ok=True)
-        sock: zmq.Socket[bytes] = self.zmq_context.socket(zmq.ROUTER)
-        try:
-            sock.setsockopt(zmq.LINGER, _LINGER_MS)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            curve_server(sock, self._endpoint, self._curve_secret)
-            sock.bind(self._endpoint)
-            self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._ipc_file = make_ipc_private(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            raise TransportError(f"cannot bind the workers socket {self._endpoint}: {exc}") from exc
-        except BaseException:
-            sock.close(0)  # left open, it would block Context.term() for ever
-            raise
+        options = {zmq.LINGER: _LINGER_MS, zmq.MAXMSGSIZE: self._max_frame, zmq.ROUTER_MANDATORY: 1}
+        sock, self._endpoint, self._ipc_file = bind_server(
+            self.zmq_context, zmq.ROUTER, self._endpoint, options, self._curve_secret,
+            "the workers socket",
+        )  # fmt: skip
         return sock
 
     def on_stop(self) -> None:
