@@ -55,7 +55,7 @@ from tamma_actors._execution import ExecutionDeps
 from tamma_actors._gc import frozen_by_tamma
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node_children import NodeChildren
-from tamma_actors._plugins import GATED_BUILTINS, PluginRegistry, gated_enabled, load_registry
+from tamma_actors._plugins import PluginRegistry, gated_enabled, load_registry
 from tamma_actors._socket_actor import Urgent
 from tamma_actors._store import Write
 from tamma_actors._subflows import WorkflowFiles
@@ -377,11 +377,10 @@ class Node(NodeChildren):
 
     def _implementations(self) -> list[str]:
         """What a workflow may name: this node's registry, and what its connected workers
-        offer besides (a worker elsewhere started with ``--allow NAME=MODULE:ATTR``), but
-        never a name the node gates by its own settings (``shell``: only on a node with
-        allow_shell, whatever a worker offers; the pool does not count such offers either)."""
-        offered = (name for name in self._pool.offered if name not in GATED_BUILTINS)
-        return [*self.registry.names(), *offered]
+        offer besides (a worker elsewhere started with ``--allow NAME=MODULE:ATTR``). A name
+        the node gates by its own settings (``shell`` without allow_shell) is never among
+        the offers: the pool's admission withholds it (``_worker_admission``)."""
+        return [*self.registry.names(), *self._pool.offered]
 
     def _health(self) -> dict[str, Any]:
         report: dict[str, Any] = {
