@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from collections.abc import Mapping
 
 from tamma_actors._worker import Worker
 
@@ -38,3 +41,18 @@ class RunningWorker:
         self.worker.request_stop()
         self.join()
         self.worker.close()
+
+
+def tamma_node_worker(
+    args: list[str], env: Mapping[str, str], timeout: float = TIMEOUT
+) -> tuple[int, str]:
+    """``tamma-node worker ARGS`` in a child process, run until it exits by itself (killed
+    after ``timeout``, which fails the test): its exit code and its standard error."""
+    cmd = [sys.executable, "-m", "tamma_actors._cli_node", "worker", *args]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait(timeout)
+    return proc.returncode, err

@@ -19,6 +19,7 @@ from tamma_actors._codec import unpack
 from tamma_actors._config import load_node_config
 from tamma_actors._curve import curve_client, curve_server, keypair
 from tamma_actors._node import Node
+from tests.workers import tamma_node_worker
 
 pytestmark = pytest.mark.integration
 
@@ -107,18 +108,12 @@ def test_a_peer_with_the_key_but_no_admin_token_cannot_join_as_a_worker(
     env = {k: v for k, v in os.environ.items() if k != wire.TOKEN_ENV}
     if token is not None:
         env[wire.TOKEN_ENV] = token
-    rogue = subprocess.Popen(
-        [sys.executable, "-m", "tamma_actors._cli_node", "worker",
-         "--connect", cfg.workers_address, f"--curve-server-key={public}",
+    code, err = tamma_node_worker(
+        ["--connect", cfg.workers_address, f"--curve-server-key={public}",
          "--worker-id", "rogue", "--heartbeat", "0.2", "--allow-shell"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env, WAIT,
     )  # fmt: skip
-    try:
-        _, err = rogue.communicate(timeout=WAIT)
-    finally:
-        rogue.kill()
-        rogue.wait(WAIT)
-    assert rogue.returncode == 1
+    assert code == 1
     [line] = [x for x in err.splitlines() if "the node refused it" in x]
     assert "admin token" in line
     with Client(cfg.control_address, token=TOKEN, timeout=WAIT, curve_server_key=public) as c:

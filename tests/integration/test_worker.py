@@ -40,7 +40,7 @@ from tamma_actors._worker import (
     run_worker,
 )
 from tamma_actors._worker_loop import HANDSHAKE_FAILURES_FATAL, Handshakes
-from tests.workers import RunningWorker
+from tests.workers import RunningWorker, tamma_node_worker
 
 pytestmark = pytest.mark.integration
 
@@ -666,15 +666,10 @@ def test_a_handshake_the_node_refuses_ends_the_worker(
 def test_tamma_node_worker_with_another_nodes_key_exits_1(curve_node: tuple[FakeNode, str]) -> None:
     fake, _ = curve_node
     wrong = zmq.curve_keypair()[0].decode()  # given with "=": a z85 key may begin with "-"
-    cmd = [sys.executable, "-m", "tamma_actors._cli_node", "worker",
-           "--connect", fake.endpoint, f"--curve-server-key={wrong}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        proc.kill()
-        proc.wait(TIMEOUT)
-    assert proc.returncode == 1
+    code, err = tamma_node_worker(
+        ["--connect", fake.endpoint, f"--curve-server-key={wrong}"], _env(), TIMEOUT
+    )
+    assert code == 1
     [line] = [x for x in err.splitlines() if "no handshake" in x]
     assert "is --curve-server-key the node's public key?" in line
 
