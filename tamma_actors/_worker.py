@@ -111,9 +111,10 @@ def run_worker(
     runs in this process, and /proc keeps the environment the process started with).
 
     Arguments it cannot start with raise ``ValueError`` (no slots, a heartbeat interval
-    under ``MIN_HEARTBEAT`` or not finite, an endpoint or a CURVE key that ZeroMQ refuses) or ``ConfigError`` (an
-    allowlist entry that is malformed or, for a worker not managed by a node, whose module
-    cannot be found: a node's own ``plugins`` are its operator's, given to its workers).
+    under ``MIN_HEARTBEAT`` or not finite, an endpoint or a CURVE key that ZeroMQ refuses)
+    or ``ConfigError`` (an allowlist entry that is malformed or, for a worker not managed
+    by a node, whose module cannot be found: a node's own ``plugins`` are its operator's,
+    given to its workers).
     """
     from_env = os.environ.pop(wire.TOKEN_ENV, None)
     if token is None:
