@@ -392,6 +392,7 @@ def _coordinator_problems(graph: _Graph) -> Iterator[Problem]:
                     f"steps[{node.index}].{field}",
                     f"a {impl} step has no {field} (its config.seconds is how long it waits)",
                 )
+        yield from _unused_retry_policy(node, kind, impl)
         comp = node.compensation
         if not isinstance(comp, str):
             continue
@@ -410,6 +411,20 @@ def _coordinator_problems(graph: _Graph) -> Iterator[Problem]:
                 f"steps[{node.index}].compensation",
                 f"compensation {comp!r} {what}: a compensation is a task a worker runs",
             )
+
+
+def _unused_retry_policy(node: _Node, kind: str, impl: str | None) -> Iterator[Problem]:
+    """A step that cannot fail in a way a retry would mend must not look retried: a
+    decision fails only on its expressions (the same on every attempt), a wait step never."""
+    if not any(node.raw.get(key) is not None for key in ("retry_policy", "retryPolicy")):
+        return
+    if kind == "decision":
+        why = "a decision step is not retried: its expressions would fail the same way again"
+    elif kind == "task" and impl in COORDINATOR_IMPLEMENTATIONS:
+        why = f"a {impl} step is not retried: it cannot fail"
+    else:
+        return
+    yield Problem(f"steps[{node.index}].retry_policy", why)
 
 
 def _cycle_problems(graph: _Graph, order: Mapping[str, int]) -> Iterator[Problem]:

@@ -1216,6 +1216,21 @@ def test_task_timeouts_on_coordinator_types_are_refused(kit: Kit) -> None:
     assert "steps[1].heartbeat_timeout: a parallel step has no heartbeat_timeout" in text
 
 
+def test_a_retry_policy_that_could_never_act_is_refused(kit: Kit) -> None:
+    spec = wf(
+        decision("d", branches=[{"otherwise": []}]) | {"retry_policy": {"max_attempts": 4}},
+        {"name": "w", "implementation": "wait", "config": {"seconds": 1}}
+        | {"retryPolicy": {"max_attempts": 2}},
+        fan("f", items=[1]) | {"retry_policy": {"max_attempts": 2}},
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        kit.start(spec)
+    problems = {p.loc: p.message for p in info.value.problems}
+    assert "expressions would fail the same way again" in problems.pop("steps[0].retry_policy")
+    assert "a wait step is not retried" in problems.pop("steps[1].retry_policy")
+    assert problems == {}  # a parallel step's retry policy retries its items
+
+
 def test_a_child_the_node_could_not_start_is_retried_per_policy(tmp_path: Path) -> None:
     from tamma_actors._errors import StoreFull
 
