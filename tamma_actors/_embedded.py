@@ -45,6 +45,7 @@ from tamma_actors._models import (
 )
 from tamma_actors._node import Node
 from tamma_actors._protocol import (
+    LIST_MOST,
     MAX_WAIT_SECONDS,
     AbortArgs,
     EventsArgs,
@@ -217,9 +218,13 @@ class WorkflowEngine:
     def get_events(
         self, execution_id: str, from_seq: int = 0, limit: int | None = None
     ) -> list[WorkflowEvent]:
-        """The execution's events from ``from_seq`` on, at most ``limit`` of them."""
-        args = _checked("events", EventsArgs, id=execution_id, from_seq=from_seq, limit=limit)
-        events = self._result(self._engine.get_events(args.id, args.from_seq, args.limit))
+        """The execution's events from ``from_seq`` on, at most ``limit`` of them. As a
+        client's (which pages), any positive ``limit``: no reply frame bounds this one."""
+        beyond = isinstance(limit, int) and not isinstance(limit, bool) and limit > LIST_MOST
+        sent = None if beyond else limit
+        args = _checked("events", EventsArgs, id=execution_id, from_seq=from_seq, limit=sent)
+        wanted = limit if beyond else args.limit
+        events = self._result(self._engine.get_events(args.id, args.from_seq, wanted))
         return [validated(WorkflowEvent, e) for e in events]
 
     def wait(self, execution_id: str, timeout: float | None = None) -> WorkflowExecution:

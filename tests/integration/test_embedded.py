@@ -26,6 +26,7 @@ from tamma_actors import (
     WorkflowEngine,
     load_node_config,
 )
+from tamma_actors._protocol import LIST_MOST
 
 pytestmark = pytest.mark.integration
 
@@ -233,6 +234,8 @@ def test_the_client_and_the_engine_take_the_same_arguments(
     engine, client, run = both
     api: Any = engine if side == "engine" else client
     assert [e.seq for e in api.get_events(run, 1, limit=2)] == [1, 2]
+    every = [e.seq for e in api.get_events(run)]
+    assert [e.seq for e in api.get_events(run, limit=LIST_MOST + 1)] == every  # client pages
     for taken in ({"status": "completed"}, {"workflowId": "alike", "limit": 1}):
         assert [s.id for s in api.list_summaries(taken)] == [run]
         assert [e.id for e in api.list_workflows(taken)] == [run]
