@@ -343,8 +343,10 @@ class Engine(EngineReads, EngineRecovery):
         return self._from_store_or_refuse(execution_id, make)
 
     @guarded
-    def pause_workflow(self, execution_id: str) -> Future[dict[str, Any]]:
-        return self._ask(execution_id, lambda r: Pause(r))
+    def pause_workflow(
+        self, execution_id: str, reason: str | None = None
+    ) -> Future[dict[str, Any]]:
+        return self._ask(execution_id, lambda r: Pause(r, reason))
 
     @guarded
     def resume_workflow(self, execution_id: str) -> Future[dict[str, Any]]:

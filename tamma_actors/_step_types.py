@@ -105,7 +105,7 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
             if st.status not in OPEN or not st.detail:
                 continue
             if isinstance(plan, SubflowPlan):
-                self._control_child(st.detail["child"], "pause", reason)
+                self._control_child(st.detail["child"], "pause", self._paused_by_me())
             elif isinstance(plan, ParallelPlan):
                 self._pause_items(name, st, now)
 
@@ -140,6 +140,12 @@ class StepTypeHandling(ParallelSteps, SubflowSteps):
             child, inputs = st.detail["child"], self._child_inputs(name, plan)
             if isinstance(inputs, dict):
                 self._watch_child(name, st.attempts, child, plan, inputs)
+                # A pause or resume passed on just before the node stopped may not have
+                # reached the child: pass on the parent's own again (a child paused by
+                # someone else stays paused).
+                paused = self.state.status == "paused"
+                action = "pause" if paused else "resume_if_paused_by"
+                self._control_child(child, action, self._paused_by_me())
             else:  # an execution made under rules since changed: its step must not hang
                 self._control_child(child, "abort", f"its parent's step {name!r} failed")
                 self._expression_failed(name, st.attempts, inputs)

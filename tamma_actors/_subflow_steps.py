@@ -40,7 +40,8 @@ class Children(Protocol):
         """Start the child unless it exists; call ``done`` once with its final record."""
 
     def control(self, child_id: str, action: str, reason: str | None = None) -> None:
-        """``pause``, ``resume`` or ``abort`` a child (best effort: it may have ended)."""
+        """``pause``, ``resume`` or ``abort`` a child (best effort: it may have ended), with
+        ``reason``; ``resume_if_paused_by``: resume it only if it is paused for ``reason``."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,10 @@ class SubflowSteps(StepTypeBase):
             tell(me, ChildFinished(name, attempt, child, outcome))
 
         self._after_commit(lambda: children.run(run, done))
+
+    def _paused_by_me(self) -> str:
+        """The reason a child paused by this parent carries (how a parent knows its own)."""
+        return f"its parent {self.state.id} is paused"
 
     def _control_child(self, child: str, action: str, reason: str | None = None) -> None:
         children = self.deps.children

@@ -47,6 +47,7 @@ _REWAIT_S = 0.05  # a child not yet re-activated during recovery: ask again shor
 # again after this, while the node restarts its writer (a start under the child's id is
 # made once, so one that landed unconfirmed is found, not made twice).
 _WRITER_BACK_S = 0.2
+_READ_S = 10.0  # the most a child's status may take to read before steering it
 MAX_DEPTH = 16  # subflows within subflows; deeper is taken for a workflow that runs itself
 Outcome = dict[str, Any] | BaseException
 
@@ -63,7 +64,11 @@ class _Engine(Protocol):
 
     def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]: ...
 
-    def pause_workflow(self, execution_id: str) -> Future[dict[str, Any]]: ...
+    def pause_workflow(
+        self, execution_id: str, reason: str | None = None
+    ) -> Future[dict[str, Any]]: ...
+
+    def get_workflow_status(self, execution_id: str) -> Future[dict[str, Any]]: ...
 
     def resume_workflow(self, execution_id: str) -> Future[dict[str, Any]]: ...
 
@@ -355,13 +360,30 @@ class EngineChildren:
         except TammaError:  # the node is stopping; the parent re-attaches on restart
             log.info("child %s: not started or waited for any more (shutting down)", child_id)
 
+    def _paused_for(self, child_id: str, reason: str | None) -> bool:
+        """Whether the child is paused with ``reason`` (read here, on the serial thread, so
+        that a pause asked after this check cannot be overtaken by its resume)."""
+        try:
+            status = self._engine.get_workflow_status(child_id).result(_READ_S)
+        except TammaError as exc:  # not started after all, or unreadable: nothing to resume
+            log.debug("child %s: not resumed: %s", child_id, exc)
+            return False
+        except TimeoutError:
+            log.warning("child %s: its status took over %gs; not resumed", child_id, _READ_S)
+            return False
+        return status.get("status") == "paused" and status.get("reason") == reason
+
     def control(self, child_id: str, action: str, reason: str | None = None) -> None:
         self._in_order(child_id, lambda: self._control(child_id, action, reason))
 
     def _control(self, child_id: str, action: str, reason: str | None) -> None:
         if action == "pause":
-            fut = self._engine.pause_workflow(child_id)
+            fut = self._engine.pause_workflow(child_id, reason)
         elif action == "resume":
+            fut = self._engine.resume_workflow(child_id)
+        elif action == "resume_if_paused_by":
+            if not self._paused_for(child_id, reason):
+                return
             fut = self._engine.resume_workflow(child_id)
         else:
             fut = self._engine.abort_workflow(child_id, reason)

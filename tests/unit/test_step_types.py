@@ -860,7 +860,7 @@ def test_a_subflow_whose_workflow_cannot_be_read_fails_instead_of_waiting(
 
 
 class _BrokenEngine:
-    def pause_workflow(self, execution_id: str) -> Any:
+    def pause_workflow(self, execution_id: str, reason: str | None = None) -> Any:
         raise RuntimeError(f"cannot pause {execution_id}")
 
 
@@ -902,6 +902,59 @@ def test_recovery_reattaches_to_the_same_child(tmp_path: Path) -> None:
         assert [e["data"]["child"] for e in k.events(eid) if e["type"] == "step.child_started"] == [
             child
         ]
+
+
+def test_recovery_passes_a_paused_parents_pause_on_to_a_child_it_had_not_reached(
+    tmp_path: Path,
+) -> None:
+    # The node stopped after the parent's pause was committed, before it was passed on.
+    _write(tmp_path / "child.yaml", CHILD)
+    sub = {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        eid = k.start(wf(sub))
+        child = k.next_held().task["execution_id"]
+        k.engine.pause_workflow(eid).result(WAIT)
+        _until(lambda: k.get(child)["status"] == "paused")
+        assert k.get(child)["reason"] == f"its parent {eid} is paused"
+        k.engine.resume_workflow(child).result(WAIT)  # as if the pause had not reached it
+    with _kit(lambda t: None, store) as k:  # the child's step stays on its worker
+        assert k.engine.recover() == 2
+        _until(lambda: k.get(child)["status"] == "paused")
+        assert k.get(child)["reason"] == f"its parent {eid} is paused"
+        assert k.get(eid)["status"] == "paused"
+
+
+@pytest.mark.parametrize("paused_by", ["parent", "someone else"])
+def test_recovery_resumes_a_child_only_from_its_running_parents_own_pause(
+    tmp_path: Path, paused_by: str
+) -> None:
+    # The node stopped after the parent's resume was committed, before it was passed on:
+    # the child, paused by the parent, would hold the parent's step for ever.
+    _write(tmp_path / "child.yaml", CHILD)
+    sub = {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        eid = k.start(wf(sub))
+        child = k.next_held().task["execution_id"]
+        reason = f"its parent {eid} is paused" if paused_by == "parent" else "on hold"
+        k.engine.pause_workflow(child, reason).result(WAIT)
+    with _kit(doubled, store) as k:
+        children, steered = k.engine._children, []
+        real = children._control
+
+        def control(child_id: str, action: str, why: str | None) -> None:
+            real(child_id, action, why)
+            steered.append(action)
+
+        children._control = control
+        assert k.engine.recover() == 2
+        if paused_by == "parent":
+            assert k.finish(eid)["status"] == "completed"
+        else:
+            _until(lambda: steered == ["resume_if_paused_by"])  # asked, and not resumed
+            assert k.get(eid)["status"] == "running"
+            assert k.get(child)["status"] == "paused" and k.get(child)["reason"] == "on hold"
 
 
 def test_a_subflow_whose_inputs_no_longer_evaluate_at_recovery_fails_and_aborts_its_child(
