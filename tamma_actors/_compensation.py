@@ -12,8 +12,11 @@ execution fails; its error lists the compensation results.
   (no retries): its outcome, success or failure, is recorded and the next one runs.
 - The plan and each outcome are events (``workflow.compensating``,
   ``compensation.started|completed|failed``): a recovered execution re-sends the one that
-  was running, with the same task id, and goes on. Pause holds the next compensation;
-  abort cancels the running one.
+  was running, with the same task id, and goes on. Pause holds the next compensation (as
+  it holds the next step: one whose last compensation ended while paused fails when it is
+  resumed); abort cancels the running one.
+- Once the plan exists no step can be retried (``_on_retry_step``): what the steps did is
+  being undone, and an execution that went on would complete with its work undone.
 """
 
 from __future__ import annotations

@@ -238,11 +238,17 @@ class ExecutionControl:
             raise IllegalTransition(
                 f"execution {self.state.id} is {self.state.status}; its steps cannot be retried"
             )
-        if self.state.status == "failed" and self.state.compensations:
-            # its completed steps were undone: running on would build on what is not there
+        if self.state.compensations:
+            # its completed steps are (being) undone: running on would build on what is not
+            # there, and an execution that completed would still have been undone
+            what = (
+                "was compensated after it failed (its completed steps were undone)"
+                if self.state.status == "failed"
+                else "is compensating after a failure (its completed steps are being undone)"
+            )
             raise IllegalTransition(
-                f"execution {self.state.id} was compensated after it failed (its completed "
-                "steps were undone); start a new execution instead"
+                f"execution {self.state.id} {what}; its steps cannot be retried: start a "
+                "new execution instead"
             )
         blocked = [
             d
