@@ -8,6 +8,16 @@ holding an admin one), else ``refused``. One that misses heartbeats for
 (``bye``), exits, cannot be sent to or ignores a cancel. A lost worker is forgotten, killed
 when it is ours (a remote one is told to stop), and its tasks are queued again at the head
 of the queue, their owners told ``TaskRedispatched``: killing a worker never loses a step.
+
+A worker is known by its connection's routing id, a secret it draws for itself (at least
+``MIN_ROUTE_BYTES``, never its worker id, which ``tamma health`` shows to every viewer):
+the ROUTER sends to and hears from whoever connects under a routing id, so a peer that
+could name a worker's (a worker whose connection dropped frees it) would be sent that
+worker's steps and be heard on their behalf. A worker that reconnects keeps its routing id,
+and so its tasks: only it holds that secret. A hello under a worker id that another
+connection holds is not answered while that connection is there (a rehello tells: ROUTER
+sends to a gone one fail), so a peer cannot push a live worker out by naming it; once the
+holder is gone, the newcomer takes the name, and the holder's tasks are queued again.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ __all__ = ["ConnectedWorkers", "PoolWorker", "RefusalLog", "WorkerAdmission"]
 log = logging.getLogger("tamma_actors._workerpool")
 
 MIB = 1 << 20
+# The shortest routing id a worker may name its connection by (see the module docstring).
+MIN_ROUTE_BYTES = 16
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
 
@@ -71,6 +83,17 @@ class RefusalLog:
         return left_out
 
 
+def _public_route(identity: bytes, worker_id: str) -> str | None:
+    """Why a worker's routing id is no secret (a worker of an older version names its
+    connection by its worker id), or None."""
+    if identity == worker_id.encode() or len(identity) < MIN_ROUTE_BYTES:
+        return (
+            "its connection's routing id is not a secret of its own (a worker older than "
+            "this node names it by its worker id): others could take its place"
+        )
+    return None
+
+
 @dataclass
 class WorkerAdmission:
     """Who the node admits as a worker, and which of the names a worker offers count.
@@ -84,7 +107,6 @@ class WorkerAdmission:
 
     tokens: Mapping[str, str] = field(default_factory=dict)
     withheld: frozenset[str] = frozenset()
-    refusals: RefusalLog = field(default_factory=RefusalLog)
 
     def refusal(self, token: str | None) -> str | None:
         """Why a hello with ``token`` is not admitted, or None. Tokens are compared in
@@ -106,7 +128,7 @@ class PoolWorker:
     """A worker that said hello, as the pool sees it."""
 
     worker_id: str
-    identity: bytes
+    identity: bytes = field(repr=False)  # its connection's routing id: a secret
     pid: int
     host: str
     slots: int
@@ -139,6 +161,8 @@ class ConnectedWorkers:
     if TYPE_CHECKING:
         socket_batch: int
         _workers: dict[str, PoolWorker]
+        _routes: dict[bytes, PoolWorker]  # the same workers, by their routing id
+        _refusals: RefusalLog  # which hellos not admitted get a log line
         _children: dict[str, Child]
         _tasks: dict[str, _Task]
         _queue: deque[str]
@@ -158,23 +182,26 @@ class ConnectedWorkers:
 
     def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None:
         worker_id = msg["worker_id"]
-        if identity != worker_id.encode() or msg["slots"] < 1:
-            msg.pop("token", None)  # a secret, not for the log
-            log.warning("hello with a mismatched identity or no slots dropped: %r", msg)
+        if msg["slots"] < 1:
+            log.warning("hello from worker %r with no slots dropped", worker_id)
             return
         admission = self._admission
         plugins = frozenset(msg["plugins"])
-        if admission is not None:
+        reason = _public_route(identity, worker_id)
+        if reason is None and admission is not None:
             reason = admission.refusal(msg.get("token"))
-            if reason is not None:
-                self._refuse(admission, identity, worker_id, reason)
-                return
+        if reason is not None:
+            self._refuse(identity, worker_id, reason)
+            return
+        current = self._routes.get(identity)  # this connection's worker, if it joined
+        if not self._take_name(worker_id, current):
+            return
+        if admission is not None:
             plugins = admission.offer(plugins)
             withheld = sorted(set(msg["plugins"]) - plugins)
             if withheld:
                 log.info("worker %s offers %s: not on this node (not enabled)",
                          worker_id, ", ".join(withheld))  # fmt: skip
-        old = self._workers.get(worker_id)
         child = self._children.get(worker_id)
         worker = PoolWorker(
             worker_id=worker_id,
@@ -186,33 +213,52 @@ class ConnectedWorkers:
             local=child is not None,
             last_seen=time.monotonic(),
             last_seen_wall=time.time(),
-            tasks=old.tasks if old is not None else set(),
+            tasks=current.tasks if current is not None else set(),
         )
         self._workers[worker_id] = worker
+        self._routes[identity] = worker
         self._offered_changed()
         self._send(identity, wire.welcome(self._hb_interval))
         log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
         self._notify_waiters()
         self._pump()
 
-    def _refuse(
-        self, admission: WorkerAdmission, identity: bytes, worker_id: str, reason: str
-    ) -> None:
+    def _take_name(self, worker_id: str, current: PoolWorker | None) -> bool:
+        """Whether an admitted hello under ``worker_id`` (on the connection of ``current``,
+        if it had joined) may have that name; the one it takes it from is lost."""
+        holder = self._workers.get(worker_id)
+        if holder is not None and holder is not current:
+            if self._send(holder.identity, wire.rehello()):
+                # still connected (a live holder answers with a hello on its own connection)
+                self._not_admitted(worker_id, "its worker id is held by another connection")
+                return False
+            self._worker_lost(holder, f"worker {worker_id} is gone from its connection",
+                              kill=False)  # fmt: skip
+        if current is not None and current.worker_id != worker_id:
+            self._worker_lost(current, f"worker {current.worker_id} took another name "
+                              f"({worker_id})", kill=False)  # fmt: skip
+        return True
+
+    def _refuse(self, identity: bytes, worker_id: str, reason: str) -> None:
         self._send(identity, wire.refused(reason))
-        left_out = admission.refusals.line(worker_id, time.monotonic())
+        self._not_admitted(worker_id, reason)
+        joined = self._routes.get(identity)
+        if joined is not None:
+            # A worker that had joined on this connection: refused now, it exits.
+            self._worker_lost(joined, f"worker {worker_id} was refused a new hello", kill=False)
+
+    def _not_admitted(self, worker_id: str, reason: str) -> None:
+        left_out = self._refusals.line(worker_id, time.monotonic())
         if left_out is not None:
             more = f" ({left_out} more refused hellos not logged)" if left_out else ""
             log.warning("worker %r refused: %s%s", worker_id, reason, more)
-        joined = self._workers.get(worker_id)
-        if joined is not None:
-            # The socket takes no second connection under an id in use: the one that had
-            # joined under it is gone, and its id now belongs to someone else.
-            self._worker_lost(joined, f"worker {worker_id} was refused a new hello", kill=False)
 
     def _worker_lost(self, worker: PoolWorker, reason: str, *, kill: bool) -> None:
         """Forget ``worker``, queue its tasks again, and kill it if it is ours."""
-        if self._workers.pop(worker.worker_id, None) is None:
-            return
+        if self._workers.get(worker.worker_id) is not worker:
+            return  # lost already (and its name perhaps taken since)
+        del self._workers[worker.worker_id]
+        del self._routes[worker.identity]
         self._offered_changed()
         log.warning("%s; re-dispatching %d task(s)", reason, len(worker.tasks))
         child = self._children.get(worker.worker_id)

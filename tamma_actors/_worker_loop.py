@@ -9,7 +9,11 @@ eventfd wakes the main thread, which sends it (a start notice may be held a whil
 ``inline_step``) runs on the main thread as its frame is read, and its result goes out
 with the others read in the same batch: no thread hand-off. Until a welcome comes the
 worker says hello again every few heartbeat intervals; once welcomed it sends heartbeats.
-A managed worker whose parent is gone exits (``EXIT_PARENT_DIED``). A node not up yet (or
+A managed worker whose parent is gone exits (``EXIT_PARENT_DIED``).
+The socket's routing id, by which the node knows this worker, is a secret drawn for each
+Worker (never its worker id, which anyone may read in ``tamma health``): whoever connects
+under a worker's routing id is sent its steps and heard on their behalf. A reconnection
+keeps it, so the node goes on taking this worker's results. A node not up yet (or
 restarting) is waited for, as ZeroMQ reconnects; a handshake the node will never accept (a
 wrong CURVE key, CURVE on one side only), seen by the socket's monitor, ends the worker
 (``EXIT_TRANSPORT``), and so does a hello the node refuses (``EXIT_REFUSED``: a node with
@@ -27,6 +31,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -230,7 +235,7 @@ class Worker:
         handshakes: Handshakes | None = None
         try:
             sock.setsockopt(zmq.LINGER, _LINGER_MS)
-            sock.setsockopt(zmq.IDENTITY, self.worker_id.encode())
+            sock.setsockopt(zmq.IDENTITY, secrets.token_urlsafe(24).encode())  # see above
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
             secured = curve is not None and endpoint.startswith("tcp://")  # as the node
             if secured:

@@ -59,7 +59,7 @@ from tamma_actors._pool_messages import (
     cancelled_error,
     notify,
 )
-from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker, WorkerAdmission
+from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker, RefusalLog, WorkerAdmission
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
@@ -163,6 +163,8 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._sock: zmq.Socket[bytes] | None = None
         self._ipc_file: tuple[int, int] | None = None  # its socket file (ipc://)
         self._workers: dict[str, PoolWorker] = {}
+        self._routes: dict[bytes, PoolWorker] = {}  # the same, by routing id (a secret)
+        self._refusals = RefusalLog()
         self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
@@ -342,7 +344,9 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             send_frames(self._sock, (identity, frame))
             return True
         except zmq.ZMQError as exc:
-            log.warning("cannot send to worker %r: %s", identity, exc)
+            worker = self._routes.get(identity)  # its routing id is a secret: not logged
+            who = "an unknown peer" if worker is None else f"worker {worker.worker_id}"
+            log.warning("cannot send to %s: %s", who, exc)
             return False
 
     # -- frames from workers ---------------------------------------------------------------
@@ -367,13 +371,13 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             log.warning("dropped a %d-part message on the workers socket", len(parts))
             return
         identity, data = parts
+        worker = self._routes.get(identity)
         try:
             msg = wire.decode_worker_frame(data, self._max_frame)
         except TammaError as exc:
-            log.warning("dropped a bad frame from %r: %s", identity, exc)
+            who = "an unknown peer" if worker is None else f"worker {worker.worker_id}"
+            log.warning("dropped a bad frame from %s: %s", who, exc)  # (not its routing id)
             return
-        worker_id = identity.decode("utf-8", "replace")
-        worker = self._workers.get(worker_id)
         if msg["t"] == "hello":
             self._on_hello(identity, msg)
         elif worker is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import stat
 import sys
@@ -312,10 +313,15 @@ def test_stop_kills_a_worker_that_will_not_stop(make: Callable[..., Harness]) ->
 
 
 class FakeWorker:
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str, worker_id: str) -> None:
+    """``route``: its connection's routing id (a secret of its own unless given)."""
+
+    def __init__(
+        self, ctx: zmq.Context[Any], endpoint: str, worker_id: str, route: bytes | None = None
+    ) -> None:
+        self.route = route if route is not None else secrets.token_urlsafe(24).encode()
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+        self.sock.setsockopt(zmq.IDENTITY, self.route)
         self.sock.connect(endpoint)
         self.worker_id = worker_id
 
@@ -546,8 +552,13 @@ def test_garbage_does_not_break_the_pool(fake: Any, zctx: Any) -> None:
     junk.send(wire.hb("junk", [], 1))  # not introduced: asked to say hello
     assert junk.recv()["t"] == "rehello"
     junk.send(wire.bye("junk"))  # unknown and leaving: nothing to say
-    junk.send(wire.hello("someone-else", 1, "h", 2, ["noop"]))  # identity mismatch
     junk.send(wire.hello("junk", 1, "h", 0, ["noop"]))  # no slots
+    old = FakeWorker(zctx, h.endpoint(), "old-1", route=b"old-1")  # an older worker's
+    try:
+        old.send(wire.hello("old-1", 1, "h", 2, ["noop"]))
+        assert "routing id is not a secret" in old.recv()["reason"]
+    finally:
+        old.close()
     assert h.stats()["workers"] == []
     good = new("good")
     good.hello(["noop"])
@@ -808,3 +819,95 @@ def test_heartbeats_waiting_in_the_socket_count_after_the_pool_was_held_up(
     finally:
         release.set()
         w.close()
+
+
+# The pool knows a worker by its connection's routing id, a secret the worker draws: not
+# by its worker id, which every viewer reads in ``tamma health`` (the ROUTER sends to,
+# and hears from, whoever connects under a routing id).
+
+
+def _heard(w: FakeWorker, msg: dict[str, Any], answered: Any, *, reconnect: bool) -> None:
+    """Send ``msg`` until ``answered()``; with ``reconnect``, each time from a new socket
+    under ``w``'s routing id (a connection under a routing id still in use is ignored
+    until the pool lets go of the old one)."""
+    endpoint = w.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    ctx = w.sock.context
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        if reconnect:
+            w.sock.close(0)
+            w.sock = ctx.socket(zmq.DEALER)
+            w.sock.setsockopt(zmq.LINGER, 0)
+            w.sock.setsockopt(zmq.IDENTITY, w.route)
+            w.sock.connect(endpoint)
+        w.send(msg)
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until:
+            if answered():
+                return
+            time.sleep(0.01)
+        assert time.monotonic() < deadline, "never heard"
+
+
+def test_a_peer_naming_itself_after_a_worker_is_not_that_worker(fake: Any) -> None:
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("t1"))
+    assert w.recv()["task_id"] == "t1"
+    rogue = FakeWorker(w.sock.context, h.endpoint(), "fw1", route=b"fw1")
+    try:
+        rogue.send(wire.started("t1"))
+        rogue.send(wire.result_ok("t1", "forged", 1.0))
+        assert rogue.recv()["t"] == "rehello" and rogue.recv()["t"] == "rehello"
+        w.send(wire.result_ok("t1", "real", 1.0))
+        assert h.inbox.finished("t1").output == "real"
+        assert h.inbox.of(TaskStarted, "t1") == []  # the forged start notice was not taken
+    finally:
+        rogue.close()
+
+
+def test_a_worker_that_reconnects_keeps_its_tasks(fake: Any) -> None:
+    """Its routing id is the same, so it is the same worker: its steps go on and report."""
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("t1"))
+    assert w.recv()["task_id"] == "t1"
+    _heard(w, wire.started("t1"), lambda: h.inbox.of(TaskStarted, "t1"), reconnect=True)
+    w.send(wire.result_ok("t1", "done", 1.0))
+    assert h.inbox.finished("t1").output == "done"
+    assert h.inbox.of(TaskRedispatched, "t1") == []
+
+
+def test_a_hello_under_a_connected_workers_id_is_not_answered(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("x"))
+    assert a.recv()["task_id"] == "x"
+    other = new("a")
+    other.send(wire.hello("a", 1, "h", 2, ["noop"]))
+    assert a.recv()["t"] == "rehello"  # asked whether it is there: it is
+    a.hello(["noop"])  # its answer, on its own connection: it keeps its tasks
+    assert not other.sock.poll(200), "the newcomer was answered"
+    a.send(wire.result_ok("x", 1, 1.0))
+    assert h.inbox.finished("x").ok
+    assert h.inbox.of(TaskRedispatched, "x") == []
+
+
+def test_a_hello_under_a_gone_workers_id_takes_it_and_its_tasks_run_again(fake: Any) -> None:
+    h, new = fake
+    a = new("a")
+    a.hello(["noop"])
+    h.dispatch(task("x"))
+    assert a.recv()["task_id"] == "x"
+    a.close()  # gone, and not yet silent for long
+    successor = new("a")
+    hello = wire.hello("a", 1, "h", 2, ["noop"])
+    _heard(successor, hello, lambda: successor.sock.poll(0), reconnect=False)
+    assert successor.recv()["t"] == "welcome"
+    assert "gone from its connection" in h.inbox.seen(TaskRedispatched, "x").reason
+    assert successor.recv()["task_id"] == "x"
+    successor.send(wire.result_ok("x", 2, 1.0))
+    assert h.inbox.finished("x") == TaskFinished("x", True, 2, None, 1.0)
