@@ -227,8 +227,9 @@ class Engine(EngineReads, EngineRecovery):
         execution_id: str | None = None,  # a subflow's child: its id is chosen by its parent
         requested_id: str | None = None,  # chosen by the client: see _start_once
     ) -> Future[dict[str, Any]]:
-        # a subflow's child is part of its parent's committed work, not new intake
-        self._check_intake(draining_too=execution_id is None)
+        if requested_id is None:  # else only if it is new (see _start_once)
+            # a subflow's child is part of its parent's committed work, not new intake
+            self._check_intake(draining_too=execution_id is None)
         cfg, digest, dumped = self._parsed(definition, source)
         unreadable = unreadable_subflow_files(cfg, source, self._children.files)
         if unreadable:  # refused now rather than failing its step later
@@ -273,7 +274,8 @@ class Engine(EngineReads, EngineRecovery):
         """A start under an id the client chose: one execution at most ever has it. The
         same start again (a retry after a lost reply, a second client) gets that execution's
         record as it is now, or, while the first is still being committed, the first's
-        answer; one with another workflow or other inputs fails with ExecutionExists."""
+        answer; one with another workflow or other inputs fails with ExecutionExists. Only
+        a new one is intake: the same start again is answered by a draining node too."""
         same = (created["digest"], created["inputs"])
         reply: Future[dict[str, Any]] = Future()
         with self._lock:
@@ -289,6 +291,7 @@ class Engine(EngineReads, EngineRecovery):
             if new:
                 reply.add_done_callback(lambda _: self._started_once(eid))
                 if self._store.get_summary(eid) is None:
+                    self._check_intake()
                     self._spawn(cfg, ExecutionState(id=eid), Start(reply, created), definition)
                     return reply
             first = self._store.read_events(eid, 1, 1)  # its created event

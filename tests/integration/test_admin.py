@@ -356,6 +356,19 @@ def test_intake_is_refused_while_draining(node: Node, client: Client) -> None:
     assert refused.value.code == "unavailable"  # not a fault of the node: it is leaving
 
 
+def test_a_draining_node_answers_a_start_again_with_the_execution_it_made(
+    node: Node, client: Client
+) -> None:
+    # A client that lost the reply to an idempotent start asks again: not new intake.
+    first = client.start_workflow(chain(), {"n": 1}, execution_id="job-1")
+    node.drain(grace=0.0)
+    assert client.start_workflow(chain(), {"n": 1}, execution_id="job-1").id == first.id
+    with pytest.raises(TammaError, match="shutting down"):  # another id is new work
+        client.start_workflow(chain(), {"n": 1}, execution_id="job-2")
+    with pytest.raises(TammaError, match="exists with another workflow or other inputs"):
+        client.start_workflow(chain(), {"n": 2}, execution_id="job-1")
+
+
 def test_the_verify_cli_prints_problems_as_json(
     data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
