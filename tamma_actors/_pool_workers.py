@@ -42,13 +42,14 @@ if TYPE_CHECKING:
     from tamma_actors._worker_children import Child
     from tamma_actors._workerpool import _Task
 
-__all__ = ["ConnectedWorkers", "PoolWorker", "RefusalLog", "WorkerAdmission"]
+__all__ = ["ConnectedWorkers", "PoolWorker", "RefusalLog", "Refused", "WorkerAdmission"]
 
 log = logging.getLogger("tamma_actors._workerpool")
 
 MIB = 1 << 20
 # The shortest routing id a worker may name its connection by (see the module docstring).
 MIN_ROUTE_BYTES = 16
+_SHOWN = 200  # characters of a peer's worker id (and of a reason naming it) health shows
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
 
@@ -81,6 +82,23 @@ class RefusalLog:
         self._lines.append(now)
         left_out, self._left_out = self._left_out, 0
         return left_out
+
+
+@dataclass
+class Refused:
+    """The hellos not admitted since the pool started, for ``tamma health``: how many,
+    and the last one (worker id, reason, wall-clock time): a rogue or misconfigured
+    worker, which the log only samples (:class:`RefusalLog`)."""
+
+    count: int = 0
+    last: dict[str, Any] | None = None
+
+    def add(self, worker_id: str, reason: str, at: float) -> None:
+        self.count += 1
+        self.last = {"worker_id": worker_id[:_SHOWN], "reason": reason[:_SHOWN], "at": at}
+
+    def report(self) -> dict[str, Any]:
+        return {"count": self.count, "last": self.last}
 
 
 def _public_route(identity: bytes, worker_id: str) -> str | None:
@@ -163,6 +181,7 @@ class ConnectedWorkers:
         _workers: dict[str, PoolWorker]
         _routes: dict[bytes, PoolWorker]  # the same workers, by their routing id
         _refusals: RefusalLog  # which hellos not admitted get a log line
+        _refused: Refused  # and how many there were
         _children: dict[str, Child]
         _tasks: dict[str, _Task]
         _queue: deque[str]
@@ -248,6 +267,7 @@ class ConnectedWorkers:
             self._worker_lost(joined, f"worker {worker_id} was refused a new hello", kill=False)
 
     def _not_admitted(self, worker_id: str, reason: str) -> None:
+        self._refused.add(worker_id, reason, time.time())
         left_out = self._refusals.line(worker_id, time.monotonic())
         if left_out is not None:
             more = f" ({left_out} more refused hellos not logged)" if left_out else ""

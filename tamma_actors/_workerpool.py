@@ -59,7 +59,13 @@ from tamma_actors._pool_messages import (
     cancelled_error,
     notify,
 )
-from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker, RefusalLog, WorkerAdmission
+from tamma_actors._pool_workers import (
+    ConnectedWorkers,
+    PoolWorker,
+    RefusalLog,
+    Refused,
+    WorkerAdmission,
+)
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
@@ -165,6 +171,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._workers: dict[str, PoolWorker] = {}
         self._routes: dict[bytes, PoolWorker] = {}  # the same, by routing id (a secret)
         self._refusals = RefusalLog()
+        self._refused = Refused()
         self._children: dict[str, Child] = {}
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
@@ -484,4 +491,5 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             "results_kept_bytes": self._undelivered_bytes,
             "restarts": self._restarts,
             "local_pids": sorted(c.proc.pid for c in self._children.values()),
+            "refused": self._refused.report(),  # hellos not admitted since it started
         }

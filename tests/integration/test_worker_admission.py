@@ -107,6 +107,10 @@ def test_a_worker_without_an_admin_token_is_refused_and_exits(
     finally:
         run.stop()
     assert "w-x" not in _workers(client)
+    counted = client.health()["workers"]["refused"]  # an operator sees it without the log
+    assert counted["count"] >= 1
+    assert counted["last"]["worker_id"] == "w-x" and counted["last"]["reason"] == reason
+    assert abs(counted["last"]["at"] - time.time()) < WAIT
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert f"worker 'w-x' refused: {reason}" in refused
     assert any(f"worker w-x: the node refused it: {reason}" in line for line in refused)

@@ -1,12 +1,12 @@
-"""WorkerAdmission (who may join as a worker, which offers count) and RefusalLog (which
-refusals get a log line): pure policies."""
+"""WorkerAdmission (who may join as a worker, which offers count), RefusalLog (which
+refusals get a log line) and Refused (what health says of them): pure."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tamma_actors._pool_workers import RefusalLog, WorkerAdmission
+from tamma_actors._pool_workers import RefusalLog, Refused, WorkerAdmission
 
 TOKENS = {"a": "admin", "o": "operator", "v": "viewer"}
 
@@ -70,3 +70,13 @@ def test_never_more_lines_than_allowed_in_any_window(refusals: list[tuple[str, f
     assert seen >= 0
     for i, at in enumerate(lines):
         assert len([t for t in lines[i:] if t < at + 1.0]) <= 3
+
+
+def test_health_counts_every_refusal_and_shows_the_last_cut_short() -> None:
+    refused = Refused()
+    assert refused.report() == {"count": 0, "last": None}
+    refused.add("w-1", "unknown token", 100.0)
+    refused.add("x" * 10_000, "a token is required", 101.0)  # a peer's id may be any size
+    report = refused.report()
+    assert report["count"] == 2
+    assert report["last"] == {"worker_id": "x" * 200, "reason": "a token is required", "at": 101.0}
