@@ -390,9 +390,15 @@ class Engine(EngineReads, EngineRecovery):
         spec = cfg.step(step)
         impl = spec.implementation
         if impl is None or impl not in self._implementations():
+            if impl is None:
+                what = f"is a {spec.type} step, which the coordinator runs"
+            elif impl in COORDINATOR_IMPLEMENTATIONS:
+                what = f"is a {impl} step, which the coordinator keeps"
+            else:
+                what = f"runs {impl!r}, which no connected worker offers now"
             raise IllegalTransition(
-                f"step {step!r} is a {spec.type} step without a worker implementation; "
-                "only steps that run on a worker can be executed on their own"
+                f"step {step!r} {what}; only steps that run on a worker can be executed on "
+                "their own"
             )
         tid = probe_task_id(execution_id, step)
         deps = cfg.deps(step)

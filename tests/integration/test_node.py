@@ -396,6 +396,21 @@ def test_execute_step_runs_one_step_outside_the_schedule(client: Client) -> None
         client.execute_step(eid, "nope")
 
 
+def test_execute_step_says_why_a_step_cannot_run_on_its_own(client: Client) -> None:
+    spec = wf("probe-kinds", step("w", "wait"))
+    spec["steps"][0]["config"] = {"seconds": 0}
+    branches = [{"otherwise": []}]
+    spec["steps"].append(
+        {"name": "d", "type": "decision", "dependencies": ["w"], "config": {"branches": branches}}
+    )
+    eid = client.start_workflow(spec).id
+    assert client.wait(eid, timeout=WAIT).status == "completed"
+    with pytest.raises(IllegalTransition, match="'w' is a wait step, which the coordinator keeps"):
+        client.execute_step(eid, "w")
+    with pytest.raises(IllegalTransition, match="'d' is a decision step, which the coordinator"):
+        client.execute_step(eid, "d")
+
+
 def test_execute_step_that_overruns_is_cancelled(client: Client) -> None:
     eid = client.start_workflow(wf("probe-hang", step("h", "hang"))).id
     overran = client.execute_step(eid, "h", timeout=1.5)  # a result, not a lost request
