@@ -436,6 +436,9 @@ class Engine(EngineReads, EngineRecovery):
         if self._deps.breakers is not None:
             report["breakers"] = self._deps.breakers.snapshot()
         report.update(self._health_extra())
+        report["draining"] = self._draining
+        if self._draining and report["status"] == "ok":  # up, but leaving: send it nothing
+            report["status"] = "draining"
         return done(report)
 
     # -- recovery and shutdown -------------------------------------------------------------

@@ -350,7 +350,9 @@ def test_a_full_store_refuses_new_work_and_keeps_what_it_committed(
 
 
 def test_intake_is_refused_while_draining(node: Node, client: Client) -> None:
+    assert (client.health()["status"], client.health()["draining"]) == ("ok", False)
     node.drain(grace=0.0)
+    assert (client.health()["status"], client.health()["draining"]) == ("draining", True)
     with pytest.raises(TammaError, match="shutting down") as refused:
         client.start_workflow(chain())
     assert refused.value.code == "unavailable"  # not a fault of the node: it is leaving
