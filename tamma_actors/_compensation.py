@@ -9,7 +9,9 @@ execution fails; its error lists the compensation results.
   implementation and config are used. A step named as a compensation is a compensation
   step: it never runs in the normal flow (it ends ``skipped``).
 - A compensation task gets the compensated step's output as its ``input`` and runs once
-  (no retries): its outcome, success or failure, is recorded and the next one runs.
+  (no retries): its outcome, success or failure, is recorded and the next one runs. A lost
+  worker sends it again, as a task, at most ``MAX_REDISPATCH`` times; one more loss fails
+  it (``WorkerLost``).
 - The plan and each outcome are events (``workflow.compensating``,
   ``compensation.started|completed|failed``): a recovered execution re-sends the one that
   was running, with the same task id, and goes on. Pause holds the next compensation (as
@@ -24,7 +26,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished
+from tamma_actors._execution_reports import MAX_REDISPATCH
+from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched
 
 if TYPE_CHECKING:
     import pykka
@@ -45,6 +48,7 @@ class CompensationHandling:
         cfg: WorkflowConfig
         deps: ExecutionDeps
         _comp_tasks: dict[str, str]
+        _lost: dict[str, int]
         _compensation_steps: frozenset[str] | None
 
         @property
@@ -123,19 +127,40 @@ class CompensationHandling:
         name = self._comp_tasks.pop(msg.task_id, None)
         if name is None:
             return False
+        self._lost.pop(msg.task_id, None)
         if self.state.terminal:
             return True
         if msg.ok:
             self._emit("compensation.completed", step=name, output=msg.output)
+            self._advance()
         else:
-            error = msg.error or {}
-            self._emit(
-                "compensation.failed",
-                step=name,
-                error={"type": error.get("type"), "message": error.get("message")},
-            )
-        self._advance()
+            self._compensation_failed(name, msg.error or {})
         return True
+
+    def _compensation_failed(self, name: str, error: dict[str, Any]) -> None:
+        """Record its failure and go on with the next one (a compensation runs once)."""
+        self._emit(
+            "compensation.failed",
+            step=name,
+            error={"type": error.get("type"), "message": error.get("message")},
+        )
+        self._advance()
+
+    def _compensation_redispatched(self, msg: TaskRedispatched) -> None:
+        """Its worker was lost and the pool sends it again: as for a task, at most
+        :data:`MAX_REDISPATCH` times, then it fails (``WorkerLost``) and leaves the pool,
+        or one that kills every worker it runs on would be sent again for ever."""
+        tid = msg.task_id
+        name = self._comp_tasks.get(tid)
+        if name is None or self.state.terminal:
+            return
+        lost = self._lost[tid] = self._lost.get(tid, 0) + 1
+        if lost <= MAX_REDISPATCH:
+            return
+        del self._comp_tasks[tid], self._lost[tid]
+        self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
+        message = f"its worker was lost {lost} times ({msg.reason})"
+        self._compensation_failed(name, {"type": "WorkerLost", "message": message})
 
     def _cancel_compensations(self, reason: str) -> None:
         for tid, name in list(self._comp_tasks.items()):

@@ -4,7 +4,8 @@ to: a mixin of :class:`~tamma_actors._execution.ExecutionSupervisor`.
 - ``TaskStarted`` moves a dispatched step to ``running`` and arms its run deadline;
   ``TaskProgress`` is liveness (it pushes the heartbeat deadline).
 - ``TaskRedispatched``: a lost worker does not use up an attempt, unless the same attempt
-  loses its worker more than :data:`MAX_REDISPATCH` times; then it fails (retryably).
+  loses its worker more than :data:`MAX_REDISPATCH` times; then it fails (retryably). A
+  compensation has the same bound (``_compensation``), then fails.
 - ``TaskFinished`` completes the step or hands its error to the retry policy; a result for
   a task the execution no longer tracks (cancelled, timed out, from before a restart) is
   discarded.
@@ -73,6 +74,7 @@ class TaskReports:
         def _item_redispatched(self, msg: TaskRedispatched) -> bool: ...
         def _item_finished(self, msg: TaskFinished) -> bool: ...
         def _compensation_finished(self, msg: TaskFinished) -> bool: ...
+        def _compensation_redispatched(self, msg: TaskRedispatched) -> None: ...
         def _running_deadline(
             self, name: str, attempt: int, ran: float = 0.0
         ) -> dict[str, Any]: ...
@@ -106,7 +108,10 @@ class TaskReports:
         if self._item_redispatched(msg):
             return
         name = self._inflight.get(msg.task_id)
-        if name is None or self.state.steps[name].status not in ("dispatched", "running"):
+        if name is None:
+            self._compensation_redispatched(msg)
+            return
+        if self.state.steps[name].status not in ("dispatched", "running"):
             return
         attempt = self.state.steps[name].attempts
         lost = self._lost.get(msg.task_id, 0) + 1

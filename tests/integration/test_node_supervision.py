@@ -252,6 +252,24 @@ def test_each_error_policy_on_a_real_node(client: Client, policy: str) -> None:
         assert "workflow.compensating" not in types and record.error.compensations == []
 
 
+def test_a_compensation_that_kills_its_worker_fails_after_three_losses(client: Client) -> None:
+    spec = wf(
+        "undo-crashes",
+        step("prepare", "noop", compensation="boom"),
+        step("bad", "fail", "prepare", config={"times": 9}),
+        step("boom", "crash", config={"times": 99}),  # kills every worker that runs it
+        error_handling="compensate",
+        retry_policy={"max_attempts": 1},
+    )
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "failed" and final.error is not None
+    [undo] = final.error.compensations
+    assert (undo.step, undo.status) == ("prepare", "failed")
+    assert undo.error is not None and undo.error["type"] == "WorkerLost"
+    assert "lost 3 times" in undo.error["message"]
+    assert client.health()["workers"]["queued"] == 0  # not sent again
+
+
 def test_a_wait_step_and_the_workflow_timeout_survive_a_node_restart(short_dir: Path) -> None:
     cfg = node_config(short_dir / "var", workers=1)
     napper = wf("napper", step("nap", "wait", config={"seconds": 2}), step("after", "noop", "nap"))

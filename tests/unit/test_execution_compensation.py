@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tamma_actors._errors import IllegalTransition
-from tamma_actors._workerpool import Dispatch
+from tamma_actors._execution import MAX_REDISPATCH
+from tamma_actors._workerpool import Dispatch, TaskRedispatched
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wf
 
 # every scheduler test runs with both of its books (conftest.either_book)
@@ -83,3 +84,20 @@ def test_pause_holds_compensation_and_a_retry_while_paused_is_refused(kit: Kit) 
     final = kit.status_is(eid, "failed")
     assert [c["status"] for c in final["error"]["compensations"]] == ["succeeded", "succeeded"]
     assert final["results"]["c"]["status"] == "failed"
+
+
+def test_a_compensation_that_keeps_losing_its_worker_fails_as_a_task_would(kit: Kit) -> None:
+    eid, comp = fail_into_compensation(kit)
+    tid = comp.task["task_id"]
+    for _ in range(MAX_REDISPATCH):  # sent again by the pool, same task: it runs on
+        comp.reply_to.tell(TaskRedispatched(tid, "worker w-1 died"))
+    kit.record(eid)  # a read queued behind them: they were handled
+    assert kit.record(eid)["status"] == "running" and kit.cancels.empty()
+    comp.reply_to.tell(TaskRedispatched(tid, "worker w-2 died"))
+    final = kit.status_is(eid, "failed")
+    assert kit.cancels.get(timeout=WAIT) == tid  # out of the pool's queue: no endless re-runs
+    [undo] = final["error"]["compensations"]
+    assert (undo["step"], undo["status"]) == ("a", "failed")
+    assert undo["error"]["type"] == "WorkerLost"
+    assert "lost 3 times" in undo["error"]["message"]
+    assert final["error"]["step"] == "b" and final["error"]["failed_steps"] == ["b"]
