@@ -93,8 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--token",
-        help="an admin token of a node with tokens (prefer TAMMA_WORKER_TOKEN: ps shows "
-        "a command's arguments)",
+        help="one of the node's worker_tokens (or an admin token) when it has tokens (prefer "
+        "TAMMA_WORKER_TOKEN: ps shows a command's arguments)",
     )
     sub.add_parser("keygen", help="print a new CURVE key pair for a node's tcp:// endpoints")
     return parser

@@ -95,6 +95,8 @@ class NodeConfig(BaseSettings):
     supervision: Path | None = None
     log_level: str = "INFO"
     tokens: dict[str, Literal["viewer", "operator", "admin"]] = Field(default_factory=dict)
+    # secrets that admit a worker and grant nothing on the control socket
+    worker_tokens: list[str] = Field(default_factory=list)
     # where subflows may read workflow files (see workflow_file_dirs)
     workflow_dirs: list[DirectoryPath] = Field(default_factory=list)
     cancel_grace: Seconds = Field(5.0, ge=0)
@@ -165,6 +167,13 @@ class NodeConfig(BaseSettings):
             raise ValueError("an empty token is refused: a caller sending '' would have its role")
         return value
 
+    @field_validator("worker_tokens")
+    @classmethod
+    def _no_empty_worker_token(cls, value: list[str]) -> list[str]:
+        if "" in value:
+            raise ValueError("an empty token is refused: a worker sending '' would be admitted")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -188,6 +197,12 @@ class NodeConfig(BaseSettings):
         if self.max_map_size is not None and self.max_map_size < self.map_size:
             raise ValueError("max_map_size must be at least map_size")
         self._check_curve_pair()
+        both = set(self.worker_tokens) & set(self.tokens)
+        if both:  # the value is not repeated: a secret
+            raise ValueError(
+                f"worker_tokens: {len(both)} of them also in tokens, where they would open the "
+                "control socket to every worker holding one; give workers tokens of their own"
+            )
         for name, address in self._addresses().items():
             self._check_address(name, address)
         self._distinct_addresses()

@@ -176,8 +176,9 @@ class Node(NodeChildren):
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self._zmq = zmq.Context()
-        # This run's admin token for its own local workers (a node with tokens admits
-        # only workers holding an admin one): nothing for the operator to hand out.
+        # This run's worker token for its own local workers (a node with tokens admits
+        # only workers holding one, or an admin token): nothing for the operator to hand
+        # out, and nothing on the control socket.
         self._worker_token = secrets.token_urlsafe(32)
         self._lock_fd: int | None = None
         self._store: LmdbStore | None = None

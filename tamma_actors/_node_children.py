@@ -159,11 +159,16 @@ class NodeChildren:
         self._running.append(spec)
 
     def _worker_admission(self) -> WorkerAdmission:
-        """With tokens, a worker needs an admin one: the operator's, or this run's own that
-        the local workers are given. The gated built-ins count only when enabled here."""
+        """With tokens or worker tokens, a worker needs a worker token (the operator's, or
+        this run's own that the local workers are given: no control role) or an admin
+        token. The gated built-ins count only when enabled here."""
         cfg = self.config
-        tokens = {**cfg.tokens, self._worker_token: "admin"} if cfg.tokens else {}
-        return WorkerAdmission(tokens, frozenset(GATED_BUILTINS) - gated_enabled(cfg))
+        guarded = bool(cfg.tokens or cfg.worker_tokens)
+        return WorkerAdmission(
+            tokens=cfg.tokens,
+            withheld=frozenset(GATED_BUILTINS) - gated_enabled(cfg),
+            worker_tokens=frozenset([*cfg.worker_tokens, self._worker_token] if guarded else []),
+        )
 
     def _worker_args(self) -> list[str]:
         args = ["--log-level", self.config.log_level]

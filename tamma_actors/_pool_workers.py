@@ -3,7 +3,7 @@
 A mixin of :class:`~tamma_actors._workerpool.WorkerPool` (it runs on the pool's thread). A
 worker joins with ``hello`` (one that says it again keeps its tasks) and is answered
 ``welcome`` if the node admits it (:class:`WorkerAdmission`: with tokens, only a worker
-holding an admin one), else ``refused``. One that misses heartbeats for
+holding a worker token or an admin one), else ``refused``. One that misses heartbeats for
 ``heartbeat_timeout``, or grows above the memory limit, is lost; so is one that leaves
 (``bye``), exits, cannot be sent to or ignores a cancel. A lost worker is forgotten, killed
 when it is ours (a remote one is told to stop), and its tasks are queued again at the head
@@ -22,6 +22,7 @@ holder is gone, the newcomer takes the name, and the holder's tasks are queued a
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections import OrderedDict, deque
@@ -49,6 +50,7 @@ log = logging.getLogger("tamma_actors._workerpool")
 MIB = 1 << 20
 # The shortest routing id a worker may name its connection by (see the module docstring).
 MIN_ROUTE_BYTES = 16
+_NEEDED = "a worker needs a worker token or an admin token"
 _SHOWN = 200  # characters of a peer's worker id (and of a reason naming it) health shows
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
@@ -116,8 +118,10 @@ def _public_route(identity: bytes, worker_id: str) -> str | None:
 class WorkerAdmission:
     """Who the node admits as a worker, and which of the names a worker offers count.
 
-    With ``tokens`` (token -> role name), a hello must carry one whose role is admin: a
-    worker sees every step's inputs and decides every step's result. Without, every worker
+    A worker sees every step's inputs and decides every step's result. With
+    ``worker_tokens`` (secrets that grant nothing else) or ``tokens`` (control tokens:
+    token -> role name), a hello must carry one of the worker tokens or an admin token
+    (which a worker needed before worker tokens existed); without either, every worker
     that reaches the socket joins (a local ipc socket is guarded by its 0700 directory).
     ``withheld``: names the node gates by its own settings and has not enabled (``shell``,
     ``record``): a worker offering them is sent no such step, and they do not become names
@@ -125,16 +129,27 @@ class WorkerAdmission:
 
     tokens: Mapping[str, str] = field(default_factory=dict)
     withheld: frozenset[str] = frozenset()
+    worker_tokens: frozenset[str] = frozenset()
 
     def refusal(self, token: str | None) -> str | None:
         """Why a hello with ``token`` is not admitted, or None. Tokens are compared in
-        constant time (``authorize``)."""
+        constant time (each of them, whichever matches)."""
+        if not self.tokens and not self.worker_tokens:
+            return None
+        if token is None:
+            return f"a token is required ({_NEEDED})"
+        given = token.encode()
+        matches = [hmac.compare_digest(known.encode(), given) for known in self.worker_tokens]
+        if any(matches):
+            return None
+        if not self.tokens:  # (authorize would take any token for an admin's)
+            return f"unknown token ({_NEEDED})"
         try:
             role = authorize(token, self.tokens)
         except Forbidden as exc:
-            return f"{exc} (a worker needs an admin token)"
+            return f"{exc} ({_NEEDED})"
         if role < Role.admin:
-            return f"a worker needs an admin token, not a token of role {role.name!r}"
+            return f"{_NEEDED}, not a token of role {role.name!r}"
         return None
 
     def offer(self, plugins: Iterable[str]) -> frozenset[str]:

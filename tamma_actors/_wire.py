@@ -6,7 +6,7 @@ the version, the type, and every field's presence and type; extra fields are tol
 (a newer peer may add some). Additions to the documented table: ``rehello`` (node ->
 worker, no fields) asks a worker the node does not know to introduce itself again - the
 node may have restarted while the worker kept its connection; a ``hello`` may carry a
-``token`` (a node with tokens admits only a worker whose token is an admin's), and
+``token`` (a node with tokens admits only a worker token or an admin one), and
 ``refused`` (node -> worker, ``reason``) answers a hello the node does not admit.
 
 A ``run`` frame carries a step's data once: where its ``input`` is the workflow's

@@ -6,9 +6,9 @@ This module sets the process up around a :class:`~tamma_actors._worker_loop.Work
 socket loop, threads and shutdown order are described there): the command line, the
 signals and the exit code. An unmanaged worker stops gracefully on SIGTERM/SIGINT; a
 managed one (spawned by the node) ignores SIGINT, is told by the node when to stop, and
-dies with its parent: PR_SET_PDEATHSIG plus a parent check on every heartbeat. Its token,
-for a node with tokens, comes from ``TAMMA_WORKER_TOKEN`` (not the command line, which ps
-shows), and is taken out of the environment before any step runs.
+dies with its parent: PR_SET_PDEATHSIG plus a parent check on every heartbeat. Its token
+(a worker token, for a node with tokens) comes from ``TAMMA_WORKER_TOKEN`` (not the
+command line, which ps shows), and is taken out of the environment before any step runs.
 """
 
 from __future__ import annotations
@@ -105,10 +105,11 @@ def run_worker(
 ) -> int:
     """Run a worker until it is stopped; returns an exit code (``EXIT_*``).
 
-    ``token``: what it says hello with (a node with tokens admits only an admin's); by
-    default the environment's ``TAMMA_WORKER_TOKEN``, which is taken out of ``os.environ``
-    either way, so that the commands its steps start do not inherit it (a step's own code
-    runs in this process, and /proc keeps the environment the process started with).
+    ``token``: what it says hello with (a node with tokens admits only a worker token or
+    an admin's); by default the environment's ``TAMMA_WORKER_TOKEN``, which is taken out of
+    ``os.environ`` either way, so that the commands its steps start do not inherit it (a
+    step's own code runs in this process, and /proc keeps the environment the process
+    started with).
 
     Arguments it cannot start with raise ``ValueError`` (no slots, a heartbeat interval
     under ``MIN_HEARTBEAT`` or not finite, an endpoint or a CURVE key that ZeroMQ refuses)

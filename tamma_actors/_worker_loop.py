@@ -17,7 +17,8 @@ keeps it, so the node goes on taking this worker's results. A node not up yet (o
 restarting) is waited for, as ZeroMQ reconnects; a handshake the node will never accept (a
 wrong CURVE key, CURVE on one side only), seen by the socket's monitor, ends the worker
 (``EXIT_TRANSPORT``), and so does a hello the node refuses (``EXIT_REFUSED``: a node with
-tokens admits only a worker holding an admin one; saying hello again cannot help).
+tokens admits only a worker holding a worker token or an admin one; saying hello again
+cannot help).
 
 Shutdown order: stop requested (``stop`` frame, or :meth:`Worker.request_stop`) ->
 queued tasks answered as cancelled -> running steps' cancel events set -> wait up to

@@ -20,7 +20,7 @@ import psutil
 import pytest
 import zmq
 
-from tamma_actors import Client, WorkflowValidationError
+from tamma_actors import Client, Forbidden, WorkflowValidationError
 from tamma_actors import _wire as wire
 from tamma_actors._cli_node import main as tamma_node
 from tamma_actors._config import load_node_config
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 WAIT = 30.0
 ADMIN, OPERATOR, VIEWER = "adm-token-1", "op-token-1", "view-token-1"
+WORKER = "worker-token-1"  # a worker token: admits a worker, nothing on the control socket
 TOKENS = {ADMIN: "admin", OPERATOR: "operator", VIEWER: "viewer"}
 NOOP = {"name": "n", "steps": [{"name": "a", "implementation": "noop"}]}
 SHELL = {"name": "s", "steps": [{"name": "a", "implementation": "shell",
@@ -87,10 +88,13 @@ def test_local_workers_get_none_of_the_nodes_tamma_variables(
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
-        (None, "a token is required (a worker needs an admin token)"),
-        ("not-a-token", "unknown token (a worker needs an admin token)"),
-        (OPERATOR, "a worker needs an admin token, not a token of role 'operator'"),
-        (VIEWER, "a worker needs an admin token, not a token of role 'viewer'"),
+        (None, "a token is required (a worker needs a worker token or an admin token)"),
+        ("not-a-token", "unknown token (a worker needs a worker token or an admin token)"),
+        (
+            OPERATOR,
+            "a worker needs a worker token or an admin token, not a token of role 'operator'",
+        ),
+        (VIEWER, "a worker needs a worker token or an admin token, not a token of role 'viewer'"),
     ],
 )
 def test_a_worker_without_an_admin_token_is_refused_and_exits(
@@ -124,8 +128,8 @@ def test_tamma_node_worker_says_hello_with_its_token_option(
     assert tamma_node([*argv, "--heartbeat", "0.2", "--token", OPERATOR]) == 1
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert (
-        "worker 'w-cli' refused: a worker needs an admin token, not a token of role "
-        "'operator'" in refused
+        "worker 'w-cli' refused: a worker needs a worker token or an admin token, not a token "
+        "of role 'operator'" in refused
     )
 
 
@@ -141,6 +145,48 @@ def test_a_worker_with_an_admin_token_joins_and_runs_steps(
     finally:
         run.stop()
     assert run.code == EXIT_OK
+
+
+def test_a_worker_token_admits_a_worker_and_opens_nothing_on_the_control_socket(
+    short_dir: Path,
+) -> None:
+    cfg = load_node_config(
+        None, data_dir=short_dir / "var", workers=0, heartbeat_interval=0.2, tokens=TOKENS,
+        worker_tokens=[WORKER],
+    )  # fmt: skip
+    with Node(cfg), Client(cfg.control_address, token=OPERATOR, timeout=WAIT) as client:
+        worker = Worker(cfg.workers_address, worker_id="w-tok", heartbeat_interval=0.2,
+                        token=WORKER)  # fmt: skip
+        run = RunningWorker(worker)
+        try:
+            _until(lambda: "w-tok" in _workers(client))
+            assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
+        finally:
+            run.stop()
+        holder = Client(cfg.control_address, token=WORKER, timeout=WAIT)
+        with holder, pytest.raises(Forbidden, match="unknown token"):
+            holder.health()
+
+
+def test_a_node_with_worker_tokens_alone_admits_only_their_holders(short_dir: Path) -> None:
+    """No control tokens (the ipc control socket is open): the workers socket still asks
+    for a worker token; the node's local workers have one of their own."""
+    cfg = load_node_config(
+        None, data_dir=short_dir / "var", workers=1, heartbeat_interval=0.2,
+        worker_tokens=[WORKER],
+    )  # fmt: skip
+    with Node(cfg), Client(cfg.control_address, timeout=WAIT) as client:
+        _until(lambda: len(_workers(client)) == 1)
+        for token in (None, "not-a-token", ADMIN):
+            stranger = Worker(cfg.workers_address, worker_id="w-x", heartbeat_interval=0.2,
+                              token=token)  # fmt: skip
+            run = RunningWorker(stranger)
+            try:
+                assert run.ended() == EXIT_REFUSED
+            finally:
+                run.stop()
+        assert "w-x" not in _workers(client)
+        assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
 
 
 def _dealer(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[bytes]:

@@ -170,6 +170,23 @@ def test_an_empty_token_is_refused(
         load_node_config(path)
 
 
+def test_worker_tokens_come_from_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "node.toml", 'worker_tokens = ["w-file"]\n')
+    assert load_node_config(path).worker_tokens == ["w-file"]
+    monkeypatch.setenv("TAMMA_WORKER_TOKENS", '["w-env-1", "w-env-2"]')
+    assert load_node_config(path).worker_tokens == ["w-env-1", "w-env-2"]  # taken whole
+
+
+def test_a_worker_token_is_neither_empty_nor_a_control_token() -> None:
+    with pytest.raises(ConfigError, match="worker_tokens: an empty token is refused"):
+        load_node_config(worker_tokens=["ok", ""])
+    with pytest.raises(ConfigError, match="worker_tokens: 1 of them also in tokens") as caught:
+        load_node_config(worker_tokens=["s3cret-w"], tokens={"s3cret-w": "viewer"})
+    assert "s3cret-w" not in str(caught.value)  # a secret is not repeated
+
+
 def test_file_layer_does_not_leak_between_loads(tmp_path: Path) -> None:
     load_node_config(write(tmp_path, "a.toml", "worker_slots = 2\n"))
     assert load_node_config().worker_slots == DEFAULT_WORKER_SLOTS

@@ -16,16 +16,33 @@ def test_without_tokens_every_worker_is_admitted() -> None:
     assert open_node.refusal(None) is None and open_node.refusal("anything") is None
 
 
+NEEDED = "a worker needs a worker token or an admin token"
+
+
 def test_with_tokens_only_an_admin_token_admits() -> None:
     admission = WorkerAdmission(TOKENS)
     assert admission.refusal("a") is None
-    assert admission.refusal(None) == "a token is required (a worker needs an admin token)"
-    assert admission.refusal("x") == "unknown token (a worker needs an admin token)"
-    assert admission.refusal("a-") == "unknown token (a worker needs an admin token)"
+    assert admission.refusal(None) == f"a token is required ({NEEDED})"
+    assert admission.refusal("x") == f"unknown token ({NEEDED})"
+    assert admission.refusal("a-") == f"unknown token ({NEEDED})"
     for token, role in (("o", "operator"), ("v", "viewer")):
-        assert admission.refusal(token) == (
-            f"a worker needs an admin token, not a token of role {role!r}"
-        )
+        assert admission.refusal(token) == f"{NEEDED}, not a token of role {role!r}"
+
+
+def test_a_worker_token_admits_a_worker_and_an_admin_token_still_does() -> None:
+    admission = WorkerAdmission(TOKENS, worker_tokens=frozenset({"w1", "w2"}))
+    assert admission.refusal("w1") is None and admission.refusal("w2") is None
+    assert admission.refusal("a") is None  # as before worker tokens existed
+    assert admission.refusal("o") == f"{NEEDED}, not a token of role 'operator'"
+    assert admission.refusal("w") == f"unknown token ({NEEDED})"
+
+
+def test_worker_tokens_alone_admit_only_their_holders() -> None:
+    # without control tokens, authorize() calls every caller admin: not for workers here
+    admission = WorkerAdmission(worker_tokens=frozenset({"w1"}))
+    assert admission.refusal("w1") is None
+    assert admission.refusal("anything") == f"unknown token ({NEEDED})"
+    assert admission.refusal(None) == f"a token is required ({NEEDED})"
 
 
 def test_withheld_names_are_not_taken_from_an_offer() -> None:
