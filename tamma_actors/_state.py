@@ -333,6 +333,7 @@ def _reset(state: ExecutionState, ev: Mapping[str, Any]) -> None:
     st.attempt_base = st.attempts
     st.error = None
     st.ended_at = None
+    state.retries += 1  # asked for, not scheduled by the policy: a retry all the same
 
 
 def _reopened(state: ExecutionState, ev: Mapping[str, Any]) -> None:

@@ -471,6 +471,7 @@ def test_retry_step_revives_a_failed_execution() -> None:
         final = k.finish(eid)
         assert final["status"] == "completed"
         assert final["results"]["a"]["attempts"] == 2 and final["results"]["b"]["attempts"] == 1
+        assert final["metrics"]["retries"] == 1  # as the in-memory twin counts it
         with pytest.raises(UnknownStep):
             k.engine.retry_step(eid, "zzz").result(WAIT)
         with pytest.raises(IllegalTransition, match="completed"):

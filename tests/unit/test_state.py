@@ -87,7 +87,7 @@ def test_a_full_life_is_reduced_to_the_expected_state() -> None:
     assert [ev["seq"] for ev in log] == list(range(1, len(HAPPY) + 1))
     a, b, c = (state.steps[n] for n in "abc")
     assert (a.status, a.attempts, a.data) == ("succeeded", 2, {"v": 1})
-    assert state.retries == 1
+    assert state.retries == 2  # one scheduled by the policy (a), one asked for (b)
     assert (b.status, b.attempts, b.attempt_base, b.data) == ("succeeded", 2, 1, 2)
     assert c.status == "succeeded" and state.error is None and state.end_time == 1000.0 + 25
 
