@@ -9,6 +9,11 @@ has open.
 A backup directory is laid out like a data directory (``DEST/store/data.mdb``), so a node
 can be started on the copy as it is (``tamma-node run --data-dir DEST``); ``restore``
 copies a backup into a fresh data directory after checking it.
+
+An LMDB store is verified in a child process (``_store_check``): a damaged file can make
+liblmdb abort the process that reads it, and the check must not take the node (or the
+command) with it. ``restore`` checks and copies the backup from child processes too, so a
+damaged one is refused before anything is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,17 +29,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from tamma_actors._errors import ConfigError, StoreError, TammaError
-from tamma_actors._lmdb_store import LmdbStore
+from tamma_actors._errors import ConfigError, StoreCorrupted, StoreError, TammaError
+from tamma_actors._lmdb_store import DATA_FILE, LmdbStore
 from tamma_actors._store import RecordView
+from tamma_actors._store_check import copy_store, verify_file
 from tamma_actors._verify import VerifyReport, check_store
 
 __all__ = [
     "TERMINAL",
     "AdminStore",
     "StoreAdmin",
+    "backup_offline",
     "backup_store",
     "cleanup_store",
+    "data_dir_locked",
     "offline_store",
     "restore_backup",
     "verify_store",
@@ -55,6 +64,9 @@ class AdminStore(Protocol):
 
 
 def verify_store(store: AdminStore) -> VerifyReport:
+    """``check_store`` of ``store``: an LMDB store's file is read by a child process."""
+    if isinstance(store, LmdbStore):
+        return verify_file(store.path)
     return store.read(check_store)
 
 
@@ -87,8 +99,7 @@ def backup_store(store: Any, dest: Path) -> dict[str, Any]:
     try:
         _empty_target(dest)
         store.backup(target, compact=True)
-        with LmdbStore(target) as copy:
-            report = verify_store(copy)
+        report = verify_file(target)
         size = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
     except OSError as exc:
         raise StoreError(f"backup to {dest} failed: {exc}") from exc
@@ -97,29 +108,69 @@ def backup_store(store: Any, dest: Path) -> dict[str, Any]:
 
 def restore_backup(backup: Path, data_dir: Path) -> VerifyReport:
     """Check the backup at ``backup`` (a backup or data directory) and copy it into the
-    new data directory ``data_dir``. Refuses a damaged backup and a used target."""
-    source = Path(backup) / STORE_DIR
-    if not (source / "data.mdb").is_file():
-        raise StoreError(f"{backup} holds no store (expected {source / 'data.mdb'})")
+    new data directory ``data_dir``. Refuses a backup whose file is damaged
+    (StoreCorrupted) or whose records are (StoreError), and a used target; nothing is
+    installed then. The backup is read by child processes only."""
+    source = _store_of(Path(backup))
     _empty_target(Path(data_dir))
-    with LmdbStore(source) as store:
-        report = verify_store(store)
-        if not report.ok:
-            raise StoreError(
-                f"the backup at {backup} fails verification ({len(report.problems)} "
-                f"problem(s)), first: {report.problems[0]}"
-            )
-        Path(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        store.backup(Path(data_dir) / STORE_DIR, compact=True)
+    report = verify_file(source)
+    if report.damaged:
+        raise StoreCorrupted(f"{report.problems[0]}; nothing was restored into {data_dir}")
+    if not report.ok:
+        raise StoreError(
+            f"the backup at {backup} fails verification ({len(report.problems)} "
+            f"problem(s)), first: {report.problems[0]}"
+        )
+    _install(source, Path(data_dir))
     return report
 
 
+def _install(source: Path, data_dir: Path) -> None:
+    """A compacted copy of the store ``source`` as the store of ``data_dir`` (created),
+    which is left as it was found if the copy fails."""
+    existed = data_dir.exists()
+    target = data_dir / STORE_DIR
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        copy_store(source, target)
+    except (OSError, StoreError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"cannot copy the store into {data_dir}: {exc}") from exc
+
+
+def backup_offline(data_dir: Path, dest: Path) -> dict[str, Any]:
+    """``backup_store`` of a stopped node's store: checked, copied and the copy checked,
+    each in a child process, while the data directory's lock is held."""
+    dest = Path(dest)
+    if not dest.is_absolute():
+        raise StoreError(f"backup directory {str(dest)!r} must be an absolute path")
+    _empty_target(dest)
+    with data_dir_locked(data_dir) as source:
+        report = verify_file(source)
+        if report.damaged:
+            raise StoreCorrupted(f"{report.problems[0]}; no backup was made")
+        _install(source, dest)
+    copied = verify_file(dest / STORE_DIR)
+    size = sum(f.stat().st_size for f in (dest / STORE_DIR).iterdir() if f.is_file())
+    return {"path": str(dest), "bytes": size, "verify": copied.to_dict()}
+
+
+def _store_of(data_dir: Path) -> Path:
+    path = data_dir / STORE_DIR
+    if not (path / DATA_FILE).is_file():
+        raise StoreError(f"{data_dir} holds no store (expected {path / DATA_FILE})")
+    return path
+
+
 @contextmanager
-def offline_store(data_dir: Path) -> Iterator[LmdbStore]:
-    """The store of ``data_dir`` while no node runs on it (its lock is held meanwhile)."""
-    path = Path(data_dir) / STORE_DIR
-    if not (path / "data.mdb").is_file():
-        raise StoreError(f"{data_dir} holds no store (expected {path / 'data.mdb'})")
+def data_dir_locked(data_dir: Path) -> Iterator[Path]:
+    """The store directory of ``data_dir`` while no node runs on it: its lock is held
+    meanwhile, so no node starts on it either."""
+    path = _store_of(Path(data_dir))
     fd = os.open(Path(data_dir) / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -128,10 +179,16 @@ def offline_store(data_dir: Path) -> Iterator[LmdbStore]:
             raise ConfigError(
                 f"a node is running on {data_dir}; use `tamma admin ...` against it instead"
             ) from exc
-        with LmdbStore(path) as store:
-            yield store
+        yield path
     finally:
         os.close(fd)
+
+
+@contextmanager
+def offline_store(data_dir: Path) -> Iterator[LmdbStore]:
+    """The store of ``data_dir`` while no node runs on it (its lock is held meanwhile)."""
+    with data_dir_locked(data_dir) as path, LmdbStore(path) as store:
+        yield store
 
 
 class StoreAdmin:

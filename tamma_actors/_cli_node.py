@@ -2,6 +2,10 @@
 
 Only this top process installs signal handlers; its children (local workers) are told to
 stop by the node.
+
+The commands on a store (``verify``, ``cleanup``, ``restore``, ``backup``) are in
+``_cli_store``, with the check of the store before ``run`` and ``demo`` open it: a damaged
+file exits ``EXIT_DAMAGED`` (65) whichever command meets it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tamma_actors._cli_store import (
+    EXIT_DAMAGED,
+    damaged,
+    run_store_command,
+    store_parsers,
+    walk_before_open,
+)
 from tamma_actors._config import NodeConfig, load_node_config, unknown_variables
-from tamma_actors._data_dir import directory_arg
-from tamma_actors._durations import positive_days
-from tamma_actors._errors import ConfigError, TammaError, WorkflowValidationError
+from tamma_actors._errors import ConfigError, StoreCorrupted, TammaError, WorkflowValidationError
 from tamma_actors._gc import tune_gc
 from tamma_actors._plugins import GATED_BUILTINS, add_gated_flags, allow_entry, gated_enabled
 from tamma_actors._wire import DEFAULT_WORKER_SLOTS
@@ -73,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--input", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--json", action="store_true", help="print the execution as JSON")
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the end")
-    _offline_parsers(sub)
+    store_parsers(sub)
     worker = sub.add_parser("worker", help="run one worker that joins a node")
     worker.add_argument("--connect", required=True, help="the node's workers endpoint")
     worker.add_argument("--slots", type=int, default=DEFAULT_WORKER_SLOTS)
@@ -98,48 +107,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("keygen", help="print a new CURVE key pair for a node's tcp:// endpoints")
     return parser
-
-
-def _offline_parsers(sub: Any) -> None:
-    verify = sub.add_parser("verify", help="check the store of a stopped node; exit 1 on faults")
-    verify.add_argument("--data-dir", type=directory_arg, default=Path("var"))
-    verify.add_argument("--json", action="store_true")
-    cleanup = sub.add_parser("cleanup", help="delete old terminal executions (node stopped)")
-    cleanup.add_argument("--data-dir", type=directory_arg, default=Path("var"))
-    cleanup.add_argument("--older-than", type=positive_days, required=True, metavar="DAYS")
-    restore = sub.add_parser("restore", help="check a backup and copy it into a new data dir")
-    restore.add_argument(
-        "backup", type=directory_arg, help="a directory made by `tamma admin backup`"
-    )
-    restore.add_argument(
-        "--data-dir", type=directory_arg, required=True, help="new or empty directory"
-    )
-
-
-def _cmd_offline(args: argparse.Namespace) -> int:
-    import time
-
-    from tamma_actors._admin import cleanup_store, offline_store, restore_backup, verify_store
-
-    if args.command == "restore":
-        report = restore_backup(args.backup, args.data_dir)
-        print(f"restored {report.executions} executions into {args.data_dir}")
-        return EXIT_OK
-    with offline_store(args.data_dir) as store:
-        if args.command == "cleanup":
-            deleted = cleanup_store(store, args.older_than, time.time())["deleted"]
-            print(f"deleted {len(deleted)} execution(s)")
-            return EXIT_OK
-        report = verify_store(store)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    elif report.ok:
-        print(f"store OK: {report.executions} executions, {report.events} events")
-    else:
-        print(f"store has {len(report.problems)} problem(s):")
-        for problem in report.problems:
-            print(f"  - {problem}")
-    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _config_from(args: argparse.Namespace) -> NodeConfig:
@@ -170,9 +137,18 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tamma_actors._node import Node
-
     cfg = _config_from(args)
+    try:
+        return _run(cfg)
+    except StoreCorrupted as exc:
+        return damaged(exc, cfg.data_dir)
+
+
+def _run(cfg: NodeConfig) -> int:
+    with walk_before_open(cfg.data_dir) as walked:  # runs while the node is imported
+        from tamma_actors._node import Node
+
+        walked()
     _setup_logging(cfg.log_level)
     for variable in unknown_variables(os.environ):
         logging.getLogger("tamma_actors").warning(
@@ -236,6 +212,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _setup_logging(cfg.log_level)
     inputs = _parse_inputs(args.input)
     token, key = _starting_token(cfg), cfg.curve_public_key
+    try:
+        with walk_before_open(cfg.data_dir) as walked:
+            walked()
+    except StoreCorrupted as exc:
+        return damaged(exc, cfg.data_dir)
     with (
         Node(cfg) as node,
         Client(cfg.control_address, token=token, timeout=30.0, curve_server_key=key) as client,
@@ -334,11 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "demo":
             return _cmd_demo(args)
-        if args.command in ("verify", "cleanup", "restore"):
-            return _cmd_offline(args)
+        if args.command in ("verify", "cleanup", "restore", "backup"):
+            return run_store_command(args)
         if args.command == "keygen":
             return _cmd_keygen()
         return _cmd_worker(args)
+    except StoreCorrupted as exc:  # the demo's node, or a store command's file
+        print(f"tamma-node: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
     except (TammaError, ValueError) as exc:
         print(f"tamma-node: {exc}", file=sys.stderr)
         usage = isinstance(exc, (ValueError, WorkflowValidationError))  # as `tamma`'s

@@ -7,6 +7,11 @@ A node commits from its store writer process and reads from its own process: whe
 process grows the map, the other adopts the new size at its next transaction (LMDB says
 ``MapResizedError``).
 
+``lmdb.Error`` is translated in ``_lmdb_env``: a damaged file is a ``StoreCorrupted``
+naming ``data.mdb``. Some damage makes liblmdb abort the process instead (an assertion),
+which no ``except`` can catch: the checks that read a file of unknown health run in a
+child process (``_store_check``).
+
 Locking: commits are serialised by ``_commit_lock``. Readers run short read transactions
 from any thread under the shared side of ``_gate``; growing the map and closing take the
 exclusive side, because LMDB invalidates every open transaction when the map is replaced
@@ -15,7 +20,6 @@ and frees the environment on close.
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -25,50 +29,16 @@ from typing import Any, Literal, TypeVar
 
 import lmdb
 
-from tamma_actors._errors import (
-    StoreClosed,
-    StoreCorrupted,
-    StoreError,
-    StoreFull,
-    StoreUnwritable,
-)
+from tamma_actors._errors import StoreClosed, StoreCorrupted, StoreError, StoreFull
 from tamma_actors._keys import SUB_DATABASES
+from tamma_actors._lmdb_env import DATA_FILE, MAX_READERS, LmdbTxn, check_layout, translate
 from tamma_actors._store import RecordStore, RecordTxn, RecordView
 
-__all__ = ["LmdbStore"]
+__all__ = ["DATA_FILE", "LmdbStore"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 MiB = 1 << 20
-_MAX_READERS = 1024  # readers come from any thread (control, engine, metrics)
-_CORRUPTION = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError)
-
-
-# py-lmdb raises Error(what, rc); rc is an errno for failures of the disk itself.
-_NO_ROOM = {
-    errno.ENOSPC: "no space left on device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large",
-}
-_UNWRITABLE = {errno.EIO: "I/O error", errno.EROFS: "read-only file system"}
-
-
-def _errno(exc: lmdb.Error) -> int | None:
-    rc = exc.args[1] if len(exc.args) > 1 else getattr(exc, "code", None)
-    return rc if isinstance(rc, int) else None
-
-
-def _translate(exc: lmdb.Error, what: str) -> StoreError:
-    rc = _errno(exc)
-    if isinstance(exc, lmdb.DiskError) or rc in _NO_ROOM:
-        why = _NO_ROOM.get(rc or errno.ENOSPC, "no space left on device")
-        return StoreFull(f"{what}: {why}; nothing was written ({exc})")
-    if rc in _UNWRITABLE:
-        why = _UNWRITABLE[rc]
-        return StoreUnwritable(f"{what}: the disk refused the write ({why}); nothing was written")
-    if isinstance(exc, _CORRUPTION):
-        return StoreCorrupted(f"{what}: the LMDB file is damaged ({exc})")
-    return StoreError(f"{what}: {exc}")
 
 
 class _Gate:
@@ -109,46 +79,6 @@ class _Gate:
                 self._cond.notify_all()
 
 
-class _LmdbTxn:
-    """The RecordTxn interface on one lmdb transaction."""
-
-    def __init__(self, txn: lmdb.Transaction[bytes], dbs: dict[str, lmdb._Database]) -> None:
-        self._txn = txn
-        self._dbs = dbs
-
-    def get(self, db: str, key: bytes) -> bytes | None:
-        return self._txn.get(key, db=self._dbs[db])
-
-    def scan(
-        self, db: str, start: bytes = b"", end: bytes = b"", *, reverse: bool = False
-    ) -> Iterator[tuple[bytes, bytes]]:
-        with self._txn.cursor(self._dbs[db]) as cur:
-            if reverse:
-                yield from self._scan_back(cur, start, end)
-                return
-            if not cur.set_range(start):
-                return
-            for key, value in cur:
-                if end and key >= end:
-                    return
-                yield key, value
-
-    @staticmethod
-    def _scan_back(
-        cur: lmdb.Cursor[bytes], start: bytes, end: bytes
-    ) -> Iterator[tuple[bytes, bytes]]:
-        positioned = cur.prev() if end and cur.set_range(end) else cur.last()
-        while positioned and cur.key() >= start:
-            yield cur.item()
-            positioned = cur.prev()
-
-    def put(self, db: str, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=self._dbs[db])
-
-    def delete(self, db: str, key: bytes) -> None:
-        self._txn.delete(key, db=self._dbs[db])
-
-
 class LmdbStore(RecordStore):
     """The durable store in the LMDB environment at ``path`` (a directory).
 
@@ -167,6 +97,7 @@ class LmdbStore(RecordStore):
         if max_map_size is not None and max_map_size < map_size:
             raise StoreError(f"max_map_size {max_map_size} is below map_size {map_size}")
         self.path = Path(path)
+        self.file = self.path / DATA_FILE
         self.durability = durability
         self._max_map_size = max_map_size
         self._last_seqs = {}
@@ -187,17 +118,23 @@ class LmdbStore(RecordStore):
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             env = lmdb.open(
                 str(self.path), map_size=map_size, max_dbs=len(SUB_DATABASES),
-                sync=full, metasync=full, lock=True, max_readers=_MAX_READERS, mode=0o600,
+                sync=full, metasync=full, lock=True, max_readers=MAX_READERS, mode=0o600,
             )  # fmt: skip
         except OSError as exc:
             raise StoreError(f"cannot create the store directory {self.path}: {exc}") from exc
         except lmdb.Error as exc:
-            raise _translate(exc, f"cannot open the store at {self.path}") from exc
+            raise translate(exc, f"cannot open the store at {self.path}", self.file) from exc
         try:
+            with env.begin() as txn:
+                check_layout(txn, self.file)
             dbs = {name: env.open_db(name.encode()) for name in SUB_DATABASES}
         except lmdb.Error as exc:
             env.close()
-            raise _translate(exc, f"cannot open the sub-databases of {self.path}") from exc
+            what = f"cannot open the sub-databases of {self.path}"
+            raise translate(exc, what, self.file) from exc
+        except StoreCorrupted:
+            env.close()
+            raise
         return env, dbs
 
     def _check_open(self) -> None:
@@ -205,7 +142,7 @@ class LmdbStore(RecordStore):
             raise StoreClosed(f"the store at {self.path} is closed")
 
     def _view(self, fn: Callable[[RecordView], T]) -> T:
-        return self._read(lambda txn: fn(_LmdbTxn(txn, self._dbs)), "read from")
+        return self._read(lambda txn: fn(LmdbTxn(txn, self._dbs)), "read from")
 
     def _read(self, fn: Callable[[lmdb.Transaction[bytes]], T], what: str) -> T:
         """``fn`` in a read transaction; every read goes through here, so that each one
@@ -219,7 +156,7 @@ class LmdbStore(RecordStore):
                 except lmdb.MapResizedError:
                     pass  # the writer process grew the map: adopt its size, read again
                 except lmdb.Error as exc:
-                    raise _translate(exc, f"{what} {self.path} failed") from exc
+                    raise translate(exc, f"{what} {self.path} failed", self.file) from exc
             self._adopt_map()
 
     def _adopt_map(self) -> None:
@@ -228,7 +165,8 @@ class LmdbStore(RecordStore):
             try:
                 self._env.set_mapsize(0)  # 0: the size recorded in the file
             except lmdb.Error as exc:
-                raise _translate(exc, f"cannot adopt the map size of {self.path}") from exc
+                what = f"cannot adopt the map size of {self.path}"
+                raise translate(exc, what, self.file) from exc
 
     def _transact(self, fn: Callable[[RecordTxn], T]) -> T:
         with self._commit_lock:
@@ -241,12 +179,12 @@ class LmdbStore(RecordStore):
                 except lmdb.MapResizedError:
                     self._adopt_map()  # another process grew it: redo it in its map
                 except lmdb.Error as exc:
-                    raise _translate(exc, f"commit to {self.path} failed") from exc
+                    raise translate(exc, f"commit to {self.path} failed", self.file) from exc
 
     def _attempt(self, fn: Callable[[RecordTxn], T]) -> T:
         txn = self._env.begin(write=True)
         try:
-            result = fn(_LmdbTxn(txn, self._dbs))
+            result = fn(LmdbTxn(txn, self._dbs))
             txn.commit()
         except BaseException:
             # py-lmdb 3.0 aborts a write transaction only at a moment when no read
@@ -270,7 +208,7 @@ class LmdbStore(RecordStore):
             try:
                 self._env.set_mapsize(new)
             except lmdb.Error as exc:
-                raise _translate(exc, f"cannot grow the map of {self.path}") from exc
+                raise translate(exc, f"cannot grow the map of {self.path}", self.file) from exc
         _log.info("store %s: map grown from %d to %d bytes", self.path, current, new)
 
     def backup(self, dest: Path, compact: bool = True) -> None:
@@ -290,7 +228,8 @@ class LmdbStore(RecordStore):
                 except OSError as exc:
                     raise StoreError(f"cannot back up to {dest}: {exc}") from exc
                 except lmdb.Error as exc:
-                    raise _translate(exc, f"backup of {self.path} to {dest} failed") from exc
+                    what = f"backup of {self.path} to {dest} failed"
+                    raise translate(exc, what, self.file) from exc
             self._adopt_map()
 
     def stats(self) -> dict[str, Any]:
@@ -319,6 +258,6 @@ class LmdbStore(RecordStore):
                 if self.durability == "relaxed":
                     self._env.sync(True)
             except lmdb.Error as exc:
-                raise _translate(exc, f"final sync of {self.path} failed") from exc
+                raise translate(exc, f"final sync of {self.path} failed", self.file) from exc
             finally:
                 self._env.close()

@@ -18,7 +18,8 @@ ceiling or the disk) makes the node refuse new work until it is restarted; what 
 committed stays, and the executions it stopped are recovered on the next start. When the
 store writer process dies, the supervision tree starts another, and the executions whose
 commits it had not confirmed are re-read from the store (``reactivate_unconfirmed``, from
-the supervision loop once every child runs again).
+the supervision loop once every child runs again); one that liblmdb killed (a damaged
+file) is not replaced: ``run`` raises its ``StoreCorrupted``.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ class Node(NodeChildren):
         return cpu
 
     def run(self, stop: threading.Event, check_interval: float = 0.1) -> int:
-        """Supervise the children until ``stop`` is set; returns the exit code."""
+        """Supervise the children until ``stop`` is set; returns the exit code. Raises
+        the StoreCorrupted of a store writer that a damaged file killed."""
         next_cleanup = time.monotonic() + self.config.retention_interval
         while not stop.wait(check_interval):
             if time.monotonic() >= next_cleanup:
@@ -278,6 +280,10 @@ class Node(NodeChildren):
                 self._retention_in_background()
             for index, spec in enumerate(self._running):
                 if not self._child_alive(spec):
+                    writer = self._writer.writer
+                    if spec.kind == "store_writer" and writer and (fatal := writer.fatal):
+                        log.critical("%s; the node stops", fatal)
+                        raise fatal
                     if not self._restart(index, spec):
                         return EXIT_ESCALATED
                     break

@@ -11,6 +11,10 @@ it sees the store as of one commit. It reports, each naming the key or execution
   workflow definition;
 - the snapshot path (snapshot + the events after it) giving a different state from a
   replay of the whole log, or a log that does not replay at all.
+
+A damaged LMDB file (as opposed to damaged records in a sound file) can make liblmdb abort
+the process that reads it: the commands run this check in a child process
+(``_store_check.verify_file``), and such a report has ``damaged`` set.
 """
 
 from __future__ import annotations
@@ -50,11 +54,13 @@ _SUMMARY_FIELDS_SINCE = ("current_step",)
 
 @dataclass
 class VerifyReport:
-    """What ``check_store`` found; ``ok`` when ``problems`` is empty."""
+    """What ``check_store`` found; ``ok`` when ``problems`` is empty. ``damaged``: the
+    LMDB file itself is damaged (the one problem says where); nothing else was checked."""
 
     executions: int = 0
     events: int = 0
     problems: list[str] = field(default_factory=list)
+    damaged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -66,6 +72,7 @@ class VerifyReport:
             "executions": self.executions,
             "events": self.events,
             "problems": list(self.problems),
+            "damaged": self.damaged,
         }
 
 
@@ -75,11 +82,12 @@ def _ids_with_records(view: RecordView, db: str) -> Iterator[str]:
     while (found := next(iter(view.scan(db, start)), None)) is not None:
         try:
             eid = parse_event_key(found[0])[0]
+            end = prefix_end(execution_prefix(eid))
         except TammaError:
             start = found[0] + b"\x00"  # a malformed key: verify_records reports it
             continue
         yield eid
-        start = prefix_end(execution_prefix(eid))
+        start = end
 
 
 def _events_of(view: RecordView, eid: str) -> list[dict[str, Any]] | None:
@@ -206,22 +214,30 @@ def _check_snapshot(
         )
 
 
+def _execution_id(key: bytes) -> str:
+    """The execution id a summary or snapshot key holds (one with a NUL is another
+    record's key: in a damaged file, a page of the events can stand in the summaries)."""
+    eid = parse_id_key(key)
+    id_key(eid)  # raises for a NUL
+    return eid
+
+
 def check_store(view: RecordView) -> VerifyReport:
     """Every fault of the store as seen by ``view`` (see the module docstring)."""
     report = VerifyReport(problems=verify_records(view))
     summaries: set[str] = set()
     for key, _ in view.scan(EXECUTIONS):
         try:
-            summaries.add(parse_id_key(key))
-        except TammaError:
-            continue  # reported by verify_records
+            summaries.add(_execution_id(key))
+        except TammaError as exc:
+            report.problems.append(f"{EXECUTIONS}: {exc}")
     report.executions = len(summaries)
     for eid in _ids_with_records(view, EVENTS):
         if eid not in summaries:
             report.problems.append(f"execution {eid}: has events but no summary")
     for key, _ in view.scan(SNAPSHOTS):
         try:
-            eid = parse_id_key(key)
+            eid = _execution_id(key)
         except TammaError:
             continue
         if eid not in summaries:

@@ -129,6 +129,12 @@ class QueuedWriter(ABC):
         """Alive, and what earlier writers committed is what the store's readers see."""
         return self.alive
 
+    @property
+    def fatal(self) -> StoreError | None:
+        """Why a writer that is no longer alive must not be replaced (its store file is
+        damaged: another would die the same way), or None."""
+        return None
+
     def start(self) -> None:
         """Start the writer thread; starting a running writer does nothing."""
         with self._cond:

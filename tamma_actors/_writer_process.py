@@ -16,7 +16,9 @@ directory knows when the last writer is gone. If the process dies, the writes it
 confirmed fail with a StoreError (whether their commit happened is for the store to
 say: an execution whose commit failed stops and is re-read from the store), later
 submits raise StoreClosed, and the writer is no longer ``alive``: the node's supervision
-tree restarts it.
+tree restarts it — unless liblmdb killed it (an assertion's SIGABRT, a SIGBUS past the end
+of a truncated file): then the file is damaged, every new writer would die the same way,
+and ``fatal`` says so for the node to stop.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from typing import Any
 
 from tamma_actors._affinity import format_cpus
 from tamma_actors._codec import pack, unpack
-from tamma_actors._errors import CodecError, StoreError, StoreWriterLost
+from tamma_actors._errors import CodecError, StoreCorrupted, StoreError, StoreWriterLost
+from tamma_actors._lmdb_env import DATA_FILE
 from tamma_actors._store import Write
+from tamma_actors._store_check import damage_signal
 from tamma_actors._store_wire import error_from_wire, write_to_wire
 from tamma_actors._writer import Done, QueuedWriter, _Pending
 
@@ -43,6 +47,7 @@ __all__ = ["ProcessStoreWriter"]
 
 _log = logging.getLogger(__name__)
 _EXIT_WAIT = 10.0  # for the process to exit once its socket is closed
+_DEATH_WAIT = 0.5  # for the exit status of a process whose socket failed
 # What says the process can no longer be talked to (or answered nonsense).
 _BROKEN = (OSError, EOFError, CodecError, StoreError)
 
@@ -74,6 +79,7 @@ class ProcessStoreWriter(QueuedWriter):
         name: str = "tamma-store-writer",
     ) -> None:
         super().__init__(max_batch=max_batch, name=name)
+        self._file = Path(path) / DATA_FILE
         self._command = [
             sys.executable, "-m", "tamma_actors._writer_main",
             "--path", str(path), "--durability", durability, "--map-size", str(map_size),
@@ -99,6 +105,21 @@ class ProcessStoreWriter(QueuedWriter):
     @property
     def ready(self) -> bool:
         return self._ready and self.alive
+
+    @property
+    def fatal(self) -> StoreCorrupted | None:
+        """The damaged file, when the process died of it (see the module doc)."""
+        killed = self._killed()
+        if killed is None:
+            return None
+        return StoreCorrupted(f"the store writer process (pid {self.pid}) {killed}")
+
+    def _killed(self) -> str | None:
+        """How the process died of its file, if it did."""
+        dead = damage_signal(None if self._proc is None else self._proc.poll())
+        if dead is None:
+            return None
+        return f"was killed while it used the LMDB file {self._file}: it is damaged ({dead})"
 
     @property
     def pid(self) -> int | None:
@@ -239,15 +260,27 @@ class ProcessStoreWriter(QueuedWriter):
 
     def _lost_because(self, exc: BaseException) -> None:
         """The process cannot be talked to any more: say why, and ``_lose`` the writer."""
-        code = None if self._proc is None else self._proc.poll()
+        code = self._exit_code()
         if isinstance(exc, StoreError):
             why = str(exc)
+        elif (killed := self._killed()) is not None:
+            why = f"it {killed}"
         elif code is None:
             why = f"its socket failed ({exc or type(exc).__name__})"
         else:
             why = f"it exited with code {code}"
         _log.error("the store writer process (pid %s) is lost: %s", self.pid, why)
         self._lose(StoreWriterLost(f"the store writer process (pid {self.pid}) is lost: {why}"))
+
+    def _exit_code(self) -> int | None:
+        """The process's exit code, waiting a moment for a process that is exiting: its
+        socket closes before its exit status is there to read."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout=_DEATH_WAIT)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _run(self) -> None:
         try:

@@ -17,6 +17,7 @@ from tamma_actors._errors import StoreCorrupted, StoreError, StoreFull, StoreUnw
 from tamma_actors._keys import encode_record, event_key
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._store import Write
+from tests.lmdb_damage import tear_main_database
 
 pytestmark = pytest.mark.integration
 
@@ -402,3 +403,21 @@ def test_a_store_whose_sub_database_names_are_taken_cannot_open(tmp_path: Path) 
         txn.put(b"events", b"a plain key, not a sub-database")
     with pytest.raises(StoreError, match="sub-databases"):
         LmdbStore(path)
+
+
+def test_a_main_database_of_other_keys_is_refused_not_given_empty_databases(
+    tmp_path: Path,
+) -> None:
+    """What a copy of a live data.mdb looks like: the main database's root page holds a
+    page of the events. LMDB created the sub-databases beside those keys, and a node on
+    the copy served an empty store."""
+    path = tmp_path / "db"
+    with LmdbStore(path) as store:
+        _populate(store)
+    file = path / "data.mdb"
+    tear_main_database(file)
+    torn = file.read_bytes()
+    with pytest.raises(StoreCorrupted, match="list of databases holds 4 key") as info:
+        LmdbStore(path)
+    assert str(info.value).startswith(f"the LMDB file {file} is damaged: ")
+    assert file.read_bytes() == torn  # nothing was created in it

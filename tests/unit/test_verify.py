@@ -78,7 +78,27 @@ def test_a_healthy_store_passes() -> None:
     report = verify_store(_store("e1", "e2"))
     assert report.ok, report.problems
     assert report.executions == 2 and report.events == 2 * 11
-    assert report.to_dict() == {"ok": True, "executions": 2, "events": 22, "problems": []}
+    assert report.to_dict() == {
+        "ok": True,
+        "executions": 2,
+        "events": 22,
+        "problems": [],
+        "damaged": False,
+    }
+
+
+def test_a_summary_key_that_is_no_execution_id_is_reported_not_raised() -> None:
+    """In a damaged file a page of the events can stand in the summaries' tree: the keys
+    there hold a NUL. The check raised on the first and reported nothing."""
+    store = _store("e1")
+    summary = store.read(lambda view: view.get(EXECUTIONS, id_key("e1")))
+    _raw(store, lambda txn: txn.put(EXECUTIONS, event_key("e1", 1), summary))
+    report = verify_store(store)
+    bad = event_key("e1", 1).decode()
+    assert [p for p in report.problems if p.startswith("executions: ")] == [
+        f"executions: id {bad!r} must not contain NUL (it separates key parts)"
+    ]
+    assert not report.damaged
 
 
 def test_a_nan_in_the_data_is_equal_to_itself_through_the_snapshot() -> None:
