@@ -149,7 +149,13 @@ class EngineReads:
         if isinstance(probe, Wait):
             return done(to_record(state)) if state.terminal else self._hold_wait(state, make)
         if isinstance(probe, Explain):
-            why = explain(state, self._definition_of(state), time.time(), offered=probe.offered)
+            why = explain(
+                state,
+                self._definition_of(state),
+                time.time(),
+                offered=probe.offered,
+                child_status=probe.child_status,
+            )
             stuck = self.unrecovered.get(execution_id)
             if stuck is not None and not state.terminal:  # nothing drives it: say so first
                 why["summary"] = f"not driven by this node: {stuck}; {why['summary']}"
@@ -330,7 +336,12 @@ class EngineReads:
         """Why the execution is where it is: a one-line summary, and per step what it
         waits for (see tamma_actors/_explain.py)."""
         offered = self._offered_plugins()
-        return self._read(execution_id, lambda r: Explain(r, offered))  # leaves it resting
+        # leaves it resting
+        return self._read(execution_id, lambda r: Explain(r, offered, self._child_status))
+
+    def _child_status(self, child_id: str) -> str | None:
+        summary = self._store.get_summary(child_id)
+        return None if summary is None else str(summary["status"])
 
     def _offered_plugins(self) -> frozenset[str] | None:
         workers = (self._health_extra().get("workers") or {}).get("workers")

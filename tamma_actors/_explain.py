@@ -12,7 +12,7 @@ finished execution is explained from the store.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,10 +28,14 @@ if TYPE_CHECKING:
 __all__ = ["Explain", "Explaining", "explain"]
 
 
+ChildStatus = Callable[[str], "str | None"]
+
+
 @dataclass(frozen=True)
 class Explain:
     reply: Future[dict[str, Any]]
     offered: frozenset[str] | None = None  # plugins the connected workers offer, if known
+    child_status: ChildStatus | None = None  # a subflow child's status, from the store
 
 
 def _at(ts: float | None) -> str:
@@ -67,6 +71,7 @@ def _step_reason(
     now: float,
     breakers: Mapping[str, Mapping[str, Any]],
     offered: Collection[str] | None,
+    child_status: ChildStatus | None = None,
 ) -> str:
     paused = state.status == "paused"
     if st.status == "pending":
@@ -85,7 +90,7 @@ def _step_reason(
     if st.status in ("dispatched", "running") and st.hold is not None and st.detail and not paused:
         # a fan-out whose pending items wait for a breaker (its items in flight run on)
         held = _breaker_reason(st.hold, breakers)
-        return f"{_detail_reason(st.detail)}; its pending items wait: {held}"
+        return f"{_detail_reason(st.detail, paused, child_status)}; its pending items wait: {held}"
     if st.status == "retry_wait":
         if paused and st.frozen_delay is not None:
             return f"retry of attempt {st.attempts + 1}: frozen by pause, {st.frozen_delay:g}s left"
@@ -96,7 +101,7 @@ def _step_reason(
             return f"queued: no worker offers plugin {impl}"
         return f"queued: no worker has started it yet (attempt {st.attempts})"
     if st.status in ("dispatched", "running") and st.detail:
-        return _detail_reason(st.detail)
+        return _detail_reason(st.detail, paused, child_status)
     if st.status == "running":
         if _is_wait(cfg, name):
             if paused and st.frozen_delay is not None:
@@ -120,10 +125,17 @@ def _breaker_reason(hold: Mapping[str, Any], breakers: Mapping[str, Mapping[str,
     return f"breaker {key} open until {_at(info.get('until', hold.get('until')))}"
 
 
-def _detail_reason(detail: Mapping[str, Any]) -> str:
+def _detail_reason(
+    detail: Mapping[str, Any], paused: bool, child_status: ChildStatus | None
+) -> str:
     """A fan-out's items or a subflow's child (see tamma_actors/_fanout.py)."""
     if "child" in detail:
-        return f"subflow: child execution {detail['child']} (attempt {detail.get('attempt')})"
+        child = detail["child"]
+        text = f"subflow: child execution {child} (attempt {detail.get('attempt')})"
+        status = child_status(child) if child_status is not None else None
+        if status == "paused" and not paused:  # paused on its own: it will not end so
+            return f"{text}, paused: resume the child to go on"
+        return f"{text}, {status}" if status is not None else text
     counts: dict[str, int] = {}
     for item in detail.get("state", ()):
         counts[item["status"]] = counts.get(item["status"], 0) + 1
@@ -139,6 +151,7 @@ def explain(
     *,
     breakers: Mapping[str, Mapping[str, Any]] | None = None,
     offered: Collection[str] | None = None,
+    child_status: ChildStatus | None = None,
 ) -> dict[str, Any]:
     breakers = breakers or {}
     steps: dict[str, dict[str, Any]] = {}
@@ -146,7 +159,7 @@ def explain(
         st = state.steps[name]
         if st.status in ("succeeded", "failed", "skipped", "cancelled"):
             continue
-        reason = _step_reason(state, cfg, name, st, now, breakers, offered)
+        reason = _step_reason(state, cfg, name, st, now, breakers, offered, child_status)
         steps[name] = {"status": st.status, "waiting_for": reason, "attempts": st.attempts}
     return {
         "id": state.id,
@@ -202,6 +215,11 @@ class Explaining:
     def _on_explain(self, msg: Explain) -> None:
         breakers = self.deps.breakers.snapshot() if self.deps.breakers is not None else {}
         report = explain(
-            self.state, self.cfg, self.deps.clock(), breakers=breakers, offered=msg.offered
+            self.state,
+            self.cfg,
+            self.deps.clock(),
+            breakers=breakers,
+            offered=msg.offered,
+            child_status=msg.child_status,
         )
         self._reply_committed(msg.reply, report)

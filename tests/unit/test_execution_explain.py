@@ -250,3 +250,20 @@ def test_explain_describes_a_fan_out_and_a_subflow() -> None:
     sub.steps["c"].detail = {"child": "kid-1", "attempt": 1, "children": ["kid-1"]}
     why = explain(sub, None, 0.0)["steps"]["c"]["waiting_for"]
     assert why == "subflow: child execution kid-1 (attempt 1)"
+
+
+def test_explain_says_a_subflow_waits_on_a_child_paused_on_its_own() -> None:
+    sub = _state("running", c=StepState(status="running"))
+    sub.steps["c"].detail = {"child": "kid-1", "attempt": 1, "children": ["kid-1"]}
+
+    def why(child: str | None, parent: str = "running") -> str:
+        sub.status = parent
+        report = explain(sub, None, 0.0, child_status={"kid-1": child}.get)
+        return str(report["steps"]["c"]["waiting_for"])
+
+    assert why("running") == "subflow: child execution kid-1 (attempt 1), running"
+    assert why("paused") == (
+        "subflow: child execution kid-1 (attempt 1), paused: resume the child to go on"
+    )
+    assert why("paused", parent="paused") == "subflow: child execution kid-1 (attempt 1), paused"
+    assert why(None) == "subflow: child execution kid-1 (attempt 1)"  # not started yet
