@@ -4,12 +4,13 @@ Precedence, strongest first: keyword overrides (the command line) > ``TAMMA_*``
 environment variables (nested keys with ``__``) > the config file (TOML or YAML) >
 defaults. A setting is taken whole from the strongest source that gives it: a map
 (``tokens``, ``plugins``) or a list is not merged with a weaker source's. Every fault (an
-unknown key, a bad value, an unsafe endpoint) is a :class:`ConfigError` naming the key.
+unknown key, a bad value, an unsafe endpoint) is a :class:`ConfigError` naming the key,
+and where a value at fault came from: its ``TAMMA_*`` variable, or the file
+(``_config_sources``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,9 +28,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from tamma_actors._config_sources import Layers, Sources, describe, environment
+from tamma_actors._config_sources import unknown_variables as _unknown_variables
 from tamma_actors._curve import is_curve_key, public_key_of
 from tamma_actors._errors import ConfigError
 from tamma_actors._models import Seconds
@@ -42,16 +44,10 @@ MiB = 1024 * 1024
 _MAX_IPC_PATH = 107
 _SCHEMES = ("ipc://", "tcp://", "inproc://")
 _PLUGIN_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
-_ENV_PREFIX = "TAMMA_"
-_ENV_NESTED = "__"
-# TAMMA_* variables of the tamma client (ClientSettings) and of a worker (its token): set in
-# the same shell as a node's, they are no node setting, and no mistake either.
-_NOT_THE_NODES = frozenset({"ENDPOINT", "TOKEN", "CURVE_SERVER_KEY", "WORKER_TOKEN"})
-
-# The file layer of the settings being built; a context variable so concurrent loads
-# (tests in threads) cannot see each other's files.
-_FILE_VALUES: ContextVar[Mapping[str, Any] | None] = ContextVar(
-    "tamma_node_file_values", default=None
+# The file layer of the settings being built (its path, its values); a context variable so
+# concurrent loads (tests in threads) cannot see each other's files.
+_FILE: ContextVar[tuple[Path | None, Mapping[str, Any]] | None] = ContextVar(
+    "tamma_node_file", default=None
 )
 
 
@@ -110,7 +106,8 @@ class NodeConfig(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc)) from exc
+            sources = Sources(values, os.environ, NodeConfig.model_fields, _FILE.get())
+            raise ConfigError(describe(exc, sources, NodeConfig.model_fields)) from exc
 
     @classmethod
     def settings_customise_sources(
@@ -122,8 +119,9 @@ class NodeConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # No .env or secrets directory: one file, chosen explicitly, then the environment.
-        layers = (init_settings(), _environment(os.environ), _FILE_VALUES.get() or {})
-        return (_Layers(settings_cls, layers),)
+        file = _FILE.get()
+        env = environment(os.environ, NodeConfig.model_fields)
+        return (Layers(settings_cls, (init_settings(), env, file[1] if file else {})),)
 
     @field_validator("data_dir", "supervision", mode="before")
     @classmethod
@@ -201,7 +199,7 @@ class NodeConfig(BaseSettings):
         if both:  # the value is not repeated: a secret
             raise ValueError(
                 f"worker_tokens: {len(both)} of them also in tokens, where they would open the "
-                "control socket to every worker holding one; give workers tokens of their own"
+                "control socket to every worker holding one; give each worker a token of its own"
             )
         for name, address in self._addresses().items():
             self._check_address(name, address)
@@ -291,77 +289,11 @@ class NodeConfig(BaseSettings):
         return self.events_endpoint or self._default_ipc("events.sock")
 
 
-class _Layers(PydanticBaseSettingsSource):
-    """The settings given, strongest source first, each taken whole from the first source
-    that has it: a map or a list in the environment replaces the file's instead of being
-    merged into it (a merge could never take a token of the file away)."""
-
-    def __init__(
-        self, settings_cls: type[BaseSettings], layers: tuple[Mapping[str, Any], ...]
-    ) -> None:
-        super().__init__(settings_cls)
-        self._layers = layers
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ gives every value at once
-
-    def __call__(self) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for layer in reversed(self._layers):
-            values.update(layer)
-        return values
-
-
-def _environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The settings in ``TAMMA_*`` variables: ``TAMMA_WORKERS=4`` (the prefix and the name
-    in any case), a map or a list as JSON, one key of a map as ``TAMMA_TOKENS__KEY``. KEY
-    keeps its case: tokens and plugin names are case-sensitive. Variables that name no
-    setting (the ``tamma`` client's) are left alone."""
-    values: dict[str, Any] = {}
-    entries: dict[str, dict[str, str]] = {}  # TAMMA_NAME__KEY, added to TAMMA_NAME's map
-    for variable, text in environ.items():
-        if not variable.upper().startswith(_ENV_PREFIX):
-            continue
-        name, nested, key = variable[len(_ENV_PREFIX) :].partition(_ENV_NESTED)
-        name = name.lower()
-        field = NodeConfig.model_fields.get(name)
-        if field is None:
-            continue
-        kind = get_origin(field.annotation)
-        if nested and kind is not dict:
-            raise ConfigError(f"invalid node configuration: {variable}: {name} is not a map")
-        if nested:
-            entries.setdefault(name, {})[key] = text
-        else:
-            values[name] = _json(variable, text) if kind in (dict, list) else text
-    for name, given in entries.items():
-        whole = values.get(name)
-        values[name] = {**whole, **given} if isinstance(whole, dict) else given
-    return values
-
-
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """The ``TAMMA_*`` variables that name no node setting (nor one of the client's or a
     worker's), sorted: a node logs them, as a misspelt one (``TAMMA_WORKRES=4``) would
     otherwise be ignored in silence, where a misspelt key in the file is refused."""
-    unknown = []
-    for variable in environ:
-        if not variable.upper().startswith(_ENV_PREFIX):
-            continue
-        name = variable[len(_ENV_PREFIX) :].partition(_ENV_NESTED)[0]
-        if name.lower() not in NodeConfig.model_fields and name.upper() not in _NOT_THE_NODES:
-            unknown.append(variable)
-    return sorted(unknown)
-
-
-def _json(variable: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"invalid node configuration: {variable} is not JSON ({exc}); a TAMMA_* variable "
-            """for a map or a list holds JSON, e.g. TAMMA_TOKENS='{"s3cret": "operator"}'"""
-        ) from exc
+    return _unknown_variables(environ, NodeConfig.model_fields)
 
 
 def _expand_user(value: Any) -> Any:
@@ -395,32 +327,17 @@ def _bind_key(address: str) -> str | None:
     return address
 
 
-def _describe(exc: ValidationError) -> str:
-    faults = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        # Cross-field checks have no location; their messages name the keys themselves.
-        faults.append(f"{key}: {message}" if key else message)
-    return "invalid node configuration: " + "; ".join(faults)
-
-
 def load_node_config(path: Path | None = None, **overrides: Any) -> NodeConfig:
     """Build the node configuration from ``path`` (``.toml``, else YAML), the ``TAMMA_*``
     environment and ``overrides``. Overrides that are None are ignored, so a command line
     can pass every option it has without clobbering the file."""
     values = _read_file(path) if path is not None else {}
     given = {key: value for key, value in overrides.items() if value is not None}
-    token = _FILE_VALUES.set(values)
+    token = _FILE.set((path, values))
     try:
-        return NodeConfig(**given)
-    except ConfigError as exc:
-        where = f" (file {path})" if path is not None else ""
-        raise ConfigError(f"{exc}{where}") from exc.__cause__
+        return NodeConfig(**given)  # a fault names its source: a variable, or the file
     finally:
-        _FILE_VALUES.reset(token)
+        _FILE.reset(token)
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -187,6 +187,34 @@ def test_a_worker_token_is_neither_empty_nor_a_control_token() -> None:
     assert "s3cret-w" not in str(caught.value)  # a secret is not repeated
 
 
+def test_a_fault_names_the_source_of_its_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad TAMMA_* variable was reported as the file's ("(file node.toml)")."""
+    path = write(tmp_path, "node.toml", "worker_slots = 4\nheartbeat_timeout = 5\n")
+    monkeypatch.setenv("TAMMA_WORKERS", "-1")
+    with pytest.raises(ConfigError) as caught:
+        load_node_config(path)
+    assert "workers: Input should be greater than or equal to 0 (TAMMA_WORKERS)" in str(
+        caught.value
+    )
+    assert "node.toml" not in str(caught.value)
+    monkeypatch.setenv("TAMMA_WORKERS", "2")
+    monkeypatch.setenv("TAMMA_HEARTBEAT_INTERVAL", "10")
+    with pytest.raises(ConfigError) as caught:
+        load_node_config(path)
+    assert str(caught.value) == (
+        "invalid node configuration: heartbeat_timeout must be longer than heartbeat_interval "
+        f"(heartbeat_timeout: file {path}; heartbeat_interval: TAMMA_HEARTBEAT_INTERVAL)"
+    )
+    with pytest.raises(ConfigError, match=r"worker_slots: .* \(file .*node.toml\)$"):
+        load_node_config(write(tmp_path, "node.toml", "worker_slots = 0\n"))
+    monkeypatch.setenv("TAMMA_TOKENS", "{not json")
+    with pytest.raises(ConfigError, match="TAMMA_TOKENS is not JSON") as caught:
+        load_node_config(path)
+    assert "node.toml" not in str(caught.value)
+
+
 def test_file_layer_does_not_leak_between_loads(tmp_path: Path) -> None:
     load_node_config(write(tmp_path, "a.toml", "worker_slots = 2\n"))
     assert load_node_config().worker_slots == DEFAULT_WORKER_SLOTS
