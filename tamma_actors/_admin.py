@@ -12,8 +12,9 @@ copies a backup into a fresh data directory after checking it.
 
 An LMDB store is verified in a child process (``_store_check``): a damaged file can make
 liblmdb abort the process that reads it, and the check must not take the node (or the
-command) with it. ``restore`` checks and copies the backup from child processes too, so a
-damaged one is refused before anything is installed.
+command) with it. Backups are copied (and their copies verified) by child processes too,
+and ``restore`` checks and copies the backup that way, so a damaged one is refused before
+anything is installed.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def _empty_target(dest: Path) -> None:
 
 
 def backup_store(store: Any, dest: Path) -> dict[str, Any]:
-    """A compacted, consistent copy of a live ``LmdbStore`` into ``dest/store``, checked
-    by opening it and verifying it; returns where it is, its size and the check."""
+    """A compacted, consistent copy of a live ``LmdbStore`` into ``dest/store``, made and
+    then verified by child processes (one read transaction: the node keeps writing);
+    returns where it is, its size and the check."""
     if not isinstance(store, LmdbStore):
         raise StoreError("only an LMDB store can be backed up")
     dest = Path(dest)
@@ -98,7 +100,7 @@ def backup_store(store: Any, dest: Path) -> dict[str, Any]:
     target = dest / STORE_DIR
     try:
         _empty_target(dest)
-        store.backup(target, compact=True)
+        copy_store(store.path, target)  # in a child, as the check: the file may be damaged
         report = verify_file(target)
         size = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
     except OSError as exc:

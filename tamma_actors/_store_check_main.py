@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tamma_actors._errors import StoreCorrupted, StoreError, TammaError
-from tamma_actors._lmdb_env import DATA_FILE, read_only_view, walk_pages
+from tamma_actors._lmdb_env import read_only_view
 
 if TYPE_CHECKING:
     from tamma_actors._store import RecordView
@@ -68,11 +68,11 @@ def _verify(path: Path, marker: _Marker, _dest: Path | None) -> dict[str, Any]:
     through a cursor do not: another tree's page standing in for a database's root)."""
     from tamma_actors._verify import check_store  # here: the walk needs none of it
 
-    with read_only_view(path) as (env, view):
-        report = check_store(_MarkingView(view, marker))
+    with read_only_view(path) as store:
+        report = check_store(_MarkingView(store.view, marker))
         marker.mark("walk")
         try:
-            walk_pages(env, path / DATA_FILE)
+            store.walk()
         except StoreCorrupted as exc:
             report.damaged = True
             report.problems.insert(0, f"{exc}; found while {WALKED}")
@@ -80,22 +80,18 @@ def _verify(path: Path, marker: _Marker, _dest: Path | None) -> dict[str, Any]:
 
 
 def _walk(path: Path, marker: _Marker, _dest: Path | None) -> dict[str, Any]:
-    with read_only_view(path) as (env, _):
+    with read_only_view(path) as store:
         marker.mark("walk")
-        walk_pages(env, path / DATA_FILE)
+        store.walk()
     return {}
 
 
 def _copy(path: Path, marker: _Marker, dest: Path | None) -> dict[str, Any]:
     if dest is None:
         raise StoreError("copy needs --dest")
-    with read_only_view(path) as (env, _):
+    with read_only_view(path) as store:
         marker.mark("copy")
-        try:
-            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise StoreError(f"cannot create {dest}: {exc}") from exc
-        env.copy(str(dest), compact=True)
+        store.copy(dest)
     return {}
 
 
