@@ -12,6 +12,9 @@ execution fails; its error lists the compensation results.
   (no retries): its outcome, success or failure, is recorded and the next one runs. A lost
   worker sends it again, as a task, at most ``MAX_REDISPATCH`` times; one more loss fails
   it (``WorkerLost``).
+- Its deadlines: a template step's ``queue_timeout``, ``timeout`` and
+  ``heartbeat_timeout``, or, for an implementation named directly, the compensated step's
+  ``timeout``. One that overruns is cancelled and fails (``StepTimeout``).
 - The plan and each outcome are events (``workflow.compensating``,
   ``compensation.started|completed|failed``): a recovered execution re-sends the one that
   was running, with the same task id, and goes on. Pause holds the next compensation (as
@@ -26,14 +29,23 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from tamma_actors._deadlines import timeout_error
 from tamma_actors._execution_reports import MAX_REDISPATCH
-from tamma_actors._workerpool import Cancel, Dispatch, TaskFinished, TaskRedispatched
+from tamma_actors._workerpool import (
+    Cancel,
+    Dispatch,
+    TaskFinished,
+    TaskProgress,
+    TaskRedispatched,
+    TaskStarted,
+)
 
 if TYPE_CHECKING:
     import pykka
 
+    from tamma_actors._deadlines import DeadlineDue, Deadlines, Kind
     from tamma_actors._execution import ExecutionDeps
-    from tamma_actors._models import WorkflowConfig
+    from tamma_actors._models import WorkflowConfig, WorkflowStep
     from tamma_actors._state import ExecutionState
 
 __all__ = ["COMPENSATION_SUFFIX", "CompensationHandling"]
@@ -49,6 +61,7 @@ class CompensationHandling:
         deps: ExecutionDeps
         _comp_tasks: dict[str, str]
         _lost: dict[str, int]
+        _deadlines: Deadlines
         _compensation_steps: frozenset[str] | None
 
         @property
@@ -100,11 +113,18 @@ class CompensationHandling:
                 return True
         return False
 
+    def _template(self, name: str) -> WorkflowStep | None:
+        """The step the compensation of ``name`` names, if it names one (not an
+        implementation)."""
+        declared = self.cfg.step(name).compensation or ""
+        return next((s for s in self.cfg.steps if s.name == declared), None)
+
     def _send_compensation(self, name: str) -> None:
         tid = self._compensation_tid(name)
         self._comp_tasks[tid] = name
+        self._arm_compensation("queue", name)
         declared = self.cfg.step(name).compensation or ""
-        template = next((s for s in self.cfg.steps if s.name == declared), None)
+        template = self._template(name)
         implementation = template.implementation if template is not None else declared
         output = self.state.steps[name].data
         task = {
@@ -123,11 +143,71 @@ class CompensationHandling:
         pool, me = self.deps.pool, self.actor_ref
         self._after_commit(lambda: pool.tell(Dispatch(task, me)))
 
+    # -- its deadlines: kept in memory only, since a compensation in flight at a restart is
+    # sent again, and its deadlines start afresh when it starts again
+
+    def _compensation_limit(self, name: str, kind: Kind) -> float | None:
+        """A compensation that names a step runs under that step's ``queue_timeout``,
+        ``timeout`` and ``heartbeat_timeout``; one that names an implementation, under the
+        compensated step's ``timeout`` (its other limits are about how its own
+        implementation reports, which says nothing of another one)."""
+        template = self._template(name)
+        if template is None:
+            return self.cfg.step(name).timeout if kind == "run" else None
+        limits = {
+            "queue": template.queue_timeout,
+            "run": template.timeout,
+            "heartbeat": template.heartbeat_timeout,
+        }
+        return limits.get(kind)
+
+    def _arm_compensation(self, kind: Kind, name: str, since: float | None = None) -> None:
+        limit = self._compensation_limit(name, kind)
+        if limit is not None:
+            at = (self.deps.clock() if since is None else since) + limit
+            self._deadlines.arm(kind, f"{name}{COMPENSATION_SUFFIX}", 1, at)
+
+    def _compensation_started(self, msg: TaskStarted) -> bool:
+        """A worker started it ``ran_s`` ago: its run and heartbeat deadlines begin."""
+        name = self._comp_tasks.get(msg.task_id)
+        if name is None:
+            return False
+        self._deadlines.cancel("queue", f"{name}{COMPENSATION_SUFFIX}")
+        since = self.deps.clock() - msg.ran_s
+        self._arm_compensation("run", name, since)
+        self._arm_compensation("heartbeat", name, since)
+        return True
+
+    def _compensation_progress(self, msg: TaskProgress) -> None:
+        name = self._comp_tasks.get(msg.task_id)
+        if name is not None:
+            self._arm_compensation("heartbeat", name)
+
+    def _compensation_deadline(self, due: DeadlineDue) -> bool:
+        """A compensation's deadline (True: ``due`` was one): it overran, so it is
+        cancelled and counts as a failed compensation (it is never retried)."""
+        key = due.step or ""
+        if not key.endswith(COMPENSATION_SUFFIX):
+            return False
+        name = key[: -len(COMPENSATION_SUFFIX)]
+        tid = self._compensation_tid(name)
+        if self.state.terminal or self._comp_tasks.pop(tid, None) is None:
+            return True
+        self._lost.pop(tid, None)
+        self._deadlines.cancel_step(key)
+        self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
+        error = timeout_error(due.kind, key, self._compensation_limit(name, due.kind))
+        self._compensation_failed(name, error)
+        return True
+
+    # -- its end --------------------------------------------------------------------------
+
     def _compensation_finished(self, msg: TaskFinished) -> bool:
         name = self._comp_tasks.pop(msg.task_id, None)
         if name is None:
             return False
         self._lost.pop(msg.task_id, None)
+        self._deadlines.cancel_step(f"{name}{COMPENSATION_SUFFIX}")
         if self.state.terminal:
             return True
         if msg.ok:
@@ -155,7 +235,10 @@ class CompensationHandling:
         if name is None or self.state.terminal:
             return
         lost = self._lost[tid] = self._lost.get(tid, 0) + 1
+        key = f"{name}{COMPENSATION_SUFFIX}"
+        self._deadlines.cancel_step(key)
         if lost <= MAX_REDISPATCH:
+            self._arm_compensation("queue", name)  # queued again: its run begins afresh
             return
         del self._comp_tasks[tid], self._lost[tid]
         self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
@@ -165,6 +248,7 @@ class CompensationHandling:
     def _cancel_compensations(self, reason: str) -> None:
         for tid, name in list(self._comp_tasks.items()):
             del self._comp_tasks[tid]
+            self._deadlines.cancel_step(f"{name}{COMPENSATION_SUFFIX}")
             self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
             self._emit(
                 "compensation.failed", step=name, error={"type": "cancelled", "message": reason}

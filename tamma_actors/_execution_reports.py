@@ -75,6 +75,8 @@ class TaskReports:
         def _item_finished(self, msg: TaskFinished) -> bool: ...
         def _compensation_finished(self, msg: TaskFinished) -> bool: ...
         def _compensation_redispatched(self, msg: TaskRedispatched) -> None: ...
+        def _compensation_started(self, msg: TaskStarted) -> bool: ...
+        def _compensation_progress(self, msg: TaskProgress) -> None: ...
         def _running_deadline(
             self, name: str, attempt: int, ran: float = 0.0
         ) -> dict[str, Any]: ...
@@ -87,7 +89,9 @@ class TaskReports:
         if self._item_started(msg):
             return
         name = self._inflight.get(msg.task_id)
-        if name is not None and self.state.steps[name].status == "dispatched":
+        if name is None:
+            self._compensation_started(msg)
+        elif self.state.steps[name].status == "dispatched":
             attempt = self.state.steps[name].attempts
             self._emit(
                 "step.started",
@@ -101,6 +105,8 @@ class TaskReports:
         name = self._inflight.get(msg.task_id)
         if name is not None:
             self._heartbeat(name)  # progress is liveness: it pushes the heartbeat deadline
+        else:
+            self._compensation_progress(msg)
 
     def _on_task_redispatched(self, msg: TaskRedispatched) -> None:
         """A lost worker does not use up an attempt — unless the same attempt keeps losing

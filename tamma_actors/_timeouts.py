@@ -11,6 +11,8 @@ machine stays readable). The rules:
   re-dispatches that worker's other steps without using up their attempts); then the retry
   policy decides between ``retry_wait`` and ``failed``;
 - the workflow ``timeout`` fails the execution and cancels its open steps;
+- a compensation's deadlines (``_compensation``) are keyed ``step~compensate`` and handled
+  there;
 - pause freezes wait, queue and workflow deadlines and resume re-arms them with the time
   they had left; recovery re-arms them from the wall-clock deadlines in the events.
 """
@@ -54,6 +56,7 @@ class TimeoutHandling:
         def _breaker_admits(self, name: str) -> bool: ...
         def _compensation_only(self, name: str) -> bool: ...
         def _cancel_compensations(self, reason: str) -> None: ...
+        def _compensation_deadline(self, due: DeadlineDue) -> bool: ...
         def _breaker_outcome(self, name: str, ok: bool) -> None: ...
 
     def _is_wait(self, name: str) -> bool:
@@ -125,6 +128,8 @@ class TimeoutHandling:
                 self._workflow_timed_out()
             return
         assert due.step is not None
+        if self._compensation_deadline(due):
+            return
         st = self.state.steps[due.step]
         if st.attempts != due.attempt or self.state.terminal:
             return

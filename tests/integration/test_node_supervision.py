@@ -270,6 +270,25 @@ def test_a_compensation_that_kills_its_worker_fails_after_three_losses(client: C
     assert client.health()["workers"]["queued"] == 0  # not sent again
 
 
+def test_a_hanging_compensation_times_out_by_its_template_step(client: Client) -> None:
+    spec = wf(
+        "undo-hangs",
+        step("prepare", "noop", compensation="stuck"),
+        step("bad", "fail", "prepare", config={"times": 9}),
+        step("stuck", "hang", timeout=1),
+        error_handling="compensate",
+        retry_policy={"max_attempts": 1},
+    )
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "failed" and final.error is not None
+    [undo] = final.error.compensations
+    assert (undo.status, undo.error and undo.error["type"]) == ("failed", "StepTimeout")
+    deadline = time.monotonic() + WAIT  # cancelled on its worker, which then says so
+    while client.health()["workers"]["running"]:
+        assert time.monotonic() < deadline, "the timed-out compensation kept running"
+        time.sleep(0.05)
+
+
 def test_a_wait_step_and_the_workflow_timeout_survive_a_node_restart(short_dir: Path) -> None:
     cfg = node_config(short_dir / "var", workers=1)
     napper = wf("napper", step("nap", "wait", config={"seconds": 2}), step("after", "noop", "nap"))

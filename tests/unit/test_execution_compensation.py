@@ -3,13 +3,16 @@ compensations run (the basic plan is in test_execution_policies.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from typing import Any
 
+import pykka
 import pytest
 
 from tamma_actors._errors import IllegalTransition
 from tamma_actors._execution import MAX_REDISPATCH
-from tamma_actors._workerpool import Dispatch, TaskRedispatched
+from tamma_actors._workerpool import Dispatch, TaskProgress, TaskRedispatched, TaskStarted
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wf
 
 # every scheduler test runs with both of its books (conftest.either_book)
@@ -27,9 +30,15 @@ def types(kit: Kit, eid: str) -> list[str]:
     return [e["type"] for e in kit.events(eid)]
 
 
-def fail_into_compensation(kit: Kit, *extra: dict[str, object]) -> tuple[str, Dispatch]:
-    """a (compensated by noop) then b, which fails: the first compensation, held."""
-    spec = wf(step("a", compensation="noop"), step("b", "a"), *extra, error_handling="compensate")
+def fail_into_compensation(
+    kit: Kit,
+    *extra: dict[str, Any],
+    comp: str = "noop",
+    a_extra: dict[str, Any] | None = None,
+) -> tuple[str, Dispatch]:
+    """a (compensated by ``comp``) then b, which fails: the first compensation, held."""
+    first = step("a", compensation=comp, **(a_extra or {}))
+    spec = wf(first, step("b", "a"), *extra, error_handling="compensate")
     eid = kit.start(spec)
     a = kit.next_held()
     a.reply_to.tell(finished(a, "A"))
@@ -101,3 +110,74 @@ def test_a_compensation_that_keeps_losing_its_worker_fails_as_a_task_would(kit: 
     assert undo["error"]["type"] == "WorkerLost"
     assert "lost 3 times" in undo["error"]["message"]
     assert final["error"]["step"] == "b" and final["error"]["failed_steps"] == ["b"]
+
+
+def test_a_compensation_runs_under_its_template_steps_timeout(kit: Kit) -> None:
+    undo = step("undo", timeout=30)
+    eid, comp = fail_into_compensation(kit, undo, comp="undo")
+    tid = comp.task["task_id"]
+    kit.timers.advance(100)  # queued: start-to-close has not begun
+    assert kit.cancels.empty()
+    comp.reply_to.tell(TaskStarted(tid, "w-1"))
+    kit.record(eid)
+    kit.timers.advance(29.9)
+    assert kit.cancels.empty() and kit.record(eid)["status"] == "running"
+    kit.timers.advance(0.2)
+    assert kit.cancels.get(timeout=WAIT) == tid  # cancelled: its worker is killed if need be
+    final = kit.status_is(eid, "failed")
+    [entry] = final["error"]["compensations"]
+    assert (entry["status"], entry["error"]["type"]) == ("failed", "StepTimeout")
+    assert "did not finish within 30s" in entry["error"]["message"]
+    with contextlib.suppress(pykka.ActorDeadError):  # the failed execution may be gone
+        comp.reply_to.tell(finished(comp, "late"))  # and if not, the result is discarded
+    assert kit.record(eid)["error"]["compensations"] == [entry]
+
+
+def test_a_compensation_that_stops_heartbeating_or_never_starts_fails(kit: Kit) -> None:
+    spec = wf(
+        step("a", compensation="beat"),
+        step("b", "a", compensation="queued"),
+        step("c", "b"),
+        step("beat", heartbeat_timeout=5),
+        step("queued", queue_timeout=20),
+        error_handling="compensate",
+    )
+    eid = kit.start(spec)
+    for name in ("a", "b"):
+        d = kit.next_held()
+        d.reply_to.tell(finished(d, name))
+    c = kit.next_held()
+    c.reply_to.tell(finished(c, error=BOOM))
+    undo_b = kit.next_held()  # no worker starts it within its queue_timeout
+    kit.timers.advance(20.1)
+    assert kit.cancels.get(timeout=WAIT) == undo_b.task["task_id"]
+    undo_a = kit.next_held()
+    undo_a.reply_to.tell(TaskStarted(undo_a.task["task_id"], "w-1"))
+    kit.record(eid)
+    kit.timers.advance(4)
+    undo_a.reply_to.tell(TaskProgress(undo_a.task["task_id"], {"at": "half"}))
+    kit.record(eid)
+    kit.timers.advance(4)  # 8s after its start, 4s after its heartbeat
+    assert kit.cancels.empty()
+    kit.timers.advance(1.1)
+    assert kit.cancels.get(timeout=WAIT) == undo_a.task["task_id"]
+    final = kit.status_is(eid, "failed")
+    kinds = [
+        (e["step"], e["status"], e["error"]["message"]) for e in final["error"]["compensations"]
+    ]
+    assert kinds == [
+        ("b", "failed", "step 'b~compensate' was not started by a worker within 20s"),
+        ("a", "failed", "step 'a~compensate' sent no heartbeat for 5s"),
+    ]
+
+
+def test_a_compensation_named_by_implementation_runs_under_its_steps_timeout(kit: Kit) -> None:
+    eid, comp = fail_into_compensation(kit, a_extra={"timeout": 10, "heartbeat_timeout": 1})
+    comp.reply_to.tell(TaskStarted(comp.task["task_id"], "w-1"))
+    kit.record(eid)
+    kit.timers.advance(9.9)  # the step's heartbeat_timeout does not apply to its undoing
+    assert kit.cancels.empty()
+    kit.timers.advance(0.2)
+    assert kit.cancels.get(timeout=WAIT) == comp.task["task_id"]
+    final = kit.status_is(eid, "failed")
+    assert final["error"]["compensations"][0]["error"]["type"] == "StepTimeout"
