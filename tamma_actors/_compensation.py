@@ -3,7 +3,9 @@
 Under ``error_handling: compensate`` a failed step cancels the open steps (as
 ``fail_fast`` does); once nothing is running, every succeeded step that declares a
 ``compensation`` is compensated, one at a time, in reverse order of completion. Then the
-execution fails; its error lists the compensation results.
+execution fails; its error lists the compensation results. A workflow timeout does the
+same (``_timeouts``): the plan records it as its ``cause``, the execution's error from
+then on. Once the plan exists the workflow timeout no longer runs.
 
 - ``compensation`` names an implementation, or another step of the workflow whose
   implementation and config are used. A step named as a compensation is a compensation
@@ -81,8 +83,10 @@ class CompensationHandling:
     def _compensation_tid(self, name: str) -> str:
         return f"{self.state.id}/{name}{COMPENSATION_SUFFIX}/1"
 
-    def _compensate(self) -> bool:
-        """Drive the plan after a failure; True while compensation is not finished."""
+    def _compensate(self, cause: dict[str, Any] | None = None) -> bool:
+        """Drive the plan after a failure; True while compensation is not finished.
+        ``cause``: the error that ends the execution when no step failed (a workflow
+        timeout); it is its error from the plan on."""
         if self.cfg.error_handling.strategy != "compensate":
             return False
         steps = self.state.steps
@@ -97,7 +101,10 @@ class CompensationHandling:
             if not done:
                 return False
             plan = [[n, self.cfg.step(n).compensation] for n in done]
-            self._emit("workflow.compensating", plan=plan)
+            # the workflow timeout bounds the run, not its undoing: each compensation has
+            # its own deadlines, and one cut off half-way would leave the worst state
+            self._deadlines.cancel("workflow")
+            self._emit("workflow.compensating", plan=plan, **({"cause": cause} if cause else {}))
         for entry in self.state.compensations or ():
             if entry["status"] == "running":
                 if self._compensation_tid(entry["step"]) not in self._comp_tasks:
@@ -258,3 +265,16 @@ class CompensationHandling:
         if not self.state.compensations:
             return {}
         return {"compensations": [dict(entry) for entry in self.state.compensations]}
+
+    def _failure_report(self, failed: list[str]) -> dict[str, Any]:
+        """The error of a failed execution: its first failed step's, or the cause it has
+        been compensating (a workflow timeout); every step that failed for good and the
+        compensations, either way."""
+        report = {"failed_steps": failed, **self._compensation_report()}
+        if self.state.error is not None:
+            return {**self.state.error, **report}
+        first = self.state.steps[failed[0]].error or {}
+        message = f"step {failed[0]!r} failed: {first.get('message', '')}"
+        if len(failed) > 1:
+            message += f" (failed steps: {', '.join(failed)})"
+        return {"message": message, "step": failed[0], "type": first.get("type"), **report}

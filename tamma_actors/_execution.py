@@ -283,25 +283,13 @@ class ExecutionSupervisor(
         if self._step_index().any_open(self.state):
             return
         failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
-        if not failed:
+        # an error while still running: the workflow timed out, and it is compensating
+        if not failed and self.state.error is None:
             self._emit("workflow.completed")
             return
         if self._compensate():
             return  # the failure is final once the compensations have run
-        first = self.state.steps[failed[0]].error or {}
-        message = f"step {failed[0]!r} failed: {first.get('message', '')}"
-        if len(failed) > 1:
-            message += f" (failed steps: {', '.join(failed)})"
-        self._emit(
-            "workflow.failed",
-            error={
-                "message": message,
-                "step": failed[0],
-                "type": first.get("type"),
-                "failed_steps": failed,
-                **self._compensation_report(),
-            },
-        )
+        self._emit("workflow.failed", error=self._failure_report(failed))
 
     def _cancel_open_steps(self, reason: str) -> None:
         for name in self.state.order:

@@ -289,10 +289,15 @@ _UNHOLD = frozenset({"step.items_dispatched", "step.items_cancelled"})
 
 
 def _compensating(state: ExecutionState, ev: Mapping[str, Any]) -> None:
+    """The plan: the workflow timeout stops (compensations have their own deadlines), and
+    a cause other than a failed step (a workflow timeout) is the execution's error."""
     state.compensations = [
         {"step": name, "implementation": impl, "status": "pending"}
         for name, impl in ev["data"]["plan"]
     ]
+    state.deadline = state.frozen_left = None
+    if "cause" in ev["data"]:
+        state.error = ev["data"]["cause"]
 
 
 def _compensation(status: str) -> Callable[[ExecutionState, Mapping[str, Any]], None]:

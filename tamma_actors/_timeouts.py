@@ -10,7 +10,8 @@ machine stays readable). The rules:
   cancelled through the pool (which kills the worker after its grace period and
   re-dispatches that worker's other steps without using up their attempts); then the retry
   policy decides between ``retry_wait`` and ``failed``;
-- the workflow ``timeout`` fails the execution and cancels its open steps;
+- the workflow ``timeout`` cancels the open steps and fails the execution; under
+  ``compensate``, once what completed is compensated (the timeout stops then);
 - a compensation's deadlines (``_compensation``) are keyed ``step~compensate`` and handled
   there;
 - pause freezes wait, queue and workflow deadlines and resume re-arms them with the time
@@ -55,7 +56,7 @@ class TimeoutHandling:
         def _on_step_error(self, name: str, attempt: int, error: dict[str, Any]) -> None: ...
         def _breaker_admits(self, name: str) -> bool: ...
         def _compensation_only(self, name: str) -> bool: ...
-        def _cancel_compensations(self, reason: str) -> None: ...
+        def _compensate(self, cause: dict[str, Any] | None = None) -> bool: ...
         def _compensation_deadline(self, due: DeadlineDue) -> bool: ...
         def _breaker_outcome(self, name: str, ok: bool) -> None: ...
 
@@ -165,18 +166,19 @@ class TimeoutHandling:
         self._advance()
 
     def _workflow_timed_out(self) -> None:
+        """Its open steps are cancelled and, under ``compensate``, what completed is
+        compensated as after any failure; then it fails, its error naming the timeout."""
         limit = self.cfg.timeout or 0.0
         self._cancel_open_steps(f"the workflow timed out after {limit:g}s")
-        self._cancel_compensations("the workflow timed out")
-        self._emit(
-            "workflow.failed",
-            error={
-                "type": "WorkflowTimeout",
-                "message": f"workflow {self.cfg.name!r} did not finish within its "
-                f"timeout ({limit:g}s)",
-                "step": None,
-            },
-        )
+        error = {
+            "type": "WorkflowTimeout",
+            "message": f"workflow {self.cfg.name!r} did not finish within its timeout ({limit:g}s)",
+            "step": None,
+        }
+        if self._compensate(cause=error):
+            return
+        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        self._emit("workflow.failed", error={**error, "failed_steps": failed})
 
     # -- pause, resume, recovery -------------------------------------------------------------
 

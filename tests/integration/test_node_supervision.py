@@ -289,6 +289,22 @@ def test_a_hanging_compensation_times_out_by_its_template_step(client: Client) -
         time.sleep(0.05)
 
 
+def test_a_workflow_timeout_under_compensate_undoes_what_completed(client: Client) -> None:
+    spec = wf(
+        "undo-late",
+        step("prepare", "echo", config={"message": "prepared"}, compensation="noop"),
+        step("long", "sleep", "prepare", config={"seconds": 60}),
+        error_handling="compensate",
+        timeout="1s",
+    )
+    final = client.wait(client.start_workflow(spec).id, timeout=WAIT)
+    assert final.status == "failed" and final.error is not None
+    assert (final.error.type, final.error.failed_steps) == ("WorkflowTimeout", [])
+    [undo] = final.error.compensations
+    assert (undo.step, undo.status, undo.output) == ("prepare", "succeeded", "prepared")
+    assert final.results["long"].status == "cancelled"
+
+
 def test_a_wait_step_and_the_workflow_timeout_survive_a_node_restart(short_dir: Path) -> None:
     cfg = node_config(short_dir / "var", workers=1)
     napper = wf("napper", step("nap", "wait", config={"seconds": 2}), step("after", "noop", "nap"))

@@ -12,6 +12,7 @@ import pytest
 
 from tamma_actors._errors import IllegalTransition
 from tamma_actors._execution import MAX_REDISPATCH
+from tamma_actors._store import MemoryStore
 from tamma_actors._workerpool import Dispatch, TaskProgress, TaskRedispatched, TaskStarted
 from tests.timekit import WAIT, Kit, finished, make_kit, step, wf
 
@@ -181,3 +182,66 @@ def test_a_compensation_named_by_implementation_runs_under_its_steps_timeout(kit
     assert kit.cancels.get(timeout=WAIT) == comp.task["task_id"]
     final = kit.status_is(eid, "failed")
     assert final["error"]["compensations"][0]["error"]["type"] == "StepTimeout"
+
+
+def test_a_workflow_timeout_compensates_what_completed_and_reports_it() -> None:
+    store = MemoryStore()
+    spec = wf(
+        step("a", compensation="noop"),
+        step("b", "a"),
+        step("side"),
+        error_handling="compensate",
+        timeout="60s",
+    )
+    for k in make_kit(store):
+        eid = k.start(spec)
+        first = {d.task["step"]: d for d in (k.next_held(), k.next_held())}
+        first["a"].reply_to.tell(finished(first["a"], "A"))
+        b = k.next_held()
+        k.timers.advance(60)
+        assert {k.cancels.get(timeout=WAIT) for _ in range(2)} == {
+            b.task["task_id"],
+            first["side"].task["task_id"],
+        }
+        comp = k.next_held()
+        assert comp.task["step"] == "a~compensate" and comp.task["input"] == "A"
+        rec = k.record(eid)
+        assert rec["status"] == "running" and rec["error"]["type"] == "WorkflowTimeout"
+    for k in make_kit(store):  # the cause and the plan survive a restart
+        k.engine.recover()
+        again = k.next_held()
+        assert again.task["task_id"] == comp.task["task_id"]
+        k.timers.advance(600)  # the workflow timeout does not run while compensating
+        again.reply_to.tell(finished(again, "undone"))
+        final = k.status_is(eid, "failed")
+        error = final["error"]
+        assert (error["type"], error["step"], error["failed_steps"]) == (
+            "WorkflowTimeout",
+            None,
+            [],
+        )
+        assert "did not finish within its timeout (60s)" in error["message"]
+        assert error["compensations"] == [
+            {"step": "a", "implementation": "noop", "status": "succeeded", "output": "undone"}
+        ]
+        res = final["results"]
+        assert (res["b"]["status"], res["side"]["status"]) == ("cancelled", "cancelled")
+        assert res["b"]["error"]["message"] == "the workflow timed out after 60s"
+
+
+@pytest.mark.parametrize("policy", ["continue", "compensate"])
+def test_a_workflow_timeout_lists_the_steps_that_had_failed(kit: Kit, policy: str) -> None:
+    spec = wf(step("bad"), step("slow"), error_handling=policy, timeout="60s")
+    eid = kit.start(spec)
+    held = {d.task["step"]: d for d in (kit.next_held(), kit.next_held())}
+    if policy == "compensate":  # nothing to compensate: it fails at once, as before
+        kit.timers.advance(60)
+        error = kit.status_is(eid, "failed")["error"]
+        assert (error["type"], error["failed_steps"]) == ("WorkflowTimeout", [])
+        assert "compensations" not in error
+        return
+    held["bad"].reply_to.tell(finished(held["bad"], error=BOOM))
+    kit.step_is(eid, "bad", "failed")
+    kit.timers.advance(60)
+    error = kit.status_is(eid, "failed")["error"]
+    assert (error["type"], error["failed_steps"]) == ("WorkflowTimeout", ["bad"])
