@@ -90,6 +90,32 @@ def _processes_on(data_dir: Path) -> list[str]:
         time.sleep(0.1)
 
 
+def _start_node(data: Path) -> subprocess.Popen[str]:
+    """``tamma-node run`` on ``data``, once it serves."""
+    cmd = [sys.executable, "-m", "tamma_actors._cli_node", "run", "--data-dir", str(data),
+           "--workers", "0", "--log-level", "WARNING"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    if not proc.stdout.readline().startswith("tamma-node: control"):
+        _stop(proc)
+        raise AssertionError(f"the node did not start: {proc.stderr.read() if proc.stderr else ''}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, then SIGKILL to the group if it does not stop in time; its stderr."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    return err
+
+
 def _zero_inner_branches(data: Path) -> None:
     """Pages that make liblmdb abort a walk of the events (see ``inner_branch_pages``)."""
     file = data / "store" / "data.mdb"
@@ -144,6 +170,28 @@ def test_verify_of_a_torn_copy_says_it_is_damaged_and_writes_nothing(
     assert "its list of databases holds" in done.stdout
     assert "taken while its node was writing" in done.stdout
     assert file.read_bytes() == before
+
+
+def test_admin_verify_reports_a_damaged_file_and_the_node_keeps_serving(
+    healthy: Path, short_dir: Path
+) -> None:
+    """The check ran in the node's process: the diagnosing tool killed the node."""
+    data = _data_dir(healthy, short_dir / "var")
+    proc = _start_node(data)
+    try:
+        file = data / "store" / "data.mdb"
+        pages = inner_branch_pages(file, "events")
+        assert len(pages) > 2
+        zero_pages(file, pages[1:-1])  # not the last: where the node's next events go
+        with Client(f"ipc://{data}/control.sock", timeout=WAIT) as client:
+            report = client.admin_verify()
+            assert report["damaged"] and not report["ok"] and len(report["problems"]) == 1
+            assert report["problems"][0].startswith(f"the LMDB file {file} is damaged: ")
+            assert "SIGABRT" in report["problems"][0]
+            assert client.health()["status"] == "ok"
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0
 
 
 # -- restore and backup -----------------------------------------------------------------
@@ -207,14 +255,8 @@ def test_a_store_writer_killed_by_its_file_stops_the_node(short_dir: Path) -> No
     SIGBUS at its next commit, and the node stops with the file named instead of
     restarting writers that die the same way until its restart intensity runs out."""
     data = short_dir / "var"
-    cmd = [sys.executable, "-m", "tamma_actors._cli_node", "run", "--data-dir", str(data),
-           "--workers", "0", "--log-level", "WARNING"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = _start_node(data)
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("tamma-node: control")  # serving
         with Client(f"ipc://{data}/control.sock", timeout=WAIT) as client:
             client.start_workflows(WAITING, ({} for _ in range(50)))
             with (data / "store" / "data.mdb").open("r+b") as f:
