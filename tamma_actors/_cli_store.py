@@ -5,7 +5,7 @@ A damaged LMDB file can make liblmdb abort the process that reads it (an asserti
 SIGBUS past the end of a truncated file), so these commands read it in child processes
 (``_store_check``) and exit ``EXIT_DAMAGED`` (65, sysexits' EX_DATAERR) naming the file:
 ``verify`` says where it was reading, ``restore`` and ``backup`` refuse the store before
-copying anything, and ``run`` does not start a node on it.
+copying anything, and ``run`` (as ``cleanup``) does not open it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def run_store_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "cleanup":
         try:
+            with walk_before_open(args.data_dir) as walked:  # it opens the file to write
+                walked()
             with offline_store(args.data_dir) as store:
                 deleted = cleanup_store(store, args.older_than, time.time())["deleted"]
         except StoreCorrupted as exc:

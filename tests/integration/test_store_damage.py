@@ -228,6 +228,14 @@ def test_backup_of_a_stopped_node_copies_a_healthy_store_and_refuses_a_damaged_o
     assert not (tmp_path / "bk2").exists()
 
 
+def test_cleanup_does_not_open_a_damaged_store(healthy: Path, tmp_path: Path) -> None:
+    data = _data_dir(healthy, tmp_path / "var")
+    truncate(data / "store" / "data.mdb", 0.5)
+    done = _tamma_node("cleanup", "--data-dir", str(data), "--older-than", "1")
+    assert done.returncode == DAMAGED, (done.returncode, done.stderr)  # was -7 (SIGBUS)
+    assert "SIGBUS" in done.stderr and f"--data-dir {data}`" in done.stderr
+
+
 # -- run --------------------------------------------------------------------------------
 
 
