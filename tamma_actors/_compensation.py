@@ -21,7 +21,8 @@ then on. Once the plan exists the workflow timeout no longer runs.
   ``compensation.started|completed|failed``): a recovered execution re-sends the one that
   was running, with the same task id, and goes on. Pause holds the next compensation (as
   it holds the next step: one whose last compensation ended while paused fails when it is
-  resumed); abort cancels the running one.
+  resumed); abort cancels the running one and the ones not started
+  (``compensation.cancelled``), and the aborted execution's error says what each did.
 - Once the plan exists no step can be retried (``_on_retry_step``): what the steps did is
   being undone, and an execution that went on would complete with its work undone.
 """
@@ -253,13 +254,27 @@ class CompensationHandling:
         self._compensation_failed(name, {"type": "WorkerLost", "message": message})
 
     def _cancel_compensations(self, reason: str) -> None:
+        """Abort (or the watchdog): the running compensation is cancelled and the ones not
+        yet started never run; the plan records both as ``cancelled``."""
         for tid, name in list(self._comp_tasks.items()):
             del self._comp_tasks[tid]
+            self._lost.pop(tid, None)
             self._deadlines.cancel_step(f"{name}{COMPENSATION_SUFFIX}")
             self._after_commit(partial(self.deps.pool.tell, Cancel(tid)))
-            self._emit(
-                "compensation.failed", step=name, error={"type": "cancelled", "message": reason}
-            )
+        for entry in list(self.state.compensations or ()):
+            if entry["status"] in ("running", "pending"):
+                why = reason if entry["status"] == "running" else f"{reason} (before it started)"
+                error = {"type": "cancelled", "message": why}
+                self._emit("compensation.cancelled", step=entry["step"], error=error)
+
+    def _abort_report(self) -> dict[str, Any]:
+        """What an execution aborted while compensating keeps as its ``error``: the failure
+        it was compensating and what each compensation did (nothing for one that was not
+        compensating)."""
+        if not self.state.compensations:
+            return {}
+        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        return {"error": self._failure_report(failed)}
 
     def _compensation_report(self) -> dict[str, Any]:
         if not self.state.compensations:
@@ -271,8 +286,8 @@ class CompensationHandling:
         been compensating (a workflow timeout); every step that failed for good and the
         compensations, either way."""
         report = {"failed_steps": failed, **self._compensation_report()}
-        if self.state.error is not None:
-            return {**self.state.error, **report}
+        if self.state.error is not None or not failed:
+            return {**(self.state.error or {"message": "no step failed"}), **report}
         first = self.state.steps[failed[0]].error or {}
         message = f"step {failed[0]!r} failed: {first.get('message', '')}"
         if len(failed) > 1:

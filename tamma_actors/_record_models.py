@@ -97,7 +97,7 @@ class CompensationResult(_RecordModel):
 
     step: str
     implementation: str
-    status: str  # pending, running, succeeded or failed
+    status: str  # pending, running, succeeded, failed or cancelled (by an abort)
     output: Any = None
     error: dict[str, Any] | None = None
 

@@ -202,6 +202,8 @@ def _finished(dst: ExecutionStatus) -> Callable[[ExecutionState, Mapping[str, An
             state.error = ev["data"].get("error")
         if dst is E.ABORTED:
             state.reason = ev["data"].get("reason")
+            if "error" in ev["data"]:  # it was compensating: what each compensation did
+                state.error = ev["data"]["error"]
 
     return handler
 
@@ -379,6 +381,7 @@ _HANDLERS: dict[str, Callable[[ExecutionState, Mapping[str, Any]], None]] = {
     "compensation.started": _compensation("running"),
     "compensation.completed": _compensation("succeeded"),
     "compensation.failed": _compensation("failed"),
+    "compensation.cancelled": _compensation("cancelled"),
 }
 
 

@@ -107,6 +107,7 @@ class WatchdogChecks:
         def _step_timed_out(self, name: str, attempt: int, kind: str) -> None: ...
         def _cancel_open_steps(self, reason: str) -> None: ...
         def _cancel_compensations(self, reason: str) -> None: ...
+        def _compensation_report(self) -> dict[str, Any]: ...
 
     def _on_watchdog(self, msg: WatchdogCheck) -> None:
         if self.state.terminal or self.state.status != "running":
@@ -178,7 +179,9 @@ class WatchdogChecks:
         log.error("execution %s is stuck: %s", self.state.id, reason)
         self._cancel_open_steps(reason)
         self._cancel_compensations(reason)
+        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        error = {"type": "Stuck", "message": f"the watchdog ended it: {reason}", "step": None}
         self._emit(
             "workflow.failed",
-            error={"type": "Stuck", "message": f"the watchdog ended it: {reason}", "step": None},
+            error={**error, "failed_steps": failed, **self._compensation_report()},
         )

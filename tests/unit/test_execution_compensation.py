@@ -245,3 +245,39 @@ def test_a_workflow_timeout_lists_the_steps_that_had_failed(kit: Kit, policy: st
     kit.timers.advance(60)
     error = kit.status_is(eid, "failed")["error"]
     assert (error["type"], error["failed_steps"]) == ("WorkflowTimeout", ["bad"])
+
+
+def test_an_abort_while_compensating_records_what_each_compensation_did(kit: Kit) -> None:
+    spec = wf(
+        step("a", compensation="noop"),
+        step("b", "a", compensation="noop"),
+        step("c", "b", compensation="noop"),
+        step("d", "c"),
+        error_handling="compensate",
+    )
+    eid = kit.start(spec)
+    for name in ("a", "b", "c"):
+        d = kit.next_held()
+        d.reply_to.tell(finished(d, name))
+    last = kit.next_held()
+    last.reply_to.tell(finished(last, error=BOOM))
+    undo_c = kit.next_held()
+    undo_c.reply_to.tell(finished(undo_c, "undone"))
+    undo_b = kit.next_held()
+    rec = kit.engine.abort_workflow(eid, "enough").result(WAIT)
+    assert kit.cancels.get(timeout=WAIT) == undo_b.task["task_id"]
+    assert (rec["status"], rec["reason"]) == ("aborted", "enough")
+    error = rec["error"]
+    assert (error["step"], error["type"], error["failed_steps"]) == ("d", "Boom", ["d"])
+    outcome = [
+        (c["step"], c["status"], (c.get("error") or {}).get("message"))
+        for c in error["compensations"]
+    ]
+    assert outcome == [
+        ("c", "succeeded", None),
+        ("b", "cancelled", "enough"),  # it ran, and was cancelled
+        ("a", "cancelled", "enough (before it started)"),
+    ]
+    assert kit.held.empty()
+    types = [e["type"] for e in kit.events(eid)]
+    assert types.count("compensation.cancelled") == 2 and types[-1] == "workflow.aborted"
