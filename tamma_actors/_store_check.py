@@ -35,7 +35,7 @@ from tamma_actors._store_check_main import HEAD, MARK_SIZE, WALKED
 if TYPE_CHECKING:
     from tamma_actors._verify import VerifyReport
 
-__all__ = ["StoreCheck", "copy_store", "damage_signal", "verify_file"]
+__all__ = ["CHECK_TIMEOUT", "StoreCheck", "copy_store", "damage_signal", "verify_file"]
 
 _CHILD = "tamma_actors._store_check_main"
 
@@ -43,8 +43,11 @@ _CHILD = "tamma_actors._store_check_main"
 _DAMAGE = {
     signal.SIGABRT: "liblmdb stopped on a page it found inconsistent",
     signal.SIGBUS: "a page lies beyond the end of the file (is it truncated?)",
-    signal.SIGSEGV: "a page points outside the file",
+    signal.SIGSEGV: "liblmdb read outside the file (a page points elsewhere?)",
 }
+# A whole check or copy takes time in proportion to the store (~1.5 s for 10,000
+# executions): the bound is for a child that hangs, not for a big store.
+CHECK_TIMEOUT = 3600.0
 
 
 def damage_signal(returncode: int | None) -> str | None:
@@ -125,7 +128,7 @@ class StoreCheck:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def result(self, timeout: float | None) -> dict[str, Any]:
+    def result(self, timeout: float) -> dict[str, Any]:
         """The child's result. A damaged file (an LMDB error, or the child's death by a
         signal a damaged file causes) raises StoreCorrupted naming the file and where it
         was reading; any other failure a StoreError."""
@@ -168,13 +171,17 @@ class StoreCheck:
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+            proc.wait()
         self._marks.close()
 
 
-def verify_file(path: Path, timeout: float | None = None) -> VerifyReport:
+def verify_file(path: Path, timeout: float = CHECK_TIMEOUT) -> VerifyReport:
     """``check_store`` of the store directory ``path``, read in a child process. A
     damaged file is a report with ``damaged`` set and the finding as its one problem."""
     from tamma_actors._verify import VerifyReport
@@ -192,7 +199,7 @@ def verify_file(path: Path, timeout: float | None = None) -> VerifyReport:
     )
 
 
-def copy_store(path: Path, dest: Path, timeout: float | None = None) -> None:
+def copy_store(path: Path, dest: Path, timeout: float = CHECK_TIMEOUT) -> None:
     """A compacted copy of the store directory ``path`` into ``dest``, made by a child
     process (a damaged file raises StoreCorrupted)."""
     with StoreCheck("copy", path, dest=dest) as check:
