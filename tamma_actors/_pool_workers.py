@@ -18,6 +18,10 @@ and so its tasks: only it holds that secret. A hello under a worker id that anot
 connection holds is not answered while that connection is there (a rehello tells: ROUTER
 sends to a gone one fail), so a peer cannot push a live worker out by naming it; once the
 holder is gone, the newcomer takes the name, and the holder's tasks are queued again.
+The node's own local workers connect under routing ids it drew for them: a worker is one
+of them (``local``: killed and restarted by the node, measured by it) by that alone, and
+the worker id of one is its own: another connection naming it is refused, and one that
+claimed it before that process joined gives it up.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ MIB = 1 << 20
 # The shortest routing id a worker may name its connection by (see the module docstring).
 MIN_ROUTE_BYTES = 16
 _NEEDED = "a worker needs a worker token or an admin token"
+_OURS = "its worker id is one of this node's own local workers'"
 _SHOWN = 200  # characters of a peer's worker id (and of a reason naming it) health shows
 _CATCH_UP_BATCHES = 16  # socket batches read before a heartbeat check
 
@@ -197,7 +202,7 @@ class ConnectedWorkers:
         _routes: dict[bytes, PoolWorker]  # the same workers, by their routing id
         _refusals: RefusalLog  # which hellos not admitted get a log line
         _refused: Refused  # and how many there were
-        _children: dict[str, Child]
+        _children: dict[bytes, Child]  # our local workers, by the routing id each was given
         _tasks: dict[str, _Task]
         _queue: deque[str]
         _hb_interval: float
@@ -221,14 +226,17 @@ class ConnectedWorkers:
             return
         admission = self._admission
         plugins = frozenset(msg["plugins"])
+        child = self._children.get(identity)  # one of ours, under the route it was given
         reason = _public_route(identity, worker_id)
+        if reason is None and child is None and self._names_a_child(worker_id):
+            reason = _OURS
         if reason is None and admission is not None:
             reason = admission.refusal(msg.get("token"))
         if reason is not None:
             self._refuse(identity, worker_id, reason)
             return
         current = self._routes.get(identity)  # this connection's worker, if it joined
-        if not self._take_name(worker_id, current):
+        if not self._take_name(worker_id, current, ours=child is not None):
             return
         if admission is not None:
             plugins = admission.offer(plugins)
@@ -236,7 +244,6 @@ class ConnectedWorkers:
             if withheld:
                 log.info("worker %s offers %s: not on this node (not enabled)",
                          worker_id, ", ".join(withheld))  # fmt: skip
-        child = self._children.get(worker_id)
         worker = PoolWorker(
             worker_id=worker_id,
             identity=identity,
@@ -257,17 +264,24 @@ class ConnectedWorkers:
         self._notify_waiters()
         self._pump()
 
-    def _take_name(self, worker_id: str, current: PoolWorker | None) -> bool:
+    def _names_a_child(self, worker_id: str) -> bool:
+        return any(child.worker_id == worker_id for child in self._children.values())
+
+    def _take_name(self, worker_id: str, current: PoolWorker | None, *, ours: bool) -> bool:
         """Whether an admitted hello under ``worker_id`` (on the connection of ``current``,
-        if it had joined) may have that name; the one it takes it from is lost."""
+        if it had joined; from a local worker of ours if ``ours``) may have that name; the
+        one it takes it from is lost."""
         holder = self._workers.get(worker_id)
         if holder is not None and holder is not current:
-            if self._send(holder.identity, wire.rehello()):
+            if ours:  # claimed before our process joined: refused now, it gives it up
+                self._refuse(holder.identity, worker_id, _OURS)
+            elif self._send(holder.identity, wire.rehello()):
                 # still connected (a live holder answers with a hello on its own connection)
                 self._not_admitted(worker_id, "its worker id is held by another connection")
                 return False
-            self._worker_lost(holder, f"worker {worker_id} is gone from its connection",
-                              kill=False)  # fmt: skip
+            else:
+                self._worker_lost(holder, f"worker {worker_id} is gone from its connection",
+                                  kill=False)  # fmt: skip
         if current is not None and current.worker_id != worker_id:
             self._worker_lost(current, f"worker {current.worker_id} took another name "
                               f"({worker_id})", kill=False)  # fmt: skip
@@ -279,7 +293,7 @@ class ConnectedWorkers:
         joined = self._routes.get(identity)
         if joined is not None:
             # A worker that had joined on this connection: refused now, it exits.
-            self._worker_lost(joined, f"worker {worker_id} was refused a new hello", kill=False)
+            self._worker_lost(joined, f"worker {joined.worker_id} refused: {reason}", kill=False)
 
     def _not_admitted(self, worker_id: str, reason: str) -> None:
         self._refused.add(worker_id, reason, time.time())
@@ -296,7 +310,7 @@ class ConnectedWorkers:
         del self._routes[worker.identity]
         self._offered_changed()
         log.warning("%s; re-dispatching %d task(s)", reason, len(worker.tasks))
-        child = self._children.get(worker.worker_id)
+        child = self._children.get(worker.identity)
         if kill and child is not None:
             self._kill(child)
         elif kill:
@@ -355,7 +369,7 @@ class ConnectedWorkers:
 
         A local worker is measured here (psutil), so a worker too busy or too broken to
         report still gets caught; a remote one by the RSS its heartbeats report."""
-        child = self._children.get(worker.worker_id)
+        child = self._children.get(worker.identity)
         if child is not None:
             try:
                 worker.rss = psutil.Process(child.proc.pid).memory_info().rss

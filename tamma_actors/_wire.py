@@ -26,6 +26,7 @@ from tamma_actors._errors import ProtocolError
 __all__ = [
     "DEFAULT_WORKER_SLOTS",
     "NODE_TYPES",
+    "ROUTE_ENV",
     "TOKEN_ENV",
     "VERSION",
     "WORKER_TYPES",
@@ -56,6 +57,10 @@ DEFAULT_WORKER_SLOTS = 32
 # step runs): a node gives its local workers this run's own there, not on their command
 # line, which ps shows to everyone.
 TOKEN_ENV = "TAMMA_WORKER_TOKEN"
+# Where a node's own local worker finds the routing id to connect under (removed from its
+# environment as its token is): the node drew it, and takes the worker connecting under it
+# for that process of its own, whatever worker id it names.
+ROUTE_ENV = "TAMMA_WORKER_ROUTE"
 Check = Callable[[Any], bool]
 
 

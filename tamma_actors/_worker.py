@@ -8,7 +8,8 @@ signals and the exit code. An unmanaged worker stops gracefully on SIGTERM/SIGIN
 managed one (spawned by the node) ignores SIGINT, is told by the node when to stop, and
 dies with its parent: PR_SET_PDEATHSIG plus a parent check on every heartbeat. Its token
 (a worker token, for a node with tokens) comes from ``TAMMA_WORKER_TOKEN`` (not the
-command line, which ps shows), and is taken out of the environment before any step runs.
+command line, which ps shows), and is taken out of the environment before any step runs;
+so does the routing id a node gives each of its own local workers (``TAMMA_WORKER_ROUTE``).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def run_worker(
     from_env = os.environ.pop(wire.TOKEN_ENV, None)
     if token is None:
         token = from_env or None
+    route = os.environ.pop(wire.ROUTE_ENV, None)  # the node drew it for a local worker
     if curve is not None:
         _check_curve_keys(curve)
     if managed:
@@ -142,6 +144,7 @@ def run_worker(
             curve=curve,
             stop_grace=stop_grace,
             token=token,
+            routing_id=route.encode() if route else None,
         )
     except TransportError as exc:
         # connect() is asynchronous: what fails at once is the endpoint itself

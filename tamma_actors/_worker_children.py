@@ -4,6 +4,11 @@ A mixin of :class:`~tamma_actors._workerpool.WorkerPool` (it runs on the pool's 
 A local worker that exits is restarted with a backoff (0.1 s doubling up to 5 s; a worker
 that lived 10 s resets it), so a crash loop does not spin. Signals go through the pidfd,
 never to a pid that may have been recycled.
+
+Each process is given a routing id of its own (a secret, in its environment), and the pool
+takes the worker connecting under it for that process: not whoever names itself after the
+process's worker id, which ``tamma health`` shows and a peer could take once the process is
+gone, or before it joins. Children are kept by that routing id.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from tamma_actors import _wire as wire
 
 if TYPE_CHECKING:
     from tamma_actors._socket_actor import Watchable
@@ -36,6 +44,7 @@ _STABLE_UPTIME = 10.0  # a local worker that lived this long resets its crash ba
 @dataclass(eq=False)
 class Child:
     worker_id: str
+    route: bytes = field(repr=False)  # the routing id it connects under: a secret
     proc: subprocess.Popen[bytes]
     pidfd: int
     started: float
@@ -46,7 +55,7 @@ class LocalWorkers:
     """Spawning, reaping and restarting the pool's local worker processes."""
 
     if TYPE_CHECKING:
-        _children: dict[str, Child]
+        _children: dict[bytes, Child]  # by the routing id each was given
         _endpoint: str
         _worker_slots: int
         _hb_interval: float
@@ -57,7 +66,7 @@ class LocalWorkers:
         _restarts: int
         _spawned: int
         _stopping: bool
-        _workers: dict[str, Any]
+        _routes: dict[bytes, Any]  # the workers that joined, by routing id
 
         def watch(
             self, sock: Watchable, on_readable: Callable[[], None], *, drains: bool = False
@@ -80,20 +89,23 @@ class LocalWorkers:
             "--stop-grace", str(self._cancel_grace),
             *self._worker_args,
         ]  # fmt: skip
+        route = secrets.token_urlsafe(24)
+        env = {**self._env, wire.ROUTE_ENV: route}  # not argv: ps shows it
         try:
-            proc = subprocess.Popen(cmd, env=self._env, start_new_session=True)
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
         except OSError:
             log.exception("cannot start a local worker")
             self._schedule_restart(failures + 1)
             return
-        child = Child(worker_id, proc, os.pidfd_open(proc.pid), time.monotonic(), failures)
-        self._children[worker_id] = child
+        pidfd = os.pidfd_open(proc.pid)
+        child = Child(worker_id, route.encode(), proc, pidfd, time.monotonic(), failures)
+        self._children[child.route] = child
         self.watch(child.pidfd, lambda: self._on_child_exit(child))
 
     def _on_child_exit(self, child: Child) -> None:
         code = child.proc.wait(timeout=STOP_EXTRA)  # the pidfd says it exited: reap it
         self._forget_child(child)
-        worker = self._workers.get(child.worker_id)
+        worker = self._routes.get(child.route)
         if worker is not None:
             self._worker_lost(worker, f"worker {child.worker_id} exited ({code})", kill=False)
         lived = time.monotonic() - child.started
@@ -110,7 +122,7 @@ class LocalWorkers:
         """SIGTERM the local workers that have not joined (still starting): no stop
         message can reach them and they run nothing, so they need not be waited for."""
         for child in self._children.values():
-            if child.worker_id not in self._workers:
+            if child.route not in self._routes:
                 with contextlib.suppress(ProcessLookupError, OSError):
                     signal.pidfd_send_signal(child.pidfd, signal.SIGTERM)
 
@@ -127,7 +139,7 @@ class LocalWorkers:
             self._forget_child(child)
 
     def _forget_child(self, child: Child) -> None:
-        if self._children.pop(child.worker_id, None) is not None:
+        if self._children.pop(child.route, None) is not None:
             self.unwatch(child.pidfd)
             os.close(child.pidfd)
 

@@ -11,8 +11,9 @@ with the others read in the same batch: no thread hand-off. Until a welcome come
 worker says hello again every few heartbeat intervals; once welcomed it sends heartbeats.
 A managed worker whose parent is gone exits (``EXIT_PARENT_DIED``).
 The socket's routing id, by which the node knows this worker, is a secret drawn for each
-Worker (never its worker id, which anyone may read in ``tamma health``): whoever connects
-under a worker's routing id is sent its steps and heard on their behalf. A reconnection
+Worker (never its worker id, which anyone may read in ``tamma health``), or the one a node
+drew for a local worker of its own: whoever connects under a worker's routing id is sent
+its steps and heard on their behalf. A reconnection
 keeps it, so the node goes on taking this worker's results. A node not up yet (or
 restarting) is waited for, as ZeroMQ reconnects; a handshake the node will never accept (a
 wrong CURVE key, CURVE on one side only), seen by the socket's monitor, ends the worker
@@ -193,6 +194,7 @@ class Worker:
         curve: CurveKeys | None = None,
         stop_grace: float = 5.0,
         token: str | None = None,
+        routing_id: bytes | None = None,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be >= 1")
@@ -208,6 +210,7 @@ class Worker:
         self._max_frame = max_frame_bytes
         self._stop_grace = stop_grace
         self._token = token
+        self._route = routing_id or secrets.token_urlsafe(24).encode()  # see above
         self._registry = load_registry(enabled=enabled, allowlist=allowlist)
         self._stop_requested = False
         self._stopping_since: float | None = None
@@ -236,7 +239,7 @@ class Worker:
         handshakes: Handshakes | None = None
         try:
             sock.setsockopt(zmq.LINGER, _LINGER_MS)
-            sock.setsockopt(zmq.IDENTITY, secrets.token_urlsafe(24).encode())  # see above
+            sock.setsockopt(zmq.IDENTITY, self._route)
             sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
             secured = curve is not None and endpoint.startswith("tcp://")  # as the node
             if secured:

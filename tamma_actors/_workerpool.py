@@ -172,7 +172,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._routes: dict[bytes, PoolWorker] = {}  # the same, by routing id (a secret)
         self._refusals = RefusalLog()
         self._refused = Refused()
-        self._children: dict[str, Child] = {}
+        self._children: dict[bytes, Child] = {}  # by the routing id each was given
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
         # task id -> what its stopped owner was to be told: see the module docstring

@@ -584,6 +584,20 @@ def test_the_token_comes_from_the_environment_and_leaves_it(
     assert node.frames[0]["token"] == "s3cret" and wire.TOKEN_ENV not in os.environ
 
 
+def test_the_routing_id_a_node_gives_comes_from_the_environment_and_leaves_it(
+    node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's own local worker connects under the routing id the node drew for it (by
+    which it knows the process for its own), and no step sees it in the environment."""
+    monkeypatch.setenv(wire.ROUTE_ENV, "given-by-the-node-0123456789")
+    done = threading.Event()
+    t = _node_thread(node, done)
+    assert main(["--connect", node.endpoint, "--slots", "1"]) == EXIT_OK
+    t.join(timeout=TIMEOUT)
+    assert node.identity == b"given-by-the-node-0123456789"
+    assert wire.ROUTE_ENV not in os.environ
+
+
 def test_a_refused_hello_ends_the_worker(
     node: FakeNode, start: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
