@@ -41,7 +41,10 @@ class Explain:
 def _at(ts: float | None) -> str:
     if ts is None:
         return "an unknown time"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # beyond what a calendar date can say
+        return f"{ts:g} s after the epoch"
 
 
 def _is_wait(cfg: WorkflowConfig | None, name: str) -> bool:

@@ -267,3 +267,11 @@ def test_explain_says_a_subflow_waits_on_a_child_paused_on_its_own() -> None:
     )
     assert why("paused", parent="paused") == "subflow: child execution kid-1 (attempt 1), paused"
     assert why(None) == "subflow: child execution kid-1 (attempt 1)"  # not started yet
+
+
+def test_explain_says_a_time_beyond_any_calendar_date_without_failing() -> None:
+    # a retry 1e300 s away (a plugin's RetryAfter) took the supervisor down with it
+    far = _state("running", r=StepState(status="retry_wait", attempts=1, retry_at=1e300))
+    assert explain(far, None, 0.0)["steps"]["r"]["waiting_for"] == (
+        "retry (attempt 2) at 1e+300 s after the epoch"
+    )
