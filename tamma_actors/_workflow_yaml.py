@@ -1,0 +1,143 @@
+"""Reading workflow files: a YAML loader with a workflow's rules, and the limits on a file.
+
+A workflow file is JSON data written as YAML: dates and times stay text, and a document
+that would hold a reader for minutes (too deep, too big, aliases that expand too far) is
+refused with an error saying which.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tamma_actors._errors import Problem, WorkflowValidationError
+
+__all__ = [
+    "MAX_ALIAS_EXPANSION",
+    "MAX_WORKFLOW_FILE_BYTES",
+    "YamlTooBig",
+    "read_workflow_file",
+    "read_workflow_mapping",
+    "yaml_data",
+]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, but a date or a time stays the text it is written as:
+    a workflow is JSON data (an unquoted ``2026-12-01`` in a step's config is a string)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+# What aliases may add to a document beyond one value per character of its text: enough
+# for any use of anchors (merge keys, a shared block), not for a few lines of aliases of
+# aliases that expand to billions of values (or a value that contains itself) and hold
+# whoever validates them for minutes.
+MAX_ALIAS_EXPANSION = 1_000_000
+
+
+class YamlTooBig(yaml.YAMLError):
+    """A document nested too deeply to read, or whose aliases expand it too far."""
+
+
+def yaml_data(text: str) -> Any:
+    """``text`` read as YAML, as a workflow file is (a date or a time stays text).
+    Raises :class:`YamlTooBig` for a document nested too deeply for the parser or one
+    whose aliases expand it beyond MAX_ALIAS_EXPANSION values more than its length."""
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
+    except RecursionError as exc:
+        raise YamlTooBig("nested too deeply to read (maps and lists ~1,000 levels deep)") from exc
+    limit = len(text) + MAX_ALIAS_EXPANSION
+    count, stack = 0, [data]
+    while stack:  # every value as the reader of the data meets it: aliases expanded
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            count += len(item)  # the keys
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        if count > limit:
+            raise YamlTooBig(
+                f"its aliases expand it to more than {limit:,} values (aliases of aliases, "
+                "or a value that contains itself)"
+            )
+    return data
+
+
+MAX_WORKFLOW_FILE_BYTES = 16 << 20  # far beyond any definition a start request can carry
+
+
+def _file_text(path: str | Path, *, regular_only: bool) -> str:
+    """The text of the file at ``path``, of at most MAX_WORKFLOW_FILE_BYTES (``/dev/zero``
+    does not fill the memory). ``regular_only``: a FIFO or a device is refused before it
+    is read, so that a node reading a named file never waits for a writer for good; a
+    client may read a pipe (``tamma start <(make-workflow)``)."""
+    too_big = f"more than the {MAX_WORKFLOW_FILE_BYTES >> 20} MiB a workflow file may be"
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NONBLOCK if regular_only else 0)
+    fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO does not wait for a writer
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode) or (regular_only and not stat.S_ISREG(info.st_mode)):
+            raise OSError(f"{path} is not a regular file")
+        if info.st_size > MAX_WORKFLOW_FILE_BYTES:
+            raise OSError(f"{path} is {info.st_size} bytes, {too_big}")
+        data = bytearray()
+        while len(data) <= MAX_WORKFLOW_FILE_BYTES:  # a regular file may have grown since
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > MAX_WORKFLOW_FILE_BYTES:
+        raise OSError(f"{path} is {too_big}")
+    return data.decode("utf-8")
+
+
+def read_workflow_mapping(path: str | Path, *, regular_only: bool = False) -> dict[str, Any]:
+    """The YAML document at ``path`` as a mapping; unreadable or malformed files raise
+    :class:`WorkflowValidationError` naming the line and column when YAML knows them.
+    ``regular_only``: refuse anything but a regular file (a FIFO, a device) unread."""
+    return read_workflow_file(path, regular_only=regular_only)[1]
+
+
+def read_workflow_file(
+    path: str | Path, *, regular_only: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The text of the workflow file at ``path`` and its mapping (see read_workflow_mapping)."""
+    source = str(path)
+    try:
+        text = _file_text(path, regular_only=regular_only)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowValidationError([Problem("", f"cannot read file: {exc}")], source) from exc
+    try:
+        data = yaml_data(text)
+    except YamlTooBig as exc:
+        raise WorkflowValidationError([Problem("", str(exc))], source) from exc
+    except yaml.YAMLError as exc:
+        raise WorkflowValidationError([_yaml_problem(exc)], source) from exc
+    if not isinstance(data, dict):
+        kind = "an empty document" if data is None else f"a {type(data).__name__}"
+        raise WorkflowValidationError(
+            [Problem("line 1, column 1", f"a workflow must be a mapping, got {kind}")], source
+        )
+    return text, data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> Problem:
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(
+        str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part
+    )
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return Problem(where, f"YAML syntax error: {what or exc}")
