@@ -359,6 +359,7 @@ class Engine(EngineReads, EngineRecovery):
     def abort_workflow(
         self, execution_id: str, reason: str | None = None
     ) -> Future[dict[str, Any]]:
+        self._readmit(execution_id)  # given up on: abort is the way to end it
         return self._ask(execution_id, lambda r: Abort(r, reason))
 
     @guarded

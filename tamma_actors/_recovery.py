@@ -273,6 +273,19 @@ class EngineRecovery:
                         f"in {delay:g}s (revival {failures} of {len(_REVIVE_AFTER)})")  # fmt: skip
         log.error("execution %s: %s", eid, said)
 
+    def _readmit(self, eid: str) -> None:
+        """An abort asked for an execution given up after its supervisor kept failing:
+        brought back from the store once more, so that a supervisor records the abort (one
+        whose records cannot be read stays given up, and the abort is refused)."""
+        if eid not in self.unrecovered:
+            return
+        try:
+            self._activate(eid)
+        except TammaError as exc:
+            log.warning("execution %s cannot be brought back to abort it: %s", eid, exc)
+            return
+        self.unrecovered.pop(eid, None)
+
     def reactivate_unconfirmed(self) -> int:
         """A store writer is back: bring back, from what the store has, each execution
         that stopped because its writer could not confirm a commit; returns how many."""

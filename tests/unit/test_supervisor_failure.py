@@ -226,6 +226,26 @@ def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPa
     kit.status_is(eid, "completed")
 
 
+def test_an_execution_given_up_on_can_still_be_aborted(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = kit.start(wf(wait_step("w", 600)))
+    kit.step_is(eid, "w", "running")
+    _watchdog_checks_raise(monkeypatch)
+    for delay in (0.1, 1.0, 10.0):
+        _fail(kit, eid)
+        kit.timers.advance(delay)
+        kit.woken(eid)
+    _fail(kit, eid)
+    assert eid in kit.engine.unrecovered
+    # brought back from the store once more, so that its abort is recorded
+    aborted = kit.engine.abort_workflow(eid, "given up").result(WAIT)
+    assert (aborted["status"], aborted["reason"]) == ("aborted", "given up")
+    health = kit.engine.health().result(WAIT)
+    assert health["status"] == "ok" and health["recovery"]["unrecoverable"] == {}
+    assert kit.record(eid)["status"] == "aborted"
+
+
 def test_after_its_fourth_failure_it_is_left_to_the_store_and_waits_are_held(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
