@@ -28,7 +28,7 @@ from tamma_actors._control import ControlServer
 from tamma_actors._errors import TransportError
 from tamma_actors._eventbus import EventBus
 from tamma_actors._plugins import GATED_BUILTINS, gated_enabled
-from tamma_actors._pool_workers import WorkerAdmission
+from tamma_actors._pool_admission import WorkerAdmission
 from tamma_actors._supervision import children_to_restart
 from tamma_actors._workerpool import WorkerPool
 from tamma_actors._writer import QueuedWriter, StoreWriter

@@ -12,18 +12,11 @@ Cancel: a queued task is dropped and answered at once; a running one gets ``canc
 if no result comes within ``cancel_grace`` the worker is killed (local) or dropped and
 told to stop (remote); the task is reported StepCancelled, its neighbours re-dispatched.
 
-Frames from an identity the pool does not know, other than ``hello``, are answered with
-``rehello``: the node may have restarted under a worker that kept its connection. A
-``StepCancelled`` result the pool did not ask for (the worker is stopping on its own,
-e.g. SIGTERM) is re-dispatched rather than reported, for the same reason as a crash.
+What each frame from a worker does: :mod:`._pool_frames`.
 
-A result whose owner had stopped (its supervisor failed, or its commit did), unless the
-owner had cancelled the task, is kept by task id, as is one an owner hands back
-(:class:`Undelivered`): the supervisor brought back from the store dispatches the same
-attempt again, and gets that result instead of running the step a second time. A task
-id names an execution, a step and an attempt, so the result is the one that attempt had.
-At most ``_KEEP_UNDELIVERED`` results are kept, with outputs and errors of
-``_KEEP_UNDELIVERED_BYTES`` in all (encoded), each for ``_KEEP_UNDELIVERED_S``.
+A result whose owner had stopped, unless the owner had cancelled the task, is kept by
+task id, as is one an owner hands back (:class:`Undelivered`), for the supervisor brought
+back from the store, which dispatches the same attempt again (:mod:`._pool_kept`).
 
 Shutdown order (on_stop): ``stop`` to every worker -> wait up to ``cancel_grace`` + 2 s
 for local children -> SIGKILL leftovers -> close pidfds -> close the ROUTER (linger 1 s).
@@ -34,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -44,9 +37,11 @@ import pykka
 import zmq
 
 from tamma_actors import _wire as wire
-from tamma_actors._codec import pack
 from tamma_actors._control import bind_server, forget_ipc_file
 from tamma_actors._errors import TammaError
+from tamma_actors._pool_admission import RefusalLog, Refused, WorkerAdmission
+from tamma_actors._pool_frames import WorkerFrames
+from tamma_actors._pool_kept import KeptResults
 from tamma_actors._pool_messages import (
     Cancel,
     Dispatch,
@@ -59,13 +54,7 @@ from tamma_actors._pool_messages import (
     cancelled_error,
     notify,
 )
-from tamma_actors._pool_workers import (
-    ConnectedWorkers,
-    PoolWorker,
-    RefusalLog,
-    Refused,
-    WorkerAdmission,
-)
+from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers
@@ -85,20 +74,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LINGER_MS = 1000
-# Results whose owner had stopped, kept for a dispatch of the same task (see above).
-_KEEP_UNDELIVERED = 1024
-_KEEP_UNDELIVERED_S = 600.0
-_KEEP_UNDELIVERED_BYTES = 64 << 20
-
-
-@dataclass(frozen=True)
-class _Kept:
-    """What a stopped owner was to be told of a finished task (the last report is its
-    TaskFinished), since when, and how many bytes its output and error take encoded."""
-
-    at: float
-    size: int
-    reports: tuple[Any, ...]
 
 
 @dataclass(eq=False)
@@ -127,11 +102,11 @@ def _without_settings(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.upper().startswith("TAMMA_")}
 
 
-class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
+class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
     """Owns the workers ROUTER socket, the local worker processes and task dispatch.
 
-    Who has joined and who is lost: :class:`ConnectedWorkers`; the local processes:
-    :class:`LocalWorkers`."""
+    What each frame from a worker does: :class:`WorkerFrames`; who has joined and who is
+    lost: :class:`ConnectedWorkers`; the local processes: :class:`LocalWorkers`."""
 
     def __init__(
         self,
@@ -175,9 +150,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         self._children: dict[bytes, Child] = {}  # by the routing id each was given
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
-        # task id -> what its stopped owner was to be told: see the module docstring
-        self._undelivered: OrderedDict[str, _Kept] = OrderedDict()
-        self._undelivered_bytes = 0
+        self._undelivered = KeptResults()  # what stopped owners were to be told
         self._dispatched_total = 0
         self._restarts = 0
         self._spawned = 0
@@ -228,7 +201,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         elif isinstance(message, Cancel):
             self._on_cancel(message.task_id)
         elif isinstance(message, Undelivered):
-            self._keep_undelivered((message.finished,))
+            self._undelivered.keep((message.finished,))
         elif isinstance(message, HoldQueue):
             self._holding = True
         else:
@@ -240,13 +213,11 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
         if not isinstance(task_id, str) or not isinstance(impl, str):
             log.error("dispatch without a task_id/implementation dropped: %r", msg.task)
             return
-        kept = self._undelivered.pop(task_id, None)
-        if kept is not None:
-            self._undelivered_bytes -= kept.size
+        kept = self._undelivered.take(task_id)
         if kept is not None and task_id not in self._tasks:
             log.info("task %s finished while its owner was gone; its result goes to the new one",
                      task_id)  # fmt: skip
-            for report in kept.reports:
+            for report in kept:
                 notify(msg.reply_to, report)
             return
         known = self._tasks.get(task_id)
@@ -356,118 +327,6 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             log.warning("cannot send to %s: %s", who, exc)
             return False
 
-    # -- frames from workers ---------------------------------------------------------------
-
-    def _on_readable(self) -> None:
-        self._read_batch()  # watched with ``drains=True``
-
-    def _read_batch(self) -> int:
-        """Read up to a batch of frames; returns how many."""
-        for count in range(self.socket_batch):
-            if self._sock is None or self.actor_stopped.is_set():
-                return count
-            try:
-                parts = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return count
-            self._on_frames(parts)
-        return self.socket_batch
-
-    def _on_frames(self, parts: list[bytes]) -> None:
-        if len(parts) != 2:
-            log.warning("dropped a %d-part message on the workers socket", len(parts))
-            return
-        identity, data = parts
-        worker = self._routes.get(identity)
-        try:
-            msg = wire.decode_worker_frame(data, self._max_frame)
-        except TammaError as exc:
-            who = "an unknown peer" if worker is None else f"worker {worker.worker_id}"
-            log.warning("dropped a bad frame from %s: %s", who, exc)  # (not its routing id)
-            return
-        if msg["t"] == "hello":
-            self._on_hello(identity, msg)
-        elif worker is None:
-            if msg["t"] != "bye":
-                self._send(identity, wire.rehello())
-        else:
-            worker.last_seen, worker.last_seen_wall = time.monotonic(), time.time()
-            self._on_worker_frame(worker, msg)
-
-    def _on_worker_frame(self, worker: PoolWorker, msg: dict[str, Any]) -> None:
-        kind = msg["t"]
-        if kind == "hb":
-            worker.rss = msg["rss"]
-        elif kind == "bye":
-            self._worker_lost(worker, f"worker {worker.worker_id} left", kill=False)
-        else:
-            task = self._tasks.get(msg["task_id"])
-            if task is None or task.worker_id != worker.worker_id:
-                log.info(
-                    "frame for unknown task %s from %s ignored", msg["task_id"], worker.worker_id
-                )
-            elif kind == "started":
-                task.started = True
-                ran = msg.get("ran_ms", 0.0) / 1000.0
-                notify(task.reply_to, TaskStarted(task.task_id, worker.worker_id, ran))
-            elif kind == "progress":
-                notify(task.reply_to, TaskProgress(task.task_id, msg["progress"]))
-            else:
-                self._on_result(worker, task, msg)
-
-    def _on_result(self, worker: PoolWorker, task: _Task, msg: dict[str, Any]) -> None:
-        worker.tasks.discard(task.task_id)
-        del self._tasks[task.task_id]
-        reports: tuple[Any, ...] = ()
-        if not task.started and msg.get("started"):  # the start notice came with it
-            reports = (TaskStarted(task.task_id, worker.worker_id),)
-        error = msg.get("error") if not msg["ok"] else None
-        if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
-            for report in reports:
-                notify(task.reply_to, report)
-            window = self._cancel_grace + self._hb_timeout  # see PoolWorker.leaving
-            worker.sent_nothing_until = time.monotonic() + window
-            self.call_later(window, self._pump)  # then it may get work again
-            self._requeue([task], f"worker {worker.worker_id} is stopping")
-        else:
-            if task.cancel_timer is not None:
-                task.cancel_timer.cancel()
-            output = msg.get("output") if msg["ok"] else None
-            duration = float(msg["duration_ms"])
-            reports += (TaskFinished(task.task_id, msg["ok"], output, error, duration),)
-            delivered = all([notify(task.reply_to, report) for report in reports])
-            if not delivered and task.cancel_timer is None:  # not one its owner cancelled
-                self._keep_undelivered(reports)
-        self._pump()
-
-    def _keep_undelivered(self, reports: tuple[Any, ...]) -> None:
-        """Keep what a stopped owner was to be told of a finished task (the last report is
-        its TaskFinished), for a dispatch of the same task; the oldest go first."""
-        finished: TaskFinished = reports[-1]
-        try:
-            size = len(pack([finished.output, finished.error]))
-        except TammaError:  # it came over the wire, so this is not expected: not kept
-            size = _KEEP_UNDELIVERED_BYTES + 1
-        if size > _KEEP_UNDELIVERED_BYTES:
-            log.warning("result of %s not kept for a later dispatch: %d bytes",
-                        finished.task_id, size)  # fmt: skip
-            return
-        now = time.monotonic()
-        kept = self._undelivered
-        old = kept.pop(finished.task_id, None)
-        self._undelivered_bytes += size - (old.size if old is not None else 0)
-        kept[finished.task_id] = _Kept(now, size, reports)
-        while kept:
-            oldest = next(iter(kept.values()))
-            if (
-                len(kept) <= _KEEP_UNDELIVERED
-                and self._undelivered_bytes <= _KEEP_UNDELIVERED_BYTES
-                and now - oldest.at <= _KEEP_UNDELIVERED_S
-            ):
-                break
-            kept.popitem(last=False)
-            self._undelivered_bytes -= oldest.size
-
     # -- queries (ask / proxy) ---------------------------------------------------------------
 
     def endpoint(self) -> str:
@@ -488,7 +347,7 @@ class WorkerPool(ConnectedWorkers, LocalWorkers, SocketActor):
             "running": sum(len(w.tasks) for w in self._workers.values()),
             "dispatched_total": self._dispatched_total,
             "results_kept": len(self._undelivered),  # for owners that had stopped
-            "results_kept_bytes": self._undelivered_bytes,
+            "results_kept_bytes": self._undelivered.size,
             "restarts": self._restarts,
             "local_pids": sorted(c.proc.pid for c in self._children.values()),
             "refused": self._refused.report(),  # hellos not admitted since it started

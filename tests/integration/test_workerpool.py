@@ -690,23 +690,23 @@ def test_a_result_handed_back_by_its_owner_goes_to_the_next_dispatch(fake: Any) 
 def test_results_kept_for_stopped_owners_are_bounded_in_number_age_and_bytes(
     fake: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tamma_actors import _workerpool
+    from tamma_actors import _pool_kept
 
     h, new = fake
     w = new("fw1")
     w.hello(["noop"])
-    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED", 2)
+    monkeypatch.setattr(_pool_kept, "_KEEP_UNDELIVERED", 2)
     for n in range(3):
         h.pool.tell(Undelivered(TaskFinished(f"k{n}", True, n, None, 1.0)))
     assert h.stats()["results_kept"] == 2  # the oldest went
     h.dispatch(task("k0"))
     assert w.recv()["task_id"] == "k0"  # forgotten: it runs
-    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED_S", 0.05)
+    monkeypatch.setattr(_pool_kept, "_KEEP_UNDELIVERED_S", 0.05)
     time.sleep(0.1)
     h.pool.tell(Undelivered(TaskFinished("k3", True, 3, None, 1.0)))
     assert h.stats()["results_kept"] == 1  # the others were too old
-    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED", 100)
-    monkeypatch.setattr(_workerpool, "_KEEP_UNDELIVERED_BYTES", 2500)
+    monkeypatch.setattr(_pool_kept, "_KEEP_UNDELIVERED", 100)
+    monkeypatch.setattr(_pool_kept, "_KEEP_UNDELIVERED_BYTES", 2500)
     h.pool.tell(Undelivered(TaskFinished("big", True, "x" * 3000, None, 1.0)))
     assert h.stats()["results_kept"] == 1  # over the whole budget alone: not kept
     h.pool.tell(Undelivered(TaskFinished("m0", True, "x" * 1500, None, 1.0)))

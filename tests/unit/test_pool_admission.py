@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tamma_actors._pool_workers import RefusalLog, Refused, WorkerAdmission
+from tamma_actors._pool_admission import RefusalLog, Refused, WorkerAdmission
 
 TOKENS = {"a": "admin", "o": "operator", "v": "viewer"}
 
