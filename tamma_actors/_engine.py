@@ -259,7 +259,8 @@ class Engine(EngineReads, EngineRecovery):
 
         def committed(fut: Future[dict[str, Any]]) -> None:
             if fut.exception() is None:  # what a subflow by this name now means
-                names.created(str(fut.result()["id"]), cfg.name, digest)
+                record = fut.result()
+                names.created(str(record["id"]), cfg.name, digest, record["start_time"] or 0.0)
 
         reply.add_done_callback(committed)
         return reply

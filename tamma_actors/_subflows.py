@@ -113,9 +113,13 @@ class WorkflowFiles:
 ANY_FILE = WorkflowFiles()  # a node whose callers are all trusted: every one is admin
 
 
+_Latest = tuple[float, str, str]  # a name's last start: its time, id and digest
+
+
 class WorkflowNames:
     """Which stored definition each workflow name means for a subflow: that of the
-    execution of that name with the highest id (ids are made in creation order).
+    execution of that name created last (by its start time; ties by id: a client may name
+    its executions, so ids alone are no order).
 
     Found by one pass over every stored summary, the first time a name is asked for, then
     kept: each start this node commits is noted (:meth:`created`), and a deletion
@@ -126,18 +130,19 @@ class WorkflowNames:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock = threading.Lock()  # guards what follows
-        self._latest: dict[str, tuple[str, str]] | None = None  # name -> (id, digest)
-        self._noted: list[tuple[str, str, str]] | None = None  # starts during a pass
+        self._latest: dict[str, _Latest] | None = None  # name -> (start time, id, digest)
+        self._noted: list[tuple[str, str, str, float]] | None = None  # starts during a pass
         self._deletions = 0
         self._passing = threading.Lock()  # one pass over the store at a time
 
-    def created(self, eid: str, name: str, digest: str) -> None:
-        """A start of ``name`` under ``eid`` with ``digest`` was committed."""
+    def created(self, eid: str, name: str, digest: str, started: float) -> None:
+        """A start of ``name`` under ``eid`` with ``digest``, made at ``started``, was
+        committed."""
         with self._lock:
             if self._latest is not None:
-                _newer(self._latest, eid, name, digest)
+                _newer(self._latest, eid, name, digest, started)
             elif self._noted is not None:
-                self._noted.append((eid, name, digest))
+                self._noted.append((eid, name, digest, started))
 
     def definition(self, digest: str) -> dict[str, Any] | None:
         found = self._store.get_definition(digest)
@@ -159,31 +164,36 @@ class WorkflowNames:
                 if self._latest is not None:  # made by the pass this one waited for
                     return _digest(self._latest, name)
                 self._noted, deletions = [], self._deletions
-            latest: dict[str, tuple[str, str]] = {}
+            latest: dict[str, _Latest] = {}
             try:
                 for summary in self._store.iter_summaries():
                     workflow, digest = summary.get("workflow_id"), summary.get("digest")
                     if isinstance(workflow, str) and isinstance(digest, str):
-                        _newer(latest, str(summary.get("id")), workflow, digest)
+                        started = _started(summary.get("start_time"))
+                        _newer(latest, str(summary.get("id")), workflow, digest, started)
             finally:
                 with self._lock:
                     noted, self._noted = self._noted or [], None
             with self._lock:
-                for eid, workflow, digest in noted:
-                    _newer(latest, eid, workflow, digest)
+                for eid, workflow, digest, started in noted:
+                    _newer(latest, eid, workflow, digest, started)
                 if deletions == self._deletions:  # none during the pass: it is current
                     self._latest = latest
             return _digest(latest, name)
 
 
-def _newer(latest: dict[str, tuple[str, str]], eid: str, name: str, digest: str) -> None:
-    if name not in latest or eid >= latest[name][0]:
-        latest[name] = (eid, digest)
+def _started(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-def _digest(latest: dict[str, tuple[str, str]], name: str) -> str | None:
+def _newer(latest: dict[str, _Latest], eid: str, name: str, digest: str, started: float) -> None:
+    if name not in latest or (started, eid) >= latest[name][:2]:
+        latest[name] = (started, eid, digest)
+
+
+def _digest(latest: dict[str, _Latest], name: str) -> str | None:
     found = latest.get(name)
-    return None if found is None else found[1]
+    return None if found is None else found[2]
 
 
 def subflow_file(workflow: str, parent_source: str | None) -> Path | None:

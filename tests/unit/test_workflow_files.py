@@ -170,19 +170,21 @@ class _Counting(MemoryStore):
             yield summary
 
 
-def _stored(store: MemoryStore, eid: str, name: str, digest: str) -> None:
+def _stored(store: MemoryStore, eid: str, name: str, digest: str, started: float = 0.0) -> None:
     definition = {"name": name, "steps": [{"name": digest, "implementation": "noop"}]}
-    summary = {"id": eid, "workflow_id": name, "digest": digest}
+    summary = {"id": eid, "workflow_id": name, "digest": digest, "start_time": started}
     store.commit([Write(eid, summary=summary, definition=(digest, definition))])
 
 
-def test_a_name_means_its_execution_with_the_highest_id_and_one_pass_serves_them_all() -> None:
+def test_a_name_means_its_execution_started_last_and_one_pass_serves_them_all() -> None:
     store = _Counting()
-    _stored(store, "e2", "build", "d-new")
-    _stored(store, "e1", "build", "d-old")  # committed later, an older id (client-chosen)
-    _stored(store, "e3", "deploy", "d-dep")
+    _stored(store, "e2", "build", "d-old", started=100.0)
+    _stored(store, "e1", "build", "d-new", started=200.0)  # an older id (client-chosen)
+    _stored(store, "run-old", "build", "d-named", started=50.0)  # sorts above any hex id
+    _stored(store, "e3", "deploy", "d-dep", started=10.0)
+    _stored(store, "e4", "deploy", "d-tie", started=10.0)  # the same time: the higher id
     names = WorkflowNames(store)
-    assert names.digest("build") == "d-new" and names.digest("deploy") == "d-dep"
+    assert names.digest("build") == "d-new" and names.digest("deploy") == "d-tie"
     assert names.digest("nobody") is None
     assert store.passes == 1
     definition, source = resolve_workflow("build", None, names)
@@ -197,18 +199,18 @@ def test_starts_noted_after_and_during_the_pass_are_known_without_another() -> N
     for n in range(3):
         _stored(store, f"e{n}", "other", f"d{n}")
     names = WorkflowNames(store)
-    names.created("e9", "early", "d-early")  # before any pass: the pass reads the store
+    names.created("e9", "early", "d-early", 1.0)  # before any pass: the pass reads the store
     _stored(store, "e4", "early", "d-early")
 
     def meanwhile() -> None:  # committed during the pass, after its read reached it
-        names.created("e5", "during", "d-during")
+        names.created("e5", "during", "d-during", 2.0)
 
     store.during = meanwhile
     assert names.digest("during") == "d-during"
     assert names.digest("early") == "d-early"
-    names.created("e6", "build", "d-b")
-    names.created("e7", "build", "d-b2")
-    names.created("e0", "build", "d-lower")  # a lower id does not replace a higher one
+    names.created("e6", "build", "d-b", 3.0)
+    names.created("e7", "build", "d-b2", 4.0)
+    names.created("z0", "build", "d-higher-id", 3.5)  # a start before it does not replace it
     assert names.digest("build") == "d-b2"
     assert store.passes == 1
 
