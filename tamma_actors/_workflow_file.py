@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 
 import yaml
 from pydantic import ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._errors import Problem, WorkflowValidationError
@@ -105,7 +105,7 @@ def parse_workflow(
     try:
         config = WorkflowConfig.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_field_problems(exc))
+        problems.extend(_field_problems(exc, data))
     if isinstance(data, Mapping):
         graph = _Graph.from_raw(data)
         problems.extend(_graph_problems(graph, known_implementations))
@@ -115,14 +115,34 @@ def parse_workflow(
     return config
 
 
-def _field_problems(exc: ValidationError) -> Iterator[Problem]:
+def _field_problems(exc: ValidationError, data: Any) -> Iterator[Problem]:
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown field"
+            message = _spelt_twice(data, error["loc"]) or "unknown field"
         elif error["type"] == "missing":
             message = "field required"
         yield Problem(_dotted(error["loc"]), message)
+
+
+def _spelt_twice(data: Any, loc: tuple[int | str, ...]) -> str | None:
+    """ "given twice (retry_policy and retryPolicy)" when the key pydantic calls unknown at
+    ``loc`` is a field given under both its spellings (pydantic takes one, refuses the other)."""
+    parent = data
+    for part in loc[:-1]:  # locations name fields in snake_case; the file may not
+        if isinstance(part, int):
+            parent = parent[part] if _is_list(parent) and part < len(parent) else None
+        elif isinstance(parent, Mapping):
+            parent = parent.get(part, parent.get(to_camel(part)))
+        else:
+            return None
+    key = loc[-1] if loc else None
+    if not isinstance(key, str) or not isinstance(parent, Mapping):
+        return None
+    snake, camel = to_snake(key), to_camel(to_snake(key))
+    if snake != camel and snake in parent and camel in parent:
+        return f"given twice ({snake} and {camel})"
+    return None
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

@@ -19,6 +19,7 @@ from tamma_actors._errors import Problem, WorkflowValidationError
 __all__ = [
     "MAX_ALIAS_EXPANSION",
     "MAX_WORKFLOW_FILE_BYTES",
+    "DuplicateKey",
     "YamlTooBig",
     "read_workflow_file",
     "read_workflow_mapping",
@@ -26,9 +27,38 @@ __all__ = [
 ]
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping that gives one key twice (YAML says keys are unique; PyYAML would keep
+    the last one without a word, so a second ``steps:`` would replace the first)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, but a date or a time stays the text it is written as:
-    a workflow is JSON data (an unquoted ``2026-12-01`` in a step's config is a string)."""
+    """``yaml.safe_load``'s loader, but a date or a time stays the text it is written as
+    (a workflow is JSON data: an unquoted ``2026-12-01`` in a step's config is a string),
+    and a key given twice in one mapping is an error, not the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self._check_unique_keys(node)  # before merge keys (``<<``) add theirs, which may repeat
+        return super().construct_mapping(node, deep=deep)
+
+    def _check_unique_keys(self, node: yaml.MappingNode) -> None:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue  # a list or map as a key is refused later (keys are strings)
+            key = self.construct_object(key_node)
+            if key in first:
+                line = first[key].start_mark.line + 1
+                raise DuplicateKey(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {line})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -140,4 +170,6 @@ def _yaml_problem(exc: yaml.YAMLError) -> Problem:
         str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part
     )
     where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    if isinstance(exc, DuplicateKey):
+        return Problem(where, what)
     return Problem(where, f"YAML syntax error: {what or exc}")

@@ -1,0 +1,71 @@
+"""Workflow-file reading rules: keys given twice, how scalars read, names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tamma_actors._errors import WorkflowValidationError
+from tamma_actors._workflow_file import load_workflow, parse_workflow
+from tamma_actors._workflow_yaml import DuplicateKey, yaml_data
+
+
+def problems_of(tmp_path: Path, text: str, name: str = "w.yaml") -> list[str]:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(path, known_implementations={"noop", "echo"})
+    return [f"{p.loc}: {p.message}" for p in info.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "name: w\nsteps: [{name: a, implementation: noop}]\n"
+            "steps: [{name: b, implementation: noop}]\n",
+            "line 3, column 1: duplicate key 'steps' (first given on line 2)",
+        ),
+        (
+            "name: w\nsteps:\n  - name: a\n    implementation: echo\n    implementation: noop\n",
+            "line 5, column 5: duplicate key 'implementation' (first given on line 4)",
+        ),
+        (  # JSON goes through the same reader
+            '{"name": "w", "steps": [{"name": "a", "implementation": "noop"}], "name": "v"}',
+            "line 1, column 67: duplicate key 'name' (first given on line 1)",
+        ),
+    ],
+    ids=["steps", "implementation", "json"],
+)
+def test_a_key_given_twice_is_a_problem_naming_it_and_its_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    assert problems_of(tmp_path, text) == [expected]
+
+
+def test_merge_keys_may_still_be_overridden() -> None:
+    data = yaml_data("base: &b {x: 1, y: 2}\nother: {<<: *b, x: 3}\n")
+    assert data["other"] == {"x": 3, "y": 2}
+    with pytest.raises(DuplicateKey):
+        yaml_data("other: {<<: {x: 1}, x: 3, x: 4}\n")
+
+
+def test_a_field_under_both_spellings_is_given_twice_not_unknown() -> None:
+    data = {
+        "name": "both",
+        "retry_policy": {"max_attempts": 5},
+        "retryPolicy": {"max_attempts": 1},
+        "steps": [
+            {"name": "a", "implementation": "noop"},
+            {"name": "c", "implementation": "noop", "queue_timeout": 5, "queueTimeout": 60},
+        ],
+        "dependencies": [{"step": "c", "depends_on": ["a"], "dependsOn": ["a"]}],
+    }
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(data)
+    assert sorted(f"{p.loc}: {p.message}" for p in info.value.problems) == [
+        "dependencies[0].depends_on: given twice (depends_on and dependsOn)",
+        "retry_policy: given twice (retry_policy and retryPolicy)",
+        "steps[1].queue_timeout: given twice (queue_timeout and queueTimeout)",
+    ]
