@@ -29,7 +29,6 @@ closed. :meth:`Worker.run` returns the process exit code (``EXIT_*``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -42,11 +41,11 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from tamma_actors import _wire as wire
 from tamma_actors._errors import Forbidden, TammaError, TransportError
 from tamma_actors._plugins import load_registry
+from tamma_actors._worker_connection import CurveKeys, connect
 from tamma_actors._worker_outbox import Outbox
 from tamma_actors._worker_runners import RunnerPool, Task
 
@@ -79,17 +78,6 @@ _INLINE_FLUSH = 64
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
-# A node that closes the connection during the handshake (NO_DETAIL) is what a CURVE server
-# does to a client holding the wrong server key, and once in a while what a node going away
-# mid-handshake looks like: only this many in a row, with none succeeding, are fatal.
-HANDSHAKE_FAILURES_FATAL = 3
-_HANDSHAKE_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
 
 def rss_bytes() -> int:
     """This process's resident memory, as psutil reads it on Linux (``/proc/self/statm``),
@@ -104,76 +92,6 @@ def rss_bytes() -> int:
             return int(psutil.Process().memory_info().rss)
         except psutil.Error:
             return 0
-
-
-class CurveKeys:
-    """CURVE keys (z85) for a TCP connection: the node's public key, and ours."""
-
-    def __init__(
-        self, server_key: str, public_key: str | None = None, secret_key: str | None = None
-    ):
-        if (public_key is None) != (secret_key is None):
-            raise TransportError("CURVE needs both the public and the secret key, or neither")
-        self.server_key = server_key
-        if public_key is None or secret_key is None:
-            pub, sec = zmq.curve_keypair()
-            public_key, secret_key = pub.decode(), sec.decode()
-        self.public_key = public_key
-        self.secret_key = secret_key
-
-
-class Handshakes:
-    """The handshakes of a socket with its node, as the socket's monitor reports them.
-
-    :meth:`read` raises TransportError, naming the likely cause, for a handshake the node
-    will never accept; a node that is not there (refused or dropped connections) is not
-    a handshake failure: ZeroMQ reconnects."""
-
-    def __init__(self, sock: zmq.Socket[bytes], endpoint: str, curve: bool) -> None:
-        self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
-        self._sock = sock
-        self._endpoint = endpoint
-        self._curve = curve
-        self._failures = 0
-
-    def read(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            assert isinstance(event, dict)  # a plain socket, not an asyncio one
-            kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._failures = 0
-                continue
-            self._failures += 1
-            closed = kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            if not closed or self._failures >= HANDSHAKE_FAILURES_FATAL:
-                raise TransportError(self._problem(kind, event["value"]))
-
-    def _problem(self, kind: int, value: int) -> str:
-        where = f"no handshake with the node at {self._endpoint}"
-        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            return f"{where}: it refused this worker's CURVE key (status {value})"
-        if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-                return (
-                    f"{where}: it uses another security mechanism (a node with CURVE keys "
-                    "needs --curve-server-key KEY; one without, none)"
-                )
-            return f"{where}: protocol error {value:#x} (is it a node's workers endpoint?)"
-        closed = f"{where}: it closed the connection during {self._failures} handshakes in a row"
-        if self._curve:
-            return f"{closed} (is --curve-server-key the node's public key?)"
-        if self._endpoint.startswith("tcp://"):
-            return f"{closed} (a node with CURVE keys needs --curve-server-key KEY)"
-        return closed
-
-    def close(self) -> None:
-        with contextlib.suppress(zmq.ZMQError):  # its socket may be closed already
-            self._sock.disable_monitor()
-        self.monitor.close(0)
 
 
 class Worker:
@@ -221,7 +139,9 @@ class Worker:
         self._ctx = zmq.Context()
         self._outbox = Outbox()
         try:
-            self._sock, self._handshakes = self._connect(endpoint, curve)
+            self._sock, self._handshakes = connect(
+                self._ctx, endpoint, self._route, max_frame_bytes, curve
+            )
         except BaseException:
             self._outbox.close()
             self._ctx.term()
@@ -231,30 +151,6 @@ class Worker:
         self._poller.register(self._handshakes.monitor, zmq.POLLIN)
         self._poller.register(self._outbox.fd, zmq.POLLIN)
         self._runners = RunnerPool(slots, self._registry, self._outbox, max_frame_bytes)
-
-    def _connect(
-        self, endpoint: str, curve: CurveKeys | None
-    ) -> tuple[zmq.Socket[bytes], Handshakes]:
-        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
-        handshakes: Handshakes | None = None
-        try:
-            sock.setsockopt(zmq.LINGER, _LINGER_MS)
-            sock.setsockopt(zmq.IDENTITY, self._route)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
-            secured = curve is not None and endpoint.startswith("tcp://")  # as the node
-            if secured:
-                assert curve is not None
-                sock.curve_serverkey = curve.server_key.encode()
-                sock.curve_publickey = curve.public_key.encode()
-                sock.curve_secretkey = curve.secret_key.encode()
-            handshakes = Handshakes(sock, endpoint, secured)  # before the first one starts
-            sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            if handshakes is not None:
-                handshakes.close()
-            sock.close(0)
-            raise TransportError(f"worker cannot connect to {endpoint}: {exc}") from exc
-        return sock, handshakes
 
     def __enter__(self) -> Worker:
         return self

@@ -39,7 +39,7 @@ from tamma_actors._worker import (
     main,
     run_worker,
 )
-from tamma_actors._worker_loop import HANDSHAKE_FAILURES_FATAL, Handshakes
+from tamma_actors._worker_connection import HANDSHAKE_FAILURES_FATAL, Handshakes
 from tests.workers import RunningWorker, tamma_node_worker
 
 pytestmark = pytest.mark.integration

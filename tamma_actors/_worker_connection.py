@@ -1,0 +1,132 @@
+"""The worker's connection to its node: the DEALER socket, and its handshakes.
+
+:func:`connect` makes the socket: its routing id (by which the node knows this worker: a
+secret, see ``_worker_loop``), the frame cap, CURVE on ``tcp://`` when given the node's
+key (:class:`CurveKeys`), and :class:`Handshakes`, which reads the socket's monitor: a
+handshake the node will never accept (a wrong CURVE key, CURVE on one side only) is a
+``TransportError``; a node that is not there is not (ZeroMQ reconnects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from tamma_actors._errors import TransportError
+
+__all__ = ["HANDSHAKE_FAILURES_FATAL", "CurveKeys", "Handshakes", "connect"]
+
+# A node that closes the connection during the handshake (NO_DETAIL) is what a CURVE server
+# does to a client holding the wrong server key, and once in a while what a node going away
+# mid-handshake looks like: only this many in a row, with none succeeding, are fatal.
+HANDSHAKE_FAILURES_FATAL = 3
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_LINGER_MS = 1000
+
+
+class CurveKeys:
+    """CURVE keys (z85) for a TCP connection: the node's public key, and ours."""
+
+    def __init__(
+        self, server_key: str, public_key: str | None = None, secret_key: str | None = None
+    ):
+        if (public_key is None) != (secret_key is None):
+            raise TransportError("CURVE needs both the public and the secret key, or neither")
+        self.server_key = server_key
+        if public_key is None or secret_key is None:
+            pub, sec = zmq.curve_keypair()
+            public_key, secret_key = pub.decode(), sec.decode()
+        self.public_key = public_key
+        self.secret_key = secret_key
+
+
+class Handshakes:
+    """The handshakes of a socket with its node, as the socket's monitor reports them.
+
+    :meth:`read` raises TransportError, naming the likely cause, for a handshake the node
+    will never accept; a node that is not there (refused or dropped connections) is not
+    a handshake failure: ZeroMQ reconnects."""
+
+    def __init__(self, sock: zmq.Socket[bytes], endpoint: str, curve: bool) -> None:
+        self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._sock = sock
+        self._endpoint = endpoint
+        self._curve = curve
+        self._failures = 0
+
+    def read(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            assert isinstance(event, dict)  # a plain socket, not an asyncio one
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._failures = 0
+                continue
+            self._failures += 1
+            closed = kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            if not closed or self._failures >= HANDSHAKE_FAILURES_FATAL:
+                raise TransportError(self._problem(kind, event["value"]))
+
+    def _problem(self, kind: int, value: int) -> str:
+        where = f"no handshake with the node at {self._endpoint}"
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return f"{where}: it refused this worker's CURVE key (status {value})"
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                return (
+                    f"{where}: it uses another security mechanism (a node with CURVE keys "
+                    "needs --curve-server-key KEY; one without, none)"
+                )
+            return f"{where}: protocol error {value:#x} (is it a node's workers endpoint?)"
+        closed = f"{where}: it closed the connection during {self._failures} handshakes in a row"
+        if self._curve:
+            return f"{closed} (is --curve-server-key the node's public key?)"
+        if self._endpoint.startswith("tcp://"):
+            return f"{closed} (a node with CURVE keys needs --curve-server-key KEY)"
+        return closed
+
+    def close(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # its socket may be closed already
+            self._sock.disable_monitor()
+        self.monitor.close(0)
+
+
+def connect(
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    endpoint: str,
+    route: bytes,
+    max_frame: int,
+    curve: CurveKeys | None,
+) -> tuple[zmq.Socket[bytes], Handshakes]:
+    """A DEALER socket connecting to ``endpoint`` under routing id ``route``, and its
+    :class:`Handshakes`; a ``TransportError`` if ZeroMQ refuses the endpoint or a key."""
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    handshakes: Handshakes | None = None
+    try:
+        sock.setsockopt(zmq.LINGER, _LINGER_MS)
+        sock.setsockopt(zmq.IDENTITY, route)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        secured = curve is not None and endpoint.startswith("tcp://")  # as the node
+        if secured:
+            assert curve is not None
+            sock.curve_serverkey = curve.server_key.encode()
+            sock.curve_publickey = curve.public_key.encode()
+            sock.curve_secretkey = curve.secret_key.encode()
+        handshakes = Handshakes(sock, endpoint, secured)  # before the first one starts
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        if handshakes is not None:
+            handshakes.close()
+        sock.close(0)
+        raise TransportError(f"worker cannot connect to {endpoint}: {exc}") from exc
+    return sock, handshakes
