@@ -226,6 +226,7 @@ class Engine(EngineReads, EngineRecovery):
         source: str | None = None,
         execution_id: str | None = None,  # a subflow's child: its id is chosen by its parent
         requested_id: str | None = None,  # chosen by the client: see _start_once
+        parent: str | None = None,  # a subflow's child: its parent, named in its first event
     ) -> Future[dict[str, Any]]:
         if requested_id is None:  # else only if it is new (see _start_once)
             # a subflow's child is part of its parent's committed work, not new intake
@@ -242,6 +243,8 @@ class Engine(EngineReads, EngineRecovery):
             "steps": [s.name for s in cfg.steps],
             "source": source,
         }
+        if parent is not None:
+            created["parent"] = parent
         # The definition, the created and started events and the first dispatches reach
         # the store in one transaction: the supervisor's first commit.
         if requested_id is not None:

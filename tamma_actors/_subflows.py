@@ -60,6 +60,7 @@ class _Engine(Protocol):
         *,
         source: str | None = None,
         execution_id: str | None = None,
+        parent: str | None = None,
     ) -> Future[dict[str, Any]]: ...
 
     def wait(self, execution_id: str, timeout: float | None = None) -> Future[dict[str, Any]]: ...
@@ -295,7 +296,11 @@ class EngineChildren:
 
     def _run(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
         with self._lock:
-            depth = self._depth.get(run.parent_id, 0) + 1
+            above = self._depth.get(run.parent_id)
+        if above is None:  # not started by this process: its line is in the store
+            above = self._stored_depth(run.parent_id)
+        depth = above + 1
+        with self._lock:
             self._depth[run.child_id] = depth
 
         def finished(outcome: Outcome) -> None:
@@ -320,6 +325,21 @@ class EngineChildren:
             return
         self._start(run, finished)
 
+    def _stored_depth(self, eid: str) -> int:
+        """How many parents above ``eid`` (each child's first event names its parent),
+        read up to one past the limit."""
+        depth = 0
+        while depth <= MAX_DEPTH:
+            try:
+                first = self._store.read_events(eid, 1, 1)
+            except TammaError:  # unreadable: the guard counts what it could read
+                break
+            parent = first[0]["data"].get("parent") if first else None
+            if not isinstance(parent, str):
+                break
+            depth, eid = depth + 1, parent
+        return depth
+
     def _start(self, run: ChildRun, done: Callable[[Outcome], None]) -> None:
         try:
             definition, source = resolve_workflow(
@@ -334,7 +354,11 @@ class EngineChildren:
             return
         try:
             started = self._engine.start_workflow(
-                definition, run.inputs, source=source, execution_id=run.child_id
+                definition,
+                run.inputs,
+                source=source,
+                execution_id=run.child_id,
+                parent=run.parent_id,
             )
         except TammaError as exc:  # the engine answers with a failed future; be sure
             done(exc)

@@ -1215,6 +1215,30 @@ def test_a_workflow_that_runs_itself_stops_at_the_nesting_limit(tmp_path: Path) 
         assert len(k.engine.list_workflows(workflow_id="me").result(WAIT)) == 17
 
 
+def test_the_nesting_limit_holds_across_a_restart(tmp_path: Path) -> None:
+    # each child's first event names its parent: a node restarted midway counts the line
+    # its children already made, where it began again from 0 (17 more levels a restart)
+    me = tmp_path / "me.yaml"
+    steps = [
+        {"name": "hold", "implementation": "echo"},
+        {"name": "again", "type": "subflow", "dependencies": ["hold"],
+         "config": {"workflow": "me.yaml"}},
+    ]  # fmt: skip
+    _write(me, {"name": "me", "steps": steps})
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        root = k.start(yaml.safe_load(me.read_text()), source=str(me))
+        for _ in range(5):  # five levels made before the node stops
+            held = k.next_held()
+            held.reply_to.tell(ok(held.task, 1))
+        _until(lambda: len(k.engine.list_workflows(workflow_id="me").result(WAIT)) == 6)
+    with _kit(doubled, store) as k:
+        k.engine.recover()
+        final = k.finish(root)
+        assert final["status"] == "failed"
+        assert len(k.engine.list_workflows(workflow_id="me").result(WAIT)) == 17
+
+
 def test_a_parallel_step_timeout_bounds_the_whole_fan_out() -> None:
     for_items = {"max_attempts": 2, "base_delay": 100, "max_delay": 100, "jitter": 0}
     with _kit(lambda t: ok(t, "quick") if t["item_index"] == 0 else None) as k:
