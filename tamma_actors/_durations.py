@@ -8,6 +8,8 @@ import re
 from typing import Literal
 
 __all__ = [
+    "MAX_DURATION_S",
+    "MAX_DURATION_TEXT",
     "DurationUnit",
     "format_duration",
     "parse_duration",
@@ -18,6 +20,12 @@ __all__ = [
 
 DurationUnit = Literal["ms", "s", "m"]
 
+# The longest duration a workflow file or the node's config may give (10 years of 365
+# days): far beyond any real wait, timeout or retry delay, and far enough below what a
+# datetime, a timer or a poll timeout can hold that adding one to "now" never overflows.
+MAX_DURATION_S = 10 * 365 * 86400
+MAX_DURATION_TEXT = "10 years (315,360,000 s)"
+
 _SECONDS_PER_UNIT: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?"
 _PART_RE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*")
@@ -27,7 +35,8 @@ def parse_duration(value: float | int | str, default_unit: DurationUnit) -> floa
     """Seconds for ``value``: a number in ``default_unit`` or a string such as ``"1.5s"``.
 
     Accepted units are ``ms``, ``s``, ``m`` and ``h``; a bare number string uses
-    ``default_unit``. Negative, non-finite, boolean or unparsable values raise ValueError.
+    ``default_unit``. Negative, non-finite, boolean or unparsable values, and durations
+    above MAX_DURATION_S, raise ValueError.
     """
     if default_unit not in _SECONDS_PER_UNIT:
         raise ValueError(f"unknown default unit {default_unit!r}")
@@ -80,6 +89,8 @@ def _checked(seconds: float, original: object) -> float:
         raise ValueError(f"a duration must be finite, got {original!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {original!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration may be at most {MAX_DURATION_TEXT}, got {original!r}")
     return seconds
 
 

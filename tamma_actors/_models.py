@@ -33,7 +33,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from tamma_actors._codec import INT_RANGE
-from tamma_actors._durations import DurationUnit, parse_duration
+from tamma_actors._durations import (
+    MAX_DURATION_S,
+    MAX_DURATION_TEXT,
+    DurationUnit,
+    parse_duration,
+)
 from tamma_actors._errors import UnknownStep
 from tamma_actors._record_models import (
     ExecutionMetrics,
@@ -248,9 +253,7 @@ class WorkflowStep(FileModel):
     type: Literal["task", "decision", "parallel", "subflow"] = "task"
     implementation: str | None = Field(None, validate_default=True)
     config: dict[str, Any] = Field(default_factory=dict)
-    timeout: Annotated[
-        float | None, BeforeValidator(_seconds), _duration_schema("seconds", nullable=True)
-    ] = None
+    timeout: _OptionalSeconds = None  # start-to-close
     retry_policy: RetryPolicy | None = None
     dependencies: list[str] = Field(default_factory=list)
     compensation: str | None = None
@@ -282,9 +285,14 @@ class WorkflowStep(FileModel):
         # The coordinator keeps a wait step's timer: its config is checked here, at load.
         if self.implementation == "wait" and self.type == "task":
             seconds = self.config.get("seconds")
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not 0 <= seconds <= MAX_DURATION_S
+            ):
                 raise ValueError(
-                    f"a wait step needs config.seconds, a number >= 0 (got {seconds!r})"
+                    "a wait step needs config.seconds, a number of seconds >= 0 and at most "
+                    f"{MAX_DURATION_TEXT}, got {seconds!r}"
                 )
         return self
 
@@ -298,7 +306,9 @@ class WorkflowConfig(FileModel):
     description: str = ""
     steps: list[WorkflowStep] = Field(min_length=1)
     dependencies: list[StepDependency] = Field(default_factory=list)
-    timeout: Annotated[float | None, BeforeValidator(_minutes_as_seconds), _MINUTES_SCHEMA] = None
+    timeout: Annotated[
+        Annotated[float, Field(gt=0)] | None, BeforeValidator(_minutes_as_seconds), _MINUTES_SCHEMA
+    ] = None
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     error_handling: ErrorHandlingPolicy = Field(default_factory=ErrorHandlingPolicy)
     max_parallel: Count | None = Field(None, ge=1)
