@@ -14,10 +14,12 @@ be taken for the answer to the next request.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,6 +70,9 @@ class ClientSocket:
         self._context: zmq.Context[Any] = zmq.Context()
         self._sock: zmq.Socket[Any] | None = None
         self._closed = False
+        # Taken, never waited for, by each exchange: a second thread meanwhile is refused
+        # (ZeroMQ sockets are not thread-safe: shared, libzmq asserts or replies go astray).
+        self._in_use = threading.Lock()
         self._sock = self._connect()
 
     def __enter__(self) -> Self:
@@ -116,17 +121,30 @@ class ClientSocket:
         """Send one request and return its ``result``; an error reply raises the matching
         ``TammaError`` (always also a ``RemoteError``); no reply in time raises
         ``RequestTimeout``."""
-        if self._closed or self._sock is None:
-            raise TransportError("the client is closed")
-        limit = self.timeout if timeout is None else timeout
-        request_id = self._send_request(op, args, limit)
-        reply = self._receive(request_id, time.monotonic() + limit)
-        if reply is None:
-            self._reset()
-            raise RequestTimeout(
-                f"no reply to {op!r} from {self.endpoint} within {limit:g}s{self._size_hint()}"
-            )
+        with self._exclusive():
+            if self._closed or self._sock is None:
+                raise TransportError("the client is closed")
+            limit = self.timeout if timeout is None else timeout
+            request_id = self._send_request(op, args, limit)
+            reply = self._receive(request_id, time.monotonic() + limit)
+            if reply is None:
+                self._reset()
+                raise RequestTimeout(
+                    f"no reply to {op!r} from {self.endpoint} within {limit:g}s{self._size_hint()}"
+                )
         return self._result(reply)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        if not self._in_use.acquire(blocking=False):
+            raise TransportError(
+                "this client is in use by another thread: a Client is not thread-safe "
+                "(give each thread its own)"
+            )
+        try:
+            yield
+        finally:
+            self._in_use.release()
 
     def _size_hint(self) -> str:
         """Why a big request may have had no reply: a node drops, unread, a frame over
@@ -162,6 +180,16 @@ class ClientSocket:
     ) -> list[dict[str, Any]]:
         """As :meth:`request_many`, but return the replies themselves, errors included
         (``{"ok": false, "error": {...}}``), for a caller that handles each one."""
+        with self._exclusive():
+            return self._exchange_many(op, args_list, window, timeout)
+
+    def _exchange_many(
+        self,
+        op: str,
+        args_list: Iterable[Mapping[str, Any]],
+        window: int,
+        timeout: float | None,
+    ) -> list[dict[str, Any]]:
         if self._closed or self._sock is None:
             raise TransportError("the client is closed")
         if window < 1:

@@ -1,0 +1,50 @@
+"""A Client shared by threads: the second one at a time is refused, not let onto the
+socket (libzmq asserted, or replies went to the wrong caller)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from tamma_actors._client import Client
+from tamma_actors._errors import RequestTimeout, TransportError
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_client_used_by_a_second_thread_at_once_refuses_it(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/silent.sock"
+    context = zmq.Context()
+    silent = context.socket(zmq.ROUTER)  # a node that never answers
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.bind(endpoint)
+    outcome: list[Any] = []
+    try:
+        with Client(endpoint, timeout=5.0) as client:
+
+            def first() -> None:
+                try:
+                    client.request("health", {}, timeout=3.0)
+                except RequestTimeout as exc:
+                    outcome.append(exc)
+
+            waiting = threading.Thread(target=first)
+            waiting.start()
+            assert silent.poll(5000), "the first request never arrived"
+            silent.recv_multipart()  # the first thread now waits for its reply
+            with pytest.raises(TransportError, match="in use by another thread"):
+                client.request("health", {})
+            with pytest.raises(TransportError, match="in use by another thread"):
+                client.request_many("health", [{}])
+            waiting.join(10.0)
+            assert not waiting.is_alive() and isinstance(outcome[0], RequestTimeout)
+            # its own again once the first thread is done: asked, and times out as alone
+            with pytest.raises(RequestTimeout):
+                client.request("health", {}, timeout=0.2)
+    finally:
+        silent.close()
+        context.term()
