@@ -126,7 +126,12 @@ def _no_bool(value: Any) -> Any:
 
 
 def _version_text(value: Any) -> Any:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, float):  # a float cannot say how it was written: 1.10 is 1.1
+        raise ValueError(
+            f"{value!r} is a number: write the version as text, in quotes "
+            "(version: '1.10'; the number 1.10 is 1.1)"
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
 

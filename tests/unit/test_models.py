@@ -191,7 +191,10 @@ def test_workflow_timeout_survives_any_dump(minutes: float) -> None:
 
 def test_workflow_version_numbers_become_text() -> None:
     assert WorkflowConfig.model_validate(workflow(version=2)).version == "2"
-    assert WorkflowConfig.model_validate(workflow(version=1.5)).version == "1.5"
+    assert WorkflowConfig.model_validate(workflow(version="1.10")).version == "1.10"
+    # a float cannot say how it was written (1.10 is 1.1): it must be text
+    with pytest.raises(ValidationError, match=r"write the version as text, in quotes"):
+        WorkflowConfig.model_validate(workflow(version=1.5))
 
 
 def test_workflow_camel_case_document() -> None:

@@ -69,3 +69,39 @@ def test_a_field_under_both_spellings_is_given_twice_not_unknown() -> None:
         "retry_policy: given twice (retry_policy and retryPolicy)",
         "steps[1].queue_timeout: given twice (queue_timeout and queueTimeout)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("010", 10),  # YAML 1.1 read it as octal 8
+        ("-007", -7),
+        ("1:30", "1:30"),  # YAML 1.1 read it as sexagesimal 90
+        ("1:30.5", "1:30.5"),
+        ("12:30:00", "12:30:00"),
+        ("0o17", 15),
+        ("0x1f", 31),
+        ("1_000", 1000),
+        ("1.5", 1.5),
+        ("2026-12-01", "2026-12-01"),
+    ],
+)
+def test_numbers_read_as_yaml_1_2_reads_them(text: str, value: object) -> None:
+    assert yaml_data(f"v: {text}") == {"v": value}
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [("010", "10"), ("'1.10'", "1.10"), ("1:30", "1:30"), ("2", "2")]
+)
+def test_a_version_keeps_what_it_says(tmp_path: Path, version: str, expected: str) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(f"name: v\nversion: {version}\nsteps: [{{name: a, implementation: noop}}]\n")
+    assert load_workflow(path).version == expected
+
+
+def test_a_version_with_a_dot_must_be_text(tmp_path: Path) -> None:
+    text = "name: v\nversion: 1.10\nsteps: [{name: a, implementation: noop}]\n"
+    assert problems_of(tmp_path, text) == [
+        "version: 1.1 is a number: write the version as text, in quotes "
+        "(version: '1.10'; the number 1.10 is 1.1) (line 2)"
+    ]
