@@ -7,6 +7,7 @@ an unfinished one: that is held until the execution is driven again or its time 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from tamma_actors._execution import Abort, GetRecord, Pause, Resume, RetryStep, 
 from tamma_actors._execution_commit import fail, resolve
 from tamma_actors._explain import Explain, explain
 from tamma_actors._futures import done, failed, gather, guarded, relay
+from tamma_actors._keys import MAX_SEQ
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._state import ExecutionState, replay, to_record, to_status
 from tamma_actors._workflow_file import parse_workflow
@@ -71,7 +73,9 @@ SUMMARY_KEYS = ("id", "workflow_id", "status", "start_time", "end_time", "curren
 def _page(items: Iterator[_T], offset: int, limit: int | None, most: int | None) -> list[_T]:
     """``items[offset:offset + limit]``; more than ``most`` raises ``FrameTooLarge``."""
     upto = _upto(limit, most)  # only as far as the page
-    page = list(islice(items, offset, None if upto is None else offset + upto))
+    offset = min(offset, sys.maxsize)  # past any count there is: an empty page
+    stop = None if upto is None else min(offset + upto, sys.maxsize)
+    page = list(islice(items, offset, stop))
     if most is not None and len(page) > most:
         raise FrameTooLarge(
             f"more than {most:,} executions match, and one 'list' reply holds at most "
@@ -323,7 +327,11 @@ class EngineReads:
         given) is refused with FrameTooLarge, as a list's records are."""
         if self._store.get_summary(execution_id) is None:
             raise UnknownExecution(f"no execution {execution_id!r}")
-        events = self._store.read_events(execution_id, max(1, from_seq), _upto(limit, most))
+        if from_seq > MAX_SEQ:  # past any event there can be
+            return done([])
+        upto = _upto(limit, most)
+        upto = None if upto is None else min(upto, sys.maxsize)  # more than any count: all
+        events = self._store.read_events(execution_id, max(1, from_seq), upto)
         if limit is None and most is not None and len(events) > most:
             raise FrameTooLarge(
                 f"the execution has more than {most:,} events from there on, and one reply "

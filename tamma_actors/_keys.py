@@ -28,6 +28,7 @@ __all__ = [
     "EVENTS",
     "EXECUTIONS",
     "HISTORY",
+    "MAX_SEQ",
     "META",
     "SCHEMA_VERSION",
     "SEPARATOR",
@@ -58,7 +59,7 @@ SUB_DATABASES = (EXECUTIONS, SNAPSHOTS, EVENTS, HISTORY, DEFINITIONS, BREAKERS, 
 SEPARATOR = b"\x00"
 _SEQ = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
-_MAX_SEQ = 2**64 - 1
+MAX_SEQ = 2**64 - 1
 
 
 def id_key(name: str) -> bytes:
@@ -95,7 +96,7 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 def event_key(execution_id: str, seq: int) -> bytes:
-    if not 0 <= seq <= _MAX_SEQ:
+    if not 0 <= seq <= MAX_SEQ:
         raise StoreError(f"sequence number {seq} of {execution_id!r} is out of range")
     return execution_prefix(execution_id) + _SEQ.pack(seq)
 
