@@ -165,7 +165,7 @@ class ExecuteArgs(RetryArgs):
     """execute: run one step outside the execution's schedule with ``context`` as input."""
 
     context: Any = None
-    timeout: float = Field(default=300.0, gt=0, le=MAX_WAIT_SECONDS)
+    timeout: float = Field(default=300.0, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
 
 
 class EventsArgs(ExecutionArgs):
@@ -174,7 +174,7 @@ class EventsArgs(ExecutionArgs):
 
 
 class WaitArgs(ExecutionArgs):
-    timeout: float | None = Field(default=None, ge=0, le=MAX_WAIT_SECONDS)
+    timeout: float | None = Field(default=None, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
 
 
 class HealthArgs(_Args):
@@ -190,7 +190,7 @@ class AdminBackupArgs(_Args):
 
 
 class AdminCleanupArgs(_Args):
-    older_than_days: float = Field(gt=0)
+    older_than_days: float = Field(gt=0, allow_inf_nan=False)
 
 
 # op -> (argument model, least role allowed to call it)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any
 
 import pytest
@@ -116,6 +117,20 @@ def test_wait_accepts_an_integer_timeout() -> None:
     args = parse_request(frame(op="wait", args={"id": "e", "timeout": 3})).args
     assert isinstance(args, WaitArgs)
     assert args.timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("execute", {"id": "e", "step": "s", "timeout": math.nan}),
+        ("wait", {"id": "e", "timeout": math.inf}),
+        ("admin.cleanup", {"older_than_days": math.nan}),
+    ],
+)
+def test_a_time_that_is_no_number_is_refused_as_such(op: str, args: dict[str, Any]) -> None:
+    # nan passed no bound and was refused by the last one: "less than or equal to 3600"
+    with pytest.raises(InvalidRequest, match="Input should be a finite number"):
+        parse_request(frame(op=op, args=args))
 
 
 def test_garbage_is_a_codec_error() -> None:
