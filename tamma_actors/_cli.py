@@ -32,6 +32,7 @@ from tamma_actors._client import Client
 from tamma_actors._data_dir import directory_arg
 from tamma_actors._durations import positive_seconds, wait_seconds
 from tamma_actors._errors import (
+    FrameTooLarge,
     ProtocolError,
     RemoteError,
     TammaError,
@@ -450,7 +451,7 @@ def _report(exc: TammaError) -> int:
         return ExitCode.USAGE
     print(f"error: [{exc.code}] {message}", file=sys.stderr)
     if exc.code in _UNREACHABLE_CODES or (
-        isinstance(exc, TransportError) and not isinstance(exc, RemoteError)
+        isinstance(exc, TransportError) and not isinstance(exc, RemoteError | FrameTooLarge)
     ):
         return ExitCode.UNAVAILABLE
     if exc.code in _USAGE_CODES or (

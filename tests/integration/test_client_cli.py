@@ -836,6 +836,12 @@ def test_cli_errors_and_exit_codes(cli: Cli, tmp_path: Path) -> None:
     assert code == ExitCode.USAGE and "offset" in err
     code, out, _ = cli("--help")
     assert code == ExitCode.OK and "watch" in out
+    big = tmp_path / "big.json"  # a request over the frame cap is the caller's, not the node's
+    big.write_text(json.dumps({"name": "big", "steps": [
+        {"name": "a", "implementation": "noop", "config": {"blob": "x" * (9 << 20)}}
+    ]}))  # fmt: skip
+    code, _, err = cli("start", str(big))
+    assert code == ExitCode.USAGE and "[too_large]" in err
 
 
 def test_cli_unreachable_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
