@@ -8,6 +8,7 @@ import re
 from typing import Literal
 
 __all__ = [
+    "DURATION_PATTERN",
     "MAX_DURATION_S",
     "MAX_DURATION_TEXT",
     "DurationUnit",
@@ -29,6 +30,15 @@ MAX_DURATION_TEXT = "10 years (315,360,000 s)"
 _SECONDS_PER_UNIT: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?"
 _PART_RE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*")
+
+# The strings parse_duration takes, as a JSON Schema (ECMA 262) pattern: one number with an
+# optional unit, or a compound whose every part has one; any case ("5M" is five minutes).
+_ANY_CASE_NUMBER = _NUMBER.replace("e[+-]", "[eE][+-]")
+_ANY_CASE_UNIT = "(?:[mM][sS]|[sShHmM])"
+DURATION_PATTERN = (
+    rf"^\s*(?:{_ANY_CASE_NUMBER}\s*{_ANY_CASE_UNIT}?"
+    rf"|(?:{_ANY_CASE_NUMBER}\s*{_ANY_CASE_UNIT}\s*){{2,}})\s*$"
+)
 
 
 def parse_duration(value: float | int | str, default_unit: DurationUnit) -> float:

@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._codec import INT_RANGE
 from tamma_actors._durations import (
+    DURATION_PATTERN,
     MAX_DURATION_S,
     MAX_DURATION_TEXT,
     DurationUnit,
@@ -88,15 +89,27 @@ _IMPLEMENTED_TYPES = frozenset({"task", "parallel"})
 # --- field types ---------------------------------------------------------------------
 
 
-def _duration_schema(unit: str, *, nullable: bool = False) -> WithJsonSchema:
+_UNIT_SECONDS = {"milliseconds": 0.001, "seconds": 1.0, "minutes": 60.0}
+
+
+def _duration_schema(
+    unit: str, *, nullable: bool = False, positive: bool = False
+) -> WithJsonSchema:
+    bound = "exclusiveMinimum" if positive else "minimum"
+    most = round(MAX_DURATION_S / _UNIT_SECONDS[unit], 9)
     choices: list[dict[str, Any]] = [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "examples": ["250ms", "30s", "5m", "1h30m"]},
+        {"type": "number", bound: 0, "maximum": most},
+        {"type": "string", "pattern": DURATION_PATTERN, "examples": ["250ms", "30s", "1h30m"]},
     ]
     if nullable:
         choices.append({"type": "null"})
+    above = "above 0" if positive else "0 or more"
     return WithJsonSchema(
-        {"anyOf": choices, "description": f"a number in {unit}, or a duration with a unit"}
+        {
+            "anyOf": choices,
+            "description": f"a number in {unit}, or a duration with a unit (ms, s, m, h); "
+            f"{above}, at most {MAX_DURATION_TEXT}",
+        }
     )
 
 
@@ -138,12 +151,16 @@ def _version_text(value: Any) -> Any:
 
 Milliseconds = Annotated[float, BeforeValidator(_milliseconds), _duration_schema("milliseconds")]
 Seconds = Annotated[float, BeforeValidator(_seconds), _duration_schema("seconds")]
+PositiveSeconds = Annotated[
+    float, BeforeValidator(_seconds), Field(gt=0), _duration_schema("seconds", positive=True)
+]
 Count = Annotated[int, BeforeValidator(_no_bool)]
-_MINUTES_SCHEMA = _duration_schema("minutes", nullable=True)
+PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_no_bool)]
+_MINUTES_SCHEMA = _duration_schema("minutes", nullable=True, positive=True)
 _OptionalSeconds = Annotated[
     Annotated[float, Field(gt=0)] | None,
     BeforeValidator(_seconds),
-    _duration_schema("seconds", nullable=True),
+    _duration_schema("seconds", nullable=True, positive=True),
 ]
 StepName = Annotated[str, Field(min_length=1, pattern=STEP_NAME_PATTERN)]
 
@@ -200,7 +217,7 @@ class CircuitBreakerPolicy(FileModel):
     ``half_open_max_calls`` probes in flight, closed again on a probe's success."""
 
     failure_threshold: Count = Field(5, ge=1)
-    reset_timeout: Seconds = Field(30.0, gt=0)
+    reset_timeout: PositiveSeconds = 30.0
     half_open_max_calls: Count = Field(1, ge=1)
 
 
@@ -316,7 +333,7 @@ class WorkflowConfig(FileModel):
     ] = None
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     error_handling: ErrorHandlingPolicy = Field(default_factory=ErrorHandlingPolicy)
-    max_parallel: Count | None = Field(None, ge=1)
+    max_parallel: PositiveCount | None = None
     circuit_breaker: CircuitBreakerPolicy | None = None
 
     _by_name: dict[str, WorkflowStep] = PrivateAttr(default_factory=dict)

@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import ExpressionError, Problem
 from tamma_actors._expr import Expression, parse, referenced_steps, roots
-from tamma_actors._models import Count, FileModel, WorkflowStep
+from tamma_actors._models import FileModel, PositiveCount, WorkflowStep
 
 __all__ = [
     "STEP_CONFIG_MODELS",
@@ -79,7 +79,7 @@ class ParallelConfig(_Config):
     model_config = ConfigDict(extra="allow")
 
     items: Annotated[list[Any], Field(max_length=10_000)] | str  # as _parallel.MAX_ITEMS
-    max_concurrency: Count | None = Field(None, ge=1)
+    max_concurrency: PositiveCount | None = None
 
 
 class SubflowConfig(_Config):

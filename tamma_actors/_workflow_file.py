@@ -22,12 +22,8 @@ from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._plugins import GATED_BUILTINS
-from tamma_actors._step_configs import (
-    STEP_CONFIG_MODELS,
-    step_config_schemas,
-    step_type_problems,
-    timeouts_set,
-)
+from tamma_actors._step_configs import step_type_problems, timeouts_set
+from tamma_actors._workflow_schema import workflow_json_schema
 from tamma_actors._workflow_yaml import (
     MAX_WORKFLOW_FILE_BYTES,
     YamlTooBig,
@@ -420,21 +416,3 @@ def topological_order(config: WorkflowConfig) -> list[str]:
             [Problem("steps", f"dependency cycle among: {stuck}")], config.name
         )
     return result
-
-
-def workflow_json_schema() -> dict[str, Any]:
-    """JSON Schema of a workflow file (snake_case keys; camelCase aliases are accepted)."""
-    schema = WorkflowConfig.model_json_schema(by_alias=False)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "tamma_actors workflow"
-    defs = schema.setdefault("$defs", {})
-    defs.update(step_config_schemas())
-    # the config of a decision, parallel or subflow step has a fixed shape
-    defs["WorkflowStep"]["allOf"] = [
-        {
-            "if": {"properties": {"type": {"const": kind}}, "required": ["type"]},
-            "then": {"properties": {"config": {"$ref": f"#/$defs/{model}"}}},
-        }
-        for kind, model in STEP_CONFIG_MODELS.items()
-    ]
-    return schema

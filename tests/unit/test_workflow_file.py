@@ -551,7 +551,9 @@ def test_the_schema_describes_the_config_of_each_step_type() -> None:
     schema = workflow_json_schema()
     defs = schema["$defs"]
     rules = {
-        r["if"]["properties"]["type"]["const"]: r["then"] for r in defs["WorkflowStep"]["allOf"]
+        r["if"]["properties"]["type"].get("const"): r.get("then")
+        for r in defs["WorkflowStep"]["allOf"]
+        if "type" in r.get("if", {}).get("properties", {})
     }
     assert rules["decision"]["properties"]["config"] == {"$ref": "#/$defs/DecisionConfig"}
     assert rules["parallel"]["properties"]["config"] == {"$ref": "#/$defs/ParallelConfig"}
