@@ -56,7 +56,7 @@ from tamma_actors._execution import ExecutionDeps
 from tamma_actors._gc import frozen_by_tamma
 from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._node_children import NodeChildren
-from tamma_actors._plugins import PluginRegistry, gated_enabled, load_registry
+from tamma_actors._plugins import PluginRegistry, check_modules, gated_enabled, load_registry
 from tamma_actors._socket_actor import Urgent
 from tamma_actors._store import Write
 from tamma_actors._subflows import WorkflowFiles
@@ -211,6 +211,7 @@ class Node(NodeChildren):
 
     def start(self) -> Self:
         cfg = self.config
+        check_modules(cfg.plugins)  # refused now, not at each step that names one
         try:
             self._lock_fd = lock_data_dir(cfg.data_dir)
             self._store = LmdbStore(

@@ -13,6 +13,7 @@ import pytest
 
 from tamma_actors import (
     Client,
+    ConfigError,
     ExecutionExists,
     ExecutionStatus,
     IllegalTransition,
@@ -142,6 +143,15 @@ def test_initialize_from_a_config_object_or_a_file(short_dir: Path) -> None:
         assert engine.node.config.worker_slots == 2
         run = engine.start_workflow(chain("from-file"))
         assert engine.wait(run.id, timeout=WAIT).status is ExecutionStatus.COMPLETED
+
+
+def test_a_plugin_whose_module_is_missing_is_refused_at_start(short_dir: Path) -> None:
+    # it was accepted, and each step naming it failed later with UnknownImplementation
+    plugins = {"deploy": "no_such_module_here:deploy"}
+    with WorkflowEngine() as engine:
+        with pytest.raises(ConfigError, match="'deploy' = 'no_such_module_here:deploy'"):
+            engine.initialize({**SETTINGS, "data_dir": short_dir / "var", "plugins": plugins})
+        assert not (short_dir / "var").exists()  # refused before anything was made
 
 
 # Each mistake, made through the engine and through a client of its control socket, and
