@@ -177,7 +177,8 @@ def _entry_point_loaders(reserved: set[str]) -> dict[str, Loader]:
         log.exception("could not read entry points of group %s", ENTRY_POINT_GROUP)
         return loaders
     for ep in found:
-        if not _TARGET.match(ep.value.replace(" ", "")):
+        target = ep.value.split("[", 1)[0].replace(" ", "")  # extras ("[x]") are pip's
+        if not _TARGET.match(target):
             log.warning("skipping entry point %s = %r: not 'module:attr'", ep.name, ep.value)
         elif ep.name in reserved or ep.name in loaders:
             log.warning("skipping entry point %s: name already registered", ep.name)

@@ -163,12 +163,14 @@ def test_entry_points_registered_broken_ones_skipped(
         metadata.EntryPoint("bad", "not a target!", _plugins.ENTRY_POINT_GROUP),
         metadata.EntryPoint("shell", "os:system", _plugins.ENTRY_POINT_GROUP),
         metadata.EntryPoint("joiner", "os:getcwd", _plugins.ENTRY_POINT_GROUP),
+        metadata.EntryPoint("based", "os.path : basename [fast]", _plugins.ENTRY_POINT_GROUP),
     ]
     monkeypatch.setattr(_plugins.metadata, "entry_points", _fake_entry_points(eps))
     with caplog.at_level(logging.WARNING):
         reg = load_registry(allowlist={"joiner": "os:getcwd"})
     assert "bad" not in reg and "shell" not in reg
     assert reg.get("joiner")("a", "b") == "a/b"  # type: ignore[call-arg,arg-type]
+    assert reg.get("based")("/x/y") == "y"  # type: ignore[call-arg,arg-type]  # with extras
     assert "skipping entry point bad" in caplog.text
     assert "skipping entry point shell" in caplog.text
     assert "allowlist entry joiner ignored" in caplog.text
