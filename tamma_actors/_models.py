@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
+from pathlib import PurePath
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -147,6 +150,31 @@ def _version_text(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+_NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
+
+
+def _callable_by_name(value: str) -> str:
+    if not re.match(_NAME_PATTERN, value):
+        raise ValueError(
+            "a workflow name has no '/' (a subflow naming it would be read as a file path) "
+            "and no control characters (a newline, a tab...)"
+        )
+    if value.endswith((".yaml", ".yml", ".json")):
+        raise ValueError(
+            f"a workflow name may not end in {PurePath(value).suffix!r}: a subflow naming it "
+            "would be read as a file path"
+        )
+    return value
+
+
+# Printable, without '/' (a subflow by name is read as a path), and short enough to show.
+WorkflowName = Annotated[
+    str,
+    Field(min_length=1, max_length=200, json_schema_extra={"pattern": _NAME_PATTERN}),
+    AfterValidator(_callable_by_name),
+]
 
 
 Milliseconds = Annotated[float, BeforeValidator(_milliseconds), _duration_schema("milliseconds")]
@@ -323,7 +351,7 @@ class WorkflowConfig(FileModel):
     """A workflow definition. ``timeout`` is given in minutes (or as a duration string)
     and stored in seconds."""
 
-    name: str = Field(min_length=1)
+    name: WorkflowName
     version: Annotated[str, BeforeValidator(_version_text)] = "1"
     description: str = ""
     steps: list[WorkflowStep] = Field(min_length=1)

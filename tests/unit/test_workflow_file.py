@@ -562,3 +562,23 @@ def test_the_schema_describes_the_config_of_each_step_type() -> None:
     assert set(defs["Branch"]["properties"]) == {"when", "then", "otherwise"}
     assert defs["ParallelConfig"]["required"] == ["items"]
     assert defs["SubflowConfig"]["required"] == ["workflow"]
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("team/deploy", "no '/'"),
+        ("two\nlines", "no control characters"),
+        ("deploy.yaml", "may not end in '.yaml'"),
+        ("x" * 201, "at most 200 characters"),
+    ],
+)
+def test_a_workflow_name_a_subflow_could_not_call_is_refused(name: str, says: str) -> None:
+    # a subflow by a name with '/' or a file suffix is read as a path: it never found it
+    [problem] = problems_of({"name": name, "steps": steps(("a", []))})
+    assert problem.loc == "name" and says in problem.message
+
+
+def test_a_workflow_name_may_have_spaces_and_any_letters() -> None:
+    for name in ("demo run", "déploiement", "tamma-dev-loop", "v1.2"):
+        assert parse_workflow({"name": name, "steps": steps(("a", []))}).name == name
