@@ -111,7 +111,7 @@ def yaml_data(text: str) -> Any:
     try:
         data = yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
     except RecursionError as exc:
-        raise YamlTooBig("nested too deeply to read (maps and lists ~1,000 levels deep)") from exc
+        raise YamlTooBig("nested too deeply to read (maps and lists some 500 levels deep)") from exc
     limit = len(text) + MAX_ALIAS_EXPANSION
     count, stack = 0, [data]
     while stack:  # every value as the reader of the data meets it: aliases expanded
