@@ -3,8 +3,13 @@
 This module is public for plugin authors and is imported by every worker process, so it
 stays free of heavy imports (no pydantic, no zmq).
 
-A step implementation is any ``Callable[[StepContext], Any]`` returning a msgpack-able
-value. It signals failure by raising:
+A step implementation is any ``Callable[[StepContext], Any]`` returning a value the node
+can read: None, bool, int (64 bits), float, str, bytes, and lists, tuples and dicts of
+these, with dict keys that are not lists or tuples (str keys are the safe choice). The
+worker checks a result, and a heartbeat's progress, with the node's own frame decoding
+before it sends it: an output that fails is the step's non-retryable ``CodecError`` (one
+over the frame cap: ``FrameTooLarge``), and a progress that fails raises that error in the
+step, from ``ctx.heartbeat``. It signals failure by raising:
 
 * :class:`StepFailure` - a failure; ``retryable`` None lets the coordinator's retry
   policy decide, True/False overrides it;
@@ -23,8 +28,10 @@ or in all its runs of over 20 ms within a minute, runs that implementation on it
 threads from then on, with a warning).
 
 Any other exception is reported with its class name as the error type and ``retryable``
-None. These classes sit outside the :class:`~tamma_actors.TammaError` tree on purpose:
-they are raised by plugin code *to* the worker, never by tamma_actors to its callers.
+None. An error the node could not take as it stands fails the step, not retried, with an
+error saying why (see :func:`describe_error`): it never leaves the step unanswered.
+These classes sit outside the :class:`~tamma_actors.TammaError` tree on purpose: they are
+raised by plugin code *to* the worker, never by tamma_actors to its callers.
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tamma_actors._durations import MAX_DURATION_S, MAX_DURATION_TEXT
+
 __all__ = [
+    "MAX_RETRY_AFTER",
     "NonRetryable",
     "RetryAfter",
     "StepCancelled",
@@ -66,8 +76,15 @@ class NonRetryable(StepFailure):
         super().__init__(message, retryable=False, error_type=error_type)
 
 
+# The longest a RetryAfter may ask for, in seconds: the bound of every duration the node
+# takes (10 years). It keeps each wait as a wall-clock time, and one centuries off is a
+# mistake (or, past year 9999, a crash).
+MAX_RETRY_AFTER = float(MAX_DURATION_S)
+
+
 class RetryAfter(StepFailure):
-    """Retry this step, but not before ``seconds`` have passed."""
+    """Retry this step, but not before ``seconds`` (a finite number from 0 to
+    ``MAX_RETRY_AFTER``; any other fails the step, not retried, saying so)."""
 
     def __init__(self, seconds: float, message: str = "") -> None:
         super().__init__(message or f"retry after {seconds}s", retryable=True)
@@ -105,7 +122,8 @@ class StepContext:
         """Tell the coordinator the step is alive (and, optionally, how far it got).
 
         Raises :class:`~tamma_actors.FrameTooLarge` when ``progress`` encodes to more than
-        the node's ``max_frame_bytes``, and ``CodecError`` when it cannot be encoded."""
+        the node's ``max_frame_bytes``, and ``CodecError`` when it cannot be encoded or the
+        node could not read it (a dict key that is a tuple)."""
         self.on_progress(progress)
 
     def check_cancelled(self) -> None:
@@ -139,19 +157,100 @@ def is_inline(fn: object) -> bool:
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:
-    """The protocol's error map for an exception a step raised."""
-    retry_after: float | None = None
+    """The protocol's error map for an exception a step raised. It never raises: what it
+    cannot describe as it stands (the exception's ``str()`` fails; a StepFailure whose
+    message or error_type is not text or whose retryable is not a bool or None) becomes a
+    non-retryable ``CodecError`` saying what was wrong, and a RetryAfter whose seconds are
+    not a finite number from 0 to ``MAX_RETRY_AFTER`` a non-retryable ``ValueError``."""
+    try:
+        return _describe(exc)
+    except _StrFailed as failed:
+        why = f"the step raised {_type_name(exc)}, whose str() failed: {failed.why}"
+    except BaseException as problem:  # the step's own class ran (a property...): anything
+        why = f"the step raised {_type_name(exc)}, which cannot be described: "
+        why += _safe_str(problem)
+    return _error("CodecError", why, retryable=False)
+
+
+class _StrFailed(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except BaseException as problem:  # the step's own __str__: it may raise anything
+        raise _StrFailed(_safe_str(problem)) from None
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, StepFailure):
-        error_type, message, retryable = exc.error_type, exc.message, exc.retryable
+        bad = _bad_failure(exc)
+        if bad is not None:
+            return bad
+        message: str = exc.message
         if isinstance(exc, RetryAfter):
-            retry_after = exc.seconds
-    elif isinstance(exc, StepCancelled):
-        error_type, message, retryable = "StepCancelled", str(exc), False
-    else:
-        error_type, message, retryable = type(exc).__name__, str(exc), None
+            seconds = float(exc.seconds)
+            return _error(exc.error_type, message, retryable=True, retry_after=seconds)
+        return _error(exc.error_type, message, retryable=exc.retryable)
+    if isinstance(exc, StepCancelled):
+        return _error("StepCancelled", _str(exc), retryable=False)
+    return _error(type(exc).__name__, _str(exc), retryable=None)
+
+
+def _bad_failure(exc: StepFailure) -> dict[str, Any] | None:
+    """The error for a StepFailure whose fields the node cannot take; None if they are fine."""
+    what = _type_name(exc)
+    for name in ("message", "error_type"):
+        value = getattr(exc, name)
+        if not isinstance(value, str):
+            why = f"{what}'s {name} must be text (str), not {type(value).__name__}"
+            return _error("CodecError", why, retryable=False)
+    if exc.retryable is not None and not isinstance(exc.retryable, bool):
+        why = f"{what}'s retryable must be True, False or None, not {type(exc.retryable).__name__}"
+        return _error("CodecError", why, retryable=False)
+    if isinstance(exc, RetryAfter):
+        seconds = exc.seconds
+        is_number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not (is_number and 0 <= seconds <= MAX_RETRY_AFTER):
+            why = (
+                f"{what}'s seconds must be a finite number from 0 to {MAX_DURATION_TEXT}, "
+                f"not {seconds!r}"
+            )
+            return _error("ValueError", why, retryable=False)
+    return None
+
+
+def _error(
+    error_type: str, message: str, *, retryable: bool | None, retry_after: float | None = None
+) -> dict[str, Any]:
     return {
-        "type": error_type,
-        "message": message or error_type,
+        "type": _sendable(error_type),
+        "message": _sendable(message or error_type),
         "retryable": retryable,
         "retry_after": retry_after,
     }
+
+
+def _sendable(text: str) -> str:
+    """``text``, with any lone surrogate (not UTF-8, so not on the wire) escaped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _type_name(exc: BaseException) -> str:
+    return _sendable(type(exc).__name__)
+
+
+def _safe_str(exc: BaseException) -> str:
+    """``"Type: message"`` for an exception, even one whose own str() fails."""
+    try:
+        text = str(exc)
+    except BaseException:  # the step's own class: anything may happen
+        text = "(its str() failed too)"
+    return f"{_type_name(exc)}: {_sendable(text)}"

@@ -10,8 +10,9 @@ would otherwise stall the socket (heartbeats, cancels, every other step's frames
 
 A runner reports through the worker's :class:`~tamma_actors._worker_outbox.Outbox`:
 ``started`` (which the outbox may hold a while), ``progress``, and the ``result`` frame,
-encoded on the runner's thread (an output that cannot be encoded, or is over the frame
-cap, becomes an error result instead).
+encoded on the runner's thread and checked with the node's own decoding (an output or an
+error the node could not read, or over the frame cap, becomes an error result instead: a
+step always gets its answer).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import pykka
 
 from tamma_actors import _wire as wire
-from tamma_actors._errors import CodecError, FrameTooLarge, UnknownImplementation
+from tamma_actors._errors import CodecError, FrameTooLarge, TammaError, UnknownImplementation
 from tamma_actors._plugins import PluginRegistry
 from tamma_actors._step_api import StepCancelled, StepContext, StepFunction, describe_error
 from tamma_actors._worker_outbox import Outbox
@@ -38,6 +39,11 @@ __all__ = ["RunnerPool", "Task"]
 log = logging.getLogger("tamma_actors._worker")
 
 _RUNNER_STOP_TIMEOUT = 1.0
+# How much of an error message too big for a frame is kept (characters).
+_ERROR_CUT = 4000
+# How deep into a step's output the search for a tuple map key goes (msgpack packs no
+# deeper than 511 levels).
+_KEY_SEARCH_DEPTH = 512
 # An inline implementation whose slow runs held the socket thread longer than this in all
 # (seconds), within INLINE_WINDOW, is one that should not be inline: its worker stops
 # running it inline. Only runs over INLINE_SLOW count: a quick step's run may include a
@@ -77,26 +83,102 @@ class Task:
         return str(self.msg["task_id"])
 
 
-def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int) -> bytes:
-    try:
-        frame = wire.encode(wire.result_ok(task_id, output, duration_ms, started=True))
-    except CodecError as exc:
-        error = {
-            "type": "CodecError",
-            "message": f"step output cannot be encoded: {exc}",
-            "retryable": False,
-            "retry_after": None,
-        }
-        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
+def _checked(msg: dict[str, Any], max_frame: int) -> bytes:
+    """``msg`` encoded, once the node's own decoding of worker frames has taken it: a frame
+    the node would drop (a map key it cannot read, a field of the wrong type) would leave
+    its step unanswered, so it is caught here, where the step can still fail for it.
+    FrameTooLarge over ``max_frame``; CodecError if it does not encode, _Unreadable if the
+    node's decoding refuses it."""
+    frame = wire.encode(msg)
     if len(frame) > max_frame:
-        error = {
-            "type": "FrameTooLarge",
-            "retryable": False,
-            "retry_after": None,
-            "message": f"step output is {len(frame)} bytes, over the {max_frame} cap",
-        }
-        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
+        raise FrameTooLarge(f"{len(frame):,} bytes, over the {max_frame:,}-byte cap")
+    try:
+        wire.decode_worker_frame(frame, max_frame)
+    except TammaError as exc:
+        raise _Unreadable(str(exc)) from exc
     return frame
+
+
+class _Unreadable(CodecError):
+    """A frame that encodes, but that the node's decoding refuses."""
+
+
+def _failure(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": error_type, "message": message, "retryable": False, "retry_after": None}
+
+
+def _result_frame(task_id: str, output: Any, duration_ms: float, max_frame: int) -> bytes:
+    """The result frame for a step's ``output``, or a failed step's if the node could not
+    take it. Never raises."""
+    try:
+        return _checked(wire.result_ok(task_id, output, duration_ms, started=True), max_frame)
+    except FrameTooLarge as exc:
+        error = _failure("FrameTooLarge", f"step output is {exc}")
+    except Exception as exc:  # CodecError, or whatever else packing the step's data did
+        error = _failure("CodecError", f"step output cannot be sent: {_why(output, exc)}")
+    return _error_frame(task_id, error, duration_ms, max_frame)
+
+
+def _error_frame(task_id: str, error: dict[str, Any], duration_ms: float, max_frame: int) -> bytes:
+    """The result frame for a failed step; an error too big for a frame goes with its type
+    and message cut short. Never raises."""
+    try:
+        return _checked(wire.result_error(task_id, error, duration_ms, started=True), max_frame)
+    except FrameTooLarge:
+        keep = min(_ERROR_CUT, max_frame // 8)  # characters: up to 4 bytes each
+        error = {**error, "type": _cut(error["type"], 200), "message": _cut(error["message"], keep)}
+    except Exception as exc:  # describe_error makes maps that go: a last resort
+        error = _failure("CodecError", f"the step's error cannot be sent: {exc}")
+    try:
+        return _checked(wire.result_error(task_id, error, duration_ms, started=True), max_frame)
+    except Exception:
+        error = _failure("CodecError", "the step's error cannot be sent")
+        return wire.encode(wire.result_error(task_id, error, duration_ms, started=True))
+
+
+def _cut(text: str, keep: int) -> str:
+    if len(text) <= keep:
+        return text
+    return f"{text[:keep]}... (cut: {len(text):,} characters, too many for a frame)"
+
+
+def _why(value: Any, exc: BaseException) -> str:
+    """Why the node cannot read ``value`` (a step's output or progress), for its author:
+    where a map key is a tuple if that is why, else what encoding or decoding said. (Only
+    a value that encoded is searched: it is finite, and no bigger than a frame.)"""
+    found = None
+    if isinstance(exc, _Unreadable):
+        try:
+            found = _tuple_key(value, "", 0)
+        except Exception:  # the step's own types (a key's __repr__...): say what decoding did
+            found = None
+    if found is None:
+        return str(exc)
+    where, kind = found
+    return (
+        f"it has a map key that is a {kind} (in the map at {where or 'the top'}); map keys "
+        "must be str, int, float, bool, None or bytes (str is the safe choice)"
+    )
+
+
+def _tuple_key(value: Any, path: str, depth: int) -> tuple[str, str] | None:
+    """Where in ``value`` a dict key is a tuple or list (msgpack packs it as an array, and
+    no map key may be one when decoded), and its type; None if nowhere (or too deep)."""
+    if depth > _KEY_SEARCH_DEPTH:
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, tuple | list):
+                return path, type(key).__name__
+            found = _tuple_key(item, f"{path}[{key!r:.40}]", depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _tuple_key(item, f"{path}[{i}]", depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 class _StepRunner(pykka.ThreadingActor):
@@ -128,38 +210,37 @@ def _run_task(
     max_frame: int,
 ) -> bytes:
     """Run ``task`` on the calling thread; its result frame (an error result if the step
-    raised, its implementation is unknown, or its output cannot go out)."""
+    raised, its implementation is unknown, or its output cannot go out). Never raises:
+    whatever the step does ends as a frame the node reads, so the runner, its slot and the
+    step's answer are never lost."""
     msg, task_id = task.msg, task.task_id
     start = time.perf_counter()
     try:
         fn = resolve(msg["implementation"])
         output = fn(_context(task, outbox, max_frame))
-        elapsed = (time.perf_counter() - start) * 1000
-        return _result_frame(task_id, output, elapsed, max_frame)
     except UnknownImplementation as exc:
-        error = {
-            "type": "UnknownImplementation",
-            "message": str(exc),
-            "retryable": False,
-            "retry_after": None,
-        }
-        return wire.encode(wire.result_error(task_id, error, 0.0, started=True))
-    except BaseException as exc:
+        error = _failure("UnknownImplementation", str(exc))
+        return _error_frame(task_id, error, 0.0, max_frame)
+    except BaseException as exc:  # a step's SystemExit too: the step's error, not ours
         elapsed = (time.perf_counter() - start) * 1000
-        error = describe_error(exc)
-        return wire.encode(wire.result_error(task_id, error, elapsed, started=True))
+        return _error_frame(task_id, describe_error(exc), elapsed, max_frame)
+    elapsed = (time.perf_counter() - start) * 1000
+    return _result_frame(task_id, output, elapsed, max_frame)
 
 
 def _context(task: Task, outbox: Outbox, max_frame: int) -> StepContext:
     msg, task_id = task.msg, task.task_id
 
     def on_progress(value: Any) -> None:
-        frame = wire.encode(wire.progress(task_id, value))
-        if len(frame) > max_frame:  # the node would drop the connection: refused here
-            raise FrameTooLarge(
-                f"heartbeat progress is {len(frame):,} bytes, over the {max_frame:,}-byte "
-                "cap (max_frame_bytes)"
-            )
+        # Refused here, in the step, rather than dropped by the node (or, over the cap,
+        # the connection with it).
+        try:
+            frame = _checked(wire.progress(task_id, value), max_frame)
+        except FrameTooLarge as exc:
+            raise FrameTooLarge(f"heartbeat progress is {exc} (max_frame_bytes)") from None
+        except TammaError as exc:  # it cannot be encoded, or the node could not read it
+            why = _why(value, exc)
+            raise CodecError(f"heartbeat progress cannot be sent: {why}") from exc
         outbox.progress(task_id, frame)
 
     return StepContext(
