@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
+from tamma_actors._durations import MAX_DURATION_S
+
 __all__ = ["RetryPolicyLike", "compute_delay", "is_retryable", "plan_retry", "should_retry"]
 
 _GLOB_CHARS = frozenset("*?[")
@@ -117,7 +119,13 @@ def plan_retry(
     info = {"type": etype, "message": message, "retryable": explicit}
     if not should_retry(policy, attempt, etype, message, explicit):
         return info, None
-    delay = error.get("retry_after")
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
-        delay = compute_delay(policy, attempt, rand())
-    return info, float(delay)
+    given = _seconds(error.get("retry_after"))
+    return info, compute_delay(policy, attempt, rand()) if given is None else given
+
+
+def _seconds(value: Any) -> float | None:
+    """A step's ``retry_after`` if it is a duration the node can keep (a worker checks its
+    step's ``RetryAfter``; an older or foreign one may send anything: nan, 1e300...)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value <= MAX_DURATION_S else None
