@@ -22,6 +22,13 @@ The node's own local workers connect under routing ids it drew for them: a worke
 of them (``local``: killed and restarted by the node, measured by it) by that alone, and
 the worker id of one is its own: another connection naming it is refused, and one that
 claimed it before that process joined gives it up.
+
+A connection can lose frames when it dies: a ``run`` sent into it, a result sent out of
+it. A worker says hello again on each new connection it makes; the tasks the pool had on
+it then are checked against its next heartbeat, which it sends once welcomed again, so
+after every frame the pool sent it before the welcome: a task it neither holds nor has
+reported by then was lost, and is queued again; a cancel may have been lost too, and is
+sent again. (A heartbeat on its own tells nothing: a run frame may be on its way.)
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ class PoolWorker:
     # it gave back a step unasked: it is likely leaving, so it is sent nothing until then
     # (monotonic; a step that raised StepCancelled itself looks the same: see leaving)
     sent_nothing_until: float | None = None
+    # the tasks it had when it said hello again (a new connection, most likely): those its
+    # next heartbeat does not list were lost with the old connection
+    checking: frozenset[str] = frozenset()
 
     def leaving(self, now: float) -> bool:
         """Whether it gave a step back unasked a short while ago, so is most likely
@@ -148,6 +158,7 @@ class ConnectedWorkers:
             last_seen=time.monotonic(),
             last_seen_wall=time.time(),
             tasks=current.tasks if current is not None else set(),
+            checking=frozenset(current.tasks) if current is not None else frozenset(),
         )
         self._workers[worker_id] = worker
         self._routes[identity] = worker
@@ -212,6 +223,28 @@ class ConnectedWorkers:
         worker.tasks.clear()
         self._requeue(lost, reason)
         self._pump()
+
+    def _check_tasks(self, worker: PoolWorker, running: list[str]) -> None:
+        """At ``worker``'s first heartbeat since it said hello again (``running``: what it
+        holds), queue again the tasks it had then and neither holds nor has reported (see
+        the module docstring), and send again the cancels of those it still holds."""
+        checking, worker.checking = worker.checking, frozenset()
+        held = set(running)
+        lost: list[_Task] = []
+        for task_id in sorted(checking & worker.tasks):
+            task = self._tasks[task_id]
+            if task_id not in held:
+                worker.tasks.discard(task_id)
+                lost.append(self._tasks.pop(task_id))
+            elif task.cancel_timer is not None:
+                self._send(worker.identity, wire.cancel(task_id))
+        if lost:
+            reason = (
+                f"worker {worker.worker_id} connected again without them: lost with its connection"
+            )
+            log.warning("%s; re-dispatching %d task(s)", reason, len(lost))
+            self._requeue(lost, reason)
+            self._pump()
 
     def _offered_changed(self) -> None:
         """Tell whoever asked what the connected workers offer now, if that changed."""

@@ -2,9 +2,18 @@
 
 :func:`connect` makes the socket: its routing id (by which the node knows this worker: a
 secret, see ``_worker_loop``), the frame cap, CURVE on ``tcp://`` when given the node's
-key (:class:`CurveKeys`), and :class:`Handshakes`, which reads the socket's monitor: a
-handshake the node will never accept (a wrong CURVE key, CURVE on one side only) is a
-``TransportError``; a node that is not there is not (ZeroMQ reconnects).
+key (:class:`CurveKeys`), ZMTP heartbeats, and :class:`Handshakes`, which reads the
+socket's monitor: a handshake the node will never accept (a wrong CURVE key, CURVE on one
+side only) is a ``TransportError``; a node that is not there is not (ZeroMQ reconnects).
+
+A TCP connection can die without a FIN or an RST reaching either end (a network cut, a NAT
+that forgot it): the socket would go on sending into it, for ever, and hear nothing. ZMTP
+heartbeats (PING, answered by the node's I/O thread whatever its Python threads do) find
+such a connection dead after ``DEAD_AFTER_INTERVALS`` heartbeat intervals (at least
+``DEAD_AFTER_MIN`` seconds) without a byte from the node, or the time-to-live the node's
+own PINGs carry (its heartbeat timeout), and ZeroMQ connects again. The worker says hello
+on every new connection (:meth:`Handshakes.read` tells it one came): see ``_pool_workers``
+for what the node makes of that.
 """
 
 from __future__ import annotations
@@ -16,7 +25,14 @@ from zmq.utils.monitor import recv_monitor_message
 
 from tamma_actors._errors import TransportError
 
-__all__ = ["HANDSHAKE_FAILURES_FATAL", "CurveKeys", "Handshakes", "connect"]
+__all__ = [
+    "DEAD_AFTER_INTERVALS",
+    "DEAD_AFTER_MIN",
+    "HANDSHAKE_FAILURES_FATAL",
+    "CurveKeys",
+    "Handshakes",
+    "connect",
+]
 
 # A node that closes the connection during the handshake (NO_DETAIL) is what a CURVE server
 # does to a client holding the wrong server key, and once in a while what a node going away
@@ -29,6 +45,9 @@ _HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _LINGER_MS = 1000
+# A connection that brought nothing from the node for this long, after a PING, is dead.
+DEAD_AFTER_INTERVALS = 3
+DEAD_AFTER_MIN = 1.0
 
 
 class CurveKeys:
@@ -52,7 +71,8 @@ class Handshakes:
 
     :meth:`read` raises TransportError, naming the likely cause, for a handshake the node
     will never accept; a node that is not there (refused or dropped connections) is not
-    a handshake failure: ZeroMQ reconnects."""
+    a handshake failure: ZeroMQ reconnects. It says whether the socket has a new
+    connection after an earlier one (one of them may have lost frames)."""
 
     def __init__(self, sock: zmq.Socket[bytes], endpoint: str, curve: bool) -> None:
         self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
@@ -60,17 +80,23 @@ class Handshakes:
         self._endpoint = endpoint
         self._curve = curve
         self._failures = 0
+        self._connections = 0  # handshakes that succeeded
 
-    def read(self) -> None:
+    def read(self) -> bool:
+        """Read the events waiting; whether a handshake succeeded after an earlier one (a
+        new connection: the old one may have lost frames either way)."""
+        again = False
         while True:
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return again
             assert isinstance(event, dict)  # a plain socket, not an asyncio one
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._failures = 0
+                self._connections += 1
+                again = again or self._connections > 1
                 continue
             self._failures += 1
             closed = kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -107,15 +133,19 @@ def connect(
     route: bytes,
     max_frame: int,
     curve: CurveKeys | None,
+    heartbeat_interval: float,
 ) -> tuple[zmq.Socket[bytes], Handshakes]:
     """A DEALER socket connecting to ``endpoint`` under routing id ``route``, and its
     :class:`Handshakes`; a ``TransportError`` if ZeroMQ refuses the endpoint or a key."""
+    dead_after = max(DEAD_AFTER_INTERVALS * heartbeat_interval, DEAD_AFTER_MIN)
     sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
     handshakes: Handshakes | None = None
     try:
         sock.setsockopt(zmq.LINGER, _LINGER_MS)
         sock.setsockopt(zmq.IDENTITY, route)
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(heartbeat_interval * 1000)))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, round(dead_after * 1000))
         secured = curve is not None and endpoint.startswith("tcp://")  # as the node
         if secured:
             assert curve is not None

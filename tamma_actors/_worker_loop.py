@@ -13,8 +13,9 @@ A managed worker whose parent is gone exits (``EXIT_PARENT_DIED``).
 The socket's routing id, by which the node knows this worker, is a secret drawn for each
 Worker (never its worker id, which anyone may read in ``tamma health``), or the one a node
 drew for a local worker of its own: whoever connects under a worker's routing id is sent
-its steps and heard on their behalf. A reconnection
-keeps it, so the node goes on taking this worker's results. A node not up yet (or
+its steps and heard on their behalf. A reconnection keeps it, so the node goes on taking
+this worker's results; on each new connection (a dead one is found by ZMTP heartbeats:
+``_worker_connection``) the worker says hello again at once. A node not up yet (or
 restarting) is waited for, as ZeroMQ reconnects; a handshake the node will never accept (a
 wrong CURVE key, CURVE on one side only), seen by the socket's monitor, ends the worker
 (``EXIT_TRANSPORT``), and so does a hello the node refuses (``EXIT_REFUSED``: a node with
@@ -140,7 +141,7 @@ class Worker:
         self._outbox = Outbox()
         try:
             self._sock, self._handshakes = connect(
-                self._ctx, endpoint, self._route, max_frame_bytes, curve
+                self._ctx, endpoint, self._route, max_frame_bytes, curve, heartbeat_interval
             )
         except BaseException:
             self._outbox.close()
@@ -208,8 +209,8 @@ class Worker:
                 self._flush_outbox()
             if self._sock in events:
                 self._drain_socket()
-            if self._handshakes.monitor in events:
-                self._handshakes.read()
+            if self._handshakes.monitor in events and self._handshakes.read():
+                self._on_new_connection()
 
     def _stop_done(self, now: float) -> bool:
         assert self._stopping_since is not None
@@ -250,6 +251,15 @@ class Worker:
         names = self._registry.names()
         hello = wire.hello(self.worker_id, os.getpid(), host, self.slots, names, self._token)
         self._send(hello)
+
+    def _on_new_connection(self) -> None:
+        """Say hello again at once: the node then checks which of this worker's tasks the
+        old connection lost (a run frame sent into it, a result sent out of it) against
+        its next heartbeat, and runs those again; a node that restarted meanwhile learns
+        of it without waiting for a rehello."""
+        if not self._stop_requested and self._stopping_since is None:
+            log.info("worker %s: connected to the node again", self.worker_id)
+            self._say_hello(time.monotonic())
 
     def _begin_stop(self, now: float) -> None:
         log.info("worker %s: stopping", self.worker_id)

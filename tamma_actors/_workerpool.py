@@ -14,6 +14,15 @@ told to stop (remote); the task is reported StepCancelled, its neighbours re-dis
 
 What each frame from a worker does: :mod:`._pool_frames`.
 
+The workers socket hands a worker's routing id over to a new connection made under it
+(``ROUTER_HANDOVER``): a routing id is a secret only its worker holds, so that is the same
+worker connecting again, while the node may still hold its old connection (one dead
+without a FIN or an RST reaching the node lingers until TCP gives up on it, minutes to
+hours). Without it, libzmq ignored the new connection, and every frame on it, for as long
+as the old one lingered. ZMTP heartbeats close a connection that brought nothing for
+``heartbeat_timeout`` after a PING, and give workers that time-to-live for their side;
+what an old connection lost is run again (:mod:`._pool_workers`).
+
 A result whose owner had stopped, unless the owner had cancelled the task, is kept by
 task id, as is one an owner hands back (:class:`Undelivered`), for the supervisor brought
 back from the store, which dispatches the same attempt again (:mod:`._pool_kept`).
@@ -74,6 +83,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LINGER_MS = 1000
+_MAX_TTL_MS = 6_553_500  # ZMTP carries a heartbeat's time-to-live in 16 bits of 0.1 s
+
+
+def _ms(seconds: float) -> int:
+    return max(1, min(round(seconds * 1000), 2**31 - 1))
 
 
 @dataclass(eq=False)
@@ -172,7 +186,15 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
             parent = os.path.dirname(self._endpoint[len("ipc://") :])
             if parent and not os.path.isdir(parent):
                 os.makedirs(parent, mode=0o700, exist_ok=True)
-        options = {zmq.LINGER: _LINGER_MS, zmq.MAXMSGSIZE: self._max_frame, zmq.ROUTER_MANDATORY: 1}
+        options = {
+            zmq.LINGER: _LINGER_MS,
+            zmq.MAXMSGSIZE: self._max_frame,
+            zmq.ROUTER_MANDATORY: 1,  # a send to a connection that is gone fails
+            zmq.ROUTER_HANDOVER: 1,  # see the module docstring
+            zmq.HEARTBEAT_IVL: _ms(self._hb_interval),
+            zmq.HEARTBEAT_TIMEOUT: _ms(self._hb_timeout),
+            zmq.HEARTBEAT_TTL: min(_ms(self._hb_timeout), _MAX_TTL_MS),
+        }
         sock, self._endpoint, self._ipc_file = bind_server(
             self.zmq_context, zmq.ROUTER, self._endpoint, options, self._curve_secret,
             "the workers socket",

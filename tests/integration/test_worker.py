@@ -584,6 +584,27 @@ def test_the_token_comes_from_the_environment_and_leaves_it(
     assert node.frames[0]["token"] == "s3cret" and wire.TOKEN_ENV not in os.environ
 
 
+def test_a_worker_says_hello_on_every_new_connection(
+    zctx: zmq.Context[Any], tmp_path: Path
+) -> None:
+    """Not only when asked (rehello): the node checks what the old connection lost
+    against the heartbeat that follows the welcome (see _pool_workers)."""
+    endpoint = f"ipc://{tmp_path}/w.sock"
+    first = FakeNode(zctx, endpoint)
+    r = RunningWorker(Worker(endpoint, heartbeat_interval=0.2))
+    try:
+        first.handshake()
+        first.recv("hb")
+        first.sock.close(0)  # the connection drops; a node comes back at the same place
+        second = FakeNode(zctx, endpoint)
+        try:
+            second.recv("hello")  # unasked (heartbeats queued meanwhile may come first)
+        finally:
+            second.sock.close(0)
+    finally:
+        r.stop()
+
+
 def test_the_routing_id_a_node_gives_comes_from_the_environment_and_leaves_it(
     node: FakeNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
