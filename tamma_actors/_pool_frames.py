@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from tamma_actors import _wire as wire
+from tamma_actors._codec import peek
 from tamma_actors._errors import TammaError
 from tamma_actors._pool_messages import TaskFinished, TaskProgress, TaskStarted, notify
 
@@ -84,6 +85,8 @@ class WorkerFrames:
         except TammaError as exc:
             who = "an unknown peer" if worker is None else f"worker {worker.worker_id}"
             log.warning("dropped a bad frame from %s: %s", who, exc)  # (not its routing id)
+            if worker is not None:
+                self._unreadable_result(worker, data, exc)
             return
         if msg["t"] == "hello":
             self._on_hello(identity, msg)
@@ -93,6 +96,23 @@ class WorkerFrames:
         else:
             worker.last_seen, worker.last_seen_wall = time.monotonic(), time.time()
             self._on_worker_frame(worker, msg)
+
+    def _unreadable_result(self, worker: PoolWorker, data: bytes, exc: TammaError) -> None:
+        """A result the node cannot read, of one of ``worker``'s tasks: its step fails
+        (a worker checks what it sends; an older or foreign one may not, and the step would
+        wait for good)."""
+        task_id = peek(data, "task_id") if peek(data, "t") == "result" else None
+        task = self._tasks.get(task_id) if isinstance(task_id, str) else None
+        if task is None or task.worker_id != worker.worker_id:
+            return
+        error = {
+            "type": "ProtocolError",
+            "message": f"the worker's result for this step could not be read: {exc}",
+            "retryable": False,
+            "retry_after": None,
+        }
+        result = {"ok": False, "error": error, "duration_ms": 0.0, "started": True}
+        self._on_result(worker, task, {"t": "result", "task_id": task.task_id, **result})
 
     def _on_worker_frame(self, worker: PoolWorker, msg: dict[str, Any]) -> None:
         kind = msg["t"]

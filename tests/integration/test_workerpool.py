@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import psutil
 import pykka
 import pytest
@@ -566,6 +567,27 @@ def test_garbage_does_not_break_the_pool(fake: Any, zctx: Any) -> None:
     good.send(wire.result_ok(good.recv()["task_id"], "ok", 1))
     assert h.inbox.finished("fine").ok
     assert h.pool.is_alive()
+
+
+def test_a_result_the_node_cannot_read_fails_its_step(fake: Any) -> None:
+    # an older or foreign worker that sends what its step returned unchecked: the step
+    # used to wait for ever, its frame dropped
+    h, new = fake
+    w = new("fw1")
+    w.hello(["noop"])
+    h.dispatch(task("t1"))
+    h.dispatch(task("t2"))
+    for _ in range(2):
+        w.recv()
+    frame = {"v": wire.VERSION, "t": "result", "task_id": "t1", "ok": True,
+             "output": {(2, 3): "x"}, "duration_ms": 1.0}  # fmt: skip
+    w.sock.send(msgpack.packb(frame))  # a tuple key: no frame the node reads
+    finished = h.inbox.finished("t1")
+    assert not finished.ok and finished.error is not None
+    assert finished.error["type"] == "ProtocolError" and finished.error["retryable"] is False
+    assert "could not be read" in finished.error["message"]
+    w.send(wire.result_ok("t2", 2, 1.0))  # the worker and its other steps carry on
+    assert h.inbox.finished("t2").ok and h.stats()["running"] == 0
 
 
 def test_rehello_keeps_running_tasks(fake: Any) -> None:
