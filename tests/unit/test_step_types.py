@@ -904,16 +904,21 @@ def test_recovery_reattaches_to_the_same_child(tmp_path: Path) -> None:
         ]
 
 
+def _parent_and_child(k: Kit, tmp_path: Path) -> tuple[str, str]:
+    """A parent whose subflow's child holds its first step on a worker: their ids."""
+    _write(tmp_path / "child.yaml", CHILD)
+    sub = {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
+    eid = k.start(wf(sub))
+    return eid, str(k.next_held().task["execution_id"])
+
+
 def test_recovery_passes_a_paused_parents_pause_on_to_a_child_it_had_not_reached(
     tmp_path: Path,
 ) -> None:
     # The node stopped after the parent's pause was committed, before it was passed on.
-    _write(tmp_path / "child.yaml", CHILD)
-    sub = {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
     store = MemoryStore()
     with _kit(lambda t: None, store) as k:
-        eid = k.start(wf(sub))
-        child = k.next_held().task["execution_id"]
+        eid, child = _parent_and_child(k, tmp_path)
         k.engine.pause_workflow(eid).result(WAIT)
         _until(lambda: k.get(child)["status"] == "paused")
         assert k.get(child)["reason"] == f"its parent {eid} is paused"
@@ -931,12 +936,9 @@ def test_recovery_resumes_a_child_only_from_its_running_parents_own_pause(
 ) -> None:
     # The node stopped after the parent's resume was committed, before it was passed on:
     # the child, paused by the parent, would hold the parent's step for ever.
-    _write(tmp_path / "child.yaml", CHILD)
-    sub = {"name": "sub", "type": "subflow", "config": {"workflow": str(tmp_path / "child.yaml")}}
     store = MemoryStore()
     with _kit(lambda t: None, store) as k:
-        eid = k.start(wf(sub))
-        child = k.next_held().task["execution_id"]
+        eid, child = _parent_and_child(k, tmp_path)
         reason = f"its parent {eid} is paused" if paused_by == "parent" else "on hold"
         k.engine.pause_workflow(child, reason).result(WAIT)
     with _kit(doubled, store) as k:

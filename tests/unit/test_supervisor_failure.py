@@ -226,17 +226,26 @@ def test_a_request_brings_it_back_at_once(kit: Kit, monkeypatch: pytest.MonkeyPa
     kit.status_is(eid, "completed")
 
 
-def test_an_execution_given_up_on_can_still_be_aborted(
-    kit: Kit, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _given_up(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An execution whose supervisor failed four times: revived after 0.1, 1 and 10 s
+    (not before), then left to the store."""
     eid = kit.start(wf(wait_step("w", 600)))
     kit.step_is(eid, "w", "running")
     _watchdog_checks_raise(monkeypatch)
     for delay in (0.1, 1.0, 10.0):
         _fail(kit, eid)
-        kit.timers.advance(delay)
+        kit.timers.advance(delay - 0.01)
+        assert kit.engine._is_resting(eid)  # not before its time
+        kit.timers.advance(0.01)
         kit.woken(eid)
     _fail(kit, eid)
+    return eid
+
+
+def test_an_execution_given_up_on_can_still_be_aborted(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eid = _given_up(kit, monkeypatch)
     assert eid in kit.engine.unrecovered
     # brought back from the store once more, so that its abort is recorded
     aborted = kit.engine.abort_workflow(eid, "given up").result(WAIT)
@@ -249,16 +258,7 @@ def test_an_execution_given_up_on_can_still_be_aborted(
 def test_after_its_fourth_failure_it_is_left_to_the_store_and_waits_are_held(
     kit: Kit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    eid = kit.start(wf(wait_step("w", 600)))
-    kit.step_is(eid, "w", "running")
-    _watchdog_checks_raise(monkeypatch)
-    for delay in (0.1, 1.0, 10.0):
-        _fail(kit, eid)
-        kit.timers.advance(delay - 0.01)
-        assert kit.engine._is_resting(eid)  # not before its time
-        kit.timers.advance(0.01)
-        kit.woken(eid)
-    _fail(kit, eid)
+    eid = _given_up(kit, monkeypatch)
     assert not kit.engine._is_resting(eid) and eid not in kit.engine._live
     health = kit.engine.health().result(WAIT)
     assert health["status"] == "degraded"
