@@ -31,6 +31,17 @@ def types(kit: Kit, eid: str) -> list[str]:
     return [e["type"] for e in kit.events(eid)]
 
 
+def fail_after(kit: Kit, spec: dict[str, Any], *done: str) -> str:
+    """Start ``spec``; its steps ``done`` succeed one after another, the next one fails."""
+    eid = kit.start(spec)
+    for name in done:
+        d = kit.next_held()
+        d.reply_to.tell(finished(d, name))
+    last = kit.next_held()
+    last.reply_to.tell(finished(last, error=BOOM))
+    return eid
+
+
 def fail_into_compensation(
     kit: Kit,
     *extra: dict[str, Any],
@@ -68,12 +79,7 @@ def test_pause_holds_compensation_and_a_retry_while_paused_is_refused(kit: Kit) 
         step("c", "b"),
         error_handling="compensate",
     )
-    eid = kit.start(spec)
-    for name in ("a", "b"):
-        d = kit.next_held()
-        d.reply_to.tell(finished(d, name))
-    c = kit.next_held()
-    c.reply_to.tell(finished(c, error=BOOM))
+    eid = fail_after(kit, spec, "a", "b")
     undo_b = kit.next_held()
     kit.engine.pause_workflow(eid).result(WAIT)
     undo_b.reply_to.tell(finished(undo_b, "undone"))  # the running one ends while paused
@@ -143,12 +149,7 @@ def test_a_compensation_that_stops_heartbeating_or_never_starts_fails(kit: Kit) 
         step("queued", queue_timeout=20),
         error_handling="compensate",
     )
-    eid = kit.start(spec)
-    for name in ("a", "b"):
-        d = kit.next_held()
-        d.reply_to.tell(finished(d, name))
-    c = kit.next_held()
-    c.reply_to.tell(finished(c, error=BOOM))
+    eid = fail_after(kit, spec, "a", "b")
     undo_b = kit.next_held()  # no worker starts it within its queue_timeout
     kit.timers.advance(20.1)
     assert kit.cancels.get(timeout=WAIT) == undo_b.task["task_id"]
@@ -255,12 +256,7 @@ def test_an_abort_while_compensating_records_what_each_compensation_did(kit: Kit
         step("d", "c"),
         error_handling="compensate",
     )
-    eid = kit.start(spec)
-    for name in ("a", "b", "c"):
-        d = kit.next_held()
-        d.reply_to.tell(finished(d, name))
-    last = kit.next_held()
-    last.reply_to.tell(finished(last, error=BOOM))
+    eid = fail_after(kit, spec, "a", "b", "c")
     undo_c = kit.next_held()
     undo_c.reply_to.tell(finished(undo_c, "undone"))
     undo_b = kit.next_held()
