@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tamma_actors._durations import MAX_DURATION_S
 from tamma_actors._timers import TimerHandle, TimerService
 
 __all__ = [
@@ -122,11 +123,12 @@ def _nobody(due: DeadlineDue) -> None:
 
 
 def wait_seconds(config: Mapping[str, Any]) -> float:
-    """The ``seconds`` of a wait step's config (validated when the workflow is loaded)."""
+    """The ``seconds`` of a wait step's config (validated when the workflow is loaded; one
+    stored before the bound on durations is kept at it)."""
     value = config.get("seconds")
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"a wait step needs config.seconds >= 0, got {value!r}")
-    return float(value)
+    return min(float(value), MAX_DURATION_S)
 
 
 def timeout_error(kind: str, step: str, seconds: float | None) -> dict[str, Any]:

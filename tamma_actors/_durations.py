@@ -41,12 +41,15 @@ DURATION_PATTERN = (
 )
 
 
-def parse_duration(value: float | int | str, default_unit: DurationUnit) -> float:
+def parse_duration(
+    value: float | int | str, default_unit: DurationUnit, *, cap: bool = False
+) -> float:
     """Seconds for ``value``: a number in ``default_unit`` or a string such as ``"1.5s"``.
 
     Accepted units are ``ms``, ``s``, ``m`` and ``h``; a bare number string uses
     ``default_unit``. Negative, non-finite, boolean or unparsable values, and durations
-    above MAX_DURATION_S, raise ValueError.
+    above MAX_DURATION_S, raise ValueError (with ``cap``, one above it is MAX_DURATION_S:
+    a definition stored before the bound must still load).
     """
     if default_unit not in _SECONDS_PER_UNIT:
         raise ValueError(f"unknown default unit {default_unit!r}")
@@ -58,13 +61,13 @@ def parse_duration(value: float | int | str, default_unit: DurationUnit) -> floa
             amount = float(value)
         except OverflowError as exc:  # an int too large for a float
             raise ValueError(f"a duration must be finite, got {value!r}") from exc
-        return _checked(amount * _SECONDS_PER_UNIT[default_unit], value)
+        return _checked(amount * _SECONDS_PER_UNIT[default_unit], value, cap)
     if not isinstance(value, str):
         raise ValueError(f"a duration must be a number or a string, not {type(value).__name__}")
-    return _parse_text(value, default_unit)
+    return _parse_text(value, default_unit, cap)
 
 
-def _parse_text(text: str, default_unit: DurationUnit) -> float:
+def _parse_text(text: str, default_unit: DurationUnit, cap: bool) -> float:
     """One ``<number><unit>`` or a compound such as ``"1h30m"``; a bare number uses
     ``default_unit``."""
     lowered = text.lower()
@@ -91,14 +94,16 @@ def _parse_text(text: str, default_unit: DurationUnit) -> float:
                 f"invalid duration {text!r}: unknown unit {unit!r} (use ms, s, m or h)"
             )
         total += float(number) * _SECONDS_PER_UNIT[unit]
-    return _checked(total, text)
+    return _checked(total, text, cap)
 
 
-def _checked(seconds: float, original: object) -> float:
+def _checked(seconds: float, original: object, cap: bool = False) -> float:
     if math.isnan(seconds) or math.isinf(seconds):
         raise ValueError(f"a duration must be finite, got {original!r}")
     if seconds < 0:
         raise ValueError(f"a duration cannot be negative, got {original!r}")
+    if seconds > MAX_DURATION_S and cap:
+        return float(MAX_DURATION_S)
     if seconds > MAX_DURATION_S:
         raise ValueError(f"a duration may be at most {MAX_DURATION_TEXT}, got {original!r}")
     return seconds

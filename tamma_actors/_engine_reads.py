@@ -389,7 +389,7 @@ class EngineReads:
             raise StoreCorrupted(
                 f"execution {state.id}: workflow definition {state.digest} is missing"
             )
-        return parse_workflow(definition, source=f"definition {state.digest[:12]}")
+        return parse_workflow(definition, source=f"definition {state.digest[:12]}", stored=True)
 
 
 def done_or_refuse(state: ExecutionState, probe: Any) -> Future[dict[str, Any]]:

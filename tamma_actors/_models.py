@@ -11,11 +11,13 @@ Every model accepts snake_case names and the story's camelCase aliases (``retryP
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import PurePath
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
@@ -82,6 +84,7 @@ __all__ = [
     "WorkflowStatusInfo",
     "WorkflowStep",
     "WorkflowSummary",
+    "judged_as_stored",
 ]
 
 STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
@@ -116,10 +119,32 @@ def _duration_schema(
     )
 
 
-def _to_unit(value: Any, default_unit: DurationUnit, per_second: float) -> Any:
+# A definition stored by an earlier version is read again (recovery, explain, retry) under
+# the rules it was stored under where later ones are stricter: its execution must load.
+# Set by parse_workflow(stored=True) for the time of one validation.
+_STORED: ContextVar[bool] = ContextVar("tamma_stored_definition", default=False)
+# A timeout of 0, stored before a timeout had to be above 0: it runs out at once, as it did.
+_STORED_ZERO_TIMEOUT = 1e-9
+
+
+@contextlib.contextmanager
+def judged_as_stored() -> Iterator[None]:
+    """Validate under the rules a stored definition was made under (see ``_STORED``)."""
+    token = _STORED.set(True)
+    try:
+        yield
+    finally:
+        _STORED.reset(token)
+
+
+def _to_unit(
+    value: Any, default_unit: DurationUnit, per_second: float, *, positive: bool = False
+) -> Any:
     if value is None:
         return None
-    return round(parse_duration(value, default_unit) * per_second, 9)
+    stored = _STORED.get()  # one stored over the bound is kept at the bound
+    result = round(parse_duration(value, default_unit, cap=stored) * per_second, 9)
+    return _STORED_ZERO_TIMEOUT if positive and stored and result == 0 else result
 
 
 def _milliseconds(value: Any) -> Any:
@@ -130,8 +155,12 @@ def _seconds(value: Any) -> Any:
     return _to_unit(value, "s", 1.0)
 
 
+def _timeout_seconds(value: Any) -> Any:
+    return _to_unit(value, "s", 1.0, positive=True)
+
+
 def _minutes_as_seconds(value: Any) -> Any:
-    return _to_unit(value, "m", 1.0)
+    return _to_unit(value, "m", 1.0, positive=True)
 
 
 def _no_bool(value: Any) -> Any:
@@ -153,9 +182,14 @@ def _version_text(value: Any) -> Any:
 
 
 _NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
+_NAME_MOST = 200
 
 
 def _callable_by_name(value: str) -> str:
+    if _STORED.get():  # a name stored before names were checked
+        return value
+    if len(value) > _NAME_MOST:
+        raise ValueError(f"a workflow name has at most {_NAME_MOST} characters, not {len(value):,}")
     if not re.match(_NAME_PATTERN, value):
         raise ValueError(
             "a workflow name has no '/' (a subflow naming it would be read as a file path) "
@@ -172,7 +206,7 @@ def _callable_by_name(value: str) -> str:
 # Printable, without '/' (a subflow by name is read as a path), and short enough to show.
 WorkflowName = Annotated[
     str,
-    Field(min_length=1, max_length=200, json_schema_extra={"pattern": _NAME_PATTERN}),
+    Field(min_length=1, json_schema_extra={"pattern": _NAME_PATTERN, "maxLength": _NAME_MOST}),
     AfterValidator(_callable_by_name),
 ]
 
@@ -187,7 +221,7 @@ PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_no_bool)]
 _MINUTES_SCHEMA = _duration_schema("minutes", nullable=True, positive=True)
 _OptionalSeconds = Annotated[
     Annotated[float, Field(gt=0)] | None,
-    BeforeValidator(_seconds),
+    BeforeValidator(_timeout_seconds),
     _duration_schema("seconds", nullable=True, positive=True),
 ]
 StepName = Annotated[str, Field(min_length=1, pattern=STEP_NAME_PATTERN)]
@@ -335,10 +369,11 @@ class WorkflowStep(FileModel):
         # The coordinator keeps a wait step's timer: its config is checked here, at load.
         if self.implementation == "wait" and self.type == "task":
             seconds = self.config.get("seconds")
+            most = math.inf if _STORED.get() else MAX_DURATION_S  # kept at the bound then
             if (
                 isinstance(seconds, bool)
                 or not isinstance(seconds, int | float)
-                or not 0 <= seconds <= MAX_DURATION_S
+                or not 0 <= seconds <= most
             ):
                 raise ValueError(
                     "a wait step needs config.seconds, a number of seconds >= 0 and at most "

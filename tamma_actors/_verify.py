@@ -161,7 +161,7 @@ def _config(view: RecordView, digest: str, configs: _Configs) -> WorkflowConfig 
         try:
             key = id_key(digest)
             definition = decode_record(key, view.get(DEFINITIONS, key) or b"", db=DEFINITIONS)
-            found = parse_workflow(definition, source="its definition")
+            found = parse_workflow(definition, source="its definition", stored=True)
         except TammaError as exc:
             found = exc
         configs[digest] = found

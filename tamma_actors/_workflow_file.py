@@ -7,6 +7,7 @@ step and a cycle all at once) instead of making the author fix them one by one.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from pydantic.alias_generators import to_camel, to_snake
 
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._errors import Problem, WorkflowValidationError
-from tamma_actors._models import WorkflowConfig
+from tamma_actors._models import WorkflowConfig, judged_as_stored
 from tamma_actors._plugins import GATED_BUILTINS
 from tamma_actors._step_configs import step_type_problems, timeouts_set
 from tamma_actors._workflow_schema import workflow_json_schema
@@ -93,13 +94,21 @@ def parse_workflow(
     *,
     source: str | None = None,
     known_implementations: Collection[str] | None = None,
+    stored: bool = False,
 ) -> WorkflowConfig:
     """Validate a parsed workflow definition; raise :class:`WorkflowValidationError`
-    listing every problem (field errors and graph errors), never a pydantic error."""
+    listing every problem (field errors and graph errors), never a pydantic error.
+
+    ``stored``: a definition the store holds, which an execution was started with. It is
+    not judged again by rules made after it was stored (a workflow name's, a timeout above
+    0, the bound on durations: see ``_models.judged_as_stored``), nor by those a start
+    checks against the node (``known_implementations`` is then None): its execution must
+    still load, be explained, retried and aborted."""
     problems: list[Problem] = []
     config: WorkflowConfig | None = None
     try:
-        config = WorkflowConfig.model_validate(data)
+        with judged_as_stored() if stored else contextlib.nullcontext():
+            config = WorkflowConfig.model_validate(data)
     except ValidationError as exc:
         problems.extend(_field_problems(exc, data))
     if isinstance(data, Mapping):

@@ -1241,6 +1241,26 @@ def test_the_nesting_limit_holds_across_a_restart(tmp_path: Path) -> None:
         assert len(k.engine.list_workflows(workflow_id="me").result(WAIT)) == 17
 
 
+def test_an_execution_started_under_older_rules_is_brought_back_explained_and_aborted() -> None:
+    # its definition breaks rules made since (a name with '/', a wait over 10 years): it
+    # was left running, neither explained nor aborted, after an upgrade
+    from tamma_actors._models import judged_as_stored
+
+    older = {
+        "name": "team/loop",
+        "steps": [{"name": "w", "implementation": "wait", "config": {"seconds": 1e12}}],
+    }
+    store = MemoryStore()
+    with _kit(doubled, store) as k, judged_as_stored():  # as the version before made it
+        eid = k.start(older)
+    with _kit(doubled, store) as k:
+        assert k.engine.recover() == 1
+        why = k.engine.explain(eid).result(WAIT)["steps"]["w"]["waiting_for"]
+        assert why.startswith("wait step: until")
+        assert k.engine.abort_workflow(eid, "upgrade").result(WAIT)["status"] == "aborted"
+        assert k.engine.health().result(WAIT)["recovery"]["unrecoverable"] == {}
+
+
 def test_a_parallel_step_timeout_bounds_the_whole_fan_out() -> None:
     for_items = {"max_attempts": 2, "base_delay": 100, "max_delay": 100, "jitter": 0}
     with _kit(lambda t: ok(t, "quick") if t["item_index"] == 0 else None) as k:

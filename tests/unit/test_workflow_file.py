@@ -12,6 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tamma_actors._durations import MAX_DURATION_S
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._workflow_file import (
@@ -582,3 +583,27 @@ def test_a_workflow_name_a_subflow_could_not_call_is_refused(name: str, says: st
 def test_a_workflow_name_may_have_spaces_and_any_letters() -> None:
     for name in ("demo run", "déploiement", "tamma-dev-loop", "v1.2"):
         assert parse_workflow({"name": name, "steps": steps(("a", []))}).name == name
+
+
+# Made before the rules above: a workflow name with '/', a step timeout of 0, durations
+# over 10 years (a wait too). Its execution was started; it must still load.
+OLDER = {
+    "name": "team/loop",
+    "timeout": 10**9,  # minutes
+    "retry_policy": {"max_delay": 10**13},  # ms
+    "steps": [
+        {"name": "a", "implementation": "noop", "timeout": 0},
+        {"name": "w", "implementation": "wait", "config": {"seconds": 1e12}},
+    ],
+}
+
+
+def test_a_stored_definition_is_not_judged_by_rules_made_after_it() -> None:
+    refused = {p.loc for p in problems_of(OLDER)}
+    assert refused == {"name", "timeout", "retry_policy.max_delay", "steps[0].timeout",
+                       "steps[1]"}  # fmt: skip
+    cfg = parse_workflow(OLDER, stored=True)
+    assert cfg.name == "team/loop" and cfg.steps[0].timeout == pytest.approx(1e-9)
+    assert cfg.timeout == MAX_DURATION_S and cfg.retry_policy.max_delay == MAX_DURATION_S * 1000
+    assert parse_workflow({"name": "fine", "steps": steps(("a", []))}, stored=True).name == "fine"
+    assert {p.loc for p in problems_of(OLDER)} == refused  # a new start: today's rules
