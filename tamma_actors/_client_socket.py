@@ -43,6 +43,9 @@ __all__ = ["ClientSocket"]
 # that may matter (see ``_size_hint``).
 _HINT_FROM_BYTES = 1 << 20
 
+# How long a call waits at a time before it looks whether the client was closed.
+_POLL_SLICE_S = 0.1
+
 # Under the client's name: that is the logger users configure for its warnings.
 log = logging.getLogger("tamma_actors._client")
 
@@ -87,13 +90,24 @@ class ClientSocket:
         self.close()
 
     def close(self) -> None:
+        """Close the socket; if another thread's call is under way, that call ends with
+        ``TransportError`` within ``_POLL_SLICE_S`` and closes it (a ZeroMQ socket is
+        closed by the thread using it, never under it)."""
         if self._closed:
             return
         self._closed = True
+        if not self._in_use.acquire(blocking=False):
+            return  # the call under way closes it as it ends
+        try:
+            self._close_socket()
+        finally:
+            self._in_use.release()
+
+    def _close_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        self._context.term()
+            self._context.term()
 
     def _connect(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
@@ -144,6 +158,8 @@ class ClientSocket:
         try:
             yield
         finally:
+            if self._closed:  # closed by another thread meanwhile
+                self._close_socket()
             self._in_use.release()
 
     def _size_hint(self) -> str:
@@ -235,7 +251,7 @@ class ClientSocket:
             except zmq.Again:
                 # No connection to the node right now (it is starting, restarting, or
                 # refused our handshake): wait for one as long as for a reply.
-                if not self._sock.poll(int(limit * 1000), zmq.POLLOUT):
+                if not self._poll(zmq.POLLOUT, time.monotonic() + limit):
                     self._reset()
                     raise RequestTimeout(
                         f"no connection to {self.endpoint} within {limit:g}s to send "
@@ -250,8 +266,7 @@ class ClientSocket:
     def _receive_any(self, wanted: Mapping[int, int], deadline: float) -> dict[str, Any] | None:
         assert self._sock is not None
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(remaining_ms, zmq.POLLIN):
+            if not self._poll(zmq.POLLIN, deadline):
                 return None
             frames = self._sock.recv_multipart()
             try:
@@ -262,6 +277,19 @@ class ClientSocket:
             if isinstance(reply, dict) and reply.get("id") in wanted:
                 return reply
             # A late reply to an earlier request: not ours, keep waiting.
+
+    def _poll(self, events: int, deadline: float) -> bool:
+        """Whether ``events`` came before ``deadline``; polled in slices, so that a
+        ``close()`` from another thread ends the wait (``TransportError``)."""
+        assert self._sock is not None
+        while True:
+            if self._closed:
+                raise TransportError(f"the client was closed while it waited for {self.endpoint}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return bool(self._sock.poll(0, events))
+            if self._sock.poll(int(min(remaining, _POLL_SLICE_S) * 1000) or 1, events):
+                return True
 
     def _receive(self, request_id: int, deadline: float) -> dict[str, Any] | None:
         return self._receive_any({request_id: 0}, deadline)

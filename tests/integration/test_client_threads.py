@@ -48,3 +48,35 @@ def test_a_client_used_by_a_second_thread_at_once_refuses_it(tmp_path: Path) -> 
     finally:
         silent.close()
         context.term()
+
+
+def test_a_client_closed_by_another_thread_ends_the_call_under_way(tmp_path: Path) -> None:
+    # the socket was closed under the waiting call: a raw ZMQError (or libzmq's assertion)
+    endpoint = f"ipc://{tmp_path}/silent.sock"
+    context = zmq.Context()
+    silent = context.socket(zmq.ROUTER)
+    silent.setsockopt(zmq.LINGER, 0)
+    silent.bind(endpoint)
+    outcome: list[BaseException] = []
+    try:
+        client = Client(endpoint, timeout=30.0)
+
+        def call() -> None:
+            try:
+                client.request("health", {})
+            except BaseException as exc:  # whatever it was, the test says
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=call)
+        waiting.start()
+        assert silent.poll(5000), "the request never arrived"
+        client.close()  # returns at once: the waiting call closes the socket as it ends
+        waiting.join(10.0)
+        assert not waiting.is_alive()
+        assert isinstance(outcome[0], TransportError) and "was closed" in str(outcome[0])
+        with pytest.raises(TransportError, match="closed"):
+            client.request("health", {})
+        client.close()  # again: nothing to do
+    finally:
+        silent.close()
+        context.term()
