@@ -67,10 +67,12 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 # still read as numbers. Dates and times are not resolved at all (they stay text).
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _NOT_RESOLVED = {_INT, _FLOAT, "tag:yaml.org,2002:timestamp"}
-_INT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)$")
+_INT_RE = re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*|0o_*[0-7][0-7_]*|0x_*[0-9a-fA-F][0-9a-fA-F_]*|0b_*[01][01_]*)$"
+)
+# An exponent needs no dot (YAML 1.2, and JSON: 1e3 is a number, not text).
 _FLOAT_RE = re.compile(
-    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?
-    |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
+    r"""^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
     re.X,
@@ -78,10 +80,16 @@ _FLOAT_RE = re.compile(
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    text = str(loader.construct_scalar(node)).replace("_", "")  # type: ignore[arg-type]
-    sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+    written = str(loader.construct_scalar(node))  # type: ignore[arg-type]
+    text = written.replace("_", "")
+    sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
     base = {"0o": 8, "0x": 16, "0b": 2}.get(digits[:2].lower(), 10)
-    return sign * int(digits[2:] if base != 10 else digits, base)
+    try:
+        return sign * int(digits[2:] if base != 10 else digits, base)
+    except ValueError:  # an explicit !!int on text that is no integer
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{written!r} is not an integer", node.start_mark
+        ) from None
 
 
 _Loader.yaml_implicit_resolvers = {

@@ -83,11 +83,25 @@ def test_a_field_under_both_spellings_is_given_twice_not_unknown() -> None:
         ("0x1f", 31),
         ("1_000", 1000),
         ("1.5", 1.5),
+        ("1e3", 1000.0),  # YAML 1.1 (and so JSON files) read it as text
+        ("-2.5E-1", -0.25),
+        ("0x_", "0x_"),  # no digits: text (int("", 16) raised a bare ValueError)
+        ("0o_", "0o_"),
         ("2026-12-01", "2026-12-01"),
     ],
 )
 def test_numbers_read_as_yaml_1_2_reads_them(text: str, value: object) -> None:
     assert yaml_data(f"v: {text}") == {"v": value}
+
+
+def test_an_explicit_int_tag_on_no_integer_is_a_problem_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        "name: w\nsteps:\n  - {name: a, implementation: noop, config: {n: !!int 0x_}}\n"
+    )
+    with pytest.raises(WorkflowValidationError) as info:
+        load_workflow(path)
+    assert "'0x_' is not an integer" in str(info.value) and "line 3" in str(info.value)
 
 
 @pytest.mark.parametrize(
