@@ -92,7 +92,9 @@ CLIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
 
 
 class StartArgs(_Args):
-    workflow: dict[str, Any]
+    # Any keys: the engine's check of the definition names a key that is no text with the
+    # workflow's other problems (an invalid workflow, not a malformed request).
+    workflow: dict[Any, Any]
     inputs: dict[str, Any] = Field(default_factory=dict)
     source: str | None = None
     # The execution's id, chosen by the client: a start is then idempotent (Engine._start_once)
@@ -125,7 +127,7 @@ class StartManyArgs(_Args):
     the records together are over the frame cap, each outcome goes compact (see
     ``compact_outcome``)."""
 
-    workflow: dict[str, Any]
+    workflow: dict[Any, Any]  # as StartArgs's
     source: str | None = None
     items: list[StartItem] = Field(min_length=1, max_length=START_MANY_MOST)
 

@@ -134,6 +134,10 @@ def test_an_invalid_workflow_is_refused_with_every_problem_named(client: Client)
             WorkflowValidationError, match=rf"steps\[0\]\.config: \w+.*: .*{needle}"
         ):
             client.start_workflow(wf("raw", step("a", "echo", config=config)))
+    # a key that is no text is one of the workflow's problems, not a malformed request
+    with pytest.raises(WorkflowValidationError) as info:
+        client.start_workflow({"name": "odd", 1: "x", "steps": []})
+    assert {p.loc for p in info.value.problems} == {"[1]", "steps"}
     assert client.list_workflows() == [] and client.health()["status"] == "ok"
 
 
