@@ -178,7 +178,8 @@ class NodeChildren:
         for name, target in self.config.plugins.items():
             args += ["--allow", f"{name}={target}"]
         if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):
-            args += ["--curve-server-key", self.config.curve_public_key]
+            # one argument: a z85 key may begin with "-", which argparse takes for an option
+            args.append(f"--curve-server-key={self.config.curve_public_key}")
         return args
 
     def _stop_child(self, spec: ChildSpec) -> None:
