@@ -175,8 +175,8 @@ class NodeChildren:
         if self.cpus:  # a worker restarted by a pinned thread runs on all of them again
             args += ["--cpus", format_cpus(self.cpus)]
         args += [f"--allow-{name}" for name in sorted(gated_enabled(self.config))]
-        for name, target in self.config.plugins.items():
-            args += ["--allow", f"{name}={target}"]
+        for name, target in self.config.plugins.items():  # one argument each, as below
+            args.append(f"--allow={name}={target}")
         if self.config.curve_public_key and self.config.workers_address.startswith("tcp://"):
             # one argument: a z85 key may begin with "-", which argparse takes for an option
             args.append(f"--curve-server-key={self.config.curve_public_key}")
