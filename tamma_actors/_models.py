@@ -11,26 +11,20 @@ Every model accepts snake_case names and the story's camelCase aliases (``retryP
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import re
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
-from pathlib import PurePath
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationInfo,
-    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -39,13 +33,25 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._codec import INT_RANGE
 from tamma_actors._durations import (
-    DURATION_PATTERN,
     MAX_DURATION_S,
     MAX_DURATION_TEXT,
-    DurationUnit,
-    parse_duration,
 )
 from tamma_actors._errors import UnknownStep
+from tamma_actors._model_fields import (
+    MINUTES_SCHEMA,
+    STEP_NAME_PATTERN,
+    Count,
+    Milliseconds,
+    OptionalSeconds,
+    PositiveCount,
+    PositiveSeconds,
+    Seconds,
+    StepName,
+    WorkflowName,
+    judging_stored,
+    minutes_as_seconds,
+    version_text,
+)
 from tamma_actors._record_models import (
     ExecutionMetrics,
     StatusProgress,
@@ -84,147 +90,13 @@ __all__ = [
     "WorkflowStatusInfo",
     "WorkflowStep",
     "WorkflowSummary",
-    "judged_as_stored",
 ]
 
-STEP_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 _T = TypeVar("_T")
 _IMPLEMENTED_TYPES = frozenset({"task", "parallel"})
 
 
 # --- field types ---------------------------------------------------------------------
-
-
-_UNIT_SECONDS = {"milliseconds": 0.001, "seconds": 1.0, "minutes": 60.0}
-
-
-def _duration_schema(
-    unit: str, *, nullable: bool = False, positive: bool = False
-) -> WithJsonSchema:
-    bound = "exclusiveMinimum" if positive else "minimum"
-    most = round(MAX_DURATION_S / _UNIT_SECONDS[unit], 9)
-    choices: list[dict[str, Any]] = [
-        {"type": "number", bound: 0, "maximum": most},
-        {"type": "string", "pattern": DURATION_PATTERN, "examples": ["250ms", "30s", "1h30m"]},
-    ]
-    if nullable:
-        choices.append({"type": "null"})
-    above = "above 0" if positive else "0 or more"
-    return WithJsonSchema(
-        {
-            "anyOf": choices,
-            "description": f"a number in {unit}, or a duration with a unit (ms, s, m, h); "
-            f"{above}, at most {MAX_DURATION_TEXT}",
-        }
-    )
-
-
-# A definition stored by an earlier version is read again (recovery, explain, retry) under
-# the rules it was stored under where later ones are stricter: its execution must load.
-# Set by parse_workflow(stored=True) for the time of one validation.
-_STORED: ContextVar[bool] = ContextVar("tamma_stored_definition", default=False)
-# A timeout of 0, stored before a timeout had to be above 0: it runs out at once, as it did.
-_STORED_ZERO_TIMEOUT = 1e-9
-
-
-@contextlib.contextmanager
-def judged_as_stored() -> Iterator[None]:
-    """Validate under the rules a stored definition was made under (see ``_STORED``)."""
-    token = _STORED.set(True)
-    try:
-        yield
-    finally:
-        _STORED.reset(token)
-
-
-def _to_unit(
-    value: Any, default_unit: DurationUnit, per_second: float, *, positive: bool = False
-) -> Any:
-    if value is None:
-        return None
-    stored = _STORED.get()  # one stored over the bound is kept at the bound
-    result = round(parse_duration(value, default_unit, cap=stored) * per_second, 9)
-    return _STORED_ZERO_TIMEOUT if positive and stored and result == 0 else result
-
-
-def _milliseconds(value: Any) -> Any:
-    return _to_unit(value, "ms", 1000.0)
-
-
-def _seconds(value: Any) -> Any:
-    return _to_unit(value, "s", 1.0)
-
-
-def _timeout_seconds(value: Any) -> Any:
-    return _to_unit(value, "s", 1.0, positive=True)
-
-
-def _minutes_as_seconds(value: Any) -> Any:
-    return _to_unit(value, "m", 1.0, positive=True)
-
-
-def _no_bool(value: Any) -> Any:
-    # YAML `max_attempts: yes` is a mistake, not "1".
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not a boolean")
-    return value
-
-
-def _version_text(value: Any) -> Any:
-    if isinstance(value, float):  # a float cannot say how it was written: 1.10 is 1.1
-        raise ValueError(
-            f"{value!r} is a number: write the version as text, in quotes "
-            "(version: '1.10'; the number 1.10 is 1.1)"
-        )
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-_NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
-_NAME_MOST = 200
-
-
-def _callable_by_name(value: str) -> str:
-    if _STORED.get():  # a name stored before names were checked
-        return value
-    if len(value) > _NAME_MOST:
-        raise ValueError(f"a workflow name has at most {_NAME_MOST} characters, not {len(value):,}")
-    if not re.match(_NAME_PATTERN, value):
-        raise ValueError(
-            "a workflow name has no '/' (a subflow naming it would be read as a file path) "
-            "and no control characters (a newline, a tab...)"
-        )
-    if value.endswith((".yaml", ".yml", ".json")):
-        raise ValueError(
-            f"a workflow name may not end in {PurePath(value).suffix!r}: a subflow naming it "
-            "would be read as a file path"
-        )
-    return value
-
-
-# Printable, without '/' (a subflow by name is read as a path), and short enough to show.
-WorkflowName = Annotated[
-    str,
-    Field(min_length=1, json_schema_extra={"pattern": _NAME_PATTERN, "maxLength": _NAME_MOST}),
-    AfterValidator(_callable_by_name),
-]
-
-
-Milliseconds = Annotated[float, BeforeValidator(_milliseconds), _duration_schema("milliseconds")]
-Seconds = Annotated[float, BeforeValidator(_seconds), _duration_schema("seconds")]
-PositiveSeconds = Annotated[
-    float, BeforeValidator(_seconds), Field(gt=0), _duration_schema("seconds", positive=True)
-]
-Count = Annotated[int, BeforeValidator(_no_bool)]
-PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_no_bool)]
-_MINUTES_SCHEMA = _duration_schema("minutes", nullable=True, positive=True)
-_OptionalSeconds = Annotated[
-    Annotated[float, Field(gt=0)] | None,
-    BeforeValidator(_timeout_seconds),
-    _duration_schema("seconds", nullable=True, positive=True),
-]
-StepName = Annotated[str, Field(min_length=1, pattern=STEP_NAME_PATTERN)]
 
 
 class FileModel(BaseModel):
@@ -337,14 +209,14 @@ class WorkflowStep(FileModel):
     type: Literal["task", "decision", "parallel", "subflow"] = "task"
     implementation: str | None = Field(None, validate_default=True)
     config: dict[str, Any] = Field(default_factory=dict)
-    timeout: _OptionalSeconds = None  # start-to-close
+    timeout: OptionalSeconds = None  # start-to-close
     retry_policy: RetryPolicy | None = None
     dependencies: list[str] = Field(default_factory=list)
     compensation: str | None = None
     # schedule-to-start: dispatched until a worker starts it (frozen while paused)
-    queue_timeout: _OptionalSeconds = None
+    queue_timeout: OptionalSeconds = None
     # longest silence between two ctx.heartbeat calls of a running step
-    heartbeat_timeout: _OptionalSeconds = None
+    heartbeat_timeout: OptionalSeconds = None
 
     @field_validator("config")
     @classmethod
@@ -369,7 +241,7 @@ class WorkflowStep(FileModel):
         # The coordinator keeps a wait step's timer: its config is checked here, at load.
         if self.implementation == "wait" and self.type == "task":
             seconds = self.config.get("seconds")
-            most = math.inf if _STORED.get() else MAX_DURATION_S  # kept at the bound then
+            most = math.inf if judging_stored() else MAX_DURATION_S  # kept at the bound then
             if (
                 isinstance(seconds, bool)
                 or not isinstance(seconds, int | float)
@@ -387,12 +259,12 @@ class WorkflowConfig(FileModel):
     and stored in seconds."""
 
     name: WorkflowName
-    version: Annotated[str, BeforeValidator(_version_text)] = "1"
+    version: Annotated[str, BeforeValidator(version_text)] = "1"
     description: str = ""
     steps: list[WorkflowStep] = Field(min_length=1)
     dependencies: list[StepDependency] = Field(default_factory=list)
     timeout: Annotated[
-        Annotated[float, Field(gt=0)] | None, BeforeValidator(_minutes_as_seconds), _MINUTES_SCHEMA
+        Annotated[float, Field(gt=0)] | None, BeforeValidator(minutes_as_seconds), MINUTES_SCHEMA
     ] = None
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     error_handling: ErrorHandlingPolicy = Field(default_factory=ErrorHandlingPolicy)

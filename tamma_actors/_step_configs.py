@@ -19,7 +19,8 @@ from pydantic.alias_generators import to_camel
 
 from tamma_actors._errors import ExpressionError, Problem
 from tamma_actors._expr import Expression, parse, referenced_steps, roots
-from tamma_actors._models import FileModel, PositiveCount, WorkflowStep
+from tamma_actors._model_fields import PositiveCount
+from tamma_actors._models import FileModel, WorkflowStep
 
 __all__ = [
     "STEP_CONFIG_MODELS",

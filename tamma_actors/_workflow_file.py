@@ -21,7 +21,8 @@ from pydantic.alias_generators import to_camel, to_snake
 
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._errors import Problem, WorkflowValidationError
-from tamma_actors._models import WorkflowConfig, judged_as_stored
+from tamma_actors._model_fields import judged_as_stored
+from tamma_actors._models import WorkflowConfig
 from tamma_actors._plugins import GATED_BUILTINS
 from tamma_actors._step_configs import step_type_problems, timeouts_set
 from tamma_actors._workflow_schema import workflow_json_schema

@@ -1244,7 +1244,7 @@ def test_the_nesting_limit_holds_across_a_restart(tmp_path: Path) -> None:
 def test_an_execution_started_under_older_rules_is_brought_back_explained_and_aborted() -> None:
     # its definition breaks rules made since (a name with '/', a wait over 10 years): it
     # was left running, neither explained nor aborted, after an upgrade
-    from tamma_actors._models import judged_as_stored
+    from tamma_actors._model_fields import judged_as_stored
 
     older = {
         "name": "team/loop",
