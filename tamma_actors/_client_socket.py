@@ -107,7 +107,7 @@ class ClientSocket:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-            self._context.term()
+        self._context.term()  # again is nothing; a socket a failed _reset left unmade too
 
     def _connect(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)

@@ -80,3 +80,26 @@ def test_a_client_closed_by_another_thread_ends_the_call_under_way(tmp_path: Pat
     finally:
         silent.close()
         context.term()
+
+
+def test_a_client_whose_socket_could_not_be_made_again_still_closes_its_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tamma_actors._client_socket import ClientSocket
+
+    socket = ClientSocket(
+        f"ipc://{tmp_path}/nobody.sock",
+        token=None,
+        timeout=0.1,
+        max_frame_bytes=1 << 20,
+        curve_server_key=None,
+    )
+
+    def refused() -> Any:
+        raise TransportError("cannot connect")
+
+    monkeypatch.setattr(socket, "_connect", refused)
+    with pytest.raises(TransportError, match="cannot connect"):  # the reset after no reply
+        socket.request("health", {})
+    socket.close()
+    assert socket._context.closed  # it was left open when no socket was there to close
