@@ -211,27 +211,6 @@ class LmdbStore(RecordStore):
                 raise translate(exc, f"cannot grow the map of {self.path}", self.file) from exc
         _log.info("store %s: map grown from %d to %d bytes", self.path, current, new)
 
-    def backup(self, dest: Path, compact: bool = True) -> None:
-        """A consistent copy into ``dest`` (created; must be empty), even while writing."""
-        dest = Path(dest)
-        while True:
-            with self._gate.shared():
-                self._check_open()
-                try:
-                    dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    self._env.copy(str(dest), compact=compact)
-                    return
-                except lmdb.MapResizedError:
-                    # the writer process grew the map: adopt it and copy again (LMDB
-                    # refused the copy's read transaction, after creating its file)
-                    (dest / "data.mdb").unlink(missing_ok=True)
-                except OSError as exc:
-                    raise StoreError(f"cannot back up to {dest}: {exc}") from exc
-                except lmdb.Error as exc:
-                    what = f"backup of {self.path} to {dest} failed"
-                    raise translate(exc, what, self.file) from exc
-            self._adopt_map()
-
     def stats(self) -> dict[str, Any]:
         # LMDB keeps each sub-database's entry count: no scan (health calls this, and
         # counting a store of 100,000 executions by scanning took seconds)

@@ -103,14 +103,11 @@ def test_every_read_adopts_a_map_another_process_grew(tmp_path: Path) -> None:
     with LmdbStore(tmp_path / "db", map_size=64 * KiB) as store:
         before = store.stats()["map_size"]
         _grow_elsewhere(tmp_path / "db", batches=1)
-        store.backup(tmp_path / "copy")  # a copy's read transaction adopts it too
         grown = store.stats()["map_size"]
         _grow_elsewhere(tmp_path / "db", batches=3)
         stats = store.stats()
         assert before < grown < stats["map_size"] and stats["entries"]["events"] == 400
         assert store.last_seq("big") == 400
-    with LmdbStore(tmp_path / "copy") as copy:
-        assert copy.last_seq("big") == 100
 
 
 def _grow_elsewhere(path: Path, batches: int) -> None:
@@ -218,54 +215,6 @@ def test_a_newer_schema_is_refused_on_open(tmp_path: Path) -> None:
     )
     with pytest.raises(StoreError, match="schema 99 is newer"):
         LmdbStore(path)
-
-
-def test_backup_while_writing_gives_a_consistent_copy(tmp_path: Path) -> None:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    with LmdbStore(tmp_path / "db", map_size=128 * KiB) as store:
-        _populate(store)
-        committed_once = threading.Event()
-
-        def write() -> None:
-            try:
-                seq = 1
-                while not stop.is_set():
-                    seq += 1
-                    store.commit([Write("e2", events=_events(seq, seq, pad=512))])
-                    committed_once.set()
-            except BaseException as exc:
-                errors.append(exc)
-                committed_once.set()
-
-        writer = threading.Thread(target=write)
-        writer.start()
-        try:
-            assert committed_once.wait(timeout=10)
-            store.backup(tmp_path / "copy1")
-            store.backup(tmp_path / "copy2", compact=False)
-        finally:
-            stop.set()
-            writer.join(timeout=10)
-        assert not writer.is_alive()
-        assert errors == []
-        final = store.last_seq("e2")
-    for copy in ("copy1", "copy2"):
-        with LmdbStore(tmp_path / copy) as backup:
-            assert backup.verify() == []
-            assert 2 <= backup.last_seq("e2") <= final
-            assert backup.get_definition("sha-1") == {"name": "wf"}
-
-
-def test_backup_into_a_non_empty_directory_fails(tmp_path: Path) -> None:
-    (tmp_path / "copy").mkdir()
-    (tmp_path / "copy" / "data.mdb").write_bytes(b"x")
-    (tmp_path / "blocker").write_text("file")
-    with LmdbStore(tmp_path / "db") as store:
-        with pytest.raises(StoreError, match="backup"):
-            store.backup(tmp_path / "copy")
-        with pytest.raises(StoreError, match="back up"):
-            store.backup(tmp_path / "blocker" / "copy")
 
 
 def test_readers_stay_consistent_while_the_writer_commits_and_grows_the_map(
