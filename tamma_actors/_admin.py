@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 from tamma_actors._errors import ConfigError, StoreCorrupted, StoreError, TammaError
 from tamma_actors._lmdb_store import DATA_FILE, LmdbStore
 from tamma_actors._store import RecordView
-from tamma_actors._store_check import copy_store, verify_file
+from tamma_actors._store_check import copy_store, verify_file, walk_store
 from tamma_actors._verify import VerifyReport, check_store
 
 __all__ = [
@@ -188,9 +188,13 @@ def data_dir_locked(data_dir: Path) -> Iterator[Path]:
 
 @contextmanager
 def offline_store(data_dir: Path) -> Iterator[LmdbStore]:
-    """The store of ``data_dir`` while no node runs on it (its lock is held meanwhile)."""
-    with data_dir_locked(data_dir) as path, LmdbStore(path) as store:
-        yield store
+    """The store of ``data_dir`` while no node runs on it (its lock is held meanwhile),
+    opened once a child process has read every page of it (a damaged file raises
+    StoreCorrupted: opened for writing, liblmdb would abort on it in this process)."""
+    with data_dir_locked(data_dir) as path:
+        walk_store(path)
+        with LmdbStore(path) as store:
+            yield store
 
 
 class StoreAdmin:

@@ -71,9 +71,7 @@ def run_store_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "cleanup":
         try:
-            with walk_before_open(args.data_dir) as walked:  # it opens the file to write
-                walked()
-            with offline_store(args.data_dir) as store:
+            with offline_store(args.data_dir) as store:  # walked first, under the lock
                 deleted = cleanup_store(store, args.older_than, time.time())["deleted"]
         except StoreCorrupted as exc:
             return damaged(exc, args.data_dir)

@@ -35,7 +35,14 @@ from tamma_actors._store_check_main import HEAD, MARK_SIZE, WALKED
 if TYPE_CHECKING:
     from tamma_actors._verify import VerifyReport
 
-__all__ = ["CHECK_TIMEOUT", "StoreCheck", "copy_store", "damage_signal", "verify_file"]
+__all__ = [
+    "CHECK_TIMEOUT",
+    "StoreCheck",
+    "copy_store",
+    "damage_signal",
+    "verify_file",
+    "walk_store",
+]
 
 _CHILD = "tamma_actors._store_check_main"
 
@@ -203,4 +210,11 @@ def copy_store(path: Path, dest: Path, timeout: float = CHECK_TIMEOUT) -> None:
     """A compacted copy of the store directory ``path`` into ``dest``, made by a child
     process (a damaged file raises StoreCorrupted)."""
     with StoreCheck("copy", path, dest=dest) as check:
+        check.result(timeout)
+
+
+def walk_store(path: Path, timeout: float = CHECK_TIMEOUT) -> None:
+    """Every page of the store directory ``path`` read by a child process (a damaged file
+    raises StoreCorrupted)."""
+    with StoreCheck("walk", path) as check:
         check.result(timeout)

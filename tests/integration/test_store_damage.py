@@ -10,6 +10,7 @@ child process of its own (a command that aborts must not take the test with it).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -234,6 +235,20 @@ def test_cleanup_does_not_open_a_damaged_store(healthy: Path, tmp_path: Path) ->
     done = _tamma_node("cleanup", "--data-dir", str(data), "--older-than", "1")
     assert done.returncode == DAMAGED, (done.returncode, done.stderr)  # was -7 (SIGBUS)
     assert "SIGBUS" in done.stderr and f"--data-dir {data}`" in done.stderr
+
+
+def test_cleanup_takes_the_lock_before_it_reads_the_store(healthy: Path, tmp_path: Path) -> None:
+    # it read every page of a running node's store first, then found the node running
+    data = _data_dir(healthy, tmp_path / "var")
+    truncate(data / "store" / "data.mdb", 0.5)  # what a read would report
+    fd = os.open(data / "node.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running node holds it
+        done = _tamma_node("cleanup", "--data-dir", str(data), "--older-than", "1")
+    finally:
+        os.close(fd)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert "a node is running" in done.stderr and "SIGBUS" not in done.stderr
 
 
 # -- run --------------------------------------------------------------------------------
