@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from tamma_actors._errors import ConfigError, StoreCorrupted, StoreError, TammaError
-from tamma_actors._lmdb_store import DATA_FILE, LmdbStore
+from tamma_actors._lmdb_env import DATA_FILE
+from tamma_actors._lmdb_store import LmdbStore
 from tamma_actors._store import RecordView
 from tamma_actors._store_check import copy_store, verify_file, walk_store
 from tamma_actors._verify import VerifyReport, check_store
@@ -97,14 +98,19 @@ def backup_store(store: Any, dest: Path) -> dict[str, Any]:
     dest = Path(dest)
     if not dest.is_absolute():
         raise StoreError(f"backup directory {str(dest)!r} must be an absolute path")
-    target = dest / STORE_DIR
     try:
         _empty_target(dest)
-        copy_store(store.path, target)  # in a child, as the check: the file may be damaged
-        report = verify_file(target)
-        size = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+        copy_store(store.path, dest / STORE_DIR)  # in a child: the file may be damaged
+        return _checked_copy(dest)
     except OSError as exc:
         raise StoreError(f"backup to {dest} failed: {exc}") from exc
+
+
+def _checked_copy(dest: Path) -> dict[str, Any]:
+    """A backup just made in ``dest``: where it is, its size and its check (in a child)."""
+    target = dest / STORE_DIR
+    report = verify_file(target)
+    size = sum(f.stat().st_size for f in target.iterdir() if f.is_file())
     return {"path": str(dest), "bytes": size, "verify": report.to_dict()}
 
 
@@ -156,9 +162,7 @@ def backup_offline(data_dir: Path, dest: Path) -> dict[str, Any]:
         if report.damaged:
             raise StoreCorrupted(f"{report.problems[0]}; no backup was made")
         _install(source, dest)
-    copied = verify_file(dest / STORE_DIR)
-    size = sum(f.stat().st_size for f in (dest / STORE_DIR).iterdir() if f.is_file())
-    return {"path": str(dest), "bytes": size, "verify": copied.to_dict()}
+    return _checked_copy(dest)
 
 
 def _store_of(data_dir: Path) -> Path:

@@ -23,6 +23,8 @@ from typing import Any
 
 from tamma_actors._cli_store import (
     EXIT_DAMAGED,
+    EXIT_FAILED,
+    EXIT_OK,
     damaged,
     run_store_command,
     store_parsers,
@@ -36,8 +38,6 @@ from tamma_actors._wire import DEFAULT_WORKER_SLOTS
 
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
@@ -203,6 +203,7 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from tamma_actors._cli_output import DEFAULT_TIMEOUT
     from tamma_actors._client import Client
     from tamma_actors._node import Node
 
@@ -219,7 +220,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return damaged(exc, cfg.data_dir)
     with (
         Node(cfg) as node,
-        Client(cfg.control_address, token=token, timeout=30.0, curve_server_key=key) as client,
+        Client(
+            cfg.control_address, token=token, timeout=DEFAULT_TIMEOUT, curve_server_key=key
+        ) as client,
     ):
         print(
             f"node up on {cfg.data_dir} with {cfg.workers} local workers "

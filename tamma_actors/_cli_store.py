@@ -122,10 +122,11 @@ def walk_before_open(data_dir: Path) -> Iterator[Callable[[], None]]:
     block gets a function that waits for it and raises StoreCorrupted for a damaged file
     (a new data directory has nothing to read). Started first so that it runs while this
     process imports the node; a child still running when the block ends is killed."""
+    from tamma_actors._lmdb_env import DATA_FILE
     from tamma_actors._store_check import StoreCheck
 
     store = Path(data_dir) / "store"
-    if not (store / "data.mdb").is_file():
+    if not (store / DATA_FILE).is_file():
         yield lambda: None
         return
     with StoreCheck("walk", store) as check:

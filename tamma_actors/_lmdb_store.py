@@ -34,7 +34,7 @@ from tamma_actors._keys import SUB_DATABASES
 from tamma_actors._lmdb_env import DATA_FILE, MAX_READERS, LmdbTxn, check_layout, translate
 from tamma_actors._store import RecordStore, RecordTxn, RecordView
 
-__all__ = ["DATA_FILE", "LmdbStore"]
+__all__ = ["LmdbStore"]
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
