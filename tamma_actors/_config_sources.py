@@ -93,10 +93,10 @@ def unknown_variables(environ: Mapping[str, str], fields: Fields) -> list[str]:
     worker's), sorted."""
     unknown = []
     for variable in environ:
-        if not variable.upper().startswith(ENV_PREFIX):
+        if not variable.upper().startswith(ENV_PREFIX) or _setting_of(variable, fields):
             continue
         name = variable[len(ENV_PREFIX) :].partition(_ENV_NESTED)[0]
-        if name.lower() not in fields and name.upper() not in _NOT_THE_NODES:
+        if name.upper() not in _NOT_THE_NODES:
             unknown.append(variable)
     return sorted(unknown)
 
