@@ -79,9 +79,8 @@ def _collect_branches(data: bytes, psize: int, pgno: int, out: list[int], *, top
         return
     if not top:
         out.append(pgno)
-    for _nflags, _key, offset in nodes:
-        lo, hi, child_flags = struct.unpack_from("<HHH", data, offset - 8 - len(_key))
-        _collect_branches(data, psize, lo | hi << 16 | child_flags << 32, out, top=False)
+    for _nflags, key, offset in nodes:
+        _collect_branches(data, psize, _child_pgno(data, key, offset), out, top=False)
 
 
 def zero_pages(path: Path, pages: list[int], psize: int = 4096) -> None:
@@ -115,5 +114,11 @@ def tear_main_database(path: Path, psize: int = 4096) -> None:
 def _child(data: bytes, psize: int, pgno: int) -> int:
     _, nodes = _nodes(data, psize, pgno)
     _nflags, key, offset = nodes[0]
+    return _child_pgno(data, key, offset)
+
+
+def _child_pgno(data: bytes, key: bytes, offset: int) -> int:
+    """The page a branch node (its key ending at ``offset``) points to: 48 bits split over
+    the node header's three 16-bit words."""
     lo, hi, child_flags = struct.unpack_from("<HHH", data, offset - 8 - len(key))
     return lo | hi << 16 | child_flags << 32
