@@ -96,8 +96,13 @@ class ClientSocket:
         if self._closed:
             return
         self._closed = True
+        self._close_if_free()
+
+    def _close_if_free(self) -> None:
+        """Close the socket unless a call holds it (that call closes it as it ends: it
+        looks at ``_closed`` after it lets go, so one of the two always closes it)."""
         if not self._in_use.acquire(blocking=False):
-            return  # the call under way closes it as it ends
+            return
         try:
             self._close_socket()
         finally:
@@ -136,8 +141,6 @@ class ClientSocket:
         ``TammaError`` (always also a ``RemoteError``); no reply in time raises
         ``RequestTimeout``."""
         with self._exclusive():
-            if self._closed or self._sock is None:
-                raise TransportError("the client is closed")
             limit = self.timeout if timeout is None else timeout
             request_id = self._send_request(op, args, limit)
             reply = self._receive(request_id, time.monotonic() + limit)
@@ -156,11 +159,13 @@ class ClientSocket:
                 "(give each thread its own)"
             )
         try:
+            if self._closed or self._sock is None:
+                raise TransportError("the client is closed")
             yield
         finally:
-            if self._closed:  # closed by another thread meanwhile
-                self._close_socket()
             self._in_use.release()
+            if self._closed:  # closed by another thread meanwhile (or just now)
+                self._close_if_free()
 
     def _size_hint(self) -> str:
         """Why a big request may have had no reply: a node drops, unread, a frame over
@@ -206,8 +211,6 @@ class ClientSocket:
         window: int,
         timeout: float | None,
     ) -> list[dict[str, Any]]:
-        if self._closed or self._sock is None:
-            raise TransportError("the client is closed")
         if window < 1:
             raise ValueError("window must be at least 1")
         limit = self.timeout if timeout is None else timeout
