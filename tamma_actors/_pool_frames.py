@@ -111,8 +111,7 @@ class WorkerFrames:
             "retryable": False,
             "retry_after": None,
         }
-        result = {"ok": False, "error": error, "duration_ms": 0.0, "started": True}
-        self._on_result(worker, task, {"t": "result", "task_id": task.task_id, **result})
+        self._on_result(worker, task, wire.result_error(task.task_id, error, 0.0, started=True))
 
     def _on_worker_frame(self, worker: PoolWorker, msg: dict[str, Any]) -> None:
         kind = msg["t"]

@@ -95,12 +95,9 @@ class ConnectedWorkers:
     """Joining, heartbeat and memory checks, losing a worker, and what the pool reports of
     its workers."""
 
-    # Who may join, and which offers count (the node's settings); None admits every worker
-    # and takes every offer (a pool on its own, as in tests).
-    _admission: WorkerAdmission | None = None
-
     if TYPE_CHECKING:
         socket_batch: int
+        _admission: WorkerAdmission  # who may join, and which offers count
         _workers: dict[str, PoolWorker]
         _routes: dict[bytes, PoolWorker]  # the same workers, by their routing id
         _refusals: RefusalLog  # which hellos not admitted get a log line
@@ -127,26 +124,23 @@ class ConnectedWorkers:
         if msg["slots"] < 1:
             log.warning("hello from worker %r with no slots dropped", worker_id)
             return
-        admission = self._admission
-        plugins = frozenset(msg["plugins"])
         child = self._children.get(identity)  # one of ours, under the route it was given
         reason = public_route(identity, worker_id)
         if reason is None and child is None and self._names_a_child(worker_id):
             reason = _OURS
-        if reason is None and admission is not None:
-            reason = admission.refusal(msg.get("token"))
+        if reason is None:
+            reason = self._admission.refusal(msg.get("token"))
         if reason is not None:
             self._refuse(identity, worker_id, reason)
             return
         current = self._routes.get(identity)  # this connection's worker, if it joined
         if not self._take_name(worker_id, current, ours=child is not None):
             return
-        if admission is not None:
-            plugins = admission.offer(plugins)
-            withheld = sorted(set(msg["plugins"]) - plugins)
-            if withheld:
-                log.info("worker %s offers %s: not on this node (not enabled)",
-                         worker_id, ", ".join(withheld))  # fmt: skip
+        plugins = self._admission.offer(msg["plugins"])
+        withheld = sorted(set(msg["plugins"]) - plugins)
+        if withheld:
+            log.info("worker %s offers %s: not on this node (not enabled)",
+                     worker_id, ", ".join(withheld))  # fmt: skip
         worker = PoolWorker(
             worker_id=worker_id,
             identity=identity,

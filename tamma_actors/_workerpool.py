@@ -141,7 +141,8 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         admission: WorkerAdmission | None = None,
     ) -> None:
         super().__init__(zmq_context)
-        self._admission = admission  # who may join, and what they may offer (None: anyone)
+        # who may join, and what they may offer (none given: anyone, anything)
+        self._admission = admission if admission is not None else WorkerAdmission()
         self._endpoint = endpoint
         self._n_local = local_workers
         self._worker_slots = worker_slots
