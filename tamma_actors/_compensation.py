@@ -175,16 +175,15 @@ class CompensationHandling:
             at = (self.deps.clock() if since is None else since) + limit
             self._deadlines.arm(kind, f"{name}{COMPENSATION_SUFFIX}", 1, at)
 
-    def _compensation_started(self, msg: TaskStarted) -> bool:
+    def _compensation_started(self, msg: TaskStarted) -> None:
         """A worker started it ``ran_s`` ago: its run and heartbeat deadlines begin."""
         name = self._comp_tasks.get(msg.task_id)
         if name is None:
-            return False
+            return
         self._deadlines.cancel("queue", f"{name}{COMPENSATION_SUFFIX}")
         since = self.deps.clock() - msg.ran_s
         self._arm_compensation("run", name, since)
         self._arm_compensation("heartbeat", name, since)
-        return True
 
     def _compensation_progress(self, msg: TaskProgress) -> None:
         name = self._comp_tasks.get(msg.task_id)

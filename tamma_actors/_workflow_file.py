@@ -102,7 +102,7 @@ def parse_workflow(
 
     ``stored``: a definition the store holds, which an execution was started with. It is
     not judged again by rules made after it was stored (a workflow name's, a timeout above
-    0, the bound on durations: see ``_models.judged_as_stored``), nor by those a start
+    0, the bound on durations: see ``_model_fields.judged_as_stored``), nor by those a start
     checks against the node (``known_implementations`` is then None): its execution must
     still load, be explained, retried and aborted."""
     problems: list[Problem] = []

@@ -12,7 +12,6 @@ import itertools
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1167,10 +1166,7 @@ def test_a_child_start_refused_while_the_store_writer_restarts_is_made_again(
         eid = k.start(wf(step("before"), {**sub, "dependencies": ["before"]}))
         monkeypatch.setattr(k.store, "commit", writer_dies_once)
         assert refused.wait(WAIT)
-        deadline = time.monotonic() + WAIT
-        while k.timers.pending() == 0:  # the start asked again once the writer is back
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _until(lambda: k.timers.pending() > 0)  # the start asked again once the writer is back
         assert k.get(eid)["results"]["sub"]["status"] == "running"
         k.timers.advance(1.0)
         final = k.finish(eid)
