@@ -272,7 +272,7 @@ class CompensationHandling:
         compensating)."""
         if not self.state.compensations:
             return {}
-        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        failed = self.state.failed_steps()
         return {"error": self._failure_report(failed)}
 
     def _compensation_report(self) -> dict[str, Any]:

@@ -282,7 +282,7 @@ class ExecutionSupervisor(
     def _maybe_finish(self) -> None:
         if self._step_index().any_open(self.state):
             return
-        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        failed = self.state.failed_steps()
         # an error while still running: the workflow timed out, and it is compensating
         if not failed and self.state.error is None:
             self._emit("workflow.completed")

@@ -95,6 +95,10 @@ class ExecutionState:
     def terminal(self) -> bool:
         return self.status in _TERMINAL_EXECUTION
 
+    def failed_steps(self) -> list[str]:
+        """The steps that failed, in the workflow's order (what an error report lists)."""
+        return [name for name in self.order if self.steps[name].status == "failed"]
+
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__ if name not in _NOT_STORED}
         out["steps"] = {name: st.to_dict() for name, st in self.steps.items()}

@@ -177,7 +177,7 @@ class TimeoutHandling:
         }
         if self._compensate(cause=error):
             return
-        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        failed = self.state.failed_steps()
         self._emit("workflow.failed", error={**error, "failed_steps": failed})
 
     # -- pause, resume, recovery -------------------------------------------------------------

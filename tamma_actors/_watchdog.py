@@ -179,7 +179,7 @@ class WatchdogChecks:
         log.error("execution %s is stuck: %s", self.state.id, reason)
         self._cancel_open_steps(reason)
         self._cancel_compensations(reason)
-        failed = [n for n in self.state.order if self.state.steps[n].status == "failed"]
+        failed = self.state.failed_steps()
         error = {"type": "Stuck", "message": f"the watchdog ended it: {reason}", "step": None}
         self._emit(
             "workflow.failed",
