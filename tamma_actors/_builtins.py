@@ -7,7 +7,6 @@ checked here: a missing or mistyped field is a :class:`NonRetryable` failure nam
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +14,7 @@ import subprocess
 import time
 from typing import Any, TypeVar
 
+from tamma_actors import _pdeath as pdeath
 from tamma_actors._step_api import (
     NonRetryable,
     StepCancelled,
@@ -29,11 +29,6 @@ T = TypeVar("T")
 _MISSING: Any = object()
 # How often a running shell command looks at its cancel flag; bounded so cancel is prompt.
 _SHELL_CANCEL_CHECK = 0.05
-_PR_SET_PDEATHSIG = 1
-try:  # resolved now, before any fork: the forked child only calls it
-    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: a killed worker leaves its command running
-    _PRCTL = None
 # CPU burnt between two looks at the cancel flag.
 _CPU_SLICE = 0.01
 
@@ -157,7 +152,8 @@ def shell(ctx: StepContext) -> dict[str, Any]:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            preexec_fn=_dies_with_its_worker if _PRCTL is not None else None,
+            # not Linux: a killed worker leaves its command running
+            preexec_fn=_dies_with_its_worker if pdeath.AVAILABLE else None,
         )
     except OSError as exc:
         raise NonRetryable(f"cannot run {command!r}: {exc}", error_type="ShellError") from exc
@@ -198,7 +194,7 @@ def _runnable(program: str, cwd: str | None) -> bool:
 def _dies_with_its_worker() -> None:
     """In the guard's process, before it runs: SIGTERM it when the worker thread that
     started it ends (the worker killed with it), so it kills its session."""
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    pdeath.die_with_parent(signal.SIGTERM)
 
 
 def _communicate(

@@ -15,7 +15,6 @@ so does the routing id a node gives each of its own local workers (``TAMMA_WORKE
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from tamma_actors import _pdeath as pdeath
 from tamma_actors import _wire as wire
 from tamma_actors._affinity import parse_cpus, restore
 from tamma_actors._curve import is_curve_key
@@ -58,17 +58,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL us when the parent dies (best effort elsewhere)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    except (OSError, AttributeError):
+    if not pdeath.AVAILABLE:
         log.warning("prctl unavailable; relying on the heartbeat parent check")
+    elif (errno := pdeath.die_with_parent(signal.SIGKILL)) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", errno)
 
 
 def _install_signals(worker: Worker) -> dict[int, Any]:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import zmq
 
-from tamma_actors import Client, WorkflowValidationError, _worker
+from tamma_actors import Client, WorkflowValidationError, _pdeath, _worker
 from tamma_actors import _wire as wire
 from tamma_actors._cli_node import main as cli_node_main
 from tamma_actors._config import load_node_config
@@ -986,14 +986,12 @@ class _FakeLibc:
 
 def test_die_with_parent_asks_prctl(monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
     libc = _FakeLibc(-1)
-    monkeypatch.setattr(_worker.ctypes, "CDLL", lambda *a, **kw: libc)
+    monkeypatch.setattr(_pdeath, "_PRCTL", libc.prctl)
     _worker._die_with_parent()
     assert libc.calls == [(1, signal.SIGKILL, 0, 0, 0)]
     assert "prctl(PR_SET_PDEATHSIG) failed" in caplog.text
 
-    def no_libc(*a: Any, **kw: Any) -> Any:
-        raise OSError("no libc")
-
-    monkeypatch.setattr(_worker.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(_pdeath, "_PRCTL", None)  # no libc's prctl (not Linux)
+    monkeypatch.setattr(_pdeath, "AVAILABLE", False)
     _worker._die_with_parent()
     assert "prctl unavailable" in caplog.text
