@@ -1,15 +1,34 @@
-"""A worker running on a thread of the test's own process (tests of workers and admission)."""
+"""A worker running on a thread of the test's own process, a worker process run to its
+end, and the waits that tests of workers and admission share."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from tamma_actors._worker import Worker
 
 TIMEOUT = 20.0
+T = TypeVar("T")
+
+
+def until(cond: Callable[[], T], what: str = "the condition", timeout: float = 30.0) -> T:
+    """``cond()`` once it is true, polled every 20 ms (bounded: an AssertionError naming
+    ``what`` after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not (found := cond()):
+        assert time.monotonic() < deadline, f"not in time: {what}"
+        time.sleep(0.02)
+    return found
+
+
+def workers_of(client: Any) -> dict[str, dict[str, Any]]:
+    """The workers a node's health lists, by worker id."""
+    return {w["worker_id"]: w for w in client.health()["workers"]["workers"]}
 
 
 class RunningWorker:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ from tamma_actors._worker_children import Child
 from tamma_actors._workerpool import WorkerPool
 from tests.integration import test_workerpool
 from tests.integration.test_workerpool import TIMEOUT, FakeWorker, Harness, _heard
+from tests.workers import until
 
 pytestmark = pytest.mark.integration
 
@@ -62,14 +61,6 @@ def _local(h: Harness, worker_id: str) -> dict[str, Any] | None:
     return None
 
 
-def _until(cond: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + TIMEOUT
-    while not (found := cond()):
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        threading.Event().wait(0.02)
-    return found
-
-
 def test_a_peer_naming_a_local_worker_that_died_is_not_taken_for_it(
     make: Callable[..., Harness], zctx: zmq.Context[Any]
 ) -> None:
@@ -88,7 +79,7 @@ def test_a_peer_naming_a_local_worker_that_died_is_not_taken_for_it(
         assert [w["pid"] for w in h.stats()["workers"]] == [joined["pid"]]  # not the peer's
         assert h.proxy.reap().get(timeout=TIMEOUT) == 1
         # its successor joins, as one of the pool's own
-        _until(lambda: [w for w in h.stats()["workers"] if w["local"]], "a new local worker")
+        until(lambda: [w for w in h.stats()["workers"] if w["local"]], "a new local worker")
         assert all(w["worker_id"] != joined["worker_id"] for w in h.stats()["workers"])
     finally:
         rogue.close()
@@ -106,7 +97,7 @@ def test_a_local_worker_takes_its_name_from_a_peer_that_claimed_it_first(
     try:
         rogue.hello(["noop"])
         h.proxy.spawn_one().get(timeout=TIMEOUT)
-        child = _until(lambda: _local(h, name), "the local worker joined under its name")
+        child = until(lambda: _local(h, name), "the local worker joined under its name")
         assert child["host"] != "fakehost"
         answer = rogue.recv()
         assert answer["t"] == "refused", answer

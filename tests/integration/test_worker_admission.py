@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from tamma_actors._cli_node import main as tamma_node
 from tamma_actors._config import load_node_config
 from tamma_actors._node import Node
 from tamma_actors._worker import EXIT_OK, EXIT_REFUSED, Worker
-from tests.workers import RunningWorker
+from tests.workers import RunningWorker, until, workers_of
 
 pytestmark = pytest.mark.integration
 
@@ -37,17 +36,6 @@ TOKENS = {ADMIN: "admin", OPERATOR: "operator", VIEWER: "viewer"}
 NOOP = {"name": "n", "steps": [{"name": "a", "implementation": "noop"}]}
 SHELL = {"name": "s", "steps": [{"name": "a", "implementation": "shell",
                                  "config": {"command": "true"}}]}  # fmt: skip
-
-
-def _until(cond: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not cond():
-        assert time.monotonic() < deadline, "not in time"
-        threading.Event().wait(0.02)
-
-
-def _workers(client: Client) -> dict[str, dict[str, Any]]:
-    return {w["worker_id"]: w for w in client.health()["workers"]["workers"]}
 
 
 @pytest.fixture
@@ -62,7 +50,7 @@ def guarded(short_dir: Path) -> Iterator[tuple[Node, Client]]:
 
 def test_local_workers_join_a_node_with_tokens_unasked(guarded: tuple[Node, Client]) -> None:
     node, client = guarded
-    _until(lambda: len(_workers(client)) == 1)
+    until(lambda: len(workers_of(client)) == 1)
     assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
     [pid] = client.health()["workers"]["local_pids"]
     assert not any(node._worker_token in arg for arg in psutil.Process(pid).cmdline())
@@ -78,7 +66,7 @@ def test_local_workers_get_none_of_the_nodes_tamma_variables(
     cfg = load_node_config(None, data_dir=short_dir / "var", workers=1)
     assert cfg.tokens == {ADMIN: "admin", OPERATOR: "operator"}
     with Node(cfg), Client(cfg.control_address, token=OPERATOR, timeout=WAIT) as client:
-        _until(lambda: len(_workers(client)) == 1)
+        until(lambda: len(workers_of(client)) == 1)
         [pid] = client.health()["workers"]["local_pids"]
         environ = psutil.Process(pid).environ()
     own = (wire.TOKEN_ENV, wire.ROUTE_ENV)  # its own token and routing id, drawn for it
@@ -111,7 +99,7 @@ def test_a_worker_without_an_admin_token_is_refused_and_exits(
         assert run.ended() == EXIT_REFUSED
     finally:
         run.stop()
-    assert "w-x" not in _workers(client)
+    assert "w-x" not in workers_of(client)
     counted = client.health()["workers"]["refused"]  # an operator sees it without the log
     assert counted["count"] >= 1
     assert counted["last"]["worker_id"] == "w-x" and counted["last"]["reason"] == reason
@@ -141,7 +129,7 @@ def test_a_worker_with_an_admin_token_joins_and_runs_steps(
     address = node.config.workers_address
     run = RunningWorker(Worker(address, worker_id="w-admin", heartbeat_interval=0.2, token=ADMIN))
     try:
-        _until(lambda: "w-admin" in _workers(client))
+        until(lambda: "w-admin" in workers_of(client))
         assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
     finally:
         run.stop()
@@ -160,7 +148,7 @@ def test_a_worker_token_admits_a_worker_and_opens_nothing_on_the_control_socket(
                         token=WORKER)  # fmt: skip
         run = RunningWorker(worker)
         try:
-            _until(lambda: "w-tok" in _workers(client))
+            until(lambda: "w-tok" in workers_of(client))
             assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
         finally:
             run.stop()
@@ -177,7 +165,7 @@ def test_a_node_with_worker_tokens_alone_admits_only_their_holders(short_dir: Pa
         worker_tokens=[WORKER],
     )  # fmt: skip
     with Node(cfg), Client(cfg.control_address, timeout=WAIT) as client:
-        _until(lambda: len(_workers(client)) == 1)
+        until(lambda: len(workers_of(client)) == 1)
         for token in (None, "not-a-token", ADMIN):
             stranger = Worker(cfg.workers_address, worker_id="w-x", heartbeat_interval=0.2,
                               token=token)  # fmt: skip
@@ -186,7 +174,7 @@ def test_a_node_with_worker_tokens_alone_admits_only_their_holders(short_dir: Pa
                 assert run.ended() == EXIT_REFUSED
             finally:
                 run.stop()
-        assert "w-x" not in _workers(client)
+        assert "w-x" not in workers_of(client)
         assert client.wait(client.start_workflow(NOOP).id, timeout=WAIT).status == "completed"
 
 
@@ -245,7 +233,7 @@ def test_a_refused_hello_under_a_joined_workers_id_leaves_that_worker_alone(
             client.start_workflow(NOOP)
             assert first.poll(int(WAIT * 1000))
             assert wire.decode_node_frame(first.recv(), 1 << 20)["t"] == "run"
-            assert "w-1" in _workers(client)
+            assert "w-1" in workers_of(client)
         finally:
             first.close(0)
             second.close(0)
@@ -269,8 +257,8 @@ def test_a_worker_offering_shell_runs_it_only_on_a_node_that_allows_shell(
         )
         run = RunningWorker(offering)
         try:
-            _until(lambda: "w-sh" in _workers(client))
-            plugins = set(_workers(client)["w-sh"]["plugins"])
+            until(lambda: "w-sh" in workers_of(client))
+            plugins = set(workers_of(client)["w-sh"]["plugins"])
             assert ("shell" in plugins) is allow_shell and "record" not in plugins
             if allow_shell:
                 done = client.wait(client.start_workflow(SHELL).id, timeout=WAIT)

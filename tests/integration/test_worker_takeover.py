@@ -13,9 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tamma_actors._config import load_node_config
 from tamma_actors._curve import curve_client, keypair
 from tamma_actors._node import Node
 from tests.integration.test_curve import free_port
+from tests.workers import until, workers_of
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +44,6 @@ class Guarded:
     node: Node
     client: Client
     server_key: str | None  # the node's CURVE public key, on tcp
-
-
-def _until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not cond():
-        assert time.monotonic() < deadline, f"not in time: {what}"
-        threading.Event().wait(0.02)
-
-
-def _workers(client: Client) -> dict[str, dict[str, Any]]:
-    return {w["worker_id"]: w for w in client.health()["workers"]["workers"]}
 
 
 @pytest.fixture(params=["ipc", "tcp+curve"])
@@ -88,7 +77,7 @@ def victim(guarded: Guarded) -> Iterator[subprocess.Popen[bytes]]:
         env={**os.environ, wire.TOKEN_ENV: ADMIN},
     )
     try:
-        _until(lambda: VICTIM in _workers(guarded.client), "the victim joined")
+        until(lambda: VICTIM in workers_of(guarded.client), "the victim joined")
         yield proc
     finally:
         proc.kill()
@@ -124,7 +113,7 @@ class Rogue:
         heartbeat for the victim's (a connection under an id still in use is ignored
         until the node lets go of the old one; a new one is needed each time)."""
         client = self._guarded.client
-        seen = _workers(client)[VICTIM]["last_seen"]
+        seen = workers_of(client)[VICTIM]["last_seen"]
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             sock = self._connect()
@@ -135,7 +124,7 @@ class Rogue:
                     self.sock = sock
                     self.answers.append(self.recv())
                     return
-                victim = _workers(client).get(VICTIM)
+                victim = workers_of(client).get(VICTIM)
                 if victim is not None and victim["last_seen"] > seen:
                     self.sock = sock
                     return
@@ -178,8 +167,8 @@ def test_a_peer_under_a_lost_workers_id_is_sent_none_of_its_steps(
     rogue.take_over()
     client = guarded.client
     client.start_workflow(NOOP, inputs={"secret": "for workers only"})
-    _until(
-        lambda: VICTIM not in _workers(client) or any(f["t"] == "run" for f in rogue.received()),
+    until(
+        lambda: VICTIM not in workers_of(client) or any(f["t"] == "run" for f in rogue.received()),
         "the victim lost, or its step sent to the rogue",
     )
     assert [f for f in rogue.received() if f["t"] == "run"] == []
@@ -190,14 +179,14 @@ def test_a_peer_under_a_lost_workers_id_cannot_report_its_steps(
 ) -> None:
     client = guarded.client
     handle = client.start_workflow(HANG)
-    _until(lambda: client.get_workflow_status(handle.id).steps["a"] == "running", "it runs")
+    until(lambda: client.get_workflow_status(handle.id).steps["a"] == "running", "it runs")
     _kill(victim)
     rogue.take_over()
     task_id = f"{handle.id}/a/1"
     rogue.send(wire.started(task_id))
     rogue.send(wire.result_ok(task_id, {"forged": True}, 1.0))
     before = len(rogue.answers)
-    _until(
+    until(
         lambda: (
             len(rogue.received()) > before + 1
             or client.get_workflow(handle.id).status == "completed"
