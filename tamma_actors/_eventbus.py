@@ -30,8 +30,8 @@ from typing import Any
 import zmq
 
 from tamma_actors import _codec
-from tamma_actors._control import bind_server, forget_ipc_file
 from tamma_actors._errors import CodecError, TransportError
+from tamma_actors._server_socket import bind_server, forget_ipc_file
 from tamma_actors._socket_actor import SocketActor, send_frames
 
 __all__ = ["PUBLISH_TIME", "EventBus", "Publish"]

@@ -46,7 +46,6 @@ import pykka
 import zmq
 
 from tamma_actors import _wire as wire
-from tamma_actors._control import bind_server, forget_ipc_file
 from tamma_actors._errors import TammaError
 from tamma_actors._pool_admission import RefusalLog, Refused, WorkerAdmission
 from tamma_actors._pool_frames import WorkerFrames
@@ -64,6 +63,7 @@ from tamma_actors._pool_messages import (
     notify,
 )
 from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker
+from tamma_actors._server_socket import bind_server, forget_ipc_file
 from tamma_actors._socket_actor import SocketActor, send_frames
 from tamma_actors._timers import TimerHandle
 from tamma_actors._worker_children import STOP_EXTRA, Child, LocalWorkers

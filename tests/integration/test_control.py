@@ -18,15 +18,10 @@ import zmq
 
 from tamma_actors._client import Client
 from tamma_actors._codec import pack, unpack
-from tamma_actors._control import (
-    ControlServer,
-    _Completed,
-    forget_ipc_file,
-    make_ipc_private,
-    prepare_ipc_endpoint,
-)
+from tamma_actors._control import ControlServer, _Completed
 from tamma_actors._errors import ConfigError, FrameTooLarge, RemoteError, TransportError
 from tamma_actors._protocol import PROTOCOL_VERSION, make_request
+from tamma_actors._server_socket import forget_ipc_file, make_ipc_private, prepare_ipc_endpoint
 from tests.fakes import FakeEngine
 
 pytestmark = pytest.mark.integration
