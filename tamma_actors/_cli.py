@@ -331,6 +331,8 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
             f"{p.skipped} skipped, {p.running} running",
         ],
     ]
+    if status.compensations:
+        rows.append(["compensation", _compensation_progress(status.compensations)])
     out.table(f"execution {status.id} ({status.workflow_id})", ["field", "value"], rows)
     out.table(
         "steps",
@@ -338,6 +340,16 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
         [[k, v.value, status.waiting.get(k, "")] for k, v in status.steps.items()],
     )
     return ExitCode.OK
+
+
+def _compensation_progress(compensations: list[dict[str, str]]) -> str:
+    ended = [c for c in compensations if c["status"] not in ("pending", "running")]
+    text = f"{len(ended)} of {len(compensations)} done"
+    failed = sum(1 for c in ended if c["status"] != "succeeded")
+    if failed:
+        text += f" ({failed} did not succeed)"
+    running = [c["step"] for c in compensations if c["status"] == "running"]
+    return f"{text}; undoing {running[0]!r} now" if running else text
 
 
 def _cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> int:

@@ -19,7 +19,8 @@ A status record (``get_workflow_status``)::
 
     {"id", "workflow_id", "status", "current_step", "reason", "seq",
      "progress": {"total", "succeeded", "failed", "skipped", "running"},
-     "steps": {step: status}}
+     "steps": {step: status}, "waiting": {step: what holds it},
+     "compensations": [{"step", "implementation", "status"}]}
 
 An event (``get_events``)::
 

@@ -172,7 +172,10 @@ class WorkflowStatusInfo(_RecordModel):
     seq: int = 0
     progress: StatusProgress = Field(default_factory=StatusProgress)
     steps: dict[str, StepStatus] = Field(default_factory=dict)
-    waiting: dict[str, str] = Field(default_factory=dict)  # step -> what holds it (a breaker)
+    # step -> what holds it: a breaker, or (compensating) the compensation that undoes it
+    waiting: dict[str, str] = Field(default_factory=dict)
+    # under ``compensate``, once a step failed: {"step", "implementation", "status"} each
+    compensations: list[dict[str, str]] = Field(default_factory=list)
 
 
 class WorkflowState(_RecordModel):

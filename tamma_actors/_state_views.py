@@ -105,9 +105,23 @@ def to_status(state: ExecutionState) -> dict[str, Any]:
         "seq": state.seq,
         "progress": progress,
         "steps": {name: st.status for name, st in state.steps.items()},
-        "waiting": {
-            name: f"breaker {st.hold['breaker']}"
-            for name, st in state.steps.items()
-            if st.hold is not None  # a ready step, or a fan-out's pending items
-        },
+        "waiting": _waiting(state),
+        "compensations": [
+            {key: entry[key] for key in ("step", "implementation", "status")}
+            for entry in state.compensations or ()
+        ],
     }
+
+
+def _waiting(state: ExecutionState) -> dict[str, str]:
+    """What holds each step: a breaker (a ready step, or a fan-out's pending items), or,
+    once the execution compensates, the compensation that undoes it."""
+    waiting = {
+        name: f"breaker {st.hold['breaker']}"
+        for name, st in state.steps.items()
+        if st.hold is not None
+    }
+    for entry in state.compensations or ():
+        if entry["status"] in ("pending", "running"):
+            waiting[entry["step"]] = f"compensation {entry['implementation']!r}: {entry['status']}"
+    return waiting

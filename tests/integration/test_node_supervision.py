@@ -147,6 +147,35 @@ def test_explain_on_the_command_line(
     client.abort_workflow(eid)
 
 
+def test_status_shows_a_compensation_under_way(
+    client: Client, node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = wf(
+        "undoing",
+        step("a", "noop", compensation="undo"),
+        step("b", "fail", "a", config={"times": 5, "retryable": False}),
+        step("undo", "sleep", config={"seconds": 30}),
+        error_handling="compensate",
+    )
+    eid = client.start_workflow(spec).id
+    deadline = time.monotonic() + WAIT
+    while (status := client.get_workflow_status(eid)).compensations[:1] != [
+        {"step": "a", "implementation": "undo", "status": "running"}
+    ]:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.02)
+    assert status.waiting == {"a": "compensation 'undo': running"}
+    capsys.readouterr()
+    assert main(["--data-dir", str(node.config.data_dir), "status", eid]) == 0
+    text = capsys.readouterr().out
+    assert "0 of 1 done; undoing 'a' now" in text and "compensation 'undo': running" in text
+    client.abort_workflow(eid)
+    final = client.get_workflow_status(eid)
+    assert final.waiting == {} and final.compensations[0]["status"] == "cancelled"
+    assert main(["--data-dir", str(node.config.data_dir), "status", eid]) == 0
+    assert "1 of 1 done (1 did not succeed)" in capsys.readouterr().out
+
+
 class Events:
     """A SUB socket on the node's event endpoint (breaker.* and workflow.failed)."""
 

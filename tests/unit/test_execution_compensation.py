@@ -102,6 +102,33 @@ def test_pause_holds_compensation_and_a_retry_while_paused_is_refused(kit: Kit) 
     assert final["results"]["c"]["status"] == "failed"
 
 
+def test_the_status_record_shows_which_compensation_runs_and_which_wait(kit: Kit) -> None:
+    spec = wf(
+        step("a", compensation="noop"),
+        step("b", "a", compensation="noop"),
+        step("c", "b"),
+        error_handling="compensate",
+    )
+    eid = fail_after(kit, spec, "a", "b")
+    undo_b = kit.next_held()
+    status = kit.engine.get_workflow_status(eid).result(WAIT)
+    assert status["waiting"] == {
+        "b": "compensation 'noop': running",
+        "a": "compensation 'noop': pending",
+    }
+    assert [(c["step"], c["status"]) for c in status["compensations"]] == [
+        ("b", "running"),
+        ("a", "pending"),
+    ]
+    undo_b.reply_to.tell(finished(undo_b, "undone"))
+    undo_a = kit.next_held()
+    undo_a.reply_to.tell(finished(undo_a, error=BOOM))
+    kit.status_is(eid, "failed")
+    status = kit.engine.get_workflow_status(eid).result(WAIT)
+    assert status["waiting"] == {}
+    assert [c["status"] for c in status["compensations"]] == ["succeeded", "failed"]
+
+
 def test_a_compensation_that_keeps_losing_its_worker_fails_as_a_task_would(kit: Kit) -> None:
     eid, comp = fail_into_compensation(kit)
     tid = comp.task["task_id"]
