@@ -67,6 +67,7 @@ if TYPE_CHECKING:
         StepCancelled,
         StepContext,
         StepFailure,
+        cpu_bound_step,
         inline_step,
     )
     from tamma_actors._workflow_file import load_workflow, parse_workflow
@@ -126,6 +127,7 @@ _LAZY = {
     "WorkflowStep": "tamma_actors._models",
     "WorkflowSummary": "tamma_actors._models",
     "WorkflowValidationError": "tamma_actors._errors",
+    "cpu_bound_step": "tamma_actors._step_api",
     "inline_step": "tamma_actors._step_api",
     "load_node_config": "tamma_actors._config",
     "load_workflow": "tamma_actors._workflow_file",
@@ -199,6 +201,7 @@ __all__ = [
     "WorkflowStep",
     "WorkflowSummary",
     "WorkflowValidationError",
+    "cpu_bound_step",
     "inline_step",
     "load_node_config",
     "load_workflow",

@@ -20,6 +20,7 @@ from tamma_actors._step_api import (
     StepCancelled,
     StepContext,
     StepFailure,
+    cpu_bound_step,
     inline_step,
 )
 
@@ -76,6 +77,7 @@ def sleep(ctx: StepContext) -> dict[str, Any]:
     return {"slept": seconds}
 
 
+@cpu_bound_step
 def cpu(ctx: StepContext) -> dict[str, Any]:
     """Burn ``config["ms"]`` milliseconds of this thread's CPU time."""
     budget = _non_negative("ms", _field(ctx, "ms", (int, float))) / 1000.0

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from importlib import metadata
 
 from tamma_actors._errors import ConfigError, UnknownImplementation
-from tamma_actors._step_api import StepFunction, is_inline
+from tamma_actors._step_api import StepFunction
 
 __all__ = [
     "BUILTIN_NAMES",
@@ -145,12 +145,18 @@ class PluginRegistry:
             self._loaded[name] = fn
             return fn
 
-    def loaded_inline(self, name: str) -> StepFunction | None:
-        """``name``'s implementation if it is already loaded and marked inline, else None.
-        Never imports: the socket thread asks this, and a plugin's first import (which can
-        take any time) happens on a step runner thread."""
-        fn = self._loaded.get(name)
-        return fn if fn is not None and is_inline(fn) else None
+    def loaded(self, name: str) -> StepFunction | None:
+        """``name``'s implementation if it is already loaded, else None. Never imports: the
+        socket thread asks this (is it inline? cpu-bound?), and a plugin's first import
+        (which can take any time) happens on a step runner thread."""
+        return self._loaded.get(name)
+
+    def load_builtins(self) -> None:
+        """Load the built-ins registered here now: they are ours and quick to load, so even
+        their first run is known to be inline or cpu-bound."""
+        for name in BUILTIN_NAMES:
+            if name in self._loaders:
+                self.get(name)
 
     @staticmethod
     def _load(name: str, loader: Loader) -> StepFunction:

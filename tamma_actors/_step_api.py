@@ -27,6 +27,16 @@ cancelled (a worker whose inline step holds its socket thread for over 0.5 s, in
 or in all its runs of over 20 ms within a minute, runs that implementation on its runner
 threads from then on, with a warning).
 
+An implementation decorated with :func:`cpu_bound_step` computes in Python for most of its
+run, holding the GIL. The threads of one worker process cannot run Python at the same
+time, so two such steps side by side take twice as long each, their results come back
+together and the worker's core then idles until the next steps come. A worker runs one
+such step at a time instead: the others wait in its queue (they count as dispatched, not
+started, so ``queue_timeout`` applies), while its other steps run beside it as before.
+The built-in ``cpu`` is one. A step whose heavy work releases the GIL (numpy, a
+subprocess, I/O) should not be marked. A plugin's implementation is known to be
+cpu-bound once its worker has loaded it, at its first run.
+
 Any other exception is reported with its class name as the error type and ``retryable``
 None. An error the node could not take as it stands fails the step, not retried, with an
 error saying why (see :func:`describe_error`): it never leaves the step unanswered.
@@ -51,8 +61,10 @@ __all__ = [
     "StepContext",
     "StepFailure",
     "StepFunction",
+    "cpu_bound_step",
     "describe_error",
     "inline_step",
+    "is_cpu_bound",
     "is_inline",
 ]
 
@@ -142,6 +154,7 @@ StepFunction = Callable[[StepContext], Any]
 F = TypeVar("F", bound=StepFunction)
 
 _INLINE_MARK = "__tamma_inline__"
+_CPU_BOUND_MARK = "__tamma_cpu_bound__"
 
 
 def inline_step(fn: F) -> F:
@@ -154,6 +167,19 @@ def inline_step(fn: F) -> F:
 def is_inline(fn: object) -> bool:
     """Whether ``fn`` was marked with :func:`inline_step`."""
     return getattr(fn, _INLINE_MARK, False) is True
+
+
+def cpu_bound_step(fn: F) -> F:
+    """Mark a step implementation that computes in Python for most of its run (it holds
+    the GIL): its worker runs one such step at a time and queues the others (see the
+    module docstring)."""
+    setattr(fn, _CPU_BOUND_MARK, True)
+    return fn
+
+
+def is_cpu_bound(fn: object) -> bool:
+    """Whether ``fn`` was marked with :func:`cpu_bound_step`."""
+    return getattr(fn, _CPU_BOUND_MARK, False) is True
 
 
 def describe_error(exc: BaseException) -> dict[str, Any]:

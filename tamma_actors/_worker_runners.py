@@ -1,12 +1,16 @@
 """The worker's step runners: ``slots`` pykka ThreadingActors, one step at a time each,
 and the ``RunnerPool`` that the worker's socket thread assigns ``run`` frames to. An
 inline step (:func:`~tamma_actors._step_api.inline_step`) whose implementation is loaded
-runs on the socket thread itself and takes no runner; its first run loads it on a runner,
-so that no plugin import ever holds up the socket thread. An implementation whose slow runs
-(each over ``INLINE_SLOW``, 20 ms) held the socket thread for more than ``INLINE_LIMIT``
-(0.5 s) in all within ``INLINE_WINDOW`` (a minute), or one run that long, goes back to the
-runners for the worker's lifetime, with a warning: a step that blocks for 0.3 s at each run
-would otherwise stall the socket (heartbeats, cancels, every other step's frames) forever.
+runs on the socket thread itself and takes no runner; a plugin's first run loads it on a
+runner, so that no plugin import ever holds up the socket thread (the built-ins are loaded
+at start). Cpu-bound steps (:func:`~tamma_actors._step_api.cpu_bound_step`) run one at a
+time: the others wait, in order, while free runners take the other steps.
+
+An inline implementation whose slow runs (each over ``INLINE_SLOW``, 20 ms) held the
+socket thread for more than ``INLINE_LIMIT`` (0.5 s) in all within ``INLINE_WINDOW`` (a
+minute), or one run that long, goes back to the runners for the worker's lifetime, with a
+warning: a step that blocks for 0.3 s at each run would otherwise stall the socket
+(heartbeats, cancels, every other step's frames) forever.
 
 A runner reports through the worker's :class:`~tamma_actors._worker_outbox.Outbox`:
 ``started`` (which the outbox may hold a while), ``progress``, and the ``result`` frame,
@@ -18,6 +22,7 @@ step always gets its answer).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -31,7 +36,14 @@ import pykka
 from tamma_actors import _wire as wire
 from tamma_actors._errors import CodecError, FrameTooLarge, TammaError, UnknownImplementation
 from tamma_actors._plugins import PluginRegistry
-from tamma_actors._step_api import StepCancelled, StepContext, StepFunction, describe_error
+from tamma_actors._step_api import (
+    StepCancelled,
+    StepContext,
+    StepFunction,
+    describe_error,
+    is_cpu_bound,
+    is_inline,
+)
 from tamma_actors._worker_outbox import Outbox
 
 __all__ = ["RunnerPool", "Task"]
@@ -267,11 +279,16 @@ class RunnerPool:
         self._registry = registry
         self._outbox = outbox
         self._max_frame = max_frame
+        registry.load_builtins()
         self._refs = [_StepRunner.start(registry, outbox, max_frame) for _ in range(slots)]
         self._free: deque[pykka.ActorRef[Any]] = deque(self._refs)
         self._running: dict[str, tuple[Task, pykka.ActorRef[Any]]] = {}
         # Runs beyond our slots (a restarted node does not know our old tasks) wait here.
         self._backlog: deque[Task] = deque()
+        # Cpu-bound steps (cpu_bound_step) run one at a time, the one ``_cpu`` names; the
+        # others wait here, in the order they came.
+        self._cpu: str | None = None
+        self._cpu_waiting: deque[Task] = deque()
         # Inline implementations that held the socket thread too long: they run on runners.
         self._not_inline: set[str] = set()
         # Per inline implementation, its slow runs within the window.
@@ -282,28 +299,43 @@ class RunnerPool:
         return len(self._refs)
 
     def running_ids(self) -> list[str]:
-        return [*self._running, *(t.task_id for t in self._backlog)]
+        return [*self._running, *(t.task_id for t in self._waiting())]
+
+    def _waiting(self) -> itertools.chain[Task]:
+        return itertools.chain(self._backlog, self._cpu_waiting)
 
     def submit(self, task: Task) -> None:
         """Start ``task`` on a free runner, or queue it; an inline step runs here and now
         (its result is posted without waking the socket thread: this is that thread)."""
         task_id = task.task_id
-        if task_id in self._running or any(t.task_id == task_id for t in self._backlog):
+        if task_id in self._running or any(t.task_id == task_id for t in self._waiting()):
             log.info("task %s is already here; duplicate run ignored", task_id)
             return
         name = task.msg["implementation"]
-        inline = None if name in self._not_inline else self._registry.loaded_inline(name)
-        if inline is not None:
+        fn = self._registry.loaded(name)
+        if fn is not None and is_inline(fn) and name not in self._not_inline:
             began = time.perf_counter()
-            frame = _run_task(task, lambda _: inline, self._outbox, self._max_frame)
+            frame = _run_task(task, lambda _: fn, self._outbox, self._max_frame)
             self._outbox.answer(task_id, frame, wake=False)
             ended = time.perf_counter()
             if ended - began > INLINE_SLOW:
                 self._check_inline(name, ended, ended - began)
-        elif self._free:
+            return
+        (self._cpu_waiting if fn is not None and is_cpu_bound(fn) else self._backlog).append(task)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start waiting tasks on free runners: the next cpu-bound one if none runs, then
+        the others in the order they came."""
+        while self._free:
+            if self._cpu is None and self._cpu_waiting:
+                task = self._cpu_waiting.popleft()
+                self._cpu = task.task_id
+            elif self._backlog:
+                task = self._backlog.popleft()
+            else:
+                return
             self._start(task, self._free.popleft())
-        else:
-            self._backlog.append(task)
 
     def _check_inline(self, name: str, ended: float, took: float) -> None:
         """Count a slow run of inline step ``name``; once its slow runs within the window
@@ -332,24 +364,26 @@ class RunnerPool:
 
     def finished(self, task_id: str) -> None:
         _, ref = self._running.pop(task_id)
-        if self._backlog:
-            self._start(self._backlog.popleft(), ref)
-        else:
-            self._free.append(ref)
+        if self._cpu == task_id:
+            self._cpu = None
+        self._free.appendleft(ref)
+        self._fill()
 
     def cancel(self, task_id: str) -> None:
         if task_id in self._running:
             self._running[task_id][0].cancelled.set()
             return
-        for task in self._backlog:
-            if task.task_id == task_id:
-                self._backlog.remove(task)
-                self._answer_cancelled(task)
-                return
+        for queue in (self._backlog, self._cpu_waiting):
+            for task in queue:
+                if task.task_id == task_id:
+                    queue.remove(task)
+                    self._answer_cancelled(task)
+                    return
 
     def cancel_all(self) -> None:
-        while self._backlog:
-            self._answer_cancelled(self._backlog.popleft())
+        for queue in (self._backlog, self._cpu_waiting):
+            while queue:
+                self._answer_cancelled(queue.popleft())
         for task, _ in self._running.values():
             task.cancelled.set()
 

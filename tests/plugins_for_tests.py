@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from tamma_actors._errors import FrameTooLarge
-from tamma_actors._step_api import StepContext, inline_step
+from tamma_actors._step_api import StepContext, cpu_bound_step, inline_step
 
 
 def stubborn(ctx: StepContext) -> Any:
@@ -116,4 +116,16 @@ def hog(ctx: StepContext) -> Any:
 
 
 ALLOWLIST["hog"] = "plugins_for_tests:hog"
+ALLOW_ARGS = [arg for name, target in ALLOWLIST.items() for arg in ("--allow", f"{name}={target}")]
+
+
+@cpu_bound_step
+def heavy(ctx: StepContext) -> Any:
+    """Marked cpu-bound, but waits for its cancel (or ``config["seconds"]``): the worker's
+    one-at-a-time lane is tested without burning CPU."""
+    ctx.sleep(float(ctx.config.get("seconds", 60.0)))
+    return "done"
+
+
+ALLOWLIST["heavy"] = "plugins_for_tests:heavy"
 ALLOW_ARGS = [arg for name, target in ALLOWLIST.items() for arg in ("--allow", f"{name}={target}")]

@@ -258,6 +258,41 @@ def test_slots_bound_concurrency_and_cancel(node: FakeNode, start: Any) -> None:
         assert node.result(tid)["error"]["type"] == "StepCancelled"
 
 
+def test_cpu_bound_steps_run_one_at_a_time_beside_the_others(node: FakeNode, start: Any) -> None:
+    start(slots=4)
+    node.handshake()
+    node.send(task("load", "heavy", config={"seconds": 0}))  # its first run loads it
+    assert node.result("load")["output"] == "done"
+    for tid, impl in (("c1", "heavy"), ("c2", "heavy"), ("h1", "hang"), ("c3", "heavy")):
+        node.send(task(tid, impl))
+    # c1 runs and h1 beside it; c2 and c3 wait though two runners are free
+    assert {node.recv("started")["task_id"], node.recv("started")["task_id"]} == {"c1", "h1"}
+    while set(node.recv("hb")["running"]) != {"c1", "c2", "c3", "h1"}:
+        pass
+    assert sorted(m["task_id"] for m in node.frames if m["t"] == "started") == ["c1", "h1"]
+    node.send(wire.cancel("c3"))  # waiting: answered at once, never started
+    assert node.result("c3")["error"]["type"] == "StepCancelled"
+    node.send(wire.cancel("c1"))
+    assert node.result("c1")["error"]["type"] == "StepCancelled"
+    assert node.recv("started")["task_id"] == "c2"  # the next one, once c1 is done
+    assert node.index("started", "c2") > node.index("result", "c1")
+    node.send(task("n", "hang"))  # the other steps still take the free runners
+    assert node.recv("started")["task_id"] == "n"
+    for tid in ("c2", "h1", "n"):
+        node.send(wire.cancel(tid))
+        assert node.result(tid)["error"]["type"] == "StepCancelled"
+    assert not any(m["t"] == "started" and m["task_id"] == "c3" for m in node.frames)
+
+
+def test_the_builtin_cpu_is_one_at_a_time_from_its_first_run(node: FakeNode, start: Any) -> None:
+    start(slots=2)
+    node.handshake()
+    node.send(task("a", "cpu", config={"ms": 30}))
+    node.send(task("b", "cpu", config={"ms": 30}))
+    assert node.result("a")["ok"] and node.result("b")["ok"]
+    assert node.index("result", "a") < node.index("started", "b")
+
+
 def test_duplicate_run_is_ignored(node: FakeNode, start: Any) -> None:
     start(slots=2)
     node.handshake()

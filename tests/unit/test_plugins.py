@@ -32,8 +32,10 @@ from tamma_actors._step_api import (
     StepCancelled,
     StepContext,
     StepFailure,
+    cpu_bound_step,
     describe_error,
     inline_step,
+    is_cpu_bound,
     is_inline,
 )
 
@@ -200,35 +202,43 @@ def test_concurrent_get_loads_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [1]
 
 
-def test_loaded_inline_never_loads_and_names_only_inline_steps() -> None:
+def test_loaded_never_loads_and_load_builtins_loads_only_the_builtins() -> None:
     calls: list[str] = []
 
     def loader(fn: Any) -> Any:
         return lambda: calls.append("load") or fn
 
     quick = inline_step(lambda ctx: 1)
-    reg = PluginRegistry({"quick": loader(quick), "slow": loader(lambda ctx: 2)})
+    reg = PluginRegistry({"quick": loader(quick), "noop": loader(lambda ctx: 2)})
     # Not loaded yet: no answer, and nothing imported (the socket thread asks this).
-    assert reg.loaded_inline("quick") is None and reg.loaded_inline("absent") is None
+    assert reg.loaded("quick") is None and reg.loaded("absent") is None
     assert calls == []
-    assert reg.get("quick") is quick and reg.get("slow")(_ctx()) == 2
-    assert reg.loaded_inline("quick") is quick
-    assert reg.loaded_inline("slow") is None  # loaded, but not marked inline
+    reg.load_builtins()  # "noop" is a built-in's name; "quick" is not, nor loaded
+    assert calls == ["load"] and reg.loaded("quick") is None
+    assert reg.loaded("noop") is not None and reg.loaded("noop")(_ctx()) == 2  # type: ignore[misc]
+    assert reg.get("quick") is quick and reg.loaded("quick") is quick
 
 
-def test_the_quick_builtins_are_inline_and_the_others_are_not() -> None:
+def test_the_quick_builtins_are_inline_cpu_is_cpu_bound_and_the_others_neither() -> None:
     reg = load_registry(enabled=set(GATED_BUILTINS))
     inline = {name for name in reg if is_inline(reg.get(name))}
     assert inline == {"noop", "echo", "fail"}
+    assert {name for name in reg if is_cpu_bound(reg.get(name))} == {"cpu"}
 
 
-def test_inline_step_marks_the_function_itself() -> None:
+def test_the_step_marks_mark_the_function_itself() -> None:
     def step(ctx: StepContext) -> int:
         return 7
 
-    assert not is_inline(step)
+    def heavy(ctx: StepContext) -> int:
+        return 8
+
+    assert not is_inline(step) and not is_cpu_bound(step)
     assert inline_step(step) is step and is_inline(step) and step(_ctx()) == 7
-    assert not is_inline(object())
+    assert not is_cpu_bound(step)
+    assert cpu_bound_step(heavy) is heavy and is_cpu_bound(heavy) and heavy(_ctx()) == 8
+    assert not is_inline(heavy)
+    assert not is_inline(object()) and not is_cpu_bound(object())
 
 
 # The step API

@@ -62,6 +62,7 @@ PUBLIC = {
     "WorkflowStep",
     "WorkflowSummary",
     "WorkflowValidationError",
+    "cpu_bound_step",
     "inline_step",
     "load_node_config",
     "load_workflow",
