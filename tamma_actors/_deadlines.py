@@ -11,7 +11,7 @@ Kinds:
 - ``wait``: the end of a built-in ``wait`` step (frozen while paused);
 - ``queue``: schedule-to-start, from dispatch until a worker starts it (frozen while paused);
 - ``run``: start-to-close (``timeout``); a running step keeps running while paused, so this
-  one does not freeze;
+  one does not freeze, except a fan-out's (pause holds its remaining items);
 - ``heartbeat``: re-armed on every progress report of a running step;
 - ``workflow``: the workflow ``timeout`` (frozen while paused).
 """

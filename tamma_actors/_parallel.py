@@ -73,13 +73,15 @@ class ParallelSteps(StepTypeBase):
             return False
         st = self.state.steps[ref[0]]
         if st.status == "dispatched":
+            # the whole fan-out's timeout, from its first item's start; one that starts
+            # while paused gets all of it on resume (_thaw_deadlines)
+            running = self.state.status == "running"
             self._emit(
                 "step.started",
                 step=ref[0],
                 attempt=st.attempts,
                 worker=msg.worker_id,
-                # the whole fan-out's timeout, from its first item's start
-                **self._running_deadline(ref[0], st.attempts, msg.ran_s),
+                **(self._running_deadline(ref[0], st.attempts, msg.ran_s) if running else {}),
             )
         return True
 

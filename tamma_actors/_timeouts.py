@@ -14,8 +14,10 @@ machine stays readable). The rules:
   ``compensate``, once what completed is compensated (the timeout stops then);
 - a compensation's deadlines (``_compensation``) are keyed ``step~compensate`` and handled
   there;
-- pause freezes wait, queue and workflow deadlines and resume re-arms them with the time
-  they had left; recovery re-arms them from the wall-clock deadlines in the events.
+- pause freezes wait, queue and workflow deadlines, and a fan-out's timeout (pause holds
+  its items, so a long pause would otherwise fail a fan-out that was never let run), and
+  resume re-arms them with the time they had left; recovery re-arms them from the
+  wall-clock deadlines in the events.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ class TimeoutHandling:
     def _is_wait(self, name: str) -> bool:
         step = self.cfg.step(name)
         return step.type == "task" and step.implementation == WAIT_IMPLEMENTATION
+
+    def _is_fan_out(self, name: str) -> bool:
+        return self.cfg.step(name).type == "parallel"
+
+    def _frozen_by_pause(self, name: str, status: str) -> bool:
+        """A step whose deadline stops while paused: one waiting for a worker to start it,
+        a wait step, and a fan-out (whose remaining items a pause holds)."""
+        running = status == "running" and (self._is_wait(name) or self._is_fan_out(name))
+        return running or status == "dispatched"
 
     def _workflow_deadline(self) -> dict[str, Any]:
         if self.cfg.timeout is None:
@@ -183,14 +194,14 @@ class TimeoutHandling:
     # -- pause, resume, recovery -------------------------------------------------------------
 
     def _freeze_deadlines(self) -> dict[str, Any]:
-        """Pause: what wait and queue deadlines and the workflow timeout have left."""
+        """Pause: what wait and queue deadlines, fan-outs' timeouts and the workflow
+        timeout have left."""
         now, held = self.deps.clock(), {}
         for name, st in self.state.steps.items():
-            frozen = (st.status == "running" and self._is_wait(name)) or st.status == "dispatched"
-            if frozen and st.deadline is not None:
+            if self._frozen_by_pause(name, st.status) and st.deadline is not None:
                 held[name] = max(0.0, st.deadline - now)
-                self._deadlines.cancel("wait", name)
-                self._deadlines.cancel("queue", name)
+                for kind in ("wait", "queue", "run"):
+                    self._deadlines.cancel(kind, name)
         out: dict[str, Any] = {"held": held} if held else {}
         if self.state.deadline is not None:
             self._deadlines.cancel("workflow")
@@ -201,9 +212,13 @@ class TimeoutHandling:
         """Resume: new deadlines with the time that was left (armed once emitted)."""
         now, deadlines = self.deps.clock(), {}
         for name, st in self.state.steps.items():
-            waiting = (st.status == "running" and self._is_wait(name)) or st.status == "dispatched"
-            if waiting and st.frozen_delay is not None:
-                deadlines[name] = now + st.frozen_delay
+            if not self._frozen_by_pause(name, st.status):
+                continue
+            left = st.frozen_delay
+            if left is None and st.deadline is None and self._is_fan_out(name):
+                left = self.cfg.step(name).timeout  # its first item started while paused
+            if left is not None:
+                deadlines[name] = now + left
         out: dict[str, Any] = {"deadlines": deadlines} if deadlines else {}
         if self.state.frozen_left is not None:
             out["deadline"] = now + self.state.frozen_left
@@ -218,6 +233,8 @@ class TimeoutHandling:
                 continue
             if st.status == "running" and self._is_wait(name):
                 self._deadlines.arm("wait", name, st.attempts, st.deadline)
+            elif st.status == "running" and self._is_fan_out(name):
+                self._deadlines.arm("run", name, st.attempts, st.deadline)
             elif st.status == "dispatched":
                 self._deadlines.arm("queue", name, st.attempts, st.deadline)
         if self.state.deadline is not None:

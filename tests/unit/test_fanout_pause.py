@@ -1,0 +1,79 @@
+"""A paused fan-out: pause holds its items, so its ``timeout`` stops counting too (as the
+workflow timeout and a wait step's do), on one node and across a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tamma_actors._store import MemoryStore
+from tests.unit.test_step_types import WAIT, Kit, _item, _kit, _until, fan, ok, wf
+
+pytestmark = pytest.mark.usefixtures("either_book")
+
+ONCE = {"max_attempts": 1}
+
+
+def _status(k: Kit, eid: str) -> str:
+    return str(k.get(eid)["results"]["f"]["status"])
+
+
+def _paused_with_3s_left(k: Kit) -> str:
+    """A fan-out of two items, one at a time, with a 5 s timeout: item 0 ran 2 s, then the
+    execution was paused and item 0 finished (recorded, though paused)."""
+    eid = k.start(wf(fan("f", items=[0, 1], max_concurrency=1, timeout=5, retry_policy=ONCE)))
+    first = k.next_held()
+    _until(lambda: _status(k, eid) == "running")  # its start notice came: the clock runs
+    k.timers.advance(2.0)
+    assert k.engine.pause_workflow(eid).result(WAIT)["status"] == "paused"
+    first.reply_to.tell(ok(first.task, "zero"))
+    _until(lambda: _item(k, eid, 0)["status"] == "succeeded")
+    return eid
+
+
+def _times_out_after_3s_of_running(k: Kit, eid: str) -> None:
+    k.timers.advance(100.0)  # paused: nothing runs, nothing times out
+    assert _status(k, eid) == "running" and k.held.empty()
+    k.engine.resume_workflow(eid).result(WAIT)
+    second = k.next_held()  # item 1 goes out on resume
+    assert second.task["item_index"] == 1
+    k.timers.advance(2.9)
+    assert _status(k, eid) == "running"
+    k.timers.advance(0.2)  # the 3 s it had left when it was paused
+    assert k.cancels.get(timeout=WAIT) == second.task["task_id"]
+    final = k.finish(eid)
+    assert final["status"] == "failed"
+    assert final["results"]["f"]["error"]["type"] == "StepTimeout"
+
+
+def test_pause_freezes_a_fan_outs_timeout_and_resume_gives_it_the_time_it_had_left() -> None:
+    with _kit(lambda t: None) as k:
+        eid = _paused_with_3s_left(k)
+        _times_out_after_3s_of_running(k, eid)
+
+
+def test_a_paused_fan_outs_timeout_keeps_the_time_it_had_left_across_a_restart() -> None:
+    store = MemoryStore()
+    with _kit(lambda t: None, store) as k:
+        eid = _paused_with_3s_left(k)
+    with _kit(lambda t: None, store) as k:
+        assert k.engine.recover() == 1
+        assert k.get(eid)["status"] == "paused"
+        _times_out_after_3s_of_running(k, eid)
+
+
+def test_a_fan_out_that_finishes_within_its_unpaused_time_completes() -> None:
+    def script(task: dict[str, Any]) -> Any:
+        return None
+
+    with _kit(script) as k:
+        eid = _paused_with_3s_left(k)
+        k.timers.advance(100.0)
+        k.engine.resume_workflow(eid).result(WAIT)
+        second = k.next_held()
+        k.timers.advance(2.5)
+        second.reply_to.tell(ok(second.task, "one"))
+        final = k.finish(eid)
+        assert final["status"] == "completed"
+        assert final["results"]["f"]["data"] == ["zero", "one"]
