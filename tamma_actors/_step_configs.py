@@ -179,8 +179,14 @@ def step_type_problems(
             continue
         yield from _timeout_problems(i, str(kind), raw)
         where = f"steps[{i}].config"
+        given = raw.get("config") or {}
+        twice = _spelt_twice(model, given)
+        for name in twice:
+            yield Problem(f"{where}.{name}", f"given twice ({name} and {to_camel(name)})")
+        if twice:  # checked once, under the snake_case spelling
+            given = {k: v for k, v in given.items() if k not in {to_camel(n) for n in twice}}
         try:
-            config = model.model_validate(raw.get("config") or {})
+            config = model.model_validate(given)
         except ValidationError as exc:
             for error in exc.errors():
                 loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
@@ -196,6 +202,18 @@ def step_type_problems(
             yield from _expression_problems(f"{where}.{loc}", source, name, upstream)
         if isinstance(config, DecisionConfig):
             yield from _branch_problems(where, name, config, deps_of)
+
+
+def _spelt_twice(model: type[_Config], config: Any) -> list[str]:
+    """The fields ``config`` gives under both spellings. A parallel step's config keeps
+    the plugin's keys, so pydantic would take one spelling and pass the other on."""
+    if not isinstance(config, Mapping):
+        return []
+    return [
+        name
+        for name in model.model_fields
+        if to_camel(name) != name and name in config and to_camel(name) in config
+    ]
 
 
 _TIMEOUT_KEYS = {

@@ -71,6 +71,19 @@ def test_a_field_under_both_spellings_is_given_twice_not_unknown() -> None:
     ]
 
 
+def test_a_parallel_steps_own_key_under_both_spellings_is_given_twice() -> None:
+    # its config keeps the plugin's keys, so pydantic calls neither spelling unknown: one
+    # of max_concurrency: 4 and maxConcurrency: 1 silently won
+    fan = {"items": [1, 2], "max_concurrency": 4, "maxConcurrency": 1, "other": 1}
+    data = {"name": "both", "steps": [{"name": "f", "type": "parallel", "config": fan}]}
+    data["steps"][0]["implementation"] = "noop"
+    with pytest.raises(WorkflowValidationError) as info:
+        parse_workflow(data)
+    assert [f"{p.loc}: {p.message}" for p in info.value.problems] == [
+        "steps[0].config.max_concurrency: given twice (max_concurrency and maxConcurrency)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [
