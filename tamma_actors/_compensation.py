@@ -7,6 +7,9 @@ execution fails; its error lists the compensation results. A workflow timeout do
 same (``_timeouts``): the plan records it as its ``cause``, the execution's error from
 then on. Once the plan exists the workflow timeout no longer runs.
 
+- A fan-out that failed or was cancelled after some of its items succeeded is
+  compensated too: its compensation gets the items' outputs in item order, null for the
+  items that did not succeed (their work is as real as a whole step's).
 - ``compensation`` names an implementation, or another step of the workflow whose
   implementation and config are used. A step named as a compensation is a compensation
   step: it never runs in the normal flow (it ends ``skipped``).
@@ -94,9 +97,7 @@ class CompensationHandling:
         if self.state.compensations is None:
             position = {n: i for i, n in enumerate(self.state.order)}
             done = [
-                n
-                for n in self.state.order
-                if steps[n].status == "succeeded" and self.cfg.step(n).compensation
+                n for n in self.state.order if self._did_work(n) and self.cfg.step(n).compensation
             ]
             done.sort(key=lambda n: (steps[n].ended_at or 0.0, position[n]), reverse=True)
             if not done:
@@ -121,6 +122,23 @@ class CompensationHandling:
                 return True
         return False
 
+    def _did_work(self, name: str) -> bool:
+        """A step that succeeded, or a fan-out that failed or was cancelled after some of
+        its items succeeded: their work is as real as a whole step's."""
+        st = self.state.steps[name]
+        if st.status == "succeeded":
+            return True
+        counts = (st.detail or {}).get("counts") if self.cfg.step(name).type == "parallel" else None
+        return st.status in ("failed", "cancelled") and bool(counts and counts.get("succeeded"))
+
+    def _undone_output(self, name: str) -> Any:
+        """What a compensation gets as its input: the step's output; a fan-out that did not
+        succeed, its items' outputs in item order, null for those that did not succeed."""
+        st = self.state.steps[name]
+        if st.status == "succeeded" or not st.detail:
+            return st.data
+        return [i["output"] if i["status"] == "succeeded" else None for i in st.detail["state"]]
+
     def _template(self, name: str) -> WorkflowStep | None:
         """The step the compensation of ``name`` names, if it names one (not an
         implementation)."""
@@ -134,7 +152,7 @@ class CompensationHandling:
         declared = self.cfg.step(name).compensation or ""
         template = self._template(name)
         implementation = template.implementation if template is not None else declared
-        output = self.state.steps[name].data
+        output = self._undone_output(name)
         task = {
             "task_id": tid,
             "execution_id": self.state.id,
