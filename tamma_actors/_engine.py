@@ -48,6 +48,7 @@ from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
 from tamma_actors._recovery import EngineRecovery, Waker, keep_bounded
 from tamma_actors._state import ExecutionState
+from tamma_actors._step_configs import task_config
 from tamma_actors._store import Store
 from tamma_actors._subflows import (
     ANY_FILE,
@@ -413,7 +414,7 @@ class Engine(EngineReads, EngineRecovery):
             "step": step,
             "attempt": 1,
             "implementation": impl,
-            "config": spec.config,
+            "config": task_config(spec),  # a parallel step's: what each item gets
             "input": context,
             "inputs": state.context,
             "upstream": {d: state.steps[d].data for d in deps},

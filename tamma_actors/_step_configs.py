@@ -34,6 +34,7 @@ __all__ = [
     "plan_of",
     "step_config_schemas",
     "step_type_problems",
+    "task_config",
     "timeouts_set",
 ]
 
@@ -153,8 +154,7 @@ def plan_of(step: WorkflowStep) -> Plan | None:
     if step.type == "parallel":
         fan = ParallelConfig.model_validate(step.config)
         items = parse(fan.items) if isinstance(fan.items, str) else fan.items
-        config = {k: v for k, v in step.config.items() if k not in _PARALLEL_OWN}
-        return ParallelPlan(items, fan.max_concurrency, config)
+        return ParallelPlan(items, fan.max_concurrency, task_config(step))
     if step.type == "subflow":
         sub = SubflowConfig.model_validate(step.config)
         inputs = {
@@ -162,6 +162,14 @@ def plan_of(step: WorkflowStep) -> Plan | None:
         }
         return SubflowPlan(sub.workflow, inputs)
     return None
+
+
+def task_config(step: WorkflowStep) -> dict[str, Any]:
+    """The config a step's task gets: a parallel step's items get the keys that are not
+    the fan-out's own (its items, up to 10,000, would go with each one)."""
+    if step.type != "parallel":
+        return step.config
+    return {k: v for k, v in step.config.items() if k not in _PARALLEL_OWN}
 
 
 # -- load-time checks -----------------------------------------------------------------------
