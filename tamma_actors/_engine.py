@@ -8,7 +8,6 @@ final snapshot), so memory holds only what is moving.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -17,13 +16,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-import msgpack
 import pykka
 
 from tamma_actors._admin import StoreAdmin
 from tamma_actors._breakers import BreakerRegistry
 from tamma_actors._codec import same_data
 from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
+from tamma_actors._definitions import ParsedDefinitions
 from tamma_actors._dispatch import Dispatcher
 from tamma_actors._engine_reads import EngineReads, HeldWait, done_or_refuse
 from tamma_actors._errors import (
@@ -46,7 +45,7 @@ from tamma_actors._futures import done, guarded, relay
 from tamma_actors._keys import new_execution_id
 from tamma_actors._models import WorkflowConfig
 from tamma_actors._probe import StepProbe, probe_task_id
-from tamma_actors._recovery import EngineRecovery, Waker, keep_bounded
+from tamma_actors._recovery import EngineRecovery, Waker
 from tamma_actors._state import ExecutionState
 from tamma_actors._step_configs import task_config
 from tamma_actors._store import Store
@@ -58,7 +57,6 @@ from tamma_actors._subflows import (
 )
 from tamma_actors._timers import TimerHandle
 from tamma_actors._watchdog import Watchdog
-from tamma_actors._workflow_file import parse_workflow
 
 __all__ = ["Engine"]
 
@@ -83,34 +81,11 @@ class EngineParts:
     workflow_files: WorkflowFiles = ANY_FILE
 
 
-_PARSED_CACHE_SIZE = 64  # distinct definitions kept parsed for start_workflow
-
-
 def _exists(eid: str) -> ExecutionExists:
     return ExecutionExists(
         f"execution {eid!r} exists with another workflow or other inputs; a start that "
         "names an existing id must repeat its workflow and inputs exactly"
     )
-
-
-def _canonical(definition: Any) -> str | None:
-    """Canonical JSON text of ``definition``, or None unless it is plain JSON data that
-    round-trips exactly (no tuples, non-string keys, NaN or other Python objects)."""
-    try:
-        text = json.dumps(definition, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError):  # the validation names what is wrong
-        return None
-    return text if json.loads(text) == definition else None
-
-
-def _exact(definition: Any) -> bytes | None:
-    """The exact msgpack bytes of ``definition`` (dicts, lists, str, bytes, numbers, bool,
-    None: exact types only, so a tuple is not a list), or None. Equal bytes mean equal
-    definitions, in the same key order: a quick first key before the canonical text."""
-    try:
-        return msgpack.packb(definition, use_bin_type=True, strict_types=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 class Engine(EngineReads, EngineRecovery):
@@ -148,12 +123,7 @@ class Engine(EngineReads, EngineRecovery):
         self._starting: dict[str, tuple[tuple[str, dict[str, Any]], Future[Any]]] = {}
         self._rest_after = parts.rest_after
         self._waker = Waker.start(parts.dispatcher, self._wake)
-        self._parsed_cache: dict[
-            tuple[str, frozenset[str]], tuple[WorkflowConfig, str, dict[str, Any]]
-        ] = {}  # (canonical definition, known implementations) -> parsed, for starts
-        # (the definition's exact msgpack bytes, known) -> its canonical text: a cheaper
-        # lookup for a definition sent again as it was (same keys in the same order)
-        self._exact_keys: dict[tuple[bytes, frozenset[str]], str] = {}
+        self._definitions = ParsedDefinitions(parts.implementations)
         self._lock = threading.Lock()
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         self._started = time.time()
@@ -232,7 +202,7 @@ class Engine(EngineReads, EngineRecovery):
         if requested_id is None:  # else only if it is new (see _start_once)
             # a subflow's child is part of its parent's committed work, not new intake
             self._check_intake(draining_too=execution_id is None)
-        cfg, digest, dumped = self._parsed(definition, source)
+        cfg, digest, dumped = self._definitions.get(definition, source)
         unreadable = unreadable_subflow_files(cfg, source, self._children.files)
         if unreadable:  # refused now rather than failing its step later
             raise WorkflowValidationError(unreadable, source)
@@ -311,36 +281,6 @@ class Engine(EngineReads, EngineRecovery):
     def _started_once(self, eid: str) -> None:
         with self._lock:
             self._starting.pop(eid, None)
-
-    def _parsed(
-        self, definition: dict[str, Any], source: str | None
-    ) -> tuple[WorkflowConfig, str, dict[str, Any]]:
-        """The parsed definition, its digest and its stored form: validated and hashed
-        once per distinct definition (and set of known implementations), not per start.
-
-        Only a definition that is plain JSON (it round-trips exactly) is cached: its
-        canonical text is then a faithful key. A rejected definition is never cached. The
-        definition's exact bytes map to that text, so one sent again as it was is found
-        without computing it."""
-        known = frozenset({*self._implementations(), *COORDINATOR_IMPLEMENTATIONS})
-        exact = _exact(definition)
-        key = self._exact_keys.get((exact, known)) if exact is not None else None
-        hit = self._parsed_cache.get((key, known)) if key is not None else None
-        if hit is not None:
-            return hit  # sent again as it was: no canonical text needed
-        key = _canonical(definition)
-        hit = self._parsed_cache.get((key, known)) if key is not None else None
-        parsed = hit
-        if parsed is None:
-            cfg = parse_workflow(definition, source=source, known_implementations=known)
-            parsed = (cfg, cfg.digest(), cfg.model_dump(mode="json", by_alias=False))
-        if key is not None:
-            with self._lock:
-                if hit is None:
-                    keep_bounded(self._parsed_cache, (key, known), parsed, _PARSED_CACHE_SIZE)
-                if exact is not None:
-                    keep_bounded(self._exact_keys, (exact, known), key, 4 * _PARSED_CACHE_SIZE)
-        return parsed
 
     def _ask(self, execution_id: str, make: Callable[[Future[Any]], Any]) -> Future[Any]:
         reply: Future[Any] = Future()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-import tamma_actors._engine as engine_module
+import tamma_actors._definitions as definitions
 import tamma_actors._engine_reads as engine_reads
 import tamma_actors._step_index as step_index
 
@@ -15,13 +15,13 @@ import tamma_actors._step_index as step_index
 def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the workflow definitions the engine parses, in order."""
     names: list[str] = []
-    real = engine_module.parse_workflow
+    real = definitions.parse_workflow
 
     def counting(definition: Any, **kw: Any) -> Any:
         names.append(definition["name"])
         return real(definition, **kw)
 
-    monkeypatch.setattr(engine_module, "parse_workflow", counting)  # starts
+    monkeypatch.setattr(definitions, "parse_workflow", counting)  # starts
     monkeypatch.setattr(engine_reads, "parse_workflow", counting)  # stored definitions
     return names
 

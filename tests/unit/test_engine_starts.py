@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-import tamma_actors._engine as engine_module
+import tamma_actors._definitions as definitions
 from tamma_actors._errors import WorkflowValidationError
 from tamma_actors._execution import ExecutionSupervisor
 from tamma_actors._store import MemoryStore
@@ -51,7 +51,7 @@ def test_only_plain_json_definitions_are_cached(parsed: list[str]) -> None:
 def test_the_cache_keeps_a_bounded_number_of_definitions(
     parsed: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "_PARSED_CACHE_SIZE", 2)
+    monkeypatch.setattr(definitions, "_PARSED_CACHE_SIZE", 2)
     for k in _kit(echo_input):
         for name in ["w1", "w2", "w3", "w1", "w3"]:
             assert k.finish(k.start(wf(step("a")) | {"name": name})["id"])["status"] == (
@@ -65,13 +65,13 @@ def test_a_definition_sent_again_as_it_was_needs_no_canonical_text(
     parsed: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     canonical: list[str] = []
-    real = engine_module._canonical
+    real = definitions._canonical
 
     def counting(definition: Any) -> str | None:
         canonical.append(definition["name"])
         return real(definition)
 
-    monkeypatch.setattr(engine_module, "_canonical", counting)
+    monkeypatch.setattr(definitions, "_canonical", counting)
     for k in _kit(echo_input):
         spec = wf(step("a"), step("b", "a"))
         for _ in range(3):
@@ -85,22 +85,22 @@ def test_a_definition_sent_again_as_it_was_needs_no_canonical_text(
 
 
 def test_the_exact_key_is_exact() -> None:
-    assert engine_module._exact({"a": [1, "x"]}) == engine_module._exact({"a": [1, "x"]})
-    assert engine_module._exact({"a": 1}) != engine_module._exact({"a": 1.0})
-    assert engine_module._exact({"a": 1}) != engine_module._exact({"a": True})
-    assert engine_module._exact({"a": "x"}) != engine_module._exact({"a": b"x"})
-    assert engine_module._exact({"a": (1,)}) is None  # not the list [1]
-    assert engine_module._exact({"a": object()}) is None
+    assert definitions._exact({"a": [1, "x"]}) == definitions._exact({"a": [1, "x"]})
+    assert definitions._exact({"a": 1}) != definitions._exact({"a": 1.0})
+    assert definitions._exact({"a": 1}) != definitions._exact({"a": True})
+    assert definitions._exact({"a": "x"}) != definitions._exact({"a": b"x"})
+    assert definitions._exact({"a": (1,)}) is None  # not the list [1]
+    assert definitions._exact({"a": object()}) is None
 
 
 def test_canonical_text_refuses_what_does_not_round_trip() -> None:
-    assert engine_module._canonical({"b": [1, 2.5, None], "a": True}) == (
+    assert definitions._canonical({"b": [1, 2.5, None], "a": True}) == (
         '{"a":true,"b":[1,2.5,null]}'
     )
-    assert engine_module._canonical({1: "x"}) is None  # a non-string key
-    assert engine_module._canonical({"x": float("nan")}) is None
-    assert engine_module._canonical({"x": object()}) is None
-    assert engine_module._canonical({"x": (1,)}) is None
+    assert definitions._canonical({1: "x"}) is None  # a non-string key
+    assert definitions._canonical({"x": float("nan")}) is None
+    assert definitions._canonical({"x": object()}) is None
+    assert definitions._canonical({"x": (1,)}) is None
 
 
 def test_a_start_makes_its_supervisor_without_holding_the_engine_lock(

@@ -68,7 +68,7 @@ def test_the_same_start_again_with_a_nan_in_its_inputs_is_the_same_start(kit: Ki
     """A NaN is not ``==`` to another NaN, yet inputs holding one are the same inputs: while
     the first start is pending and once it is stored, the same start gets that execution."""
     spec = wf(step("a"))
-    digest = kit.engine._parsed(spec, None)[1]
+    digest = kit.engine._definitions.get(spec, None)[1]
     pending: Future[dict[str, Any]] = Future()
     with kit.engine._lock:  # as if the first start were between its check and its commit
         kit.engine._starting["nan"] = ((digest, {"x": float("nan")}), pending)
@@ -110,7 +110,7 @@ def test_a_start_while_the_first_is_not_yet_committed_gets_the_first_ones_answer
     kit: Kit,
 ) -> None:
     spec = wf(step("a"))
-    digest = kit.engine._parsed(spec, None)[1]
+    digest = kit.engine._definitions.get(spec, None)[1]
     pending: Future[dict[str, Any]] = Future()
     with kit.engine._lock:  # as if the first start were between its check and its commit
         kit.engine._starting["slow"] = ((digest, {}), pending)
