@@ -18,7 +18,8 @@ from pykka._envelope import Envelope
 from pykka.messages import ProxyCall, _ActorStop
 
 from tamma_actors._errors import SupervisionError
-from tamma_actors._socket_actor import SocketActor, Urgent, _Waker, send_frames
+from tamma_actors._socket_actor import SocketActor, Urgent, send_frames
+from tamma_actors._socket_inbox import Waker
 from tamma_actors._timers import TimerHandle
 
 pytestmark = pytest.mark.integration
@@ -516,7 +517,7 @@ def test_a_callback_that_closes_its_socket_without_unwatching(ctx: zmq.Context[A
 
 
 def test_waker_drain_without_a_signal_is_harmless() -> None:
-    waker = _Waker()
+    waker = Waker()
     try:
         waker.drain()
         waker.signal()
