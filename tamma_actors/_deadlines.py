@@ -11,7 +11,8 @@ Kinds:
 - ``wait``: the end of a built-in ``wait`` step (frozen while paused);
 - ``queue``: schedule-to-start, from dispatch until a worker starts it (frozen while paused);
 - ``run``: start-to-close (``timeout``); a running step keeps running while paused, so this
-  one does not freeze, except a fan-out's (pause holds its remaining items);
+  one does not freeze, except a fan-out's or a subflow's (pause holds the items not yet
+  sent, or the child);
 - ``heartbeat``: re-armed on every progress report of a running step;
 - ``workflow``: the workflow ``timeout`` (frozen while paused).
 """

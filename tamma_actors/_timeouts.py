@@ -14,10 +14,10 @@ machine stays readable). The rules:
   ``compensate``, once what completed is compensated (the timeout stops then);
 - a compensation's deadlines (``_compensation``) are keyed ``step~compensate`` and handled
   there;
-- pause freezes wait, queue and workflow deadlines, and a fan-out's timeout (pause holds
-  its items, so a long pause would otherwise fail a fan-out that was never let run), and
-  resume re-arms them with the time they had left; recovery re-arms them from the
-  wall-clock deadlines in the events.
+- pause freezes wait, queue and workflow deadlines, and the timeout of a fan-out or a
+  subflow (pause holds the items not yet sent, or pauses the child, so a long pause would
+  otherwise fail a step that was not let run), and resume re-arms them with the time they
+  had left; recovery re-arms them from the wall-clock deadlines in the events.
 """
 
 from __future__ import annotations
@@ -66,13 +66,15 @@ class TimeoutHandling:
         step = self.cfg.step(name)
         return step.type == "task" and step.implementation == WAIT_IMPLEMENTATION
 
-    def _is_fan_out(self, name: str) -> bool:
-        return self.cfg.step(name).type == "parallel"
+    def _is_held_by_pause(self, name: str) -> bool:
+        """A fan-out (a pause holds its items not yet sent) or a subflow (its child is
+        paused with it): the coordinator's steps whose timeout a pause freezes."""
+        return self.cfg.step(name).type in ("parallel", "subflow")
 
     def _frozen_by_pause(self, name: str, status: str) -> bool:
         """A step whose deadline stops while paused: one waiting for a worker to start it,
-        a wait step, and a fan-out (whose remaining items a pause holds)."""
-        running = status == "running" and (self._is_wait(name) or self._is_fan_out(name))
+        a wait step, a fan-out and a subflow."""
+        running = status == "running" and (self._is_wait(name) or self._is_held_by_pause(name))
         return running or status == "dispatched"
 
     def _workflow_deadline(self) -> dict[str, Any]:
@@ -194,8 +196,8 @@ class TimeoutHandling:
     # -- pause, resume, recovery -------------------------------------------------------------
 
     def _freeze_deadlines(self) -> dict[str, Any]:
-        """Pause: what wait and queue deadlines, fan-outs' timeouts and the workflow
-        timeout have left."""
+        """Pause: what wait and queue deadlines, fan-outs' and subflows' timeouts and the
+        workflow timeout have left."""
         now, held = self.deps.clock(), {}
         for name, st in self.state.steps.items():
             if self._frozen_by_pause(name, st.status) and st.deadline is not None:
@@ -215,7 +217,7 @@ class TimeoutHandling:
             if not self._frozen_by_pause(name, st.status):
                 continue
             left = st.frozen_delay
-            if left is None and st.deadline is None and self._is_fan_out(name):
+            if left is None and st.deadline is None and self._is_held_by_pause(name):
                 left = self.cfg.step(name).timeout  # its first item started while paused
             if left is not None:
                 deadlines[name] = now + left
@@ -233,7 +235,7 @@ class TimeoutHandling:
                 continue
             if st.status == "running" and self._is_wait(name):
                 self._deadlines.arm("wait", name, st.attempts, st.deadline)
-            elif st.status == "running" and self._is_fan_out(name):
+            elif st.status == "running" and self._is_held_by_pause(name):
                 self._deadlines.arm("run", name, st.attempts, st.deadline)
             elif st.status == "dispatched":
                 self._deadlines.arm("queue", name, st.attempts, st.deadline)

@@ -1,14 +1,16 @@
-"""A paused fan-out: pause holds its items, so its ``timeout`` stops counting too (as the
-workflow timeout and a wait step's do), on one node and across a restart."""
+"""A paused fan-out or subflow: pause holds its items or its child, so its ``timeout`` stops
+counting too (as the workflow timeout and a wait step's do), on one node and across a
+restart."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tamma_actors._store import MemoryStore
-from tests.unit.test_step_types import WAIT, Kit, _item, _kit, _until, fan, ok, wf
+from tests.unit.test_step_types import WAIT, Kit, _item, _kit, _until, _write, fan, ok, wf
 
 pytestmark = pytest.mark.usefixtures("either_book")
 
@@ -77,3 +79,34 @@ def test_a_fan_out_that_finishes_within_its_unpaused_time_completes() -> None:
         final = k.finish(eid)
         assert final["status"] == "completed"
         assert final["results"]["f"]["data"] == ["zero", "one"]
+
+
+def test_pause_freezes_a_subflows_timeout_while_its_child_is_paused_with_it(
+    tmp_path: Path,
+) -> None:
+    child_spec = {"name": "child", "steps": [{"name": "c", "implementation": "noop"}]}
+    sub = {
+        "name": "sub",
+        "type": "subflow",
+        "timeout": 5,
+        "retry_policy": ONCE,
+        "config": {"workflow": str(_write(tmp_path / "child.yaml", child_spec))},
+    }
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(sub))
+        held = k.next_held()  # the child's step
+        child = held.task["execution_id"]
+        k.timers.advance(2.0)
+        k.engine.pause_workflow(eid).result(WAIT)
+        _until(lambda: k.get(child)["status"] == "paused")
+        k.timers.advance(100.0)  # both paused: the child is not aborted
+        assert k.get(eid)["results"]["sub"]["status"] == "running"
+        assert k.get(child)["status"] == "paused"
+        k.engine.resume_workflow(eid).result(WAIT)
+        _until(lambda: k.get(child)["status"] == "running")
+        k.timers.advance(2.9)
+        assert k.get(eid)["results"]["sub"]["status"] == "running"
+        k.timers.advance(0.2)  # the 3 s it had left
+        final = k.finish(eid)
+        assert final["results"]["sub"]["error"]["type"] == "StepTimeout"
+        _until(lambda: k.get(child)["status"] == "aborted")
