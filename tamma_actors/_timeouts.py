@@ -217,8 +217,9 @@ class TimeoutHandling:
             if not self._frozen_by_pause(name, st.status):
                 continue
             left = st.frozen_delay
-            if left is None and st.deadline is None and self._is_held_by_pause(name):
-                left = self.cfg.step(name).timeout  # its first item started while paused
+            started_while_paused = st.status == "running" and self._is_held_by_pause(name)
+            if left is None and st.deadline is None and started_while_paused:
+                left = self.cfg.step(name).timeout  # a fan-out's first item, while paused
             if left is not None:
                 deadlines[name] = now + left
         out: dict[str, Any] = {"deadlines": deadlines} if deadlines else {}

@@ -10,7 +10,19 @@ from typing import Any
 import pytest
 
 from tamma_actors._store import MemoryStore
-from tests.unit.test_step_types import WAIT, Kit, _item, _kit, _until, _write, fan, ok, wf
+from tamma_actors._workerpool import Cancel, Dispatch, TaskStarted
+from tests.unit.test_step_types import (
+    WAIT,
+    FakePool,
+    Kit,
+    _item,
+    _kit,
+    _until,
+    _write,
+    fan,
+    ok,
+    wf,
+)
 
 pytestmark = pytest.mark.usefixtures("either_book")
 
@@ -110,3 +122,56 @@ def test_pause_freezes_a_subflows_timeout_while_its_child_is_paused_with_it(
         final = k.finish(eid)
         assert final["results"]["sub"]["error"]["type"] == "StepTimeout"
         _until(lambda: k.get(child)["status"] == "aborted")
+
+
+@pytest.fixture
+def late_start_notices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool twin holds every task without a start notice: the test sends it."""
+
+    def on_receive(self: FakePool, message: Any) -> None:
+        if isinstance(message, Dispatch):
+            self.log.append(message.task)
+            self.held.put(message)
+        elif isinstance(message, Cancel):
+            self.cancels.put(message.task_id)
+
+    monkeypatch.setattr(FakePool, "on_receive", on_receive)
+
+
+def _started(k: Kit, held: Dispatch, eid: str) -> None:
+    held.reply_to.tell(TaskStarted(held.task["task_id"], "w-1"))
+    _until(lambda: _status(k, eid) == "running")
+
+
+def _times_out_after(k: Kit, eid: str, held: Dispatch, seconds: float) -> None:
+    k.timers.advance(seconds - 0.1)
+    assert _status(k, eid) == "running"
+    k.timers.advance(0.2)
+    assert k.cancels.get(timeout=WAIT) == held.task["task_id"]
+    assert k.finish(eid)["results"]["f"]["error"]["type"] == "StepTimeout"
+
+
+@pytest.mark.usefixtures("late_start_notices")
+def test_a_fan_out_whose_first_item_starts_while_paused_has_its_whole_timeout_on_resume() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=[0], timeout=5, retry_policy=ONCE)))
+        held = k.next_held()
+        k.engine.pause_workflow(eid).result(WAIT)
+        _started(k, held, eid)
+        k.timers.advance(100.0)
+        assert _status(k, eid) == "running"
+        k.engine.resume_workflow(eid).result(WAIT)
+        _times_out_after(k, eid, held, 5.0)
+
+
+@pytest.mark.usefixtures("late_start_notices")
+def test_a_fan_out_paused_before_its_first_item_started_counts_from_that_start() -> None:
+    with _kit(lambda t: None) as k:
+        eid = k.start(wf(fan("f", items=[0], timeout=5, retry_policy=ONCE)))
+        held = k.next_held()
+        k.engine.pause_workflow(eid).result(WAIT)
+        k.engine.resume_workflow(eid).result(WAIT)
+        k.timers.advance(100.0)  # no item has started: its timeout has not begun
+        assert _status(k, eid) == "dispatched"
+        _started(k, held, eid)
+        _times_out_after(k, eid, held, 5.0)
