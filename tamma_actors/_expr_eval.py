@@ -50,21 +50,23 @@ def _eval(node: Expression, ctx: Mapping[str, Any]) -> Any:
         case Field(target, name):
             return _field(_eval(target, ctx), name, target)
         case Index(target, index):
-            return _index(_eval(target, ctx), _eval(index, ctx), target)
+            return _index(_eval(target, ctx), _eval(index, ctx), node)
         case Not(operand):
-            return not _boolean(_eval(operand, ctx), "not")
+            return not _boolean(_eval(operand, ctx), "not", operand)
         case BoolOp(op, left, right):
-            first = _boolean(_eval(left, ctx), op)
+            first = _boolean(_eval(left, ctx), op, left)
             if first == (op == "or"):  # short circuit
                 return first
-            return _boolean(_eval(right, ctx), op)
+            return _boolean(_eval(right, ctx), op, right)
         case Compare(op, left, right):
-            return _compare(op, _eval(left, ctx), _eval(right, ctx))
+            return _compare(op, _eval(left, ctx), _eval(right, ctx), node)
         case Len(operand):
             value = _eval(operand, ctx)
             if isinstance(value, str | list | tuple | Mapping):
                 return len(value)
-            raise ExpressionError(f"len() needs a list, string or mapping, not {kind_of(value)}")
+            raise ExpressionError(
+                f"{to_source(node)}: len() needs a list, string or mapping, not {kind_of(value)}"
+            )
     raise ExpressionError(f"not an expression node: {node!r}")  # pragma: no cover
 
 
@@ -74,14 +76,19 @@ def _field(value: Any, name: str, target: Expression) -> Any:
     raise ExpressionError(f"{to_source(target)} is {kind_of(value)}; it has no field {name!r}")
 
 
-def _index(value: Any, index: Any, target: Expression) -> Any:
+def _index(value: Any, index: Any, node: Index) -> Any:
+    target = node.target
     if isinstance(value, Mapping):
         if not isinstance(index, str):
-            raise ExpressionError(f"a mapping is indexed by a string, not {kind_of(index)}")
+            raise ExpressionError(
+                f"{to_source(node)}: a mapping is indexed by a string, not {kind_of(index)}"
+            )
         return value.get(index)
     if isinstance(value, list | tuple | str):
         if not isinstance(index, int) or isinstance(index, bool):
-            raise ExpressionError(f"a list is indexed by an integer, not {kind_of(index)}")
+            raise ExpressionError(
+                f"{to_source(node)}: a list is indexed by an integer, not {kind_of(index)}"
+            )
         if not -len(value) <= index < len(value):
             raise ExpressionError(
                 f"index {index} is out of range for {to_source(target)} (length {len(value)})"
@@ -90,10 +97,12 @@ def _index(value: Any, index: Any, target: Expression) -> Any:
     raise ExpressionError(f"{to_source(target)} is {kind_of(value)}; it cannot be indexed")
 
 
-def _boolean(value: Any, op: str) -> bool:
+def _boolean(value: Any, op: str, operand: Expression) -> bool:
     if isinstance(value, bool):
         return value
-    raise ExpressionError(f"{op!r} needs true or false, not {kind_of(value)}")
+    raise ExpressionError(
+        f"{op!r} needs true or false, not {kind_of(value)} (its operand {to_source(operand)})"
+    )
 
 
 def _number(value: Any) -> bool:
@@ -112,16 +121,22 @@ def _equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _compare(op: str, a: Any, b: Any) -> bool:
+def _compare(op: str, a: Any, b: Any, node: Compare) -> bool:
+    """``node``'s comparison of ``a`` and ``b``; a mistake names the comparison."""
     if op == "==":
         return _equal(a, b)
     if op == "!=":
         return not _equal(a, b)
     if op in ("in", "not in"):
-        found = _contains(b, a)
+        try:
+            found = _contains(b, a)
+        except ExpressionError as exc:
+            raise ExpressionError(f"{to_source(node)}: {exc}") from None
         return found if op == "in" else not found
     if not ((_number(a) and _number(b)) or (isinstance(a, str) and isinstance(b, str))):
-        raise ExpressionError(f"cannot order {kind_of(a)} and {kind_of(b)} with {op!r}")
+        raise ExpressionError(
+            f"{to_source(node)}: cannot order {kind_of(a)} and {kind_of(b)} with {op!r}"
+        )
     result = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
     return bool(result)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tamma_actors._breaker_gate import item_probe
 from tamma_actors._errors import ExpressionError
-from tamma_actors._expr import evaluate
+from tamma_actors._expr import evaluate, to_source
 from tamma_actors._expr_eval import kind_of
 from tamma_actors._fanout import ITEM_DONE, item_task_id
 from tamma_actors._retry import plan_retry
@@ -180,13 +180,16 @@ class ParallelSteps(StepTypeBase):
     def _fan_out(self, name: str, attempt: int, plan: ParallelPlan) -> bool:
         items: Any = plan.items
         try:
-            if not isinstance(items, list):
+            if not isinstance(plan.items, list):
                 try:
-                    items = evaluate(items, self._expression_context(name))
+                    items = evaluate(plan.items, self._expression_context(name))
                 except ExpressionError as exc:
                     raise ExpressionError(f"items: {exc}") from exc
-            if not isinstance(items, list):
-                raise ExpressionError(f"parallel items must be a list, not {kind_of(items)}")
+                if not isinstance(items, list):
+                    source = to_source(plan.items)
+                    raise ExpressionError(
+                        f"parallel items must be a list; {source} is {kind_of(items)}"
+                    )
             if len(items) > MAX_ITEMS:
                 raise ExpressionError(
                     f"parallel items: {len(items)} items, more than the limit of {MAX_ITEMS}"

@@ -124,6 +124,26 @@ def test_evaluation_errors_name_the_value(source: str, message: str) -> None:
         ev(source)
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("steps.a.output.ok and steps.b.output", "(its operand steps.b.output)"),
+        ("not inputs.topic or inputs.n > 0", "(its operand inputs.topic)"),
+        ("inputs.n > 0 and inputs.topic >= 3", "inputs.topic >= 3: cannot order"),
+        ("inputs.n == 3 and 1 in inputs.topic", "1 in inputs.topic: 'in' a string"),
+        ("len(inputs.tags) > len(inputs.n)", "len(inputs.n): len() needs"),
+        ("inputs.tags[0] == inputs.tags['a']", 'inputs.tags["a"]: a list is indexed'),
+    ],
+)
+def test_a_mistake_in_a_longer_expression_names_the_part_that_made_it(
+    source: str, message: str
+) -> None:
+    ctx = {**CTX, "steps": {"a": {"output": {"ok": True}}, "b": {"output": None}}}
+    with pytest.raises(ExpressionError) as info:
+        ev(source, ctx)
+    assert message in str(info.value)
+
+
 def test_a_root_missing_from_the_context_is_an_error() -> None:
     with pytest.raises(ExpressionError, match="'item' is not available"):
         ev("item == 1", {"inputs": {}, "steps": {}})

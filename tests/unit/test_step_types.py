@@ -396,7 +396,8 @@ def test_an_empty_list_succeeds_at_once_with_an_empty_output(kit: Kit) -> None:
 def test_items_that_are_not_a_list_fail_the_step(kit: Kit) -> None:
     final = kit.finish(kit.start(wf(fan("f", items="inputs.xs")), {"xs": None}))
     assert final["status"] == "failed"
-    assert final["results"]["f"]["error"]["message"] == "parallel items must be a list, not null"
+    message = final["results"]["f"]["error"]["message"]
+    assert message == "parallel items must be a list; inputs.xs is null"
     final = kit.finish(kit.start(wf(fan("f", items="inputs.xs[3]")), {"xs": [1]}))
     assert final["results"]["f"]["error"]["message"].startswith("items: ")
 
