@@ -320,7 +320,9 @@ def _coordinator_problems(graph: _Graph) -> Iterator[Problem]:
             what = f"is a {kind} step"
             if kind == "task" and comp_impl in COORDINATOR_IMPLEMENTATIONS:
                 what = f"is a {comp_impl} step, which the coordinator runs"
-            wrong = kind in ("decision", "subflow") or comp_impl in COORDINATOR_IMPLEMENTATIONS
+            # a compensation is one task: a fan-out's items would run once, as one
+            coordinators = ("decision", "parallel", "subflow")
+            wrong = kind in coordinators or comp_impl in COORDINATOR_IMPLEMENTATIONS
         if wrong:
             yield Problem(
                 f"steps[{node.index}].compensation",

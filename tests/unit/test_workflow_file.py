@@ -468,6 +468,22 @@ def test_what_the_coordinator_runs_is_never_sent_to_a_worker() -> None:
     assert parse_workflow(data).step("w").timeout == 2.0
 
 
+def test_a_parallel_step_cannot_be_a_compensation() -> None:
+    # it ran its fan-out in the normal flow (a compensation step is skipped there), then
+    # compensated once, with the fan-out's items in its config: a compensation is one task
+    steps = [
+        {"name": "undo_each", "type": "parallel", "implementation": "echo"}
+        | {"config": {"items": [1, 2]}},
+        {"name": "a", "implementation": "noop", "compensation": "undo_each"},
+    ]
+    data = {"name": "w", "error_handling": "compensate", "steps": steps}
+    found = {p.loc: p.message for p in problems_of(data, known_implementations=BUILTINS)}
+    assert found == {
+        "steps[1].compensation": "compensation 'undo_each' is a parallel step: "
+        "a compensation is a task a worker runs"
+    }
+
+
 # --- order ---------------------------------------------------------------------------
 
 
