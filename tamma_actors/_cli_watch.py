@@ -1,5 +1,13 @@
 """``tamma watch``: follow a node's live events over its PUB socket and print them.
 
+It reads them with an XSUB socket, which sends its subscriptions as messages: a plain one
+for each pattern's literal head, and, with a token (``--token``, ``TAMMA_TOKEN``), one that
+carries it (``TOKEN NUL HEAD``), which a node with tokens requires (see
+``tamma_actors._eventbus``). It matches every event against the patterns itself. Such a
+node sends a subscription without a known token nothing, and cannot say so on the events
+socket: the watch first asks the node's control socket for its health (any token may),
+and a refusal there ends it at once.
+
 It waits for the node as long as a request would (``--timeout``): a node that does not take
 its connection in that time is reported as one that does not answer (``[timeout]``, exit 3),
 not watched in silence for ever.
@@ -17,7 +25,7 @@ from typing import Any
 import zmq
 
 from tamma_actors._cli_output import DEFAULT_TIMEOUT, EVENT_FIELDS, ExitCode, Output
-from tamma_actors._client import ClientSettings
+from tamma_actors._client import Client, ClientSettings, resolve_endpoint
 from tamma_actors._codec import unpack
 from tamma_actors._curve import curve_client
 from tamma_actors._errors import RequestTimeout, TammaError, TransportError
@@ -33,21 +41,41 @@ def _events_endpoint(args: argparse.Namespace) -> str:
     return f"ipc://{Path(data_dir) / 'events.sock'}"
 
 
+def _check_token(args: argparse.Namespace, token: str | None, timeout: float) -> None:
+    """Raise the node's refusal (``Forbidden``) of ``token``. Nothing is asked when there
+    is no control socket to ask (an ``ipc://`` file that is not there: the events endpoint
+    was given on its own); one that does not answer is left to the watch to report."""
+    endpoint = resolve_endpoint(getattr(args, "endpoint", None), getattr(args, "data_dir", None))
+    if endpoint.startswith("ipc://") and not Path(endpoint[len("ipc://") :]).exists():
+        return
+    server_key = getattr(args, "curve_server_key", None)
+    with Client(endpoint, token=token, timeout=timeout, curve_server_key=server_key) as client:
+        try:
+            client.health()
+        except (RequestTimeout, TransportError):
+            return
+
+
 def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     patterns = args.patterns or ["*"]
+    timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    token = getattr(args, "token", None) or ClientSettings().token
+    _check_token(args, token, timeout)
     context: zmq.Context[Any] = zmq.Context()
-    sub: zmq.Socket[Any] = context.socket(zmq.SUB)
+    sub: zmq.Socket[Any] = context.socket(zmq.XSUB)
     try:
         sub.setsockopt(zmq.LINGER, 0)
         for pattern in patterns:
-            # The SUB filter matches prefixes only: subscribe to the literal head of each
-            # glob and let fnmatch decide the rest.
-            head = pattern.split("*")[0].split("?")[0].split("[")[0]
-            sub.setsockopt(zmq.SUBSCRIBE, head.encode())
+            # A subscription matches prefixes only: subscribe to the literal head of each
+            # glob and let fnmatch decide the rest. XSUB keeps them for its connection.
+            head = pattern.split("*")[0].split("?")[0].split("[")[0].encode()
+            sub.send(b"\x01" + head)
+            if token is not None:
+                sub.send(b"\x01" + token.encode() + b"\x00" + head)
         endpoint = _events_endpoint(args)
         server_key = getattr(args, "curve_server_key", None) or ClientSettings().curve_server_key
         curve_client(sub, endpoint, server_key)
-        _connect(sub, endpoint, getattr(args, "timeout", None) or DEFAULT_TIMEOUT)
+        _connect(sub, endpoint, timeout)
         seen = 0
         while args.count is None or seen < args.count:
             frames = sub.recv_multipart()

@@ -13,6 +13,14 @@ filters by type prefix with ``SUBSCRIBE``. With ``publish_time`` (the node's
 ``events_publish_time``) a third frame follows: when the bus sent the event (Unix seconds, a
 little-endian float64), so a subscriber can tell how long delivery took (the event's own
 ``timestamp`` is its transition's, before the commit).
+
+A node with ``tokens`` keeps its events for callers holding one (any role may watch, as
+any may read an execution's events): the socket is an XPUB in manual mode, and a
+subscription takes effect only when it reads ``TOKEN NUL PREFIX`` with a known token,
+which the bus applies as a subscription to ``PREFIX`` for that connection alone. Anything
+else subscribes to nothing (it is counted, ``refused``). A SUB socket cannot send such a
+subscription (it would also filter what comes back by it): such a subscriber uses an XSUB
+socket and sends ``b"\x01" + TOKEN + b"\x00" + PREFIX`` itself, as ``tamma watch`` does.
 """
 
 from __future__ import annotations
@@ -23,14 +31,15 @@ import logging
 import re
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from tamma_actors import _codec
-from tamma_actors._errors import CodecError, TransportError
+from tamma_actors._errors import CodecError, Forbidden, TransportError
+from tamma_actors._protocol import authorize
 from tamma_actors._server_socket import bind_server, forget_ipc_file
 from tamma_actors._socket_actor import SocketActor, send_frames
 
@@ -86,9 +95,12 @@ class EventBus(SocketActor):
         max_frame_bytes: int = 8 << 20,
         curve_secret_key: str | None = None,
         publish_time: bool = False,
+        tokens: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(zmq_context)
         self._curve_secret = curve_secret_key
+        self._tokens = dict(tokens or {})  # token -> role: a subscription needs one
+        self._refused = 0
         self.endpoint = endpoint
         self.max_frame_bytes = max_frame_bytes
         self.publish_time = publish_time
@@ -103,10 +115,19 @@ class EventBus(SocketActor):
     def on_start(self) -> None:
         if self.endpoint is None:
             return
+        if not self._tokens:
+            self._pub, self._bound, self._ipc_file = bind_server(
+                self.zmq_context, zmq.PUB, self.endpoint, {zmq.LINGER: 0}, self._curve_secret,
+                "the events socket",
+            )  # fmt: skip
+            return
+        # Subscriptions come to us, and only those we apply count (XPUB_MANUAL).
+        options = {zmq.LINGER: 0, zmq.XPUB_MANUAL: 1}
         self._pub, self._bound, self._ipc_file = bind_server(
-            self.zmq_context, zmq.PUB, self.endpoint, {zmq.LINGER: 0}, self._curve_secret,
+            self.zmq_context, zmq.XPUB, self.endpoint, options, self._curve_secret,
             "the events socket",
         )  # fmt: skip
+        self.watch(self._pub, self._on_subscriptions, drains=True)
 
     def on_stop(self) -> None:
         if self._pub is not None:
@@ -138,7 +159,41 @@ class EventBus(SocketActor):
             "dropped": self._dropped,
             "subscribers": len(self._subs),
             "endpoint": self.endpoint,
+            "refused": self._refused,
         }
+
+    # -- subscriptions on a node with tokens ------------------------------------------------
+
+    def _on_subscriptions(self) -> None:
+        """Apply each ``TOKEN NUL PREFIX`` (un)subscription with a known token to the
+        connection it came from (the XPUB's last pipe, so each is applied as it is read);
+        ignore the rest."""
+        assert self._pub is not None
+        for _ in range(self.socket_batch):
+            try:
+                message = self._pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            prefix = self._admitted(message)
+            if prefix is None:
+                self._refused += 1
+                logger.debug("an events subscription without a known token was ignored")
+                continue
+            option = zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE
+            self._pub.setsockopt(option, prefix)
+
+    def _admitted(self, message: bytes) -> bytes | None:
+        """The prefix a (un)subscription message asks for, if it carries a known token."""
+        if len(message) < 2 or message[0] not in (0, 1):
+            return None
+        token, sep, prefix = message[1:].partition(b"\x00")
+        if not sep:
+            return None
+        try:
+            authorize(token.decode(), self._tokens)
+        except (UnicodeDecodeError, Forbidden):
+            return None
+        return prefix
 
     # -- publishing --------------------------------------------------------------------------
 

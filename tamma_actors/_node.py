@@ -406,6 +406,9 @@ class Node(NodeChildren):
         report["workers"] = self._pool.stats(urgent=True)
         if report["workers"] is None:
             report["status"] = "degraded"
+        # published, dropped (over the frame cap), in-process subscribers, and refused:
+        # subscriptions on the events socket without a known token (a node with tokens)
+        report["events"] = self._bus.stats(urgent=True)
         writer = self._writer.writer
         report["store"] = self._store.stats() if self._store else None
         report["writer"] = writer.stats() if writer else None

@@ -121,6 +121,7 @@ class NodeChildren:
                 max_frame_bytes=cfg.max_frame_bytes,
                 curve_secret_key=cfg.curve_secret_key,
                 publish_time=cfg.events_publish_time,
+                tokens=cfg.tokens,
             )
         elif spec.kind == "worker_pool":
             self._pool.ref = _bound(

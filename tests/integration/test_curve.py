@@ -70,9 +70,10 @@ def test_a_client_with_the_key_is_served_and_workers_join_over_curve(
     node, public = secured
     cfg = node.config
     ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
+    # a node with tokens: the subscription carries one (an XSUB's subscription message)
+    sub = ctx.socket(zmq.XSUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"workflow.completed")
+    sub.send(b"\x01" + TOKEN.encode() + b"\x00workflow.completed")
     curve_client(sub, cfg.events_address, public)
     sub.connect(cfg.events_address)
     # --curve-server-key=KEY: a z85 key may begin with "-", which argparse takes for an option
