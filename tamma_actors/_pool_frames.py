@@ -57,7 +57,7 @@ class WorkerFrames:
         def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None: ...
         def _worker_lost(self, worker: PoolWorker, reason: str, *, kill: bool) -> None: ...
         def _requeue(self, tasks: list[_Task], reason: str) -> None: ...
-        def _check_tasks(self, worker: PoolWorker, running: list[str]) -> None: ...
+        def _check_tasks(self, worker: PoolWorker, hb: dict[str, Any]) -> None: ...
 
     def _on_readable(self) -> None:
         self._read_batch()  # watched with ``drains=True``
@@ -118,7 +118,7 @@ class WorkerFrames:
         if kind == "hb":
             worker.rss = msg["rss"]
             if worker.checking:
-                self._check_tasks(worker, msg["running"])
+                self._check_tasks(worker, msg)
         elif kind == "bye":
             self._worker_lost(worker, f"worker {worker.worker_id} left", kill=False)
         else:

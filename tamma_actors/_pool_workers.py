@@ -28,7 +28,10 @@ it. A worker says hello again on each new connection it makes; the tasks the poo
 it then are checked against its next heartbeat, which it sends once welcomed again, so
 after every frame the pool sent it before the welcome: a task it neither holds nor has
 reported by then was lost, and is queued again; a cancel may have been lost too, and is
-sent again. (A heartbeat on its own tells nothing: a run frame may be on its way.)
+sent again. (A heartbeat on its own tells nothing: a run frame may be on its way. So the
+hellos are numbered, and a heartbeat says which one was last welcomed: one a worker sent
+after the welcome of an earlier hello, which it said again before that welcome came, does
+not count.)
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class PoolWorker:
     # the tasks it had when it said hello again (a new connection, most likely): those its
     # next heartbeat does not list were lost with the old connection
     checking: frozenset[str] = frozenset()
+    # that hello's number (hello_seq): only a heartbeat sent after its welcome (naming it,
+    # or a later one) says which tasks the worker holds; None: a worker that does not
+    # number its hellos, whose next heartbeat is taken
+    check_after: int | None = None
 
     def leaving(self, now: float) -> bool:
         """Whether it gave a step back unasked a short while ago, so is most likely
@@ -153,11 +160,12 @@ class ConnectedWorkers:
             last_seen_wall=time.time(),
             tasks=current.tasks if current is not None else set(),
             checking=frozenset(current.tasks) if current is not None else frozenset(),
+            check_after=msg.get("hello_seq"),
         )
         self._workers[worker_id] = worker
         self._routes[identity] = worker
         self._offered_changed()
-        self._send(identity, wire.welcome(self._hb_interval))
+        self._send(identity, wire.welcome(self._hb_interval, msg.get("hello_seq")))
         log.info("worker %s joined (%d slots, local=%s)", worker_id, worker.slots, worker.local)
         self._notify_waiters()
         self._pump()
@@ -218,10 +226,14 @@ class ConnectedWorkers:
         self._requeue(lost, reason)
         self._pump()
 
-    def _check_tasks(self, worker: PoolWorker, running: list[str]) -> None:
-        """At ``worker``'s first heartbeat since it said hello again (``running``: what it
-        holds), queue again the tasks it had then and neither holds nor has reported (see
-        the module docstring), and send again the cancels of those it still holds."""
+    def _check_tasks(self, worker: PoolWorker, hb: dict[str, Any]) -> None:
+        """At ``worker``'s first heartbeat since the welcome of its hello again (``hb``:
+        what it holds, and which hello was last welcomed), queue again the tasks it had
+        then and neither holds nor has reported (see the module docstring), and send again
+        the cancels of those it still holds."""
+        if worker.check_after is not None and hb.get("hello_seq", 0) < worker.check_after:
+            return  # sent after an earlier welcome: run frames may be on their way still
+        running: list[str] = hb["running"]
         checking, worker.checking = worker.checking, frozenset()
         held = set(running)
         lost: list[_Task] = []

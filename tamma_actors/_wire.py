@@ -7,7 +7,12 @@ the version, the type, and every field's presence and type; extra fields are tol
 worker, no fields) asks a worker the node does not know to introduce itself again - the
 node may have restarted while the worker kept its connection; a ``hello`` may carry a
 ``token`` (a node with tokens admits only a worker token or an admin one), and
-``refused`` (node -> worker, ``reason``) answers a hello the node does not admit.
+``refused`` (node -> worker, ``reason``) answers a hello the node does not admit. A
+``hello`` may carry ``hello_seq``, its number among the worker's hellos; the ``welcome``
+that answers it says it back, and each ``hb`` says that of the last hello welcomed: the
+node checks a worker's tasks after a hello again only against a heartbeat sent after
+*that* hello's welcome, not one sent after an earlier welcome while run frames were
+still on their way (which would take the steps they carry for lost and run them twice).
 
 A ``run`` frame carries a step's data once: where its ``input`` is the workflow's
 ``inputs``, its ``upstream`` map or its one dependency's output (most steps), the frame
@@ -151,7 +156,9 @@ NODE_TYPES: dict[str, dict[str, Check]] = {
 }
 # Fields a map of that type may carry (older peers leave them out).
 _OPTIONAL: dict[str, dict[str, Check]] = {
-    "hello": {"token": _is_str},  # what a node with tokens admits a worker by
+    "hello": {"token": _is_str, "hello_seq": _is_int},  # the token a node with tokens admits
+    "welcome": {"hello_seq": _is_int},  # the hello it answers
+    "hb": {"hello_seq": _is_int},  # the last hello welcomed
     "started": {"ran_ms": _is_non_negative},  # a held notice: how long the step has run
     "result": {"started": _is_bool},  # the result stands for the start notice too
     "run": {
@@ -251,8 +258,11 @@ def hello(
     slots: int,
     plugins: Sequence[str],
     token: str | None = None,
+    hello_seq: int | None = None,
 ) -> dict[str, Any]:
-    extra = {} if token is None else {"token": token}
+    extra: dict[str, Any] = {} if token is None else {"token": token}
+    if hello_seq is not None:
+        extra["hello_seq"] = hello_seq
     return _frame(
         "hello",
         worker_id=worker_id,
@@ -264,8 +274,11 @@ def hello(
     )
 
 
-def hb(worker_id: str, running: Sequence[str], rss: int) -> dict[str, Any]:
-    return _frame("hb", worker_id=worker_id, running=list(running), rss=rss)
+def hb(
+    worker_id: str, running: Sequence[str], rss: int, hello_seq: int | None = None
+) -> dict[str, Any]:
+    extra = {} if hello_seq is None else {"hello_seq": hello_seq}
+    return _frame("hb", worker_id=worker_id, running=list(running), rss=rss, **extra)
 
 
 def started(task_id: str, ran_ms: float = 0.0) -> dict[str, Any]:
@@ -304,8 +317,9 @@ def bye(worker_id: str) -> dict[str, Any]:
 # node -> worker
 
 
-def welcome(heartbeat_interval: float) -> dict[str, Any]:
-    return _frame("welcome", heartbeat_interval=heartbeat_interval)
+def welcome(heartbeat_interval: float, hello_seq: int | None = None) -> dict[str, Any]:
+    extra = {} if hello_seq is None else {"hello_seq": hello_seq}
+    return _frame("welcome", heartbeat_interval=heartbeat_interval, **extra)
 
 
 def run(task: Mapping[str, Any]) -> dict[str, Any]:

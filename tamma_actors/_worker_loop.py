@@ -135,6 +135,8 @@ class Worker:
         self._stopping_since: float | None = None
         self._welcomed = False
         self._last_hello = 0.0
+        self._hello_seq = 0  # hellos said; the welcome of each says its number back
+        self._welcomed_seq = 0  # the last hello welcomed, which each heartbeat names
         self._next_hb = 0.0
         self._closed = False
         self._ctx = zmq.Context()
@@ -240,16 +242,20 @@ class Worker:
             if now - self._last_hello >= HELLO_RETRY_INTERVALS * self._hb_interval:
                 self._say_hello(now)
         elif now >= self._next_hb:
-            self._send(wire.hb(self.worker_id, self._runners.running_ids(), rss_bytes()))
+            running = self._runners.running_ids()
+            self._send(wire.hb(self.worker_id, running, rss_bytes(), self._welcomed_seq))
             self._next_hb = now + self._hb_interval
         return True
 
     def _say_hello(self, now: float) -> None:
         self._welcomed = False
         self._last_hello = now
+        self._hello_seq += 1
         host = socket.gethostname()
         names = self._registry.names()
-        hello = wire.hello(self.worker_id, os.getpid(), host, self.slots, names, self._token)
+        hello = wire.hello(
+            self.worker_id, os.getpid(), host, self.slots, names, self._token, self._hello_seq
+        )
         self._send(hello)
 
     def _on_new_connection(self) -> None:
@@ -316,6 +322,8 @@ class Worker:
         kind = msg["t"]
         if kind == "welcome":
             self._welcomed = True
+            # a node that does not number its welcomes answers the last hello
+            self._welcomed_seq = msg.get("hello_seq", self._hello_seq)
             if msg["heartbeat_interval"] > 0:
                 self._hb_interval = float(msg["heartbeat_interval"])
             self._next_hb = time.monotonic()

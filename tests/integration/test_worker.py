@@ -489,12 +489,21 @@ def test_garbage_frames_are_dropped(node: FakeNode, start: Any) -> None:
 def test_hello_again_without_welcome_and_on_rehello(node: FakeNode, start: Any) -> None:
     start(heartbeat_interval=0.05)
     first = node.recv("hello")
-    second = node.recv("hello")  # never welcomed: says hello again
+    second = node.recv("hello")  # never welcomed: says hello again, numbered
+    assert (first.pop("hello_seq"), second.pop("hello_seq")) == (1, 2)
     assert first == second
-    node.send(wire.welcome(0.05))
-    node.recv("hb")
+    node.send(wire.welcome(0.05, 1))  # the first one's welcome, late
+    assert node.recv("hb")["hello_seq"] == 1  # its heartbeats say which hello it answered
+    node.send(wire.welcome(0.05, 2))
+    while node.recv("hb")["hello_seq"] != 2:
+        pass
+    node.send(wire.welcome(0.05))  # a node that does not number them: the last hello's
     node.send(wire.rehello())
-    assert node.recv("hello")["worker_id"] == first["worker_id"]
+    third = node.recv("hello")
+    assert third["worker_id"] == first["worker_id"] and third["hello_seq"] == 3
+    node.send(wire.welcome(0.05))
+    while node.recv("hb")["hello_seq"] != 3:
+        pass
 
 
 def test_stop_cancels_running_and_queued(node: FakeNode, start: Any) -> None:

@@ -115,6 +115,29 @@ def test_the_tasks_a_worker_no_longer_holds_after_a_new_hello_run_again(fake: An
     assert h.inbox.of(TaskRedispatched, "kept") == h.inbox.of(TaskRedispatched, "new") == []
 
 
+def test_a_hello_said_again_before_its_welcome_came_does_not_run_a_step_twice(
+    fake: Any,
+) -> None:
+    """A worker says hello again when no welcome came in time (a busy node); the first
+    welcome then comes, the run frames sent after it, and the second welcome. A heartbeat
+    it sent after the first welcome, before it read those run frames, says nothing of
+    them: it names the first hello, and the node waits for one naming the second."""
+    h, new = fake
+    w = new("fw1")
+    w.send(wire.hello("fw1", 4242, "fakehost", 2, ["noop"], hello_seq=1))
+    assert w.recv() == wire.welcome(0.2, 1)
+    h.dispatch(task("t1"))
+    w.send(wire.hello("fw1", 4242, "fakehost", 2, ["noop"], hello_seq=2))  # said again
+    assert w.recv()["task_id"] == "t1"
+    assert w.recv() == wire.welcome(0.2, 2)
+    w.send(wire.hb("fw1", [], 1, hello_seq=1))  # sent before it had read t1's run frame
+    w.send(wire.hb("fw1", ["t1"], 1, hello_seq=2))
+    w.send(wire.result_ok("t1", "once", 1.0))
+    assert h.inbox.finished("t1").output == "once"
+    assert h.inbox.of(TaskRedispatched, "t1") == []
+    assert not w.sock.poll(300)  # t1 was not sent again
+
+
 def test_a_cancel_the_old_connection_may_have_lost_is_sent_again(fake: Any) -> None:
     h, new = fake
     w = new("fw1")
