@@ -10,6 +10,13 @@ A client is **not thread-safe**: its socket may only be used by one thread at a 
 each thread its own client). A reply with a foreign id (a late answer to a request that
 timed out) is discarded. After a timeout the socket is replaced, so a late reply can never
 be taken for the answer to the next request.
+
+A node that goes away under a request (stopped, restarted, killed) takes the request's
+reply with the connection: the socket's monitor says so (``Drops``). A request that
+changes nothing (``changes_nothing``) is then sent again, to the node that comes back on
+the endpoint, with its whole timeout (at most ``MOST_RESENDS`` times); any other ends at
+once with ``TransportError`` (it may or may not have been done), instead of waiting out its
+timeout for a reply that cannot come.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any, Self
 
 import zmq
 
+from tamma_actors._client_drops import DROPPED, MOST_RESENDS, Drops, changes_nothing
 from tamma_actors._codec import pack, unpack
 from tamma_actors._curve import curve_client
 from tamma_actors._errors import (
@@ -72,6 +80,7 @@ class ClientSocket:
         self._sent_bytes = 0  # the size of the last request sent
         self._context: zmq.Context[Any] = zmq.Context()
         self._sock: zmq.Socket[Any] | None = None
+        self._drops: Drops | None = None
         self._closed = False
         # Taken, never waited for, by each exchange: a second thread meanwhile is refused
         # (ZeroMQ sockets are not thread-safe: shared, libzmq asserts or replies go astray).
@@ -109,31 +118,39 @@ class ClientSocket:
             self._in_use.release()
 
     def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._drop_socket()
         self._context.term()  # again is nothing; a socket a failed _reset left unmade too
 
     def _connect(self) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        drops = Drops(sock)  # before connect: its first connection is seen too
         try:
             curve_client(sock, self.endpoint, self.curve_server_key)
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
+            drops.close()
             sock.close(linger=0)
             raise TransportError(f"cannot connect to {self.endpoint}: {exc}") from exc
         except TammaError:
+            drops.close()
             sock.close(linger=0)
             raise
+        self._drops = drops
         return sock
 
-    def _reset(self) -> None:
-        """Replace the socket: whatever the old one might still receive is dropped."""
+    def _drop_socket(self) -> None:
+        if self._drops is not None:
+            self._drops.close()
+            self._drops = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+
+    def _reset(self) -> None:
+        """Replace the socket: whatever the old one might still receive is dropped."""
+        self._drop_socket()
         self._sock = self._connect()
 
     def request(self, op: str, args: Mapping[str, Any], *, timeout: float | None = None) -> Any:
@@ -142,14 +159,35 @@ class ClientSocket:
         ``RequestTimeout``."""
         with self._exclusive():
             limit = self.timeout if timeout is None else timeout
-            request_id = self._send_request(op, args, limit)
-            reply = self._receive(request_id, time.monotonic() + limit)
+            reply = self._ask(op, args, limit)
             if reply is None:
                 self._reset()
                 raise RequestTimeout(
                     f"no reply to {op!r} from {self.endpoint} within {limit:g}s{self._size_hint()}"
                 )
         return self._result(reply)
+
+    def _ask(self, op: str, args: Mapping[str, Any], limit: float) -> dict[str, Any] | None:
+        """Send one request and wait ``limit`` for its reply (None: none came); a request
+        whose connection dropped before its reply is sent again if ``changes_nothing``."""
+        for _ in range(MOST_RESENDS + 1):
+            self._forget_drops()
+            request_id = self._send_request(op, args, limit)
+            reply = self._receive(request_id, time.monotonic() + limit)
+            if reply is not DROPPED:
+                return reply
+            if not changes_nothing(op, args):
+                self._reset()
+                raise TransportError(
+                    f"the connection to {self.endpoint} dropped before {op!r} was answered"
+                    f"{self._drop_cause()}: it may or may not have been done"
+                )
+            log.info("the connection to %s dropped: asking %r again", self.endpoint, op)
+        self._reset()
+        raise TransportError(
+            f"the connection to {self.endpoint} dropped {MOST_RESENDS + 1} times before "
+            f"{op!r} was answered{self._drop_cause()}"
+        )
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -166,6 +204,14 @@ class ClientSocket:
             self._in_use.release()
             if self._closed:  # closed by another thread meanwhile (or just now)
                 self._close_if_free()
+
+    def _forget_drops(self) -> None:
+        """Read the drops seen so far: they took no reply of the requests about to go."""
+        assert self._drops is not None
+        self._drops.read()
+
+    def _drop_cause(self) -> str:
+        return self._size_hint() or " (the node stopped or restarted)"
 
     def _size_hint(self) -> str:
         """Why a big request may have had no reply: a node drops, unread, a frame over
@@ -214,6 +260,7 @@ class ClientSocket:
         if window < 1:
             raise ValueError("window must be at least 1")
         limit = self.timeout if timeout is None else timeout
+        self._forget_drops()
         pending = iter(args_list)
         index_of: dict[int, int] = {}
         replies: list[dict[str, Any] | None] = []
@@ -230,6 +277,13 @@ class ClientSocket:
             if not index_of:
                 break
             reply = self._receive_any(index_of, time.monotonic() + limit)
+            if reply is DROPPED:
+                self._reset()
+                raise TransportError(
+                    f"the connection to {self.endpoint} dropped with {len(index_of)} {op!r} "
+                    f"request(s) unanswered{self._drop_cause()}: they may or may not have "
+                    "been done"
+                )
             if reply is None:
                 self._reset()
                 raise RequestTimeout(
@@ -267,10 +321,16 @@ class ClientSocket:
         return request_id
 
     def _receive_any(self, wanted: Mapping[int, int], deadline: float) -> dict[str, Any] | None:
-        assert self._sock is not None
+        """A reply to one of ``wanted``; None when none came by ``deadline``; ``DROPPED``
+        when the connection they went out on dropped and no reply is waiting."""
+        assert self._sock is not None and self._drops is not None
         while True:
-            if not self._poll(zmq.POLLIN, deadline):
+            if not self._poll(zmq.POLLIN, deadline, self._drops.monitor):
                 return None
+            if not self._sock.poll(0, zmq.POLLIN):
+                if self._drops.read():
+                    return DROPPED
+                continue  # a connection made, or a handshake refused: nothing lost
             frames = self._sock.recv_multipart()
             try:
                 reply = unpack(frames[-1], self.max_frame_bytes)
@@ -281,17 +341,22 @@ class ClientSocket:
                 return reply
             # A late reply to an earlier request: not ours, keep waiting.
 
-    def _poll(self, events: int, deadline: float) -> bool:
-        """Whether ``events`` came before ``deadline``; polled in slices, so that a
-        ``close()`` from another thread ends the wait (``TransportError``)."""
+    def _poll(self, events: int, deadline: float, monitor: zmq.Socket[Any] | None = None) -> bool:
+        """Whether ``events`` (or an event of ``monitor``) came before ``deadline``; polled
+        in slices, so that a ``close()`` from another thread ends the wait
+        (``TransportError``)."""
         assert self._sock is not None
+        poller = zmq.Poller()
+        poller.register(self._sock, events)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         while True:
             if self._closed:
                 raise TransportError(f"the client was closed while it waited for {self.endpoint}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return bool(self._sock.poll(0, events))
-            if self._sock.poll(int(min(remaining, _POLL_SLICE_S) * 1000) or 1, events):
+                return bool(poller.poll(0))
+            if poller.poll(int(min(remaining, _POLL_SLICE_S) * 1000) or 1):
                 return True
 
     def _receive(self, request_id: int, deadline: float) -> dict[str, Any] | None:

@@ -176,10 +176,15 @@ def task_config(step: WorkflowStep) -> dict[str, Any]:
 
 
 def step_type_problems(
-    steps: Mapping[int, Mapping[str, Any]], deps_of: Mapping[str, list[str]]
+    steps: Mapping[int, Mapping[str, Any]],
+    deps_of: Mapping[str, list[str]],
+    *,
+    stored: bool = False,
 ) -> Iterator[Problem]:
     """Every problem of the decision, parallel and subflow steps among ``steps`` (raw
-    mappings by index in the file); ``deps_of`` maps each step name to its dependencies."""
+    mappings by index in the file); ``deps_of`` maps each step name to its dependencies.
+    ``stored``: a definition an execution was started with, not judged by the rule on
+    keys given twice, which came after some were stored (its execution must load)."""
     for i, raw in steps.items():
         kind, name = raw.get("type"), raw.get("name")
         model = _MODELS.get(kind) if isinstance(kind, str) else None
@@ -188,7 +193,7 @@ def step_type_problems(
         yield from _timeout_problems(i, str(kind), raw)
         where = f"steps[{i}].config"
         given = raw.get("config") or {}
-        twice = _spelt_twice(model, given)
+        twice = [] if stored else _spelt_twice(model, given)
         for name in twice:
             yield Problem(f"{where}.{name}", f"given twice ({name} and {to_camel(name)})")
         if twice:  # checked once, under the snake_case spelling

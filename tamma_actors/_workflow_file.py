@@ -115,7 +115,8 @@ def parse_workflow(
     if isinstance(data, Mapping):
         graph = _Graph.from_raw(data)
         problems.extend(_graph_problems(graph, known_implementations))
-        problems.extend(step_type_problems(dict(_indexed(data.get("steps"))), graph.deps_of()))
+        steps = dict(_indexed(data.get("steps")))
+        problems.extend(step_type_problems(steps, graph.deps_of(), stored=stored))
     if problems or config is None:
         raise WorkflowValidationError(problems, source)
     return config

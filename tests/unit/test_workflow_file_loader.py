@@ -82,6 +82,8 @@ def test_a_parallel_steps_own_key_under_both_spellings_is_given_twice() -> None:
     assert [f"{p.loc}: {p.message}" for p in info.value.problems] == [
         "steps[0].config.max_concurrency: given twice (max_concurrency and maxConcurrency)",
     ]
+    # a definition stored before this rule is read again as it was: its execution loads
+    assert parse_workflow(data, stored=True).step("f").config["maxConcurrency"] == 1
 
 
 @pytest.mark.parametrize(
