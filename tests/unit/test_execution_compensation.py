@@ -61,6 +61,19 @@ def fail_into_compensation(
     return eid, comp
 
 
+def fail_into_two_compensations(kit: Kit) -> tuple[str, Dispatch]:
+    """a and b (each compensated by ``noop``) succeed, then c fails: b's compensation,
+    held (a's comes next)."""
+    spec = wf(
+        step("a", compensation="noop"),
+        step("b", "a", compensation="noop"),
+        step("c", "b"),
+        error_handling="compensate",
+    )
+    eid = fail_after(kit, spec, "a", "b")
+    return eid, kit.next_held()
+
+
 def test_a_retry_is_refused_once_compensation_has_begun(kit: Kit) -> None:
     eid, comp = fail_into_compensation(kit)
     assert kit.record(eid)["status"] == "running"
@@ -73,14 +86,7 @@ def test_a_retry_is_refused_once_compensation_has_begun(kit: Kit) -> None:
 
 
 def test_pause_holds_compensation_and_a_retry_while_paused_is_refused(kit: Kit) -> None:
-    spec = wf(
-        step("a", compensation="noop"),
-        step("b", "a", compensation="noop"),
-        step("c", "b"),
-        error_handling="compensate",
-    )
-    eid = fail_after(kit, spec, "a", "b")
-    undo_b = kit.next_held()
+    eid, undo_b = fail_into_two_compensations(kit)
     kit.engine.pause_workflow(eid).result(WAIT)
     undo_b.reply_to.tell(finished(undo_b, "undone"))  # the running one ends while paused
     kit.until(eid, lambda r: "compensation.completed" in types(kit, eid))
@@ -103,14 +109,7 @@ def test_pause_holds_compensation_and_a_retry_while_paused_is_refused(kit: Kit) 
 
 
 def test_the_status_record_shows_which_compensation_runs_and_which_wait(kit: Kit) -> None:
-    spec = wf(
-        step("a", compensation="noop"),
-        step("b", "a", compensation="noop"),
-        step("c", "b"),
-        error_handling="compensate",
-    )
-    eid = fail_after(kit, spec, "a", "b")
-    undo_b = kit.next_held()
+    eid, undo_b = fail_into_two_compensations(kit)
     status = kit.engine.get_workflow_status(eid).result(WAIT)
     assert status["waiting"] == {
         "b": "compensation 'noop': running",
