@@ -21,6 +21,7 @@ import pytest
 from tamma_actors import Client
 from tamma_actors._errors import TammaError
 from tamma_actors._lmdb_store import LmdbStore
+from tests.workers import until
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +131,8 @@ def test_sigterm_drains_then_exits_0_and_the_restart_runs_only_what_was_left(
             _until(c, hang, "h", "running")
             node.proc.send_signal(signal.SIGTERM)
             node.wait_for_log(r"signal \d+: shutting down")
+            # the signal is logged as it comes; intake stops when the main thread drains
+            until(lambda: c.health()["draining"], "the node drains")
             with pytest.raises(TammaError, match="shutting down"):
                 c.start_workflow(_chain(record))
             # the running step finishes and commits during the grace period...
