@@ -61,12 +61,31 @@ def _errno(exc: lmdb.Error) -> int | None:
     return rc if isinstance(rc, int) else None
 
 
+# Below this many bytes free (to an unprivileged writer), the file system of a write that
+# failed with EIO is taken for full: LMDB reports a short write as EIO, and a write cut
+# short by a full disk leaves less than that free.
+FULL_BELOW_BYTES = 1 << 20
+
+
+def _file_system_full(file: Path) -> bool:
+    try:
+        stat = os.statvfs(file.parent)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < FULL_BELOW_BYTES
+
+
 def translate(exc: lmdb.Error, what: str, file: Path) -> StoreError:
     """``exc`` as the StoreError it means; ``file`` is the store's data file."""
     rc = _errno(exc)
     if isinstance(exc, lmdb.DiskError) or rc in _NO_ROOM:
         why = _NO_ROOM.get(rc or errno.ENOSPC, "no space left on device")
         return StoreFull(f"{what}: {why}; nothing was written ({exc})")
+    if rc == errno.EIO and _file_system_full(file):
+        return StoreFull(
+            f"{what}: no space left on device (the file system of {file} is full: LMDB "
+            f"reports the write it cut short as an I/O error); nothing was written ({exc})"
+        )
     if rc in _UNWRITABLE:
         why = _UNWRITABLE[rc]
         return StoreUnwritable(f"{what}: the disk refused the write ({why}); nothing was written")
