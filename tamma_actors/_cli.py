@@ -334,10 +334,10 @@ def _cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
     if status.compensations:
         rows.append(["compensation", _compensation_progress(status.compensations)])
     out.table(f"execution {status.id} ({status.workflow_id})", ["field", "value"], rows)
-    out.table(
-        "steps",
+    out.listing(
         ["step", "status", "waiting for"],
         [[k, v.value, status.waiting.get(k, "")] for k, v in status.steps.items()],
+        "steps",
     )
     return ExitCode.OK
 
@@ -360,7 +360,7 @@ def _cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> int:
     print(f"{report['id']}: {report['summary']}")
     rows = [[k, s["status"], s["waiting_for"]] for k, s in report.get("steps", {}).items()]
     if rows:
-        out.table(None, ["step", "status", "waiting for"], rows)
+        out.listing(["step", "status", "waiting for"], rows)
     return ExitCode.OK
 
 

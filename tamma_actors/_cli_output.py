@@ -65,11 +65,13 @@ class Output:
         # print, not rich: JSON must reach pipes byte-for-byte, never re-wrapped.
         print(json.dumps(value, indent=2, default=str))
 
-    def listing(self, columns: Sequence[str], rows: list[list[Any]]) -> None:
-        """A table of short one-line cells that may be long: rich's up to
-        ``PLAIN_FROM_ROWS`` rows, plain aligned columns beyond."""
+    def listing(
+        self, columns: Sequence[str], rows: list[list[Any]], title: str | None = None
+    ) -> None:
+        """A table that may be long (executions, events, a big workflow's steps): rich's
+        up to ``PLAIN_FROM_ROWS`` rows, plain aligned columns beyond (without ``title``)."""
         if len(rows) <= PLAIN_FROM_ROWS:
-            self.table(None, columns, rows)
+            self.table(title, columns, rows)
             return
         cells = _cells(rows)
         widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
@@ -91,8 +93,8 @@ class Output:
 
 
 # A listing of more rows is printed as plain aligned columns: rich lays out ~1,000 rows a
-# second (a `tamma list` of 30,000 executions took ~45 s to print), plain text ~100 times
-# faster.
+# second (a `tamma list` of 30,000 executions took ~45 s to print, `tamma events` of a
+# 6,000-item fan-out's 6,009 events 8.8 s), plain text ~100 times faster.
 PLAIN_FROM_ROWS = 200
 
 
@@ -130,7 +132,7 @@ def show_execution(out: Output, ex: WorkflowExecution, extra: dict[str, Any] | N
         [name, r.status.value, r.attempts, r.error.message if r.error else None, r.data]
         for name, r in ex.results.items()
     ]
-    out.table("steps", ["step", "status", "attempts", "error", "data"], steps)
+    out.listing(["step", "status", "attempts", "error", "data"], steps, "steps")
 
 
 def show_events(out: Output, events: list[WorkflowEvent]) -> None:
@@ -139,4 +141,4 @@ def show_events(out: Output, events: list[WorkflowEvent]) -> None:
         out.json(dumped)
         return
     rows = [[e["seq"], e["timestamp"], e["type"], e["data"]] for e in dumped]
-    out.table(None, ["seq", "time", "type", "data"], rows)
+    out.listing(["seq", "time", "type", "data"], rows)
