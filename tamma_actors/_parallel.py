@@ -13,6 +13,7 @@ gives its slot back.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ __all__ = ["MAX_ITEMS", "ItemRetryDue", "ParallelSteps"]
 _OPEN_ITEM = ("pending", "dispatched", "retry_wait")
 MAX_ITEMS = 10_000  # one fan-out's items live in its events and snapshots
 MAX_ITEM_REDISPATCH = 2  # worker losses one item attempt survives (as for a task step)
+_SHARED_KEYS = itertools.count(1)  # a fan-out's shared-data key is new in this process
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class ParallelSteps(StepTypeBase):
         self._item_lost: dict[str, int] = {}
         self._item_timers: dict[tuple[str, int], TimerHandle] = {}
         self._item_cursor: dict[str, int] = {}  # per step: no pending item before it
+        # per step: the key under which the pool sends its items' shared inputs and
+        # upstream outputs to each worker once (_pool_shared); a new one per fan-out
+        self._item_shared: dict[str, str] = {}
 
     def _item_started(self, msg: TaskStarted) -> bool:
         ref = self._item_tasks.get(msg.task_id)
@@ -178,6 +183,7 @@ class ParallelSteps(StepTypeBase):
             self._pump(name)
 
     def _fan_out(self, name: str, attempt: int, plan: ParallelPlan) -> bool:
+        self._item_shared.pop(name, None)
         items: Any = plan.items
         try:
             if not isinstance(plan.items, list):
@@ -284,6 +290,9 @@ class ParallelSteps(StepTypeBase):
         values = self.state.steps[name].detail["items"]  # type: ignore[index]
         plan = self._plans[name]
         assert isinstance(plan, ParallelPlan)
+        shared = self._item_shared.get(name)
+        if shared is None:
+            shared = self._item_shared[name] = f"{self.state.id}/{name}#{next(_SHARED_KEYS)}"
         tasks = []
         for index, attempt in batch:
             tid = item_task_id(self.state.id, name, index, attempt)
@@ -291,6 +300,7 @@ class ParallelSteps(StepTypeBase):
             task = self._task(name, attempt, tid)
             # not the step's whole config: its items (up to 10,000) would go with each one
             task.update(input=values[index], item_index=index, config=plan.config)
+            task["shared"] = shared  # its inputs and upstream: the same for every item
             tasks.append(task)
         pool, me = self.deps.pool, self.actor_ref
 

@@ -58,6 +58,7 @@ class WorkerFrames:
         def _worker_lost(self, worker: PoolWorker, reason: str, *, kill: bool) -> None: ...
         def _requeue(self, tasks: list[_Task], reason: str) -> None: ...
         def _check_tasks(self, worker: PoolWorker, hb: dict[str, Any]) -> None: ...
+        def _task_gone(self, task: _Task) -> None: ...
 
     def _on_readable(self) -> None:
         self._read_batch()  # watched with ``drains=True``
@@ -143,7 +144,11 @@ class WorkerFrames:
         if not task.started and msg.get("started"):  # the start notice came with it
             reports = (TaskStarted(task.task_id, worker.worker_id),)
         error = msg.get("error") if not msg["ok"] else None
-        if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
+        if error is not None and error["type"] == wire.SHARED_DATA_MISSING and task.encoded.key:
+            # its blob was lost with a dead connection: what it holds is not known now
+            worker.blobs.clear()
+            self._requeue([task], f"worker {worker.worker_id} lacked the fan-out's shared data")
+        elif error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             for report in reports:
                 notify(task.reply_to, report)
             window = self._cancel_grace + self._hb_timeout  # see PoolWorker.leaving
@@ -159,4 +164,5 @@ class WorkerFrames:
             delivered = all([notify(task.reply_to, report) for report in reports])
             if not delivered and task.cancel_timer is None:  # not one its owner cancelled
                 self._undelivered.keep(reports)
+            self._task_gone(task)
         self._pump()

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -89,6 +89,10 @@ class PoolWorker:
     # or a later one) says which tasks the worker holds; None: a worker that does not
     # number its hellos, whose next heartbeat is taken
     check_after: int | None = None
+    # it takes runs whose fan-out data comes in a blob of its own (wire.run_shared), and
+    # the blobs it holds now, least recently used first (see _pool_shared)
+    shared: bool = False
+    blobs: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def leaving(self, now: float) -> bool:
         """Whether it gave a step back unasked a short while ago, so is most likely
@@ -161,6 +165,7 @@ class ConnectedWorkers:
             tasks=current.tasks if current is not None else set(),
             checking=frozenset(current.tasks) if current is not None else frozenset(),
             check_after=msg.get("hello_seq"),
+            shared=msg.get("shared") is True,
         )
         self._workers[worker_id] = worker
         self._routes[identity] = worker

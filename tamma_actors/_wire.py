@@ -18,6 +18,16 @@ A ``run`` frame carries a step's data once: where its ``input`` is the workflow'
 ``inputs``, its ``upstream`` map or its one dependency's output (most steps), the frame
 says so in ``input_from`` instead of packing the same data a second time, and the worker
 takes the input from there (version 2; version 1 sent it twice).
+
+The items of a fan-out share their ``inputs`` and ``upstream``, and those may be big (a
+list of 10,000 items is often the output of the step before): a worker that says
+``shared`` in its hello is sent them once, in a ``blob`` frame (``key``, ``inputs``,
+``upstream``), and each item's ``run`` frame then names the blob (``shared``: its key)
+instead of carrying them. The node decides what each worker holds: it sends ``forget``
+(``key``) to drop one, and a ``welcome`` ends them all (the node sends the blobs again on
+the connection it welcomes). A run naming a blob the worker does not hold (its frame was
+lost with a dead connection) is answered with the error ``SharedDataMissing``, and the
+node sends the blob and the run again.
 """
 
 from __future__ import annotations
@@ -32,14 +42,17 @@ __all__ = [
     "DEFAULT_WORKER_SLOTS",
     "NODE_TYPES",
     "ROUTE_ENV",
+    "SHARED_DATA_MISSING",
     "TOKEN_ENV",
     "VERSION",
     "WORKER_TYPES",
+    "blob",
     "bye",
     "cancel",
     "decode_node_frame",
     "decode_worker_frame",
     "encode",
+    "forget",
     "hb",
     "hello",
     "progress",
@@ -48,12 +61,15 @@ __all__ = [
     "result_error",
     "result_ok",
     "run",
+    "run_shared",
     "started",
     "stop",
     "welcome",
 ]
 
 VERSION = 2
+# The error type of a result for a run whose blob the worker does not hold (see above).
+SHARED_DATA_MISSING = "SharedDataMissing"
 # Steps a worker runs at once unless told otherwise: threads, so mostly for steps that
 # wait (I/O, subprocesses); more slots keep more short steps in flight (W2: 8 -> 32 slots
 # gave +10-25 % steps/s here; CPU-bound steps share the worker's GIL whatever the count).
@@ -150,13 +166,16 @@ NODE_TYPES: dict[str, dict[str, Check]] = {
         "item_index": _is_optional_int,
     },
     "cancel": {"task_id": _is_str},
+    "blob": {"key": _is_str, "inputs": _is_map_or_nil, "upstream": _is_map_or_nil},
+    "forget": {"key": _is_str},
     "stop": {},
     "rehello": {},
     "refused": {"reason": _is_str},
 }
 # Fields a map of that type may carry (older peers leave them out).
 _OPTIONAL: dict[str, dict[str, Check]] = {
-    "hello": {"token": _is_str, "hello_seq": _is_int},  # the token a node with tokens admits
+    # the token a node with tokens admits; its number; whether it takes shared runs
+    "hello": {"token": _is_str, "hello_seq": _is_int, "shared": _is_bool},
     "welcome": {"hello_seq": _is_int},  # the hello it answers
     "hb": {"hello_seq": _is_int},  # the last hello welcomed
     "started": {"ran_ms": _is_non_negative},  # a held notice: how long the step has run
@@ -165,6 +184,7 @@ _OPTIONAL: dict[str, dict[str, Check]] = {
         "start_hold": _is_non_negative,  # seconds the start notice may be held
         "input": _anything,  # a run frame carries either its input ...
         "input_from": lambda v: v in INPUT_SOURCES,  # ... or where to take it from
+        "shared": _is_str,  # its inputs and upstream are those of the blob of this key
     },
 }
 
@@ -259,10 +279,14 @@ def hello(
     plugins: Sequence[str],
     token: str | None = None,
     hello_seq: int | None = None,
+    *,
+    shared: bool = False,
 ) -> dict[str, Any]:
     extra: dict[str, Any] = {} if token is None else {"token": token}
     if hello_seq is not None:
         extra["hello_seq"] = hello_seq
+    if shared:
+        extra["shared"] = True
     return _frame(
         "hello",
         worker_id=worker_id,
@@ -344,6 +368,22 @@ def _input_source(task: Mapping[str, Any]) -> str | None:
     if upstream and len(upstream) == 1 and value is next(iter(upstream.values())):
         return "dependency"
     return None
+
+
+def run_shared(task: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A ``run`` frame for a worker holding the blob ``key``: the task's ``inputs`` and
+    ``upstream`` stay out (nil), and its ``input`` (a fan-out item's) goes as it is."""
+    frame = {k: v for k, v in task.items() if k not in ("inputs", "upstream")}
+    frame.update(v=VERSION, t="run", inputs=None, upstream=None, shared=key)
+    return frame
+
+
+def blob(key: str, inputs: Any, upstream: Any) -> dict[str, Any]:
+    return _frame("blob", key=key, inputs=inputs, upstream=upstream)
+
+
+def forget(key: str) -> dict[str, Any]:
+    return _frame("forget", key=key)
 
 
 def cancel(task_id: str) -> dict[str, Any]:

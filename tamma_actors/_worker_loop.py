@@ -136,6 +136,9 @@ class Worker:
         self._welcomed = False
         self._last_hello = 0.0
         self._hello_seq = 0  # hellos said; the welcome of each says its number back
+        # the inputs and upstream outputs fan-out items share (wire.blob), by key: what
+        # the node sent and has not told us to forget since its last welcome
+        self._blobs: dict[str, tuple[Any, Any]] = {}
         self._welcomed_seq = 0  # the last hello welcomed, which each heartbeat names
         self._next_hb = 0.0
         self._closed = False
@@ -254,7 +257,14 @@ class Worker:
         host = socket.gethostname()
         names = self._registry.names()
         hello = wire.hello(
-            self.worker_id, os.getpid(), host, self.slots, names, self._token, self._hello_seq
+            self.worker_id,
+            os.getpid(),
+            host,
+            self.slots,
+            names,
+            self._token,
+            self._hello_seq,
+            shared=True,
         )
         self._send(hello)
 
@@ -322,6 +332,7 @@ class Worker:
         kind = msg["t"]
         if kind == "welcome":
             self._welcomed = True
+            self._blobs.clear()  # the node sends those it means again, after its welcome
             # a node that does not number its welcomes answers the last hello
             self._welcomed_seq = msg.get("hello_seq", self._hello_seq)
             if msg["heartbeat_interval"] > 0:
@@ -332,6 +343,10 @@ class Worker:
                 self._say_hello(time.monotonic())  # a stopping worker does not join again
         elif kind == "run":
             self._on_run(msg)
+        elif kind == "blob":
+            self._blobs[msg["key"]] = (msg["inputs"] or {}, msg["upstream"] or {})
+        elif kind == "forget":
+            self._blobs.pop(msg["key"], None)
         elif kind == "cancel":
             self._runners.cancel(msg["task_id"])
         elif kind == "stop":
@@ -344,4 +359,17 @@ class Worker:
             # Not started and never answered: the node re-dispatches it after our bye.
             log.info("worker %s: stopping, not running %s", self.worker_id, msg["task_id"])
             return
+        key = msg.get("shared")
+        if key is not None:
+            shared = self._blobs.get(key)
+            if shared is None:  # its blob went with a dead connection: the node resends both
+                error = {
+                    "type": wire.SHARED_DATA_MISSING,
+                    "message": f"this worker does not hold the shared data {key!r}",
+                    "retryable": True,
+                    "retry_after": None,
+                }
+                self._send(wire.result_error(msg["task_id"], error, 0.0))
+                return
+            msg["inputs"], msg["upstream"] = shared
         self._runners.submit(Task(msg, threading.Event()))

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -62,6 +62,7 @@ from tamma_actors._pool_messages import (
     cancelled_error,
     notify,
 )
+from tamma_actors._pool_shared import Encoded, SharedPayloads
 from tamma_actors._pool_workers import ConnectedWorkers, PoolWorker
 from tamma_actors._server_socket import bind_server, forget_ipc_file
 from tamma_actors._socket_actor import SocketActor, send_frames
@@ -94,7 +95,7 @@ def _ms(seconds: float) -> int:
 class _Task:
     task_id: str
     implementation: str
-    frame: bytes
+    encoded: Encoded = field(repr=False)  # its run frame (and a fan-out item's blob)
     reply_to: pykka.ActorRef[Any]
     worker_id: str | None = None
     cancel_timer: TimerHandle | None = None
@@ -166,6 +167,7 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         self._tasks: dict[str, _Task] = {}
         self._queue: deque[str] = deque()
         self._undelivered = KeptResults()  # what stopped owners were to be told
+        self._shared = SharedPayloads()  # the data fan-out items share, sent once a worker
         self._dispatched_total = 0
         self._restarts = 0
         self._spawned = 0
@@ -254,20 +256,25 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
                 notify(msg.reply_to, TaskStarted(task_id, known.worker_id))
             return
         try:
-            frame = wire.encode(wire.run(msg.task))
+            encoded = self._shared.encode(msg.task)
         except TammaError as exc:
             self._finish_with(msg.reply_to, task_id, {"type": "CodecError", "message": str(exc)})
             return
-        if len(frame) > self._max_frame:
+        if encoded.size > self._max_frame:
+            if encoded.key is not None:
+                self._shared.drop_unheld(encoded.key)
             err = {
                 "type": "FrameTooLarge",
-                "message": f"the step's run frame is {len(frame):,} bytes, over the "
+                "message": f"the step's run frame is {encoded.size:,} bytes, over the "
                 f"{self._max_frame:,}-byte cap (max_frame_bytes): its input, the workflow's "
                 "inputs and its dependencies' outputs travel in it",
             }
             self._finish_with(msg.reply_to, task_id, err)
             return
-        self._tasks[task_id] = _Task(task_id, impl, frame, msg.reply_to)
+        if encoded.key is not None:
+            self._shared.hold(encoded.key)
+        task = _Task(task_id, impl, encoded, msg.reply_to)
+        self._tasks[task_id] = task
         self._queue.append(task_id)
         self._pump()
 
@@ -283,6 +290,7 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         if task.worker_id is None:
             self._queue.remove(task_id)
             del self._tasks[task_id]
+            self._task_gone(task)
             notify(
                 task.reply_to,
                 TaskFinished(task_id, False, None, cancelled_error("cancelled while queued"), 0.0),
@@ -298,6 +306,7 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         if task is None or task.worker_id is None:
             return
         del self._tasks[task_id]
+        self._task_gone(task)
         message = f"no result {self._cancel_grace}s after cancel; worker {task.worker_id} killed"
         notify(task.reply_to, TaskFinished(task_id, False, None, cancelled_error(message), 0.0))
         worker = self._workers.get(task.worker_id)
@@ -324,7 +333,7 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
             worker = _least_busy(free, task.implementation)
             if worker is None:
                 skipped.append(task.task_id)
-            elif not self._send(worker.identity, task.frame):
+            elif not self._send_task(worker, task):
                 broken.append(worker)  # unroutable or a full pipe: that worker is lost
                 free.remove(worker)
                 skipped.append(task.task_id)
@@ -337,6 +346,30 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         self._queue.extendleft(reversed(skipped))
         for worker in broken:
             self._worker_lost(worker, f"worker {worker.worker_id} unreachable", kill=True)
+
+    def _send_task(self, worker: PoolWorker, task: _Task) -> bool:
+        """Send ``task``'s run frame, after the blob it names if ``worker`` lacks it (a
+        worker that does not take shared runs gets the whole task)."""
+        encoded = task.encoded
+        if encoded.blob is None or encoded.key is None:
+            return self._send(worker.identity, encoded.frame)
+        if not worker.shared:
+            return self._send(worker.identity, wire.run(encoded.whole or {}))
+        for frame in self._shared.frames_for(worker.blobs, encoded.key, encoded.blob):
+            if not self._send(worker.identity, frame):
+                return False
+        return self._send(worker.identity, encoded.frame)
+
+    def _task_gone(self, task: _Task) -> None:
+        """``task`` has left the pool for good: the last task of a blob takes it along,
+        from the workers holding it too."""
+        key = task.encoded.key
+        if key is None or not self._shared.release(key):
+            return
+        for worker in self._workers.values():
+            if key in worker.blobs:
+                del worker.blobs[key]
+                self._send(worker.identity, wire.forget(key))
 
     def _send(self, identity: bytes, msg: dict[str, Any] | bytes) -> bool:
         assert self._sock is not None
@@ -371,6 +404,7 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
             "dispatched_total": self._dispatched_total,
             "results_kept": len(self._undelivered),  # for owners that had stopped
             "results_kept_bytes": self._undelivered.size,
+            "shared_blobs": len(self._shared),  # fan-outs whose shared data is held apart
             "restarts": self._restarts,
             "local_pids": sorted(c.proc.pid for c in self._children.values()),
             "refused": self._refused.report(),  # hellos not admitted since it started

@@ -129,3 +129,15 @@ def heavy(ctx: StepContext) -> Any:
 
 ALLOWLIST["heavy"] = "plugins_for_tests:heavy"
 ALLOW_ARGS = [arg for name, target in ALLOWLIST.items() for arg in ("--allow", f"{name}={target}")]
+
+
+def sees_upstream(ctx: StepContext) -> Any:
+    """A fan-out item: what it got of the data its fan-out's items share."""
+    listing = ctx.upstream["src"]
+    assert listing[ctx.item_index or 0] == ctx.input
+    return {
+        "item": ctx.input,
+        "index": ctx.item_index,
+        "upstream": len(listing),
+        "who": ctx.inputs["who"],
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +371,35 @@ def test_a_fan_out_whose_outputs_together_are_over_the_cap_fails_and_stays_reada
         events = client.get_events(final.id)
         assert [e.type for e in events][-2:] == ["step.failed", "workflow.failed"]
         assert sum(e.type == "step.item_completed" for e in events) == 8
+
+
+def test_items_over_a_big_upstream_list_get_it_whole_and_it_travels_once_per_worker(
+    short_dir: Path, node_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 400 items taken from the 400-entry output of the step before: each item's context
+    # has that list upstream (the node sends it to each worker once, not with each item)
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests_dir, *sys.path]))
+    listing = [f"entry-{i:03}-" + "x" * 90 for i in range(400)]
+    spec = {
+        "name": "map-over-upstream",
+        "steps": [
+            {"name": "src", "implementation": "echo", "config": {"message": listing}},
+            {
+                "name": "fan",
+                "type": "parallel",
+                "implementation": "sees",
+                "dependencies": ["src"],
+                "config": {"items": "steps.src.output"},
+            },
+        ],
+    }
+    settings = {**node_settings, "plugins": {"sees": "plugins_for_tests:sees_upstream"}}
+    config = load_node_config(None, data_dir=short_dir / "var", **settings)
+    with Node(config) as node, Client(node.config.control_address, timeout=WAIT) as client:
+        final = client.wait(client.start_workflow(spec, {"who": "me"}).id, timeout=WAIT)
+        assert final.status == "completed", final.error
+        assert final.results["fan"].data == [
+            {"item": entry, "index": i, "upstream": 400, "who": "me"}
+            for i, entry in enumerate(listing)
+        ]
