@@ -19,12 +19,11 @@ import yaml
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel, to_snake
 
-from tamma_actors._deadlines import COORDINATOR_IMPLEMENTATIONS
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._model_fields import judged_as_stored
 from tamma_actors._models import WorkflowConfig
-from tamma_actors._plugins import GATED_BUILTINS
-from tamma_actors._step_configs import step_type_problems, timeouts_set
+from tamma_actors._step_configs import step_type_problems
+from tamma_actors._workflow_rules import StepNode, coordinator_problems, implementation_problems
 from tamma_actors._workflow_schema import workflow_json_schema
 from tamma_actors._workflow_yaml import (
     MAX_WORKFLOW_FILE_BYTES,
@@ -160,21 +159,11 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 
 @dataclass
-class _Node:
-    index: int
-    name: str
-    deps: list[tuple[str, str]]  # (location, dependency name)
-    implementation: Any
-    compensation: Any
-    raw: Mapping[str, Any]  # the step as written
-
-
-@dataclass
 class _Graph:
     """The dependency graph as far as the raw mapping describes it: malformed entries
     are skipped here because the field validation already reported them."""
 
-    nodes: list[_Node] = field(default_factory=list)
+    nodes: list[StepNode] = field(default_factory=list)
     extra_deps: list[tuple[str, str, str]] = field(default_factory=list)  # (loc, step, dep)
     extra_targets: list[tuple[str, str]] = field(default_factory=list)  # (loc, step)
 
@@ -187,7 +176,7 @@ class _Graph:
                 continue
             deps = [(f"steps[{i}].dependencies[{j}]", d) for j, d in _strings(step, "dependencies")]
             graph.nodes.append(
-                _Node(i, name, deps, step.get("implementation"), step.get("compensation"), step)
+                StepNode(i, name, deps, step.get("implementation"), step.get("compensation"), step)
             )
         for i, entry in _indexed(data.get("dependencies")):
             target = entry.get("step")
@@ -259,90 +248,8 @@ def _graph_problems(
     yield from _cycle_problems(graph, first)
     if known_implementations is not None:  # a start (a stored definition is not judged
         # again by rules made after it was stored: its execution must still load)
-        yield from _implementation_problems(graph, set(known_implementations), first)
-        yield from _coordinator_problems(graph)
-
-
-def _implementation_problems(
-    graph: _Graph, known: set[str], steps: Mapping[str, int]
-) -> Iterator[Problem]:
-    listing = ", ".join(sorted(known)) or "none"
-    for node in graph.nodes:
-        impl = node.implementation
-        if isinstance(impl, str) and impl and impl not in known:
-            setting = GATED_BUILTINS.get(impl)
-            why = f"; the node registers it with {setting} = true" if setting else ""
-            yield Problem(
-                f"steps[{node.index}].implementation",
-                f"unknown implementation {impl!r} (registered: {listing}){why}",
-            )
-        comp = node.compensation
-        # A compensation names either another step or an implementation to run.
-        if isinstance(comp, str) and comp not in known and comp not in steps:
-            yield Problem(
-                f"steps[{node.index}].compensation",
-                f"compensation {comp!r} is neither a step nor a registered implementation",
-            )
-
-
-def _coordinator_problems(graph: _Graph) -> Iterator[Problem]:
-    """Steps the coordinator runs itself (``wait``) where a worker would be sent them,
-    which no worker offers (they would wait for good), or with deadlines they ignore."""
-    by_name = {node.name: node for node in reversed(graph.nodes)}  # the first one wins
-    for node in graph.nodes:
-        kind, impl = node.raw.get("type", "task"), node.implementation
-        if kind in ("decision", "subflow") and impl:
-            yield Problem(
-                f"steps[{node.index}].implementation",
-                f"a {kind} step has no implementation: the coordinator runs it",
-            )
-        if impl in COORDINATOR_IMPLEMENTATIONS and kind == "parallel":
-            yield Problem(
-                f"steps[{node.index}].implementation",
-                f"{impl!r} runs in the coordinator, not on a worker: it cannot be a parallel "
-                "step's task (put a wait step before or after the parallel step)",
-            )
-        if impl in COORDINATOR_IMPLEMENTATIONS and kind == "task":
-            for field in timeouts_set(node.raw):
-                yield Problem(
-                    f"steps[{node.index}].{field}",
-                    f"a {impl} step has no {field} (its config.seconds is how long it waits)",
-                )
-        yield from _unused_retry_policy(node, kind, impl)
-        comp = node.compensation
-        if not isinstance(comp, str):
-            continue
-        template = by_name.get(comp)
-        if template is None:
-            what = "runs in the coordinator, not on a worker"
-            wrong = comp in COORDINATOR_IMPLEMENTATIONS
-        else:
-            kind, comp_impl = template.raw.get("type", "task"), template.implementation
-            what = f"is a {kind} step"
-            if kind == "task" and comp_impl in COORDINATOR_IMPLEMENTATIONS:
-                what = f"is a {comp_impl} step, which the coordinator runs"
-            # a compensation is one task: a fan-out's items would run once, as one
-            coordinators = ("decision", "parallel", "subflow")
-            wrong = kind in coordinators or comp_impl in COORDINATOR_IMPLEMENTATIONS
-        if wrong:
-            yield Problem(
-                f"steps[{node.index}].compensation",
-                f"compensation {comp!r} {what}: a compensation is a task a worker runs",
-            )
-
-
-def _unused_retry_policy(node: _Node, kind: str, impl: str | None) -> Iterator[Problem]:
-    """A step that cannot fail in a way a retry would mend must not look retried: a
-    decision fails only on its expressions (the same on every attempt), a wait step never."""
-    if not any(node.raw.get(key) is not None for key in ("retry_policy", "retryPolicy")):
-        return
-    if kind == "decision":
-        why = "a decision step is not retried: its expressions would fail the same way again"
-    elif kind == "task" and impl in COORDINATOR_IMPLEMENTATIONS:
-        why = f"a {impl} step is not retried: it cannot fail"
-    else:
-        return
-    yield Problem(f"steps[{node.index}].retry_policy", why)
+        yield from implementation_problems(graph.nodes, set(known_implementations), first)
+        yield from coordinator_problems(graph.nodes)
 
 
 def _cycle_problems(graph: _Graph, order: Mapping[str, int]) -> Iterator[Problem]:

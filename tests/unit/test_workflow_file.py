@@ -484,6 +484,28 @@ def test_a_parallel_step_cannot_be_a_compensation() -> None:
     }
 
 
+def test_a_decision_or_wait_step_has_nothing_to_compensate() -> None:
+    # it changes nothing: its compensation would run a worker task on its output
+    steps = [
+        {"name": "pick", "type": "decision", "compensation": "noop"}
+        | {"config": {"branches": [{"otherwise": ["a"]}]}},
+        {"name": "nap", "implementation": "wait", "config": {"seconds": 1}}
+        | {"compensation": "noop", "dependencies": ["pick"]},
+        {"name": "a", "implementation": "noop", "compensation": "noop", "dependencies": ["pick"]},
+    ]
+    data = {"name": "w", "error_handling": "compensate", "steps": steps}
+    known = {*BUILTINS, "wait"}  # as the engine knows it
+    found = {p.loc: p.message for p in problems_of(data, known_implementations=known)}
+    assert found == {
+        "steps[0].compensation": "a decision step changes nothing a compensation could undo "
+        "(its compensation would run a worker task on its output)",
+        "steps[1].compensation": "a wait step changes nothing a compensation could undo "
+        "(its compensation would run a worker task on its output)",
+    }
+    # a definition stored before this rule is read again as it was: its execution loads
+    assert parse_workflow(data).step("pick").compensation == "noop"
+
+
 # --- order ---------------------------------------------------------------------------
 
 
