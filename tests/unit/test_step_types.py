@@ -1157,15 +1157,20 @@ def test_a_child_start_refused_while_the_store_writer_restarts_is_made_again(
         commit = k.store.commit
 
         def writer_dies_once(writes: Any) -> None:
-            creates = any(e["type"] == "workflow.created" for w in writes for e in w.events)
+            creates = any(
+                e["type"] == "workflow.created" and "parent" in e["data"]  # the child's
+                for w in writes
+                for e in w.events
+            )
             if creates and not refused.is_set():
                 if len(writes) == 1:  # (a batch is tried again write by write)
                     refused.set()
                 raise StoreWriterLost("the store writer process died")
             commit(writes)
 
-        eid = k.start(wf(step("before"), {**sub, "dependencies": ["before"]}))
+        # in place before the start: the child's may come before this thread runs again
         monkeypatch.setattr(k.store, "commit", writer_dies_once)
+        eid = k.start(wf(step("before"), {**sub, "dependencies": ["before"]}))
         assert refused.wait(WAIT)
         _until(lambda: k.timers.pending() > 0)  # the start asked again once the writer is back
         assert k.get(eid)["results"]["sub"]["status"] == "running"
