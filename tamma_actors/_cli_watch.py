@@ -6,7 +6,9 @@ carries it (``TOKEN NUL HEAD``), which a node with tokens requires (see
 ``tamma_actors._eventbus``). It matches every event against the patterns itself. Such a
 node sends a subscription without a known token nothing, and cannot say so on the events
 socket: the watch first asks the node's control socket for its health (any token may),
-and a refusal there ends it at once.
+and a refusal there ends it at once; the health also says whether the events socket wants
+tokens, and the watch sends only the subscriptions that node takes (both when it could
+not ask).
 
 It waits for the node as long as a request would (``--timeout``): a node that does not take
 its connection in that time is reported as one that does not answer (``[timeout]``, exit 3),
@@ -41,26 +43,28 @@ def _events_endpoint(args: argparse.Namespace) -> str:
     return f"ipc://{Path(data_dir) / 'events.sock'}"
 
 
-def _check_token(args: argparse.Namespace, token: str | None, timeout: float) -> None:
-    """Raise the node's refusal (``Forbidden``) of ``token``. Nothing is asked when there
-    is no control socket to ask (an ``ipc://`` file that is not there: the events endpoint
-    was given on its own); one that does not answer is left to the watch to report."""
+def _tokens_needed(args: argparse.Namespace, timeout: float) -> bool | None:
+    """Whether the node's events socket wants a token in each subscription (its health
+    says; a refusal of the caller's token there, ``Forbidden``, ends the watch at once).
+    None when there is no control socket to ask (an ``ipc://`` file that is not there:
+    the events endpoint was given on its own), or it cannot be reached."""
     endpoint = resolve_endpoint(getattr(args, "endpoint", None), getattr(args, "data_dir", None))
     if endpoint.startswith("ipc://") and not Path(endpoint[len("ipc://") :]).exists():
-        return
-    server_key = getattr(args, "curve_server_key", None)
+        return None
+    token, server_key = getattr(args, "token", None), getattr(args, "curve_server_key", None)
     with Client(endpoint, token=token, timeout=timeout, curve_server_key=server_key) as client:
         try:
-            client.health()
-        except (RequestTimeout, TransportError):
-            return
+            events = client.health().get("events")
+        except TransportError:
+            return None
+    return bool(events.get("tokens")) if isinstance(events, dict) else None
 
 
 def cmd_watch(args: argparse.Namespace, out: Output) -> int:
     patterns = args.patterns or ["*"]
     timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
     token = getattr(args, "token", None) or ClientSettings().token
-    _check_token(args, token, timeout)
+    needed = _tokens_needed(args, timeout)
     context: zmq.Context[Any] = zmq.Context()
     sub: zmq.Socket[Any] = context.socket(zmq.XSUB)
     try:
@@ -69,8 +73,9 @@ def cmd_watch(args: argparse.Namespace, out: Output) -> int:
             # A subscription matches prefixes only: subscribe to the literal head of each
             # glob and let fnmatch decide the rest. XSUB keeps them for its connection.
             head = pattern.split("*")[0].split("?")[0].split("[")[0].encode()
-            sub.send(b"\x01" + head)
-            if token is not None:
+            if not needed or token is None:  # a node without tokens (or not known)
+                sub.send(b"\x01" + head)
+            if needed is not False and token is not None:
                 sub.send(b"\x01" + token.encode() + b"\x00" + head)
         endpoint = _events_endpoint(args)
         server_key = getattr(args, "curve_server_key", None) or ClientSettings().curve_server_key

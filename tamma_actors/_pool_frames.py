@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,13 @@ import zmq
 from tamma_actors import _wire as wire
 from tamma_actors._codec import peek
 from tamma_actors._errors import TammaError
-from tamma_actors._pool_messages import TaskFinished, TaskProgress, TaskStarted, notify
+from tamma_actors._pool_messages import (
+    TaskFinished,
+    TaskProgress,
+    TaskStarted,
+    cancelled_error,
+    notify,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -49,6 +56,7 @@ class WorkerFrames:
         _hb_timeout: float
         _routes: dict[bytes, PoolWorker]
         _tasks: dict[str, _Task]
+        _queue: deque[str]
         _undelivered: KeptResults
 
         def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
@@ -137,6 +145,27 @@ class WorkerFrames:
             else:
                 self._on_result(worker, task, msg)
 
+    @staticmethod
+    def _lacked_blob(task: _Task, msg: dict[str, Any], error: dict[str, Any] | None) -> bool:
+        """Whether the worker answered that it lacks the blob ``task`` names: its own
+        answer, before any step ran (a step's error of that name says it ran)."""
+        missing = error is not None and error["type"] == wire.SHARED_DATA_MISSING
+        return missing and task.encoded.key is not None and not msg.get("started")
+
+    def _send_again(self, task: _Task) -> None:
+        """``task``'s worker never ran it: back at the head of the queue, its owner none the
+        wiser (no worker was lost, no attempt spent) — or, if it was being cancelled,
+        finished as cancelled."""
+        if task.cancel_timer is not None:
+            task.cancel_timer.cancel()
+            error = cancelled_error("cancelled before it started")
+            notify(task.reply_to, TaskFinished(task.task_id, False, None, error, 0.0))
+            self._task_gone(task)
+            return
+        task.worker_id = None
+        self._tasks[task.task_id] = task
+        self._queue.appendleft(task.task_id)
+
     def _on_result(self, worker: PoolWorker, task: _Task, msg: dict[str, Any]) -> None:
         worker.tasks.discard(task.task_id)
         del self._tasks[task.task_id]
@@ -144,11 +173,12 @@ class WorkerFrames:
         if not task.started and msg.get("started"):  # the start notice came with it
             reports = (TaskStarted(task.task_id, worker.worker_id),)
         error = msg.get("error") if not msg["ok"] else None
-        if error is not None and error["type"] == wire.SHARED_DATA_MISSING and task.encoded.key:
-            # its blob was lost with a dead connection: what it holds is not known now
-            worker.blobs.clear()
-            self._requeue([task], f"worker {worker.worker_id} lacked the fan-out's shared data")
-        elif error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
+        if self._lacked_blob(task, msg, error):
+            worker.blobs.pop(task.encoded.key or "", None)  # its frame went with a connection
+            self._send_again(task)
+            self._pump()
+            return
+        if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:
             for report in reports:
                 notify(task.reply_to, report)
             window = self._cancel_grace + self._hb_timeout  # see PoolWorker.leaving

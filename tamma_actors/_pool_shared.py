@@ -46,6 +46,14 @@ class Encoded:
     key: str | None = None  # a fan-out item's (held, or to drop: see SharedPayloads.encode)
     blob: bytes | None = None
     whole: dict[str, Any] | None = None
+    _whole_frame: bytes | None = None
+
+    def whole_frame(self) -> bytes:
+        """The task's run frame with its shared data in it (encoded once, when first asked:
+        only for a worker that does not take shared runs)."""
+        if self._whole_frame is None:
+            self._whole_frame = wire.encode(wire.run(self.whole or {}))
+        return self._whole_frame
 
     @property
     def size(self) -> int:

@@ -263,13 +263,7 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         if encoded.size > self._max_frame:
             if encoded.key is not None:
                 self._shared.drop_unheld(encoded.key)
-            err = {
-                "type": "FrameTooLarge",
-                "message": f"the step's run frame is {encoded.size:,} bytes, over the "
-                f"{self._max_frame:,}-byte cap (max_frame_bytes): its input, the workflow's "
-                "inputs and its dependencies' outputs travel in it",
-            }
-            self._finish_with(msg.reply_to, task_id, err)
+            self._finish_with(msg.reply_to, task_id, self._too_large(encoded.size))
             return
         if encoded.key is not None:
             self._shared.hold(encoded.key)
@@ -277,6 +271,14 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         self._tasks[task_id] = task
         self._queue.append(task_id)
         self._pump()
+
+    def _too_large(self, size: int) -> dict[str, Any]:
+        return {
+            "type": "FrameTooLarge",
+            "message": f"the step's run frame is {size:,} bytes, over the "
+            f"{self._max_frame:,}-byte cap (max_frame_bytes): its input, the workflow's "
+            "inputs and its dependencies' outputs travel in it",
+        }
 
     @staticmethod
     def _finish_with(reply_to: pykka.ActorRef[Any], task_id: str, error: dict[str, Any]) -> None:
@@ -333,6 +335,8 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
             worker = _least_busy(free, task.implementation)
             if worker is None:
                 skipped.append(task.task_id)
+            elif not worker.shared and self._too_big_whole(task):
+                continue  # finished: FrameTooLarge for a worker that takes whole tasks only
             elif not self._send_task(worker, task):
                 broken.append(worker)  # unroutable or a full pipe: that worker is lost
                 free.remove(worker)
@@ -354,11 +358,22 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         if encoded.blob is None or encoded.key is None:
             return self._send(worker.identity, encoded.frame)
         if not worker.shared:
-            return self._send(worker.identity, wire.run(encoded.whole or {}))
+            return self._send(worker.identity, encoded.whole_frame())
         for frame in self._shared.frames_for(worker.blobs, encoded.key, encoded.blob):
             if not self._send(worker.identity, frame):
                 return False
         return self._send(worker.identity, encoded.frame)
+
+    def _too_big_whole(self, task: _Task) -> bool:
+        """Whether ``task``, sent whole (to an older worker), is over the frame cap: then
+        it is finished with FrameTooLarge, as it would have been before blobs."""
+        if task.encoded.blob is None or len(task.encoded.whole_frame()) <= self._max_frame:
+            return False
+        del self._tasks[task.task_id]
+        self._task_gone(task)
+        size = len(task.encoded.whole_frame())
+        self._finish_with(task.reply_to, task.task_id, self._too_large(size))
+        return True
 
     def _task_gone(self, task: _Task) -> None:
         """``task`` has left the pool for good: the last task of a blob takes it along,

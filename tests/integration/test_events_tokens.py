@@ -113,6 +113,11 @@ def test_tamma_watch_sends_its_token_and_a_wrong_one_is_refused_at_once(node: No
         out, err = watch.communicate(timeout=WAIT)
         assert watch.returncode == 0, err
         assert '"type": "workflow.' in out
+        with Client(node.config.control_address, token=OPERATOR, timeout=WAIT) as client:
+            client.wait(client.start_workflow(ONE_STEP).id, timeout=WAIT)  # a round after
+            # it sent only what this node takes (the health said it wants tokens), and the
+            # unsubscriptions of its closing apply nothing: none of it counts as refused
+            assert client.health()["events"]["refused"] == 0
     finally:
         if watch.poll() is None:
             watch.kill()

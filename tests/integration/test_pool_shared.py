@@ -118,15 +118,63 @@ def test_a_run_whose_blob_the_worker_lacks_is_sent_again_with_it(fake: Any) -> N
     w = new("fw1")
     join(w)
     h.dispatch(item("i0", "ex/fan#9", 0))
-    assert w.recv()["t"] == "blob" and w.recv()["task_id"] == "i0"
+    h.dispatch(item("other", "ex/fan#10", 0))
+    got = [w.recv() for _ in range(4)]
+    assert [f.get("key") or f.get("task_id") for f in got] == [
+        "ex/fan#9",
+        "i0",
+        "ex/fan#10",
+        "other",
+    ]
     missing = {"type": wire.SHARED_DATA_MISSING, "message": "lost", "retryable": True}
     w.send(wire.result_error("i0", missing, 0.0))  # as if the blob's frame had been lost
     assert w.recv() == wire.blob("ex/fan#9", INPUTS, BIG)  # sent again, then the run
     assert w.recv()["task_id"] == "i0"
-    redispatched = h.inbox.seen(TaskRedispatched, "i0")
-    assert "shared data" in redispatched.reason
     w.send(wire.result_ok("i0", "done", 1.0))
     assert h.inbox.finished("i0").output == "done"
+    assert h.inbox.of(TaskRedispatched, "i0") == []  # no worker lost, no attempt spent
+    assert w.recv() == wire.forget("ex/fan#9")
+    w.send(wire.result_ok("other", "done", 1.0))  # the other blob is known to be held
+    assert w.recv() == wire.forget("ex/fan#10")
+
+
+def test_a_steps_own_error_of_that_name_is_its_failure(fake: Any) -> None:
+    h, new = fake
+    w = new("fw1")
+    join(w)
+    h.dispatch(item("i0", "ex/fan#11", 0))
+    assert w.recv()["t"] == "blob" and w.recv()["task_id"] == "i0"
+    raised = {"type": wire.SHARED_DATA_MISSING, "message": "the step's", "retryable": False}
+    w.send(wire.result_error("i0", raised, 5.0, started=True))  # it ran: its own error
+    finished = h.inbox.finished("i0")
+    assert finished.error is not None and finished.error["message"] == "the step's"
+
+
+def test_a_task_cancelled_as_its_worker_goes_lets_its_blob_go(fake: Any) -> None:
+    h, new = fake
+    w = new("fw1")
+    join(w)
+    h.dispatch(item("i0", "ex/fan#12", 0))
+    assert w.recv()["t"] == "blob" and w.recv()["task_id"] == "i0"
+    h.cancel("i0")
+    assert w.recv() == wire.cancel("i0")
+    w.send(wire.bye("fw1"))  # it leaves before it answers: the cancel is settled so
+    finished = h.inbox.finished("i0")
+    assert finished.error is not None and finished.error["type"] == "StepCancelled"
+    assert h.stats()["shared_blobs"] == 0
+
+
+def test_a_whole_task_over_the_cap_for_an_older_worker_fails_as_too_large(fake: Any) -> None:
+    h, new = fake
+    old = new("old")
+    join(old, shared=False)
+    # the blob and the run each fit the 1 MiB frames; together they do not
+    shared, own = "x" * (600 * 1024), "y" * (600 * 1024)
+    h.dispatch(task("big", inputs=INPUTS, upstream={"src": shared}, input=own, shared="k"))
+    failed = h.inbox.finished("big")
+    assert failed.error is not None and failed.error["type"] == "FrameTooLarge"
+    assert h.stats()["shared_blobs"] == 0
+    assert not old.sock.poll(200)
 
 
 # The worker's side

@@ -373,7 +373,7 @@ def test_a_fan_out_whose_outputs_together_are_over_the_cap_fails_and_stays_reada
         assert sum(e.type == "step.item_completed" for e in events) == 8
 
 
-def test_items_over_a_big_upstream_list_get_it_whole_and_it_travels_once_per_worker(
+def test_items_over_a_big_upstream_list_each_get_it_whole_on_real_workers(
     short_dir: Path, node_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 400 items taken from the 400-entry output of the step before: each item's context
