@@ -206,8 +206,12 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
 
     def on_stop(self) -> None:
         self._stopping = True
+        # Only our own workers are told to stop. One started elsewhere (tamma-node worker)
+        # stays: it joins the node that comes back, as after a crash (told to stop, it
+        # exited 0, and a node's restart took every remote worker down for good).
         for w in list(self._workers.values()):
-            self._send(w.identity, wire.stop())
+            if w.local:
+                self._send(w.identity, wire.stop())
         self._stop_unjoined()
         self._stop_children(self._cancel_grace + STOP_EXTRA)
         for _, fut in self._waiters:
