@@ -38,6 +38,28 @@ class _Loader(yaml.SafeLoader):
     (a workflow is JSON data: an unquoted ``2026-12-01`` in a step's config is a string),
     and a key given twice in one mapping is an error, not the last one winning."""
 
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # PyYAML scans nested flow collections ("[[[...", "{a: {b: ...") in time that grows
+        # with the square of their depth, and reads far ahead of what it composes (a 6 KB
+        # line of 3,000 "[" took 1.5 s to reach Python's recursion limit)
+        if self.flow_level >= MAX_DEPTH:
+            raise YamlTooBig(f"nested too deeply (maps and lists over {MAX_DEPTH} levels deep)")
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # (block collections nest by indentation: the composer counts them)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlTooBig(f"nested too deeply (maps and lists over {MAX_DEPTH} levels deep)")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self._check_unique_keys(node)  # before merge keys (``<<``) add theirs, which may repeat
         return super().construct_mapping(node, deep=deep)
@@ -106,6 +128,8 @@ _Loader.add_constructor(_INT, _construct_int)
 # aliases that expand to billions of values (or a value that contains itself) and hold
 # whoever validates them for minutes.
 MAX_ALIAS_EXPANSION = 1_000_000
+# How deep a workflow document's maps and lists may nest (step configs included).
+MAX_DEPTH = 100
 
 
 class YamlTooBig(yaml.YAMLError):

@@ -27,6 +27,7 @@ from tamma_actors._workflow_file import (
     workflow_json_schema,
     yaml_data,
 )
+from tamma_actors._workflow_yaml import MAX_DEPTH
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = {"noop", "echo", "sleep", "cpu", "fail", "record", "crash", "hang", "shell"}
@@ -149,6 +150,18 @@ def test_a_document_too_big_to_read_is_refused_quickly(
     path = tmp_path / "w.yaml"
     path.write_text(text)
     assert message in _problem(path)  # a bomb used to hold the reader for minutes
+
+
+def test_a_document_may_nest_so_deep_and_no_deeper() -> None:
+    def nested(levels: int) -> str:  # the document is one level, its "x" list the rest
+        return "name: w\nsteps: []\nx: " + "[" * (levels - 1) + "]" * (levels - 1) + "\n"
+
+    deepest = yaml_data(nested(MAX_DEPTH))["x"]
+    for _ in range(MAX_DEPTH - 2):
+        deepest = deepest[0]
+    assert deepest == []
+    with pytest.raises(YamlTooBig, match=f"over {MAX_DEPTH} levels deep"):
+        yaml_data(nested(MAX_DEPTH + 1))
 
 
 def test_anchors_and_merge_keys_still_read() -> None:
