@@ -347,6 +347,7 @@ class Node(NodeChildren):
                 self._stop_child(spec)
         if self._engine is not None:
             self._engine.close()
+        self._settle_commits()
         for spec in reversed(list(self._running)):
             self._stop_child(spec)
         for closer in (self._timers, self._dispatcher, self._store):
@@ -356,6 +357,16 @@ class Node(NodeChildren):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _settle_commits(self, timeout: float = 5.0) -> None:
+        """Let the commits in flight end, and their effects (tells to the worker pool and
+        the event bus) run while those children still do: a node closed just after it
+        recovered executions stopped them under their recovery commits, and each effect
+        logged a traceback."""
+        writer = self._writer.writer
+        if writer is not None:
+            with contextlib.suppress(TammaError):  # a writer lost or slow: stop anyway
+                writer.flush(timeout)
 
     # -- helpers (the children themselves: NodeChildren) -----------------------------------
 
