@@ -7,6 +7,7 @@ refused with an error saying which.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -140,6 +141,9 @@ def yaml_data(text: str) -> Any:
     """``text`` read as YAML, as a workflow file is (a date or a time stays text).
     Raises :class:`YamlTooBig` for a document nested too deeply for the parser or one
     whose aliases expand it beyond MAX_ALIAS_EXPANSION values more than its length."""
+    data = _json_data(text)
+    if data is not _NOT_JSON:
+        return data
     try:
         data = yaml.load(text, Loader=_Loader)  # a SafeLoader (see _Loader)
     except RecursionError as exc:
@@ -160,6 +164,42 @@ def yaml_data(text: str) -> Any:
                 "or a value that contains itself)"
             )
     return data
+
+
+_NOT_JSON: Any = object()
+
+
+def _json_data(text: str) -> Any:
+    """``text`` read as JSON, which reads as YAML does here (JSON is YAML 1.2), ~50 times
+    faster (a generated 9 MiB definition took 3.8 s to read as YAML); ``_NOT_JSON`` when it
+    is not plain JSON as these rules take it, and YAML then reads it and says what is
+    wrong, with its line: a key given twice, ``NaN``, nesting over ``MAX_DEPTH``."""
+    if not text.lstrip().startswith(("{", "[")):
+        return _NOT_JSON
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                return _NOT_JSON
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise ValueError("a key given twice")
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 MAX_WORKFLOW_FILE_BYTES = 16 << 20  # far beyond any definition a start request can carry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tamma_actors import _workflow_yaml as workflow_yaml
 from tamma_actors._durations import MAX_DURATION_S
 from tamma_actors._errors import Problem, WorkflowValidationError
 from tamma_actors._models import WorkflowConfig
@@ -162,6 +164,43 @@ def test_a_document_may_nest_so_deep_and_no_deeper() -> None:
     assert deepest == []
     with pytest.raises(YamlTooBig, match=f"over {MAX_DEPTH} levels deep"):
         yaml_data(nested(MAX_DEPTH + 1))
+
+
+_BMP_TEXT = st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]))
+# a key YAML reads (an implicit key is at most 1,024 characters, escaped: 6 each)
+_BMP_KEYS = st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]), max_size=150)
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _BMP_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_BMP_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(_BMP_KEYS, _JSON_VALUES, max_size=4))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+def test_a_json_document_reads_as_yaml_would_read_it(document: dict[str, Any]) -> None:
+    # JSON is read by json (~50 times faster), and must come out as YAML would have it
+    text = json.dumps(document)  # anything but printable ASCII escaped
+    assert yaml_data(text) == yaml.load(text, Loader=workflow_yaml._Loader) == document
+
+
+def test_json_reads_an_escaped_character_beyond_u_ffff_whole() -> None:
+    # escaped, it is a surrogate pair, which PyYAML leaves as two halves
+    assert yaml_data(json.dumps({"k": "\U0001f600"})) == {"k": "\U0001f600"}
+
+
+def test_json_that_is_not_plain_is_read_as_yaml_and_refused_with_its_line() -> None:
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'a'") as found:
+        yaml_data('{\n"a": 1,\n"a": 2\n}')
+    assert "line 3" in str(found.value)
+    assert yaml_data('{"x": NaN}') == {"x": "NaN"}  # not JSON: YAML's reading of it
+    deep = '{"x": ' + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "}"
+    with pytest.raises(YamlTooBig, match=f"over {MAX_DEPTH} levels deep"):
+        yaml_data(deep)
 
 
 def test_anchors_and_merge_keys_still_read() -> None:
