@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -163,7 +164,8 @@ class ClientSocket:
             if reply is None:
                 self._reset()
                 raise RequestTimeout(
-                    f"no reply to {op!r} from {self.endpoint} within {limit:g}s{self._size_hint()}"
+                    f"no reply to {op!r} from {self.endpoint} within {limit:g}s"
+                    f"{self._size_hint()}{self._absent_hint()}"
                 )
         return self._result(reply)
 
@@ -212,6 +214,15 @@ class ClientSocket:
 
     def _drop_cause(self) -> str:
         return self._size_hint() or " (the node stopped or restarted)"
+
+    def _absent_hint(self) -> str:
+        """Why an ``ipc://`` node did not answer, when its socket file is not there."""
+        if not self.endpoint.startswith("ipc://"):
+            return ""
+        path = self.endpoint[len("ipc://") :]
+        if os.path.exists(path):
+            return ""
+        return f" (there is no socket file {path}: no node is running there)"
 
     def _size_hint(self) -> str:
         """Why a big request may have had no reply: a node drops, unread, a frame over
@@ -310,9 +321,11 @@ class ClientSocket:
                 # refused our handshake): wait for one as long as for a reply.
                 if not self._poll(zmq.POLLOUT, time.monotonic() + limit):
                     self._reset()
+                    why = self._absent_hint() or (
+                        " (is the node up, and is its CURVE key the one given?)"
+                    )
                     raise RequestTimeout(
-                        f"no connection to {self.endpoint} within {limit:g}s to send "
-                        f"{op!r} (is the node up, and is its CURVE key the one given?)"
+                        f"no connection to {self.endpoint} within {limit:g}s to send {op!r}{why}"
                     ) from None
                 self._sock.send(data, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
