@@ -206,12 +206,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tamma_actors._cli_output import DEFAULT_TIMEOUT
     from tamma_actors._client import Client
     from tamma_actors._node import Node
+    from tamma_actors._workflow_file import load_workflow
 
     if args.log_level is None:
         args.log_level = "WARNING"  # the demo prints its result, not the node's chatter
     cfg = _config_from(args)
     _setup_logging(cfg.log_level)
     inputs = _parse_inputs(args.input)
+    load_workflow(args.workflow)  # a file that cannot be started starts no node either
     token, key = _starting_token(cfg), cfg.curve_public_key
     try:
         with walk_before_open(cfg.data_dir) as walked:

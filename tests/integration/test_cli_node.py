@@ -90,6 +90,13 @@ def test_demo_refuses_a_malformed_input(
     code = tamma_node(["demo", "--data-dir", str(short_dir / "var"), str(invalid)])
     assert code == 2  # as `tamma start`: an invalid workflow is a usage error, not a failure
     assert "steps[0].implementation" in capsys.readouterr().err
+    # a file that cannot be a workflow is refused before a node is started for it
+    malformed = short_dir / "malformed.yaml"
+    malformed.write_text("name: bad\nsteps:\n  - {name: a, implementation: noop}\n  - {name: a}\n")
+    fresh = short_dir / "fresh"
+    code = tamma_node(["demo", "--data-dir", str(fresh), str(malformed)])
+    assert code == 2 and "duplicate step name 'a'" in capsys.readouterr().err
+    assert not fresh.exists()
 
 
 def _free_port() -> int:
