@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -91,19 +92,26 @@ def test_only_a_subscription_with_a_known_token_gets_events(node: Node) -> None:
         ctx.term()
 
 
-def _watch(node: Node, *args: str) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def _watch(node: Node, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``tamma watch``, killed at the end if it is still there (a failed test included)."""
     command = [sys.executable, "-m", "tamma_actors._cli", "--data-dir", str(node.config.data_dir)]
-    return subprocess.Popen(
+    watch = subprocess.Popen(
         [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    try:
+        yield watch
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        watch.wait(WAIT)
 
 
 def test_tamma_watch_sends_its_token_and_a_wrong_one_is_refused_at_once(node: Node) -> None:
-    refused = _watch(node, "--token", "not-a-token", "watch")
-    _, err = refused.communicate(timeout=WAIT)
+    with _watch(node, "--token", "not-a-token", "watch") as refused:
+        _, err = refused.communicate(timeout=WAIT)
     assert refused.returncode == 1 and "forbidden" in err and "unknown token" in err
-    watch = _watch(node, "--token", VIEWER, "--json", "watch", "workflow.*", "--count", "1")
-    try:
+    with _watch(node, "--token", VIEWER, "--json", "watch", "workflow.*", "--count", "1") as watch:
         with Client(node.config.control_address, token=OPERATOR, timeout=WAIT) as client:
             deadline = time.monotonic() + WAIT
             while watch.poll() is None:  # until its subscription is in, events may pass it
@@ -118,7 +126,3 @@ def test_tamma_watch_sends_its_token_and_a_wrong_one_is_refused_at_once(node: No
             # it sent only what this node takes (the health said it wants tokens), and the
             # unsubscriptions of its closing apply nothing: none of it counts as refused
             assert client.health()["events"]["refused"] == 0
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait(WAIT)
