@@ -32,6 +32,7 @@ from tamma_actors._codec import unpack
 from tamma_actors._curve import curve_client
 from tamma_actors._errors import RequestTimeout, TammaError, TransportError
 from tamma_actors._models import WorkflowEvent
+from tamma_actors._server_socket import ipc_path
 
 __all__ = ["cmd_watch"]
 
@@ -49,12 +50,15 @@ def _tokens_needed(args: argparse.Namespace, timeout: float) -> bool | None:
     None when there is no control socket to ask (an ``ipc://`` file that is not there:
     the events endpoint was given on its own), or it cannot be reached."""
     endpoint = resolve_endpoint(getattr(args, "endpoint", None), getattr(args, "data_dir", None))
-    if endpoint.startswith("ipc://") and not Path(endpoint[len("ipc://") :]).exists():
+    path = ipc_path(endpoint)
+    if path is not None and not path.exists():
         return None
     token, server_key = getattr(args, "token", None), getattr(args, "curve_server_key", None)
     with Client(endpoint, token=token, timeout=timeout, curve_server_key=server_key) as client:
         try:
             events = client.health().get("events")
+        except RequestTimeout:
+            raise  # (a TransportError too) no answer: the watch waits no second time
         except TransportError:
             return None
     return bool(events.get("tokens")) if isinstance(events, dict) else None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +44,7 @@ from tamma_actors._errors import (
     error_from_code,
 )
 from tamma_actors._protocol import make_request
+from tamma_actors._server_socket import ipc_path
 
 __all__ = ["ClientSocket"]
 
@@ -217,10 +217,8 @@ class ClientSocket:
 
     def _absent_hint(self) -> str:
         """Why an ``ipc://`` node did not answer, when its socket file is not there."""
-        if not self.endpoint.startswith("ipc://"):
-            return ""
-        path = self.endpoint[len("ipc://") :]
-        if os.path.exists(path):
+        path = ipc_path(self.endpoint)
+        if path is None or path.exists():
             return ""
         return f" (there is no socket file {path}: no node is running there)"
 
@@ -338,13 +336,14 @@ class ClientSocket:
         when the connection they went out on dropped and no reply is waiting."""
         assert self._sock is not None and self._drops is not None
         while True:
-            if not self._poll(zmq.POLLIN, deadline, self._drops.monitor):
-                return None
-            if not self._sock.poll(0, zmq.POLLIN):
-                if self._drops.read():
+            try:  # a reply already queued needs no poll (a pipelined batch's do)
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                if not self._poll(zmq.POLLIN, deadline, self._drops.monitor):
+                    return None
+                if not self._sock.poll(0, zmq.POLLIN) and self._drops.read():
                     return DROPPED
-                continue  # a connection made, or a handshake refused: nothing lost
-            frames = self._sock.recv_multipart()
+                continue  # a reply came (read above), a connection made, a handshake refused
             try:
                 reply = unpack(frames[-1], self.max_frame_bytes)
             except TammaError as exc:

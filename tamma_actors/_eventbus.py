@@ -115,19 +115,16 @@ class EventBus(SocketActor):
     def on_start(self) -> None:
         if self.endpoint is None:
             return
-        if not self._tokens:
-            self._pub, self._bound, self._ipc_file = bind_server(
-                self.zmq_context, zmq.PUB, self.endpoint, {zmq.LINGER: 0}, self._curve_secret,
-                "the events socket",
-            )  # fmt: skip
-            return
-        # Subscriptions come to us, and only those we apply count (XPUB_MANUAL).
-        options = {zmq.LINGER: 0, zmq.XPUB_MANUAL: 1}
+        # With tokens, subscriptions come to us, and only those we apply count (XPUB_MANUAL).
+        kind, options = (zmq.PUB, {zmq.LINGER: 0})
+        if self._tokens:
+            kind, options = (zmq.XPUB, {zmq.LINGER: 0, zmq.XPUB_MANUAL: 1})
         self._pub, self._bound, self._ipc_file = bind_server(
-            self.zmq_context, zmq.XPUB, self.endpoint, options, self._curve_secret,
+            self.zmq_context, kind, self.endpoint, options, self._curve_secret,
             "the events socket",
         )  # fmt: skip
-        self.watch(self._pub, self._on_subscriptions, drains=True)
+        if self._tokens:
+            self.watch(self._pub, self._on_subscriptions, drains=True)
 
     def on_stop(self) -> None:
         if self._pub is not None:

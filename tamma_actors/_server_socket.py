@@ -17,10 +17,17 @@ import zmq
 from tamma_actors._curve import curve_server
 from tamma_actors._errors import TransportError
 
-__all__ = ["bind_server", "forget_ipc_file", "make_ipc_private", "prepare_ipc_endpoint"]
+__all__ = [
+    "bind_server",
+    "forget_ipc_file",
+    "ipc_path",
+    "make_ipc_private",
+    "prepare_ipc_endpoint",
+]
 
 
-def _ipc_path(endpoint: str) -> Path | None:
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ``ipc://`` endpoint; None for tcp and abstract sockets."""
     if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
         return None  # tcp, or Linux's abstract namespace: no file involved
     return Path(endpoint.removeprefix("ipc://"))
@@ -29,7 +36,7 @@ def _ipc_path(endpoint: str) -> Path | None:
 def prepare_ipc_endpoint(endpoint: str) -> None:
     """For ``ipc://PATH``: create PATH's directory (mode 0700) if missing and remove a
     stale socket file; refuse a path that a live server, or a non-socket, occupies."""
-    path = _ipc_path(endpoint)
+    path = ipc_path(endpoint)
     if path is None:
         return
     try:
@@ -51,7 +58,7 @@ def make_ipc_private(bound: str) -> tuple[int, int] | None:
     (0777 under umask 000), and whoever can connect to a node's control socket without
     tokens is admin. Narrowing the umask around the bind is no better: it is the whole
     process's, and the node's other threads create files and processes meanwhile."""
-    path = _ipc_path(bound)
+    path = ipc_path(bound)
     if path is None:
         return None
     try:
@@ -96,7 +103,7 @@ def forget_ipc_file(bound: str, made: tuple[int, int] | None) -> None:
     own thread, or, if the process exits first, never; a restart must not race it), if it
     is still the file this socket made (``made``, from ``make_ipc_private``): a successor
     bound in the meantime keeps its own."""
-    path = _ipc_path(bound)
+    path = ipc_path(bound)
     if path is None or made is None:
         return
     with contextlib.suppress(OSError):  # gone already
