@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,6 @@ from tamma_actors._pool_messages import (
     TaskFinished,
     TaskProgress,
     TaskStarted,
-    cancelled_error,
     notify,
 )
 
@@ -56,7 +54,6 @@ class WorkerFrames:
         _hb_timeout: float
         _routes: dict[bytes, PoolWorker]
         _tasks: dict[str, _Task]
-        _queue: deque[str]
         _undelivered: KeptResults
 
         def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle: ...
@@ -64,7 +61,7 @@ class WorkerFrames:
         def _pump(self) -> None: ...
         def _on_hello(self, identity: bytes, msg: dict[str, Any]) -> None: ...
         def _worker_lost(self, worker: PoolWorker, reason: str, *, kill: bool) -> None: ...
-        def _requeue(self, tasks: list[_Task], reason: str) -> None: ...
+        def _requeue(self, tasks: list[_Task], reason: str, *, tell_owner: bool = True) -> None: ...
         def _check_tasks(self, worker: PoolWorker, hb: dict[str, Any]) -> None: ...
         def _task_gone(self, task: _Task) -> None: ...
 
@@ -152,20 +149,6 @@ class WorkerFrames:
         missing = error is not None and error["type"] == wire.SHARED_DATA_MISSING
         return missing and task.encoded.key is not None and not msg.get("started")
 
-    def _send_again(self, task: _Task) -> None:
-        """``task``'s worker never ran it: back at the head of the queue, its owner none the
-        wiser (no worker was lost, no attempt spent) — or, if it was being cancelled,
-        finished as cancelled."""
-        if task.cancel_timer is not None:
-            task.cancel_timer.cancel()
-            error = cancelled_error("cancelled before it started")
-            notify(task.reply_to, TaskFinished(task.task_id, False, None, error, 0.0))
-            self._task_gone(task)
-            return
-        task.worker_id = None
-        self._tasks[task.task_id] = task
-        self._queue.appendleft(task.task_id)
-
     def _on_result(self, worker: PoolWorker, task: _Task, msg: dict[str, Any]) -> None:
         worker.tasks.discard(task.task_id)
         del self._tasks[task.task_id]
@@ -175,7 +158,7 @@ class WorkerFrames:
         error = msg.get("error") if not msg["ok"] else None
         if self._lacked_blob(task, msg, error):
             worker.blobs.pop(task.encoded.key or "", None)  # its frame went with a connection
-            self._send_again(task)
+            self._requeue([task], "cancelled before it started", tell_owner=False)
             self._pump()
             return
         if error is not None and error["type"] == "StepCancelled" and task.cancel_timer is None:

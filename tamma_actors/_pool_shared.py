@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tamma_actors import _wire as wire
-from tamma_actors._errors import TammaError
 
 __all__ = ["MIN_SHARED_BYTES", "PER_WORKER", "Encoded", "SharedPayloads"]
 
@@ -69,38 +68,22 @@ class SharedPayloads:
 
     def encode(self, task: Mapping[str, Any]) -> Encoded:
         """``task`` encoded (TammaError if it cannot be). A fan-out item's (``shared``: its
-        key) leaves its blob known here: the caller ``hold``s the key if it takes the task,
-        or has it dropped with ``drop_unheld``."""
+        key) counts as one of its blob's tasks: ``release`` it when the task is gone."""
         key = task.get("shared")
         if not isinstance(key, str):
             return Encoded(wire.encode(wire.run(task)))
         whole = {k: v for k, v in task.items() if k != "shared"}
-        try:
-            blob = self.frame(key, whole)
-            if blob is None:
-                return Encoded(wire.encode(wire.run(whole)), key)
-            return Encoded(wire.encode(wire.run_shared(whole, key)), key, blob, whole)
-        except TammaError:
-            self.drop_unheld(key)
-            raise
-
-    def frame(self, key: str, task: dict[str, Any]) -> bytes | None:
-        """The blob frame of ``key`` (encoded from ``task``'s the first time: TammaError if
-        it cannot be), or None if its tasks go whole. A task that will name it must
-        ``hold`` it; one that will not leaves it to ``drop_unheld``."""
         found = self._blobs.get(key)
         if found is None:
-            frame = wire.encode(wire.blob(key, task["inputs"], task["upstream"]))
-            found = self._blobs[key] = _Blob(frame if len(frame) >= MIN_SHARED_BYTES else None)
-        return found.frame
-
-    def hold(self, key: str) -> None:
-        self._blobs[key].tasks += 1
-
-    def drop_unheld(self, key: str) -> None:
-        found = self._blobs.get(key)
-        if found is not None and found.tasks == 0:
-            del self._blobs[key]
+            blob = wire.encode(wire.blob(key, whole["inputs"], whole["upstream"]))
+            found = _Blob(blob if len(blob) >= MIN_SHARED_BYTES else None)
+        if found.frame is None:
+            encoded = Encoded(wire.encode(wire.run(whole)), key)
+        else:
+            encoded = Encoded(wire.encode(wire.run_shared(whole, key)), key, found.frame, whole)
+        self._blobs[key] = found  # (only once all of it could be encoded)
+        found.tasks += 1
+        return encoded
 
     def release(self, key: str) -> bool:
         """One task of ``key`` is gone; True when it was the last: the blob is dropped here,

@@ -266,11 +266,13 @@ class ConnectedWorkers:
             if self._on_offered is not None:
                 self._on_offered(offered)
 
-    def _requeue(self, tasks: list[_Task], reason: str) -> None:
+    def _requeue(self, tasks: list[_Task], reason: str, *, tell_owner: bool = True) -> None:
         """Put tasks back at the head of the queue (they were first in line once already).
 
         Also for the tasks of a worker that answers a cancel the pool did not ask for:
-        it is stopping on its own, and they run again elsewhere as after a crash."""
+        it is stopping on its own, and they run again elsewhere as after a crash.
+        ``tell_owner=False``: a task its worker never ran (it lacked the blob it names)
+        goes back with its owner none the wiser: no worker lost, no attempt spent."""
         again: list[str] = []
         for task in tasks:
             if task.cancel_timer is not None:
@@ -284,7 +286,8 @@ class ConnectedWorkers:
             task.started = False  # the next worker announces its own start
             self._tasks[task.task_id] = task
             again.append(task.task_id)
-            notify(task.reply_to, TaskRedispatched(task.task_id, reason))
+            if tell_owner:
+                notify(task.reply_to, TaskRedispatched(task.task_id, reason))
         self._queue.extendleft(reversed(again))
 
     def _check_heartbeats(self) -> None:

@@ -266,11 +266,9 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
             return
         if encoded.size > self._max_frame:
             if encoded.key is not None:
-                self._shared.drop_unheld(encoded.key)
+                self._shared.release(encoded.key)
             self._finish_with(msg.reply_to, task_id, self._too_large(encoded.size))
             return
-        if encoded.key is not None:
-            self._shared.hold(encoded.key)
         task = _Task(task_id, impl, encoded, msg.reply_to)
         self._tasks[task_id] = task
         self._queue.append(task_id)
@@ -295,7 +293,6 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
             return
         if task.worker_id is None:
             self._queue.remove(task_id)
-            del self._tasks[task_id]
             self._task_gone(task)
             notify(
                 task.reply_to,
@@ -311,7 +308,6 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         task = self._tasks.get(task_id)
         if task is None or task.worker_id is None:
             return
-        del self._tasks[task_id]
         self._task_gone(task)
         message = f"no result {self._cancel_grace}s after cancel; worker {task.worker_id} killed"
         notify(task.reply_to, TaskFinished(task_id, False, None, cancelled_error(message), 0.0))
@@ -373,15 +369,15 @@ class WorkerPool(WorkerFrames, ConnectedWorkers, LocalWorkers, SocketActor):
         it is finished with FrameTooLarge, as it would have been before blobs."""
         if task.encoded.blob is None or len(task.encoded.whole_frame()) <= self._max_frame:
             return False
-        del self._tasks[task.task_id]
         self._task_gone(task)
         size = len(task.encoded.whole_frame())
         self._finish_with(task.reply_to, task.task_id, self._too_large(size))
         return True
 
     def _task_gone(self, task: _Task) -> None:
-        """``task`` has left the pool for good: the last task of a blob takes it along,
+        """``task`` leaves the pool for good: the last task of a blob takes it along,
         from the workers holding it too."""
+        self._tasks.pop(task.task_id, None)
         key = task.encoded.key
         if key is None or not self._shared.release(key):
             return
