@@ -33,6 +33,7 @@ from tamma_actors._curve import curve_client
 from tamma_actors._errors import RequestTimeout, TammaError, TransportError
 from tamma_actors._models import WorkflowEvent
 from tamma_actors._server_socket import ipc_path
+from tamma_actors._zmq_monitor import close_monitor
 
 __all__ = ["cmd_watch"]
 
@@ -119,8 +120,7 @@ def _connect(sub: zmq.Socket[Any], endpoint: str, timeout: float) -> None:
                 "(is the node up, and is its CURVE key the one given?)"
             )
     finally:
-        sub.disable_monitor()
-        monitor.close(linger=0)
+        close_monitor(sub, monitor)
 
 
 def _decode_event(frames: list[bytes]) -> WorkflowEvent | None:

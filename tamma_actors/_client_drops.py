@@ -5,12 +5,12 @@ says which requests may then be sent again."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
+
+from tamma_actors._zmq_monitor import close_monitor, pending_events
 
 __all__ = ["DROPPED", "MOST_RESENDS", "Drops", "changes_nothing"]
 
@@ -45,22 +45,13 @@ class Drops:
     def read(self) -> bool:
         """Read the events waiting; whether an established connection dropped."""
         dropped = False
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return dropped
-            assert isinstance(event, dict)  # a plain socket, not an asyncio one
+        for event in pending_events(self.monitor):
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._established = True
             elif self._established:
                 self._established = False
                 dropped = True
+        return dropped
 
     def close(self) -> None:
-        # Read first: a monitor whose queue is full holds the context's I/O thread, which
-        # holds the lock that disable_monitor takes.
-        self.read()
-        with contextlib.suppress(zmq.ZMQError):  # its socket may be closed already
-            self._sock.disable_monitor()
-        self.monitor.close(linger=0)
+        close_monitor(self._sock, self.monitor)

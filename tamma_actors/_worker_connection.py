@@ -18,12 +18,10 @@ for what the node makes of that.
 
 from __future__ import annotations
 
-import contextlib
-
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from tamma_actors._errors import TransportError
+from tamma_actors._zmq_monitor import close_monitor, pending_events
 
 __all__ = [
     "DEAD_AFTER_INTERVALS",
@@ -86,12 +84,7 @@ class Handshakes:
         """Read the events waiting; whether a handshake succeeded after an earlier one (a
         new connection: the old one may have lost frames either way)."""
         again = False
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return again
-            assert isinstance(event, dict)  # a plain socket, not an asyncio one
+        for event in pending_events(self.monitor):
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._failures = 0
@@ -102,6 +95,7 @@ class Handshakes:
             closed = kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             if not closed or self._failures >= HANDSHAKE_FAILURES_FATAL:
                 raise TransportError(self._problem(kind, event["value"]))
+        return again
 
     def _problem(self, kind: int, value: int) -> str:
         where = f"no handshake with the node at {self._endpoint}"
@@ -122,9 +116,7 @@ class Handshakes:
         return closed
 
     def close(self) -> None:
-        with contextlib.suppress(zmq.ZMQError):  # its socket may be closed already
-            self._sock.disable_monitor()
-        self.monitor.close(0)
+        close_monitor(self._sock, self.monitor)
 
 
 def connect(
